@@ -1,0 +1,16 @@
+"""`rebook.request`: the public intake task (queue `rebook.events`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Task
+
+from tasks._glue import flow
+from worker.app import app
+
+
+@app.task(name="rebook.request", bind=True)
+def request(self: Task, *args: Any, **kwargs: Any) -> str:
+    """Accepts any arguments on purpose: a malformed event is dead-lettered, never raised."""
+    return flow().intake(args, kwargs, task_id=self.request.id or "")

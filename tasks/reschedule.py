@@ -1,0 +1,11 @@
+"""`rebook.reschedule`: the one non-idempotent upstream call, guarded by the record."""
+
+from __future__ import annotations
+
+from tasks._glue import flow
+from worker.app import app
+
+
+@app.task(name="rebook.reschedule")
+def reschedule(rebook_id: str) -> str:
+    return flow().reschedule(rebook_id)

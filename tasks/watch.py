@@ -1,0 +1,13 @@
+"""`rebook.watch`: follows the new booking until it is decided or its AcceptBy passes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tasks._glue import flow
+from worker.app import app
+
+
+@app.task(name="rebook.watch")
+def watch(rebook_id: str, booking: dict[str, Any] | None = None) -> str:
+    return flow().watch(rebook_id, booking)

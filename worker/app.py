@@ -1,0 +1,134 @@
+"""The Celery app `worker.app:app`. Every cross-cutting policy is set here, once.
+
+- JSON only, explicit task names, two queues: `rebook.events` (intake) and `rebook.work` (steps).
+- acks late + reject on worker lost: a message is acknowledged only after its step is recorded, so
+  a killed worker hands its message back. Steps are idempotent (compare-and-set on the record).
+- prefetch 1: a worker never sits on messages another worker could run.
+- No countdown/ETA for waiting: the beat sweep re-dispatches from the due index in Redis.
+- Intake retries on Redis errors forever (with backoff): an accepted event must never be dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import redis
+from celery import Celery, Task, signals
+from kombu import Exchange, Queue
+
+from worker.errors import ConfigError
+from worker.settings import Settings, get_settings, mask_url
+
+log = logging.getLogger(__name__)
+
+EVENTS_QUEUE = "rebook.events"
+WORK_QUEUE = "rebook.work"
+TASK_MODULES = ["tasks.intake", "tasks.presence", "tasks.reschedule", "tasks.watch", "tasks.sweep"]
+HOUSEKEEPING_SECONDS = 60.0
+
+
+def _settings_or_exit() -> Settings:
+    try:
+        return get_settings()
+    except ConfigError as exc:
+        print(f"rebook: bad setting: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+class RebookTask(Task):
+    """Base of every rebook task: the retry policy lives here, not at call sites."""
+
+    acks_late = True
+    reject_on_worker_lost = True
+    autoretry_for = (redis.ConnectionError, redis.TimeoutError)
+    retry_backoff = 1
+    retry_backoff_max = 60
+    retry_jitter = True
+    max_retries = 10
+    typing = False  # arguments are validated by the flow; bad ones go to the dead-letter stream
+
+
+def make_app(settings: Settings) -> Celery:
+    app = Celery("rebook", task_cls=RebookTask, include=TASK_MODULES)
+    soft = max(30.0, settings.step_lease_seconds)
+    transport: dict[str, Any] = {"visibility_timeout": 3600}
+    if settings.broker_key_prefix:
+        transport["global_keyprefix"] = settings.broker_key_prefix
+    app.conf.update(
+        broker_url=settings.broker,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options=transport,
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        result_backend=None,
+        task_default_queue=WORK_QUEUE,
+        task_default_exchange=WORK_QUEUE,
+        task_default_routing_key=WORK_QUEUE,
+        task_queues=[
+            Queue(EVENTS_QUEUE, Exchange(EVENTS_QUEUE, type="direct"), routing_key=EVENTS_QUEUE),
+            Queue(WORK_QUEUE, Exchange(WORK_QUEUE, type="direct"), routing_key=WORK_QUEUE),
+        ],
+        task_routes={"rebook.request": {"queue": EVENTS_QUEUE, "routing_key": EVENTS_QUEUE}},
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        task_soft_time_limit=soft,
+        task_time_limit=soft + 15,
+        task_annotations={"rebook.request": {"max_retries": None}},
+        timezone="UTC",
+        enable_utc=True,
+        beat_schedule={
+            "rebook-sweep": {
+                "task": "rebook.sweep",
+                "schedule": settings.sweep_interval_seconds,
+                "options": {
+                    "queue": WORK_QUEUE,
+                    "expires": max(5.0, settings.sweep_interval_seconds * 5),
+                },
+            },
+            "rebook-housekeeping": {
+                "task": "rebook.housekeeping",
+                "schedule": HOUSEKEEPING_SECONDS,
+                "options": {"queue": WORK_QUEUE, "expires": HOUSEKEEPING_SECONDS},
+            },
+        },
+    )
+    return app
+
+
+settings = _settings_or_exit()
+app = make_app(settings)
+
+
+@signals.setup_logging.connect
+def _setup_logging(**_: Any) -> None:
+    from worker.observability import configure_logging
+
+    configure_logging(get_settings())
+
+
+@signals.celeryd_init.connect
+def _worker_init(**_: Any) -> None:
+    from worker.observability import init_sentry
+
+    init_sentry(get_settings())
+    log.info(
+        "rebook worker: redis %s, upstream %s",
+        mask_url(get_settings().redis_url),
+        get_settings().api_base_url,
+    )
+
+
+@signals.beat_init.connect
+def _beat_init(**_: Any) -> None:
+    from worker.observability import init_sentry
+
+    init_sentry(get_settings())

@@ -1,0 +1,135 @@
+"""Per-member OAuth tokens: encrypted at rest, refreshed single-flight across all workers.
+
+The upstream rotates the refresh token on every refresh (the old one dies at once), so a refresh
+runs under a Redis lock per member, re-reads the stored pair after taking the lock (another worker
+may have refreshed already), and stores the new pair before the lock is released.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from cryptography.fernet import Fernet, InvalidToken
+
+from worker.errors import ConfigError, ReauthRequired, Rejected, Transient
+from worker.models import TokenSet
+from worker.upstream import UpstreamClient
+
+log = logging.getLogger(__name__)
+
+
+class TokenStore:
+    """Encrypted token pairs in Redis under `{prefix}tok:{user_id}`."""
+
+    def __init__(self, client: Any, prefix: str, key: str | None) -> None:
+        self.r = client
+        self.p = prefix
+        self._fernet = Fernet(key.encode()) if key else None
+
+    def _f(self) -> Fernet:
+        if self._fernet is None:
+            raise ConfigError(
+                "REBOOK_TOKEN_KEY: not set; tokens are stored encrypted "
+                "(make a key with `rebook tokens keygen`)"
+            )
+        return self._fernet
+
+    def _key(self, user_id: str) -> str:
+        return f"{self.p}tok:{user_id}"
+
+    def save(self, user_id: str, tokens: TokenSet) -> None:
+        blob = self._f().encrypt(tokens.model_dump_json().encode())
+        self.r.set(self._key(user_id), blob.decode())
+
+    def load(self, user_id: str) -> TokenSet | None:
+        blob = self.r.get(self._key(user_id))
+        if blob is None:
+            return None
+        try:
+            data = json.loads(self._f().decrypt(blob.encode() if isinstance(blob, str) else blob))
+        except InvalidToken:
+            raise ConfigError(
+                "REBOOK_TOKEN_KEY: stored tokens do not decrypt with this key (was it rotated?)"
+            ) from None
+        return TokenSet.model_validate(data)
+
+    def delete(self, user_id: str) -> bool:
+        return bool(self.r.delete(self._key(user_id)))
+
+
+class TokenManager:
+    """Hands out a valid access token for a member, refreshing when needed."""
+
+    def __init__(
+        self,
+        store: TokenStore,
+        client: UpstreamClient,
+        *,
+        token_url: str,
+        client_id: str,
+        client_secret: str,
+        margin_seconds: float = 60.0,
+        lock_timeout: float = 30.0,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.token_url = token_url
+        self.client_id = client_id
+        self._client_secret = client_secret
+        self.margin = margin_seconds
+        self.lock_timeout = lock_timeout
+
+    def access_token(self, user_id: str, *, rejected: str | None = None) -> str:
+        """A usable access token; `rejected` is one the upstream just answered 401 to."""
+        current = self.store.load(user_id)
+        if current is None:
+            raise ReauthRequired(user_id, "no tokens stored")
+        if self._usable(current, rejected):
+            return current.access_token
+        return self._refresh(user_id, rejected)
+
+    def _usable(self, tokens: TokenSet, rejected: str | None) -> bool:
+        if rejected is not None and tokens.access_token == rejected:
+            return False
+        return tokens.expires_at - self.margin > time.time()
+
+    def _refresh(self, user_id: str, rejected: str | None) -> str:
+        lock = self.store.r.lock(
+            f"{self.store.p}toklock:{user_id}",
+            timeout=self.lock_timeout,
+            blocking_timeout=self.lock_timeout,
+        )
+        if not lock.acquire():
+            raise Transient("token refresh in progress elsewhere", endpoint="token")
+        try:
+            current = self.store.load(user_id)
+            if current is None:
+                raise ReauthRequired(user_id, "no tokens stored")
+            if self._usable(current, rejected):
+                return current.access_token  # another worker refreshed while we waited
+            try:
+                body = self.client.refresh_token(
+                    self.token_url,
+                    client_id=self.client_id,
+                    client_secret=self._client_secret,
+                    refresh_token=current.refresh_token,
+                )
+            except Rejected as exc:
+                log.warning("refresh refused for member %s: %s", user_id, exc.message)
+                raise ReauthRequired(user_id, exc.message or "refresh refused") from None
+            body.setdefault("refresh_token", current.refresh_token)
+            try:
+                fresh = TokenSet.from_token_response(body, time.time())
+            except ValueError as exc:
+                raise Transient(f"unusable token answer: {exc}", endpoint="token") from None
+            self.store.save(user_id, fresh)  # before anything else: the old refresh token is dead
+            log.info("refreshed tokens of member %s", user_id)
+            return fresh.access_token
+        finally:
+            try:
+                lock.release()
+            except Exception:  # lock expired: the pair is stored already
+                log.warning("token lock of member %s expired before release", user_id)

@@ -1,0 +1,724 @@
+"""The decisions of the pipeline, one method per step. No Celery and no HTTP here.
+
+Each step reads the record, asks the upstream through the client, and moves the record with a
+compare-and-set transition. What to run next goes through a :class:`Dispatcher` (Celery in
+production, see `tasks/`), but nothing depends on that message arriving: the sweep finds every
+overdue record in the due index and dispatches it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from worker.auth import TokenManager
+from worker.errors import (
+    Ambiguous,
+    AuthExpired,
+    InvalidEvent,
+    NotFound,
+    ReauthRequired,
+    Rejected,
+    UpstreamError,
+)
+from worker.models import RebookEvent, State, WebcamBooking, from_ts, iso_z
+from worker.settings import Settings
+from worker.store import REMOVE, Rebook, Store, rebook_id_for
+from worker.upstream import UpstreamClient
+
+log = logging.getLogger("rebook.flow")
+
+T = TypeVar("T")
+ACTIVE_STEPS = (State.WAITING, State.RESCHEDULING, State.WATCHING)
+CLOCK_SKEW_SECONDS = 30.0
+"""How far the upstream's CreateDate may lag our clock when we look for a booking we made."""
+ACCEPT_BY_FALLBACK_SECONDS = 86400.0
+
+
+class Dispatcher(Protocol):
+    """Sends the next step. Implementations must not block on the step itself."""
+
+    def check_presence(self, performer_id: int | None, rebook_id: str | None = None) -> None: ...
+    def reschedule(self, rebook_id: str) -> None: ...
+    def watch(self, rebook_id: str, booking: dict[str, Any]) -> None: ...
+
+
+class Refused(Exception):
+    """An operator command that does not apply in the record's state; the message says why."""
+
+
+@dataclass
+class Flow:
+    settings: Settings
+    store: Store
+    client: UpstreamClient
+    tokens: TokenManager
+    dispatch: Dispatcher
+    clock: Callable[[], float] = field(default=time.time)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def backoff(self, errors: int, retry_after: float | None = None) -> float:
+        """Seconds to wait after `errors` failures: exponential with jitter, or what 429 asked."""
+        if retry_after is not None:
+            return min(self.settings.retry_max_seconds, retry_after) + random.uniform(0, 0.25)
+        ceiling = min(
+            self.settings.retry_max_seconds, self.settings.retry_base_seconds * 2 ** min(errors, 20)
+        )
+        return random.uniform(ceiling / 2, ceiling)
+
+    def _member_call(self, rec: Rebook, call: Callable[[str], T]) -> T:
+        """Runs a member call; on 401 refreshes once (single-flight) and repeats it once.
+
+        Safe for the POST too: a 401 means the upstream did nothing.
+        """
+        token = self.tokens.access_token(rec.user_id)
+        try:
+            return call(token)
+        except AuthExpired:
+            log.info("rebook %s: access token refused, refreshing", rec.rebook_id)
+            return call(self.tokens.access_token(rec.user_id, rejected=token))
+
+    def _park(self, rec: Rebook, reason: str, **detail: Any) -> bool:
+        ok = self.store.transition(
+            rec.rebook_id,
+            State.NEEDS_ATTENTION,
+            from_=ACTIVE_STEPS,
+            reason=reason,
+            due=REMOVE,
+            outcome=State.NEEDS_ATTENTION.value,
+            detail=detail,
+        )
+        if ok:
+            log.warning("rebook %s: needs attention (%s) %s", rec.rebook_id, reason, detail or "")
+        return ok
+
+    def park_member(self, user_id: str, detail: str) -> int:
+        """Refresh refused: every active rebook of the member waits for `rebook tokens set`."""
+        parked = 0
+        for rec in self.store.get_many(self.store.active_of_user(user_id)):
+            if rec.state in ACTIVE_STEPS and self._park(
+                rec, "reauth", action="run `rebook tokens set USER` with a new token", why=detail
+            ):
+                parked += 1
+        return parked
+
+    def _retry_later(self, rec: Rebook, exc: UpstreamError, what: str) -> None:
+        wait = self.backoff(rec.errors, exc.retry_after)
+        log.warning("rebook %s: %s failed (%s); again in %.1fs", rec.rebook_id, what, exc, wait)
+        self.store.transition(
+            rec.rebook_id,
+            rec.state,
+            from_=[rec.state],
+            reason=rec.reason,
+            due=self.clock() + wait,
+            fields={"errors": rec.errors + 1},
+        )
+
+    # -- intake ----------------------------------------------------------------------------------
+
+    def intake(self, args: Any, kwargs: Any, *, task_id: str = "") -> str:
+        """Records an event durably. Returns "created", "exists", "duplicate" or "invalid"."""
+        try:
+            event, extra = RebookEvent.parse(args, kwargs)
+        except InvalidEvent as exc:
+            self.store.deadletter(
+                exc.reason, {"args": args, "kwargs": kwargs}, task_id=task_id, task="rebook.request"
+            )
+            log.warning("invalid rebook event (task %s): %s", task_id, exc.reason)
+            return "invalid"
+        if extra:
+            log.info("event %s: ignored unknown fields %s", event.event_id, ", ".join(extra[:10]))
+        now = self.clock()
+        max_wait = event.max_wait_seconds or self.settings.max_wait_seconds
+        result = self.store.create(
+            rebook_id=rebook_id_for(event.event_id),
+            event_id=event.event_id,
+            booking_id=event.booking_id,
+            user_id=event.user_id,
+            performer_id=event.performer_id,
+            deadline=now + max_wait,
+            now=now,
+        )
+        if result.kind == "created":
+            log.info(
+                "rebook %s: received event %s for booking %s (performer %s)",
+                result.rebook_id,
+                event.event_id,
+                event.booking_id,
+                event.performer_id,
+            )
+            if event.performer_id is None:
+                self.dispatch.check_presence(None, result.rebook_id)
+            elif result.dispatch_presence:
+                self.dispatch.check_presence(event.performer_id)
+        elif result.kind == "duplicate":
+            log.info(
+                "event %s: booking %s already has rebook %s: DUPLICATE",
+                event.event_id,
+                event.booking_id,
+                result.other,
+            )
+        else:
+            log.info(
+                "event %s: already recorded as %s, nothing to do", event.event_id, result.rebook_id
+            )
+        return result.kind
+
+    # -- waiting ---------------------------------------------------------------------------------
+
+    def check_presence(self, performer_id: int | None, rebook_id: str | None = None) -> str:
+        """One presence call for a performer, however many rebooks wait on them."""
+        if performer_id is None:
+            return self.resolve_performer(rebook_id) if rebook_id else "noop"
+        interval = self.settings.presence_interval_seconds
+        wait = self.store.claim_presence_call(performer_id, interval)
+        if wait > 0:  # checked within this interval by someone else
+            self.store.schedule_performer(performer_id, self.clock() + wait)
+            return "coalesced"
+        waiting = self.store.waiting_for(performer_id)
+        if not waiting:
+            self.store.schedule_performer(performer_id, self.clock() + interval)
+            return "idle"
+        try:
+            online = self.client.is_online(performer_id)
+        except UpstreamError as exc:
+            wait = max(interval, exc.retry_after or 0.0) * random.uniform(1.0, 1.25)
+            log.warning(
+                "presence of performer %s unknown (%s); again in %.1fs", performer_id, exc, wait
+            )
+            self.store.schedule_performer(performer_id, self.clock() + wait)
+            return "error"
+        now = self.clock()
+        if online:
+            moved = 0
+            for rid in waiting:
+                if self.store.transition(
+                    rid,
+                    State.RESCHEDULING,
+                    from_=[State.WAITING],
+                    reason="performer online",
+                    due=now + self.store.lease,
+                    fields={"errors": 0},
+                    now=now,
+                ):
+                    moved += 1
+                    self.dispatch.reschedule(rid)
+            log.info("performer %s online: %d rebook(s) to reschedule", performer_id, moved)
+        self.store.schedule_performer(performer_id, now + interval)
+        return "online" if online else "offline"
+
+    def resolve_performer(self, rebook_id: str) -> str:
+        """The event named no performer: read it from the original booking."""
+        rec = self.store.get(rebook_id)
+        if rec is None or rec.state != State.WAITING or rec.performer_id is not None:
+            return "noop"
+        try:
+            booking = self._member_call(
+                rec, lambda tok: self.client.booking_details(tok, rec.booking_id)
+            )
+        except ReauthRequired as exc:
+            self.park_member(rec.user_id, exc.detail)
+            return "reauth"
+        except Rejected as exc:
+            return self._fail(rec, f"original booking unreadable: {exc.message}")
+        except UpstreamError as exc:
+            self._retry_later(rec, exc, "reading the original booking")
+            return "retry"
+        pid = booking.performer_id
+        if pid is None:
+            self._park(rec, "performer_unknown", action="resubmit with performer_id")
+            return "parked"
+        if self.store.transition(
+            rec.rebook_id,
+            State.WAITING,
+            from_=[State.WAITING],
+            reason="performer resolved",
+            fields={"performer_id": pid, "errors": 0},
+            due=rec.deadline_ts,
+        ):
+            self.dispatch.check_presence(pid)
+        return "resolved"
+
+    def _fail(self, rec: Rebook, reason: str, state: State = State.FAILED) -> str:
+        self.store.transition(
+            rec.rebook_id, state, from_=ACTIVE_STEPS, reason=reason, outcome=state.value
+        )
+        log.warning("rebook %s: %s (%s)", rec.rebook_id, state.value, reason)
+        return state.value.lower()
+
+    # -- reschedule ------------------------------------------------------------------------------
+
+    def reschedule(self, rebook_id: str) -> str:
+        lock = self.store.lock(rebook_id)
+        if not lock.acquire():
+            return "busy"
+        try:
+            rec = self.store.get(rebook_id)
+            if rec is None or rec.state != State.RESCHEDULING:
+                return "noop"
+            try:
+                if rec.post_sent_ts is not None:
+                    return self._reconcile(rec)
+                return self._post(rec)
+            except ReauthRequired as exc:
+                self.park_member(rec.user_id, exc.detail)
+                return "reauth"
+        finally:
+            _release(lock)
+
+    def _post(self, rec: Rebook) -> str:
+        if rec.attempts >= self.settings.reschedule_max_attempts:
+            self._park(
+                rec,
+                "too_many_attempts",
+                attempts=rec.attempts,
+                action="check the upstream, then `rebook retry ID`",
+            )
+            return "parked"
+        token = self.tokens.access_token(rec.user_id)
+        now = self.clock()
+        # The record says "POST sent" before the POST: a crash from here on leads to reconcile.
+        if not self.store.transition(
+            rec.rebook_id,
+            State.RESCHEDULING,
+            from_=[State.RESCHEDULING],
+            reason="POST sent",
+            require={"post_sent_ts": ""},
+            fields={"post_sent_ts": now, "attempts": rec.attempts + 1},
+            due=now + self.store.lease,
+            now=now,
+        ):
+            return "noop"
+        clear = {"post_sent_ts": None}
+        try:
+            booking = self.client.reschedule(token, rec.booking_id)
+        except Ambiguous as exc:
+            log.warning("rebook %s: reschedule ambiguous (%s); reconciling", rec.rebook_id, exc)
+            self.store.transition(
+                rec.rebook_id,
+                State.RESCHEDULING,
+                from_=[State.RESCHEDULING],
+                reason=f"ambiguous: {exc}",
+                fields={"errors": rec.errors + 1},
+                due=now + self.settings.reconcile_grace_seconds,
+            )
+            return "ambiguous"
+        except AuthExpired:
+            self.store.transition(
+                rec.rebook_id,
+                State.RESCHEDULING,
+                from_=[State.RESCHEDULING],
+                reason="access token refused",
+                fields=clear,
+                due=self.clock(),
+            )
+            self.tokens.access_token(rec.user_id, rejected=token)
+            return "reauth-retry"
+        except NotFound as exc:
+            return self._fail(rec, f"upstream: {exc.message}")
+        except Rejected as exc:
+            return self._rejected(rec, exc)
+        except UpstreamError as exc:  # nothing was sent or the upstream refused before acting
+            wait = self.backoff(rec.errors, exc.retry_after)
+            log.warning(
+                "rebook %s: reschedule not done (%s); again in %.1fs", rec.rebook_id, exc, wait
+            )
+            self.store.transition(
+                rec.rebook_id,
+                State.RESCHEDULING,
+                from_=[State.RESCHEDULING],
+                reason=f"retry: {exc}",
+                fields={**clear, "errors": rec.errors + 1, "attempts": rec.attempts},
+                due=self.clock() + wait,
+            )
+            return "retry"
+        return self._booked(rec, booking)
+
+    def _rejected(self, rec: Rebook, exc: Rejected) -> str:
+        """A 4xx: if a fresh presence check says offline, the performer left in between."""
+        assert rec.performer_id is not None
+        try:
+            online = self.client.is_online(rec.performer_id)
+        except UpstreamError:
+            online = None
+        now = self.clock()
+        if online is False:
+            self.store.transition(
+                rec.rebook_id,
+                State.WAITING,
+                from_=[State.RESCHEDULING],
+                reason="performer went offline",
+                fields={"post_sent_ts": None},
+                due=rec.deadline_ts,
+                now=now,
+            )
+            return "waiting"
+        if online is None:
+            self.store.transition(
+                rec.rebook_id,
+                State.RESCHEDULING,
+                from_=[State.RESCHEDULING],
+                reason=f"rejected ({exc.message}); presence unknown",
+                fields={"post_sent_ts": None, "errors": rec.errors + 1},
+                due=now + self.backoff(rec.errors),
+            )
+            return "retry"
+        return self._fail(rec, f"upstream refused: {exc.message}")
+
+    def _booked(self, rec: Rebook, booking: WebcamBooking) -> str:
+        if not self.store.claim_booking(booking.booking_id, rec.rebook_id):
+            self._park(
+                rec,
+                "booking_claimed_elsewhere",
+                new_booking_id=booking.booking_id,
+                owner=self.store.owner_of(booking.booking_id),
+            )
+            return "parked"
+        now = self.clock()
+        accept_by = booking.accept_by or from_ts(now + ACCEPT_BY_FALLBACK_SECONDS)
+        assert accept_by is not None
+        info = {
+            "booking_id": booking.booking_id,
+            "accept_by": iso_z(accept_by),
+            "status": booking.status,
+        }
+        if self.store.transition(
+            rec.rebook_id,
+            State.WATCHING,
+            from_=[State.RESCHEDULING],
+            reason="booked",
+            fields={
+                "new_booking_id": booking.booking_id,
+                "accept_by": info["accept_by"],
+                "accept_by_ts": accept_by.timestamp(),
+                "status": booking.status,
+                "errors": 0,
+            },
+            due=now + self.store.lease,
+            outcome="BOOKED",
+            detail={
+                "session_date": iso_z(booking.session_date),
+                "duration": booking.duration,
+                "credits": str(booking.credits) if booking.credits is not None else None,
+            },
+            now=now,
+        ):
+            log.info(
+                "rebook %s: booked %s, accept by %s",
+                rec.rebook_id,
+                booking.booking_id,
+                info["accept_by"],
+            )
+            self.dispatch.watch(rec.rebook_id, info)
+        return "booked"
+
+    def _reconcile(self, rec: Rebook) -> str:
+        """The last POST may have worked: look for it before anything is sent again."""
+        assert rec.post_sent_ts is not None
+        sent = rec.post_sent_ts
+        try:
+            found = self._member_call(rec, lambda tok: self._find_made(rec, tok, sent))
+        except ReauthRequired:
+            raise
+        except UpstreamError as exc:
+            tries = rec.reconcile_tries + 1
+            if tries >= self.settings.reconcile_max_tries:
+                self._park(
+                    rec,
+                    "ambiguous_reschedule",
+                    tries=tries,
+                    error=str(exc),
+                    action="look for the booking upstream, then `rebook retry ID`",
+                )
+                return "parked"
+            self.store.transition(
+                rec.rebook_id,
+                State.RESCHEDULING,
+                from_=[State.RESCHEDULING],
+                reason=f"reconcile failed: {exc}",
+                fields={"reconcile_tries": tries},
+                due=self.clock() + self.backoff(tries, exc.retry_after),
+            )
+            return "retry"
+        if found is not None:
+            log.info(
+                "rebook %s: reconciled, the POST had made booking %s",
+                rec.rebook_id,
+                found.booking_id,
+            )
+            return self._booked(rec, found)
+        now = self.clock()
+        ready_at = sent + self.settings.reconcile_grace_seconds
+        if now < ready_at:
+            self.store.transition(
+                rec.rebook_id,
+                State.RESCHEDULING,
+                from_=[State.RESCHEDULING],
+                reason=rec.reason,
+                due=ready_at,
+            )
+            return "grace"
+        # A list read after the grace period shows no booking: the POST did not happen.
+        if not self.store.transition(
+            rec.rebook_id,
+            State.RESCHEDULING,
+            from_=[State.RESCHEDULING],
+            reason="reconciled: no booking was made",
+            require={"post_sent_ts": repr(sent)},
+            fields={"post_sent_ts": None, "reconcile_tries": 0},
+            due=now + self.store.lease,
+        ):
+            return "noop"
+        fresh = self.store.get(rec.rebook_id)
+        return self._post(fresh) if fresh is not None else "noop"
+
+    def _find_made(self, rec: Rebook, token: str, sent: float) -> WebcamBooking | None:
+        """Newest first, created since "POST sent", same performer, not the original, not owned
+        by another rebook; the oldest such booking is the one our POST made."""
+        since = sent - CLOCK_SKEW_SECONDS
+        found: WebcamBooking | None = None
+        for booking in self.client.iter_made_bookings(token, start=from_ts(since)):
+            if booking.create_date is not None and booking.create_date.timestamp() < since:
+                break
+            if booking.booking_id == rec.booking_id:
+                continue
+            if rec.performer_id is not None and booking.performer_id not in (
+                None,
+                rec.performer_id,
+            ):
+                continue
+            owner = self.store.owner_of(booking.booking_id)
+            if owner is not None and owner != rec.rebook_id:
+                continue
+            found = booking
+        return found
+
+    # -- watch -----------------------------------------------------------------------------------
+
+    def watch(self, rebook_id: str, booking: dict[str, Any] | None = None) -> str:
+        lock = self.store.lock(rebook_id)
+        if not lock.acquire():
+            return "busy"
+        try:
+            rec = self.store.get(rebook_id)
+            if rec is None or rec.state != State.WATCHING or rec.new_booking_id is None:
+                return "noop"
+            try:
+                return self._watch(rec, rec.new_booking_id)
+            except ReauthRequired as exc:
+                self.park_member(rec.user_id, exc.detail)
+                return "reauth"
+        finally:
+            _release(lock)
+
+    def _watch(self, rec: Rebook, new_booking_id: int) -> str:
+        accept_by = rec.accept_by_ts or (rec.created_ts + ACCEPT_BY_FALLBACK_SECONDS)
+        try:
+            booking = self._member_call(
+                rec, lambda tok: self.client.booking_details(tok, new_booking_id)
+            )
+        except Rejected as exc:
+            self._park(
+                rec,
+                "watch_failed",
+                error=str(exc),
+                action="check the booking upstream, then `rebook retry ID`",
+            )
+            return "parked"
+        except UpstreamError as exc:
+            overdue = self.clock() - accept_by
+            if overdue > max(600.0, 10 * self.settings.watch_interval_seconds) and (
+                rec.errors + 1 >= self.settings.reconcile_max_tries
+            ):
+                self._park(
+                    rec,
+                    "watch_unreadable",
+                    error=str(exc),
+                    action="check the booking upstream, then `rebook retry ID`",
+                )
+                return "parked"
+            self._retry_later(rec, exc, "reading the new booking")
+            return "retry"
+        now = self.clock()
+        final = booking.final_state
+        if booking.accept_by is not None:
+            accept_by = booking.accept_by.timestamp()
+        if final is not None:
+            self.store.transition(
+                rec.rebook_id,
+                final,
+                from_=[State.WATCHING],
+                reason=booking.reason or f"upstream status {booking.status}",
+                fields={"status": booking.status},
+                outcome=final.value,
+                now=now,
+            )
+            log.info("rebook %s: %s", rec.rebook_id, final.value)
+            return final.value.lower()
+        if now >= accept_by:
+            self.store.transition(
+                rec.rebook_id,
+                State.EXPIRED,
+                from_=[State.WATCHING],
+                reason=f"AcceptBy passed while {booking.status or 'Pending'}",
+                fields={"status": booking.status},
+                outcome=State.EXPIRED.value,
+                now=now,
+            )
+            log.info("rebook %s: EXPIRED", rec.rebook_id)
+            return "expired"
+        self.store.transition(
+            rec.rebook_id,
+            State.WATCHING,
+            from_=[State.WATCHING],
+            reason=rec.reason,
+            fields={
+                "status": booking.status,
+                "errors": 0,
+                "accept_by_ts": accept_by,
+                "accept_by": iso_z(from_ts(accept_by)),
+            },
+            due=min(now + self.settings.watch_interval_seconds, accept_by),
+            now=now,
+        )
+        return "pending"
+
+    # -- beat ------------------------------------------------------------------------------------
+
+    def sweep(self) -> dict[str, int]:
+        """Re-dispatches whatever is overdue: a lost message only delays, never loses."""
+        now = self.clock()
+        ids, pids = self.store.claim_due(now, self.settings.sweep_batch)
+        for pid in pids:
+            self.dispatch.check_presence(pid)
+        counts = {"performers": len(pids), "rebooks": len(ids), "gave_up": 0}
+        for rec in self.store.get_many(ids):
+            if rec.state == State.WAITING:
+                if now >= rec.deadline_ts:
+                    if self.store.transition(
+                        rec.rebook_id,
+                        State.GAVE_UP,
+                        from_=[State.WAITING],
+                        reason="performer not online within max wait",
+                        outcome=State.GAVE_UP.value,
+                        now=now,
+                    ):
+                        counts["gave_up"] += 1
+                elif rec.performer_id is None:
+                    self.dispatch.check_presence(None, rec.rebook_id)
+                else:
+                    self.store.transition(
+                        rec.rebook_id,
+                        State.WAITING,
+                        from_=[State.WAITING],
+                        reason=rec.reason,
+                        due=rec.deadline_ts,
+                    )
+            elif rec.state == State.RESCHEDULING:
+                self.dispatch.reschedule(rec.rebook_id)
+            elif rec.state == State.WATCHING and rec.new_booking_id is not None:
+                self.dispatch.watch(
+                    rec.rebook_id,
+                    {
+                        "booking_id": rec.new_booking_id,
+                        "accept_by": rec.accept_by,
+                        "status": rec.status,
+                    },
+                )
+            else:
+                self.store.transition(
+                    rec.rebook_id, rec.state, from_=[rec.state], reason=rec.reason, due=REMOVE
+                )
+        return counts
+
+    def housekeeping(self) -> int:
+        return self.store.expire_finished(self.clock())
+
+    # -- operators -------------------------------------------------------------------------------
+
+    def cancel(self, ident: str) -> Rebook:
+        rec = self._find(ident)
+        if rec.state.terminal:
+            raise Refused(f"{rec.rebook_id} is already {rec.state.value}; nothing to cancel")
+        require = {"post_sent_ts": ""} if rec.state == State.RESCHEDULING else None
+        if not self.store.transition(
+            rec.rebook_id,
+            State.ABORTED,
+            from_=[rec.state],
+            reason="cancelled by operator",
+            require=require,
+            outcome=State.ABORTED.value,
+        ):
+            raise Refused(
+                f"{rec.rebook_id} is in the middle of a reschedule request; try again in a moment"
+            )
+        return self._find(rec.rebook_id)
+
+    def retry(self, ident: str) -> Rebook:
+        rec = self._find(ident)
+        if rec.state != State.NEEDS_ATTENTION:
+            raise Refused(
+                f"{rec.rebook_id} is {rec.state.value}; only NEEDS_ATTENTION rebooks can be retried"
+            )
+        self._resume(rec, "retried by operator")
+        return self._find(rec.rebook_id)
+
+    def resume_member(self, user_id: str) -> int:
+        """After `rebook tokens set`: the member's rebooks parked for `reauth` go on."""
+        resumed = 0
+        for rec in self.store.get_many(self.store.active_of_user(user_id)):
+            if rec.state == State.NEEDS_ATTENTION and rec.reason == "reauth":
+                self._resume(rec, "tokens renewed")
+                resumed += 1
+        return resumed
+
+    def _resume(self, rec: Rebook, reason: str) -> None:
+        to = rec.resume_state if rec.resume_state in ACTIVE_STEPS else State.WAITING
+        now = self.clock()
+        fields: dict[str, Any] = {"errors": 0, "reconcile_tries": 0}
+        if to == State.WAITING:
+            deadline = max(rec.deadline_ts, now + self.settings.presence_interval_seconds * 2)
+            fields["deadline_ts"] = deadline
+            due: float = deadline
+        else:
+            due = now + self.store.lease
+            if to == State.RESCHEDULING and rec.post_sent_ts is None:
+                fields["attempts"] = 0
+        if not self.store.transition(
+            rec.rebook_id,
+            to,
+            from_=[State.NEEDS_ATTENTION],
+            reason=reason,
+            fields=fields,
+            due=due,
+            now=now,
+        ):
+            return
+        if to == State.WAITING and rec.performer_id is not None:
+            self.dispatch.check_presence(rec.performer_id)
+        elif to == State.WAITING:
+            self.dispatch.check_presence(None, rec.rebook_id)
+        elif to == State.RESCHEDULING:
+            self.dispatch.reschedule(rec.rebook_id)
+        else:
+            self.dispatch.watch(
+                rec.rebook_id, {"booking_id": rec.new_booking_id, "accept_by": rec.accept_by}
+            )
+
+    def _find(self, ident: str) -> Rebook:
+        rec = self.store.find(ident)
+        if rec is None:
+            raise LookupError(f"no rebook {ident!r}")
+        return rec
+
+
+def _release(lock: Any) -> None:
+    try:
+        lock.release()
+    except Exception:  # expired while we worked: the sweep may already have re-dispatched
+        log.warning("a step outlived its lock (%s)", getattr(lock, "name", "?"))

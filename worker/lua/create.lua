@@ -1,0 +1,54 @@
+-- Records a new rebook event, idempotent on event_id; a second event for a booking that has an
+-- active rebook is recorded as DUPLICATE at once (never a second reschedule).
+-- ARGV: 1 prefix, 2 rebook id, 3 event_id, 4 booking_id, 5 user_id, 6 performer_id ("" unknown),
+--       7 deadline ts, 8 now, 9 now ISO-Z, 10 retention seconds, 11 lease seconds,
+--       12 due score for a new WAITING record
+-- Returns {"exists", id} | {"duplicate", active id} | {"created", dispatch performer "1"/"0"}
+local p, id, eid, bid, uid, pid = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local now, now_iso = tonumber(ARGV[8]), ARGV[9]
+local ek = p .. 'ev:' .. eid
+if redis.call('SET', ek, id, 'NX') == false then
+  return {'exists', redis.call('GET', ek)}
+end
+local rk = p .. 'r:' .. id
+redis.call('HSET', rk, 'rebook_id', id, 'event_id', eid, 'booking_id', bid, 'user_id', uid,
+  'performer_id', pid, 'created_at', now_iso, 'created_ts', ARGV[8], 'updated_at', now_iso,
+  'updated_ts', ARGV[8], 'deadline_ts', ARGV[7])
+if pid == '' then redis.call('HDEL', rk, 'performer_id') end
+redis.call('ZADD', p .. 'created', now, id)
+local ak = p .. 'active:' .. bid
+local active = redis.call('GET', ak)
+if active and active ~= id then
+  local st = redis.call('HGET', p .. 'r:' .. active, 'state')
+  if st == 'WAITING' or st == 'RESCHEDULING' or st == 'WATCHING' or st == 'NEEDS_ATTENTION' then
+    local reason = 'duplicate of ' .. active
+    redis.call('HSET', rk, 'state', 'DUPLICATE', 'reason', reason, 'duplicate_of', active)
+    redis.call('SADD', p .. 'st:DUPLICATE', id)
+    redis.call('RPUSH', p .. 'h:' .. id,
+      cjson.encode({at = now_iso, from = '', to = 'DUPLICATE', reason = reason}))
+    redis.call('ZADD', p .. 'finished', now, id)
+    local ttl = math.floor(tonumber(ARGV[10]) + 86400)
+    redis.call('EXPIRE', rk, ttl)
+    redis.call('EXPIRE', p .. 'h:' .. id, ttl)
+    redis.call('XADD', p .. 'outcomes', '*', 'rebook_id', id, 'event_id', eid,
+      'state', 'DUPLICATE', 'booking_id', bid, 'new_booking_id', '', 'accept_by', '',
+      'status', '', 'reason', reason, 'at', now_iso,
+      'detail', cjson.encode({duplicate_of = active}))
+    return {'duplicate', active}
+  end
+end
+redis.call('SET', ak, id)
+redis.call('HSET', rk, 'state', 'WAITING', 'reason', 'received')
+redis.call('SADD', p .. 'st:WAITING', id)
+redis.call('SADD', p .. 'user:' .. uid, id)
+redis.call('RPUSH', p .. 'h:' .. id,
+  cjson.encode({at = now_iso, from = '', to = 'WAITING', reason = 'received'}))
+redis.call('ZADD', p .. 'due', tonumber(ARGV[12]), id)
+local dispatch = '0'
+if pid ~= '' then
+  redis.call('SADD', p .. 'perf:' .. pid, id)
+  if redis.call('ZADD', p .. 'performers', 'NX', now + tonumber(ARGV[11]), pid) == 1 then
+    dispatch = '1'
+  end
+end
+return {'created', dispatch}

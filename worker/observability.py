@@ -1,0 +1,136 @@
+"""Logging (console or JSON, secrets scrubbed) and Sentry, set up once per process."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from worker.settings import Settings
+
+_SECRET_PATTERNS = [
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"),
+    re.compile(
+        r"(?i)((?:access_token|refresh_token|client_secret|api_?key|token_key|password)"
+        r"[\"']?\s*[:=]\s*[\"']?)[^\"'\s,&}]+"
+    ),
+]
+_secret_values: set[str] = set()
+
+
+def register_secret(value: str | None) -> None:
+    """A literal value that must never reach a log line or a Sentry event."""
+    if value and len(value) >= 6:
+        _secret_values.add(value)
+
+
+def register_settings_secrets(settings: Settings) -> None:
+    for secret in (
+        settings.api_key,
+        settings.oauth_client_secret,
+        settings.token_key,
+        settings.webhook_secret,
+        settings.flower_basic_auth,
+        settings.sentry_dsn,
+    ):
+        if secret is not None:
+            register_secret(secret.get_secret_value())
+
+
+def scrub(text: str) -> str:
+    for value in _secret_values:
+        if value in text:
+            text = text.replace(value, "[redacted]")
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(r"\1[redacted]", text)
+    return text
+
+
+class ScrubFilter(logging.Filter):
+    """Renders the message early and scrubs it, so no handler ever sees a secret."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string must not lose the line
+            message = str(record.msg)
+        record.msg = scrub(message)
+        record.args = None
+        if record.exc_info and record.exc_info[1] is not None:
+            record.exc_text = scrub(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+            "process": record.processName,
+        }
+        if record.exc_text:
+            data["exc"] = record.exc_text
+        return json.dumps(data, ensure_ascii=False)
+
+
+def configure_logging(settings: Settings, stream: Any = None) -> None:
+    """Replaces the root handlers; Celery is told to leave logging to us (setup_logging signal)."""
+    register_settings_secrets(settings)
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.addFilter(ScrubFilter())
+    if settings.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s [%(processName)s] %(message)s")
+        )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level)
+    for noisy in ("urllib3", "requests", "kombu", "amqp"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _before_send(event: Any, hint: Any) -> Any:
+    """Scrubs every string of a Sentry event (messages, frames' vars, breadcrumbs, request)."""
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, str):
+            return scrub(value)
+        if isinstance(value, dict):
+            return {k: walk(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        return value
+
+    return walk(event)
+
+
+def init_sentry(settings: Settings, **extra: Any) -> bool:
+    """Sentry with its Celery integration, only when REBOOK_SENTRY_DSN is set."""
+    if settings.sentry_dsn is None:
+        return False
+    import sentry_sdk
+    from sentry_sdk.integrations.celery import CeleryIntegration
+
+    from worker import __version__
+
+    register_settings_secrets(settings)
+    sentry_sdk.init(
+        dsn=settings.sentry_dsn.get_secret_value(),
+        environment=settings.sentry_environment,
+        release=f"rebook@{__version__}",
+        integrations=[CeleryIntegration(monitor_beat_tasks=True)],
+        send_default_pii=False,
+        include_local_variables=False,
+        before_send=_before_send,
+        before_breadcrumb=lambda crumb, hint: _before_send(crumb, hint),
+        **extra,
+    )
+    return True

@@ -1,0 +1,92 @@
+"""Builds the services of one process (store, upstream client, tokens) from the settings.
+
+Built lazily and once per process id: a prefork child must not share its parent's sockets.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+
+from worker.auth import TokenManager, TokenStore
+from worker.ratelimit import RedisRateLimiter
+from worker.settings import Settings, get_settings
+from worker.store import Store
+from worker.upstream import UpstreamClient
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: Store
+    client: UpstreamClient
+    token_store: TokenStore
+    tokens: TokenManager
+    calls: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+
+def build_services(settings: Settings) -> Services:
+    store = Store.from_url(
+        settings.redis_url,
+        prefix=settings.key_prefix,
+        retention_seconds=settings.retention_seconds,
+        lease_seconds=settings.step_lease_seconds,
+    )
+    calls: Counter[tuple[str, str]] = Counter()
+    limiter = RedisRateLimiter(
+        store.r,
+        store.key("ratelimit"),
+        settings.upstream_rate_per_second,
+        burst=max(1, int(settings.upstream_rate_per_second)),
+        max_wait=max(5.0, settings.step_lease_seconds / 4),
+    )
+    client = UpstreamClient(
+        settings.api_base_url,
+        settings.api_key.get_secret_value(),
+        api_key_header=settings.api_key_header,
+        timeout=settings.http_timeout_seconds,
+        zone=settings.zone,
+        limiter=limiter,
+        on_call=lambda endpoint, outcome: calls.update([(endpoint, outcome)]),
+    )
+    token_store = TokenStore(
+        store.r,
+        settings.key_prefix,
+        settings.token_key.get_secret_value() if settings.token_key else None,
+    )
+    tokens = TokenManager(
+        token_store,
+        client,
+        token_url=settings.token_url,
+        client_id=settings.oauth_client_id,
+        client_secret=settings.oauth_client_secret.get_secret_value(),
+        margin_seconds=settings.token_refresh_margin_seconds,
+        lock_timeout=settings.http_timeout_seconds * 3 + 5,
+    )
+    return Services(settings, store, client, token_store, tokens, calls)
+
+
+_lock = threading.Lock()
+_services: dict[int, Services] = {}
+
+
+def services() -> Services:
+    """This process's services, built on first use."""
+    pid = os.getpid()
+    found = _services.get(pid)
+    if found is None:
+        with _lock:
+            found = _services.get(pid)
+            if found is None:
+                _services.clear()
+                found = _services[pid] = build_services(get_settings())
+    return found
+
+
+def reset() -> None:
+    """Forget the services (tests, and after settings change)."""
+    with _lock:
+        _services.clear()
+    get_settings.cache_clear()

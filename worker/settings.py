@@ -1,0 +1,211 @@
+"""Settings from the environment (`REBOOK_*`) and `.env`, validated once at start-up.
+
+A bad value must stop a process before it touches a message, with one line naming the variable:
+`load_settings()` turns pydantic's multi-line report into :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker.errors import ConfigError
+
+ENV_PREFIX = "REBOOK_"
+
+
+class Settings(BaseSettings):
+    """Every knob of rebook. Names are public interface (see DESIGN.md)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    redis_url: str = "redis://localhost:6379/0"
+    broker_url: str | None = None
+    broker_key_prefix: str = ""
+    key_prefix: str = "rebook:"
+
+    api_base_url: str = "http://127.0.0.1:8765"
+    api_key: SecretStr = SecretStr("sandbox-key")
+    api_key_header: str = "apiKey"
+    api_timezone: str = "Europe/London"
+    oauth_token_url: str | None = None
+    oauth_client_id: str = "sandbox-client"
+    oauth_client_secret: SecretStr = SecretStr("sandbox-secret")
+    token_key: SecretStr | None = None
+    token_refresh_margin_seconds: float = Field(60.0, ge=0)
+
+    presence_interval_seconds: float = Field(30.0, gt=0)
+    watch_interval_seconds: float = Field(30.0, gt=0)
+    sweep_interval_seconds: float = Field(2.0, gt=0)
+    sweep_batch: int = Field(1000, ge=1, le=100_000)
+    max_wait_seconds: int = Field(43200, ge=1, le=7 * 86400)
+    step_lease_seconds: float = Field(60.0, gt=0)
+    http_timeout_seconds: float = Field(10.0, gt=0)
+    upstream_rate_per_second: float = Field(20.0, ge=0)
+    retry_base_seconds: float = Field(1.0, gt=0)
+    retry_max_seconds: float = Field(300.0, gt=0)
+    reconcile_grace_seconds: float = Field(5.0, ge=0)
+    reconcile_max_tries: int = Field(5, ge=1)
+    reschedule_max_attempts: int = Field(5, ge=1)
+
+    auto_confirm: bool = False
+    sentry_dsn: SecretStr | None = None
+    sentry_environment: str = "production"
+    flower_basic_auth: SecretStr | None = None
+    retention_days: float = Field(14.0, gt=0)
+    outcome_task: str | None = None
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None
+    log_format: Literal["console", "json"] = "console"
+    log_level: str = "INFO"
+
+    @field_validator("redis_url", "broker_url")
+    @classmethod
+    def _url_has_scheme(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        scheme = urlsplit(value).scheme
+        if scheme not in {"redis", "rediss", "unix", "amqp", "amqps", "pyamqp", "memory"}:
+            raise ValueError(f"expected a redis:// or amqp:// URL, got scheme {scheme!r}")
+        return value
+
+    @field_validator("api_base_url", "oauth_token_url", "webhook_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in {"http", "https"} or not parts.netloc:
+            raise ValueError(f"expected an http(s) URL, got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("api_base_url")
+    @classmethod
+    def _host_root(cls, value: str) -> str:
+        if value.lower().endswith("/v1"):
+            raise ValueError("give the host root, without /v1")
+        return value
+
+    @field_validator("api_timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @field_validator("token_key")
+    @classmethod
+    def _fernet(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        from cryptography.fernet import Fernet
+
+        try:
+            Fernet(value.get_secret_value().encode())
+        except (ValueError, TypeError):
+            raise ValueError(
+                "not a Fernet key (32 url-safe base64 bytes); make one with `rebook tokens keygen`"
+            ) from None
+        return value
+
+    @field_validator("flower_basic_auth")
+    @classmethod
+    def _basic_auth(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        for pair in value.get_secret_value().split(","):
+            user, sep, password = pair.partition(":")
+            if not sep or not user or not password:
+                raise ValueError("expected user:password (comma-separated for several)")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return level
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not value or any(ch.isspace() for ch in value):
+            raise ValueError("must be non-empty with no spaces")
+        return value
+
+    @model_validator(mode="after")
+    def _retry_bounds(self) -> Settings:
+        if self.retry_max_seconds < self.retry_base_seconds:
+            raise ValueError("REBOOK_RETRY_MAX_SECONDS must be >= REBOOK_RETRY_BASE_SECONDS")
+        return self
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or self.redis_url
+
+    @property
+    def token_url(self) -> str:
+        return self.oauth_token_url or f"{self.api_base_url}/OAuth/token"
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.api_timezone)
+
+    @property
+    def retention_seconds(self) -> int:
+        return int(self.retention_days * 86400)
+
+
+def _one_line(exc: ValidationError) -> str:
+    """First error as `REBOOK_NAME: message` — what a person needs to fix it."""
+    err = exc.errors()[0]
+    loc = [str(part) for part in err.get("loc", ()) if part != "__root__"]
+    msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+    if loc:
+        return f"{ENV_PREFIX}{loc[0].upper()}: {msg}"
+    return msg if msg.startswith(ENV_PREFIX) else f"settings: {msg}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment, or :class:`ConfigError` with one line naming the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (cached; tests call `get_settings.cache_clear()`)."""
+    return load_settings()
+
+
+def mask_url(url: str) -> str:
+    """URL with its password replaced, for messages a person reads."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def env_for_child(settings: Settings, **extra: str) -> dict[str, str]:
+    """Environment for a child process (worker, beat) that should see the same settings."""
+    env = dict(os.environ)
+    env.update(extra)
+    return env

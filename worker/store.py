@@ -1,0 +1,449 @@
+"""The durable truth: one record per rebook in Redis, its history, and the indexes around it.
+
+Celery messages are only nudges; everything needed to continue after a lost message, a killed
+worker or a restarted broker is here. Every state change is one Lua script (`transition.lua`), so a
+record, its indexes, its history and its outcome never disagree. No Celery, no HTTP in this module.
+
+Keys (prefix `REBOOK_KEY_PREFIX`): `r:{id}` record hash, `h:{id}` history list, `due` zset of
+records needing the sweep, `performers` zset of presence checks, `perf:{pid}` waiting rebooks of a
+performer, `user:{uid}` active rebooks of a member, `st:{STATE}` ids per state, `ev:{event_id}`,
+`active:{booking_id}`, `claimed:{new_booking_id}`, `created`/`finished` zsets, streams `outcomes`
+and `deadletter`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any, Literal
+
+import redis
+from pydantic import BaseModel, ConfigDict
+from redis.lock import Lock
+
+from worker.errors import StoreUnavailable
+from worker.models import ACTIVE_STATES, State, iso_z
+from worker.settings import mask_url
+
+KEEP = ""
+"""`due=KEEP` leaves the due index as it is; `due=REMOVE` takes the record out of it."""
+REMOVE = "-"
+DEADLETTER_PAYLOAD_LIMIT = 4096
+SECRET_WORDS = ("token", "secret", "password", "apikey", "api_key", "authorization", "key")
+
+
+def rebook_id_for(event_id: str) -> str:
+    """Deterministic id, so a redelivered event maps to the same record and ids are predictable."""
+    return "rb-" + hashlib.blake2b(event_id.encode(), digest_size=8).hexdigest()
+
+
+def now_ts() -> float:
+    return time.time()
+
+
+def _script(name: str) -> str:
+    return resources.files("worker").joinpath(f"lua/{name}.lua").read_text()
+
+
+class Rebook(BaseModel):
+    """A record as read from Redis (the public fields of DESIGN.md § Outcomes, plus bookkeeping)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    rebook_id: str
+    event_id: str
+    booking_id: int
+    user_id: str
+    performer_id: int | None = None
+    state: State
+    reason: str = ""
+    new_booking_id: int | None = None
+    accept_by: str = ""
+    accept_by_ts: float | None = None
+    status: str = ""
+    duplicate_of: str = ""
+    resume_state: State | None = None
+    created_at: str
+    created_ts: float
+    updated_at: str = ""
+    deadline_ts: float
+    post_sent_ts: float | None = None
+    attempts: int = 0
+    errors: int = 0
+    reconcile_tries: int = 0
+
+    @classmethod
+    def from_hash(cls, raw: dict[str, str]) -> Rebook:
+        data: dict[str, Any] = {k: v for k, v in raw.items() if v != ""}
+        return cls.model_validate(data)
+
+    def public(self) -> dict[str, Any]:
+        """The JSON shape of `rebook status --json` / `list --json`."""
+        return {
+            "rebook_id": self.rebook_id,
+            "event_id": self.event_id,
+            "booking_id": self.booking_id,
+            "user_id": self.user_id,
+            "performer_id": self.performer_id,
+            "state": self.state.value,
+            "reason": self.reason,
+            "new_booking_id": self.new_booking_id,
+            "accept_by": self.accept_by or None,
+            "status": self.status or None,
+            "duplicate_of": self.duplicate_of or None,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "deadline": iso_z(datetime.fromtimestamp(self.deadline_ts, UTC)),
+        }
+
+
+@dataclass(frozen=True)
+class Created:
+    kind: Literal["created", "exists", "duplicate"]
+    rebook_id: str
+    other: str = ""
+    dispatch_presence: bool = False
+
+
+def redact(value: Any, depth: int = 0) -> Any:
+    """A copy of an untrusted payload with secret-looking fields blanked, for dead letters."""
+    if depth > 6:
+        return "…"
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in list(value.items())[:50]:
+            name = str(k)
+            if any(word in name.lower().replace("-", "_") for word in SECRET_WORDS):
+                out[name[:64]] = "[redacted]"
+            else:
+                out[name[:64]] = redact(v, depth + 1)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [redact(v, depth + 1) for v in list(value)[:50]]
+    if isinstance(value, str):
+        return value[:512]
+    if value is None or isinstance(value, (int, float, bool)):
+        return value
+    return repr(value)[:128]
+
+
+class Store:
+    """Typed operations on the Redis state. Thread-safe; one per process is enough."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str = "rebook:",
+        retention_seconds: int = 14 * 86400,
+        lease_seconds: float = 60.0,
+        url: str = "",
+    ) -> None:
+        # decode_responses=True: replies are str; redis-py's stubs cannot know that.
+        self.r: Any = client
+        self.p = prefix
+        self.retention = retention_seconds
+        self.lease = lease_seconds
+        self.url = url
+        self._transition = client.register_script(_script("transition"))
+        self._create = client.register_script(_script("create"))
+        self._sweep = client.register_script(_script("sweep"))
+        self._performer_next = client.register_script(_script("performer_next"))
+
+    @classmethod
+    def from_url(cls, url: str, **kw: Any) -> Store:
+        client = redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=10,
+            socket_connect_timeout=5,
+            health_check_interval=30,
+        )
+        return cls(client, url=url, **kw)
+
+    def ping(self) -> None:
+        """Raises :class:`StoreUnavailable` with the masked URL when Redis cannot be reached."""
+        try:
+            self.r.ping()
+        except redis.RedisError as exc:
+            raise StoreUnavailable(
+                f"cannot reach Redis at {mask_url(self.url)}: {type(exc).__name__}"
+            ) from None
+
+    def key(self, *parts: object) -> str:
+        return self.p + ":".join(str(p) for p in parts)
+
+    # -- records -------------------------------------------------------------------------------
+
+    def create(
+        self,
+        *,
+        rebook_id: str,
+        event_id: str,
+        booking_id: int,
+        user_id: str,
+        performer_id: int | None,
+        deadline: float,
+        now: float,
+    ) -> Created:
+        due = deadline if performer_id is not None else now
+        kind, value = self._create(
+            args=[
+                self.p,
+                rebook_id,
+                event_id,
+                booking_id,
+                user_id,
+                "" if performer_id is None else performer_id,
+                repr(deadline),
+                repr(now),
+                iso_z(datetime.fromtimestamp(now, UTC)),
+                self.retention,
+                self.lease,
+                repr(due),
+            ]
+        )
+        if kind == "created":
+            return Created("created", rebook_id, dispatch_presence=value == "1")
+        if kind == "duplicate":
+            return Created("duplicate", rebook_id, other=value)
+        return Created("exists", value)
+
+    def get(self, rebook_id: str) -> Rebook | None:
+        raw = self.r.hgetall(self.key("r", rebook_id))
+        return Rebook.from_hash(raw) if raw else None
+
+    def find(self, ident: str) -> Rebook | None:
+        """By rebook id or by event id."""
+        found = self.get(ident)
+        if found is None:
+            rid = self.r.get(self.key("ev", ident))
+            found = self.get(rid) if rid else None
+        return found
+
+    def get_many(self, ids: Sequence[str]) -> list[Rebook]:
+        pipe = self.r.pipeline(transaction=False)
+        for rid in ids:
+            pipe.hgetall(self.key("r", rid))
+        return [Rebook.from_hash(raw) for raw in pipe.execute() if raw]
+
+    def history(self, rebook_id: str) -> list[dict[str, Any]]:
+        return [json.loads(item) for item in self.r.lrange(self.key("h", rebook_id), 0, -1)]
+
+    def transition(
+        self,
+        rebook_id: str,
+        to: State,
+        *,
+        from_: Iterable[State] | None = None,
+        reason: str = "",
+        due: float | str = KEEP,
+        fields: dict[str, Any] | None = None,
+        require: dict[str, Any] | None = None,
+        outcome: str = "",
+        detail: dict[str, Any] | None = None,
+        now: float | None = None,
+    ) -> bool:
+        """Compare-and-set: applies only if the state is in `from_` and `require` fields match.
+
+        A field set to None is deleted; `require` compares string forms ("" = absent).
+        """
+        ts = now_ts() if now is None else now
+        allowed = "*" if from_ is None else ",".join(s.value for s in from_)
+        ok, _ = self._transition(
+            args=[
+                self.p,
+                rebook_id,
+                allowed,
+                to.value,
+                repr(ts),
+                iso_z(datetime.fromtimestamp(ts, UTC)),
+                reason[:500],
+                due if isinstance(due, str) else repr(due),
+                outcome,
+                self.retention,
+                json.dumps({k: _field(v) for k, v in (fields or {}).items()}),
+                json.dumps({k: _field(v) for k, v in (require or {}).items()}),
+                json.dumps(detail or {}, default=str),
+                self.lease,
+            ]
+        )
+        return bool(ok)
+
+    def claim_booking(self, new_booking_id: int, rebook_id: str) -> bool:
+        """Marks an upstream booking as ours; False if another rebook already owns it."""
+        key = self.key("claimed", new_booking_id)
+        if self.r.set(key, rebook_id, nx=True, ex=self.retention + 86400):
+            return True
+        return self.r.get(key) == rebook_id
+
+    def owner_of(self, new_booking_id: int) -> str | None:
+        return self.r.get(self.key("claimed", new_booking_id))
+
+    def lock(self, rebook_id: str, timeout: float | None = None) -> Lock:
+        """Per-rebook lock so two workers never run a step of the same rebook at once."""
+        return self.r.lock(
+            self.key("lock", rebook_id), timeout=timeout or self.lease, blocking=False
+        )
+
+    # -- performers ----------------------------------------------------------------------------
+
+    def claim_presence_call(self, performer_id: int, interval: float) -> float:
+        """At most one presence call per performer per interval, across all workers.
+
+        Returns 0 when this caller may call now, else the seconds until the next call may go.
+        """
+        key = self.key("presence", performer_id)
+        if self.r.set(key, "1", nx=True, px=max(1, int(interval * 1000))):
+            return 0.0
+        return max(0.001, int(self.r.pttl(key)) / 1000)
+
+    def waiting_for(self, performer_id: int) -> list[str]:
+        return sorted(self.r.smembers(self.key("perf", performer_id)))
+
+    def schedule_performer(self, performer_id: int, at: float) -> bool:
+        """Next presence check at `at` while rebooks wait on the performer; False if none wait."""
+        return bool(self._performer_next(args=[self.p, performer_id, repr(at)]))
+
+    def performer_due(self, performer_id: int) -> float | None:
+        score = self.r.zscore(self.key("performers"), performer_id)
+        return None if score is None else float(score)
+
+    # -- sweep & housekeeping ----------------------------------------------------------------------
+
+    def claim_due(self, now: float, batch: int) -> tuple[list[str], list[int]]:
+        ids, pids = self._sweep(args=[self.p, repr(now), repr(self.lease), batch])
+        return list(ids), [int(p) for p in pids]
+
+    def last_sweep(self) -> float | None:
+        value = self.r.get(self.key("sweep", "last"))
+        return float(value) if value else None
+
+    def expire_finished(self, now: float, batch: int = 1000) -> int:
+        """Deletes finished records older than the retention; trims the streams the same way."""
+        cutoff = now - self.retention
+        ids = self.r.zrangebyscore(self.key("finished"), "-inf", cutoff, start=0, num=batch)
+        if ids:
+            rows = self.r.pipeline(transaction=False)
+            for rid in ids:
+                rows.hmget(self.key("r", rid), "state", "event_id")
+            found = rows.execute()
+            pipe = self.r.pipeline(transaction=True)
+            for rid, (state, event_id) in zip(ids, found, strict=True):
+                pipe.delete(self.key("r", rid), self.key("h", rid))
+                if state:
+                    pipe.srem(self.key("st", state), rid)
+                if event_id:
+                    pipe.delete(self.key("ev", event_id))
+                pipe.zrem(self.key("created"), rid)
+                pipe.zrem(self.key("finished"), rid)
+            pipe.execute()
+        min_id = f"{int(cutoff * 1000)}-0"
+        for stream in ("outcomes", "deadletter"):
+            self.r.xtrim(self.key(stream), minid=min_id, approximate=True)
+        return len(ids)
+
+    # -- members ---------------------------------------------------------------------------------
+
+    def active_of_user(self, user_id: str) -> list[str]:
+        return sorted(self.r.smembers(self.key("user", user_id)))
+
+    # -- queries ---------------------------------------------------------------------------------
+
+    def ids_in_state(self, state: State) -> list[str]:
+        return sorted(self.r.smembers(self.key("st", state.value)))
+
+    def list_rebooks(self, state: State | None = None, limit: int = 50) -> list[Rebook]:
+        """Newest first; `limit` 0 means all."""
+        if state is None:
+            end = -1 if limit <= 0 else limit - 1
+            ids = self.r.zrevrange(self.key("created"), 0, end)
+        else:
+            members = self.ids_in_state(state)
+            pipe = self.r.pipeline(transaction=False)
+            for rid in members:
+                pipe.zscore(self.key("created"), rid)
+            scores = pipe.execute()
+            ranked = sorted(zip(members, scores, strict=True), key=lambda x: -(x[1] or 0))
+            ids = [rid for rid, _ in ranked][: limit if limit > 0 else None]
+        return self.get_many(ids)
+
+    def stats(self, now: float | None = None) -> dict[str, Any]:
+        ts = now_ts() if now is None else now
+        pipe = self.r.pipeline(transaction=False)
+        for state in State:
+            pipe.scard(self.key("st", state.value))
+        pipe.zrange(self.key("due"), 0, 0, withscores=True)
+        pipe.xlen(self.key("deadletter"))
+        pipe.xlen(self.key("outcomes"))
+        pipe.zcard(self.key("performers"))
+        *counts, oldest, dead, outcomes, performers = pipe.execute()
+        lag = max(0.0, ts - float(oldest[0][1])) if oldest else 0.0
+        last = self.last_sweep()
+        return {
+            "states": {s.value: int(n) for s, n in zip(State, counts, strict=True)},
+            "active": sum(int(n) for s, n in zip(State, counts, strict=True) if s in ACTIVE_STATES),
+            "due_lag_seconds": round(lag, 3),
+            "deadletter": int(dead),
+            "outcomes": int(outcomes),
+            "performers_tracked": int(performers),
+            "last_sweep_seconds_ago": None if last is None else round(ts - last, 3),
+        }
+
+    # -- streams ---------------------------------------------------------------------------------
+
+    def deadletter(self, reason: str, payload: Any, *, task_id: str = "", task: str = "") -> str:
+        """Appends an invalid message with its reason; the payload is redacted and bounded."""
+        body = json.dumps(redact(payload), default=str, ensure_ascii=False)
+        if len(body) > DEADLETTER_PAYLOAD_LIMIT:
+            body = body[:DEADLETTER_PAYLOAD_LIMIT] + "…(truncated)"
+        now = datetime.now(UTC)
+        return str(
+            self.r.xadd(
+                self.key("deadletter"),
+                {
+                    "reason": reason[:1000],
+                    "payload": body,
+                    "task_id": task_id,
+                    "task": task,
+                    "at": iso_z(now),
+                },
+            )
+        )
+
+    def deadletters(self, count: int = 100) -> list[dict[str, str]]:
+        return [
+            {"id": sid, **fields}
+            for sid, fields in self.r.xrevrange(self.key("deadletter"), count=count)
+        ]
+
+    def deadletter_entry(self, entry_id: str) -> dict[str, str] | None:
+        rows = self.r.xrange(self.key("deadletter"), min=entry_id, max=entry_id)
+        return {"id": rows[0][0], **rows[0][1]} if rows else None
+
+    def outcomes(self, count: int = 100, after: str = "-") -> list[dict[str, str]]:
+        rows = self.r.xrange(self.key("outcomes"), min=after, count=count)
+        return [{"id": sid, **fields} for sid, fields in rows]
+
+    def follow_outcomes(self, last_id: str = "$", block_ms: int = 1000) -> Iterator[dict[str, str]]:
+        while True:
+            batch = self.r.xread({self.key("outcomes"): last_id}, block=block_ms, count=100)
+            for _stream, rows in batch or []:
+                for sid, fields in rows:
+                    last_id = sid
+                    yield {"id": sid, **fields}
+
+
+def _field(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, State):
+        return value.value
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)

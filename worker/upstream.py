@@ -1,0 +1,346 @@
+"""HTTP client of the AdultWork.com developer API. Knows requests, never Celery.
+
+Every call goes through `_call`, which applies the API key, the shared rate limit, the timeout and
+the one status→exception mapping (`error_for_response`). Whether a failure may be retried depends
+on the call: `idempotent=False` (RescheduleMadeBooking) turns anything that may have reached the
+upstream into :class:`Ambiguous`, so that nobody re-sends it blindly.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
+from zoneinfo import ZoneInfo
+
+import requests
+from pydantic import BaseModel, ValidationError
+from urllib3.exceptions import NewConnectionError
+
+from worker.errors import (
+    Ambiguous,
+    AuthExpired,
+    NotFound,
+    RateLimited,
+    Rejected,
+    Transient,
+    UpstreamError,
+)
+from worker.models import (
+    DEFAULT_ZONE,
+    MadeBookingsPage,
+    UserSummary,
+    WebcamBooking,
+    to_site_time,
+)
+
+log = logging.getLogger(__name__)
+
+#: One table of paths: the upstream's docs are inconsistent in case (`Webcam`, `newsfeed`).
+PATHS: dict[str, tuple[str, str]] = {
+    "RescheduleMadeBooking": ("POST", "/v1/Webcam/RescheduleMadeBooking"),
+    "MadeBookingDetails": ("GET", "/v1/Webcam/MadeBookingDetails"),
+    "MadeBookings": ("GET", "/v1/Webcam/MadeBookings"),
+    "ConfirmMadeBooking": ("POST", "/v1/Webcam/ConfirmMadeBooking"),
+    "CancelMadeBooking": ("POST", "/v1/Webcam/CancelMadeBooking"),
+    "getUserSummary": ("GET", "/v1/newsfeed/getUserSummary"),
+}
+MAX_PAGE = 100
+M = TypeVar("M", bound=BaseModel)
+
+
+class Limiter(Protocol):
+    def acquire(self) -> None: ...
+
+
+CallHook = Callable[[str, str], None]
+"""Called after every upstream call with (endpoint, outcome) — outcome "ok" or the error class."""
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or HTTP-date); None if absent."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _message(response: requests.Response) -> str:
+    """The upstream's own reason, short and single-line (bodies are untrusted)."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    text = ""
+    if isinstance(body, dict):
+        for key in ("Message", "message", "error_description", "error", "Error"):
+            if isinstance(body.get(key), str):
+                text = body[key]
+                break
+    if not text:
+        text = response.text or response.reason or ""
+    text = " ".join(text.split())
+    return text[:200] or f"HTTP {response.status_code}"
+
+
+def error_for_response(
+    endpoint: str, response: requests.Response, *, idempotent: bool
+) -> UpstreamError:
+    """The one status→exception mapping: the class carries the retry decision."""
+    status = response.status_code
+    msg = _message(response)
+    kw: dict[str, Any] = {"endpoint": endpoint, "status": status}
+    if status == 401:
+        return AuthExpired(msg, **kw)
+    if status == 429:
+        return RateLimited(
+            msg, retry_after=parse_retry_after(response.headers.get("Retry-After")), **kw
+        )
+    if status == 404:
+        return NotFound(msg, **kw)
+    if status in (408,) or status >= 500:
+        if idempotent:
+            return Transient(
+                msg, retry_after=parse_retry_after(response.headers.get("Retry-After")), **kw
+            )
+        return Ambiguous(msg, **kw)
+    return Rejected(msg, **kw)
+
+
+def error_for_exception(
+    endpoint: str, exc: requests.RequestException, *, idempotent: bool
+) -> UpstreamError:
+    """Transport failures: only a connection that never opened proves nothing was sent."""
+    not_sent = isinstance(exc, requests.ConnectTimeout) or (
+        isinstance(exc, requests.ConnectionError) and _refused(exc)
+    )
+    kind = type(exc).__name__
+    if not_sent or idempotent:
+        return Transient(f"{kind} (not answered)", endpoint=endpoint)
+    return Ambiguous(f"{kind} after the request was sent", endpoint=endpoint)
+
+
+def _refused(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, (NewConnectionError, ConnectionRefusedError)):
+            return True
+        reason = getattr(cur, "reason", None)
+        if isinstance(reason, BaseException) and id(reason) not in seen:
+            cur = reason
+            continue
+        nxt = cur.args[0] if cur.args and isinstance(cur.args[0], BaseException) else None
+        cur = nxt or cur.__cause__ or cur.__context__
+    return False
+
+
+class UpstreamClient:
+    """Typed calls of the upstream. Member calls take the access token as an argument only."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        api_key_header: str = "apiKey",
+        timeout: float = 10.0,
+        zone: ZoneInfo = DEFAULT_ZONE,
+        limiter: Limiter | None = None,
+        on_call: CallHook | None = None,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._api_key = api_key
+        self._api_key_header = api_key_header
+        self.timeout = timeout
+        self.zone = zone
+        self._limiter = limiter
+        self._on_call = on_call
+        self._session = session or requests.Session()
+
+    def close(self) -> None:
+        self._session.close()
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    def _call(
+        self,
+        endpoint: str,
+        *,
+        token: str | None = None,
+        params: dict[str, Any] | None = None,
+        body: dict[str, Any] | None = None,
+        idempotent: bool = True,
+    ) -> Any:
+        method, path = PATHS[endpoint]
+        headers = {"Accept": "application/json", self._api_key_header: self._api_key}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        if self._limiter is not None:
+            self._limiter.acquire()
+        started = time.monotonic()
+        outcome = "ok"
+        try:
+            try:
+                response = self._session.request(
+                    method,
+                    self.base_url + path,
+                    params=params,
+                    json=body,
+                    headers=headers,
+                    timeout=self.timeout,
+                    allow_redirects=False,
+                )
+            except requests.RequestException as exc:
+                raise error_for_exception(endpoint, exc, idempotent=idempotent) from None
+            if not 200 <= response.status_code < 300:
+                raise error_for_response(endpoint, response, idempotent=idempotent)
+            try:
+                return response.json()
+            except ValueError:
+                cls = Transient if idempotent else Ambiguous
+                raise cls(
+                    "unreadable body (not JSON)", endpoint=endpoint, status=response.status_code
+                ) from None
+        except UpstreamError as exc:
+            outcome = type(exc).__name__
+            raise
+        finally:
+            elapsed = (time.monotonic() - started) * 1000
+            log.debug("upstream %s %s %.0fms", endpoint, outcome, elapsed)
+            if self._on_call is not None:
+                self._on_call(endpoint, outcome)
+
+    def _model(self, model: type[M], payload: Any, endpoint: str, *, idempotent: bool = True) -> M:
+        try:
+            return model.model_validate(payload, context={"tz": self.zone})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ()))
+            cls = Transient if idempotent else Ambiguous
+            raise cls(
+                f"unexpected body shape ({where}: {first.get('msg')})", endpoint=endpoint
+            ) from None
+
+    # -- operations ------------------------------------------------------------------------------
+
+    def reschedule(self, token: str, booking_id: int) -> WebcamBooking:
+        """Creates a new booking. NOT idempotent: failures that may have committed are Ambiguous."""
+        payload = self._call(
+            "RescheduleMadeBooking", token=token, body={"BookingID": booking_id}, idempotent=False
+        )
+        return self._model(WebcamBooking, payload, "RescheduleMadeBooking", idempotent=False)
+
+    def booking_details(self, token: str, booking_id: int) -> WebcamBooking:
+        payload = self._call("MadeBookingDetails", token=token, params={"BookingID": booking_id})
+        return self._model(WebcamBooking, payload, "MadeBookingDetails")
+
+    def made_bookings(
+        self,
+        token: str,
+        *,
+        start: datetime | None = None,
+        page: int = 1,
+        per_page: int = MAX_PAGE,
+        newest_first: bool = True,
+    ) -> MadeBookingsPage:
+        params: dict[str, Any] = {
+            "OrderBy": "createddate-desc" if newest_first else "createddate-asc",
+            "BookingsPerPage": per_page,
+            "PageNumber": page,
+        }
+        if start is not None:
+            params["StartDate"] = to_site_time(start, self.zone)
+        payload = self._call("MadeBookings", token=token, params=params)
+        return self._model(MadeBookingsPage, payload, "MadeBookings")
+
+    def iter_made_bookings(
+        self, token: str, *, start: datetime | None = None, max_pages: int = 10
+    ) -> Iterator[WebcamBooking]:
+        """Newest first, across pages, at most `max_pages` calls."""
+        for number in range(1, max_pages + 1):
+            page = self.made_bookings(token, start=start, page=number)
+            yield from page.bookings
+            if number >= page.page_count or not page.bookings:
+                return
+
+    def confirm(self, token: str, booking_id: int) -> WebcamBooking:
+        payload = self._call(
+            "ConfirmMadeBooking", token=token, body={"BookingID": booking_id}, idempotent=False
+        )
+        return self._model(WebcamBooking, payload, "ConfirmMadeBooking", idempotent=False)
+
+    def cancel(self, token: str, booking_id: int, reason: str) -> WebcamBooking:
+        payload = self._call(
+            "CancelMadeBooking",
+            token=token,
+            body={"BookingID": booking_id, "Reason": reason},
+            idempotent=False,
+        )
+        return self._model(WebcamBooking, payload, "CancelMadeBooking", idempotent=False)
+
+    def user_summary(self, user_id: int) -> UserSummary:
+        """Presence of a performer (API key only, no member token)."""
+        payload = self._call("getUserSummary", params={"UserID": user_id})
+        if isinstance(payload, dict) and isinstance(payload.get("User"), dict):
+            payload = payload["User"]
+        return self._model(UserSummary, payload, "getUserSummary")
+
+    def is_online(self, performer_id: int) -> bool:
+        return self.user_summary(performer_id).available_now_webcam
+
+    # -- OAuth -------------------------------------------------------------------------------------
+
+    def refresh_token(
+        self, token_url: str, *, client_id: str, client_secret: str, refresh_token: str
+    ) -> dict[str, Any]:
+        """`grant_type=refresh_token`; the upstream rotates the refresh token on every success."""
+        if self._limiter is not None:
+            self._limiter.acquire()
+        outcome = "ok"
+        try:
+            try:
+                response = self._session.post(
+                    token_url,
+                    data={
+                        "grant_type": "refresh_token",
+                        "client_id": client_id,
+                        "client_secret": client_secret,
+                        "refresh_token": refresh_token,
+                    },
+                    headers={"Accept": "application/json"},
+                    timeout=self.timeout,
+                    allow_redirects=False,
+                )
+            except requests.RequestException as exc:
+                raise error_for_exception("token", exc, idempotent=True) from None
+            if response.status_code in (400, 401):
+                raise Rejected(_message(response), endpoint="token", status=response.status_code)
+            if not 200 <= response.status_code < 300:
+                raise error_for_response("token", response, idempotent=True)
+            try:
+                body = response.json()
+            except ValueError:
+                raise Transient("unreadable token body", endpoint="token") from None
+            if not isinstance(body, dict):
+                raise Transient("token body is not an object", endpoint="token")
+            return body
+        except UpstreamError as exc:
+            outcome = type(exc).__name__
+            raise
+        finally:
+            if self._on_call is not None:
+                self._on_call("token", outcome)
