@@ -6,8 +6,7 @@ from typing import Any
 
 from celery import Task
 
-from tasks._glue import flow
-from worker.app import app
+from worker.app import app, flow
 
 
 @app.task(name="rebook.request", bind=True)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from tasks._glue import flow
-from worker.app import app
+from worker.app import app, flow
 
 
 @app.task(name="rebook.check_presence")

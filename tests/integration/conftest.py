@@ -1,0 +1,240 @@
+"""A running system per test module: private Redis, the sandbox over HTTP, a real Celery worker
+and beat as subprocesses (prefork, as in production), and a producer app. Nothing is eager.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery import Celery
+from pydantic import SecretStr
+
+from tests.conftest import fast_settings
+from worker.app import EVENTS_QUEUE, make_app
+from worker.models import State, TokenSet
+from worker.runtime import Services, build_services
+from worker.sandbox import SandboxClient, SandboxServer
+from worker.settings import Settings
+from worker.store import Rebook, rebook_id_for
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as `REBOOK_*` variables for a child process."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        env[f"REBOOK_{name.upper()}"] = str(value)
+    return env
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
+    """Polls `predicate` until it returns something truthy; fails with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(delay)
+        delay = min(0.2, delay * 1.5)
+
+
+class Proc:
+    """A child process in its own process group, logging to a file."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.name, self.args, self.env, self.log = name, args, env, log
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Proc:
+        handle = self.log.open("ab")
+        self.popen = subprocess.Popen(
+            self.args,
+            cwd=ROOT,
+            env=self.env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        handle.close()
+        return self
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, sig)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.popen is None:
+            return
+        self.kill(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill(signal.SIGKILL)
+            self.popen.wait(5)
+        # prefork children are in the same group; make sure none is left
+        self.kill(signal.SIGKILL)
+        self.popen = None
+
+
+class System:
+    """Everything a test needs to drive the pipeline from the outside."""
+
+    def __init__(self, settings: Settings, sandbox: SandboxClient, logdir: Path) -> None:
+        self.settings = settings
+        self.sandbox = sandbox
+        self.logdir = logdir
+        self.env = {**os.environ, **settings_env(settings)}
+        self.env.pop("REBOOK_BROKER_URL", None)
+        self.svc: Services = build_services(settings)
+        self.store = self.svc.store
+        self.producer: Celery = make_app(settings)
+        self.node = f"t{uuid.uuid4().hex[:6]}"
+        self.worker = self._worker()
+        self.beat = Proc(
+            "beat",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "worker",
+                "beat",
+                "-l",
+                "INFO",
+                "-s",
+                str(logdir / f"beat-{self.node}"),
+            ],
+            self.env,
+            logdir / "beat.log",
+        )
+
+    def _worker(self) -> Proc:
+        return Proc(
+            "worker",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "worker",
+                "worker",
+                "-Q",
+                "rebook.events,rebook.work",
+                "-c",
+                "3",
+                "-P",
+                "prefork",
+                "-E",
+                "--without-mingle",
+                "--without-gossip",
+                "-n",
+                f"{self.node}@%h",
+                "-l",
+                "INFO",
+            ],
+            self.env,
+            self.logdir / "worker.log",
+        )
+
+    def start_worker(self) -> None:
+        before = self.worker.text().count(" ready.")
+        self.worker.start()
+        wait_for(lambda: self.worker.text().count(" ready.") > before, 30, "worker ready")
+
+    def start(self) -> System:
+        self.start_worker()
+        self.beat.start()
+        wait_for(self.store.last_sweep, 30, "first sweep")
+        return self
+
+    def stop(self) -> None:
+        self.beat.stop()
+        self.worker.stop()
+
+    # -- driving -------------------------------------------------------------------------------
+
+    def member(self, user_id: str | None = None, **token_extra: Any) -> str:
+        user = user_id or f"m-{uuid.uuid4().hex[:8]}"
+        answer = self.sandbox.add_user(user, **token_extra)
+        self.svc.token_store.save(user, TokenSet.from_token_response(answer, time.time()))
+        return user
+
+    def performer(self, online: bool = False) -> int:
+        pid = int(uuid.uuid4().int % 10**8) + 1000
+        self.sandbox.set_online(pid, online)
+        return pid
+
+    def submit(self, **kwargs: Any) -> str:
+        kwargs.setdefault("event_id", f"ev-{uuid.uuid4().hex}")
+        self.producer.send_task("rebook.request", kwargs=kwargs, queue=EVENTS_QUEUE)
+        return rebook_id_for(kwargs["event_id"]) if isinstance(kwargs["event_id"], str) else ""
+
+    def send_raw(self, *args: Any, **kwargs: Any) -> None:
+        self.producer.send_task("rebook.request", args=args, kwargs=kwargs, queue=EVENTS_QUEUE)
+
+    def rebook(self, user: str, performer: int, **extra: Any) -> tuple[str, int]:
+        booking = self.sandbox.add_booking(user, performer)
+        rid = self.submit(booking_id=booking, user_id=user, performer_id=performer, **extra)
+        return rid, booking
+
+    def get(self, rid: str) -> Rebook | None:
+        return self.store.get(rid)
+
+    def wait_state(
+        self, rid: str, states: State | Iterable[State], timeout: float = 20.0
+    ) -> Rebook:
+        wanted = {states} if isinstance(states, State) else set(states)
+
+        def check() -> Rebook | None:
+            rec = self.store.get(rid)
+            return rec if rec is not None and rec.state in wanted else None
+
+        try:
+            return wait_for(check, timeout, f"{rid} in {sorted(wanted)}")
+        except AssertionError:
+            rec = self.store.get(rid)
+            raise AssertionError(
+                f"{rid} is {rec.state if rec else 'missing'} "
+                f"({rec.reason if rec else ''}), wanted {sorted(wanted)}; "
+                f"history {self.store.history(rid)}\n--- worker log tail ---\n"
+                f"{self.worker.text()[-3000:]}"
+            ) from None
+
+    def history_states(self, rid: str) -> list[str]:
+        return [h["to"] for h in self.store.history(rid)]
+
+
+@pytest.fixture(scope="module")
+def system(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    prefix = f"rebook-it-{uuid.uuid4().hex[:8]}:"
+    with SandboxServer(port=0) as server:
+        settings = fast_settings(redis_url, server.url, prefix, broker_key_prefix=prefix)
+        client = SandboxClient(server.url)
+        sysm = System(settings, client, tmp_path_factory.mktemp("system"))
+        try:
+            yield sysm.start()
+        finally:
+            sysm.stop()
+            client.close()

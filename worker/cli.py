@@ -1,0 +1,463 @@
+"""`rebook`: the operator's command line. Exit codes: 0 ok, 1 not found / failed, 2 bad usage.
+
+Every command that cannot reach Redis or the broker says so in one line naming the URL (password
+masked), never with a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from worker.errors import ConfigError, StoreUnavailable
+from worker.models import ACTIVE_STATES, RebookEvent, State, TokenSet
+from worker.settings import mask_url
+
+cli = typer.Typer(
+    name="rebook",
+    help="Rebooks missed webcam sessions on the AdultWork.com developer API.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+tokens_cli = typer.Typer(help="Member OAuth tokens (stored encrypted with REBOOK_TOKEN_KEY).")
+deadletter_cli = typer.Typer(
+    help="Invalid events, with their reasons.", invoke_without_command=True
+)
+cli.add_typer(tokens_cli, name="tokens")
+cli.add_typer(deadletter_cli, name="deadletter")
+
+out = Console(width=None if sys.stdout.isatty() else 160)
+
+
+def say_error(message: str) -> None:
+    """One plain line on stderr (never wrapped: scripts grep it)."""
+    print(f"rebook: {message}", file=sys.stderr, flush=True)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    say_error(message)
+    raise typer.Exit(code)
+
+
+def _services() -> Any:
+    from worker.runtime import services
+
+    svc = services()
+    svc.store.ping()
+    return svc
+
+
+def _flow() -> Any:
+    from worker.app import flow
+
+    _services()
+    return flow()
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
+
+
+def _age(iso: str) -> str:
+    if not iso:
+        return ""
+    then = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    secs = int((datetime.now(UTC) - then).total_seconds())
+    if secs < 120:
+        return f"{secs}s"
+    if secs < 7200:
+        return f"{secs // 60}m"
+    return f"{secs // 3600}h"
+
+
+# -- pipeline ------------------------------------------------------------------------------------
+
+
+@cli.command()
+def submit(
+    booking_id: Annotated[int, typer.Argument(help="The made booking to rebook.")],
+    user: Annotated[str, typer.Option("--user", help="Member whose stored token is used.")],
+    performer: Annotated[
+        int | None, typer.Option(help="Performer id (else read upstream).")
+    ] = None,
+    event_id: Annotated[str | None, typer.Option("--event-id", help="Idempotency key.")] = None,
+    max_wait: Annotated[int | None, typer.Option("--max-wait", help="Seconds to wait.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Send a rebook event (`rebook.request`) to the queue, as a producer would."""
+    from worker.store import rebook_id_for
+
+    kwargs: dict[str, Any] = {
+        "event_id": event_id or f"cli-{uuid.uuid4().hex}",
+        "booking_id": booking_id,
+        "user_id": user,
+    }
+    if performer is not None:
+        kwargs["performer_id"] = performer
+    if max_wait is not None:
+        kwargs["max_wait_seconds"] = max_wait
+    try:
+        RebookEvent.parse((), kwargs)
+    except Exception as exc:
+        fail(f"invalid event: {exc}", 2)
+    from kombu.exceptions import OperationalError
+
+    from worker.app import EVENTS_QUEUE, app
+
+    try:
+        result = app.send_task(
+            "rebook.request",
+            kwargs=kwargs,
+            queue=EVENTS_QUEUE,
+            retry_policy={"max_retries": 2, "interval_start": 0.2},
+        )
+    except OperationalError as exc:
+        fail(f"cannot reach the broker at {mask_url(app.conf.broker_url)}: {exc}")
+    answer = {
+        "event_id": kwargs["event_id"],
+        "rebook_id": rebook_id_for(kwargs["event_id"]),
+        "task_id": result.id,
+    }
+    if as_json:
+        _print_json(answer)
+    else:
+        out.print(f"sent event {answer['event_id']} → rebook {answer['rebook_id']}")
+
+
+@cli.command()
+def status(
+    ident: Annotated[str, typer.Argument(metavar="ID", help="Rebook id or event id.")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """One rebook with its history."""
+    svc = _services()
+    rec = svc.store.find(ident)
+    if rec is None:
+        fail(f"no rebook {ident!r}")
+    history = svc.store.history(rec.rebook_id)
+    if as_json:
+        _print_json({**rec.public(), "history": history})
+        return
+    table = Table(show_header=False, box=None)
+    for key, value in rec.public().items():
+        table.add_row(f"[bold]{key}[/]", "" if value is None else str(value))
+    out.print(table)
+    hist = Table("at", "from", "to", "reason", title="history")
+    for item in history:
+        hist.add_row(item["at"], item["from"] or "—", item["to"], item["reason"])
+    out.print(hist)
+
+
+@cli.command("list")
+def list_(
+    state: Annotated[str | None, typer.Option(help="Only this state.")] = None,
+    limit: Annotated[int, typer.Option(help="How many (0 = all).")] = 50,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Rebooks, newest first."""
+    wanted = None
+    if state is not None:
+        try:
+            wanted = State(state.upper())
+        except ValueError:
+            fail(f"unknown state {state!r}; one of {', '.join(s.value for s in State)}", 2)
+    if limit < 0:
+        fail("--limit must be >= 0", 2)
+    rows = _services().store.list_rebooks(wanted, limit)
+    if as_json:
+        _print_json([r.public() for r in rows])
+        return
+    table = Table(
+        "rebook", "event", "booking", "user", "performer", "state", "new booking", "reason", "age"
+    )
+    for r in rows:
+        table.add_row(
+            r.rebook_id,
+            r.event_id[:24],
+            str(r.booking_id),
+            r.user_id,
+            str(r.performer_id or ""),
+            r.state.value,
+            str(r.new_booking_id or ""),
+            r.reason[:40],
+            _age(r.created_at),
+        )
+    out.print(table)
+
+
+@cli.command()
+def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Counts per state, the oldest overdue lag and the dead-letter count."""
+    data = _services().store.stats()
+    if as_json:
+        _print_json(data)
+        return
+    table = Table("state", "count")
+    for name, count in data["states"].items():
+        style = "bold" if State(name) in ACTIVE_STATES else ""
+        table.add_row(name, str(count), style=style)
+    out.print(table)
+    out.print(
+        f"due lag: {data['due_lag_seconds']}s   dead letters: {data['deadletter']}   "
+        f"last sweep: {data['last_sweep_seconds_ago']}s ago"
+    )
+
+
+@cli.command()
+def cancel(ident: Annotated[str, typer.Argument(metavar="ID")]) -> None:
+    """Stop a rebook that is not finished (state ABORTED)."""
+    from worker.flow import Refused
+
+    try:
+        rec = _flow().cancel(ident)
+    except LookupError as exc:
+        fail(str(exc).strip("'\""))
+    except Refused as exc:
+        fail(str(exc))
+    out.print(f"{rec.rebook_id}: {rec.state.value}")
+
+
+@cli.command()
+def retry(ident: Annotated[str, typer.Argument(metavar="ID")]) -> None:
+    """Resume a rebook parked in NEEDS_ATTENTION."""
+    from worker.flow import Refused
+
+    try:
+        rec = _flow().retry(ident)
+    except LookupError as exc:
+        fail(str(exc).strip("'\""))
+    except Refused as exc:
+        fail(str(exc))
+    out.print(f"{rec.rebook_id}: {rec.state.value} ({rec.reason})")
+
+
+@cli.command()
+def outcomes(
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new ones.")] = False,
+    count: Annotated[int, typer.Option(help="How many past outcomes.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """The outcome stream (`{prefix}outcomes`)."""
+    store = _services().store
+    rows = store.r.xrevrange(store.key("outcomes"), count=count)
+    past = [{"id": sid, **fields} for sid, fields in reversed(rows)]
+
+    def show(item: dict[str, str]) -> None:
+        if as_json:
+            sys.stdout.write(json.dumps(item) + "\n")
+            sys.stdout.flush()
+        else:
+            extra = (
+                f" new={item['new_booking_id']} accept_by={item['accept_by']}"
+                if item.get("new_booking_id")
+                else ""
+            )
+            out.print(
+                f"{item['at']} {item['rebook_id']} {item['state']:<15} "
+                f"booking={item['booking_id']}{extra} {item.get('reason', '')}",
+                markup=False,
+                highlight=False,
+            )
+
+    for item in past:
+        show(item)
+    if follow:
+        last = past[-1]["id"] if past else "$"
+        try:
+            for item in store.follow_outcomes(last):
+                show(item)
+        except KeyboardInterrupt:
+            return
+
+
+# -- dead letters --------------------------------------------------------------------------------
+
+
+@deadletter_cli.callback()
+def deadletter(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    count: Annotated[int, typer.Option(help="How many, newest first.")] = 50,
+) -> None:
+    """List dead letters (newest first); `rebook deadletter replay ID` re-submits one."""
+    if ctx.invoked_subcommand is not None:
+        return
+    rows = _services().store.deadletters(count)
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("id", "at", "reason", "payload")
+    for row in rows:
+        table.add_row(
+            row["id"], row.get("at", ""), row.get("reason", ""), row.get("payload", "")[:80]
+        )
+    out.print(table)
+
+
+@deadletter_cli.command("replay")
+def deadletter_replay(
+    entry_id: Annotated[str, typer.Argument(metavar="ID")],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", help="field=value to fix before sending (value read as JSON when it parses)."
+        ),
+    ] = None,
+) -> None:
+    """Re-submit a dead-lettered event, fixed with --set field=value."""
+    store = _services().store
+    entry = store.deadletter_entry(entry_id)
+    if entry is None:
+        fail(f"no dead letter {entry_id!r}")
+    try:
+        payload = json.loads(entry["payload"])
+    except ValueError:
+        fail(f"dead letter {entry_id} was truncated; submit the event again with `rebook submit`")
+    kwargs = payload.get("kwargs") if isinstance(payload, dict) else None
+    kwargs = dict(kwargs) if isinstance(kwargs, dict) else {}
+    for item in set_ or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            fail(f"--set wants field=value, got {item!r}", 2)
+        try:
+            kwargs[key] = json.loads(raw)
+        except ValueError:
+            kwargs[key] = raw
+    try:
+        RebookEvent.parse((), kwargs)
+    except Exception as exc:
+        fail(f"still invalid: {exc}; fix it with --set field=value", 2)
+    from worker.app import EVENTS_QUEUE, app
+
+    app.send_task("rebook.request", kwargs=kwargs, queue=EVENTS_QUEUE)
+    out.print(f"re-submitted event {kwargs['event_id']}")
+
+
+# -- tokens --------------------------------------------------------------------------------------
+
+
+@tokens_cli.command("set")
+def tokens_set(user: Annotated[str, typer.Argument(metavar="USER")]) -> None:
+    """Store a member's tokens: the token endpoint's JSON answer on stdin."""
+    raw = sys.stdin.read()
+    try:
+        payload = json.loads(raw)
+        tokens = TokenSet.from_token_response(payload, time.time())
+    except ValueError as exc:
+        msg = str(exc) if "JSON" in str(exc) or "expires" in str(exc) else "not valid JSON"
+        fail(f"token JSON on stdin: {msg}", 2)
+    svc = _services()
+    svc.token_store.save(user, tokens)
+    resumed = _flow().resume_member(user)
+    expires = datetime.fromtimestamp(tokens.expires_at, UTC).isoformat(timespec="seconds")
+    out.print(
+        f"stored tokens of {user} (access token expires {expires})"
+        + (f"; resumed {resumed} rebook(s)" if resumed else "")
+    )
+
+
+@tokens_cli.command("show")
+def tokens_show(user: Annotated[str, typer.Argument(metavar="USER")]) -> None:
+    """When a member's access token expires (never the tokens themselves)."""
+    tokens = _services().token_store.load(user)
+    if tokens is None:
+        fail(f"no tokens stored for {user!r}")
+    left = tokens.expires_at - time.time()
+    when = datetime.fromtimestamp(tokens.expires_at, UTC).isoformat(timespec="seconds")
+    state = f"expires in {int(left)}s" if left > 0 else f"expired {int(-left)}s ago"
+    out.print(f"{user}: access token {state} ({when}); refresh token stored")
+
+
+@tokens_cli.command("delete")
+def tokens_delete(user: Annotated[str, typer.Argument(metavar="USER")]) -> None:
+    """Forget a member's tokens."""
+    if not _services().token_store.delete(user):
+        fail(f"no tokens stored for {user!r}")
+    out.print(f"deleted tokens of {user}")
+
+
+@tokens_cli.command("keygen")
+def tokens_keygen() -> None:
+    """Print a new Fernet key for REBOOK_TOKEN_KEY."""
+    from cryptography.fernet import Fernet
+
+    sys.stdout.write(Fernet.generate_key().decode() + "\n")
+
+
+# -- local tools ---------------------------------------------------------------------------------
+
+
+@cli.command()
+def sandbox(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8765,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+) -> None:
+    """Run the sandbox upstream (an in-memory fake of the API) until Ctrl-C."""
+    from worker.sandbox import SandboxServer
+
+    server = SandboxServer(host, port, quiet=False)
+    out.print(f"sandbox upstream on {server.url} (API key 'sandbox-key'; Ctrl-C to stop)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        server.stop()
+
+
+@cli.command()
+def demo(
+    rebooks: Annotated[int, typer.Option(min=1, max=200)] = 24,
+    performers: Annotated[int, typer.Option(min=2, max=50)] = 6,
+    seed: Annotated[int | None, typer.Option()] = None,
+) -> None:
+    """The whole pipeline on this machine: Redis, sandbox, worker and beat, live progress."""
+    from worker.demo import run
+
+    raise typer.Exit(run(rebooks=rebooks, performers=performers, seed=seed))
+
+
+@cli.command()
+def doctor() -> None:
+    """Check settings, Redis, broker, upstream, token key, beat and workers; exit 1 on a FAIL."""
+    from worker.doctor import run_checks
+
+    ok = True
+    for check in run_checks():
+        mark = "[green]ok[/]  " if check.ok else "[red]FAIL[/]"
+        out.print(f"{mark} {check.name}: {check.detail}", highlight=False)
+        if not check.ok:
+            ok = False
+            if check.hint:
+                out.print(f"      hint: {check.hint}", highlight=False)
+    raise typer.Exit(0 if ok else 1)
+
+
+def main() -> None:
+    """Console entry point: one line for the errors a person can fix, never a traceback."""
+    import redis
+
+    try:
+        cli()
+    except ConfigError as exc:
+        say_error(f"bad setting: {exc}")
+        sys.exit(2)
+    except StoreUnavailable as exc:
+        say_error(str(exc))
+        sys.exit(1)
+    except redis.RedisError as exc:
+        from worker.settings import get_settings
+
+        say_error(f"Redis at {mask_url(get_settings().redis_url)}: {type(exc).__name__}: {exc}")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

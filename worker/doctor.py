@@ -1,0 +1,151 @@
+"""`rebook doctor`: each thing a running deployment needs, checked one by one."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from worker.errors import ConfigError, UpstreamError
+from worker.settings import Settings, load_settings, mask_url
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    hint: str = ""
+
+
+def _guard(name: str, fn: Callable[[], Check]) -> Check:
+    try:
+        return fn()
+    except Exception as exc:  # a check must report, never crash the report
+        return Check(name, False, f"{type(exc).__name__}: {exc}")
+
+
+def run_checks() -> Iterator[Check]:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        yield Check("settings", False, str(exc), "fix the variable named above")
+        return
+    yield Check("settings", True, "valid")
+    yield _guard("redis", lambda: _redis(settings))
+    yield _guard("broker", lambda: _broker(settings))
+    yield _guard("upstream", lambda: _upstream(settings))
+    yield Check(
+        "token key",
+        settings.token_key is not None,
+        "REBOOK_TOKEN_KEY set" if settings.token_key else "REBOOK_TOKEN_KEY is not set",
+        "" if settings.token_key else "make one with `rebook tokens keygen`",
+    )
+    yield _guard("beat", lambda: _beat(settings))
+    yield _guard("workers", lambda: _workers(settings))
+
+
+def _redis(settings: Settings) -> Check:
+    import redis
+
+    url = mask_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        return Check(
+            "redis", False, f"cannot reach {url}: {exc}", "start Redis or fix REBOOK_REDIS_URL"
+        )
+    persistence = client.info("persistence")
+    memory = client.info("memory")
+    problems = []
+    if not int(persistence.get("aof_enabled", 0)):
+        problems.append("AOF is off")
+    policy = memory.get("maxmemory_policy", "")
+    if policy != "noeviction":
+        problems.append(f"maxmemory-policy is {policy}")
+    if problems:
+        return Check(
+            "redis",
+            False,
+            f"{url}: " + ", ".join(problems),
+            "use ops/redis.conf (appendonly yes, maxmemory-policy noeviction)",
+        )
+    return Check("redis", True, f"{url}: AOF on, noeviction")
+
+
+def _broker(settings: Settings) -> Check:
+    from kombu import Connection
+
+    url = mask_url(settings.broker)
+    with Connection(settings.broker, connect_timeout=2) as conn:
+        conn.ensure_connection(max_retries=1, timeout=2)
+    return Check("broker", True, f"{url} reachable")
+
+
+def _upstream(settings: Settings) -> Check:
+    from worker.errors import AuthExpired, Rejected
+    from worker.upstream import UpstreamClient
+
+    client = UpstreamClient(
+        settings.api_base_url,
+        settings.api_key.get_secret_value(),
+        api_key_header=settings.api_key_header,
+        timeout=min(5.0, settings.http_timeout_seconds),
+        zone=settings.zone,
+    )
+    try:
+        client.user_summary(1)
+    except (AuthExpired, Rejected) as exc:
+        if exc.status in (401, 403):
+            return Check(
+                "upstream",
+                False,
+                f"{settings.api_base_url}: API key refused ({exc})",
+                "check REBOOK_API_KEY and REBOOK_API_KEY_HEADER",
+            )
+        return Check("upstream", True, f"{settings.api_base_url}: reachable, key accepted")
+    except UpstreamError as exc:
+        return Check(
+            "upstream",
+            False,
+            f"{settings.api_base_url}: {exc}",
+            "check REBOOK_API_BASE_URL and the network",
+        )
+    finally:
+        client.close()
+    return Check("upstream", True, f"{settings.api_base_url}: reachable, API key accepted")
+
+
+def _beat(settings: Settings) -> Check:
+    from worker.store import Store
+
+    store = Store.from_url(settings.redis_url, prefix=settings.key_prefix)
+    last = store.last_sweep()
+    limit = max(10.0, settings.sweep_interval_seconds * 5)
+    if last is None:
+        return Check("beat", False, "no sweep has ever run", "start `celery -A worker beat`")
+    age = time.time() - last
+    if age > limit:
+        return Check(
+            "beat",
+            False,
+            f"last sweep {age:.0f}s ago (limit {limit:.0f}s)",
+            "start `celery -A worker beat` and a worker",
+        )
+    return Check("beat", True, f"last sweep {age:.1f}s ago")
+
+
+def _workers(settings: Settings) -> Check:
+    from worker.app import app
+
+    replies = app.control.ping(timeout=1.5)
+    if not replies:
+        return Check(
+            "workers",
+            False,
+            "no worker answered",
+            "start `celery -A worker worker -Q rebook.events,rebook.work -E`",
+        )
+    names = sorted(name for reply in replies for name in reply)
+    return Check("workers", True, f"{len(names)} answering: {', '.join(names)[:120]}")
