@@ -167,9 +167,7 @@ def test_ambiguous_reschedule_is_reconciled_never_posted_twice(system: System) -
     assert system.sandbox.stats()["new_bookings"][str(booking)] == 1
     assert rec.new_booking_id is not None
     assert system.sandbox.booking(rec.new_booking_id)["original_id"] == booking
-    assert "ambiguous" in " ".join(h["reason"] for h in system.store.history(rid)) or (
-        system.sandbox.stats()["calls"]["MadeBookings"] >= 1
-    )
+    assert system.sandbox.stats()["calls"]["MadeBookings"] >= 1  # settled by reconciliation
 
 
 def test_worker_killed_mid_wait_loses_nothing(system: System) -> None:

@@ -1,0 +1,45 @@
+# rebook — everything a new machine needs starts here: `make demo`, then `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-all lint format sandbox worker beat flower clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "installing rebook and its dev tools into $(VENV) ..."
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+install: $(STAMP)
+
+## the whole pipeline on this machine (embedded Redis if none is reachable), live progress
+demo: $(STAMP)
+	$(BIN)/rebook demo
+
+## unit + integration tests (real Redis, real Celery worker, sandbox over HTTP)
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+## local processes, one per terminal (or all at once with `honcho start`)
+sandbox: $(STAMP)
+	$(BIN)/rebook sandbox
+worker: $(STAMP)
+	$(BIN)/celery -A worker worker -Q rebook.events,rebook.work -E -l INFO
+beat: $(STAMP)
+	$(BIN)/celery -A worker beat -l INFO -s $${TMPDIR:-/tmp}/rebook-beat-schedule
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
