@@ -142,6 +142,20 @@ def _setup_logging(**_: Any) -> None:
     configure_logging(get_settings())
 
 
+@signals.task_prerun.connect
+def _bind_task(task_id: str | None = None, **_: Any) -> None:
+    from worker.observability import bind_task
+
+    bind_task(task_id)
+
+
+@signals.task_postrun.connect
+def _unbind_task(**_: Any) -> None:
+    from worker.observability import bind_task
+
+    bind_task(None)
+
+
 @signals.celeryd_init.connect
 def _worker_init(**_: Any) -> None:
     from worker.observability import init_sentry

@@ -26,6 +26,7 @@ from worker.errors import (
     UpstreamError,
 )
 from worker.models import RebookEvent, State, WebcamBooking, from_ts, iso_z
+from worker.observability import bound
 from worker.settings import Settings
 from worker.store import REMOVE, Rebook, Store, rebook_id_for
 from worker.upstream import UpstreamClient
@@ -131,6 +132,15 @@ class Flow:
             )
             log.warning("invalid rebook event (task %s): %s", task_id, exc.reason)
             return "invalid"
+        with bound(
+            event_id=event.event_id,
+            booking_id=event.booking_id,
+            rebook_id=rebook_id_for(event.event_id),
+            performer_id=event.performer_id,
+        ):
+            return self._intake(event, extra)
+
+    def _intake(self, event: RebookEvent, extra: list[str]) -> str:
         if extra:
             log.info("event %s: ignored unknown fields %s", event.event_id, ", ".join(extra[:10]))
         now = self.clock()
@@ -175,6 +185,10 @@ class Flow:
         """One presence call for a performer, however many rebooks wait on them."""
         if performer_id is None:
             return self.resolve_performer(rebook_id) if rebook_id else "noop"
+        with bound(performer_id=performer_id):
+            return self._check_presence(performer_id)
+
+    def _check_presence(self, performer_id: int) -> str:
         interval = self.settings.presence_interval_seconds
         wait = self.store.claim_presence_call(performer_id, interval)
         if wait > 0:  # checked within this interval by someone else
@@ -212,18 +226,40 @@ class Flow:
         self.store.schedule_performer(performer_id, now + interval)
         return "online" if online else "offline"
 
+    def _locked_step(self, rebook_id: str, state: State, body: Callable[[Rebook], str]) -> str:
+        """Runs a step of one rebook under its lock, if the rebook is still in `state`."""
+        lock = self.store.lock(rebook_id)
+        if not lock.acquire():
+            return "busy"
+        try:
+            rec = self.store.get(rebook_id)
+            if rec is None or rec.state != state:
+                return "noop"
+            with bound(
+                rebook_id=rec.rebook_id,
+                event_id=rec.event_id,
+                booking_id=rec.booking_id,
+                performer_id=rec.performer_id,
+            ):
+                try:
+                    return body(rec)
+                except ReauthRequired as exc:
+                    self.park_member(rec.user_id, exc.detail)
+                    return "reauth"
+        finally:
+            _release(lock)
+
     def resolve_performer(self, rebook_id: str) -> str:
         """The event named no performer: read it from the original booking."""
-        rec = self.store.get(rebook_id)
-        if rec is None or rec.state != State.WAITING or rec.performer_id is not None:
+        return self._locked_step(rebook_id, State.WAITING, self._resolve_performer)
+
+    def _resolve_performer(self, rec: Rebook) -> str:
+        if rec.performer_id is not None:
             return "noop"
         try:
             booking = self._member_call(
                 rec, lambda tok: self.client.booking_details(tok, rec.booking_id)
             )
-        except ReauthRequired as exc:
-            self.park_member(rec.user_id, exc.detail)
-            return "reauth"
         except Rejected as exc:
             return self._fail(rec, f"original booking unreadable: {exc.message}")
         except UpstreamError as exc:
@@ -254,22 +290,11 @@ class Flow:
     # -- reschedule ------------------------------------------------------------------------------
 
     def reschedule(self, rebook_id: str) -> str:
-        lock = self.store.lock(rebook_id)
-        if not lock.acquire():
-            return "busy"
-        try:
-            rec = self.store.get(rebook_id)
-            if rec is None or rec.state != State.RESCHEDULING:
-                return "noop"
-            try:
-                if rec.post_sent_ts is not None:
-                    return self._reconcile(rec)
-                return self._post(rec)
-            except ReauthRequired as exc:
-                self.park_member(rec.user_id, exc.detail)
-                return "reauth"
-        finally:
-            _release(lock)
+        return self._locked_step(
+            rebook_id,
+            State.RESCHEDULING,
+            lambda rec: self._reconcile(rec) if rec.post_sent_ts is not None else self._post(rec),
+        )
 
     def _post(self, rec: Rebook) -> str:
         if rec.attempts >= self.settings.reschedule_max_attempts:
@@ -501,22 +526,13 @@ class Flow:
     # -- watch -----------------------------------------------------------------------------------
 
     def watch(self, rebook_id: str, booking: dict[str, Any] | None = None) -> str:
-        lock = self.store.lock(rebook_id)
-        if not lock.acquire():
-            return "busy"
-        try:
-            rec = self.store.get(rebook_id)
-            if rec is None or rec.state != State.WATCHING or rec.new_booking_id is None:
-                return "noop"
-            try:
-                return self._watch(rec, rec.new_booking_id)
-            except ReauthRequired as exc:
-                self.park_member(rec.user_id, exc.detail)
-                return "reauth"
-        finally:
-            _release(lock)
+        """`booking` is what the message carried; the record's copy is the one trusted."""
+        return self._locked_step(rebook_id, State.WATCHING, self._watch)
 
-    def _watch(self, rec: Rebook, new_booking_id: int) -> str:
+    def _watch(self, rec: Rebook) -> str:
+        new_booking_id = rec.new_booking_id
+        if new_booking_id is None:
+            return "noop"
         accept_by = rec.accept_by_ts or (rec.created_ts + ACCEPT_BY_FALLBACK_SECONDS)
         try:
             booking = self._member_call(

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
 import sys
+from collections.abc import Iterator
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +22,35 @@ _SECRET_PATTERNS = [
     ),
 ]
 _secret_values: set[str] = set()
+
+
+CONTEXT_FIELDS = ("rebook_id", "event_id", "booking_id", "performer_id", "task_id")
+_context: ContextVar[dict[str, Any]] = ContextVar("rebook_log_context", default={})  # noqa: B039
+
+
+@contextlib.contextmanager
+def bound(**fields: Any) -> Iterator[None]:
+    """Every log line written inside carries these fields (ids only, never secrets)."""
+    merged = {**_context.get(), **{k: v for k, v in fields.items() if v is not None}}
+    token = _context.set(merged)
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+def bind_task(task_id: str | None) -> None:
+    """Called by Celery's task_prerun/postrun signals: the task id on every line of a step."""
+    _context.set({"task_id": task_id} if task_id else {})
+
+
+class ContextFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        ctx = _context.get()
+        for name in CONTEXT_FIELDS:
+            setattr(record, name, ctx.get(name))
+        record.context = " ".join(f"{k}={ctx[k]}" for k in CONTEXT_FIELDS if ctx.get(k) is not None)
+        return True
 
 
 def register_secret(value: str | None) -> None:
@@ -74,6 +106,10 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
             "process": record.processName,
         }
+        for name in CONTEXT_FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                data[name] = value
         if record.exc_text:
             data["exc"] = record.exc_text
         return json.dumps(data, ensure_ascii=False)
@@ -83,12 +119,15 @@ def configure_logging(settings: Settings, stream: Any = None) -> None:
     """Replaces the root handlers; Celery is told to leave logging to us (setup_logging signal)."""
     register_settings_secrets(settings)
     handler = logging.StreamHandler(stream or sys.stderr)
+    handler.addFilter(ContextFilter())
     handler.addFilter(ScrubFilter())
     if settings.log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s [%(processName)s] %(message)s")
+            logging.Formatter(
+                "%(asctime)s %(levelname)-7s %(name)s [%(processName)s] %(message)s  %(context)s"
+            )
         )
     root = logging.getLogger()
     root.handlers[:] = [handler]

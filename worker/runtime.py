@@ -35,6 +35,16 @@ def build_services(settings: Settings) -> Services:
         lease_seconds=settings.step_lease_seconds,
     )
     calls: Counter[tuple[str, str]] = Counter()
+    metrics_key = store.key("metrics", "upstream")
+
+    def count_call(endpoint: str, outcome: str) -> None:
+        """Per-process counter plus a shared one in Redis, read by the Prometheus exporter."""
+        calls.update([(endpoint, outcome)])
+        try:
+            store.r.hincrby(metrics_key, f"{endpoint}:{outcome}", 1)
+        except Exception:  # metrics must never break a step
+            pass
+
     limiter = RedisRateLimiter(
         store.r,
         store.key("ratelimit"),
@@ -49,7 +59,7 @@ def build_services(settings: Settings) -> Services:
         timeout=settings.http_timeout_seconds,
         zone=settings.zone,
         limiter=limiter,
-        on_call=lambda endpoint, outcome: calls.update([(endpoint, outcome)]),
+        on_call=count_call,
     )
     token_store = TokenStore(
         store.r,

@@ -30,6 +30,7 @@ if active and active ~= id then
     local ttl = math.floor(tonumber(ARGV[10]) + 86400)
     redis.call('EXPIRE', rk, ttl)
     redis.call('EXPIRE', p .. 'h:' .. id, ttl)
+    redis.call('HINCRBY', p .. 'metrics:outcomes', 'DUPLICATE', 1)
     redis.call('XADD', p .. 'outcomes', '*', 'rebook_id', id, 'event_id', eid,
       'state', 'DUPLICATE', 'booking_id', bid, 'new_booking_id', '', 'accept_by', '',
       'status', '', 'reason', reason, 'at', now_iso,

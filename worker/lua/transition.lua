@@ -57,6 +57,7 @@ if terminal then
   redis.call('EXPIRE', p .. 'h:' .. id, ttl)
 end
 if ARGV[9] ~= '' then
+  redis.call('HINCRBY', p .. 'metrics:outcomes', ARGV[9], 1)
   local r = redis.call('HMGET', rk, 'event_id', 'booking_id', 'new_booking_id', 'accept_by',
     'status')
   redis.call('XADD', p .. 'outcomes', '*',
