@@ -5,6 +5,7 @@ Built lazily and once per process id: a prefork child must not share its parent'
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections import Counter
@@ -40,10 +41,8 @@ def build_services(settings: Settings) -> Services:
     def count_call(endpoint: str, outcome: str) -> None:
         """Per-process counter plus a shared one in Redis, read by the Prometheus exporter."""
         calls.update([(endpoint, outcome)])
-        try:
+        with contextlib.suppress(Exception):  # metrics must never break a step
             store.r.hincrby(metrics_key, f"{endpoint}:{outcome}", 1)
-        except Exception:  # metrics must never break a step
-            pass
 
     limiter = RedisRateLimiter(
         store.r,
