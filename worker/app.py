@@ -19,6 +19,7 @@ from celery import Celery, Task, signals
 from kombu import Exchange, Queue
 
 from worker.errors import ConfigError
+from worker.fanout import Fanout
 from worker.flow import Flow
 from worker.runtime import services
 from worker.settings import Settings, get_settings, mask_url
@@ -27,7 +28,14 @@ log = logging.getLogger(__name__)
 
 EVENTS_QUEUE = "rebook.events"
 WORK_QUEUE = "rebook.work"
-TASK_MODULES = ["tasks.intake", "tasks.presence", "tasks.reschedule", "tasks.watch", "tasks.sweep"]
+TASK_MODULES = [
+    "tasks.intake",
+    "tasks.presence",
+    "tasks.reschedule",
+    "tasks.watch",
+    "tasks.sweep",
+    "tasks.fanout",
+]
 HOUSEKEEPING_SECONDS = 60.0
 
 
@@ -103,6 +111,15 @@ def make_app(settings: Settings) -> Celery:
             },
         },
     )
+    if settings.fanout_enabled:
+        app.conf.beat_schedule["rebook-fanout"] = {
+            "task": "rebook.fanout",
+            "schedule": settings.sweep_interval_seconds,
+            "options": {
+                "queue": WORK_QUEUE,
+                "expires": max(5.0, settings.sweep_interval_seconds * 5),
+            },
+        }
     return app
 
 
@@ -133,6 +150,16 @@ def flow() -> Flow:
     """The flow of this process, sending its next steps through this app."""
     svc = services()
     return Flow(svc.settings, svc.store, svc.client, svc.tokens, CeleryDispatcher(app))
+
+
+def fanout() -> Fanout:
+    """Outcome fan-out of this process (REBOOK_OUTCOME_TASK and the webhook)."""
+    svc = services()
+    return Fanout(
+        svc.store,
+        svc.settings,
+        lambda name, kwargs, queue: app.send_task(name, kwargs=kwargs, queue=queue),
+    )
 
 
 @signals.setup_logging.connect

@@ -564,18 +564,10 @@ class Flow:
         final = booking.final_state
         if booking.accept_by is not None:
             accept_by = booking.accept_by.timestamp()
+        if final == State.ACCEPTED and self.settings.auto_confirm:
+            return self._confirm(rec, booking)
         if final is not None:
-            self.store.transition(
-                rec.rebook_id,
-                final,
-                from_=[State.WATCHING],
-                reason=booking.reason or f"upstream status {booking.status}",
-                fields={"status": booking.status},
-                outcome=final.value,
-                now=now,
-            )
-            log.info("rebook %s: %s", rec.rebook_id, final.value)
-            return final.value.lower()
+            return self._finish(rec, booking, final)
         if now >= accept_by:
             self.store.transition(
                 rec.rebook_id,
@@ -603,6 +595,64 @@ class Flow:
             now=now,
         )
         return "pending"
+
+    def _finish(self, rec: Rebook, booking: WebcamBooking, final: State, reason: str = "") -> str:
+        self.store.transition(
+            rec.rebook_id,
+            final,
+            from_=[State.WATCHING],
+            reason=reason or booking.reason or f"upstream status {booking.status}",
+            fields={"status": booking.status},
+            outcome=final.value,
+        )
+        log.info("rebook %s: %s", rec.rebook_id, final.value)
+        return final.value.lower()
+
+    def _confirm(self, rec: Rebook, booking: WebcamBooking) -> str:
+        """REBOOK_AUTO_CONFIRM: confirm an Accepted booking (costs credits; upstream rules:
+        only Accepted, only before SessionDate). Confirm is not idempotent either: after an
+        ambiguous answer the next watch reads the status again before confirming again."""
+        now = self.clock()
+        if booking.session_date is not None and booking.session_date.timestamp() <= now:
+            return self._finish(rec, booking, State.ACCEPTED, "accepted; too late to confirm")
+        sent = rec.confirm_sent_ts
+        grace = self.settings.reconcile_grace_seconds
+        if sent is not None and now < sent + grace:
+            self.store.transition(
+                rec.rebook_id,
+                State.WATCHING,
+                from_=[State.WATCHING],
+                reason=rec.reason,
+                due=sent + grace,
+            )
+            return "confirm-pending"
+        self.store.transition(
+            rec.rebook_id,
+            State.WATCHING,
+            from_=[State.WATCHING],
+            reason="confirm sent",
+            fields={"confirm_sent_ts": now},
+            due=now + self.store.lease,
+        )
+        try:
+            confirmed = self._member_call(
+                rec, lambda tok: self.client.confirm(tok, booking.booking_id)
+            )
+        except Rejected as exc:
+            return self._finish(
+                rec, booking, State.ACCEPTED, f"auto-confirm refused: {exc.message}"
+            )
+        except UpstreamError as exc:  # ambiguous or transient: read the status again first
+            log.warning("rebook %s: confirm not settled (%s)", rec.rebook_id, exc)
+            self.store.transition(
+                rec.rebook_id,
+                State.WATCHING,
+                from_=[State.WATCHING],
+                reason=f"confirm unsettled: {exc}",
+                due=now + grace,
+            )
+            return "confirm-retry"
+        return self._finish(rec, confirmed, State.CONFIRMED, "auto-confirmed")
 
     # -- beat ------------------------------------------------------------------------------------
 

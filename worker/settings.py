@@ -66,8 +66,10 @@ class Settings(BaseSettings):
     flower_basic_auth: SecretStr | None = None
     retention_days: float = Field(14.0, gt=0)
     outcome_task: str | None = None
+    outcome_queue: str = "rebook.outcomes"
     webhook_url: str | None = None
     webhook_secret: SecretStr | None = None
+    fanout_max_attempts: int = Field(12, ge=1)
     log_format: Literal["console", "json"] = "console"
     log_level: str = "INFO"
 
@@ -152,7 +154,13 @@ class Settings(BaseSettings):
     def _retry_bounds(self) -> Settings:
         if self.retry_max_seconds < self.retry_base_seconds:
             raise ValueError("REBOOK_RETRY_MAX_SECONDS must be >= REBOOK_RETRY_BASE_SECONDS")
+        if self.webhook_url and self.webhook_secret is None:
+            raise ValueError("REBOOK_WEBHOOK_SECRET must be set when REBOOK_WEBHOOK_URL is")
         return self
+
+    @property
+    def fanout_enabled(self) -> bool:
+        return bool(self.outcome_task or self.webhook_url)
 
     @property
     def broker(self) -> str:

@@ -73,6 +73,7 @@ class Rebook(BaseModel):
     updated_at: str = ""
     deadline_ts: float
     post_sent_ts: float | None = None
+    confirm_sent_ts: float | None = None
     attempts: int = 0
     errors: int = 0
     reconcile_tries: int = 0

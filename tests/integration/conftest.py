@@ -226,15 +226,22 @@ class System:
         return [h["to"] for h in self.store.history(rid)]
 
 
-@pytest.fixture(scope="module")
-def system(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+@contextlib.contextmanager
+def running_system(redis_url: str, logdir: Path, **extra: Any) -> Iterator[System]:
+    """A whole system with its own sandbox, key prefix and queues; `extra` overrides settings."""
     prefix = f"rebook-it-{uuid.uuid4().hex[:8]}:"
     with SandboxServer(port=0) as server:
-        settings = fast_settings(redis_url, server.url, prefix, broker_key_prefix=prefix)
+        settings = fast_settings(redis_url, server.url, prefix, broker_key_prefix=prefix, **extra)
         client = SandboxClient(server.url)
-        sysm = System(settings, client, tmp_path_factory.mktemp("system"))
+        sysm = System(settings, client, logdir)
         try:
             yield sysm.start()
         finally:
             sysm.stop()
             client.close()
+
+
+@pytest.fixture(scope="module")
+def system(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    with running_system(redis_url, tmp_path_factory.mktemp("system")) as sysm:
+        yield sysm

@@ -1,0 +1,10 @@
+"""`rebook.fanout` (beat, when enabled): outcomes to REBOOK_OUTCOME_TASK and the webhook."""
+
+from __future__ import annotations
+
+from worker.app import app, fanout
+
+
+@app.task(name="rebook.fanout")
+def run_fanout() -> dict[str, int]:
+    return fanout().run()

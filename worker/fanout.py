@@ -1,0 +1,146 @@
+"""Outcome fan-out: every outcome to `REBOOK_OUTCOME_TASK` and/or a signed webhook.
+
+It reads the outcome stream through a consumer group, so the pipeline never waits for a receiver:
+an entry is acknowledged once delivered, a failed one is retried with backoff (a retry zset), and
+after `REBOOK_FANOUT_MAX_ATTEMPTS` it is acknowledged and dead-lettered with the reason. Delivery is
+at least once; receivers dedupe on the stream id (`X-Rebook-Delivery`, `outcome["id"]`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from worker.settings import Settings
+from worker.store import Store
+from worker.webhook import WebhookSender
+
+log = logging.getLogger("rebook.fanout")
+GROUP = "fanout"
+SendTask = Callable[[str, dict[str, Any], str], None]
+
+
+class Fanout:
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        send_task: SendTask,
+        webhook: WebhookSender | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.send_task = send_task
+        self.clock = clock
+        if webhook is None and settings.webhook_url and settings.webhook_secret:
+            webhook = WebhookSender(
+                settings.webhook_url,
+                settings.webhook_secret.get_secret_value(),
+                timeout=settings.http_timeout_seconds,
+            )
+        self.webhook = webhook
+        self.stream = store.key("outcomes")
+        self.retry_key = store.key("fanout", "retry")
+        self.attempts_key = store.key("fanout", "attempts")
+
+    def _ensure_group(self) -> None:
+        try:
+            self.store.r.xgroup_create(self.stream, GROUP, id="$", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def run(self, batch: int = 100) -> dict[str, int]:
+        """One pass: retries that are due, then new entries. Single-flight across workers."""
+        counts = {"delivered": 0, "failed": 0, "gave_up": 0}
+        if not self.settings.fanout_enabled:
+            return counts
+        lock = self.store.r.lock(self.store.key("fanout", "lock"), timeout=120, blocking=False)
+        if not lock.acquire():
+            return counts
+        try:
+            self._ensure_group()
+            now = self.clock()
+            due = self.store.r.zrangebyscore(self.retry_key, "-inf", now, start=0, num=batch)
+            for entry_id in due:
+                rows = self.store.r.xrange(self.stream, min=entry_id, max=entry_id)
+                if not rows:  # trimmed meanwhile
+                    self._done(entry_id)
+                    continue
+                self._deliver(entry_id, rows[0][1], counts)
+            fresh = self.store.r.xreadgroup(GROUP, "rebook", {self.stream: ">"}, count=batch)
+            for _stream, rows in fresh or []:
+                for entry_id, fields in rows:
+                    self._deliver(entry_id, fields, counts)
+        finally:
+            try:
+                lock.release()
+            except redis.exceptions.LockError:
+                log.warning("fan-out outlived its lock")
+        return counts
+
+    def _deliver(self, entry_id: str, fields: dict[str, str], counts: dict[str, int]) -> None:
+        outcome = outcome_payload(entry_id, fields)
+        try:
+            if self.settings.outcome_task:
+                self.send_task(
+                    self.settings.outcome_task, {"outcome": outcome}, self.settings.outcome_queue
+                )
+            if self.webhook is not None:
+                self.webhook.send(entry_id, outcome)
+        except Exception as exc:  # any receiver failure (WebhookError, broker) is retried later
+            self._failed(entry_id, outcome, str(exc) or type(exc).__name__, counts)
+            return
+        self._done(entry_id)
+        counts["delivered"] += 1
+
+    def _failed(
+        self, entry_id: str, outcome: dict[str, Any], reason: str, counts: dict[str, int]
+    ) -> None:
+        attempts = int(self.store.r.hincrby(self.attempts_key, entry_id, 1))
+        if attempts >= self.settings.fanout_max_attempts:
+            self.store.deadletter(
+                f"outcome fan-out gave up after {attempts} attempts: {reason}",
+                outcome,
+                task="rebook.fanout",
+            )
+            self._done(entry_id)
+            counts["gave_up"] += 1
+            log.error("outcome %s: fan-out gave up (%s)", entry_id, reason)
+            return
+        ceiling = min(
+            self.settings.retry_max_seconds, self.settings.retry_base_seconds * 2**attempts
+        )
+        wait = random.uniform(ceiling / 2, ceiling)
+        self.store.r.zadd(self.retry_key, {entry_id: self.clock() + wait})
+        counts["failed"] += 1
+        log.warning("outcome %s: fan-out failed (%s); again in %.1fs", entry_id, reason, wait)
+
+    def _done(self, entry_id: str) -> None:
+        pipe = self.store.r.pipeline(transaction=True)
+        pipe.xack(self.stream, GROUP, entry_id)
+        pipe.zrem(self.retry_key, entry_id)
+        pipe.hdel(self.attempts_key, entry_id)
+        pipe.execute()
+
+
+def outcome_payload(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
+    """The stream entry as JSON for receivers: ids as numbers, `detail` decoded."""
+    out: dict[str, Any] = {"id": entry_id, **fields}
+    for key in ("booking_id", "new_booking_id"):
+        value = out.get(key)
+        out[key] = int(value) if value and value.isdigit() else None
+    try:
+        out["detail"] = json.loads(fields.get("detail") or "{}")
+    except ValueError:
+        out["detail"] = {}
+    for key in ("accept_by", "status", "reason"):
+        out[key] = out.get(key) or None
+    return out
