@@ -111,6 +111,19 @@ def make_app(settings: Settings) -> Celery:
             },
         },
     )
+    if settings.beat_scheduler == "redbeat":
+        # celery-redbeat: the schedule lives in Redis and a lock lets exactly one of several
+        # beats run it, so beat can run redundantly (HA) without doubling the sweeps.
+        # A standby beat retries the lock every loop interval; failover takes at most the lock
+        # timeout plus one loop.
+        loop = max(1.0, min(5.0, settings.sweep_interval_seconds * 5))
+        app.conf.update(
+            beat_scheduler="redbeat.RedBeatScheduler",
+            beat_max_loop_interval=loop,
+            redbeat_redis_url=settings.redis_url,
+            redbeat_key_prefix=f"{settings.key_prefix}redbeat:",
+            redbeat_lock_timeout=int(loop * 5),
+        )
     if settings.fanout_enabled:
         app.conf.beat_schedule["rebook-fanout"] = {
             "task": "rebook.fanout",

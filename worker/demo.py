@@ -179,7 +179,7 @@ def scenario(rebooks: int = 24, performers: int = 6, seed: int | None = None) ->
         roll = rng.random()
         decision = "accept" if roll < 0.5 else "reject" if roll < 0.75 else "expire"
         after = round(rng.uniform(*DECIDE_WINDOW), 1)
-        reason = rng.choice(REJECT_REASONS) if decision == "reject" else ""
+        reason = rng.choice(REJECT_REASONS) if decision == "reject" and pid != ghost else ""
         items.append(
             Planned(
                 index=i,
@@ -393,44 +393,59 @@ def _state_text(state: State | None) -> Text:
     return Text(state.value, style=STATE_STYLE.get(state, ""))
 
 
+def _state_counts(counts: Counter[State], deadletters: int, wide: bool) -> Table:
+    """Every state with its count: a column when there is room beside the rebooks, else rows."""
+    cells = [(_state_text(s), counts.get(s, 0)) for s in State]
+    cells.append((Text("dead letters", style="dim"), deadletters))
+    per_row = 1 if wide else 3
+    table = Table(title="states", box=box.SIMPLE_HEAD, show_edge=False, show_header=wide)
+    for _ in range(per_row):
+        table.add_column("state")
+        table.add_column("n", justify="right")
+    for start in range(0, len(cells), per_row):
+        row: list[RenderableType] = []
+        for label, n in cells[start : start + per_row]:
+            row += [label, Text(str(n), style="" if n else "dim")]
+        table.add_row(*row)
+    return table
+
+
 def _render(
     tracks: Sequence[_Track],
     elapsed: float,
     deadletters: int,
     director: _Director | None,
     head: str,
+    width: int = 200,
 ) -> RenderableType:
+    """One frame of the live view: header, counts per state, one row per rebook, bot actions."""
     now = time.time()
     counts = Counter(t.record.state for t in tracks if t.record is not None)
     settled = sum(1 for t in tracks if t.record is not None and t.record.state.terminal)
-    states = Table(title="states", box=box.SIMPLE_HEAD, show_edge=False)
-    states.add_column("state")
-    states.add_column("n", justify="right")
-    for state in State:
-        n = counts.get(state, 0)
-        states.add_row(_state_text(state), Text(str(n), style="" if n else "dim"))
-    states.add_row(Text("dead letters", style="dim"), str(deadletters))
+    wide = width >= 100
+    states = _state_counts(counts, deadletters, wide)
     rows = Table(title="rebooks", box=box.SIMPLE_HEAD, show_edge=False)
-    for name, justify in (
-        ("rebook", "left"),
-        ("performer", "right"),
-        ("state", "left"),
-        ("new booking", "right"),
-        ("age", "right"),
-    ):
-        rows.add_column(name, justify=justify)  # type: ignore[arg-type]
+    rows.add_column("rebook", no_wrap=True)
+    rows.add_column("performer", justify="right")
+    rows.add_column("state", no_wrap=True)
+    rows.add_column("new booking", justify="right")
+    rows.add_column("age", justify="right", no_wrap=True)
     for t in tracks:
         rec = t.record
         performer = t.plan.performer_id if t.plan else (rec.performer_id if rec else None)
         rows.add_row(
-            _short(t.rebook_id) + ("" if t.plan else " (dup)"),
+            _short(t.rebook_id) + ("" if t.plan else " dup"),
             str(performer or "?"),
             _state_text(rec.state if rec else None),
             str(rec.new_booking_id) if rec and rec.new_booking_id else "",
             f"{_age(rec, now):4.1f}s" if rec else "",
         )
-    grid = Table.grid(padding=(0, 4))
-    grid.add_row(states, rows)
+    grid = Table.grid(padding=(0, 2))
+    if wide:
+        grid.add_row(states, rows)
+    else:
+        grid.add_row(states)
+        grid.add_row(rows)
     parts: list[RenderableType] = [
         Text.assemble(
             ("rebook demo ", "bold"),
@@ -597,7 +612,7 @@ def _summary(
             )
         performer = t.plan.performer_id if t.plan else rec.performer_id
         table.add_row(
-            _short(t.rebook_id) + ("" if t.plan else " (dup)"),
+            _short(t.rebook_id) + ("" if t.plan else " dup"),
             str(t.booking_id),
             str(performer or "?"),
             " → ".join(_path(history)) or rec.state.value,
@@ -741,8 +756,11 @@ def run(
     except ConfigError as exc:
         console.print(f"[red]rebook demo: bad setting: {exc}[/]")
         code = 2
-    except (DemoError, ValueError) as exc:
+    except (DemoError, ValueError, RuntimeError) as exc:  # RuntimeError: no redis-server
         console.print(f"[red]rebook demo failed:[/] {exc}")
+        code = 1
+    except redis.RedisError as exc:
+        console.print(f"[red]rebook demo failed: lost Redis:[/] {type(exc).__name__}: {exc}")
         code = 1
     finally:
         with _no_interrupts():
@@ -891,7 +909,16 @@ def _run(
                     }
                 )
                 dup_sent = True
-            live.update(_render(all_tracks, time.monotonic() - t0, deadletters, res.director, head))
+            live.update(
+                _render(
+                    all_tracks,
+                    time.monotonic() - t0,
+                    deadletters,
+                    res.director,
+                    head,
+                    console.width,
+                )
+            )
             settled = all(t.record is not None and t.record.state.terminal for t in all_tracks)
             if dup_sent and settled and deadletters >= 1:
                 break

@@ -70,6 +70,7 @@ class Settings(BaseSettings):
     webhook_url: str | None = None
     webhook_secret: SecretStr | None = None
     fanout_max_attempts: int = Field(12, ge=1)
+    beat_scheduler: Literal["default", "redbeat"] = "default"
     log_format: Literal["console", "json"] = "console"
     log_level: str = "INFO"
 

@@ -294,15 +294,19 @@ class Store:
 
     # -- performers ----------------------------------------------------------------------------
 
-    def claim_presence_call(self, performer_id: int, interval: float) -> float:
-        """At most one presence call per performer per interval, across all workers.
+    def claim_window(self, name: str, seconds: float) -> float:
+        """Lets one caller (of all workers) act per window of `seconds`.
 
-        Returns 0 when this caller may call now, else the seconds until the next call may go.
+        Returns 0 when this caller may act now, else the seconds until the window ends.
         """
-        key = self.key("presence", performer_id)
-        if self.r.set(key, "1", nx=True, px=max(1, int(interval * 1000))):
+        key = self.key(name)
+        if self.r.set(key, "1", nx=True, px=max(1, int(seconds * 1000))):
             return 0.0
         return max(0.001, int(self.r.pttl(key)) / 1000)
+
+    def claim_presence_call(self, performer_id: int, interval: float) -> float:
+        """At most one presence call per performer per interval, across all workers."""
+        return self.claim_window(f"presence:{performer_id}", interval)
 
     def waiting_for(self, performer_id: int) -> list[str]:
         return sorted(self.r.smembers(self.key("perf", performer_id)))

@@ -1,0 +1,204 @@
+"""Operations: a producer without Celery, two beats under celery-redbeat, Sentry from a worker."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import signal
+import sys
+import threading
+import uuid
+import zlib
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+import redis
+
+from tests.integration.conftest import Proc, System, running_system, wait_for
+from worker.models import State
+from worker.store import rebook_id_for
+
+pytestmark = pytest.mark.integration
+
+
+def raw_celery_message(task: str, kwargs: dict[str, Any], queue: str) -> str:
+    """What a non-Python producer pushes: Celery protocol 2, JSON body, kombu's Redis envelope."""
+    task_id = str(uuid.uuid4())
+    body = json.dumps(
+        [[], kwargs, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
+    )
+    return json.dumps(
+        {
+            "body": base64.b64encode(body.encode()).decode(),
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": {
+                "lang": "js",
+                "task": task,
+                "id": task_id,
+                "root_id": task_id,
+                "parent_id": None,
+                "group": None,
+                "retries": 0,
+                "eta": None,
+                "expires": None,
+            },
+            "properties": {
+                "correlation_id": task_id,
+                "reply_to": "",
+                "delivery_mode": 2,
+                "delivery_info": {"exchange": "", "routing_key": queue},
+                "priority": 0,
+                "body_encoding": "base64",
+                "delivery_tag": str(uuid.uuid4()),
+            },
+        }
+    )
+
+
+def test_event_from_a_producer_without_celery(system: System) -> None:
+    user = system.member()
+    performer = system.performer(online=True)
+    booking = system.sandbox.add_booking(user, performer)
+    event_id = f"raw-{uuid.uuid4().hex}"
+    message = raw_celery_message(
+        "rebook.request",
+        {"event_id": event_id, "booking_id": booking, "user_id": user, "performer_id": performer},
+        "rebook.events",
+    )
+    plain = redis.Redis.from_url(system.settings.redis_url)
+    plain.lpush(system.settings.broker_key_prefix + "rebook.events", message)
+    plain.close()
+    system.wait_state(rebook_id_for(event_id), State.WATCHING)
+
+
+@pytest.fixture(scope="module")
+def redbeat_system(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    with running_system(
+        redis_url, tmp_path_factory.mktemp("redbeat"), beat_scheduler="redbeat"
+    ) as sysm:
+        yield sysm
+
+
+def test_two_beats_with_redbeat_one_sweeps_and_the_other_takes_over(
+    redbeat_system: System,
+) -> None:
+    system = redbeat_system
+    second = Proc(
+        "beat2",
+        [sys.executable, "-m", "celery", "-A", "worker", "beat", "-l", "INFO"],
+        system.env,
+        system.logdir / "beat2.log",
+    ).start()
+    try:
+        wait_for(
+            lambda: "beat: Starting" in second.text() or "Starting" in second.text(),
+            20,
+            "second beat started",
+        )
+        user = system.member()
+        performer = system.performer(online=True)
+        rids = [system.rebook(user, performer)[0] for _ in range(4)]
+        for rid in rids:
+            system.wait_state(rid, State.WATCHING)
+        sending = [p.text().count("Sending due task rebook-sweep") for p in (system.beat, second)]
+        assert sending[0] > 0 and sending[1] == 0, sending  # only the lock holder schedules
+        news = system.sandbox.stats()["new_bookings"]
+        assert all(news[str(system.get(r).booking_id)] == 1 for r in rids)  # type: ignore[union-attr]
+        # the active beat dies: the second one takes the lock and sweeps
+        system.beat.kill(signal.SIGKILL)
+        wait_for(
+            lambda: second.text().count("Sending due task rebook-sweep") > 0,
+            30,
+            "second beat taking over",
+        )
+    finally:
+        second.stop()
+        system.beat.start()
+
+
+class SentryCollector:
+    """A local Sentry ingest endpoint: stores every envelope it receives."""
+
+    def __init__(self) -> None:
+        self.envelopes: list[bytes] = []
+        collector = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                encoding = self.headers.get("Content-Encoding", "")
+                if encoding == "gzip":
+                    raw = gzip.decompress(raw)
+                elif encoding == "deflate":
+                    raw = zlib.decompress(raw)
+                elif encoding == "br":
+                    raw = b""  # not expected: we don't install brotli
+                collector.envelopes.append(raw)
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def items(self, kind: str) -> list[dict[str, Any]]:
+        found = []
+        for env in self.envelopes:
+            lines = env.split(b"\n")
+            for header, payload in zip(lines[1::2], lines[2::2], strict=False):
+                try:
+                    if json.loads(header).get("type") == kind:
+                        found.append(json.loads(payload))
+                except ValueError:
+                    continue
+        return found
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_sentry_captures_a_failing_step_and_beat_check_ins(
+    redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    collector = SentryCollector()
+    dsn = f"http://abcdef0123456789@127.0.0.1:{collector.port}/42"
+    try:
+        with running_system(
+            redis_url,
+            tmp_path_factory.mktemp("sentry"),
+            sentry_dsn=dsn,
+            sentry_environment="ci-test",
+        ) as system:
+            user = system.member()
+            tokens = system.svc.token_store.load(user)
+            assert tokens is not None
+            # a record that cannot be read: the step fails, Sentry must see it
+            broken = "rb-broken0000000000"
+            system.store.r.hset(
+                system.store.key("r", broken), mapping={"state": "WATCHING", "rebook_id": broken}
+            )
+            system.producer.send_task("rebook.watch", kwargs={"rebook_id": broken})
+            events = wait_for(lambda: collector.items("event"), 30, "a Sentry event")
+            event = events[0]
+            assert event["environment"] == "ci-test"
+            assert event["release"].startswith("rebook@")
+            wait_for(lambda: collector.items("check_in"), 30, "a cron check-in from beat")
+            blob = b"".join(collector.envelopes)
+            for secret in (
+                tokens.access_token,
+                tokens.refresh_token,
+                "sandbox-secret",
+                system.settings.token_key.get_secret_value(),
+            ):  # type: ignore[union-attr]
+                assert secret.encode() not in blob
+    finally:
+        collector.close()

@@ -1,0 +1,239 @@
+"""Prometheus exporter for rebook's own numbers: `python -m worker.exporter [--port] [--host]`.
+
+Flower sees Celery tasks; it cannot see what matters here: how many rebooks wait, how late the
+sweep runs, what ended how, and how the upstream answers. Those live in Redis (the durable truth),
+so this process reads them there on every scrape instead of keeping counters of its own: any
+number of workers feed the same numbers, and restarting the exporter loses nothing.
+
+One scrape = `Store.stats()` (one pipeline plus the last-sweep read) and one pipeline for the two
+counter hashes, `{prefix}metrics:outcomes` (`STATE -> n`, written by the transition script) and
+`{prefix}metrics:upstream` (`endpoint:outcome -> n`, written after every upstream call). When
+Redis cannot be reached the scrape still answers, with `rebook_up 0`, so the alert says "Redis"
+rather than "exporter down".
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import signal
+import sys
+import threading
+from collections.abc import Iterable
+from types import FrameType
+
+import redis
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from worker.errors import ConfigError, StoreUnavailable
+from worker.models import TERMINAL_STATES, State
+from worker.settings import Settings, get_settings, mask_url
+from worker.store import Store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 9808
+DEFAULT_HOST = "127.0.0.1"
+OK = "ok"
+# Outcomes the transition script records; always exported (zero included) so rate() works at once.
+OUTCOME_STATES = ("BOOKED", State.NEEDS_ATTENTION.value, *sorted(s.value for s in TERMINAL_STATES))
+# A scrape must answer within Prometheus' default 10 s scrape timeout, even with Redis gone:
+# short socket timeouts and no client-side retries (redis-py retries with backoff by default;
+# the next scrape is the retry).
+SOCKET_TIMEOUT = 3.0
+CONNECT_TIMEOUT = 2.0
+
+
+class RebookCollector(Collector):
+    """Reads rebook's state and counters from Redis on each `collect()`."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def describe(self) -> Iterable[Metric]:
+        """Names only, so registering does not touch Redis."""
+        return [_up(), *_families().values()]
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            stats = self.store.stats()
+            pipe = self.store.r.pipeline(transaction=False)
+            pipe.hgetall(self.store.key("metrics", "outcomes"))
+            pipe.hgetall(self.store.key("metrics", "upstream"))
+            outcomes, upstream = pipe.execute()
+        except (redis.RedisError, StoreUnavailable, OSError) as exc:
+            log.warning(
+                "rebook exporter: cannot read Redis at %s: %s",
+                mask_url(self.store.url),
+                type(exc).__name__,
+            )
+            up = _up()
+            up.add_metric([], 0)
+            return [up]
+        up = _up()
+        up.add_metric([], 1)
+        fams = _families()
+        for state, count in stats["states"].items():
+            fams["rebooks"].add_metric([state], count)
+        fams["due_lag"].add_metric([], stats["due_lag_seconds"])
+        fams["deadletter"].add_metric([], stats["deadletter"])
+        fams["performers"].add_metric([], stats["performers_tracked"])
+        last = stats["last_sweep_seconds_ago"]
+        # Never swept: +Inf, so a "sweep older than N s" alert fires when beat never ran.
+        fams["sweep_age"].add_metric([], math.inf if last is None else max(0.0, last))
+        for state, count in _merge_outcomes(outcomes):
+            fams["outcomes"].add_metric([state], count)
+        calls, errors = _upstream(upstream)
+        for (endpoint, outcome), count in calls:
+            fams["calls"].add_metric([endpoint, outcome], count)
+        for endpoint, count in errors:
+            fams["errors"].add_metric([endpoint], count)
+        return [up, *fams.values()]
+
+
+def _up() -> GaugeMetricFamily:
+    return GaugeMetricFamily("rebook_up", "1 if the exporter could read rebook's Redis, else 0")
+
+
+def _families() -> dict[str, GaugeMetricFamily | CounterMetricFamily]:
+    """Fresh, empty metric families; one set per scrape (the collector keeps no state)."""
+    return {
+        "rebooks": GaugeMetricFamily(
+            "rebook_rebooks", "Rebooks currently in each state", labels=["state"]
+        ),
+        "due_lag": GaugeMetricFamily(
+            "rebook_due_lag_seconds", "How overdue the oldest record in the due index is"
+        ),
+        "deadletter": GaugeMetricFamily(
+            "rebook_deadletter_total", "Entries in the dead-letter stream (length, not a rate)"
+        ),
+        "performers": GaugeMetricFamily(
+            "rebook_performers_tracked", "Performers with a scheduled presence check"
+        ),
+        "sweep_age": GaugeMetricFamily(
+            "rebook_last_sweep_age_seconds", "Seconds since the beat sweep last ran (+Inf: never)"
+        ),
+        "outcomes": CounterMetricFamily(
+            "rebook_outcomes", "Outcomes published, by state", labels=["state"]
+        ),
+        "calls": CounterMetricFamily(
+            "rebook_upstream_calls",
+            'Upstream calls by endpoint and outcome ("ok" or the error class)',
+            labels=["endpoint", "outcome"],
+        ),
+        "errors": CounterMetricFamily(
+            "rebook_upstream_errors", "Upstream calls that did not succeed", labels=["endpoint"]
+        ),
+    }
+
+
+def _count(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        return 0
+
+
+def _merge_outcomes(raw: dict[str, str]) -> list[tuple[str, int]]:
+    counts = dict.fromkeys(OUTCOME_STATES, 0)
+    for state, value in raw.items():
+        counts[state] = counts.get(state, 0) + _count(value)
+    return sorted(counts.items())
+
+
+def _upstream(
+    raw: dict[str, str],
+) -> tuple[list[tuple[tuple[str, str], int]], list[tuple[str, int]]]:
+    """`endpoint:outcome -> n` split into calls by (endpoint, outcome) and errors by endpoint."""
+    calls: dict[tuple[str, str], int] = {}
+    errors: dict[str, int] = {}
+    for field, value in raw.items():
+        endpoint, sep, outcome = field.rpartition(":")
+        if not sep or not endpoint:
+            endpoint, outcome = field, "unknown"
+        n = _count(value)
+        calls[(endpoint, outcome)] = calls.get((endpoint, outcome), 0) + n
+        errors.setdefault(endpoint, 0)
+        if outcome != OK:
+            errors[endpoint] += n
+    return sorted(calls.items()), sorted(errors.items())
+
+
+def collector(store: Store) -> Collector:
+    """The collector for `store`; register it on a `CollectorRegistry`."""
+    return RebookCollector(store)
+
+
+def store_for(settings: Settings) -> Store:
+    """A store with short socket timeouts: a scrape must answer even while Redis is away."""
+    client = redis.Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        socket_timeout=SOCKET_TIMEOUT,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        health_check_interval=30,
+        retry=Retry(NoBackoff(), 0),
+    )
+    return Store(
+        client,
+        prefix=settings.key_prefix,
+        retention_seconds=settings.retention_seconds,
+        lease_seconds=settings.step_lease_seconds,
+        url=settings.redis_url,
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m worker.exporter", description="Prometheus exporter for rebook."
+    )
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="default 9808")
+    parser.add_argument(
+        "--host", default=DEFAULT_HOST, help="address to bind (default 127.0.0.1; 0.0.0.0 for all)"
+    )
+    args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port {args.port} is out of range 0-65535")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        settings = get_settings()
+    except ConfigError as exc:
+        print(f"rebook exporter: bad setting: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector(store_for(settings)))
+    try:
+        server, _thread = start_http_server(args.port, addr=args.host, registry=registry)
+    except OSError as exc:
+        print(f"rebook exporter: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    log.info(
+        "rebook exporter on http://%s:%s/metrics (redis %s)",
+        args.host,
+        server.server_port,
+        mask_url(settings.redis_url),
+    )
+    stop = threading.Event()
+
+    def _stop(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    while not stop.wait(1.0):
+        pass
+    server.shutdown()
+
+
+if __name__ == "__main__":
+    main()
