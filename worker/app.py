@@ -59,6 +59,39 @@ class RebookTask(Task):
     max_retries = 10
     typing = False  # arguments are validated by the flow; bad ones go to the dead-letter stream
 
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        """An intake that failed is dead-lettered: an event must end where a person sees it.
+        Other steps need nothing here: the sweep runs them again."""
+        if self.name == "rebook.request":
+            _deadletter_failed(self.name, task_id, exc, args, kwargs)
+
+
+def _deadletter_failed(name: str, task_id: str, exc: BaseException, args: Any, kwargs: Any) -> None:
+    from worker.runtime import services
+
+    services().store.deadletter(
+        f"{name} failed: {type(exc).__name__}: {exc}"[:500],
+        {"args": args, "kwargs": kwargs},
+        task_id=task_id or "",
+        task=name,
+    )
+
+
+@signals.task_internal_error.connect
+def _internal_error(
+    sender: Any = None,
+    task_id: str = "",
+    args: Any = None,
+    kwargs: Any = None,
+    exception: BaseException | None = None,
+    **_: Any,
+) -> None:
+    """Errors outside the task body (e.g. kwargs that are not a mapping) never reach
+    `on_failure`; the message was still meant for us, so it is dead-lettered."""
+    _deadletter_failed(
+        getattr(sender, "name", "?"), task_id, exception or Exception("?"), args, kwargs
+    )
+
 
 def make_app(settings: Settings) -> Celery:
     app = Celery("rebook", task_cls=RebookTask, include=TASK_MODULES)
@@ -87,6 +120,7 @@ def make_app(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         task_acks_on_failure_or_timeout=True,
         worker_prefetch_multiplier=1,
+        worker_consumer="worker.consumer:RebookConsumer",
         worker_hijack_root_logger=False,
         worker_send_task_events=True,
         task_send_sent_event=True,

@@ -96,6 +96,7 @@ FAST_ENV = {
     "REBOOK_RETRY_MAX_SECONDS": "2",
     "REBOOK_MAX_WAIT_SECONDS": "120",
     "REBOOK_AUTO_CONFIRM": "false",
+    "REBOOK_BEAT_SCHEDULER": "default",  # a file schedule in the temp dir, no redbeat needed
 }
 # A real deployment's fan-out and error reporting must never receive demo traffic.
 UNSET_IN_DEMO = (
@@ -629,7 +630,10 @@ def _summary(
             totals_table.add_row(_state_text(state), str(totals[state]))
     totals_table.add_row("dead letters", str(deadletters))
     console.print(totals_table)
-    console.print("totals: " + ", ".join(f"{s.value} {totals[s]}" for s in State if totals[s]))
+    console.print(
+        "totals: " + ", ".join(f"{s.value} {totals[s]}" for s in State if totals[s]),
+        soft_wrap=True,
+    )
 
     calls = sandbox_stats.get("calls", {})
     per_original = {int(k): int(v) for k, v in sandbox_stats.get("new_bookings", {}).items()}
@@ -838,7 +842,10 @@ def _run(
             env,
         )
     )
-    console.print(f"Worker {node} and beat started (run id {run_id}); logs in {res.workdir}")
+    console.print(
+        f"Worker {node} and beat started (run id {run_id}); logs in {res.workdir}",
+        soft_wrap=True,
+    )
 
     from worker.app import make_app  # late: importing the app reads the process settings
     from worker.runtime import build_services

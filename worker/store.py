@@ -169,8 +169,18 @@ class Store:
 
     def ping(self) -> None:
         """Raises :class:`StoreUnavailable` with the masked URL when Redis cannot be reached."""
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        probe = (
+            redis.Redis.from_url(
+                self.url, socket_connect_timeout=2, socket_timeout=2, retry=Retry(NoBackoff(), 0)
+            )
+            if self.url
+            else self.r
+        )
         try:
-            self.r.ping()
+            probe.ping()
         except redis.RedisError as exc:
             raise StoreUnavailable(
                 f"cannot reach Redis at {mask_url(self.url)}: {type(exc).__name__}"

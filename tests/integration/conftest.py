@@ -4,7 +4,9 @@ and beat as subprocesses (prefork, as in production), and a producer app. Nothin
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -54,6 +56,43 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = ""
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
         time.sleep(delay)
         delay = min(0.2, delay * 1.5)
+
+
+def raw_celery_message(
+    task: str, kwargs: Any, queue: str, args: Any = (), content_type: str = "application/json"
+) -> str:
+    """What a non-Python producer pushes: Celery protocol 2, JSON body, kombu's Redis envelope."""
+    task_id = str(uuid.uuid4())
+    body = json.dumps(
+        [list(args), kwargs, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
+    )
+    return json.dumps(
+        {
+            "body": base64.b64encode(body.encode()).decode(),
+            "content-encoding": "utf-8",
+            "content-type": content_type,
+            "headers": {
+                "lang": "js",
+                "task": task,
+                "id": task_id,
+                "root_id": task_id,
+                "parent_id": None,
+                "group": None,
+                "retries": 0,
+                "eta": None,
+                "expires": None,
+            },
+            "properties": {
+                "correlation_id": task_id,
+                "reply_to": "",
+                "delivery_mode": 2,
+                "delivery_info": {"exchange": "", "routing_key": queue},
+                "priority": 0,
+                "body_encoding": "base64",
+                "delivery_tag": str(uuid.uuid4()),
+            },
+        }
+    )
 
 
 class Proc:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import gzip
 import json
 import signal
@@ -17,46 +16,11 @@ from typing import Any
 import pytest
 import redis
 
-from tests.integration.conftest import Proc, System, running_system, wait_for
+from tests.integration.conftest import Proc, System, raw_celery_message, running_system, wait_for
 from worker.models import State
 from worker.store import rebook_id_for
 
 pytestmark = pytest.mark.integration
-
-
-def raw_celery_message(task: str, kwargs: dict[str, Any], queue: str) -> str:
-    """What a non-Python producer pushes: Celery protocol 2, JSON body, kombu's Redis envelope."""
-    task_id = str(uuid.uuid4())
-    body = json.dumps(
-        [[], kwargs, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
-    )
-    return json.dumps(
-        {
-            "body": base64.b64encode(body.encode()).decode(),
-            "content-encoding": "utf-8",
-            "content-type": "application/json",
-            "headers": {
-                "lang": "js",
-                "task": task,
-                "id": task_id,
-                "root_id": task_id,
-                "parent_id": None,
-                "group": None,
-                "retries": 0,
-                "eta": None,
-                "expires": None,
-            },
-            "properties": {
-                "correlation_id": task_id,
-                "reply_to": "",
-                "delivery_mode": 2,
-                "delivery_info": {"exchange": "", "routing_key": queue},
-                "priority": 0,
-                "body_encoding": "base64",
-                "delivery_tag": str(uuid.uuid4()),
-            },
-        }
-    )
 
 
 def test_event_from_a_producer_without_celery(system: System) -> None:

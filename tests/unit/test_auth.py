@@ -1,0 +1,205 @@
+"""Member tokens: encrypted at rest, refreshed single-flight against the real sandbox."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from cryptography.fernet import Fernet
+
+from worker.auth import TokenManager, TokenStore
+from worker.errors import ConfigError, ReauthRequired
+from worker.models import TokenSet
+from worker.runtime import Services, build_services
+from worker.sandbox import SandboxClient
+from worker.settings import Settings
+
+
+@pytest.fixture
+def svc(settings: Settings) -> Iterator[Services]:
+    services = build_services(settings)
+    yield services
+    services.client.close()
+    keys = list(services.store.r.scan_iter(match=settings.key_prefix + "*", count=1000))
+    if keys:
+        services.store.r.delete(*keys)
+    services.store.r.close()
+
+
+def save_member(svc: Services, sandbox: SandboxClient, user: str, **kw: Any) -> dict[str, Any]:
+    answer = sandbox.add_user(user, **kw)
+    svc.token_store.save(user, TokenSet.from_token_response(answer, time.time()))
+    return answer
+
+
+def tokens(access: str = "acc-PLAIN", refresh: str = "ref-PLAIN", exp: float = 2e9) -> TokenSet:
+    return TokenSet(access_token=access, refresh_token=refresh, expires_at=exp)
+
+
+# --- TokenStore -----------------------------------------------------------------------------------
+
+
+def test_tokens_are_encrypted_at_rest(redis_client: redis.Redis, prefix: str) -> None:
+    store = TokenStore(redis_client, prefix, Fernet.generate_key().decode())
+    store.save("u1", tokens())
+    raw = redis_client.get(f"{prefix}tok:u1")
+    assert raw is not None
+    assert "acc-PLAIN" not in raw and "ref-PLAIN" not in raw
+    loaded = store.load("u1")
+    assert loaded == tokens()
+    assert store.load("nobody") is None
+    assert store.delete("u1") is True
+    assert store.load("u1") is None
+    assert store.delete("u1") is False
+
+
+def test_missing_key_is_config_error_naming_the_variable(
+    redis_client: redis.Redis, prefix: str
+) -> None:
+    store = TokenStore(redis_client, prefix, None)
+    with pytest.raises(ConfigError) as info:
+        store.save("u1", tokens())
+    assert str(info.value).startswith("REBOOK_TOKEN_KEY")
+    assert redis_client.get(f"{prefix}tok:u1") is None
+    # reading stored tokens needs the key too
+    TokenStore(redis_client, prefix, Fernet.generate_key().decode()).save("u1", tokens())
+    with pytest.raises(ConfigError, match="REBOOK_TOKEN_KEY"):
+        store.load("u1")
+
+
+def test_wrong_key_is_config_error(redis_client: redis.Redis, prefix: str) -> None:
+    TokenStore(redis_client, prefix, Fernet.generate_key().decode()).save("u1", tokens())
+    other = TokenStore(redis_client, prefix, Fernet.generate_key().decode())
+    with pytest.raises(ConfigError, match="REBOOK_TOKEN_KEY"):
+        other.load("u1")
+
+
+# --- TokenManager ---------------------------------------------------------------------------------
+
+
+def test_valid_token_is_returned_without_refresh(svc: Services, sandbox: SandboxClient) -> None:
+    answer = save_member(svc, sandbox, "alice")
+    assert svc.tokens.access_token("alice") == answer["access_token"]
+    assert svc.tokens.access_token("alice") == answer["access_token"]
+    assert sandbox.stats()["refreshes"] == 0
+
+
+def test_expired_token_is_refreshed_once_and_rotation_stored(
+    svc: Services, sandbox: SandboxClient
+) -> None:
+    answer = save_member(svc, sandbox, "alice", expires_in=0)
+    fresh = svc.tokens.access_token("alice")
+    assert fresh != answer["access_token"]
+    assert sandbox.stats()["refreshes"] == 1
+    stored = svc.token_store.load("alice")
+    assert stored is not None
+    assert stored.access_token == fresh
+    assert stored.refresh_token != answer["refresh_token"]
+    assert stored.expires_at > time.time() + 600
+    # the stored pair is the one the upstream honours now
+    booking = sandbox.add_booking("alice", 7)
+    assert svc.client.booking_details(fresh, booking).booking_id == booking
+    # and it is used from now on, without another refresh
+    assert svc.tokens.access_token("alice") == fresh
+    assert sandbox.stats()["refreshes"] == 1
+
+
+def test_token_inside_the_margin_is_refreshed(svc: Services, sandbox: SandboxClient) -> None:
+    # the sandbox's token lives 30 s; the manager refreshes 60 s before expiry
+    answer = save_member(svc, sandbox, "alice", expires_in=30)
+    assert svc.tokens.access_token("alice") != answer["access_token"]
+    assert sandbox.stats()["refreshes"] == 1
+
+
+def test_rejected_forces_a_refresh(svc: Services, sandbox: SandboxClient) -> None:
+    answer = save_member(svc, sandbox, "alice")
+    sandbox.expire_user("alice")  # upstream says 401 although our clock says valid
+    fresh = svc.tokens.access_token("alice", rejected=answer["access_token"])
+    assert fresh != answer["access_token"]
+    assert sandbox.stats()["refreshes"] == 1
+    # a stale `rejected` (someone else refreshed already) does not refresh again
+    assert svc.tokens.access_token("alice", rejected=answer["access_token"]) == fresh
+    assert sandbox.stats()["refreshes"] == 1
+
+
+def test_concurrent_refresh_is_single_flight(svc: Services, sandbox: SandboxClient) -> None:
+    save_member(svc, sandbox, "alice", expires_in=0)
+    barrier = threading.Barrier(20)
+    results: list[str] = []
+    errors: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            barrier.wait(timeout=5)
+            results.append(svc.tokens.access_token("alice"))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ask) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert errors == []
+    assert len(results) == 20
+    assert len(set(results)) == 1
+    assert sandbox.stats()["refreshes"] == 1
+
+
+def test_concurrent_managers_share_the_lock(
+    settings: Settings, svc: Services, sandbox: SandboxClient
+) -> None:
+    """Two processes' worth of managers (separate clients, same Redis) still refresh once."""
+    other = build_services(settings)
+    try:
+        save_member(svc, sandbox, "alice", expires_in=0)
+        out: list[str] = []
+        threads = [
+            threading.Thread(target=lambda m=m: out.append(m.access_token("alice")))
+            for m in [svc.tokens, other.tokens] * 5
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        assert len(out) == 10 and len(set(out)) == 1
+        assert sandbox.stats()["refreshes"] == 1
+    finally:
+        other.client.close()
+        other.store.r.close()
+
+
+def test_revoked_member_must_reauthorise(svc: Services, sandbox: SandboxClient) -> None:
+    answer = save_member(svc, sandbox, "alice", expires_in=0)
+    sandbox.revoke_user("alice")
+    with pytest.raises(ReauthRequired) as info:
+        svc.tokens.access_token("alice")
+    assert info.value.user_id == "alice"
+    assert answer["refresh_token"] not in str(info.value)
+    assert answer["access_token"] not in str(info.value)
+    # the stored pair is left alone for an operator to replace
+    stored = svc.token_store.load("alice")
+    assert stored is not None and stored.refresh_token == answer["refresh_token"]
+
+
+def test_no_tokens_stored_is_reauth(svc: Services) -> None:
+    with pytest.raises(ReauthRequired, match="no tokens"):
+        svc.tokens.access_token("ghost")
+
+
+def test_refresh_sends_the_configured_client(svc: Services, sandbox: SandboxClient) -> None:
+    save_member(svc, sandbox, "alice", expires_in=0)
+    bad = TokenManager(
+        svc.token_store,
+        svc.client,
+        token_url=svc.settings.token_url,
+        client_id="sandbox-client",
+        client_secret="wrong-secret",
+    )
+    with pytest.raises(ReauthRequired):
+        bad.access_token("alice")
+    assert sandbox.stats()["refreshes"] == 0

@@ -1,0 +1,161 @@
+"""The Prometheus collector against a real (private) Redis: what a scrape shows, and Redis gone."""
+
+from __future__ import annotations
+
+import math
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from worker import exporter
+from worker.models import State
+from worker.settings import get_settings, load_settings
+from worker.store import REMOVE, Store, rebook_id_for
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis, prefix: str) -> Iterator[Store]:
+    s = Store(redis_client, prefix=prefix, retention_seconds=1000, lease_seconds=10.0)
+    yield s
+    keys = list(redis_client.scan_iter(match=prefix + "*", count=1000))
+    if keys:
+        redis_client.delete(*keys)
+
+
+def scrape(store: Store) -> Samples:
+    """Renders the collector as Prometheus serves it and parses the text back."""
+    registry = CollectorRegistry()
+    registry.register(exporter.collector(store))
+    text = generate_latest(registry).decode()
+    out: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+def create(store: Store, event_id: str, booking_id: int, performer: int | None, now: float) -> str:
+    rid = rebook_id_for(event_id)
+    store.create(
+        rebook_id=rid,
+        event_id=event_id,
+        booking_id=booking_id,
+        user_id="u1",
+        performer_id=performer,
+        deadline=now + 3600,
+        now=now,
+    )
+    return rid
+
+
+def test_empty_prefix_exports_every_series_with_zeros(store: Store) -> None:
+    samples = scrape(store)
+    assert value(samples, "rebook_up") == 1
+    for state in State:
+        assert value(samples, "rebook_rebooks", state=state.value) == 0
+    assert value(samples, "rebook_due_lag_seconds") == 0
+    assert value(samples, "rebook_deadletter_total") == 0
+    assert math.isinf(value(samples, "rebook_last_sweep_age_seconds"))  # beat never ran
+    for outcome in exporter.OUTCOME_STATES:
+        assert value(samples, "rebook_outcomes_total", state=outcome) == 0
+    assert not [name for name, _ in samples if name.startswith("rebook_upstream_")]
+
+
+def test_states_lag_outcomes_and_upstream_counters(store: Store) -> None:
+    now = time.time()
+    waiting = create(store, "ev-wait", 1, 7, now)
+    overdue = create(store, "ev-overdue", 2, None, now - 100)  # due at once: 100 s late
+    watching = create(store, "ev-watch", 3, 7, now)
+    accepted = create(store, "ev-acc", 4, 7, now)
+    create(store, "ev-dup", 1, 7, now)  # same booking as `waiting`: DUPLICATE, counted
+    assert store.transition(watching, State.RESCHEDULING, from_=[State.WAITING])
+    assert store.transition(watching, State.WATCHING, from_=[State.RESCHEDULING], outcome="BOOKED")
+    assert store.transition(accepted, State.ACCEPTED, due=REMOVE, outcome="ACCEPTED")
+    store.deadletter("bad event", {"event_id": 5})
+    store.deadletter("bad event", {"event_id": 6})
+    store.r.set(store.key("sweep", "last"), repr(now - 5))
+    upstream = store.key("metrics", "upstream")
+    store.r.hincrby(upstream, "RescheduleMadeBooking:ok", 3)
+    store.r.hincrby(upstream, "RescheduleMadeBooking:Transient", 2)
+    store.r.hincrby(upstream, "RescheduleMadeBooking:Ambiguous", 1)
+    store.r.hincrby(upstream, "getUserSummary:ok", 5)
+    store.r.hincrby(upstream, "token:AuthExpired", 1)
+
+    samples = scrape(store)
+
+    assert value(samples, "rebook_up") == 1
+    assert store.get(waiting) is not None and store.get(overdue) is not None
+    assert value(samples, "rebook_rebooks", state="WAITING") == 2
+    assert value(samples, "rebook_rebooks", state="WATCHING") == 1
+    assert value(samples, "rebook_rebooks", state="ACCEPTED") == 1
+    assert value(samples, "rebook_rebooks", state="DUPLICATE") == 1
+    assert value(samples, "rebook_rebooks", state="NEEDS_ATTENTION") == 0
+    assert 99 <= value(samples, "rebook_due_lag_seconds") < 130
+    assert value(samples, "rebook_deadletter_total") == 2
+    assert 4 <= value(samples, "rebook_last_sweep_age_seconds") < 60
+    assert value(samples, "rebook_outcomes_total", state="BOOKED") == 1
+    assert value(samples, "rebook_outcomes_total", state="ACCEPTED") == 1
+    assert value(samples, "rebook_outcomes_total", state="DUPLICATE") == 1
+    assert value(samples, "rebook_outcomes_total", state="EXPIRED") == 0
+    calls = "rebook_upstream_calls_total"
+    assert value(samples, calls, endpoint="RescheduleMadeBooking", outcome="ok") == 3
+    assert value(samples, calls, endpoint="RescheduleMadeBooking", outcome="Transient") == 2
+    assert value(samples, calls, endpoint="RescheduleMadeBooking", outcome="Ambiguous") == 1
+    assert value(samples, calls, endpoint="token", outcome="AuthExpired") == 1
+    errors = "rebook_upstream_errors_total"
+    assert value(samples, errors, endpoint="RescheduleMadeBooking") == 3
+    assert value(samples, errors, endpoint="getUserSummary") == 0
+    assert value(samples, errors, endpoint="token") == 1
+
+
+def test_counters_survive_an_exporter_restart(store: Store) -> None:
+    """The counts live in Redis, so a new collector (a restarted exporter) sees the same totals."""
+    store.r.hincrby(store.key("metrics", "outcomes"), "GAVE_UP", 4)
+    first = scrape(store)
+    second = scrape(Store(store.r, prefix=store.p))
+    assert value(first, "rebook_outcomes_total", state="GAVE_UP") == 4
+    assert value(second, "rebook_outcomes_total", state="GAVE_UP") == 4
+
+
+def test_unreachable_redis_still_answers_with_up_zero(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings = load_settings(redis_url=f"redis://:pw@127.0.0.1:{port}/0", key_prefix="t-dead:")
+    dead = exporter.store_for(settings)
+    registry = CollectorRegistry()
+    registry.register(exporter.collector(dead))  # registering must not touch Redis
+    started = time.monotonic()
+    text = generate_latest(registry).decode()
+    assert time.monotonic() - started < 2.0  # no client-side retries with backoff
+    assert [line for line in text.splitlines() if not line.startswith("#")] == ["rebook_up 0.0"]
+    assert "***" in caplog.text and ":pw@" not in caplog.text  # the password is masked
+
+
+def test_bad_setting_exits_2_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("REBOOK_REDIS_URL", "http://not-redis")
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(SystemExit) as exc:
+            exporter.main(["--port", "0"])
+    finally:
+        get_settings.cache_clear()
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "REBOOK_REDIS_URL" in err

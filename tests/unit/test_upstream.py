@@ -1,0 +1,718 @@
+"""The upstream client against the real sandbox over HTTP, and the shared Redis rate limit."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+import redis
+
+from worker.errors import (
+    Ambiguous,
+    AuthExpired,
+    NotFound,
+    RateLimited,
+    Rejected,
+    Transient,
+    UpstreamError,
+)
+from worker.ratelimit import RedisRateLimiter
+from worker.sandbox import SandboxClient, SandboxServer
+from worker.upstream import UpstreamClient, parse_retry_after
+
+KEY = "sandbox-key"
+CLIENT_ID, CLIENT_SECRET = "sandbox-client", "sandbox-secret"
+
+
+@pytest.fixture
+def client(sandbox_server: SandboxServer) -> Iterator[UpstreamClient]:
+    c = UpstreamClient(sandbox_server.url, KEY, timeout=5.0)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def member(sandbox: SandboxClient) -> dict[str, Any]:
+    tokens = sandbox.add_user("alice")
+    booking = sandbox.add_booking("alice", 7)
+    return {"token": tokens["access_token"], "refresh": tokens["refresh_token"], "booking": booking}
+
+
+def near(a: datetime | None, b: datetime, seconds: float = 30.0) -> bool:
+    assert a is not None
+    return abs((a - b).total_seconds()) < seconds
+
+
+# --- operations -----------------------------------------------------------------------------------
+
+
+def test_booking_details(client: UpstreamClient, member: dict[str, Any]) -> None:
+    b = client.booking_details(member["token"], member["booking"])
+    assert b.booking_id == member["booking"]
+    assert b.performer_id == 7
+    assert b.status == "Confirmed"
+    assert b.final_state is not None
+    # the sandbox writes London site time without an offset; the client must give true UTC
+    assert near(b.create_date, datetime.now(UTC) - timedelta(hours=1))
+    assert b.create_date is not None and b.create_date.utcoffset() == timedelta(0)
+
+
+def test_reschedule_creates_one_booking(
+    client: UpstreamClient, sandbox: SandboxClient, member: dict[str, Any]
+) -> None:
+    sandbox.set_online(7, True)
+    new = client.reschedule(member["token"], member["booking"])
+    now = datetime.now(UTC)
+    assert new.booking_id != member["booking"]
+    assert new.status == "Pending" and new.final_state is None
+    assert new.performer_id == 7
+    assert near(new.session_date, now + timedelta(minutes=5))
+    assert near(new.accept_by, now + timedelta(seconds=600))
+    assert near(new.create_date, now)
+    assert sandbox.stats()["new_bookings"] == {str(member["booking"]): 1}
+
+
+def test_made_bookings_newest_first_and_start(
+    client: UpstreamClient, sandbox: SandboxClient, member: dict[str, Any]
+) -> None:
+    sandbox.set_online(7, True)
+    new = client.reschedule(member["token"], member["booking"])
+    page = client.made_bookings(member["token"])
+    assert [b.booking_id for b in page.bookings] == [new.booking_id, member["booking"]]
+    assert page.total_bookings == 2 and page.page_count == 1
+    recent = client.made_bookings(member["token"], start=datetime.now(UTC) - timedelta(minutes=5))
+    assert [b.booking_id for b in recent.bookings] == [new.booking_id]
+    oldest = client.made_bookings(member["token"], newest_first=False)
+    assert [b.booking_id for b in oldest.bookings] == [member["booking"], new.booking_id]
+
+
+def test_confirm_and_cancel(
+    client: UpstreamClient, sandbox: SandboxClient, member: dict[str, Any]
+) -> None:
+    sandbox.set_online(7, True)
+    first = client.reschedule(member["token"], member["booking"])
+    sandbox.set_status(first.booking_id, "Accepted")
+    confirmed = client.confirm(member["token"], first.booking_id)
+    assert confirmed.status == "Confirmed"
+    second = client.reschedule(member["token"], member["booking"])
+    cancelled = client.cancel(member["token"], second.booking_id, "changed my mind")
+    assert cancelled.status == "Cancelled"
+    assert cancelled.cancelled_reason == "changed my mind"
+    assert sandbox.booking(second.booking_id)["Status"] == "Cancelled"
+
+
+def test_confirm_of_a_pending_booking_is_rejected(
+    client: UpstreamClient, sandbox: SandboxClient, member: dict[str, Any]
+) -> None:
+    sandbox.set_online(7, True)
+    new = client.reschedule(member["token"], member["booking"])
+    with pytest.raises(Rejected) as info:
+        client.confirm(member["token"], new.booking_id)
+    assert info.value.status == 400
+    assert "Accepted" in info.value.message
+
+
+def test_presence(client: UpstreamClient, sandbox: SandboxClient) -> None:
+    assert client.is_online(7) is False
+    sandbox.set_online(7, True)
+    summary = client.user_summary(7)
+    assert summary.user_id == 7 and summary.available_now_webcam is True
+    assert client.is_online(7) is True
+    assert sandbox.stats()["presence_calls"] == {"7": 3}
+
+
+def test_on_call_hook_and_limiter(sandbox_server: SandboxServer, member: dict[str, Any]) -> None:
+    seen: list[tuple[str, str]] = []
+
+    class Counting:
+        calls = 0
+
+        def acquire(self) -> None:
+            Counting.calls += 1
+
+    c = UpstreamClient(
+        sandbox_server.url, KEY, limiter=Counting(), on_call=lambda e, o: seen.append((e, o))
+    )
+    try:
+        c.is_online(7)
+        with pytest.raises(NotFound):
+            c.booking_details(member["token"], 999_999)
+    finally:
+        c.close()
+    assert seen == [("getUserSummary", "ok"), ("MadeBookingDetails", "NotFound")]
+    assert Counting.calls == 2
+
+
+# --- headers, seen by a real HTTP server ----------------------------------------------------------
+
+
+class Echo:
+    """A tiny real HTTP server that records requests and answers what a test asks it to."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.status = 200
+        self.body: bytes = b"{}"
+        self.headers: dict[str, str] = {}
+        echo = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _any(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                echo.requests.append(
+                    {
+                        "method": self.command,
+                        "path": self.path,
+                        "headers": {k.lower(): v for k, v in self.headers.items()},
+                        "body": body,
+                    }
+                )
+                self.send_response(echo.status)
+                for k, v in echo.headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(echo.body)))
+                self.end_headers()
+                self.wfile.write(echo.body)
+
+            do_GET = do_POST = _any
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def echo() -> Iterator[Echo]:
+    e = Echo()
+    yield e
+    e.close()
+
+
+BOOKING = {"WebcamBookingID": 5, "Status": "Pending", "Performer": {"UserID": 7}}
+
+
+def test_member_call_headers(echo: Echo) -> None:
+    echo.body = json.dumps(BOOKING).encode()
+    c = UpstreamClient(echo.url, "the-key", api_key_header="X-Dev-Key")
+    try:
+        c.booking_details("tok-1", 5)
+        c.reschedule("tok-2", 5)
+    finally:
+        c.close()
+    get, post = echo.requests
+    assert get["method"] == "GET"
+    assert get["path"].startswith("/v1/Webcam/MadeBookingDetails?")
+    assert "BookingID=5" in get["path"]
+    assert get["headers"]["accept"] == "application/json"
+    assert get["headers"]["x-dev-key"] == "the-key"
+    assert get["headers"]["authorization"] == "Bearer tok-1"
+    assert "apikey" not in get["headers"]
+    assert "the-key" not in get["path"]  # the key never goes in the query string
+    assert post["method"] == "POST"
+    assert post["path"] == "/v1/Webcam/RescheduleMadeBooking"
+    assert post["headers"]["authorization"] == "Bearer tok-2"
+    assert post["headers"]["x-dev-key"] == "the-key"
+    assert post["headers"]["accept"] == "application/json"
+    assert json.loads(post["body"]) == {"BookingID": 5}
+
+
+def test_presence_call_has_api_key_but_no_bearer(echo: Echo) -> None:
+    echo.body = json.dumps({"User": {"UserID": 7, "AvailableNowWebcam": True}}).encode()
+    c = UpstreamClient(echo.url, "the-key")
+    try:
+        assert c.is_online(7) is True
+    finally:
+        c.close()
+    (req,) = echo.requests
+    assert req["path"].startswith("/v1/newsfeed/getUserSummary?")
+    assert req["headers"]["apikey"] == "the-key"
+    assert "authorization" not in req["headers"]
+
+
+def test_made_bookings_query_uses_site_time(echo: Echo) -> None:
+    echo.body = json.dumps({"PageCount": 1, "WebcamBookings": []}).encode()
+    c = UpstreamClient(echo.url, "k", zone=ZoneInfo("Europe/London"))
+    try:
+        c.made_bookings("t", start=datetime(2024, 7, 1, 11, 0, 0, tzinfo=UTC), page=2)
+    finally:
+        c.close()
+    path = echo.requests[0]["path"]
+    assert "StartDate=2024-07-01T12%3A00%3A00" in path  # 11:00 UTC is 12:00 BST
+    assert "OrderBy=createddate-desc" in path
+    assert "PageNumber=2" in path
+    assert "BookingsPerPage=100" in path
+
+
+def test_refresh_is_form_encoded(echo: Echo) -> None:
+    echo.body = json.dumps({"access_token": "a", "refresh_token": "r", "expires_in": 5}).encode()
+    c = UpstreamClient(echo.url, "k")
+    try:
+        body = c.refresh_token(
+            echo.url + "/OAuth/token", client_id="cid", client_secret="cs", refresh_token="rt"
+        )
+    finally:
+        c.close()
+    assert body["access_token"] == "a"
+    (req,) = echo.requests
+    assert req["headers"]["content-type"] == "application/x-www-form-urlencoded"
+    form = dict(pair.split("=") for pair in req["body"].decode().split("&"))
+    assert form == {
+        "grant_type": "refresh_token",
+        "client_id": "cid",
+        "client_secret": "cs",
+        "refresh_token": "rt",
+    }
+
+
+def test_429_with_http_date_retry_after(echo: Echo) -> None:
+    echo.status = 429
+    when = datetime.now(UTC) + timedelta(seconds=120)
+    echo.headers = {"Retry-After": email.utils.format_datetime(when, usegmt=True)}
+    c = UpstreamClient(echo.url, "k")
+    try:
+        with pytest.raises(RateLimited) as info:
+            c.booking_details("t", 1)
+    finally:
+        c.close()
+    assert info.value.retry_after is not None
+    assert 110 < info.value.retry_after <= 121
+
+
+def test_error_message_is_short_and_single_line(echo: Echo) -> None:
+    echo.status = 400
+    echo.body = ("line one\nline two\t" + "x" * 1000).encode()
+    echo.headers = {"Content-Type": "text/plain"}
+    c = UpstreamClient(echo.url, "k")
+    try:
+        with pytest.raises(Rejected) as info:
+            c.reschedule("t", 1)
+    finally:
+        c.close()
+    assert "\n" not in info.value.message
+    assert info.value.message.startswith("line one line two")
+    assert len(info.value.message) <= 200
+
+
+def test_unexpected_body_shape(echo: Echo) -> None:
+    echo.body = json.dumps({"Status": "Pending"}).encode()  # no WebcamBookingID
+    c = UpstreamClient(echo.url, "k")
+    try:
+        with pytest.raises(Transient):
+            c.booking_details("t", 1)
+        with pytest.raises(Ambiguous):
+            c.reschedule("t", 1)
+    finally:
+        c.close()
+
+
+# --- error mapping through sandbox faults ---------------------------------------------------------
+
+
+def test_http_500_is_transient_on_get_but_ambiguous_on_reschedule(
+    client: UpstreamClient, sandbox: SandboxClient, member: dict[str, Any]
+) -> None:
+    sandbox.set_online(7, True)
+    sandbox.fault("MadeBookingDetails", "http_500")
+    with pytest.raises(Transient) as get_err:
+        client.booking_details(member["token"], member["booking"])
+    assert not isinstance(get_err.value, Ambiguous)
+    assert get_err.value.status == 500 and get_err.value.retryable
+    sandbox.fault("RescheduleMadeBooking", "http_500")
+    with pytest.raises(Ambiguous) as post_err:
+        client.reschedule(member["token"], member["booking"])
+    assert post_err.value.status == 500 and not post_err.value.retryable
+    assert sandbox.stats()["new_bookings"] == {}
+
+
+def test_http_503(client: UpstreamClient, sandbox: SandboxClient, member: dict[str, Any]) -> None:
+    sandbox.set_online(7, True)
+    sandbox.fault("getUserSummary", "http_503")
+    with pytest.raises(Transient) as info:
+        client.is_online(7)
+    assert info.value.status == 503
+    sandbox.fault("RescheduleMadeBooking", "http_503")
+    with pytest.raises(Ambiguous):
+        client.reschedule(member["token"], member["booking"])
+    # the fault was used up: the next call works
+    assert client.is_online(7) is True
+
+
+@pytest.mark.parametrize(("retry_after", "expected"), [(3, 3.0), (None, None)])
+def test_http_429(
+    client: UpstreamClient,
+    sandbox: SandboxClient,
+    member: dict[str, Any],
+    retry_after: float | None,
+    expected: float | None,
+) -> None:
+    extra = {} if retry_after is None else {"retry_after": retry_after}
+    sandbox.fault("MadeBookingDetails", "http_429", **extra)
+    with pytest.raises(RateLimited) as info:
+        client.booking_details(member["token"], member["booking"])
+    assert info.value.retry_after == expected
+    assert info.value.status == 429 and info.value.retryable
+    # a 429 means "not done": it is not ambiguous even for the POST
+    sandbox.fault("RescheduleMadeBooking", "http_429", **extra)
+    with pytest.raises(RateLimited):
+        client.reschedule(member["token"], member["booking"])
+
+
+def test_timeout_is_transient_on_get_and_ambiguous_on_post(
+    sandbox_server: SandboxServer, sandbox: SandboxClient, member: dict[str, Any]
+) -> None:
+    sandbox.set_online(7, True)
+    c = UpstreamClient(sandbox_server.url, KEY, timeout=0.2)
+    try:
+        sandbox.fault("MadeBookingDetails", "timeout", delay=0.5)
+        with pytest.raises(Transient) as get_err:
+            c.booking_details(member["token"], member["booking"])
+        assert not isinstance(get_err.value, Ambiguous)
+        sandbox.fault("RescheduleMadeBooking", "timeout", delay=0.5)
+        with pytest.raises(Ambiguous):
+            c.reschedule(member["token"], member["booking"])
+    finally:
+        c.close()
+
+
+def test_after_commit_faults_are_ambiguous_and_did_commit(
+    sandbox_server: SandboxServer, sandbox: SandboxClient, member: dict[str, Any]
+) -> None:
+    sandbox.set_online(7, True)
+    c = UpstreamClient(sandbox_server.url, KEY, timeout=0.2)
+    try:
+        sandbox.fault("RescheduleMadeBooking", "http_500_after_commit")
+        with pytest.raises(Ambiguous):
+            c.reschedule(member["token"], member["booking"])
+        sandbox.fault("RescheduleMadeBooking", "timeout_after_commit", delay=0.5)
+        with pytest.raises(Ambiguous):
+            c.reschedule(member["token"], member["booking"])
+        sandbox.fault("RescheduleMadeBooking", "bad_json")
+        with pytest.raises(Ambiguous):
+            c.reschedule(member["token"], member["booking"])
+    finally:
+        c.close()
+    assert sandbox.stats()["new_bookings"] == {str(member["booking"]): 3}
+
+
+def test_bad_json_is_transient_on_get(
+    client: UpstreamClient, sandbox: SandboxClient, member: dict[str, Any]
+) -> None:
+    sandbox.fault("MadeBookings", "bad_json")
+    with pytest.raises(Transient) as info:
+        client.made_bookings(member["token"])
+    assert not isinstance(info.value, Ambiguous)
+
+
+def test_401_is_auth_expired(
+    client: UpstreamClient, sandbox: SandboxClient, member: dict[str, Any]
+) -> None:
+    with pytest.raises(AuthExpired) as info:
+        client.booking_details("not-a-token", member["booking"])
+    assert info.value.status == 401 and info.value.retryable
+    sandbox.expire_user("alice")
+    with pytest.raises(AuthExpired):
+        client.reschedule(member["token"], member["booking"])
+
+
+def test_404_is_not_found(
+    client: UpstreamClient, sandbox: SandboxClient, member: dict[str, Any]
+) -> None:
+    with pytest.raises(NotFound) as info:
+        client.booking_details(member["token"], 999_999)
+    assert isinstance(info.value, Rejected) and not info.value.retryable
+    assert info.value.status == 404
+    # another member's booking is not found either
+    other = sandbox.add_booking("bob", 7)
+    with pytest.raises(NotFound):
+        client.reschedule(member["token"], other)
+
+
+def test_offline_performer_is_rejected_with_the_upstream_message(
+    client: UpstreamClient, sandbox: SandboxClient, member: dict[str, Any]
+) -> None:
+    with pytest.raises(Rejected) as info:
+        client.reschedule(member["token"], member["booking"])
+    assert not isinstance(info.value, NotFound)
+    assert info.value.status == 400
+    assert info.value.message == "The performer is not online"
+    assert "The performer is not online" in str(info.value)
+    assert "RescheduleMadeBooking" in str(info.value)
+    assert sandbox.stats()["new_bookings"] == {}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_connection_refused_is_transient_even_for_reschedule() -> None:
+    c = UpstreamClient(f"http://127.0.0.1:{free_port()}", KEY, timeout=1.0)
+    try:
+        with pytest.raises(Transient) as post_err:
+            c.reschedule("t", 1)
+        assert not isinstance(post_err.value, Ambiguous)
+        with pytest.raises(Transient):
+            c.booking_details("t", 1)
+        with pytest.raises(Transient):
+            c.refresh_token(
+                f"http://127.0.0.1:{free_port()}/OAuth/token",
+                client_id="c",
+                client_secret="s",
+                refresh_token="r",
+            )
+    finally:
+        c.close()
+
+
+def test_errors_never_contain_the_token(
+    client: UpstreamClient, sandbox: SandboxClient, member: dict[str, Any]
+) -> None:
+    sandbox.fault("RescheduleMadeBooking", "http_500")
+    with pytest.raises(UpstreamError) as info:
+        client.reschedule(member["token"], member["booking"])
+    assert member["token"] not in str(info.value)
+    assert KEY not in str(info.value)
+
+
+# --- Retry-After ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("5", 5.0), (" 12 ", 12.0), ("0", 0.0), ("2.5", 2.5), ("-3", 0.0), (None, None), ("", None)],
+)
+def test_parse_retry_after_seconds(value: str | None, expected: float | None) -> None:
+    assert parse_retry_after(value) == expected
+
+
+def test_parse_retry_after_http_date() -> None:
+    future = email.utils.format_datetime(datetime.now(UTC) + timedelta(seconds=90), usegmt=True)
+    got = parse_retry_after(future)
+    assert got is not None and 80 < got <= 91
+    past = email.utils.format_datetime(datetime.now(UTC) - timedelta(hours=1), usegmt=True)
+    assert parse_retry_after(past) == 0.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+
+
+@pytest.mark.parametrize("value", ["soon", "Tomorrow-ish", "12 seconds"])
+def test_parse_retry_after_garbage(value: str) -> None:
+    assert parse_retry_after(value) is None
+
+
+# --- OAuth refresh --------------------------------------------------------------------------------
+
+
+def test_refresh_rotates_and_the_old_refresh_token_dies(
+    client: UpstreamClient,
+    sandbox: SandboxClient,
+    sandbox_server: SandboxServer,
+    member: dict[str, Any],
+) -> None:
+    url = sandbox_server.url + "/OAuth/token"
+    body = client.refresh_token(
+        url, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, refresh_token=member["refresh"]
+    )
+    assert body["access_token"] != member["token"]
+    assert body["refresh_token"] != member["refresh"]
+    assert body["expires_in"] > 0
+    assert sandbox.stats()["refreshes"] == 1
+    # the new access token works, the old one does not
+    assert client.booking_details(body["access_token"], member["booking"]).booking_id
+    with pytest.raises(AuthExpired):
+        client.booking_details(member["token"], member["booking"])
+    # the old refresh token is refused now (rotation)
+    with pytest.raises(Rejected):
+        client.refresh_token(
+            url, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, refresh_token=member["refresh"]
+        )
+    again = client.refresh_token(
+        url, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, refresh_token=body["refresh_token"]
+    )
+    assert again["refresh_token"] != body["refresh_token"]
+
+
+def test_refresh_refusals_are_rejected(
+    client: UpstreamClient,
+    sandbox: SandboxClient,
+    sandbox_server: SandboxServer,
+    member: dict[str, Any],
+) -> None:
+    url = sandbox_server.url + "/OAuth/token"
+    with pytest.raises(Rejected):
+        client.refresh_token(
+            url, client_id=CLIENT_ID, client_secret="wrong", refresh_token=member["refresh"]
+        )
+    with pytest.raises(Rejected):
+        client.refresh_token(
+            url, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, refresh_token="made-up"
+        )
+    sandbox.revoke_user("alice")
+    with pytest.raises(Rejected) as info:
+        client.refresh_token(
+            url, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, refresh_token=member["refresh"]
+        )
+    assert info.value.status == 401
+    assert "refresh_token_has_expired" in info.value.message
+    assert sandbox.stats()["refreshes"] == 0
+
+
+def test_refresh_5xx_is_transient(
+    client: UpstreamClient,
+    sandbox: SandboxClient,
+    sandbox_server: SandboxServer,
+    member: dict[str, Any],
+) -> None:
+    sandbox.fault("token", "http_503")
+    with pytest.raises(Transient):
+        client.refresh_token(
+            sandbox_server.url + "/OAuth/token",
+            client_id=CLIENT_ID,
+            client_secret=CLIENT_SECRET,
+            refresh_token=member["refresh"],
+        )
+
+
+# --- paging ---------------------------------------------------------------------------------------
+
+
+def test_iter_made_bookings_pages_newest_first(
+    client: UpstreamClient, sandbox: SandboxClient
+) -> None:
+    token = sandbox.add_user("pager")["access_token"]
+    # booking i is i seconds older than booking i-1: newest first == ascending ids
+    ids = [sandbox.add_booking("pager", 7, age_seconds=1000 + i) for i in range(205)]
+    before = sandbox.stats()["calls"]["MadeBookings"]
+    got = [b.booking_id for b in client.iter_made_bookings(token)]
+    assert got == ids
+    assert sandbox.stats()["calls"]["MadeBookings"] - before == 3
+    capped = [b.booking_id for b in client.iter_made_bookings(token, max_pages=2)]
+    assert capped == ids[:200]
+    assert sandbox.stats()["calls"]["MadeBookings"] - before == 5
+
+
+def test_iter_made_bookings_empty_and_start(client: UpstreamClient, sandbox: SandboxClient) -> None:
+    token = sandbox.add_user("empty")["access_token"]
+    assert list(client.iter_made_bookings(token)) == []
+    sandbox.add_booking("empty", 7, age_seconds=7200)
+    fresh = sandbox.add_booking("empty", 7, age_seconds=10)
+    since = datetime.now(UTC) - timedelta(minutes=10)
+    assert [b.booking_id for b in client.iter_made_bookings(token, start=since)] == [fresh]
+
+
+def test_site_zone_other_than_london() -> None:
+    """A client in the upstream's zone finds what it made; StartDate is sent in site time."""
+    with SandboxServer(timezone="Asia/Tokyo") as server:
+        ctl = SandboxClient(server.url)
+        try:
+            token = ctl.add_user("t")["access_token"]
+            old = ctl.add_booking("t", 7, age_seconds=3 * 3600)
+            new = ctl.add_booking("t", 7, age_seconds=60)
+            c = UpstreamClient(server.url, KEY, zone=ZoneInfo("Asia/Tokyo"))
+            try:
+                b = c.booking_details(token, new)
+                assert near(b.create_date, datetime.now(UTC) - timedelta(seconds=60))
+                since = datetime.now(UTC) - timedelta(hours=1)
+                assert [x.booking_id for x in c.iter_made_bookings(token, start=since)] == [new]
+                assert old != new
+            finally:
+                c.close()
+        finally:
+            ctl.close()
+
+
+# --- shared rate limit ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def rclient(redis_url: str) -> Iterator[redis.Redis]:
+    c = redis.Redis.from_url(redis_url)
+    yield c
+    c.close()
+
+
+def count_immediate(limiter: RedisRateLimiter, tries: int) -> int:
+    passed = 0
+    for _ in range(tries):
+        try:
+            limiter.acquire()
+        except RateLimited:
+            break
+        passed += 1
+    return passed
+
+
+def test_rate_limit_lets_the_burst_through_then_refuses_a_long_wait(
+    rclient: redis.Redis, prefix: str
+) -> None:
+    # 2/s, burst 3: three calls at once, then the next one would wait ~0.5 s > max_wait
+    limiter = RedisRateLimiter(rclient, prefix + "rl", 2, burst=3, max_wait=0.05)
+    assert count_immediate(limiter, 10) == 3
+    with pytest.raises(RateLimited) as info:
+        limiter.acquire()
+    assert info.value.retry_after is not None and 0.05 < info.value.retry_after <= 0.5
+
+
+def test_rate_limit_is_shared_between_limiters(rclient: redis.Redis, prefix: str) -> None:
+    a = RedisRateLimiter(rclient, prefix + "rl", 2, burst=2, max_wait=0.05)
+    b = RedisRateLimiter(rclient, prefix + "rl", 2, burst=2, max_wait=0.05)
+    a.acquire()
+    b.acquire()
+    with pytest.raises(RateLimited):
+        a.acquire()
+    with pytest.raises(RateLimited):
+        b.acquire()
+    # another key is another budget
+    c = RedisRateLimiter(rclient, prefix + "other", 2, burst=2, max_wait=0.05)
+    c.acquire()
+
+
+def test_rate_limit_spaces_calls_after_the_burst(rclient: redis.Redis, prefix: str) -> None:
+    limiter = RedisRateLimiter(rclient, prefix + "rl", 20, burst=5, max_wait=5)
+    started = time.monotonic()
+    for _ in range(10):
+        limiter.acquire()
+    elapsed = time.monotonic() - started
+    # 5 go at once, the other 5 are spaced 50 ms apart
+    assert 0.2 <= elapsed < 1.5
+
+
+def test_rate_zero_never_blocks(rclient: redis.Redis, prefix: str) -> None:
+    limiter = RedisRateLimiter(rclient, prefix + "rl", 0, max_wait=0)
+    assert count_immediate(limiter, 1000) == 1000
+    assert rclient.exists(prefix + "rl") == 0
+
+
+def test_the_limiter_is_used_by_the_client(
+    rclient: redis.Redis, prefix: str, sandbox_server: SandboxServer, sandbox: SandboxClient
+) -> None:
+    limiter = RedisRateLimiter(rclient, prefix + "rl", 1, burst=2, max_wait=0.05)
+    c = UpstreamClient(sandbox_server.url, KEY, limiter=limiter)
+    try:
+        c.is_online(7)
+        c.is_online(7)
+        with pytest.raises(RateLimited):
+            c.is_online(7)
+    finally:
+        c.close()
+    assert sandbox.stats()["presence_calls"] == {"7": 2}
