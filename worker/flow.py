@@ -305,19 +305,24 @@ class Flow:
                 action="check the upstream, then `rebook retry ID`",
             )
             return "parked"
-        token = self.tokens.access_token(rec.user_id)
+        try:
+            token = self.tokens.access_token(rec.user_id)
+        except UpstreamError as exc:  # the token endpoint failed: nothing was sent
+            self._retry_later(rec, exc, "refreshing the member's token")
+            return "retry"
         now = self.clock()
         # The record says "POST sent" before the POST: a crash from here on leads to reconcile.
-        if not self.store.transition(
-            rec.rebook_id,
-            State.RESCHEDULING,
-            from_=[State.RESCHEDULING],
-            reason="POST sent",
-            require={"post_sent_ts": ""},
-            fields={"post_sent_ts": now, "attempts": rec.attempts + 1},
-            due=now + self.store.lease,
-            now=now,
-        ):
+        blocked = self.store.start_post(rec.rebook_id, now=now, attempts=rec.attempts + 1)
+        if blocked is not None:
+            if blocked.startswith("waiting for"):
+                self.store.transition(
+                    rec.rebook_id,
+                    State.RESCHEDULING,
+                    from_=[State.RESCHEDULING],
+                    reason=blocked,
+                    due=now + self.backoff(0) + self.settings.reconcile_grace_seconds,
+                )
+                return "gated"
             return "noop"
         clear = {"post_sent_ts": None}
         try:
@@ -342,7 +347,10 @@ class Flow:
                 fields=clear,
                 due=self.clock(),
             )
-            self.tokens.access_token(rec.user_id, rejected=token)
+            try:
+                self.tokens.access_token(rec.user_id, rejected=token)
+            except UpstreamError as exc:  # refreshed on the next run instead
+                log.warning("rebook %s: token refresh failed (%s)", rec.rebook_id, exc)
             return "reauth-retry"
         except NotFound as exc:
             return self._fail(rec, f"upstream: {exc.message}")

@@ -8,11 +8,19 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.errors import ConfigError
@@ -76,9 +84,11 @@ class Settings(BaseSettings):
 
     @field_validator("redis_url", "broker_url")
     @classmethod
-    def _url_has_scheme(cls, value: str | None) -> str | None:
+    def _url_has_scheme(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None or value == "":
-            return None
+            if info.field_name == "redis_url":
+                raise ValueError("must not be empty")
+            return None  # broker_url: falls back to REBOOK_REDIS_URL
         scheme = urlsplit(value).scheme
         if scheme not in {"redis", "rediss", "unix", "amqp", "amqps", "pyamqp", "memory"}:
             raise ValueError(f"expected a redis:// or amqp:// URL, got scheme {scheme!r}")
@@ -86,19 +96,23 @@ class Settings(BaseSettings):
 
     @field_validator("api_base_url", "oauth_token_url", "webhook_url")
     @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
+    def _http_url(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None or value == "":
+            if info.field_name == "api_base_url":
+                raise ValueError("must not be empty")
             return None
         parts = urlsplit(value)
         if parts.scheme not in {"http", "https"} or not parts.netloc:
-            raise ValueError(f"expected an http(s) URL, got {value!r}")
+            raise ValueError(f"expected an http(s) URL, got {mask_url(value)!r}")
+        if info.field_name == "api_base_url" and value.rstrip("/").lower().endswith("/v1"):
+            raise ValueError("give the host root, without /v1")
         return value.rstrip("/")
 
-    @field_validator("api_base_url")
+    @field_validator("api_key_header")
     @classmethod
-    def _host_root(cls, value: str) -> str:
-        if value.lower().endswith("/v1"):
-            raise ValueError("give the host root, without /v1")
+    def _header_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", value):
+            raise ValueError("must be an HTTP header name (letters, digits, -)")
         return value
 
     @field_validator("api_timezone")

@@ -264,9 +264,59 @@ class Store:
 
         A field set to None is deleted; `require` compares string forms ("" = absent).
         """
+        ok, _ = self._run_transition(
+            rebook_id,
+            to,
+            from_=from_,
+            reason=reason,
+            due=due,
+            fields=fields,
+            require=require,
+            outcome=outcome,
+            detail=detail,
+            now=now,
+        )
+        return ok
+
+    def start_post(self, rebook_id: str, *, now: float, attempts: int) -> str | None:
+        """Records "POST sent" — only if no POST of this rebook is unsettled, and no other rebook
+        of the same member and performer has one (their bookings could not be told apart in
+        reconciliation). Returns None when the POST may go out, else why not."""
+        ok, current = self._run_transition(
+            rebook_id,
+            State.RESCHEDULING,
+            from_=[State.RESCHEDULING],
+            reason="POST sent",
+            due=now + self.lease,
+            fields={"post_sent_ts": now, "attempts": attempts},
+            require={"post_sent_ts": ""},
+            now=now,
+            gate=True,
+        )
+        if ok:
+            return None
+        if current.startswith("gate:"):
+            return f"waiting for {current.removeprefix('gate:')} (same member and performer)"
+        return f"state changed ({current or 'gone'})"
+
+    def _run_transition(
+        self,
+        rebook_id: str,
+        to: State,
+        *,
+        from_: Iterable[State] | None,
+        reason: str,
+        due: float | str,
+        fields: dict[str, Any] | None,
+        require: dict[str, Any] | None,
+        outcome: str = "",
+        detail: dict[str, Any] | None = None,
+        now: float | None = None,
+        gate: bool = False,
+    ) -> tuple[bool, str]:
         ts = now_ts() if now is None else now
         allowed = "*" if from_ is None else ",".join(s.value for s in from_)
-        ok, _ = self._transition(
+        ok, current = self._transition(
             args=[
                 self.p,
                 rebook_id,
@@ -282,9 +332,10 @@ class Store:
                 json.dumps({k: _field(v) for k, v in (require or {}).items()}),
                 json.dumps(detail or {}, default=str),
                 self.lease,
+                "gate" if gate else "",
             ]
         )
-        return bool(ok)
+        return bool(ok), str(current or "")
 
     def claim_booking(self, new_booking_id: int, rebook_id: str) -> bool:
         """Marks an upstream booking as ours; False if another rebook already owns it."""

@@ -3,8 +3,10 @@
 -- ARGV: 1 prefix, 2 rebook id, 3 allowed from-states (comma list or "*"), 4 to-state,
 --       5 now (unix seconds), 6 now ISO-Z, 7 reason, 8 due ("" keep, "-" remove, else score),
 --       9 outcome state ("" none), 10 retention seconds, 11 fields JSON, 12 guards JSON,
---       13 detail JSON, 14 lease seconds
--- Returns {1, previous state} on success, {0, current state or ""} when refused.
+--       13 detail JSON, 14 lease seconds, 15 "gate" to take the member+performer gate
+-- Returns {1, previous state} on success, {0, current state or ""} when refused, and
+-- {0, "gate:" .. holder} when another rebook of the same member and performer has an unsettled
+-- POST (reconciliation could not tell their bookings apart, so they never overlap).
 local p, id = ARGV[1], ARGV[2]
 local rk = p .. 'r:' .. id
 local cur = redis.call('HGET', rk, 'state')
@@ -18,6 +20,20 @@ local guards = cjson.decode(ARGV[12])
 for f, v in pairs(guards) do
   local have = redis.call('HGET', rk, f) or ''
   if have ~= v then return {0, cur} end
+end
+local uid = redis.call('HGET', rk, 'user_id') or ''
+local gate = p .. 'gate:' .. uid .. ':' .. (redis.call('HGET', rk, 'performer_id') or '')
+if ARGV[15] == 'gate' then
+  local holder = redis.call('GET', gate)
+  if holder and holder ~= id then
+    local hk = p .. 'r:' .. holder
+    local hs = redis.call('HGET', hk, 'state')
+    local hp = redis.call('HGET', hk, 'post_sent_ts') or ''
+    if hp ~= '' and (hs == 'RESCHEDULING' or hs == 'NEEDS_ATTENTION') then
+      return {0, 'gate:' .. holder}
+    end
+  end
+  redis.call('SET', gate, id)
 end
 local to, now, now_iso, reason = ARGV[4], tonumber(ARGV[5]), ARGV[6], ARGV[7]
 local fields = cjson.decode(ARGV[11])
@@ -55,6 +71,10 @@ if terminal then
   local ttl = math.floor(tonumber(ARGV[10]) + 86400)
   redis.call('EXPIRE', rk, ttl)
   redis.call('EXPIRE', p .. 'h:' .. id, ttl)
+end
+-- the gate is free again once this rebook's POST is settled (booked, proven not made, or over)
+if terminal or to == 'WATCHING' or (redis.call('HGET', rk, 'post_sent_ts') or '') == '' then
+  if redis.call('GET', gate) == id then redis.call('DEL', gate) end
 end
 if ARGV[9] ~= '' then
   redis.call('HINCRBY', p .. 'metrics:outcomes', ARGV[9], 1)
