@@ -84,15 +84,17 @@ class Flow:
             log.info("rebook %s: access token refused, refreshing", rec.rebook_id)
             return call(self.tokens.access_token(rec.user_id, rejected=token))
 
-    def _park(self, rec: Rebook, reason: str, **detail: Any) -> bool:
+    def _park(self, rec: Rebook, reason: str, *, action: str, **detail: Any) -> bool:
+        """NEEDS_ATTENTION: `reason` says why (a short code), `action` what a person should do."""
         ok = self.store.transition(
             rec.rebook_id,
             State.NEEDS_ATTENTION,
             from_=ACTIVE_STEPS,
             reason=reason,
             due=REMOVE,
+            fields={"action": action},
             outcome=State.NEEDS_ATTENTION.value,
-            detail=detail,
+            detail={"action": action, **detail},
         )
         if ok:
             log.warning("rebook %s: needs attention (%s) %s", rec.rebook_id, reason, detail or "")
@@ -103,7 +105,10 @@ class Flow:
         parked = 0
         for rec in self.store.get_many(self.store.active_of_user(user_id)):
             if rec.state in ACTIVE_STEPS and self._park(
-                rec, "reauth", action="run `rebook tokens set USER` with a new token", why=detail
+                rec,
+                "reauth",
+                action=f"the member must sign in again; then `rebook tokens set {user_id}`",
+                why=detail,
             ):
                 parked += 1
         return parked
@@ -408,6 +413,7 @@ class Flow:
             self._park(
                 rec,
                 "booking_claimed_elsewhere",
+                action="the upstream returned a booking another rebook owns; check both records",
                 new_booking_id=booking.booking_id,
                 owner=self.store.owner_of(booking.booking_id),
             )
@@ -734,13 +740,59 @@ class Flow:
         return self._find(rec.rebook_id)
 
     def retry(self, ident: str) -> Rebook:
+        """NEEDS_ATTENTION resumes its step; GAVE_UP, FAILED and ABORTED with no new booking
+        start waiting again. Whatever made a booking is refused: a second one would be a
+        second booking for the same rebook."""
         rec = self._find(ident)
-        if rec.state != State.NEEDS_ATTENTION:
+        if rec.state == State.NEEDS_ATTENTION:
+            self._resume(rec, "retried by operator")
+        elif rec.state in (State.GAVE_UP, State.FAILED, State.ABORTED):
+            if rec.new_booking_id is not None:
+                raise Refused(
+                    f"{rec.rebook_id} is {rec.state.value} after booking {rec.new_booking_id} was "
+                    "made; send a new event to rebook again"
+                )
+            self._restart(rec)
+        elif rec.state == State.DUPLICATE:
+            raise Refused(f"{rec.rebook_id} is a duplicate of {rec.duplicate_of}; retry that one")
+        elif rec.state.terminal:
             raise Refused(
-                f"{rec.rebook_id} is {rec.state.value}; only NEEDS_ATTENTION rebooks can be retried"
+                f"{rec.rebook_id} is {rec.state.value}: booking {rec.new_booking_id} was made and "
+                "decided; send a new event to rebook again"
             )
-        self._resume(rec, "retried by operator")
+        else:
+            raise Refused(f"{rec.rebook_id} is {rec.state.value} and in progress; nothing to retry")
         return self._find(rec.rebook_id)
+
+    def _restart(self, rec: Rebook) -> None:
+        now = self.clock()
+        deadline = now + self.settings.max_wait_seconds
+        if not self.store.transition(
+            rec.rebook_id,
+            State.WAITING,
+            from_=[rec.state],
+            reason="retried by operator",
+            fields={
+                "deadline_ts": deadline,
+                "errors": 0,
+                "attempts": 0,
+                "reconcile_tries": 0,
+                "post_sent_ts": None,
+                "action": None,
+            },
+            due=deadline if rec.performer_id is not None else now,
+            now=now,
+        ):
+            active = self.store.r.get(self.store.key("active", rec.booking_id))
+            raise Refused(
+                f"booking {rec.booking_id} has another active rebook ({active}); not restarted"
+                if active and active != rec.rebook_id
+                else f"{rec.rebook_id} changed; try again"
+            )
+        if rec.performer_id is not None:
+            self.dispatch.check_presence(rec.performer_id)
+        else:
+            self.dispatch.check_presence(None, rec.rebook_id)
 
     def resume_member(self, user_id: str) -> int:
         """After `rebook tokens set`: the member's rebooks parked for `reauth` go on."""
@@ -754,7 +806,7 @@ class Flow:
     def _resume(self, rec: Rebook, reason: str) -> None:
         to = rec.resume_state if rec.resume_state in ACTIVE_STEPS else State.WAITING
         now = self.clock()
-        fields: dict[str, Any] = {"errors": 0, "reconcile_tries": 0}
+        fields: dict[str, Any] = {"errors": 0, "reconcile_tries": 0, "action": None}
         if to == State.WAITING:
             deadline = max(rec.deadline_ts, now + self.settings.presence_interval_seconds * 2)
             fields["deadline_ts"] = deadline

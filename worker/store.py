@@ -74,6 +74,7 @@ class Rebook(BaseModel):
     deadline_ts: float
     post_sent_ts: float | None = None
     confirm_sent_ts: float | None = None
+    action: str = ""
     attempts: int = 0
     errors: int = 0
     reconcile_tries: int = 0
@@ -97,6 +98,7 @@ class Rebook(BaseModel):
             "accept_by": self.accept_by or None,
             "status": self.status or None,
             "duplicate_of": self.duplicate_of or None,
+            "action": self.action or None,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "deadline": iso_z(datetime.fromtimestamp(self.deadline_ts, UTC)),

@@ -735,10 +735,34 @@ def test_cancel(env: Env) -> None:
     assert env.outcomes(rid)[-1]["state"] == "ABORTED"
     with pytest.raises(Refused, match="already ABORTED"):
         env.flow.cancel(rid)
-    with pytest.raises(Refused, match="NEEDS_ATTENTION"):
-        env.flow.retry(rid)
+    # nothing was booked: an operator may start it again, and it owns its booking again
+    restarted = env.flow.retry(rid)
+    assert restarted.state is State.WAITING and restarted.reason == "retried by operator"
+    assert env.store.r.get(env.store.key("active", restarted.booking_id)) == rid
+    assert env.store.r.ttl(env.store.key("r", rid)) == -1  # no longer expiring
     with pytest.raises(LookupError):
         env.flow.cancel("no-such-rebook")
+
+
+def test_retry_refuses_what_made_a_booking_and_duplicates(env: Env) -> None:
+    rid, _, new = watching(env)
+    env.sandbox.set_status(new, "Rejected", "no")
+    env.flow.watch(rid)
+    with pytest.raises(Refused, match="new event"):
+        env.flow.retry(rid)
+    with pytest.raises(Refused, match="in progress"):
+        env.flow.retry(env.submit(env.sandbox.add_booking("alice", 7)))
+
+
+def test_retry_of_a_finished_rebook_refused_while_its_booking_has_another(env: Env) -> None:
+    booking = env.sandbox.add_booking("alice", 7)
+    first = env.submit(booking, "evt-first")
+    env.flow.cancel(first)
+    second = env.submit(booking, "evt-second")  # the booking is free again: a new rebook
+    assert env.get(second).state is State.WAITING
+    with pytest.raises(Refused, match="another active rebook"):
+        env.flow.retry(first)
+    assert env.get(first).state is State.ABORTED
 
 
 def test_cancel_is_refused_while_a_post_is_unsettled(env: Env) -> None:
@@ -752,7 +776,7 @@ def test_cancel_is_refused_while_a_post_is_unsettled(env: Env) -> None:
     assert env.flow.cancel(other).state is State.ABORTED
 
 
-def test_retry_only_applies_to_needs_attention(env: Env) -> None:
+def test_retry_resumes_needs_attention(env: Env) -> None:
     rid = env.submit(env.sandbox.add_booking("alice", 7))
     with pytest.raises(Refused, match="WAITING"):
         env.flow.retry(rid)

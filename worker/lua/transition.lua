@@ -36,6 +36,20 @@ if ARGV[15] == 'gate' then
   redis.call('SET', gate, id)
 end
 local to, now, now_iso, reason = ARGV[4], tonumber(ARGV[5]), ARGV[6], ARGV[7]
+local function is_terminal(s)
+  return not (s == 'WAITING' or s == 'RESCHEDULING' or s == 'WATCHING' or s == 'NEEDS_ATTENTION')
+end
+if is_terminal(cur) and not is_terminal(to) then
+  -- an operator's retry of a finished rebook: it must own its booking again
+  local ak = p .. 'active:' .. (redis.call('HGET', rk, 'booking_id') or '')
+  local owner = redis.call('GET', ak)
+  if owner and owner ~= id then return {0, 'active:' .. owner} end
+  redis.call('SET', ak, id)
+  redis.call('ZREM', p .. 'finished', id)
+  redis.call('PERSIST', rk)
+  redis.call('PERSIST', p .. 'h:' .. id)
+  redis.call('SADD', p .. 'user:' .. uid, id)
+end
 local fields = cjson.decode(ARGV[11])
 for f, v in pairs(fields) do
   if v == '' then redis.call('HDEL', rk, f) else redis.call('HSET', rk, f, v) end
@@ -59,8 +73,7 @@ if ARGV[8] == '-' then
 elseif ARGV[8] ~= '' then
   redis.call('ZADD', p .. 'due', tonumber(ARGV[8]), id)
 end
-local terminal = not (to == 'WAITING' or to == 'RESCHEDULING' or to == 'WATCHING'
-  or to == 'NEEDS_ATTENTION')
+local terminal = is_terminal(to)
 if terminal then
   local bid = redis.call('HGET', rk, 'booking_id') or ''
   local ak = p .. 'active:' .. bid
