@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -93,10 +94,26 @@ def _internal_error(
     )
 
 
+@dataclass(frozen=True)
+class Limits:
+    soft: float
+    hard: float
+    visibility: float
+
+
+def time_limits(settings: Settings) -> Limits:
+    """Time limits that fit the slowest step (a token refresh, the call, a presence re-check, a
+    rate-limit wait), and a Redis visibility timeout just above them: every step is idempotent,
+    so a message held by a worker that was killed -9 comes back after seconds, not an hour."""
+    soft = max(5.0, settings.step_lease_seconds, settings.http_timeout_seconds * 4 + 5)
+    hard = soft * 1.25 + 5
+    return Limits(soft=soft, hard=hard, visibility=hard * 2)
+
+
 def make_app(settings: Settings) -> Celery:
     app = Celery("rebook", task_cls=RebookTask, include=TASK_MODULES)
-    soft = max(30.0, settings.step_lease_seconds)
-    transport: dict[str, Any] = {"visibility_timeout": 3600}
+    limits = time_limits(settings)
+    transport: dict[str, Any] = {"visibility_timeout": limits.visibility}
     if settings.broker_key_prefix:
         transport["global_keyprefix"] = settings.broker_key_prefix
     app.conf.update(
@@ -124,8 +141,8 @@ def make_app(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         worker_send_task_events=True,
         task_send_sent_event=True,
-        task_soft_time_limit=soft,
-        task_time_limit=soft + 15,
+        task_soft_time_limit=limits.soft,
+        task_time_limit=limits.hard,
         task_annotations={"rebook.request": {"max_retries": None}},
         timezone="UTC",
         enable_utc=True,

@@ -8,7 +8,9 @@ import base64
 import contextlib
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -145,7 +147,8 @@ class System:
         self.sandbox = sandbox
         self.logdir = logdir
         self.env = {**os.environ, **settings_env(settings)}
-        self.env.pop("REBOOK_BROKER_URL", None)
+        if settings.broker_url is None:
+            self.env.pop("REBOOK_BROKER_URL", None)  # an inherited one must not win
         self.svc: Services = build_services(settings)
         self.store = self.svc.store
         self.producer: Celery = make_app(settings)
@@ -265,12 +268,68 @@ class System:
         return [h["to"] for h in self.store.history(rid)]
 
 
+AMQP_URL = os.environ.get("REBOOK_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672")
+
+
+def rabbitmq_reachable() -> bool:
+    host, _, port = AMQP_URL.rsplit("@", 1)[-1].partition(":")
+    try:
+        with socket.create_connection((host, int(port or 5672)), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def require_rabbitmq() -> None:
+    """Skips with a visible reason locally; in CI (CI=true) RabbitMQ must be there."""
+    if rabbitmq_reachable():
+        return
+    if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+        pytest.fail(f"RabbitMQ is not reachable at {AMQP_URL} and CI requires it")
+    pytest.skip(f"RabbitMQ is not reachable at {AMQP_URL} (these tests run in CI)")
+
+
 @contextlib.contextmanager
-def running_system(redis_url: str, logdir: Path, **extra: Any) -> Iterator[System]:
-    """A whole system with its own sandbox, key prefix and queues; `extra` overrides settings."""
+def amqp_vhost() -> Iterator[str]:
+    """A private vhost when rabbitmqctl can make one (parallel runs never share queues)."""
+    name = f"rebook-test-{uuid.uuid4().hex[:8]}"
+    ctl = shutil.which("rabbitmqctl")
+    made = False
+    if ctl:
+        made = (
+            subprocess.run([ctl, "add_vhost", name], capture_output=True, timeout=30).returncode
+            == 0
+            and subprocess.run(
+                [ctl, "set_permissions", "-p", name, "guest", ".*", ".*", ".*"],
+                capture_output=True,
+                timeout=30,
+            ).returncode
+            == 0
+        )
+    try:
+        yield f"{AMQP_URL}/{name}" if made else f"{AMQP_URL}//"
+    finally:
+        if made and ctl:
+            subprocess.run([ctl, "delete_vhost", name], capture_output=True, timeout=30)
+
+
+@contextlib.contextmanager
+def running_system(
+    redis_url: str, logdir: Path, broker: str = "redis", **extra: Any
+) -> Iterator[System]:
+    """A whole system with its own sandbox, key prefix and queues; `extra` overrides settings.
+
+    `broker="amqp"` uses RabbitMQ (a private vhost) as the broker, Redis stays the store.
+    """
     prefix = f"rebook-it-{uuid.uuid4().hex[:8]}:"
-    with SandboxServer(port=0) as server:
-        settings = fast_settings(redis_url, server.url, prefix, broker_key_prefix=prefix, **extra)
+    with contextlib.ExitStack() as stack:
+        if broker == "amqp":
+            require_rabbitmq()
+            extra["broker_url"] = stack.enter_context(amqp_vhost())
+        else:
+            extra.setdefault("broker_key_prefix", prefix)
+        server = stack.enter_context(SandboxServer(port=0))
+        settings = fast_settings(redis_url, server.url, prefix, **extra)
         client = SandboxClient(server.url)
         sysm = System(settings, client, logdir)
         try:
@@ -283,4 +342,15 @@ def running_system(redis_url: str, logdir: Path, **extra: Any) -> Iterator[Syste
 @pytest.fixture(scope="module")
 def system(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     with running_system(redis_url, tmp_path_factory.mktemp("system")) as sysm:
+        yield sysm
+
+
+@pytest.fixture(scope="module", params=["redis", "amqp"])
+def any_broker_system(
+    request: pytest.FixtureRequest, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[System]:
+    """The same system on each broker: the end-to-end suite runs on Redis and on RabbitMQ."""
+    with running_system(
+        redis_url, tmp_path_factory.mktemp(f"system-{request.param}"), broker=request.param
+    ) as sysm:
         yield sysm
