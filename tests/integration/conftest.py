@@ -315,7 +315,11 @@ def amqp_vhost() -> Iterator[str]:
 
 @contextlib.contextmanager
 def running_system(
-    redis_url: str, logdir: Path, broker: str = "redis", **extra: Any
+    redis_url: str,
+    logdir: Path,
+    broker: str = "redis",
+    sandbox_options: dict[str, Any] | None = None,
+    **extra: Any,
 ) -> Iterator[System]:
     """A whole system with its own sandbox, key prefix and queues; `extra` overrides settings.
 
@@ -328,7 +332,7 @@ def running_system(
             extra["broker_url"] = stack.enter_context(amqp_vhost())
         else:
             extra.setdefault("broker_key_prefix", prefix)
-        server = stack.enter_context(SandboxServer(port=0))
+        server = stack.enter_context(SandboxServer(port=0, **(sandbox_options or {})))
         settings = fast_settings(redis_url, server.url, prefix, **extra)
         client = SandboxClient(server.url)
         sysm = System(settings, client, logdir)

@@ -1,0 +1,200 @@
+"""Secrets never leak: after a whole pipeline run (with a forced token refresh, a refused one,
+an invalid event carrying a token, and a failing step), search worker and beat logs, every Redis
+key (store, streams, broker queues), Flower's task API, Sentry events and the CLI's outcome output
+for the member tokens, the API key, the OAuth client secret and the other configured secrets."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+
+from tests.integration.conftest import ROOT, Proc, System, running_system, wait_for
+from tests.integration.test_ops import SentryCollector
+from worker.embedded import free_port
+from worker.models import State
+
+pytestmark = pytest.mark.integration
+
+API_KEY = "ak-LEAKCHECK-5f1c9e7a2b"
+CLIENT_SECRET = "cs-LEAKCHECK-93d0aa41c7"
+FLOWER_PASSWORD = "fl-LEAKCHECK-0b7e"
+WEBHOOK_SECRET = "wh-LEAKCHECK-2c44d1"
+
+
+@pytest.fixture(scope="module")
+def collector() -> Iterator[SentryCollector]:
+    c = SentryCollector()
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def secret_system(
+    redis_url: str, tmp_path_factory: pytest.TempPathFactory, collector: SentryCollector
+) -> Iterator[System]:
+    with running_system(
+        redis_url,
+        tmp_path_factory.mktemp("secrets"),
+        sandbox_options={"api_key": API_KEY, "client_secret": CLIENT_SECRET},
+        api_key=API_KEY,
+        oauth_client_secret=CLIENT_SECRET,
+        flower_basic_auth=f"ops:{FLOWER_PASSWORD}",
+        webhook_url="http://127.0.0.1:9/unreachable",
+        webhook_secret=WEBHOOK_SECRET,
+        sentry_dsn=f"http://abcdef0123456789@127.0.0.1:{collector.port}/7",
+        log_level="DEBUG",
+    ) as sysm:
+        yield sysm
+
+
+def redis_dump(system: System) -> str:
+    """Every key and value in the Redis the system uses, as text."""
+    r = system.store.r
+    parts: list[str] = []
+    for key in r.scan_iter(count=1000):
+        kind = r.type(key)
+        value: Any
+        if kind == "string":
+            value = r.get(key)
+        elif kind == "hash":
+            value = r.hgetall(key)
+        elif kind == "list":
+            value = r.lrange(key, 0, -1)
+        elif kind == "set":
+            value = sorted(r.smembers(key))
+        elif kind == "zset":
+            value = r.zrange(key, 0, -1, withscores=True)
+        elif kind == "stream":
+            value = r.xrange(key)
+        else:
+            value = kind
+        parts.append(f"{key} {value}")
+    return "\n".join(parts)
+
+
+def test_no_secret_anywhere_after_a_full_run(
+    secret_system: System, collector: SentryCollector
+) -> None:
+    system = secret_system
+    tokens_seen: list[str] = []
+    user = system.member(expires_in=0)  # forces a refresh: the rotated pair is a secret too
+    first = system.svc.token_store.load(user)
+    assert first is not None
+    tokens_seen += [first.access_token, first.refresh_token]
+    performer = system.performer(online=True)
+    rids = [system.rebook(user, performer)[0] for _ in range(3)]
+    recs = [system.wait_state(rid, State.WATCHING) for rid in rids]
+    system.sandbox.set_status(recs[0].new_booking_id, "Accepted")  # type: ignore[arg-type]
+    system.sandbox.set_status(recs[1].new_booking_id, "Rejected", "no")  # type: ignore[arg-type]
+    system.wait_state(rids[0], State.ACCEPTED)
+    system.wait_state(rids[1], State.REJECTED)
+    second = system.svc.token_store.load(user)
+    assert second is not None and second.refresh_token != first.refresh_token
+    tokens_seen += [second.access_token, second.refresh_token]
+
+    # a member whose refresh is refused (the error path logs and parks)
+    refused = system.member(expires_in=0)
+    refused_tokens = system.svc.token_store.load(refused)
+    assert refused_tokens is not None
+    tokens_seen += [refused_tokens.access_token, refused_tokens.refresh_token]
+    system.sandbox.revoke_user(refused)
+    parked, _ = system.rebook(refused, performer)
+    system.wait_state(parked, State.NEEDS_ATTENTION)
+
+    # a producer that puts a token in an event; and a step that crashes (Sentry event)
+    system.submit(
+        event_id="leaky",
+        booking_id="x",
+        user_id=user,
+        access_token=second.access_token,
+        refresh_token=second.refresh_token,
+    )
+    broken = "rb-broken00secret00"
+    system.store.r.hset(system.store.key("r", broken), mapping={"state": "WATCHING"})
+    system.producer.send_task("rebook.watch", kwargs={"rebook_id": broken})
+    wait_for(lambda: system.store.stats()["deadletter"] >= 1, 20, "the leaky event dead-lettered")
+    wait_for(lambda: collector.items("event"), 30, "a Sentry event")
+
+    # Flower's task API, with the same credentials an operator uses
+    port = free_port()
+    flower = Proc(
+        "flower",
+        [sys.executable, "-m", "worker.flower", "--port", str(port)],
+        system.env,
+        system.logdir / "flower.log",
+    ).start()
+    try:
+        auth = ("ops", FLOWER_PASSWORD)
+
+        def tasks() -> str | None:
+            try:
+                found = requests.get(f"http://127.0.0.1:{port}/api/tasks", auth=auth, timeout=5)
+            except requests.RequestException:
+                return None
+            return found.text if found.status_code == 200 and "rebook." in found.text else None
+
+        # Flower sees tasks from the moment it connects: run one more rebook while it watches
+        wait_for(
+            lambda: (
+                requests.get(f"http://127.0.0.1:{port}/healthcheck", timeout=5).ok
+                if _up(port)
+                else False
+            ),
+            60,
+            "flower up",
+        )
+        more, _ = system.rebook(user, performer)
+        system.wait_state(more, State.WATCHING)
+        flower_text = wait_for(tasks, 30, "tasks in Flower's API")
+    finally:
+        flower.stop()
+
+    outcomes = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "outcomes", "--json", "--count", "1000"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=system.env,
+        timeout=60,
+    ).stdout
+    assert "BOOKED" in outcomes
+    haystacks = {
+        "worker log": system.worker.text(),
+        "beat log": system.beat.text(),
+        "flower log": flower.text(),
+        "redis": redis_dump(system),
+        "flower api": flower_text,
+        "sentry": b"".join(collector.envelopes).decode("utf-8", errors="replace"),
+        "outcomes": outcomes,
+        "dead letters": json.dumps(system.store.deadletters(100)),
+    }
+    assert "[redacted]" in haystacks["dead letters"]
+    secrets = {
+        "api key": API_KEY,
+        "client secret": CLIENT_SECRET,
+        "token key": system.settings.token_key.get_secret_value(),  # type: ignore[union-attr]
+        "flower password": FLOWER_PASSWORD,
+        "webhook secret": WEBHOOK_SECRET,
+        **{f"token {i}": t for i, t in enumerate(tokens_seen)},
+    }
+    leaks = [
+        f"{name} in {where}"
+        for name, secret in secrets.items()
+        for where, text in haystacks.items()
+        if secret in text
+    ]
+    assert not leaks, leaks
+
+
+def _up(port: int) -> bool:
+    try:
+        requests.get(f"http://127.0.0.1:{port}/healthcheck", timeout=2)
+        return True
+    except requests.RequestException:
+        return False
