@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all lint format sandbox worker beat flower clean
+.PHONY: install demo test chaos bench lint format sandbox worker beat flower exporter clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+## the full chaos suite: 500 rebooks over 50 performers under kill -9, faults, restarts
+chaos: $(STAMP)
+	REBOOK_CHAOS_SCALE=full $(BIN)/python -m pytest tests/chaos -v -s
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -40,6 +44,10 @@ worker: $(STAMP)
 	$(BIN)/celery -A worker worker -Q rebook.events,rebook.work -E -l INFO
 beat: $(STAMP)
 	$(BIN)/celery -A worker beat -l INFO -s $${TMPDIR:-/tmp}/rebook-beat-schedule
+flower: $(STAMP)
+	$(BIN)/python -m worker.flower
+exporter: $(STAMP)
+	$(BIN)/python -m worker.exporter
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

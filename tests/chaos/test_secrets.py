@@ -140,15 +140,7 @@ def test_no_secret_anywhere_after_a_full_run(
             return found.text if found.status_code == 200 and "rebook." in found.text else None
 
         # Flower sees tasks from the moment it connects: run one more rebook while it watches
-        wait_for(
-            lambda: (
-                requests.get(f"http://127.0.0.1:{port}/healthcheck", timeout=5).ok
-                if _up(port)
-                else False
-            ),
-            60,
-            "flower up",
-        )
+        wait_for(lambda: _up(port), 60, "flower up")
         more, _ = system.rebook(user, performer)
         system.wait_state(more, State.WATCHING)
         flower_text = wait_for(tasks, 30, "tasks in Flower's API")
