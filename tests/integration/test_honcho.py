@@ -1,0 +1,128 @@
+"""`honcho start` runs the whole Procfile (worker, beat, flower, exporter, sandbox) and a rebook
+goes through it, the way an operator tries the system locally."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import TEST_TOKEN_KEY
+from tests.integration.conftest import ROOT, wait_for
+from worker.app import EVENTS_QUEUE, make_app
+from worker.embedded import free_port
+from worker.models import State, TokenSet
+from worker.runtime import build_services
+from worker.sandbox import SandboxClient
+from worker.settings import load_settings
+from worker.store import rebook_id_for
+
+pytestmark = pytest.mark.integration
+
+
+def _up(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code < 500
+    except requests.RequestException:
+        return False
+
+
+def test_honcho_start_runs_the_procfile_and_a_rebook_goes_through(
+    redis_url: str, tmp_path: Path
+) -> None:
+    prefix = f"rebook-honcho-{uuid.uuid4().hex[:6]}:"
+    sandbox_port, exporter_port, base_port = free_port(), free_port(), free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("REBOOK_")},
+        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+        "REBOOK_REDIS_URL": redis_url,
+        "REBOOK_KEY_PREFIX": prefix,
+        "REBOOK_BROKER_KEY_PREFIX": prefix,
+        "REBOOK_API_BASE_URL": f"http://127.0.0.1:{sandbox_port}",
+        "REBOOK_SANDBOX_PORT": str(sandbox_port),
+        "REBOOK_EXPORTER_PORT": str(exporter_port),
+        "REBOOK_TOKEN_KEY": TEST_TOKEN_KEY,
+        "REBOOK_FLOWER_BASIC_AUTH": "ops:honcho-pass",
+        "REBOOK_PRESENCE_INTERVAL_SECONDS": "0.5",
+        "REBOOK_WATCH_INTERVAL_SECONDS": "0.5",
+        "REBOOK_SWEEP_INTERVAL_SECONDS": "0.5",
+        "TMPDIR": str(tmp_path),
+    }
+    log = (tmp_path / "honcho.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "honcho",
+            "start",
+            "-f",
+            str(ROOT / "Procfile"),
+            "-d",
+            str(ROOT),
+            "-p",
+            str(base_port),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    text = lambda: (tmp_path / "honcho.log").read_text(errors="replace")  # noqa: E731
+    try:
+        wait_for(lambda: _up(f"http://127.0.0.1:{sandbox_port}/_sandbox/stats"), 60, "sandbox")
+        wait_for(lambda: " ready." in text(), 60, "worker ready")
+        wait_for(lambda: _up(f"http://127.0.0.1:{exporter_port}/metrics"), 60, "exporter")
+        settings = load_settings(
+            **{
+                k[7:].lower(): v
+                for k, v in env.items()
+                if k.startswith("REBOOK_")
+                and k not in ("REBOOK_SANDBOX_PORT", "REBOOK_EXPORTER_PORT")
+            }
+        )
+        svc = build_services(settings)
+        sandbox = SandboxClient(settings.api_base_url)
+        svc.token_store.save(
+            "m1", TokenSet.from_token_response(sandbox.add_user("m1"), time.time())
+        )
+        booking = sandbox.add_booking("m1", 4242)
+        sandbox.set_online(4242, True)
+        event_id = f"honcho-{uuid.uuid4().hex}"
+        make_app(settings).send_task(
+            "rebook.request",
+            queue=EVENTS_QUEUE,
+            kwargs={
+                "event_id": event_id,
+                "booking_id": booking,
+                "user_id": "m1",
+                "performer_id": 4242,
+            },
+        )
+        rid = rebook_id_for(event_id)
+        rec = wait_for(
+            lambda: (r := svc.store.get(rid)) is not None and r.state == State.WATCHING and r,
+            60,
+            "the rebook booked",
+        )
+        sandbox.set_status(rec.new_booking_id, "Accepted")
+        wait_for(lambda: svc.store.get(rid).state == State.ACCEPTED, 30, "accepted")  # type: ignore[union-attr]
+        metrics = requests.get(f"http://127.0.0.1:{exporter_port}/metrics", timeout=5).text
+        assert 'rebook_rebooks{state="ACCEPTED"} 1.0' in metrics
+        assert "rebook_up 1.0" in metrics
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+        log.close()
+    assert "flower" in text() and "beat" in text(), text()[-2000:]
