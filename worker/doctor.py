@@ -35,12 +35,7 @@ def run_checks() -> Iterator[Check]:
     yield _guard("redis", lambda: _redis(settings))
     yield _guard("broker", lambda: _broker(settings))
     yield _guard("upstream", lambda: _upstream(settings))
-    yield Check(
-        "token key",
-        settings.token_key is not None,
-        "REBOOK_TOKEN_KEY set" if settings.token_key else "REBOOK_TOKEN_KEY is not set",
-        "" if settings.token_key else "make one with `rebook tokens keygen`",
-    )
+    yield _guard("token key", lambda: _token_key(settings))
     yield _guard("beat", lambda: _beat(settings))
     yield _guard("workers", lambda: _workers(settings))
 
@@ -117,6 +112,38 @@ def _upstream(settings: Settings) -> Check:
     return Check("upstream", True, f"{settings.api_base_url}: reachable, API key accepted")
 
 
+def _token_key(settings: Settings) -> Check:
+    """The key is set and opens the tokens stored with it (a sample of them)."""
+    if settings.token_key is None:
+        return Check(
+            "token key",
+            False,
+            "REBOOK_TOKEN_KEY is not set",
+            "make one with `rebook tokens keygen`",
+        )
+    from worker.auth import TokenStore
+    from worker.store import Store
+
+    store = Store.from_url(settings.redis_url, prefix=settings.key_prefix)
+    tokens = TokenStore(store.r, settings.key_prefix, settings.token_key.get_secret_value())
+    keys = []
+    for key in store.r.scan_iter(match=f"{settings.key_prefix}tok:*", count=200):
+        keys.append(key)
+        if len(keys) >= 20:
+            break
+    for key in keys:
+        try:
+            tokens.load(key.removeprefix(f"{settings.key_prefix}tok:"))
+        except ConfigError:
+            return Check(
+                "token key",
+                False,
+                "stored tokens do not decrypt with REBOOK_TOKEN_KEY",
+                "restore the previous key, or re-encrypt with ops/rotate-token-key.py",
+            )
+    return Check("token key", True, f"set; opens {len(keys)} sampled stored token(s)")
+
+
 def _beat(settings: Settings) -> Check:
     from worker.store import Store
 
@@ -124,7 +151,12 @@ def _beat(settings: Settings) -> Check:
     last = store.last_sweep()
     limit = max(10.0, settings.sweep_interval_seconds * 5)
     if last is None:
-        return Check("beat", False, "no sweep has ever run", "start `celery -A worker beat`")
+        return Check(
+            "beat",
+            False,
+            "no sweep has ever run",
+            "start `celery -A worker beat` (a worker runs the sweeps it sends)",
+        )
     age = time.time() - last
     if age > limit:
         return Check(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import signal
+import subprocess
 import sys
 import threading
 import uuid
@@ -16,7 +17,14 @@ from typing import Any
 import pytest
 import redis
 
-from tests.integration.conftest import Proc, System, raw_celery_message, running_system, wait_for
+from tests.integration.conftest import (
+    ROOT,
+    Proc,
+    System,
+    raw_celery_message,
+    running_system,
+    wait_for,
+)
 from worker.models import State
 from worker.store import rebook_id_for
 
@@ -196,3 +204,34 @@ def test_messages_celery_cannot_run_are_dead_lettered(system: System) -> None:
     assert "not a mapping" in reasons, reasons
     rid, _ = system.rebook(system.member(), system.performer(online=True))
     system.wait_state(rid, State.WATCHING)
+
+
+def test_doctor_lists_every_check_and_fails_on_a_problem(system: System) -> None:
+    def doctor(**env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "worker.cli", "doctor"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env={**system.env, **env},
+            timeout=60,
+        )
+
+    plain = redis.Redis.from_url(system.settings.redis_url, decode_responses=True)
+    before = plain.config_get("appendonly")["appendonly"]
+    try:
+        plain.config_set("appendonly", "no")
+        failing = doctor()
+        assert failing.returncode == 1
+        assert "FAIL redis" in failing.stdout and "AOF is off" in failing.stdout
+        plain.config_set("appendonly", "yes")
+        plain.config_set("maxmemory-policy", "noeviction")
+        passing = doctor()
+        assert passing.returncode == 0, passing.stdout
+        for name in ("settings", "redis", "broker", "upstream", "token key", "beat", "workers"):
+            assert f"ok   {name}:" in passing.stdout, passing.stdout
+        wrong_key = doctor(REBOOK_API_KEY="not-the-key")
+        assert wrong_key.returncode == 1 and "FAIL upstream" in wrong_key.stdout
+    finally:
+        plain.config_set("appendonly", before)
+        plain.close()
