@@ -550,7 +550,7 @@ class Flow:
         accept_by = rec.accept_by_ts or (rec.created_ts + ACCEPT_BY_FALLBACK_SECONDS)
         try:
             booking = self._member_call(
-                rec, lambda tok: self.client.booking_details(tok, new_booking_id)
+                rec, lambda tok: self._read_watched(rec, tok, new_booking_id, accept_by)
             )
         except Rejected as exc:
             self._park(
@@ -610,6 +610,40 @@ class Flow:
         )
         return "pending"
 
+    def _read_watched(
+        self, rec: Rebook, token: str, booking_id: int, accept_by: float
+    ) -> WebcamBooking:
+        """The watched booking's state, at one MadeBookings call per member per interval.
+
+        The first watch of a member in an interval reads the member's recent bookings once and
+        caches them for everyone watching that interval; the others use the cache. A booking not
+        in the list, and the last read at AcceptBy (EXPIRED must rest on a fresh answer), go to
+        MadeBookingDetails.
+        """
+        interval = self.settings.watch_interval_seconds
+        if self.clock() < accept_by:
+            if self.store.claim_window(f"watchlist:{rec.user_id}", interval) == 0:
+                watching = [
+                    r
+                    for r in self.store.get_many(self.store.active_of_user(rec.user_id))
+                    if r.state == State.WATCHING
+                ]
+                since = min((r.post_sent_ts or r.created_ts) for r in [rec, *watching])
+                found = list(
+                    self.client.iter_made_bookings(
+                        token, start=from_ts(since - CLOCK_SKEW_SECONDS), max_pages=5
+                    )
+                )
+                self.store.cache_bookings(
+                    rec.user_id,
+                    {b.booking_id: b.model_dump_json(by_alias=True) for b in found},
+                    ttl=interval,
+                )
+            cached = self.store.cached_booking(rec.user_id, booking_id)
+            if cached is not None:
+                return WebcamBooking.model_validate_json(cached, context={"tz": self.settings.zone})
+        return self.client.booking_details(token, booking_id)
+
     def _finish(self, rec: Rebook, booking: WebcamBooking, final: State, reason: str = "") -> str:
         self.store.transition(
             rec.rebook_id,
@@ -640,6 +674,7 @@ class Flow:
                 due=sent + grace,
             )
             return "confirm-pending"
+        self.store.forget_cached(rec.user_id, booking.booking_id)
         self.store.transition(
             rec.rebook_id,
             State.WATCHING,

@@ -16,12 +16,14 @@ import argparse
 import base64
 import binascii
 import contextlib
+import itertools
 import json
 import math
 import secrets
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -70,6 +72,11 @@ _MEMBER_OPS = frozenset(op for op in OPERATIONS if op not in ("getUserSummary", 
 _PRE_FAULTS = frozenset({"http_500", "http_503", "http_429", "timeout"})
 _POST_FAULTS = frozenset({"http_500_after_commit", "timeout_after_commit", "bad_json"})
 FAULT_KINDS: frozenset[str] = _PRE_FAULTS | _POST_FAULTS
+
+CALL_LOG_SIZE = 200_000
+"""Upstream calls kept for `GET /_sandbox/calls` (oldest dropped first)."""
+CALL_LOG_PAGE = 10_000
+CALL_LOG_MAX_PAGE = 100_000
 
 _DENIED = "Authorization has been denied for this request."
 _NOT_FOUND = "Booking not found"
@@ -251,6 +258,11 @@ class _SandboxState:
         self.new_bookings: dict[int, int] = {}
         self.presence_calls: dict[int, int] = {}
         self.refreshes = 0
+        # (seq, unix time of arrival, operation, HTTP status, performer id, booking id, new id)
+        self.call_log: deque[tuple[int, float, str, int, int | None, int | None, int | None]] = (
+            deque(maxlen=CALL_LOG_SIZE)
+        )
+        self.call_seq = 0
 
     # --- formatting ---------------------------------------------------------------------------
 
@@ -358,10 +370,16 @@ class _SandboxState:
         try:
             if lower.startswith("/_sandbox"):
                 with self.lock:
-                    return self.control(method, path, body)
+                    return self.control(method, path, body, query)
             route = _ROUTES.get(lower)
             if route is not None:
-                return self.upstream(route[0], route[1], method, query, headers, body)
+                started = time.time()
+                resp: _Response | None = None
+                try:
+                    resp = self.upstream(route[0], route[1], method, query, headers, body)
+                    return resp
+                finally:
+                    self.log_call(route[0], started, query, body, resp)
             if lower.startswith("/v1/") or lower.startswith("/oauth/"):
                 return _json(
                     404, {"Message": "No HTTP resource was found that matches the request URI."}
@@ -596,7 +614,69 @@ class _SandboxState:
 
     # --- control endpoints (lock held) --------------------------------------------------------
 
-    def control(self, method: str, path: str, body: bytes) -> _Response:
+    def log_call(
+        self, op: str, started: float, query: str, body: bytes, resp: _Response | None
+    ) -> None:
+        """One entry of the timestamped call log (benchmarks: reaction times, rate peaks)."""
+        performer_id = booking_id = new_id = None
+        if op == "getUserSummary" or op in _MEMBER_OPS:
+            params = {k.lower(): v[-1] for k, v in parse_qs(query).items()}
+            raw: Any = params.get("userid" if op == "getUserSummary" else "bookingid")
+            if raw is None and body and op != "getUserSummary":
+                with contextlib.suppress(ValueError, UnicodeDecodeError):
+                    data = json.loads(body)
+                    raw = _ci_get(data, "BookingID") if isinstance(data, dict) else None
+            with contextlib.suppress(_Reject):
+                value = None if raw is None else _as_int(raw, "id")
+                if op == "getUserSummary":
+                    performer_id = value
+                else:
+                    booking_id = value
+        status = resp.status if resp is not None else 0
+        if op == "RescheduleMadeBooking" and status == 200 and resp is not None:
+            with contextlib.suppress(ValueError, UnicodeDecodeError, AttributeError):
+                found = json.loads(resp.body).get("WebcamBookingID")
+                new_id = found if isinstance(found, int) else None
+        with self.lock:
+            self.call_seq += 1
+            self.call_log.append(
+                (self.call_seq, started, op, status, performer_id, booking_id, new_id)
+            )
+
+    def calls_since(self, query: str) -> _Response:
+        params = {k.lower(): v[-1] for k, v in parse_qs(query).items()}
+        since = _as_int(params.get("since", "0"), "since")
+        limit = _as_int(params.get("limit", str(CALL_LOG_PAGE)), "limit")
+        if not 1 <= limit <= CALL_LOG_MAX_PAGE:
+            raise _Reject(400, f"limit must be between 1 and {CALL_LOG_MAX_PAGE}")
+        rows = []
+        first = self.call_log[0][0] if self.call_log else self.call_seq + 1
+        start = max(0, since + 1 - first)
+        for seq, at, op, status, pid, bid, new_id in itertools.islice(
+            self.call_log, start, start + limit
+        ):
+            rows.append(
+                {
+                    "seq": seq,
+                    "t": at,
+                    "op": op,
+                    "status": status,
+                    "performer_id": pid,
+                    "booking_id": bid,
+                    "new_booking_id": new_id,
+                }
+            )
+        return _json(
+            200,
+            {
+                "calls": rows,
+                "next": rows[-1]["seq"] if rows else max(since, first - 1),
+                "first": first,
+                "last": self.call_seq,
+            },
+        )
+
+    def control(self, method: str, path: str, body: bytes, query: str = "") -> _Response:
         parts = [unquote(p) for p in path.split("/")[2:]]
         low = [p.lower() for p in parts]
         n = len(parts)
@@ -645,6 +725,8 @@ class _SandboxState:
             return _json(200, self.config.as_dict())
         if low == ["stats"] and method == "GET":
             return _json(200, self.stats())
+        if low == ["calls"] and method == "GET":
+            return self.calls_since(query)
         return _json(404, {"Message": f"No sandbox control endpoint {method} {path}"})
 
     def ctl_add_user(self, data: dict[str, Any]) -> _Response:
@@ -974,6 +1056,13 @@ class SandboxClient:
 
     def stats(self) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", "stats")
+        return result
+
+    def calls(self, since: int = 0, limit: int = 10_000) -> dict[str, Any]:
+        """Upstream calls after sequence number `since`, oldest first:
+        `{"calls": [{"seq", "t", "op", "status", "performer_id", "booking_id",
+        "new_booking_id"}, ...], "next": seq to pass next time, "first", "last"}`."""
+        result: dict[str, Any] = self._call("GET", f"calls?since={since}&limit={limit}")
         return result
 
 

@@ -355,6 +355,26 @@ class Store:
             self.key("lock", rebook_id), timeout=timeout or self.lease, blocking=False
         )
 
+    # -- watch cache -----------------------------------------------------------------------------
+
+    def cache_bookings(self, user_id: str, bookings: dict[int, str], ttl: float) -> None:
+        """A member's bookings as read by one MadeBookings call, shared for one interval."""
+        key = self.key("watchcache", user_id)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(key)
+        if bookings:
+            pipe.hset(key, mapping={str(k): v for k, v in bookings.items()})
+            pipe.pexpire(key, max(1, int(ttl * 1000)))
+        pipe.execute()
+
+    def forget_cached(self, user_id: str, booking_id: int) -> None:
+        """After we changed a booking (confirm), its next read goes upstream."""
+        self.r.hdel(self.key("watchcache", user_id), str(booking_id))
+
+    def cached_booking(self, user_id: str, booking_id: int) -> str | None:
+        value = self.r.hget(self.key("watchcache", user_id), str(booking_id))
+        return str(value) if value is not None else None
+
     # -- performers ----------------------------------------------------------------------------
 
     def claim_window(self, name: str, seconds: float) -> float:

@@ -614,10 +614,10 @@ def test_watch_final_status_is_terminal(env: Env, status: str, state: State) -> 
 
 
 def test_accept_by_passed_while_pending_expires(env: Env) -> None:
-    env.sandbox.configure(accept_by_seconds=1)
+    env.sandbox.configure(accept_by_seconds=30)
     rid, _, _ = watching(env)
     assert env.flow.watch(rid) == "pending"
-    env.clock.advance(2)
+    env.clock.advance(31)
     assert env.flow.watch(rid) == "expired"
     rec = env.get(rid)
     assert rec.state is State.EXPIRED and rec.status == "Pending"
@@ -625,10 +625,10 @@ def test_accept_by_passed_while_pending_expires(env: Env) -> None:
 
 
 def test_accepted_at_the_last_read_wins_over_accept_by(env: Env) -> None:
-    env.sandbox.configure(accept_by_seconds=1)
+    env.sandbox.configure(accept_by_seconds=30)
     rid, _, new = watching(env)
     env.sandbox.set_status(new, "Accepted")
-    env.clock.advance(2)
+    env.clock.advance(31)
     assert env.flow.watch(rid) == "accepted"
     assert env.get(rid).state is State.ACCEPTED
 
@@ -640,9 +640,37 @@ def test_watch_refreshes_the_token_on_401(env: Env) -> None:
     assert env.sandbox.stats()["refreshes"] == 1
 
 
+def test_watching_costs_one_made_bookings_call_per_member_per_interval(env: Env) -> None:
+    env.member()
+    rids = []
+    for performer in (21, 22, 23, 24):
+        rid, _, _ = watching(env, performer=performer)
+        rids.append(rid)
+    details_before = env.calls("MadeBookingDetails")
+    list_before = env.calls("MadeBookings")
+    assert [env.flow.watch(rid) for rid in rids] == ["pending"] * 4
+    assert env.calls("MadeBookings") - list_before == 1  # one list read covers all four
+    assert env.calls("MadeBookingDetails") == details_before
+    # a decision upstream is seen at the next interval, by the same single read
+    env.sandbox.set_status(env.get(rids[0]).new_booking_id, "Accepted")
+    next_watch_interval(env)
+    assert [env.flow.watch(rid) for rid in rids] == ["accepted"] + ["pending"] * 3
+    assert env.calls("MadeBookings") - list_before == 2
+
+
+def test_the_last_read_at_accept_by_is_fresh(env: Env) -> None:
+    rid, _, new = watching(env)
+    assert env.flow.watch(rid) == "pending"  # caches Pending for the interval
+    env.sandbox.set_status(new, "Accepted")
+    env.clock.advance(env.settings.reconcile_grace_seconds + 10_000)  # past AcceptBy
+    before = env.calls("MadeBookingDetails")
+    assert env.flow.watch(rid) == "accepted"  # not EXPIRED from a stale cached Pending
+    assert env.calls("MadeBookingDetails") == before + 1
+
+
 def test_watch_transient_error_retries_later(env: Env) -> None:
     rid, _, _ = watching(env)
-    env.sandbox.fault("MadeBookingDetails", "http_503")
+    env.sandbox.fault("MadeBookings", "http_503")
     assert env.flow.watch(rid) == "retry"
     rec = env.get(rid)
     assert rec.state is State.WATCHING and rec.errors == 1
@@ -820,12 +848,18 @@ def test_token_endpoint_down_during_reschedule_retries_later(env: Env) -> None:
 # --- auto-confirm ----------------------------------------------------------------------------
 
 
+def next_watch_interval(env: Env, user: str = "alice") -> None:
+    """What passing one watch interval does to the member's shared MadeBookings read."""
+    env.store.r.delete(env.store.key("watchlist", user), env.store.key("watchcache", user))
+
+
 def test_auto_confirm_confirms_an_accepted_booking(make_env: Callable[..., Env]) -> None:
     env = make_env(auto_confirm=True)
     rid, _, new = watching(env)
     assert env.flow.watch(rid) == "pending"
     assert env.calls("ConfirmMadeBooking") == 0
     env.sandbox.set_status(new, "Accepted")
+    next_watch_interval(env)
     assert env.flow.watch(rid) == "confirmed"
     assert env.get(rid).state is State.CONFIRMED
     assert env.sandbox.booking(new)["Status"] == "Confirmed"

@@ -475,3 +475,46 @@ def test_handler_exception_is_a_500_not_a_dead_server(
     assert r.status_code == 404
     r = requests.get(f"{server.url}/v1/Webcam/RescheduleMadeBooking", timeout=5)
     assert r.status_code == 405
+
+
+def test_call_log(server: SandboxServer, sb: SandboxClient) -> None:
+    """`GET /_sandbox/calls?since=`: every upstream call with its time, status and ids, in order."""
+    assert sb.calls() == {"calls": [], "next": 0, "first": 1, "last": 0}
+    api = member(server, sb)
+    booking = sb.add_booking("u1", 7)
+    sb.set_online(7, True)
+    before = datetime.now().timestamp()
+    assert Api(server.url).get("newsfeed/getUserSummary", UserID=7).status_code == 200
+    new_id = api.reschedule(booking).json()["WebcamBookingID"]
+    assert api.get("Webcam/MadeBookingDetails", BookingID=new_id).status_code == 200
+    assert api.get("Webcam/MadeBookings").status_code == 200
+    assert Api(server.url, key="wrong").get("newsfeed/getUserSummary", UserID=8).status_code == 401
+    after = datetime.now().timestamp()
+
+    got = sb.calls()
+    rows = got["calls"]
+    assert [r["seq"] for r in rows] == [1, 2, 3, 4, 5]
+    assert (got["next"], got["first"], got["last"]) == (5, 1, 5)
+    assert [(r["op"], r["status"]) for r in rows] == [
+        ("getUserSummary", 200),
+        ("RescheduleMadeBooking", 200),
+        ("MadeBookingDetails", 200),
+        ("MadeBookings", 200),
+        ("getUserSummary", 401),
+    ]
+    assert rows[0]["performer_id"] == 7 and rows[4]["performer_id"] == 8
+    assert (rows[1]["booking_id"], rows[1]["new_booking_id"]) == (booking, new_id)
+    assert rows[2]["booking_id"] == new_id and rows[2]["new_booking_id"] is None
+    assert rows[3]["booking_id"] is None
+    times = [r["t"] for r in rows]
+    assert before <= times[0] and times == sorted(times) and times[-1] <= after
+    assert sb.stats()["calls"]["getUserSummary"] == 2  # control calls are not logged
+
+    page = sb.calls(since=2, limit=2)
+    assert [r["seq"] for r in page["calls"]] == [3, 4] and page["next"] == 4
+    assert sb.calls(since=page["next"])["calls"][0]["seq"] == 5
+    assert sb.calls(since=5) == {"calls": [], "next": 5, "first": 1, "last": 5}
+    with pytest.raises(requests.HTTPError):
+        sb.calls(limit=0)
+    sb.reset()
+    assert sb.calls()["calls"] == []
