@@ -235,3 +235,24 @@ def test_doctor_lists_every_check_and_fails_on_a_problem(system: System) -> None
     finally:
         plain.config_set("appendonly", before)
         plain.close()
+
+
+def test_json_logs_bind_the_ids_on_every_line_a_step_writes(
+    redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    with running_system(redis_url, tmp_path_factory.mktemp("jsonlogs"), log_format="json") as sysm:
+        rid, booking = sysm.rebook(sysm.member(), sysm.performer(online=True))
+        rec = sysm.wait_state(rid, State.WATCHING)
+        lines = []
+        for raw in sysm.worker.text().splitlines():
+            if raw.startswith("{"):
+                lines.append(json.loads(raw))  # every log line is one JSON object
+        steps = [line for line in lines if line.get("rebook_id") == rid]
+        assert {line["logger"] for line in steps} >= {"rebook.flow"}
+        messages = " | ".join(line["msg"] for line in steps)
+        assert "received event" in messages and "booked" in messages
+        for line in steps:
+            assert line["event_id"] == rec.event_id
+            assert line["booking_id"] == booking
+            assert line["performer_id"] == rec.performer_id
+            assert line["task_id"]  # the Celery task id of the step that wrote it
