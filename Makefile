@@ -26,7 +26,7 @@ test: $(STAMP)
 
 ## the full chaos suite: 500 rebooks over 50 performers under kill -9, faults, restarts
 chaos: $(STAMP)
-	REBOOK_CHAOS_SCALE=full $(BIN)/python -m pytest tests/chaos -v -s
+	REBOOK_CHAOS_SCALE=full $(BIN)/python -m pytest tests/chaos -v -s --timeout 1200
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -252,6 +252,7 @@ def _worker_init(**_: Any) -> None:
     from worker.observability import init_sentry
 
     init_sentry(get_settings())
+    fanout().ensure_group()
     log.info(
         "rebook worker: redis %s, upstream %s",
         mask_url(get_settings().redis_url),

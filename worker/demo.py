@@ -384,8 +384,7 @@ def _ts(iso: str) -> float | None:
 def _age(rec: Rebook, now: float) -> float:
     if rec.state in ACTIVE_STATES:
         return max(0.0, now - rec.created_ts)
-    end = _ts(rec.updated_at)  # millisecond ISO: may sort a hair before the float created_ts
-    return max(0.0, (end if end is not None else now) - rec.created_ts)
+    return max(0.0, (rec.updated_ts or now) - rec.created_ts)
 
 
 def _state_text(state: State | None) -> Text:

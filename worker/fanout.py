@@ -50,7 +50,11 @@ class Fanout:
         self.retry_key = store.key("fanout", "retry")
         self.attempts_key = store.key("fanout", "attempts")
 
-    def _ensure_group(self) -> None:
+    def ensure_group(self) -> None:
+        """The consumer group starts at the stream's end. Workers create it when they start,
+        before they run a step, so no outcome a worker writes is ever before it."""
+        if not self.settings.fanout_enabled:
+            return
         try:
             self.store.r.xgroup_create(self.stream, GROUP, id="$", mkstream=True)
         except redis.ResponseError as exc:
@@ -66,7 +70,7 @@ class Fanout:
         if not lock.acquire():
             return counts
         try:
-            self._ensure_group()
+            self.ensure_group()
             now = self.clock()
             due = self.store.r.zrangebyscore(self.retry_key, "-inf", now, start=0, num=batch)
             for entry_id in due:

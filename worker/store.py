@@ -6,7 +6,7 @@ record, its indexes, its history and its outcome never disagree. No Celery, no H
 
 Keys (prefix `REBOOK_KEY_PREFIX`): `r:{id}` record hash, `h:{id}` history list, `due` zset of
 records needing the sweep, `performers` zset of presence checks, `perf:{pid}` waiting rebooks of a
-performer, `user:{uid}` active rebooks of a member, `st:{STATE}` ids per state, `ev:{event_id}`,
+performer, `user:{uid}` active rebooks of a member, `st:{STATE}` ids per state,
 `active:{booking_id}`, `claimed:{new_booking_id}`, `created`/`finished` zsets, streams `outcomes`
 and `deadletter`.
 """
@@ -68,9 +68,8 @@ class Rebook(BaseModel):
     status: str = ""
     duplicate_of: str = ""
     resume_state: State | None = None
-    created_at: str
     created_ts: float
-    updated_at: str = ""
+    updated_ts: float = 0.0
     deadline_ts: float
     post_sent_ts: float | None = None
     confirm_sent_ts: float | None = None
@@ -80,9 +79,17 @@ class Rebook(BaseModel):
     reconcile_tries: int = 0
 
     @classmethod
-    def from_hash(cls, raw: dict[str, str]) -> Rebook:
+    def from_hash(cls, rebook_id: str, raw: dict[str, str]) -> Rebook:
         data: dict[str, Any] = {k: v for k, v in raw.items() if v != ""}
-        return cls.model_validate(data)
+        return cls.model_validate({**data, "rebook_id": rebook_id})
+
+    @property
+    def created_at(self) -> str:
+        return iso_z(datetime.fromtimestamp(self.created_ts, UTC))
+
+    @property
+    def updated_at(self) -> str:
+        return iso_z(datetime.fromtimestamp(self.updated_ts or self.created_ts, UTC))
 
     def public(self) -> dict[str, Any]:
         """The JSON shape of `rebook status --json` / `list --json`."""
@@ -229,24 +236,35 @@ class Store:
 
     def get(self, rebook_id: str) -> Rebook | None:
         raw = self.r.hgetall(self.key("r", rebook_id))
-        return Rebook.from_hash(raw) if raw else None
+        return Rebook.from_hash(rebook_id, raw) if raw else None
 
     def find(self, ident: str) -> Rebook | None:
-        """By rebook id or by event id."""
-        found = self.get(ident)
-        if found is None:
-            rid = self.r.get(self.key("ev", ident))
-            found = self.get(rid) if rid else None
-        return found
+        """By rebook id or by event id (the rebook id is derived from it)."""
+        return self.get(ident) or self.get(rebook_id_for(ident))
 
     def get_many(self, ids: Sequence[str]) -> list[Rebook]:
         pipe = self.r.pipeline(transaction=False)
         for rid in ids:
             pipe.hgetall(self.key("r", rid))
-        return [Rebook.from_hash(raw) for raw in pipe.execute() if raw]
+        return [
+            Rebook.from_hash(rid, raw) for rid, raw in zip(ids, pipe.execute(), strict=True) if raw
+        ]
 
     def history(self, rebook_id: str) -> list[dict[str, Any]]:
-        return [json.loads(item) for item in self.r.lrange(self.key("h", rebook_id), 0, -1)]
+        """Transitions, oldest first. The first ("received") is implied by the record."""
+        entries = [json.loads(item) for item in self.r.lrange(self.key("h", rebook_id), 0, -1)]
+        if entries and entries[0].get("from") == "":
+            return entries  # created straight into a final state (DUPLICATE)
+        created = self.r.hget(self.key("r", rebook_id), "created_ts")
+        if created is None:
+            return entries
+        first = {
+            "at": iso_z(datetime.fromtimestamp(float(created), UTC)),
+            "from": "",
+            "to": State.WAITING.value,
+            "reason": "received",
+        }
+        return [first, *entries]
 
     def transition(
         self,
@@ -419,15 +437,13 @@ class Store:
         if ids:
             rows = self.r.pipeline(transaction=False)
             for rid in ids:
-                rows.hmget(self.key("r", rid), "state", "event_id")
+                rows.hget(self.key("r", rid), "state")
             found = rows.execute()
             pipe = self.r.pipeline(transaction=True)
-            for rid, (state, event_id) in zip(ids, found, strict=True):
+            for rid, state in zip(ids, found, strict=True):
                 pipe.delete(self.key("r", rid), self.key("h", rid))
                 if state:
                     pipe.srem(self.key("st", state), rid)
-                if event_id:
-                    pipe.delete(self.key("ev", event_id))
                 pipe.zrem(self.key("created"), rid)
                 pipe.zrem(self.key("finished"), rid)
             pipe.execute()

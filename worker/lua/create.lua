@@ -1,19 +1,19 @@
--- Records a new rebook event, idempotent on event_id; a second event for a booking that has an
--- active rebook is recorded as DUPLICATE at once (never a second reschedule).
+-- Records a new rebook event, idempotent on event_id (the rebook id is derived from it, so the
+-- record itself is the dedupe marker); a second event for a booking that has an active rebook is
+-- recorded as DUPLICATE at once (never a second reschedule). A WAITING record has no history list
+-- yet: its first entry ("received") is implied by created_ts, which saves a key per waiting rebook.
 -- ARGV: 1 prefix, 2 rebook id, 3 event_id, 4 booking_id, 5 user_id, 6 performer_id ("" unknown),
 --       7 deadline ts, 8 now, 9 now ISO-Z, 10 retention seconds, 11 lease seconds,
 --       12 due score for a new WAITING record
 -- Returns {"exists", id} | {"duplicate", active id} | {"created", dispatch performer "1"/"0"}
 local p, id, eid, bid, uid, pid = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local now, now_iso = tonumber(ARGV[8]), ARGV[9]
-local ek = p .. 'ev:' .. eid
-if redis.call('SET', ek, id, 'NX') == false then
-  return {'exists', redis.call('GET', ek)}
-end
 local rk = p .. 'r:' .. id
-redis.call('HSET', rk, 'rebook_id', id, 'event_id', eid, 'booking_id', bid, 'user_id', uid,
-  'performer_id', pid, 'created_at', now_iso, 'created_ts', ARGV[8], 'updated_at', now_iso,
-  'updated_ts', ARGV[8], 'deadline_ts', ARGV[7])
+if redis.call('EXISTS', rk) == 1 then
+  return {'exists', id}
+end
+redis.call('HSET', rk, 'event_id', eid, 'booking_id', bid, 'user_id', uid,
+  'performer_id', pid, 'created_ts', ARGV[8], 'updated_ts', ARGV[8], 'deadline_ts', ARGV[7])
 if pid == '' then redis.call('HDEL', rk, 'performer_id') end
 redis.call('ZADD', p .. 'created', now, id)
 local ak = p .. 'active:' .. bid
@@ -42,8 +42,6 @@ redis.call('SET', ak, id)
 redis.call('HSET', rk, 'state', 'WAITING', 'reason', 'received')
 redis.call('SADD', p .. 'st:WAITING', id)
 redis.call('SADD', p .. 'user:' .. uid, id)
-redis.call('RPUSH', p .. 'h:' .. id,
-  cjson.encode({at = now_iso, from = '', to = 'WAITING', reason = 'received'}))
 redis.call('ZADD', p .. 'due', tonumber(ARGV[12]), id)
 local dispatch = '0'
 if pid ~= '' then

@@ -54,7 +54,7 @@ local fields = cjson.decode(ARGV[11])
 for f, v in pairs(fields) do
   if v == '' then redis.call('HDEL', rk, f) else redis.call('HSET', rk, f, v) end
 end
-redis.call('HSET', rk, 'state', to, 'reason', reason, 'updated_at', now_iso, 'updated_ts', ARGV[5])
+redis.call('HSET', rk, 'state', to, 'reason', reason, 'updated_ts', ARGV[5])
 local pid = redis.call('HGET', rk, 'performer_id') or ''
 if cur ~= to then
   redis.call('SREM', p .. 'st:' .. cur, id)
