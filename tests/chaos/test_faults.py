@@ -5,6 +5,7 @@ original ever gets a second booking: ambiguous POSTs are settled through MadeBoo
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -80,6 +81,7 @@ def test_random_faults_on_every_endpoint(fault_system: System) -> None:
             else {}
         )
         system.sandbox.fault(endpoint, kind, count=rng.randint(1, 3), **extra)
+    started = time.monotonic()
     scenario.submit_all()
     scenario.start_bots()
     try:
@@ -87,4 +89,8 @@ def test_random_faults_on_every_endpoint(fault_system: System) -> None:
     finally:
         scenario.stop()
     states = scenario.check_invariants()
-    print(f"\nfaults: final states {dict(states)}")
+    stats = system.sandbox.stats()
+    print(
+        f"\nfaults: {rebooks} rebooks, faults queued on {len(ENDPOINTS)} endpoints; settled in "
+        f"{time.monotonic() - started:.0f}s: {dict(states)}; upstream calls {stats['calls']}"
+    )

@@ -53,6 +53,7 @@ def test_kill_9_workers_and_beat_lose_nothing_and_double_nothing(chaos_system: S
     rebooks, performers, kills = (500, 50, 10) if FULL else (60, 10, 5)
     rng = random.Random(int(os.environ.get("REBOOK_CHAOS_SEED", "11")))
     scenario = Scenario(system, rebooks, performers, online_window=12 if FULL else 6)
+    started = time.monotonic()
     scenario.submit_all()
     scenario.start_bots()
     actions = ["worker", "child", "beat"] + [
@@ -84,7 +85,11 @@ def test_kill_9_workers_and_beat_lose_nothing_and_double_nothing(chaos_system: S
         scenario.stop()
     states = scenario.check_invariants()
     assert done, "no chaos happened"
-    print(f"\nchaos kills {done}: final states {dict(states)}")
+    made = sum(system.sandbox.stats()["new_bookings"].values())
+    print(
+        f"\nchaos: {rebooks} rebooks over {performers} performers, kill -9 {done}; settled in "
+        f"{time.monotonic() - started:.0f}s: {dict(states)}; {made} new bookings, none twice"
+    )
 
 
 def test_sigterm_lets_a_worker_finish_or_hand_back_its_step(chaos_system: System) -> None:
