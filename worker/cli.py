@@ -248,8 +248,7 @@ def outcomes(
 ) -> None:
     """The outcome stream (`{prefix}outcomes`)."""
     store = _services().store
-    rows = store.r.xrevrange(store.key("outcomes"), count=count)
-    past = [{"id": sid, **fields} for sid, fields in reversed(rows)]
+    past = store.latest_outcomes(count)
 
     def show(item: dict[str, str]) -> None:
         if as_json:

@@ -124,7 +124,7 @@ def _token_key(settings: Settings) -> Check:
     from worker.auth import TokenStore
     from worker.store import Store
 
-    store = Store.from_url(settings.redis_url, prefix=settings.key_prefix)
+    store = Store.from_settings(settings)
     tokens = TokenStore(store.r, settings.key_prefix, settings.token_key.get_secret_value())
     keys = []
     for key in store.r.scan_iter(match=f"{settings.key_prefix}tok:*", count=200):
@@ -147,7 +147,7 @@ def _token_key(settings: Settings) -> Check:
 def _beat(settings: Settings) -> Check:
     from worker.store import Store
 
-    store = Store.from_url(settings.redis_url, prefix=settings.key_prefix)
+    store = Store.from_settings(settings)
     last = store.last_sweep()
     limit = max(10.0, settings.sweep_interval_seconds * 5)
     if last is None:

@@ -62,10 +62,8 @@ class RebookCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         try:
             stats = self.store.stats()
-            pipe = self.store.r.pipeline(transaction=False)
-            pipe.hgetall(self.store.key("metrics", "outcomes"))
-            pipe.hgetall(self.store.key("metrics", "upstream"))
-            outcomes, upstream = pipe.execute()
+            outcomes = self.store.outcome_counts()
+            upstream = self.store.r.hgetall(self.store.key("metrics", "upstream"))
         except (redis.RedisError, StoreUnavailable, OSError) as exc:
             log.warning(
                 "rebook exporter: cannot read Redis at %s: %s",
@@ -139,10 +137,10 @@ def _count(raw: str) -> int:
         return 0
 
 
-def _merge_outcomes(raw: dict[str, str]) -> list[tuple[str, int]]:
+def _merge_outcomes(raw: dict[str, int]) -> list[tuple[str, int]]:
     counts = dict.fromkeys(OUTCOME_STATES, 0)
     for state, value in raw.items():
-        counts[state] = counts.get(state, 0) + _count(value)
+        counts[state] = counts.get(state, 0) + value
     return sorted(counts.items())
 
 
@@ -171,20 +169,11 @@ def collector(store: Store) -> Collector:
 
 def store_for(settings: Settings) -> Store:
     """A store with short socket timeouts: a scrape must answer even while Redis is away."""
-    client = redis.Redis.from_url(
-        settings.redis_url,
-        decode_responses=True,
+    return Store.from_settings(
+        settings,
         socket_timeout=SOCKET_TIMEOUT,
         socket_connect_timeout=CONNECT_TIMEOUT,
-        health_check_interval=30,
         retry=Retry(NoBackoff(), 0),
-    )
-    return Store(
-        client,
-        prefix=settings.key_prefix,
-        retention_seconds=settings.retention_seconds,
-        lease_seconds=settings.step_lease_seconds,
-        url=settings.redis_url,
     )
 
 

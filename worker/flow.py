@@ -818,7 +818,7 @@ class Flow:
             due=deadline if rec.performer_id is not None else now,
             now=now,
         ):
-            active = self.store.r.get(self.store.key("active", rec.booking_id))
+            active = self.store.active_owner(rec.booking_id, rec.user_id)
             raise Refused(
                 f"booking {rec.booking_id} has another active rebook ({active}); not restarted"
                 if active and active != rec.rebook_id

@@ -29,12 +29,7 @@ class Services:
 
 
 def build_services(settings: Settings) -> Services:
-    store = Store.from_url(
-        settings.redis_url,
-        prefix=settings.key_prefix,
-        retention_seconds=settings.retention_seconds,
-        lease_seconds=settings.step_lease_seconds,
-    )
+    store = Store.from_settings(settings)
     calls: Counter[tuple[str, str]] = Counter()
     metrics_key = store.key("metrics", "upstream")
 

@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     )
 
     redis_url: str = "redis://localhost:6379/0"
+    redis_cluster: bool = False
+    shards: int = Field(1, ge=1, le=1024)
     broker_url: str | None = None
     broker_key_prefix: str = ""
     key_prefix: str = "rebook:"
@@ -169,6 +171,13 @@ class Settings(BaseSettings):
     def _retry_bounds(self) -> Settings:
         if self.retry_max_seconds < self.retry_base_seconds:
             raise ValueError("REBOOK_RETRY_MAX_SECONDS must be >= REBOOK_RETRY_BASE_SECONDS")
+        if self.redis_cluster and not self.broker_url:
+            raise ValueError(
+                "REBOOK_BROKER_URL must be set when REBOOK_REDIS_CLUSTER is on "
+                "(Celery's Redis broker cannot use a cluster)"
+            )
+        if self.redis_cluster and self.shards == 1:
+            self.shards = 16  # spread the rebooks over the cluster's nodes
         if self.webhook_url and self.webhook_secret is None:
             raise ValueError("REBOOK_WEBHOOK_SECRET must be set when REBOOK_WEBHOOK_URL is")
         return self

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,7 +29,7 @@ from redis.lock import Lock
 
 from worker.errors import StoreUnavailable
 from worker.models import ACTIVE_STATES, State, iso_z
-from worker.settings import mask_url
+from worker.settings import Settings, mask_url
 
 KEEP = ""
 """`due=KEEP` leaves the due index as it is; `due=REMOVE` takes the record out of it."""
@@ -143,16 +144,26 @@ def redact(value: Any, depth: int = 0) -> Any:
 
 
 class Store:
-    """Typed operations on the Redis state. Thread-safe; one per process is enough."""
+    """Typed operations on the Redis state. Thread-safe; one per process is enough.
+
+    Sharding (Redis Cluster): every rebook lives in the shard of its member
+    (`crc32(user_id) % shards`), and every key of a shard carries the hash tag `{rbK}`, so each
+    Lua script touches one slot — the member's records, their booking and member indexes, the
+    member+performer gate, the shard's due index and outcome stream. Keys that are read by one
+    command only (locks, claims, tokens, rate limit, dead letters) stay global. With one shard and
+    no cluster (the default) the keys are exactly `{prefix}r:{id}`, `{prefix}outcomes`, ...
+    """
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: Any,
         *,
         prefix: str = "rebook:",
         retention_seconds: int = 14 * 86400,
         lease_seconds: float = 60.0,
         url: str = "",
+        shards: int = 1,
+        cluster: bool = False,
     ) -> None:
         # decode_responses=True: replies are str; redis-py's stubs cannot know that.
         self.r: Any = client
@@ -160,21 +171,54 @@ class Store:
         self.retention = retention_seconds
         self.lease = lease_seconds
         self.url = url
+        self.cluster = cluster
+        self.sharded = cluster or shards > 1
+        self.shard_prefixes = (
+            [f"{prefix}{{rb{k}}}:" for k in range(shards)] if self.sharded else [prefix]
+        )
+        self._shard_cache: dict[str, int] = {}
         self._transition = client.register_script(_script("transition"))
         self._create = client.register_script(_script("create"))
         self._sweep = client.register_script(_script("sweep"))
         self._performer_next = client.register_script(_script("performer_next"))
 
     @classmethod
-    def from_url(cls, url: str, **kw: Any) -> Store:
-        client = redis.Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_timeout=10,
-            socket_connect_timeout=5,
-            health_check_interval=30,
+    def from_url(
+        cls,
+        url: str,
+        *,
+        cluster: bool = False,
+        client_options: dict[str, Any] | None = None,
+        **kw: Any,
+    ) -> Store:
+        options: dict[str, Any] = {
+            "decode_responses": True,
+            "socket_timeout": 10,
+            "socket_connect_timeout": 5,
+            **(client_options or {}),
+        }
+        if cluster:
+            from redis.cluster import RedisCluster
+
+            options.pop("health_check_interval", None)
+            client: Any = RedisCluster.from_url(url, **options)
+        else:
+            options.setdefault("health_check_interval", 30)
+            client = redis.Redis.from_url(url, **options)
+        return cls(client, url=url, cluster=cluster, **kw)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **client_options: Any) -> Store:
+        """The store the settings describe (single Redis or cluster, prefix, shards)."""
+        return cls.from_url(
+            settings.redis_url,
+            cluster=settings.redis_cluster,
+            client_options=client_options,
+            prefix=settings.key_prefix,
+            retention_seconds=settings.retention_seconds,
+            lease_seconds=settings.step_lease_seconds,
+            shards=settings.shards,
         )
-        return cls(client, url=url, **kw)
 
     def ping(self) -> None:
         """Raises :class:`StoreUnavailable` with the masked URL when Redis cannot be reached."""
@@ -185,7 +229,7 @@ class Store:
             redis.Redis.from_url(
                 self.url, socket_connect_timeout=2, socket_timeout=2, retry=Retry(NoBackoff(), 0)
             )
-            if self.url
+            if self.url and not self.cluster
             else self.r
         )
         try:
@@ -196,7 +240,53 @@ class Store:
             ) from None
 
     def key(self, *parts: object) -> str:
+        """A global key (single-key commands only)."""
         return self.p + ":".join(str(p) for p in parts)
+
+    def skey(self, shard: int, *parts: object) -> str:
+        """A key of one shard (same hash slot as everything else of that shard)."""
+        return self.shard_prefixes[shard] + ":".join(str(p) for p in parts)
+
+    @property
+    def shards(self) -> range:
+        return range(len(self.shard_prefixes))
+
+    def shard_for_user(self, user_id: str) -> int:
+        if not self.sharded:
+            return 0
+        return zlib.crc32(user_id.encode()) % len(self.shard_prefixes)
+
+    def shard_of(self, rebook_id: str) -> int | None:
+        """The shard of a rebook: 0 unsharded, else its locator key (cached: it never moves)."""
+        if not self.sharded:
+            return 0
+        found = self._shard_cache.get(rebook_id)
+        if found is None:
+            value = self.r.get(self.key("loc", rebook_id))
+            if value is None:
+                return None
+            found = int(value)
+            if len(self._shard_cache) > 100_000:
+                self._shard_cache.clear()
+            self._shard_cache[rebook_id] = found
+        return found
+
+    def _shards_of(self, ids: Sequence[str]) -> list[int | None]:
+        if not self.sharded:
+            return [0] * len(ids)
+        missing = [rid for rid in ids if rid not in self._shard_cache]
+        if missing:
+            pipe = self.r.pipeline(transaction=False)
+            for rid in missing:
+                pipe.get(self.key("loc", rid))
+            for rid, value in zip(missing, pipe.execute(), strict=True):
+                if value is not None:
+                    self._shard_cache[rid] = int(value)
+        return [self._shard_cache.get(rid) for rid in ids]
+
+    def _script_args(self, shard: int) -> tuple[list[str], str]:
+        """KEYS routes a script to its shard's node in a cluster; the prefix names its keys."""
+        return [self.skey(shard, "due")], self.shard_prefixes[shard]
 
     # -- records -------------------------------------------------------------------------------
 
@@ -211,10 +301,16 @@ class Store:
         deadline: float,
         now: float,
     ) -> Created:
+        shard = self.shard_for_user(user_id)
+        if self.sharded:
+            self.r.set(self.key("loc", rebook_id), shard, nx=True)
+            self._shard_cache[rebook_id] = shard
+        keys, prefix = self._script_args(shard)
         due = deadline if performer_id is not None else now
         kind, value = self._create(
+            keys=keys,
             args=[
-                self.p,
+                prefix,
                 rebook_id,
                 event_id,
                 booking_id,
@@ -226,7 +322,7 @@ class Store:
                 self.retention,
                 self.lease,
                 repr(due),
-            ]
+            ],
         )
         if kind == "created":
             return Created("created", rebook_id, dispatch_presence=value == "1")
@@ -235,7 +331,10 @@ class Store:
         return Created("exists", value)
 
     def get(self, rebook_id: str) -> Rebook | None:
-        raw = self.r.hgetall(self.key("r", rebook_id))
+        shard = self.shard_of(rebook_id)
+        if shard is None:
+            return None
+        raw = self.r.hgetall(self.skey(shard, "r", rebook_id))
         return Rebook.from_hash(rebook_id, raw) if raw else None
 
     def find(self, ident: str) -> Rebook | None:
@@ -243,19 +342,28 @@ class Store:
         return self.get(ident) or self.get(rebook_id_for(ident))
 
     def get_many(self, ids: Sequence[str]) -> list[Rebook]:
+        located = [
+            (rid, s) for rid, s in zip(ids, self._shards_of(ids), strict=True) if s is not None
+        ]
         pipe = self.r.pipeline(transaction=False)
-        for rid in ids:
-            pipe.hgetall(self.key("r", rid))
+        for rid, shard in located:
+            pipe.hgetall(self.skey(shard, "r", rid))
         return [
-            Rebook.from_hash(rid, raw) for rid, raw in zip(ids, pipe.execute(), strict=True) if raw
+            Rebook.from_hash(rid, raw)
+            for (rid, _), raw in zip(located, pipe.execute(), strict=True)
+            if raw
         ]
 
     def history(self, rebook_id: str) -> list[dict[str, Any]]:
         """Transitions, oldest first. The first ("received") is implied by the record."""
-        entries = [json.loads(item) for item in self.r.lrange(self.key("h", rebook_id), 0, -1)]
+        shard = self.shard_of(rebook_id)
+        if shard is None:
+            return []
+        raw = self.r.lrange(self.skey(shard, "h", rebook_id), 0, -1)
+        entries = [json.loads(item) for item in raw]
         if entries and entries[0].get("from") == "":
             return entries  # created straight into a final state (DUPLICATE)
-        created = self.r.hget(self.key("r", rebook_id), "created_ts")
+        created = self.r.hget(self.skey(shard, "r", rebook_id), "created_ts")
         if created is None:
             return entries
         first = {
@@ -265,6 +373,11 @@ class Store:
             "reason": "received",
         }
         return [first, *entries]
+
+    def active_owner(self, booking_id: int, user_id: str) -> str | None:
+        """The rebook that holds a booking (the member's shard)."""
+        value = self.r.get(self.skey(self.shard_for_user(user_id), "active", booking_id))
+        return str(value) if value is not None else None
 
     def transition(
         self,
@@ -334,11 +447,16 @@ class Store:
         now: float | None = None,
         gate: bool = False,
     ) -> tuple[bool, str]:
+        shard = self.shard_of(rebook_id)
+        if shard is None:
+            return False, ""
+        keys, prefix = self._script_args(shard)
         ts = now_ts() if now is None else now
         allowed = "*" if from_ is None else ",".join(s.value for s in from_)
         ok, current = self._transition(
+            keys=keys,
             args=[
-                self.p,
+                prefix,
                 rebook_id,
                 allowed,
                 to.value,
@@ -353,7 +471,7 @@ class Store:
                 json.dumps(detail or {}, default=str),
                 self.lease,
                 "gate" if gate else "",
-            ]
+            ],
         )
         return bool(ok), str(current or "")
 
@@ -378,7 +496,7 @@ class Store:
     def cache_bookings(self, user_id: str, bookings: dict[int, str], ttl: float) -> None:
         """A member's bookings as read by one MadeBookings call, shared for one interval."""
         key = self.key("watchcache", user_id)
-        pipe = self.r.pipeline(transaction=True)
+        pipe = self.r.pipeline(transaction=not self.cluster)
         pipe.delete(key)
         if bookings:
             pipe.hset(key, mapping={str(k): v for k, v in bookings.items()})
@@ -410,92 +528,155 @@ class Store:
         return self.claim_window(f"presence:{performer_id}", interval)
 
     def waiting_for(self, performer_id: int) -> list[str]:
-        return sorted(self.r.smembers(self.key("perf", performer_id)))
+        pipe = self.r.pipeline(transaction=False)
+        for shard in self.shards:
+            pipe.smembers(self.skey(shard, "perf", performer_id))
+        return sorted(set().union(*pipe.execute()))
 
     def schedule_performer(self, performer_id: int, at: float) -> bool:
         """Next presence check at `at` while rebooks wait on the performer; False if none wait."""
-        return bool(self._performer_next(args=[self.p, performer_id, repr(at)]))
+        waiting = False
+        for shard in self.shards:
+            keys, prefix = self._script_args(shard)
+            waiting |= bool(self._performer_next(keys=keys, args=[prefix, performer_id, repr(at)]))
+        return waiting
 
     def performer_due(self, performer_id: int) -> float | None:
-        score = self.r.zscore(self.key("performers"), performer_id)
-        return None if score is None else float(score)
+        pipe = self.r.pipeline(transaction=False)
+        for shard in self.shards:
+            pipe.zscore(self.skey(shard, "performers"), performer_id)
+        scores = [float(s) for s in pipe.execute() if s is not None]
+        return min(scores) if scores else None
 
     # -- sweep & housekeeping ----------------------------------------------------------------------
 
     def claim_due(self, now: float, batch: int) -> tuple[list[str], list[int]]:
-        ids, pids = self._sweep(args=[self.p, repr(now), repr(self.lease), batch])
-        return list(ids), [int(p) for p in pids]
+        """Claims what is overdue in every shard (the sweep walks all shards)."""
+        all_ids: list[str] = []
+        all_pids: set[int] = set()
+        for shard in self.shards:
+            keys, prefix = self._script_args(shard)
+            ids, pids = self._sweep(keys=keys, args=[prefix, repr(now), repr(self.lease), batch])
+            for rid in ids:
+                self._shard_cache.setdefault(rid, shard)
+            all_ids.extend(ids)
+            all_pids.update(int(p) for p in pids)
+        return all_ids, sorted(all_pids)
 
     def last_sweep(self) -> float | None:
-        value = self.r.get(self.key("sweep", "last"))
+        value = self.r.get(self.skey(0, "sweep", "last"))
         return float(value) if value else None
 
     def expire_finished(self, now: float, batch: int = 1000) -> int:
         """Deletes finished records older than the retention; trims the streams the same way."""
         cutoff = now - self.retention
-        ids = self.r.zrangebyscore(self.key("finished"), "-inf", cutoff, start=0, num=batch)
-        if ids:
-            rows = self.r.pipeline(transaction=False)
-            for rid in ids:
-                rows.hget(self.key("r", rid), "state")
-            found = rows.execute()
-            pipe = self.r.pipeline(transaction=True)
-            for rid, state in zip(ids, found, strict=True):
-                pipe.delete(self.key("r", rid), self.key("h", rid))
-                if state:
-                    pipe.srem(self.key("st", state), rid)
-                pipe.zrem(self.key("created"), rid)
-                pipe.zrem(self.key("finished"), rid)
-            pipe.execute()
-        min_id = f"{int(cutoff * 1000)}-0"
-        for stream in ("outcomes", "deadletter"):
-            self.r.xtrim(self.key(stream), minid=min_id, approximate=True)
-        return len(ids)
+        removed = 0
+        for shard in self.shards:
+            ids = self.r.zrangebyscore(
+                self.skey(shard, "finished"), "-inf", cutoff, start=0, num=batch
+            )
+            if ids:
+                rows = self.r.pipeline(transaction=False)
+                for rid in ids:
+                    rows.hget(self.skey(shard, "r", rid), "state")
+                found = rows.execute()
+                pipe = self.r.pipeline(transaction=not self.cluster)
+                for rid, state in zip(ids, found, strict=True):
+                    pipe.delete(self.skey(shard, "r", rid), self.skey(shard, "h", rid))
+                    if state:
+                        pipe.srem(self.skey(shard, "st", state), rid)
+                    pipe.zrem(self.skey(shard, "created"), rid)
+                    pipe.zrem(self.skey(shard, "finished"), rid)
+                pipe.execute()
+                if self.sharded:
+                    self.r.delete(*[self.key("loc", rid) for rid in ids])
+                removed += len(ids)
+            self.r.xtrim(
+                self.skey(shard, "outcomes"), minid=f"{int(cutoff * 1000)}-0", approximate=True
+            )
+        self.r.xtrim(self.key("deadletter"), minid=f"{int(cutoff * 1000)}-0", approximate=True)
+        return removed
 
     # -- members ---------------------------------------------------------------------------------
 
     def active_of_user(self, user_id: str) -> list[str]:
-        return sorted(self.r.smembers(self.key("user", user_id)))
+        shard = self.shard_for_user(user_id)
+        return sorted(self.r.smembers(self.skey(shard, "user", user_id)))
 
     # -- queries ---------------------------------------------------------------------------------
 
     def ids_in_state(self, state: State) -> list[str]:
-        return sorted(self.r.smembers(self.key("st", state.value)))
+        pipe = self.r.pipeline(transaction=False)
+        for shard in self.shards:
+            pipe.smembers(self.skey(shard, "st", state.value))
+        return sorted(set().union(*pipe.execute()))
 
     def list_rebooks(self, state: State | None = None, limit: int = 50) -> list[Rebook]:
         """Newest first; `limit` 0 means all."""
-        if state is None:
-            end = -1 if limit <= 0 else limit - 1
-            ids = self.r.zrevrange(self.key("created"), 0, end)
-        else:
-            members = self.ids_in_state(state)
-            pipe = self.r.pipeline(transaction=False)
-            for rid in members:
-                pipe.zscore(self.key("created"), rid)
-            scores = pipe.execute()
-            ranked = sorted(zip(members, scores, strict=True), key=lambda x: -(x[1] or 0))
-            ids = [rid for rid, _ in ranked][: limit if limit > 0 else None]
+        end = -1 if limit <= 0 else limit - 1
+        ranked: list[tuple[float, str]] = []
+        for shard in self.shards:
+            if state is None:
+                rows = self.r.zrevrange(self.skey(shard, "created"), 0, end, withscores=True)
+                ranked.extend((float(score), rid) for rid, score in rows)
+            else:
+                members = sorted(self.r.smembers(self.skey(shard, "st", state.value)))
+                pipe = self.r.pipeline(transaction=False)
+                for rid in members:
+                    pipe.zscore(self.skey(shard, "created"), rid)
+                ranked.extend(
+                    (float(score or 0), rid)
+                    for rid, score in zip(members, pipe.execute(), strict=True)
+                )
+        ranked.sort(key=lambda row: -row[0])
+        ids = [rid for _, rid in ranked][: limit if limit > 0 else None]
         return self.get_many(ids)
+
+    def outcome_counts(self) -> dict[str, int]:
+        """Outcomes written so far, by state (all shards)."""
+        pipe = self.r.pipeline(transaction=False)
+        for shard in self.shards:
+            pipe.hgetall(self.skey(shard, "metrics", "outcomes"))
+        totals: dict[str, int] = {}
+        for counts in pipe.execute():
+            for name, value in counts.items():
+                totals[name] = totals.get(name, 0) + int(value)
+        return totals
 
     def stats(self, now: float | None = None) -> dict[str, Any]:
         ts = now_ts() if now is None else now
         pipe = self.r.pipeline(transaction=False)
-        for state in State:
-            pipe.scard(self.key("st", state.value))
-        pipe.zrange(self.key("due"), 0, 0, withscores=True)
+        for shard in self.shards:
+            for state in State:
+                pipe.scard(self.skey(shard, "st", state.value))
+            pipe.zrange(self.skey(shard, "due"), 0, 0, withscores=True)
+            pipe.xlen(self.skey(shard, "outcomes"))
+            pipe.zcard(self.skey(shard, "performers"))
         pipe.xlen(self.key("deadletter"))
-        pipe.xlen(self.key("outcomes"))
-        pipe.zcard(self.key("performers"))
-        *counts, oldest, dead, outcomes, performers = pipe.execute()
-        lag = max(0.0, ts - float(oldest[0][1])) if oldest else 0.0
+        *rows, dead = pipe.execute()
+        width = len(State) + 3
+        states = dict.fromkeys((s.value for s in State), 0)
+        oldest: float | None = None
+        outcomes = performers = 0
+        for shard in self.shards:
+            chunk = rows[shard * width : (shard + 1) * width]
+            for state, count in zip(State, chunk[: len(State)], strict=True):
+                states[state.value] += int(count)
+            due_row, n_outcomes, n_performers = chunk[len(State) :]
+            if due_row:
+                score = float(due_row[0][1])
+                oldest = score if oldest is None else min(oldest, score)
+            outcomes += int(n_outcomes)
+            performers += int(n_performers)
+        lag = max(0.0, ts - oldest) if oldest is not None else 0.0
         last = self.last_sweep()
         return {
-            "states": {s.value: int(n) for s, n in zip(State, counts, strict=True)},
-            "active": sum(int(n) for s, n in zip(State, counts, strict=True) if s in ACTIVE_STATES),
+            "states": states,
+            "active": sum(n for name, n in states.items() if State(name) in ACTIVE_STATES),
             "due_lag_seconds": round(lag, 3),
             "deadletter": int(dead),
-            "outcomes": int(outcomes),
-            "performers_tracked": int(performers),
+            "outcomes": outcomes,
+            "performers_tracked": performers,
             "last_sweep_seconds_ago": None if last is None else round(ts - last, 3),
         }
 
@@ -530,17 +711,57 @@ class Store:
         rows = self.r.xrange(self.key("deadletter"), min=entry_id, max=entry_id)
         return {"id": rows[0][0], **rows[0][1]} if rows else None
 
+    def outcome_streams(self) -> list[tuple[int, str]]:
+        """`{prefix}outcomes`; on a sharded store one stream per shard."""
+        return [(shard, self.skey(shard, "outcomes")) for shard in self.shards]
+
     def outcomes(self, count: int = 100, after: str = "-") -> list[dict[str, str]]:
-        rows = self.r.xrange(self.key("outcomes"), min=after, count=count)
-        return [{"id": sid, **fields} for sid, fields in rows]
+        """Oldest first (merged across shards by stream id, i.e. by time)."""
+        rows: list[dict[str, str]] = []
+        for _, stream in self.outcome_streams():
+            rows.extend(
+                {"id": sid, **fields}
+                for sid, fields in self.r.xrange(stream, min=after, count=count)
+            )
+        rows.sort(key=lambda row: _stream_order(row["id"]))
+        return rows[:count]
+
+    def latest_outcomes(self, count: int = 50) -> list[dict[str, str]]:
+        """The newest `count`, oldest first."""
+        rows: list[dict[str, str]] = []
+        for _, stream in self.outcome_streams():
+            rows.extend(
+                {"id": sid, **fields} for sid, fields in self.r.xrevrange(stream, count=count)
+            )
+        rows.sort(key=lambda row: _stream_order(row["id"]))
+        return rows[-count:] if count > 0 else []
 
     def follow_outcomes(self, last_id: str = "$", block_ms: int = 1000) -> Iterator[dict[str, str]]:
+        streams: dict[str, str] = {}
+        for _, stream in self.outcome_streams():
+            if last_id == "$":  # pin "now" once, or entries between two reads would be skipped
+                newest = self.r.xrevrange(stream, count=1)
+                streams[stream] = newest[0][0] if newest else "0-0"
+            else:
+                streams[stream] = last_id
         while True:
-            batch = self.r.xread({self.key("outcomes"): last_id}, block=block_ms, count=100)
-            for _stream, rows in batch or []:
-                for sid, fields in rows:
-                    last_id = sid
-                    yield {"id": sid, **fields}
+            found: list[dict[str, str]] = []
+            for stream, since in list(streams.items()):
+                # one stream per call: on a cluster the shards live on different nodes
+                wait = block_ms if len(streams) == 1 else None
+                for _name, rows in self.r.xread({stream: since}, block=wait, count=100) or []:
+                    for sid, fields in rows:
+                        streams[stream] = sid
+                        found.append({"id": sid, **fields})
+            found.sort(key=lambda row: _stream_order(row["id"]))
+            yield from found
+            if not found and len(streams) > 1:
+                time.sleep(block_ms / 1000)
+
+
+def _stream_order(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _field(value: Any) -> str:
