@@ -46,20 +46,26 @@ class Fanout:
                 timeout=settings.http_timeout_seconds,
             )
         self.webhook = webhook
-        self.stream = store.key("outcomes")
-        self.retry_key = store.key("fanout", "retry")
-        self.attempts_key = store.key("fanout", "attempts")
+
+    def _keys(self, shard: int) -> tuple[str, str, str]:
+        """The outcome stream of a shard and the retry bookkeeping beside it (same slot)."""
+        return (
+            self.store.skey(shard, "outcomes"),
+            self.store.skey(shard, "fanout", "retry"),
+            self.store.skey(shard, "fanout", "attempts"),
+        )
 
     def ensure_group(self) -> None:
         """The consumer group starts at the stream's end. Workers create it when they start,
         before they run a step, so no outcome a worker writes is ever before it."""
         if not self.settings.fanout_enabled:
             return
-        try:
-            self.store.r.xgroup_create(self.stream, GROUP, id="$", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        for shard in self.store.shards:
+            try:
+                self.store.r.xgroup_create(self._keys(shard)[0], GROUP, id="$", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
 
     def run(self, batch: int = 100) -> dict[str, int]:
         """One pass: retries that are due, then new entries. Single-flight across workers."""
@@ -71,18 +77,8 @@ class Fanout:
             return counts
         try:
             self.ensure_group()
-            now = self.clock()
-            due = self.store.r.zrangebyscore(self.retry_key, "-inf", now, start=0, num=batch)
-            for entry_id in due:
-                rows = self.store.r.xrange(self.stream, min=entry_id, max=entry_id)
-                if not rows:  # trimmed meanwhile
-                    self._done(entry_id)
-                    continue
-                self._deliver(entry_id, rows[0][1], counts)
-            fresh = self.store.r.xreadgroup(GROUP, "rebook", {self.stream: ">"}, count=batch)
-            for _stream, rows in fresh or []:
-                for entry_id, fields in rows:
-                    self._deliver(entry_id, fields, counts)
+            for shard in self.store.shards:
+                self._run_shard(shard, batch, counts)
         finally:
             try:
                 lock.release()
@@ -90,7 +86,23 @@ class Fanout:
                 log.warning("fan-out outlived its lock")
         return counts
 
-    def _deliver(self, entry_id: str, fields: dict[str, str], counts: dict[str, int]) -> None:
+    def _run_shard(self, shard: int, batch: int, counts: dict[str, int]) -> None:
+        stream, retry_key, _ = self._keys(shard)
+        due = self.store.r.zrangebyscore(retry_key, "-inf", self.clock(), start=0, num=batch)
+        for entry_id in due:
+            rows = self.store.r.xrange(stream, min=entry_id, max=entry_id)
+            if not rows:  # trimmed meanwhile
+                self._done(shard, entry_id)
+                continue
+            self._deliver(shard, entry_id, rows[0][1], counts)
+        fresh = self.store.r.xreadgroup(GROUP, "rebook", {stream: ">"}, count=batch)
+        for _stream, rows in fresh or []:
+            for entry_id, fields in rows:
+                self._deliver(shard, entry_id, fields, counts)
+
+    def _deliver(
+        self, shard: int, entry_id: str, fields: dict[str, str], counts: dict[str, int]
+    ) -> None:
         outcome = outcome_payload(entry_id, fields)
         try:
             if self.settings.outcome_task:
@@ -100,22 +112,28 @@ class Fanout:
             if self.webhook is not None:
                 self.webhook.send(entry_id, outcome)
         except Exception as exc:  # any receiver failure (WebhookError, broker) is retried later
-            self._failed(entry_id, outcome, str(exc) or type(exc).__name__, counts)
+            self._failed(shard, entry_id, outcome, str(exc) or type(exc).__name__, counts)
             return
-        self._done(entry_id)
+        self._done(shard, entry_id)
         counts["delivered"] += 1
 
     def _failed(
-        self, entry_id: str, outcome: dict[str, Any], reason: str, counts: dict[str, int]
+        self,
+        shard: int,
+        entry_id: str,
+        outcome: dict[str, Any],
+        reason: str,
+        counts: dict[str, int],
     ) -> None:
-        attempts = int(self.store.r.hincrby(self.attempts_key, entry_id, 1))
+        _, retry_key, attempts_key = self._keys(shard)
+        attempts = int(self.store.r.hincrby(attempts_key, entry_id, 1))
         if attempts >= self.settings.fanout_max_attempts:
             self.store.deadletter(
                 f"outcome fan-out gave up after {attempts} attempts: {reason}",
                 outcome,
                 task="rebook.fanout",
             )
-            self._done(entry_id)
+            self._done(shard, entry_id)
             counts["gave_up"] += 1
             log.error("outcome %s: fan-out gave up (%s)", entry_id, reason)
             return
@@ -123,15 +141,16 @@ class Fanout:
             self.settings.retry_max_seconds, self.settings.retry_base_seconds * 2**attempts
         )
         wait = random.uniform(ceiling / 2, ceiling)
-        self.store.r.zadd(self.retry_key, {entry_id: self.clock() + wait})
+        self.store.r.zadd(retry_key, {entry_id: self.clock() + wait})
         counts["failed"] += 1
         log.warning("outcome %s: fan-out failed (%s); again in %.1fs", entry_id, reason, wait)
 
-    def _done(self, entry_id: str) -> None:
-        pipe = self.store.r.pipeline(transaction=True)
-        pipe.xack(self.stream, GROUP, entry_id)
-        pipe.zrem(self.retry_key, entry_id)
-        pipe.hdel(self.attempts_key, entry_id)
+    def _done(self, shard: int, entry_id: str) -> None:
+        stream, retry_key, attempts_key = self._keys(shard)
+        pipe = self.store.r.pipeline(transaction=not self.store.cluster)
+        pipe.xack(stream, GROUP, entry_id)
+        pipe.zrem(retry_key, entry_id)
+        pipe.hdel(attempts_key, entry_id)
         pipe.execute()
 
 
