@@ -1,9 +1,11 @@
 """Outcome fan-out: every outcome to `REBOOK_OUTCOME_TASK` and/or a signed webhook.
 
-It reads the outcome stream through a consumer group, so the pipeline never waits for a receiver:
-an entry is acknowledged once delivered, a failed one is retried with backoff (a retry zset), and
-after `REBOOK_FANOUT_MAX_ATTEMPTS` it is acknowledged and dead-lettered with the reason. Delivery is
-at least once; receivers dedupe on the stream id (`X-Rebook-Delivery`, `outcome["id"]`).
+It reads the outcome stream through a consumer group, so the pipeline never waits for a receiver.
+An entry is acknowledged once delivered. A failed one waits in its rebook's queue (`fanout:q:{id}`)
+and the rebook is retried with backoff (`fanout:retry`); later outcomes of that rebook queue behind
+it, so a receiver always sees one rebook's outcomes in order (BOOKED before ACCEPTED), while other
+rebooks' outcomes go on. After `REBOOK_FANOUT_MAX_ATTEMPTS` an outcome is dead-lettered with the
+reason. Delivery is at least once; receivers dedupe on the stream id (`X-Rebook-Delivery`).
 """
 
 from __future__ import annotations
@@ -47,13 +49,9 @@ class Fanout:
             )
         self.webhook = webhook
 
-    def _keys(self, shard: int) -> tuple[str, str, str]:
-        """The outcome stream of a shard and the retry bookkeeping beside it (same slot)."""
-        return (
-            self.store.skey(shard, "outcomes"),
-            self.store.skey(shard, "fanout", "retry"),
-            self.store.skey(shard, "fanout", "attempts"),
-        )
+    def _key(self, shard: int, *parts: str) -> str:
+        """Fan-out bookkeeping beside the shard's outcome stream (same slot)."""
+        return self.store.skey(shard, *parts)
 
     def ensure_group(self) -> None:
         """The consumer group starts at the stream's end. Workers create it when they start,
@@ -62,7 +60,9 @@ class Fanout:
             return
         for shard in self.store.shards:
             try:
-                self.store.r.xgroup_create(self._keys(shard)[0], GROUP, id="$", mkstream=True)
+                self.store.r.xgroup_create(
+                    self._key(shard, "outcomes"), GROUP, id="$", mkstream=True
+                )
             except redis.ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
@@ -87,22 +87,38 @@ class Fanout:
         return counts
 
     def _run_shard(self, shard: int, batch: int, counts: dict[str, int]) -> None:
-        stream, retry_key, _ = self._keys(shard)
-        due = self.store.r.zrangebyscore(retry_key, "-inf", self.clock(), start=0, num=batch)
-        for entry_id in due:
-            rows = self.store.r.xrange(stream, min=entry_id, max=entry_id)
-            if not rows:  # trimmed meanwhile
-                self._done(shard, entry_id)
-                continue
-            self._deliver(shard, entry_id, rows[0][1], counts)
-        fresh = self.store.r.xreadgroup(GROUP, "rebook", {stream: ">"}, count=batch)
+        r = self.store.r
+        stream = self._key(shard, "outcomes")
+        due = r.zrangebyscore(
+            self._key(shard, "fanout", "retry"), "-inf", self.clock(), start=0, num=batch
+        )
+        for rebook_id in due:
+            self._drain(shard, rebook_id, counts)
+        fresh = r.xreadgroup(GROUP, "rebook", {stream: ">"}, count=batch)
         for _stream, rows in fresh or []:
             for entry_id, fields in rows:
-                self._deliver(shard, entry_id, fields, counts)
+                queue = self._key(shard, "fanout", "q", fields.get("rebook_id", ""))
+                if r.llen(queue):  # an earlier outcome of this rebook is still undelivered
+                    r.rpush(queue, entry_id)
+                    continue
+                if not self._deliver(shard, entry_id, fields, counts):
+                    r.rpush(queue, entry_id)
+
+    def _drain(self, shard: int, rebook_id: str, counts: dict[str, int]) -> None:
+        """Delivers a rebook's queued outcomes in order until one fails again."""
+        r = self.store.r
+        queue = self._key(shard, "fanout", "q", rebook_id)
+        while (entry_id := r.lindex(queue, 0)) is not None:
+            rows = r.xrange(self._key(shard, "outcomes"), min=entry_id, max=entry_id)
+            if rows and not self._deliver(shard, entry_id, rows[0][1], counts):
+                return  # rescheduled with backoff, still at the head
+            r.lpop(queue)
+        r.zrem(self._key(shard, "fanout", "retry"), rebook_id)
 
     def _deliver(
         self, shard: int, entry_id: str, fields: dict[str, str], counts: dict[str, int]
-    ) -> None:
+    ) -> bool:
+        """True when delivered (or given up and dead-lettered): the entry is done."""
         outcome = outcome_payload(entry_id, fields)
         try:
             if self.settings.outcome_task:
@@ -112,10 +128,10 @@ class Fanout:
             if self.webhook is not None:
                 self.webhook.send(entry_id, outcome)
         except Exception as exc:  # any receiver failure (WebhookError, broker) is retried later
-            self._failed(shard, entry_id, outcome, str(exc) or type(exc).__name__, counts)
-            return
+            return self._failed(shard, entry_id, outcome, str(exc) or type(exc).__name__, counts)
         self._done(shard, entry_id)
         counts["delivered"] += 1
+        return True
 
     def _failed(
         self,
@@ -124,9 +140,8 @@ class Fanout:
         outcome: dict[str, Any],
         reason: str,
         counts: dict[str, int],
-    ) -> None:
-        _, retry_key, attempts_key = self._keys(shard)
-        attempts = int(self.store.r.hincrby(attempts_key, entry_id, 1))
+    ) -> bool:
+        attempts = int(self.store.r.hincrby(self._key(shard, "fanout", "attempts"), entry_id, 1))
         if attempts >= self.settings.fanout_max_attempts:
             self.store.deadletter(
                 f"outcome fan-out gave up after {attempts} attempts: {reason}",
@@ -136,21 +151,22 @@ class Fanout:
             self._done(shard, entry_id)
             counts["gave_up"] += 1
             log.error("outcome %s: fan-out gave up (%s)", entry_id, reason)
-            return
+            return True
         ceiling = min(
             self.settings.retry_max_seconds, self.settings.retry_base_seconds * 2**attempts
         )
         wait = random.uniform(ceiling / 2, ceiling)
-        self.store.r.zadd(retry_key, {entry_id: self.clock() + wait})
+        self.store.r.zadd(
+            self._key(shard, "fanout", "retry"), {outcome["rebook_id"]: self.clock() + wait}
+        )
         counts["failed"] += 1
         log.warning("outcome %s: fan-out failed (%s); again in %.1fs", entry_id, reason, wait)
+        return False
 
     def _done(self, shard: int, entry_id: str) -> None:
-        stream, retry_key, attempts_key = self._keys(shard)
         pipe = self.store.r.pipeline(transaction=not self.store.cluster)
-        pipe.xack(stream, GROUP, entry_id)
-        pipe.zrem(retry_key, entry_id)
-        pipe.hdel(attempts_key, entry_id)
+        pipe.xack(self._key(shard, "outcomes"), GROUP, entry_id)
+        pipe.hdel(self._key(shard, "fanout", "attempts"), entry_id)
         pipe.execute()
 
 
