@@ -8,6 +8,7 @@ import base64
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -20,11 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from celery import Celery
 from pydantic import SecretStr
 
 from tests.conftest import fast_settings
 from worker.app import EVENTS_QUEUE, make_app
+from worker.embedded import reachable, redis_server_binary
 from worker.models import State, TokenSet
 from worker.runtime import Services, build_services
 from worker.sandbox import SandboxClient, SandboxServer
@@ -313,6 +316,102 @@ def amqp_vhost() -> Iterator[str]:
             subprocess.run([ctl, "delete_vhost", name], capture_output=True, timeout=30)
 
 
+def _free_cluster_port() -> int:
+    """A port whose cluster-bus twin (port + 10000) is free too."""
+    for _ in range(200):
+        port = random.randint(20000, 29999)
+        with contextlib.ExitStack() as stack:
+            try:
+                for candidate in (port, port + 10000):
+                    sock = stack.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+@contextlib.contextmanager
+def redis_cluster(tmp: Path, nodes: int = 3) -> Iterator[str]:
+    """A local Redis Cluster of `nodes` primaries on free ports (redis-server --cluster-enabled)."""
+    binary = redis_server_binary()
+    cli = shutil.which("redis-cli", path=str(Path(binary).parent)) or shutil.which("redis-cli")
+    assert cli, "redis-cli is needed to create the cluster"
+    ports = [_free_cluster_port() for _ in range(nodes)]
+    procs = []
+    try:
+        for port in ports:
+            home = tmp / f"node-{port}"
+            home.mkdir(parents=True)
+            procs.append(
+                subprocess.Popen(
+                    [
+                        binary,
+                        "--port",
+                        str(port),
+                        "--bind",
+                        "127.0.0.1",
+                        "--protected-mode",
+                        "no",
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        str(home / "nodes.conf"),
+                        "--cluster-node-timeout",
+                        "3000",
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                        "--dir",
+                        str(home),
+                        "--logfile",
+                        str(home / "redis.log"),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        for port in ports:
+            wait_for(
+                lambda port=port: reachable(f"redis://127.0.0.1:{port}/0", 0.2),
+                20,
+                f"cluster node {port}",
+            )
+        created = subprocess.run(
+            [
+                cli,
+                "--cluster",
+                "create",
+                *[f"127.0.0.1:{p}" for p in ports],
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert created.returncode == 0, created.stdout + created.stderr
+
+        def ready() -> bool:
+            for port in ports:
+                client = redis.Redis(port=port, socket_timeout=1)
+                try:
+                    if client.cluster("info").get("cluster_state") != "ok":
+                        return False
+                finally:
+                    client.close()
+            return True
+
+        wait_for(ready, 30, "cluster_state:ok")
+        yield f"redis://127.0.0.1:{ports[0]}/0"
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(5)
+
+
 @contextlib.contextmanager
 def running_system(
     redis_url: str,
@@ -324,6 +423,8 @@ def running_system(
     """A whole system with its own sandbox, key prefix and queues; `extra` overrides settings.
 
     `broker="amqp"` uses RabbitMQ (a private vhost) as the broker, Redis stays the store.
+    `broker="cluster"` keeps the broker on `redis_url` and puts the store on a local 3-node Redis
+    Cluster (8 shards).
     """
     prefix = f"rebook-it-{uuid.uuid4().hex[:8]}:"
     with contextlib.ExitStack() as stack:
@@ -332,6 +433,9 @@ def running_system(
             extra["broker_url"] = stack.enter_context(amqp_vhost())
         else:
             extra.setdefault("broker_key_prefix", prefix)
+        if broker == "cluster":
+            extra.update(broker_url=redis_url, redis_cluster=True, shards=8)
+            redis_url = stack.enter_context(redis_cluster(logdir / "cluster"))
         server = stack.enter_context(SandboxServer(port=0, **(sandbox_options or {})))
         settings = fast_settings(redis_url, server.url, prefix, **extra)
         client = SandboxClient(server.url)
@@ -349,11 +453,11 @@ def system(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         yield sysm
 
 
-@pytest.fixture(scope="module", params=["redis", "amqp"])
+@pytest.fixture(scope="module", params=["redis", "amqp", "cluster"])
 def any_broker_system(
     request: pytest.FixtureRequest, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[System]:
-    """The same system on each broker: the end-to-end suite runs on Redis and on RabbitMQ."""
+    """The same system on each broker (Redis, RabbitMQ) and with the store on a Redis Cluster."""
     with running_system(
         redis_url, tmp_path_factory.mktemp(f"system-{request.param}"), broker=request.param
     ) as sysm:
