@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,11 +18,10 @@ import redis
 from celery import Celery, Task, signals
 from kombu import Exchange, Queue
 
-from worker.errors import ConfigError
 from worker.fanout import Fanout
 from worker.flow import Flow
 from worker.runtime import services
-from worker.settings import Settings, get_settings, mask_url
+from worker.settings import Settings, get_settings, mask_url, settings_or_exit
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +36,6 @@ TASK_MODULES = [
     "tasks.fanout",
 ]
 HOUSEKEEPING_SECONDS = 60.0
-
-
-def _settings_or_exit() -> Settings:
-    try:
-        return get_settings()
-    except ConfigError as exc:
-        print(f"rebook: bad setting: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 class RebookTask(Task):
@@ -187,7 +177,7 @@ def make_app(settings: Settings) -> Celery:
     return app
 
 
-settings = _settings_or_exit()
+settings = settings_or_exit()
 app = make_app(settings)
 
 

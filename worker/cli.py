@@ -212,32 +212,29 @@ def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     )
 
 
-@cli.command()
-def cancel(ident: Annotated[str, typer.Argument(metavar="ID")]) -> None:
-    """Stop a rebook that is not finished (state ABORTED)."""
+def _operator(command: str, ident: str) -> None:
+    """`cancel`/`retry`: one line with the new state, or one line saying why not (exit 1)."""
     from worker.flow import Refused
 
     try:
-        rec = _flow().cancel(ident)
-    except LookupError as exc:
-        fail(str(exc).strip("'\""))
-    except Refused as exc:
-        fail(str(exc))
-    out.print(f"{rec.rebook_id}: {rec.state.value}")
-
-
-@cli.command()
-def retry(ident: Annotated[str, typer.Argument(metavar="ID")]) -> None:
-    """Resume a rebook parked in NEEDS_ATTENTION."""
-    from worker.flow import Refused
-
-    try:
-        rec = _flow().retry(ident)
+        rec = getattr(_flow(), command)(ident)
     except LookupError as exc:
         fail(str(exc).strip("'\""))
     except Refused as exc:
         fail(str(exc))
     out.print(f"{rec.rebook_id}: {rec.state.value} ({rec.reason})")
+
+
+@cli.command()
+def cancel(ident: Annotated[str, typer.Argument(metavar="ID")]) -> None:
+    """Stop a rebook that is not finished (state ABORTED)."""
+    _operator("cancel", ident)
+
+
+@cli.command()
+def retry(ident: Annotated[str, typer.Argument(metavar="ID")]) -> None:
+    """Resume NEEDS_ATTENTION; restart GAVE_UP/FAILED/ABORTED when no booking was made."""
+    _operator("retry", ident)
 
 
 @cli.command()

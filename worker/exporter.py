@@ -30,9 +30,9 @@ from prometheus_client.registry import Collector
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from worker.errors import ConfigError, StoreUnavailable
+from worker.errors import StoreUnavailable
 from worker.models import TERMINAL_STATES, State
-from worker.settings import Settings, get_settings, mask_url
+from worker.settings import Settings, mask_url, settings_or_exit
 from worker.store import Store
 
 log = logging.getLogger(__name__)
@@ -193,11 +193,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
-        settings = get_settings()
-    except ConfigError as exc:
-        print(f"rebook exporter: bad setting: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    settings = settings_or_exit("rebook exporter")
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector(store_for(settings)))

@@ -23,9 +23,6 @@ import os
 import sys
 from typing import Any, NoReturn
 
-from worker.errors import ConfigError
-from worker.settings import get_settings
-
 DEFAULT_PORT = 5555
 LOCAL_ADDRESS = "127.0.0.1"
 METRICS_ROUTE = r"/metrics"
@@ -114,11 +111,10 @@ def flower_argv(port: int, basic_auth: str | None, local: bool) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from worker.settings import settings_or_exit
+
     args = parse_args(argv)
-    try:
-        settings = get_settings()
-    except ConfigError as exc:
-        _fail(f"bad setting: {exc}")
+    settings = settings_or_exit("rebook flower")
     auth = settings.flower_basic_auth.get_secret_value() if settings.flower_basic_auth else None
     if auth is None and not args.local:
         _fail(

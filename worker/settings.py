@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import sys
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -219,6 +220,15 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         raise ConfigError(_one_line(exc)) from None
+
+
+def settings_or_exit(program: str = "rebook") -> Settings:
+    """For process entry points: the settings, or one line on stderr and exit status 2."""
+    try:
+        return get_settings()
+    except ConfigError as exc:
+        print(f"{program}: bad setting: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
 @functools.lru_cache(maxsize=1)
