@@ -113,16 +113,18 @@ class Flow:
                 parked += 1
         return parked
 
+    def _stay(self, rec: Rebook, *, reason: str, **changes: Any) -> bool:
+        """Updates a record in its current state (due time, counters, reason); a no-op if the
+        state moved on meanwhile."""
+        return self.store.transition(
+            rec.rebook_id, rec.state, from_=[rec.state], reason=reason, **changes
+        )
+
     def _retry_later(self, rec: Rebook, exc: UpstreamError, what: str) -> None:
         wait = self.backoff(rec.errors, exc.retry_after)
         log.warning("rebook %s: %s failed (%s); again in %.1fs", rec.rebook_id, what, exc, wait)
-        self.store.transition(
-            rec.rebook_id,
-            rec.state,
-            from_=[rec.state],
-            reason=rec.reason,
-            due=self.clock() + wait,
-            fields={"errors": rec.errors + 1},
+        self._stay(
+            rec, reason=rec.reason, due=self.clock() + wait, fields={"errors": rec.errors + 1}
         )
 
     # -- intake ----------------------------------------------------------------------------------
@@ -274,10 +276,8 @@ class Flow:
         if pid is None:
             self._park(rec, "performer_unknown", action="resubmit with performer_id")
             return "parked"
-        if self.store.transition(
-            rec.rebook_id,
-            State.WAITING,
-            from_=[State.WAITING],
+        if self._stay(
+            rec,
             reason="performer resolved",
             fields={"performer_id": pid, "errors": 0},
             due=rec.deadline_ts,
@@ -320,10 +320,8 @@ class Flow:
         blocked = self.store.start_post(rec.rebook_id, now=now, attempts=rec.attempts + 1)
         if blocked is not None:
             if blocked.startswith("waiting for"):
-                self.store.transition(
-                    rec.rebook_id,
-                    State.RESCHEDULING,
-                    from_=[State.RESCHEDULING],
+                self._stay(
+                    rec,
                     reason=blocked,
                     due=now + self.backoff(0) + self.settings.reconcile_grace_seconds,
                 )
@@ -334,20 +332,16 @@ class Flow:
             booking = self.client.reschedule(token, rec.booking_id)
         except Ambiguous as exc:
             log.warning("rebook %s: reschedule ambiguous (%s); reconciling", rec.rebook_id, exc)
-            self.store.transition(
-                rec.rebook_id,
-                State.RESCHEDULING,
-                from_=[State.RESCHEDULING],
+            self._stay(
+                rec,
                 reason=f"ambiguous: {exc}",
                 fields={"errors": rec.errors + 1},
                 due=now + self.settings.reconcile_grace_seconds,
             )
             return "ambiguous"
         except AuthExpired:
-            self.store.transition(
-                rec.rebook_id,
-                State.RESCHEDULING,
-                from_=[State.RESCHEDULING],
+            self._stay(
+                rec,
                 reason="access token refused",
                 fields=clear,
                 due=self.clock(),
@@ -366,10 +360,8 @@ class Flow:
             log.warning(
                 "rebook %s: reschedule not done (%s); again in %.1fs", rec.rebook_id, exc, wait
             )
-            self.store.transition(
-                rec.rebook_id,
-                State.RESCHEDULING,
-                from_=[State.RESCHEDULING],
+            self._stay(
+                rec,
                 reason=f"retry: {exc}",
                 fields={**clear, "errors": rec.errors + 1, "attempts": rec.attempts},
                 due=self.clock() + wait,
@@ -397,10 +389,8 @@ class Flow:
             )
             return "waiting"
         if online is None:
-            self.store.transition(
-                rec.rebook_id,
-                State.RESCHEDULING,
-                from_=[State.RESCHEDULING],
+            self._stay(
+                rec,
                 reason=f"rejected ({exc.message}); presence unknown",
                 fields={"post_sent_ts": None, "errors": rec.errors + 1},
                 due=now + self.backoff(rec.errors),
@@ -475,10 +465,8 @@ class Flow:
                     action="look for the booking upstream, then `rebook retry ID`",
                 )
                 return "parked"
-            self.store.transition(
-                rec.rebook_id,
-                State.RESCHEDULING,
-                from_=[State.RESCHEDULING],
+            self._stay(
+                rec,
                 reason=f"reconcile failed: {exc}",
                 fields={"reconcile_tries": tries},
                 due=self.clock() + self.backoff(tries, exc.retry_after),
@@ -494,19 +482,15 @@ class Flow:
         now = self.clock()
         ready_at = sent + self.settings.reconcile_grace_seconds
         if now < ready_at:
-            self.store.transition(
-                rec.rebook_id,
-                State.RESCHEDULING,
-                from_=[State.RESCHEDULING],
+            self._stay(
+                rec,
                 reason=rec.reason,
                 due=ready_at,
             )
             return "grace"
         # A list read after the grace period shows no booking: the POST did not happen.
-        if not self.store.transition(
-            rec.rebook_id,
-            State.RESCHEDULING,
-            from_=[State.RESCHEDULING],
+        if not self._stay(
+            rec,
             reason="reconciled: no booking was made",
             require={"post_sent_ts": repr(sent)},
             fields={"post_sent_ts": None, "reconcile_tries": 0},
@@ -594,10 +578,8 @@ class Flow:
             )
             log.info("rebook %s: EXPIRED", rec.rebook_id)
             return "expired"
-        self.store.transition(
-            rec.rebook_id,
-            State.WATCHING,
-            from_=[State.WATCHING],
+        self._stay(
+            rec,
             reason=rec.reason,
             fields={
                 "status": booking.status,
@@ -666,19 +648,15 @@ class Flow:
         sent = rec.confirm_sent_ts
         grace = self.settings.reconcile_grace_seconds
         if sent is not None and now < sent + grace:
-            self.store.transition(
-                rec.rebook_id,
-                State.WATCHING,
-                from_=[State.WATCHING],
+            self._stay(
+                rec,
                 reason=rec.reason,
                 due=sent + grace,
             )
             return "confirm-pending"
         self.store.forget_cached(rec.user_id, booking.booking_id)
-        self.store.transition(
-            rec.rebook_id,
-            State.WATCHING,
-            from_=[State.WATCHING],
+        self._stay(
+            rec,
             reason="confirm sent",
             fields={"confirm_sent_ts": now},
             due=now + self.store.lease,
@@ -693,10 +671,8 @@ class Flow:
             )
         except UpstreamError as exc:  # ambiguous or transient: read the status again first
             log.warning("rebook %s: confirm not settled (%s)", rec.rebook_id, exc)
-            self.store.transition(
-                rec.rebook_id,
-                State.WATCHING,
-                from_=[State.WATCHING],
+            self._stay(
+                rec,
                 reason=f"confirm unsettled: {exc}",
                 due=now + grace,
             )
@@ -727,10 +703,8 @@ class Flow:
                 elif rec.performer_id is None:
                     self.dispatch.check_presence(None, rec.rebook_id)
                 else:
-                    self.store.transition(
-                        rec.rebook_id,
-                        State.WAITING,
-                        from_=[State.WAITING],
+                    self._stay(
+                        rec,
                         reason=rec.reason,
                         due=rec.deadline_ts,
                     )
