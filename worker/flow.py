@@ -450,6 +450,7 @@ class Flow:
         """The last POST may have worked: look for it before anything is sent again."""
         assert rec.post_sent_ts is not None
         sent = rec.post_sent_ts
+        read_at = self.clock()  # a read that *starts* after the grace period is the proof
         try:
             found = self._member_call(rec, lambda tok: self._find_made(rec, tok, sent))
         except ReauthRequired:
@@ -481,7 +482,7 @@ class Flow:
             return self._booked(rec, found)
         now = self.clock()
         ready_at = sent + self.settings.reconcile_grace_seconds
-        if now < ready_at:
+        if read_at < ready_at:
             self._stay(
                 rec,
                 reason=rec.reason,
