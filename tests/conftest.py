@@ -8,8 +8,9 @@ a machine where no Redis runs. Every test gets its own key prefix.
 from __future__ import annotations
 
 import os
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -84,3 +85,17 @@ def fast_settings(redis_url: str, api_base_url: str, prefix: str, **extra: Any) 
 @pytest.fixture
 def settings(redis_url: str, sandbox_server: SandboxServer, prefix: str) -> Settings:
     return fast_settings(redis_url, sandbox_server.url, prefix)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
+    """Polls `predicate` until it returns something truthy; fails with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(delay)
+        delay = min(0.2, delay * 1.5)

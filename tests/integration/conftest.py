@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import redis
 from celery import Celery
 from pydantic import SecretStr
 
-from tests.conftest import fast_settings
+from tests.conftest import fast_settings, wait_for
 from worker.app import EVENTS_QUEUE, make_app
 from worker.embedded import reachable, redis_server_binary
 from worker.models import State, TokenSet
@@ -47,20 +47,6 @@ def settings_env(settings: Settings) -> dict[str, str]:
             value = value.get_secret_value()
         env[f"REBOOK_{name.upper()}"] = str(value)
     return env
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
-    """Polls `predicate` until it returns something truthy; fails with `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    delay = 0.02
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(delay)
-        delay = min(0.2, delay * 1.5)
 
 
 def raw_celery_message(

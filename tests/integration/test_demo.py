@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.conftest import wait_for
 from worker.demo import scenario
 from worker.models import State
 
@@ -81,10 +82,7 @@ def test_demo_runs_to_the_end_and_cleans_up(redis_url: str) -> None:
     run_id = re.search(r"run id ([0-9a-f]{8})", out)
     assert run_id, out[:2000]
     needle = f"demo-{run_id.group(1)}"
-    deadline = time.monotonic() + 5
-    while _processes_mentioning(needle) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert _processes_mentioning(needle) == []
+    wait_for(lambda: _processes_mentioning(needle) == [], 5, f"no process of {needle} left")
     # ...no logs (REBOOK_DEMO_KEEP_LOGS unset) and no keys in the Redis it was given.
     assert not list(Path(tempfile.gettempdir()).glob(f"rebook-demo-{run_id.group(1)}-*"))
     client = redis.Redis.from_url(redis_url)

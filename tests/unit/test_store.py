@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
 
+from tests.conftest import wait_for
 from worker.errors import StoreUnavailable
 from worker.models import ACTIVE_STATES, State
 from worker.store import (
@@ -381,10 +381,7 @@ def test_claim_presence_call_coalesces(store: Store) -> None:
     assert 4.0 < wait <= 5.0
     assert store.claim_presence_call(8, 5.0) == 0.0  # per performer
     assert store.claim_presence_call(9, 0.05) == 0.0
-    deadline = time.monotonic() + 2.0
-    while store.claim_presence_call(9, 0.05) != 0.0:
-        assert time.monotonic() < deadline, "presence claim never expired"
-        time.sleep(0.01)
+    wait_for(lambda: store.claim_presence_call(9, 0.05) == 0.0, 2, "the presence claim expiring")
 
 
 def test_schedule_performer(store: Store) -> None:
