@@ -26,7 +26,12 @@ test: $(STAMP)
 
 ## the full chaos suite: 500 rebooks over 50 performers under kill -9, faults, restarts
 chaos: $(STAMP)
-	REBOOK_CHAOS_SCALE=full $(BIN)/python -m pytest tests/chaos -v -s --timeout 1200
+	REBOOK_CHAOS_SCALE=full $(BIN)/python -m pytest tests/chaos -v -s --timeout 1200 -m ''
+
+## rebook vs plain Celery, side by side on 127.0.0.1 (< 5 min on 2 cores): markdown table + JSON
+## larger runs: make bench BENCH_ARGS="--sizes 1000,10000,100000,1000000 --plain-max 100000"
+bench: $(STAMP)
+	$(BIN)/python -m tests.bench $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

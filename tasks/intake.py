@@ -6,10 +6,11 @@ from typing import Any
 
 from celery import Task
 
-from worker.app import app, flow
+from worker.app import app, flow, requeue_when_store_is_down
 
 
 @app.task(name="rebook.request", bind=True)
 def request(self: Task, *args: Any, **kwargs: Any) -> str:
     """Accepts any arguments on purpose: a malformed event is dead-lettered, never raised."""
-    return flow().intake(args, kwargs, task_id=self.request.id or "")
+    task_id = self.request.id or ""
+    return requeue_when_store_is_down(lambda: flow().intake(args, kwargs, task_id=task_id))

@@ -5,25 +5,32 @@
   a killed worker hands its message back. Steps are idempotent (compare-and-set on the record).
 - prefetch 1: a worker never sits on messages another worker could run.
 - No countdown/ETA for waiting: the beat sweep re-dispatches from the due index in Redis.
-- Intake retries on Redis errors forever (with backoff): an accepted event must never be dropped.
+- An intake that cannot reach the store is handed back to the broker (reject + requeue), never
+  acknowledged: an accepted event must never be dropped. Other steps just fail; the sweep reruns
+  them from the record.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from celery import Celery, Task, signals
+from celery.exceptions import Reject
 from kombu import Exchange, Queue
 
+from worker import compat
 from worker.fanout import Fanout
 from worker.flow import Flow
 from worker.runtime import services
 from worker.settings import Settings, get_settings, mask_url, settings_or_exit
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 EVENTS_QUEUE = "rebook.events"
 WORK_QUEUE = "rebook.work"
@@ -43,11 +50,6 @@ class RebookTask(Task):
 
     acks_late = True
     reject_on_worker_lost = True
-    autoretry_for = (redis.ConnectionError, redis.TimeoutError)
-    retry_backoff = 1
-    retry_backoff_max = 60
-    retry_jitter = True
-    max_retries = 10
     typing = False  # arguments are validated by the flow; bad ones go to the dead-letter stream
 
     def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
@@ -55,6 +57,25 @@ class RebookTask(Task):
         Other steps need nothing here: the sweep runs them again."""
         if self.name == "rebook.request":
             _deadletter_failed(self.name, task_id, exc, args, kwargs)
+
+
+STORE_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+
+
+def requeue_when_store_is_down(step: Callable[[], T], tries: int = 3) -> T:
+    """For intake: a store outage hands the message back to the broker instead of failing it
+    (a failed message is acknowledged, i.e. gone). Waits briefly first, so a blip costs nothing
+    and a long outage does not spin the message around. Intake is idempotent, so a retry after
+    a half-done attempt is safe."""
+    for attempt in range(tries):
+        try:
+            return step()
+        except STORE_ERRORS as exc:
+            if attempt + 1 == tries:
+                log.warning("store unreachable (%s): event handed back to the broker", exc)
+                raise Reject(exc, requeue=True) from None
+            time.sleep(0.5 * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 def _deadletter_failed(name: str, task_id: str, exc: BaseException, args: Any, kwargs: Any) -> None:
@@ -103,7 +124,12 @@ def time_limits(settings: Settings) -> Limits:
 def make_app(settings: Settings) -> Celery:
     app = Celery("rebook", task_cls=RebookTask, include=TASK_MODULES)
     limits = time_limits(settings)
-    transport: dict[str, Any] = {"visibility_timeout": limits.visibility}
+    transport: dict[str, Any] = {
+        "visibility_timeout": limits.visibility,
+        # look for unacknowledged messages to restore every few seconds, not every 100 s
+        "unacked_restore_interval": max(1, int(limits.visibility / 4)),
+        "unacked_restore_throttle": 1,
+    }
     if settings.broker_key_prefix:
         transport["global_keyprefix"] = settings.broker_key_prefix
     app.conf.update(
@@ -133,7 +159,6 @@ def make_app(settings: Settings) -> Celery:
         task_send_sent_event=True,
         task_soft_time_limit=limits.soft,
         task_time_limit=limits.hard,
-        task_annotations={"rebook.request": {"max_retries": None}},
         timezone="UTC",
         enable_utc=True,
         beat_schedule={
@@ -178,6 +203,7 @@ def make_app(settings: Settings) -> Celery:
 
 
 settings = settings_or_exit()
+compat.patch_kombu_closed_channel()
 app = make_app(settings)
 
 
@@ -224,10 +250,21 @@ def _setup_logging(**_: Any) -> None:
 
 
 @signals.task_prerun.connect
-def _bind_task(task_id: str | None = None, **_: Any) -> None:
+def _bind_task(
+    task_id: str | None = None, sender: Any = None, kwargs: Any = None, **_: Any
+) -> None:
     from worker.observability import bind_task
 
     bind_task(task_id)
+    # Celery calls tasks as `task(self, *args, **kwargs)`: an event field named "self" would
+    # collide with that. Unknown fields are ignored anyway, so it is dropped here.
+    if (
+        getattr(sender, "name", "") == "rebook.request"
+        and isinstance(kwargs, dict)
+        and "self" in kwargs
+    ):
+        kwargs.pop("self")
+        log.info("event field 'self' ignored")
 
 
 @signals.task_postrun.connect

@@ -12,18 +12,24 @@ from typing import Any
 
 from celery.worker.consumer import Consumer
 
+from worker import compat
+
 log = logging.getLogger("rebook.consumer")
+compat.patch_celery_dump_body()
 
 
 def _deadletter(reason: str, message: Any, body: Any = None) -> None:
     from worker.runtime import services
 
     headers = dict(getattr(message, "headers", None) or {})
+    raw = getattr(message, "body", b"") or b""
     payload = {
         "task": headers.get("task"),
         "content_type": getattr(message, "content_type", None),
         "delivery_info": dict(getattr(message, "delivery_info", None) or {}),
-        "body": body if body is not None else _raw(message),
+        "body_bytes": len(raw),
+        # a decoded body is redacted field by field; an undecodable one is never copied
+        "body": body if isinstance(body, (dict, list, tuple)) else "(not stored)",
     }
     try:
         services().store.deadletter(
@@ -34,13 +40,6 @@ def _deadletter(reason: str, message: Any, body: Any = None) -> None:
         )
     except Exception:  # the stock handling (log + ack/reject) still happens
         log.exception("could not dead-letter a message: %s", reason)
-
-
-def _raw(message: Any) -> str:
-    body = getattr(message, "body", b"")
-    if isinstance(body, bytes):
-        return body[:2048].decode("utf-8", errors="replace")
-    return str(body)[:2048]
 
 
 class RebookConsumer(Consumer):

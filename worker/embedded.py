@@ -112,6 +112,8 @@ class EmbeddedRedis:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        if self.proc is not None and self.proc.stderr is not None:
+            self.proc.stderr.close()
         self.proc = None
         if self._own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)

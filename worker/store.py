@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
@@ -35,7 +36,9 @@ KEEP = ""
 """`due=KEEP` leaves the due index as it is; `due=REMOVE` takes the record out of it."""
 REMOVE = "-"
 DEADLETTER_PAYLOAD_LIMIT = 4096
-SECRET_WORDS = ("token", "secret", "password", "apikey", "api_key", "authorization", "key")
+SECRET_NAME = re.compile(
+    r"token|secret|passw|authorization|api_?key|private_?key|fernet|credential|^key$", re.I
+)
 
 
 def rebook_id_for(event_id: str) -> str:
@@ -129,7 +132,7 @@ def redact(value: Any, depth: int = 0) -> Any:
         out: dict[str, Any] = {}
         for k, v in list(value.items())[:50]:
             name = str(k)
-            if any(word in name.lower().replace("-", "_") for word in SECRET_WORDS):
+            if SECRET_NAME.search(name.replace("-", "_")):
                 out[name[:64]] = "[redacted]"
             else:
                 out[name[:64]] = redact(v, depth + 1)

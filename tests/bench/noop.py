@@ -1,0 +1,16 @@
+"""`bench.noop`: an empty task on rebook's own Celery app, for the intake baseline.
+
+The bench starts rebook's worker with `-I tests.bench.noop`, so the no-op runs in the same
+worker, under the same task policy (acks late, prefetch 1), from the same queue (`rebook.events`)
+on the same broker as `rebook.request`: the ratio of the two rates is the cost of recording an
+event durably.
+"""
+
+from __future__ import annotations
+
+from worker.app import app
+
+
+@app.task(name="bench.noop")
+def noop(i: int = 0) -> None:
+    return None

@@ -1,0 +1,439 @@
+"""The benchmark's table: metric | rebook | plain Celery | ratio | goal | met?"""
+
+from __future__ import annotations
+
+from typing import Any
+
+KB = 1024
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    """Three significant figures, no exponent for the sizes that occur here."""
+    if value is None:
+        return "—"
+    if value == 0:
+        return "0"
+    magnitude = abs(value)
+    if magnitude >= 100:
+        return f"{value:,.0f}"
+    if magnitude >= 10:
+        return f"{value:.1f}"
+    if magnitude >= 1:
+        return f"{value:.2f}"
+    decimals = digits
+    while magnitude < 10 ** -(decimals - digits + 1) and decimals < 8:
+        decimals += 1
+    return f"{value:.{decimals}f}"
+
+
+def _ratio(ours: float | None, plain: float | None) -> float | None:
+    if ours is None or plain is None or plain == 0:
+        return None
+    return ours / plain
+
+
+def _size(n: int) -> str:
+    return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
+
+
+def _met(ok: bool | None) -> str:
+    return "—" if ok is None else ("yes" if ok else "**no**")
+
+
+def _row(
+    metric: str,
+    ours: float | None,
+    plain: float | None,
+    goal: str,
+    met: bool | None,
+    *,
+    ours_text: str | None = None,
+    plain_text: str | None = None,
+    ratio: float | None = None,
+    ratio_text: str | None = None,
+) -> dict[str, Any]:
+    r = _ratio(ours, plain) if ratio is None else ratio
+    return {
+        "metric": metric,
+        "rebook": ours,
+        "plain": plain,
+        "ratio": r,
+        "goal": goal,
+        "met": met,
+        "rebook_text": ours_text if ours_text is not None else _num(ours),
+        "plain_text": plain_text if plain_text is not None else _num(plain),
+        "ratio_text": ratio_text or ("—" if r is None else f"{_num(r)}x"),
+    }
+
+
+def _reaction_text(reaction: dict[str, Any], key: str) -> str:
+    value = reaction.get(key)
+    if reaction.get("timed_out"):
+        lower = reaction["timeout_seconds"]
+        done = f"{reaction['posted']}/{reaction['rebooks']}"
+        if _reaction_value(reaction, key) is not None:
+            return f"{_num(value)} ({done} posted)"
+        return f"> {_num(lower)} ({done} posted)"
+    return _num(value)
+
+
+def _reaction_value(reaction: dict[str, Any], key: str) -> float | None:
+    """A percentile of all rebooks, or None when the timeout cut it off."""
+    if not reaction:
+        return None
+    if reaction.get("timed_out"):
+        share = 0.5 if key == "p50" else 0.99
+        if reaction["posted"] < share * reaction["rebooks"]:
+            return None
+    value: float | None = reaction.get(key)
+    return value
+
+
+def _reaction_ratio(ours: float | None, plain: dict[str, Any], key: str) -> str | None:
+    """`< x` when plain Celery's percentile is only known to exceed the timeout."""
+    if ours is None or not plain or _reaction_value(plain, key) is not None:
+        return None
+    return f"< {_num(ours / plain['timeout_seconds'])}x"
+
+
+def build_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
+    cfg = res["config"]
+    ours, plain = res["ours"], res.get("plain", {})
+    p_int, s_int, w_int, rate = cfg["presence"], cfg["sweep"], cfg["watch"], cfg["rate"]
+    per_performer = cfg["waiting"] / cfg["performers"]
+    rows: list[dict[str, Any]] = []
+
+    # 1. presence
+    op, pp = ours["presence"], plain.get("presence", {})
+    goal = 3600 / p_int / per_performer
+    gap = ours.get("presence_min_gap", {}).get("min_seconds")
+    rows.append(
+        _row(
+            f"Presence calls per rebook per hour ({_size(cfg['waiting'])} waiting on "
+            f"{cfg['performers']} performers, P = {p_int:g} s)",
+            op["per_rebook_per_hour"],
+            pp.get("per_rebook_per_hour"),
+            f"≤ {_num(goal)} (1 per performer per P)",
+            op["per_rebook_per_hour"] <= goal * 1.05,
+        )
+    )
+    rows.append(
+        _row(
+            "Presence calls per performer per P (rebook: busiest performer; plain: mean)",
+            op["busiest_per_interval"],
+            pp.get("per_performer_per_interval"),
+            "≤ 1",
+            op["busiest_per_interval"] <= 1.05,
+        )
+    )
+    p_gap = plain.get("presence_min_gap", {}).get("min_seconds")
+    rows.append(
+        _row(
+            "Shortest time between two presence calls for one performer, whole run, s",
+            gap,
+            p_gap,
+            f"≥ {_num(p_int)} (P)",
+            gap is not None and gap >= p_int * 0.99,
+        )
+    )
+    if pp:
+        kept = pp["calls_per_second"] / pp["demanded_per_second_if_one_per_rebook"]
+        rows.append(
+            _row(
+                "Presence calls per second made (plain: share of its 1-per-rebook-per-P schedule "
+                "it managed)",
+                op["calls_per_second"],
+                pp["calls_per_second"],
+                "—",
+                None,
+                plain_text=f"{_num(pp['calls_per_second'])} ({kept:.0%})",
+            )
+        )
+    for point in ours["points"]:
+        if "presence" in point:
+            bp = point["presence"]
+            rows.append(
+                _row(
+                    f"Presence calls per performer per P at {_size(point['n'])} waiting "
+                    "(busiest performer)",
+                    bp["busiest_per_interval"],
+                    None,
+                    "≤ 1",
+                    bp["busiest_per_interval"] <= 1.05,
+                )
+            )
+
+    # 2. reaction
+    orx, prx = ours["reaction"], plain.get("reaction", {})
+    bound = p_int + s_int + 1
+    rows.append(
+        _row(
+            f"Reaction p50: performer online → reschedule POST, s ({orx['rebooks']} rebooks "
+            f"on {cfg['online']} performers, {_size(cfg['waiting'])} waiting)",
+            _reaction_value(orx, "p50"),
+            _reaction_value(prx, "p50"),
+            "—",
+            None,
+            ours_text=_reaction_text(orx, "p50"),
+            plain_text=_reaction_text(prx, "p50") if prx else "—",
+            ratio_text=_reaction_ratio(_reaction_value(orx, "p50"), prx, "p50"),
+        )
+    )
+    rows.append(
+        _row(
+            "Reaction p99, s",
+            _reaction_value(orx, "p99"),
+            _reaction_value(prx, "p99"),
+            f"≤ {_num(bound)} (P + sweep + 1 s)",
+            orx["p99"] is not None and not orx["timed_out"] and orx["p99"] <= bound,
+            ours_text=_reaction_text(orx, "p99"),
+            plain_text=_reaction_text(prx, "p99") if prx else "—",
+            ratio_text=_reaction_ratio(_reaction_value(orx, "p99"), prx, "p99"),
+        )
+    )
+    first_o = max(orx["first_post_per_performer"], default=None)
+    first_p = max(prx.get("first_post_per_performer", []), default=None)
+    rows.append(
+        _row(
+            "First POST after a performer comes online, worst performer, s",
+            first_o,
+            first_p,
+            f"≤ {_num(p_int + s_int)} (P + sweep)",
+            first_o is not None and first_o <= p_int + s_int,
+        )
+    )
+    drain_o = max((v["drain"] for v in orx["per_performer"].values()), default=None)
+    drain_p = max((v["drain"] for v in prx.get("per_performer", {}).values()), default=None)
+    rows.append(
+        _row(
+            "Spread of one performer's POSTs (first to last of its rebooks), worst, s",
+            drain_o,
+            None if prx.get("timed_out") else drain_p,
+            "—",
+            None,
+            plain_text="—" if not prx else (f"> {_num(drain_p)}" if prx["timed_out"] else None),
+        )
+    )
+    rows.append(
+        _row(
+            "Upstream calls per second during the reaction: busiest 1 s",
+            orx["upstream_peak_1s"],
+            prx.get("upstream_peak_1s"),
+            f"≤ {_num(2 * rate)} (rate {_num(rate)}/s + burst {_num(rate)})",
+            orx["upstream_peak_1s"] <= 2 * rate,
+        )
+    )
+    rows.append(
+        _row(
+            "Upstream calls per second during the reaction: busiest 5 s, mean",
+            orx["upstream_peak_5s_per_second"],
+            prx.get("upstream_peak_5s_per_second"),
+            f"≤ {_num(rate * 1.2)} (rate + burst / 5 s)",
+            orx["upstream_peak_5s_per_second"] <= rate * 1.2,
+        )
+    )
+
+    # 3. memory
+    plain_points = {p["waiting"]: p for p in plain.get("points", [])}
+    for point in ours["points"]:
+        n = point["n"]
+        pl = plain_points.get(n)
+        rows.append(
+            _row(
+                f"Redis bytes per waiting rebook at {_size(n)} (rebook: {point['how']})",
+                point["bytes_per_waiting"],
+                pl["bytes_per_waiting"] if pl else None,
+                "≤ 1,024",
+                point["bytes_per_waiting"] <= KB,
+            )
+        )
+    ob, pb = ours["baseline"]["worker"]["rss_kb"], plain.get("baseline", {}).get("worker", {})
+    rows.append(
+        _row(
+            "Worker RSS, nothing waiting, MB, main + pool processes (plain: before any task ran)",
+            ob / KB,
+            pb["rss_kb"] / KB if pb else None,
+            "—",
+            None,
+        )
+    )
+    for point in ours["points"]:
+        n = point["n"]
+        pl = plain_points.get(n)
+        rows.append(
+            _row(
+                f"Worker RSS at {_size(n)} waiting, MB",
+                point["worker"]["rss_kb"] / KB,
+                pl["worker"]["rss_kb"] / KB if pl else None,
+                "flat",
+                None,
+            )
+        )
+    polling = plain.get("rss_polling")
+    at_waiting = next((p for p in ours["points"] if p["n"] == cfg["waiting"]), None)
+    if polling and at_waiting:
+        rows.append(
+            _row(
+                f"Worker RSS after polling {_size(cfg['waiting'])} waiting at P = {p_int:g} s, MB "
+                "(plain: saturated, its backlog queues in Redis)",
+                ours["rss_after_reaction"]["worker"]["rss_kb"] / KB,
+                polling["worker"]["rss_kb"] / KB,
+                "—",
+                None,
+            )
+        )
+    after = ours.get("rss_after_reaction")
+    larger = [p for p in ours["points"] if after and p["n"] > cfg["waiting"]]
+    first = after if larger else ours["points"][0]
+    last = larger[-1] if larger else ours["points"][-1]
+    growth = (
+        (last["worker"]["rss_kb"] - first["worker"]["rss_kb"])
+        * KB
+        / max(1, last["waiting"] - first["waiting"])
+    )
+    p_growth, p_span = None, ""
+    if plain.get("points"):
+        pf, plast = plain["baseline"], plain["points"][-1]
+        p_growth = (plast["worker"]["rss_kb"] - pf["worker"]["rss_kb"]) * KB / plast["waiting"]
+        p_span = f"; plain: 0 → {_size(plast['waiting'])}"
+    rows.append(
+        _row(
+            f"Worker RSS growth per waiting rebook, bytes ({_size(round(first['waiting'], -2))} → "
+            f"{_size(round(last['waiting'], -2))}{p_span})",
+            growth,
+            p_growth,
+            "≈ 0 (≤ 100)",
+            growth <= 100,
+        )
+    )
+
+    # 4. sweep
+    sweeps = [run for entry in ours["sweep"] for run in entry["runs"]]
+    biggest = max(s["waiting"] for s in sweeps)
+    smallest = min(s["waiting"] for s in sweeps)
+    max_due = max(s["due"] for s in sweeps)
+    what = {"watching": "due for a watch read", "gave_up": "past max wait → GAVE_UP"}
+    for run in sweeps:
+        is_goal = run["waiting"] == biggest and run["due"] == max_due
+        rows.append(
+            _row(
+                f"Sweep, Redis time, ms: {_size(round(run['waiting'], -3))} waiting, "
+                f"{run['due']} {what[run['kind']]}",
+                run["redis_ms"],
+                None,
+                "≤ 50" if is_goal else "—",
+                run["redis_ms"] <= 50 if is_goal else None,
+                plain_text="— (no sweep)",
+            )
+        )
+    if biggest > smallest:
+        for kind in ("watching", "gave_up"):
+            big = next(
+                s
+                for s in sweeps
+                if s["waiting"] == biggest and s["due"] == max_due and s["kind"] == kind
+            )
+            small = next(
+                s
+                for s in sweeps
+                if s["waiting"] == smallest and s["due"] == max_due and s["kind"] == kind
+            )
+            growth_w = big["redis_ms"] / small["redis_ms"] if small["redis_ms"] else None
+            rows.append(
+                _row(
+                    f"Sweep cost with x{biggest / smallest:.0f} waiting, same {max_due} due "
+                    f"({kind.replace('_', ' ')})",
+                    growth_w,
+                    None,
+                    "≈ 1 (O(due)), ≤ 1.5",
+                    growth_w is not None and growth_w <= 1.5,
+                    ours_text=f"{_num(growth_w)}x",
+                    plain_text="—",
+                )
+            )
+
+    lo_due = min(s["due"] for s in sweeps)
+    if max_due > lo_due:
+        for kind in ("watching", "gave_up"):
+            hi = next(
+                s
+                for s in sweeps
+                if s["waiting"] == biggest and s["due"] == max_due and s["kind"] == kind
+            )
+            lo = next(
+                s
+                for s in sweeps
+                if s["waiting"] == biggest and s["due"] == lo_due and s["kind"] == kind
+            )
+            growth_d = hi["redis_ms"] / lo["redis_ms"] if lo["redis_ms"] else None
+            rows.append(
+                _row(
+                    f"Sweep cost with x{max_due / lo_due:.0f} due, same "
+                    f"{_size(round(biggest, -3))} waiting ({kind.replace('_', ' ')})",
+                    growth_d,
+                    None,
+                    "grows with due",
+                    None,
+                    ours_text=f"{_num(growth_d)}x",
+                    plain_text="—",
+                )
+            )
+
+    # 6. intake
+    intake = max(ours["intake"], key=lambda b: b["n"])
+    noop = ours["noop"]
+    ratio = intake["per_second"] / noop["per_second"]
+    rows.append(
+        _row(
+            f"Intake, events per second to a durable record ({_size(intake['n'])} events; "
+            "plain column: no-op task, same worker and broker)",
+            intake["per_second"],
+            noop["per_second"],
+            "≥ 0.5x no-op",
+            ratio >= 0.5,
+        )
+    )
+
+    # 5. watching
+    ow, pw = ours["watch"], plain.get("watch", {})
+    rows.append(
+        _row(
+            f"Watching: MadeBookingDetails per watched booking per W (W = {w_int:g} s)",
+            ow["details_per_booking_per_interval"],
+            pw.get("details_per_booking_per_interval"),
+            "—",
+            None,
+        )
+    )
+    rows.append(
+        _row(
+            f"Watching: upstream calls per member per W ({ow['watched']} bookings of "
+            f"{ow['members']} members)",
+            ow["calls_per_member_per_interval"],
+            pw.get("calls_per_member_per_interval"),
+            "≤ 1 MadeBookings (issue 5)",
+            ow["calls_per_member_per_interval"] <= 1.05,
+        )
+    )
+    return rows
+
+
+def markdown(res: dict[str, Any]) -> str:
+    m, cfg = res["machine"], res["config"]
+    lines = [
+        f"Machine: {m['nproc']} cores ({m['cpu_model']}), Python {m['python']}, "
+        f"Redis {m['redis']}, Celery {m['celery']}, {m['os']}.",
+        f"Settings (both systems): prefork -c {cfg['concurrency']}, presence interval "
+        f"P = {cfg['presence']:g} s, watch interval W = {cfg['watch']:g} s, sweep every "
+        f"{cfg['sweep']:g} s, upstream rate {cfg['rate']:g}/s (rebook only; plain has none), "
+        f"lease {cfg['lease']:g} s. Run took {res['elapsed_seconds']:.0f} s.",
+        "",
+        "| metric | rebook | plain Celery | ratio | goal | met? |",
+        "|---|---:|---:|---:|---|---|",
+    ]
+    for row in res["rows"]:
+        lines.append(
+            f"| {row['metric']} | {row['rebook_text']} | {row['plain_text']} | "
+            f"{row['ratio_text']} | {row['goal']} | {_met(row['met'])} |"
+        )
+    return "\n".join(lines)
