@@ -43,6 +43,11 @@ TASK_MODULES = [
     "tasks.fanout",
 ]
 HOUSEKEEPING_SECONDS = 60.0
+# Redis broker: a lower number is served first. Events, the sweep and presence checks are small
+# and time-critical (performer online -> POST); they never wait behind a burst of reschedules and
+# watch reads. RabbitMQ ignores priorities on these queues (no x-max-priority).
+URGENT_PRIORITY = 0
+STEP_PRIORITY = 6
 
 
 class RebookTask(Task):
@@ -167,6 +172,7 @@ def make_app(settings: Settings) -> Celery:
                 "schedule": settings.sweep_interval_seconds,
                 "options": {
                     "queue": WORK_QUEUE,
+                    "priority": URGENT_PRIORITY,
                     "expires": max(5.0, settings.sweep_interval_seconds * 5),
                 },
             },
@@ -217,13 +223,19 @@ class CeleryDispatcher:
         kwargs: dict[str, Any] = {"performer_id": performer_id}
         if rebook_id is not None:
             kwargs["rebook_id"] = rebook_id
-        self.app.send_task("rebook.check_presence", kwargs=kwargs)
+        self.app.send_task("rebook.check_presence", kwargs=kwargs, priority=URGENT_PRIORITY)
 
     def reschedule(self, rebook_id: str) -> None:
-        self.app.send_task("rebook.reschedule", kwargs={"rebook_id": rebook_id})
+        self.app.send_task(
+            "rebook.reschedule", kwargs={"rebook_id": rebook_id}, priority=STEP_PRIORITY
+        )
 
     def watch(self, rebook_id: str, booking: dict[str, Any]) -> None:
-        self.app.send_task("rebook.watch", kwargs={"rebook_id": rebook_id, "booking": booking})
+        self.app.send_task(
+            "rebook.watch",
+            kwargs={"rebook_id": rebook_id, "booking": booking},
+            priority=STEP_PRIORITY,
+        )
 
 
 def flow() -> Flow:

@@ -197,13 +197,14 @@ class Flow:
 
     def _check_presence(self, performer_id: int) -> str:
         interval = self.settings.presence_interval_seconds
+        claimed_at = self.clock()  # the next check is due one interval after this one began
         wait = self.store.claim_presence_call(performer_id, interval)
         if wait > 0:  # checked within this interval by someone else
             self.store.schedule_performer(performer_id, self.clock() + wait)
             return "coalesced"
         waiting = self.store.waiting_for(performer_id)
         if not waiting:
-            self.store.schedule_performer(performer_id, self.clock() + interval)
+            self.store.schedule_performer(performer_id, claimed_at + interval)
             return "idle"
         try:
             online = self.client.is_online(performer_id)
@@ -230,7 +231,7 @@ class Flow:
                     moved += 1
                     self.dispatch.reschedule(rid)
             log.info("performer %s online: %d rebook(s) to reschedule", performer_id, moved)
-        self.store.schedule_performer(performer_id, now + interval)
+        self.store.schedule_performer(performer_id, claimed_at + interval)
         return "online" if online else "offline"
 
     def _locked_step(self, rebook_id: str, state: State, body: Callable[[Rebook], str]) -> str:
