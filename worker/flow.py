@@ -202,8 +202,7 @@ class Flow:
         if wait > 0:  # checked within this interval by someone else
             self.store.schedule_performer(performer_id, self.clock() + wait)
             return "coalesced"
-        waiting = self.store.waiting_for(performer_id)
-        if not waiting:
+        if not self.store.waiting_count(performer_id):
             self.store.schedule_performer(performer_id, claimed_at + interval)
             return "idle"
         try:
@@ -216,9 +215,9 @@ class Flow:
             self.store.schedule_performer(performer_id, self.clock() + wait)
             return "error"
         now = self.clock()
-        if online:
+        if online:  # only now read who waits: an offline answer (the usual one) costs O(1)
             moved = 0
-            for rid in waiting:
+            for rid in self.store.waiting_for(performer_id):
                 if self.store.transition(
                     rid,
                     State.RESCHEDULING,

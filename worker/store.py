@@ -530,6 +530,13 @@ class Store:
         """At most one presence call per performer per interval, across all workers."""
         return self.claim_window(f"presence:{performer_id}", interval)
 
+    def waiting_count(self, performer_id: int) -> int:
+        """O(1) per shard: enough to decide whether a presence call is needed at all."""
+        pipe = self.r.pipeline(transaction=False)
+        for shard in self.shards:
+            pipe.scard(self.skey(shard, "perf", performer_id))
+        return sum(int(n) for n in pipe.execute())
+
     def waiting_for(self, performer_id: int) -> list[str]:
         pipe = self.r.pipeline(transaction=False)
         for shard in self.shards:
