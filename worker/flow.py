@@ -689,18 +689,11 @@ class Flow:
         for pid in pids:
             self.dispatch.check_presence(pid)
         counts = {"performers": len(pids), "rebooks": len(ids), "gave_up": 0}
+        expired: list[str] = []
         for rec in self.store.get_many(ids):
             if rec.state == State.WAITING:
                 if now >= rec.deadline_ts:
-                    if self.store.transition(
-                        rec.rebook_id,
-                        State.GAVE_UP,
-                        from_=[State.WAITING],
-                        reason="performer not online within max wait",
-                        outcome=State.GAVE_UP.value,
-                        now=now,
-                    ):
-                        counts["gave_up"] += 1
+                    expired.append(rec.rebook_id)
                 elif rec.performer_id is None:
                     self.dispatch.check_presence(None, rec.rebook_id)
                 else:
@@ -724,6 +717,15 @@ class Flow:
                 self.store.transition(
                     rec.rebook_id, rec.state, from_=[rec.state], reason=rec.reason, due=REMOVE
                 )
+        if expired:  # one script call per shard for all of them
+            counts["gave_up"] = self.store.transition_many(
+                expired,
+                State.GAVE_UP,
+                from_=[State.WAITING],
+                reason="performer not online within max wait",
+                outcome=State.GAVE_UP.value,
+                now=now,
+            )
         return counts
 
     def housekeeping(self) -> int:

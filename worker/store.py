@@ -414,6 +414,52 @@ class Store:
         )
         return ok
 
+    def transition_many(
+        self,
+        rebook_ids: Sequence[str],
+        to: State,
+        *,
+        from_: Iterable[State],
+        reason: str,
+        outcome: str = "",
+        now: float | None = None,
+    ) -> int:
+        """The same transition for many rebooks, one script call per shard (the sweep's
+        GAVE_UPs); returns how many applied."""
+        ts = now_ts() if now is None else now
+        by_shard: dict[int, list[str]] = {}
+        for rid, shard in zip(rebook_ids, self._shards_of(rebook_ids), strict=True):
+            if shard is not None:
+                by_shard.setdefault(shard, []).append(rid)
+        applied = 0
+        for shard, ids in by_shard.items():
+            keys, prefix = self._script_args(shard)
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                result = self._transition(
+                    keys=keys,
+                    args=[
+                        prefix,
+                        ",".join(chunk),
+                        ",".join(s.value for s in from_),
+                        to.value,
+                        repr(ts),
+                        iso_z(datetime.fromtimestamp(ts, UTC)),
+                        reason[:500],
+                        REMOVE,
+                        outcome,
+                        self.retention,
+                        "{}",
+                        "{}",
+                        "{}",
+                        self.lease,
+                        "",
+                    ],
+                )
+                # one id answers {ok, state}; several answer one flag each
+                applied += int(result[0]) if len(chunk) == 1 else sum(int(r) for r in result)
+        return applied
+
     def start_post(self, rebook_id: str, *, now: float, attempts: int) -> str | None:
         """Records "POST sent" — only if no POST of this rebook is unsettled, and no other rebook
         of the same member and performer has one (their bookings could not be told apart in

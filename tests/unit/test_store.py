@@ -532,3 +532,26 @@ def test_ping_names_the_url_without_password(prefix: str) -> None:
         s.ping()
     assert "hunter2" not in str(info.value)
     assert "127.0.0.1:1" in str(info.value)
+
+
+def test_transition_many_applies_to_those_still_in_the_state(store: Store) -> None:
+    ids = [make(store, f"many-{i}", 500 + i).rebook_id for i in range(5)]
+    store.transition(ids[0], State.RESCHEDULING, from_=[State.WAITING], reason="online")
+    applied = store.transition_many(
+        [*ids, "rb-missing"],
+        State.GAVE_UP,
+        from_=[State.WAITING],
+        reason="late",
+        outcome="GAVE_UP",
+        now=T0 + 10,
+    )
+    assert applied == 4
+    assert get(store, ids[0]).state is State.RESCHEDULING
+    for rid in ids[1:]:
+        rec = get(store, rid)
+        assert rec.state is State.GAVE_UP and rec.reason == "late"
+        assert store.history(rid)[-1]["to"] == "GAVE_UP"
+        assert store.r.zscore(store.key("due"), rid) is None
+    outcomes = [o for o in store.outcomes(100) if o["state"] == "GAVE_UP"]
+    assert sorted(o["rebook_id"] for o in outcomes) == sorted(ids[1:])
+    assert store.transition_many([ids[1]], State.GAVE_UP, from_=[State.WAITING], reason="x") == 0

@@ -1,101 +1,113 @@
 -- Atomic state change of one rebook: compare-and-set on its state (and optional guard fields),
 -- field updates, state indexes, history, due index, performer index and the outcome stream.
--- ARGV: 1 prefix, 2 rebook id, 3 allowed from-states (comma list or "*"), 4 to-state,
+-- ARGV: 1 prefix, 2 rebook id (or several, comma-separated: one call for a batch),
+--       3 allowed from-states (comma list or "*"), 4 to-state,
 --       5 now (unix seconds), 6 now ISO-Z, 7 reason, 8 due ("" keep, "-" remove, else score),
 --       9 outcome state ("" none), 10 retention seconds, 11 fields JSON, 12 guards JSON,
 --       13 detail JSON, 14 lease seconds, 15 "gate" to take the member+performer gate
--- Returns {1, previous state} on success, {0, current state or ""} when refused, and
+-- Returns, for one id, {1, previous state} on success, {0, current state or ""} when refused, and
 -- {0, "gate:" .. holder} when another rebook of the same member and performer has an unsettled
--- POST (reconciliation could not tell their bookings apart, so they never overlap).
-local p, id = ARGV[1], ARGV[2]
-local rk = p .. 'r:' .. id
-local cur = redis.call('HGET', rk, 'state')
-if not cur then return {0, ''} end
-if ARGV[3] ~= '*' then
-  local ok = false
-  for s in string.gmatch(ARGV[3], '[^,]+') do if s == cur then ok = true end end
-  if not ok then return {0, cur} end
-end
+-- POST (reconciliation could not tell their bookings apart, so they never overlap). For several
+-- ids it returns one 1/0 per id.
+local p = ARGV[1]
 local guards = cjson.decode(ARGV[12])
-for f, v in pairs(guards) do
-  local have = redis.call('HGET', rk, f) or ''
-  if have ~= v then return {0, cur} end
-end
-local uid = redis.call('HGET', rk, 'user_id') or ''
-local gate = p .. 'gate:' .. uid .. ':' .. (redis.call('HGET', rk, 'performer_id') or '')
-if ARGV[15] == 'gate' then
-  local holder = redis.call('GET', gate)
-  if holder and holder ~= id then
-    local hk = p .. 'r:' .. holder
-    local hs = redis.call('HGET', hk, 'state')
-    local hp = redis.call('HGET', hk, 'post_sent_ts') or ''
-    if hp ~= '' and (hs == 'RESCHEDULING' or hs == 'NEEDS_ATTENTION') then
-      return {0, 'gate:' .. holder}
-    end
-  end
-  redis.call('SET', gate, id)
-end
+local fields = cjson.decode(ARGV[11])
 local to, now, now_iso, reason = ARGV[4], tonumber(ARGV[5]), ARGV[6], ARGV[7]
 local function is_terminal(s)
   return not (s == 'WAITING' or s == 'RESCHEDULING' or s == 'WATCHING' or s == 'NEEDS_ATTENTION')
 end
-if is_terminal(cur) and not is_terminal(to) then
-  -- an operator's retry of a finished rebook: it must own its booking again
-  local ak = p .. 'active:' .. (redis.call('HGET', rk, 'booking_id') or '')
-  local owner = redis.call('GET', ak)
-  if owner and owner ~= id then return {0, 'active:' .. owner} end
-  redis.call('SET', ak, id)
-  redis.call('ZREM', p .. 'finished', id)
-  redis.call('PERSIST', rk)
-  redis.call('PERSIST', p .. 'h:' .. id)
-  redis.call('SADD', p .. 'user:' .. uid, id)
+
+local function apply(id)
+  local rk = p .. 'r:' .. id
+  local cur = redis.call('HGET', rk, 'state')
+  if not cur then return {0, ''} end
+  if ARGV[3] ~= '*' then
+    local ok = false
+    for s in string.gmatch(ARGV[3], '[^,]+') do if s == cur then ok = true end end
+    if not ok then return {0, cur} end
+  end
+  for f, v in pairs(guards) do
+    local have = redis.call('HGET', rk, f) or ''
+    if have ~= v then return {0, cur} end
+  end
+  local uid = redis.call('HGET', rk, 'user_id') or ''
+  local gate = p .. 'gate:' .. uid .. ':' .. (redis.call('HGET', rk, 'performer_id') or '')
+  if ARGV[15] == 'gate' then
+    local holder = redis.call('GET', gate)
+    if holder and holder ~= id then
+      local hk = p .. 'r:' .. holder
+      local hs = redis.call('HGET', hk, 'state')
+      local hp = redis.call('HGET', hk, 'post_sent_ts') or ''
+      if hp ~= '' and (hs == 'RESCHEDULING' or hs == 'NEEDS_ATTENTION') then
+        return {0, 'gate:' .. holder}
+      end
+    end
+    redis.call('SET', gate, id)
+  end
+  if is_terminal(cur) and not is_terminal(to) then
+    -- an operator's retry of a finished rebook: it must own its booking again
+    local ak = p .. 'active:' .. (redis.call('HGET', rk, 'booking_id') or '')
+    local owner = redis.call('GET', ak)
+    if owner and owner ~= id then return {0, 'active:' .. owner} end
+    redis.call('SET', ak, id)
+    redis.call('ZREM', p .. 'finished', id)
+    redis.call('PERSIST', rk)
+    redis.call('PERSIST', p .. 'h:' .. id)
+    redis.call('SADD', p .. 'user:' .. uid, id)
+  end
+  for f, v in pairs(fields) do
+    if v == '' then redis.call('HDEL', rk, f) else redis.call('HSET', rk, f, v) end
+  end
+  redis.call('HSET', rk, 'state', to, 'reason', reason, 'updated_ts', ARGV[5])
+  local pid = redis.call('HGET', rk, 'performer_id') or ''
+  if cur ~= to then
+    redis.call('SREM', p .. 'st:' .. cur, id)
+    redis.call('SADD', p .. 'st:' .. to, id)
+    redis.call('RPUSH', p .. 'h:' .. id,
+      cjson.encode({at = now_iso, from = cur, to = to, reason = reason}))
+    if cur == 'WAITING' and pid ~= '' then redis.call('SREM', p .. 'perf:' .. pid, id) end
+    if to == 'NEEDS_ATTENTION' then redis.call('HSET', rk, 'resume_state', cur) end
+  end
+  if to == 'WAITING' and pid ~= '' then
+    redis.call('SADD', p .. 'perf:' .. pid, id)
+    redis.call('ZADD', p .. 'performers', 'NX', now, pid)
+  end
+  if ARGV[8] == '-' then
+    redis.call('ZREM', p .. 'due', id)
+  elseif ARGV[8] ~= '' then
+    redis.call('ZADD', p .. 'due', tonumber(ARGV[8]), id)
+  end
+  local terminal = is_terminal(to)
+  if terminal then
+    local bid = redis.call('HGET', rk, 'booking_id') or ''
+    local ak = p .. 'active:' .. bid
+    if redis.call('GET', ak) == id then redis.call('DEL', ak) end
+    redis.call('SREM', p .. 'user:' .. (redis.call('HGET', rk, 'user_id') or ''), id)
+    redis.call('ZREM', p .. 'due', id)
+    redis.call('ZADD', p .. 'finished', now, id)
+    local ttl = math.floor(tonumber(ARGV[10]) + 86400)
+    redis.call('EXPIRE', rk, ttl)
+    redis.call('EXPIRE', p .. 'h:' .. id, ttl)
+  end
+  -- the gate is free again once this rebook's POST is settled (booked, proven not made, or over)
+  if terminal or to == 'WATCHING' or (redis.call('HGET', rk, 'post_sent_ts') or '') == '' then
+    if redis.call('GET', gate) == id then redis.call('DEL', gate) end
+  end
+  if ARGV[9] ~= '' then
+    redis.call('HINCRBY', p .. 'metrics:outcomes', ARGV[9], 1)
+    local r = redis.call('HMGET', rk, 'event_id', 'booking_id', 'new_booking_id', 'accept_by',
+      'status')
+    redis.call('XADD', p .. 'outcomes', '*',
+      'rebook_id', id, 'event_id', r[1] or '', 'state', ARGV[9], 'booking_id', r[2] or '',
+      'new_booking_id', r[3] or '', 'accept_by', r[4] or '', 'status', r[5] or '',
+      'reason', reason, 'at', now_iso, 'detail', ARGV[13])
+  end
+  return {1, cur}
 end
-local fields = cjson.decode(ARGV[11])
-for f, v in pairs(fields) do
-  if v == '' then redis.call('HDEL', rk, f) else redis.call('HSET', rk, f, v) end
-end
-redis.call('HSET', rk, 'state', to, 'reason', reason, 'updated_ts', ARGV[5])
-local pid = redis.call('HGET', rk, 'performer_id') or ''
-if cur ~= to then
-  redis.call('SREM', p .. 'st:' .. cur, id)
-  redis.call('SADD', p .. 'st:' .. to, id)
-  redis.call('RPUSH', p .. 'h:' .. id,
-    cjson.encode({at = now_iso, from = cur, to = to, reason = reason}))
-  if cur == 'WAITING' and pid ~= '' then redis.call('SREM', p .. 'perf:' .. pid, id) end
-  if to == 'NEEDS_ATTENTION' then redis.call('HSET', rk, 'resume_state', cur) end
-end
-if to == 'WAITING' and pid ~= '' then
-  redis.call('SADD', p .. 'perf:' .. pid, id)
-  redis.call('ZADD', p .. 'performers', 'NX', now, pid)
-end
-if ARGV[8] == '-' then
-  redis.call('ZREM', p .. 'due', id)
-elseif ARGV[8] ~= '' then
-  redis.call('ZADD', p .. 'due', tonumber(ARGV[8]), id)
-end
-local terminal = is_terminal(to)
-if terminal then
-  local bid = redis.call('HGET', rk, 'booking_id') or ''
-  local ak = p .. 'active:' .. bid
-  if redis.call('GET', ak) == id then redis.call('DEL', ak) end
-  redis.call('SREM', p .. 'user:' .. (redis.call('HGET', rk, 'user_id') or ''), id)
-  redis.call('ZREM', p .. 'due', id)
-  redis.call('ZADD', p .. 'finished', now, id)
-  local ttl = math.floor(tonumber(ARGV[10]) + 86400)
-  redis.call('EXPIRE', rk, ttl)
-  redis.call('EXPIRE', p .. 'h:' .. id, ttl)
-end
--- the gate is free again once this rebook's POST is settled (booked, proven not made, or over)
-if terminal or to == 'WATCHING' or (redis.call('HGET', rk, 'post_sent_ts') or '') == '' then
-  if redis.call('GET', gate) == id then redis.call('DEL', gate) end
-end
-if ARGV[9] ~= '' then
-  redis.call('HINCRBY', p .. 'metrics:outcomes', ARGV[9], 1)
-  local r = redis.call('HMGET', rk, 'event_id', 'booking_id', 'new_booking_id', 'accept_by',
-    'status')
-  redis.call('XADD', p .. 'outcomes', '*',
-    'rebook_id', id, 'event_id', r[1] or '', 'state', ARGV[9], 'booking_id', r[2] or '',
-    'new_booking_id', r[3] or '', 'accept_by', r[4] or '', 'status', r[5] or '',
-    'reason', reason, 'at', now_iso, 'detail', ARGV[13])
-end
-return {1, cur}
+
+local ids = {}
+for one in string.gmatch(ARGV[2], '[^,]+') do ids[#ids + 1] = one end
+if #ids == 1 then return apply(ids[1]) end
+local results = {}
+for i, one in ipairs(ids) do results[i] = apply(one)[1] end
+return results
