@@ -187,11 +187,16 @@ class UserSummary(UpstreamModel):
     nickname: str | None = Field(None, alias="Nickname")
     available_now_webcam: bool = Field(False, alias="AvailableNowWebcam")
 
+    @staticmethod
+    def unwrap(payload: Any) -> Any:
+        """The docs nest the summary under `User`; some answers may not."""
+        if isinstance(payload, dict) and isinstance(payload.get("User"), dict):
+            return payload["User"]
+        return payload
+
     @classmethod
     def from_payload(cls, payload: Any) -> UserSummary:
-        if isinstance(payload, dict) and isinstance(payload.get("User"), dict):
-            payload = payload["User"]
-        return cls.model_validate(payload)
+        return cls.model_validate(cls.unwrap(payload))
 
 
 # --- tokens ------------------------------------------------------------------------------------

@@ -8,8 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from worker.auth import TokenManager, TokenStore
 from worker.ratelimit import RedisRateLimiter
@@ -25,17 +24,14 @@ class Services:
     client: UpstreamClient
     token_store: TokenStore
     tokens: TokenManager
-    calls: Counter[tuple[str, str]] = field(default_factory=Counter)
 
 
 def build_services(settings: Settings) -> Services:
     store = Store.from_settings(settings)
-    calls: Counter[tuple[str, str]] = Counter()
     metrics_key = store.key("metrics", "upstream")
 
     def count_call(endpoint: str, outcome: str) -> None:
-        """Per-process counter plus a shared one in Redis, read by the Prometheus exporter."""
-        calls.update([(endpoint, outcome)])
+        """A counter in Redis, shared by all workers, read by the Prometheus exporter."""
         with contextlib.suppress(Exception):  # metrics must never break a step
             store.r.hincrby(metrics_key, f"{endpoint}:{outcome}", 1)
 
@@ -69,7 +65,7 @@ def build_services(settings: Settings) -> Services:
         margin_seconds=settings.token_refresh_margin_seconds,
         lock_timeout=settings.http_timeout_seconds * 3 + 5,
     )
-    return Services(settings, store, client, token_store, tokens, calls)
+    return Services(settings, store, client, token_store, tokens)
 
 
 _lock = threading.Lock()

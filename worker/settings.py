@@ -7,7 +7,6 @@ A bad value must stop a process before it touches a message, with one line namin
 from __future__ import annotations
 
 import functools
-import os
 import re
 import sys
 from typing import Literal
@@ -244,10 +243,3 @@ def mask_url(url: str) -> str:
         netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
         return urlunsplit(parts._replace(netloc=netloc))
     return url
-
-
-def env_for_child(settings: Settings, **extra: str) -> dict[str, str]:
-    """Environment for a child process (worker, beat) that should see the same settings."""
-    env = dict(os.environ)
-    env.update(extra)
-    return env

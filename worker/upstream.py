@@ -295,9 +295,7 @@ class UpstreamClient:
     def user_summary(self, user_id: int) -> UserSummary:
         """Presence of a performer (API key only, no member token)."""
         payload = self._call("getUserSummary", params={"UserID": user_id})
-        if isinstance(payload, dict) and isinstance(payload.get("User"), dict):
-            payload = payload["User"]
-        return self._model(UserSummary, payload, "getUserSummary")
+        return self._model(UserSummary, UserSummary.unwrap(payload), "getUserSummary")
 
     def is_online(self, performer_id: int) -> bool:
         return self.user_summary(performer_id).available_now_webcam

@@ -13,7 +13,7 @@ from cryptography.fernet import Fernet
 from pydantic import SecretStr
 
 from worker.errors import ConfigError
-from worker.settings import Settings, env_for_child, get_settings, load_settings, mask_url
+from worker.settings import Settings, get_settings, load_settings, mask_url
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -335,12 +335,6 @@ def test_mask_url(url: str, expected: str) -> None:
     masked = mask_url(url)
     assert masked == expected
     assert "s3cret" not in masked
-
-
-def test_env_for_child_keeps_settings_visible(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("REBOOK_KEY_PREFIX", "child:")
-    env = env_for_child(load_settings(), EXTRA="1")
-    assert env["REBOOK_KEY_PREFIX"] == "child:" and env["EXTRA"] == "1"
 
 
 def test_settings_class_reads_prefix() -> None:
