@@ -22,6 +22,20 @@ from worker.sandbox import SandboxClient, SandboxServer
 from worker.settings import Settings, load_settings
 
 TEST_TOKEN_KEY = Fernet.generate_key().decode()
+#: The fields DESIGN.md promises in `rebook status --json` / `list --json` objects.
+PUBLIC_FIELDS = (
+    "rebook_id",
+    "event_id",
+    "booking_id",
+    "user_id",
+    "performer_id",
+    "state",
+    "reason",
+    "new_booking_id",
+    "accept_by",
+    "created_at",
+    "updated_at",
+)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ for the member tokens, the API key, the OAuth client secret and the other config
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.integration.conftest import ROOT, Proc, System, running_system, wait_for
+from tests.integration.conftest import Proc, System, running_system, wait_for
 from tests.integration.test_ops import SentryCollector
 from worker.embedded import free_port
 from worker.models import State
@@ -147,14 +146,7 @@ def test_no_secret_anywhere_after_a_full_run(
     finally:
         flower.stop()
 
-    outcomes = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "outcomes", "--json", "--count", "1000"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=system.env,
-        timeout=60,
-    ).stdout
+    outcomes = system.cli("outcomes", "--json", "--count", "1000").stdout
     assert "BOOKED" in outcomes
     haystacks = {
         "worker log": system.worker.text(),

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.conftest import ROOT, System, running_system
+from tests.integration.conftest import System, running_system
 from worker.models import State
 
 pytestmark = pytest.mark.integration
@@ -57,15 +55,7 @@ def test_refused_refresh_parks_every_rebook_of_the_member_and_tokens_set_resumes
         rec = system.wait_state(rid, State.NEEDS_ATTENTION)
         assert rec.reason == "reauth" and "tokens set" in rec.action
     answer = system.sandbox.add_user(user)
-    proc = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "tokens", "set", user],
-        input=json.dumps(answer),
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=system.env,
-        timeout=60,
-    )
+    proc = system.cli("tokens", "set", user, stdin=json.dumps(answer))
     assert proc.returncode == 0, proc.stderr
     for rid in rids:
         system.wait_state(rid, State.WATCHING, timeout=30)

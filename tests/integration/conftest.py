@@ -253,6 +253,20 @@ class System:
                 f"{self.worker.text()[-3000:]}"
             ) from None
 
+    def cli(
+        self, *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """`rebook ARGS` as an operator runs it, against this system (`env` overrides)."""
+        return subprocess.run(
+            [sys.executable, "-m", "worker.cli", *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env={**self.env, **(env or {})},
+            timeout=60,
+        )
+
     def history_states(self, rid: str) -> list[str]:
         return [h["to"] for h in self.store.history(rid)]
 

@@ -18,7 +18,6 @@ import pytest
 import redis
 
 from tests.integration.conftest import (
-    ROOT,
     Proc,
     System,
     raw_celery_message,
@@ -208,14 +207,7 @@ def test_messages_celery_cannot_run_are_dead_lettered(system: System) -> None:
 
 def test_doctor_lists_every_check_and_fails_on_a_problem(system: System) -> None:
     def doctor(**env: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "worker.cli", "doctor"],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            env={**system.env, **env},
-            timeout=60,
-        )
+        return system.cli("doctor", env=env)
 
     plain = redis.Redis.from_url(system.settings.redis_url, decode_responses=True)
     before = plain.config_get("appendonly")["appendonly"]
@@ -243,6 +235,8 @@ def test_json_logs_bind_the_ids_on_every_line_a_step_writes(
     with running_system(redis_url, tmp_path_factory.mktemp("jsonlogs"), log_format="json") as sysm:
         rid, booking = sysm.rebook(sysm.member(), sysm.performer(online=True))
         rec = sysm.wait_state(rid, State.WATCHING)
+        # the step logs "booked" just after it records it: wait for the line, not only the state
+        wait_for(lambda: f"rebook {rid}: booked" in sysm.worker.text(), 20, "the booked log line")
         lines = []
         for raw in sysm.worker.text().splitlines():
             if raw.startswith("{"):

@@ -7,12 +7,11 @@ reason when RabbitMQ is not running; in CI it must run).
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from tests.integration.conftest import ROOT, System, wait_for
+from tests.conftest import PUBLIC_FIELDS
+from tests.integration.conftest import System, wait_for
 from worker.models import State
 
 pytestmark = pytest.mark.integration
@@ -206,15 +205,7 @@ def test_refused_refresh_parks_and_tokens_set_resumes(system: System) -> None:
     rec = system.wait_state(rid, State.NEEDS_ATTENTION)
     assert rec.reason == "reauth"
     fresh = system.sandbox.add_user(user)
-    proc = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "tokens", "set", user],
-        input=json.dumps(fresh),
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=system.env,
-        timeout=60,
-    )
+    proc = system.cli("tokens", "set", user, stdin=json.dumps(fresh))
     assert proc.returncode == 0, proc.stderr
     assert "resumed 1" in proc.stdout
     system.wait_state(rid, State.WATCHING)
@@ -225,31 +216,11 @@ def test_refused_refresh_parks_and_tokens_set_resumes(system: System) -> None:
 def test_cli_status_and_list_json(system: System) -> None:
     rid, booking = system.rebook(system.member(), system.performer(online=True))
     system.wait_state(rid, State.WATCHING)
-    run = lambda *a: subprocess.run(  # noqa: E731
-        [sys.executable, "-m", "worker.cli", *a],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=system.env,
-        timeout=60,
-    )
+    run = system.cli
     proc = run("status", rid, "--json")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
-    for key in (
-        "rebook_id",
-        "event_id",
-        "booking_id",
-        "user_id",
-        "performer_id",
-        "state",
-        "reason",
-        "new_booking_id",
-        "accept_by",
-        "created_at",
-        "updated_at",
-        "history",
-    ):
+    for key in (*PUBLIC_FIELDS, "history"):
         assert key in data
     assert data["booking_id"] == booking and data["state"] == "WATCHING"
     listed = json.loads(run("list", "--json", "--limit", "0").stdout)

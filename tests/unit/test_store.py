@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.conftest import wait_for
+from tests.conftest import PUBLIC_FIELDS, wait_for
 from worker.errors import StoreUnavailable
 from worker.models import ACTIVE_STATES, State
 from worker.store import (
@@ -320,19 +320,7 @@ def test_outcome_stream_fields(store: Store) -> None:
 def test_public_shape(store: Store) -> None:
     rid = make(store).rebook_id
     pub = get(store, rid).public()
-    for name in (
-        "rebook_id",
-        "event_id",
-        "booking_id",
-        "user_id",
-        "performer_id",
-        "state",
-        "reason",
-        "new_booking_id",
-        "accept_by",
-        "created_at",
-        "updated_at",
-    ):
+    for name in PUBLIC_FIELDS:
         assert name in pub
     assert pub["state"] == "WAITING" and pub["booking_id"] == 100
     json.dumps(pub)
