@@ -101,15 +101,28 @@ def settings(redis_url: str, sandbox_server: SandboxServer, prefix: str) -> Sett
     return fast_settings(redis_url, sandbox_server.url, prefix)
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
-    """Polls `predicate` until it returns something truthy; fails with `what` after `timeout`."""
+class WaitTimeout(AssertionError, TimeoutError):
+    """A poll ran out of time: a failed assertion for tests, a TimeoutError for the bench."""
+
+
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float = 20.0,
+    what: str = "",
+    interval: float | None = None,
+) -> Any:
+    """Polls `predicate` until it returns something truthy; fails with `what` after `timeout`.
+
+    Polls every `interval` seconds, or starting at 20 ms and backing off to 200 ms.
+    """
     deadline = time.monotonic() + timeout
-    delay = 0.02
+    delay = interval or 0.02
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+            raise WaitTimeout(f"timed out after {timeout}s waiting for {what or predicate}")
         time.sleep(delay)
-        delay = min(0.2, delay * 1.5)
+        if interval is None:
+            delay = min(0.2, delay * 1.5)
