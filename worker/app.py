@@ -23,7 +23,7 @@ from celery import Celery, Task, signals
 from celery.exceptions import Reject
 from kombu import Exchange, Queue
 
-from worker import compat
+from worker import broker, compat
 from worker.fanout import Fanout
 from worker.flow import Flow
 from worker.runtime import services
@@ -67,20 +67,23 @@ class RebookTask(Task):
 STORE_ERRORS = (redis.ConnectionError, redis.TimeoutError)
 
 
-def requeue_when_store_is_down(step: Callable[[], T], tries: int = 3) -> T:
-    """For intake: a store outage hands the message back to the broker instead of failing it
-    (a failed message is acknowledged, i.e. gone). Waits briefly first, so a blip costs nothing
-    and a long outage does not spin the message around. Intake is idempotent, so a retry after
-    a half-done attempt is safe."""
-    for attempt in range(tries):
+def requeue_when_store_is_down(step: Callable[[], T], hold: float | None = None) -> T:
+    """For intake: a store outage is waited out for up to `hold` seconds (half the soft time
+    limit), so a Redis restart costs seconds; a longer one hands the message back to the broker
+    (reject + requeue) instead of failing it, since a failed message is acknowledged, i.e. gone.
+    If the broker is down too, the message stays in its unacknowledged set and comes back after
+    the visibility timeout. Intake is idempotent, so a retry after a half-done attempt is safe."""
+    deadline = time.monotonic() + (time_limits(settings).soft / 2 if hold is None else hold)
+    pause = 0.1
+    while True:
         try:
             return step()
         except STORE_ERRORS as exc:
-            if attempt + 1 == tries:
+            if time.monotonic() + pause > deadline:
                 log.warning("store unreachable (%s): event handed back to the broker", exc)
                 raise Reject(exc, requeue=True) from None
-            time.sleep(0.5 * 2**attempt)
-    raise AssertionError("unreachable")
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
 
 
 def _deadletter_failed(name: str, task_id: str, exc: BaseException, args: Any, kwargs: Any) -> None:
@@ -210,6 +213,7 @@ def make_app(settings: Settings) -> Celery:
 
 settings = settings_or_exit()
 compat.patch_kombu_closed_channel()
+broker.install()
 app = make_app(settings)
 
 

@@ -345,19 +345,14 @@ def test_redis_restart_mid_run_loses_nothing_acknowledged(tmp_path: Path, how: s
 
 
 @pytest.mark.full  # needs minutes (the broker's visibility timeout): `make chaos` only
-@pytest.mark.xfail(
-    strict=False,  # a race: not every run hits it, so strict would fail the runs that do not
-    reason="BUG (racy): kombu's Redis transport pops an intake message (BRPOP) and records it in "
-    "`unacked` in a separate MULTI; when Redis stops in between (seen with SIGTERM and SIGKILL, "
-    "often together with the worker crash of the test below) an acknowledged event is in neither "
-    "the queue, `unacked` nor the store: lost, with no dead letter",
-)
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("how", ["sigterm", "sigkill"])
 def test_redis_restart_while_producing_loses_nothing_acknowledged(tmp_path: Path, how: str) -> None:
-    """The producer keeps sending while Redis restarts: a send that returned is never lost.
-    An intake message a worker held at the outage stays in the broker's `unacked` hash until
-    the visibility timeout plus kombu's restore period (100 s) pass, hence the long settle."""
+    """The producer keeps sending while Redis restarts: a send that returned is never lost, not
+    even one the worker took from the queue just as Redis stopped (held until Redis is back:
+    worker.compat.patch_kombu_hold_popped_message). An intake message whose task gave up
+    waiting for the store stays in the broker's `unacked` hash until the visibility timeout
+    plus kombu's restore period pass, hence the long settle."""
     with scenario(tmp_path, how) as (run, servers):
         system = run.system
         first = EVENTS // 3
