@@ -229,9 +229,11 @@ class CeleryDispatcher:
             kwargs["rebook_id"] = rebook_id
         self.app.send_task("rebook.check_presence", kwargs=kwargs, priority=URGENT_PRIORITY)
 
-    def reschedule(self, rebook_id: str) -> None:
+    def reschedule(self, rebook_id: str, urgent: bool = False) -> None:
         self.app.send_task(
-            "rebook.reschedule", kwargs={"rebook_id": rebook_id}, priority=STEP_PRIORITY
+            "rebook.reschedule",
+            kwargs={"rebook_id": rebook_id},
+            priority=URGENT_PRIORITY if urgent else STEP_PRIORITY,
         )
 
     def watch(self, rebook_id: str, booking: dict[str, Any]) -> None:

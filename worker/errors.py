@@ -75,6 +75,10 @@ class RateLimited(Transient):
     """HTTP 429: try again after `retry_after` seconds, or a backoff when none was given."""
 
 
+class Throttled(RateLimited):
+    """Our own shared rate budget said wait (`retry_after`): no request went out."""
+
+
 class AuthExpired(UpstreamError):
     """HTTP 401 on a member call: refresh the access token, then the call may be repeated."""
 

@@ -23,6 +23,7 @@ from worker.errors import (
     NotFound,
     ReauthRequired,
     Rejected,
+    Throttled,
     UpstreamError,
 )
 from worker.models import RebookEvent, State, WebcamBooking, from_ts, iso_z
@@ -44,7 +45,7 @@ class Dispatcher(Protocol):
     """Sends the next step. Implementations must not block on the step itself."""
 
     def check_presence(self, performer_id: int | None, rebook_id: str | None = None) -> None: ...
-    def reschedule(self, rebook_id: str) -> None: ...
+    def reschedule(self, rebook_id: str, urgent: bool = False) -> None: ...
     def watch(self, rebook_id: str, booking: dict[str, Any]) -> None: ...
 
 
@@ -207,6 +208,12 @@ class Flow:
             return "idle"
         try:
             online = self.client.is_online(performer_id)
+        except Throttled as exc:  # not called: the budget went to POSTs; try again soon
+            self.store.release_presence_call(performer_id)
+            wait = (exc.retry_after or interval) * random.uniform(1.0, 1.25)
+            log.info("presence of performer %s deferred %.2fs (rate budget)", performer_id, wait)
+            self.store.schedule_performer(performer_id, self.clock() + wait)
+            return "throttled"
         except UpstreamError as exc:
             wait = max(interval, exc.retry_after or 0.0) * random.uniform(1.0, 1.25)
             log.warning(
@@ -228,7 +235,9 @@ class Flow:
                     now=now,
                 ):
                     moved += 1
-                    self.dispatch.reschedule(rid)
+                    # the first jumps the queue: a performer who comes online gets a POST out
+                    # at once, even while another performer's burst is being worked off
+                    self.dispatch.reschedule(rid, urgent=moved == 1)
             log.info("performer %s online: %d rebook(s) to reschedule", performer_id, moved)
         self.store.schedule_performer(performer_id, claimed_at + interval)
         return "online" if online else "offline"

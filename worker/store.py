@@ -574,7 +574,15 @@ class Store:
 
     def claim_presence_call(self, performer_id: int, interval: float) -> float:
         """At most one presence call per performer per interval, across all workers."""
-        return self.claim_window(f"presence:{performer_id}", interval)
+        return self.claim_window(self._presence_window(performer_id), interval)
+
+    def release_presence_call(self, performer_id: int) -> None:
+        """The claimed call was not made (rate budget): the next check may go at once."""
+        self.r.delete(self.key(self._presence_window(performer_id)))
+
+    @staticmethod
+    def _presence_window(performer_id: int) -> str:
+        return f"presence:{performer_id}"
 
     def waiting_count(self, performer_id: int) -> int:
         """O(1) per shard: enough to decide whether a presence call is needed at all."""

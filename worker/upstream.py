@@ -48,12 +48,24 @@ PATHS: dict[str, tuple[str, str]] = {
     "CancelMadeBooking": ("POST", "/v1/Webcam/CancelMadeBooking"),
     "getUserSummary": ("GET", "/v1/newsfeed/getUserSummary"),
 }
+#: Share of the rate limiter's burst each call may use (see RedisRateLimiter): when the budget is
+#: short, the POST a member waits for goes first, presence polls next, reads that have minutes
+#: of slack (watching, reconciling, confirming) last.
+RATE_SHARE: dict[str, float] = {
+    "RescheduleMadeBooking": 1.0,
+    "token": 1.0,
+    "getUserSummary": 0.5,
+    "MadeBookingDetails": 0.25,
+    "MadeBookings": 0.25,
+    "ConfirmMadeBooking": 0.25,
+    "CancelMadeBooking": 0.25,
+}
 MAX_PAGE = 100
 M = TypeVar("M", bound=BaseModel)
 
 
 class Limiter(Protocol):
-    def acquire(self) -> None: ...
+    def acquire(self, share: float = 1.0) -> None: ...
 
 
 CallHook = Callable[[str, str], None]
@@ -190,7 +202,7 @@ class UpstreamClient:
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
         if self._limiter is not None:
-            self._limiter.acquire()
+            self._limiter.acquire(RATE_SHARE.get(endpoint, 1.0))
         started = time.monotonic()
         outcome = "ok"
         try:
@@ -307,7 +319,7 @@ class UpstreamClient:
     ) -> dict[str, Any]:
         """`grant_type=refresh_token`; the upstream rotates the refresh token on every success."""
         if self._limiter is not None:
-            self._limiter.acquire()
+            self._limiter.acquire(RATE_SHARE["token"])
         outcome = "ok"
         try:
             try:

@@ -138,6 +138,20 @@ def tree_memory_kb(pid: int) -> dict[str, Any]:
     }
 
 
+def tree_cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes and all their descendants, from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for root in pids:
+        for p in process_tree(root):
+            try:
+                fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / tick
+
+
 # --- the sandbox's call log ---------------------------------------------------------------------
 
 

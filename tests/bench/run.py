@@ -58,6 +58,7 @@ from tests.bench.harness import (
     machine_info,
     peak_in_window,
     percentile,
+    tree_cpu_seconds,
     tree_memory_kb,
     used_memory,
     wait_until,
@@ -139,9 +140,11 @@ class Bench:
         on the same performer (those would wait on each other's POST, by design)."""
         return f"{kind[0]}m-{k // self.cfg.rebooks_per_member}"
 
-    def reaction_rebooks(self) -> list[int]:
-        """Rebooks on the performers that come online in the reaction phase."""
-        return [k for k in range(self.cfg.waiting) if k % self.cfg.performers < self.cfg.online]
+    def reaction_rebooks(self, first: int = 0) -> list[int]:
+        """Rebooks on the `online` performers from index `first` that come online in a reaction
+        phase (the burst: 0; one at a time: `online`)."""
+        lo, hi = first, first + self.cfg.online
+        return [k for k in range(self.cfg.waiting) if lo <= k % self.cfg.performers < hi]
 
     def booking_of(self, k: int, kind: str) -> int:
         return self.bookings[kind].get(k, SYNTHETIC_BOOKING[kind] + k)
@@ -201,6 +204,13 @@ class Bench:
         if self.redis_server is not None:
             self.redis_server.stop()
             self.redis_server = None
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by everything this bench started (Redis included)."""
+        roots = [p.pid for p in self.procs]
+        if self.redis_server is not None and self.redis_server.proc is not None:
+            roots.append(self.redis_server.proc.pid)
+        return tree_cpu_seconds(roots)
 
     def queue_idle(self, queues: tuple[str, ...]) -> bool:
         pipe = self.r.pipeline(transaction=False)
@@ -321,7 +331,9 @@ class Bench:
         out["reaction"] = self.reaction("ours", OURS_PID)
         out["watch"] = self.watch_window("ours", out["reaction"]["new_bookings"])
         self.finish_watching(out["reaction"]["new_bookings"])
-        for i in range(cfg.online):
+        out["reaction_single"] = self.reaction("ours", OURS_PID, first=cfg.online, single=True)
+        self.finish_watching(out["reaction_single"]["new_bookings"])
+        for i in range(2 * cfg.online):
             self.sandbox.set_online(OURS_PID + i, False)
         time.sleep(1.0)
         out["rss_after_reaction"] = {
@@ -379,7 +391,7 @@ class Bench:
         for user in sorted(members):
             answer = self.sandbox.add_user(user)
             self.svc.token_store.save(user, TokenSet.from_token_response(answer, now))
-        for k in self.reaction_rebooks():
+        for k in self.reaction_rebooks() + self.reaction_rebooks(self.cfg.online):
             self.bookings["ours"][k] = self.sandbox.add_booking(
                 self.member_of(k, "ours"), self.performer_of(k, OURS_PID)
             )
@@ -563,28 +575,29 @@ class Bench:
             "lost_log_entries": self.calls.lost,
         }
 
-    def reaction(self, kind: str, base: int) -> dict[str, Any]:
-        """Performers come online one by one at random moments; time to each rebook's POST."""
+    def reaction(
+        self, kind: str, base: int, first: int = 0, single: bool = False
+    ) -> dict[str, Any]:
+        """Performers come online at random moments; time to each of their rebooks' POST.
+
+        The burst (`single` False): one after another, 0.75 P + up to P apart, so their POSTs
+        overlap. One at a time (`single`): each after the previous one's POSTs are all out, at
+        a random moment within P (any phase of the presence polling)."""
         cfg = self.cfg
-        ks = self.reaction_rebooks()
+        ks = self.reaction_rebooks(first)
         bookings = {self.booking_of(k, kind): k for k in ks}
         online_at: dict[int, float] = {}
         s0 = self.calls.sync()
+        cpu0, wall0 = self.cpu_seconds(), time.monotonic()
         start = time.time()
-        order = list(range(cfg.online))
+        order = list(range(first, first + cfg.online))
         self.rng.shuffle(order)
-        gap = max(1.0, 0.75 * cfg.presence)
-        for i, idx in enumerate(order):
-            target = start + i * gap + self.rng.uniform(0, cfg.presence)
-            time.sleep(max(0.0, target - time.time()))
-            self.sandbox.set_online(base + idx, True)
-            online_at[base + idx] = time.time()
         posted: dict[int, float] = {}
         new_bookings: dict[int, int] = {}
         attempts: Counter[int] = Counter()
         seen: set[int] = set()
 
-        def all_posted() -> bool:
+        def all_posted(pids: set[int] | None = None) -> bool:
             self.calls.sync()
             for r in self.calls.between(s0, self.calls.next):
                 if r["op"] != "RescheduleMadeBooking" or r["booking_id"] not in bookings:
@@ -596,11 +609,33 @@ class Bench:
                 if r["status"] == 200 and r["booking_id"] not in posted:
                     posted[r["booking_id"]] = r["t"]
                     new_bookings[r["new_booking_id"]] = r["booking_id"]
-            return len(posted) >= len(bookings)
+            return all(
+                b in posted
+                for b, k in bookings.items()
+                if pids is None or self.performer_of(k, base) in pids
+            )
 
         timed_out = False
         try:
-            wait_until(all_posted, cfg.reaction_timeout, f"{kind} reschedule POSTs", 0.25)
+            if single:
+                for idx in order:
+                    time.sleep(self.rng.uniform(0, cfg.presence))
+                    self.sandbox.set_online(base + idx, True)
+                    online_at[base + idx] = time.time()
+                    wait_until(
+                        lambda pid=base + idx: all_posted({pid}),
+                        cfg.reaction_timeout,
+                        f"{kind} POSTs of performer {base + idx}",
+                        0.1,
+                    )
+            else:
+                gap = max(1.0, 0.75 * cfg.presence)
+                for i, idx in enumerate(order):
+                    target = start + i * gap + self.rng.uniform(0, cfg.presence)
+                    time.sleep(max(0.0, target - time.time()))
+                    self.sandbox.set_online(base + idx, True)
+                    online_at[base + idx] = time.time()
+                wait_until(all_posted, cfg.reaction_timeout, f"{kind} reschedule POSTs", 0.25)
         except TimeoutError:
             timed_out = True
         end_seq = self.calls.sync()
@@ -642,11 +677,14 @@ class Bench:
             "upstream_peak_5s_per_second": peak_in_window(window, 5.0) / 5.0,
             "upstream_calls_in_burst": len(window),
             "burst_seconds": t_last + 1.0 - t_first,
+            "cpu_cores_busy": (self.cpu_seconds() - cpu0) / (time.monotonic() - wall0),
+            "single": single,
             "new_bookings": {str(new): orig for new, orig in new_bookings.items()},
             "latencies": sorted(round(x, 4) for x in latencies),
         }
         log(
-            f"reaction {kind}: {len(posted)}/{len(bookings)} posted, "
+            f"reaction {kind}{' one at a time' if single else ''}: "
+            f"{len(posted)}/{len(bookings)} posted, "
             f"p50 {_s(result['p50'])} p99 {_s(result['p99'])}, "
             f"peak {result['upstream_peak_1s']} calls/1s"
         )
@@ -1055,8 +1093,8 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
         value = getattr(args, name)
         if value is not None:
             setattr(cfg, name, value)
-    if cfg.performers < cfg.rebooks_per_member or cfg.online > cfg.performers:
-        p.error("need --performers >= 10 and --online <= --performers")
+    if cfg.performers < cfg.rebooks_per_member or 2 * cfg.online > cfg.performers:
+        p.error("need --performers >= 10 and --online <= --performers / 2")
     return cfg, args
 
 

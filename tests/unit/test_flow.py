@@ -33,12 +33,14 @@ class Recorder:
 
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
+        self.urgent: list[bool] = []
 
     def check_presence(self, performer_id: int | None, rebook_id: str | None = None) -> None:
         self.calls.append(("check_presence", performer_id, rebook_id))
 
-    def reschedule(self, rebook_id: str) -> None:
+    def reschedule(self, rebook_id: str, urgent: bool = False) -> None:
         self.calls.append(("reschedule", rebook_id))
+        self.urgent.append(urgent)
 
     def watch(self, rebook_id: str, booking: dict[str, Any]) -> None:
         self.calls.append(("watch", rebook_id, booking))
@@ -286,6 +288,7 @@ def test_online_moves_every_waiting_rebook(env: Env) -> None:
     env.sandbox.set_online(7, True)
     assert env.flow.check_presence(7) == "online"
     assert sorted(c[1] for c in env.rec.of("reschedule")) == sorted(on7)
+    assert env.rec.urgent == [True, False, False], "only the first jumps the queue"
     assert all(env.get(r).state is State.RESCHEDULING for r in on7)
     assert env.get(on8).state is State.WAITING
     assert env.store.waiting_for(7) == []
@@ -319,6 +322,21 @@ def test_presence_error_keeps_waiting(env: Env) -> None:
     assert env.get(rid).state is State.WAITING
     due = env.store.performer_due(7)
     assert due is not None and due >= env.clock() + 0.25
+
+
+def test_presence_gives_way_to_the_rate_budget_without_losing_its_turn(
+    make_env: Callable[..., Env],
+) -> None:
+    env = make_env(upstream_rate_per_second=1)  # one call a second, no burst
+    env.submit(env.sandbox.add_booking("alice", 7))
+    env.submit(env.sandbox.add_booking("alice", 8), performer=8)
+    assert env.flow.check_presence(7) == "offline"  # spends this second's budget
+    assert env.flow.check_presence(8) == "throttled"  # a presence poll does not sit and wait
+    due = env.store.performer_due(8)
+    assert due is not None and env.clock() + 0.5 <= due <= env.clock() + 1.3
+    # the call was not made, so the performer's turn was not used up: not "coalesced"
+    assert env.flow.check_presence(8) == "throttled"
+    assert env.sandbox.stats()["presence_calls"] == {"7": 1}
 
 
 def test_performer_is_resolved_from_the_original_booking(env: Env) -> None:

@@ -27,7 +27,7 @@ from worker.errors import (
 )
 from worker.ratelimit import RedisRateLimiter
 from worker.sandbox import SandboxClient, SandboxServer
-from worker.upstream import UpstreamClient, parse_retry_after
+from worker.upstream import RATE_SHARE, UpstreamClient, parse_retry_after
 
 KEY = "sandbox-key"
 CLIENT_ID, CLIENT_SECRET = "sandbox-client", "sandbox-secret"
@@ -134,10 +134,10 @@ def test_on_call_hook_and_limiter(sandbox_server: SandboxServer, member: dict[st
     seen: list[tuple[str, str]] = []
 
     class Counting:
-        calls = 0
+        shares: list[float] = []
 
-        def acquire(self) -> None:
-            Counting.calls += 1
+        def acquire(self, share: float = 1.0) -> None:
+            Counting.shares.append(share)
 
     c = UpstreamClient(
         sandbox_server.url, KEY, limiter=Counting(), on_call=lambda e, o: seen.append((e, o))
@@ -149,7 +149,7 @@ def test_on_call_hook_and_limiter(sandbox_server: SandboxServer, member: dict[st
     finally:
         c.close()
     assert seen == [("getUserSummary", "ok"), ("MadeBookingDetails", "NotFound")]
-    assert Counting.calls == 2
+    assert Counting.shares == [RATE_SHARE["getUserSummary"], RATE_SHARE["MadeBookingDetails"]]
 
 
 # --- headers, seen by a real HTTP server ----------------------------------------------------------
@@ -706,7 +706,8 @@ def test_rate_zero_never_blocks(rclient: redis.Redis, prefix: str) -> None:
 def test_the_limiter_is_used_by_the_client(
     rclient: redis.Redis, prefix: str, sandbox_server: SandboxServer, sandbox: SandboxClient
 ) -> None:
-    limiter = RedisRateLimiter(rclient, prefix + "rl", 1, burst=2, max_wait=0.05)
+    # 1/s, burst 3: presence polls (share 0.5) may use half of the burst, two calls
+    limiter = RedisRateLimiter(rclient, prefix + "rl", 1, burst=3, max_wait=0.05)
     c = UpstreamClient(sandbox_server.url, KEY, limiter=limiter)
     try:
         c.is_online(7)
@@ -716,3 +717,28 @@ def test_the_limiter_is_used_by_the_client(
     finally:
         c.close()
     assert sandbox.stats()["presence_calls"] == {"7": 2}
+
+
+def test_a_short_budget_goes_to_the_higher_share_first(rclient: redis.Redis, prefix: str) -> None:
+    """A reschedule POST (share 1) still goes when watch reads (0.25) and presence polls (0.5)
+    must wait; nothing exceeds the burst in total."""
+    limiter = RedisRateLimiter(rclient, prefix + "rl", 1, burst=5, max_wait=0.05)
+    shares = {
+        name: RATE_SHARE[endpoint]
+        for name, endpoint in [
+            ("post", "RescheduleMadeBooking"),
+            ("presence", "getUserSummary"),
+            ("watch", "MadeBookings"),
+        ]
+    }
+
+    def goes(share: float) -> bool:
+        try:
+            limiter.acquire(share)
+        except RateLimited:
+            return False
+        return True
+
+    assert [goes(shares["watch"]) for _ in range(3)] == [True, True, False]
+    assert [goes(shares["presence"]) for _ in range(2)] == [True, False]
+    assert [goes(shares["post"]) for _ in range(3)] == [True, True, False]
