@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -70,6 +71,22 @@ class Limiter(Protocol):
 
 CallHook = Callable[[str, str], None]
 """Called after every upstream call with (endpoint, outcome) — outcome "ok" or the error class."""
+
+
+def environment_session(url: str) -> requests.Session:
+    """A session that reads proxy and CA-bundle settings from the environment once, here.
+
+    By default requests re-reads them (and ~/.netrc) on every request: a sixth of the CPU of a
+    reschedule step. Proxies are those for `url` (`HTTPS_PROXY`, `NO_PROXY`, ...); the token
+    endpoint uses the same.
+    """
+    session = requests.Session()
+    session.proxies.update(requests.utils.get_environ_proxies(url))
+    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    if bundle:
+        session.verify = bundle
+    session.trust_env = False
+    return session
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -181,7 +198,7 @@ class UpstreamClient:
         self.zone = zone
         self._limiter = limiter
         self._on_call = on_call
-        self._session = session or requests.Session()
+        self._session = session or environment_session(self.base_url)
 
     def close(self) -> None:
         self._session.close()

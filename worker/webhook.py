@@ -15,6 +15,8 @@ from typing import Any
 
 import requests
 
+from worker.upstream import environment_session
+
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
     mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
@@ -39,7 +41,7 @@ class WebhookSender:
         self.url = url
         self._secret = secret
         self.timeout = timeout
-        self._session = requests.Session()
+        self._session = environment_session(url)
 
     def send(self, delivery_id: str, payload: dict[str, Any]) -> None:
         body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()

@@ -27,7 +27,7 @@ from worker.errors import (
 )
 from worker.ratelimit import RedisRateLimiter
 from worker.sandbox import SandboxClient, SandboxServer
-from worker.upstream import RATE_SHARE, UpstreamClient, parse_retry_after
+from worker.upstream import RATE_SHARE, UpstreamClient, environment_session, parse_retry_after
 
 KEY = "sandbox-key"
 CLIENT_ID, CLIENT_SECRET = "sandbox-client", "sandbox-secret"
@@ -742,3 +742,16 @@ def test_a_short_budget_goes_to_the_higher_share_first(rclient: redis.Redis, pre
     assert [goes(shares["watch"]) for _ in range(3)] == [True, True, False]
     assert [goes(shares["presence"]) for _ in range(2)] == [True, False]
     assert [goes(shares["post"]) for _ in range(3)] == [True, True, False]
+
+
+def test_the_session_reads_proxies_and_ca_bundle_from_the_environment_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "bypass.example")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/custom.pem")
+    proxied = environment_session("https://api.example")
+    assert proxied.proxies.get("https") == "http://proxy.example:3128"
+    assert proxied.verify == "/etc/ssl/certs/custom.pem"
+    assert proxied.trust_env is False  # not read again on every request
+    assert not environment_session("https://bypass.example").proxies
