@@ -326,6 +326,8 @@ class Bench:
             out["intake"].append(self.intake(done, size))
             done = size
             out["points"].append(self.memory_point(size, base_mem, "Celery intake"))
+        # the same no-op batch with what the intake ran beside: presence polls for everyone waiting
+        out["noop_loaded"] = self.noop_rate(min(cfg.noop_max, max(self.intake_batches())), True)
         pids = {OURS_PID + i for i in range(cfg.performers)}
         out["presence"] = self.presence_window(pids, cfg.waiting, cfg.windows * cfg.presence)
         out["reaction"] = self.reaction("ours", OURS_PID)
@@ -367,9 +369,13 @@ class Bench:
     def intake_batches(self) -> list[int]:
         return sorted({s for s in self.cfg.sizes if s < self.cfg.waiting} | {self.cfg.waiting})
 
-    def noop_rate(self, n: int) -> dict[str, Any]:
-        """`bench.noop` through the same broker, queue and worker: the intake ceiling."""
-        wait_until(lambda: self.queue_idle((EVENTS_QUEUE, WORK_QUEUE)), 30, "idle queues")
+    def noop_rate(self, n: int, busy: bool = False) -> dict[str, Any]:
+        """`bench.noop` through the same broker, queue and worker: the intake ceiling. `busy`:
+        the worker keeps polling presence meanwhile, so only the event queue must be empty."""
+        if busy:
+            wait_until(lambda: not self.r.llen(EVENTS_QUEUE), 30, "an empty event queue")
+        else:
+            wait_until(lambda: self.queue_idle((EVENTS_QUEUE, WORK_QUEUE)), 30, "idle queues")
         t0 = time.time()
         for i in range(n):
             self.producer.send_task("bench.noop", kwargs={"i": i}, queue=EVENTS_QUEUE)
