@@ -204,7 +204,11 @@ def percentile(values: Iterable[float], pct: float) -> float | None:
 
 
 def used_memory(r: redis.Redis) -> int:
-    return int(r.info("memory")["used_memory"])
+    """Redis memory without client connection buffers: those follow how many processes are
+    connected (a worker's pool children connect lazily), not how many rebooks wait."""
+    info = r.info("memory")
+    clients = int(info.get("mem_clients_normal", 0)) + int(info.get("mem_clients_slaves", 0))
+    return int(info["used_memory"]) - clients
 
 
 def commandstats(r: redis.Redis) -> dict[str, dict[str, float]]:
