@@ -8,8 +8,8 @@ systemd unit (ops/systemd/rebook-worker.service, `Restart=on-failure`): if it ex
 failure, it is started again, and every such death is reported.
 
 `REBOOK_CHAOS_SCALE=full` sends more events, keeps Redis down longer and also restarts Redis while
-the producer is still sending (an intake message in flight then waits out the broker's visibility
-timeout, so that variant needs minutes).
+the producer is still sending (Redis is also the broker: a message taken just as Redis stopped
+must come back, which may take the broker's visibility timeout).
 """
 
 from __future__ import annotations
@@ -349,10 +349,10 @@ def test_redis_restart_mid_run_loses_nothing_acknowledged(tmp_path: Path, how: s
 @pytest.mark.parametrize("how", ["sigterm", "sigkill"])
 def test_redis_restart_while_producing_loses_nothing_acknowledged(tmp_path: Path, how: str) -> None:
     """The producer keeps sending while Redis restarts: a send that returned is never lost, not
-    even one the worker took from the queue just as Redis stopped (held until Redis is back:
-    worker.compat.patch_kombu_hold_popped_message). An intake message whose task gave up
-    waiting for the store stays in the broker's `unacked` hash until the visibility timeout
-    plus kombu's restore period pass, hence the long settle."""
+    even one the worker took from the queue just as Redis stopped (`worker.broker` pops and
+    records it as unacknowledged in one step, celery/kombu#305). An intake message whose task
+    gave up waiting for the store stays in the broker's `unacked` hash until the visibility
+    timeout plus kombu's restore period pass, hence the long settle."""
     with scenario(tmp_path, how) as (run, servers):
         system = run.system
         first = EVENTS // 3
