@@ -543,9 +543,7 @@ class Flow:
             return "noop"
         accept_by = rec.accept_by_ts or (rec.created_ts + ACCEPT_BY_FALLBACK_SECONDS)
         try:
-            booking = self._member_call(
-                rec, lambda tok: self._read_watched(rec, tok, new_booking_id, accept_by)
-            )
+            booking = self._read_watched(rec, new_booking_id, accept_by)
         except Rejected as exc:
             self._park(
                 rec,
@@ -569,6 +567,9 @@ class Flow:
             self._retry_later(rec, exc, "reading the new booking")
             return "retry"
         now = self.clock()
+        if booking is None:
+            self._stay(rec, reason=rec.reason, due=now + self.settings.sweep_interval_seconds)
+            return "deferred"
         final = booking.final_state
         if booking.accept_by is not None:
             accept_by = booking.accept_by.timestamp()
@@ -602,14 +603,14 @@ class Flow:
         )
         return "pending"
 
-    def _read_watched(
-        self, rec: Rebook, token: str, booking_id: int, accept_by: float
-    ) -> WebcamBooking:
+    def _read_watched(self, rec: Rebook, booking_id: int, accept_by: float) -> WebcamBooking | None:
         """The watched booking's state, at one MadeBookings call per member per interval.
 
         The first watch of a member in an interval reads the member's recent bookings once and
-        caches them for everyone watching that interval; the others use the cache. A booking not
-        in the list, and the last read at AcceptBy (EXPIRED must rest on a fresh answer), go to
+        caches them for everyone watching that interval; the others use the cache. None: another
+        worker is reading that list right now; the step comes back a sweep later instead of
+        spending a MadeBookingDetails call (watch reads have minutes of slack). A booking not in
+        the list, and the last read at AcceptBy (EXPIRED must rest on a fresh answer), go to
         MadeBookingDetails.
         """
         interval = self.settings.watch_interval_seconds
@@ -621,20 +622,25 @@ class Flow:
                     if r.state == State.WATCHING
                 ]
                 since = min((r.post_sent_ts or r.created_ts) for r in [rec, *watching])
-                found = list(
-                    self.client.iter_made_bookings(
-                        token, start=from_ts(since - CLOCK_SKEW_SECONDS), max_pages=5
-                    )
+                found = self._member_call(
+                    rec,
+                    lambda tok: list(
+                        self.client.iter_made_bookings(
+                            tok, start=from_ts(since - CLOCK_SKEW_SECONDS), max_pages=5
+                        )
+                    ),
                 )
                 self.store.cache_bookings(
                     rec.user_id,
                     {b.booking_id: b.model_dump_json(by_alias=True) for b in found},
                     ttl=interval,
                 )
-            cached = self.store.cached_booking(rec.user_id, booking_id)
+            listed, cached = self.store.cached_booking(rec.user_id, booking_id)
             if cached is not None:
                 return WebcamBooking.model_validate_json(cached, context={"tz": self.settings.zone})
-        return self.client.booking_details(token, booking_id)
+            if not listed:
+                return None
+        return self._member_call(rec, lambda tok: self.client.booking_details(tok, booking_id))
 
     def _finish(self, rec: Rebook, booking: WebcamBooking, final: State, reason: str = "") -> str:
         self.store.transition(

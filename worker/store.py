@@ -36,6 +36,9 @@ KEEP = ""
 """`due=KEEP` leaves the due index as it is; `due=REMOVE` takes the record out of it."""
 REMOVE = "-"
 DEADLETTER_PAYLOAD_LIMIT = 4096
+LISTED = "_listed"
+"""Field of a member's watch cache that says its MadeBookings read is done (booking ids are
+digits, so it cannot collide)."""
 SECRET_NAME = re.compile(
     r"token|secret|passw|authorization|api_?key|private_?key|fernet|credential|^key$", re.I
 )
@@ -543,22 +546,23 @@ class Store:
     # -- watch cache -----------------------------------------------------------------------------
 
     def cache_bookings(self, user_id: str, bookings: dict[int, str], ttl: float) -> None:
-        """A member's bookings as read by one MadeBookings call, shared for one interval."""
+        """A member's bookings as read by one MadeBookings call, shared for one interval. The
+        `LISTED` field says the read is done, even when it found nothing."""
         key = self.key("watchcache", user_id)
         pipe = self.r.pipeline(transaction=not self.cluster)
         pipe.delete(key)
-        if bookings:
-            pipe.hset(key, mapping={str(k): v for k, v in bookings.items()})
-            pipe.pexpire(key, max(1, int(ttl * 1000)))
+        pipe.hset(key, mapping={LISTED: "1", **{str(k): v for k, v in bookings.items()}})
+        pipe.pexpire(key, max(1, int(ttl * 1000)))
         pipe.execute()
 
     def forget_cached(self, user_id: str, booking_id: int) -> None:
         """After we changed a booking (confirm), its next read goes upstream."""
         self.r.hdel(self.key("watchcache", user_id), str(booking_id))
 
-    def cached_booking(self, user_id: str, booking_id: int) -> str | None:
-        value = self.r.hget(self.key("watchcache", user_id), str(booking_id))
-        return str(value) if value is not None else None
+    def cached_booking(self, user_id: str, booking_id: int) -> tuple[bool, str | None]:
+        """(whether the member's list has been read this interval, the booking as listed)."""
+        listed, value = self.r.hmget(self.key("watchcache", user_id), [LISTED, str(booking_id)])
+        return listed is not None, str(value) if value is not None else None
 
     # -- performers ----------------------------------------------------------------------------
 

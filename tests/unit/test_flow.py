@@ -677,6 +677,28 @@ def test_watching_costs_one_made_bookings_call_per_member_per_interval(env: Env)
     assert env.calls("MadeBookings") - list_before == 2
 
 
+def test_a_watch_while_another_worker_reads_the_list_comes_back_instead_of_reading(
+    env: Env,
+) -> None:
+    """Watches of one member that run at the same moment share the one list read: those that
+    find it in progress come back a sweep later rather than each calling MadeBookingDetails."""
+    rid, _, _ = watching(env)
+    env.store.claim_window("watchlist:alice", 60)  # another worker has just begun the read
+    details, lists = env.calls("MadeBookingDetails"), env.calls("MadeBookings")
+    before = env.clock()
+    assert env.flow.watch(rid) == "deferred"
+    assert (env.calls("MadeBookingDetails"), env.calls("MadeBookings")) == (details, lists)
+    rec = env.get(rid)
+    assert rec.state is State.WATCHING
+    due = float(env.store.r.zscore(env.store.key("due"), rid))
+    assert before < due <= env.clock() + env.settings.sweep_interval_seconds
+    # that worker's read lands in the cache: the next try uses it, still without a call
+    env.store.cache_bookings("alice", {}, ttl=60)
+    assert env.flow.watch(rid) == "pending"  # not listed: MadeBookingDetails, as before
+    assert env.calls("MadeBookingDetails") == details + 1
+    assert env.calls("MadeBookings") == lists
+
+
 def test_the_last_read_at_accept_by_is_fresh(env: Env) -> None:
     rid, _, new = watching(env)
     assert env.flow.watch(rid) == "pending"  # caches Pending for the interval
