@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import redis
@@ -228,11 +229,18 @@ class CeleryDispatcher:
     def __init__(self, celery_app: Celery) -> None:
         self.app = celery_app
 
-    def check_presence(self, performer_id: int | None, rebook_id: str | None = None) -> None:
+    def check_presence(
+        self, performer_id: int | None, rebook_id: str | None = None, at: float | None = None
+    ) -> None:
         kwargs: dict[str, Any] = {"performer_id": performer_id}
         if rebook_id is not None:
             kwargs["rebook_id"] = rebook_id
-        self.app.send_task("rebook.check_presence", kwargs=kwargs, priority=URGENT_PRIORITY)
+        # `at` is less than one sweep interval ahead: the worker holds the message that long on
+        # its timer (no pool process); the record's lease still covers a lost one
+        eta = datetime.fromtimestamp(at, UTC) if at is not None else None
+        self.app.send_task(
+            "rebook.check_presence", kwargs=kwargs, priority=URGENT_PRIORITY, eta=eta
+        )
 
     def reschedule(self, rebook_id: str, urgent: bool = False) -> None:
         self.app.send_task(

@@ -39,12 +39,20 @@ ACTIVE_STEPS = (State.WAITING, State.RESCHEDULING, State.WATCHING)
 CLOCK_SKEW_SECONDS = 30.0
 """How far the upstream's CreateDate may lag our clock when we look for a booking we made."""
 ACCEPT_BY_FALLBACK_SECONDS = 86400.0
+PRESENCE_SLACK_SECONDS = 0.05
+"""A presence check sent to run on time may find the last one's window open for a moment more
+(the window began a round trip after its check did; clocks of two hosts differ by a few ms):
+it waits that long rather than a whole sweep."""
 
 
 class Dispatcher(Protocol):
     """Sends the next step. Implementations must not block on the step itself."""
 
-    def check_presence(self, performer_id: int | None, rebook_id: str | None = None) -> None: ...
+    def check_presence(
+        self, performer_id: int | None, rebook_id: str | None = None, at: float | None = None
+    ) -> None:
+        """`at`: run no earlier than this (unix time; within one sweep interval)."""
+
     def reschedule(self, rebook_id: str, urgent: bool = False) -> None: ...
     def watch(self, rebook_id: str, booking: dict[str, Any]) -> None: ...
 
@@ -200,6 +208,10 @@ class Flow:
         interval = self.settings.presence_interval_seconds
         claimed_at = self.clock()  # the next check is due one interval after this one began
         wait = self.store.claim_presence_call(performer_id, interval)
+        if 0 < wait <= PRESENCE_SLACK_SECONDS:
+            time.sleep(wait)
+            claimed_at = self.clock()
+            wait = self.store.claim_presence_call(performer_id, interval)
         if wait > 0:  # checked within this interval by someone else
             self.store.schedule_performer(performer_id, self.clock() + wait)
             return "coalesced"
@@ -700,9 +712,13 @@ class Flow:
     def sweep(self) -> dict[str, int]:
         """Re-dispatches whatever is overdue: a lost message only delays, never loses."""
         now = self.clock()
-        ids, pids = self.store.claim_due(now, self.settings.sweep_batch)
-        for pid in pids:
-            self.dispatch.check_presence(pid)
+        # performers due before the next sweep are sent now, to run on time: a performer who
+        # came online is seen within one presence interval, not one interval plus one sweep
+        ids, pids = self.store.claim_due(
+            now, self.settings.sweep_batch, ahead=self.settings.sweep_interval_seconds
+        )
+        for pid, at in pids.items():
+            self.dispatch.check_presence(pid, at=at if at > now else None)
         counts = {"performers": len(pids), "rebooks": len(ids), "gave_up": 0}
         expired: list[str] = []
         for rec in self.store.get_many(ids):

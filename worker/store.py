@@ -618,18 +618,24 @@ class Store:
 
     # -- sweep & housekeeping ----------------------------------------------------------------------
 
-    def claim_due(self, now: float, batch: int) -> tuple[list[str], list[int]]:
-        """Claims what is overdue in every shard (the sweep walks all shards)."""
+    def claim_due(
+        self, now: float, batch: int, ahead: float = 0.0
+    ) -> tuple[list[str], dict[int, float]]:
+        """Claims what is overdue in every shard (the sweep walks all shards): rebook ids, and
+        performers whose presence check is due by `now + ahead`, with its due time."""
         all_ids: list[str] = []
-        all_pids: set[int] = set()
+        all_pids: dict[int, float] = {}
         for shard in self.shards:
             keys, prefix = self._script_args(shard)
-            ids, pids = self._sweep(keys=keys, args=[prefix, repr(now), repr(self.lease), batch])
+            ids, pids, ats = self._sweep(
+                keys=keys, args=[prefix, repr(now), repr(self.lease), batch, repr(ahead)]
+            )
             for rid in ids:
                 self._shard_cache.setdefault(rid, shard)
             all_ids.extend(ids)
-            all_pids.update(int(p) for p in pids)
-        return all_ids, sorted(all_pids)
+            for pid, at in zip(pids, ats, strict=True):
+                all_pids[int(pid)] = min(float(at), all_pids.get(int(pid), float("inf")))
+        return all_ids, all_pids
 
     def last_sweep(self) -> float | None:
         value = self.r.get(self.skey(0, "sweep", "last"))

@@ -34,9 +34,13 @@ class Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
         self.urgent: list[bool] = []
+        self.at: list[float | None] = []
 
-    def check_presence(self, performer_id: int | None, rebook_id: str | None = None) -> None:
+    def check_presence(
+        self, performer_id: int | None, rebook_id: str | None = None, at: float | None = None
+    ) -> None:
         self.calls.append(("check_presence", performer_id, rebook_id))
+        self.at.append(at)
 
     def reschedule(self, rebook_id: str, urgent: bool = False) -> None:
         self.calls.append(("reschedule", rebook_id))
@@ -755,10 +759,36 @@ def test_sweep_redispatches_lost_steps(env: Env) -> None:
 def test_sweep_dispatches_due_presence_checks(env: Env) -> None:
     env.submit(env.sandbox.add_booking("alice", 7))
     env.rec.calls.clear()
+    env.rec.at.clear()
     assert env.flow.sweep()["performers"] == 0
     env.clock.advance(env.settings.step_lease_seconds + 0.1)
     assert env.flow.sweep()["performers"] == 1
     assert env.rec.calls == [("check_presence", 7, None)]
+    assert env.rec.at == [None]  # overdue: at once
+
+
+def test_sweep_sends_a_presence_check_due_before_the_next_sweep_to_run_on_time(env: Env) -> None:
+    env.submit(env.sandbox.add_booking("alice", 7))
+    assert env.flow.check_presence(7) == "offline"
+    due = env.store.performer_due(7)
+    assert due is not None
+    env.rec.calls.clear()
+    env.rec.at.clear()
+    env.clock.advance(due - env.clock() - env.settings.sweep_interval_seconds / 2)
+    assert env.flow.sweep()["performers"] == 1
+    assert env.rec.calls == [("check_presence", 7, None)] and env.rec.at == [due]
+    assert env.store.performer_due(7) == due + env.settings.step_lease_seconds
+
+
+def test_a_presence_check_on_time_waits_out_the_last_window_s_last_moment(env: Env) -> None:
+    """The window of the last check began a round trip after its due time was taken: a check
+    sent for that due time finds it open a hair longer and waits, rather than a whole sweep."""
+    env.submit(env.sandbox.add_booking("alice", 7))
+    env.store.r.set(env.store.key("presence", 7), "1", px=20)  # the last window: 20 ms to go
+    assert env.flow.check_presence(7) == "offline"
+    assert env.sandbox.stats()["presence_calls"] == {"7": 1}
+    env.store.r.set(env.store.key("presence", 7), "1", px=5_000)  # far from over: coalesced
+    assert env.flow.check_presence(7) == "coalesced"
 
 
 # --- members --------------------------------------------------------------------------------------

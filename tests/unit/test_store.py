@@ -332,14 +332,14 @@ def test_public_shape(store: Store) -> None:
 def test_claim_due_pushes_claimed_entries_a_lease_ahead(store: Store) -> None:
     rid = make(store, performer_id=None).rebook_id  # due at T0
     later = make(store, "evt-later", 101, performer_id=None, now=T0 + 100).rebook_id
-    assert store.claim_due(T0 - 1, 10) == ([], [])
-    assert store.claim_due(T0 + 1, 10) == ([rid], [])
+    assert store.claim_due(T0 - 1, 10) == ([], {})
+    assert store.claim_due(T0 + 1, 10) == ([rid], {})
     assert due_score(store, rid) == T0 + 1 + LEASE
     # claimed once: not again within the lease
-    assert store.claim_due(T0 + 2, 10) == ([], [])
-    assert store.claim_due(T0 + 1 + LEASE - 0.5, 10) == ([], [])
+    assert store.claim_due(T0 + 2, 10) == ([], {})
+    assert store.claim_due(T0 + 1 + LEASE - 0.5, 10) == ([], {})
     # a lost step is claimed again after the lease
-    assert store.claim_due(T0 + 1 + LEASE, 10) == ([rid], [])
+    assert store.claim_due(T0 + 1 + LEASE, 10) == ([rid], {})
     assert due_score(store, later) == T0 + 100
     assert store.last_sweep() == T0 + 1 + LEASE
 
@@ -350,7 +350,17 @@ def test_claim_due_performers(store: Store) -> None:
     ids, pids = store.claim_due(T0 + LEASE, 10)
     assert ids == [] and sorted(pids) == [7, 8]
     assert store.performer_due(7) == T0 + 2 * LEASE
-    assert store.claim_due(T0 + LEASE + 1, 10) == ([], [])
+    assert store.claim_due(T0 + LEASE + 1, 10) == ([], {})
+
+
+def test_claim_due_performers_due_soon_come_with_their_time(store: Store) -> None:
+    make(store, "a", 100, performer_id=7)  # the first check is due one lease after intake
+    make(store, "b", 101, performer_id=8, now=T0 + 5)
+    assert store.claim_due(T0 + LEASE - 2, 10, ahead=1) == ([], {})
+    ids, pids = store.claim_due(T0 + LEASE - 1, 10, ahead=1)
+    assert ids == [] and pids == {7: T0 + LEASE}
+    assert store.performer_due(7) == T0 + 2 * LEASE  # one lease past its own time
+    assert store.performer_due(8) == T0 + 5 + LEASE
 
 
 def test_claim_due_respects_the_batch(store: Store) -> None:
