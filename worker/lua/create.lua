@@ -1,7 +1,8 @@
 -- Records a new rebook event, idempotent on event_id (the rebook id is derived from it, so the
 -- record itself is the dedupe marker); a second event for a booking that has an active rebook is
 -- recorded as DUPLICATE at once (never a second reschedule). A WAITING record has no history list
--- yet: its first entry ("received") is implied by created_ts, which saves a key per waiting rebook.
+-- yet: its first entry ("received") is implied by created_ts, which saves a key per waiting rebook;
+-- nor `updated_ts` (it is created_ts until the first transition: 32 bytes less per waiting rebook).
 -- ARGV: 1 prefix, 2 rebook id, 3 event_id, 4 booking_id, 5 user_id, 6 performer_id ("" unknown),
 --       7 deadline ts, 8 now, 9 now ISO-Z, 10 retention seconds, 11 lease seconds,
 --       12 due score for a new WAITING record
@@ -13,7 +14,7 @@ if redis.call('EXISTS', rk) == 1 then
   return {'exists', id}
 end
 redis.call('HSET', rk, 'event_id', eid, 'booking_id', bid, 'user_id', uid,
-  'performer_id', pid, 'created_ts', ARGV[8], 'updated_ts', ARGV[8], 'deadline_ts', ARGV[7])
+  'performer_id', pid, 'created_ts', ARGV[8], 'deadline_ts', ARGV[7])
 if pid == '' then redis.call('HDEL', rk, 'performer_id') end
 redis.call('ZADD', p .. 'created', now, id)
 local ak = p .. 'active:' .. bid
