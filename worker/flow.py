@@ -12,6 +12,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -55,6 +56,11 @@ class Dispatcher(Protocol):
 
     def reschedule(self, rebook_id: str, urgent: bool = False) -> None: ...
     def watch(self, rebook_id: str, booking: dict[str, Any]) -> None: ...
+
+    def batch(self) -> AbstractContextManager[None]:
+        """What is dispatched inside goes out together, when the block ends (one round trip
+        for a sweep's worth of steps instead of one each)."""
+        ...
 
 
 class Refused(Exception):
@@ -206,17 +212,15 @@ class Flow:
 
     def _check_presence(self, performer_id: int) -> str:
         interval = self.settings.presence_interval_seconds
-        claimed_at = self.clock()  # the next check is due one interval after this one began
         wait = self.store.claim_presence_call(performer_id, interval)
         if 0 < wait <= PRESENCE_SLACK_SECONDS:
-            time.sleep(wait)
-            claimed_at = self.clock()
+            time.sleep(wait + 0.002)  # PTTL is in whole milliseconds, rounded down
             wait = self.store.claim_presence_call(performer_id, interval)
         if wait > 0:  # checked within this interval by someone else
             self.store.schedule_performer(performer_id, self.clock() + wait)
             return "coalesced"
         if not self.store.waiting_count(performer_id):
-            self.store.schedule_performer(performer_id, claimed_at + interval)
+            self.store.schedule_performer(performer_id, self.clock() + interval)
             return "idle"
         try:
             online = self.client.is_online(performer_id)
@@ -233,25 +237,26 @@ class Flow:
             )
             self.store.schedule_performer(performer_id, self.clock() + wait)
             return "error"
+        # The next check is due one interval after this answer came: the upstream sees at least
+        # one interval between two calls, whatever the latency or rate-limit wait of each.
         now = self.clock()
         if online:  # only now read who waits: an offline answer (the usual one) costs O(1)
-            moved = 0
-            for rid in self.store.waiting_for(performer_id):
-                if self.store.transition(
-                    rid,
-                    State.RESCHEDULING,
-                    from_=[State.WAITING],
-                    reason="performer online",
-                    due=now + self.store.lease,
-                    fields={"errors": 0},
-                    now=now,
-                ):
-                    moved += 1
+            moved = self.store.transition_many(
+                self.store.waiting_for(performer_id),
+                State.RESCHEDULING,
+                from_=[State.WAITING],
+                reason="performer online",
+                due=now + self.store.lease,
+                fields={"errors": 0},
+                now=now,
+            )
+            with self.dispatch.batch():
+                for i, rid in enumerate(moved):
                     # the first jumps the queue: a performer who comes online gets a POST out
                     # at once, even while another performer's burst is being worked off
-                    self.dispatch.reschedule(rid, urgent=moved == 1)
-            log.info("performer %s online: %d rebook(s) to reschedule", performer_id, moved)
-        self.store.schedule_performer(performer_id, claimed_at + interval)
+                    self.dispatch.reschedule(rid, urgent=i == 0)
+            log.info("performer %s online: %d rebook(s) to reschedule", performer_id, len(moved))
+        self.store.schedule_performer(performer_id, now + interval)
         return "online" if online else "offline"
 
     def _locked_step(self, rebook_id: str, state: State, body: Callable[[Rebook], str]) -> str:
@@ -717,39 +722,36 @@ class Flow:
         ids, pids = self.store.claim_due(
             now, self.settings.sweep_batch, ahead=self.settings.sweep_interval_seconds
         )
-        for pid, at in pids.items():
-            self.dispatch.check_presence(pid, at=at if at > now else None)
         counts = {"performers": len(pids), "rebooks": len(ids), "gave_up": 0}
         expired: list[str] = []
-        for rec in self.store.get_many(ids):
-            if rec.state == State.WAITING:
-                if now >= rec.deadline_ts:
-                    expired.append(rec.rebook_id)
-                elif rec.performer_id is None:
-                    self.dispatch.check_presence(None, rec.rebook_id)
-                else:
-                    self._stay(
-                        rec,
-                        reason=rec.reason,
-                        due=rec.deadline_ts,
+        with self.dispatch.batch():
+            for pid, at in pids.items():
+                self.dispatch.check_presence(pid, at=at if at > now else None)
+            for rec in self.store.get_many(ids):
+                if rec.state == State.WAITING:
+                    if now >= rec.deadline_ts:
+                        expired.append(rec.rebook_id)
+                    elif rec.performer_id is None:
+                        self.dispatch.check_presence(None, rec.rebook_id)
+                    else:
+                        self._stay(rec, reason=rec.reason, due=rec.deadline_ts)
+                elif rec.state == State.RESCHEDULING:
+                    self.dispatch.reschedule(rec.rebook_id)
+                elif rec.state == State.WATCHING and rec.new_booking_id is not None:
+                    self.dispatch.watch(
+                        rec.rebook_id,
+                        {
+                            "booking_id": rec.new_booking_id,
+                            "accept_by": rec.accept_by,
+                            "status": rec.status,
+                        },
                     )
-            elif rec.state == State.RESCHEDULING:
-                self.dispatch.reschedule(rec.rebook_id)
-            elif rec.state == State.WATCHING and rec.new_booking_id is not None:
-                self.dispatch.watch(
-                    rec.rebook_id,
-                    {
-                        "booking_id": rec.new_booking_id,
-                        "accept_by": rec.accept_by,
-                        "status": rec.status,
-                    },
-                )
-            else:
-                self.store.transition(
-                    rec.rebook_id, rec.state, from_=[rec.state], reason=rec.reason, due=REMOVE
-                )
+                else:
+                    self.store.transition(
+                        rec.rebook_id, rec.state, from_=[rec.state], reason=rec.reason, due=REMOVE
+                    )
         if expired:  # one script call per shard for all of them
-            counts["gave_up"] = self.store.transition_many(
+            gave_up = self.store.transition_many(
                 expired,
                 State.GAVE_UP,
                 from_=[State.WAITING],
@@ -757,6 +759,7 @@ class Flow:
                 outcome=State.GAVE_UP.value,
                 now=now,
             )
+            counts["gave_up"] = len(gave_up)
         return counts
 
     def housekeeping(self) -> int:

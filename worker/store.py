@@ -425,16 +425,18 @@ class Store:
         from_: Iterable[State],
         reason: str,
         outcome: str = "",
+        due: float | str = REMOVE,
+        fields: dict[str, Any] | None = None,
         now: float | None = None,
-    ) -> int:
+    ) -> list[str]:
         """The same transition for many rebooks, one script call per shard (the sweep's
-        GAVE_UPs); returns how many applied."""
+        GAVE_UPs, the rebooks of a performer who came online); returns those it applied to."""
         ts = now_ts() if now is None else now
         by_shard: dict[int, list[str]] = {}
         for rid, shard in zip(rebook_ids, self._shards_of(rebook_ids), strict=True):
             if shard is not None:
                 by_shard.setdefault(shard, []).append(rid)
-        applied = 0
+        applied: list[str] = []
         for shard, ids in by_shard.items():
             keys, prefix = self._script_args(shard)
             for start in range(0, len(ids), 500):
@@ -449,10 +451,10 @@ class Store:
                         repr(ts),
                         iso_z(datetime.fromtimestamp(ts, UTC)),
                         reason[:500],
-                        REMOVE,
+                        due if isinstance(due, str) else repr(due),
                         outcome,
                         self.retention,
-                        "{}",
+                        json.dumps({k: _field(v) for k, v in (fields or {}).items()}),
                         "{}",
                         "{}",
                         self.lease,
@@ -460,7 +462,8 @@ class Store:
                     ],
                 )
                 # one id answers {ok, state}; several answer one flag each
-                applied += int(result[0]) if len(chunk) == 1 else sum(int(r) for r in result)
+                flags = [result[0]] if len(chunk) == 1 else result
+                applied.extend(rid for rid, ok in zip(chunk, flags, strict=True) if int(ok))
         return applied
 
     def start_post(self, rebook_id: str, *, now: float, attempts: int) -> str | None:

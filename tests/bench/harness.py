@@ -203,12 +203,33 @@ def percentile(values: Iterable[float], pct: float) -> float | None:
 # --- Redis --------------------------------------------------------------------------------------
 
 
-def used_memory(r: redis.Redis) -> int:
-    """Redis memory without client connection buffers: those follow how many processes are
-    connected (a worker's pool children connect lazily), not how many rebooks wait."""
-    info = r.info("memory")
+PRIORITY_STEPS = (0, 3, 6, 9)
+"""kombu's Redis transport keeps one list per priority step: `queue`, `queue\\x06\\x163`, ..."""
+
+
+def broker_keys(queues: Iterable[str]) -> list[str]:
+    """Every Redis key that holds messages of these queues, `unacked` included."""
+    lists = [q if pri == 0 else f"{q}\x06\x16{pri}" for q in queues for pri in PRIORITY_STEPS]
+    return [*lists, "unacked", "unacked_index"]
+
+
+def used_memory(r: redis.Redis, exclude: Sequence[str] = ()) -> dict[str, int]:
+    """Redis memory without client connection buffers (they follow how many processes are
+    connected, not how many rebooks wait) and without the keys in `exclude` (broker messages in
+    flight), read in one MULTI so that both are of the same moment."""
+    pipe = r.pipeline(transaction=True)
+    pipe.info("memory")
+    for key in exclude:
+        pipe.memory_usage(key, samples=0)
+    info, *sizes = pipe.execute()
     clients = int(info.get("mem_clients_normal", 0)) + int(info.get("mem_clients_slaves", 0))
-    return int(info["used_memory"]) - clients
+    excluded = sum(int(size or 0) for size in sizes)
+    return {
+        "used_memory": int(info["used_memory"]),
+        "clients": clients,
+        "excluded": excluded,
+        "bytes": int(info["used_memory"]) - clients - excluded,
+    }
 
 
 def commandstats(r: redis.Redis) -> dict[str, dict[str, float]]:
@@ -233,54 +254,43 @@ def commandstats_delta(
     return out
 
 
-class SlowlogProbe:
-    """Redis execution time of one client's commands (SLOWLOG with threshold 0, by client name).
+def _main_thread_cpu(r: redis.Redis) -> float:
+    info = r.info("cpu")
+    if "used_cpu_user_main_thread" in info:
+        return float(info["used_cpu_user_main_thread"]) + float(info["used_cpu_sys_main_thread"])
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
-    Script-internal commands are inside their EVALSHA's duration, so nothing is counted twice,
-    and other clients (workers, beat) are filtered out by name.
-    """
 
-    MAX = 100_000
+class RedisCpuProbe:
+    """CPU time of Redis's main thread over a stretch in which only the measured code uses
+    Redis (the bench pauses beat and the worker): commands, scripts, parsing and socket I/O.
 
-    def __init__(self, r: redis.Redis, client_name: str) -> None:
+    Not SLOWLOG: with a threshold of 0, Redis 6.2 also logs every command a script runs, and
+    that logging made a script of 17,000 inner commands look twice as slow as it is. The
+    command counts come from INFO commandstats (commands run by scripts included)."""
+
+    def __init__(self, r: redis.Redis) -> None:
         self.r = r
-        self.client_name = client_name
-        self._saved: dict[str, Any] = {}
+        self._cpu = 0.0
+        self._stats: dict[str, dict[str, float]] = {}
 
-    def __enter__(self) -> SlowlogProbe:
-        self._saved = {
-            key: self.r.config_get(key)[key]
-            for key in ("slowlog-log-slower-than", "slowlog-max-len")
-        }
-        self.r.config_set("slowlog-max-len", self.MAX)
-        self.r.config_set("slowlog-log-slower-than", 0)
-        self.r.slowlog_reset()
+    def __enter__(self) -> RedisCpuProbe:
+        self._stats = commandstats(self.r)
+        self._cpu = _main_thread_cpu(self.r)
         return self
 
     def read(self) -> dict[str, Any]:
-        entries = self.r.slowlog_get(self.MAX)
-        mine = [e for e in entries if _name(e.get("client_name")) == self.client_name]
-        by_cmd: dict[str, list[int]] = {}
-        for e in mine:
-            command = e.get("command", b"")
-            if isinstance(command, bytes):
-                command = command.decode(errors="replace")
-            by_cmd.setdefault(str(command).split(" ", 1)[0].upper(), []).append(int(e["duration"]))
+        cpu = _main_thread_cpu(self.r) - self._cpu
+        by_cmd = commandstats_delta(self._stats, commandstats(self.r))
+        by_cmd.pop("info", None)  # the probe's own
         return {
-            "commands": len(mine),
-            "usec": sum(int(e["duration"]) for e in mine),
-            "by_command": {k: {"calls": len(v), "usec": sum(v)} for k, v in by_cmd.items()},
-            "log_full": len(entries) >= self.MAX,
+            "usec": cpu * 1e6,
+            "commands": int(sum(v["calls"] for v in by_cmd.values())),
+            "by_command": by_cmd,
         }
 
     def __exit__(self, *exc: object) -> None:
-        for key, value in self._saved.items():
-            self.r.config_set(key, value)
-        self.r.slowlog_reset()
-
-
-def _name(value: Any) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value or "")
+        return None
 
 
 # --- machine ------------------------------------------------------------------------------------

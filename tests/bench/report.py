@@ -289,7 +289,8 @@ def build_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
         pl = plain_points.get(n)
         rows.append(
             _row(
-                f"Redis bytes per waiting rebook at {_size(n)} (rebook: {point['how']})",
+                f"Redis bytes per waiting rebook at {_size(n)} (rebook: {point['how']}; "
+                "broker messages in flight not counted)",
                 point["bytes_per_waiting"],
                 pl["bytes_per_waiting"] if pl else None,
                 "≤ 1,024",
@@ -366,7 +367,7 @@ def build_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
         is_goal = run["waiting"] == biggest and run["due"] == max_due
         rows.append(
             _row(
-                f"Sweep, Redis time, ms: {_size(round(run['waiting'], -3))} waiting, "
+                f"Sweep, Redis CPU time, ms: {_size(round(run['waiting'], -3))} waiting, "
                 f"{run['due']} {what[run['kind']]}",
                 run["redis_ms"],
                 None,

@@ -13,14 +13,15 @@ How each figure is produced (see also `tests/bench/RESULTS.md`):
 - presence, reaction, watching: counted by the sandbox (`GET /_sandbox/calls`, a timestamped call
   log), with the population created through intake (Celery); presence rates are per performer,
   (calls - 1) / (last - first), so a window of a few intervals is not dominated by its edges;
-- Redis bytes: `INFO memory used_memory` over the baseline, divided by the waiting count; points
+- Redis bytes: `INFO memory used_memory` over the baseline, less client buffers and (rebook)
+  the broker's messages in flight, read in one MULTI, divided by the waiting count; points
   above `--waiting` are topped up by writing records directly with `Store.create` (the Lua script
   intake runs). Plain Celery: countdown messages held by its worker (what a waiting rebook is
   between two polls), up to `--plain-max`;
 - worker RSS: VmRSS summed over the worker's process tree (main + pool), from /proc;
 - sweep: `Flow.sweep()` run by the bench with rebook's Celery dispatcher against the live data,
-  beat and worker paused; its Redis execution time read from SLOWLOG (threshold 0, filtered by
-  client name), not wall-clock.
+  beat and worker paused; the CPU time of Redis's main thread over it (INFO cpu), not
+  wall-clock.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ from tests.bench import plain_celery
 from tests.bench.harness import (
     CallLog,
     Proc,
-    SlowlogProbe,
+    RedisCpuProbe,
+    broker_keys,
     commandstats,
     commandstats_delta,
     log,
@@ -101,6 +103,7 @@ class Config:
     sweep_reps: int = 3
     noop_max: int = 2_000
     reaction_timeout: float = 25.0
+    plain_reaction_timeout: float = 15.0
     seed: int = 5
 
     @classmethod
@@ -115,10 +118,11 @@ class Config:
             sweep_reps=1,
             noop_max=2_000,
             reaction_timeout=20.0,
+            plain_reaction_timeout=10.0,
         )
 
 
-PLAIN_START_WAIT = 45.0
+PLAIN_START_WAIT = 20.0
 """Longest wait for plain Celery's tasks to have each polled once (see Bench.plain_send)."""
 
 
@@ -217,11 +221,28 @@ class Bench:
         return tree_cpu_seconds(roots)
 
     def queue_idle(self, queues: tuple[str, ...]) -> bool:
+        """No message of these queues waits (at any priority) and none is held by a worker."""
         pipe = self.r.pipeline(transaction=False)
-        for q in queues:
-            pipe.llen(q)
-        pipe.hlen("unacked")
+        for key in broker_keys(queues):
+            if key == "unacked":
+                pipe.hlen(key)
+            elif key != "unacked_index":
+                pipe.llen(key)
         return not any(pipe.execute())
+
+    def task_pending(self, queue: str, task: str) -> bool:
+        """A message of `task` still waits in `queue` or runs. Other work may go on: a worker
+        holds presence checks that are due within a sweep interval (see `queue_idle`)."""
+        if any(self.r.llen(k) for k in broker_keys((queue,)) if not k.startswith("unacked")):
+            return True
+        marker = f'"task": "{task}"'
+        return any(marker in v for v in self.r.hvals("unacked"))
+
+    def store_memory(self) -> dict[str, int]:
+        """Redis bytes of the store: without client buffers and without the broker's messages
+        in flight (steps being run, presence checks held for their time: at most a few per
+        performer, not per waiting rebook)."""
+        return used_memory(self.r, broker_keys((EVENTS_QUEUE, WORK_QUEUE)))
 
     def celery_worker(self, name: str, app: str, queues: str, env: dict[str, str]) -> Proc:
         """A real prefork worker, flags as in the Procfile (`-E`); no mingle/gossip (fast start)."""
@@ -317,9 +338,10 @@ class Bench:
         out["noop"] = self.noop_rate(min(cfg.noop_max, max(self.intake_batches())))
         self.members_ours()
         time.sleep(1.0)
-        base_mem = used_memory(self.r)
+        base = self.store_memory()
+        base_mem = base["bytes"]
         out["baseline"] = {
-            "used_memory": base_mem,
+            "used_memory": base,
             "worker": tree_memory_kb(self.worker.pid),
             "redis_info_memory": self.r.info("memory"),
         }
@@ -384,7 +406,12 @@ class Bench:
         for i in range(n):
             self.producer.send_task("bench.noop", kwargs={"i": i}, queue=EVENTS_QUEUE)
         sent = time.time()
-        wait_until(lambda: self.queue_idle((EVENTS_QUEUE,)), 60 + n / 20, "no-op tasks", 0.01)
+        wait_until(
+            lambda: not self.task_pending(EVENTS_QUEUE, "bench.noop"),
+            60 + n / 20,
+            "no-op tasks",
+            0.01,
+        )
         end = time.time()
         log(f"no-op: {n} tasks in {end - t0:.1f}s ({n / (end - t0):.0f}/s)")
         return {
@@ -448,16 +475,17 @@ class Bench:
         return int(self.r.scard(self.skey("st", State.WAITING.value)))
 
     def memory_point(self, n: int, base_mem: int, how: str) -> dict[str, Any]:
-        wait_until(lambda: self.queue_idle((EVENTS_QUEUE,)), 60, "drained intake queue")
-        time.sleep(0.5)
-        mem = used_memory(self.r)
+        wait_until(
+            lambda: not self.task_pending(EVENTS_QUEUE, "rebook.request"), 60, "intake drained"
+        )
+        mem = self.store_memory()
         waiting = self.waiting_count()
         point: dict[str, Any] = {
             "n": n,
             "waiting": waiting,
             "how": how,
             "used_memory": mem,
-            "bytes_per_waiting": (mem - base_mem) / max(1, waiting),
+            "bytes_per_waiting": (mem["bytes"] - base_mem) / max(1, waiting),
             "worker": tree_memory_kb(self.worker.pid),
             "redis_info_memory": self.r.info("memory"),
         }
@@ -625,6 +653,8 @@ class Bench:
                 if pids is None or self.performer_of(k, base) in pids
             )
 
+        # plain Celery is saturated: a shorter bound shows that as well and saves the run time
+        timeout = cfg.reaction_timeout if kind == "ours" else cfg.plain_reaction_timeout
         timed_out = False
         try:
             if single:
@@ -634,7 +664,7 @@ class Bench:
                     online_at[base + idx] = time.time()
                     wait_until(
                         lambda pid=base + idx: all_posted({pid}),
-                        cfg.reaction_timeout,
+                        timeout,
                         f"{kind} POSTs of performer {base + idx}",
                         0.1,
                     )
@@ -645,7 +675,7 @@ class Bench:
                     time.sleep(max(0.0, target - time.time()))
                     self.sandbox.set_online(base + idx, True)
                     online_at[base + idx] = time.time()
-                wait_until(all_posted, cfg.reaction_timeout, f"{kind} reschedule POSTs", 0.25)
+                wait_until(all_posted, timeout, f"{kind} reschedule POSTs", 0.25)
         except TimeoutError:
             timed_out = True
         end_seq = self.calls.sync()
@@ -667,7 +697,7 @@ class Bench:
             "rebooks": len(bookings),
             "posted": len(posted),
             "timed_out": timed_out,
-            "timeout_seconds": cfg.reaction_timeout,
+            "timeout_seconds": timeout,
             "p50": percentile(latencies, 50),
             "p99": percentile(latencies, 99),
             "max": max(latencies, default=None),
@@ -822,12 +852,13 @@ class Bench:
         return ids
 
     def measure_sweep(self, repeat: bool) -> dict[str, Any]:
-        """One sweep with `due` overdue rebooks among the waiting ones; Redis time from SLOWLOG.
+        """One sweep with `due` overdue rebooks among the waiting ones; its Redis CPU time.
 
-        Beat and the worker are paused, the sweep runs here with rebook's real Flow and Celery
-        dispatcher on connections named `bench-sweep` (store and broker), so the Redis time counted
-        is exactly that of the sweep: its Lua, its reads, its transitions and its dispatches.
-        With `repeat`, the largest due count is measured `sweep_reps` times and the median kept.
+        Beat and the worker are paused (after the worker has run what it held), and the sweep
+        runs here with rebook's real Flow and Celery dispatcher, so Redis's CPU time over the
+        sweep (`RedisCpuProbe`) is that of the sweep alone: its Lua, its reads, its transitions,
+        its dispatches and their socket I/O. With `repeat`, the largest due count is measured
+        `sweep_reps` times and the median kept.
         """
         self.beat.pause()
         wait_until(lambda: self.queue_idle((WORK_QUEUE,)), 20, "the worker to go idle", 0.05)
@@ -859,7 +890,7 @@ class Bench:
                     )
                     for rep in range(reps_wanted):
                         ids = self.make_due(kind, n_due, f"{waiting}-{kind}-{n_due}-{rep}")
-                        with SlowlogProbe(self.r, "bench-sweep") as probe:
+                        with RedisCpuProbe(self.r) as probe:
                             t0 = time.perf_counter()
                             counts = flow.sweep()
                             wall = time.perf_counter() - t0
@@ -876,7 +907,6 @@ class Bench:
                                 "redis_ms": redis_time["usec"] / 1000,
                                 "redis_commands": redis_time["commands"],
                                 "redis_by_command": redis_time["by_command"],
-                                "slowlog_full": redis_time["log_full"],
                                 "wall_ms": wall * 1000,
                             }
                         )
@@ -930,7 +960,7 @@ class Bench:
                 user, self.performer_of(k, PLAIN_PID)
             )
         time.sleep(1.0)
-        base_mem = used_memory(self.r)
+        base_mem = used_memory(self.r)["bytes"]
         out["baseline"] = {"used_memory": base_mem, "worker": tree_memory_kb(self.pworker.pid)}
         # Memory: between two polls a plain Celery rebook is one countdown (ETA) message that the
         # worker holds; `plain_hold` seconds is long enough that none fires while we measure. The
@@ -1026,7 +1056,7 @@ class Bench:
         with contextlib.suppress(TimeoutError):
             wait_until(lambda: self.r.llen(plain_celery.QUEUE) == 0, 30, "plain queue", 0.1)
         time.sleep(1.0)
-        mem = used_memory(self.r)
+        mem = used_memory(self.r)["bytes"]
         point: dict[str, Any] = {
             "n": n,
             "waiting": n,

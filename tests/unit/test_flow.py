@@ -7,6 +7,7 @@ with the flow's `clock`, never slept.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -48,6 +49,9 @@ class Recorder:
 
     def watch(self, rebook_id: str, booking: dict[str, Any]) -> None:
         self.calls.append(("watch", rebook_id, booking))
+
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
 
     def of(self, kind: str) -> list[tuple[Any, ...]]:
         return [c for c in self.calls if c[0] == kind]

@@ -543,7 +543,7 @@ def test_transition_many_applies_to_those_still_in_the_state(store: Store) -> No
         outcome="GAVE_UP",
         now=T0 + 10,
     )
-    assert applied == 4
+    assert applied == ids[1:]
     assert get(store, ids[0]).state is State.RESCHEDULING
     for rid in ids[1:]:
         rec = get(store, rid)
@@ -552,4 +552,23 @@ def test_transition_many_applies_to_those_still_in_the_state(store: Store) -> No
         assert store.r.zscore(store.key("due"), rid) is None
     outcomes = [o for o in store.outcomes(100) if o["state"] == "GAVE_UP"]
     assert sorted(o["rebook_id"] for o in outcomes) == sorted(ids[1:])
-    assert store.transition_many([ids[1]], State.GAVE_UP, from_=[State.WAITING], reason="x") == 0
+    assert store.transition_many([ids[1]], State.GAVE_UP, from_=[State.WAITING], reason="x") == []
+
+
+def test_transition_many_sets_due_and_fields(store: Store) -> None:
+    ids = [make(store, f"online-{i}", 600 + i).rebook_id for i in range(3)]
+    moved = store.transition_many(
+        ids,
+        State.RESCHEDULING,
+        from_=[State.WAITING],
+        reason="performer online",
+        due=T0 + 42,
+        fields={"errors": 0},
+        now=T0,
+    )
+    assert moved == ids
+    for rid in ids:
+        assert get(store, rid).state is State.RESCHEDULING
+        assert due_score(store, rid) == T0 + 42
+        assert store.r.hget(store.key("r", rid), "errors") == "0"
+    assert store.waiting_for(7) == []
