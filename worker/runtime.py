@@ -39,7 +39,6 @@ def build_services(settings: Settings) -> Services:
         store.r,
         store.key("ratelimit"),
         settings.upstream_rate_per_second,
-        burst=max(1, int(settings.upstream_rate_per_second)),
         max_wait=max(5.0, settings.step_lease_seconds / 4),
     )
     client = UpstreamClient(

@@ -49,17 +49,17 @@ PATHS: dict[str, tuple[str, str]] = {
     "CancelMadeBooking": ("POST", "/v1/Webcam/CancelMadeBooking"),
     "getUserSummary": ("GET", "/v1/newsfeed/getUserSummary"),
 }
-#: Share of the rate limiter's burst each call may use (see RedisRateLimiter): when the budget is
-#: short, the POST a member waits for goes first, presence polls next, reads that have minutes
-#: of slack (watching, reconciling, confirming) last.
+#: How full the shared rate window may be for each call to go (see RedisRateLimiter): when the
+#: budget is short, the POST a member is waiting for goes first, presence polls next, reads that
+#: have minutes of slack (watching, reconciling, confirming) last. Below 80 % nobody waits.
 RATE_SHARE: dict[str, float] = {
     "RescheduleMadeBooking": 1.0,
     "token": 1.0,
-    "getUserSummary": 0.5,
-    "MadeBookingDetails": 0.25,
-    "MadeBookings": 0.25,
-    "ConfirmMadeBooking": 0.25,
-    "CancelMadeBooking": 0.25,
+    "getUserSummary": 0.9,
+    "MadeBookingDetails": 0.8,
+    "MadeBookings": 0.8,
+    "ConfirmMadeBooking": 0.8,
+    "CancelMadeBooking": 0.8,
 }
 MAX_PAGE = 100
 M = TypeVar("M", bound=BaseModel)

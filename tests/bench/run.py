@@ -239,10 +239,17 @@ class Bench:
         return any(marker in v for v in self.r.hvals("unacked"))
 
     def store_memory(self) -> dict[str, int]:
-        """Redis bytes of the store: without client buffers and without the broker's messages
-        in flight (steps being run, presence checks held for their time: at most a few per
-        performer, not per waiting rebook)."""
-        return used_memory(self.r, broker_keys((EVENTS_QUEUE, WORK_QUEUE)))
+        """Redis bytes of the store at rest: worker and beat paused for the reading (the
+        allocations of requests in progress come and go by 100 KB from one moment to the next),
+        without client buffers, and without the broker's messages in flight (steps being run,
+        presence checks held for their time: a few per performer, not per waiting rebook)."""
+        self.beat.pause()
+        self.worker.pause()
+        try:
+            return used_memory(self.r, broker_keys((EVENTS_QUEUE, WORK_QUEUE)))
+        finally:
+            self.worker.resume()
+            self.beat.resume()
 
     def celery_worker(self, name: str, app: str, queues: str, env: dict[str, str]) -> Proc:
         """A real prefork worker, flags as in the Procfile (`-E`); no mingle/gossip (fast start)."""
@@ -670,8 +677,11 @@ class Bench:
                     )
             else:
                 gap = max(1.0, 0.75 * cfg.presence)
+                target = start
                 for i, idx in enumerate(order):
-                    target = start + i * gap + self.rng.uniform(0, cfg.presence)
+                    # each gap is `gap` + up to P (the earlier form, i * gap + up to P from the
+                    # start, let two performers come online at the same moment)
+                    target += (gap if i else 0.0) + self.rng.uniform(0, cfg.presence)
                     time.sleep(max(0.0, target - time.time()))
                     self.sandbox.set_online(base + idx, True)
                     online_at[base + idx] = time.time()

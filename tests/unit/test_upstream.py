@@ -662,20 +662,20 @@ def count_immediate(limiter: RedisRateLimiter, tries: int) -> int:
     return passed
 
 
-def test_rate_limit_lets_the_burst_through_then_refuses_a_long_wait(
+def test_rate_limit_lets_a_second_s_worth_through_then_refuses_a_long_wait(
     rclient: redis.Redis, prefix: str
 ) -> None:
-    # 2/s, burst 3: three calls at once, then the next one would wait ~0.5 s > max_wait
-    limiter = RedisRateLimiter(rclient, prefix + "rl", 2, burst=3, max_wait=0.05)
+    # 3/s: three calls at once, then the next one would wait until the first leaves the window
+    limiter = RedisRateLimiter(rclient, prefix + "rl", 3, max_wait=0.05)
     assert count_immediate(limiter, 10) == 3
     with pytest.raises(RateLimited) as info:
         limiter.acquire()
-    assert info.value.retry_after is not None and 0.05 < info.value.retry_after <= 0.5
+    assert info.value.retry_after is not None and 0.5 < info.value.retry_after <= 1.0
 
 
 def test_rate_limit_is_shared_between_limiters(rclient: redis.Redis, prefix: str) -> None:
-    a = RedisRateLimiter(rclient, prefix + "rl", 2, burst=2, max_wait=0.05)
-    b = RedisRateLimiter(rclient, prefix + "rl", 2, burst=2, max_wait=0.05)
+    a = RedisRateLimiter(rclient, prefix + "rl", 2, max_wait=0.05)
+    b = RedisRateLimiter(rclient, prefix + "rl", 2, max_wait=0.05)
     a.acquire()
     b.acquire()
     with pytest.raises(RateLimited):
@@ -683,18 +683,27 @@ def test_rate_limit_is_shared_between_limiters(rclient: redis.Redis, prefix: str
     with pytest.raises(RateLimited):
         b.acquire()
     # another key is another budget
-    c = RedisRateLimiter(rclient, prefix + "other", 2, burst=2, max_wait=0.05)
+    c = RedisRateLimiter(rclient, prefix + "other", 2, max_wait=0.05)
     c.acquire()
 
 
-def test_rate_limit_spaces_calls_after_the_burst(rclient: redis.Redis, prefix: str) -> None:
-    limiter = RedisRateLimiter(rclient, prefix + "rl", 20, burst=5, max_wait=5)
-    started = time.monotonic()
-    for _ in range(10):
+def test_no_one_second_window_holds_more_than_the_rate(rclient: redis.Redis, prefix: str) -> None:
+    limiter = RedisRateLimiter(rclient, prefix + "rl", 20, max_wait=5)
+    times = []
+    for _ in range(45):
         limiter.acquire()
-    elapsed = time.monotonic() - started
-    # 5 go at once, the other 5 are spaced 50 ms apart
-    assert 0.2 <= elapsed < 1.5
+        times.append(time.monotonic())
+    busiest = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
+    assert busiest == 20
+    assert times[-1] - times[0] >= 2.0  # 20 at once, 20 a second later, 5 a second after that
+
+
+def test_a_rate_under_one_per_second_spaces_single_calls(rclient: redis.Redis, prefix: str) -> None:
+    limiter = RedisRateLimiter(rclient, prefix + "rl", 0.5, max_wait=0.05)
+    limiter.acquire()
+    with pytest.raises(RateLimited) as info:
+        limiter.acquire()
+    assert info.value.retry_after is not None and 1.5 < info.value.retry_after <= 2.0
 
 
 def test_rate_zero_never_blocks(rclient: redis.Redis, prefix: str) -> None:
@@ -706,8 +715,8 @@ def test_rate_zero_never_blocks(rclient: redis.Redis, prefix: str) -> None:
 def test_the_limiter_is_used_by_the_client(
     rclient: redis.Redis, prefix: str, sandbox_server: SandboxServer, sandbox: SandboxClient
 ) -> None:
-    # 1/s, burst 3: presence polls (share 0.5) may use half of the burst, two calls
-    limiter = RedisRateLimiter(rclient, prefix + "rl", 1, burst=3, max_wait=0.05)
+    # 2/s: the window's two calls, then a presence poll gives up (Throttled) instead of waiting
+    limiter = RedisRateLimiter(rclient, prefix + "rl", 2, max_wait=0.05)
     c = UpstreamClient(sandbox_server.url, KEY, limiter=limiter)
     try:
         c.is_online(7)
@@ -720,9 +729,9 @@ def test_the_limiter_is_used_by_the_client(
 
 
 def test_a_short_budget_goes_to_the_higher_share_first(rclient: redis.Redis, prefix: str) -> None:
-    """A reschedule POST (share 1) still goes when watch reads (0.25) and presence polls (0.5)
-    must wait; nothing exceeds the burst in total."""
-    limiter = RedisRateLimiter(rclient, prefix + "rl", 1, burst=5, max_wait=0.05)
+    """With the window 80 % full, watch reads wait; at 90 % presence polls wait too; a
+    reschedule POST (share 1) goes until the window is full, and nothing goes past that."""
+    limiter = RedisRateLimiter(rclient, prefix + "rl", 10, max_wait=0.05)
     shares = {
         name: RATE_SHARE[endpoint]
         for name, endpoint in [
@@ -739,9 +748,9 @@ def test_a_short_budget_goes_to_the_higher_share_first(rclient: redis.Redis, pre
             return False
         return True
 
-    assert [goes(shares["watch"]) for _ in range(3)] == [True, True, False]
+    assert [goes(shares["watch"]) for _ in range(9)] == [True] * 8 + [False]
     assert [goes(shares["presence"]) for _ in range(2)] == [True, False]
-    assert [goes(shares["post"]) for _ in range(3)] == [True, True, False]
+    assert [goes(shares["post"]) for _ in range(2)] == [True, False]
 
 
 def test_the_session_reads_proxies_and_ca_bundle_from_the_environment_once(
