@@ -7,9 +7,9 @@ number of workers feed the same numbers, and restarting the exporter loses nothi
 
 One scrape = `Store.stats()` (one pipeline plus the last-sweep read) and one pipeline for the two
 counter hashes, `{prefix}metrics:outcomes` (`STATE -> n`, written by the transition script) and
-`{prefix}metrics:upstream` (`endpoint:outcome -> n`, written after every upstream call). When
-Redis cannot be reached the scrape still answers, with `rebook_up 0`, so the alert says "Redis"
-rather than "exporter down".
+`{prefix}metrics:upstream` (`endpoint:outcome -> n`, added by each worker process at most a
+second after its calls). When Redis cannot be reached the scrape still answers, with
+`rebook_up 0`, so the alert says "Redis" rather than "exporter down".
 """
 
 from __future__ import annotations

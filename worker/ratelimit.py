@@ -13,6 +13,9 @@ from worker.errors import Throttled
 
 YIELD_WAIT = 0.25
 """Longest wait in a worker for a call below share 1 (see RedisRateLimiter)."""
+JITTER_MARGIN = 0.05
+"""Calls sent one window apart may reach the upstream closer together (network and scheduling
+jitter): the window counted here is this much longer than the one the rate is stated for."""
 
 
 class RedisRateLimiter:
@@ -22,8 +25,10 @@ class RedisRateLimiter:
     log of call times in Redis): what an upstream that allows "N calls per second" sees, however
     its window is aligned. Calls may go back to back while the window has room, so the POSTs of a
     performer who comes online go out at once rather than paced. Rates under 1/s use a window of
-    1/rate seconds holding one call. A wait longer than `max_wait` raises :class:`Throttled`
-    instead, so a step gives its slot back to the sweep rather than holding a worker.
+    1/rate seconds holding one call; every window is counted `JITTER_MARGIN` longer, so that the
+    upstream's own count, with jitter, stays within the rate. A wait longer than `max_wait`
+    raises :class:`Throttled` instead, so a step gives its slot back to the sweep rather than
+    holding a worker.
 
     `share` ranks callers when the budget is short: a call with share s goes only while the
     window is less than s full. Under a burst of share-1 calls (the reschedule POSTs of a
@@ -52,7 +57,7 @@ class RedisRateLimiter:
             self.max_wait if share >= 1 else min(self.max_wait, YIELD_WAIT)
         )
         allowed = max(1, math.ceil(self.limit * share - 1e-9))
-        window_us = int(self.window * 1_000_000)
+        window_us = int((self.window + JITTER_MARGIN) * 1_000_000)
         while True:
             entry = f"{self._token}{next(self._seq)}"
             wait_ms = int(self._script(keys=[self.key], args=[window_us, allowed, entry]))

@@ -12,8 +12,10 @@ import redis
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.conftest import wait_for
 from worker import exporter
 from worker.models import State
+from worker.runtime import CallCounter
 from worker.settings import get_settings, load_settings
 from worker.store import REMOVE, Store, rebook_id_for
 
@@ -159,3 +161,21 @@ def test_bad_setting_exits_2_with_one_line(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "REBOOK_REDIS_URL" in err
+
+
+def test_upstream_calls_are_counted_in_redis_within_a_second(
+    redis_client: redis.Redis, prefix: str
+) -> None:
+    """Counted in the process, added to Redis in one pipeline a second later: no round trip per
+    upstream call, and nothing lost while the process lives."""
+    key = f"{prefix}metrics:upstream"
+    count = CallCounter(redis_client, key)
+    for _ in range(3):
+        count("getUserSummary", "ok")
+    count("RescheduleMadeBooking", "Ambiguous")
+    assert not redis_client.exists(key)  # not yet: batched
+    wait_for(lambda: redis_client.hlen(key) == 2, 5, "the counts to be flushed")
+    assert redis_client.hgetall(key) == {
+        "getUserSummary:ok": "3",
+        "RescheduleMadeBooking:Ambiguous": "1",
+    }

@@ -670,7 +670,7 @@ def test_rate_limit_lets_a_second_s_worth_through_then_refuses_a_long_wait(
     assert count_immediate(limiter, 10) == 3
     with pytest.raises(RateLimited) as info:
         limiter.acquire()
-    assert info.value.retry_after is not None and 0.5 < info.value.retry_after <= 1.0
+    assert info.value.retry_after is not None and 0.5 < info.value.retry_after <= 1.05
 
 
 def test_rate_limit_is_shared_between_limiters(rclient: redis.Redis, prefix: str) -> None:
@@ -703,7 +703,7 @@ def test_a_rate_under_one_per_second_spaces_single_calls(rclient: redis.Redis, p
     limiter.acquire()
     with pytest.raises(RateLimited) as info:
         limiter.acquire()
-    assert info.value.retry_after is not None and 1.5 < info.value.retry_after <= 2.0
+    assert info.value.retry_after is not None and 1.5 < info.value.retry_after <= 2.05
 
 
 def test_rate_zero_never_blocks(rclient: redis.Redis, prefix: str) -> None:
