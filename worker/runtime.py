@@ -67,7 +67,9 @@ def build_services(settings: Settings) -> Services:
     count_call = CallCounter(store.r, store.key("metrics", "upstream"))
     limiter = RedisRateLimiter(
         store.r,
-        store.key("ratelimit"),
+        # a sorted set; the GCRA of earlier versions kept a string at "ratelimit": a new name
+        # lets old and new workers run side by side during a roll (each side counts its own)
+        store.key("ratelimit", "log"),
         settings.upstream_rate_per_second,
         max_wait=max(5.0, settings.step_lease_seconds / 4),
     )
