@@ -38,7 +38,11 @@ def test_honcho_start_runs_the_procfile_and_a_rebook_goes_through(
     redis_url: str, tmp_path: Path
 ) -> None:
     prefix = f"rebook-honcho-{uuid.uuid4().hex[:6]}:"
-    sandbox_port, exporter_port, base_port = free_port(), free_port(), free_port()
+    sandbox_port, exporter_port = free_port(), free_port()
+    # honcho gives the i-th Procfile process PORT = base + 100 i; only flower (the third) binds
+    # it, so the free port is picked for flower and the base derived from it (a free base alone
+    # left base + 200 to chance: "Address already in use" stopped the whole Procfile once)
+    base_port = free_port() - 200
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("REBOOK_")},
         "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
