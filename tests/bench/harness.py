@@ -207,10 +207,13 @@ PRIORITY_STEPS = (0, 3, 6, 9)
 """kombu's Redis transport keeps one list per priority step: `queue`, `queue\\x06\\x163`, ..."""
 
 
-def broker_keys(queues: Iterable[str]) -> list[str]:
-    """Every Redis key that holds messages of these queues, `unacked` included."""
-    lists = [q if pri == 0 else f"{q}\x06\x16{pri}" for q in queues for pri in PRIORITY_STEPS]
-    return [*lists, "unacked", "unacked_index"]
+UNACKED_KEYS = ("unacked", "unacked_index")
+"""Where kombu's Redis transport keeps the messages workers hold (one hash, one index)."""
+
+
+def broker_lists(queues: Iterable[str]) -> list[str]:
+    """The Redis lists that hold the waiting messages of these queues, at every priority."""
+    return [q if pri == 0 else f"{q}\x06\x16{pri}" for q in queues for pri in PRIORITY_STEPS]
 
 
 def used_memory(r: redis.Redis, exclude: Sequence[str] = ()) -> dict[str, int]:

@@ -50,10 +50,11 @@ from cryptography.fernet import Fernet
 
 from tests.bench import plain_celery
 from tests.bench.harness import (
+    UNACKED_KEYS,
     CallLog,
     Proc,
     RedisCpuProbe,
-    broker_keys,
+    broker_lists,
     commandstats,
     commandstats_delta,
     log,
@@ -226,17 +227,15 @@ class Bench:
     def queue_idle(self, queues: tuple[str, ...]) -> bool:
         """No message of these queues waits (at any priority) and none is held by a worker."""
         pipe = self.r.pipeline(transaction=False)
-        for key in broker_keys(queues):
-            if key == "unacked":
-                pipe.hlen(key)
-            elif key != "unacked_index":
-                pipe.llen(key)
+        for key in broker_lists(queues):
+            pipe.llen(key)
+        pipe.hlen("unacked")
         return not any(pipe.execute())
 
     def task_pending(self, queue: str, task: str) -> bool:
         """A message of `task` still waits in `queue` or runs. Other work may go on: a worker
         holds presence checks that are due within a sweep interval (see `queue_idle`)."""
-        if any(self.r.llen(k) for k in broker_keys((queue,)) if not k.startswith("unacked")):
+        if any(self.r.llen(k) for k in broker_lists((queue,))):
             return True
         marker = f'"task": "{task}"'
         return any(marker in v for v in self.r.hvals("unacked"))
@@ -249,7 +248,8 @@ class Bench:
         self.beat.pause()
         self.worker.pause()
         try:
-            return used_memory(self.r, broker_keys((EVENTS_QUEUE, WORK_QUEUE)))
+            in_flight = [*broker_lists((EVENTS_QUEUE, WORK_QUEUE)), *UNACKED_KEYS]
+            return used_memory(self.r, in_flight)
         finally:
             self.worker.resume()
             self.beat.resume()

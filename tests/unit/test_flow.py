@@ -700,9 +700,9 @@ def test_a_watch_while_another_worker_reads_the_list_comes_back_instead_of_readi
     assert rec.state is State.WATCHING
     due = float(env.store.r.zscore(env.store.key("due"), rid))
     assert before < due <= env.clock() + env.settings.sweep_interval_seconds
-    # that worker's read lands in the cache: the next try uses it, still without a call
+    # that worker's read lands in the cache: the next try uses it, with no list read of its own
     env.store.cache_bookings("alice", {}, ttl=60)
-    assert env.flow.watch(rid) == "pending"  # not listed: MadeBookingDetails, as before
+    assert env.flow.watch(rid) == "pending"  # not in the list: one MadeBookingDetails, as before
     assert env.calls("MadeBookingDetails") == details + 1
     assert env.calls("MadeBookings") == lists
 
