@@ -76,7 +76,16 @@ class RateLimited(Transient):
 
 
 class Throttled(RateLimited):
-    """Our own shared rate budget said wait (`retry_after`): no request went out."""
+    """Our own shared rate budget said wait (`retry_after`): no request went out. Never counts
+    toward an attempt limit: it says "not now", not "failed"."""
+
+
+class NotSent(Transient):
+    """A call stopped by its own step just before it would have gone out: nothing was sent."""
+
+
+class LeaseLost(NotSent):
+    """The step's lease on its rebook was taken over: another step decides; this one stops."""
 
 
 class AuthExpired(UpstreamError):

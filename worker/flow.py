@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import logging
 import random
+import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
-from worker.auth import TokenManager
 from worker.errors import (
     Ambiguous,
     AuthExpired,
     InvalidEvent,
+    LeaseLost,
     NotFound,
+    NotSent,
     ReauthRequired,
     Rejected,
     Throttled,
@@ -30,8 +34,7 @@ from worker.errors import (
 from worker.models import RebookEvent, State, WebcamBooking, from_ts, iso_z
 from worker.observability import bound
 from worker.settings import Settings
-from worker.store import REMOVE, Rebook, Store, rebook_id_for
-from worker.upstream import UpstreamClient
+from worker.store import REMOVE, Rebook, StepLock, Store, rebook_id_for
 
 log = logging.getLogger("rebook.flow")
 
@@ -67,12 +70,72 @@ class Refused(Exception):
     """An operator command that does not apply in the record's state; the message says why."""
 
 
+BeforeSend = Callable[[], None]
+
+
+class Upstream(Protocol):
+    """The upstream calls the flow makes (`worker.upstream.UpstreamClient`; a simulation's)."""
+
+    def is_online(self, performer_id: int) -> bool: ...
+    def reschedule(
+        self, token: str, booking_id: int, *, before_send: BeforeSend | None = None
+    ) -> WebcamBooking: ...
+    def booking_details(
+        self, token: str, booking_id: int, *, before_send: BeforeSend | None = None
+    ) -> WebcamBooking: ...
+    def confirm(self, token: str, booking_id: int) -> WebcamBooking: ...
+    def iter_made_bookings(
+        self, token: str, *, start: datetime | None = None, max_pages: int = 10
+    ) -> Iterator[WebcamBooking]: ...
+    def list_made_bookings(
+        self,
+        token: str,
+        *,
+        start: datetime | None = None,
+        max_pages: int = 10,
+        before_send: BeforeSend | None = None,
+    ) -> tuple[list[WebcamBooking], bool]: ...
+
+
+class Tokens(Protocol):
+    """A member's access token, refreshed single-flight (`worker.auth.TokenManager`)."""
+
+    def access_token(self, user_id: str, *, rejected: str | None = None) -> str: ...
+
+
+class Gated(NotSent):
+    """Another rebook of the same member and performer has an unsettled POST."""
+
+    def __init__(self, holder: str) -> None:
+        super().__init__(f"waiting for {holder}")
+        self.holder = holder
+
+
+@dataclass(frozen=True)
+class _Step:
+    rebook_id: str
+    token: str
+    lock: StepLock
+
+
+_STEP: ContextVar[_Step | None] = ContextVar("rebook_step", default=None)
+"""The step this thread runs: its writes to that rebook are fenced by its token."""
+
+
+@dataclass(frozen=True)
+class Listing:
+    """One read of a member's bookings: what it showed, and whether it was read to its end."""
+
+    bookings: list[WebcamBooking]
+    complete: bool
+
+
 @dataclass
 class Flow:
     settings: Settings
     store: Store
-    client: UpstreamClient
-    tokens: TokenManager
+    client: Upstream
+    tokens: Tokens
     dispatch: Dispatcher
     clock: Callable[[], float] = field(default=time.time)
 
@@ -99,15 +162,45 @@ class Flow:
             log.info("rebook %s: access token refused, refreshing", rec.rebook_id)
             return call(self.tokens.access_token(rec.user_id, rejected=token))
 
-    def _park(self, rec: Rebook, reason: str, *, action: str, **detail: Any) -> bool:
+    def _move(
+        self, rebook_id: str, to: State, *, require: dict[str, Any] | None = None, **kw: Any
+    ) -> bool:
+        """`store.transition`, fenced: inside a step, a write to its own rebook applies only
+        while the step still holds it (its token is the record's `claim`)."""
+        step = _STEP.get()
+        if step is not None and step.rebook_id == rebook_id:
+            require = {**(require or {}), "claim": step.token}
+        return self.store.transition(rebook_id, to, require=require, **kw)
+
+    def _hold(self) -> None:
+        """Extends the step's lease over the next upstream call, or raises :class:`LeaseLost`."""
+        step = _STEP.get()
+        if step is None:
+            return
+        try:
+            held = step.lock.extend(self.settings.longest_call_seconds, replace_ttl=True)
+        except Exception:  # redis-py raises LockNotOwnedError when another step has it
+            held = False
+        if not held:
+            raise LeaseLost(f"lease of {step.rebook_id} taken over")
+
+    def _park(
+        self,
+        rec: Rebook,
+        reason: str,
+        *,
+        action: str,
+        fields: dict[str, Any] | None = None,
+        **detail: Any,
+    ) -> bool:
         """NEEDS_ATTENTION: `reason` says why (a short code), `action` what a person should do."""
-        ok = self.store.transition(
+        ok = self._move(
             rec.rebook_id,
             State.NEEDS_ATTENTION,
             from_=ACTIVE_STEPS,
             reason=reason,
             due=REMOVE,
-            fields={"action": action},
+            fields={"action": action, **(fields or {})},
             outcome=State.NEEDS_ATTENTION.value,
             detail={"action": action, **detail},
         )
@@ -131,11 +224,15 @@ class Flow:
     def _stay(self, rec: Rebook, *, reason: str, **changes: Any) -> bool:
         """Updates a record in its current state (due time, counters, reason); a no-op if the
         state moved on meanwhile."""
-        return self.store.transition(
-            rec.rebook_id, rec.state, from_=[rec.state], reason=reason, **changes
-        )
+        return self._move(rec.rebook_id, rec.state, from_=[rec.state], reason=reason, **changes)
 
     def _retry_later(self, rec: Rebook, exc: UpstreamError, what: str) -> None:
+        """Backoff after a failed call; our own throttle is "not now" and counts nothing."""
+        if isinstance(exc, Throttled):
+            wait = (exc.retry_after or self.settings.retry_base_seconds) * random.uniform(1, 1.25)
+            log.info("rebook %s: %s deferred %.2fs (rate budget)", rec.rebook_id, what, wait)
+            self._stay(rec, reason=rec.reason, due=self.clock() + wait)
+            return
         wait = self.backoff(rec.errors, exc.retry_after)
         log.warning("rebook %s: %s failed (%s); again in %.1fs", rec.rebook_id, what, exc, wait)
         self._stay(
@@ -260,12 +357,18 @@ class Flow:
         return "online" if online else "offline"
 
     def _locked_step(self, rebook_id: str, state: State, body: Callable[[Rebook], str]) -> str:
-        """Runs a step of one rebook under its lock, if the rebook is still in `state`."""
+        """Runs a step of one rebook under its lock, if the rebook is still in `state`.
+
+        The lock keeps two workers from running the same step at once; the token written into
+        the record fences the step's writes, for the case the lock cannot cover: a step that
+        outlived its lease (a stuck call, a paused process) and comes back with a stale answer.
+        """
         lock = self.store.lock(rebook_id)
         if not lock.acquire():
             return "busy"
+        step = _STEP.set(_Step(rebook_id, secrets.token_hex(8), lock))
         try:
-            rec = self.store.get(rebook_id)
+            rec = self.store.claim_step(rebook_id, _STEP.get().token)  # type: ignore[union-attr]
             if rec is None or rec.state != state:
                 return "noop"
             with bound(
@@ -279,7 +382,11 @@ class Flow:
                 except ReauthRequired as exc:
                     self.park_member(rec.user_id, exc.detail)
                     return "reauth"
+                except LeaseLost as exc:
+                    log.warning("rebook %s: %s; the step that took over decides", rebook_id, exc)
+                    return "lease-lost"
         finally:
+            _STEP.reset(step)
             _release(lock)
 
     def resolve_performer(self, rebook_id: str) -> str:
@@ -290,11 +397,14 @@ class Flow:
         if rec.performer_id is not None:
             return "noop"
         try:
+            self._hold()
             booking = self._member_call(
                 rec, lambda tok: self.client.booking_details(tok, rec.booking_id)
             )
         except Rejected as exc:
             return self._fail(rec, f"original booking unreadable: {exc.message}")
+        except LeaseLost:
+            raise
         except UpstreamError as exc:
             self._retry_later(rec, exc, "reading the original booking")
             return "retry"
@@ -311,14 +421,27 @@ class Flow:
             self.dispatch.check_presence(pid)
         return "resolved"
 
-    def _fail(self, rec: Rebook, reason: str, state: State = State.FAILED) -> str:
-        self.store.transition(
-            rec.rebook_id, state, from_=ACTIVE_STEPS, reason=reason, outcome=state.value
+    def _fail(self, rec: Rebook, reason: str) -> str:
+        """FAILED: the upstream refused for good. A refused POST made nothing: its mark goes."""
+        self._move(
+            rec.rebook_id,
+            State.FAILED,
+            from_=ACTIVE_STEPS,
+            reason=reason,
+            fields={"post_sent_ts": None, "answer_ts": None},
+            outcome=State.FAILED.value,
         )
-        log.warning("rebook %s: %s (%s)", rec.rebook_id, state.value, reason)
-        return state.value.lower()
+        log.warning("rebook %s: FAILED (%s)", rec.rebook_id, reason)
+        self._unblock(rec)
+        return "failed"
 
     # -- reschedule ------------------------------------------------------------------------------
+    #
+    # The POST is not idempotent, so a second one needs proof that the first made nothing
+    # (README, "Exactly one booking"). The record says "POST sent" (`post_sent_ts`) before the
+    # request goes out; until the mark is settled — a booking found, or proven not made — no
+    # other POST goes out for this rebook, nor for another rebook of the same member and
+    # performer (the gate: their bookings could not be told apart).
 
     def reschedule(self, rebook_id: str) -> str:
         return self._locked_step(
@@ -327,8 +450,63 @@ class Flow:
             lambda rec: self._reconcile(rec) if rec.post_sent_ts is not None else self._post(rec),
         )
 
-    def _post(self, rec: Rebook) -> str:
-        if rec.attempts >= self.settings.reschedule_max_attempts:
+    def _list(self, rec: Rebook, since: float) -> Listing:
+        """The member's bookings created since `since` (a day earlier at the upstream's
+        day granularity; nothing is filtered by time here: the zone is a guess)."""
+        bookings, complete = self._member_call(
+            rec,
+            lambda tok: self.client.list_made_bookings(
+                tok, start=from_ts(since), before_send=self._hold
+            ),
+        )
+        return Listing(bookings, complete)
+
+    def _candidates(
+        self, rec: Rebook, listing: Listing, known: set[int] | None, since: float
+    ) -> list[WebcamBooking]:
+        """Bookings that may be the one a POST of this rebook made, oldest first: the member's
+        (the list is theirs), the same performer (or none named), not the original, not owned by
+        another rebook, and not visible before the POST (`known`).
+
+        Without `known` (before a first POST: looking for one whose mark was lost) the booking
+        must also look made by a reschedule — SessionDate a few minutes after CreateDate, both
+        site time, so no zone enters — be created since `since` (hours: no zone error defeats
+        it), and not be the original of another active rebook.
+        """
+        found = []
+        for b in listing.bookings:
+            if b.booking_id == rec.booking_id:
+                continue
+            if rec.performer_id is not None and b.performer_id not in (None, rec.performer_id):
+                continue
+            if known is not None:
+                if b.booking_id in known:
+                    continue
+            elif not _looks_rescheduled(b, since) or self.store.active_owner(
+                b.booking_id, rec.user_id
+            ) not in (None, rec.rebook_id):
+                continue
+            found.append(b)
+        owners = self.store.owners_of([b.booking_id for b in found])
+        return sorted(
+            (b for b, owner in zip(found, owners, strict=True) if owner in (None, rec.rebook_id)),
+            key=lambda b: b.booking_id,
+        )
+
+    def _adopt(self, rec: Rebook, candidates: Sequence[WebcamBooking], why: str) -> str:
+        if len(candidates) > 1:
+            log.warning(
+                "rebook %s: %d bookings could be ours (%s); taking the oldest",
+                rec.rebook_id,
+                len(candidates),
+                ", ".join(str(b.booking_id) for b in candidates),
+            )
+        log.info("rebook %s: %s: booking %s", rec.rebook_id, why, candidates[0].booking_id)
+        return self._booked(rec, candidates[0], adopted=why)
+
+    def _post(self, rec: Rebook, listing: Listing | None = None) -> str:
+        s = self.settings
+        if rec.attempts >= s.reschedule_max_attempts:
             self._park(
                 rec,
                 "too_many_attempts",
@@ -336,42 +514,78 @@ class Flow:
                 action="check the upstream, then `rebook retry ID`",
             )
             return "parked"
+        holder = self.store.gate_holder(rec)
+        if holder is not None:
+            return self._gated(rec, holder)
+        # Before a POST, look: a POST whose mark was lost (a failover, a restore) made a booking
+        # that nothing here remembers. What the list shows now is what our POST cannot have made.
+        if listing is None:
+            try:
+                listing = self._list(rec, rec.created_ts - s.reconcile_lookback_seconds)
+            except LeaseLost:
+                raise
+            except UpstreamError as exc:
+                self._retry_later(rec, exc, "reading the member's bookings before the POST")
+                return "retry"
+        known = set(rec.known_ids) if rec.known_ids is not None else None
+        found = self._candidates(rec, listing, known, rec.created_ts - s.reconcile_lookback_seconds)
+        if found:
+            return self._adopt(rec, found, "found upstream before the POST")
+        if not listing.complete:
+            self._retry_later(
+                rec, Throttled("the member's list is too long to read whole"), "the pre-POST read"
+            )
+            return "retry"
         try:
             token = self.tokens.access_token(rec.user_id)
         except UpstreamError as exc:  # the token endpoint failed: nothing was sent
             self._retry_later(rec, exc, "refreshing the member's token")
             return "retry"
-        now = self.clock()
-        # The record says "POST sent" before the POST: a crash from here on leads to reconcile.
-        blocked = self.store.start_post(rec.rebook_id, now=now, attempts=rec.attempts + 1)
-        if blocked is not None:
-            if blocked.startswith("waiting for"):
-                self._stay(
-                    rec,
-                    reason=blocked,
-                    due=now + self.backoff(0) + self.settings.reconcile_grace_seconds,
+        seen = sorted({*(known or ()), *(b.booking_id for b in listing.bookings)})
+        marked: list[float] = []
+
+        def mark() -> None:
+            """After the rate limiter, right before the request: lease, mark, replicas."""
+            self._hold()
+            now = self.clock()
+            step = _STEP.get()
+            ok, holder = self.store.start_post(
+                rec.rebook_id,
+                now=now,
+                attempts=rec.attempts + 1,
+                claim=step.token if step else "",
+                known_ids=seen,
+                due=now + self.store.lease,
+            )
+            if not ok:
+                raise Gated(holder) if holder else NotSent("the rebook changed")
+            marked.append(now)
+            if s.redis_wait_replicas:
+                got = self.store.wait_replicas(
+                    rec.rebook_id, s.redis_wait_replicas, s.redis_wait_timeout_ms
                 )
-                return "gated"
-            return "noop"
-        clear = {"post_sent_ts": None}
+                if got < s.redis_wait_replicas:
+                    raise NotSent(f"{got} of {s.redis_wait_replicas} replicas have the mark")
+
         try:
-            booking = self.client.reschedule(token, rec.booking_id)
+            booking = self.client.reschedule(token, rec.booking_id, before_send=mark)
+        except Gated as exc:
+            return self._gated(rec, exc.holder)
+        except LeaseLost:
+            raise
         except Ambiguous as exc:
+            answered = self.clock()
             log.warning("rebook %s: reschedule ambiguous (%s); reconciling", rec.rebook_id, exc)
             self._stay(
                 rec,
                 reason=f"ambiguous: {exc}",
-                fields={"errors": rec.errors + 1},
-                due=now + self.settings.reconcile_grace_seconds,
+                require={"post_sent_ts": _mark(marked[0])},
+                fields={"errors": rec.errors + 1, "answer_ts": answered},
+                due=self._proof_due(answered, 1),
             )
             return "ambiguous"
-        except AuthExpired:
-            self._stay(
-                rec,
-                reason="access token refused",
-                fields=clear,
-                due=self.clock(),
-            )
+        except AuthExpired:  # 401: the upstream did nothing
+            self._unmark(rec, marked, reason="access token refused", due=self.clock())
             try:
                 self.tokens.access_token(rec.user_id, rejected=token)
             except UpstreamError as exc:  # refreshed on the next run instead
@@ -381,38 +595,95 @@ class Flow:
             return self._fail(rec, f"upstream: {exc.message}")
         except Rejected as exc:
             return self._rejected(rec, exc)
-        except UpstreamError as exc:  # nothing was sent or the upstream refused before acting
-            wait = self.backoff(rec.errors, exc.retry_after)
+        except UpstreamError as exc:  # nothing was sent, or refused before the upstream acted
+            if isinstance(exc, NotSent) and not marked:
+                return "noop"  # the rebook moved on meanwhile
+            if isinstance(exc, Throttled):
+                wait = (exc.retry_after or s.retry_base_seconds) * random.uniform(1, 1.25)
+                errors = rec.errors
+            else:
+                wait = self.backoff(rec.errors, exc.retry_after)
+                errors = rec.errors + 1
             log.warning(
                 "rebook %s: reschedule not done (%s); again in %.1fs", rec.rebook_id, exc, wait
             )
-            self._stay(
-                rec,
-                reason=f"retry: {exc}",
-                fields={**clear, "errors": rec.errors + 1, "attempts": rec.attempts},
-                due=self.clock() + wait,
+            self._unmark(
+                rec, marked, reason=f"retry: {exc}", due=self.clock() + wait, errors=errors
             )
             return "retry"
         return self._booked(rec, booking)
+
+    def _unmark(
+        self, rec: Rebook, marked: list[float], *, reason: str, due: float, **fields: Any
+    ) -> bool:
+        """The POST was not sent or was refused: its mark goes, and it was no attempt."""
+        require = {"post_sent_ts": _mark(marked[0])} if marked else None
+        return self._stay(
+            rec,
+            reason=reason,
+            require=require,
+            fields={**fields, "post_sent_ts": None, "attempts": rec.attempts},
+            due=due,
+        )
+
+    def _gated(self, rec: Rebook, holder: str) -> str:
+        """Another rebook of the same member and performer has an unsettled POST: wait for it,
+        visibly, and not past `REBOOK_GATE_MAX_WAIT_SECONDS`."""
+        now = self.clock()
+        since = rec.gated_since if rec.gated_since is not None else now
+        if now - since >= self.settings.gate_max_wait_seconds:
+            self._park(
+                rec,
+                "blocked",
+                action=f"settle {holder} first (`rebook status {holder}`); this one goes on "
+                "by itself once it is settled, or `rebook retry` it",
+                fields={"blocked_by": holder},
+                blocked_by=holder,
+            )
+            return "parked"
+        self._stay(
+            rec,
+            reason=f"waiting for {holder} (same member and performer; its reschedule is unsettled)",
+            fields={"gated_since": since, "blocked_by": holder},
+            due=now + self.backoff(0) + self.settings.reconcile_grace_seconds,
+        )
+        return "gated"
+
+    def _unblock(self, rec: Rebook) -> None:
+        """Its POST settled: the siblings it had parked as `blocked` go on by themselves."""
+        ids = self.store.active_of_user(rec.user_id)
+        if len(ids) < 2:
+            return
+        for other in self.store.get_many(ids):
+            if (
+                other.state == State.NEEDS_ATTENTION
+                and other.reason == "blocked"
+                and other.blocked_by == rec.rebook_id
+            ):
+                self._resume(other, f"{rec.rebook_id} settled")
 
     def _rejected(self, rec: Rebook, exc: Rejected) -> str:
         """A 4xx: if a fresh presence check says offline, the performer left in between."""
         assert rec.performer_id is not None
         try:
-            online = self.client.is_online(rec.performer_id)
+            self._hold()
+            online: bool | None = self.client.is_online(rec.performer_id)
+        except LeaseLost:
+            raise
         except UpstreamError:
             online = None
         now = self.clock()
         if online is False:
-            self.store.transition(
+            self._move(
                 rec.rebook_id,
                 State.WAITING,
                 from_=[State.RESCHEDULING],
                 reason="performer went offline",
-                fields={"post_sent_ts": None},
+                fields={"post_sent_ts": None, "answer_ts": None},
                 due=rec.deadline_ts,
                 now=now,
             )
+            self._unblock(rec)
             return "waiting"
         if online is None:
             self._stay(
@@ -424,7 +695,7 @@ class Flow:
             return "retry"
         return self._fail(rec, f"upstream refused: {exc.message}")
 
-    def _booked(self, rec: Rebook, booking: WebcamBooking) -> str:
+    def _booked(self, rec: Rebook, booking: WebcamBooking, adopted: str = "") -> str:
         if not self.store.claim_booking(booking.booking_id, rec.rebook_id):
             self._park(
                 rec,
@@ -442,25 +713,31 @@ class Flow:
             "accept_by": iso_z(accept_by),
             "status": booking.status,
         }
-        if self.store.transition(
+        detail: dict[str, Any] = {
+            "session_date": iso_z(booking.session_date),
+            "duration": booking.duration,
+            "credits": str(booking.credits) if booking.credits is not None else None,
+        }
+        if adopted:
+            detail["adopted"] = adopted
+        if self._move(
             rec.rebook_id,
             State.WATCHING,
             from_=[State.RESCHEDULING],
-            reason="booked",
+            reason=f"booked ({adopted})" if adopted else "booked",
             fields={
                 "new_booking_id": booking.booking_id,
                 "accept_by": info["accept_by"],
                 "accept_by_ts": accept_by.timestamp(),
                 "status": booking.status,
                 "errors": 0,
+                "known_ids": None,
+                "gated_since": None,
+                "blocked_by": None,
             },
             due=now + self.store.lease,
             outcome="BOOKED",
-            detail={
-                "session_date": iso_z(booking.session_date),
-                "duration": booking.duration,
-                "credits": str(booking.credits) if booking.credits is not None else None,
-            },
+            detail=detail,
             now=now,
         ):
             log.info(
@@ -470,83 +747,110 @@ class Flow:
                 info["accept_by"],
             )
             self.dispatch.watch(rec.rebook_id, info)
-        return "booked"
+            self._unblock(rec)
+            return "booked"
+        return "fenced"  # another step holds the rebook now: it finds this booking upstream
+
+    def _window_start(self, sent: float, answered: float | None) -> float:
+        """Since when a booking of an unsettled POST may still appear: its ambiguous answer, or,
+        when the worker died before it came, the latest the request could have been in flight."""
+        if answered is not None:
+            return answered
+        return sent + self.settings.call_bound_seconds + 1.0
+
+    def _proof_due(self, window_start: float, k: int) -> float:
+        """When the k-th of the proof's reads may start: the first a grace after the window
+        opens, the last at its end, the others spread between."""
+        s = self.settings
+        n = s.reconcile_proof_reads
+        if n <= 1:
+            return window_start + s.reconcile_window_seconds
+        span = s.reconcile_window_seconds - s.reconcile_grace_seconds
+        return window_start + s.reconcile_grace_seconds + span * (min(k, n) - 1) / (n - 1)
 
     def _reconcile(self, rec: Rebook) -> str:
-        """The last POST may have worked: look for it before anything is sent again."""
+        """The last POST may have worked: look for it before anything is sent again.
+
+        "Not made" needs `REBOOK_RECONCILE_PROOF_READS` readable, complete list answers without
+        a candidate, the last one starting `REBOOK_RECONCILE_WINDOW_SECONDS` after the window
+        opened (past the HTTP timeout and any commit lag). Anything less is no proof: the rebook
+        waits, and parks when `REBOOK_RECONCILE_MAX_SECONDS` pass without one.
+        """
         assert rec.post_sent_ts is not None
+        s = self.settings
         sent = rec.post_sent_ts
-        read_at = self.clock()  # a read that *starts* after the grace period is the proof
-        try:
-            found = self._member_call(rec, lambda tok: self._find_made(rec, tok, sent))
-        except ReauthRequired:
-            raise
-        except UpstreamError as exc:
-            tries = rec.reconcile_tries + 1
-            if tries >= self.settings.reconcile_max_tries:
-                self._park(
-                    rec,
-                    "ambiguous_reschedule",
-                    tries=tries,
-                    error=str(exc),
-                    action="look for the booking upstream, then `rebook retry ID`",
-                )
-                return "parked"
-            self._stay(
-                rec,
-                reason=f"reconcile failed: {exc}",
-                fields={"reconcile_tries": tries},
-                due=self.clock() + self.backoff(tries, exc.retry_after),
-            )
-            return "retry"
-        if found is not None:
-            log.info(
-                "rebook %s: reconciled, the POST had made booking %s",
-                rec.rebook_id,
-                found.booking_id,
-            )
-            return self._booked(rec, found)
-        now = self.clock()
-        ready_at = sent + self.settings.reconcile_grace_seconds
-        if read_at < ready_at:
-            self._stay(
-                rec,
-                reason=rec.reason,
-                due=ready_at,
-            )
+        start = self._window_start(sent, rec.answer_ts)
+        k = rec.empty_reads + 1
+        read_at = self.clock()  # a read that *starts* at its time counts
+        if read_at < self._proof_due(start, k):
+            self._stay(rec, reason=rec.reason, due=self._proof_due(start, k))
             return "grace"
-        # A list read after the grace period shows no booking: the POST did not happen.
+        if read_at > start + s.reconcile_max_seconds:
+            return self._park_unsettled(rec, rec.reconcile_tries, "no proof within the bound")
+        known = set(rec.known_ids) if rec.known_ids is not None else None
+        try:
+            listing = self._list(rec, sent - s.reconcile_lookback_seconds)
+        except (ReauthRequired, LeaseLost):
+            raise
+        except Throttled as exc:
+            self._retry_later(rec, exc, "reconciling")
+            return "throttled"
+        except UpstreamError as exc:
+            return self._unreadable(rec, str(exc))
+        found = self._candidates(rec, listing, known, sent - s.reconcile_lookback_seconds)
+        if found:
+            return self._adopt(rec, found, "reconciled: the POST had made it")
+        if not listing.complete:
+            return self._unreadable(rec, "the member's list is too long to read whole")
+        if k < s.reconcile_proof_reads:
+            self._stay(
+                rec,
+                reason=f"reconciling: {k} of {s.reconcile_proof_reads} reads found no booking",
+                require={"post_sent_ts": _mark(sent)},
+                fields={"empty_reads": k},
+                due=self._proof_due(start, k + 1),
+            )
+            return "proving"
+        # Proven: the POST did not make a booking. Its mark goes; the next POST may go out.
         if not self._stay(
             rec,
             reason="reconciled: no booking was made",
-            require={"post_sent_ts": repr(sent)},
-            fields={"post_sent_ts": None, "reconcile_tries": 0},
-            due=now + self.store.lease,
+            require={"post_sent_ts": _mark(sent)},
+            fields={
+                "post_sent_ts": None,
+                "answer_ts": None,
+                "empty_reads": None,
+                "reconcile_tries": 0,
+            },
+            due=self.clock() + self.store.lease,
         ):
             return "noop"
         fresh = self.store.get(rec.rebook_id)
-        return self._post(fresh) if fresh is not None else "noop"
+        return self._post(fresh, listing) if fresh is not None else "noop"
 
-    def _find_made(self, rec: Rebook, token: str, sent: float) -> WebcamBooking | None:
-        """Newest first, created since "POST sent", same performer, not the original, not owned
-        by another rebook; the oldest such booking is the one our POST made."""
-        since = sent - CLOCK_SKEW_SECONDS
-        found: WebcamBooking | None = None
-        for booking in self.client.iter_made_bookings(token, start=from_ts(since)):
-            if booking.create_date is not None and booking.create_date.timestamp() < since:
-                break
-            if booking.booking_id == rec.booking_id:
-                continue
-            if rec.performer_id is not None and booking.performer_id not in (
-                None,
-                rec.performer_id,
-            ):
-                continue
-            owner = self.store.owner_of(booking.booking_id)
-            if owner is not None and owner != rec.rebook_id:
-                continue
-            found = booking
-        return found
+    def _unreadable(self, rec: Rebook, error: str) -> str:
+        """A read that proves nothing either way: counted, and parked past the limit."""
+        tries = rec.reconcile_tries + 1
+        if tries >= self.settings.reconcile_max_tries:
+            return self._park_unsettled(rec, tries, error)
+        self._stay(
+            rec,
+            reason=f"reconcile failed: {error}",
+            fields={"reconcile_tries": tries},
+            due=self.clock() + self.backoff(tries),
+        )
+        return "retry"
+
+    def _park_unsettled(self, rec: Rebook, tries: int, error: str) -> str:
+        self._park(
+            rec,
+            "ambiguous_reschedule",
+            tries=tries,
+            error=error,
+            action="look for the booking upstream, then `rebook retry ID` (it reconciles "
+            "again before any new request)",
+        )
+        return "parked"
 
     # -- watch -----------------------------------------------------------------------------------
 
@@ -595,7 +899,7 @@ class Flow:
         if final is not None:
             return self._finish(rec, booking, final)
         if now >= accept_by:
-            self.store.transition(
+            self._move(
                 rec.rebook_id,
                 State.EXPIRED,
                 from_=[State.WATCHING],
@@ -660,7 +964,7 @@ class Flow:
         return self._member_call(rec, lambda tok: self.client.booking_details(tok, booking_id))
 
     def _finish(self, rec: Rebook, booking: WebcamBooking, final: State, reason: str = "") -> str:
-        self.store.transition(
+        self._move(
             rec.rebook_id,
             final,
             from_=[State.WATCHING],
@@ -674,27 +978,50 @@ class Flow:
     def _confirm(self, rec: Rebook, booking: WebcamBooking) -> str:
         """REBOOK_AUTO_CONFIRM: confirm an Accepted booking (costs credits; upstream rules:
         only Accepted, only before SessionDate). Confirm is not idempotent either: after an
-        ambiguous answer the next watch reads the status again before confirming again."""
+        ambiguous answer it goes again only on the same proof as a POST — readable status
+        reads, still Accepted, spread over the reconcile window (`_proof_due`)."""
         now = self.clock()
         if booking.session_date is not None and booking.session_date.timestamp() <= now:
             return self._finish(rec, booking, State.ACCEPTED, "accepted; too late to confirm")
         sent = rec.confirm_sent_ts
-        grace = self.settings.reconcile_grace_seconds
-        if sent is not None and now < sent + grace:
-            self._stay(
-                rec,
-                reason=rec.reason,
-                due=sent + grace,
-            )
-            return "confirm-pending"
+        if sent is not None:
+            start = self._window_start(sent, rec.confirm_answer_ts)
+            k = rec.confirm_reads + 1
+            if now < self._proof_due(start, k):
+                self._stay(rec, reason=rec.reason, due=self._proof_due(start, k))
+                return "confirm-pending"
+            try:  # a fresh read of our own: a cached list may predate the confirm
+                self._hold()
+                booking = self._member_call(
+                    rec, lambda tok: self.client.booking_details(tok, booking.booking_id)
+                )
+            except LeaseLost:
+                raise
+            except UpstreamError as exc:
+                self._retry_later(rec, exc, "reading the booking after a confirm")
+                return "confirm-retry"
+            final = booking.final_state
+            if final is not None and final != State.ACCEPTED:
+                return self._finish(rec, booking, final)
+            if k < self.settings.reconcile_proof_reads:
+                self._stay(
+                    rec,
+                    reason=rec.reason,
+                    require={"confirm_sent_ts": repr(sent)},
+                    fields={"confirm_reads": k},
+                    due=self._proof_due(start, k + 1),
+                )
+                return "confirm-proving"
         self.store.forget_cached(rec.user_id, booking.booking_id)
-        self._stay(
+        if not self._stay(
             rec,
             reason="confirm sent",
-            fields={"confirm_sent_ts": now},
+            fields={"confirm_sent_ts": now, "confirm_answer_ts": None, "confirm_reads": None},
             due=now + self.store.lease,
-        )
+        ):
+            return "noop"
         try:
+            self._hold()
             confirmed = self._member_call(
                 rec, lambda tok: self.client.confirm(tok, booking.booking_id)
             )
@@ -702,12 +1029,24 @@ class Flow:
             return self._finish(
                 rec, booking, State.ACCEPTED, f"auto-confirm refused: {exc.message}"
             )
-        except UpstreamError as exc:  # ambiguous or transient: read the status again first
+        except LeaseLost:
+            raise
+        except Ambiguous as exc:  # read the status again, on proof, before confirming again
+            answered = self.clock()
             log.warning("rebook %s: confirm not settled (%s)", rec.rebook_id, exc)
             self._stay(
                 rec,
                 reason=f"confirm unsettled: {exc}",
-                due=now + grace,
+                fields={"confirm_answer_ts": answered},
+                due=self._proof_due(answered, 1),
+            )
+            return "confirm-retry"
+        except UpstreamError as exc:  # not sent (or a 401 twice): nothing was confirmed
+            self._stay(
+                rec,
+                reason=f"confirm not sent: {exc}",
+                fields={"confirm_sent_ts": None},
+                due=self.clock() + self.backoff(rec.errors, exc.retry_after),
             )
             return "confirm-retry"
         return self._finish(rec, confirmed, State.CONFIRMED, "auto-confirmed")
@@ -747,7 +1086,7 @@ class Flow:
                         },
                     )
                 else:
-                    self.store.transition(
+                    self._move(
                         rec.rebook_id, rec.state, from_=[rec.state], reason=rec.reason, due=REMOVE
                     )
         if expired:  # one script call per shard for all of them
@@ -768,21 +1107,26 @@ class Flow:
     # -- operators -------------------------------------------------------------------------------
 
     def cancel(self, ident: str) -> Rebook:
+        """ABORTED. A rebook whose last POST is unsettled keeps its mark (and its gate): it may
+        have made a booking, and `retry` reconciles that before any new request."""
         rec = self._find(ident)
         if rec.state.terminal:
             raise Refused(f"{rec.rebook_id} is already {rec.state.value}; nothing to cancel")
-        require = {"post_sent_ts": ""} if rec.state == State.RESCHEDULING else None
-        if not self.store.transition(
+        reason = "cancelled by operator"
+        if rec.unsettled:
+            reason += (
+                "; its last reschedule request is unsettled: a booking may have been made "
+                "(`rebook retry` reconciles it before any new request)"
+            )
+        if not self._move(
             rec.rebook_id,
             State.ABORTED,
             from_=[rec.state],
-            reason="cancelled by operator",
-            require=require,
+            reason=reason,
+            require={"post_sent_ts": _mark(rec.post_sent_ts)},
             outcome=State.ABORTED.value,
         ):
-            raise Refused(
-                f"{rec.rebook_id} is in the middle of a reschedule request; try again in a moment"
-            )
+            raise Refused(f"{rec.rebook_id} changed meanwhile; try again")
         return self._find(rec.rebook_id)
 
     def retry(self, ident: str) -> Rebook:
@@ -811,22 +1155,29 @@ class Flow:
         return self._find(rec.rebook_id)
 
     def _restart(self, rec: Rebook) -> None:
+        """A finished rebook waits again — or, if its last POST is unsettled, reconciles first:
+        a retry never clears a mark it has not settled."""
         now = self.clock()
         deadline = now + self.settings.max_wait_seconds
-        if not self.store.transition(
+        fields: dict[str, Any] = {
+            "deadline_ts": deadline,
+            "errors": 0,
+            "attempts": 0,
+            "reconcile_tries": 0,
+            "action": None,
+        }
+        to, due = State.WAITING, deadline if rec.performer_id is not None else now
+        if rec.unsettled:
+            to, due = State.RESCHEDULING, now
+            fields.update(answer_ts=now, empty_reads=None, attempts=rec.attempts)
+        if not self._move(
             rec.rebook_id,
-            State.WAITING,
+            to,
             from_=[rec.state],
             reason="retried by operator",
-            fields={
-                "deadline_ts": deadline,
-                "errors": 0,
-                "attempts": 0,
-                "reconcile_tries": 0,
-                "post_sent_ts": None,
-                "action": None,
-            },
-            due=deadline if rec.performer_id is not None else now,
+            require={"post_sent_ts": _mark(rec.post_sent_ts)},
+            fields=fields,
+            due=due,
             now=now,
         ):
             active = self.store.active_owner(rec.booking_id, rec.user_id)
@@ -835,7 +1186,9 @@ class Flow:
                 if active and active != rec.rebook_id
                 else f"{rec.rebook_id} changed; try again"
             )
-        if rec.performer_id is not None:
+        if to == State.RESCHEDULING:
+            self.dispatch.reschedule(rec.rebook_id)
+        elif rec.performer_id is not None:
             self.dispatch.check_presence(rec.performer_id)
         else:
             self.dispatch.check_presence(None, rec.rebook_id)
@@ -852,7 +1205,16 @@ class Flow:
     def _resume(self, rec: Rebook, reason: str) -> None:
         to = rec.resume_state if rec.resume_state in ACTIVE_STEPS else State.WAITING
         now = self.clock()
-        fields: dict[str, Any] = {"errors": 0, "reconcile_tries": 0, "action": None}
+        fields: dict[str, Any] = {
+            "errors": 0,
+            "reconcile_tries": 0,
+            "action": None,
+            "gated_since": None,
+            "blocked_by": None,
+        }
+        if rec.unsettled:  # reconcile first, the proof's window starting afresh
+            to = State.RESCHEDULING
+            fields.update(answer_ts=now, empty_reads=None)
         if to == State.WAITING:
             deadline = max(rec.deadline_ts, now + self.settings.presence_interval_seconds * 2)
             fields["deadline_ts"] = deadline
@@ -861,11 +1223,12 @@ class Flow:
             due = now + self.store.lease
             if to == State.RESCHEDULING and rec.post_sent_ts is None:
                 fields["attempts"] = 0
-        if not self.store.transition(
+        if not self._move(
             rec.rebook_id,
             to,
             from_=[State.NEEDS_ATTENTION],
             reason=reason,
+            require={"post_sent_ts": _mark(rec.post_sent_ts)},
             fields=fields,
             due=due,
             now=now,
@@ -887,6 +1250,23 @@ class Flow:
         if rec is None:
             raise LookupError(f"no rebook {ident!r}")
         return rec
+
+
+RESCHEDULED_LEAD = (0.0, 15 * 60.0)
+"""SessionDate − CreateDate of a booking RescheduleMadeBooking made (the docs: now + 5 min)."""
+
+
+def _looks_rescheduled(booking: WebcamBooking, since: float) -> bool:
+    if booking.create_date is None or booking.session_date is None:
+        return False
+    lead = (booking.session_date - booking.create_date).total_seconds()
+    low, high = RESCHEDULED_LEAD
+    return low <= lead <= high and booking.create_date.timestamp() >= since
+
+
+def _mark(post_sent_ts: float | None) -> str:
+    """A "POST sent" mark as a transition guard compares it ("" = none)."""
+    return "" if post_sent_ts is None else repr(post_sent_ts)
 
 
 def _release(lock: Any) -> None:

@@ -172,12 +172,93 @@ class WebcamBooking(UpstreamModel):
         return self.rejected_reason or self.cancelled_reason or ""
 
 
-class MadeBookingsPage(UpstreamModel):
-    page_count: int = Field(1, alias="PageCount")
-    page_number: int = Field(1, alias="PageNumber")
-    bookings_per_page: int = Field(0, alias="BookingsPerPage")
-    total_bookings: int = Field(0, alias="TotalBookings")
-    bookings: list[WebcamBooking] = Field(default_factory=list, alias="WebcamBookings")
+class Unreadable(ValueError):
+    """An answer whose meaning cannot be told: never read as "nothing there"."""
+
+
+TOTAL_NAMES = ("TotalBookings", "BookingsTotal", "WebcamBookingsTotal", "TotalCount", "Total")
+"""Where the total of a MadeBookings answer may be (undocumented; `<Items>Total` on siblings)."""
+
+
+class MadeBookingsPage(BaseModel):
+    """One page of `MadeBookings`. The list's name is undocumented: it is looked up under the
+    configured names, and an answer whose list cannot be found, is not a list or contradicts its
+    own counts is :class:`Unreadable` — reconciliation must never take it for an empty list."""
+
+    model_config = ConfigDict(frozen=True)
+
+    page_count: int = 1
+    page_number: int = 1
+    bookings_per_page: int = 0
+    total: int | None = None
+    bookings: list[WebcamBooking] = Field(default_factory=list)
+
+    @classmethod
+    def parse(
+        cls,
+        payload: Any,
+        *,
+        list_names: tuple[str, ...] = ("WebcamBookings",),
+        zone: ZoneInfo = DEFAULT_ZONE,
+    ) -> MadeBookingsPage:
+        if not isinstance(payload, dict):
+            raise Unreadable(f"answer is {type(payload).__name__}, not an object")
+        by_lower = {str(k).lower(): k for k in payload}
+        name = next((by_lower[n.lower()] for n in list_names if n.lower() in by_lower), None)
+        if name is None:
+            seen = ", ".join(sorted(str(k) for k in payload)[:20]) or "none"
+            raise Unreadable(
+                f"no booking list under {'/'.join(list_names)} (keys seen: {seen}); "
+                "set REBOOK_MADE_BOOKINGS_LIST_NAMES"
+            )
+        items = payload[name]
+        if not isinstance(items, list):
+            raise Unreadable(f"{name} is {type(items).__name__}, not a list")
+
+        def count(*names: str) -> int | None:
+            for n in names:
+                key = by_lower.get(n.lower())
+                if key is None or payload[key] is None:
+                    continue
+                value = payload[key]
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise Unreadable(f"{key} is {value!r}, not a count")
+                return value
+            return None
+
+        page_count = count("PageCount")
+        page_number = count("PageNumber")
+        per_page = count("BookingsPerPage")
+        total = count(*TOTAL_NAMES)
+        if per_page and len(items) > per_page:
+            raise Unreadable(f"{len(items)} bookings on a page of {per_page}")
+        if total is not None and len(items) > total:
+            raise Unreadable(f"{len(items)} bookings listed but the total says {total}")
+        number = page_number or 1
+        pages = page_count if page_count is not None else 1
+        if not items and total and number <= max(1, pages):
+            raise Unreadable(f"an empty page {number} of {pages} while the total says {total}")
+        if items and page_count == 0:
+            raise Unreadable("bookings listed but PageCount is 0")
+        if total is not None and per_page and number >= pages and items:
+            expected = (number - 1) * per_page + len(items)
+            if expected != total:
+                raise Unreadable(f"the last page ends at booking {expected}, the total is {total}")
+        bookings = []
+        for i, item in enumerate(items):
+            try:
+                bookings.append(WebcamBooking.model_validate(item, context={"tz": zone}))
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(p) for p in first.get("loc", ()))
+                raise Unreadable(f"{name}[{i}].{where}: {first.get('msg')}") from None
+        return cls(
+            page_count=pages,
+            page_number=number,
+            bookings_per_page=per_page or 0,
+            total=total,
+            bookings=bookings,
+        )
 
 
 class UserSummary(UpstreamModel):

@@ -71,7 +71,7 @@ def build_services(settings: Settings) -> Services:
         # lets old and new workers run side by side during a roll (each side counts its own)
         store.key("ratelimit", "log"),
         settings.upstream_rate_per_second,
-        max_wait=max(5.0, settings.step_lease_seconds / 4),
+        max_wait=settings.limiter_max_wait,
     )
     client = UpstreamClient(
         settings.api_base_url,
@@ -81,6 +81,7 @@ def build_services(settings: Settings) -> Services:
         zone=settings.zone,
         limiter=limiter,
         on_call=count_call,
+        list_names=settings.list_names,
     )
     token_store = TokenStore(
         store.r,

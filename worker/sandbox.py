@@ -71,7 +71,10 @@ _MEMBER_OPS = frozenset(op for op in OPERATIONS if op not in ("getUserSummary", 
 
 _PRE_FAULTS = frozenset({"http_500", "http_503", "http_429", "timeout"})
 _POST_FAULTS = frozenset({"http_500_after_commit", "timeout_after_commit", "bad_json"})
-FAULT_KINDS: frozenset[str] = _PRE_FAULTS | _POST_FAULTS
+_LATE_FAULTS = frozenset({"http_504_commit_later", "timeout_commit_later"})
+"""The answer is a 504 (at once, or after `delay`) and the work is done `commit_delay` seconds
+later: an upstream whose backend goes on after its gateway gave up."""
+FAULT_KINDS: frozenset[str] = _PRE_FAULTS | _POST_FAULTS | _LATE_FAULTS
 
 CALL_LOG_SIZE = 200_000
 """Upstream calls kept for `GET /_sandbox/calls` (oldest dropped first)."""
@@ -217,6 +220,7 @@ class _Fault:
     remaining: int
     retry_after: float | None
     delay: float | None
+    commit_delay: float | None = None
 
 
 class _SandboxState:
@@ -428,6 +432,12 @@ class _SandboxState:
 
         if fault is not None and fault.kind in _PRE_FAULTS:
             return self.pre_fault(fault, delay)
+        if fault is not None and fault.kind in _LATE_FAULTS:
+            later = fault.commit_delay if fault.commit_delay is not None else 2 * delay
+            self.commit_later(later, op, user_id, params, headers, body)
+            if fault.kind == "timeout_commit_later":
+                time.sleep(delay)
+            return _json(504, {"Message": "The operation has timed out."})
 
         with self.lock:
             try:
@@ -445,6 +455,18 @@ class _SandboxState:
         # bad_json: the work is done but the answer cannot be parsed.
         cut = resp.body[: max(1, len(resp.body) // 2)]
         return _Response(200, cut, {"Content-Type": "application/json; charset=utf-8"})
+
+    def commit_later(self, seconds: float, *request: Any) -> None:
+        def commit() -> None:
+            with self.lock:
+                try:
+                    self.operation(*request)
+                except _Reject:
+                    pass  # e.g. the performer went offline meanwhile: nothing made
+
+        timer = threading.Timer(seconds, commit)
+        timer.daemon = True
+        timer.start()
 
     def take_fault(self, op: str) -> _Fault | None:
         lowered = op.lower()
@@ -805,6 +827,7 @@ class _SandboxState:
             raise _Reject(400, "count must be >= 1")
         retry_after = data.get("retry_after")
         delay = data.get("delay")
+        commit_delay = data.get("commit_delay")
         self.faults.append(
             _Fault(
                 endpoint=endpoint.lower(),
@@ -812,6 +835,9 @@ class _SandboxState:
                 remaining=count,
                 retry_after=None if retry_after is None else _as_number(retry_after, "retry_after"),
                 delay=None if delay is None else _as_number(delay, "delay"),
+                commit_delay=None
+                if commit_delay is None
+                else _as_number(commit_delay, "commit_delay"),
             )
         )
         return _json(200, {"faults_pending": self.faults_pending()})

@@ -67,8 +67,16 @@ class Settings(BaseSettings):
     retry_base_seconds: float = Field(1.0, gt=0)
     retry_max_seconds: float = Field(300.0, gt=0)
     reconcile_grace_seconds: float = Field(5.0, ge=0)
+    reconcile_window_seconds: float = Field(120.0, gt=0)
+    reconcile_proof_reads: int = Field(3, ge=1, le=20)
+    reconcile_max_seconds: float = Field(1800.0, gt=0)
+    reconcile_lookback_seconds: float = Field(3 * 3600.0, ge=0)
     reconcile_max_tries: int = Field(5, ge=1)
     reschedule_max_attempts: int = Field(5, ge=1)
+    gate_max_wait_seconds: float = Field(900.0, gt=0)
+    made_bookings_list_names: str = "WebcamBookings,MadeBookings,Bookings,WebcamMadeBookings"
+    redis_wait_replicas: int = Field(0, ge=0, le=16)
+    redis_wait_timeout_ms: int = Field(1000, ge=1, le=60_000)
 
     auto_confirm: bool = False
     sentry_dsn: SecretStr | None = None
@@ -180,7 +188,45 @@ class Settings(BaseSettings):
             self.shards = 16  # spread the rebooks over the cluster's nodes
         if self.webhook_url and self.webhook_secret is None:
             raise ValueError("REBOOK_WEBHOOK_SECRET must be set when REBOOK_WEBHOOK_URL is")
+        if self.step_lease_seconds < self.longest_call_seconds:
+            raise ValueError(
+                f"REBOOK_STEP_LEASE_SECONDS must cover the longest upstream call: at least "
+                f"{self.longest_call_seconds:g} s (rate-limit wait {self.limiter_max_wait:g} s "
+                f"+ connect and read timeouts 2 x REBOOK_HTTP_TIMEOUT_SECONDS + 1 s)"
+            )
+        if self.reconcile_window_seconds < self.reconcile_grace_seconds:
+            raise ValueError(
+                "REBOOK_RECONCILE_WINDOW_SECONDS must be >= REBOOK_RECONCILE_GRACE_SECONDS"
+            )
+        if self.reconcile_max_seconds < self.reconcile_window_seconds:
+            raise ValueError(
+                "REBOOK_RECONCILE_MAX_SECONDS must be >= REBOOK_RECONCILE_WINDOW_SECONDS"
+            )
+        if not self.list_names:
+            raise ValueError("REBOOK_MADE_BOOKINGS_LIST_NAMES: give at least one name")
         return self
+
+    @property
+    def limiter_max_wait(self) -> float:
+        """Longest wait of a call in the shared rate limiter before it gives up (Throttled)."""
+        if self.upstream_rate_per_second <= 0:
+            return 0.0
+        return self.step_lease_seconds / 4
+
+    @property
+    def call_bound_seconds(self) -> float:
+        """How long a request may be in flight once sent: connect plus read timeout."""
+        return 2 * self.http_timeout_seconds
+
+    @property
+    def longest_call_seconds(self) -> float:
+        """One upstream call of a step, rate-limit wait included; a step's lease is extended
+        to this before each call, so the lease must be at least as long."""
+        return self.limiter_max_wait + self.call_bound_seconds + 1.0
+
+    @property
+    def list_names(self) -> tuple[str, ...]:
+        return tuple(n.strip() for n in self.made_bookings_list_names.split(",") if n.strip())
 
     @property
     def fanout_enabled(self) -> bool:

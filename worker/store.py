@@ -18,15 +18,14 @@ import json
 import re
 import time
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import redis
 from pydantic import BaseModel, ConfigDict
-from redis.lock import Lock
 
 from worker.errors import StoreUnavailable
 from worker.models import ACTIVE_STATES, State, iso_z
@@ -79,7 +78,16 @@ class Rebook(BaseModel):
     updated_ts: float = 0.0
     deadline_ts: float
     post_sent_ts: float | None = None
+    answer_ts: float | None = None
+    known_ids: list[int] | None = None
+    """The member's bookings the list showed before the last POST (JSON): not its booking."""
+    empty_reads: int = 0
+    gated_since: float | None = None
+    blocked_by: str = ""
+    claim: str = ""
     confirm_sent_ts: float | None = None
+    confirm_answer_ts: float | None = None
+    confirm_reads: int = 0
     action: str = ""
     attempts: int = 0
     errors: int = 0
@@ -88,7 +96,14 @@ class Rebook(BaseModel):
     @classmethod
     def from_hash(cls, rebook_id: str, raw: dict[str, str]) -> Rebook:
         data: dict[str, Any] = {k: v for k, v in raw.items() if v != ""}
+        if "known_ids" in data:
+            data["known_ids"] = json.loads(data["known_ids"])
         return cls.model_validate({**data, "rebook_id": rebook_id})
+
+    @property
+    def unsettled(self) -> bool:
+        """A POST went out (or may have) and nothing has shown what it made."""
+        return self.post_sent_ts is not None and self.new_booking_id is None
 
     @property
     def created_at(self) -> str:
@@ -149,6 +164,14 @@ def redact(value: Any, depth: int = 0) -> Any:
     return repr(value)[:128]
 
 
+class StepLock(Protocol):
+    """What a step needs of its lock (redis-py's `Lock`; a simulation brings its own)."""
+
+    def acquire(self) -> bool: ...
+    def release(self) -> None: ...
+    def extend(self, additional_time: float, replace_ttl: bool = False) -> bool: ...
+
+
 class Store:
     """Typed operations on the Redis state. Thread-safe; one per process is enough.
 
@@ -187,6 +210,9 @@ class Store:
         self._create = client.register_script(_script("create"))
         self._sweep = client.register_script(_script("sweep"))
         self._performer_next = client.register_script(_script("performer_next"))
+        self._claim = client.register_script(_script("claim"))
+        self.clock: Callable[[], float] = time.time
+        """The time of records written without an explicit `now` (a simulation sets its own)."""
 
     @classmethod
     def from_url(
@@ -431,7 +457,7 @@ class Store:
     ) -> list[str]:
         """The same transition for many rebooks, one script call per shard (the sweep's
         GAVE_UPs, the rebooks of a performer who came online); returns those it applied to."""
-        ts = now_ts() if now is None else now
+        ts = self.clock() if now is None else now
         by_shard: dict[int, list[str]] = {}
         for rid, shard in zip(rebook_ids, self._shards_of(rebook_ids), strict=True):
             if shard is not None:
@@ -466,26 +492,74 @@ class Store:
                 applied.extend(rid for rid, ok in zip(chunk, flags, strict=True) if int(ok))
         return applied
 
-    def start_post(self, rebook_id: str, *, now: float, attempts: int) -> str | None:
-        """Records "POST sent" — only if no POST of this rebook is unsettled, and no other rebook
-        of the same member and performer has one (their bookings could not be told apart in
-        reconciliation). Returns None when the POST may go out, else why not."""
+    def start_post(
+        self,
+        rebook_id: str,
+        *,
+        now: float,
+        attempts: int,
+        claim: str,
+        known_ids: Sequence[int],
+        due: float,
+    ) -> tuple[bool, str]:
+        """Records "POST sent" — only if this step still holds the rebook (`claim`), no POST of
+        it is unsettled, and no other rebook of the same member and performer has one (their
+        bookings could not be told apart in reconciliation). Returns (True, "") when the POST may
+        go out, else (False, the holder's id when gated, else ""); see `gate_holder`."""
         ok, current = self._run_transition(
             rebook_id,
             State.RESCHEDULING,
             from_=[State.RESCHEDULING],
             reason="POST sent",
-            due=now + self.lease,
-            fields={"post_sent_ts": now, "attempts": attempts},
-            require={"post_sent_ts": ""},
+            due=due,
+            fields={
+                "post_sent_ts": now,
+                "attempts": attempts,
+                "known_ids": json.dumps(list(known_ids), separators=(",", ":")),
+                "answer_ts": None,
+                "empty_reads": None,
+                "gated_since": None,
+                "blocked_by": None,
+            },
+            require={"post_sent_ts": "", "claim": claim},
             now=now,
             gate=True,
         )
         if ok:
+            return True, ""
+        return False, current.removeprefix("gate:") if current.startswith("gate:") else ""
+
+    def gate_holder(self, rec: Rebook) -> str | None:
+        """The other rebook of the same member and performer whose POST is unsettled, if any.
+        A read-only look before spending an upstream read on a POST that could not go out."""
+        shard = self.shard_of(rec.rebook_id)
+        if shard is None:
             return None
-        if current.startswith("gate:"):
-            return f"waiting for {current.removeprefix('gate:')} (same member and performer)"
-        return f"state changed ({current or 'gone'})"
+        holder = self.r.get(self.skey(shard, "gate", f"{rec.user_id}:{rec.performer_id or ''}"))
+        if not holder or holder == rec.rebook_id:
+            return None
+        sent, made = self.r.hmget(self.skey(shard, "r", holder), ["post_sent_ts", "new_booking_id"])
+        return str(holder) if sent and not made else None
+
+    def claim_step(self, rebook_id: str, token: str) -> Rebook | None:
+        """Writes this step's fencing token into the record and reads it, in one call. Every
+        write of the step then requires the token: a step whose lease ran out while it was in
+        an upstream call finds its writes refused, and the step that took over decides."""
+        shard = self.shard_of(rebook_id)
+        if shard is None:
+            return None
+        raw = self._claim(keys=[self.skey(shard, "r", rebook_id)], args=[token])
+        if not raw:
+            return None
+        return Rebook.from_hash(rebook_id, dict(zip(raw[::2], raw[1::2], strict=True)))
+
+    def wait_replicas(self, rebook_id: str, replicas: int, timeout_ms: int) -> int:
+        """`WAIT`: how many replicas have every write of this connection so far (the mark)."""
+        if self.cluster:
+            shard = self.shard_of(rebook_id) or 0
+            node = self.r.get_node_from_key(self.skey(shard, "r", rebook_id))
+            return int(self.r.execute_command("WAIT", replicas, timeout_ms, target_nodes=node))
+        return int(self.r.wait(replicas, timeout_ms))
 
     def _run_transition(
         self,
@@ -506,7 +580,7 @@ class Store:
         if shard is None:
             return False, ""
         keys, prefix = self._script_args(shard)
-        ts = now_ts() if now is None else now
+        ts = self.clock() if now is None else now
         allowed = "*" if from_ is None else ",".join(s.value for s in from_)
         ok, current = self._transition(
             keys=keys,
@@ -540,7 +614,15 @@ class Store:
     def owner_of(self, new_booking_id: int) -> str | None:
         return self.r.get(self.key("claimed", new_booking_id))
 
-    def lock(self, rebook_id: str, timeout: float | None = None) -> Lock:
+    def owners_of(self, booking_ids: Sequence[int]) -> list[str | None]:
+        if not booking_ids:
+            return []
+        pipe = self.r.pipeline(transaction=False)
+        for bid in booking_ids:
+            pipe.get(self.key("claimed", bid))
+        return list(pipe.execute())
+
+    def lock(self, rebook_id: str, timeout: float | None = None) -> StepLock:
         """Per-rebook lock so two workers never run a step of the same rebook at once."""
         return self.r.lock(
             self.key("lock", rebook_id), timeout=timeout or self.lease, blocking=False
@@ -721,7 +803,7 @@ class Store:
         return totals
 
     def stats(self, now: float | None = None) -> dict[str, Any]:
-        ts = now_ts() if now is None else now
+        ts = self.clock() if now is None else now
         pipe = self.r.pipeline(transaction=False)
         for shard in self.shards:
             for state in State:
@@ -747,15 +829,30 @@ class Store:
             performers += int(n_performers)
         lag = max(0.0, ts - oldest) if oldest is not None else 0.0
         last = self.last_sweep()
+        gated = self._gated_count()
         return {
             "states": states,
             "active": sum(n for name, n in states.items() if State(name) in ACTIVE_STATES),
             "due_lag_seconds": round(lag, 3),
             "deadletter": int(dead),
+            "gated": gated,
             "outcomes": outcomes,
             "performers_tracked": performers,
             "last_sweep_seconds_ago": None if last is None else round(ts - last, 3),
         }
+
+    def _gated_count(self) -> int:
+        """RESCHEDULING rebooks held by another's gate (O(rescheduling): they are few)."""
+        total = 0
+        for shard in self.shards:
+            ids = list(self.r.smembers(self.skey(shard, "st", State.RESCHEDULING.value)))
+            if not ids:
+                continue
+            pipe = self.r.pipeline(transaction=False)
+            for rid in ids:
+                pipe.hget(self.skey(shard, "r", rid), "gated_since")
+            total += sum(1 for v in pipe.execute() if v)
+        return total
 
     # -- streams ---------------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from worker.errors import (
 from worker.models import (
     DEFAULT_ZONE,
     MadeBookingsPage,
+    Unreadable,
     UserSummary,
     WebcamBooking,
     to_site_time,
@@ -68,6 +69,11 @@ M = TypeVar("M", bound=BaseModel)
 class Limiter(Protocol):
     def acquire(self, share: float = 1.0) -> None: ...
 
+
+BeforeSend = Callable[[], None]
+"""Runs after the rate limiter let a call go and right before it is sent; raising stops it
+(nothing is sent). The reschedule POST writes its "POST sent" mark here, so no rate-limit wait
+lies between the mark and the request."""
 
 CallHook = Callable[[str, str], None]
 """Called after every upstream call with (endpoint, outcome) — outcome "ok" or the error class."""
@@ -190,6 +196,7 @@ class UpstreamClient:
         limiter: Limiter | None = None,
         on_call: CallHook | None = None,
         session: requests.Session | None = None,
+        list_names: tuple[str, ...] = ("WebcamBookings",),
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
@@ -199,6 +206,7 @@ class UpstreamClient:
         self._limiter = limiter
         self._on_call = on_call
         self._session = session or environment_session(self.base_url)
+        self.list_names = list_names
 
     def close(self) -> None:
         self._session.close()
@@ -213,6 +221,7 @@ class UpstreamClient:
         params: dict[str, Any] | None = None,
         body: dict[str, Any] | None = None,
         idempotent: bool = True,
+        before_send: BeforeSend | None = None,
     ) -> Any:
         method, path = PATHS[endpoint]
         headers = {"Accept": "application/json", self._api_key_header: self._api_key}
@@ -220,6 +229,8 @@ class UpstreamClient:
             headers["Authorization"] = f"Bearer {token}"
         if self._limiter is not None:
             self._limiter.acquire(RATE_SHARE.get(endpoint, 1.0))
+        if before_send is not None:
+            before_send()
         started = time.monotonic()
         outcome = "ok"
         try:
@@ -230,7 +241,8 @@ class UpstreamClient:
                     params=params,
                     json=body,
                     headers=headers,
-                    timeout=self.timeout,
+                    # connect, then read: a sent request is in flight at most twice the timeout
+                    timeout=(self.timeout, self.timeout),
                     allow_redirects=False,
                 )
             except requests.RequestException as exc:
@@ -266,15 +278,28 @@ class UpstreamClient:
 
     # -- operations ------------------------------------------------------------------------------
 
-    def reschedule(self, token: str, booking_id: int) -> WebcamBooking:
+    def reschedule(
+        self, token: str, booking_id: int, *, before_send: BeforeSend | None = None
+    ) -> WebcamBooking:
         """Creates a new booking. NOT idempotent: failures that may have committed are Ambiguous."""
         payload = self._call(
-            "RescheduleMadeBooking", token=token, body={"BookingID": booking_id}, idempotent=False
+            "RescheduleMadeBooking",
+            token=token,
+            body={"BookingID": booking_id},
+            idempotent=False,
+            before_send=before_send,
         )
         return self._model(WebcamBooking, payload, "RescheduleMadeBooking", idempotent=False)
 
-    def booking_details(self, token: str, booking_id: int) -> WebcamBooking:
-        payload = self._call("MadeBookingDetails", token=token, params={"BookingID": booking_id})
+    def booking_details(
+        self, token: str, booking_id: int, *, before_send: BeforeSend | None = None
+    ) -> WebcamBooking:
+        payload = self._call(
+            "MadeBookingDetails",
+            token=token,
+            params={"BookingID": booking_id},
+            before_send=before_send,
+        )
         return self._model(WebcamBooking, payload, "MadeBookingDetails")
 
     def made_bookings(
@@ -285,6 +310,7 @@ class UpstreamClient:
         page: int = 1,
         per_page: int = MAX_PAGE,
         newest_first: bool = True,
+        before_send: BeforeSend | None = None,
     ) -> MadeBookingsPage:
         params: dict[str, Any] = {
             "OrderBy": "createddate-desc" if newest_first else "createddate-asc",
@@ -293,8 +319,12 @@ class UpstreamClient:
         }
         if start is not None:
             params["StartDate"] = to_site_time(start, self.zone)
-        payload = self._call("MadeBookings", token=token, params=params)
-        return self._model(MadeBookingsPage, payload, "MadeBookings")
+        payload = self._call("MadeBookings", token=token, params=params, before_send=before_send)
+        try:
+            return MadeBookingsPage.parse(payload, list_names=self.list_names, zone=self.zone)
+        except Unreadable as exc:
+            log.warning("MadeBookings answer unreadable: %s", exc)
+            raise Transient(f"unreadable answer: {exc}", endpoint="MadeBookings") from None
 
     def iter_made_bookings(
         self, token: str, *, start: datetime | None = None, max_pages: int = 10
@@ -305,6 +335,24 @@ class UpstreamClient:
             yield from page.bookings
             if number >= page.page_count or not page.bookings:
                 return
+
+    def list_made_bookings(
+        self,
+        token: str,
+        *,
+        start: datetime | None = None,
+        max_pages: int = 10,
+        before_send: BeforeSend | None = None,
+    ) -> tuple[list[WebcamBooking], bool]:
+        """Every booking since `start` and whether the list was read to its end: a list cut
+        at `max_pages` proves nothing about what lies beyond it."""
+        found: list[WebcamBooking] = []
+        for number in range(1, max_pages + 1):
+            page = self.made_bookings(token, start=start, page=number, before_send=before_send)
+            found.extend(page.bookings)
+            if number >= page.page_count or not page.bookings:
+                return found, True
+        return found, False
 
     def confirm(self, token: str, booking_id: int) -> WebcamBooking:
         payload = self._call(

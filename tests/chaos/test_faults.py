@@ -33,7 +33,7 @@ def fault_system(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> It
         redis_url,
         tmp_path_factory.mktemp("faults"),
         http_timeout_seconds=0.4,
-        step_lease_seconds=2.0,
+        step_lease_seconds=3.0,
         reconcile_grace_seconds=0.5,
         reconcile_max_tries=8,
         reschedule_max_attempts=8,

@@ -40,7 +40,7 @@ def chaos_system(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> It
         redis_url,
         tmp_path_factory.mktemp("kills"),
         http_timeout_seconds=0.5,
-        step_lease_seconds=2.0,
+        step_lease_seconds=3.0,
         presence_interval_seconds=0.5,
         watch_interval_seconds=0.5,
     ) as sysm:

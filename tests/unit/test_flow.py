@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import wait_for
+from worker.errors import Throttled
 from worker.flow import Flow, Refused
 from worker.models import State, TokenSet
 from worker.runtime import Services, build_services
@@ -192,6 +193,19 @@ def watching(env: Env, performer: int = 7) -> tuple[str, int, int]:
     rec = env.get(rid)
     assert rec.state is State.WATCHING and rec.new_booking_id is not None
     return rid, orig, rec.new_booking_id
+
+
+def reconcile_until(env: Env, rid: str, want: str, limit: int = 12) -> list[str]:
+    """Runs `reschedule` as the proof's reads come due, until it answers `want`."""
+    seen = []
+    for _ in range(limit):
+        got = env.flow.reschedule(rid)
+        seen.append(got)
+        if got == want:
+            return seen
+        assert got in ("grace", "proving", "retry", "throttled"), seen
+        env.clock.advance(env.settings.reconcile_window_seconds / 2)
+    raise AssertionError(f"never {want}: {seen}")
 
 
 # --- intake ---------------------------------------------------------------------------------------
@@ -450,19 +464,63 @@ def test_ambiguous_after_commit_is_reconciled_not_reposted(
     assert [o["state"] for o in env.outcomes(rid)] == ["BOOKED"]
 
 
-def test_http_500_without_commit_posts_again_after_grace(env: Env) -> None:
+def test_http_500_without_commit_posts_again_only_after_the_proof(env: Env) -> None:
     rid, orig = rescheduling(env)
     env.sandbox.fault("RescheduleMadeBooking", "http_500")
     assert env.flow.reschedule(rid) == "ambiguous"
     assert env.new_bookings() == {}
-    # within the grace period an empty list proves nothing: no POST
+    # no read counts within the grace period after the answer
+    assert env.flow.reschedule(rid) == "grace"
+    env.clock.advance(env.settings.reconcile_grace_seconds + 0.01)
+    # one empty read is no proof: the next is due at the end of the window
+    assert env.flow.reschedule(rid) == "proving"
+    assert env.get(rid).empty_reads == 1
     assert env.flow.reschedule(rid) == "grace"
     assert env.calls("RescheduleMadeBooking") == 1
-    env.clock.advance(env.settings.reconcile_grace_seconds + 0.1)
+    env.clock.advance(env.settings.reconcile_window_seconds)
     assert env.flow.reschedule(rid) == "booked"
     assert env.calls("RescheduleMadeBooking") == 2
     assert env.new_bookings() == {str(orig): 1}
     assert env.get(rid).state is State.WATCHING
+
+
+def test_a_late_commit_inside_the_window_is_adopted_not_doubled(env: Env) -> None:
+    rid, orig = rescheduling(env)
+    env.sandbox.fault("RescheduleMadeBooking", "http_504_commit_later", commit_delay=0.5)
+    assert env.flow.reschedule(rid) == "ambiguous"
+    env.clock.advance(env.settings.reconcile_grace_seconds + 0.01)
+    assert env.flow.reschedule(rid) == "proving"  # nothing yet
+    wait_for(lambda: env.new_bookings(), what="the late commit")
+    env.clock.advance(env.settings.reconcile_window_seconds)
+    assert env.flow.reschedule(rid) == "booked"
+    assert env.calls("RescheduleMadeBooking") == 1
+    assert env.new_bookings() == {str(orig): 1}
+
+
+def test_a_throttled_reconcile_read_counts_nothing(make_env: Callable[..., Env]) -> None:
+    env = make_env(reconcile_max_tries=1)
+    rid, _ = rescheduling(env)
+    env.sandbox.fault("RescheduleMadeBooking", "http_500_after_commit")
+    assert env.flow.reschedule(rid) == "ambiguous"
+    env.clock.advance(env.settings.reconcile_grace_seconds + 0.01)
+    limiter = env.svc.client._limiter
+    env.svc.client._limiter = _Refusing()
+    try:
+        for _ in range(5):
+            assert env.flow.reschedule(rid) == "throttled"
+            env.clock.advance(1)
+    finally:
+        env.svc.client._limiter = limiter
+    rec = env.get(rid)
+    assert rec.state is State.RESCHEDULING and rec.reconcile_tries == 0
+    assert env.flow.reschedule(rid) == "booked"
+
+
+class _Refusing:
+    """A limiter whose budget is always spent."""
+
+    def acquire(self, share: float = 1.0) -> None:
+        raise Throttled("shared upstream rate limit", retry_after=0.5)
 
 
 def test_unreadable_list_parks_after_bounded_tries_then_retry_resumes(
@@ -486,7 +544,8 @@ def test_unreadable_list_parks_after_bounded_tries_then_retry_resumes(
     resumed = env.flow.retry(rid)
     assert resumed.state is State.RESCHEDULING and resumed.post_sent_ts is not None
     assert env.rec.calls[-1] == ("reschedule", rid)
-    assert env.flow.reschedule(rid) == "booked"
+    # the retry reconciles first: the proof starts afresh, then the POST goes again
+    assert reconcile_until(env, rid, "booked")[0] == "grace"
     assert env.new_bookings() == {str(orig): 1}
 
 
@@ -496,7 +555,7 @@ def test_too_many_attempts_parks(make_env: Callable[..., Env]) -> None:
     env.sandbox.fault("RescheduleMadeBooking", "http_500")
     assert env.flow.reschedule(rid) == "ambiguous"
     env.clock.advance(1)
-    assert env.flow.reschedule(rid) == "parked"
+    reconcile_until(env, rid, "parked")
     rec = env.get(rid)
     assert rec.state is State.NEEDS_ATTENTION and rec.reason == "too_many_attempts"
     assert env.calls("RescheduleMadeBooking") == 1
@@ -868,13 +927,22 @@ def test_retry_of_a_finished_rebook_refused_while_its_booking_has_another(env: E
     assert env.get(first).state is State.ABORTED
 
 
-def test_cancel_is_refused_while_a_post_is_unsettled(env: Env) -> None:
-    rid, _ = rescheduling(env)
+def test_cancel_of_an_unsettled_post_keeps_the_mark_and_retry_reconciles_first(env: Env) -> None:
+    rid, orig = rescheduling(env)
     env.sandbox.fault("RescheduleMadeBooking", "http_500_after_commit")
     assert env.flow.reschedule(rid) == "ambiguous"
-    with pytest.raises(Refused, match="reschedule"):
-        env.flow.cancel(rid)
-    assert env.get(rid).state is State.RESCHEDULING
+    cancelled = env.flow.cancel(rid)
+    assert cancelled.state is State.ABORTED and cancelled.post_sent_ts is not None
+    assert "unsettled" in cancelled.reason
+    # the gate stays held: a sibling of the same member and performer may not POST
+    sibling = env.submit(env.sandbox.add_booking("alice", 7))
+    assert env.store.transition(sibling, State.RESCHEDULING, reason="performer online")
+    assert env.flow.reschedule(sibling) == "gated"
+    assert rid in env.get(sibling).reason
+    # retry reconciles before any request: it finds the booking the POST made
+    assert env.flow.retry(rid).state is State.RESCHEDULING
+    reconcile_until(env, rid, "booked")
+    assert env.calls("RescheduleMadeBooking") == 1 and env.new_bookings() == {str(orig): 1}
     other, _ = rescheduling(env, performer=17)
     assert env.flow.cancel(other).state is State.ABORTED
 
@@ -961,7 +1029,92 @@ def test_auto_confirm_not_done_is_sent_again_after_grace(make_env: Callable[...,
     assert env.flow.watch(rid) == "confirm-retry"
     assert env.flow.watch(rid) == "confirm-pending"
     assert env.calls("ConfirmMadeBooking") == 1
-    env.clock.advance(env.settings.reconcile_grace_seconds + 0.1)
+    env.clock.advance(env.settings.reconcile_grace_seconds + 0.01)
+    assert env.flow.watch(rid) == "confirm-proving"  # still Accepted: one read of the proof
+    assert env.calls("ConfirmMadeBooking") == 1
+    env.clock.advance(env.settings.reconcile_window_seconds)
     assert env.flow.watch(rid) == "confirmed"
     assert env.calls("ConfirmMadeBooking") == 2
     assert env.sandbox.booking(new)["Status"] == "Confirmed"
+
+
+# --- exactly one booking: lost marks, stale steps, the gate ---------------------------------------
+
+
+def test_a_lost_post_sent_mark_adopts_the_booking_instead_of_posting_again(env: Env) -> None:
+    rid, orig = rescheduling(env)
+    env.sandbox.fault("RescheduleMadeBooking", "http_500_after_commit")
+    assert env.flow.reschedule(rid) == "ambiguous"
+    # a failover to a replica that had not seen the mark: the record is as before the POST
+    env.store.r.hdel(
+        env.store.key("r", rid), "post_sent_ts", "answer_ts", "known_ids", "attempts", "errors"
+    )
+    assert env.get(rid).post_sent_ts is None
+    assert env.flow.reschedule(rid) == "booked"
+    assert env.calls("RescheduleMadeBooking") == 1 and env.new_bookings() == {str(orig): 1}
+    (booked,) = [o for o in env.outcomes(rid) if o["state"] == "BOOKED"]
+    assert json.loads(booked["detail"])["adopted"] == "found upstream before the POST"
+
+
+def test_a_sibling_original_is_never_taken_for_a_lost_booking(env: Env) -> None:
+    env.member()
+    b1, b2 = env.sandbox.add_booking("alice", 7), env.sandbox.add_booking("alice", 7)
+    r1 = env.submit(b1)
+    env.submit(b2)
+    env.sandbox.set_online(7, True)
+    assert env.flow.check_presence(7) == "online"
+    assert env.flow.reschedule(r1) == "booked"
+    assert env.sandbox.booking(env.get(r1).new_booking_id)["original_id"] == b1
+
+
+def test_a_step_that_outlived_its_lease_is_fenced_off(env: Env) -> None:
+    rid, orig = rescheduling(env)
+    env.sandbox.fault("RescheduleMadeBooking", "timeout_after_commit", delay=0.5)
+    results: list[str] = []
+    stale = threading.Thread(target=lambda: results.append(env.flow.reschedule(rid)))
+    stale.start()
+    wait_for(lambda: env.new_bookings(), what="the stale step's POST to commit")
+    env.store.r.delete(env.store.key("lock", rid))  # its lease ran out meanwhile
+    assert env.flow.reschedule(rid) == "grace"  # the new step sees the mark: no POST
+    stale.join(10)
+    assert results == ["fenced"]  # its answer came back, but the rebook is no longer its own
+    assert env.get(rid).state is State.RESCHEDULING
+    env.clock.advance(env.settings.call_bound_seconds + 1)
+    reconcile_until(env, rid, "booked")
+    assert env.calls("RescheduleMadeBooking") == 1 and env.new_bookings() == {str(orig): 1}
+
+
+def test_a_gated_sibling_says_so_parks_past_its_bound_and_goes_on_when_settled(
+    make_env: Callable[..., Env],
+) -> None:
+    env = make_env(gate_max_wait_seconds=5)
+    env.member()
+    b1, b2 = env.sandbox.add_booking("alice", 7), env.sandbox.add_booking("alice", 7)
+    r1, r2 = env.submit(b1), env.submit(b2)
+    env.sandbox.set_online(7, True)
+    assert env.flow.check_presence(7) == "online"
+    env.sandbox.fault("RescheduleMadeBooking", "http_500")
+    assert env.flow.reschedule(r1) == "ambiguous"
+    assert env.flow.reschedule(r2) == "gated"
+    assert r1 in env.get(r2).reason and env.store.stats()["gated"] == 1
+    env.clock.advance(6)
+    assert env.flow.reschedule(r2) == "parked"
+    parked = env.get(r2)
+    assert parked.state is State.NEEDS_ATTENTION and parked.reason == "blocked"
+    assert parked.blocked_by == r1 and r1 in parked.action
+    reconcile_until(env, r1, "booked")  # r1 settles: r2 goes on by itself
+    assert env.get(r2).state is State.RESCHEDULING
+    assert env.flow.reschedule(r2) == "booked"
+    assert env.new_bookings() == {str(b1): 1, str(b2): 1}
+
+
+def test_retry_of_a_finished_unsettled_rebook_reconciles_and_keeps_the_mark(env: Env) -> None:
+    rid, orig = rescheduling(env)
+    env.sandbox.fault("RescheduleMadeBooking", "http_500_after_commit")
+    assert env.flow.reschedule(rid) == "ambiguous"
+    env.flow.cancel(rid)
+    again = env.flow.retry(rid)
+    assert again.state is State.RESCHEDULING and again.post_sent_ts is not None
+    assert env.rec.calls[-1] == ("reschedule", rid)
+    reconcile_until(env, rid, "booked")
+    assert env.calls("RescheduleMadeBooking") == 1 and env.new_bookings() == {str(orig): 1}

@@ -7,7 +7,8 @@
 --       13 detail JSON, 14 lease seconds, 15 "gate" to take the member+performer gate
 -- Returns, for one id, {1, previous state} on success, {0, current state or ""} when refused, and
 -- {0, "gate:" .. holder} when another rebook of the same member and performer has an unsettled
--- POST (reconciliation could not tell their bookings apart, so they never overlap). For several
+-- POST (reconciliation could not tell their bookings apart, so they never overlap): "POST sent"
+-- set and no booking found, whatever its state. For several
 -- ids it returns one 1/0 per id.
 local p = ARGV[1]
 local guards = cjson.decode(ARGV[12])
@@ -42,10 +43,10 @@ local function apply(id)
   if ARGV[15] == 'gate' then
     local holder = redis.call('GET', gate)
     if holder and holder ~= id then
-      local hk = p .. 'r:' .. holder
-      local hs = redis.call('HGET', hk, 'state')
-      local hp = redis.call('HGET', hk, 'post_sent_ts') or ''
-      if hp ~= '' and (hs == 'RESCHEDULING' or hs == 'NEEDS_ATTENTION') then
+      -- held while the holder's POST is unsettled, in any state: a cancelled rebook whose POST
+      -- may have made a booking still holds it (its booking would look like ours)
+      local held = redis.call('HMGET', p .. 'r:' .. holder, 'post_sent_ts', 'new_booking_id')
+      if (held[1] or '') ~= '' and (held[2] or '') == '' then
         return {0, 'gate:' .. holder}
       end
     end
@@ -100,8 +101,8 @@ local function apply(id)
   elseif ARGV[8] ~= '' then
     redis.call('ZADD', p .. 'due', tonumber(ARGV[8]), id)
   end
-  -- the gate is free again once this rebook's POST is settled (booked, proven not made, or over)
-  if terminal or to == 'WATCHING' or (rec.post_sent_ts or '') == '' then
+  -- the gate is free again once this rebook's POST is settled: booked, or proven not made
+  if (rec.post_sent_ts or '') == '' or (rec.new_booking_id or '') ~= '' then
     if redis.call('GET', gate) == id then redis.call('DEL', gate) end
   end
   if ARGV[9] ~= '' then
