@@ -1253,7 +1253,7 @@ class Flow:
 
 
 RESCHEDULED_LEAD = (0.0, 15 * 60.0)
-"""SessionDate − CreateDate of a booking RescheduleMadeBooking made (the docs: now + 5 min)."""
+"""SessionDate - CreateDate of a booking RescheduleMadeBooking made (the docs: now + 5 min)."""
 
 
 def _looks_rescheduled(booking: WebcamBooking, since: float) -> bool:

@@ -458,11 +458,9 @@ class _SandboxState:
 
     def commit_later(self, seconds: float, *request: Any) -> None:
         def commit() -> None:
-            with self.lock:
-                try:
-                    self.operation(*request)
-                except _Reject:
-                    pass  # e.g. the performer went offline meanwhile: nothing made
+            # a refusal then (the performer went offline meanwhile) makes nothing
+            with self.lock, contextlib.suppress(_Reject):
+                self.operation(*request)
 
         timer = threading.Timer(seconds, commit)
         timer.daemon = True
