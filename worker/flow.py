@@ -111,6 +111,14 @@ class Gated(NotSent):
         self.holder = holder
 
 
+class _Found(NotSent):
+    """Before the POST, a booking it would duplicate was found: adopted instead of sent."""
+
+    def __init__(self, bookings: list[WebcamBooking]) -> None:
+        super().__init__(f"booking {bookings[0].booking_id} found")
+        self.bookings = bookings
+
+
 @dataclass(frozen=True)
 class _Step:
     rebook_id: str
@@ -528,9 +536,6 @@ class Flow:
                 self._retry_later(rec, exc, "reading the member's bookings before the POST")
                 return "retry"
         known = set(rec.known_ids) if rec.known_ids is not None else None
-        found = self._candidates(rec, listing, known, rec.created_ts - s.reconcile_lookback_seconds)
-        if found:
-            return self._adopt(rec, found, "found upstream before the POST")
         if not listing.complete:
             self._retry_later(
                 rec, Throttled("the member's list is too long to read whole"), "the pre-POST read"
@@ -560,6 +565,14 @@ class Flow:
             if not ok:
                 raise Gated(holder) if holder else NotSent("the rebook changed")
             marked.append(now)
+            # Under the gate now, no sibling's POST is unsettled: a booking in the list that
+            # nobody owns and that looks like ours is one whose mark was lost. Owners are read
+            # only now, so one a sibling took meanwhile is not taken twice.
+            found = self._candidates(
+                rec, listing, known, rec.created_ts - s.reconcile_lookback_seconds
+            )
+            if found:
+                raise _Found(found)
             if s.redis_wait_replicas:
                 got = self.store.wait_replicas(
                     rec.rebook_id, s.redis_wait_replicas, s.redis_wait_timeout_ms
@@ -571,6 +584,8 @@ class Flow:
             booking = self.client.reschedule(token, rec.booking_id, before_send=mark)
         except Gated as exc:
             return self._gated(rec, exc.holder)
+        except _Found as exc:
+            return self._adopt(rec, exc.bookings, "found upstream before the POST")
         except LeaseLost:
             raise
         except Ambiguous as exc:
