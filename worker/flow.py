@@ -31,7 +31,7 @@ from worker.errors import (
     Throttled,
     UpstreamError,
 )
-from worker.models import RebookEvent, State, WebcamBooking, from_ts, iso_z
+from worker.models import ACTIVE_STATES, RebookEvent, State, WebcamBooking, from_ts, iso_z
 from worker.observability import bound
 from worker.settings import Settings
 from worker.store import REMOVE, Rebook, StepLock, Store, rebook_id_for
@@ -112,11 +112,13 @@ class Gated(NotSent):
 
 
 class _Found(NotSent):
-    """Before the POST, a booking it would duplicate was found: adopted instead of sent."""
+    """Before the POST, a booking it would duplicate was found: adopted instead of sent —
+    unless another rebook of the same member and performer could be its maker."""
 
-    def __init__(self, bookings: list[WebcamBooking]) -> None:
+    def __init__(self, bookings: list[WebcamBooking], siblings: list[str]) -> None:
         super().__init__(f"booking {bookings[0].booking_id} found")
         self.bookings = bookings
+        self.siblings = siblings
 
 
 @dataclass(frozen=True)
@@ -470,29 +472,36 @@ class Flow:
         return Listing(bookings, complete)
 
     def _candidates(
-        self, rec: Rebook, listing: Listing, known: set[int] | None, since: float
+        self,
+        rec: Rebook,
+        listing: Listing,
+        since: float,
+        *,
+        known: set[int] | None = None,
+        strict: bool = False,
     ) -> list[WebcamBooking]:
         """Bookings that may be the one a POST of this rebook made, oldest first: the member's
         (the list is theirs), the same performer (or none named), not the original, not owned by
-        another rebook, and not visible before the POST (`known`).
+        another rebook, created since `since` (hours before: no zone error defeats it), and not
+        visible before this POST (`known`).
 
-        Without `known` (before a first POST: looking for one whose mark was lost) the booking
-        must also look made by a reschedule — SessionDate a few minutes after CreateDate, both
-        site time, so no zone enters — be created since `since` (hours: no zone error defeats
-        it), and not be the original of another active rebook.
+        `strict`, before a POST (looking for an earlier one whose mark was lost, at any time
+        since receipt), a booking must also look made by a reschedule — SessionDate a few
+        minutes after CreateDate, both site time, so no zone enters — and not be the original
+        of another active rebook.
         """
         found = []
         for b in listing.bookings:
-            if b.booking_id == rec.booking_id:
+            if b.booking_id == rec.booking_id or (known is not None and b.booking_id in known):
                 continue
             if rec.performer_id is not None and b.performer_id not in (None, rec.performer_id):
                 continue
-            if known is not None:
-                if b.booking_id in known:
-                    continue
-            elif not _looks_rescheduled(b, since) or self.store.active_owner(
-                b.booking_id, rec.user_id
-            ) not in (None, rec.rebook_id):
+            if b.create_date is not None and b.create_date.timestamp() < since:
+                continue
+            if strict and (
+                not _looks_rescheduled(b)
+                or self.store.active_owner(b.booking_id, rec.user_id) not in (None, rec.rebook_id)
+            ):
                 continue
             found.append(b)
         owners = self.store.owners_of([b.booking_id for b in found])
@@ -569,10 +578,10 @@ class Flow:
             # nobody owns and that looks like ours is one whose mark was lost. Owners are read
             # only now, so one a sibling took meanwhile is not taken twice.
             found = self._candidates(
-                rec, listing, known, rec.created_ts - s.reconcile_lookback_seconds
+                rec, listing, rec.created_ts - s.reconcile_lookback_seconds, strict=True
             )
             if found:
-                raise _Found(found)
+                raise _Found(found, self._siblings(rec))
             if s.redis_wait_replicas:
                 got = self.store.wait_replicas(
                     rec.rebook_id, s.redis_wait_replicas, s.redis_wait_timeout_ms
@@ -585,6 +594,18 @@ class Flow:
         except Gated as exc:
             return self._gated(rec, exc.holder)
         except _Found as exc:
+            if exc.siblings:  # whose is it? a wrong guess books one session twice
+                self._park(
+                    rec,
+                    "unclaimed_booking",
+                    action=f"booking {exc.bookings[0].booking_id} is nobody's here; it may be "
+                    f"this rebook's or {', '.join(exc.siblings)}'s (a lost \"POST sent\" "
+                    "mark): check upstream, then `rebook retry` the one it belongs to, after "
+                    "recording it",
+                    bookings=[b.booking_id for b in exc.bookings],
+                    siblings=exc.siblings,
+                )
+                return "parked"
             return self._adopt(rec, exc.bookings, "found upstream before the POST")
         except LeaseLost:
             raise
@@ -663,6 +684,17 @@ class Flow:
             due=now + self.backoff(0) + self.settings.reconcile_grace_seconds,
         )
         return "gated"
+
+    def _siblings(self, rec: Rebook) -> list[str]:
+        """Other active rebooks of the member and performer that have no booking yet."""
+        ids = [i for i in self.store.active_of_user(rec.user_id) if i != rec.rebook_id]
+        return [
+            o.rebook_id
+            for o in self.store.get_many(ids)
+            if o.state in ACTIVE_STATES
+            and o.new_booking_id is None
+            and (None in (o.performer_id, rec.performer_id) or o.performer_id == rec.performer_id)
+        ]
 
     def _unblock(self, rec: Rebook) -> None:
         """Its POST settled: the siblings it had parked as `blocked` go on by themselves."""
@@ -812,7 +844,7 @@ class Flow:
             return "throttled"
         except UpstreamError as exc:
             return self._unreadable(rec, str(exc))
-        found = self._candidates(rec, listing, known, sent - s.reconcile_lookback_seconds)
+        found = self._candidates(rec, listing, sent - s.reconcile_lookback_seconds, known=known)
         if found:
             return self._adopt(rec, found, "reconciled: the POST had made it")
         if not listing.complete:
@@ -1271,12 +1303,12 @@ RESCHEDULED_LEAD = (0.0, 15 * 60.0)
 """SessionDate - CreateDate of a booking RescheduleMadeBooking made (the docs: now + 5 min)."""
 
 
-def _looks_rescheduled(booking: WebcamBooking, since: float) -> bool:
+def _looks_rescheduled(booking: WebcamBooking) -> bool:
     if booking.create_date is None or booking.session_date is None:
         return False
     lead = (booking.session_date - booking.create_date).total_seconds()
     low, high = RESCHEDULED_LEAD
-    return low <= lead <= high and booking.create_date.timestamp() >= since
+    return low <= lead <= high
 
 
 def _mark(post_sent_ts: float | None) -> str:

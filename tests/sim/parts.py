@@ -1,0 +1,500 @@
+"""The simulated parts around the real code: a Redis client whose every command is an I/O point,
+the store's time-to-live primitives on virtual time, Celery as a lossy queue, and the upstream as
+a requests adapter, so the real `UpstreamClient` (its error mapping, its parsing) is what the flow
+talks to."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+from zoneinfo import ZoneInfo
+
+import redis
+import requests
+from redis.client import Pipeline
+from requests.adapters import BaseAdapter
+from urllib3.exceptions import NewConnectionError
+
+from tests.sim.engine import Engine, Proc
+from worker.flow import _STEP
+from worker.store import Store
+
+# --- Redis --------------------------------------------------------------------------------------
+
+
+class SimRedis(redis.Redis):
+    """Every command (and every pipeline) is an I/O point: a process may die before it."""
+
+    engine: Engine
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        self.engine.point()
+        return super().execute_command(*args, **options)
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Pipeline:
+        pipe = _SimPipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
+        pipe.engine = self.engine
+        return pipe
+
+
+class _SimPipeline(Pipeline):
+    engine: Engine
+
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        self.engine.point()
+        return super().execute(raise_on_error)
+
+
+class Expiring:
+    """Keys with a time to live on the virtual clock (Redis's own TTLs run on real time)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.items: dict[str, tuple[Any, float]] = {}
+
+    def get(self, key: str) -> Any:
+        found = self.items.get(key)
+        if found is None or found[1] <= self.engine.now:
+            self.items.pop(key, None)
+            return None
+        return found[0]
+
+    def set(self, key: str, value: Any, ttl: float) -> None:
+        self.items[key] = (value, self.engine.now + ttl)
+
+    def ttl(self, key: str) -> float:
+        found = self.items.get(key)
+        return max(0.0, found[1] - self.engine.now) if found else 0.0
+
+
+class SimLock:
+    """`Store.lock` on the virtual clock (the server's clock: one for all workers)."""
+
+    def __init__(self, table: Expiring, name: str, timeout: float, token: str) -> None:
+        self.table, self.name, self.timeout, self.token = table, name, timeout, token
+
+    def acquire(self) -> bool:
+        self.table.engine.point()
+        if self.table.get(self.name) is not None:
+            return False
+        self.table.set(self.name, self.token, self.timeout)
+        return True
+
+    def extend(self, additional_time: float, replace_ttl: bool = False) -> bool:
+        self.table.engine.point()
+        if self.table.get(self.name) != self.token:
+            raise redis.exceptions.LockNotOwnedError("not owned")
+        self.table.set(self.name, self.token, additional_time)
+        return True
+
+    def release(self) -> None:
+        self.table.engine.point()
+        if self.table.get(self.name) != self.token:
+            raise redis.exceptions.LockNotOwnedError("not owned")
+        self.table.items.pop(self.name, None)
+
+
+class SimStore(Store):
+    """The real store; only what rests on Redis's own expiry runs on virtual time instead."""
+
+    table: Expiring
+    tokens = 0
+
+    def lock(self, rebook_id: str, timeout: float | None = None) -> SimLock:  # type: ignore[override]
+        SimStore.tokens += 1
+        return SimLock(self.table, f"lock:{rebook_id}", timeout or self.lease, str(self.tokens))
+
+    def claim_window(self, name: str, seconds: float) -> float:
+        self.table.engine.point()
+        if self.table.get(name) is None:
+            self.table.set(name, "1", seconds)
+            return 0.0
+        return max(0.001, self.table.ttl(name))
+
+    def release_presence_call(self, performer_id: int) -> None:
+        self.table.items.pop(self._presence_window(performer_id), None)
+
+    def cache_bookings(self, user_id: str, bookings: dict[int, str], ttl: float) -> None:
+        self.table.engine.point()
+        self.table.set(f"watch:{user_id}", dict(bookings), ttl)
+
+    def forget_cached(self, user_id: str, booking_id: int) -> None:
+        cached = self.table.get(f"watch:{user_id}")
+        if cached is not None:
+            cached.pop(booking_id, None)
+
+    def cached_booking(self, user_id: str, booking_id: int) -> tuple[bool, str | None]:
+        self.table.engine.point()
+        cached = self.table.get(f"watch:{user_id}")
+        return cached is not None, None if cached is None else cached.get(booking_id)
+
+
+# --- Celery -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Task:
+    kind: str
+    args: tuple[Any, ...]
+    eta: float
+
+
+@dataclass
+class Queue:
+    """Celery as the flow sees it: messages that may be lost, redelivered or late."""
+
+    engine: Engine
+    loss: float
+    duplicate: float
+    tasks: list[Task] = field(default_factory=list)
+    idle: list[Proc] = field(default_factory=list)
+    lost: int = 0
+
+    def push(self, kind: str, *args: Any, at: float | None = None) -> None:
+        rng = self.engine.rng
+        if rng.random() < self.loss:
+            self.lost += 1
+            return
+        eta = max(self.engine.now, at or 0.0) + rng.choice([0.0, 0.0, 0.01, 0.5, 3.0])
+        copies = 2 if rng.random() < self.duplicate else 1
+        for _ in range(copies):
+            self.tasks.append(Task(kind, args, eta))
+        for proc in self.idle:
+            self.engine.wake_up(proc, eta)
+
+    def take(self) -> Task | None:
+        ready = [i for i, t in enumerate(self.tasks) if t.eta <= self.engine.now]
+        if not ready:
+            return None
+        return self.tasks.pop(ready[self.engine.rng.randrange(len(ready))])
+
+    def next_eta(self) -> float:
+        return min((t.eta for t in self.tasks), default=math.inf)
+
+
+class SimDispatcher:
+    def __init__(self, queue: Queue) -> None:
+        self.queue = queue
+
+    def check_presence(
+        self, performer_id: int | None, rebook_id: str | None = None, at: float | None = None
+    ) -> None:
+        self.queue.push("presence", performer_id, rebook_id, at=at)
+
+    def reschedule(self, rebook_id: str, urgent: bool = False) -> None:
+        self.queue.push("reschedule", rebook_id)
+
+    def watch(self, rebook_id: str, booking: dict[str, Any]) -> None:
+        self.queue.push("watch", rebook_id)
+
+    def batch(self) -> Any:
+        return nullcontext()
+
+
+class SimTokens:
+    def access_token(self, user_id: str, *, rejected: str | None = None) -> str:
+        return f"tok-{user_id}"
+
+
+# --- the upstream -------------------------------------------------------------------------------
+
+
+@dataclass
+class Booking:
+    booking_id: int
+    user_id: str
+    performer_id: int
+    create: float  # upstream clock
+    session: float
+    accept_by: float
+    status: str = "Pending"
+    visible_at: float = 0.0  # a list read shows it from then on (replica lag)
+    made_by: str = ""  # the rebook whose POST made it ("" for originals)
+    original: int = 0
+
+
+@dataclass
+class Faults:
+    """Probabilities of each upstream behaviour, drawn per call from the engine's RNG."""
+
+    post_refused: float = 0.05
+    post_not_sent: float = 0.08
+    post_5xx_before: float = 0.08
+    post_5xx_after: float = 0.08
+    post_timeout_after: float = 0.06
+    post_late_commit: float = 0.10
+    post_bad_body: float = 0.04
+    read_error: float = 0.08
+    read_unreadable: float = 0.04
+    max_commit_lag: float = 30.0
+    max_visibility_lag: float = 3.0
+    slow_call: float = 0.05
+
+
+class SimUpstream(BaseAdapter):
+    """The AdultWork API as the sim's world: mounted on a requests session, so the real client
+    sends to it. Datetimes are written in the upstream's own zone and clock, which may differ
+    from what the settings say; the list comes under a name the settings may or may not know."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        faults: Faults,
+        *,
+        zone: ZoneInfo,
+        skew: float,
+        list_name: str,
+        per_page: int,
+        year_one: bool,
+    ) -> None:
+        super().__init__()
+        self.engine, self.faults = engine, faults
+        self.zone, self.skew, self.list_name, self.per_page = zone, skew, list_name, per_page
+        self.year_one = year_one
+        self.bookings: dict[int, Booking] = {}
+        self.online: dict[int, bool] = {}
+        self.next_id = 5000
+        self.posts = 0
+        self.pending_commits = 0
+
+    def close(self) -> None:
+        pass
+
+    # -- world -------------------------------------------------------------------------------------
+
+    def clock(self) -> float:
+        return self.engine.now + self.skew
+
+    def add_original(self, user_id: str, performer_id: int) -> int:
+        now = self.clock()
+        self.next_id += self.engine.rng.randint(1, 3)
+        b = Booking(
+            self.next_id,
+            user_id,
+            performer_id,
+            now - 7200,
+            now - 3600,
+            now - 3500,
+            status="Accepted",
+        )
+        self.bookings[b.booking_id] = b
+        return b.booking_id
+
+    def made_by(self) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for b in self.bookings.values():
+            if b.made_by:
+                out.setdefault(b.made_by, []).append(b.booking_id)
+        return out
+
+    def _commit(self, original: Booking, rebook_id: str) -> Booking:
+        now = self.clock()
+        self.next_id += self.engine.rng.randint(1, 5)  # ids grow, not by one
+        lag = self.engine.rng.choice(
+            [0.0, 0.0, self.engine.rng.uniform(0, self.faults.max_visibility_lag)]
+        )
+        b = Booking(
+            self.next_id,
+            original.user_id,
+            original.performer_id,
+            now,
+            now + 300,
+            now + 120,
+            visible_at=self.engine.now + lag,
+            made_by=rebook_id,
+            original=original.booking_id,
+        )
+        self.bookings[b.booking_id] = b
+        return b
+
+    def decide(self, booking_id: int) -> None:
+        """The performer answers a new booking (a world event, not an API call)."""
+        b = self.bookings.get(booking_id)
+        if b is not None and b.status == "Pending" and self.clock() < b.accept_by:
+            b.status = self.engine.rng.choice(["Accepted", "Rejected"])
+
+    # -- HTTP --------------------------------------------------------------------------------------
+
+    def send(
+        self,
+        request: requests.PreparedRequest,
+        stream: bool = False,
+        timeout: Any = None,
+        verify: Any = True,
+        cert: Any = None,
+        proxies: Any = None,
+    ) -> requests.Response:
+        rng, f = self.engine.rng, self.faults
+        self.engine.point()  # dies before sending: nothing went out
+        parts = urlsplit(request.url or "")
+        op = parts.path.rsplit("/", 1)[-1]
+        query = {k.lower(): v[-1] for k, v in parse_qs(parts.query).items()}
+        body = json.loads(request.body) if request.body else {}
+        user = str(request.headers.get("Authorization", "")).removeprefix("Bearer tok-")
+        read_timeout = timeout[1] if isinstance(timeout, tuple) else (timeout or 10.0)
+        step = _STEP.get()
+        if op in ("RescheduleMadeBooking",):
+            return self._post(request, body, user, step.rebook_id if step else "?", read_timeout)
+        if rng.random() < f.read_error:
+            self.engine.point(rng.uniform(0, 0.5))
+            return _answer(request, rng.choice([500, 503]), {"Message": "An error has occurred."})
+        self.engine.point(rng.uniform(0.01, 0.3))
+        if op == "getUserSummary":
+            pid = int(query["userid"])
+            return _answer(
+                request,
+                200,
+                {
+                    "User": {"UserID": pid, "AvailableNowWebcam": self.online.get(pid, False)},
+                    "Summary": [],
+                },
+            )
+        if op == "MadeBookingDetails":
+            b = self.bookings.get(int(query["bookingid"]))
+            if b is None or b.user_id != user:
+                return _answer(request, 404, {"Message": "No booking found."})
+            return _answer(request, 200, self._json(b))
+        if op == "MadeBookings":
+            return self._list(request, user, query)
+        return _answer(request, 404, {"Message": f"no {op} in the simulation"})
+
+    def _post(
+        self,
+        request: requests.PreparedRequest,
+        body: dict[str, Any],
+        user: str,
+        rebook_id: str,
+        read_timeout: float,
+    ) -> requests.Response:
+        rng, f = self.engine.rng, self.faults
+        self.posts += 1
+        orig = self.bookings.get(int(body.get("BookingID", 0)))
+        roll = rng.random()
+        if roll < f.post_not_sent:
+            raise requests.ConnectionError(NewConnectionError(None, "refused"))  # type: ignore[arg-type]
+        roll -= f.post_not_sent
+        if orig is None or orig.user_id != user:
+            return _answer(request, 404, {"Message": "No booking found."})
+        if roll < f.post_refused or not self.online.get(orig.performer_id, False):
+            return _answer(request, 400, {"Message": "The performer is not online"})
+        roll -= f.post_refused
+        if roll < f.post_5xx_before:
+            return _answer(request, 503, {"Message": "The service is unavailable."})
+        roll -= f.post_5xx_before
+        if roll < f.post_late_commit:
+            lag = rng.uniform(0, f.max_commit_lag)
+            self.pending_commits += 1
+
+            def later() -> None:
+                self.engine.sleep(lag)
+                self.pending_commits -= 1
+                if self.online.get(orig.performer_id, False):
+                    self._commit(orig, rebook_id)
+
+            self.engine.spawn(f"commit-{self.posts}", later, crashable=False)
+            if rng.random() < 0.5:
+                self.engine.point(read_timeout)
+                raise requests.ReadTimeout("read timed out")
+            return _answer(request, 504, {"Message": "The operation has timed out."})
+        roll -= f.post_late_commit
+        made = self._commit(orig, rebook_id)
+        latency = read_timeout * 1.5 if rng.random() < f.slow_call else rng.uniform(0.05, 1.0)
+        if latency >= read_timeout:
+            self.engine.point(read_timeout)  # the answer would come, but too late for us
+            raise requests.ReadTimeout("read timed out")
+        self.engine.point(latency)  # a crash here: made upstream, never known here
+        if roll < f.post_5xx_after:
+            return _answer(request, 500, {"Message": "An error has occurred."})
+        roll -= f.post_5xx_after
+        if roll < f.post_timeout_after:
+            raise requests.ReadTimeout("read timed out")
+        roll -= f.post_timeout_after
+        if roll < f.post_bad_body:
+            text = json.dumps(self._json(made))
+            return _answer(request, 200, text[: len(text) // 2])
+        return _answer(request, 200, self._json(made))
+
+    def _list(
+        self, request: requests.PreparedRequest, user: str, query: dict[str, str]
+    ) -> requests.Response:
+        rng = self.engine.rng
+        if rng.random() < self.faults.read_unreadable:
+            return _answer(request, 200, {"PageCount": 1, "PageNumber": 1, "Items": None})
+        start = query.get("startdate", "")
+        since = datetime.fromisoformat(start).replace(tzinfo=self.zone).timestamp() if start else 0
+        mine = sorted(
+            (
+                b
+                for b in self.bookings.values()
+                if b.user_id == user and b.create >= since and b.visible_at <= self.engine.now
+            ),
+            key=lambda b: -b.booking_id,
+        )
+        per = min(self.per_page, int(query.get("bookingsperpage", "50")))
+        page = int(query.get("pagenumber", "1"))
+        pages = max(1, math.ceil(len(mine) / per))
+        chunk = mine[(page - 1) * per : page * per]
+        return _answer(
+            request,
+            200,
+            {
+                "PageCount": pages,
+                "PageNumber": page,
+                "BookingsPerPage": per,
+                "TotalBookings": len(mine),
+                self.list_name: [self._json(b) for b in chunk],
+            },
+        )
+
+    def _json(self, b: Booking) -> dict[str, Any]:
+        def site(ts: float) -> str:
+            local = datetime.fromtimestamp(ts, UTC).astimezone(self.zone).replace(tzinfo=None)
+            return local.isoformat(timespec="milliseconds")
+
+        unset = "0001-01-01T00:00:00" if self.year_one else None
+        return {
+            "WebcamBookingID": b.booking_id,
+            "Duration": 10,
+            "Credits": 5.0,
+            "Status": b.status,
+            "IsMulitple": False,
+            "CreateDate": site(b.create),
+            "SessionDate": site(b.session),
+            "AcceptBy": site(b.accept_by),
+            "AcceptedDate": unset,
+            "ConfirmedDate": unset,
+            "Performer": {"UserID": b.performer_id},
+        }
+
+
+def _answer(request: requests.PreparedRequest, status: int, body: Any) -> requests.Response:
+    response = requests.Response()
+    response.status_code = status
+    response.request = request
+    response.url = request.url or ""
+    text = body if isinstance(body, str) else json.dumps(body)
+    response._content = text.encode()
+    response.headers["Content-Type"] = "application/json; charset=utf-8"
+    response.headers["Date"] = datetime.now(UTC).strftime("%a, %d %b %Y %H:%M:%S GMT")
+    return response
+
+
+@contextmanager
+def session_for(upstream: SimUpstream) -> Iterator[requests.Session]:
+    session = requests.Session()
+    session.trust_env = False
+    session.mount("http://", upstream)
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+def site_offset(zone: ZoneInfo, at: float) -> timedelta:
+    return datetime.fromtimestamp(at, UTC).astimezone(zone).utcoffset() or timedelta()
