@@ -147,7 +147,7 @@ def run(seed: int, redis_url: str, **overrides: Any) -> Result:
     for p in performers:
         upstream.online[p] = rng.random() < 0.5
     producing_until = engine.now + 60
-    end = engine.now + 3600
+    end = engine.now + 4 * 3600  # AcceptBy read in a zone 2 h off ends a watch 2 h late
     sessions: list[Any] = []
     lost: set[str] = set()
 

@@ -21,6 +21,7 @@ from worker.models import (
     RebookEvent,
     State,
     TokenSet,
+    Unreadable,
     UserSummary,
     WebcamBooking,
     iso_z,
@@ -297,7 +298,7 @@ def test_iso_z_round_trips(value: datetime) -> None:
 
 def test_made_bookings_page() -> None:
     second = {**SEED, "WebcamBookingID": 100002, "CreateDate": "2024-01-15T12:00:00"}
-    page = MadeBookingsPage.model_validate(
+    page = MadeBookingsPage.parse(
         {
             "PageCount": 3,
             "PageNumber": 2,
@@ -307,24 +308,40 @@ def test_made_bookings_page() -> None:
             "Unknown": True,
         }
     )
-    assert (page.page_count, page.page_number, page.bookings_per_page, page.total_bookings) == (
-        3,
-        2,
-        2,
-        6,
-    )
+    assert (page.page_count, page.page_number, page.bookings_per_page, page.total) == (3, 2, 2, 6)
     assert [b.booking_id for b in page.bookings] == [100001, 100002]
     assert page.bookings[1].create_date == utc(2024, 1, 15, 12, 0, 0)
 
 
-def test_made_bookings_page_defaults_and_context_reaches_nested_bookings() -> None:
-    empty = MadeBookingsPage.model_validate({})
-    assert empty.bookings == [] and empty.page_count == 1
-    page = MadeBookingsPage.model_validate(
-        {"WebcamBookings": [{"WebcamBookingID": 1, "CreateDate": "2024-01-15T12:00:00"}]},
-        context={"tz": ZoneInfo("Asia/Tokyo")},
+def test_made_bookings_context_reaches_nested_bookings_and_names_are_settings() -> None:
+    page = MadeBookingsPage.parse(
+        {"bookings": [{"WebcamBookingID": 1, "CreateDate": "2024-01-15T12:00:00"}]},
+        list_names=("WebcamBookings", "Bookings"),
+        zone=ZoneInfo("Asia/Tokyo"),
     )
     assert page.bookings[0].create_date == utc(2024, 1, 15, 3, 0, 0)
+    empty = MadeBookingsPage.parse({"PageCount": 0, "TotalBookings": 0, "WebcamBookings": []})
+    assert empty.bookings == []
+
+
+@pytest.mark.parametrize(
+    ("payload", "why"),
+    [
+        ({}, "no booking list under WebcamBookings"),
+        ({"PageCount": 1, "Items": [SEED]}, "keys seen: Items, PageCount"),
+        ({"WebcamBookings": None}, "not a list"),
+        ({"WebcamBookings": {"0": SEED}}, "not a list"),
+        ({"TotalBookings": 3, "PageCount": 1, "WebcamBookings": []}, "total says 3"),
+        ({"TotalBookings": 0, "WebcamBookings": [SEED]}, "the total says 0"),
+        ({"BookingsPerPage": 1, "WebcamBookings": [SEED, SEED]}, "on a page of 1"),
+        ({"PageCount": "x", "WebcamBookings": []}, "not a count"),
+        ({"WebcamBookings": [{"CreateDate": "x"}]}, "WebcamBookings[0]"),
+        ([SEED], "not an object"),
+    ],
+)
+def test_an_unreadable_list_is_never_an_empty_one(payload: Any, why: str) -> None:
+    with pytest.raises(Unreadable, match=re.escape(why)):
+        MadeBookingsPage.parse(payload)
 
 
 def test_user_summary_nested_and_top_level() -> None:

@@ -88,7 +88,7 @@ def test_made_bookings_newest_first_and_start(
     new = client.reschedule(member["token"], member["booking"])
     page = client.made_bookings(member["token"])
     assert [b.booking_id for b in page.bookings] == [new.booking_id, member["booking"]]
-    assert page.total_bookings == 2 and page.page_count == 1
+    assert page.total == 2 and page.page_count == 1
     recent = client.made_bookings(member["token"], start=datetime.now(UTC) - timedelta(minutes=5))
     assert [b.booking_id for b in recent.bookings] == [new.booking_id]
     oldest = client.made_bookings(member["token"], newest_first=False)
