@@ -99,7 +99,7 @@ class Config:
     """The presence polls of 10,000 rebooks on 100 performers at P = 2 s take 50 calls a second;
     the other 100 carry the POSTs of a performer who comes online (100 rebooks) within the
     goal's "+ 1 s". At 100/s they would have to wait for half the window."""
-    lease: float = 5.0
+    lease: float = 8.0  # covers one call: rate-limit wait (lease / 4) + 2 x timeout + 1 s
     online: int = 4
     windows: int = 3
     concurrency: int = 4
@@ -302,7 +302,7 @@ class Bench:
             sweep_interval_seconds=c.sweep,
             step_lease_seconds=c.lease,
             upstream_rate_per_second=c.rate,
-            http_timeout_seconds=5.0,
+            http_timeout_seconds=2.0,
             reconcile_grace_seconds=1.0,
             retry_base_seconds=0.2,
             retry_max_seconds=5.0,
