@@ -759,24 +759,25 @@ class Store:
 
     # -- streams ---------------------------------------------------------------------------------
 
-    def deadletter(self, reason: str, payload: Any, *, task_id: str = "", task: str = "") -> str:
-        """Appends an invalid message with its reason; the payload is redacted and bounded."""
+    def deadletter(
+        self, reason: str, payload: Any, *, task_id: str = "", task: str = "", raw: str = ""
+    ) -> str:
+        """Appends an invalid message with its reason; the payload is redacted and bounded.
+        `raw` is the item as the broker held it, already scrubbed by the caller (frames)."""
         body = json.dumps(redact(payload), default=str, ensure_ascii=False)
         if len(body) > DEADLETTER_PAYLOAD_LIMIT:
             body = body[:DEADLETTER_PAYLOAD_LIMIT] + "…(truncated)"
         now = datetime.now(UTC)
-        return str(
-            self.r.xadd(
-                self.key("deadletter"),
-                {
-                    "reason": reason[:1000],
-                    "payload": body,
-                    "task_id": task_id,
-                    "task": task,
-                    "at": iso_z(now),
-                },
-            )
-        )
+        fields = {
+            "reason": reason[:1000],
+            "payload": body,
+            "task_id": task_id,
+            "task": task,
+            "at": iso_z(now),
+        }
+        if raw:
+            fields["raw"] = raw[: DEADLETTER_PAYLOAD_LIMIT + 16]
+        return str(self.r.xadd(self.key("deadletter"), fields))
 
     def deadletters(self, count: int = 100) -> list[dict[str, str]]:
         return [
