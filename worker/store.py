@@ -160,6 +160,10 @@ class Store:
     no cluster (the default) the keys are exactly `{prefix}r:{id}`, `{prefix}outcomes`, ...
     """
 
+    deadletter_max_entries = 100_000
+    """REBOOK_DEADLETTER_MAX_ENTRIES: a flood of bad messages cannot fill Redis (and then make it
+    refuse the events that matter); housekeeping also trims entries older than the retention."""
+
     def __init__(
         self,
         client: Any,
@@ -216,7 +220,7 @@ class Store:
     @classmethod
     def from_settings(cls, settings: Settings, **client_options: Any) -> Store:
         """The store the settings describe (single Redis or cluster, prefix, shards)."""
-        return cls.from_url(
+        store = cls.from_url(
             settings.redis_url,
             cluster=settings.redis_cluster,
             client_options=client_options,
@@ -225,6 +229,8 @@ class Store:
             lease_seconds=settings.step_lease_seconds,
             shards=settings.shards,
         )
+        store.deadletter_max_entries = settings.deadletter_max_entries
+        return store
 
     def ping(self) -> None:
         """Raises :class:`StoreUnavailable` with the masked URL when Redis cannot be reached."""
@@ -777,7 +783,14 @@ class Store:
         }
         if raw:
             fields["raw"] = raw[: DEADLETTER_PAYLOAD_LIMIT + 16]
-        return str(self.r.xadd(self.key("deadletter"), fields))
+        return str(
+            self.r.xadd(
+                self.key("deadletter"),
+                fields,
+                maxlen=self.deadletter_max_entries,
+                approximate=True,
+            )
+        )
 
     def deadletters(self, count: int = 100) -> list[dict[str, str]]:
         return [
