@@ -62,6 +62,7 @@ class RebookTask(Task):
 
     acks_late = True
     reject_on_worker_lost = True
+    Request = "worker.consumer:SafeRequest"  # task events show only an event's documented fields
     typing = False  # arguments are validated by the flow; bad ones go to the dead-letter stream
 
     def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:

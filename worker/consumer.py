@@ -14,12 +14,16 @@ import json
 import logging
 from typing import Any
 
+from celery.utils.saferepr import saferepr
 from celery.worker.consumer import Consumer
+from celery.worker.request import Request
 from vine import promise
 
 from worker import compat, frames
 
 log = logging.getLogger("rebook.consumer")
+EVENT_FIELDS = ("event_id", "booking_id", "user_id", "performer_id", "max_wait_seconds")
+"""What Flower and task events may show of a `rebook.request` (DESIGN.md's documented fields)."""
 compat.patch_celery_dump_body()
 frames.install_bounded_decompression()
 
@@ -120,3 +124,28 @@ class RebookConsumer(Consumer):
             return None
 
         return on_task_received
+
+
+class SafeRequest(Request):
+    """A request whose `argsrepr`/`kwargsrepr` (task events, Flower, `inspect`) come from the
+    worker, not the producer: for `rebook.request` only the documented fields, since a producer
+    may put anything in an event (a token) and in the repr headers too. `info()` never hands out
+    the raw arguments (`inspect active`/`reserved`, which Flower calls, asks for them)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self._type == "rebook.request":
+            given = self._kwargs if isinstance(self._kwargs, dict) else {}
+            shown = {k: given[k] for k in EVENT_FIELDS if k in given}
+            self._kwargsrepr = saferepr(shown, 1024)
+            n = len(self._args) if isinstance(self._args, (list, tuple)) else 0
+            self._argsrepr = f"({n} positional arguments, not shown)" if n else "()"
+            # the headers travel on (to the pool, its debug log, the task's request)
+            safe = {"argsrepr": self._argsrepr, "kwargsrepr": self._kwargsrepr}
+            self._request_dict.update(safe)
+            props = self._request_dict.get("properties")
+            if isinstance(props, dict) and not safe.keys().isdisjoint(props):
+                self._request_dict["properties"] = {**props, **safe}  # kombu copies them there
+
+    def info(self, safe: bool = False) -> dict[str, Any]:
+        return dict(super().info(safe=True))
