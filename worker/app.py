@@ -5,15 +5,16 @@
   a killed worker hands its message back. Steps are idempotent (compare-and-set on the record).
 - prefetch 1: a worker never sits on messages another worker could run.
 - No countdown/ETA for waiting: the beat sweep re-dispatches from the due index in Redis.
-- An intake that cannot reach the store is handed back to the broker (reject + requeue), never
-  acknowledged: an accepted event must never be dropped. Other steps just fail; the sweep reruns
-  them from the record.
+- An intake that the store cannot take (down, OOM, read-only, loading, busy) is handed back to
+  the broker (reject + requeue), never acknowledged: an accepted event must never be dropped.
+  Other steps just fail; the sweep reruns them from the record.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from celery.exceptions import Reject
 from kombu import Exchange, Producer, Queue
 
 from worker import broker, compat
+from worker.errors import StoreUnavailable
 from worker.fanout import Fanout
 from worker.flow import Flow
 from worker.runtime import services
@@ -60,6 +62,7 @@ class RebookTask(Task):
 
     acks_late = True
     reject_on_worker_lost = True
+    Request = "worker.consumer:SafeRequest"  # task events show only an event's documented fields
     typing = False  # arguments are validated by the flow; bad ones go to the dead-letter stream
 
     def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
@@ -69,12 +72,38 @@ class RebookTask(Task):
             _deadletter_failed(self.name, task_id, exc, args, kwargs)
 
 
-STORE_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+STORE_ERRORS = (
+    redis.ConnectionError,  # also LOADING (BusyLoadingError), auth, max clients
+    redis.TimeoutError,
+    redis.exceptions.OutOfMemoryError,  # OOM: noeviction at maxmemory
+    redis.exceptions.ReadOnlyError,  # READONLY: a replica, e.g. after a failover
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,
+    StoreUnavailable,
+)
+_STORE_FAULT_CODES = re.compile(
+    r"(?<![A-Z])-?(OOM|READONLY|MISCONF|LOADING|BUSY|MASTERDOWN|CLUSTERDOWN|TRYAGAIN|NOREPLICAS)\b"
+)
+"""Error codes of a Redis that cannot take the write right now, wherever they stand in the reply
+(a script's error wraps them: `ERR Error running script ...: -READONLY You can't write ...`)."""
+
+
+def is_store_fault(exc: BaseException) -> bool:
+    """The store refused or could not answer for reasons of its own, not the event's: OOM,
+    READONLY, MISCONF, LOADING, BUSY, a lost connection, a timeout. Such an event is handed
+    back, never failed (a failed intake is acknowledged: gone)."""
+    if isinstance(exc, STORE_ERRORS):
+        return True
+    if isinstance(exc, redis.ResponseError):
+        code = str(getattr(exc, "status_code", "") or "")
+        return bool(_STORE_FAULT_CODES.search(f"{code} {exc}"))
+    return False
 
 
 def requeue_when_store_is_down(step: Callable[[], T], hold: float | None = None) -> T:
-    """For intake: a store outage is waited out for up to `hold` seconds (half the soft time
-    limit), so a Redis restart costs seconds; a longer one hands the message back to the broker
+    """For intake: a store fault (`is_store_fault`: down, OOM, read-only, ...) is waited out for
+    up to `hold` seconds (half the soft time limit), so a Redis restart costs seconds; a longer
+    one hands the message back to the broker
     (reject + requeue) instead of failing it, since a failed message is acknowledged, i.e. gone.
     If the broker is down too, the message stays in its unacknowledged set and comes back after
     the visibility timeout. Intake is idempotent, so a retry after a half-done attempt is safe."""
@@ -83,9 +112,11 @@ def requeue_when_store_is_down(step: Callable[[], T], hold: float | None = None)
     while True:
         try:
             return step()
-        except STORE_ERRORS as exc:
+        except Exception as exc:
+            if not is_store_fault(exc):
+                raise
             if time.monotonic() + pause > deadline:
-                log.warning("store unreachable (%s): event handed back to the broker", exc)
+                log.warning("store cannot take the event (%s): handed back to the broker", exc)
                 raise Reject(exc, requeue=True) from None
             time.sleep(pause)
             pause = min(pause * 2, 2.0)

@@ -24,9 +24,10 @@ log = logging.getLogger(__name__)
 class TokenStore:
     """Encrypted token pairs in Redis under `{prefix}tok:{user_id}`."""
 
-    def __init__(self, client: Any, prefix: str, key: str | None) -> None:
+    def __init__(self, client: Any, prefix: str, key: str | None, ttl_seconds: float = 0) -> None:
         self.r = client
         self.p = prefix
+        self.ttl = int(ttl_seconds)  # 0: no expiry
         self._fernet = Fernet(key.encode()) if key else None
 
     def _f(self) -> Fernet:
@@ -42,7 +43,9 @@ class TokenStore:
 
     def save(self, user_id: str, tokens: TokenSet) -> None:
         blob = self._f().encrypt(tokens.model_dump_json().encode())
-        self.r.set(self._key(user_id), blob.decode())
+        # every refresh stores the pair again, so the TTL counts from the member's last use:
+        # a member gone for REBOOK_TOKEN_TTL_DAYS must `tokens set` again (reauth), nothing more
+        self.r.set(self._key(user_id), blob.decode(), ex=self.ttl or None)
 
     def load(self, user_id: str) -> TokenSet | None:
         blob = self.r.get(self._key(user_id))

@@ -13,7 +13,8 @@ has a message (or `idle_poll_seconds` pass) and takes nothing from it. That queu
 (`rebook.events` for the Procfile's worker) wakes the consumer at once; others are seen within
 `idle_poll_seconds` (a transport option; 0.005 s right after work, doubling to 0.1 s while
 idle). Everything else (acks, restores, priorities, fair rotation, the visibility timeout) is
-kombu's own.
+kombu's own. An item kombu cannot build a message from (not JSON, no `properties`, a body that
+is not base64, ...) would stop the consumer: it is dead-lettered and dropped instead (`frames`).
 
 `install()` makes `redis://` and `rediss://` broker URLs use it in this process: the worker,
 beat and our producers import `worker.app`, which calls it. Foreign producers need nothing: the
@@ -31,7 +32,8 @@ from kombu import transport as kombu_transport
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
-from kombu.utils.json import loads
+
+from worker import frames
 
 POP_SCRIPT = resources.files("worker").joinpath("lua/broker_pop.lua").read_text()
 IDLE_POLL_SECONDS = (0.005, 0.1)
@@ -98,7 +100,10 @@ class Channel(kombu_redis.Channel):
             dest, item = reply
             dest = bytes_to_str(dest).rsplit(self.sep, 1)[0]
             self._queue_cycle.rotate(dest)
-            self.connection._deliver(loads(bytes_to_str(item)), dest)
+            payload = self._checked(item, dest)
+            if payload is None:  # refused and dead-lettered: pop again at once
+                raise Empty()
+            self.connection._deliver(payload, dest)
             return True
         finally:
             self._in_poll = None  # type: ignore[assignment]  # kombu's own idle value
@@ -118,7 +123,23 @@ class Channel(kombu_redis.Channel):
             self._maybe_update_queues_expire(client, queue)
         if not reply:
             raise Empty()
-        return loads(bytes_to_str(reply[1]))
+        payload = self._checked(reply[1], queue)
+        if payload is None:
+            raise Empty()
+        return payload
+
+    def _checked(self, item: bytes | str, queue: str) -> dict[str, Any] | None:
+        """The envelope of a popped item, or None when it is not one kombu can build a message
+        from: then it is dead-lettered and dropped from `unacked` (if the store refused the dead
+        letter, it stays there and comes back after the visibility timeout)."""
+        try:
+            return frames.check_redis_item(item, self.decode_body)
+        except frames.BadFrame as bad:
+            if frames.deadletter_frame(bad.reason, item, queue=queue):
+                tag = frames.delivery_tag_of(item)
+                if tag:
+                    self.qos._remove_from_indices(tag).execute()
+            return None
 
     # -- commands ------------------------------------------------------------------------------
 

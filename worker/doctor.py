@@ -9,6 +9,9 @@ from dataclasses import dataclass
 from worker.errors import ConfigError, UpstreamError
 from worker.settings import Settings, load_settings, mask_url
 
+MEMORY_WARN_RATIO = 0.8
+"""`doctor` fails the Redis check above this share of maxmemory: a margin to act before OOM."""
+
 
 @dataclass(frozen=True)
 class Check:
@@ -66,7 +69,17 @@ def _redis(settings: Settings) -> Check:
             f"{url}: " + ", ".join(problems),
             "use ops/redis.conf (appendonly yes, maxmemory-policy noeviction)",
         )
-    return Check("redis", True, f"{url}: AOF on, noeviction")
+    used, limit = int(memory.get("used_memory", 0)), int(memory.get("maxmemory", 0))
+    if limit and used > MEMORY_WARN_RATIO * limit:
+        # at maxmemory every write is refused (OOM): events wait in the broker until it clears
+        return Check(
+            "redis",
+            False,
+            f"{url}: memory {used / limit:.0%} of maxmemory ({used} of {limit} bytes)",
+            "raise maxmemory, or find the key family that grows (ops/RUNBOOK.md, Redis keys)",
+        )
+    share = f", memory {used / limit:.0%} of maxmemory" if limit else ", no maxmemory set"
+    return Check("redis", True, f"{url}: AOF on, noeviction{share}")
 
 
 def _broker(settings: Settings) -> Check:

@@ -64,6 +64,7 @@ class RebookCollector(Collector):
             stats = self.store.stats()
             outcomes = self.store.outcome_counts()
             upstream = self.store.r.hgetall(self.store.key("metrics", "upstream"))
+            memory = self.store.r.info("memory")
         except (redis.RedisError, StoreUnavailable, OSError) as exc:
             log.warning(
                 "rebook exporter: cannot read Redis at %s: %s",
@@ -91,6 +92,11 @@ class RebookCollector(Collector):
             fams["calls"].add_metric([endpoint, outcome], count)
         for endpoint, count in errors:
             fams["errors"].add_metric([endpoint], count)
+        used, limit = float(memory.get("used_memory", 0)), float(memory.get("maxmemory", 0))
+        fams["memory_used"].add_metric([], used)
+        fams["memory_max"].add_metric([], limit)
+        # no maxmemory: unbounded headroom (+Inf), so a "headroom below x" alert stays quiet
+        fams["memory_headroom"].add_metric([], max(0.0, 1 - used / limit) if limit else math.inf)
         return [up, *fams.values()]
 
 
@@ -126,6 +132,16 @@ def _families() -> dict[str, GaugeMetricFamily | CounterMetricFamily]:
         ),
         "errors": CounterMetricFamily(
             "rebook_upstream_errors", "Upstream calls that did not succeed", labels=["endpoint"]
+        ),
+        "memory_used": GaugeMetricFamily(
+            "rebook_redis_used_memory_bytes", "Memory the store Redis uses (INFO used_memory)"
+        ),
+        "memory_max": GaugeMetricFamily(
+            "rebook_redis_maxmemory_bytes", "The store Redis's maxmemory (0: none set)"
+        ),
+        "memory_headroom": GaugeMetricFamily(
+            "rebook_redis_memory_headroom_ratio",
+            "1 - used/maxmemory of the store Redis (+Inf: no maxmemory); at 0 writes fail (OOM)",
         ),
     }
 

@@ -11,16 +11,29 @@ from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from worker.settings import Settings
 
+_Q = r"(?:\\?[\"'])?"  # an optional quote, maybe escaped (JSON inside a JSON string)
 _SECRET_PATTERNS = [
-    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"),
+    # Authorization: Bearer x / Basic x / any scheme; a bare "Bearer x" or "Basic x" too
     re.compile(
-        r"(?i)((?:access_token|refresh_token|client_secret|api_?key|token_key|password)"
-        r"[\"']?\s*[:=]\s*[\"']?)[^\"'\s,&}]+"
+        r"(?i)(authorization" + _Q + r"\s*[:=]\s*" + _Q + r"(?:[A-Za-z]+\s+)?)[^\"'\s,&}\\]+"
+    ),
+    re.compile(r"(?i)(\b(?:bearer|basic)\s+)[A-Za-z0-9._~+/=-]{6,}"),
+    # name=value, name: value, "name": "value" for any name ending in a secret word:
+    # token, access_token, X-Api-Key, apiKey, client_secret, secret, password, passwd, ...
+    re.compile(
+        r"(?i)(\b[A-Za-z0-9_.-]*(?:token|secret|passw(?:or)?d|pwd|api[_-]?key|credential)"
+        + _Q
+        + r"\s*[:=]\s*"
+        + _Q
+        + r")[^\"'\s,&}\\]+"
     ),
 ]
+_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/@\s\"']*:)[^@\s/\"']+(@)")
+"""A password in a URL (redis://user:pw@host, amqp://..., https://...)."""
 _secret_values: set[str] = set()
 
 
@@ -70,6 +83,12 @@ def register_settings_secrets(settings: Settings) -> None:
     ):
         if secret is not None:
             register_secret(secret.get_secret_value())
+    if settings.flower_basic_auth is not None:  # user1:pw1,user2:pw2: each password alone
+        for pair in settings.flower_basic_auth.get_secret_value().split(","):
+            register_secret(pair.partition(":")[2])
+    for url in (settings.redis_url, settings.broker_url):
+        if url:
+            register_secret(urlsplit(url).password)
 
 
 def scrub(text: str) -> str:
@@ -78,7 +97,7 @@ def scrub(text: str) -> str:
             text = text.replace(value, "[redacted]")
     for pattern in _SECRET_PATTERNS:
         text = pattern.sub(r"\1[redacted]", text)
-    return text
+    return _URL_PASSWORD.sub(r"\1[redacted]\2", text)
 
 
 class ScrubFilter(logging.Filter):

@@ -87,6 +87,7 @@ def build_services(settings: Settings) -> Services:
         store.r,
         settings.key_prefix,
         settings.token_key.get_secret_value() if settings.token_key else None,
+        ttl_seconds=settings.token_ttl_days * 86400,
     )
     tokens = TokenManager(
         token_store,

@@ -83,6 +83,8 @@ class Settings(BaseSettings):
     sentry_environment: str = "production"
     flower_basic_auth: SecretStr | None = None
     retention_days: float = Field(14.0, gt=0)
+    deadletter_max_entries: int = Field(100_000, ge=100)
+    token_ttl_days: float = Field(90.0, ge=0)
     outcome_task: str | None = None
     outcome_queue: str = "rebook.outcomes"
     webhook_url: str | None = None

@@ -183,6 +183,10 @@ class Store:
     no cluster (the default) the keys are exactly `{prefix}r:{id}`, `{prefix}outcomes`, ...
     """
 
+    deadletter_max_entries = 100_000
+    """REBOOK_DEADLETTER_MAX_ENTRIES: a flood of bad messages cannot fill Redis (and then make it
+    refuse the events that matter); housekeeping also trims entries older than the retention."""
+
     def __init__(
         self,
         client: Any,
@@ -242,7 +246,7 @@ class Store:
     @classmethod
     def from_settings(cls, settings: Settings, **client_options: Any) -> Store:
         """The store the settings describe (single Redis or cluster, prefix, shards)."""
-        return cls.from_url(
+        store = cls.from_url(
             settings.redis_url,
             cluster=settings.redis_cluster,
             client_options=client_options,
@@ -251,6 +255,8 @@ class Store:
             lease_seconds=settings.step_lease_seconds,
             shards=settings.shards,
         )
+        store.deadletter_max_entries = settings.deadletter_max_entries
+        return store
 
     def ping(self) -> None:
         """Raises :class:`StoreUnavailable` with the masked URL when Redis cannot be reached."""
@@ -856,22 +862,30 @@ class Store:
 
     # -- streams ---------------------------------------------------------------------------------
 
-    def deadletter(self, reason: str, payload: Any, *, task_id: str = "", task: str = "") -> str:
-        """Appends an invalid message with its reason; the payload is redacted and bounded."""
+    def deadletter(
+        self, reason: str, payload: Any, *, task_id: str = "", task: str = "", raw: str = ""
+    ) -> str:
+        """Appends an invalid message with its reason; the payload is redacted and bounded.
+        `raw` is the item as the broker held it, already scrubbed by the caller (frames)."""
         body = json.dumps(redact(payload), default=str, ensure_ascii=False)
         if len(body) > DEADLETTER_PAYLOAD_LIMIT:
             body = body[:DEADLETTER_PAYLOAD_LIMIT] + "…(truncated)"
         now = datetime.now(UTC)
+        fields = {
+            "reason": reason[:1000],
+            "payload": body,
+            "task_id": task_id,
+            "task": task,
+            "at": iso_z(now),
+        }
+        if raw:
+            fields["raw"] = raw[: DEADLETTER_PAYLOAD_LIMIT + 16]
         return str(
             self.r.xadd(
                 self.key("deadletter"),
-                {
-                    "reason": reason[:1000],
-                    "payload": body,
-                    "task_id": task_id,
-                    "task": task,
-                    "at": iso_z(now),
-                },
+                fields,
+                maxlen=self.deadletter_max_entries,
+                approximate=True,
             )
         )
 

@@ -23,6 +23,10 @@ pytestmark = pytest.mark.integration
 API_KEY = "ak-LEAKCHECK-5f1c9e7a2b"
 CLIENT_SECRET = "cs-LEAKCHECK-93d0aa41c7"
 FLOWER_PASSWORD = "fl-LEAKCHECK-0b7e"
+VIEWER_PASSWORD = "fl-LEAKCHECK-viewer-51aa"
+"""The second user of a multi-user REBOOK_FLOWER_BASIC_AUTH: each password is a secret alone."""
+EVENT_TOKEN = "ev-LEAKCHECK-token-9e3f"
+"""A token a producer put in a valid event (an unknown field) and in its repr headers."""
 WEBHOOK_SECRET = "wh-LEAKCHECK-2c44d1"
 
 
@@ -43,7 +47,7 @@ def secret_system(
         sandbox_options={"api_key": API_KEY, "client_secret": CLIENT_SECRET},
         api_key=API_KEY,
         oauth_client_secret=CLIENT_SECRET,
-        flower_basic_auth=f"ops:{FLOWER_PASSWORD}",
+        flower_basic_auth=f"ops:{FLOWER_PASSWORD},viewer:{VIEWER_PASSWORD}",
         webhook_url="http://127.0.0.1:9/unreachable",
         webhook_secret=WEBHOOK_SECRET,
         sentry_dsn=f"http://abcdef0123456789@127.0.0.1:{collector.port}/7",
@@ -142,6 +146,23 @@ def test_no_secret_anywhere_after_a_full_run(
         wait_for(lambda: _up(port), 60, "flower up")
         more, _ = system.rebook(user, performer)
         system.wait_state(more, State.WATCHING)
+        # a valid event carrying a token in an extra field and in hostile repr headers
+        booking = system.sandbox.add_booking(user, performer)
+        leaky_id = f"leaky-valid-{booking}"
+        system.producer.send_task(
+            "rebook.request",
+            kwargs={
+                "event_id": leaky_id,
+                "booking_id": booking,
+                "user_id": user,
+                "performer_id": performer,
+                "access_token": EVENT_TOKEN,
+            },
+            queue="rebook.events",
+            kwargsrepr=f"{{'access_token': '{EVENT_TOKEN}'}}",
+            argsrepr=f"('{EVENT_TOKEN}',)",
+        )
+        wait_for(lambda: leaky_id in (tasks() or ""), 30, "the leaky event in Flower")
         flower_text = wait_for(tasks, 30, "tasks in Flower's API")
     finally:
         flower.stop()
@@ -164,6 +185,8 @@ def test_no_secret_anywhere_after_a_full_run(
         "client secret": CLIENT_SECRET,
         "token key": system.settings.token_key.get_secret_value(),  # type: ignore[union-attr]
         "flower password": FLOWER_PASSWORD,
+        "flower viewer password": VIEWER_PASSWORD,
+        "token in an event": EVENT_TOKEN,
         "webhook secret": WEBHOOK_SECRET,
         **{f"token {i}": t for i, t in enumerate(tokens_seen)},
     }
