@@ -401,7 +401,10 @@ def sandbox(
     from worker.sandbox import SandboxServer
 
     server = SandboxServer(host, port, quiet=False)
-    out.print(f"sandbox upstream on {server.url} (API key 'sandbox-key'; Ctrl-C to stop)")
+    out.print(f"sandbox upstream on {server.url} (Ctrl-C to stop); to use it:", highlight=False)
+    for name, value in server.env().items():
+        sys.stdout.write(f"export {name}={value}\n")
+    sys.stdout.flush()
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -422,8 +425,13 @@ def demo(
 
 @cli.command()
 def doctor() -> None:
-    """Check settings, Redis, broker, upstream, token key, beat and workers; exit 1 on a FAIL."""
+    """Check settings, Redis, broker, upstream, token key, beat and workers; exit 1 on a FAIL.
+
+    Settings that are missing or bad stop it first with one line (exit 2), like the worker."""
     from worker.doctor import run_checks
+    from worker.settings import load_settings
+
+    load_settings()  # ConfigError: main() prints the one line and exits 2
 
     ok = True
     for check in run_checks():

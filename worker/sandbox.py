@@ -415,7 +415,11 @@ class _SandboxState:
                 )
             user_id: str | None = None
             if op != "token":
-                if headers.get(self.api_key_header.lower()) != self.api_key:
+                # the key as a header or as the documented `?apiKey=` query parameter
+                if (
+                    headers.get(self.api_key_header.lower()) != self.api_key
+                    and params.get("apikey") != self.api_key
+                ):
                     return _json(401, {"Message": "Invalid API key"})
                 if op in _MEMBER_OPS:
                     user_id = self.bearer_user(headers)
@@ -945,6 +949,25 @@ class SandboxServer:
     @property
     def port(self) -> int:
         return int(self._httpd.server_address[1])
+
+    @property
+    def token_url(self) -> str:
+        """Where this sandbox's OAuth token endpoint is (`REBOOK_OAUTH_TOKEN_URL`)."""
+        return f"{self.url}/OAuth/token"
+
+    def env(self) -> dict[str, str]:
+        """The `REBOOK_*` variables that point a worker at this sandbox (the defaults point at
+        the production upstream and there is no default key)."""
+        st = self.state
+        return {
+            "REBOOK_API_BASE_URL": self.url,
+            "REBOOK_API_KEY": st.api_key,
+            "REBOOK_API_KEY_HEADER": st.api_key_header,
+            "REBOOK_OAUTH_TOKEN_URL": self.token_url,
+            "REBOOK_OAUTH_CLIENT_ID": st.client_id,
+            "REBOOK_OAUTH_CLIENT_SECRET": st.client_secret,
+            "REBOOK_API_TIMEZONE": st.tz.key,
+        }
 
     def start(self) -> SandboxServer:
         """Serve in a daemon thread; returns self for `with SandboxServer().start() as s`."""

@@ -21,6 +21,7 @@ import requests
 from pydantic import BaseModel, ValidationError
 from urllib3.exceptions import NewConnectionError
 
+from worker import __version__
 from worker.errors import (
     Ambiguous,
     AuthExpired,
@@ -62,6 +63,7 @@ RATE_SHARE: dict[str, float] = {
     "CancelMadeBooking": 0.8,
 }
 MAX_PAGE = 100
+USER_AGENT = f"rebook/{__version__}"
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -185,6 +187,7 @@ class UpstreamClient:
         api_key: str,
         *,
         api_key_header: str = "apiKey",
+        api_key_in: str = "header",
         timeout: float = 10.0,
         zone: ZoneInfo = DEFAULT_ZONE,
         limiter: Limiter | None = None,
@@ -194,6 +197,9 @@ class UpstreamClient:
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
         self._api_key_header = api_key_header
+        if api_key_in not in ("header", "query"):
+            raise ValueError("api_key_in must be 'header' or 'query'")
+        self._key_in_query = api_key_in == "query"
         self.timeout = timeout
         self.zone = zone
         self._limiter = limiter
@@ -215,9 +221,14 @@ class UpstreamClient:
         idempotent: bool = True,
     ) -> Any:
         method, path = PATHS[endpoint]
-        headers = {"Accept": "application/json", self._api_key_header: self._api_key}
+        headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
+        if self._key_in_query:
+            # the documented form (`?apiKey=`); mask_url hides it wherever a URL is shown
+            params = {**(params or {}), "apiKey": self._api_key}
+        else:
+            headers[self._api_key_header] = self._api_key
         if token is not None:
-            headers["Authorization"] = f"Bearer {token}"
+            headers["Authorization"] = f"bearer {token}"  # lower-case, as the docs' samples
         if self._limiter is not None:
             self._limiter.acquire(RATE_SHARE.get(endpoint, 1.0))
         started = time.monotonic()
@@ -236,7 +247,7 @@ class UpstreamClient:
             except requests.RequestException as exc:
                 raise error_for_exception(endpoint, exc, idempotent=idempotent) from None
             if not 200 <= response.status_code < 300:
-                raise error_for_response(endpoint, response, idempotent=idempotent)
+                raise self._scrubbed(error_for_response(endpoint, response, idempotent=idempotent))
             try:
                 return response.json()
             except ValueError:
@@ -252,6 +263,13 @@ class UpstreamClient:
             log.debug("upstream %s %s %.0fms", endpoint, outcome, elapsed)
             if self._on_call is not None:
                 self._on_call(endpoint, outcome)
+
+    def _scrubbed(self, exc: UpstreamError) -> UpstreamError:
+        """A proxy's error page may echo the request URL, and with it `?apiKey=`."""
+        if self._api_key and self._api_key in exc.message:
+            exc.message = exc.message.replace(self._api_key, "***")
+            exc.args = (exc.message,)
+        return exc
 
     def _model(self, model: type[M], payload: Any, endpoint: str, *, idempotent: bool = True) -> M:
         try:
@@ -348,7 +366,7 @@ class UpstreamClient:
                         "client_secret": client_secret,
                         "refresh_token": refresh_token,
                     },
-                    headers={"Accept": "application/json"},
+                    headers={"Accept": "application/json", "User-Agent": USER_AGENT},
                     timeout=self.timeout,
                     allow_redirects=False,
                 )

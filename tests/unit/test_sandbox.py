@@ -13,6 +13,7 @@ import requests
 
 from tests.conftest import wait_for
 from worker.sandbox import SandboxClient, SandboxServer
+from worker.upstream import UpstreamClient
 
 API_KEY = "test-key"
 KEY_HEADER = "X-Api-Key"
@@ -522,3 +523,31 @@ def test_call_log(server: SandboxServer, sb: SandboxClient) -> None:
         sb.calls(limit=0)
     sb.reset()
     assert sb.calls()["calls"] == []
+
+
+def test_env_points_a_worker_at_this_sandbox(server: SandboxServer, sb: SandboxClient) -> None:
+    """`rebook sandbox` prints these; with them the settings load (the key has no default) and
+    the client reaches this sandbox's API and token endpoint."""
+    from worker.settings import load_settings
+
+    env = server.env()
+    settings = load_settings(**{k.removeprefix("REBOOK_").lower(): v for k, v in env.items()})
+    assert settings.api_base_url == server.url
+    assert settings.token_url == server.token_url
+    tokens = sb.add_user("env-user")
+    client = UpstreamClient(
+        settings.api_base_url,
+        settings.api_key.get_secret_value(),
+        api_key_header=settings.api_key_header,
+    )
+    try:
+        assert client.is_online(3) is False
+        body = client.refresh_token(
+            settings.token_url,
+            client_id=settings.oauth_client_id,
+            client_secret=settings.oauth_client_secret.get_secret_value(),
+            refresh_token=tokens["refresh_token"],
+        )
+    finally:
+        client.close()
+    assert body["refresh_token"] != tokens["refresh_token"]

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import redis
 
+from worker import __version__
 from worker.errors import (
     Ambiguous,
     AuthExpired,
@@ -225,15 +226,59 @@ def test_member_call_headers(echo: Echo) -> None:
     assert "BookingID=5" in get["path"]
     assert get["headers"]["accept"] == "application/json"
     assert get["headers"]["x-dev-key"] == "the-key"
-    assert get["headers"]["authorization"] == "Bearer tok-1"
+    assert get["headers"]["authorization"] == "bearer tok-1"  # as the docs' samples write it
+    assert get["headers"]["user-agent"] == f"rebook/{__version__}"
     assert "apikey" not in get["headers"]
     assert "the-key" not in get["path"]  # the key never goes in the query string
     assert post["method"] == "POST"
     assert post["path"] == "/v1/Webcam/RescheduleMadeBooking"
-    assert post["headers"]["authorization"] == "Bearer tok-2"
+    assert post["headers"]["authorization"] == "bearer tok-2"
+    assert post["headers"]["user-agent"] == f"rebook/{__version__}"
     assert post["headers"]["x-dev-key"] == "the-key"
     assert post["headers"]["accept"] == "application/json"
     assert json.loads(post["body"]) == {"BookingID": 5}
+
+
+def test_api_key_in_query_is_the_documented_apikey_parameter(echo: Echo) -> None:
+    echo.body = json.dumps({"User": {"UserID": 7, "AvailableNowWebcam": True}}).encode()
+    c = UpstreamClient(echo.url, "the-key", api_key_in="query")
+    try:
+        assert c.is_online(7) is True
+        c.refresh_token(echo.url + "/t", client_id="c", client_secret="s", refresh_token="r")
+    finally:
+        c.close()
+    presence, token = echo.requests
+    assert "apiKey=the-key" in presence["path"] and "UserID=7" in presence["path"]
+    assert "apikey" not in presence["headers"]
+    assert "the-key" not in token["path"]  # the OAuth host gets no API key at all
+    assert token["headers"]["user-agent"] == f"rebook/{__version__}"
+
+
+def test_a_page_that_echoes_the_url_never_puts_the_key_in_an_error(echo: Echo) -> None:
+    """A proxy's error page often quotes the URL it was asked for, `?apiKey=` included."""
+    c = UpstreamClient(echo.url, "the-secret-key", api_key_in="query")
+    echo.status = 502
+    echo.body = b"<html>Bad gateway for /v1/x?apiKey=the-secret-key</html>"
+    echo.headers = {"Content-Type": "text/html"}
+    try:
+        with pytest.raises(UpstreamError) as info:
+            c.user_summary(7)
+    finally:
+        c.close()
+    assert "the-secret-key" not in str(info.value)
+    assert "the-secret-key" not in repr(info.value.args)
+
+
+def test_the_sandbox_takes_the_key_in_the_query(sandbox_server: SandboxServer) -> None:
+    c = UpstreamClient(sandbox_server.url, KEY, api_key_in="query")
+    wrong = UpstreamClient(sandbox_server.url, "wrong", api_key_in="query")
+    try:
+        assert c.is_online(7) is False
+        with pytest.raises(AuthExpired):
+            wrong.is_online(7)
+    finally:
+        c.close()
+        wrong.close()
 
 
 def test_presence_call_has_api_key_but_no_bearer(echo: Echo) -> None:
