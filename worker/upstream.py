@@ -36,7 +36,7 @@ from worker.models import (
     MadeBookingsPage,
     UserSummary,
     WebcamBooking,
-    to_site_time,
+    site_date,
 )
 
 log = logging.getLogger(__name__)
@@ -272,15 +272,18 @@ class UpstreamClient:
         return exc
 
     def _model(self, model: type[M], payload: Any, endpoint: str, *, idempotent: bool = True) -> M:
+        """The typed answer, or a readable error naming the field: Transient for a read,
+        Ambiguous for a POST (it was answered, so it may have taken effect)."""
+        cls = Transient if idempotent else Ambiguous
         try:
             return model.model_validate(payload, context={"tz": self.zone})
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first.get("loc", ()))
-            cls = Transient if idempotent else Ambiguous
-            raise cls(
-                f"unexpected body shape ({where}: {first.get('msg')})", endpoint=endpoint
-            ) from None
+            msg = str(first.get("msg", "")).removeprefix("Value error, ")
+            raise cls(f"unexpected body shape ({where}: {msg})", endpoint=endpoint) from None
+        except Exception as exc:  # whatever a body can make a validator raise: never a crash
+            raise cls(f"unreadable body ({type(exc).__name__})", endpoint=endpoint) from None
 
     # -- operations ------------------------------------------------------------------------------
 
@@ -310,17 +313,25 @@ class UpstreamClient:
             "PageNumber": page,
         }
         if start is not None:
-            params["StartDate"] = to_site_time(start, self.zone)
+            # documented as `yyyy-mm-dd` (a date, on CreateDate): the page is a superset of what
+            # was created since `start`; iter_made_bookings filters by the exact time
+            params["StartDate"] = site_date(start, self.zone)
         payload = self._call("MadeBookings", token=token, params=params)
         return self._model(MadeBookingsPage, payload, "MadeBookings")
 
     def iter_made_bookings(
         self, token: str, *, start: datetime | None = None, max_pages: int = 10
     ) -> Iterator[WebcamBooking]:
-        """Newest first, across pages, at most `max_pages` calls."""
+        """Newest first, across pages, at most `max_pages` calls; with `start`, only bookings
+        created at or after it (or whose CreateDate is unset), as the day-early StartDate lets
+        older ones through, and no page is read past the first booking older than `start`."""
         for number in range(1, max_pages + 1):
             page = self.made_bookings(token, start=start, page=number)
-            yield from page.bookings
+            for booking in page.bookings:
+                created = booking.create_date
+                if start is not None and created is not None and created < start:
+                    return  # newest first: everything after this one is older still
+                yield booking
             if number >= page.page_count or not page.bookings:
                 return
 

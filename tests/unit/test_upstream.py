@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import re
 import socket
 import threading
 import time
@@ -90,8 +91,12 @@ def test_made_bookings_newest_first_and_start(
     page = client.made_bookings(member["token"])
     assert [b.booking_id for b in page.bookings] == [new.booking_id, member["booking"]]
     assert page.total_bookings == 2 and page.page_count == 1
-    recent = client.made_bookings(member["token"], start=datetime.now(UTC) - timedelta(minutes=5))
-    assert [b.booking_id for b in recent.bookings] == [new.booking_id]
+    since = datetime.now(UTC) - timedelta(minutes=5)
+    # StartDate is a date (a day early): the page has both, the iterator only what is recent
+    day = client.made_bookings(member["token"], start=since)
+    assert [b.booking_id for b in day.bookings] == [new.booking_id, member["booking"]]
+    recent = list(client.iter_made_bookings(member["token"], start=since))
+    assert [b.booking_id for b in recent] == [new.booking_id]
     oldest = client.made_bookings(member["token"], newest_first=False)
     assert [b.booking_id for b in oldest.bookings] == [member["booking"], new.booking_id]
 
@@ -302,10 +307,106 @@ def test_made_bookings_query_uses_site_time(echo: Echo) -> None:
     finally:
         c.close()
     path = echo.requests[0]["path"]
-    assert "StartDate=2024-07-01T12%3A00%3A00" in path  # 11:00 UTC is 12:00 BST
+    assert re.search(r"StartDate=2024-06-30(&|$)", path)  # yyyy-mm-dd, the site day before
     assert "OrderBy=createddate-desc" in path
     assert "PageNumber=2" in path
     assert "BookingsPerPage=100" in path
+
+
+@pytest.mark.parametrize(
+    ("zone", "instant", "sent"),
+    [
+        ("Europe/London", datetime(2024, 7, 1, 23, 30, tzinfo=UTC), "2024-07-01"),  # 00:30 BST 2nd
+        ("Europe/London", datetime(2024, 1, 1, 23, 30, tzinfo=UTC), "2023-12-31"),  # GMT
+        ("Asia/Tokyo", datetime(2024, 7, 1, 16, 0, tzinfo=UTC), "2024-07-01"),  # 01:00 on the 2nd
+        ("America/New_York", datetime(2024, 7, 2, 3, 0, tzinfo=UTC), "2024-06-30"),  # 23:00 1st
+    ],
+)
+def test_start_date_is_the_site_day_before(
+    echo: Echo, zone: str, instant: datetime, sent: str
+) -> None:
+    echo.body = json.dumps({"PageCount": 1, "WebcamBookings": []}).encode()
+    c = UpstreamClient(echo.url, "k", zone=ZoneInfo(zone))
+    try:
+        c.made_bookings("t", start=instant)
+    finally:
+        c.close()
+    assert re.search(f"StartDate={sent}(&|$)", echo.requests[0]["path"])
+
+
+def test_iter_made_bookings_filters_by_the_exact_time_and_stops_early(echo: Echo) -> None:
+    """What the day-early StartDate lets through is dropped here; the page after the first older
+    booking is never read (newest first)."""
+    start = datetime(2024, 7, 1, 12, 0, tzinfo=UTC)  # 13:00 BST
+    rows = [
+        {"WebcamBookingID": 3, "CreateDate": "2024-07-01T13:30:00"},
+        {"WebcamBookingID": 2, "CreateDate": "0001-01-01T00:00:00"},  # unset: kept
+        {"WebcamBookingID": 1, "CreateDate": "2024-07-01T12:59:59"},  # a second too old
+    ]
+    echo.body = json.dumps({"PageCount": 5, "WebcamBookings": rows}).encode()
+    c = UpstreamClient(echo.url, "k", zone=ZoneInfo("Europe/London"))
+    try:
+        got = [b.booking_id for b in c.iter_made_bookings("t", start=start)]
+        assert [b.booking_id for b in c.iter_made_bookings("t")] == [3, 2, 1] * 5
+    finally:
+        c.close()
+    assert got == [3, 2]
+    assert len(echo.requests) == 1 + 5
+
+
+@pytest.mark.parametrize("zone", ["Europe/Paris", "Asia/Tokyo", "America/New_York", "UTC"])
+def test_year_one_is_unset_on_every_datetime_field(echo: Echo, zone: str) -> None:
+    """`0001-01-01T00:00:00` is .NET's "no date": with a zone east of UTC it used to overflow."""
+    fields = [
+        "CreateDate",
+        "SessionDate",
+        "AcceptBy",
+        "AcceptedDate",
+        "ConfirmedDate",
+        "CancelledDate",
+        "LastUpdated",
+    ]
+    echo.body = json.dumps(
+        {"WebcamBookingID": 5, "Status": "Pending", **dict.fromkeys(fields, "0001-01-01T00:00:00")}
+    ).encode()
+    c = UpstreamClient(echo.url, "k", zone=ZoneInfo(zone))
+    try:
+        details = c.booking_details("t", 5)
+        made = c.reschedule("t", 5)
+    finally:
+        c.close()
+    for booking in (details, made):
+        assert booking.create_date is None and booking.accept_by is None
+        assert booking.last_updated is None and booking.session_date is None
+
+
+@pytest.mark.parametrize(
+    ("value", "zone"),
+    [
+        ("9999-12-31T23:59:59", "America/New_York"),  # past the end of the calendar in UTC
+        ("0001-01-01T00:00:00", "Europe/Paris"),  # unset, not an error (see above)
+        ("2024-02-30T10:00:00", "Europe/Paris"),
+        ("yesterday", "Europe/Paris"),
+    ],
+)
+def test_an_unreadable_datetime_is_a_readable_error_never_a_crash(
+    echo: Echo, value: str, zone: str
+) -> None:
+    echo.body = json.dumps({"WebcamBookingID": 5, "Status": "Pending", "AcceptBy": value}).encode()
+    c = UpstreamClient(echo.url, "k", zone=ZoneInfo(zone))
+    try:
+        if value.startswith("0001"):
+            assert c.booking_details("t", 5).accept_by is None
+            return
+        with pytest.raises(Transient) as read:
+            c.booking_details("t", 5)
+        with pytest.raises(Ambiguous) as posted:
+            c.reschedule("t", 5)
+    finally:
+        c.close()
+    for info in (read, posted):
+        assert "AcceptBy" in str(info.value)
+        assert "\n" not in str(info.value)
 
 
 def test_refresh_is_form_encoded(echo: Echo) -> None:
