@@ -69,7 +69,12 @@ OPERATIONS: tuple[str, ...] = tuple(op for op, _ in _ROUTES.values())
 _OP_BY_LOWER = {op.lower(): op for op in OPERATIONS}
 _MEMBER_OPS = frozenset(op for op in OPERATIONS if op not in ("getUserSummary", "token"))
 
-_PRE_FAULTS = frozenset({"http_500", "http_503", "http_429", "timeout"})
+_PRE_FAULTS = frozenset({"http_500", "http_503", "http_429", "timeout", "html_challenge"})
+#: What a CDN's bot challenge looks like: HTML, 403 (or 503), never the API's JSON.
+CHALLENGE_PAGE = (
+    b'<!DOCTYPE html><html lang="en-US"><head><title>Just a moment...</title></head>'
+    b"<body><noscript>Enable JavaScript and cookies to continue</noscript></body></html>"
+)
 _POST_FAULTS = frozenset({"http_500_after_commit", "timeout_after_commit", "bad_json"})
 FAULT_KINDS: frozenset[str] = _PRE_FAULTS | _POST_FAULTS
 
@@ -217,6 +222,7 @@ class _Fault:
     remaining: int
     retry_after: float | None
     delay: float | None
+    status: int | None = None
 
 
 class _SandboxState:
@@ -471,6 +477,12 @@ class _SandboxState:
             if fault.retry_after is not None:
                 headers["Retry-After"] = str(math.ceil(fault.retry_after))
             return _json(429, {"Message": "Too many requests"}, headers)
+        if fault.kind == "html_challenge":
+            return _Response(
+                fault.status or 403,
+                CHALLENGE_PAGE,
+                {"Content-Type": "text/html; charset=UTF-8", "Cache-Control": "no-store"},
+            )
         time.sleep(delay)  # "timeout"
         return _json(504, {"Message": "The operation has timed out."})
 
@@ -809,6 +821,9 @@ class _SandboxState:
             raise _Reject(400, "count must be >= 1")
         retry_after = data.get("retry_after")
         delay = data.get("delay")
+        status = data.get("status")
+        if status is not None and (kind != "html_challenge" or status not in (403, 503)):
+            raise _Reject(400, "status is for html_challenge only: 403 or 503")
         self.faults.append(
             _Fault(
                 endpoint=endpoint.lower(),
@@ -816,6 +831,7 @@ class _SandboxState:
                 remaining=count,
                 retry_after=None if retry_after is None else _as_number(retry_after, "retry_after"),
                 delay=None if delay is None else _as_number(delay, "delay"),
+                status=status,
             )
         )
         return _json(200, {"faults_pending": self.faults_pending()})

@@ -9,8 +9,10 @@ upstream into :class:`Ambiguous`, so that nobody re-sends it blindly.
 from __future__ import annotations
 
 import email.utils
+import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -25,6 +27,7 @@ from worker import __version__
 from worker.errors import (
     Ambiguous,
     AuthExpired,
+    Challenged,
     NotFound,
     RateLimited,
     Rejected,
@@ -125,13 +128,62 @@ def _message(response: requests.Response) -> str:
     return text[:200] or f"HTTP {response.status_code}"
 
 
+_TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+
+
+#: Statuses a CDN or proxy answers in front of the API (challenge, rate limit, overload).
+_FRONT_STATUSES = frozenset({403, 429, 503})
+
+
+def is_api_answer(response: requests.Response) -> bool:
+    """False for what the API never writes: HTML (a CDN bot challenge, a proxy's error page), or
+    with a 403/429/503 a body that is neither JSON nor the API's own XML (the API may answer
+    plain text for other errors). An empty body says nothing either way."""
+    ctype = response.headers.get("Content-Type", "").lower()
+    if "html" in ctype:
+        return False
+    body = response.content.strip()
+    if not body or "xml" in ctype or body.startswith(b"<?xml"):
+        return True
+    if body[:1] == b"<":
+        return False  # markup without a content type: a page, not the API's JSON
+    if response.status_code not in _FRONT_STATUSES:
+        return True
+    try:
+        json.loads(body)
+    except ValueError:
+        return False
+    return True
+
+
+def _page_message(response: requests.Response) -> str:
+    found = _TITLE.search(response.content[:4096])
+    title = " ".join(found.group(1).decode("utf-8", "replace").split())[:80] if found else ""
+    ctype = response.headers.get("Content-Type", "").split(";")[0].strip() or "no content type"
+    return f"not the API's answer ({ctype}{': ' + title if title else ''})"
+
+
 def error_for_response(
     endpoint: str, response: requests.Response, *, idempotent: bool
 ) -> UpstreamError:
-    """The one status→exception mapping: the class carries the retry decision."""
+    """The one status→exception mapping: the class carries the retry decision.
+
+    A page that is not the API's answer (HTML, or not JSON at all) is never a refusal: it is
+    :class:`Challenged` (transient, "not sent") — except, for a non-idempotent POST, a 5xx
+    gateway page other than 503 (500/502/504): a proxy may have forwarded the request before
+    failing, so that stays :class:`Ambiguous` (reconciled, never re-sent blindly). A 403/429/503
+    page is a CDN challenge or an overload page in front of the API: nothing was sent on.
+    """
     status = response.status_code
-    msg = _message(response)
     kw: dict[str, Any] = {"endpoint": endpoint, "status": status}
+    if not is_api_answer(response):
+        msg = _page_message(response)
+        if not idempotent and status >= 500 and status != 503:
+            return Ambiguous(msg, **kw)
+        return Challenged(
+            msg, retry_after=parse_retry_after(response.headers.get("Retry-After")), **kw
+        )
+    msg = _message(response)
     if status == 401:
         return AuthExpired(msg, **kw)
     if status == 429:
@@ -251,6 +303,11 @@ class UpstreamClient:
             try:
                 return response.json()
             except ValueError:
+                if idempotent and not is_api_answer(response):
+                    raise Challenged(
+                        _page_message(response), endpoint=endpoint, status=response.status_code
+                    ) from None
+                # a POST answered 2xx: whatever the body, the upstream may have acted on it
                 cls = Transient if idempotent else Ambiguous
                 raise cls(
                     "unreadable body (not JSON)", endpoint=endpoint, status=response.status_code
@@ -266,7 +323,8 @@ class UpstreamClient:
 
     def _scrubbed(self, exc: UpstreamError) -> UpstreamError:
         """A proxy's error page may echo the request URL, and with it `?apiKey=`."""
-        if self._api_key and self._api_key in exc.message:
+        # (a key of a few characters would mangle every message: real keys are long)
+        if len(self._api_key) >= 6 and self._api_key in exc.message:
             exc.message = exc.message.replace(self._api_key, "***")
             exc.args = (exc.message,)
         return exc
@@ -383,13 +441,19 @@ class UpstreamClient:
                 )
             except requests.RequestException as exc:
                 raise error_for_exception("token", exc, idempotent=True) from None
-            if response.status_code in (400, 401):
+            if response.status_code in (400, 401) and is_api_answer(response):
+                # only the OAuth server's own answer is a refusal (-> reauth): an HTML page in
+                # front of it (a CDN challenge) is Challenged, tried again later
                 raise Rejected(_message(response), endpoint="token", status=response.status_code)
             if not 200 <= response.status_code < 300:
                 raise error_for_response("token", response, idempotent=True)
             try:
                 body = response.json()
             except ValueError:
+                if not is_api_answer(response):
+                    raise Challenged(
+                        _page_message(response), endpoint="token", status=response.status_code
+                    ) from None
                 raise Transient("unreadable token body", endpoint="token") from None
             if not isinstance(body, dict):
                 raise Transient("token body is not an object", endpoint="token")

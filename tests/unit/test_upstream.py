@@ -21,6 +21,7 @@ from worker import __version__
 from worker.errors import (
     Ambiguous,
     AuthExpired,
+    Challenged,
     NotFound,
     RateLimited,
     Rejected,
@@ -407,6 +408,123 @@ def test_an_unreadable_datetime_is_a_readable_error_never_a_crash(
     for info in (read, posted):
         assert "AcceptBy" in str(info.value)
         assert "\n" not in str(info.value)
+
+
+CHALLENGE = b"<!DOCTYPE html><html><head><title>Just a moment...</title></head><body/></html>"
+
+
+def _answer(echo: Echo, status: int, body: bytes, ctype: str | None) -> None:
+    echo.status, echo.body = status, body
+    echo.headers = {"Content-Type": ctype} if ctype else {}
+
+
+def _calls(c: UpstreamClient) -> dict[str, Any]:
+    return {
+        "read": lambda: c.booking_details("t", 5),
+        "presence": lambda: c.user_summary(5),
+        "reschedule": lambda: c.reschedule("t", 5),
+        "confirm": lambda: c.confirm("t", 5),
+    }
+
+
+@pytest.mark.parametrize("status", [403, 429, 503])
+@pytest.mark.parametrize(
+    ("body", "ctype"),
+    [
+        (CHALLENGE, "text/html; charset=UTF-8"),
+        (CHALLENGE, None),  # markup with no content type
+        (b"Access denied by policy", "text/plain"),  # not JSON at all
+    ],
+)
+def test_a_challenge_page_never_reached_the_api(
+    echo: Echo, status: int, body: bytes, ctype: str | None
+) -> None:
+    """403/429/503 pages in front of the API: Challenged (transient, "not sent") for every
+    call, the non-idempotent POSTs included; never Rejected, never AuthExpired."""
+    _answer(echo, status, body, ctype)
+    seen: list[tuple[str, str]] = []
+    c = UpstreamClient(echo.url, "k", on_call=lambda e, o: seen.append((e, o)))
+    try:
+        for name, call in _calls(c).items():
+            with pytest.raises(Challenged) as info:
+                call()
+            assert info.value.retryable, name
+            assert info.value.status == status
+            assert "not the API's answer" in str(info.value)
+    finally:
+        c.close()
+    assert {o for _, o in seen} == {"Challenged"}  # a distinct outcome for the exporter
+
+
+@pytest.mark.parametrize("status", [500, 502, 504])
+def test_a_gateway_page_after_a_post_stays_ambiguous(echo: Echo, status: int) -> None:
+    """A proxy's 500/502/504 page may come after it forwarded the POST: reconcile, never
+    re-send blindly. For a read it is just transient."""
+    _answer(echo, status, b"<html><title>502 Bad Gateway</title></html>", "text/html")
+    c = UpstreamClient(echo.url, "k")
+    try:
+        for name, call in _calls(c).items():
+            expected = Ambiguous if name in ("reschedule", "confirm") else Challenged
+            with pytest.raises(expected):
+                call()
+    finally:
+        c.close()
+
+
+def test_the_api_s_own_answers_keep_their_meaning(echo: Echo) -> None:
+    """JSON and the API's XML are the API's: a 403 with a Message is still a refusal."""
+    c = UpstreamClient(echo.url, "k")
+    try:
+        _answer(echo, 403, b'{"Message": "Not your booking"}', "application/json")
+        with pytest.raises(Rejected, match="Not your booking"):
+            c.reschedule("t", 5)
+        _answer(echo, 400, b'<?xml version="1.0"?><Error><Message>no</Message></Error>', None)
+        with pytest.raises(Rejected):
+            c.reschedule("t", 5)
+        _answer(echo, 401, b"", None)  # an empty body says nothing either way
+        with pytest.raises(AuthExpired):
+            c.booking_details("t", 5)
+    finally:
+        c.close()
+
+
+def test_an_html_200_is_challenged_on_a_read_and_ambiguous_on_a_post(echo: Echo) -> None:
+    _answer(echo, 200, CHALLENGE, "text/html")
+    c = UpstreamClient(echo.url, "k")
+    try:
+        with pytest.raises(Challenged):
+            c.booking_details("t", 5)
+        with pytest.raises(Ambiguous):
+            c.reschedule("t", 5)
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 503])
+def test_a_page_in_front_of_the_token_endpoint_is_not_a_refusal(echo: Echo, status: int) -> None:
+    """Only the OAuth server's own 400/401 means "sign in again" (-> reauth)."""
+    _answer(echo, status, CHALLENGE, "text/html")
+    c = UpstreamClient(echo.url, "k")
+    try:
+        with pytest.raises(Challenged):
+            c.refresh_token(echo.url + "/t", client_id="c", client_secret="s", refresh_token="r")
+        _answer(echo, 401, b'{"error": "refresh_token_has_expired"}', "application/json")
+        with pytest.raises(Rejected):
+            c.refresh_token(echo.url + "/t", client_id="c", client_secret="s", refresh_token="r")
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("status", [403, 503])
+def test_sandbox_html_challenge_fault(
+    client: UpstreamClient, sandbox: SandboxClient, member: dict[str, Any], status: int
+) -> None:
+    sandbox.set_online(7, True)
+    sandbox.fault("RescheduleMadeBooking", "html_challenge", status=status)
+    with pytest.raises(Challenged):
+        client.reschedule(member["token"], member["booking"])
+    assert sandbox.stats()["new_bookings"] == {}  # it never reached the API
+    assert client.reschedule(member["token"], member["booking"]).booking_id > 0
 
 
 def test_refresh_is_form_encoded(echo: Echo) -> None:
