@@ -67,6 +67,19 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client.close()
 
 
+#: The sandbox's options as a test starts (`reset` keeps options: a test that changed one must
+#: not change the next test's sandbox).
+SANDBOX_DEFAULTS: dict[str, Any] = {
+    "accept_by_seconds": 600,
+    "token_ttl_seconds": 3600,
+    "fault_delay_seconds": 2.0,
+    "documented": False,
+    "list_name": "WebcamBookings",
+    "total_name": "TotalBookings",
+    "site_zone": "Europe/London",
+}
+
+
 @pytest.fixture(scope="session")
 def sandbox_server() -> Iterator[SandboxServer]:
     with SandboxServer(port=0) as server:
@@ -77,7 +90,7 @@ def sandbox_server() -> Iterator[SandboxServer]:
 def sandbox(sandbox_server: SandboxServer) -> Iterator[SandboxClient]:
     client = SandboxClient(sandbox_server.url)
     client.reset()
-    client.configure(accept_by_seconds=600, token_ttl_seconds=3600, fault_delay_seconds=2.0)
+    client.configure(**SANDBOX_DEFAULTS)
     yield client
     client.close()
 

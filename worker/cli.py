@@ -396,11 +396,18 @@ def tokens_keygen() -> None:
 def sandbox(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8765,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    oauth_port: Annotated[
+        int | None, typer.Option(help="OAuth on its own port, as the upstream has it.")
+    ] = None,
+    documented: Annotated[
+        bool, typer.Option(help="Strict StartDate, year-1 unset dates (the docs' forms).")
+    ] = False,
 ) -> None:
-    """Run the sandbox upstream (an in-memory fake of the API) until Ctrl-C."""
+    """Run the sandbox upstream (an in-memory fake of the API) until Ctrl-C; prints the
+    variables that point rebook at it."""
     from worker.sandbox import SandboxServer
 
-    server = SandboxServer(host, port, quiet=False)
+    server = SandboxServer(host, port, oauth_port=oauth_port, documented=documented, quiet=False)
     out.print(f"sandbox upstream on {server.url} (Ctrl-C to stop); to use it:", highlight=False)
     for name, value in server.env().items():
         sys.stdout.write(f"export {name}={value}\n")
