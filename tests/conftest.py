@@ -22,6 +22,18 @@ from worker.sandbox import SandboxClient, SandboxServer
 from worker.settings import Settings, load_settings
 
 TEST_TOKEN_KEY = Fernet.generate_key().decode()
+#: The settings that have no default, for this process (importing `worker.app` reads them). The
+#: upstream is a closed local port: no test reaches the production default by accident; tests
+#: that talk to a sandbox pass its URL and key themselves (`fast_settings`, `SandboxServer.env`).
+TEST_PROCESS_ENV = {
+    "REBOOK_API_BASE_URL": "http://127.0.0.1:9",
+    "REBOOK_OAUTH_TOKEN_URL": "http://127.0.0.1:9/OAuth/token",
+    "REBOOK_API_KEY": "sandbox-key",
+    "REBOOK_OAUTH_CLIENT_ID": "sandbox-client",
+    "REBOOK_OAUTH_CLIENT_SECRET": "sandbox-secret",
+}
+for _name, _value in TEST_PROCESS_ENV.items():
+    os.environ.setdefault(_name, _value)
 #: The fields DESIGN.md promises in `rebook status --json` / `list --json` objects.
 PUBLIC_FIELDS = (
     "rebook_id",
@@ -55,6 +67,19 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client.close()
 
 
+#: The sandbox's options as a test starts (`reset` keeps options: a test that changed one must
+#: not change the next test's sandbox).
+SANDBOX_DEFAULTS: dict[str, Any] = {
+    "accept_by_seconds": 600,
+    "token_ttl_seconds": 3600,
+    "fault_delay_seconds": 2.0,
+    "documented": False,
+    "list_name": "WebcamBookings",
+    "total_name": "TotalBookings",
+    "site_zone": "Europe/London",
+}
+
+
 @pytest.fixture(scope="session")
 def sandbox_server() -> Iterator[SandboxServer]:
     with SandboxServer(port=0) as server:
@@ -65,7 +90,7 @@ def sandbox_server() -> Iterator[SandboxServer]:
 def sandbox(sandbox_server: SandboxServer) -> Iterator[SandboxClient]:
     client = SandboxClient(sandbox_server.url)
     client.reset()
-    client.configure(accept_by_seconds=600, token_ttl_seconds=3600, fault_delay_seconds=2.0)
+    client.configure(**SANDBOX_DEFAULTS)
     yield client
     client.close()
 
@@ -80,6 +105,11 @@ def fast_settings(redis_url: str, api_base_url: str, prefix: str, **extra: Any) 
     values: dict[str, Any] = {
         "redis_url": redis_url,
         "api_base_url": api_base_url,
+        # the local sandbox's key and OAuth client (the defaults are production's, with no key)
+        "api_key": "sandbox-key",
+        "oauth_token_url": f"{api_base_url}/OAuth/token",
+        "oauth_client_id": "sandbox-client",
+        "oauth_client_secret": "sandbox-secret",
         "key_prefix": prefix,
         "token_key": TEST_TOKEN_KEY,
         "presence_interval_seconds": 0.3,

@@ -361,6 +361,50 @@ def tokens_set(user: Annotated[str, typer.Argument(metavar="USER")]) -> None:
     )
 
 
+@tokens_cli.command("import")
+def tokens_import() -> None:
+    """Store many members' tokens: JSON lines on stdin, each `{"user_id", "access_token",
+    "refresh_token", "expires_in" | "expires_at"}` — how a site hands its members over.
+
+    Lines that cannot be stored are named by number on stderr (never their content: it holds
+    tokens) and skipped; the others are stored. Exit 1 when any line was refused."""
+    lines = sys.stdin.read().splitlines()
+    parsed: list[tuple[str, TokenSet]] = []
+    refused: list[str] = []
+    now = time.time()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            payload = json.loads(line)
+        except ValueError:
+            refused.append(f"line {number}: not JSON")
+            continue
+        user = payload.get("user_id") if isinstance(payload, dict) else None
+        if not isinstance(user, str | int) or isinstance(user, bool) or not str(user).strip():
+            refused.append(f"line {number}: user_id missing")
+            continue
+        try:
+            parsed.append((str(user), TokenSet.from_token_response(payload, now)))
+        except ValueError as exc:
+            refused.append(f"line {number} ({user}): {exc}")
+    svc = _services()
+    flow = _flow() if parsed else None
+    resumed = 0
+    for user, tokens in parsed:
+        svc.token_store.save(user, tokens)
+        if flow is not None:
+            resumed += flow.resume_member(user)
+    for why in refused:
+        say_error(why)
+    out.print(
+        f"imported tokens of {len(parsed)} member(s); {len(refused)} line(s) refused"
+        + (f"; resumed {resumed} rebook(s)" if resumed else "")
+    )
+    if refused:
+        raise typer.Exit(1)
+
+
 @tokens_cli.command("show")
 def tokens_show(user: Annotated[str, typer.Argument(metavar="USER")]) -> None:
     """When a member's access token expires (never the tokens themselves)."""
@@ -396,12 +440,22 @@ def tokens_keygen() -> None:
 def sandbox(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8765,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    oauth_port: Annotated[
+        int | None, typer.Option(help="OAuth on its own port, as the upstream has it.")
+    ] = None,
+    documented: Annotated[
+        bool, typer.Option(help="Strict StartDate, year-1 unset dates (the docs' forms).")
+    ] = False,
 ) -> None:
-    """Run the sandbox upstream (an in-memory fake of the API) until Ctrl-C."""
+    """Run the sandbox upstream (an in-memory fake of the API) until Ctrl-C; prints the
+    variables that point rebook at it."""
     from worker.sandbox import SandboxServer
 
-    server = SandboxServer(host, port, quiet=False)
-    out.print(f"sandbox upstream on {server.url} (API key 'sandbox-key'; Ctrl-C to stop)")
+    server = SandboxServer(host, port, oauth_port=oauth_port, documented=documented, quiet=False)
+    out.print(f"sandbox upstream on {server.url} (Ctrl-C to stop); to use it:", highlight=False)
+    for name, value in server.env().items():
+        sys.stdout.write(f"export {name}={value}\n")
+    sys.stdout.flush()
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -422,8 +476,13 @@ def demo(
 
 @cli.command()
 def doctor() -> None:
-    """Check settings, Redis, broker, upstream, token key, beat and workers; exit 1 on a FAIL."""
+    """Check settings, Redis, broker, upstream, token key, beat and workers; exit 1 on a FAIL.
+
+    Settings that are missing or bad stop it first with one line (exit 2), like the worker."""
     from worker.doctor import run_checks
+    from worker.settings import load_settings
+
+    load_settings()  # ConfigError: main() prints the one line and exits 2
 
     ok = True
     for check in run_checks():

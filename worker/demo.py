@@ -79,12 +79,9 @@ STATE_STYLE = {
 
 # The settings the demo runs with (as environment variables, so the children see them too).
 # Sub-second sweeps and 1 s presence/watch intervals make a 12-hour story fit in a minute.
+# The upstream's URL, key, OAuth client and zone come from the sandbox (`SandboxServer.env()`).
 FAST_ENV = {
-    "REBOOK_API_KEY": "sandbox-key",
-    "REBOOK_API_KEY_HEADER": "apiKey",
-    "REBOOK_API_TIMEZONE": "Europe/London",
-    "REBOOK_OAUTH_CLIENT_ID": "sandbox-client",
-    "REBOOK_OAUTH_CLIENT_SECRET": "sandbox-secret",
+    "REBOOK_API_KEY_IN": "header",
     "REBOOK_PRESENCE_INTERVAL_SECONDS": "1.0",
     "REBOOK_WATCH_INTERVAL_SECONDS": "1.0",
     "REBOOK_SWEEP_INTERVAL_SECONDS": "0.5",
@@ -102,7 +99,6 @@ FAST_ENV = {
 # A real deployment's fan-out and error reporting must never receive demo traffic.
 UNSET_IN_DEMO = (
     "REBOOK_BROKER_URL",
-    "REBOOK_OAUTH_TOKEN_URL",
     "REBOOK_OUTCOME_TASK",
     "REBOOK_WEBHOOK_URL",
     "REBOOK_WEBHOOK_SECRET",
@@ -465,15 +461,16 @@ def _render(
 
 
 def _demo_env(
-    redis_url: str, prefix: str, sandbox_url: str, token_key: str
+    redis_url: str, prefix: str, sandbox_env: dict[str, str], token_key: str
 ) -> tuple[dict[str, str], dict[str, Any]]:
-    """The child environment and the same values as `load_settings` overrides."""
+    """The child environment and the same values as `load_settings` overrides; the upstream
+    settings are the local sandbox's (`sandbox_env`), whatever the caller's environment says."""
     values = {
         **FAST_ENV,
+        **sandbox_env,
         "REBOOK_REDIS_URL": redis_url,
         "REBOOK_KEY_PREFIX": prefix,
         "REBOOK_BROKER_KEY_PREFIX": prefix,
-        "REBOOK_API_BASE_URL": sandbox_url,
         "REBOOK_TOKEN_KEY": token_key,
     }
     env = {k: v for k, v in os.environ.items() if k not in UNSET_IN_DEMO}
@@ -787,7 +784,8 @@ def _run(
     console: Console,
 ) -> int:
     plan = scenario(rebooks, performers, seed)
-    base = load_settings()
+    # only Redis and the token key are taken from the environment: the upstream is the sandbox
+    base = load_settings(api_key="-", oauth_client_id="-", oauth_client_secret="-")
     prefix = f"rebook-demo-{run_id}:"
     if reachable(base.redis_url):
         redis_url = base.redis_url
@@ -809,7 +807,7 @@ def _run(
     token_key = (
         base.token_key.get_secret_value() if base.token_key else Fernet.generate_key().decode()
     )
-    env, overrides = _demo_env(redis_url, prefix, res.sandbox.url, token_key)
+    env, overrides = _demo_env(redis_url, prefix, res.sandbox.env(), token_key)
     settings: Settings = load_settings(**overrides)
 
     node = f"demo-{run_id}@{socket.gethostname()}"
@@ -847,7 +845,14 @@ def _run(
         soft_wrap=True,
     )
 
-    from worker.app import make_app  # late: importing the app reads the process settings
+    # importing the app reads this process's settings: the demo's, like its children's
+    for name in UNSET_IN_DEMO:
+        os.environ.pop(name, None)
+    os.environ.update(env)
+    from worker.runtime import reset
+
+    reset()
+    from worker.app import make_app
     from worker.runtime import build_services
 
     res.producer = producer = make_app(settings)

@@ -99,6 +99,7 @@ def _upstream(settings: Settings) -> Check:
         settings.api_base_url,
         settings.api_key.get_secret_value(),
         api_key_header=settings.api_key_header,
+        api_key_in=settings.api_key_in,
         timeout=min(5.0, settings.http_timeout_seconds),
         zone=settings.zone,
     )

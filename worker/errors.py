@@ -75,6 +75,12 @@ class RateLimited(Transient):
     """HTTP 429: try again after `retry_after` seconds, or a backoff when none was given."""
 
 
+class Challenged(Transient):
+    """Not the API's answer: an HTML page or a body that is not JSON (a CDN bot challenge, a
+    proxy's error page). It never reached the API, so it is never a refusal and never a reason
+    to re-authorise; try again after a backoff (`retry_after` if the page gave one)."""
+
+
 class Throttled(RateLimited):
     """Our own shared rate budget said wait (`retry_after`): no request went out. Never counts
     toward an attempt limit: it says "not now", not "failed"."""

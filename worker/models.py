@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
@@ -74,7 +74,13 @@ _FRACTION = re.compile(r"(\.\d{6})\d+")
 
 
 def parse_upstream_datetime(value: Any, zone: ZoneInfo = DEFAULT_ZONE) -> datetime | None:
-    """An upstream datetime as aware UTC; offset-less values are site time (`zone`)."""
+    """An upstream datetime as aware UTC; offset-less values are site time (`zone`).
+
+    Year 1 (`0001-01-01T00:00:00`, .NET's `DateTime.MinValue`) is how the upstream writes "not
+    set": None, never a date (shifting it by a zone east of UTC overflows). Anything unreadable,
+    an overflow at the other end of the calendar included, is a ValueError: pydantic turns that
+    into a validation error naming the field, where an OverflowError would escape as a crash.
+    """
     if value is None or value == "":
         return None
     if isinstance(value, datetime):
@@ -87,9 +93,21 @@ def parse_upstream_datetime(value: Any, zone: ZoneInfo = DEFAULT_ZONE) -> dateti
             raise ValueError(f"not an ISO 8601 datetime: {value[:40]!r}") from exc
     else:
         raise ValueError(f"not a datetime: {type(value).__name__}")
+    if parsed.year == 1:
+        return None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=zone)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except (OverflowError, ValueError) as exc:
+        raise ValueError(f"datetime out of range: {str(value)[:40]!r}") from exc
+
+
+def site_date(value: datetime, zone: ZoneInfo = DEFAULT_ZONE) -> str:
+    """`yyyy-mm-dd` of the site-time day before `value`: MadeBookings' documented StartDate form
+    takes a date only, and a day early keeps everything since `value` in the answer even when
+    the site zone is not what we believe (the caller filters by the exact time)."""
+    return (value.astimezone(zone) - timedelta(days=1)).date().isoformat()
 
 
 def iso_z(value: datetime | None) -> str:
@@ -120,7 +138,12 @@ class UpstreamModel(BaseModel):
         field = cls.model_fields.get(info.field_name or "")
         if field is not None and field.annotation in (datetime | None, datetime):
             zone = (info.context or {}).get("tz", DEFAULT_ZONE)
-            return parse_upstream_datetime(value, zone)
+            try:
+                return parse_upstream_datetime(value, zone)
+            except ValueError:
+                raise
+            except Exception as exc:  # never a crash: a readable error naming the field
+                raise ValueError(f"unreadable datetime ({type(exc).__name__})") from None
         return value
 
 

@@ -77,6 +77,7 @@ def build_services(settings: Settings) -> Services:
         settings.api_base_url,
         settings.api_key.get_secret_value(),
         api_key_header=settings.api_key_header,
+        api_key_in=settings.api_key_in,
         timeout=settings.http_timeout_seconds,
         zone=settings.zone,
         limiter=limiter,

@@ -19,6 +19,7 @@ import contextlib
 import itertools
 import json
 import math
+import re
 import secrets
 import sys
 import threading
@@ -31,7 +32,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import requests
 
@@ -69,7 +70,12 @@ OPERATIONS: tuple[str, ...] = tuple(op for op, _ in _ROUTES.values())
 _OP_BY_LOWER = {op.lower(): op for op in OPERATIONS}
 _MEMBER_OPS = frozenset(op for op in OPERATIONS if op not in ("getUserSummary", "token"))
 
-_PRE_FAULTS = frozenset({"http_500", "http_503", "http_429", "timeout"})
+_PRE_FAULTS = frozenset({"http_500", "http_503", "http_429", "timeout", "html_challenge"})
+#: What a CDN's bot challenge looks like: HTML, 403 (or 503), never the API's JSON.
+CHALLENGE_PAGE = (
+    b'<!DOCTYPE html><html lang="en-US"><head><title>Just a moment...</title></head>'
+    b"<body><noscript>Enable JavaScript and cookies to continue</noscript></body></html>"
+)
 _POST_FAULTS = frozenset({"http_500_after_commit", "timeout_after_commit", "bad_json"})
 _LATE_FAULTS = frozenset({"http_504_commit_later", "timeout_commit_later"})
 """The answer is a 504 (at once, or after `delay`) and the work is done `commit_delay` seconds
@@ -80,6 +86,9 @@ CALL_LOG_SIZE = 200_000
 """Upstream calls kept for `GET /_sandbox/calls` (oldest dropped first)."""
 CALL_LOG_PAGE = 10_000
 CALL_LOG_MAX_PAGE = 100_000
+
+YEAR_ONE = "0001-01-01T00:00:00"
+"""How the upstream writes an unset date (.NET's DateTime.MinValue; `/Site/API/GetHotList`)."""
 
 _DENIED = "Authorization has been denied for this request."
 _NOT_FOUND = "Booking not found"
@@ -164,16 +173,69 @@ def _ci_get(data: Mapping[str, Any], name: str) -> Any:
 
 @dataclass
 class _Config:
+    """What `POST /_sandbox/config` sets; it survives `reset`.
+
+    The behaviours the upstream's docs show, each an option (all on with `documented: true`):
+    `strict_start_date` (MadeBookings' StartDate must be `yyyy-mm-dd`, else 400),
+    `year_one_unset` (unset dates written `0001-01-01T00:00:00`, not null). And what the docs do
+    not say, as options: `list_name`/`total_name` of MadeBookings' answer, and `site_zone`, the
+    zone the offset-less datetimes are written in (independent of the worker's setting).
+    """
+
     accept_by_seconds: float
     token_ttl_seconds: float
     fault_delay_seconds: float
+    strict_start_date: bool = False
+    year_one_unset: bool = False
+    list_name: str = "WebcamBookings"
+    total_name: str = "TotalBookings"
+    site_zone: str = "Europe/London"
 
-    def as_dict(self) -> dict[str, float]:
-        return {
-            "accept_by_seconds": self.accept_by_seconds,
-            "token_ttl_seconds": self.token_ttl_seconds,
-            "fault_delay_seconds": self.fault_delay_seconds,
-        }
+    NUMBERS = ("accept_by_seconds", "token_ttl_seconds", "fault_delay_seconds")
+    FLAGS = ("strict_start_date", "year_one_unset")
+    NAMES = ("list_name", "total_name")
+    #: the options `documented: true` turns on
+    DOCUMENTED = FLAGS
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {k: getattr(self, k) for k in (*self.NUMBERS, *self.FLAGS)}
+        out.update({k: getattr(self, k) for k in self.NAMES})
+        out["site_zone"] = self.site_zone
+        out["documented"] = all(getattr(self, k) for k in self.DOCUMENTED)
+        return out
+
+    def update(self, data: Mapping[str, Any]) -> None:
+        """All or nothing: a bad value changes no option."""
+        known = {*self.NUMBERS, *self.FLAGS, *self.NAMES, "site_zone", "documented"}
+        unknown = set(data) - known
+        if unknown:
+            raise _Reject(400, f"unknown config keys: {', '.join(sorted(unknown))}")
+        values: dict[str, Any] = {}
+        if "documented" in data:
+            if not isinstance(data["documented"], bool):
+                raise _Reject(400, "documented must be a boolean")
+            values.update(dict.fromkeys(self.DOCUMENTED, data["documented"]))
+        for key, value in data.items():
+            if key in self.NUMBERS:
+                values[key] = _as_number(value, key)
+            elif key in self.FLAGS:
+                if not isinstance(value, bool):
+                    raise _Reject(400, f"{key} must be a boolean")
+                values[key] = value
+            elif key in self.NAMES:
+                if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+                    raise _Reject(400, f"{key} must be a JSON property name")
+                values[key] = value
+            elif key == "site_zone":
+                try:
+                    ZoneInfo(str(value))
+                except (ZoneInfoNotFoundError, ValueError) as exc:
+                    raise _Reject(400, f"unknown time zone {value!r}") from exc
+                values[key] = str(value)
+        if values.get("list_name", self.list_name) == values.get("total_name", self.total_name):
+            raise _Reject(400, "list_name and total_name must differ")
+        for key, value in values.items():
+            setattr(self, key, value)
 
 
 @dataclass
@@ -221,6 +283,7 @@ class _Fault:
     retry_after: float | None
     delay: float | None
     commit_delay: float | None = None
+    status: int | None = None
 
 
 class _SandboxState:
@@ -245,7 +308,7 @@ class _SandboxState:
         self.client_id = client_id
         self.client_secret = client_secret
         self.config = config
-        self.tz = ZoneInfo(timezone)
+        config.update({"site_zone": timezone})
         self.lock = threading.Lock()
         self._clear()
 
@@ -270,10 +333,15 @@ class _SandboxState:
 
     # --- formatting ---------------------------------------------------------------------------
 
+    @property
+    def tz(self) -> ZoneInfo:
+        """The site zone: offset-less datetimes are written and read in it."""
+        return ZoneInfo(self.config.site_zone)
+
     def fmt(self, value: datetime | None, fractional: bool) -> str | None:
-        """Offset-less site time, like the upstream."""
+        """Offset-less site time, like the upstream; unset is null, or year 1 as documented."""
         if value is None:
-            return None
+            return YEAR_ONE if self.config.year_one_unset else None
         local = value.astimezone(self.tz).replace(tzinfo=None)
         return local.isoformat(timespec="milliseconds" if fractional else "seconds")
 
@@ -306,8 +374,13 @@ class _SandboxState:
         }
 
     def parse_site_datetime(self, text: str) -> datetime:
-        """A StartDate: site-time date or datetime (an explicit offset is honoured)."""
+        """A StartDate: site-time date or datetime (an explicit offset is honoured); with
+        `strict_start_date` only the documented `yyyy-mm-dd`."""
         text = text.strip()
+        if self.config.strict_start_date and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            raise _Reject(
+                400, f"The value '{text[:40]}' is not valid for StartDate (format yyyy-mm-dd)."
+            )
         try:
             if len(text) == 10:
                 d = date.fromisoformat(text)
@@ -366,11 +439,25 @@ class _SandboxState:
     # --- dispatch -----------------------------------------------------------------------------
 
     def handle(
-        self, method: str, raw_path: str, query: str, headers: Mapping[str, str], body: bytes
+        self,
+        method: str,
+        raw_path: str,
+        query: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        role: str = "all",
     ) -> _Response:
-        """Route one request. `headers` keys are lower-cased."""
+        """Route one request. `headers` keys are lower-cased. `role` is the listener's: "all"
+        (one host), or "api" and "oauth" when OAuth has its own host, as documented (the API
+        host then has no /OAuth/token, and the OAuth host nothing else)."""
         path = raw_path.rstrip("/") or "/"
         lower = path.lower()
+        if (role == "api" and lower == "/oauth/token") or (
+            role == "oauth" and lower != "/oauth/token"
+        ):
+            return _json(
+                404, {"Message": "No HTTP resource was found that matches the request URI."}
+            )
         try:
             if lower.startswith("/_sandbox"):
                 with self.lock:
@@ -419,7 +506,11 @@ class _SandboxState:
                 )
             user_id: str | None = None
             if op != "token":
-                if headers.get(self.api_key_header.lower()) != self.api_key:
+                # the key as a header or as the documented `?apiKey=` query parameter
+                if (
+                    headers.get(self.api_key_header.lower()) != self.api_key
+                    and params.get("apikey") != self.api_key
+                ):
                     return _json(401, {"Message": "Invalid API key"})
                 if op in _MEMBER_OPS:
                     user_id = self.bearer_user(headers)
@@ -487,6 +578,12 @@ class _SandboxState:
             if fault.retry_after is not None:
                 headers["Retry-After"] = str(math.ceil(fault.retry_after))
             return _json(429, {"Message": "Too many requests"}, headers)
+        if fault.kind == "html_challenge":
+            return _Response(
+                fault.status or 403,
+                CHALLENGE_PAGE,
+                {"Content-Type": "text/html; charset=UTF-8", "Cache-Control": "no-store"},
+            )
         time.sleep(delay)  # "timeout"
         return _json(504, {"Message": "The operation has timed out."})
 
@@ -600,8 +697,8 @@ class _SandboxState:
                 "PageCount": math.ceil(total / per_page),
                 "PageNumber": page,
                 "BookingsPerPage": per_page,
-                "TotalBookings": total,
-                "WebcamBookings": [self.booking_json(b) for b in chunk],
+                self.config.total_name: total,
+                self.config.list_name: [self.booking_json(b) for b in chunk],
             },
         )
 
@@ -826,6 +923,9 @@ class _SandboxState:
         retry_after = data.get("retry_after")
         delay = data.get("delay")
         commit_delay = data.get("commit_delay")
+        status = data.get("status")
+        if status is not None and (kind != "html_challenge" or status not in (403, 503)):
+            raise _Reject(400, "status is for html_challenge only: 403 or 503")
         self.faults.append(
             _Fault(
                 endpoint=endpoint.lower(),
@@ -836,18 +936,13 @@ class _SandboxState:
                 commit_delay=None
                 if commit_delay is None
                 else _as_number(commit_delay, "commit_delay"),
+                status=status,
             )
         )
         return _json(200, {"faults_pending": self.faults_pending()})
 
     def ctl_config(self, data: dict[str, Any]) -> None:
-        known = set(self.config.as_dict())
-        unknown = set(data) - known
-        if unknown:
-            raise _Reject(400, f"unknown config keys: {', '.join(sorted(unknown))}")
-        values = {k: _as_number(v, k) for k, v in data.items()}
-        for key, value in values.items():
-            setattr(self.config, key, value)
+        self.config.update(data)
 
     def faults_pending(self) -> int:
         return sum(f.remaining for f in self.faults)
@@ -871,9 +966,12 @@ class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], state: _SandboxState, quiet: bool) -> None:
+    def __init__(
+        self, address: tuple[str, int], state: _SandboxState, quiet: bool, role: str = "all"
+    ) -> None:
         self.state = state
         self.quiet = quiet
+        self.role = role
         super().__init__(address, _Handler)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -898,7 +996,9 @@ class _Handler(BaseHTTPRequestHandler):
             body = self.rfile.read(length) if length > 0 else b""
             split = urlsplit(self.path)
             headers = {k.lower(): v for k, v in self.headers.items()}
-            resp = self.server.state.handle(self.command, split.path, split.query, headers, body)
+            resp = self.server.state.handle(
+                self.command, split.path, split.query, headers, body, self.server.role
+            )
         except (ConnectionError, TimeoutError):
             self.close_connection = True
             return
@@ -938,8 +1038,13 @@ class SandboxServer:
         accept_by_seconds: float = 600.0,
         fault_delay_seconds: float = 2.0,
         timezone: str = "Europe/London",
+        oauth_port: int | None = None,
+        documented: bool = False,
         quiet: bool = True,
     ) -> None:
+        """`oauth_port`: OAuth on a listener of its own (0 = any free port), as the upstream has
+        it on another host; `token_url` follows. `documented`: every documented behaviour on
+        (see `_Config`); with `oauth_port` that is the "documented mode" of the test suite."""
         self.state = _SandboxState(
             api_key=api_key,
             api_key_header=api_key_header,
@@ -952,14 +1057,19 @@ class SandboxServer:
             ),
             timezone=timezone,
         )
-        self._httpd = _HTTPServer((host, port), self.state, quiet)
-        self._thread: threading.Thread | None = None
+        if documented:
+            self.state.config.update({"documented": True})
+        split = oauth_port is not None
+        self._httpd = _HTTPServer((host, port), self.state, quiet, "api" if split else "all")
+        self._oauth = (
+            _HTTPServer((host, oauth_port or 0), self.state, quiet, "oauth") if split else None
+        )
+        self._threads: list[threading.Thread] = []
         self._closed = False
 
-    @property
-    def url(self) -> str:
-        """Host root, e.g. `http://127.0.0.1:54321` (no `/v1`)."""
-        host, port = self._httpd.server_address[:2]
+    @staticmethod
+    def _root(httpd: _HTTPServer) -> str:
+        host, port = httpd.server_address[:2]
         if isinstance(host, bytes):
             host = host.decode()
         if host in ("0.0.0.0", ""):
@@ -967,38 +1077,81 @@ class SandboxServer:
         return f"http://{host}:{port}"
 
     @property
+    def url(self) -> str:
+        """Host root, e.g. `http://127.0.0.1:54321` (no `/v1`)."""
+        return self._root(self._httpd)
+
+    @property
+    def oauth_url(self) -> str:
+        """Root of the OAuth host: its own listener with `oauth_port`, else the API's."""
+        return self._root(self._oauth) if self._oauth is not None else self.url
+
+    @property
     def port(self) -> int:
         return int(self._httpd.server_address[1])
 
+    @property
+    def token_url(self) -> str:
+        """Where this sandbox's OAuth token endpoint is (`REBOOK_OAUTH_TOKEN_URL`)."""
+        return f"{self.oauth_url}/OAuth/token"
+
+    def env(self) -> dict[str, str]:
+        """The `REBOOK_*` variables that point a worker at this sandbox (the defaults point at
+        the production upstream and there is no default key)."""
+        st = self.state
+        return {
+            "REBOOK_API_BASE_URL": self.url,
+            "REBOOK_API_KEY": st.api_key,
+            "REBOOK_API_KEY_HEADER": st.api_key_header,
+            "REBOOK_OAUTH_TOKEN_URL": self.token_url,
+            "REBOOK_OAUTH_CLIENT_ID": st.client_id,
+            "REBOOK_OAUTH_CLIENT_SECRET": st.client_secret,
+            "REBOOK_API_TIMEZONE": st.tz.key,
+        }
+
+    def _listeners(self) -> list[_HTTPServer]:
+        return [self._httpd] + ([self._oauth] if self._oauth is not None else [])
+
     def start(self) -> SandboxServer:
-        """Serve in a daemon thread; returns self for `with SandboxServer().start() as s`."""
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._httpd.serve_forever,
-                kwargs={"poll_interval": 0.05},
-                name=f"sandbox-{self.port}",
-                daemon=True,
-            )
-            self._thread.start()
+        """Serve in daemon threads; returns self for `with SandboxServer().start() as s`."""
+        if not self._threads:
+            for httpd in self._listeners():
+                thread = threading.Thread(
+                    target=httpd.serve_forever,
+                    kwargs={"poll_interval": 0.05},
+                    name=f"sandbox-{httpd.server_address[1]}",
+                    daemon=True,
+                )
+                thread.start()
+                self._threads.append(thread)
         return self
 
     def stop(self) -> None:
-        """Stop serving and release the port; safe to call twice."""
+        """Stop serving and release the ports; safe to call twice."""
         if self._closed:
             return
         self._closed = True
-        if self._thread is not None:
-            self._httpd.shutdown()
-            self._thread.join(timeout=5)
-        self._httpd.server_close()
+        if self._threads:
+            for httpd in self._listeners():
+                httpd.shutdown()
+            for thread in self._threads:
+                thread.join(timeout=5)
+        for httpd in self._listeners():
+            httpd.server_close()
 
     def serve_forever(self) -> None:
         """Blocking; for `rebook sandbox --port P`. Ctrl-C stops it."""
+        if self._oauth is not None:
+            oauth = threading.Thread(
+                target=self._oauth.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True
+            )
+            oauth.start()
         try:
             self._httpd.serve_forever(poll_interval=0.2)
         finally:
             self._closed = True
-            self._httpd.server_close()
+            for httpd in self._listeners():
+                httpd.server_close()
 
     def __enter__(self) -> SandboxServer:
         return self.start()
@@ -1074,7 +1227,8 @@ class SandboxClient:
     def clear_faults(self) -> None:
         self._call("DELETE", "faults")
 
-    def configure(self, **config: float) -> dict[str, Any]:
+    def configure(self, **config: Any) -> dict[str, Any]:
+        """Options of `_Config` (numbers, flags, names, `site_zone`, `documented`)."""
         result: dict[str, Any] = self._call("POST", "config", config)
         return result
 
@@ -1107,7 +1261,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--token-ttl", type=float, default=3600.0, help="access-token seconds")
     p.add_argument("--accept-by", type=float, default=600.0, help="AcceptBy seconds after create")
     p.add_argument("--fault-delay", type=float, default=2.0, help="default timeout-fault seconds")
-    p.add_argument("--timezone", default="Europe/London")
+    p.add_argument("--timezone", default="Europe/London", help="site zone of its datetimes")
+    p.add_argument("--oauth-port", type=int, default=None, help="OAuth on its own port")
+    p.add_argument("--documented", action="store_true", help="every documented behaviour on")
     p.add_argument("--verbose", action="store_true", help="log every request")
     args = p.parse_args(argv)
     server = SandboxServer(
@@ -1121,9 +1277,13 @@ def main(argv: list[str] | None = None) -> None:
         accept_by_seconds=args.accept_by,
         fault_delay_seconds=args.fault_delay,
         timezone=args.timezone,
+        oauth_port=args.oauth_port,
+        documented=args.documented,
         quiet=not args.verbose,
     )
-    print(f"sandbox upstream listening on {server.url}", flush=True)
+    print(f"sandbox upstream listening on {server.url}; to use it:", flush=True)
+    for name, value in server.env().items():
+        print(f"export {name}={value}", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
 

@@ -26,6 +26,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from worker.errors import ConfigError
 
 ENV_PREFIX = "REBOOK_"
+#: The documented hosts (UPSTREAM.md): the API, and OAuth on the platform host, not the API host.
+PRODUCTION_API_URL = "https://api.adultwork.com"
+PRODUCTION_TOKEN_URL = "https://platform.adultwork.com/OAuth/token"
+#: Settings with no default: every process that talks to the upstream needs them.
+REQUIRED = ("api_key", "oauth_client_id", "oauth_client_secret")
 
 
 class Settings(BaseSettings):
@@ -46,13 +51,16 @@ class Settings(BaseSettings):
     broker_key_prefix: str = ""
     key_prefix: str = "rebook:"
 
-    api_base_url: str = "http://127.0.0.1:8765"
-    api_key: SecretStr = SecretStr("sandbox-key")
+    # The production upstream; nothing talks to it by accident: the key and the OAuth client
+    # have no defaults (`rebook sandbox` prints the variables for the local sandbox).
+    api_base_url: str = PRODUCTION_API_URL
+    api_key: SecretStr
+    api_key_in: Literal["header", "query"] = "header"
     api_key_header: str = "apiKey"
     api_timezone: str = "Europe/London"
-    oauth_token_url: str | None = None
-    oauth_client_id: str = "sandbox-client"
-    oauth_client_secret: SecretStr = SecretStr("sandbox-secret")
+    oauth_token_url: str = PRODUCTION_TOKEN_URL
+    oauth_client_id: str
+    oauth_client_secret: SecretStr
     token_key: SecretStr | None = None
     token_refresh_margin_seconds: float = Field(60.0, ge=0)
 
@@ -110,7 +118,7 @@ class Settings(BaseSettings):
     @classmethod
     def _http_url(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None or value == "":
-            if info.field_name == "api_base_url":
+            if info.field_name in ("api_base_url", "oauth_token_url"):
                 raise ValueError("must not be empty")
             return None
         parts = urlsplit(value)
@@ -119,6 +127,14 @@ class Settings(BaseSettings):
         if info.field_name == "api_base_url" and value.rstrip("/").lower().endswith("/v1"):
             raise ValueError("give the host root, without /v1")
         return value.rstrip("/")
+
+    @field_validator("api_key", "oauth_client_id", "oauth_client_secret", mode="before")
+    @classmethod
+    def _not_blank(cls, value: object) -> object:
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if isinstance(raw, str) and not raw.strip():
+            raise ValueError("must not be empty")
+        return value
 
     @field_validator("api_key_header")
     @classmethod
@@ -240,7 +256,7 @@ class Settings(BaseSettings):
 
     @property
     def token_url(self) -> str:
-        return self.oauth_token_url or f"{self.api_base_url}/OAuth/token"
+        return self.oauth_token_url
 
     @property
     def zone(self) -> ZoneInfo:
@@ -252,7 +268,15 @@ class Settings(BaseSettings):
 
 
 def _one_line(exc: ValidationError) -> str:
-    """First error as `REBOOK_NAME: message` — what a person needs to fix it."""
+    """First error as `REBOOK_NAME: message` — what a person needs to fix it; settings that are
+    missing come first, all of them on the one line."""
+    missing = [
+        f"{ENV_PREFIX}{str(err['loc'][0]).upper()}"
+        for err in exc.errors()
+        if err.get("type") == "missing" and err.get("loc")
+    ]
+    if missing:
+        return f"{', '.join(missing)}: required, not set"
     err = exc.errors()[0]
     loc = [str(part) for part in err.get("loc", ()) if part != "__root__"]
     msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
@@ -284,10 +308,16 @@ def get_settings() -> Settings:
     return load_settings()
 
 
+_SECRET_PARAM = re.compile(r"(?i)(^|&)((?:api_?key|access_token|token|secret)[^=&]*=)[^&]*")
+
+
 def mask_url(url: str) -> str:
-    """URL with its password replaced, for messages a person reads."""
+    """URL with its password and any API key or token in its query replaced, for messages a
+    person reads (`REBOOK_API_KEY_IN=query` puts the key in every request's URL)."""
     parts = urlsplit(url)
     if parts.password:
         netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
+        parts = parts._replace(netloc=netloc)
+    if parts.query:
+        parts = parts._replace(query=_SECRET_PARAM.sub(r"\1\2***", parts.query))
+    return urlunsplit(parts)

@@ -9,8 +9,10 @@ upstream into :class:`Ambiguous`, so that nobody re-sends it blindly.
 from __future__ import annotations
 
 import email.utils
+import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -21,9 +23,11 @@ import requests
 from pydantic import BaseModel, ValidationError
 from urllib3.exceptions import NewConnectionError
 
+from worker import __version__
 from worker.errors import (
     Ambiguous,
     AuthExpired,
+    Challenged,
     NotFound,
     RateLimited,
     Rejected,
@@ -36,7 +40,7 @@ from worker.models import (
     Unreadable,
     UserSummary,
     WebcamBooking,
-    to_site_time,
+    site_date,
 )
 
 log = logging.getLogger(__name__)
@@ -63,6 +67,7 @@ RATE_SHARE: dict[str, float] = {
     "CancelMadeBooking": 0.8,
 }
 MAX_PAGE = 100
+USER_AGENT = f"rebook/{__version__}"
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -129,13 +134,62 @@ def _message(response: requests.Response) -> str:
     return text[:200] or f"HTTP {response.status_code}"
 
 
+_TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+
+
+#: Statuses a CDN or proxy answers in front of the API (challenge, rate limit, overload).
+_FRONT_STATUSES = frozenset({403, 429, 503})
+
+
+def is_api_answer(response: requests.Response) -> bool:
+    """False for what the API never writes: HTML (a CDN bot challenge, a proxy's error page), or
+    with a 403/429/503 a body that is neither JSON nor the API's own XML (the API may answer
+    plain text for other errors). An empty body says nothing either way."""
+    ctype = response.headers.get("Content-Type", "").lower()
+    if "html" in ctype:
+        return False
+    body = response.content.strip()
+    if not body or "xml" in ctype or body.startswith(b"<?xml"):
+        return True
+    if body[:1] == b"<":
+        return False  # markup without a content type: a page, not the API's JSON
+    if response.status_code not in _FRONT_STATUSES:
+        return True
+    try:
+        json.loads(body)
+    except ValueError:
+        return False
+    return True
+
+
+def _page_message(response: requests.Response) -> str:
+    found = _TITLE.search(response.content[:4096])
+    title = " ".join(found.group(1).decode("utf-8", "replace").split())[:80] if found else ""
+    ctype = response.headers.get("Content-Type", "").split(";")[0].strip() or "no content type"
+    return f"not the API's answer ({ctype}{': ' + title if title else ''})"
+
+
 def error_for_response(
     endpoint: str, response: requests.Response, *, idempotent: bool
 ) -> UpstreamError:
-    """The one status→exception mapping: the class carries the retry decision."""
+    """The one status→exception mapping: the class carries the retry decision.
+
+    A page that is not the API's answer (HTML, or not JSON at all) is never a refusal: it is
+    :class:`Challenged` (transient, "not sent") — except, for a non-idempotent POST, a 5xx
+    gateway page other than 503 (500/502/504): a proxy may have forwarded the request before
+    failing, so that stays :class:`Ambiguous` (reconciled, never re-sent blindly). A 403/429/503
+    page is a CDN challenge or an overload page in front of the API: nothing was sent on.
+    """
     status = response.status_code
-    msg = _message(response)
     kw: dict[str, Any] = {"endpoint": endpoint, "status": status}
+    if not is_api_answer(response):
+        msg = _page_message(response)
+        if not idempotent and status >= 500 and status != 503:
+            return Ambiguous(msg, **kw)
+        return Challenged(
+            msg, retry_after=parse_retry_after(response.headers.get("Retry-After")), **kw
+        )
+    msg = _message(response)
     if status == 401:
         return AuthExpired(msg, **kw)
     if status == 429:
@@ -191,6 +245,7 @@ class UpstreamClient:
         api_key: str,
         *,
         api_key_header: str = "apiKey",
+        api_key_in: str = "header",
         timeout: float = 10.0,
         zone: ZoneInfo = DEFAULT_ZONE,
         limiter: Limiter | None = None,
@@ -201,6 +256,9 @@ class UpstreamClient:
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
         self._api_key_header = api_key_header
+        if api_key_in not in ("header", "query"):
+            raise ValueError("api_key_in must be 'header' or 'query'")
+        self._key_in_query = api_key_in == "query"
         self.timeout = timeout
         self.zone = zone
         self._limiter = limiter
@@ -224,9 +282,14 @@ class UpstreamClient:
         before_send: BeforeSend | None = None,
     ) -> Any:
         method, path = PATHS[endpoint]
-        headers = {"Accept": "application/json", self._api_key_header: self._api_key}
+        headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
+        if self._key_in_query:
+            # the documented form (`?apiKey=`); mask_url hides it wherever a URL is shown
+            params = {**(params or {}), "apiKey": self._api_key}
+        else:
+            headers[self._api_key_header] = self._api_key
         if token is not None:
-            headers["Authorization"] = f"Bearer {token}"
+            headers["Authorization"] = f"bearer {token}"  # lower-case, as the docs' samples
         if self._limiter is not None:
             self._limiter.acquire(RATE_SHARE.get(endpoint, 1.0))
         if before_send is not None:
@@ -248,10 +311,15 @@ class UpstreamClient:
             except requests.RequestException as exc:
                 raise error_for_exception(endpoint, exc, idempotent=idempotent) from None
             if not 200 <= response.status_code < 300:
-                raise error_for_response(endpoint, response, idempotent=idempotent)
+                raise self._scrubbed(error_for_response(endpoint, response, idempotent=idempotent))
             try:
                 return response.json()
             except ValueError:
+                if idempotent and not is_api_answer(response):
+                    raise Challenged(
+                        _page_message(response), endpoint=endpoint, status=response.status_code
+                    ) from None
+                # a POST answered 2xx: whatever the body, the upstream may have acted on it
                 cls = Transient if idempotent else Ambiguous
                 raise cls(
                     "unreadable body (not JSON)", endpoint=endpoint, status=response.status_code
@@ -265,16 +333,27 @@ class UpstreamClient:
             if self._on_call is not None:
                 self._on_call(endpoint, outcome)
 
+    def _scrubbed(self, exc: UpstreamError) -> UpstreamError:
+        """A proxy's error page may echo the request URL, and with it `?apiKey=`."""
+        # (a key of a few characters would mangle every message: real keys are long)
+        if len(self._api_key) >= 6 and self._api_key in exc.message:
+            exc.message = exc.message.replace(self._api_key, "***")
+            exc.args = (exc.message,)
+        return exc
+
     def _model(self, model: type[M], payload: Any, endpoint: str, *, idempotent: bool = True) -> M:
+        """The typed answer, or a readable error naming the field: Transient for a read,
+        Ambiguous for a POST (it was answered, so it may have taken effect)."""
+        cls = Transient if idempotent else Ambiguous
         try:
             return model.model_validate(payload, context={"tz": self.zone})
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first.get("loc", ()))
-            cls = Transient if idempotent else Ambiguous
-            raise cls(
-                f"unexpected body shape ({where}: {first.get('msg')})", endpoint=endpoint
-            ) from None
+            msg = str(first.get("msg", "")).removeprefix("Value error, ")
+            raise cls(f"unexpected body shape ({where}: {msg})", endpoint=endpoint) from None
+        except Exception as exc:  # whatever a body can make a validator raise: never a crash
+            raise cls(f"unreadable body ({type(exc).__name__})", endpoint=endpoint) from None
 
     # -- operations ------------------------------------------------------------------------------
 
@@ -318,7 +397,9 @@ class UpstreamClient:
             "PageNumber": page,
         }
         if start is not None:
-            params["StartDate"] = to_site_time(start, self.zone)
+            # documented as `yyyy-mm-dd` (a date, on CreateDate): the page is a superset of what
+            # was created since `start`; iter_made_bookings filters by the exact time
+            params["StartDate"] = site_date(start, self.zone)
         payload = self._call("MadeBookings", token=token, params=params, before_send=before_send)
         try:
             return MadeBookingsPage.parse(payload, list_names=self.list_names, zone=self.zone)
@@ -329,10 +410,16 @@ class UpstreamClient:
     def iter_made_bookings(
         self, token: str, *, start: datetime | None = None, max_pages: int = 10
     ) -> Iterator[WebcamBooking]:
-        """Newest first, across pages, at most `max_pages` calls."""
+        """Newest first, across pages, at most `max_pages` calls; with `start`, only bookings
+        created at or after it (or whose CreateDate is unset), as the day-early StartDate lets
+        older ones through, and no page is read past the first booking older than `start`."""
         for number in range(1, max_pages + 1):
             page = self.made_bookings(token, start=start, page=number)
-            yield from page.bookings
+            for booking in page.bookings:
+                created = booking.create_date
+                if start is not None and created is not None and created < start:
+                    return  # newest first: everything after this one is older still
+                yield booking
             if number >= page.page_count or not page.bookings:
                 return
 
@@ -396,19 +483,25 @@ class UpstreamClient:
                         "client_secret": client_secret,
                         "refresh_token": refresh_token,
                     },
-                    headers={"Accept": "application/json"},
+                    headers={"Accept": "application/json", "User-Agent": USER_AGENT},
                     timeout=self.timeout,
                     allow_redirects=False,
                 )
             except requests.RequestException as exc:
                 raise error_for_exception("token", exc, idempotent=True) from None
-            if response.status_code in (400, 401):
+            if response.status_code in (400, 401) and is_api_answer(response):
+                # only the OAuth server's own answer is a refusal (-> reauth): an HTML page in
+                # front of it (a CDN challenge) is Challenged, tried again later
                 raise Rejected(_message(response), endpoint="token", status=response.status_code)
             if not 200 <= response.status_code < 300:
                 raise error_for_response("token", response, idempotent=True)
             try:
                 body = response.json()
             except ValueError:
+                if not is_api_answer(response):
+                    raise Challenged(
+                        _page_message(response), endpoint="token", status=response.status_code
+                    ) from None
                 raise Transient("unreadable token body", endpoint="token") from None
             if not isinstance(body, dict):
                 raise Transient("token body is not an object", endpoint="token")

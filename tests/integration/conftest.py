@@ -437,6 +437,7 @@ def running_system(
             extra.update(broker_url=redis_url, redis_cluster=True, shards=8)
             redis_url = stack.enter_context(redis_cluster(logdir / "cluster"))
         server = stack.enter_context(SandboxServer(port=0, **(sandbox_options or {})))
+        extra.setdefault("oauth_token_url", server.token_url)
         settings = fast_settings(redis_url, server.url, prefix, **extra)
         client = SandboxClient(server.url)
         sysm = System(settings, client, logdir)

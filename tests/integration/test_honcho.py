@@ -49,7 +49,12 @@ def test_honcho_start_runs_the_procfile_and_a_rebook_goes_through(
         "REBOOK_REDIS_URL": redis_url,
         "REBOOK_KEY_PREFIX": prefix,
         "REBOOK_BROKER_KEY_PREFIX": prefix,
+        # the Procfile's `rebook sandbox` with its default key and OAuth client
         "REBOOK_API_BASE_URL": f"http://127.0.0.1:{sandbox_port}",
+        "REBOOK_API_KEY": "sandbox-key",
+        "REBOOK_OAUTH_TOKEN_URL": f"http://127.0.0.1:{sandbox_port}/OAuth/token",
+        "REBOOK_OAUTH_CLIENT_ID": "sandbox-client",
+        "REBOOK_OAUTH_CLIENT_SECRET": "sandbox-secret",
         "REBOOK_SANDBOX_PORT": str(sandbox_port),
         "REBOOK_EXPORTER_PORT": str(exporter_port),
         "REBOOK_TOKEN_KEY": TEST_TOKEN_KEY,

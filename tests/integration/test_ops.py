@@ -250,3 +250,31 @@ def test_json_logs_bind_the_ids_on_every_line_a_step_writes(
             assert line["booking_id"] == booking
             assert line["performer_id"] == rec.performer_id
             assert line["task_id"]  # the Celery task id of the step that wrote it
+
+
+def test_tokens_import_reads_json_lines_and_resumes_reauth(system: System) -> None:
+    """A site hands over many members at once; bad lines are named, never echoed (tokens)."""
+    parked = system.member(expires_in=0)
+    system.sandbox.revoke_user(parked)
+    rid, _ = system.rebook(parked, system.performer(online=True))
+    system.wait_state(rid, State.NEEDS_ATTENTION)
+    fresh = system.sandbox.add_user(parked)
+    other = system.sandbox.add_user("imported-2")
+    secret_of_bad = "leaky-access-token-123"
+    lines = [
+        json.dumps({"user_id": parked, **fresh}),
+        "",
+        json.dumps({"user_id": "imported-2", **other}),
+        json.dumps({"user_id": "bad-3", "access_token": secret_of_bad}),  # no refresh/expiry
+        "not json",
+    ]
+    proc = system.cli("tokens", "import", stdin="\n".join(lines) + "\n")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "imported tokens of 2 member(s); 2 line(s) refused; resumed 1" in proc.stdout
+    assert "line 4 (bad-3)" in proc.stderr and "line 5: not JSON" in proc.stderr
+    for secret in (secret_of_bad, fresh["access_token"], other["refresh_token"]):
+        assert secret not in proc.stdout + proc.stderr
+    stored = system.svc.token_store.load("imported-2")
+    assert stored is not None and stored.refresh_token == other["refresh_token"]
+    assert system.svc.token_store.load("bad-3") is None
+    system.wait_state(rid, State.WATCHING)

@@ -127,7 +127,9 @@ def test_invalid_events_are_dead_lettered_and_the_worker_keeps_serving(system: S
 
 
 def test_accept_by_passes_while_pending_expired(system: System) -> None:
-    system.sandbox.configure(accept_by_seconds=1.0)
+    # 2 s: AcceptBy is written to the second (no fraction on even ids), so 1 s could end
+    # before the watch began, and WATCHING never be seen
+    system.sandbox.configure(accept_by_seconds=2.0)
     try:
         rid, _ = system.rebook(system.member(), system.performer(online=True))
         system.wait_state(rid, State.WATCHING)
@@ -176,6 +178,38 @@ def test_ambiguous_reschedule_is_reconciled_never_posted_twice(system: System) -
     assert rec.new_booking_id is not None
     assert system.sandbox.booking(rec.new_booking_id)["original_id"] == booking
     assert system.sandbox.stats()["calls"]["MadeBookings"] >= 1  # settled by reconciliation
+
+
+def upstream_counts(system: System) -> dict[str, int]:
+    raw = system.store.r.hgetall(system.store.key("metrics", "upstream"))
+    return {str(k): int(v) for k, v in raw.items()}
+
+
+def test_html_challenge_on_reschedule_is_not_sent_and_retried(system: System) -> None:
+    """A CDN bot challenge (403/503 text/html) never reached the API: not FAILED, not
+    ambiguous, retried with backoff, one booking in the end, counted apart in the exporter."""
+    user = system.member()
+    performer = system.performer(online=True)
+    system.sandbox.fault("RescheduleMadeBooking", "html_challenge", count=1, status=403)
+    system.sandbox.fault("RescheduleMadeBooking", "html_challenge", count=1, status=503)
+    rid, booking = system.rebook(user, performer)
+    rec = system.wait_state(rid, State.WATCHING, timeout=20)
+    assert system.sandbox.stats()["new_bookings"][str(booking)] == 1
+    assert "FAILED" not in system.history_states(rid)
+    assert rec.new_booking_id is not None
+    wait_for(
+        lambda: upstream_counts(system).get("RescheduleMadeBooking:Challenged", 0) >= 2,
+        10,
+        "challenged calls counted for the exporter",
+    )
+
+
+def test_html_challenge_on_the_token_endpoint_never_parks_reauth(system: System) -> None:
+    user = system.member(expires_in=0)  # the first call must refresh
+    system.sandbox.fault("token", "html_challenge", count=2, status=403)
+    rid, _ = system.rebook(user, system.performer(online=True))
+    system.wait_state(rid, State.WATCHING, timeout=20)
+    assert "NEEDS_ATTENTION" not in system.history_states(rid)
 
 
 def test_worker_killed_mid_wait_loses_nothing(system: System) -> None:

@@ -336,7 +336,8 @@ class SimUpstream(BaseAdapter):
         op = parts.path.rsplit("/", 1)[-1]
         query = {k.lower(): v[-1] for k, v in parse_qs(parts.query).items()}
         body = json.loads(request.body) if request.body else {}
-        user = str(request.headers.get("Authorization", "")).removeprefix("Bearer tok-")
+        auth = str(request.headers.get("Authorization", ""))
+        user = auth.partition(" ")[2].removeprefix("tok-")
         read_timeout = timeout[1] if isinstance(timeout, tuple) else (timeout or 10.0)
         step = _STEP.get()
         if op in ("RescheduleMadeBooking",):

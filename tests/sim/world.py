@@ -61,6 +61,9 @@ def sim_settings(redis_url: str, prefix: str, rng: random.Random, **extra: Any) 
     values: dict[str, Any] = {
         "redis_url": redis_url,
         "api_base_url": "http://upstream.sim",
+        "api_key": "sim-key",
+        "oauth_client_id": "sim-client",
+        "oauth_client_secret": "sim-secret",
         "key_prefix": prefix,
         "api_timezone": "Europe/London",
         "presence_interval_seconds": 5.0,

@@ -12,7 +12,7 @@ import redis
 from cryptography.fernet import Fernet
 
 from worker.auth import TokenManager, TokenStore
-from worker.errors import ConfigError, ReauthRequired
+from worker.errors import Challenged, ConfigError, ReauthRequired
 from worker.models import TokenSet
 from worker.runtime import Services, build_services
 from worker.sandbox import SandboxClient
@@ -203,3 +203,17 @@ def test_refresh_sends_the_configured_client(svc: Services, sandbox: SandboxClie
     with pytest.raises(ReauthRequired):
         bad.access_token("alice")
     assert sandbox.stats()["refreshes"] == 0
+
+
+def test_a_challenge_page_on_the_token_endpoint_is_not_reauth(
+    svc: Services, sandbox: SandboxClient
+) -> None:
+    """A CDN page in front of OAuth never reached it: the member keeps the stored pair (the
+    refresh token was not used) and the next try refreshes."""
+    before = save_member(svc, sandbox, "html-u", expires_in=0)
+    sandbox.fault("token", "html_challenge", count=1, status=403)
+    with pytest.raises(Challenged):
+        svc.tokens.access_token("html-u")
+    kept = svc.token_store.load("html-u")
+    assert kept is not None and kept.refresh_token == before["refresh_token"]
+    assert svc.tokens.access_token("html-u") != before["access_token"]

@@ -259,6 +259,30 @@ def test_none_and_empty(value: Any) -> None:
     assert parse_upstream_datetime(value) is None
 
 
+@pytest.mark.parametrize(
+    "value",
+    ["0001-01-01T00:00:00", "0001-01-01T00:00:00.000", "0001-01-01T23:59:59+01:00", "0001-06-01"],
+)
+@pytest.mark.parametrize("zone", ["Europe/Paris", "Europe/London", "America/New_York"])
+def test_year_one_is_unset(value: str, zone: str) -> None:
+    assert parse_upstream_datetime(value, ZoneInfo(zone)) is None
+    b = WebcamBooking.model_validate(
+        {"WebcamBookingID": 1, "AcceptBy": value}, context={"tz": ZoneInfo(zone)}
+    )
+    assert b.accept_by is None
+
+
+def test_the_end_of_the_calendar_is_a_value_error_naming_the_field() -> None:
+    with pytest.raises(ValueError):
+        parse_upstream_datetime("9999-12-31T23:00:00", ZoneInfo("America/New_York"))
+    with pytest.raises(ValidationError) as info:
+        WebcamBooking.model_validate(
+            {"WebcamBookingID": 1, "SessionDate": "9999-12-31T23:00:00"},
+            context={"tz": ZoneInfo("America/New_York")},
+        )
+    assert info.value.errors()[0]["loc"] == ("SessionDate",)
+
+
 @pytest.mark.parametrize("value", ["nope", "2024-13-01T00:00:00", 1234, 1.5, [], {}])
 def test_garbage_is_value_error(value: Any) -> None:
     with pytest.raises(ValueError):
@@ -284,7 +308,12 @@ def test_iso_z() -> None:
     assert iso_z(None) == ""
 
 
-@given(st.datetimes(timezones=st.sampled_from([UTC, LONDON, ZoneInfo("Asia/Kolkata")])))
+@given(
+    st.datetimes(
+        min_value=datetime(2, 1, 2),  # year 1 is the upstream's "unset"
+        timezones=st.sampled_from([UTC, LONDON, ZoneInfo("Asia/Kolkata")]),
+    )
+)
 def test_iso_z_round_trips(value: datetime) -> None:
     out = iso_z(value)
     assert out.endswith("Z") and "+" not in out

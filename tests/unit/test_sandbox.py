@@ -11,8 +11,9 @@ from zoneinfo import ZoneInfo
 import pytest
 import requests
 
-from tests.conftest import wait_for
+from tests.conftest import SANDBOX_DEFAULTS, wait_for
 from worker.sandbox import SandboxClient, SandboxServer
+from worker.upstream import UpstreamClient
 
 API_KEY = "test-key"
 KEY_HEADER = "X-Api-Key"
@@ -31,7 +32,7 @@ def server() -> Iterator[SandboxServer]:
 def sb(server: SandboxServer) -> Iterator[SandboxClient]:
     client = SandboxClient(server.url)
     client.reset()
-    client.configure(accept_by_seconds=600.0, token_ttl_seconds=3600.0, fault_delay_seconds=2.0)
+    client.configure(**SANDBOX_DEFAULTS)
     yield client
     client.close()
 
@@ -522,3 +523,120 @@ def test_call_log(server: SandboxServer, sb: SandboxClient) -> None:
         sb.calls(limit=0)
     sb.reset()
     assert sb.calls()["calls"] == []
+
+
+def test_env_points_a_worker_at_this_sandbox(server: SandboxServer, sb: SandboxClient) -> None:
+    """`rebook sandbox` prints these; with them the settings load (the key has no default) and
+    the client reaches this sandbox's API and token endpoint."""
+    from worker.settings import load_settings
+
+    env = server.env()
+    settings = load_settings(**{k.removeprefix("REBOOK_").lower(): v for k, v in env.items()})
+    assert settings.api_base_url == server.url
+    assert settings.token_url == server.token_url
+    tokens = sb.add_user("env-user")
+    client = UpstreamClient(
+        settings.api_base_url,
+        settings.api_key.get_secret_value(),
+        api_key_header=settings.api_key_header,
+    )
+    try:
+        assert client.is_online(3) is False
+        body = client.refresh_token(
+            settings.token_url,
+            client_id=settings.oauth_client_id,
+            client_secret=settings.oauth_client_secret.get_secret_value(),
+            refresh_token=tokens["refresh_token"],
+        )
+    finally:
+        client.close()
+    assert body["refresh_token"] != tokens["refresh_token"]
+
+
+# --- the documented behaviours, each an option ---------------------------------------------------
+
+
+def test_strict_start_date_takes_only_yyyy_mm_dd(server: SandboxServer, sb: SandboxClient) -> None:
+    api = member(server, sb)
+    sb.add_booking("u1", 1, age_seconds=3 * 86400)
+    recent = sb.add_booking("u1", 1, age_seconds=60)
+    sb.configure(strict_start_date=True)
+    stamp = london_now().replace(microsecond=0).isoformat()
+    bad = api.get("Webcam/MadeBookings", StartDate=stamp)
+    assert bad.status_code == 400 and "yyyy-mm-dd" in bad.json()["Message"]
+    day = (london_now() - timedelta(days=1)).date().isoformat()
+    good = api.get("Webcam/MadeBookings", StartDate=day)
+    assert good.status_code == 200
+    assert [b["WebcamBookingID"] for b in good.json()["WebcamBookings"]] == [recent]
+    sb.configure(strict_start_date=False)
+    assert api.get("Webcam/MadeBookings", StartDate=stamp).status_code == 200
+
+
+def test_unset_dates_as_year_one(server: SandboxServer, sb: SandboxClient) -> None:
+    api = member(server, sb)
+    booking = sb.add_booking("u1", 1)
+    assert api.get("Webcam/MadeBookingDetails", BookingID=booking).json()["CancelledDate"] is None
+    sb.configure(year_one_unset=True)
+    body = api.get("Webcam/MadeBookingDetails", BookingID=booking).json()
+    assert body["CancelledDate"] == "0001-01-01T00:00:00"
+    assert NAIVE_RE.match(body["CreateDate"]) and not body["CreateDate"].startswith("0001")
+
+
+def test_list_and_total_names_are_options(server: SandboxServer, sb: SandboxClient) -> None:
+    api = member(server, sb)
+    sb.add_booking("u1", 1)
+    sb.configure(list_name="Bookings", total_name="BookingsTotal")
+    body = api.get("Webcam/MadeBookings").json()
+    assert "WebcamBookings" not in body and "TotalBookings" not in body
+    assert len(body["Bookings"]) == 1 and body["BookingsTotal"] == 1
+    for bad in ({"list_name": "has space"}, {"list_name": "BookingsTotal"}):
+        with pytest.raises(requests.HTTPError):
+            sb.configure(**bad)
+
+
+def test_site_zone_is_an_option(server: SandboxServer, sb: SandboxClient) -> None:
+    api = member(server, sb)
+    booking = sb.add_booking("u1", 1, age_seconds=0)
+    sb.configure(site_zone="Asia/Tokyo")
+    created = api.get("Webcam/MadeBookingDetails", BookingID=booking).json()["CreateDate"]
+    tokyo = datetime.fromisoformat(created).replace(tzinfo=ZoneInfo("Asia/Tokyo"))
+    assert abs((tokyo - datetime.now(LONDON)).total_seconds()) < 30
+    with pytest.raises(requests.HTTPError):
+        sb.configure(site_zone="Mars/Olympus")
+    assert sb.configure()["site_zone"] == "Asia/Tokyo"
+
+
+def test_documented_preset(server: SandboxServer, sb: SandboxClient) -> None:
+    got = sb.configure(documented=True)
+    assert got["documented"] and got["strict_start_date"] and got["year_one_unset"]
+    assert not sb.configure(documented=False)["documented"]
+
+
+def test_lower_case_bearer_is_accepted(server: SandboxServer, sb: SandboxClient) -> None:
+    token = sb.add_user("u1")["access_token"]
+    for scheme in ("bearer", "Bearer", "BEARER"):
+        resp = requests.get(
+            f"{server.url}/v1/Webcam/MadeBookings",
+            headers={KEY_HEADER: API_KEY, "Authorization": f"{scheme} {token}"},
+            timeout=5,
+        )
+        assert resp.status_code == 200, scheme
+
+
+def test_oauth_on_its_own_listener() -> None:
+    """As documented, OAuth is another host: the API host has no token endpoint, and the
+    OAuth host serves nothing else."""
+    with SandboxServer(oauth_port=0, documented=True) as split:
+        ctl = SandboxClient(split.url)
+        try:
+            tokens = ctl.add_user("o1")
+            assert split.oauth_url != split.url
+            assert split.token_url == f"{split.oauth_url}/OAuth/token"
+            assert refresh(split.url, tokens["refresh_token"]).status_code == 404
+            assert requests.get(f"{split.oauth_url}/_sandbox/stats", timeout=5).status_code == 404
+            answer = refresh(split.oauth_url, tokens["refresh_token"])
+            assert answer.status_code == 200 and answer.json()["token_type"] == "bearer"
+            assert split.env()["REBOOK_OAUTH_TOKEN_URL"] == split.token_url
+            assert ctl.configure()["documented"] is True
+        finally:
+            ctl.close()

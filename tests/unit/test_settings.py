@@ -16,14 +16,23 @@ from worker.errors import ConfigError
 from worker.settings import Settings, get_settings, load_settings, mask_url
 
 REPO = Path(__file__).resolve().parents[2]
+#: The settings with no default (DESIGN § Settings): set for every test but the ones about them.
+REQUIRED_ENV = {
+    "REBOOK_API_KEY": "k-required",
+    "REBOOK_OAUTH_CLIENT_ID": "cid-required",
+    "REBOOK_OAUTH_CLIENT_SECRET": "cs-required",
+}
 
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """No REBOOK_* from the caller's shell and no `.env` from the working directory."""
+    """No REBOOK_* from the caller's shell and no `.env` from the working directory; only the
+    settings that have no default."""
     for name in list(os.environ):
         if name.upper().startswith("REBOOK_"):
             monkeypatch.delenv(name)
+    for name, value in REQUIRED_ENV.items():
+        monkeypatch.setenv(name, value)
     monkeypatch.chdir(tmp_path)
     get_settings.cache_clear()
     yield
@@ -61,15 +70,16 @@ def test_defaults_match_design() -> None:
     assert s.auto_confirm is False
     assert s.key_prefix == "rebook:"
     assert s.log_format == "console"
-    assert not s.api_base_url.endswith("/v1")
-    assert s.token_url == f"{s.api_base_url}/OAuth/token"
+    # production, as documented: the API host, and OAuth on the platform host
+    assert s.api_base_url == "https://api.adultwork.com"
+    assert s.token_url == "https://platform.adultwork.com/OAuth/token"
+    assert s.api_key_in == "header"
     for optional in (
         "sentry_dsn",
         "flower_basic_auth",
         "outcome_task",
         "webhook_url",
         "webhook_secret",
-        "oauth_token_url",
     ):
         assert getattr(s, optional) is None, optional
     assert s.upstream_rate_per_second >= 0
@@ -187,6 +197,43 @@ def test_bad_env_var_fails_get_settings_with_config_error(
     monkeypatch.setenv("REBOOK_LOG_FORMAT", "xml")
     with pytest.raises(ConfigError):
         get_settings()
+
+
+# --- required settings ---------------------------------------------------------------------------
+
+
+def test_every_missing_required_setting_is_named_on_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in REQUIRED_ENV:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("REBOOK_SWEEP_INTERVAL_SECONDS", "-1")  # missing ones are named first
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(
+        "REBOOK_API_KEY, REBOOK_OAUTH_CLIENT_ID, REBOOK_OAUTH_CLIENT_SECRET: required"
+    )
+
+
+def test_one_missing_setting_is_named_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("REBOOK_API_KEY")
+    assert config_error() == "REBOOK_API_KEY: required, not set"
+
+
+@pytest.mark.parametrize("name", sorted(REQUIRED_ENV))
+def test_a_blank_required_setting_is_an_error(name: str) -> None:
+    assert config_error(**{name: "  "}).startswith(f"{name}: ")
+
+
+def test_api_key_in_query_is_accepted_and_anything_else_is_not() -> None:
+    assert load_settings(api_key_in="query").api_key_in == "query"
+    assert config_error(REBOOK_API_KEY_IN="cookie").startswith("REBOOK_API_KEY_IN: ")
+
+
+def test_empty_token_url_is_a_config_error() -> None:
+    assert config_error(REBOOK_OAUTH_TOKEN_URL="").startswith("REBOOK_OAUTH_TOKEN_URL: ")
 
 
 # --- one-line errors -----------------------------------------------------------------------------
@@ -329,6 +376,11 @@ def test_secrets_are_secretstr_and_hidden() -> None:
         ("amqp://guest:guest@mq:5672//", "amqp://guest:***@mq:5672//"),
         ("redis://localhost:6379/0", "redis://localhost:6379/0"),
         ("redis://user@host/0", "redis://user@host/0"),
+        (
+            "https://api.example.com/v1/x?UserID=7&apiKey=s3cret&b=1",
+            "https://api.example.com/v1/x?UserID=7&apiKey=***&b=1",
+        ),
+        ("https://api.example.com/v1/x?api_key=s3cret", "https://api.example.com/v1/x?api_key=***"),
     ],
 )
 def test_mask_url(url: str, expected: str) -> None:
@@ -344,8 +396,10 @@ def test_settings_class_reads_prefix() -> None:
 # --- the real start-up path ----------------------------------------------------------------------
 
 
-def _child_env(**extra: str) -> dict[str, str]:
+def _child_env(required: bool = True, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("REBOOK_")}
+    if required:
+        env.update(REQUIRED_ENV)
     env.update(extra)
     return env
 
@@ -373,4 +427,38 @@ def test_bad_setting_stops_the_process_with_one_line(argv: list[str]) -> None:
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
     assert "REBOOK_SWEEP_INTERVAL_SECONDS" in lines[0]
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+CELERY = str(Path(sys.executable).parent / "celery")
+REBOOK = str(Path(sys.executable).parent / "rebook")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [CELERY, "-A", "worker", "worker", "-Q", "rebook.events,rebook.work"],
+        [CELERY, "-A", "worker", "beat"],
+        [REBOOK, "doctor"],
+    ],
+    ids=["worker", "beat", "doctor"],
+)
+def test_with_no_settings_worker_beat_and_doctor_refuse_with_one_line(argv: list[str]) -> None:
+    """Nothing talks to the production upstream without a key, and nothing falls back to a
+    sandbox: the process stops before it connects anywhere."""
+    if not Path(argv[0]).exists():
+        pytest.skip(f"{argv[0]} not installed")
+    proc = subprocess.run(
+        argv,
+        cwd=REPO,
+        env=_child_env(required=False),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    for name in REQUIRED_ENV:
+        assert name in lines[0]
     assert "Traceback" not in proc.stderr + proc.stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import re
 import socket
 import threading
 import time
@@ -16,9 +17,11 @@ from zoneinfo import ZoneInfo
 import pytest
 import redis
 
+from worker import __version__
 from worker.errors import (
     Ambiguous,
     AuthExpired,
+    Challenged,
     NotFound,
     RateLimited,
     Rejected,
@@ -89,8 +92,12 @@ def test_made_bookings_newest_first_and_start(
     page = client.made_bookings(member["token"])
     assert [b.booking_id for b in page.bookings] == [new.booking_id, member["booking"]]
     assert page.total == 2 and page.page_count == 1
-    recent = client.made_bookings(member["token"], start=datetime.now(UTC) - timedelta(minutes=5))
-    assert [b.booking_id for b in recent.bookings] == [new.booking_id]
+    since = datetime.now(UTC) - timedelta(minutes=5)
+    # StartDate is a date (a day early): the page has both, the iterator only what is recent
+    day = client.made_bookings(member["token"], start=since)
+    assert [b.booking_id for b in day.bookings] == [new.booking_id, member["booking"]]
+    recent = list(client.iter_made_bookings(member["token"], start=since))
+    assert [b.booking_id for b in recent] == [new.booking_id]
     oldest = client.made_bookings(member["token"], newest_first=False)
     assert [b.booking_id for b in oldest.bookings] == [member["booking"], new.booking_id]
 
@@ -225,15 +232,59 @@ def test_member_call_headers(echo: Echo) -> None:
     assert "BookingID=5" in get["path"]
     assert get["headers"]["accept"] == "application/json"
     assert get["headers"]["x-dev-key"] == "the-key"
-    assert get["headers"]["authorization"] == "Bearer tok-1"
+    assert get["headers"]["authorization"] == "bearer tok-1"  # as the docs' samples write it
+    assert get["headers"]["user-agent"] == f"rebook/{__version__}"
     assert "apikey" not in get["headers"]
     assert "the-key" not in get["path"]  # the key never goes in the query string
     assert post["method"] == "POST"
     assert post["path"] == "/v1/Webcam/RescheduleMadeBooking"
-    assert post["headers"]["authorization"] == "Bearer tok-2"
+    assert post["headers"]["authorization"] == "bearer tok-2"
+    assert post["headers"]["user-agent"] == f"rebook/{__version__}"
     assert post["headers"]["x-dev-key"] == "the-key"
     assert post["headers"]["accept"] == "application/json"
     assert json.loads(post["body"]) == {"BookingID": 5}
+
+
+def test_api_key_in_query_is_the_documented_apikey_parameter(echo: Echo) -> None:
+    echo.body = json.dumps({"User": {"UserID": 7, "AvailableNowWebcam": True}}).encode()
+    c = UpstreamClient(echo.url, "the-key", api_key_in="query")
+    try:
+        assert c.is_online(7) is True
+        c.refresh_token(echo.url + "/t", client_id="c", client_secret="s", refresh_token="r")
+    finally:
+        c.close()
+    presence, token = echo.requests
+    assert "apiKey=the-key" in presence["path"] and "UserID=7" in presence["path"]
+    assert "apikey" not in presence["headers"]
+    assert "the-key" not in token["path"]  # the OAuth host gets no API key at all
+    assert token["headers"]["user-agent"] == f"rebook/{__version__}"
+
+
+def test_a_page_that_echoes_the_url_never_puts_the_key_in_an_error(echo: Echo) -> None:
+    """A proxy's error page often quotes the URL it was asked for, `?apiKey=` included."""
+    c = UpstreamClient(echo.url, "the-secret-key", api_key_in="query")
+    echo.status = 502
+    echo.body = b"<html>Bad gateway for /v1/x?apiKey=the-secret-key</html>"
+    echo.headers = {"Content-Type": "text/html"}
+    try:
+        with pytest.raises(UpstreamError) as info:
+            c.user_summary(7)
+    finally:
+        c.close()
+    assert "the-secret-key" not in str(info.value)
+    assert "the-secret-key" not in repr(info.value.args)
+
+
+def test_the_sandbox_takes_the_key_in_the_query(sandbox_server: SandboxServer) -> None:
+    c = UpstreamClient(sandbox_server.url, KEY, api_key_in="query")
+    wrong = UpstreamClient(sandbox_server.url, "wrong", api_key_in="query")
+    try:
+        assert c.is_online(7) is False
+        with pytest.raises(AuthExpired):
+            wrong.is_online(7)
+    finally:
+        c.close()
+        wrong.close()
 
 
 def test_presence_call_has_api_key_but_no_bearer(echo: Echo) -> None:
@@ -257,10 +308,223 @@ def test_made_bookings_query_uses_site_time(echo: Echo) -> None:
     finally:
         c.close()
     path = echo.requests[0]["path"]
-    assert "StartDate=2024-07-01T12%3A00%3A00" in path  # 11:00 UTC is 12:00 BST
+    assert re.search(r"StartDate=2024-06-30(&|$)", path)  # yyyy-mm-dd, the site day before
     assert "OrderBy=createddate-desc" in path
     assert "PageNumber=2" in path
     assert "BookingsPerPage=100" in path
+
+
+@pytest.mark.parametrize(
+    ("zone", "instant", "sent"),
+    [
+        ("Europe/London", datetime(2024, 7, 1, 23, 30, tzinfo=UTC), "2024-07-01"),  # 00:30 BST 2nd
+        ("Europe/London", datetime(2024, 1, 1, 23, 30, tzinfo=UTC), "2023-12-31"),  # GMT
+        ("Asia/Tokyo", datetime(2024, 7, 1, 16, 0, tzinfo=UTC), "2024-07-01"),  # 01:00 on the 2nd
+        ("America/New_York", datetime(2024, 7, 2, 3, 0, tzinfo=UTC), "2024-06-30"),  # 23:00 1st
+    ],
+)
+def test_start_date_is_the_site_day_before(
+    echo: Echo, zone: str, instant: datetime, sent: str
+) -> None:
+    echo.body = json.dumps({"PageCount": 1, "WebcamBookings": []}).encode()
+    c = UpstreamClient(echo.url, "k", zone=ZoneInfo(zone))
+    try:
+        c.made_bookings("t", start=instant)
+    finally:
+        c.close()
+    assert re.search(f"StartDate={sent}(&|$)", echo.requests[0]["path"])
+
+
+def test_iter_made_bookings_filters_by_the_exact_time_and_stops_early(echo: Echo) -> None:
+    """What the day-early StartDate lets through is dropped here; the page after the first older
+    booking is never read (newest first)."""
+    start = datetime(2024, 7, 1, 12, 0, tzinfo=UTC)  # 13:00 BST
+    rows = [
+        {"WebcamBookingID": 3, "CreateDate": "2024-07-01T13:30:00"},
+        {"WebcamBookingID": 2, "CreateDate": "0001-01-01T00:00:00"},  # unset: kept
+        {"WebcamBookingID": 1, "CreateDate": "2024-07-01T12:59:59"},  # a second too old
+    ]
+    echo.body = json.dumps({"PageCount": 5, "WebcamBookings": rows}).encode()
+    c = UpstreamClient(echo.url, "k", zone=ZoneInfo("Europe/London"))
+    try:
+        got = [b.booking_id for b in c.iter_made_bookings("t", start=start)]
+        assert [b.booking_id for b in c.iter_made_bookings("t")] == [3, 2, 1] * 5
+    finally:
+        c.close()
+    assert got == [3, 2]
+    assert len(echo.requests) == 1 + 5
+
+
+@pytest.mark.parametrize("zone", ["Europe/Paris", "Asia/Tokyo", "America/New_York", "UTC"])
+def test_year_one_is_unset_on_every_datetime_field(echo: Echo, zone: str) -> None:
+    """`0001-01-01T00:00:00` is .NET's "no date": with a zone east of UTC it used to overflow."""
+    fields = [
+        "CreateDate",
+        "SessionDate",
+        "AcceptBy",
+        "AcceptedDate",
+        "ConfirmedDate",
+        "CancelledDate",
+        "LastUpdated",
+    ]
+    echo.body = json.dumps(
+        {"WebcamBookingID": 5, "Status": "Pending", **dict.fromkeys(fields, "0001-01-01T00:00:00")}
+    ).encode()
+    c = UpstreamClient(echo.url, "k", zone=ZoneInfo(zone))
+    try:
+        details = c.booking_details("t", 5)
+        made = c.reschedule("t", 5)
+    finally:
+        c.close()
+    for booking in (details, made):
+        assert booking.create_date is None and booking.accept_by is None
+        assert booking.last_updated is None and booking.session_date is None
+
+
+@pytest.mark.parametrize(
+    ("value", "zone"),
+    [
+        ("9999-12-31T23:59:59", "America/New_York"),  # past the end of the calendar in UTC
+        ("0001-01-01T00:00:00", "Europe/Paris"),  # unset, not an error (see above)
+        ("2024-02-30T10:00:00", "Europe/Paris"),
+        ("yesterday", "Europe/Paris"),
+    ],
+)
+def test_an_unreadable_datetime_is_a_readable_error_never_a_crash(
+    echo: Echo, value: str, zone: str
+) -> None:
+    echo.body = json.dumps({"WebcamBookingID": 5, "Status": "Pending", "AcceptBy": value}).encode()
+    c = UpstreamClient(echo.url, "k", zone=ZoneInfo(zone))
+    try:
+        if value.startswith("0001"):
+            assert c.booking_details("t", 5).accept_by is None
+            return
+        with pytest.raises(Transient) as read:
+            c.booking_details("t", 5)
+        with pytest.raises(Ambiguous) as posted:
+            c.reschedule("t", 5)
+    finally:
+        c.close()
+    for info in (read, posted):
+        assert "AcceptBy" in str(info.value)
+        assert "\n" not in str(info.value)
+
+
+CHALLENGE = b"<!DOCTYPE html><html><head><title>Just a moment...</title></head><body/></html>"
+
+
+def _answer(echo: Echo, status: int, body: bytes, ctype: str | None) -> None:
+    echo.status, echo.body = status, body
+    echo.headers = {"Content-Type": ctype} if ctype else {}
+
+
+def _calls(c: UpstreamClient) -> dict[str, Any]:
+    return {
+        "read": lambda: c.booking_details("t", 5),
+        "presence": lambda: c.user_summary(5),
+        "reschedule": lambda: c.reschedule("t", 5),
+        "confirm": lambda: c.confirm("t", 5),
+    }
+
+
+@pytest.mark.parametrize("status", [403, 429, 503])
+@pytest.mark.parametrize(
+    ("body", "ctype"),
+    [
+        (CHALLENGE, "text/html; charset=UTF-8"),
+        (CHALLENGE, None),  # markup with no content type
+        (b"Access denied by policy", "text/plain"),  # not JSON at all
+    ],
+)
+def test_a_challenge_page_never_reached_the_api(
+    echo: Echo, status: int, body: bytes, ctype: str | None
+) -> None:
+    """403/429/503 pages in front of the API: Challenged (transient, "not sent") for every
+    call, the non-idempotent POSTs included; never Rejected, never AuthExpired."""
+    _answer(echo, status, body, ctype)
+    seen: list[tuple[str, str]] = []
+    c = UpstreamClient(echo.url, "k", on_call=lambda e, o: seen.append((e, o)))
+    try:
+        for name, call in _calls(c).items():
+            with pytest.raises(Challenged) as info:
+                call()
+            assert info.value.retryable, name
+            assert info.value.status == status
+            assert "not the API's answer" in str(info.value)
+    finally:
+        c.close()
+    assert {o for _, o in seen} == {"Challenged"}  # a distinct outcome for the exporter
+
+
+@pytest.mark.parametrize("status", [500, 502, 504])
+def test_a_gateway_page_after_a_post_stays_ambiguous(echo: Echo, status: int) -> None:
+    """A proxy's 500/502/504 page may come after it forwarded the POST: reconcile, never
+    re-send blindly. For a read it is just transient."""
+    _answer(echo, status, b"<html><title>502 Bad Gateway</title></html>", "text/html")
+    c = UpstreamClient(echo.url, "k")
+    try:
+        for name, call in _calls(c).items():
+            expected = Ambiguous if name in ("reschedule", "confirm") else Challenged
+            with pytest.raises(expected):
+                call()
+    finally:
+        c.close()
+
+
+def test_the_api_s_own_answers_keep_their_meaning(echo: Echo) -> None:
+    """JSON and the API's XML are the API's: a 403 with a Message is still a refusal."""
+    c = UpstreamClient(echo.url, "k")
+    try:
+        _answer(echo, 403, b'{"Message": "Not your booking"}', "application/json")
+        with pytest.raises(Rejected, match="Not your booking"):
+            c.reschedule("t", 5)
+        _answer(echo, 400, b'<?xml version="1.0"?><Error><Message>no</Message></Error>', None)
+        with pytest.raises(Rejected):
+            c.reschedule("t", 5)
+        _answer(echo, 401, b"", None)  # an empty body says nothing either way
+        with pytest.raises(AuthExpired):
+            c.booking_details("t", 5)
+    finally:
+        c.close()
+
+
+def test_an_html_200_is_challenged_on_a_read_and_ambiguous_on_a_post(echo: Echo) -> None:
+    _answer(echo, 200, CHALLENGE, "text/html")
+    c = UpstreamClient(echo.url, "k")
+    try:
+        with pytest.raises(Challenged):
+            c.booking_details("t", 5)
+        with pytest.raises(Ambiguous):
+            c.reschedule("t", 5)
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 503])
+def test_a_page_in_front_of_the_token_endpoint_is_not_a_refusal(echo: Echo, status: int) -> None:
+    """Only the OAuth server's own 400/401 means "sign in again" (-> reauth)."""
+    _answer(echo, status, CHALLENGE, "text/html")
+    c = UpstreamClient(echo.url, "k")
+    try:
+        with pytest.raises(Challenged):
+            c.refresh_token(echo.url + "/t", client_id="c", client_secret="s", refresh_token="r")
+        _answer(echo, 401, b'{"error": "refresh_token_has_expired"}', "application/json")
+        with pytest.raises(Rejected):
+            c.refresh_token(echo.url + "/t", client_id="c", client_secret="s", refresh_token="r")
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("status", [403, 503])
+def test_sandbox_html_challenge_fault(
+    client: UpstreamClient, sandbox: SandboxClient, member: dict[str, Any], status: int
+) -> None:
+    sandbox.set_online(7, True)
+    sandbox.fault("RescheduleMadeBooking", "html_challenge", status=status)
+    with pytest.raises(Challenged):
+        client.reschedule(member["token"], member["booking"])
+    assert sandbox.stats()["new_bookings"] == {}  # it never reached the API
+    assert client.reschedule(member["token"], member["booking"]).booking_id > 0
 
 
 def test_refresh_is_form_encoded(echo: Echo) -> None:
