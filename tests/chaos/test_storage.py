@@ -382,7 +382,9 @@ def test_the_worker_reconnects_when_redis_restarts_while_it_holds_a_message(
 ) -> None:
     with (
         private_redis(tmp_path / "redis", always=False) as servers,
-        running_system(servers[0].url, tmp_path, http_timeout_seconds=5.0) as system,
+        running_system(
+            servers[0].url, tmp_path, http_timeout_seconds=5.0, step_lease_seconds=11.0
+        ) as system,
     ):
         user, performer = system.member(), system.performer(online=False)
 
