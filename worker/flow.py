@@ -595,9 +595,10 @@ class Flow:
             return self._gated(rec, exc.holder)
         except _Found as exc:
             if exc.siblings:  # whose is it? a wrong guess books one session twice
-                self._park(
+                self._park(  # nothing was sent: the mark goes with it
                     rec,
                     "unclaimed_booking",
+                    fields={"post_sent_ts": None, "attempts": rec.attempts},
                     action=f"booking {exc.bookings[0].booking_id} is nobody's here; it may be "
                     f"this rebook's or {', '.join(exc.siblings)}'s (a lost \"POST sent\" "
                     "mark): check upstream, then `rebook retry` the one it belongs to, after "
@@ -686,13 +687,15 @@ class Flow:
         return "gated"
 
     def _siblings(self, rec: Rebook) -> list[str]:
-        """Other active rebooks of the member and performer that have no booking yet."""
-        ids = [i for i in self.store.active_of_user(rec.user_id) if i != rec.rebook_id]
+        """Other rebooks of the member and performer that could have made a booking nobody
+        owns: active ones without a booking, and finished ones that POSTed without one."""
+        active = set(self.store.active_of_user(rec.user_id))
+        ids = sorted((active | set(self.store.posted_without_booking(rec))) - {rec.rebook_id})
         return [
             o.rebook_id
             for o in self.store.get_many(ids)
-            if o.state in ACTIVE_STATES
-            and o.new_booking_id is None
+            if o.new_booking_id is None
+            and (o.rebook_id not in active or o.state in ACTIVE_STATES)
             and (None in (o.performer_id, rec.performer_id) or o.performer_id == rec.performer_id)
         ]
 

@@ -547,6 +547,12 @@ class Store:
         sent, made = self.r.hmget(self.skey(shard, "r", holder), ["post_sent_ts", "new_booking_id"])
         return str(holder) if sent and not made else None
 
+    def posted_without_booking(self, rec: Rebook) -> list[str]:
+        """Rebooks of the member and performer that sent a POST and own no booking (yet)."""
+        shard = self.shard_for_user(rec.user_id)
+        ids = self.r.smembers(self.skey(shard, "posted", f"{rec.user_id}:{rec.performer_id or ''}"))
+        return sorted(str(i) for i in ids)
+
     def claim_step(self, rebook_id: str, token: str) -> Rebook | None:
         """Writes this step's fencing token into the record and reads it, in one call. Every
         write of the step then requires the token: a step whose lease ran out while it was in

@@ -198,8 +198,28 @@ class SimDispatcher:
 
 
 class SimTokens:
+    """Access tokens that a 401 makes us refresh (a new one each time); no I/O of their own."""
+
+    def __init__(self) -> None:
+        self.version: dict[str, int] = {}
+
     def access_token(self, user_id: str, *, rejected: str | None = None) -> str:
-        return f"tok-{user_id}"
+        if rejected is not None:
+            self.version[user_id] = self.version.get(user_id, 0) + 1
+        return f"tok-{user_id}.{self.version.get(user_id, 0)}"
+
+
+class SimLimiter:
+    """The shared rate budget saying "not now" at random: nothing is sent."""
+
+    def __init__(self, engine: Engine, rate: float) -> None:
+        self.engine, self.rate = engine, rate
+
+    def acquire(self, share: float = 1.0) -> None:
+        from worker.errors import Throttled
+
+        if self.engine.current() is not None and self.engine.rng.random() < self.rate:
+            raise Throttled("shared upstream rate limit", retry_after=self.engine.rng.uniform(0, 2))
 
 
 # --- the upstream -------------------------------------------------------------------------------
@@ -230,8 +250,14 @@ class Faults:
     post_timeout_after: float = 0.06
     post_late_commit: float = 0.10
     post_bad_body: float = 0.04
+    post_html_challenge: float = 0.04
+    post_html_gateway_after: float = 0.03
     read_error: float = 0.08
     read_unreadable: float = 0.04
+    read_html: float = 0.03
+    unauthorized: float = 0.03
+    confirm_after_commit: float = 0.15
+    confirm_late: float = 0.1
     max_commit_lag: float = 30.0
     max_visibility_lag: float = 3.0
     slow_call: float = 0.05
@@ -262,6 +288,7 @@ class SimUpstream(BaseAdapter):
         self.next_id = 5000
         self.posts = 0
         self.pending_commits = 0
+        self.confirms: dict[int, int] = {}
 
     def close(self) -> None:
         pass
@@ -337,9 +364,15 @@ class SimUpstream(BaseAdapter):
         query = {k.lower(): v[-1] for k, v in parse_qs(parts.query).items()}
         body = json.loads(request.body) if request.body else {}
         auth = str(request.headers.get("Authorization", ""))
-        user = auth.partition(" ")[2].removeprefix("tok-")
+        user = auth.partition(" ")[2].removeprefix("tok-").rpartition(".")[0]
         read_timeout = timeout[1] if isinstance(timeout, tuple) else (timeout or 10.0)
         step = _STEP.get()
+        if op != "getUserSummary" and rng.random() < f.unauthorized:
+            return _answer(request, 401, {"Message": "Authorization has been denied."})
+        if rng.random() < f.read_html and op != "RescheduleMadeBooking":
+            return _html(request, rng.choice([403, 503]))
+        if op == "ConfirmMadeBooking":
+            return self._confirm(request, body, user, read_timeout)
         if op in ("RescheduleMadeBooking",):
             return self._post(request, body, user, step.rebook_id if step else "?", read_timeout)
         if rng.random() < f.read_error:
@@ -388,6 +421,9 @@ class SimUpstream(BaseAdapter):
         if roll < f.post_5xx_before:
             return _answer(request, 503, {"Message": "The service is unavailable."})
         roll -= f.post_5xx_before
+        if roll < f.post_html_challenge:  # a CDN in front: the API never saw it
+            return _html(request, rng.choice([403, 429, 503]))
+        roll -= f.post_html_challenge
         if roll < f.post_late_commit:
             lag = rng.uniform(0, f.max_commit_lag)
             self.pending_commits += 1
@@ -416,10 +452,47 @@ class SimUpstream(BaseAdapter):
         if roll < f.post_timeout_after:
             raise requests.ReadTimeout("read timed out")
         roll -= f.post_timeout_after
+        if roll < f.post_html_gateway_after:  # a proxy gave up after forwarding it
+            return _html(request, rng.choice([502, 504]))
+        roll -= f.post_html_gateway_after
         if roll < f.post_bad_body:
             text = json.dumps(self._json(made))
             return _answer(request, 200, text[: len(text) // 2])
         return _answer(request, 200, self._json(made))
+
+    def _confirm(
+        self,
+        request: requests.PreparedRequest,
+        body: dict[str, Any],
+        user: str,
+        read_timeout: float,
+    ) -> requests.Response:
+        """Only an Accepted booking can be confirmed; a second confirm is refused."""
+        rng, f = self.engine.rng, self.faults
+        b = self.bookings.get(int(body.get("BookingID", 0)))
+        if b is None or b.user_id != user:
+            return _answer(request, 404, {"Message": "No booking found."})
+        if b.status != "Accepted":
+            return _answer(request, 400, {"Message": f"The booking is {b.status}"})
+        self.confirms[b.booking_id] = self.confirms.get(b.booking_id, 0) + 1
+        roll = rng.random()
+        if roll < f.confirm_late:
+            lag = rng.uniform(0, f.max_commit_lag)
+
+            def later() -> None:
+                self.engine.sleep(lag)
+                if b.status == "Accepted":
+                    b.status = "Confirmed"
+
+            name = f"confirm-{b.booking_id}-{self.confirms[b.booking_id]}"
+            self.engine.spawn(name, later, crashable=False)
+            self.engine.point(read_timeout)
+            raise requests.ReadTimeout("read timed out")
+        b.status = "Confirmed"
+        self.engine.point(rng.uniform(0.05, 1.0))
+        if roll < f.confirm_late + f.confirm_after_commit:
+            return _answer(request, 500, {"Message": "An error has occurred."})
+        return _answer(request, 200, self._json(b))
 
     def _list(
         self, request: requests.PreparedRequest, user: str, query: dict[str, str]
@@ -483,6 +556,12 @@ def _answer(request: requests.PreparedRequest, status: int, body: Any) -> reques
     response._content = text.encode()
     response.headers["Content-Type"] = "application/json; charset=utf-8"
     response.headers["Date"] = datetime.now(UTC).strftime("%a, %d %b %Y %H:%M:%S GMT")
+    return response
+
+
+def _html(request: requests.PreparedRequest, status: int) -> requests.Response:
+    response = _answer(request, status, "<!DOCTYPE html><html><body>Just a moment...</body></html>")
+    response.headers["Content-Type"] = "text/html; charset=utf-8"
     return response
 
 

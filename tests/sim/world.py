@@ -26,6 +26,7 @@ from tests.sim.parts import (
     Faults,
     Queue,
     SimDispatcher,
+    SimLimiter,
     SimRedis,
     SimStore,
     SimTokens,
@@ -44,6 +45,11 @@ ZONES = ["Europe/London", "Europe/Paris", "UTC", "Atlantic/Azores", "Europe/Athe
 LIST_NAMES = ["WebcamBookings", "MadeBookings", "Bookings"]
 ACTIVE = (State.WAITING, State.RESCHEDULING, State.WATCHING)
 LOSE_MARKS = 0.1
+UPSTREAM_STATUS = {
+    State.ACCEPTED: "Accepted",
+    State.REJECTED: "Rejected",
+    State.CONFIRMED: "Confirmed",
+}
 
 
 @dataclass
@@ -84,6 +90,7 @@ def sim_settings(redis_url: str, prefix: str, rng: random.Random, **extra: Any) 
         "upstream_rate_per_second": 0,
         "made_bookings_list_names": "WebcamBookings,MadeBookings,Bookings",
         "token_key": None,
+        "auto_confirm": rng.random() < 0.3,
     }
     values.update(extra)
     return load_settings(**values)
@@ -110,6 +117,8 @@ def run(seed: int, redis_url: str, **overrides: Any) -> Result:
         year_one=rng.random() < 0.3,
     )
     table = Expiring(engine)
+    tokens = SimTokens()
+    limiter = SimLimiter(engine, rng.choice([0.0, 0.05, 0.2]))
     queue = Queue(engine, loss=rng.choice([0.0, 0.05, 0.2]), duplicate=rng.choice([0.0, 0.1]))
     dispatcher = SimDispatcher(queue)
     raw = SimRedis.from_url(redis_url, decode_responses=True)
@@ -132,8 +141,9 @@ def run(seed: int, redis_url: str, **overrides: Any) -> Result:
             zone=settings.zone,
             session=session,
             list_names=settings.list_names,
+            limiter=limiter,
         )
-        flow = Flow(settings, store, client, SimTokens(), dispatcher, clock=store.clock)
+        flow = Flow(settings, store, client, tokens, dispatcher, clock=store.clock)
         return flow, ctx
 
     members = [f"m{i}" for i in range(rng.randint(1, 3))]
@@ -334,6 +344,10 @@ def check(
             last = [o["state"] for o in rows if o["state"] != "BOOKED"]
             if not last or last[-1] != rec.state.value:
                 bad.append(f"{rid} is {rec.state.value} but its last outcome is {last[-1:]}")
+        if rec.new_booking_id is not None and rec.state in UPSTREAM_STATUS:
+            status = upstream.bookings[rec.new_booking_id].status
+            if status != UPSTREAM_STATUS[rec.state]:
+                bad.append(f"{rid} says {rec.state.value}; upstream: {status}")
     states = Counter(r.state.value for r in records.values())
     return Result(
         seed,

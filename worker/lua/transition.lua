@@ -51,6 +51,11 @@ local function apply(id)
       end
     end
     redis.call('SET', gate, id)
+    -- who has ever POSTed for this member and performer without a booking to show for it: an
+    -- unclaimed booking found later may be any of theirs (a lost mark)
+    local posted = p .. 'posted:' .. uid .. ':' .. (rec.performer_id or '')
+    redis.call('SADD', posted, id)
+    redis.call('EXPIRE', posted, math.floor(tonumber(ARGV[10]) + 86400))
   end
   if is_terminal(cur) and not is_terminal(to) then
     -- an operator's retry of a finished rebook: it must own its booking again
@@ -104,6 +109,9 @@ local function apply(id)
   -- the gate is free again once this rebook's POST is settled: booked, or proven not made
   if (rec.post_sent_ts or '') == '' or (rec.new_booking_id or '') ~= '' then
     if redis.call('GET', gate) == id then redis.call('DEL', gate) end
+  end
+  if (rec.new_booking_id or '') ~= '' and cur ~= to then
+    redis.call('SREM', p .. 'posted:' .. uid .. ':' .. (rec.performer_id or ''), id)
   end
   if ARGV[9] ~= '' then
     redis.call('HINCRBY', p .. 'metrics:outcomes', ARGV[9], 1)
