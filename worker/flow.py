@@ -544,18 +544,13 @@ class Flow:
             except UpstreamError as exc:
                 self._retry_later(rec, exc, "reading the member's bookings before the POST")
                 return "retry"
-        known = set(rec.known_ids) if rec.known_ids is not None else None
-        if not listing.complete:
-            self._retry_later(
-                rec, Throttled("the member's list is too long to read whole"), "the pre-POST read"
-            )
-            return "retry"
+        # (a list cut at its page limit is fine here: what it did not show stays a candidate)
         try:
             token = self.tokens.access_token(rec.user_id)
         except UpstreamError as exc:  # the token endpoint failed: nothing was sent
             self._retry_later(rec, exc, "refreshing the member's token")
             return "retry"
-        seen = sorted({*(known or ()), *(b.booking_id for b in listing.bookings)})
+        seen = sorted({*(rec.known_ids or ()), *(b.booking_id for b in listing.bookings)})
         marked: list[float] = []
 
         def mark() -> None:
