@@ -40,8 +40,6 @@ log = logging.getLogger("rebook.flow")
 
 T = TypeVar("T")
 ACTIVE_STEPS = (State.WAITING, State.RESCHEDULING, State.WATCHING)
-CLOCK_SKEW_SECONDS = 30.0
-"""How far the upstream's CreateDate may lag our clock when we look for a booking we made."""
 ACCEPT_BY_FALLBACK_SECONDS = 86400.0
 PRESENCE_SLACK_SECONDS = 0.05
 """A presence check sent to run on time may find the last one's window open for a moment more
@@ -992,7 +990,10 @@ class Flow:
                     rec,
                     lambda tok: list(
                         self.client.iter_made_bookings(
-                            tok, start=from_ts(since - CLOCK_SKEW_SECONDS), max_pages=5
+                            # a lookback of hours: a wrong zone must not hide what we watch
+                            tok,
+                            start=from_ts(since - self.settings.reconcile_lookback_seconds),
+                            max_pages=5,
                         )
                     ),
                 )
