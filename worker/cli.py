@@ -467,11 +467,15 @@ def demo(
     rebooks: Annotated[int, typer.Option(min=1, max=200)] = 24,
     performers: Annotated[int, typer.Option(min=2, max=50)] = 6,
     seed: Annotated[int | None, typer.Option()] = None,
+    hostile: Annotated[
+        bool,
+        typer.Option(help="An upstream that commits late and answers HTML pages."),
+    ] = False,
 ) -> None:
     """The whole pipeline on this machine: Redis, sandbox, worker and beat, live progress."""
     from worker.demo import run
 
-    raise typer.Exit(run(rebooks=rebooks, performers=performers, seed=seed))
+    raise typer.Exit(run(rebooks=rebooks, performers=performers, seed=seed, hostile=hostile))
 
 
 @cli.command()

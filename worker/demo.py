@@ -737,8 +737,10 @@ def run(
     seed: int | None = None,
     timeout: float = 100.0,
     console: Console | None = None,
+    hostile: bool = False,
 ) -> int:
-    """Runs the demo; returns the exit code (0 ok, 1 failed, 2 bad setting, 130 interrupted)."""
+    """Runs the demo; returns the exit code (0 ok, 1 failed, 2 bad setting, 130 interrupted).
+    `hostile`: against an upstream that commits late and answers HTML pages."""
     console = console or Console()
     run_id = secrets.token_hex(4)
     workdir = Path(tempfile.mkdtemp(prefix=f"rebook-demo-{run_id}-"))
@@ -747,7 +749,7 @@ def run(
     restore = _install_sigterm()
     code = 1
     try:
-        code = _run(res, run_id, rebooks, performers, seed, timeout, console)
+        code = _run(res, run_id, rebooks, performers, seed, timeout, console, hostile)
     except KeyboardInterrupt:
         console.print("\n[yellow]interrupted: stopping the worker and beat…[/]")
         code = 130
@@ -774,6 +776,30 @@ def run(
     return code
 
 
+HOSTILE_POST_FAULTS = (
+    ("http_504_commit_later", 3),  # the gateway gives up; the booking appears 1.5 s later
+    ("timeout_commit_later", 2),
+    ("http_500_after_commit", 2),
+    ("html_challenge", 2),  # a CDN page: the API never saw it
+)
+
+
+def _make_hostile(sandbox: SandboxClient, console: Console) -> None:
+    """An upstream that is not our sandbox's best behaviour: `rebook demo --hostile`."""
+    # (not another site zone: matching is safe against it, but AcceptBy read two hours off would
+    # keep the demo's expiring bookings watched past its end; tests/chaos/test_exactly_once.py)
+    sandbox.configure(documented=True, list_name="Bookings")
+    for kind, count in HOSTILE_POST_FAULTS:
+        sandbox.fault("RescheduleMadeBooking", kind, count=count, commit_delay=1.5, delay=2.5)
+    sandbox.fault("MadeBookings", "http_503", count=3)
+    console.print(
+        "Hostile upstream: the MadeBookings list under 'Bookings', dates as documented "
+        "(StartDate a day, unset ones year 1), and "
+        + ", ".join(f"{n} x {kind}" for kind, n in HOSTILE_POST_FAULTS)
+        + " on the reschedule POST"
+    )
+
+
 def _run(
     res: _Resources,
     run_id: str,
@@ -782,6 +808,7 @@ def _run(
     seed: int | None,
     timeout: float,
     console: Console,
+    hostile: bool = False,
 ) -> int:
     plan = scenario(rebooks, performers, seed)
     # only Redis and the token key are taken from the environment: the upstream is the sandbox
@@ -867,6 +894,8 @@ def _run(
             services.token_store.save(
                 user, TokenSet.from_token_response(sandbox.add_user(user), time.time())
             )
+        if hostile:
+            _make_hostile(sandbox, console)
         tracks: list[_Track] = []
         for item in plan.items:
             booking_id = sandbox.add_booking(item.user_id, item.performer_id)

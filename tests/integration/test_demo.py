@@ -43,13 +43,14 @@ def _processes_mentioning(needle: str) -> list[str]:
 
 @pytest.mark.integration
 @pytest.mark.timeout(180)
-def test_demo_runs_to_the_end_and_cleans_up(redis_url: str) -> None:
+@pytest.mark.parametrize("hostile", [False, True], ids=["sandbox", "hostile"])
+def test_demo_runs_to_the_end_and_cleans_up(redis_url: str, hostile: bool) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("REBOOK_")}
     env.update({"REBOOK_REDIS_URL": redis_url, "PYTHONUNBUFFERED": "1"})
     code = (
         "from worker.demo import run; "
         f"raise SystemExit(run(rebooks={REBOOKS}, performers={PERFORMERS}, seed={SEED}, "
-        "timeout=90))"
+        f"timeout=90, hostile={hostile}))"
     )
     started = time.monotonic()
     proc = subprocess.run(
