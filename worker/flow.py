@@ -799,7 +799,7 @@ class Flow:
         when the worker died before it came, the latest the request could have been in flight."""
         if answered is not None:
             return answered
-        return sent + self.settings.call_bound_seconds + 1.0
+        return sent + self.settings.send_bound_seconds
 
     def _proof_due(self, window_start: float, k: int) -> float:
         """When the k-th of the proof's reads may start: the first a grace after the window

@@ -210,7 +210,8 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"REBOOK_STEP_LEASE_SECONDS must cover the longest upstream call: at least "
                 f"{self.longest_call_seconds:g} s (rate-limit wait {self.limiter_max_wait:g} s "
-                f"+ connect and read timeouts 2 x REBOOK_HTTP_TIMEOUT_SECONDS + 1 s)"
+                f"+ replica wait {self.replica_wait_seconds:g} s + connect and read timeouts "
+                "2 x REBOOK_HTTP_TIMEOUT_SECONDS + 1 s)"
             )
         if self.reconcile_window_seconds < self.reconcile_grace_seconds:
             raise ValueError(
@@ -237,10 +238,20 @@ class Settings(BaseSettings):
         return 2 * self.http_timeout_seconds
 
     @property
+    def replica_wait_seconds(self) -> float:
+        """How long the POST may wait for replicas to have its mark (`WAIT`) before sending."""
+        return self.redis_wait_timeout_ms / 1000 if self.redis_wait_replicas else 0.0
+
+    @property
+    def send_bound_seconds(self) -> float:
+        """From "POST sent" to the latest moment the request can still be in flight."""
+        return self.replica_wait_seconds + self.call_bound_seconds + 1.0
+
+    @property
     def longest_call_seconds(self) -> float:
         """One upstream call of a step, rate-limit wait included; a step's lease is extended
         to this before each call, so the lease must be at least as long."""
-        return self.limiter_max_wait + self.call_bound_seconds + 1.0
+        return self.limiter_max_wait + self.send_bound_seconds
 
     @property
     def list_names(self) -> tuple[str, ...]:

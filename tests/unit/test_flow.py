@@ -1079,7 +1079,7 @@ def test_a_step_that_outlived_its_lease_is_fenced_off(env: Env) -> None:
     stale.join(10)
     assert results == ["fenced"]  # its answer came back, but the rebook is no longer its own
     assert env.get(rid).state is State.RESCHEDULING
-    env.clock.advance(env.settings.call_bound_seconds + 1)
+    env.clock.advance(env.settings.send_bound_seconds)
     reconcile_until(env, rid, "booked")
     assert env.calls("RescheduleMadeBooking") == 1 and env.new_bookings() == {str(orig): 1}
 
