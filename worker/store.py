@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict
 
 from worker.errors import StoreUnavailable
 from worker.models import ACTIVE_STATES, State, iso_z
+from worker.observability import scrub
 from worker.settings import Settings, mask_url
 
 KEEP = ""
@@ -158,10 +159,23 @@ def redact(value: Any, depth: int = 0) -> Any:
     if isinstance(value, (list, tuple)):
         return [redact(v, depth + 1) for v in list(value)[:50]]
     if isinstance(value, str):
-        return value[:512]
+        return scrub(value[:512])
     if value is None or isinstance(value, (int, float, bool)):
         return value
-    return repr(value)[:128]
+    return scrub(repr(value)[:128])
+
+
+def scrubbed(value: Any) -> Any:
+    """Free text on its way into Redis (reasons, outcome details): upstream error text is
+    untrusted and may echo a token, a key or a URL password; scrubbed here, once, for every
+    record, history entry, outcome (and so webhook body) and dead letter."""
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {k: scrubbed(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [scrubbed(v) for v in value]
+    return value
 
 
 class StepLock(Protocol):
@@ -482,7 +496,7 @@ class Store:
                         to.value,
                         repr(ts),
                         iso_z(datetime.fromtimestamp(ts, UTC)),
-                        reason[:500],
+                        scrub(reason)[:500],
                         due if isinstance(due, str) else repr(due),
                         outcome,
                         self.retention,
@@ -597,13 +611,13 @@ class Store:
                 to.value,
                 repr(ts),
                 iso_z(datetime.fromtimestamp(ts, UTC)),
-                reason[:500],
+                scrub(reason)[:500],
                 due if isinstance(due, str) else repr(due),
                 outcome,
                 self.retention,
                 json.dumps({k: _field(v) for k, v in (fields or {}).items()}),
                 json.dumps({k: _field(v) for k, v in (require or {}).items()}),
-                json.dumps(detail or {}, default=str),
+                json.dumps(scrubbed(detail or {}), default=str),
                 self.lease,
                 "gate" if gate else "",
             ],
@@ -872,7 +886,7 @@ class Store:
             body = body[:DEADLETTER_PAYLOAD_LIMIT] + "…(truncated)"
         now = datetime.now(UTC)
         fields = {
-            "reason": reason[:1000],
+            "reason": scrub(reason)[:1000],
             "payload": body,
             "task_id": task_id,
             "task": task,
