@@ -128,18 +128,18 @@ def _upstream(settings: Settings) -> Check:
 
 def _token_key(settings: Settings) -> Check:
     """The key is set and opens the tokens stored with it (a sample of them)."""
-    if settings.token_key is None:
+    if not settings.token_key_list:
         return Check(
             "token key",
             False,
-            "REBOOK_TOKEN_KEY is not set",
+            "REBOOK_TOKEN_KEY is not set (nor REBOOK_TOKEN_KEYS)",
             "make one with `rebook tokens keygen`",
         )
     from worker.auth import TokenStore
     from worker.store import Store
 
     store = Store.from_settings(settings)
-    tokens = TokenStore(store.r, settings.key_prefix, settings.token_key.get_secret_value())
+    tokens = TokenStore(store.r, settings.key_prefix, settings.token_key_list)
     keys = []
     for key in store.r.scan_iter(match=f"{settings.key_prefix}tok:*", count=200):
         keys.append(key)
@@ -152,7 +152,7 @@ def _token_key(settings: Settings) -> Check:
             return Check(
                 "token key",
                 False,
-                "stored tokens do not decrypt with REBOOK_TOKEN_KEY",
+                "stored tokens do not decrypt with REBOOK_TOKEN_KEY(S)",
                 "restore the previous key, or re-encrypt with ops/rotate-token-key.py",
             )
     return Check("token key", True, f"set; opens {len(keys)} sampled stored token(s)")

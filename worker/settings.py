@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     oauth_client_id: str
     oauth_client_secret: SecretStr
     token_key: SecretStr | None = None
+    token_keys: SecretStr | None = None
+    """REBOOK_TOKEN_KEYS: comma-separated Fernet keys, the newest first (it encrypts), the older
+    ones still read: a rolling key rotation. REBOOK_TOKEN_KEY, if also set, is read too."""
     token_refresh_margin_seconds: float = Field(60.0, ge=0)
 
     presence_interval_seconds: float = Field(30.0, gt=0)
@@ -152,20 +155,31 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown time zone {value!r}") from exc
         return value
 
-    @field_validator("token_key")
+    @field_validator("token_key", "token_keys")
     @classmethod
     def _fernet(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is None or not value.get_secret_value():
+        if value is None or not value.get_secret_value().strip(" ,"):
             return None
         from cryptography.fernet import Fernet
 
-        try:
-            Fernet(value.get_secret_value().encode())
-        except (ValueError, TypeError):
-            raise ValueError(
-                "not a Fernet key (32 url-safe base64 bytes); make one with `rebook tokens keygen`"
-            ) from None
+        for i, key in enumerate(_split_keys(value.get_secret_value()), start=1):
+            try:
+                Fernet(key.encode())
+            except (ValueError, TypeError):
+                raise ValueError(
+                    f"key {i} is not a Fernet key (32 url-safe base64 bytes); make one with "
+                    "`rebook tokens keygen`"
+                ) from None
         return value
+
+    @property
+    def token_key_list(self) -> list[str]:
+        """Every token key, the one that encrypts first: REBOOK_TOKEN_KEYS in order, then
+        REBOOK_TOKEN_KEY unless already listed. Empty when neither is set."""
+        keys = _split_keys(self.token_keys.get_secret_value()) if self.token_keys else []
+        if self.token_key is not None and self.token_key.get_secret_value() not in keys:
+            keys.append(self.token_key.get_secret_value())
+        return keys
 
     @field_validator("flower_basic_auth")
     @classmethod
@@ -321,3 +335,7 @@ def mask_url(url: str) -> str:
     if parts.query:
         parts = parts._replace(query=_SECRET_PARAM.sub(r"\1\2***", parts.query))
     return urlunsplit(parts)
+
+
+def _split_keys(value: str) -> list[str]:
+    return [k.strip() for k in value.split(",") if k.strip()]
