@@ -178,6 +178,8 @@ def make_app(settings: Settings) -> Celery:
         transport["global_keyprefix"] = settings.broker_key_prefix
     app.conf.update(
         broker_url=settings.broker,
+        broker_use_ssl=settings.broker_ssl_options(),
+        redis_backend_use_ssl=settings.broker_ssl_options(),
         broker_connection_retry_on_startup=True,
         broker_transport_options=transport,
         task_serializer="json",

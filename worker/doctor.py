@@ -47,7 +47,12 @@ def _redis(settings: Settings) -> Check:
     import redis
 
     url = mask_url(settings.redis_url)
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
+    client = redis.Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=2,
+        socket_timeout=2,
+        **settings.redis_ssl_options(settings.redis_url),
+    )
     try:
         client.ping()
     except redis.RedisError as exc:
@@ -86,7 +91,7 @@ def _broker(settings: Settings) -> Check:
     from kombu import Connection
 
     url = mask_url(settings.broker)
-    with Connection(settings.broker, connect_timeout=2) as conn:
+    with Connection(settings.broker, connect_timeout=2, ssl=settings.broker_ssl_options()) as conn:
         conn.ensure_connection(max_retries=1, timeout=2)
     return Check("broker", True, f"{url} reachable")
 

@@ -7,9 +7,10 @@ A bad value must stop a process before it touches a message, with one line namin
 from __future__ import annotations
 
 import functools
+import os
 import re
 import sys
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -48,6 +49,16 @@ class Settings(BaseSettings):
     redis_cluster: bool = False
     shards: int = Field(1, ge=1, le=1024)
     broker_url: str | None = None
+    redis_ca_file: str | None = None
+    """REBOOK_REDIS_CA_FILE: CA bundle that signs the server certificate of a `rediss://` store
+    or broker (default: the system's). Certificates are always verified, hostnames too."""
+    redis_cert_file: str | None = None
+    """REBOOK_REDIS_CERT_FILE / REBOOK_REDIS_KEY_FILE: a client certificate (mutual TLS)."""
+    redis_key_file: str | None = None
+    exporter_bind: str = "127.0.0.1"
+    """REBOOK_EXPORTER_BIND: the exporter's listen address (0.0.0.0 to expose it)."""
+    exporter_basic_auth: SecretStr | None = None
+    """REBOOK_EXPORTER_BASIC_AUTH: `user:password[,user2:password2]` the exporter requires."""
     broker_key_prefix: str = ""
     key_prefix: str = "rebook:"
 
@@ -116,6 +127,53 @@ class Settings(BaseSettings):
         if scheme not in {"redis", "rediss", "unix", "amqp", "amqps", "pyamqp", "memory"}:
             raise ValueError(f"expected a redis:// or amqp:// URL, got scheme {scheme!r}")
         return value
+
+    @field_validator("redis_ca_file", "redis_cert_file", "redis_key_file")
+    @classmethod
+    def _readable_file(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not os.path.isfile(value) or not os.access(value, os.R_OK):
+            raise ValueError(f"{value}: not a readable file")
+        return value
+
+    @field_validator("exporter_basic_auth")
+    @classmethod
+    def _exporter_auth(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        for pair in value.get_secret_value().split(","):
+            user, sep, password = pair.partition(":")
+            if not sep or not user or not password:
+                raise ValueError("expected user:password[,user:password]")
+        return value
+
+    def redis_ssl_options(self, url: str) -> dict[str, Any]:
+        """redis-py options for a `rediss://` URL: the server certificate and hostname are
+        verified (never a silent fallback to no check), with the CA and client certificate the
+        settings name. Empty for any other URL."""
+        if urlsplit(url).scheme != "rediss":
+            return {}
+        options: dict[str, Any] = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
+        if self.redis_ca_file:
+            options["ssl_ca_certs"] = self.redis_ca_file
+        if self.redis_cert_file:
+            options["ssl_certfile"] = self.redis_cert_file
+        if self.redis_key_file:
+            options["ssl_keyfile"] = self.redis_key_file
+        return options
+
+    def broker_ssl_options(self) -> dict[str, Any] | None:
+        """kombu's `broker_use_ssl` for a `rediss://` broker (the same verification)."""
+        options = self.redis_ssl_options(self.broker)
+        if not options:
+            return None
+        import ssl
+
+        # a dict: kombu copies it into redis-py's SSLConnection (with `ssl=True` alone it would
+        # fall back to a plain connection)
+        options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+        return options
 
     @field_validator("api_base_url", "oauth_token_url", "webhook_url")
     @classmethod

@@ -224,6 +224,8 @@ class Store:
             [f"{prefix}{{rb{k}}}:" for k in range(shards)] if self.sharded else [prefix]
         )
         self._shard_cache: dict[str, int] = {}
+        self.ssl_options: dict[str, Any] = {}
+        """TLS options of a `rediss://` client (certificate checks), for probes of the URL."""
         self._transition = client.register_script(_script("transition"))
         self._create = client.register_script(_script("create"))
         self._sweep = client.register_script(_script("sweep"))
@@ -255,7 +257,9 @@ class Store:
         else:
             options.setdefault("health_check_interval", 30)
             client = redis.Redis.from_url(url, **options)
-        return cls(client, url=url, cluster=cluster, **kw)
+        store = cls(client, url=url, cluster=cluster, **kw)
+        store.ssl_options = {k: v for k, v in options.items() if k.startswith("ssl_")}
+        return store
 
     @classmethod
     def from_settings(cls, settings: Settings, **client_options: Any) -> Store:
@@ -263,7 +267,7 @@ class Store:
         store = cls.from_url(
             settings.redis_url,
             cluster=settings.redis_cluster,
-            client_options=client_options,
+            client_options={**settings.redis_ssl_options(settings.redis_url), **client_options},
             prefix=settings.key_prefix,
             retention_seconds=settings.retention_seconds,
             lease_seconds=settings.step_lease_seconds,
@@ -279,7 +283,11 @@ class Store:
 
         probe = (
             redis.Redis.from_url(
-                self.url, socket_connect_timeout=2, socket_timeout=2, retry=Retry(NoBackoff(), 0)
+                self.url,
+                socket_connect_timeout=2,
+                socket_timeout=2,
+                retry=Retry(NoBackoff(), 0),
+                **self.ssl_options,
             )
             if self.url and not self.cluster
             else self.r
