@@ -47,12 +47,17 @@ def _redis(settings: Settings) -> Check:
     import redis
 
     url = mask_url(settings.redis_url)
-    client = redis.Redis.from_url(
-        settings.redis_url,
-        socket_connect_timeout=2,
-        socket_timeout=2,
-        **settings.redis_ssl_options(settings.redis_url),
-    )
+    if settings.redis_url.startswith("sentinel://"):
+        from worker.store import Store
+
+        client = Store.from_settings(settings, socket_connect_timeout=2, socket_timeout=2).r
+    else:
+        client = redis.Redis.from_url(
+            settings.redis_url,
+            socket_connect_timeout=2,
+            socket_timeout=2,
+            **settings.redis_ssl_options(settings.redis_url),
+        )
     try:
         client.ping()
     except redis.RedisError as exc:

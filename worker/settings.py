@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     redis_cluster: bool = False
     shards: int = Field(1, ge=1, le=1024)
     broker_url: str | None = None
+    redis_sentinel_master: str | None = None
+    """REBOOK_REDIS_SENTINEL_MASTER: the service name the sentinels monitor; needed when
+    REBOOK_REDIS_URL (or REBOOK_BROKER_URL) is `sentinel://h1:26379;sentinel://h2:26379;...`."""
     redis_ca_file: str | None = None
     """REBOOK_REDIS_CA_FILE: CA bundle that signs the server certificate of a `rediss://` store
     or broker (default: the system's). Certificates are always verified, hostnames too."""
@@ -124,7 +127,16 @@ class Settings(BaseSettings):
                 raise ValueError("must not be empty")
             return None  # broker_url: falls back to REBOOK_REDIS_URL
         scheme = urlsplit(value).scheme
-        if scheme not in {"redis", "rediss", "unix", "amqp", "amqps", "pyamqp", "memory"}:
+        if scheme not in {
+            "redis",
+            "rediss",
+            "unix",
+            "sentinel",
+            "amqp",
+            "amqps",
+            "pyamqp",
+            "memory",
+        }:
             raise ValueError(f"expected a redis:// or amqp:// URL, got scheme {scheme!r}")
         return value
 
@@ -276,6 +288,14 @@ class Settings(BaseSettings):
             )
         if self.redis_cluster and self.shards == 1:
             self.shards = 16  # spread the rebooks over the cluster's nodes
+        uses_sentinel = any(
+            u.startswith("sentinel://") for u in (self.redis_url, self.broker_url or "")
+        )
+        if uses_sentinel and not self.redis_sentinel_master:
+            raise ValueError(
+                "REBOOK_REDIS_SENTINEL_MASTER must be set for a sentinel:// REBOOK_REDIS_URL "
+                "or REBOOK_BROKER_URL (the service name the sentinels monitor)"
+            )
         if self.webhook_url and self.webhook_secret is None:
             raise ValueError("REBOOK_WEBHOOK_SECRET must be set when REBOOK_WEBHOOK_URL is")
         if self.step_lease_seconds < self.longest_call_seconds:
@@ -397,3 +417,24 @@ def mask_url(url: str) -> str:
 
 def _split_keys(value: str) -> list[str]:
     return [k.strip() for k in value.split(",") if k.strip()]
+
+
+def sentinel_hosts(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
+    """`sentinel://[user:pw@]h1:26379[/db];sentinel://h2:26379;...` (kombu's form) as the
+    sentinels' addresses and the options of the master's connections (password, db)."""
+    hosts: list[tuple[str, int]] = []
+    options: dict[str, Any] = {}
+    for part in url.split(";"):
+        part = part.strip()
+        if not part:
+            continue
+        split = urlsplit(part)
+        hosts.append((split.hostname or "localhost", split.port or 26379))
+        if split.password:
+            options["password"] = split.password
+        if split.username:
+            options["username"] = split.username
+        db = split.path.strip("/")
+        if db.isdigit():
+            options["db"] = int(db)
+    return hosts, options

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict
 from worker.errors import StoreUnavailable
 from worker.models import ACTIVE_STATES, State, iso_z
 from worker.observability import scrub
-from worker.settings import Settings, mask_url
+from worker.settings import Settings, mask_url, sentinel_hosts
 
 KEEP = ""
 """`due=KEEP` leaves the due index as it is; `due=REMOVE` takes the record out of it."""
@@ -241,6 +241,7 @@ class Store:
         *,
         cluster: bool = False,
         client_options: dict[str, Any] | None = None,
+        sentinel_master: str | None = None,
         **kw: Any,
     ) -> Store:
         options: dict[str, Any] = {
@@ -254,6 +255,14 @@ class Store:
 
             options.pop("health_check_interval", None)
             client: Any = RedisCluster.from_url(url, **options)
+        elif url.startswith("sentinel://"):
+            # the master the sentinels name now; after a failover the pool asks them again
+            from redis.sentinel import Sentinel
+
+            hosts, master_options = sentinel_hosts(url)
+            sentinel_options = {k: v for k, v in options.items() if k.startswith(("socket", "ssl"))}
+            sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_options, **options)
+            client = sentinel.master_for(sentinel_master or "mymaster", **master_options)
         else:
             options.setdefault("health_check_interval", 30)
             client = redis.Redis.from_url(url, **options)
@@ -268,6 +277,7 @@ class Store:
             settings.redis_url,
             cluster=settings.redis_cluster,
             client_options={**settings.redis_ssl_options(settings.redis_url), **client_options},
+            sentinel_master=settings.redis_sentinel_master,
             prefix=settings.key_prefix,
             retention_seconds=settings.retention_seconds,
             lease_seconds=settings.step_lease_seconds,
@@ -289,7 +299,7 @@ class Store:
                 retry=Retry(NoBackoff(), 0),
                 **self.ssl_options,
             )
-            if self.url and not self.cluster
+            if self.url and not self.cluster and not self.url.startswith("sentinel://")
             else self.r
         )
         try:
