@@ -1,25 +1,25 @@
 #!/usr/bin/env python3
-"""Re-encrypt every stored member token with a new REBOOK_TOKEN_KEY (manual key rotation).
+"""Re-encrypt every stored member token with the first key of REBOOK_TOKEN_KEYS (key rotation).
 
 rebook stores each member's OAuth pair in Redis under `{REBOOK_KEY_PREFIX}tok:{user_id}`,
-Fernet-encrypted with REBOOK_TOKEN_KEY. The app knows one key only: after the key changes, tokens
-written with the old key no longer decrypt, and every step of those members fails. There is no
-automatic re-encryption in the app (yet); this script is the manual path. Procedure and context:
-ops/RUNBOOK.md "Token rotation".
+Fernet-encrypted. Workers encrypt with the first key of REBOOK_TOKEN_KEYS (comma-separated, the
+newest first) and decrypt with any of them (REBOOK_TOKEN_KEY, if set, is read as well). A rolling
+rotation (ops/RUNBOOK.md "Token rotation"), with workers running throughout:
 
-Run it with the app's virtualenv (it needs `redis` and `cryptography`), with the env of the
-deployment loaded, while NO worker is running (a worker refreshing a token during the rotation
-would write it back with the old key):
+    1. REBOOK_TOKEN_KEYS="<new>,<old>" on every worker, restart them one by one;
+    2. python ops/rotate-token-key.py            # re-encrypt what is still under <old>
+       python ops/rotate-token-key.py --check    # every token opens with <new>? (exit 0)
+    3. REBOOK_TOKEN_KEYS="<new>" everywhere.
 
-    set -a; . /etc/rebook/rebook.env; set +a          # REBOOK_REDIS_URL, REBOOK_TOKEN_KEY (old)
-    export REBOOK_TOKEN_KEY_NEW="$(rebook tokens keygen)"
-    python ops/rotate-token-key.py --dry-run           # counts only
-    python ops/rotate-token-key.py                     # re-encrypts
+Each token is replaced only if it is unchanged since it was read (one compare-and-set script per
+key), so a refresh that stores a new pair meanwhile is never overwritten. With
+REBOOK_REDIS_CLUSTER=true every primary node of the cluster is scanned.
 
-    python ops/rotate-token-key.py --check             # every token decrypts with REBOOK_TOKEN_KEY?
+The older form still works: REBOOK_TOKEN_KEY=<old> REBOOK_TOKEN_KEY_NEW=<new> (then the workers,
+which know only <old>, must be stopped: the script refuses while a refresh lock is held).
 
-Safe to run again (tokens already under the new key are re-encrypted with it again); a token
-that decrypts with neither key is reported and left as it is (exit status 1).
+Safe to run again; a token that decrypts with none of the keys is reported and left as it is
+(exit status 1).
 """
 
 from __future__ import annotations
@@ -27,25 +27,68 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any
 
 # Outside the app on purpose (no worker.* import): it must run even when the app's settings
 # would refuse to load because the key they name no longer matches the stored tokens.
+
+CAS = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+return 1
+"""
+"""Replace a token only if it is still the blob that was read (a refresh may have stored a new
+pair since: that one is newer and already under the first key)."""
 
 
 def _escape_glob(text: str) -> str:
     return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
 
 
-def _fernet(name: str) -> object:
+def _keys_from(name: str) -> list[str]:
+    return [k.strip() for k in os.environ.get(name, "").split(",") if k.strip()]
+
+
+def _fernets(keys: list[str]) -> list[Any]:
     from cryptography.fernet import Fernet
 
-    value = os.environ.get(name, "").strip()
-    if not value:
-        sys.exit(f"rotate-token-key: {name} is not set")
-    try:
-        return Fernet(value.encode())
-    except (ValueError, TypeError):
-        sys.exit(f"rotate-token-key: {name} is not a Fernet key (make one: rebook tokens keygen)")
+    out = []
+    for i, value in enumerate(keys, start=1):
+        try:
+            out.append(Fernet(value.encode()))
+        except (ValueError, TypeError):
+            sys.exit(
+                f"rotate-token-key: key {i} is not a Fernet key (make one: rebook tokens keygen)"
+            )
+    return out
+
+
+def _truthy(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _client(url: str) -> tuple[Any, list[Any]]:
+    """The client and what to scan: every primary of a cluster, else the one server."""
+    import redis
+
+    if _truthy("REBOOK_REDIS_CLUSTER"):
+        from redis.cluster import RedisCluster
+
+        cluster = RedisCluster.from_url(url, decode_responses=False)
+        return cluster, [cluster.get_redis_connection(node) for node in cluster.get_primaries()]
+    single = redis.Redis.from_url(url, decode_responses=False)
+    return single, [single]
+
+
+def _scan(nodes: list[Any], pattern: str, prefix: bytes) -> list[bytes]:
+    return sorted(
+        {
+            key
+            for node in nodes
+            for key in node.scan_iter(match=pattern, count=1000)
+            if key.startswith(prefix)
+        }
+    )
 
 
 def main() -> int:
@@ -55,94 +98,96 @@ def main() -> int:
     mode.add_argument(
         "--check",
         action="store_true",
-        help="only check that every token decrypts with REBOOK_TOKEN_KEY",
+        help="only check that every token decrypts with the first key",
     )
     parser.add_argument(
         "--force",
         action="store_true",
-        help="run even though a token refresh lock is held (a worker may be running)",
+        help="(REBOOK_TOKEN_KEY_NEW form) run although a token refresh lock is held",
     )
     args = parser.parse_args()
 
     import redis
     from cryptography.fernet import InvalidToken, MultiFernet
 
+    legacy_new = _keys_from("REBOOK_TOKEN_KEY_NEW")
+    keys = legacy_new + _keys_from("REBOOK_TOKEN_KEYS")
+    keys += [k for k in _keys_from("REBOOK_TOKEN_KEY") if k not in keys]
+    if not keys:
+        sys.exit("rotate-token-key: REBOOK_TOKEN_KEYS (or REBOOK_TOKEN_KEY) is not set")
+    fernets = _fernets(keys)
+    first, every = fernets[0], MultiFernet(fernets)
+
     url = os.environ.get("REBOOK_REDIS_URL", "redis://localhost:6379/0")
     prefix = os.environ.get("REBOOK_KEY_PREFIX", "rebook:")
-    r = redis.Redis.from_url(url, decode_responses=False)
     try:
+        r, nodes = _client(url)
         r.ping()
     except redis.RedisError as exc:
-        sys.exit(f"rotate-token-key: cannot reach Redis ({type(exc).__name__}: {exc})")
-
-    current = _fernet("REBOOK_TOKEN_KEY")
+        sys.exit(f"rotate-token-key: cannot reach Redis ({type(exc).__name__})")
     token_prefix = f"{prefix}tok:".encode()
-    keys = sorted(
-        key
-        for key in r.scan_iter(match=_escape_glob(f"{prefix}tok:") + "*", count=1000)
-        if key.startswith(token_prefix)
-    )
+    tokens = _scan(nodes, _escape_glob(f"{prefix}tok:") + "*", token_prefix)
 
     if args.check:
         bad = 0
-        for key in keys:
+        for key in tokens:
             blob = r.get(key)
             if blob is None:
                 continue
             try:
-                current.decrypt(blob)  # type: ignore[attr-defined]
+                first.decrypt(blob)
             except InvalidToken:
                 bad += 1
-                print(f"does not decrypt: {key.decode(errors='replace')}")
-        print(f"{len(keys)} member token(s); {bad} do not decrypt with REBOOK_TOKEN_KEY")
+                print(f"does not decrypt with the first key: {key.decode(errors='replace')}")
+        print(f"{len(tokens)} member token(s); {bad} do not decrypt with the first key")
         return 1 if bad else 0
 
-    new = _fernet("REBOOK_TOKEN_KEY_NEW")
-    locks = list(r.scan_iter(match=_escape_glob(f"{prefix}toklock:") + "*", count=1000))
-    if locks and not args.force:
-        sys.exit(
-            f"rotate-token-key: {len(locks)} token refresh lock(s) held: a worker is refreshing "
-            "tokens. Stop every worker first (or --force if you are sure none runs)."
-        )
+    if legacy_new and not args.force:
+        locks = _scan(nodes, _escape_glob(f"{prefix}toklock:") + "*", f"{prefix}toklock:".encode())
+        if locks:
+            sys.exit(
+                f"rotate-token-key: {len(locks)} token refresh lock(s) held: a worker is "
+                "refreshing tokens with the old key only. Stop every worker first (or --force), "
+                "or roll out REBOOK_TOKEN_KEYS=<new>,<old> instead."
+            )
 
-    both = MultiFernet([new, current])  # type: ignore[list-item]
-    done = unreadable = vanished = 0
-    for key in keys:
+    cas = r.register_script(CAS)
+    done = current = unreadable = vanished = 0
+    for key in tokens:
         name = key.decode(errors="replace")
-        for _ in range(5):  # optimistic: retry if the key changes under us
-            with r.pipeline(transaction=True) as pipe:
-                try:
-                    pipe.watch(key)
-                    blob = pipe.get(key)
-                    if blob is None:
-                        vanished += 1
-                        break
-                    try:
-                        fresh = both.rotate(blob)
-                    except InvalidToken:
-                        unreadable += 1
-                        print(f"decrypts with neither key, left as is: {name}")
-                        break
-                    if args.dry_run:
-                        done += 1
-                        break
-                    pipe.multi()
-                    pipe.set(key, fresh, keepttl=True)
-                    pipe.execute()
-                    done += 1
-                    break
-                except redis.WatchError:
-                    continue
+        for _ in range(5):  # optimistic: read again if the key changed under us
+            blob = r.get(key)
+            if blob is None:
+                vanished += 1
+                break
+            try:
+                first.decrypt(blob)
+                current += 1  # already under the first key
+                break
+            except InvalidToken:
+                pass
+            try:
+                fresh = every.rotate(blob)
+            except InvalidToken:
+                unreadable += 1
+                print(f"decrypts with none of the keys, left as is: {name}")
+                break
+            if args.dry_run:
+                done += 1
+                break
+            if int(cas(keys=[key], args=[blob, fresh])):
+                done += 1
+                break
         else:
             unreadable += 1
             print(f"kept changing during rotation, not rotated: {name}")
 
     verb = "would re-encrypt" if args.dry_run else "re-encrypted"
     print(
-        f"{len(keys)} member token(s): {verb} {done}, unreadable {unreadable}, "
-        f"deleted meanwhile {vanished}"
+        f"{len(tokens)} member token(s): {verb} {done}, already under the first key {current}, "
+        f"unreadable {unreadable}, deleted meanwhile {vanished}"
     )
-    if not args.dry_run and done:
+    if not args.dry_run and done and legacy_new:
         print("now set REBOOK_TOKEN_KEY to the new key everywhere, then start the workers")
     return 1 if unreadable else 0
 

@@ -176,8 +176,12 @@ def make_app(settings: Settings) -> Celery:
     }
     if settings.broker_key_prefix:
         transport["global_keyprefix"] = settings.broker_key_prefix
+    if settings.broker.startswith("sentinel://"):
+        transport["master_name"] = settings.redis_sentinel_master
     app.conf.update(
         broker_url=settings.broker,
+        broker_use_ssl=settings.broker_ssl_options(),
+        redis_backend_use_ssl=settings.broker_ssl_options(),
         broker_connection_retry_on_startup=True,
         broker_transport_options=transport,
         task_serializer="json",

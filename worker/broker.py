@@ -172,7 +172,22 @@ class Transport(kombu_redis.Transport):
     Channel = Channel
 
 
+class SentinelChannel(kombu_redis.SentinelChannel, Channel):
+    """The same pop script and idle wait, on the master the sentinels name (kombu's
+    `sentinel://h1:26379;sentinel://h2:26379` form, transport option `master_name`)."""
+
+    from_transport_options = (  # type: ignore[assignment]
+        *kombu_redis.SentinelChannel.from_transport_options,
+        "idle_poll_seconds",
+    )
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = SentinelChannel
+
+
 def install() -> None:
-    """`redis://` and `rediss://` broker URLs use this transport in this process."""
+    """`redis://`, `rediss://` and `sentinel://` broker URLs use these transports here."""
     for scheme in ("redis", "rediss"):
         kombu_transport.TRANSPORT_ALIASES[scheme] = TRANSPORT
+    kombu_transport.TRANSPORT_ALIASES["sentinel"] = "worker.broker:SentinelTransport"

@@ -47,7 +47,17 @@ def _redis(settings: Settings) -> Check:
     import redis
 
     url = mask_url(settings.redis_url)
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
+    if settings.redis_url.startswith("sentinel://"):
+        from worker.store import Store
+
+        client = Store.from_settings(settings, socket_connect_timeout=2, socket_timeout=2).r
+    else:
+        client = redis.Redis.from_url(
+            settings.redis_url,
+            socket_connect_timeout=2,
+            socket_timeout=2,
+            **settings.redis_ssl_options(settings.redis_url),
+        )
     try:
         client.ping()
     except redis.RedisError as exc:
@@ -86,7 +96,7 @@ def _broker(settings: Settings) -> Check:
     from kombu import Connection
 
     url = mask_url(settings.broker)
-    with Connection(settings.broker, connect_timeout=2) as conn:
+    with Connection(settings.broker, connect_timeout=2, ssl=settings.broker_ssl_options()) as conn:
         conn.ensure_connection(max_retries=1, timeout=2)
     return Check("broker", True, f"{url} reachable")
 
@@ -128,18 +138,18 @@ def _upstream(settings: Settings) -> Check:
 
 def _token_key(settings: Settings) -> Check:
     """The key is set and opens the tokens stored with it (a sample of them)."""
-    if settings.token_key is None:
+    if not settings.token_key_list:
         return Check(
             "token key",
             False,
-            "REBOOK_TOKEN_KEY is not set",
+            "REBOOK_TOKEN_KEY is not set (nor REBOOK_TOKEN_KEYS)",
             "make one with `rebook tokens keygen`",
         )
     from worker.auth import TokenStore
     from worker.store import Store
 
     store = Store.from_settings(settings)
-    tokens = TokenStore(store.r, settings.key_prefix, settings.token_key.get_secret_value())
+    tokens = TokenStore(store.r, settings.key_prefix, settings.token_key_list)
     keys = []
     for key in store.r.scan_iter(match=f"{settings.key_prefix}tok:*", count=200):
         keys.append(key)
@@ -152,7 +162,7 @@ def _token_key(settings: Settings) -> Check:
             return Check(
                 "token key",
                 False,
-                "stored tokens do not decrypt with REBOOK_TOKEN_KEY",
+                "stored tokens do not decrypt with REBOOK_TOKEN_KEY(S)",
                 "restore the previous key, or re-encrypt with ops/rotate-token-key.py",
             )
     return Check("token key", True, f"set; opens {len(keys)} sampled stored token(s)")

@@ -15,16 +15,21 @@ second after its calls). When Redis cannot be reached the scrape still answers, 
 from __future__ import annotations
 
 import argparse
+import base64
+import hmac
 import logging
 import math
 import signal
 import sys
 import threading
 from collections.abc import Iterable
+from socketserver import ThreadingMixIn
 from types import FrameType
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import redis
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from redis.backoff import NoBackoff
@@ -193,13 +198,58 @@ def store_for(settings: Settings) -> Store:
     )
 
 
+def basic_auth(app: Any, credentials: str | None) -> Any:
+    """The WSGI app behind HTTP basic auth (`user:pw[,user2:pw2]`); as is when None."""
+    if not credentials:
+        return app
+    allowed = [base64.b64encode(pair.strip().encode()).decode() for pair in credentials.split(",")]
+
+    def guarded(environ: dict[str, Any], start_response: Any) -> Any:
+        header = environ.get("HTTP_AUTHORIZATION", "")
+        scheme, _, value = header.partition(" ")
+        ok = scheme.lower() == "basic" and any(
+            hmac.compare_digest(value.strip(), a) for a in allowed
+        )
+        if not ok:
+            start_response(
+                "401 Unauthorized",
+                [("WWW-Authenticate", 'Basic realm="rebook"'), ("Content-Type", "text/plain")],
+            )
+            return [b"authentication required\n"]
+        return app(environ, start_response)
+
+    return guarded
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """One line per scrape would drown the logs."""
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+def serve(
+    registry: CollectorRegistry, host: str, port: int, credentials: str | None = None
+) -> tuple[WSGIServer, threading.Thread]:
+    """`/metrics` (any path) on host:port in a thread; basic auth when `credentials` is set."""
+    app = basic_auth(make_wsgi_app(registry), credentials)
+    server = make_server(host, port, app, _ThreadingServer, handler_class=_Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return server, thread
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m worker.exporter", description="Prometheus exporter for rebook."
     )
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="default 9808")
     parser.add_argument(
-        "--host", default=DEFAULT_HOST, help="address to bind (default 127.0.0.1; 0.0.0.0 for all)"
+        "--host",
+        default=None,
+        help="address to bind (default REBOOK_EXPORTER_BIND, 127.0.0.1; 0.0.0.0 for all)",
     )
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
@@ -213,16 +263,21 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector(store_for(settings)))
+    host = args.host or settings.exporter_bind
+    auth = settings.exporter_basic_auth
     try:
-        server, _thread = start_http_server(args.port, addr=args.host, registry=registry)
+        server, _thread = serve(
+            registry, host, args.port, auth.get_secret_value() if auth else None
+        )
     except OSError as exc:
-        print(f"rebook exporter: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        print(f"rebook exporter: cannot listen on {host}:{args.port}: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     log.info(
-        "rebook exporter on http://%s:%s/metrics (redis %s)",
-        args.host,
+        "rebook exporter on http://%s:%s/metrics (redis %s, %s)",
+        host,
         server.server_port,
         mask_url(settings.redis_url),
+        "basic auth" if auth else "no auth",
     )
     stop = threading.Event()
 

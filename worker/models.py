@@ -315,6 +315,8 @@ class TokenSet(BaseModel):
     refresh_token: str = Field(min_length=1, repr=False)
     token_type: str = "bearer"
     expires_at: float = 0.0
+    lifetime: float = 0.0
+    """Seconds the access token was issued for (0: unknown); the refresh margin adapts to it."""
 
     @classmethod
     def from_token_response(cls, payload: Any, now: float) -> TokenSet:
@@ -329,11 +331,13 @@ class TokenSet(BaseModel):
             else:
                 parsed = parse_upstream_datetime(raw, ZoneInfo("UTC"))
                 data["expires_at"] = parsed.timestamp() if parsed else 0.0
+            data["lifetime"] = max(0.0, data["expires_at"] - now)
         elif "expires_in" in data:
             try:
                 data["expires_at"] = now + float(data["expires_in"])
             except (TypeError, ValueError):
                 raise ValueError("expires_in must be a number of seconds") from None
+            data["lifetime"] = max(0.0, float(data["expires_in"]))
         else:
             raise ValueError("token JSON needs expires_in or expires_at")
         try:

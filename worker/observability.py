@@ -77,15 +77,20 @@ def register_settings_secrets(settings: Settings) -> None:
         settings.api_key,
         settings.oauth_client_secret,
         settings.token_key,
+        settings.token_keys,
         settings.webhook_secret,
         settings.flower_basic_auth,
         settings.sentry_dsn,
     ):
         if secret is not None:
             register_secret(secret.get_secret_value())
-    if settings.flower_basic_auth is not None:  # user1:pw1,user2:pw2: each password alone
-        for pair in settings.flower_basic_auth.get_secret_value().split(","):
-            register_secret(pair.partition(":")[2])
+    for key in settings.token_key_list:  # each key of REBOOK_TOKEN_KEYS alone
+        register_secret(key)
+    for auth in (settings.flower_basic_auth, settings.exporter_basic_auth):
+        if auth is not None:  # user1:pw1,user2:pw2: each password alone
+            register_secret(auth.get_secret_value())
+            for pair in auth.get_secret_value().split(","):
+                register_secret(pair.partition(":")[2])
     for url in (settings.redis_url, settings.broker_url):
         if url:
             register_secret(urlsplit(url).password)

@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from worker.auth import TokenManager, TokenStore
+from worker.auth import TokenManager, TokenStore, refresh_lock_seconds
 from worker.ratelimit import RedisRateLimiter
 from worker.settings import Settings, get_settings
 from worker.store import Store
@@ -87,7 +87,7 @@ def build_services(settings: Settings) -> Services:
     token_store = TokenStore(
         store.r,
         settings.key_prefix,
-        settings.token_key.get_secret_value() if settings.token_key else None,
+        settings.token_key_list,
         ttl_seconds=settings.token_ttl_days * 86400,
     )
     tokens = TokenManager(
@@ -97,7 +97,7 @@ def build_services(settings: Settings) -> Services:
         client_id=settings.oauth_client_id,
         client_secret=settings.oauth_client_secret.get_secret_value(),
         margin_seconds=settings.token_refresh_margin_seconds,
-        lock_timeout=settings.http_timeout_seconds * 3 + 5,
+        lock_timeout=refresh_lock_seconds(settings.limiter_max_wait, settings.call_bound_seconds),
     )
     return Services(settings, store, client, token_store, tokens)
 

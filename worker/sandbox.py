@@ -70,7 +70,12 @@ OPERATIONS: tuple[str, ...] = tuple(op for op, _ in _ROUTES.values())
 _OP_BY_LOWER = {op.lower(): op for op in OPERATIONS}
 _MEMBER_OPS = frozenset(op for op in OPERATIONS if op not in ("getUserSummary", "token"))
 
-_PRE_FAULTS = frozenset({"http_500", "http_503", "http_429", "timeout", "html_challenge"})
+_PRE_FAULTS = frozenset(
+    {"http_400", "http_500", "http_503", "http_429", "timeout", "html_challenge"}
+)
+_MESSAGE_FAULTS = frozenset({"http_400", "http_500", "http_503", "http_429"})
+"""Kinds whose JSON `Message` a fault's `message` option replaces (upstream text is untrusted:
+the secrets test plants tokens in it)."""
 #: What a CDN's bot challenge looks like: HTML, 403 (or 503), never the API's JSON.
 CHALLENGE_PAGE = (
     b'<!DOCTYPE html><html lang="en-US"><head><title>Just a moment...</title></head>'
@@ -284,6 +289,7 @@ class _Fault:
     delay: float | None
     commit_delay: float | None = None
     status: int | None = None
+    message: str | None = None
 
 
 class _SandboxState:
@@ -569,15 +575,17 @@ class _SandboxState:
 
     @staticmethod
     def pre_fault(fault: _Fault, delay: float) -> _Response:
+        if fault.kind == "http_400":
+            return _json(400, {"Message": fault.message or "The request is invalid."})
         if fault.kind == "http_500":
-            return _json(500, {"Message": "An error has occurred."})
+            return _json(500, {"Message": fault.message or "An error has occurred."})
         if fault.kind == "http_503":
-            return _json(503, {"Message": "The service is unavailable."})
+            return _json(503, {"Message": fault.message or "The service is unavailable."})
         if fault.kind == "http_429":
             headers: dict[str, str] = {}
             if fault.retry_after is not None:
                 headers["Retry-After"] = str(math.ceil(fault.retry_after))
-            return _json(429, {"Message": "Too many requests"}, headers)
+            return _json(429, {"Message": fault.message or "Too many requests"}, headers)
         if fault.kind == "html_challenge":
             return _Response(
                 fault.status or 403,
@@ -926,6 +934,9 @@ class _SandboxState:
         status = data.get("status")
         if status is not None and (kind != "html_challenge" or status not in (403, 503)):
             raise _Reject(400, "status is for html_challenge only: 403 or 503")
+        message = data.get("message")
+        if message is not None and (kind not in _MESSAGE_FAULTS or not isinstance(message, str)):
+            raise _Reject(400, f"message (a string) is for {', '.join(sorted(_MESSAGE_FAULTS))}")
         self.faults.append(
             _Fault(
                 endpoint=endpoint.lower(),
@@ -937,6 +948,7 @@ class _SandboxState:
                 if commit_delay is None
                 else _as_number(commit_delay, "commit_delay"),
                 status=status,
+                message=message,
             )
         )
         return _json(200, {"faults_pending": self.faults_pending()})

@@ -7,9 +7,10 @@ A bad value must stop a process before it touches a message, with one line namin
 from __future__ import annotations
 
 import functools
+import os
 import re
 import sys
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -48,6 +49,19 @@ class Settings(BaseSettings):
     redis_cluster: bool = False
     shards: int = Field(1, ge=1, le=1024)
     broker_url: str | None = None
+    redis_sentinel_master: str | None = None
+    """REBOOK_REDIS_SENTINEL_MASTER: the service name the sentinels monitor; needed when
+    REBOOK_REDIS_URL (or REBOOK_BROKER_URL) is `sentinel://h1:26379;sentinel://h2:26379;...`."""
+    redis_ca_file: str | None = None
+    """REBOOK_REDIS_CA_FILE: CA bundle that signs the server certificate of a `rediss://` store
+    or broker (default: the system's). Certificates are always verified, hostnames too."""
+    redis_cert_file: str | None = None
+    """REBOOK_REDIS_CERT_FILE / REBOOK_REDIS_KEY_FILE: a client certificate (mutual TLS)."""
+    redis_key_file: str | None = None
+    exporter_bind: str = "127.0.0.1"
+    """REBOOK_EXPORTER_BIND: the exporter's listen address (0.0.0.0 to expose it)."""
+    exporter_basic_auth: SecretStr | None = None
+    """REBOOK_EXPORTER_BASIC_AUTH: `user:password[,user2:password2]` the exporter requires."""
     broker_key_prefix: str = ""
     key_prefix: str = "rebook:"
 
@@ -62,6 +76,9 @@ class Settings(BaseSettings):
     oauth_client_id: str
     oauth_client_secret: SecretStr
     token_key: SecretStr | None = None
+    token_keys: SecretStr | None = None
+    """REBOOK_TOKEN_KEYS: comma-separated Fernet keys, the newest first (it encrypts), the older
+    ones still read: a rolling key rotation. REBOOK_TOKEN_KEY, if also set, is read too."""
     token_refresh_margin_seconds: float = Field(60.0, ge=0)
 
     presence_interval_seconds: float = Field(30.0, gt=0)
@@ -110,9 +127,65 @@ class Settings(BaseSettings):
                 raise ValueError("must not be empty")
             return None  # broker_url: falls back to REBOOK_REDIS_URL
         scheme = urlsplit(value).scheme
-        if scheme not in {"redis", "rediss", "unix", "amqp", "amqps", "pyamqp", "memory"}:
+        if scheme not in {
+            "redis",
+            "rediss",
+            "unix",
+            "sentinel",
+            "amqp",
+            "amqps",
+            "pyamqp",
+            "memory",
+        }:
             raise ValueError(f"expected a redis:// or amqp:// URL, got scheme {scheme!r}")
         return value
+
+    @field_validator("redis_ca_file", "redis_cert_file", "redis_key_file")
+    @classmethod
+    def _readable_file(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not os.path.isfile(value) or not os.access(value, os.R_OK):
+            raise ValueError(f"{value}: not a readable file")
+        return value
+
+    @field_validator("exporter_basic_auth")
+    @classmethod
+    def _exporter_auth(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        for pair in value.get_secret_value().split(","):
+            user, sep, password = pair.partition(":")
+            if not sep or not user or not password:
+                raise ValueError("expected user:password[,user:password]")
+        return value
+
+    def redis_ssl_options(self, url: str) -> dict[str, Any]:
+        """redis-py options for a `rediss://` URL: the server certificate and hostname are
+        verified (never a silent fallback to no check), with the CA and client certificate the
+        settings name. Empty for any other URL."""
+        if urlsplit(url).scheme != "rediss":
+            return {}
+        options: dict[str, Any] = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
+        if self.redis_ca_file:
+            options["ssl_ca_certs"] = self.redis_ca_file
+        if self.redis_cert_file:
+            options["ssl_certfile"] = self.redis_cert_file
+        if self.redis_key_file:
+            options["ssl_keyfile"] = self.redis_key_file
+        return options
+
+    def broker_ssl_options(self) -> dict[str, Any] | None:
+        """kombu's `broker_use_ssl` for a `rediss://` broker (the same verification)."""
+        options = self.redis_ssl_options(self.broker)
+        if not options:
+            return None
+        import ssl
+
+        # a dict: kombu copies it into redis-py's SSLConnection (with `ssl=True` alone it would
+        # fall back to a plain connection)
+        options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+        return options
 
     @field_validator("api_base_url", "oauth_token_url", "webhook_url")
     @classmethod
@@ -152,20 +225,31 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown time zone {value!r}") from exc
         return value
 
-    @field_validator("token_key")
+    @field_validator("token_key", "token_keys")
     @classmethod
     def _fernet(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is None or not value.get_secret_value():
+        if value is None or not value.get_secret_value().strip(" ,"):
             return None
         from cryptography.fernet import Fernet
 
-        try:
-            Fernet(value.get_secret_value().encode())
-        except (ValueError, TypeError):
-            raise ValueError(
-                "not a Fernet key (32 url-safe base64 bytes); make one with `rebook tokens keygen`"
-            ) from None
+        for i, key in enumerate(_split_keys(value.get_secret_value()), start=1):
+            try:
+                Fernet(key.encode())
+            except (ValueError, TypeError):
+                raise ValueError(
+                    f"key {i} is not a Fernet key (32 url-safe base64 bytes); make one with "
+                    "`rebook tokens keygen`"
+                ) from None
         return value
+
+    @property
+    def token_key_list(self) -> list[str]:
+        """Every token key, the one that encrypts first: REBOOK_TOKEN_KEYS in order, then
+        REBOOK_TOKEN_KEY unless already listed. Empty when neither is set."""
+        keys = _split_keys(self.token_keys.get_secret_value()) if self.token_keys else []
+        if self.token_key is not None and self.token_key.get_secret_value() not in keys:
+            keys.append(self.token_key.get_secret_value())
+        return keys
 
     @field_validator("flower_basic_auth")
     @classmethod
@@ -204,6 +288,14 @@ class Settings(BaseSettings):
             )
         if self.redis_cluster and self.shards == 1:
             self.shards = 16  # spread the rebooks over the cluster's nodes
+        uses_sentinel = any(
+            u.startswith("sentinel://") for u in (self.redis_url, self.broker_url or "")
+        )
+        if uses_sentinel and not self.redis_sentinel_master:
+            raise ValueError(
+                "REBOOK_REDIS_SENTINEL_MASTER must be set for a sentinel:// REBOOK_REDIS_URL "
+                "or REBOOK_BROKER_URL (the service name the sentinels monitor)"
+            )
         if self.webhook_url and self.webhook_secret is None:
             raise ValueError("REBOOK_WEBHOOK_SECRET must be set when REBOOK_WEBHOOK_URL is")
         if self.step_lease_seconds < self.longest_call_seconds:
@@ -332,3 +424,28 @@ def mask_url(url: str) -> str:
     if parts.query:
         parts = parts._replace(query=_SECRET_PARAM.sub(r"\1\2***", parts.query))
     return urlunsplit(parts)
+
+
+def _split_keys(value: str) -> list[str]:
+    return [k.strip() for k in value.split(",") if k.strip()]
+
+
+def sentinel_hosts(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
+    """`sentinel://[user:pw@]h1:26379[/db];sentinel://h2:26379;...` (kombu's form) as the
+    sentinels' addresses and the options of the master's connections (password, db)."""
+    hosts: list[tuple[str, int]] = []
+    options: dict[str, Any] = {}
+    for part in url.split(";"):
+        part = part.strip()
+        if not part:
+            continue
+        split = urlsplit(part)
+        hosts.append((split.hostname or "localhost", split.port or 26379))
+        if split.password:
+            options["password"] = split.password
+        if split.username:
+            options["username"] = split.username
+        db = split.path.strip("/")
+        if db.isdigit():
+            options["db"] = int(db)
+    return hosts, options

@@ -29,7 +29,8 @@ from pydantic import BaseModel, ConfigDict
 
 from worker.errors import StoreUnavailable
 from worker.models import ACTIVE_STATES, State, iso_z
-from worker.settings import Settings, mask_url
+from worker.observability import scrub
+from worker.settings import Settings, mask_url, sentinel_hosts
 
 KEEP = ""
 """`due=KEEP` leaves the due index as it is; `due=REMOVE` takes the record out of it."""
@@ -158,10 +159,23 @@ def redact(value: Any, depth: int = 0) -> Any:
     if isinstance(value, (list, tuple)):
         return [redact(v, depth + 1) for v in list(value)[:50]]
     if isinstance(value, str):
-        return value[:512]
+        return scrub(value[:512])
     if value is None or isinstance(value, (int, float, bool)):
         return value
-    return repr(value)[:128]
+    return scrub(repr(value)[:128])
+
+
+def scrubbed(value: Any) -> Any:
+    """Free text on its way into Redis (reasons, outcome details): upstream error text is
+    untrusted and may echo a token, a key or a URL password; scrubbed here, once, for every
+    record, history entry, outcome (and so webhook body) and dead letter."""
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {k: scrubbed(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [scrubbed(v) for v in value]
+    return value
 
 
 class StepLock(Protocol):
@@ -210,6 +224,8 @@ class Store:
             [f"{prefix}{{rb{k}}}:" for k in range(shards)] if self.sharded else [prefix]
         )
         self._shard_cache: dict[str, int] = {}
+        self.ssl_options: dict[str, Any] = {}
+        """TLS options of a `rediss://` client (certificate checks), for probes of the URL."""
         self._transition = client.register_script(_script("transition"))
         self._create = client.register_script(_script("create"))
         self._sweep = client.register_script(_script("sweep"))
@@ -225,6 +241,7 @@ class Store:
         *,
         cluster: bool = False,
         client_options: dict[str, Any] | None = None,
+        sentinel_master: str | None = None,
         **kw: Any,
     ) -> Store:
         options: dict[str, Any] = {
@@ -238,10 +255,20 @@ class Store:
 
             options.pop("health_check_interval", None)
             client: Any = RedisCluster.from_url(url, **options)
+        elif url.startswith("sentinel://"):
+            # the master the sentinels name now; after a failover the pool asks them again
+            from redis.sentinel import Sentinel
+
+            hosts, master_options = sentinel_hosts(url)
+            sentinel_options = {k: v for k, v in options.items() if k.startswith(("socket", "ssl"))}
+            sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_options, **options)
+            client = sentinel.master_for(sentinel_master or "mymaster", **master_options)
         else:
             options.setdefault("health_check_interval", 30)
             client = redis.Redis.from_url(url, **options)
-        return cls(client, url=url, cluster=cluster, **kw)
+        store = cls(client, url=url, cluster=cluster, **kw)
+        store.ssl_options = {k: v for k, v in options.items() if k.startswith("ssl_")}
+        return store
 
     @classmethod
     def from_settings(cls, settings: Settings, **client_options: Any) -> Store:
@@ -249,7 +276,8 @@ class Store:
         store = cls.from_url(
             settings.redis_url,
             cluster=settings.redis_cluster,
-            client_options=client_options,
+            client_options={**settings.redis_ssl_options(settings.redis_url), **client_options},
+            sentinel_master=settings.redis_sentinel_master,
             prefix=settings.key_prefix,
             retention_seconds=settings.retention_seconds,
             lease_seconds=settings.step_lease_seconds,
@@ -265,9 +293,13 @@ class Store:
 
         probe = (
             redis.Redis.from_url(
-                self.url, socket_connect_timeout=2, socket_timeout=2, retry=Retry(NoBackoff(), 0)
+                self.url,
+                socket_connect_timeout=2,
+                socket_timeout=2,
+                retry=Retry(NoBackoff(), 0),
+                **self.ssl_options,
             )
-            if self.url and not self.cluster
+            if self.url and not self.cluster and not self.url.startswith("sentinel://")
             else self.r
         )
         try:
@@ -482,7 +514,7 @@ class Store:
                         to.value,
                         repr(ts),
                         iso_z(datetime.fromtimestamp(ts, UTC)),
-                        reason[:500],
+                        scrub(reason)[:500],
                         due if isinstance(due, str) else repr(due),
                         outcome,
                         self.retention,
@@ -603,13 +635,13 @@ class Store:
                 to.value,
                 repr(ts),
                 iso_z(datetime.fromtimestamp(ts, UTC)),
-                reason[:500],
+                scrub(reason)[:500],
                 due if isinstance(due, str) else repr(due),
                 outcome,
                 self.retention,
                 json.dumps({k: _field(v) for k, v in (fields or {}).items()}),
                 json.dumps({k: _field(v) for k, v in (require or {}).items()}),
-                json.dumps(detail or {}, default=str),
+                json.dumps(scrubbed(detail or {}), default=str),
                 self.lease,
                 "gate" if gate else "",
             ],
@@ -878,7 +910,7 @@ class Store:
             body = body[:DEADLETTER_PAYLOAD_LIMIT] + "…(truncated)"
         now = datetime.now(UTC)
         fields = {
-            "reason": reason[:1000],
+            "reason": scrub(reason)[:1000],
             "payload": body,
             "task_id": task_id,
             "task": task,

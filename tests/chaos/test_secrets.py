@@ -1,13 +1,17 @@
 """Secrets never leak: after a whole pipeline run (with a forced token refresh, a refused one,
 an invalid event carrying a token, and a failing step), search worker and beat logs, every Redis
-key (store, streams, broker queues), Flower's task API, Sentry events and the CLI's outcome output
-for the member tokens, the API key, the OAuth client secret and the other configured secrets."""
+key (store, streams, broker queues), Flower's task API, Sentry events, the CLI's outcome output
+and the webhook bodies for the member tokens, the API key, the OAuth client secret and the other
+configured secrets; and each secret pattern planted in an upstream error body is scrubbed before
+it reaches a reason, an outcome, a dead letter or a webhook."""
 
 from __future__ import annotations
 
 import json
 import sys
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -30,6 +34,34 @@ EVENT_TOKEN = "ev-LEAKCHECK-token-9e3f"
 WEBHOOK_SECRET = "wh-LEAKCHECK-2c44d1"
 
 
+class Hook:
+    """A webhook receiver that takes every delivery and keeps its raw body."""
+
+    def __init__(self) -> None:
+        self.bodies: list[str] = []
+        bodies = self.bodies
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                bodies.append(self.rfile.read(int(self.headers["Content-Length"])).decode())
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def text(self) -> str:
+        return "\n".join(self.bodies)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 @pytest.fixture(scope="module")
 def collector() -> Iterator[SentryCollector]:
     c = SentryCollector()
@@ -38,8 +70,18 @@ def collector() -> Iterator[SentryCollector]:
 
 
 @pytest.fixture(scope="module")
+def hook() -> Iterator[Hook]:
+    h = Hook()
+    yield h
+    h.close()
+
+
+@pytest.fixture(scope="module")
 def secret_system(
-    redis_url: str, tmp_path_factory: pytest.TempPathFactory, collector: SentryCollector
+    redis_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    collector: SentryCollector,
+    hook: Hook,
 ) -> Iterator[System]:
     with running_system(
         redis_url,
@@ -48,7 +90,7 @@ def secret_system(
         api_key=API_KEY,
         oauth_client_secret=CLIENT_SECRET,
         flower_basic_auth=f"ops:{FLOWER_PASSWORD},viewer:{VIEWER_PASSWORD}",
-        webhook_url="http://127.0.0.1:9/unreachable",
+        webhook_url=hook.url,
         webhook_secret=WEBHOOK_SECRET,
         sentry_dsn=f"http://abcdef0123456789@127.0.0.1:{collector.port}/7",
         log_level="DEBUG",
@@ -82,7 +124,7 @@ def redis_dump(system: System) -> str:
 
 
 def test_no_secret_anywhere_after_a_full_run(
-    secret_system: System, collector: SentryCollector
+    secret_system: System, collector: SentryCollector, hook: Hook
 ) -> None:
     system = secret_system
     tokens_seen: list[str] = []
@@ -178,8 +220,10 @@ def test_no_secret_anywhere_after_a_full_run(
         "sentry": b"".join(collector.envelopes).decode("utf-8", errors="replace"),
         "outcomes": outcomes,
         "dead letters": json.dumps(system.store.deadletters(100)),
+        "webhooks": hook.text(),
     }
     assert "[redacted]" in haystacks["dead letters"]
+    assert "BOOKED" in haystacks["webhooks"]
     secrets = {
         "api key": API_KEY,
         "client secret": CLIENT_SECRET,
@@ -193,6 +237,67 @@ def test_no_secret_anywhere_after_a_full_run(
     leaks = [
         f"{name} in {where}"
         for name, secret in secrets.items()
+        for where, text in haystacks.items()
+        if secret in text
+    ]
+    assert not leaks, leaks
+
+
+PLANTED: dict[str, tuple[str, str]] = {
+    "token=": ("token=pl-LEAK-tokeq-7a1c", "pl-LEAK-tokeq-7a1c"),
+    "secret=": ("secret=pl-LEAK-seceq-2b9d", "pl-LEAK-seceq-2b9d"),
+    'JSON "access_token"': ('{"access_token": "pl-LEAK-jsontok-4e0f"}', "pl-LEAK-jsontok-4e0f"),
+    "Authorization: Basic": ("Authorization: Basic cGwtTEVBSy1iYXNpYy0xMWFh", "cGwtTEVBSy1iYXNp"),
+    "Authorization: Bearer": ("Authorization: Bearer pl-LEAK-bearer-5c3e", "pl-LEAK-bearer-5c3e"),
+    "X-Api-Key:": ("X-Api-Key: pl-LEAK-xapikey-8d2a", "pl-LEAK-xapikey-8d2a"),
+    "Redis URL password": (
+        "redis://rebook:pl-LEAK-redispw-6f4b@cache.internal:6379/0",
+        "pl-LEAK-redispw-6f4b",
+    ),
+    "the API key itself": (f"echo of ?apiKey {API_KEY} in a proxy page", API_KEY),
+}
+"""Each pattern the scrubber knows, as an upstream error body could echo it."""
+
+
+def test_upstream_error_text_is_scrubbed_before_it_is_stored(
+    secret_system: System, hook: Hook
+) -> None:
+    """A refused reschedule (HTTP 400) ends FAILED with the upstream's message as its reason:
+    that text reaches the record, its history, the outcome stream and the webhook, so it is
+    scrubbed before it is stored. One rebook per planted pattern."""
+    system = secret_system
+    user = system.member()
+    performer = system.performer(online=True)
+    rids = []
+    for text, _ in PLANTED.values():
+        system.sandbox.fault(
+            "RescheduleMadeBooking", "http_400", message=f"Refused: {text} (request echoed)"
+        )
+        rid, _ = system.rebook(user, performer)
+        rids.append(rid)
+        system.wait_state(rid, State.FAILED)
+    for rid in rids:
+        wait_for(
+            lambda rid=rid: any(rid in b and "FAILED" in b for b in hook.bodies),
+            20,
+            "the FAILED webhook",
+        )
+    failed = [o for o in system.store.outcomes(10_000) if o["rebook_id"] in rids]
+    assert len(failed) == len(PLANTED) and all("Refused:" in o["reason"] for o in failed)
+    # the upstream client masks its own API key as ***; every other pattern is [redacted]
+    masked = [o["reason"] for o in failed if "[redacted]" in o["reason"] or "***" in o["reason"]]
+    assert len(masked) == len(PLANTED), [o["reason"] for o in failed]
+    haystacks = {
+        "redis": redis_dump(system),
+        "outcomes": system.cli("outcomes", "--json", "--count", "10000").stdout,
+        "status": "\n".join(system.cli("status", rid, "--json").stdout for rid in rids),
+        "webhooks": hook.text(),
+        "dead letters": json.dumps(system.store.deadletters(100)),
+        "worker log": system.worker.text(),
+    }
+    leaks = [
+        f"{name} in {where}"
+        for name, (_, secret) in PLANTED.items()
         for where, text in haystacks.items()
         if secret in text
     ]

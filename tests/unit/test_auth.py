@@ -109,10 +109,77 @@ def test_expired_token_is_refreshed_once_and_rotation_stored(
 
 
 def test_token_inside_the_margin_is_refreshed(svc: Services, sandbox: SandboxClient) -> None:
-    # the sandbox's token lives 30 s; the manager refreshes 60 s before expiry
-    answer = save_member(svc, sandbox, "alice", expires_in=30)
+    # a token issued for an hour with 30 s left; the manager refreshes 60 s before expiry
+    answer = sandbox.add_user("alice")
+    issued = TokenSet.from_token_response({**answer, "expires_in": 3600}, time.time() - 3570)
+    svc.token_store.save("alice", issued)
     assert svc.tokens.access_token("alice") != answer["access_token"]
     assert sandbox.stats()["refreshes"] == 1
+
+
+def test_margin_adapts_to_a_short_lived_token(svc: Services, sandbox: SandboxClient) -> None:
+    """Tokens that live 2 s, under a 60 s margin: 200 calls make O(1) refreshes (one per
+    token lifetime), not one per call; every token handed out is honoured upstream."""
+    assert svc.tokens.margin == 60
+    sandbox.configure(token_ttl_seconds=2)
+    save_member(svc, sandbox, "alice", expires_in=2)
+    booking = sandbox.add_booking("alice", 7)
+    started = time.monotonic()
+    for _ in range(200):
+        access = svc.tokens.access_token("alice")
+        assert svc.client.booking_details(access, booking).booking_id == booking
+    elapsed = time.monotonic() - started
+    refreshes = sandbox.stats()["refreshes"]
+    # a token is used for 3/4 of its life: at most one refresh per 1.5 s, and one to start
+    assert refreshes <= 2 + elapsed / 1.5, (refreshes, elapsed)
+    stored = svc.token_store.load("alice")
+    assert stored is not None and stored.lifetime == pytest.approx(2, abs=0.01)
+    assert svc.tokens.margin_for(stored) == pytest.approx(0.5, abs=0.01)
+
+
+def test_refresh_lock_outlives_the_longest_refresh(svc: Services, settings: Settings) -> None:
+    """Rate-limit wait plus connect and read timeouts: the lock cannot expire inside a refresh
+    that is still within its bounds (35 s against 5 s + 20 s was the bug)."""
+    longest = settings.limiter_max_wait + 2 * settings.http_timeout_seconds
+    assert svc.tokens.lock_timeout > longest
+    production = Settings(
+        api_key="k", oauth_client_id="c", oauth_client_secret="s", upstream_rate_per_second=5
+    )
+    production_svc = build_services(production)
+    try:
+        wanted = production.limiter_max_wait + 2 * production.http_timeout_seconds
+        assert production_svc.tokens.lock_timeout > wanted
+    finally:
+        production_svc.client.close()
+        production_svc.store.r.close()
+
+
+def test_a_refresh_that_lost_a_race_uses_the_winners_pair(
+    settings: Settings, svc: Services, sandbox: SandboxClient
+) -> None:
+    """Should the lock still expire inside a stalled refresh, another worker refreshes; the
+    stalled one then sends a rotated-away refresh token and is refused. That is not a reauth:
+    it finds the pair rotated in the store and uses it."""
+    other = build_services(settings)
+    try:
+        save_member(svc, sandbox, "alice", expires_in=0)
+        real = svc.tokens.client.refresh_token
+
+        def stalled(*args: Any, **kwargs: Any) -> dict[str, Any]:
+            svc.store.r.delete(f"{settings.key_prefix}toklock:alice")  # our lock "expired"
+            winner.append(other.tokens.access_token("alice"))  # meanwhile another refreshes
+            return real(*args, **kwargs)  # then our stale refresh token goes out
+
+        winner: list[str] = []
+        svc.tokens.client.refresh_token = stalled  # type: ignore[method-assign]
+        got = svc.tokens.access_token("alice")
+        assert winner and got == winner[0]
+        assert sandbox.stats()["refreshes"] == 1
+        stored = svc.token_store.load("alice")
+        assert stored is not None and stored.access_token == got
+    finally:
+        other.client.close()
+        other.store.r.close()
 
 
 def test_rejected_forces_a_refresh(svc: Services, sandbox: SandboxClient) -> None:

@@ -179,3 +179,33 @@ def test_upstream_calls_are_counted_in_redis_within_a_second(
         "getUserSummary:ok": "3",
         "RescheduleMadeBooking:Ambiguous": "1",
     }
+
+
+def test_exporter_serves_behind_basic_auth_on_loopback(store: Store) -> None:
+    """REBOOK_EXPORTER_BIND defaults to 127.0.0.1; with REBOOK_EXPORTER_BASIC_AUTH a scrape
+    without (or with wrong) credentials gets 401, each configured user gets the metrics."""
+    import requests
+
+    from worker.settings import Settings
+
+    assert Settings.model_fields["exporter_bind"].default == "127.0.0.1"
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(exporter.collector(store))
+    server, _ = exporter.serve(registry, "127.0.0.1", 0, "prom:s3cret-1,ops:s3cret-2")
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/metrics"
+        assert requests.get(url, timeout=5).status_code == 401
+        assert requests.get(url, auth=("prom", "wrong"), timeout=5).status_code == 401
+        for auth in (("prom", "s3cret-1"), ("ops", "s3cret-2")):
+            answer = requests.get(url, auth=auth, timeout=5)
+            assert answer.status_code == 200 and "rebook_up 1.0" in answer.text
+    finally:
+        server.shutdown()
+        server.server_close()
+    open_server, _ = exporter.serve(registry, "127.0.0.1", 0)
+    try:
+        url = f"http://127.0.0.1:{open_server.server_port}/metrics"
+        assert "rebook_up 1.0" in requests.get(url, timeout=5).text
+    finally:
+        open_server.shutdown()
+        open_server.server_close()

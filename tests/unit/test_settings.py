@@ -462,3 +462,15 @@ def test_with_no_settings_worker_beat_and_doctor_refuse_with_one_line(argv: list
     for name in REQUIRED_ENV:
         assert name in lines[0]
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_sentinel_urls_need_the_master_name_and_parse_as_kombu_writes_them() -> None:
+    from worker.settings import sentinel_hosts
+
+    url = "sentinel://:pw@10.0.0.1:26379/2;sentinel://10.0.0.2:26380;sentinel://10.0.0.3"
+    hosts, options = sentinel_hosts(url)
+    assert hosts == [("10.0.0.1", 26379), ("10.0.0.2", 26380), ("10.0.0.3", 26379)]
+    assert options == {"password": "pw", "db": 2}
+    with pytest.raises(ConfigError, match="REBOOK_REDIS_SENTINEL_MASTER"):
+        load_settings(redis_url=url)
+    assert load_settings(redis_url=url, redis_sentinel_master="m").redis_sentinel_master == "m"

@@ -1,0 +1,183 @@
+"""Transport and access on real redis-servers: a `rediss://` store and broker verify the server
+certificate by default (a CA the settings name, else the system's: an unknown CA is refused),
+and the ACL users of ops/redis.conf let a producer push an event but never read a token."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from celery import Celery
+from cryptography.fernet import Fernet
+
+from tests.conftest import fast_settings, wait_for
+from worker.app import make_app
+from worker.auth import TokenStore
+from worker.embedded import free_port
+from worker.errors import StoreUnavailable
+from worker.models import TokenSet
+from worker.store import Store
+
+pytestmark = pytest.mark.integration
+REDIS_CONF = Path(__file__).resolve().parents[2] / "ops" / "redis.conf"
+
+
+def _server(args: list[str], port: int, tmp: Path, **client: object) -> subprocess.Popen[bytes]:
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is needed"
+    proc = subprocess.Popen(
+        [binary, *args], cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+    )
+
+    def up() -> bool:
+        try:
+            return bool(redis.Redis(port=port, socket_timeout=1, **client).ping())  # type: ignore[arg-type]
+        except redis.RedisError:
+            return False
+
+    wait_for(up, 10, "redis-server up")
+    return proc
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    proc.wait(10)
+
+
+# --- TLS ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private CA and a server certificate for localhost / 127.0.0.1 (openssl)."""
+    openssl = shutil.which("openssl")
+    assert openssl, "openssl is needed to make test certificates"
+    d = tmp_path_factory.mktemp("tls")
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], cwd=d, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+        "-days", "2", "-subj", "/CN=rebook-test-ca")  # fmt: skip
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "srv.key", "-out", "srv.csr",
+        "-subj", "/CN=localhost")  # fmt: skip
+    (d / "ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "srv.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "srv.crt", "-days", "2", "-extfile", "ext")  # fmt: skip
+    return d
+
+
+@pytest.fixture(scope="module")
+def tls_url(certs: Path) -> Iterator[str]:
+    port = free_port()
+    args = ["--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--tls-cert-file", "srv.crt", "--tls-key-file", "srv.key",
+            "--tls-ca-cert-file", "ca.crt", "--tls-auth-clients", "no"]  # fmt: skip
+    proc = _server(args, port, certs, ssl=True, ssl_ca_certs=str(certs / "ca.crt"))
+    try:
+        yield f"rediss://localhost:{port}/0"
+    finally:
+        _stop(proc)
+
+
+def test_rediss_store_verifies_the_certificate(tls_url: str, certs: Path, prefix: str) -> None:
+    trusted = fast_settings(
+        tls_url, "http://127.0.0.1:9", prefix, redis_ca_file=str(certs / "ca.crt")
+    )
+    store = Store.from_settings(trusted)
+    store.ping()
+    store.r.set(store.key("probe"), "1")
+    assert store.r.get(store.key("probe")) == "1"
+    # no CA named: the system's CAs do not know ours, so the connection is refused (never a
+    # silent fallback to an unchecked one)
+    untrusted = Store.from_settings(fast_settings(tls_url, "http://127.0.0.1:9", prefix))
+    with pytest.raises(StoreUnavailable):
+        untrusted.ping()
+    with pytest.raises(redis.ConnectionError, match=r"(?i)certificate"):
+        untrusted.r.get(untrusted.key("probe"))
+
+
+def test_rediss_broker_verifies_the_certificate(tls_url: str, certs: Path, prefix: str) -> None:
+    ca = str(certs / "ca.crt")
+    trusted = fast_settings(tls_url, "http://127.0.0.1:9", prefix, redis_ca_file=ca)
+    app = make_app(trusted)
+    assert app.conf.broker_use_ssl["ssl_ca_certs"] == ca
+    app.send_task("rebook.request", kwargs={"event_id": "tls"}, queue="rebook.events")
+    r = redis.Redis.from_url(tls_url, ssl_ca_certs=ca)
+    assert r.llen(f"{trusted.broker_key_prefix}rebook.events") == 1
+    blind = make_app(fast_settings(tls_url, "http://127.0.0.1:9", prefix))
+    with (
+        pytest.raises(Exception, match=r"(?i)certificate"),
+        blind.connection_for_write() as conn,
+    ):
+        conn.ensure_connection(max_retries=1)
+
+
+# --- ACL users ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def acl_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """ops/redis.conf as shipped (its ACL users), on a free port with persistence off; each
+    user switched on with a test password, as the conf's comment tells an operator to."""
+    tmp = tmp_path_factory.mktemp("acl")
+    port = free_port()
+    args = [str(REDIS_CONF), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp),
+            "--appendonly", "no", "--save", ""]  # fmt: skip
+    proc = _server(args, port, tmp)
+    admin = redis.Redis(port=port)
+    for role in ("producer", "worker", "operator"):
+        assert admin.acl_getuser(f"rebook-{role}") is not None, f"rebook-{role} not in redis.conf"
+        admin.execute_command("ACL", "SETUSER", f"rebook-{role}", "on", f">{role}-pw")
+    try:
+        yield port
+    finally:
+        _stop(proc)
+
+
+def _as(port: int, role: str) -> redis.Redis:
+    return redis.Redis(port=port, username=f"rebook-{role}", password=f"{role}-pw")
+
+
+def test_the_producer_user_pushes_events_and_reads_no_token(acl_redis: int) -> None:
+    port = acl_redis
+    key = Fernet.generate_key().decode()
+    tokens = TokenStore(_as(port, "worker"), "rebook:", key)
+    tokens.save(
+        "m1", TokenSet(access_token="acc-SECRET", refresh_token="ref-SECRET", expires_at=2e9)
+    )
+    # any Celery client with the producer's URL sends an event
+    producer = Celery(broker=f"redis://rebook-producer:producer-pw@127.0.0.1:{port}/0")
+    producer.conf.broker_connection_retry_on_startup = True
+    for i in range(2):
+        producer.send_task(
+            "rebook.request",
+            kwargs={"event_id": f"acl-{i}", "booking_id": 1, "user_id": "m1"},
+            queue="rebook.events",
+        )
+    worker = _as(port, "worker")
+    assert worker.llen("rebook.events") == 2  # the worker user reads them
+    assert tokens.load("m1") is not None
+    p = _as(port, "producer")
+    for attempt in (
+        lambda: p.get("rebook:tok:m1"),
+        lambda: p.lrange("rebook.events", 0, -1),
+        lambda: p.rpop("rebook.events"),
+        lambda: p.hgetall("rebook:r:any"),
+        lambda: p.keys("*"),
+        lambda: p.eval("return redis.call('GET', KEYS[1])", 1, "rebook:tok:m1"),
+    ):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            attempt()
+    # operators read (the encrypted blob), never write; workers cannot wipe Redis
+    operator = _as(port, "operator")
+    assert operator.get("rebook:tok:m1") is not None
+    assert operator.llen("rebook.events") == 2
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        operator.set("rebook:tok:m1", "x")
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        worker.flushall()
