@@ -52,6 +52,8 @@ def rate_needed(calls_per_second: float, share: float = PRESENCE_SHARE) -> float
     rate = max(1.0, math.ceil(calls_per_second * (1 + JITTER_MARGIN) / share))
     while share_budget(rate, share) < calls_per_second:
         rate += 1
+    while rate > 1 and share_budget(rate - 1, share) >= calls_per_second:
+        rate -= 1
     return rate
 
 

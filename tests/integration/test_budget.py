@@ -102,6 +102,11 @@ def test_every_performer_gets_its_share_of_a_quarter_budget(system: System) -> N
     assert presence["budget_calls_per_second"] == pytest.approx(20.0, abs=0.01)
     assert presence["achieved_interval_seconds"] == pytest.approx(fair, rel=0.3)
 
+    doctor = system.cli("doctor")
+    assert "WARN presence:" in doctor.stdout, doctor.stdout
+    assert f"{PERFORMERS} performers need 80.00 presence calls/s" in doctor.stdout
+    assert "REBOOK_UPSTREAM_RATE_PER_SECOND=" in doctor.stdout
+
 
 def test_posts_keep_their_priority_under_the_short_budget(system: System) -> None:
     """A performer who comes online while presence eats the budget: its POSTs go, the window
