@@ -3,8 +3,8 @@ and the bench, so the figures an operator reads are the ones the bench checks.
 
 The budget of a kind of call is what the shared rate limiter lets it have (`worker/ratelimit.py`):
 calls of share s go while the sliding window holds fewer than ceil(limit x s) calls, and the
-window is counted `JITTER_MARGIN` longer than the second the rate is stated for. Presence polls
-(share 0.9) get that much when nothing else calls; reads (share 0.8) get what presence leaves
+window is counted `JITTER_MARGIN` longer than the second the rate is stated for. The sweep paces
+presence polls to `PRESENCE_SHARE` of the window; reads (share 0.8) get what presence leaves
 below their own share; POSTs (share 1) come first and are rare next to polls.
 
 When presence needs more than its budget (performers / interval), the sweep hands out the budget
@@ -23,8 +23,12 @@ from typing import Any
 from worker.ratelimit import JITTER_MARGIN
 from worker.upstream import RATE_SHARE
 
-PRESENCE_SHARE = RATE_SHARE["getUserSummary"]
 READ_SHARE = RATE_SHARE["MadeBookings"]
+PRESENCE_SHARE = 0.7
+"""The share of the window the sweep paces presence polls to. Below the reads' share (0.8), so
+that polls alone never fill the window past the point where reads stop: the reschedule's own
+pre-POST read and watch reads keep about a tenth of the rate, POSTs about a third. (A poll may
+still go up to its limiter share, 0.9, e.g. the first check of a new performer.)"""
 DISPATCH_LATENCY = 0.05
 """Seconds from a check's due time to the POST of a performer found online (task pickup, one
 presence call and one POST on a local network); measured by the bench."""

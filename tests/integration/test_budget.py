@@ -1,7 +1,7 @@
 """A short upstream budget, end to end: real worker and beat, Redis, the sandbox over HTTP.
 
 40 performers with waiting rebooks at a presence interval of 0.5 s need 80 calls a second; a rate
-of 23/s gives presence 20 (a quarter). Every performer must still get its share: each polled
+of 30/s gives presence 20 (a quarter). Every performer must still get its share: each polled
 about every 2 s, the least at 0.6x and the most at 1.6x the mean, while POSTs of a performer who
 comes online still go, and no second ever holds more than the rate.
 """
@@ -23,7 +23,7 @@ from .conftest import System, running_system
 
 PERFORMERS = 40
 INTERVAL = 0.5
-RATE = 23.0
+RATE = 30.0
 CALLS = 240
 """Presence calls measured: about 6 per performer (12 s)."""
 

@@ -192,7 +192,7 @@ def test_presence_capacity_gauges(store: Store) -> None:
     assert value(samples, "rebook_presence_interval_seconds") == 1.0
     assert value(samples, "rebook_presence_needed_calls_per_second") == 50.0
     assert value(samples, "rebook_presence_budget_calls_per_second") == pytest.approx(
-        18 / 1.05, abs=1e-3
+        14 / 1.05, abs=1e-3
     )
     assert math.isnan(value(samples, "rebook_presence_achieved_interval_seconds"))  # none made
     store.note_presence_performers(now - 20)

@@ -589,5 +589,5 @@ def test_stats_presence_figures_from_the_record_of_calls_made(store: Store) -> N
     assert presence["performers"] == 40
     assert presence["interval_seconds"] == 2.0
     assert presence["needed_calls_per_second"] == 20.0
-    assert presence["budget_calls_per_second"] == pytest.approx(9 / 1.05, abs=1e-3)
+    assert presence["budget_calls_per_second"] == pytest.approx(7 / 1.05, abs=1e-3)
     assert presence["achieved_interval_seconds"] == pytest.approx(4.0, rel=0.01)
