@@ -1116,11 +1116,10 @@ class Flow:
         # performer waits its turn in one line instead of a scramble for the window.
         budget = presence_budget(self.settings.upstream_rate_per_second)
         spacing = 0.0 if math.isinf(budget) else 1.0 / budget
-        share = (
-            None
-            if math.isinf(budget)
-            else max(1, math.ceil(budget * self.settings.sweep_interval_seconds - 1e-9))
-        )
+        share: int | None = None
+        if not math.isinf(budget):  # whole calls, the fraction carried on average (unbiased)
+            exact = budget * self.settings.sweep_interval_seconds
+            share = max(1, math.floor(exact) + (random.random() < exact - math.floor(exact)))
         ids, pids = self.store.claim_due(
             now,
             self.settings.sweep_batch,
