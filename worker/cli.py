@@ -212,6 +212,87 @@ def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     )
 
 
+def _env_float(name: str, default: float) -> float:
+    """A planner input from the environment when set (the deployment's own), else the default."""
+    import os
+
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: not a number: {raw!r}") from None
+
+
+@cli.command()
+def capacity(
+    performers: Annotated[int, typer.Option("--performers", min=0, help="with waiting rebooks")],
+    members: Annotated[int, typer.Option("--members", min=0, help="with watched bookings")] = 0,
+    interval: Annotated[
+        float | None, typer.Option("--interval", min=0.001, help="presence interval, s")
+    ] = None,
+    rate: Annotated[
+        float | None, typer.Option("--rate", min=0, help="upstream calls/s (0: no limit)")
+    ] = None,
+    watch: Annotated[
+        float | None, typer.Option("--watch", min=0.001, help="watch interval, s")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """What the upstream budget allows: presence interval achieved, reaction p50/p99, watch reads.
+
+    Defaults: REBOOK_PRESENCE_INTERVAL_SECONDS, REBOOK_UPSTREAM_RATE_PER_SECOND and
+    REBOOK_WATCH_INTERVAL_SECONDS from the environment, else 30, 20 and 30. Needs no Redis."""
+    from worker.capacity import plan
+
+    p = plan(
+        performers,
+        interval=interval
+        if interval is not None
+        else _env_float("REBOOK_PRESENCE_INTERVAL_SECONDS", 30.0),
+        rate=rate if rate is not None else _env_float("REBOOK_UPSTREAM_RATE_PER_SECOND", 20.0),
+        members=members,
+        watch_interval=watch
+        if watch is not None
+        else _env_float("REBOOK_WATCH_INTERVAL_SECONDS", 30.0),
+    )
+    if as_json:
+        _print_json(p.as_dict())
+        return
+    budget = (
+        "unlimited"
+        if p.as_dict()["budget_calls_per_second"] is None
+        else f"{p.budget_calls_per_second:.2f}/s"
+    )
+    lines = [
+        f"presence: {p.performers} performers every {p.interval_seconds:g}s need "
+        f"{p.needed_calls_per_second:.2f} calls/s; budget {budget} "
+        f"(the presence share of {p.rate_per_second:g}/s)",
+        f"achieved presence interval: {p.achieved_interval_seconds:.1f}s"
+        + ("" if p.covered >= 1 else f" (the budget covers {p.covered:.0%} of the demand)"),
+        f"reaction (performer online -> POST): p50 {p.reaction_p50_seconds:.1f}s, "
+        f"p99 {p.reaction_p99_seconds:.1f}s",
+    ]
+    if p.members:
+        every = p.watch_interval_achieved_seconds
+        lines.append(
+            f"watch reads: {p.watch_reads_per_second:.2f}/s for {p.members} members "
+            + (
+                f"(each every {every:.1f}s)"
+                if every is not None
+                else "(none: presence takes the budget)"
+            )
+        )
+    if p.covered < 1:
+        lines.append(
+            f"to poll every {p.interval_seconds:g}s: REBOOK_UPSTREAM_RATE_PER_SECOND="
+            f"{p.rate_needed_per_second:g}"
+        )
+    for line in lines:
+        out.print(line, highlight=False)
+
+
 def _operator(command: str, ident: str) -> None:
     """`cancel`/`retry`: one line with the new state, or one line saying why not (exit 1)."""
     from worker.flow import Refused
@@ -490,10 +571,16 @@ def doctor() -> None:
 
     ok = True
     for check in run_checks():
-        mark = "[green]ok[/]  " if check.ok else "[red]FAIL[/]"
+        mark = (
+            "[red]FAIL[/]"
+            if not check.ok
+            else "[yellow]WARN[/]"
+            if check.warn
+            else "[green]ok[/]  "
+        )
         out.print(f"{mark} {check.name}: {check.detail}", highlight=False)
-        if not check.ok:
-            ok = False
+        if not check.ok or check.warn:
+            ok = ok and check.ok
             if check.hint:
                 out.print(f"      hint: {check.hint}", highlight=False)
     raise typer.Exit(0 if ok else 1)

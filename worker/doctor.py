@@ -19,6 +19,8 @@ class Check:
     ok: bool
     detail: str
     hint: str = ""
+    warn: bool = False
+    """Works, but not as configured (a short budget): printed WARN, does not fail doctor."""
 
 
 def _guard(name: str, fn: Callable[[], Check]) -> Check:
@@ -41,6 +43,7 @@ def run_checks() -> Iterator[Check]:
     yield _guard("token key", lambda: _token_key(settings))
     yield _guard("beat", lambda: _beat(settings))
     yield _guard("workers", lambda: _workers(settings))
+    yield _guard("presence", lambda: _presence(settings))
 
 
 def _redis(settings: Settings) -> Check:
@@ -205,3 +208,31 @@ def _workers(settings: Settings) -> Check:
         )
     names = sorted(name for reply in replies for name in reply)
     return Check("workers", True, f"{len(names)} answering: {', '.join(names)[:120]}")
+
+
+def _presence(settings: Settings) -> Check:
+    """Warns when presence needs more calls than its share of the rate gives (a WARN, not a
+    FAIL: every performer is still polled in turn, only less often)."""
+    from worker.capacity import shortfall
+    from worker.store import Store
+
+    figures = Store.from_settings(settings).stats()["presence"]
+    line = shortfall(figures)
+    if line is not None:
+        return Check(
+            "presence",
+            True,
+            line,
+            "raise REBOOK_UPSTREAM_RATE_PER_SECOND (if the upstream allows) or "
+            "REBOOK_PRESENCE_INTERVAL_SECONDS; `rebook capacity` plans it",
+            warn=True,
+        )
+    budget = figures["budget_calls_per_second"]
+    achieved = figures["achieved_interval_seconds"]
+    return Check(
+        "presence",
+        True,
+        f"{figures['performers']} performers need {figures['needed_calls_per_second']:.2f} "
+        f"calls/s of a budget of {'unlimited' if budget is None else f'{budget:.2f}'}/s"
+        + ("" if achieved is None else f"; each polled every {achieved:.1f}s"),
+    )

@@ -87,6 +87,16 @@ class RebookCollector(Collector):
         fams["due_lag"].add_metric([], stats["due_lag_seconds"])
         fams["deadletter"].add_metric([], stats["deadletter"])
         fams["performers"].add_metric([], stats["performers_tracked"])
+        presence = stats["presence"]
+        fams["presence_performers"].add_metric([], presence["performers"])
+        fams["presence_interval"].add_metric([], presence["interval_seconds"])
+        fams["presence_needed"].add_metric([], presence["needed_calls_per_second"])
+        budget, achieved = (
+            presence["budget_calls_per_second"],
+            presence["achieved_interval_seconds"],
+        )
+        fams["presence_budget"].add_metric([], math.inf if budget is None else budget)
+        fams["presence_achieved"].add_metric([], math.nan if achieved is None else achieved)
         last = stats["last_sweep_seconds_ago"]
         # Never swept: +Inf, so a "sweep older than N s" alert fires when beat never ran.
         fams["sweep_age"].add_metric([], math.inf if last is None else max(0.0, last))
@@ -123,6 +133,25 @@ def _families() -> dict[str, GaugeMetricFamily | CounterMetricFamily]:
         ),
         "performers": GaugeMetricFamily(
             "rebook_performers_tracked", "Performers with a scheduled presence check"
+        ),
+        "presence_performers": GaugeMetricFamily(
+            "rebook_presence_performers", "Performers with waiting rebooks (presence demand)"
+        ),
+        "presence_interval": GaugeMetricFamily(
+            "rebook_presence_interval_seconds", "REBOOK_PRESENCE_INTERVAL_SECONDS, as configured"
+        ),
+        "presence_needed": GaugeMetricFamily(
+            "rebook_presence_needed_calls_per_second",
+            "Presence calls a second needed to poll every performer once per interval",
+        ),
+        "presence_budget": GaugeMetricFamily(
+            "rebook_presence_budget_calls_per_second",
+            "The presence share of REBOOK_UPSTREAM_RATE_PER_SECOND (+Inf: no limit)",
+        ),
+        "presence_achieved": GaugeMetricFamily(
+            "rebook_presence_achieved_interval_seconds",
+            "Mean time between two presence calls of one performer over the last 5 min, as made "
+            "(NaN: none made)",
         ),
         "sweep_age": GaugeMetricFamily(
             "rebook_last_sweep_age_seconds", "Seconds since the beat sweep last ran (+Inf: never)"

@@ -9,6 +9,7 @@ overdue record in the due index and dispatches it again.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import secrets
 import time
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
+from worker.capacity import presence_budget
 from worker.errors import (
     Ambiguous,
     AuthExpired,
@@ -329,13 +331,16 @@ class Flow:
             return "idle"
         try:
             online = self.client.is_online(performer_id)
-        except Throttled as exc:  # not called: the budget went to POSTs; try again soon
+        except Throttled:  # not called: the budget went to POSTs
+            # keep its place in the line (least recently polled first): a throttled check sent
+            # to the back, or to a random time, is how some performers came to be polled far
+            # less than others; the sweep hands it out again within its budget
             self.store.release_presence_call(performer_id)
-            wait = (exc.retry_after or interval) * random.uniform(1.0, 1.25)
-            log.info("presence of performer %s deferred %.2fs (rate budget)", performer_id, wait)
-            self.store.schedule_performer(performer_id, self.clock() + wait)
+            self.store.keep_presence_turn(performer_id, self.clock())
+            log.info("presence of performer %s deferred (rate budget)", performer_id)
             return "throttled"
         except UpstreamError as exc:
+            self.store.note_presence_call(self.clock())
             wait = max(interval, exc.retry_after or 0.0) * random.uniform(1.0, 1.25)
             log.warning(
                 "presence of performer %s unknown (%s); again in %.1fs", performer_id, exc, wait
@@ -345,6 +350,7 @@ class Flow:
         # The next check is due one interval after this answer came: the upstream sees at least
         # one interval between two calls, whatever the latency or rate-limit wait of each.
         now = self.clock()
+        self.store.note_presence_call(now)
         if online:  # only now read who waits: an offline answer (the usual one) costs O(1)
             moved = self.store.transition_many(
                 self.store.waiting_for(performer_id),
@@ -1104,13 +1110,27 @@ class Flow:
         now = self.clock()
         # performers due before the next sweep are sent now, to run on time: a performer who
         # came online is seen within one presence interval, not one interval plus one sweep
+        # Presence gets at most its budget's worth per sweep, the longest due (the least
+        # recently polled) first, spread over the sweep interval: under a short budget every
+        # performer waits its turn in one line instead of a scramble for the window.
+        budget = presence_budget(self.settings.upstream_rate_per_second)
+        spacing = 0.0 if math.isinf(budget) else 1.0 / budget
+        share: int | None = None
+        if not math.isinf(budget):  # whole calls, the fraction carried on average (unbiased)
+            exact = budget * self.settings.sweep_interval_seconds
+            share = max(1, math.floor(exact) + (random.random() < exact - math.floor(exact)))
         ids, pids = self.store.claim_due(
-            now, self.settings.sweep_batch, ahead=self.settings.sweep_interval_seconds
+            now,
+            self.settings.sweep_batch,
+            ahead=self.settings.sweep_interval_seconds,
+            performers=share,
         )
+        self.store.note_presence_performers(now)
         counts = {"performers": len(pids), "rebooks": len(ids), "gave_up": 0}
         expired: list[str] = []
         with self.dispatch.batch():
-            for pid, at in pids.items():
+            for i, (pid, due) in enumerate(sorted(pids.items(), key=lambda row: row[1])):
+                at = max(due, now + i * spacing)
                 self.dispatch.check_presence(pid, at=at if at > now else None)
             for rec in self.store.get_many(ids):
                 if rec.state == State.WAITING:

@@ -8,7 +8,8 @@ Keys (prefix `REBOOK_KEY_PREFIX`): `r:{id}` record hash, `h:{id}` history list, 
 records needing the sweep, `performers` zset of presence checks, `perf:{pid}` waiting rebooks of a
 performer, `user:{uid}` active rebooks of a member, `st:{STATE}` ids per state,
 `active:{booking_id}`, `claimed:{new_booking_id}`, `created`/`finished` zsets, streams `outcomes`
-and `deadletter`.
+and `deadletter`; `presence:calls:{t}` / `presence:performers:{t}` the record of presence calls
+made and performers tracked per `PRESENCE_BUCKET_SECONDS` (expiring).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any, Literal, Protocol
 import redis
 from pydantic import BaseModel, ConfigDict
 
+from worker.capacity import presence_figures
 from worker.errors import StoreUnavailable
 from worker.models import ACTIVE_STATES, State, iso_z
 from worker.observability import scrub
@@ -36,6 +38,10 @@ KEEP = ""
 """`due=KEEP` leaves the due index as it is; `due=REMOVE` takes the record out of it."""
 REMOVE = "-"
 DEADLETTER_PAYLOAD_LIMIT = 4096
+PRESENCE_BUCKET_SECONDS = 10
+"""Width of one bucket of the presence record (calls made, performers tracked)."""
+PRESENCE_RECORD_SECONDS = 300
+"""How far back `stats` measures the achieved presence interval; buckets expire after twice it."""
 LISTED = "_listed"
 """Field of a member's watch cache that says its MadeBookings read is done (booking ids are
 digits, so it cannot collide)."""
@@ -230,6 +236,10 @@ class Store:
         self._create = client.register_script(_script("create"))
         self._sweep = client.register_script(_script("sweep"))
         self._performer_next = client.register_script(_script("performer_next"))
+        self._presence_keep = client.register_script(_script("presence_keep"))
+        self.presence_interval = 30.0
+        self.upstream_rate = 20.0
+        """For `stats()`' presence figures (set from the settings by `from_settings`)."""
         self._claim = client.register_script(_script("claim"))
         self.clock: Callable[[], float] = time.time
         """The time of records written without an explicit `now` (a simulation sets its own)."""
@@ -284,6 +294,8 @@ class Store:
             shards=settings.shards,
         )
         store.deadletter_max_entries = settings.deadletter_max_entries
+        store.presence_interval = settings.presence_interval_seconds
+        store.upstream_rate = settings.upstream_rate_per_second
         return store
 
     def ping(self) -> None:
@@ -738,6 +750,57 @@ class Store:
             waiting |= bool(self._performer_next(keys=keys, args=[prefix, performer_id, repr(at)]))
         return waiting
 
+    def keep_presence_turn(self, performer_id: int, now: float) -> None:
+        """The check made no call: the performer goes back to its place in the line (the one it
+        was claimed from), not behind everyone polled since."""
+        for shard in self.shards:
+            keys, prefix = self._script_args(shard)
+            self._presence_keep(keys=keys, args=[prefix, performer_id, repr(now), repr(self.lease)])
+
+    def note_presence_call(self, now: float) -> None:
+        """Counts one presence call made, in the bounded record `stats` reads."""
+        key = self.key("presence", "calls", int(now // PRESENCE_BUCKET_SECONDS))
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hincrby(key, "calls", 1)
+        pipe.hsetnx(key, "first", repr(now))
+        pipe.expire(key, 2 * PRESENCE_RECORD_SECONDS)
+        pipe.execute()
+
+    def note_presence_performers(self, now: float) -> int:
+        """The sweep's sample of performers tracked (those with waiting rebooks), per bucket."""
+        pipe = self.r.pipeline(transaction=False)
+        for shard in self.shards:
+            pipe.zcard(self.skey(shard, "performers"))
+        count = sum(int(n) for n in pipe.execute())
+        self.r.set(
+            self.key("presence", "performers", int(now // PRESENCE_BUCKET_SECONDS)),
+            count,
+            ex=2 * PRESENCE_RECORD_SECONDS,
+        )
+        return count
+
+    def achieved_presence_interval(
+        self, now: float, seconds: float = PRESENCE_RECORD_SECONDS
+    ) -> float | None:
+        """Mean time between two presence calls of one performer over the last `seconds`, as
+        made: mean performers tracked / calls per second. None until a call was recorded."""
+        last = int(now // PRESENCE_BUCKET_SECONDS)
+        buckets = list(range(last - int(seconds // PRESENCE_BUCKET_SECONDS) + 1, last + 1))
+        pipe = self.r.pipeline(transaction=False)
+        for b in buckets:
+            pipe.hmget(self.key("presence", "calls", b), ["calls", "first"])
+            pipe.get(self.key("presence", "performers", b))
+        rows = pipe.execute()
+        calls = [int(c or 0) for c, _ in rows[0::2]]
+        firsts = [float(f) for _, f in rows[0::2] if f is not None]
+        perfs = [int(n) for n in rows[1::2] if n is not None]
+        if not sum(calls) or not perfs:
+            return None
+        # from the first call recorded (a young deployment) or the window's start, to now
+        start = max(firsts[0], now - seconds)
+        span = max(1.0, now - start)
+        return (sum(perfs) / len(perfs)) / (sum(calls) / span)
+
     def performer_due(self, performer_id: int) -> float | None:
         pipe = self.r.pipeline(transaction=False)
         for shard in self.shards:
@@ -748,16 +811,20 @@ class Store:
     # -- sweep & housekeeping ----------------------------------------------------------------------
 
     def claim_due(
-        self, now: float, batch: int, ahead: float = 0.0
+        self, now: float, batch: int, ahead: float = 0.0, performers: int | None = None
     ) -> tuple[list[str], dict[int, float]]:
         """Claims what is overdue in every shard (the sweep walks all shards): rebook ids, and
-        performers whose presence check is due by `now + ahead`, with its due time."""
+        performers whose presence check is due by `now + ahead`, with its due time — at most
+        `performers` of them (split over the shards), the longest due first."""
         all_ids: list[str] = []
         all_pids: dict[int, float] = {}
+        limit = batch if performers is None else min(batch, performers)
+        per_shard = max(1, -(-limit // len(self.shards)))
         for shard in self.shards:
             keys, prefix = self._script_args(shard)
             ids, pids, ats = self._sweep(
-                keys=keys, args=[prefix, repr(now), repr(self.lease), batch, repr(ahead)]
+                keys=keys,
+                args=[prefix, repr(now), repr(self.lease), batch, repr(ahead), per_shard],
             )
             for rid in ids:
                 self._shard_cache.setdefault(rid, shard)
@@ -883,6 +950,12 @@ class Store:
             "outcomes": outcomes,
             "performers_tracked": performers,
             "last_sweep_seconds_ago": None if last is None else round(ts - last, 3),
+            "presence": presence_figures(
+                performers,
+                self.presence_interval,
+                self.upstream_rate,
+                self.achieved_presence_interval(ts),
+            ),
         }
 
     def _gated_count(self) -> int:

@@ -113,6 +113,36 @@ def rebook(
     watch_interval: float,
 ) -> str:
     """Poll presence for this one rebook; when online, reschedule and start watching."""
+    return _rebook(self, booking_id, user_id, performer_id, interval, watch_interval)
+
+
+@app.task(
+    name="plain.rebook_limited",
+    bind=True,
+    max_retries=None,
+    rate_limit=os.environ.get("PLAIN_PRESENCE_RATE_LIMIT") or None,
+)
+def rebook_limited(
+    self: Task,
+    booking_id: int,
+    user_id: str,
+    performer_id: int,
+    interval: float,
+    watch_interval: float,
+) -> str:
+    """The same under Celery's `rate_limit` (`PLAIN_PRESENCE_RATE_LIMIT`, e.g. "10.5/s"): how a
+    plain Celery app keeps to an upstream budget. Celery applies it per worker, not shared."""
+    return _rebook(self, booking_id, user_id, performer_id, interval, watch_interval)
+
+
+def _rebook(
+    self: Task,
+    booking_id: int,
+    user_id: str,
+    performer_id: int,
+    interval: float,
+    watch_interval: float,
+) -> str:
     _, r = _clients()
     if self.request.retries == 0:
         r.incr(STARTED)

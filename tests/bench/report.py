@@ -478,6 +478,7 @@ def build_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
             ow["calls_per_member_per_interval"] <= 1.05,
         )
     )
+    rows.extend(budget_rows(res))
     return rows
 
 
@@ -500,3 +501,78 @@ def markdown(res: dict[str, Any]) -> str:
             f"{row['ratio_text']} | {row['goal']} | {_met(row['met'])} |"
         )
     return "\n".join(lines)
+
+
+def budget_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """The short-budget phase (tests/bench/budget.py): a quarter of the presence demand."""
+    b = res.get("budget")
+    if not b:
+        return []
+    ours, plain = b["ours"], b["plain"]
+    setting = (
+        f"{b['performers']} performers, P = {b['interval']:g} s, budget "
+        f"{b['budget']:.1f}/s of {b['needed']:g}/s needed (rebook: rate {b['rate']:g}/s; plain: "
+        f"rate_limit {b['budget']:.1f}/s)"
+    )
+    fair = b["fair_period"]
+    rows = [
+        _row(
+            f"Short budget: presence calls of the least-polled performer / mean ({setting})",
+            ours["min_over_mean"],
+            plain["min_over_mean"],
+            "≥ 0.6",
+            ours["min_over_mean"] >= 0.6,
+        ),
+        _row(
+            "Short budget: presence calls of the most-polled performer / mean",
+            ours["max_over_mean"],
+            plain["max_over_mean"],
+            "≤ 1.6",
+            ours["max_over_mean"] <= 1.6,
+        ),
+        _row(
+            "Short budget: mean time between two polls of one performer, s "
+            f"(fair: P / f = {fair:.2f})",
+            ours["period"],
+            plain["period"],
+            f"within 25 % of the planner's {ours['predicted_period']:.2f}",
+            ours["period"] is not None
+            and abs(ours["period"] - ours["predicted_period"]) <= 0.25 * ours["predicted_period"],
+        ),
+        _row(
+            "Short budget: `stats` achieved_interval_seconds "
+            f"(planner: {ours['predicted_period']:.2f})",
+            ours["stats_presence"]["achieved_interval_seconds"],
+            None,
+            "within 25 % of the measured period",
+            ours["stats_presence"]["achieved_interval_seconds"] is not None
+            and ours["period"] is not None
+            and abs(ours["stats_presence"]["achieved_interval_seconds"] - ours["period"])
+            <= 0.25 * ours["period"],
+        ),
+        _row(
+            f"Short budget: reaction p50, s ({ours['online']} performers online one by one; "
+            f"planner: {ours['predicted_p50']:.2f})",
+            ours["reaction_p50"],
+            plain["reaction_p50"],
+            "within 25 % of the planner",
+            ours["reaction_p50"] is not None
+            and abs(ours["reaction_p50"] - ours["predicted_p50"]) <= 0.25 * ours["predicted_p50"],
+        ),
+        _row(
+            f"Short budget: reaction p99, s (planner: {ours['predicted_p99']:.2f})",
+            ours["reaction_p99"],
+            plain["reaction_p99"],
+            f"≤ the planner's p99 + 25 % ({1.25 * ours['predicted_p99']:.2f})",
+            ours["reaction_p99"] is not None
+            and ours["reaction_p99"] <= 1.25 * ours["predicted_p99"],
+        ),
+        _row(
+            "Short budget: upstream calls in the busiest 1 s window (as the sandbox received them)",
+            ours["peak_1s"],
+            plain["peak_1s"],
+            f"≤ {b['rate']:g} (the rate)",
+            ours["peak_1s"] <= b["rate"],
+        ),
+    ]
+    return rows

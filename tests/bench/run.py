@@ -49,6 +49,7 @@ from celery import Celery
 from cryptography.fernet import Fernet
 
 from tests.bench import plain_celery
+from tests.bench.budget import run_budget
 from tests.bench.harness import (
     UNACKED_KEYS,
     CallLog,
@@ -66,7 +67,7 @@ from tests.bench.harness import (
     used_memory,
     wait_until,
 )
-from tests.bench.report import build_rows, markdown
+from tests.bench.report import budget_rows, build_rows, markdown
 from tests.integration.conftest import settings_env
 from worker.app import EVENTS_QUEUE, WORK_QUEUE, CeleryDispatcher, make_app
 from worker.embedded import EmbeddedRedis, free_port
@@ -109,6 +110,9 @@ class Config:
     reaction_timeout: float = 25.0
     plain_reaction_timeout: float = 15.0
     seed: int = 5
+    no_budget: bool = False
+    budget_only: bool = False
+    """Skip the short-budget phase (tests/bench/budget.py)."""
 
     @classmethod
     def quick(cls) -> Config:
@@ -1096,11 +1100,20 @@ class Bench:
     def run(self) -> dict[str, Any]:
         started = time.time()
         self.start_infra()
+        if self.cfg.budget_only:
+            self.pproducer = Celery("plain-producer", broker=self.url)
+            self.pproducer.conf.update(task_serializer="json", accept_content=["json"])
+            self.results["budget"] = run_budget(self)
+            self.results["elapsed_seconds"] = time.time() - started
+            self.results["rows"] = budget_rows(self.results)
+            return self.results
         self.start_ours()
         self.ours()
         self.stop(self.beat)
         self.stop(self.worker)
         self.plain()
+        if not self.cfg.no_budget:
+            self.results["budget"] = run_budget(self)
         self.results["elapsed_seconds"] = time.time() - started
         self.results["rows"] = build_rows(self.results)
         return self.results
@@ -1144,6 +1157,14 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     )
     p.add_argument("--markdown", type=Path, help="also write the table to this file")
     p.add_argument("--keep-logs", action="store_true", help="keep the worker/beat/sandbox logs")
+    p.add_argument(
+        "--no-budget",
+        action="store_true",
+        help="skip the short-budget phase (tests/bench/budget.py)",
+    )
+    p.add_argument(
+        "--budget-only", action="store_true", help="only the short-budget phase (about a minute)"
+    )
     args = p.parse_args(argv)
     cfg = Config.quick() if args.quick else Config()
     for name in (
@@ -1157,6 +1178,8 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
         "watch",
         "rate",
         "concurrency",
+        "no_budget",
+        "budget_only",
     ):
         value = getattr(args, name)
         if value is not None:

@@ -209,3 +209,24 @@ def test_exporter_serves_behind_basic_auth_on_loopback(store: Store) -> None:
     finally:
         open_server.shutdown()
         open_server.server_close()
+
+
+def test_presence_capacity_gauges(store: Store) -> None:
+    """Needed against budget against achieved, for the short-budget alert."""
+    store.presence_interval, store.upstream_rate = 1.0, 20.0
+    now = time.time()
+    for k in range(50):
+        create(store, f"e-{k}", 100 + k, 700 + k, now)
+    samples = scrape(store)
+    assert value(samples, "rebook_presence_performers") == 50
+    assert value(samples, "rebook_presence_interval_seconds") == 1.0
+    assert value(samples, "rebook_presence_needed_calls_per_second") == 50.0
+    assert value(samples, "rebook_presence_budget_calls_per_second") == pytest.approx(
+        14 / 1.05, abs=1e-3
+    )
+    assert math.isnan(value(samples, "rebook_presence_achieved_interval_seconds"))  # none made
+    store.note_presence_performers(now - 20)
+    for _ in range(100):
+        store.note_presence_call(now - 20)
+    achieved = value(scrape(store), "rebook_presence_achieved_interval_seconds")
+    assert achieved == pytest.approx(50 / (100 / 20), rel=0.05)

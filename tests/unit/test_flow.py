@@ -8,7 +8,9 @@ with the flow's `clock`, never slept.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import wait_for
+from worker.capacity import presence_budget
 from worker.errors import Throttled
 from worker.flow import Flow, Refused
 from worker.models import State, TokenSet
@@ -355,7 +358,9 @@ def test_presence_gives_way_to_the_rate_budget_without_losing_its_turn(
     assert env.flow.check_presence(7) == "offline"  # spends this second's budget
     assert env.flow.check_presence(8) == "throttled"  # a presence poll does not sit and wait
     due = env.store.performer_due(8)
-    assert due is not None and env.clock() + 0.5 <= due <= env.clock() + 1.3
+    due7 = env.store.performer_due(7)
+    # it keeps its place in the line: due now, ahead of the one just polled (not pushed back)
+    assert due is not None and due7 is not None and due <= env.clock() < due7
     # the call was not made, so the performer's turn was not used up: not "coalesced"
     assert env.flow.check_presence(8) == "throttled"
     assert env.sandbox.stats()["presence_calls"] == {"7": 1}
@@ -841,6 +846,66 @@ def test_sweep_sends_a_presence_check_due_before_the_next_sweep_to_run_on_time(e
     assert env.flow.sweep()["performers"] == 1
     assert env.rec.calls == [("check_presence", 7, None)] and env.rec.at == [due]
     assert env.store.performer_due(7) == due + env.settings.step_lease_seconds
+
+
+def test_sweep_hands_out_the_presence_budget_least_recently_polled_first(
+    make_env: Callable[..., Env],
+) -> None:
+    """A short budget: one sweep claims only its budget's worth, the longest due first, paced one
+    budget slot apart; the rest keep their place for the next sweep."""
+    env = make_env(upstream_rate_per_second=10, sweep_interval_seconds=0.5)
+    budget = presence_budget(10)  # 9 calls per 1.05 s
+    exact = budget * 0.5
+    share = math.floor(exact)
+    pids = list(range(100, 112))
+    for pid in pids:
+        env.submit(env.sandbox.add_booking("alice", pid), performer=pid)
+    # due times: performer 111 the longest overdue, 100 the least
+    now = env.clock()
+    for k, pid in enumerate(pids):
+        env.store.schedule_performer(pid, now - 1 - k * 0.01)
+    env.rec.calls.clear()
+    env.rec.at.clear()
+    share = env.flow.sweep()["performers"]
+    assert share in (math.floor(exact), math.floor(exact) + 1)
+    got = [c[1] for c in env.rec.of("check_presence")]
+    assert got == list(reversed(pids))[:share]
+    ats = [a or now for a in env.rec.at]
+    gaps = [b - a for a, b in itertools.pairwise(ats)]
+    assert all(abs(g - 1 / budget) < 0.05 for g in gaps[1:]), gaps
+    # the next sweep hands out the next in line, the ones just claimed are not among them
+    env.rec.calls.clear()
+    more = env.flow.sweep()["performers"]
+    assert [c[1] for c in env.rec.of("check_presence")] == list(reversed(pids))[
+        share : share + more
+    ]
+
+
+def test_a_throttled_check_goes_back_to_its_place_in_the_line(
+    make_env: Callable[..., Env],
+) -> None:
+    """Throttled after the sweep claimed it: back to the due time it was claimed at, ahead of
+    those due after it, not behind everyone polled since."""
+    env = make_env(upstream_rate_per_second=1)
+    for pid in (7, 8, 9):
+        env.submit(env.sandbox.add_booking("alice", pid), performer=pid)
+    now = env.clock()
+    env.store.schedule_performer(8, now - 3)  # the least recently polled
+    env.store.schedule_performer(9, now - 2)
+    env.store.schedule_performer(7, now - 1)
+    env.rec.calls.clear()
+    env.flow.sweep()  # a budget of one per sweep: 8 alone
+    assert [c[1] for c in env.rec.of("check_presence")] == [8]
+    claimed = env.store.performer_due(8)
+    assert claimed is not None and claimed > now + env.settings.step_lease_seconds / 2
+    sec, usec = env.store.r.time()
+    env.store.r.zadd(env.store.key("ratelimit", "log"), {"busy": sec * 1_000_000 + usec})
+    assert env.flow.check_presence(8) == "throttled"
+    assert env.store.performer_due(8) == pytest.approx(now - 3)
+    env.rec.calls.clear()
+    env.flow.sweep()  # first in line again
+    assert [c[1] for c in env.rec.of("check_presence")] == [8]
+    assert env.sandbox.stats()["presence_calls"] == {}
 
 
 def test_a_presence_check_on_time_waits_out_the_last_window_s_last_moment(env: Env) -> None:

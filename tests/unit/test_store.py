@@ -572,3 +572,22 @@ def test_transition_many_sets_due_and_fields(store: Store) -> None:
         assert due_score(store, rid) == T0 + 42
         assert store.r.hget(store.key("r", rid), "errors") == "0"
     assert store.waiting_for(7) == []
+
+
+def test_stats_presence_figures_from_the_record_of_calls_made(store: Store) -> None:
+    """`stats` `presence`: needed and budget from the settings, achieved from what was made."""
+    store.presence_interval, store.upstream_rate = 2.0, 10.0
+    for k in range(40):
+        make(store, f"e-{k}", booking_id=1000 + k, performer_id=500 + k)
+    now = 1_800_000_000.0  # a bucket boundary: 60 s of record below
+    assert store.stats(now)["presence"]["achieved_interval_seconds"] is None  # nothing made yet
+    for second in range(60):
+        store.note_presence_performers(now - 60 + second)
+        for _ in range(10):  # 10 calls a second for 40 performers: each every 4 s
+            store.note_presence_call(now - 60 + second)
+    presence = store.stats(now)["presence"]
+    assert presence["performers"] == 40
+    assert presence["interval_seconds"] == 2.0
+    assert presence["needed_calls_per_second"] == 20.0
+    assert presence["budget_calls_per_second"] == pytest.approx(7 / 1.05, abs=1e-3)
+    assert presence["achieved_interval_seconds"] == pytest.approx(4.0, rel=0.01)

@@ -3,6 +3,7 @@
 local p, pid = ARGV[1], ARGV[2]
 if redis.call('SCARD', p .. 'perf:' .. pid) == 0 then
   redis.call('ZREM', p .. 'performers', pid)
+  redis.call('HDEL', p .. 'presence:place', pid)
   return 0
 end
 redis.call('ZADD', p .. 'performers', tonumber(ARGV[3]), pid)

@@ -3,17 +3,23 @@
 -- again after the lease, and a step still running is not dispatched twice meanwhile.
 -- Performers due within `ahead` seconds are claimed too, with their due time, so that their
 -- check can be sent to run on time rather than at the next sweep (one lease past that time).
--- ARGV: 1 prefix, 2 now, 3 lease seconds, 4 batch size, 5 ahead seconds
+-- At most `plimit` performers are claimed, the longest due first (the presence budget of one
+-- sweep): the rest keep their place for the next sweep. Each claimed one's due time is kept in
+-- the hash `presence:place`, so that a check that gives its turn back (presence_keep.lua) goes
+-- back to the same place in the line.
+-- ARGV: 1 prefix, 2 now, 3 lease seconds, 4 batch size, 5 ahead seconds, 6 performer limit
 -- Returns {rebook ids, performer ids, their due times}
 local p, now, lease, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local ahead = tonumber(ARGV[5] or '0')
+local plimit = tonumber(ARGV[6] or ARGV[4])
 local ids = redis.call('ZRANGEBYSCORE', p .. 'due', '-inf', now, 'LIMIT', 0, n)
 for _, id in ipairs(ids) do redis.call('ZADD', p .. 'due', 'XX', now + lease, id) end
 local found = redis.call('ZRANGEBYSCORE', p .. 'performers', '-inf', now + ahead, 'WITHSCORES',
-  'LIMIT', 0, n)
+  'LIMIT', 0, plimit)
 local pids, ats = {}, {}
 for i = 1, #found, 2 do
   local at, at_text = tonumber(found[i + 1]), found[i + 1]
+  redis.call('HSET', p .. 'presence:place', found[i], at_text)
   if at < now then at, at_text = now, ARGV[2] end
   pids[#pids + 1] = found[i]
   ats[#ats + 1] = at_text
