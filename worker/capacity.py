@@ -20,8 +20,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from worker.ratelimit import JITTER_MARGIN
-from worker.upstream import RATE_SHARE
+from worker.budget import JITTER_MARGIN, RATE_SHARE
 
 READ_SHARE = RATE_SHARE["MadeBookings"]
 PRESENCE_SHARE = 0.7

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
+from worker.budget import RATE_SHARE
 from worker.capacity import presence_budget
 from worker.errors import (
     Ambiguous,
@@ -39,6 +40,7 @@ from worker.settings import Settings
 from worker.store import REMOVE, Rebook, StepLock, Store, rebook_id_for
 
 log = logging.getLogger("rebook.flow")
+POST = "RescheduleMadeBooking"
 
 T = TypeVar("T")
 ACTIVE_STEPS = (State.WAITING, State.RESCHEDULING, State.WATCHING)
@@ -94,6 +96,7 @@ class Upstream(Protocol):
         start: datetime | None = None,
         max_pages: int = 10,
         before_send: BeforeSend | None = None,
+        share: float | None = None,
     ) -> tuple[list[WebcamBooking], bool]: ...
 
 
@@ -464,13 +467,13 @@ class Flow:
             lambda rec: self._reconcile(rec) if rec.post_sent_ts is not None else self._post(rec),
         )
 
-    def _list(self, rec: Rebook, since: float) -> Listing:
+    def _list(self, rec: Rebook, since: float, share: float | None = None) -> Listing:
         """The member's bookings created since `since` (a day earlier at the upstream's
         day granularity; nothing is filtered by time here: the zone is a guess)."""
         bookings, complete = self._member_call(
             rec,
             lambda tok: self.client.list_made_bookings(
-                tok, start=from_ts(since), before_send=self._hold
+                tok, start=from_ts(since), before_send=self._hold, share=share
             ),
         )
         return Listing(bookings, complete)
@@ -542,7 +545,10 @@ class Flow:
         # that nothing here remembers. What the list shows now is what our POST cannot have made.
         if listing is None:
             try:
-                listing = self._list(rec, rec.created_ts - s.reconcile_lookback_seconds)
+                # a member is waiting for this POST: the read before it has the POST's share
+                listing = self._list(
+                    rec, rec.created_ts - s.reconcile_lookback_seconds, RATE_SHARE[POST]
+                )
             except LeaseLost:
                 raise
             except UpstreamError as exc:

@@ -9,13 +9,11 @@ import time
 from importlib import resources
 from typing import Any
 
+from worker.budget import JITTER_MARGIN
 from worker.errors import Throttled
 
 YIELD_WAIT = 0.25
 """Longest wait in a worker for a call below share 1 (see RedisRateLimiter)."""
-JITTER_MARGIN = 0.05
-"""Calls sent one window apart may reach the upstream closer together (network and scheduling
-jitter): the window counted here is this much longer than the one the rate is stated for."""
 
 
 class RedisRateLimiter:

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ValidationError
 from urllib3.exceptions import NewConnectionError
 
 from worker import __version__
+from worker.budget import RATE_SHARE
 from worker.errors import (
     Ambiguous,
     AuthExpired,
@@ -53,18 +54,6 @@ PATHS: dict[str, tuple[str, str]] = {
     "ConfirmMadeBooking": ("POST", "/v1/Webcam/ConfirmMadeBooking"),
     "CancelMadeBooking": ("POST", "/v1/Webcam/CancelMadeBooking"),
     "getUserSummary": ("GET", "/v1/newsfeed/getUserSummary"),
-}
-#: How full the shared rate window may be for each call to go (see RedisRateLimiter): when the
-#: budget is short, the POST a member is waiting for goes first, presence polls next, reads that
-#: have minutes of slack (watching, reconciling, confirming) last. Below 80 % nobody waits.
-RATE_SHARE: dict[str, float] = {
-    "RescheduleMadeBooking": 1.0,
-    "token": 1.0,
-    "getUserSummary": 0.9,
-    "MadeBookingDetails": 0.8,
-    "MadeBookings": 0.8,
-    "ConfirmMadeBooking": 0.8,
-    "CancelMadeBooking": 0.8,
 }
 MAX_PAGE = 100
 USER_AGENT = f"rebook/{__version__}"
@@ -280,6 +269,7 @@ class UpstreamClient:
         body: dict[str, Any] | None = None,
         idempotent: bool = True,
         before_send: BeforeSend | None = None,
+        share: float | None = None,
     ) -> Any:
         method, path = PATHS[endpoint]
         headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
@@ -291,7 +281,7 @@ class UpstreamClient:
         if token is not None:
             headers["Authorization"] = f"bearer {token}"  # lower-case, as the docs' samples
         if self._limiter is not None:
-            self._limiter.acquire(RATE_SHARE.get(endpoint, 1.0))
+            self._limiter.acquire(RATE_SHARE.get(endpoint, 1.0) if share is None else share)
         if before_send is not None:
             before_send()
         started = time.monotonic()
@@ -390,6 +380,7 @@ class UpstreamClient:
         per_page: int = MAX_PAGE,
         newest_first: bool = True,
         before_send: BeforeSend | None = None,
+        share: float | None = None,
     ) -> MadeBookingsPage:
         params: dict[str, Any] = {
             "OrderBy": "createddate-desc" if newest_first else "createddate-asc",
@@ -400,7 +391,9 @@ class UpstreamClient:
             # documented as `yyyy-mm-dd` (a date, on CreateDate): the page is a superset of what
             # was created since `start`; iter_made_bookings filters by the exact time
             params["StartDate"] = site_date(start, self.zone)
-        payload = self._call("MadeBookings", token=token, params=params, before_send=before_send)
+        payload = self._call(
+            "MadeBookings", token=token, params=params, before_send=before_send, share=share
+        )
         try:
             return MadeBookingsPage.parse(payload, list_names=self.list_names, zone=self.zone)
         except Unreadable as exc:
@@ -430,12 +423,16 @@ class UpstreamClient:
         start: datetime | None = None,
         max_pages: int = 10,
         before_send: BeforeSend | None = None,
+        share: float | None = None,
     ) -> tuple[list[WebcamBooking], bool]:
         """Every booking since `start` and whether the list was read to its end: a list cut
-        at `max_pages` proves nothing about what lies beyond it."""
+        at `max_pages` proves nothing about what lies beyond it. `share`: the rate share, if
+        not that of a read (the read before a POST has the POST's)."""
         found: list[WebcamBooking] = []
         for number in range(1, max_pages + 1):
-            page = self.made_bookings(token, start=start, page=number, before_send=before_send)
+            page = self.made_bookings(
+                token, start=start, page=number, before_send=before_send, share=share
+            )
             found.extend(page.bookings)
             if number >= page.page_count or not page.bookings:
                 return found, True

@@ -1,0 +1,22 @@
+"""The shared upstream budget's policy, in one leaf module: the rate limiter applies it, the
+upstream client names each call's share, and the capacity model (stats, doctor, the planner)
+computes with the same numbers. No dependencies, so every layer may read it."""
+
+from __future__ import annotations
+
+#: How full the shared rate window may be for each call to go (see RedisRateLimiter): when the
+#: budget is short, the POST a member is waiting for goes first, presence polls next, reads that
+#: have minutes of slack (watching, reconciling, confirming) last. Below 80 % nobody waits.
+RATE_SHARE: dict[str, float] = {
+    "RescheduleMadeBooking": 1.0,
+    "token": 1.0,
+    "getUserSummary": 0.9,
+    "MadeBookingDetails": 0.8,
+    "MadeBookings": 0.8,
+    "ConfirmMadeBooking": 0.8,
+    "CancelMadeBooking": 0.8,
+}
+
+JITTER_MARGIN = 0.05
+"""Calls sent one window apart may reach the upstream closer together (network and scheduling
+jitter): the window counted here is this much longer than the one the rate is stated for."""
