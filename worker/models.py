@@ -315,6 +315,9 @@ class TokenSet(BaseModel):
     refresh_token: str = Field(min_length=1, repr=False)
     token_type: str = "bearer"
     expires_at: float = 0.0
+    #: when the refresh token was handed to us (`tokens set`/import) or issued by a refresh: the
+    #: token answer does not say how long it lives, so its lapse is counted from here
+    refresh_issued_at: float = 0.0
 
     @classmethod
     def from_token_response(cls, payload: Any, now: float) -> TokenSet:
@@ -336,6 +339,7 @@ class TokenSet(BaseModel):
                 raise ValueError("expires_in must be a number of seconds") from None
         else:
             raise ValueError("token JSON needs expires_in or expires_at")
+        data["refresh_issued_at"] = now
         try:
             return cls.model_validate(data)
         except ValidationError as exc:

@@ -89,6 +89,7 @@ def build_services(settings: Settings) -> Services:
         settings.key_prefix,
         settings.token_key.get_secret_value() if settings.token_key else None,
         ttl_seconds=settings.token_ttl_days * 86400,
+        refresh_lifetime=settings.refresh_token_lifetime_seconds,
     )
     tokens = TokenManager(
         token_store,

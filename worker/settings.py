@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     oauth_client_secret: SecretStr
     token_key: SecretStr | None = None
     token_refresh_margin_seconds: float = Field(60.0, ge=0)
+    refresh_token_lifetime_seconds: float = Field(14 * 86400.0, gt=0)
+    token_keepalive_before_seconds: float = Field(3 * 86400.0, gt=0)
+    token_keepalive_interval_seconds: float = Field(300.0, gt=0)
+    token_keepalive_batch: int = Field(200, ge=1, le=100_000)
 
     presence_interval_seconds: float = Field(30.0, gt=0)
     watch_interval_seconds: float = Field(30.0, gt=0)
@@ -222,6 +226,11 @@ class Settings(BaseSettings):
             )
         if not self.list_names:
             raise ValueError("REBOOK_MADE_BOOKINGS_LIST_NAMES: give at least one name")
+        if self.token_keepalive_before_seconds >= self.refresh_token_lifetime_seconds:
+            raise ValueError(
+                "REBOOK_TOKEN_KEEPALIVE_BEFORE_SECONDS must be < "
+                "REBOOK_REFRESH_TOKEN_LIFETIME_SECONDS"
+            )
         return self
 
     @property

@@ -467,11 +467,18 @@ class UpstreamClient:
     # -- OAuth -------------------------------------------------------------------------------------
 
     def refresh_token(
-        self, token_url: str, *, client_id: str, client_secret: str, refresh_token: str
+        self,
+        token_url: str,
+        *,
+        client_id: str,
+        client_secret: str,
+        refresh_token: str,
+        share: float | None = None,
     ) -> dict[str, Any]:
-        """`grant_type=refresh_token`; the upstream rotates the refresh token on every success."""
+        """`grant_type=refresh_token`; the upstream rotates the refresh token on every success.
+        `share`: of the rate window (the keep-alive's refreshes can wait, a step's cannot)."""
         if self._limiter is not None:
-            self._limiter.acquire(RATE_SHARE["token"])
+            self._limiter.acquire(RATE_SHARE["token"] if share is None else share)
         outcome = "ok"
         try:
             try:
