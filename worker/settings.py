@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     api_key_in: Literal["header", "query"] = "header"
     api_key_header: str = "apiKey"
     api_timezone: str = "Europe/London"
+    zone_tolerance_seconds: float = Field(300.0, gt=0)
     oauth_token_url: str = PRODUCTION_TOKEN_URL
     oauth_client_id: str
     oauth_client_secret: SecretStr

@@ -27,6 +27,7 @@ from typing import Any, Literal, Protocol
 import redis
 from pydantic import BaseModel, ConfigDict
 
+from worker import zonecheck
 from worker.errors import StoreUnavailable
 from worker.models import ACTIVE_STATES, State, iso_z
 from worker.settings import Settings, mask_url
@@ -276,6 +277,11 @@ class Store:
             raise StoreUnavailable(
                 f"cannot reach Redis at {mask_url(self.url)}: {type(exc).__name__}"
             ) from None
+
+    @property
+    def zone_key(self) -> str:
+        """The zone check's last observation (worker.zonecheck; JSON, no secrets)."""
+        return self.key("zone")
 
     def key(self, *parts: object) -> str:
         """A global key (single-key commands only)."""
@@ -845,7 +851,13 @@ class Store:
             "outcomes": outcomes,
             "performers_tracked": performers,
             "last_sweep_seconds_ago": None if last is None else round(ts - last, 3),
+            "zone": self.zone_observation(),
         }
+
+    def zone_observation(self) -> dict[str, Any] | None:
+        """`{"configured", "observed_offset_minutes", "agrees", "at", ...}` of the last booking
+        the upstream made (worker.zonecheck), or None before the first one."""
+        return zonecheck.read(self.r, self.zone_key)
 
     def _gated_count(self) -> int:
         """RESCHEDULING rebooks held by another's gate (O(rescheduling): they are few)."""

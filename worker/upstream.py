@@ -80,6 +80,10 @@ BeforeSend = Callable[[], None]
 (nothing is sent). The reschedule POST writes its "POST sent" mark here, so no rate-limit wait
 lies between the mark and the request."""
 
+MadeHook = Callable[[datetime | None, str | None], None]
+"""Called after every booking RescheduleMadeBooking made, with its CreateDate (as parsed) and the
+answer's HTTP `Date` header: the zone check (`worker.zonecheck.ZoneWatch`). Errors are dropped."""
+
 CallHook = Callable[[str, str], None]
 """Called after every upstream call with (endpoint, outcome) — outcome "ok" or the error class."""
 
@@ -252,6 +256,7 @@ class UpstreamClient:
         on_call: CallHook | None = None,
         session: requests.Session | None = None,
         list_names: tuple[str, ...] = ("WebcamBookings",),
+        on_made: MadeHook | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
@@ -265,6 +270,7 @@ class UpstreamClient:
         self._on_call = on_call
         self._session = session or environment_session(self.base_url)
         self.list_names = list_names
+        self._on_made = on_made
 
     def close(self) -> None:
         self._session.close()
@@ -280,7 +286,9 @@ class UpstreamClient:
         body: dict[str, Any] | None = None,
         idempotent: bool = True,
         before_send: BeforeSend | None = None,
+        headers_out: dict[str, str] | None = None,
     ) -> Any:
+        """`headers_out`, if given, receives the headers of a 2xx answer."""
         method, path = PATHS[endpoint]
         headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
         if self._key_in_query:
@@ -312,6 +320,8 @@ class UpstreamClient:
                 raise error_for_exception(endpoint, exc, idempotent=idempotent) from None
             if not 200 <= response.status_code < 300:
                 raise self._scrubbed(error_for_response(endpoint, response, idempotent=idempotent))
+            if headers_out is not None:
+                headers_out.update(response.headers)
             try:
                 return response.json()
             except ValueError:
@@ -360,15 +370,24 @@ class UpstreamClient:
     def reschedule(
         self, token: str, booking_id: int, *, before_send: BeforeSend | None = None
     ) -> WebcamBooking:
-        """Creates a new booking. NOT idempotent: failures that may have committed are Ambiguous."""
+        """Creates a new booking. NOT idempotent: failures that may have committed are Ambiguous.
+        The answer's `Date` header goes to `on_made` with the booking's CreateDate."""
+        headers: dict[str, str] = {}
         payload = self._call(
             "RescheduleMadeBooking",
             token=token,
             body={"BookingID": booking_id},
             idempotent=False,
             before_send=before_send,
+            headers_out=headers,
         )
-        return self._model(WebcamBooking, payload, "RescheduleMadeBooking", idempotent=False)
+        booking = self._model(WebcamBooking, payload, "RescheduleMadeBooking", idempotent=False)
+        if self._on_made is not None:
+            try:
+                self._on_made(booking.create_date, headers.get("Date"))
+            except Exception as exc:  # the booking is made: nothing may lose its answer
+                log.warning("on_made hook failed: %s", type(exc).__name__)
+        return booking
 
     def booking_details(
         self, token: str, booking_id: int, *, before_send: BeforeSend | None = None
