@@ -42,6 +42,7 @@ from worker.models import (
     WebcamBooking,
     site_date,
 )
+from worker.presence import PresenceSource, UserSummaryPresence
 
 log = logging.getLogger(__name__)
 
@@ -271,6 +272,7 @@ class UpstreamClient:
         self._session = session or environment_session(self.base_url)
         self.list_names = list_names
         self._on_made = on_made
+        self.presence: PresenceSource = UserSummaryPresence(self)
 
     def close(self) -> None:
         self._session.close()
@@ -481,7 +483,9 @@ class UpstreamClient:
         return self._model(UserSummary, UserSummary.unwrap(payload), "getUserSummary")
 
     def is_online(self, performer_id: int) -> bool:
-        return self.user_summary(performer_id).available_now_webcam
+        """Through `self.presence` (worker.presence): getUserSummary unless another source was
+        put there."""
+        return self.presence.is_online(performer_id)
 
     # -- OAuth -------------------------------------------------------------------------------------
 
