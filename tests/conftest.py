@@ -72,6 +72,7 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 SANDBOX_DEFAULTS: dict[str, Any] = {
     "accept_by_seconds": 600,
     "token_ttl_seconds": 3600,
+    "refresh_token_ttl_seconds": 14 * 86400,
     "fault_delay_seconds": 2.0,
     "documented": False,
     "list_name": "WebcamBookings",

@@ -45,6 +45,7 @@ TASK_MODULES = [
     "tasks.watch",
     "tasks.sweep",
     "tasks.fanout",
+    "tasks.tokens",
 ]
 HOUSEKEEPING_SECONDS = 60.0
 # Redis broker: a lower number is served first. Events, the sweep, presence checks and the first
@@ -225,6 +226,15 @@ def make_app(settings: Settings) -> Celery:
                 "task": "rebook.housekeeping",
                 "schedule": HOUSEKEEPING_SECONDS,
                 "options": {"queue": WORK_QUEUE, "expires": HOUSEKEEPING_SECONDS},
+            },
+            "rebook-keep-tokens": {
+                "task": "rebook.keep_tokens",
+                "schedule": settings.token_keepalive_interval_seconds,
+                "options": {
+                    "queue": WORK_QUEUE,
+                    "priority": WATCH_PRIORITY,  # days of slack: after every step
+                    "expires": max(5.0, settings.token_keepalive_interval_seconds),
+                },
             },
         },
     )

@@ -8,6 +8,10 @@ still expire, a refusal of a pair that another worker has rotated meanwhile is n
 
 Keys: `REBOOK_TOKEN_KEYS` (newest first) through `MultiFernet`: the first encrypts, every one
 decrypts, so a new key is rolled out while the tokens written with the old one still open.
+
+Refresh tokens lapse (about 14 days) unless used: every saved pair is also indexed by when its
+refresh token lapses (`{prefix}tokkeep`, a sorted set of member ids, no secrets), so the
+keep-alive (`rebook.keep_tokens`) refreshes the idle ones in time, reading only those due.
 """
 
 from __future__ import annotations
@@ -27,8 +31,15 @@ from worker.upstream import UpstreamClient
 log = logging.getLogger(__name__)
 
 
+REFRESH_TOKEN_LIFETIME = 14 * 86400.0
+KEEPALIVE_SHARE = 0.5
+"""The keep-alive's share of the rate window (see RedisRateLimiter): its refreshes have days of
+slack, so they go only while the window is less than half full."""
+
+
 class TokenStore:
-    """Encrypted token pairs in Redis under `{prefix}tok:{user_id}`."""
+    """Encrypted token pairs in Redis under `{prefix}tok:{user_id}`, indexed by the lapse of
+    their refresh token in `{prefix}tokkeep`."""
 
     def __init__(
         self,
@@ -36,11 +47,14 @@ class TokenStore:
         prefix: str,
         key: str | Sequence[str] | None,
         ttl_seconds: float = 0,
+        refresh_lifetime: float = REFRESH_TOKEN_LIFETIME,
     ) -> None:
         """`key`: one Fernet key, or several, the one that encrypts first."""
         self.r = client
         self.p = prefix
         self.ttl = int(ttl_seconds)  # 0: no expiry
+        self.refresh_lifetime = refresh_lifetime
+        self.index_key = f"{prefix}tokkeep"
         keys = [key] if isinstance(key, str) else list(key or [])
         keys = [k for k in keys if k]
         self._fernet = MultiFernet([Fernet(k.encode()) for k in keys]) if keys else None
@@ -60,7 +74,50 @@ class TokenStore:
         blob = self._f().encrypt(tokens.model_dump_json().encode())
         # every refresh stores the pair again, so the TTL counts from the member's last use:
         # a member gone for REBOOK_TOKEN_TTL_DAYS must `tokens set` again (reauth), nothing more
+        # pair first, index second (no transaction: on a cluster they live on different
+        # nodes); a pair missing from the index is found by `backfill`
         self.r.set(self._key(user_id), blob.decode(), ex=self.ttl or None)
+        self.r.zadd(self.index_key, {user_id: self.refresh_lapses_at(tokens)})
+
+    def refresh_lapses_at(self, tokens: TokenSet) -> float:
+        """When the pair's refresh token dies unused; 0 (due at once) when its issue is unknown
+        (a pair stored before this was recorded)."""
+        if tokens.refresh_issued_at <= 0:
+            return 0.0
+        return tokens.refresh_issued_at + self.refresh_lifetime
+
+    def due(self, before: float, limit: int) -> list[str]:
+        """Members whose refresh token lapses before `before`, soonest first, at most `limit`."""
+        found = self.r.zrangebyscore(self.index_key, "-inf", before, start=0, num=limit)
+        return [m.decode() if isinstance(m, bytes) else m for m in found]
+
+    def reschedule(self, user_id: str, at: float) -> None:
+        """Look at this member's pair again at `at` (XX: never re-adds a deleted pair)."""
+        self.r.zadd(self.index_key, {user_id: at}, xx=True)
+
+    def unindex(self, user_id: str) -> None:
+        self.r.zrem(self.index_key, user_id)
+
+    def backfill(self) -> int:
+        """Once per deployment: pairs saved before the index existed join it, due at once.
+        A SCAN of `tok:*`, run only while the marker key is absent."""
+        marker = f"{self.index_key}:indexed"
+        if self.r.exists(marker):
+            return 0
+        glob = "".join(f"[{c}]" if c in "*?[]\\" else c for c in self.p)
+        start = len(self._key(""))
+        added = 0
+        batch: dict[str, float] = {}
+        for key in self.r.scan_iter(match=f"{glob}tok:*", count=1000):
+            name = key.decode() if isinstance(key, bytes) else key
+            batch[name[start:]] = 0.0
+            if len(batch) >= 1000:
+                added += int(self.r.zadd(self.index_key, batch, nx=True))
+                batch = {}
+        if batch:
+            added += int(self.r.zadd(self.index_key, batch, nx=True))
+        self.r.set(marker, "1")
+        return added
 
     def load(self, user_id: str) -> TokenSet | None:
         blob = self.r.get(self._key(user_id))
@@ -76,7 +133,9 @@ class TokenStore:
         return TokenSet.model_validate(data)
 
     def delete(self, user_id: str) -> bool:
-        return bool(self.r.delete(self._key(user_id)))
+        gone = bool(self.r.delete(self._key(user_id)))
+        self.unindex(user_id)
+        return gone
 
 
 class TokenManager:
@@ -139,32 +198,65 @@ class TokenManager:
                 raise ReauthRequired(user_id, "no tokens stored")
             if self._usable(current, rejected):
                 return current.access_token  # another worker refreshed while we waited
+            return self._refresh_locked(user_id, current).access_token
+        finally:
             try:
-                body = self.client.refresh_token(
-                    self.token_url,
-                    client_id=self.client_id,
-                    client_secret=self._client_secret,
-                    refresh_token=current.refresh_token,
-                )
-            except Rejected as exc:
-                # a pair rotated meanwhile (our lock expired inside a stalled refresh and another
-                # worker refreshed): our refresh token was dead, the member's pair is fine
-                now_stored = self.store.load(user_id)
-                if now_stored is not None and now_stored.refresh_token != current.refresh_token:
-                    log.warning(
-                        "refresh of member %s raced another worker's; using its pair", user_id
-                    )
-                    return now_stored.access_token
-                log.warning("refresh refused for member %s: %s", user_id, exc.message)
-                raise ReauthRequired(user_id, exc.message or "refresh refused") from None
-            body.setdefault("refresh_token", current.refresh_token)
-            try:
-                fresh = TokenSet.from_token_response(body, time.time())
-            except ValueError as exc:
-                raise Transient(f"unusable token answer: {exc}", endpoint="token") from None
-            self.store.save(user_id, fresh)  # before anything else: the old refresh token is dead
-            log.info("refreshed tokens of member %s", user_id)
-            return fresh.access_token
+                lock.release()
+            except Exception:  # lock expired: the pair is stored already
+                log.warning("token lock of member %s expired before release", user_id)
+
+    def _refresh_locked(
+        self, user_id: str, current: TokenSet, share: float | None = None
+    ) -> TokenSet:
+        """The refresh itself; the caller holds the member's lock."""
+        try:
+            body = self.client.refresh_token(
+                self.token_url,
+                client_id=self.client_id,
+                client_secret=self._client_secret,
+                refresh_token=current.refresh_token,
+                share=share,
+            )
+        except Rejected as exc:
+            # a pair rotated meanwhile (our lock expired inside a stalled refresh and another
+            # worker refreshed): our refresh token was dead, the member's pair is fine
+            now_stored = self.store.load(user_id)
+            if now_stored is not None and now_stored.refresh_token != current.refresh_token:
+                log.warning("refresh of member %s raced another worker's; using its pair", user_id)
+                return now_stored
+            log.warning("refresh refused for member %s: %s", user_id, exc.message)
+            raise ReauthRequired(user_id, exc.message or "refresh refused") from None
+        rotated = bool(body.get("refresh_token"))
+        body.setdefault("refresh_token", current.refresh_token)
+        try:
+            fresh = TokenSet.from_token_response(body, time.time())
+        except ValueError as exc:
+            raise Transient(f"unusable token answer: {exc}", endpoint="token") from None
+        if not rotated:  # the same refresh token: its lapse still counts from its issue
+            fresh = fresh.model_copy(update={"refresh_issued_at": current.refresh_issued_at})
+        self.store.save(user_id, fresh)  # before anything else: the old refresh token is dead
+        log.info("refreshed tokens of member %s", user_id)
+        return fresh
+
+    def keep_alive(self, user_id: str, *, before: float) -> str:
+        """Refreshes the pair if its refresh token lapses before `before`: "refreshed", "fresh"
+        (another holder refreshed it meanwhile), "gone" (no pair), "busy" (a refresh runs
+        elsewhere: it stores a fresh pair anyway). Never waits for the member's lock. A refused
+        refresh raises ReauthRequired; rate-limit and upstream failures raise as they come."""
+        lock = self.store.r.lock(f"{self.store.p}toklock:{user_id}", timeout=self.lock_timeout)
+        if not lock.acquire(blocking=False):
+            return "busy"
+        try:
+            current = self.store.load(user_id)
+            if current is None:
+                self.store.unindex(user_id)
+                return "gone"
+            lapses = self.store.refresh_lapses_at(current)
+            if lapses > before:
+                self.store.reschedule(user_id, lapses)
+                return "fresh"
+            self._refresh_locked(user_id, current, share=KEEPALIVE_SHARE)
+            return "refreshed"
         finally:
             try:
                 lock.release()

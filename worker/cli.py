@@ -210,6 +210,15 @@ def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         f"due lag: {data['due_lag_seconds']}s   dead letters: {data['deadletter']}   "
         f"last sweep: {data['last_sweep_seconds_ago']}s ago"
     )
+    zone = data.get("zone")
+    if zone and not zone["agrees"]:
+        out.print(
+            f"[bold red]zone: REBOOK_API_TIMEZONE={zone['configured']} but the upstream appears "
+            f"to use {zone['appears']} (UTC{zone['observed_offset_minutes']:+d} min, {zone['at']})"
+            "[/bold red]"
+        )
+    elif zone:
+        out.print(f"zone: {zone['configured']} agrees with the upstream ({zone['at']})")
 
 
 def _env_float(name: str, default: float) -> float:

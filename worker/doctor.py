@@ -44,6 +44,7 @@ def run_checks() -> Iterator[Check]:
     yield _guard("beat", lambda: _beat(settings))
     yield _guard("workers", lambda: _workers(settings))
     yield _guard("presence", lambda: _presence(settings))
+    yield _guard("time zone", lambda: _zone(settings))
 
 
 def _redis(settings: Settings) -> Check:
@@ -235,4 +236,37 @@ def _presence(settings: Settings) -> Check:
         f"{figures['performers']} performers need {figures['needed_calls_per_second']:.2f} "
         f"calls/s of a budget of {'unlimited' if budget is None else f'{budget:.2f}'}/s"
         + ("" if achieved is None else f"; each polled every {achieved:.1f}s"),
+    )
+
+
+def _zone(settings: Settings) -> Check:
+    """REBOOK_API_TIMEZONE against the last booking the upstream made: its CreateDate (site
+    time) beside the Date header (GMT) of that answer (worker.zonecheck)."""
+    from worker.store import Store
+
+    seen = Store.from_settings(settings).zone_observation()
+    if seen is None:
+        return Check(
+            "time zone",
+            True,
+            f"{settings.api_timezone}: not compared yet (no booking made since the check began)",
+        )
+    if seen.get("configured") != settings.api_timezone:
+        return Check(
+            "time zone",
+            True,
+            f"{settings.api_timezone}: last compared under {seen.get('configured')} "
+            f"({seen.get('at')}), when the upstream appeared to use {seen.get('appears')}",
+        )
+    if not seen.get("agrees"):
+        return Check(
+            "time zone",
+            False,
+            f"REBOOK_API_TIMEZONE={settings.api_timezone} (UTC"
+            f"{seen['configured_offset_minutes']:+d} min) but the upstream appears to use "
+            f"{seen['appears']} (UTC{seen['observed_offset_minutes']:+d} min) at {seen['at']}",
+            f"set REBOOK_API_TIMEZONE={seen['appears']} if that is the site's zone",
+        )
+    return Check(
+        "time zone", True, f"{settings.api_timezone} agrees with the upstream ({seen['at']})"
     )

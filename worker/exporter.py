@@ -112,6 +112,11 @@ class RebookCollector(Collector):
         fams["memory_max"].add_metric([], limit)
         # no maxmemory: unbounded headroom (+Inf), so a "headroom below x" alert stays quiet
         fams["memory_headroom"].add_metric([], max(0.0, 1 - used / limit) if limit else math.inf)
+        zone = stats.get("zone")
+        if zone:  # nothing before the first booking the upstream made
+            fams["zone_agrees"].add_metric([zone["configured"]], 1 if zone["agrees"] else 0)
+            fams["zone_observed"].add_metric([], zone["observed_offset_minutes"])
+            fams["zone_configured"].add_metric([], zone["configured_offset_minutes"])
         return [up, *fams.values()]
 
 
@@ -176,6 +181,19 @@ def _families() -> dict[str, GaugeMetricFamily | CounterMetricFamily]:
         "memory_headroom": GaugeMetricFamily(
             "rebook_redis_memory_headroom_ratio",
             "1 - used/maxmemory of the store Redis (+Inf: no maxmemory); at 0 writes fail (OOM)",
+        ),
+        "zone_agrees": GaugeMetricFamily(
+            "rebook_zone_agrees",
+            "1 if the last booking the upstream made agrees with REBOOK_API_TIMEZONE, else 0",
+            labels=["configured"],
+        ),
+        "zone_observed": GaugeMetricFamily(
+            "rebook_zone_observed_offset_minutes",
+            "The upstream's UTC offset, from its last booking's CreateDate and Date header",
+        ),
+        "zone_configured": GaugeMetricFamily(
+            "rebook_zone_configured_offset_minutes",
+            "The UTC offset REBOOK_API_TIMEZONE had at that booking",
         ),
     }
 

@@ -317,6 +317,9 @@ class TokenSet(BaseModel):
     expires_at: float = 0.0
     lifetime: float = 0.0
     """Seconds the access token was issued for (0: unknown); the refresh margin adapts to it."""
+    #: when the refresh token was handed to us (`tokens set`/import) or issued by a refresh: the
+    #: token answer does not say how long it lives, so its lapse is counted from here
+    refresh_issued_at: float = 0.0
 
     @classmethod
     def from_token_response(cls, payload: Any, now: float) -> TokenSet:
@@ -340,6 +343,7 @@ class TokenSet(BaseModel):
             data["lifetime"] = max(0.0, float(data["expires_in"]))
         else:
             raise ValueError("token JSON needs expires_in or expires_at")
+        data["refresh_issued_at"] = now
         try:
             return cls.model_validate(data)
         except ValidationError as exc:

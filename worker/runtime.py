@@ -17,6 +17,7 @@ from worker.ratelimit import RedisRateLimiter
 from worker.settings import Settings, get_settings
 from worker.store import Store
 from worker.upstream import UpstreamClient
+from worker.zonecheck import ZoneWatch
 
 
 @dataclass
@@ -83,12 +84,14 @@ def build_services(settings: Settings) -> Services:
         limiter=limiter,
         on_call=count_call,
         list_names=settings.list_names,
+        on_made=ZoneWatch(store.r, store.zone_key, settings.zone, settings.zone_tolerance_seconds),
     )
     token_store = TokenStore(
         store.r,
         settings.key_prefix,
         settings.token_key_list,
         ttl_seconds=settings.token_ttl_days * 86400,
+        refresh_lifetime=settings.refresh_token_lifetime_seconds,
     )
     tokens = TokenManager(
         token_store,

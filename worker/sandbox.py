@@ -195,8 +195,14 @@ class _Config:
     list_name: str = "WebcamBookings"
     total_name: str = "TotalBookings"
     site_zone: str = "Europe/London"
+    refresh_token_ttl_seconds: float = REFRESH_TOKEN_TTL_SECONDS
 
-    NUMBERS = ("accept_by_seconds", "token_ttl_seconds", "fault_delay_seconds")
+    NUMBERS = (
+        "accept_by_seconds",
+        "token_ttl_seconds",
+        "fault_delay_seconds",
+        "refresh_token_ttl_seconds",
+    )
     FLAGS = ("strict_start_date", "year_one_unset")
     NAMES = ("list_name", "total_name")
     #: the options `documented: true` turns on
@@ -412,7 +418,7 @@ class _SandboxState:
         member.access_token = secrets.token_urlsafe(24)
         member.refresh_token = secrets.token_urlsafe(24)
         member.access_expires = now + timedelta(seconds=access_ttl)
-        member.refresh_expires = now + timedelta(seconds=REFRESH_TOKEN_TTL_SECONDS)
+        member.refresh_expires = now + timedelta(seconds=self.config.refresh_token_ttl_seconds)
         member.revoked = False
         self.access_index[member.access_token] = member.user_id
         self.refresh_index[member.refresh_token] = member.user_id
@@ -1047,6 +1053,7 @@ class SandboxServer:
         client_id: str = "sandbox-client",
         client_secret: str = "sandbox-secret",
         token_ttl_seconds: float = 3600.0,
+        refresh_token_ttl_seconds: float = REFRESH_TOKEN_TTL_SECONDS,
         accept_by_seconds: float = 600.0,
         fault_delay_seconds: float = 2.0,
         timezone: str = "Europe/London",
@@ -1066,6 +1073,7 @@ class SandboxServer:
                 accept_by_seconds=accept_by_seconds,
                 token_ttl_seconds=token_ttl_seconds,
                 fault_delay_seconds=fault_delay_seconds,
+                refresh_token_ttl_seconds=refresh_token_ttl_seconds,
             ),
             timezone=timezone,
         )
@@ -1271,6 +1279,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--client-id", default="sandbox-client")
     p.add_argument("--client-secret", default="sandbox-secret")
     p.add_argument("--token-ttl", type=float, default=3600.0, help="access-token seconds")
+    p.add_argument(
+        "--refresh-token-ttl",
+        type=float,
+        default=REFRESH_TOKEN_TTL_SECONDS,
+        help="refresh-token seconds (unused, it dies: refresh_token_has_expired)",
+    )
     p.add_argument("--accept-by", type=float, default=600.0, help="AcceptBy seconds after create")
     p.add_argument("--fault-delay", type=float, default=2.0, help="default timeout-fault seconds")
     p.add_argument("--timezone", default="Europe/London", help="site zone of its datetimes")
@@ -1286,6 +1300,7 @@ def main(argv: list[str] | None = None) -> None:
         client_id=args.client_id,
         client_secret=args.client_secret,
         token_ttl_seconds=args.token_ttl,
+        refresh_token_ttl_seconds=args.refresh_token_ttl,
         accept_by_seconds=args.accept_by,
         fault_delay_seconds=args.fault_delay,
         timezone=args.timezone,

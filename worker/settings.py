@@ -72,6 +72,7 @@ class Settings(BaseSettings):
     api_key_in: Literal["header", "query"] = "header"
     api_key_header: str = "apiKey"
     api_timezone: str = "Europe/London"
+    zone_tolerance_seconds: float = Field(300.0, gt=0)
     oauth_token_url: str = PRODUCTION_TOKEN_URL
     oauth_client_id: str
     oauth_client_secret: SecretStr
@@ -80,6 +81,10 @@ class Settings(BaseSettings):
     """REBOOK_TOKEN_KEYS: comma-separated Fernet keys, the newest first (it encrypts), the older
     ones still read: a rolling key rotation. REBOOK_TOKEN_KEY, if also set, is read too."""
     token_refresh_margin_seconds: float = Field(60.0, ge=0)
+    refresh_token_lifetime_seconds: float = Field(14 * 86400.0, gt=0)
+    token_keepalive_before_seconds: float = Field(3 * 86400.0, gt=0)
+    token_keepalive_interval_seconds: float = Field(300.0, gt=0)
+    token_keepalive_batch: int = Field(200, ge=1, le=100_000)
 
     presence_interval_seconds: float = Field(30.0, gt=0)
     watch_interval_seconds: float = Field(30.0, gt=0)
@@ -315,6 +320,11 @@ class Settings(BaseSettings):
             )
         if not self.list_names:
             raise ValueError("REBOOK_MADE_BOOKINGS_LIST_NAMES: give at least one name")
+        if self.token_keepalive_before_seconds >= self.refresh_token_lifetime_seconds:
+            raise ValueError(
+                "REBOOK_TOKEN_KEEPALIVE_BEFORE_SECONDS must be < "
+                "REBOOK_REFRESH_TOKEN_LIFETIME_SECONDS"
+            )
         return self
 
     @property

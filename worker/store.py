@@ -28,6 +28,7 @@ from typing import Any, Literal, Protocol
 import redis
 from pydantic import BaseModel, ConfigDict
 
+from worker import zonecheck
 from worker.capacity import presence_figures
 from worker.errors import StoreUnavailable
 from worker.models import ACTIVE_STATES, State, iso_z
@@ -320,6 +321,11 @@ class Store:
             raise StoreUnavailable(
                 f"cannot reach Redis at {mask_url(self.url)}: {type(exc).__name__}"
             ) from None
+
+    @property
+    def zone_key(self) -> str:
+        """The zone check's last observation (worker.zonecheck; JSON, no secrets)."""
+        return self.key("zone")
 
     def key(self, *parts: object) -> str:
         """A global key (single-key commands only)."""
@@ -956,7 +962,13 @@ class Store:
                 self.upstream_rate,
                 self.achieved_presence_interval(ts),
             ),
+            "zone": self.zone_observation(),
         }
+
+    def zone_observation(self) -> dict[str, Any] | None:
+        """`{"configured", "observed_offset_minutes", "agrees", "at", ...}` of the last booking
+        the upstream made (worker.zonecheck), or None before the first one."""
+        return zonecheck.read(self.r, self.zone_key)
 
     def _gated_count(self) -> int:
         """RESCHEDULING rebooks held by another's gate (O(rescheduling): they are few)."""

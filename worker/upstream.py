@@ -43,6 +43,7 @@ from worker.models import (
     WebcamBooking,
     site_date,
 )
+from worker.presence import PresenceSource, UserSummaryPresence
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,10 @@ BeforeSend = Callable[[], None]
 """Runs after the rate limiter let a call go and right before it is sent; raising stops it
 (nothing is sent). The reschedule POST writes its "POST sent" mark here, so no rate-limit wait
 lies between the mark and the request."""
+
+MadeHook = Callable[[datetime | None, str | None], None]
+"""Called after every booking RescheduleMadeBooking made, with its CreateDate (as parsed) and the
+answer's HTTP `Date` header: the zone check (`worker.zonecheck.ZoneWatch`). Errors are dropped."""
 
 CallHook = Callable[[str, str], None]
 """Called after every upstream call with (endpoint, outcome) — outcome "ok" or the error class."""
@@ -241,6 +246,7 @@ class UpstreamClient:
         on_call: CallHook | None = None,
         session: requests.Session | None = None,
         list_names: tuple[str, ...] = ("WebcamBookings",),
+        on_made: MadeHook | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
@@ -254,6 +260,8 @@ class UpstreamClient:
         self._on_call = on_call
         self._session = session or environment_session(self.base_url)
         self.list_names = list_names
+        self._on_made = on_made
+        self.presence: PresenceSource = UserSummaryPresence(self)
 
     def close(self) -> None:
         self._session.close()
@@ -270,7 +278,9 @@ class UpstreamClient:
         idempotent: bool = True,
         before_send: BeforeSend | None = None,
         share: float | None = None,
+        headers_out: dict[str, str] | None = None,
     ) -> Any:
+        """`headers_out`, if given, receives the headers of a 2xx answer."""
         method, path = PATHS[endpoint]
         headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
         if self._key_in_query:
@@ -302,6 +312,8 @@ class UpstreamClient:
                 raise error_for_exception(endpoint, exc, idempotent=idempotent) from None
             if not 200 <= response.status_code < 300:
                 raise self._scrubbed(error_for_response(endpoint, response, idempotent=idempotent))
+            if headers_out is not None:
+                headers_out.update(response.headers)
             try:
                 return response.json()
             except ValueError:
@@ -350,15 +362,24 @@ class UpstreamClient:
     def reschedule(
         self, token: str, booking_id: int, *, before_send: BeforeSend | None = None
     ) -> WebcamBooking:
-        """Creates a new booking. NOT idempotent: failures that may have committed are Ambiguous."""
+        """Creates a new booking. NOT idempotent: failures that may have committed are Ambiguous.
+        The answer's `Date` header goes to `on_made` with the booking's CreateDate."""
+        headers: dict[str, str] = {}
         payload = self._call(
             "RescheduleMadeBooking",
             token=token,
             body={"BookingID": booking_id},
             idempotent=False,
             before_send=before_send,
+            headers_out=headers,
         )
-        return self._model(WebcamBooking, payload, "RescheduleMadeBooking", idempotent=False)
+        booking = self._model(WebcamBooking, payload, "RescheduleMadeBooking", idempotent=False)
+        if self._on_made is not None:
+            try:
+                self._on_made(booking.create_date, headers.get("Date"))
+            except Exception as exc:  # the booking is made: nothing may lose its answer
+                log.warning("on_made hook failed: %s", type(exc).__name__)
+        return booking
 
     def booking_details(
         self, token: str, booking_id: int, *, before_send: BeforeSend | None = None
@@ -459,16 +480,25 @@ class UpstreamClient:
         return self._model(UserSummary, UserSummary.unwrap(payload), "getUserSummary")
 
     def is_online(self, performer_id: int) -> bool:
-        return self.user_summary(performer_id).available_now_webcam
+        """Through `self.presence` (worker.presence): getUserSummary unless another source was
+        put there."""
+        return self.presence.is_online(performer_id)
 
     # -- OAuth -------------------------------------------------------------------------------------
 
     def refresh_token(
-        self, token_url: str, *, client_id: str, client_secret: str, refresh_token: str
+        self,
+        token_url: str,
+        *,
+        client_id: str,
+        client_secret: str,
+        refresh_token: str,
+        share: float | None = None,
     ) -> dict[str, Any]:
-        """`grant_type=refresh_token`; the upstream rotates the refresh token on every success."""
+        """`grant_type=refresh_token`; the upstream rotates the refresh token on every success.
+        `share`: of the rate window (the keep-alive's refreshes can wait, a step's cannot)."""
         if self._limiter is not None:
-            self._limiter.acquire(RATE_SHARE["token"])
+            self._limiter.acquire(RATE_SHARE["token"] if share is None else share)
         outcome = "ok"
         try:
             try:
