@@ -126,7 +126,7 @@ def test_untrusted_text_is_escaped_and_no_secret_shows(console: str, system: Sys
     ]
     for text in pages:
         assert hostile not in text
-        assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in text, text[text.find("<table"):][:1500]
+        assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in text
         assert "<script" not in text
     secrets = [
         system.settings.api_key.get_secret_value(),
