@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test chaos bench lint format sandbox worker beat flower exporter clean
+.PHONY: install demo test chaos bench bench-console lint format sandbox worker beat flower exporter clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ chaos: $(STAMP)
 ## larger runs: make bench BENCH_ARGS="--sizes 1000,10000,100000,1000000 --plain-max 100000"
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench $(BENCH_ARGS)
+
+## the console at 100,000 records: /api/rebooks and /rebooks timed through the Flower launcher
+bench-console: $(STAMP)
+	$(BIN)/python -m tests.bench.console $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -11,7 +11,7 @@ import sys
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, Literal, NoReturn
 
 import typer
 from rich.console import Console
@@ -157,22 +157,63 @@ def status(
     out.print(hist)
 
 
+StateOpt = Annotated[str | None, typer.Option("--state", help="Only this state.")]
+ReasonOpt = Annotated[
+    str | None,
+    typer.Option("--reason", help="Exact reason (`reauth`); a trailing * matches a prefix."),
+]
+UserOpt = Annotated[str | None, typer.Option("--user", help="Only this member.")]
+PerformerOpt = Annotated[int | None, typer.Option("--performer", help="Only this performer.")]
+BookingOpt = Annotated[int | None, typer.Option("--booking", help="Only this original booking.")]
+SinceOpt = Annotated[
+    str | None, typer.Option("--since", help="Received since: ISO time, unix seconds or 6h/2d.")
+]
+
+
+def _filters(
+    state: str | None,
+    reason: str | None,
+    user: str | None,
+    performer: int | None,
+    booking: int | None,
+    since: str | None,
+) -> Any:
+    """The options as `worker.search.Filters` (bad values: one line, exit 2)."""
+    from worker.search import BadFilter, Filters
+
+    try:
+        return Filters.parse(
+            {
+                "state": state,
+                "reason": reason,
+                "user_id": user,
+                "performer_id": performer,
+                "booking_id": booking,
+                "since": since,
+            }
+        )
+    except BadFilter as exc:
+        fail(str(exc), 2)
+
+
 @cli.command("list")
 def list_(
-    state: Annotated[str | None, typer.Option(help="Only this state.")] = None,
+    state: StateOpt = None,
+    reason: ReasonOpt = None,
+    user: UserOpt = None,
+    performer: PerformerOpt = None,
+    booking: BookingOpt = None,
+    since: SinceOpt = None,
     limit: Annotated[int, typer.Option(help="How many (0 = all).")] = 50,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Rebooks, newest first."""
-    wanted = None
-    if state is not None:
-        try:
-            wanted = State(state.upper())
-        except ValueError:
-            fail(f"unknown state {state!r}; one of {', '.join(s.value for s in State)}", 2)
+    """Rebooks, newest first, found through indexes (filters combine)."""
+    from worker.search import Search
+
+    wanted = _filters(state, reason, user, performer, booking, since)
     if limit < 0:
         fail("--limit must be >= 0", 2)
-    rows = _services().store.list_rebooks(wanted, limit)
+    rows = Search(_services().store).query(wanted, limit=limit, budget=10**9).items
     if as_json:
         _print_json([r.public() for r in rows])
         return
@@ -302,29 +343,116 @@ def capacity(
         out.print(line, highlight=False)
 
 
-def _operator(command: str, ident: str) -> None:
-    """`cancel`/`retry`: one line with the new state, or one line saying why not (exit 1)."""
+def _operator(
+    command: Literal["retry", "cancel"],
+    ident: str | None,
+    filters: tuple[str | None, str | None, str | None, int | None, int | None, str | None],
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """`cancel`/`retry`: one ID → one line with the new state, or one line saying why not
+    (exit 1); filters → what matched, what was done, what was refused with why (exit 1 when
+    anything was refused, except in a dry run)."""
+    from worker.actions import run
     from worker.flow import Refused
 
-    try:
-        rec = getattr(_flow(), command)(ident)
-    except LookupError as exc:
-        fail(str(exc).strip("'\""))
-    except Refused as exc:
-        fail(str(exc))
-    out.print(f"{rec.rebook_id}: {rec.state.value} ({rec.reason})")
+    bulk = any(value is not None for value in filters)
+    if ident is not None and bulk:
+        fail(f"{command} takes one ID or filters, not both", 2)
+    if ident is None and not bulk:
+        fail(f"{command} needs an ID or at least one filter (--state, --reason, --user, ...)", 2)
+    if ident is not None and not dry_run and not as_json:
+        try:
+            rec = getattr(_flow(), command)(ident)
+        except LookupError as exc:
+            fail(str(exc).strip("'\""))
+        except Refused as exc:
+            fail(str(exc))
+        out.print(f"{rec.rebook_id}: {rec.state.value} ({rec.reason})")
+        return
+    wanted = _filters(*filters) if bulk else None
+    flow = _flow()
+    result = run(
+        flow, flow.store, command, ids=[ident] if ident else [], filters=wanted, dry_run=dry_run
+    )
+    if as_json:
+        _print_json(result.as_json())
+    else:
+        label = " (dry run: nothing done)" if dry_run else ""
+        out.print(f"matched {len(result.matched)}{label}", highlight=False)
+        for rid in result.matched:
+            out.print(f"  {rid}", markup=False, highlight=False)
+        if dry_run:
+            out.print(f"would {command} {len(result.would_do)}", highlight=False)
+            for rid in result.would_do:
+                out.print(f"  {rid}", markup=False, highlight=False)
+        else:
+            out.print(f"done {len(result.done)}", highlight=False)
+            for row in result.done:
+                out.print(
+                    f"  {row['rebook_id']}: {row['state']} ({row['reason']})",
+                    markup=False,
+                    highlight=False,
+                )
+        out.print(f"refused {len(result.refused)}", highlight=False)
+        for row in result.refused:
+            out.print(f"  {row['rebook_id']}: {row['why']}", markup=False, highlight=False)
+        if result.truncated:
+            out.print("more matched than one bulk action takes; narrow the filter", highlight=False)
+    if result.refused and not dry_run:
+        raise typer.Exit(1)
+
+
+IdArg = Annotated[
+    str | None, typer.Argument(metavar="[ID]", help="Rebook id or event id (or use filters).")
+]
+DryRunOpt = Annotated[
+    bool, typer.Option("--dry-run", help="Show what would be done and refused; do nothing.")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help='{"matched", "done", "refused"}.')]
 
 
 @cli.command()
-def cancel(ident: Annotated[str, typer.Argument(metavar="ID")]) -> None:
-    """Stop a rebook that is not finished (state ABORTED)."""
-    _operator("cancel", ident)
+def cancel(
+    ident: IdArg = None,
+    state: StateOpt = None,
+    reason: ReasonOpt = None,
+    user: UserOpt = None,
+    performer: PerformerOpt = None,
+    booking: BookingOpt = None,
+    since: SinceOpt = None,
+    dry_run: DryRunOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Stop a rebook that is not finished (state ABORTED); with filters, every match."""
+    _operator("cancel", ident, (state, reason, user, performer, booking, since), dry_run, as_json)
 
 
 @cli.command()
-def retry(ident: Annotated[str, typer.Argument(metavar="ID")]) -> None:
-    """Resume NEEDS_ATTENTION; restart GAVE_UP/FAILED/ABORTED when no booking was made."""
-    _operator("retry", ident)
+def retry(
+    ident: IdArg = None,
+    state: StateOpt = None,
+    reason: ReasonOpt = None,
+    user: UserOpt = None,
+    performer: PerformerOpt = None,
+    booking: BookingOpt = None,
+    since: SinceOpt = None,
+    dry_run: DryRunOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Resume NEEDS_ATTENTION; restart GAVE_UP/FAILED/ABORTED when no booking was made. With
+    filters (`--user M --reason reauth`), every match, each refused exactly as one ID would be."""
+    _operator("retry", ident, (state, reason, user, performer, booking, since), dry_run, as_json)
+
+
+@cli.command()
+def reindex() -> None:
+    """Adds rebooks recorded before the console's indexes existed to them; run once after the
+    upgrade that brought `rebook list --user/--performer/--booking` (idempotent)."""
+    from worker.search import Search
+
+    done = Search(_services().store).reindex()
+    out.print(f"indexed {done} rebook(s)")
 
 
 @cli.command()

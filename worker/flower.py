@@ -127,6 +127,9 @@ def main(argv: list[str] | None = None) -> None:
     from flower.command import flower as flower_command
 
     close_metrics()
+    from worker.console import install
+
+    install()  # /rebooks, /api/rebooks and the navbar link, behind the same auth
     celery_cli.add_command(flower_command)
     cli: Any = celery_cli
     cli.main(

@@ -9,7 +9,9 @@ records needing the sweep, `performers` zset of presence checks, `perf:{pid}` wa
 performer, `user:{uid}` active rebooks of a member, `st:{STATE}` ids per state,
 `active:{booking_id}`, `claimed:{new_booking_id}`, `created`/`finished` zsets, streams `outcomes`
 and `deadletter`; `presence:calls:{t}` / `presence:performers:{t}` the record of presence calls
-made and performers tracked per `PRESENCE_BUCKET_SECONDS` (expiring).
+made and performers tracked per `PRESENCE_BUCKET_SECONDS` (expiring);
+the console's indexes and chart counters (`ix:user:{uid}`, `ix:perf:{pid}`,
+`ix:book:{bid}`, `chart:out:{hour}`, `chart:booked:{hour}`) are read by `worker/search.py`.
 """
 
 from __future__ import annotations
@@ -854,13 +856,20 @@ class Store:
             if ids:
                 rows = self.r.pipeline(transaction=False)
                 for rid in ids:
-                    rows.hget(self.skey(shard, "r", rid), "state")
+                    rows.hmget(
+                        self.skey(shard, "r", rid),
+                        ["state", "user_id", "performer_id", "booking_id"],
+                    )
                 found = rows.execute()
                 pipe = self.r.pipeline(transaction=not self.cluster)
-                for rid, state in zip(ids, found, strict=True):
+                for rid, (state, uid, pid, bid) in zip(ids, found, strict=True):
                     pipe.delete(self.skey(shard, "r", rid), self.skey(shard, "h", rid))
                     if state:
                         pipe.srem(self.skey(shard, "st", state), rid)
+                    # the console's indexes (worker/search.py) lose the id with its record
+                    for name, value in (("user", uid), ("perf", pid), ("book", bid)):
+                        if value:
+                            pipe.zrem(self.skey(shard, "ix", name, value), rid)
                     pipe.zrem(self.skey(shard, "created"), rid)
                     pipe.zrem(self.skey(shard, "finished"), rid)
                 pipe.execute()

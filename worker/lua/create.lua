@@ -32,6 +32,13 @@ if active and active ~= id then
     redis.call('EXPIRE', rk, ttl)
     redis.call('EXPIRE', p .. 'h:' .. id, ttl)
     redis.call('HINCRBY', p .. 'metrics:outcomes', 'DUPLICATE', 1)
+    local hk = p .. 'chart:out:' .. math.floor(now / 3600)
+    redis.call('HINCRBY', hk, 'DUPLICATE', 1)
+    redis.call('EXPIRE', hk, 180000)
+    -- the console's indexes of rebooks with an outcome (worker/search.py; see transition.lua)
+    redis.call('ZADD', p .. 'ix:book:' .. bid, now, id)
+    redis.call('ZADD', p .. 'ix:user:' .. uid, now, id)
+    if pid ~= '' then redis.call('ZADD', p .. 'ix:perf:' .. pid, now, id) end
     redis.call('XADD', p .. 'outcomes', '*', 'rebook_id', id, 'event_id', eid,
       'state', 'DUPLICATE', 'booking_id', bid, 'new_booking_id', '', 'accept_by', '',
       'status', '', 'reason', reason, 'at', now_iso,

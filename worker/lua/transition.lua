@@ -115,6 +115,28 @@ local function apply(id)
   end
   if ARGV[9] ~= '' then
     redis.call('HINCRBY', p .. 'metrics:outcomes', ARGV[9], 1)
+    -- console (additive, read by nothing above): outcomes per hour (kept 50 h), received ->
+    -- BOOKED seconds in fixed buckets per hour, and the member / performer / booking indexes of
+    -- rebooks that have had an outcome (worker/search.py; housekeeping removes finished ids).
+    -- A rebook before its first outcome is found through user:, perf: and active: instead, so
+    -- a waiting rebook costs no byte here.
+    local hour = math.floor(now / 3600)
+    redis.call('HINCRBY', p .. 'chart:out:' .. hour, ARGV[9], 1)
+    redis.call('EXPIRE', p .. 'chart:out:' .. hour, 180000)
+    local created = tonumber(redis.call('HGET', rk, 'created_ts') or '') or now
+    if ARGV[9] == 'BOOKED' then
+      local secs, bucket = now - created, 0
+      for i, edge in ipairs({10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 43200}) do
+        if secs > edge then bucket = i end
+      end
+      redis.call('HINCRBY', p .. 'chart:booked:' .. hour, bucket, 1)
+      redis.call('EXPIRE', p .. 'chart:booked:' .. hour, 180000)
+    end
+    redis.call('ZADD', p .. 'ix:user:' .. uid, 'NX', created, id)
+    if pid ~= '' then redis.call('ZADD', p .. 'ix:perf:' .. pid, 'NX', created, id) end
+    if terminal then
+      redis.call('ZADD', p .. 'ix:book:' .. (rec.booking_id or ''), 'NX', created, id)
+    end
     redis.call('XADD', p .. 'outcomes', '*',
       'rebook_id', id, 'event_id', rec.event_id or '', 'state', ARGV[9],
       'booking_id', rec.booking_id or '', 'new_booking_id', rec.new_booking_id or '',

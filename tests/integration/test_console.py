@@ -1,0 +1,143 @@
+"""The console over HTTP, served by the real Flower launcher against a real worker, Redis and the
+sandbox: Flower's auth on every page and API, filters, cursors, actions through the flow,
+cross-site POSTs refused, untrusted text escaped, no secret on any page."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import pytest
+import requests
+
+from tests.conftest import PUBLIC_FIELDS
+from tests.integration.conftest import System
+from tests.integration.console_helpers import AUTH, flower_for
+from worker.models import State
+from worker.store import rebook_id_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def console(system: System) -> Iterator[str]:
+    with flower_for(system) as base:
+        yield base
+
+
+def get(url: str, **kw: object) -> requests.Response:
+    return requests.get(url, auth=AUTH, timeout=30, **kw)  # type: ignore[arg-type]
+
+
+def test_every_console_url_needs_flowers_auth(console: str, system: System) -> None:
+    for path in ("/rebooks", "/rebooks/rb-x", "/api/rebooks", "/api/rebooks/rb-x"):
+        assert requests.get(console + path, timeout=10).status_code == 401, path
+        assert requests.get(console + path, auth=("ops", "no"), timeout=10).status_code == 401
+    posted = requests.post(
+        console + "/api/rebooks/actions", json={"action": "retry", "ids": []}, timeout=10
+    )
+    assert posted.status_code == 401
+    page = get(console + "/rebooks")
+    assert page.status_code == 200
+    assert "default-src 'none'" in page.headers["Content-Security-Policy"]
+    flower_page = get(console + "/")
+    assert 'id="rebook-console-link"' in flower_page.text  # the link in Flower's navbar
+
+
+def test_api_filters_cursor_and_detail(console: str, system: System) -> None:
+    user = system.member()
+    performer = system.performer(online=False)
+    rids = [system.rebook(user, performer)[0] for _ in range(3)]
+    for rid in rids:
+        system.wait_state(rid, State.WAITING)
+    first = get(console + "/api/rebooks", params={"user_id": user, "limit": 2}).json()
+    assert [i["rebook_id"] for i in first["items"]] == rids[::-1][:2]
+    assert all(k in first["items"][0] for k in PUBLIC_FIELDS)
+    rest = get(
+        console + "/api/rebooks", params={"user_id": user, "limit": 2, "cursor": first["next"]}
+    ).json()
+    assert [i["rebook_id"] for i in rest["items"]] == [rids[0]] and rest["next"] is None
+    by_perf = get(console + "/api/rebooks", params={"performer_id": performer}).json()
+    assert len(by_perf["items"]) == 3
+    detail = get(console + f"/api/rebooks/{rids[0]}").json()
+    assert detail["rebook_id"] == rids[0] and detail["history"][0]["reason"] == "received"
+    assert get(console + "/api/rebooks/rb-none").status_code == 404
+    assert get(console + "/api/rebooks", params={"state": "NOPE"}).status_code == 400
+    page = get(console + "/rebooks", params={"user_id": user})
+    assert all(rid in page.text for rid in rids)
+
+
+def test_actions_api_goes_through_the_flow(console: str, system: System) -> None:
+    user = system.member()
+    performer = system.performer(online=False)
+    rids = sorted(system.rebook(user, performer)[0] for _ in range(2))
+    for rid in rids:
+        system.wait_state(rid, State.WAITING)
+    url = console + "/api/rebooks/actions"
+    dry = requests.post(
+        url,
+        json={"action": "cancel", "filter": {"user_id": user}, "dry_run": True},
+        auth=AUTH,
+        timeout=30,
+    ).json()
+    assert sorted(dry["matched"]) == rids and dry["done"] == [] and dry["refused"] == []
+    assert all(system.get(r).state == State.WAITING for r in rids)  # type: ignore[union-attr]
+    done = requests.post(url, json={"action": "cancel", "ids": rids}, auth=AUTH, timeout=30).json()
+    assert {d["state"] for d in done["done"]} == {"ABORTED"}
+    again = requests.post(
+        url, json={"action": "cancel", "ids": [*rids, "rb-none"]}, auth=AUTH, timeout=30
+    ).json()
+    assert len(again["refused"]) == 3 and "already ABORTED" in again["refused"][-1]["why"]
+    # cross-site: refused before anything is done
+    for headers in ({"Sec-Fetch-Site": "cross-site"}, {"Origin": "https://evil.example"}):
+        refused = requests.post(
+            url, json={"action": "retry", "ids": rids}, auth=AUTH, headers=headers, timeout=30
+        )
+        assert refused.status_code == 403
+    form = requests.post(url, data={"action": "retry"}, auth=AUTH, timeout=30)
+    assert form.status_code == 415  # a form cannot post to the JSON API
+    no_token = requests.post(console + f"/rebooks/{rids[0]}/retry", auth=AUTH, data={}, timeout=30)
+    assert no_token.status_code == 403  # the HTML forms carry the _xsrf token
+    assert all(system.get(r).state == State.ABORTED for r in rids)  # type: ignore[union-attr]
+    unfiltered = requests.post(url, json={"action": "cancel", "filter": {}}, auth=AUTH, timeout=30)
+    assert unfiltered.status_code == 400
+
+
+def test_untrusted_text_is_escaped_and_no_secret_shows(console: str, system: System) -> None:
+    hostile = '<img src=x onerror="alert(1)">'
+    event = "ev-hostile-1"
+    rid = rebook_id_for(event)
+    system.store.create(
+        rebook_id=rid,
+        event_id=event,
+        booking_id=991,
+        user_id=hostile,
+        performer_id=None,
+        deadline=system.store.clock() + 3600,
+        now=system.store.clock(),
+    )
+    system.store.transition(
+        rid, State.NEEDS_ATTENTION, reason=f"why {hostile}", outcome="NEEDS_ATTENTION"
+    )
+    pages = [
+        get(console + "/rebooks").text,
+        get(console + "/rebooks", params={"user_id": hostile}).text,
+        get(console + f"/rebooks/{rid}").text,
+    ]
+    for text in pages:
+        assert hostile not in text
+        assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in text
+        assert "<script" not in text
+    secrets = [
+        system.settings.api_key.get_secret_value(),
+        system.settings.token_key.get_secret_value(),  # type: ignore[union-attr]
+        "s3cret",
+    ]
+    tokens = system.svc.token_store.load(system.member("m-visible"))
+    assert tokens is not None
+    secrets += [tokens.access_token, tokens.refresh_token]
+    api = get(console + "/api/rebooks", params={"limit": 500}).text
+    for text in [*pages, api]:
+        for secret in secrets:
+            assert secret not in text
+    assert re.search(r"NEEDS_ATTENTION \d+", pages[0])

@@ -1,0 +1,80 @@
+"""`worker.actions.refusal` predicts exactly what `Flow.retry`/`Flow.cancel` do, for every state
+(it draws the console's buttons and the dry runs; the flow stays the only one that acts)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.unit.test_flow import Env, env, make_env  # noqa: F401  (fixtures)
+from worker.actions import run
+from worker.flow import Refused
+from worker.models import State
+from worker.search import Filters
+from worker.store import REMOVE, rebook_id_for
+
+CASES = [(s, booked) for s in State for booked in (False, True)]
+
+
+def _put(env: Env, n: int, state: State, booked: bool) -> str:  # noqa: F811
+    event = f"act-{n}"
+    env.store.create(
+        rebook_id=rebook_id_for(event),
+        event_id=event,
+        booking_id=5000 + n,
+        user_id="alice",
+        performer_id=7,
+        deadline=env.clock() + 3600,
+        now=env.clock(),
+    )
+    rid = rebook_id_for(event)
+    fields: dict[str, Any] = {"new_booking_id": 9000 + n} if booked else {}
+    if state == State.DUPLICATE:
+        fields["duplicate_of"] = "rb-other"
+    if state != State.WAITING:
+        assert env.store.transition(
+            rid,
+            state,
+            reason="set up",
+            fields=fields,
+            due=REMOVE if state.terminal else KEEP_DUE,
+            outcome=state.value if state.terminal or state == State.NEEDS_ATTENTION else "",
+        )
+    return rid
+
+
+KEEP_DUE = ""
+
+
+@pytest.mark.parametrize("action", ["retry", "cancel"])
+def test_prediction_matches_the_flow(env: Env, action: str) -> None:  # noqa: F811
+    from worker.actions import refusal
+
+    for n, (state, booked) in enumerate(CASES):
+        rid = _put(env, n, state, booked)
+        rec = env.get(rid)
+        predicted = refusal(action, rec)  # type: ignore[arg-type]
+        try:
+            getattr(env.flow, action)(rid)
+        except Refused as exc:
+            assert predicted == str(exc), (state, booked)
+        else:
+            assert predicted is None, (state, booked, predicted)
+
+
+def test_bulk_goes_through_the_flow_and_reports_refusals(env: Env) -> None:  # noqa: F811
+    parked = _put(env, 1, State.NEEDS_ATTENTION, False)
+    accepted = _put(env, 2, State.ACCEPTED, True)
+    filters = Filters(user_id="alice")
+    dry = run(env.flow, env.store, "retry", filters=filters, dry_run=True)
+    assert sorted(dry.matched) == sorted([accepted, parked])
+    assert dry.would_do == [parked] and dry.done == []
+    assert [r["rebook_id"] for r in dry.refused] == [accepted]
+    assert env.get(parked).state == State.NEEDS_ATTENTION  # nothing done
+    done = run(env.flow, env.store, "retry", filters=filters)
+    assert [d["rebook_id"] for d in done.done] == [parked]
+    assert done.refused == dry.refused
+    by_id = run(env.flow, env.store, "cancel", ids=[parked, "rb-missing"])
+    assert [d["state"] for d in by_id.done] == ["ABORTED"]
+    assert by_id.refused == [{"rebook_id": "rb-missing", "why": "no rebook 'rb-missing'"}]
