@@ -33,8 +33,9 @@ chaos: $(STAMP)
 ## larger runs: make bench BENCH_ARGS="--sizes 1000,10000,100000,1000000 --plain-max 100000"
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench $(BENCH_ARGS)
+	$(BIN)/python -m tests.bench.console
 
-## the console at 100,000 records: /api/rebooks and /rebooks timed through the Flower launcher
+## the console alone at 100,000 records: /api/rebooks and /rebooks timed through Flower's launcher
 bench-console: $(STAMP)
 	$(BIN)/python -m tests.bench.console $(BENCH_ARGS)
 
