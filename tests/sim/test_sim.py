@@ -41,7 +41,7 @@ def test_the_simulation_finds_a_second_post_made_on_hope(redis_url: str) -> None
     try:
         results = [
             run(seed, redis_url, reconcile_proof_reads=1, reconcile_window_seconds=3.0)
-            for seed in range(40)
+            for seed in range(20)
         ]
     finally:
         logging.disable(logging.NOTSET)
