@@ -27,7 +27,7 @@ test: $(STAMP)
 ## the full chaos suite (500 rebooks over 50 performers under kill -9, faults, restarts) and
 ## 10,000 seeds of the simulation (tests/sim)
 chaos: $(STAMP)
-	REBOOK_CHAOS_SCALE=full $(BIN)/python -m pytest tests/chaos tests/sim -v -s --timeout 1800 -m ''
+	REBOOK_CHAOS_SCALE=full $(BIN)/python -m pytest tests/chaos tests/sim -v -s --timeout 7200 -m ''
 
 ## rebook vs plain Celery, side by side on 127.0.0.1 (< 5 min on 2 cores): markdown table + JSON
 ## larger runs: make bench BENCH_ARGS="--sizes 1000,10000,100000,1000000 --plain-max 100000"

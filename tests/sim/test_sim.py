@@ -15,12 +15,14 @@ KNOWN = [5, 16, 18, 24, 27, 28, 30, 37, 38, 46, 49, 59, 76, 79, 84, 126]
 """Seeds that found a hole once (kept in the default run whatever the range)."""
 
 
+@pytest.mark.timeout(900)  # ~50 s on 2 idle cores; a busy machine must not fail it
 def test_every_seed_keeps_every_invariant(redis_url: str) -> None:
     results = run_seeds([*range(1000, 1000 + DEFAULT_SEEDS), *KNOWN], redis_url)
     assert all(r.ok for r in results), report(results)
 
 
 @pytest.mark.full
+@pytest.mark.timeout(7200)
 def test_ten_thousand_seeds(redis_url: str) -> None:
     results = run_seeds(range(FULL_SEEDS), redis_url)
     assert all(r.ok for r in results), report(results)
@@ -35,6 +37,7 @@ def test_a_seed_replays_exactly(redis_url: str) -> None:
     assert first.summary == again.summary and first.violations == again.violations
 
 
+@pytest.mark.timeout(600)
 def test_the_simulation_finds_a_second_post_made_on_hope(redis_url: str) -> None:
     """One empty read right after the answer, as the old rule had it: late commits double."""
     logging.disable(logging.CRITICAL)
