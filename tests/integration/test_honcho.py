@@ -122,7 +122,7 @@ def test_honcho_start_runs_the_procfile_and_a_rebook_goes_through(
             "the rebook booked",
         )
         sandbox.set_status(rec.new_booking_id, "Accepted")
-        wait_for(lambda: svc.store.get(rid).state == State.ACCEPTED, 30, "accepted")  # type: ignore[union-attr]
+        wait_for(lambda: svc.store.get(rid).state == State.ACCEPTED, 90, "accepted")  # type: ignore[union-attr]
         metrics = requests.get(f"http://127.0.0.1:{exporter_port}/metrics", timeout=5).text
         assert 'rebook_rebooks{state="ACCEPTED"} 1.0' in metrics
         assert "rebook_up 1.0" in metrics
