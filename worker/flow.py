@@ -239,10 +239,14 @@ class Flow:
         state moved on meanwhile."""
         return self._move(rec.rebook_id, rec.state, from_=[rec.state], reason=reason, **changes)
 
+    def _throttle_wait(self, exc: Throttled) -> float:
+        """When to try again after our own rate budget said "not now" (nothing was sent)."""
+        return (exc.retry_after or self.settings.retry_base_seconds) * random.uniform(1, 1.25)
+
     def _retry_later(self, rec: Rebook, exc: UpstreamError, what: str) -> None:
         """Backoff after a failed call; our own throttle is "not now" and counts nothing."""
         if isinstance(exc, Throttled):
-            wait = (exc.retry_after or self.settings.retry_base_seconds) * random.uniform(1, 1.25)
+            wait = self._throttle_wait(exc)
             log.info("rebook %s: %s deferred %.2fs (rate budget)", rec.rebook_id, what, wait)
             self._stay(rec, reason=rec.reason, due=self.clock() + wait)
             return
@@ -641,8 +645,7 @@ class Flow:
             if isinstance(exc, NotSent) and not marked:
                 return "noop"  # the rebook moved on meanwhile
             if isinstance(exc, Throttled):
-                wait = (exc.retry_after or s.retry_base_seconds) * random.uniform(1, 1.25)
-                errors = rec.errors
+                wait, errors = self._throttle_wait(exc), rec.errors
             else:
                 wait = self.backoff(rec.errors, exc.retry_after)
                 errors = rec.errors + 1
