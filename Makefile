@@ -57,9 +57,9 @@ worker: $(STAMP)
 beat: $(STAMP)
 	$(BIN)/celery -A worker beat -l INFO -s $${TMPDIR:-/tmp}/rebook-beat-schedule
 flower: $(STAMP)
-	$(BIN)/python -m worker.flower
+	$(BIN)/python -m worker.operations.flower
 exporter: $(STAMP)
-	$(BIN)/python -m worker.exporter
+	$(BIN)/python -m worker.operations.exporter
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

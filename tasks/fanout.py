@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from worker.app import app, fanout
+from celery import shared_task
+
+from worker.celeryapp.dispatch import fanout
 
 
-@app.task(name="rebook.fanout")
+@shared_task(name="rebook.fanout")
 def run_fanout() -> dict[str, int]:
     return fanout().run()

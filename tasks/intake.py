@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import Task
+from celery import Task, shared_task
 
-from worker.app import app, flow, requeue_when_store_is_down
+from worker.celeryapp.app import requeue_when_store_is_down
+from worker.celeryapp.dispatch import flow
 
 
-@app.task(name="rebook.request", bind=True)
+@shared_task(name="rebook.request", bind=True)
 def request(self: Task, *args: Any, **kwargs: Any) -> str:
     """Accepts any arguments on purpose: a malformed event is dead-lettered, never raised."""
     task_id = self.request.id or ""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from worker.app import app, flow
+from celery import shared_task
+
+from worker.celeryapp.dispatch import flow
 
 
-@app.task(name="rebook.check_presence")
+@shared_task(name="rebook.check_presence")
 def check_presence(performer_id: int | None = None, rebook_id: str | None = None) -> str:
     return flow().check_presence(performer_id, rebook_id)

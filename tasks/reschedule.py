@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from worker.app import app, flow
+from celery import shared_task
+
+from worker.celeryapp.dispatch import flow
 
 
-@app.task(name="rebook.reschedule")
+@shared_task(name="rebook.reschedule")
 def reschedule(rebook_id: str) -> str:
     return flow().reschedule(rebook_id)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from worker.app import app, flow
-from worker.observability import HEARTBEAT_SECONDS, sweep_heartbeat
-from worker.runtime import services
+from celery import shared_task
+
+from worker.celeryapp.dispatch import flow
+from worker.celeryapp.runtime import services
+from worker.core.observability import HEARTBEAT_SECONDS, sweep_heartbeat
 
 
-@app.task(name="rebook.sweep")
+@shared_task(name="rebook.sweep")
 def sweep() -> dict[str, int]:
     counts = flow().sweep()
     store = services().store
@@ -15,6 +17,6 @@ def sweep() -> dict[str, int]:
     return counts
 
 
-@app.task(name="rebook.housekeeping")
+@shared_task(name="rebook.housekeeping")
 def housekeeping() -> int:
     return flow().housekeeping()

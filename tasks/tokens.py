@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from worker.app import app, flow, time_limits
-from worker.keepalive import keep_tokens as run_keep_tokens
-from worker.runtime import services
+from celery import shared_task
+
+from worker.adapters.keepalive import keep_tokens as run_keep_tokens
+from worker.celeryapp.app import time_limits
+from worker.celeryapp.dispatch import flow
+from worker.celeryapp.runtime import services
 
 
-@app.task(name="rebook.keep_tokens")
+@shared_task(name="rebook.keep_tokens")
 def keep_tokens() -> dict[str, int]:
     svc = services()
     s = svc.settings

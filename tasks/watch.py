@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker.app import app, flow
+from celery import shared_task
+
+from worker.celeryapp.dispatch import flow
 
 
-@app.task(name="rebook.watch")
+@shared_task(name="rebook.watch")
 def watch(rebook_id: str, booking: dict[str, Any] | None = None) -> str:
     return flow().watch(rebook_id, booking)

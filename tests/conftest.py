@@ -17,14 +17,15 @@ import pytest
 import redis
 from cryptography.fernet import Fernet
 
-from worker.embedded import EmbeddedRedis
-from worker.sandbox import SandboxClient, SandboxServer
-from worker.settings import Settings, load_settings
+from worker.core.settings import Settings, load_settings
+from worker.dev.embedded import EmbeddedRedis
+from worker.dev.sandbox import SandboxClient, SandboxServer
 
 TEST_TOKEN_KEY = Fernet.generate_key().decode()
-#: The settings that have no default, for this process (importing `worker.app` reads them). The
-#: upstream is a closed local port: no test reaches the production default by accident; tests
-#: that talk to a sandbox pass its URL and key themselves (`fast_settings`, `SandboxServer.env`).
+#: The settings that have no default, for this process (importing `worker.app` reads
+#: them). The upstream is a closed local port: no test reaches the production default by accident;
+#: tests that talk to a sandbox pass its URL and key themselves (`fast_settings`,
+#: `SandboxServer.env`).
 TEST_PROCESS_ENV = {
     "REBOOK_API_BASE_URL": "http://127.0.0.1:9",
     "REBOOK_OAUTH_TOKEN_URL": "http://127.0.0.1:9/OAuth/token",

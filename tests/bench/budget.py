@@ -6,7 +6,7 @@ a second; both systems get a quarter of that: rebook through `REBOOK_UPSTREAM_RA
 as Celery does it; one worker here). Measured from the sandbox's call log: presence calls per
 performer over a window (spread against the mean), the mean period against the fair one
 (P / f), then reaction (online -> POST) of performers coming online one by one at random
-moments, next to what `worker.capacity.plan` predicts for the performers still waiting.
+moments, next to what `worker.core.capacity.plan` predicts for the performers still waiting.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 from tests.bench import plain_celery
 from tests.bench.harness import CallLog, log, peak_in_window, percentile, wait_until
 from tests.integration.conftest import settings_env
-from worker.app import EVENTS_QUEUE, WORK_QUEUE, make_app
-from worker.capacity import DISPATCH_LATENCY, plan, presence_budget, rate_needed
-from worker.models import TokenSet
-from worker.runtime import build_services
+from worker.celeryapp.app import EVENTS_QUEUE, WORK_QUEUE, create_app
+from worker.celeryapp.runtime import build_services
+from worker.core.capacity import DISPATCH_LATENCY, plan, presence_budget, rate_needed
+from worker.core.models import TokenSet
 
 if TYPE_CHECKING:
     from tests.bench.run import Bench
@@ -154,7 +154,7 @@ def _ours(bench: Bench, calls: CallLog, rate: float) -> dict[str, Any]:
         }
     )
     svc = build_services(st)
-    producer = make_app(st)
+    producer = create_app(st)
     env = settings_env(st)
     worker = bench.celery_worker("budget-worker", "worker", f"{EVENTS_QUEUE},{WORK_QUEUE}", env)
     beat = bench.spawn(

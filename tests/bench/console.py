@@ -20,9 +20,9 @@ import redis
 import requests
 from cryptography.fernet import Fernet
 
-from worker.embedded import EmbeddedRedis, free_port
-from worker.models import State
-from worker.store import Store, rebook_id_for
+from worker.core.models import State
+from worker.core.store import Store, rebook_id_for
+from worker.dev.embedded import EmbeddedRedis, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 AUTH = ("bench", "bench-pass")
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         log = open(Path(os.environ.get("TMPDIR", "/tmp")) / "rebook-bench-console-flower.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(
-            [sys.executable, "-m", "worker.flower", "--port", str(port)],
+            [sys.executable, "-m", "worker.operations.flower", "--port", str(port)],
             cwd=ROOT,
             env=env,
             stdout=log,

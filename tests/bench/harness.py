@@ -17,7 +17,7 @@ from typing import Any
 import redis
 
 from tests.conftest import wait_for
-from worker.sandbox import SandboxClient
+from worker.dev.sandbox import SandboxClient
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,9 +8,9 @@ event durably.
 
 from __future__ import annotations
 
-from worker.app import app
+from celery import shared_task
 
 
-@app.task(name="bench.noop")
+@shared_task(name="bench.noop")
 def noop(i: int = 0) -> None:
     return None

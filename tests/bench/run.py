@@ -69,14 +69,15 @@ from tests.bench.harness import (
 )
 from tests.bench.report import budget_rows, build_rows, markdown
 from tests.integration.conftest import settings_env
-from worker.app import EVENTS_QUEUE, WORK_QUEUE, CeleryDispatcher, make_app
-from worker.embedded import EmbeddedRedis, free_port
-from worker.flow import Flow
-from worker.models import State, TokenSet, from_ts, iso_z
-from worker.runtime import Services, build_services
-from worker.sandbox import SandboxClient
-from worker.settings import Settings, load_settings
-from worker.store import Store, rebook_id_for
+from worker.celeryapp.app import EVENTS_QUEUE, WORK_QUEUE, create_app
+from worker.celeryapp.dispatch import CeleryDispatcher
+from worker.celeryapp.runtime import Services, build_services
+from worker.core.flow import Flow
+from worker.core.models import State, TokenSet, from_ts, iso_z
+from worker.core.settings import Settings, load_settings
+from worker.core.store import Store, rebook_id_for
+from worker.dev.embedded import EmbeddedRedis, free_port
+from worker.dev.sandbox import SandboxClient
 
 OURS_PID = 10_000
 PLAIN_PID = 20_000
@@ -178,7 +179,7 @@ class Bench:
             [
                 sys.executable,
                 "-m",
-                "worker.sandbox",
+                "worker.dev.sandbox",
                 "--port",
                 str(port),
                 "--accept-by",
@@ -326,7 +327,7 @@ class Bench:
         self.st = self.settings()
         self.svc: Services = build_services(self.st)
         self.store: Store = self.svc.store
-        self.producer: Celery = make_app(self.st)
+        self.producer: Celery = create_app(self.st)
         env = settings_env(self.st)
         self.worker = self.celery_worker(
             "rebook-worker", "worker", f"{EVENTS_QUEUE},{WORK_QUEUE}", env
@@ -886,7 +887,7 @@ class Bench:
         self.worker.pause()
         client = redis.Redis.from_url(self.url, decode_responses=True, client_name="bench-sweep")
         if self.sweep_app is None:
-            self.sweep_app = make_app(self.st)
+            self.sweep_app = create_app(self.st)
             self.sweep_app.conf.broker_transport_options = {
                 **self.sweep_app.conf.broker_transport_options,
                 "client_name": "bench-sweep",

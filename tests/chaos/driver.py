@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from tests.integration.conftest import System, wait_for
-from worker.models import ACTIVE_STATES, State
+from worker.core.models import ACTIVE_STATES, State
 
 FULL = os.environ.get("REBOOK_CHAOS_SCALE", "").lower() == "full"
 

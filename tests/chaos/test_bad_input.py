@@ -28,9 +28,9 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from tests.integration.conftest import ROOT, System, raw_celery_message, running_system, wait_for
-from worker.errors import InvalidEvent
-from worker.models import MAX_EVENT_BYTES, RebookEvent, State
-from worker.store import rebook_id_for
+from worker.core.errors import InvalidEvent
+from worker.core.models import MAX_EVENT_BYTES, RebookEvent, State
+from worker.core.store import rebook_id_for
 
 pytestmark = pytest.mark.integration
 
@@ -269,7 +269,7 @@ def push_raw(system: System, args: Any, kwargs: Any, **extra: Any) -> str:
 
 def cli(system: System, *argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "worker.cli", *argv],
+        [sys.executable, "-m", "worker.operations.cli", *argv],
         env=system.env,
         cwd=ROOT,
         capture_output=True,

@@ -18,8 +18,8 @@ import pytest
 import redis
 
 from tests.integration.conftest import running_system, wait_for
-from worker.embedded import free_port
-from worker.models import State
+from worker.core.models import State
+from worker.dev.embedded import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.full]
 MASTER = "rebook-failover"

@@ -107,7 +107,7 @@ def test_sigterm_lets_a_worker_finish_or_hand_back_its_step(chaos_system: System
     system.start_worker()
     rec = system.wait_state(
         rid,
-        {s for s in __import__("worker.models").models.State if s.value in {"WATCHING"}},
+        {s for s in __import__("worker.core.models").models.State if s.value in {"WATCHING"}},
         timeout=30,
     )
     assert system.sandbox.stats()["new_bookings"][str(booking)] == 1

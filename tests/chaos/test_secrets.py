@@ -19,8 +19,8 @@ import requests
 
 from tests.integration.conftest import Proc, System, running_system, wait_for
 from tests.integration.test_ops import SentryCollector
-from worker.embedded import free_port
-from worker.models import State
+from worker.core.models import State
+from worker.dev.embedded import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -170,7 +170,7 @@ def test_no_secret_anywhere_after_a_full_run(
     port = free_port()
     flower = Proc(
         "flower",
-        [sys.executable, "-m", "worker.flower", "--port", str(port)],
+        [sys.executable, "-m", "worker.operations.flower", "--port", str(port)],
         system.env,
         system.logdir / "flower.log",
     ).start()

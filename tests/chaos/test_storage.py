@@ -33,9 +33,9 @@ import pytest
 import redis
 
 from tests.integration.conftest import System, running_system, wait_for
-from worker.embedded import EmbeddedRedis
-from worker.models import State
-from worker.store import rebook_id_for
+from worker.core.models import State
+from worker.core.store import rebook_id_for
+from worker.dev.embedded import EmbeddedRedis
 
 pytestmark = pytest.mark.integration
 
@@ -349,8 +349,8 @@ def test_redis_restart_mid_run_loses_nothing_acknowledged(tmp_path: Path, how: s
 @pytest.mark.parametrize("how", ["sigterm", "sigkill"])
 def test_redis_restart_while_producing_loses_nothing_acknowledged(tmp_path: Path, how: str) -> None:
     """The producer keeps sending while Redis restarts: a send that returned is never lost, not
-    even one the worker took from the queue just as Redis stopped (`worker.broker` pops and
-    records it as unacknowledged in one step, celery/kombu#305). An intake message whose task
+    even one the worker took from the queue just as Redis stopped (`worker.celeryapp.broker` pops
+    and records it as unacknowledged in one step, celery/kombu#305). An intake message whose task
     gave up waiting for the store stays in the broker's `unacked` hash until the visibility
     timeout plus kombu's restore period pass, hence the long settle."""
     with scenario(tmp_path, how) as (run, servers):

@@ -18,8 +18,8 @@ import pytest
 import redis
 
 from tests.integration.conftest import System, running_system, wait_for
-from worker.embedded import EmbeddedRedis, free_port
-from worker.store import rebook_id_for
+from worker.core.store import rebook_id_for
+from worker.dev.embedded import EmbeddedRedis, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -26,13 +26,13 @@ from celery import Celery
 from pydantic import SecretStr
 
 from tests.conftest import fast_settings, wait_for
-from worker.app import EVENTS_QUEUE, make_app
-from worker.embedded import reachable, redis_server_binary
-from worker.models import State, TokenSet
-from worker.runtime import Services, build_services
-from worker.sandbox import SandboxClient, SandboxServer
-from worker.settings import Settings
-from worker.store import Rebook, rebook_id_for
+from worker.celeryapp.app import EVENTS_QUEUE, create_app
+from worker.celeryapp.runtime import Services, build_services
+from worker.core.models import State, TokenSet
+from worker.core.settings import Settings
+from worker.core.store import Rebook, rebook_id_for
+from worker.dev.embedded import reachable, redis_server_binary
+from worker.dev.sandbox import SandboxClient, SandboxServer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -140,7 +140,7 @@ class System:
             self.env.pop("REBOOK_BROKER_URL", None)  # an inherited one must not win
         self.svc: Services = build_services(settings)
         self.store = self.svc.store
-        self.producer: Celery = make_app(settings)
+        self.producer: Celery = create_app(settings)
         self.node = f"t{uuid.uuid4().hex[:6]}"
         self.worker = self._worker()
         self.beat = Proc(
@@ -258,7 +258,7 @@ class System:
     ) -> subprocess.CompletedProcess[str]:
         """`rebook ARGS` as an operator runs it, against this system (`env` overrides)."""
         return subprocess.run(
-            [sys.executable, "-m", "worker.cli", *args],
+            [sys.executable, "-m", "worker.operations.cli", *args],
             input=stdin,
             capture_output=True,
             text=True,

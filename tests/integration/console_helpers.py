@@ -10,7 +10,7 @@ import requests
 
 from tests.conftest import wait_for
 from tests.integration.conftest import Proc, System
-from worker.embedded import free_port
+from worker.dev.embedded import free_port
 
 AUTH = ("ops", "s3cret")
 
@@ -23,11 +23,11 @@ def _env(system: System) -> dict[str, str]:
 
 @contextlib.contextmanager
 def flower_for(system: System) -> Iterator[str]:
-    """`python -m worker.flower` against the system; yields its base URL."""
+    """`python -m worker.operations.flower` against the system; yields its base URL."""
     port = free_port()
     proc = Proc(
         "flower-console",
-        [sys.executable, "-m", "worker.flower", "--port", str(port)],
+        [sys.executable, "-m", "worker.operations.flower", "--port", str(port)],
         _env(system),
         system.logdir / "flower-console.log",
     ).start()

@@ -2,8 +2,8 @@
 the message for a consumer, and the reply never reaches it (Redis stopped before writing it, or
 the connection broke). A TCP proxy between consumer and Redis drops exactly that reply.
 
-With kombu's own transport the message is then gone; with rebook's (`worker.broker`) it is in
-`unacked` and comes back through kombu's visibility-timeout restore."""
+With kombu's own transport the message is then gone; with rebook's (`worker.celeryapp.broker`) it
+is in `unacked` and comes back through kombu's visibility-timeout restore."""
 
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ import redis
 from kombu import Connection, Consumer, Exchange, Queue
 
 from tests.conftest import wait_for
-from worker import broker
-from worker.embedded import EmbeddedRedis, free_port
+from worker.celeryapp import broker
+from worker.dev.embedded import EmbeddedRedis, free_port
 
 pytestmark = pytest.mark.integration
-broker.install()  # as `import worker.app` does in every rebook process
+broker.install()  # as `create_app` does in every rebook process
 
 STOCK = "kombu.transport.redis:Transport"
 

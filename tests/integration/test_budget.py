@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import wait_for
-from worker.capacity import plan, presence_budget
-from worker.models import State
+from worker.core.capacity import plan, presence_budget
+from worker.core.models import State
 
 from .conftest import System, running_system
 

@@ -16,7 +16,7 @@ import pytest
 
 from tests.integration.conftest import ROOT, System
 from tests.integration.console_helpers import AUTH, flower_for
-from worker.models import State, TokenSet
+from worker.core.models import State, TokenSet
 
 pytestmark = pytest.mark.integration
 CHROMIUM = Path("/usr/bin/chromium")

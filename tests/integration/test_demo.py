@@ -18,8 +18,8 @@ import pytest
 import redis
 
 from tests.conftest import wait_for
-from worker.demo import scenario
-from worker.models import State
+from worker.core.models import State
+from worker.dev.demo import scenario
 
 REBOOKS, PERFORMERS, SEED = 8, 3, 1
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,7 +48,7 @@ def test_demo_runs_to_the_end_and_cleans_up(redis_url: str, hostile: bool) -> No
     env = {k: v for k, v in os.environ.items() if not k.startswith("REBOOK_")}
     env.update({"REBOOK_REDIS_URL": redis_url, "PYTHONUNBUFFERED": "1"})
     code = (
-        "from worker.demo import run; "
+        "from worker.dev.demo import run; "
         f"raise SystemExit(run(rebooks={REBOOKS}, performers={PERFORMERS}, seed={SEED}, "
         f"timeout=90, hostile={hostile}))"
     )

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import System, running_system, wait_for
-from worker.models import State
-from worker.webhook import verify
+from worker.adapters.webhook import verify
+from worker.core.models import State
 
 pytestmark = pytest.mark.integration
 SECRET = "whsec-test-0123456789"

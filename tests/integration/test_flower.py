@@ -17,8 +17,8 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import Proc, System, wait_for
-from worker.embedded import free_port
-from worker.models import State
+from worker.core.models import State
+from worker.dev.embedded import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +52,7 @@ def flower(system: System) -> Iterator[str]:
     port = free_port()
     proc = Proc(
         "flower",
-        [sys.executable, "-m", "worker.flower", "--port", str(port)],
+        [sys.executable, "-m", "worker.operations.flower", "--port", str(port)],
         _env(system, **AUTH_ENV),
         system.logdir / "flower.log",
     ).start()
@@ -99,7 +99,7 @@ def test_flower_sees_worker_events(flower: str, system: System) -> None:
 
 def test_refuses_to_start_without_basic_auth(system: System, tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "worker.flower", "--port", str(free_port())],
+        [sys.executable, "-m", "worker.operations.flower", "--port", str(free_port())],
         env=_env(system),
         cwd=tmp_path,  # no .env of a developer's checkout
         capture_output=True,
@@ -125,7 +125,7 @@ def test_exporter_serves_rebook_metrics(system: System) -> None:
     port = free_port()
     proc = Proc(
         "exporter",
-        [sys.executable, "-m", "worker.exporter", "--port", str(port)],
+        [sys.executable, "-m", "worker.operations.exporter", "--port", str(port)],
         _env(system),
         system.logdir / "exporter.log",
     ).start()

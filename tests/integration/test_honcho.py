@@ -16,13 +16,13 @@ import requests
 
 from tests.conftest import TEST_TOKEN_KEY
 from tests.integration.conftest import ROOT, wait_for
-from worker.app import EVENTS_QUEUE, make_app
-from worker.embedded import free_port
-from worker.models import State, TokenSet
-from worker.runtime import build_services
-from worker.sandbox import SandboxClient
-from worker.settings import load_settings
-from worker.store import rebook_id_for
+from worker.celeryapp.app import EVENTS_QUEUE, create_app
+from worker.celeryapp.runtime import build_services
+from worker.core.models import State, TokenSet
+from worker.core.settings import load_settings
+from worker.core.store import rebook_id_for
+from worker.dev.embedded import free_port
+from worker.dev.sandbox import SandboxClient
 
 pytestmark = pytest.mark.integration
 
@@ -105,7 +105,7 @@ def test_honcho_start_runs_the_procfile_and_a_rebook_goes_through(
         booking = sandbox.add_booking("m1", 4242)
         sandbox.set_online(4242, True)
         event_id = f"honcho-{uuid.uuid4().hex}"
-        make_app(settings).send_task(
+        create_app(settings).send_task(
             "rebook.request",
             queue=EVENTS_QUEUE,
             kwargs={

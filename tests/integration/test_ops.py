@@ -24,8 +24,8 @@ from tests.integration.conftest import (
     running_system,
     wait_for,
 )
-from worker.models import State
-from worker.store import rebook_id_for
+from worker.core.models import State
+from worker.core.store import rebook_id_for
 
 pytestmark = pytest.mark.integration
 

@@ -18,10 +18,10 @@ from cryptography.fernet import Fernet
 from redis.cluster import RedisCluster
 
 from tests.integration.conftest import redis_cluster
-from worker.auth import TokenStore
-from worker.errors import ConfigError
-from worker.models import TokenSet
-from worker.settings import load_settings
+from worker.adapters.auth import TokenStore
+from worker.core.errors import ConfigError
+from worker.core.models import TokenSet
+from worker.core.settings import load_settings
 
 pytestmark = pytest.mark.integration
 SCRIPT = Path(__file__).resolve().parents[2] / "ops" / "rotate-token-key.py"

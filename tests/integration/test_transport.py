@@ -15,12 +15,12 @@ from celery import Celery
 from cryptography.fernet import Fernet
 
 from tests.conftest import fast_settings, wait_for
-from worker.app import make_app
-from worker.auth import TokenStore
-from worker.embedded import free_port
-from worker.errors import StoreUnavailable
-from worker.models import TokenSet
-from worker.store import Store
+from worker.adapters.auth import TokenStore
+from worker.celeryapp.app import create_app
+from worker.core.errors import StoreUnavailable
+from worker.core.models import TokenSet
+from worker.core.store import Store
+from worker.dev.embedded import free_port
 
 pytestmark = pytest.mark.integration
 REDIS_CONF = Path(__file__).resolve().parents[2] / "ops" / "redis.conf"
@@ -104,12 +104,12 @@ def test_rediss_store_verifies_the_certificate(tls_url: str, certs: Path, prefix
 def test_rediss_broker_verifies_the_certificate(tls_url: str, certs: Path, prefix: str) -> None:
     ca = str(certs / "ca.crt")
     trusted = fast_settings(tls_url, "http://127.0.0.1:9", prefix, redis_ca_file=ca)
-    app = make_app(trusted)
+    app = create_app(trusted)
     assert app.conf.broker_use_ssl["ssl_ca_certs"] == ca
     app.send_task("rebook.request", kwargs={"event_id": "tls"}, queue="rebook.events")
     r = redis.Redis.from_url(tls_url, ssl_ca_certs=ca)
     assert r.llen(f"{trusted.broker_key_prefix}rebook.events") == 1
-    blind = make_app(fast_settings(tls_url, "http://127.0.0.1:9", prefix))
+    blind = create_app(fast_settings(tls_url, "http://127.0.0.1:9", prefix))
     with (
         pytest.raises(Exception, match=r"(?i)certificate"),
         blind.connection_for_write() as conn,

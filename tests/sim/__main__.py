@@ -9,7 +9,7 @@ import sys
 
 from tests.sim.runner import report, run_seeds
 from tests.sim.world import run
-from worker.embedded import EmbeddedRedis
+from worker.dev.embedded import EmbeddedRedis
 
 
 def main() -> int:

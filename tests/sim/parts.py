@@ -22,8 +22,8 @@ from requests.adapters import BaseAdapter
 from urllib3.exceptions import NewConnectionError
 
 from tests.sim.engine import Engine, Proc
-from worker.flow import _STEP
-from worker.store import Store
+from worker.core.flow import _STEP
+from worker.core.store import Store
 
 # --- Redis --------------------------------------------------------------------------------------
 
@@ -216,7 +216,7 @@ class SimLimiter:
         self.engine, self.rate = engine, rate
 
     def acquire(self, share: float = 1.0) -> None:
-        from worker.errors import Throttled
+        from worker.core.errors import Throttled
 
         if self.engine.current() is not None and self.engine.rng.random() < self.rate:
             raise Throttled("shared upstream rate limit", retry_after=self.engine.rng.uniform(0, 2))

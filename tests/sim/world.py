@@ -33,11 +33,11 @@ from tests.sim.parts import (
     SimUpstream,
     session_for,
 )
-from worker.flow import Flow, Refused
-from worker.models import State
-from worker.settings import Settings, load_settings
-from worker.store import rebook_id_for
-from worker.upstream import UpstreamClient
+from worker.adapters.upstream import UpstreamClient
+from worker.core.flow import Flow, Refused
+from worker.core.models import State
+from worker.core.settings import Settings, load_settings
+from worker.core.store import rebook_id_for
 
 START = 1_767_225_600.0  # 2026-01-01T00:00:00Z; some seeds start near a fall-back hour
 FALL_BACK = 1_792_371_600.0 - 1800  # 2026-10-25T00:30Z: London's clocks go back at 01:00Z

@@ -1,5 +1,5 @@
-"""`worker.actions.refusal` predicts exactly what `Flow.retry`/`Flow.cancel` do, for every state
-(it draws the console's buttons and the dry runs; the flow stays the only one that acts)."""
+"""`worker.core.actions.refusal` predicts exactly what `Flow.retry`/`Flow.cancel` do, for every
+state (it draws the console's buttons and the dry runs; the flow stays the only one that acts)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 
 from tests.unit.test_flow import Env, env, make_env  # noqa: F401  (fixtures)
-from worker.actions import run
-from worker.flow import Refused
-from worker.models import State
-from worker.search import Filters
-from worker.store import REMOVE, rebook_id_for
+from worker.core.actions import run
+from worker.core.flow import Refused
+from worker.core.models import State
+from worker.core.search import Filters
+from worker.core.store import REMOVE, rebook_id_for
 
 CASES = [(s, booked) for s in State for booked in (False, True)]
 
@@ -49,7 +49,7 @@ KEEP_DUE = ""
 
 @pytest.mark.parametrize("action", ["retry", "cancel"])
 def test_prediction_matches_the_flow(env: Env, action: str) -> None:  # noqa: F811
-    from worker.actions import refusal
+    from worker.core.actions import refusal
 
     for n, (state, booked) in enumerate(CASES):
         rid = _put(env, n, state, booked)

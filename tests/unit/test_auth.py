@@ -11,12 +11,12 @@ import pytest
 import redis
 from cryptography.fernet import Fernet
 
-from worker.auth import TokenManager, TokenStore
-from worker.errors import Challenged, ConfigError, ReauthRequired
-from worker.models import TokenSet
-from worker.runtime import Services, build_services
-from worker.sandbox import SandboxClient
-from worker.settings import Settings
+from worker.adapters.auth import TokenManager, TokenStore
+from worker.celeryapp.runtime import Services, build_services
+from worker.core.errors import Challenged, ConfigError, ReauthRequired
+from worker.core.models import TokenSet
+from worker.core.settings import Settings
+from worker.dev.sandbox import SandboxClient
 
 
 @pytest.fixture

@@ -13,11 +13,11 @@ from cryptography.fernet import Fernet
 from tests.conftest import fast_settings
 from tests.unit.test_auth import tokens
 from tests.unit.test_exporter import scrape, value
-from worker import doctor
-from worker.auth import TokenStore
-from worker.embedded import EmbeddedRedis
-from worker.settings import load_settings
-from worker.store import Store
+from worker.adapters.auth import TokenStore
+from worker.core.settings import load_settings
+from worker.core.store import Store
+from worker.dev.embedded import EmbeddedRedis
+from worker.operations import doctor
 
 
 @pytest.fixture

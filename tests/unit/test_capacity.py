@@ -11,9 +11,9 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from worker.capacity import plan, presence_budget, rate_needed, share_budget, shortfall
-from worker.ratelimit import RedisRateLimiter
-from worker.upstream import RATE_SHARE
+from worker.adapters.ratelimit import RedisRateLimiter
+from worker.adapters.upstream import RATE_SHARE
+from worker.core.capacity import plan, presence_budget, rate_needed, share_budget, shortfall
 
 
 def test_budget_is_the_presence_share_of_the_window() -> None:
@@ -87,7 +87,7 @@ def test_the_limiter_lets_presence_have_what_the_model_says(
 
 
 def test_capacity_command_prints_the_plan() -> None:
-    args = [sys.executable, "-m", "worker.cli", "capacity", "--performers", "40"]
+    args = [sys.executable, "-m", "worker.operations.cli", "capacity", "--performers", "40"]
     text = subprocess.run(
         [*args, "--interval", "0.5", "--rate", "30", "--members", "10"],
         capture_output=True,

@@ -13,11 +13,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import wait_for
-from worker import exporter
-from worker.models import State
-from worker.runtime import CallCounter
-from worker.settings import get_settings, load_settings
-from worker.store import REMOVE, Store, rebook_id_for
+from worker.celeryapp.runtime import CallCounter
+from worker.core.models import State
+from worker.core.settings import get_settings, load_settings
+from worker.core.store import REMOVE, Store, rebook_id_for
+from worker.operations import exporter
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -186,7 +186,7 @@ def test_exporter_serves_behind_basic_auth_on_loopback(store: Store) -> None:
     without (or with wrong) credentials gets 401, each configured user gets the metrics."""
     import requests
 
-    from worker.settings import Settings
+    from worker.core.settings import Settings
 
     assert Settings.model_fields["exporter_bind"].default == "127.0.0.1"
     registry = CollectorRegistry(auto_describe=False)

@@ -15,9 +15,9 @@ import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
 from tests.conftest import fast_settings, wait_for
-from worker.fanout import Fanout
-from worker.models import State
-from worker.store import Store, rebook_id_for
+from worker.celeryapp.fanout import Fanout
+from worker.core.models import State
+from worker.core.store import Store, rebook_id_for
 
 
 class Receiver:
@@ -206,8 +206,8 @@ class Hook:
 KILLED_CHILD = """
 import sys, time
 from tests.conftest import fast_settings
-from worker.fanout import Fanout
-from worker.store import Store
+from worker.celeryapp.fanout import Fanout
+from worker.core.store import Store
 settings = fast_settings(sys.argv[1], "http://127.0.0.1:9", sys.argv[2], outcome_task="acme.out")
 store = Store.from_settings(settings)
 def slow(name, kwargs, queue):

@@ -20,15 +20,15 @@ from typing import Any
 import pytest
 
 from tests.conftest import wait_for
-from worker.capacity import presence_budget
-from worker.errors import Throttled
-from worker.flow import Flow, Refused
-from worker.models import State, TokenSet
-from worker.runtime import Services, build_services
-from worker.sandbox import SandboxClient, SandboxServer
-from worker.settings import Settings
-from worker.store import Rebook, rebook_id_for
-from worker.upstream import UpstreamClient
+from worker.adapters.upstream import UpstreamClient
+from worker.celeryapp.runtime import Services, build_services
+from worker.core.capacity import presence_budget
+from worker.core.errors import Throttled
+from worker.core.flow import Flow, Refused
+from worker.core.models import State, TokenSet
+from worker.core.settings import Settings
+from worker.core.store import Rebook, rebook_id_for
+from worker.dev.sandbox import SandboxClient, SandboxServer
 
 from ..conftest import fast_settings
 

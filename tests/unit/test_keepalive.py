@@ -14,13 +14,13 @@ import pytest
 
 from tests.conftest import fast_settings, wait_for
 from tests.unit.test_flow import Recorder
-from worker.errors import ReauthRequired
-from worker.flow import Flow
-from worker.keepalive import keep_tokens
-from worker.models import State, TokenSet
-from worker.runtime import Services, build_services
-from worker.sandbox import SandboxClient, SandboxServer
-from worker.store import rebook_id_for
+from worker.adapters.keepalive import keep_tokens
+from worker.celeryapp.runtime import Services, build_services
+from worker.core.errors import ReauthRequired
+from worker.core.flow import Flow
+from worker.core.models import State, TokenSet
+from worker.core.store import rebook_id_for
+from worker.dev.sandbox import SandboxClient, SandboxServer
 
 LIFETIME = 1.2
 BEFORE = 0.8  # refresh once less than this is left: due 0.4 s after each refresh

@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from worker.errors import InvalidEvent
-from worker.models import (
+from worker.core.errors import InvalidEvent
+from worker.core.models import (
     MAX_EVENT_BYTES,
     MadeBookingsPage,
     RebookEvent,

@@ -6,13 +6,13 @@ from __future__ import annotations
 import time
 
 from tests.unit.test_flow import Recorder
-from worker.flow import Flow
-from worker.models import TokenSet
-from worker.presence import PresenceSource, UserSummaryPresence
-from worker.runtime import build_services
-from worker.sandbox import SandboxClient
-from worker.settings import Settings
-from worker.upstream import UpstreamClient
+from worker.adapters.presence import PresenceSource, UserSummaryPresence
+from worker.adapters.upstream import UpstreamClient
+from worker.celeryapp.runtime import build_services
+from worker.core.flow import Flow
+from worker.core.models import TokenSet
+from worker.core.settings import Settings
+from worker.dev.sandbox import SandboxClient
 
 
 class Bulk:

@@ -12,8 +12,8 @@ import pytest
 import requests
 
 from tests.conftest import SANDBOX_DEFAULTS, wait_for
-from worker.sandbox import SandboxClient, SandboxServer
-from worker.upstream import UpstreamClient
+from worker.adapters.upstream import UpstreamClient
+from worker.dev.sandbox import SandboxClient, SandboxServer
 
 API_KEY = "test-key"
 KEY_HEADER = "X-Api-Key"
@@ -528,7 +528,7 @@ def test_call_log(server: SandboxServer, sb: SandboxClient) -> None:
 def test_env_points_a_worker_at_this_sandbox(server: SandboxServer, sb: SandboxClient) -> None:
     """`rebook sandbox` prints these; with them the settings load (the key has no default) and
     the client reaches this sandbox's API and token endpoint."""
-    from worker.settings import load_settings
+    from worker.core.settings import load_settings
 
     env = server.env()
     settings = load_settings(**{k.removeprefix("REBOOK_").lower(): v for k, v in env.items()})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import fast_settings
-from worker.observability import register_settings_secrets, scrub
+from worker.core.observability import register_settings_secrets, scrub
 
 SECRET = "S3cr3t-value-42"
 

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from worker.models import State
-from worker.search import BadFilter, Filters, Search, decode_cursor, parse_since
-from worker.store import REMOVE, Store, rebook_id_for
+from worker.core.models import State
+from worker.core.search import BadFilter, Filters, Search, decode_cursor, parse_since
+from worker.core.store import REMOVE, Store, rebook_id_for
 
 T0 = 1_700_000_000.0
 
@@ -114,7 +114,7 @@ def test_large_state_set_walks_created_with_membership(
     store: Store, population: dict[int, str]
 ) -> None:
     """Above SMALL_SET a state is found by walking `created`; same answer as the small path."""
-    import worker.search as search
+    import worker.core.search as search
 
     s = Search(store)
     small = ids_of(s, Filters(state=State.WAITING), limit=0)

@@ -12,8 +12,8 @@ import pytest
 from cryptography.fernet import Fernet
 from pydantic import SecretStr
 
-from worker.errors import ConfigError
-from worker.settings import Settings, get_settings, load_settings, mask_url
+from worker.core.errors import ConfigError
+from worker.core.settings import Settings, get_settings, load_settings, mask_url
 
 REPO = Path(__file__).resolve().parents[2]
 #: The settings with no default (DESIGN § Settings): set for every test but the ones about them.
@@ -465,7 +465,7 @@ def test_with_no_settings_worker_beat_and_doctor_refuse_with_one_line(argv: list
 
 
 def test_sentinel_urls_need_the_master_name_and_parse_as_kombu_writes_them() -> None:
-    from worker.settings import sentinel_hosts
+    from worker.core.settings import sentinel_hosts
 
     url = "sentinel://:pw@10.0.0.1:26379/2;sentinel://10.0.0.2:26380;sentinel://10.0.0.3"
     hosts, options = sentinel_hosts(url)

@@ -10,9 +10,9 @@ import pytest
 import redis
 
 from tests.conftest import PUBLIC_FIELDS, wait_for
-from worker.errors import StoreUnavailable
-from worker.models import ACTIVE_STATES, State
-from worker.store import (
+from worker.core.errors import StoreUnavailable
+from worker.core.models import ACTIVE_STATES, State
+from worker.core.store import (
     DEADLETTER_PAYLOAD_LIMIT,
     KEEP,
     REMOVE,

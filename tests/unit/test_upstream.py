@@ -18,7 +18,14 @@ import pytest
 import redis
 
 from worker import __version__
-from worker.errors import (
+from worker.adapters.ratelimit import RedisRateLimiter
+from worker.adapters.upstream import (
+    RATE_SHARE,
+    UpstreamClient,
+    environment_session,
+    parse_retry_after,
+)
+from worker.core.errors import (
     Ambiguous,
     AuthExpired,
     Challenged,
@@ -28,9 +35,7 @@ from worker.errors import (
     Transient,
     UpstreamError,
 )
-from worker.ratelimit import RedisRateLimiter
-from worker.sandbox import SandboxClient, SandboxServer
-from worker.upstream import RATE_SHARE, UpstreamClient, environment_session, parse_retry_after
+from worker.dev.sandbox import SandboxClient, SandboxServer
 
 KEY = "sandbox-key"
 CLIENT_ID, CLIENT_SECRET = "sandbox-client", "sandbox-secret"

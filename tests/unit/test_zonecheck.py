@@ -15,13 +15,13 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from tests.unit.test_exporter import scrape, value
-from worker import doctor
-from worker.models import TokenSet
-from worker.sandbox import SandboxClient, SandboxServer
-from worker.settings import Settings
-from worker.store import Store
-from worker.upstream import UpstreamClient
-from worker.zonecheck import ZoneWatch, observe, zone_for_offset
+from worker.adapters.upstream import UpstreamClient
+from worker.core.models import TokenSet
+from worker.core.settings import Settings
+from worker.core.store import Store
+from worker.core.zonecheck import ZoneWatch, observe, zone_for_offset
+from worker.dev.sandbox import SandboxClient, SandboxServer
+from worker.operations import doctor
 
 SUMMER = datetime(2024, 7, 1, 12, 0, tzinfo=UTC)
 WINTER = datetime(2024, 1, 15, 12, 0, tzinfo=UTC)
@@ -84,7 +84,7 @@ def test_a_site_in_another_zone_is_seen_logged_once_and_exposed(
 ) -> None:
     assert store.stats()["zone"] is None
     sandbox.configure(site_zone="Asia/Tokyo")
-    with caplog.at_level(logging.ERROR, logger="worker.zonecheck"):
+    with caplog.at_level(logging.ERROR, logger="worker.core.zonecheck"):
         made_booking(sandbox, sandbox_server, store)
         made_booking(sandbox, sandbox_server, store)
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]

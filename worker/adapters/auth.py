@@ -1,0 +1,270 @@
+"""Per-member OAuth tokens: encrypted at rest, refreshed single-flight across all workers.
+
+The upstream rotates the refresh token on every refresh (the old one dies at once), so a refresh
+runs under a Redis lock per member, re-reads the stored pair after taking the lock (another worker
+may have refreshed already), and stores the new pair before the lock is released. The lock
+outlives the longest refresh (rate-limit wait, connect and read timeouts, a margin); should it
+still expire, a refusal of a pair that another worker has rotated meanwhile is not a reauth.
+
+Keys: `REBOOK_TOKEN_KEYS` (newest first) through `MultiFernet`: the first encrypts, every one
+decrypts, so a new key is rolled out while the tokens written with the old one still open.
+
+Refresh tokens lapse (about 14 days) unless used: every saved pair is also indexed by when its
+refresh token lapses (`{prefix}tokkeep`, a sorted set of member ids, no secrets), so the
+keep-alive (`rebook.keep_tokens`) refreshes the idle ones in time, reading only those due.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+
+from worker.adapters.upstream import UpstreamClient
+from worker.core.errors import ConfigError, ReauthRequired, Rejected, Transient
+from worker.core.models import TokenSet
+
+log = logging.getLogger(__name__)
+
+
+REFRESH_TOKEN_LIFETIME = 14 * 86400.0
+KEEPALIVE_SHARE = 0.5
+"""The keep-alive's share of the rate window (see RedisRateLimiter): its refreshes have days of
+slack, so they go only while the window is less than half full."""
+
+
+class TokenStore:
+    """Encrypted token pairs in Redis under `{prefix}tok:{user_id}`, indexed by the lapse of
+    their refresh token in `{prefix}tokkeep`."""
+
+    def __init__(
+        self,
+        client: Any,
+        prefix: str,
+        key: str | Sequence[str] | None,
+        ttl_seconds: float = 0,
+        refresh_lifetime: float = REFRESH_TOKEN_LIFETIME,
+    ) -> None:
+        """`key`: one Fernet key, or several, the one that encrypts first."""
+        self.r = client
+        self.p = prefix
+        self.ttl = int(ttl_seconds)  # 0: no expiry
+        self.refresh_lifetime = refresh_lifetime
+        self.index_key = f"{prefix}tokkeep"
+        keys = [key] if isinstance(key, str) else list(key or [])
+        keys = [k for k in keys if k]
+        self._fernet = MultiFernet([Fernet(k.encode()) for k in keys]) if keys else None
+
+    def _f(self) -> MultiFernet:
+        if self._fernet is None:
+            raise ConfigError(
+                "REBOOK_TOKEN_KEY: not set (nor REBOOK_TOKEN_KEYS); tokens are stored encrypted "
+                "(make a key with `rebook tokens keygen`)"
+            )
+        return self._fernet
+
+    def _key(self, user_id: str) -> str:
+        return f"{self.p}tok:{user_id}"
+
+    def save(self, user_id: str, tokens: TokenSet) -> None:
+        blob = self._f().encrypt(tokens.model_dump_json().encode())
+        # every refresh stores the pair again, so the TTL counts from the member's last use:
+        # a member gone for REBOOK_TOKEN_TTL_DAYS must `tokens set` again (reauth), nothing more
+        # pair first, index second (no transaction: on a cluster they live on different
+        # nodes); a pair missing from the index is found by `backfill`
+        self.r.set(self._key(user_id), blob.decode(), ex=self.ttl or None)
+        self.r.zadd(self.index_key, {user_id: self.refresh_lapses_at(tokens)})
+
+    def refresh_lapses_at(self, tokens: TokenSet) -> float:
+        """When the pair's refresh token dies unused; 0 (due at once) when its issue is unknown
+        (a pair stored before this was recorded)."""
+        if tokens.refresh_issued_at <= 0:
+            return 0.0
+        return tokens.refresh_issued_at + self.refresh_lifetime
+
+    def due(self, before: float, limit: int) -> list[str]:
+        """Members whose refresh token lapses before `before`, soonest first, at most `limit`."""
+        found = self.r.zrangebyscore(self.index_key, "-inf", before, start=0, num=limit)
+        return [m.decode() if isinstance(m, bytes) else m for m in found]
+
+    def reschedule(self, user_id: str, at: float) -> None:
+        """Look at this member's pair again at `at` (XX: never re-adds a deleted pair)."""
+        self.r.zadd(self.index_key, {user_id: at}, xx=True)
+
+    def unindex(self, user_id: str) -> None:
+        self.r.zrem(self.index_key, user_id)
+
+    def backfill(self) -> int:
+        """Once per deployment: pairs saved before the index existed join it, due at once.
+        A SCAN of `tok:*`, run only while the marker key is absent."""
+        marker = f"{self.index_key}:indexed"
+        if self.r.exists(marker):
+            return 0
+        glob = "".join(f"[{c}]" if c in "*?[]\\" else c for c in self.p)
+        start = len(self._key(""))
+        added = 0
+        batch: dict[str, float] = {}
+        for key in self.r.scan_iter(match=f"{glob}tok:*", count=1000):
+            name = key.decode() if isinstance(key, bytes) else key
+            batch[name[start:]] = 0.0
+            if len(batch) >= 1000:
+                added += int(self.r.zadd(self.index_key, batch, nx=True))
+                batch = {}
+        if batch:
+            added += int(self.r.zadd(self.index_key, batch, nx=True))
+        self.r.set(marker, "1")
+        return added
+
+    def load(self, user_id: str) -> TokenSet | None:
+        blob = self.r.get(self._key(user_id))
+        if blob is None:
+            return None
+        try:
+            data = json.loads(self._f().decrypt(blob.encode() if isinstance(blob, str) else blob))
+        except InvalidToken:
+            raise ConfigError(
+                "REBOOK_TOKEN_KEY: stored tokens do not decrypt with this key (was it rotated? "
+                "list the old key after the new one in REBOOK_TOKEN_KEYS)"
+            ) from None
+        return TokenSet.model_validate(data)
+
+    def delete(self, user_id: str) -> bool:
+        gone = bool(self.r.delete(self._key(user_id)))
+        self.unindex(user_id)
+        return gone
+
+
+class TokenManager:
+    """Hands out a valid access token for a member, refreshing when needed."""
+
+    def __init__(
+        self,
+        store: TokenStore,
+        client: UpstreamClient,
+        *,
+        token_url: str,
+        client_id: str,
+        client_secret: str,
+        margin_seconds: float = 60.0,
+        lock_timeout: float = 30.0,
+    ) -> None:
+        """`lock_timeout` must outlive the longest refresh (see `refresh_lock_seconds`)."""
+        self.store = store
+        self.client = client
+        self.token_url = token_url
+        self.client_id = client_id
+        self._client_secret = client_secret
+        self.margin = margin_seconds
+        self.lock_timeout = lock_timeout
+
+    def access_token(self, user_id: str, *, rejected: str | None = None) -> str:
+        """A usable access token; `rejected` is one the upstream just answered 401 to."""
+        current = self.store.load(user_id)
+        if current is None:
+            raise ReauthRequired(user_id, "no tokens stored")
+        if self._usable(current, rejected):
+            return current.access_token
+        return self._refresh(user_id, rejected)
+
+    def margin_for(self, tokens: TokenSet) -> float:
+        """How long before expiry to refresh: the setting, but at most a quarter of the token's
+        lifetime, so a token that lives less than the setting is still used for most of its
+        life (else every call would refresh). Unknown lifetime (stored by an older version):
+        the setting."""
+        if tokens.lifetime > 0:
+            return min(self.margin, tokens.lifetime / 4)
+        return self.margin
+
+    def _usable(self, tokens: TokenSet, rejected: str | None) -> bool:
+        if rejected is not None and tokens.access_token == rejected:
+            return False
+        return tokens.expires_at - self.margin_for(tokens) > time.time()
+
+    def _refresh(self, user_id: str, rejected: str | None) -> str:
+        lock = self.store.r.lock(
+            f"{self.store.p}toklock:{user_id}",
+            timeout=self.lock_timeout,
+            blocking_timeout=self.lock_timeout,
+        )
+        if not lock.acquire():
+            raise Transient("token refresh in progress elsewhere", endpoint="token")
+        try:
+            current = self.store.load(user_id)
+            if current is None:
+                raise ReauthRequired(user_id, "no tokens stored")
+            if self._usable(current, rejected):
+                return current.access_token  # another worker refreshed while we waited
+            return self._refresh_locked(user_id, current).access_token
+        finally:
+            try:
+                lock.release()
+            except Exception:  # lock expired: the pair is stored already
+                log.warning("token lock of member %s expired before release", user_id)
+
+    def _refresh_locked(
+        self, user_id: str, current: TokenSet, share: float | None = None
+    ) -> TokenSet:
+        """The refresh itself; the caller holds the member's lock."""
+        try:
+            body = self.client.refresh_token(
+                self.token_url,
+                client_id=self.client_id,
+                client_secret=self._client_secret,
+                refresh_token=current.refresh_token,
+                share=share,
+            )
+        except Rejected as exc:
+            # a pair rotated meanwhile (our lock expired inside a stalled refresh and another
+            # worker refreshed): our refresh token was dead, the member's pair is fine
+            now_stored = self.store.load(user_id)
+            if now_stored is not None and now_stored.refresh_token != current.refresh_token:
+                log.warning("refresh of member %s raced another worker's; using its pair", user_id)
+                return now_stored
+            log.warning("refresh refused for member %s: %s", user_id, exc.message)
+            raise ReauthRequired(user_id, exc.message or "refresh refused") from None
+        rotated = bool(body.get("refresh_token"))
+        body.setdefault("refresh_token", current.refresh_token)
+        try:
+            fresh = TokenSet.from_token_response(body, time.time())
+        except ValueError as exc:
+            raise Transient(f"unusable token answer: {exc}", endpoint="token") from None
+        if not rotated:  # the same refresh token: its lapse still counts from its issue
+            fresh = fresh.model_copy(update={"refresh_issued_at": current.refresh_issued_at})
+        self.store.save(user_id, fresh)  # before anything else: the old refresh token is dead
+        log.info("refreshed tokens of member %s", user_id)
+        return fresh
+
+    def keep_alive(self, user_id: str, *, before: float) -> str:
+        """Refreshes the pair if its refresh token lapses before `before`: "refreshed", "fresh"
+        (another holder refreshed it meanwhile), "gone" (no pair), "busy" (a refresh runs
+        elsewhere: it stores a fresh pair anyway). Never waits for the member's lock. A refused
+        refresh raises ReauthRequired; rate-limit and upstream failures raise as they come."""
+        lock = self.store.r.lock(f"{self.store.p}toklock:{user_id}", timeout=self.lock_timeout)
+        if not lock.acquire(blocking=False):
+            return "busy"
+        try:
+            current = self.store.load(user_id)
+            if current is None:
+                self.store.unindex(user_id)
+                return "gone"
+            lapses = self.store.refresh_lapses_at(current)
+            if lapses > before:
+                self.store.reschedule(user_id, lapses)
+                return "fresh"
+            self._refresh_locked(user_id, current, share=KEEPALIVE_SHARE)
+            return "refreshed"
+        finally:
+            try:
+                lock.release()
+            except Exception:  # lock expired: the pair is stored already
+                log.warning("token lock of member %s expired before release", user_id)
+
+
+def refresh_lock_seconds(limiter_max_wait: float, call_bound_seconds: float) -> float:
+    """The refresh lock's lifetime: the longest refresh (the shared rate limiter's wait, then
+    a request in flight up to connect + read timeout) and a margin for Redis and the store."""
+    return limiter_max_wait + call_bound_seconds + 10.0

@@ -1,0 +1,542 @@
+"""HTTP client of the AdultWork.com developer API. Knows requests, never Celery.
+
+Every call goes through `_call`, which applies the API key, the shared rate limit, the timeout and
+the one status→exception mapping (`error_for_response`). Whether a failure may be retried depends
+on the call: `idempotent=False` (RescheduleMadeBooking) turns anything that may have reached the
+upstream into :class:`Ambiguous`, so that nobody re-sends it blindly.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
+from zoneinfo import ZoneInfo
+
+import requests
+from pydantic import BaseModel, ValidationError
+from urllib3.exceptions import NewConnectionError
+
+from worker import __version__
+from worker.adapters.presence import PresenceSource, UserSummaryPresence
+from worker.core.budget import RATE_SHARE
+from worker.core.errors import (
+    Ambiguous,
+    AuthExpired,
+    Challenged,
+    NotFound,
+    RateLimited,
+    Rejected,
+    Transient,
+    UpstreamError,
+)
+from worker.core.models import (
+    DEFAULT_ZONE,
+    MadeBookingsPage,
+    Unreadable,
+    UserSummary,
+    WebcamBooking,
+    site_date,
+)
+
+log = logging.getLogger(__name__)
+
+#: One table of paths: the upstream's docs are inconsistent in case (`Webcam`, `newsfeed`).
+PATHS: dict[str, tuple[str, str]] = {
+    "RescheduleMadeBooking": ("POST", "/v1/Webcam/RescheduleMadeBooking"),
+    "MadeBookingDetails": ("GET", "/v1/Webcam/MadeBookingDetails"),
+    "MadeBookings": ("GET", "/v1/Webcam/MadeBookings"),
+    "ConfirmMadeBooking": ("POST", "/v1/Webcam/ConfirmMadeBooking"),
+    "CancelMadeBooking": ("POST", "/v1/Webcam/CancelMadeBooking"),
+    "getUserSummary": ("GET", "/v1/newsfeed/getUserSummary"),
+}
+MAX_PAGE = 100
+USER_AGENT = f"rebook/{__version__}"
+M = TypeVar("M", bound=BaseModel)
+
+
+class Limiter(Protocol):
+    def acquire(self, share: float = 1.0) -> None: ...
+
+
+BeforeSend = Callable[[], None]
+"""Runs after the rate limiter let a call go and right before it is sent; raising stops it
+(nothing is sent). The reschedule POST writes its "POST sent" mark here, so no rate-limit wait
+lies between the mark and the request."""
+
+MadeHook = Callable[[datetime | None, str | None], None]
+"""Called after every booking RescheduleMadeBooking made, with its CreateDate (as parsed) and the
+answer's HTTP `Date` header: the zone check (`worker.core.zonecheck.ZoneWatch`). Errors are
+dropped."""
+
+CallHook = Callable[[str, str], None]
+"""Called after every upstream call with (endpoint, outcome) — outcome "ok" or the error class."""
+
+
+def environment_session(url: str) -> requests.Session:
+    """A session that reads proxy and CA-bundle settings from the environment once, here.
+
+    By default requests re-reads them (and ~/.netrc) on every request: a sixth of the CPU of a
+    reschedule step. Proxies are those for `url` (`HTTPS_PROXY`, `NO_PROXY`, ...); the token
+    endpoint uses the same.
+    """
+    session = requests.Session()
+    session.proxies.update(requests.utils.get_environ_proxies(url))
+    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    if bundle:
+        session.verify = bundle
+    session.trust_env = False
+    return session
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or HTTP-date); None if absent."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _message(response: requests.Response) -> str:
+    """The upstream's own reason, short and single-line (bodies are untrusted)."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    text = ""
+    if isinstance(body, dict):
+        for key in ("Message", "message", "error_description", "error", "Error"):
+            if isinstance(body.get(key), str):
+                text = body[key]
+                break
+    if not text:
+        text = response.text or response.reason or ""
+    text = " ".join(text.split())
+    return text[:200] or f"HTTP {response.status_code}"
+
+
+_TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+
+
+#: Statuses a CDN or proxy answers in front of the API (challenge, rate limit, overload).
+_FRONT_STATUSES = frozenset({403, 429, 503})
+
+
+def is_api_answer(response: requests.Response) -> bool:
+    """False for what the API never writes: HTML (a CDN bot challenge, a proxy's error page), or
+    with a 403/429/503 a body that is neither JSON nor the API's own XML (the API may answer
+    plain text for other errors). An empty body says nothing either way."""
+    ctype = response.headers.get("Content-Type", "").lower()
+    if "html" in ctype:
+        return False
+    body = response.content.strip()
+    if not body or "xml" in ctype or body.startswith(b"<?xml"):
+        return True
+    if body[:1] == b"<":
+        return False  # markup without a content type: a page, not the API's JSON
+    if response.status_code not in _FRONT_STATUSES:
+        return True
+    try:
+        json.loads(body)
+    except ValueError:
+        return False
+    return True
+
+
+def _page_message(response: requests.Response) -> str:
+    found = _TITLE.search(response.content[:4096])
+    title = " ".join(found.group(1).decode("utf-8", "replace").split())[:80] if found else ""
+    ctype = response.headers.get("Content-Type", "").split(";")[0].strip() or "no content type"
+    return f"not the API's answer ({ctype}{': ' + title if title else ''})"
+
+
+def error_for_response(
+    endpoint: str, response: requests.Response, *, idempotent: bool
+) -> UpstreamError:
+    """The one status→exception mapping: the class carries the retry decision.
+
+    A page that is not the API's answer (HTML, or not JSON at all) is never a refusal: it is
+    :class:`Challenged` (transient, "not sent") — except, for a non-idempotent POST, a 5xx
+    gateway page other than 503 (500/502/504): a proxy may have forwarded the request before
+    failing, so that stays :class:`Ambiguous` (reconciled, never re-sent blindly). A 403/429/503
+    page is a CDN challenge or an overload page in front of the API: nothing was sent on.
+    """
+    status = response.status_code
+    kw: dict[str, Any] = {"endpoint": endpoint, "status": status}
+    if not is_api_answer(response):
+        msg = _page_message(response)
+        if not idempotent and status >= 500 and status != 503:
+            return Ambiguous(msg, **kw)
+        return Challenged(
+            msg, retry_after=parse_retry_after(response.headers.get("Retry-After")), **kw
+        )
+    msg = _message(response)
+    if status == 401:
+        return AuthExpired(msg, **kw)
+    if status == 429:
+        return RateLimited(
+            msg, retry_after=parse_retry_after(response.headers.get("Retry-After")), **kw
+        )
+    if status == 404:
+        return NotFound(msg, **kw)
+    if status in (408,) or status >= 500:
+        if idempotent:
+            return Transient(
+                msg, retry_after=parse_retry_after(response.headers.get("Retry-After")), **kw
+            )
+        return Ambiguous(msg, **kw)
+    return Rejected(msg, **kw)
+
+
+def error_for_exception(
+    endpoint: str, exc: requests.RequestException, *, idempotent: bool
+) -> UpstreamError:
+    """Transport failures: only a connection that never opened proves nothing was sent."""
+    not_sent = isinstance(exc, requests.ConnectTimeout) or (
+        isinstance(exc, requests.ConnectionError) and _refused(exc)
+    )
+    kind = type(exc).__name__
+    if not_sent or idempotent:
+        return Transient(f"{kind} (not answered)", endpoint=endpoint)
+    return Ambiguous(f"{kind} after the request was sent", endpoint=endpoint)
+
+
+def _refused(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, (NewConnectionError, ConnectionRefusedError)):
+            return True
+        reason = getattr(cur, "reason", None)
+        if isinstance(reason, BaseException) and id(reason) not in seen:
+            cur = reason
+            continue
+        nxt = cur.args[0] if cur.args and isinstance(cur.args[0], BaseException) else None
+        cur = nxt or cur.__cause__ or cur.__context__
+    return False
+
+
+class UpstreamClient:
+    """Typed calls of the upstream. Member calls take the access token as an argument only."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        api_key_header: str = "apiKey",
+        api_key_in: str = "header",
+        timeout: float = 10.0,
+        zone: ZoneInfo = DEFAULT_ZONE,
+        limiter: Limiter | None = None,
+        on_call: CallHook | None = None,
+        session: requests.Session | None = None,
+        list_names: tuple[str, ...] = ("WebcamBookings",),
+        on_made: MadeHook | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._api_key = api_key
+        self._api_key_header = api_key_header
+        if api_key_in not in ("header", "query"):
+            raise ValueError("api_key_in must be 'header' or 'query'")
+        self._key_in_query = api_key_in == "query"
+        self.timeout = timeout
+        self.zone = zone
+        self._limiter = limiter
+        self._on_call = on_call
+        self._session = session or environment_session(self.base_url)
+        self.list_names = list_names
+        self._on_made = on_made
+        self.presence: PresenceSource = UserSummaryPresence(self)
+
+    def close(self) -> None:
+        self._session.close()
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    def _call(
+        self,
+        endpoint: str,
+        *,
+        token: str | None = None,
+        params: dict[str, Any] | None = None,
+        body: dict[str, Any] | None = None,
+        idempotent: bool = True,
+        before_send: BeforeSend | None = None,
+        share: float | None = None,
+        headers_out: dict[str, str] | None = None,
+    ) -> Any:
+        """`headers_out`, if given, receives the headers of a 2xx answer."""
+        method, path = PATHS[endpoint]
+        headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
+        if self._key_in_query:
+            # the documented form (`?apiKey=`); mask_url hides it wherever a URL is shown
+            params = {**(params or {}), "apiKey": self._api_key}
+        else:
+            headers[self._api_key_header] = self._api_key
+        if token is not None:
+            headers["Authorization"] = f"bearer {token}"  # lower-case, as the docs' samples
+        if self._limiter is not None:
+            self._limiter.acquire(RATE_SHARE.get(endpoint, 1.0) if share is None else share)
+        if before_send is not None:
+            before_send()
+        started = time.monotonic()
+        outcome = "ok"
+        try:
+            try:
+                response = self._session.request(
+                    method,
+                    self.base_url + path,
+                    params=params,
+                    json=body,
+                    headers=headers,
+                    # connect, then read: a sent request is in flight at most twice the timeout
+                    timeout=(self.timeout, self.timeout),
+                    allow_redirects=False,
+                )
+            except requests.RequestException as exc:
+                raise error_for_exception(endpoint, exc, idempotent=idempotent) from None
+            if not 200 <= response.status_code < 300:
+                raise self._scrubbed(error_for_response(endpoint, response, idempotent=idempotent))
+            if headers_out is not None:
+                headers_out.update(response.headers)
+            try:
+                return response.json()
+            except ValueError:
+                if idempotent and not is_api_answer(response):
+                    raise Challenged(
+                        _page_message(response), endpoint=endpoint, status=response.status_code
+                    ) from None
+                # a POST answered 2xx: whatever the body, the upstream may have acted on it
+                cls = Transient if idempotent else Ambiguous
+                raise cls(
+                    "unreadable body (not JSON)", endpoint=endpoint, status=response.status_code
+                ) from None
+        except UpstreamError as exc:
+            outcome = type(exc).__name__
+            raise
+        finally:
+            elapsed = (time.monotonic() - started) * 1000
+            log.debug("upstream %s %s %.0fms", endpoint, outcome, elapsed)
+            if self._on_call is not None:
+                self._on_call(endpoint, outcome)
+
+    def _scrubbed(self, exc: UpstreamError) -> UpstreamError:
+        """A proxy's error page may echo the request URL, and with it `?apiKey=`."""
+        # (a key of a few characters would mangle every message: real keys are long)
+        if len(self._api_key) >= 6 and self._api_key in exc.message:
+            exc.message = exc.message.replace(self._api_key, "***")
+            exc.args = (exc.message,)
+        return exc
+
+    def _model(self, model: type[M], payload: Any, endpoint: str, *, idempotent: bool = True) -> M:
+        """The typed answer, or a readable error naming the field: Transient for a read,
+        Ambiguous for a POST (it was answered, so it may have taken effect)."""
+        cls = Transient if idempotent else Ambiguous
+        try:
+            return model.model_validate(payload, context={"tz": self.zone})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ()))
+            msg = str(first.get("msg", "")).removeprefix("Value error, ")
+            raise cls(f"unexpected body shape ({where}: {msg})", endpoint=endpoint) from None
+        except Exception as exc:  # whatever a body can make a validator raise: never a crash
+            raise cls(f"unreadable body ({type(exc).__name__})", endpoint=endpoint) from None
+
+    # -- operations ------------------------------------------------------------------------------
+
+    def reschedule(
+        self, token: str, booking_id: int, *, before_send: BeforeSend | None = None
+    ) -> WebcamBooking:
+        """Creates a new booking. NOT idempotent: failures that may have committed are Ambiguous.
+        The answer's `Date` header goes to `on_made` with the booking's CreateDate."""
+        headers: dict[str, str] = {}
+        payload = self._call(
+            "RescheduleMadeBooking",
+            token=token,
+            body={"BookingID": booking_id},
+            idempotent=False,
+            before_send=before_send,
+            headers_out=headers,
+        )
+        booking = self._model(WebcamBooking, payload, "RescheduleMadeBooking", idempotent=False)
+        if self._on_made is not None:
+            try:
+                self._on_made(booking.create_date, headers.get("Date"))
+            except Exception as exc:  # the booking is made: nothing may lose its answer
+                log.warning("on_made hook failed: %s", type(exc).__name__)
+        return booking
+
+    def booking_details(
+        self, token: str, booking_id: int, *, before_send: BeforeSend | None = None
+    ) -> WebcamBooking:
+        payload = self._call(
+            "MadeBookingDetails",
+            token=token,
+            params={"BookingID": booking_id},
+            before_send=before_send,
+        )
+        return self._model(WebcamBooking, payload, "MadeBookingDetails")
+
+    def made_bookings(
+        self,
+        token: str,
+        *,
+        start: datetime | None = None,
+        page: int = 1,
+        per_page: int = MAX_PAGE,
+        newest_first: bool = True,
+        before_send: BeforeSend | None = None,
+        share: float | None = None,
+    ) -> MadeBookingsPage:
+        params: dict[str, Any] = {
+            "OrderBy": "createddate-desc" if newest_first else "createddate-asc",
+            "BookingsPerPage": per_page,
+            "PageNumber": page,
+        }
+        if start is not None:
+            # documented as `yyyy-mm-dd` (a date, on CreateDate): the page is a superset of what
+            # was created since `start`; iter_made_bookings filters by the exact time
+            params["StartDate"] = site_date(start, self.zone)
+        payload = self._call(
+            "MadeBookings", token=token, params=params, before_send=before_send, share=share
+        )
+        try:
+            return MadeBookingsPage.parse(payload, list_names=self.list_names, zone=self.zone)
+        except Unreadable as exc:
+            log.warning("MadeBookings answer unreadable: %s", exc)
+            raise Transient(f"unreadable answer: {exc}", endpoint="MadeBookings") from None
+
+    def iter_made_bookings(
+        self, token: str, *, start: datetime | None = None, max_pages: int = 10
+    ) -> Iterator[WebcamBooking]:
+        """Newest first, across pages, at most `max_pages` calls; with `start`, only bookings
+        created at or after it (or whose CreateDate is unset), as the day-early StartDate lets
+        older ones through, and no page is read past the first booking older than `start`."""
+        for number in range(1, max_pages + 1):
+            page = self.made_bookings(token, start=start, page=number)
+            for booking in page.bookings:
+                created = booking.create_date
+                if start is not None and created is not None and created < start:
+                    return  # newest first: everything after this one is older still
+                yield booking
+            if number >= page.page_count or not page.bookings:
+                return
+
+    def list_made_bookings(
+        self,
+        token: str,
+        *,
+        start: datetime | None = None,
+        max_pages: int = 10,
+        before_send: BeforeSend | None = None,
+        share: float | None = None,
+    ) -> tuple[list[WebcamBooking], bool]:
+        """Every booking since `start` and whether the list was read to its end: a list cut
+        at `max_pages` proves nothing about what lies beyond it. `share`: the rate share, if
+        not that of a read (the read before a POST has the POST's)."""
+        found: list[WebcamBooking] = []
+        for number in range(1, max_pages + 1):
+            page = self.made_bookings(
+                token, start=start, page=number, before_send=before_send, share=share
+            )
+            found.extend(page.bookings)
+            if number >= page.page_count or not page.bookings:
+                return found, True
+        return found, False
+
+    def confirm(self, token: str, booking_id: int) -> WebcamBooking:
+        payload = self._call(
+            "ConfirmMadeBooking", token=token, body={"BookingID": booking_id}, idempotent=False
+        )
+        return self._model(WebcamBooking, payload, "ConfirmMadeBooking", idempotent=False)
+
+    def cancel(self, token: str, booking_id: int, reason: str) -> WebcamBooking:
+        payload = self._call(
+            "CancelMadeBooking",
+            token=token,
+            body={"BookingID": booking_id, "Reason": reason},
+            idempotent=False,
+        )
+        return self._model(WebcamBooking, payload, "CancelMadeBooking", idempotent=False)
+
+    def user_summary(self, user_id: int) -> UserSummary:
+        """Presence of a performer (API key only, no member token)."""
+        payload = self._call("getUserSummary", params={"UserID": user_id})
+        return self._model(UserSummary, UserSummary.unwrap(payload), "getUserSummary")
+
+    def is_online(self, performer_id: int) -> bool:
+        """Through `self.presence` (worker.adapters.presence): getUserSummary unless another source
+        was put there."""
+        return self.presence.is_online(performer_id)
+
+    # -- OAuth -------------------------------------------------------------------------------------
+
+    def refresh_token(
+        self,
+        token_url: str,
+        *,
+        client_id: str,
+        client_secret: str,
+        refresh_token: str,
+        share: float | None = None,
+    ) -> dict[str, Any]:
+        """`grant_type=refresh_token`; the upstream rotates the refresh token on every success.
+        `share`: of the rate window (the keep-alive's refreshes can wait, a step's cannot)."""
+        if self._limiter is not None:
+            self._limiter.acquire(RATE_SHARE["token"] if share is None else share)
+        outcome = "ok"
+        try:
+            try:
+                response = self._session.post(
+                    token_url,
+                    data={
+                        "grant_type": "refresh_token",
+                        "client_id": client_id,
+                        "client_secret": client_secret,
+                        "refresh_token": refresh_token,
+                    },
+                    headers={"Accept": "application/json", "User-Agent": USER_AGENT},
+                    timeout=self.timeout,
+                    allow_redirects=False,
+                )
+            except requests.RequestException as exc:
+                raise error_for_exception("token", exc, idempotent=True) from None
+            if response.status_code in (400, 401) and is_api_answer(response):
+                # only the OAuth server's own answer is a refusal (-> reauth): an HTML page in
+                # front of it (a CDN challenge) is Challenged, tried again later
+                raise Rejected(_message(response), endpoint="token", status=response.status_code)
+            if not 200 <= response.status_code < 300:
+                raise error_for_response("token", response, idempotent=True)
+            try:
+                body = response.json()
+            except ValueError:
+                if not is_api_answer(response):
+                    raise Challenged(
+                        _page_message(response), endpoint="token", status=response.status_code
+                    ) from None
+                raise Transient("unreadable token body", endpoint="token") from None
+            if not isinstance(body, dict):
+                raise Transient("token body is not an object", endpoint="token")
+            return body
+        except UpstreamError as exc:
+            outcome = type(exc).__name__
+            raise
+        finally:
+            if self._on_call is not None:
+                self._on_call("token", outcome)

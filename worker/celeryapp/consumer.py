@@ -1,0 +1,151 @@
+"""A Celery consumer that dead-letters what it cannot run instead of only logging it.
+
+Stock Celery logs and drops a message it cannot decode (another serializer, broken body), an
+unknown task name or an invalid message, and raises on a body that is not `[args, kwargs, embed]`
+or a header of the wrong type. On our queues every such message was meant for us, so it goes to
+the dead-letter stream with the reason and the raw item (scrubbed, 4 KB), is acknowledged, and
+the worker keeps serving. `frames` holds the checks; the Redis transport refuses the items kombu
+cannot even build a message from before they get here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from celery.utils.saferepr import saferepr
+from celery.worker.celeryapp.consumer import Consumer
+from celery.worker.request import Request
+from vine import promise
+
+from worker.celeryapp import compat, frames
+
+log = logging.getLogger("rebook.consumer")
+EVENT_FIELDS = ("event_id", "booking_id", "user_id", "performer_id", "max_wait_seconds")
+"""What Flower and task events may show of a `rebook.request` (DESIGN.md's documented fields)."""
+compat.patch_celery_dump_body()
+frames.install_bounded_decompression()
+
+
+def _raw_of(message: Any) -> str:
+    """The message as the broker holds it, for a person: envelope and body, scrubbed later. A
+    body in another serializer or compressed is not copied (no scrubber can read it)."""
+    body = getattr(message, "body", b"") or b""
+    content_type = str(getattr(message, "content_type", "") or "")
+    headers = dict(getattr(message, "headers", None) or {})
+    if frames.JSON_TYPES.isdisjoint({content_type.split(";")[0].strip().lower()}) or (
+        headers.get("compression")
+    ):
+        text = f"<{len(body)} bytes of {content_type or '?'}: not copied>"
+    else:
+        text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else str(body)
+    return json.dumps(
+        {
+            "headers": {k: v for k, v in headers.items() if k not in ("argsrepr", "kwargsrepr")},
+            "content-type": content_type,
+            "content-encoding": getattr(message, "content_encoding", None),
+            "properties": {
+                k: v
+                for k, v in dict(getattr(message, "properties", None) or {}).items()
+                if k in ("correlation_id", "delivery_mode", "priority", "body_encoding")
+            },
+            "body": text,
+        },
+        default=str,
+        ensure_ascii=False,
+    )
+
+
+def _deadletter(reason: str, message: Any, body: Any = None) -> None:
+    from worker.celeryapp.runtime import services
+
+    headers = dict(getattr(message, "headers", None) or {})
+    raw = getattr(message, "body", b"") or b""
+    payload = {
+        "task": headers.get("task"),
+        "content_type": getattr(message, "content_type", None),
+        "delivery_info": dict(getattr(message, "delivery_info", None) or {}),
+        "body_bytes": len(raw),
+        # a decoded body is redacted field by field; an undecodable one is never copied
+        "body": body if isinstance(body, (dict, list, tuple)) else "(not stored)",
+    }
+    task_id, task = headers.get("id"), headers.get("task")
+    try:
+        services().store.deadletter(
+            reason,
+            payload,
+            task_id=task_id if isinstance(task_id, str) else "",
+            task=task if isinstance(task, str) else "",
+            raw=frames.raw_preview(_raw_of(message)),
+        )
+    except Exception:  # the stock handling (log + ack/reject) still happens
+        log.exception("could not dead-letter a message: %s", reason)
+
+
+class RebookConsumer(Consumer):
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        _deadletter(f"undecodable message ({type(exc).__name__}: {exc})"[:500], message)
+        super().on_decode_error(message, exc)
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        _deadletter("not a Celery task message", message, body)
+        super().on_unknown_message(body, message)
+
+    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
+        _deadletter(f"unknown task name ({exc})"[:500], message, body)
+        super().on_unknown_task(body, message, exc)
+
+    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        _deadletter(f"invalid task message ({exc})"[:500], message, body)
+        super().on_invalid_task(body, message, exc)
+
+    def create_task_handler(self, promise: Any = promise) -> Any:
+        """Celery's handler behind a check of what Celery assumes (`frames.check_task_message`)
+        and a catch of what it raises on the frames it does not check: either way the message
+        is dead-lettered and acknowledged instead of stopping the consumer."""
+        inner = super().create_task_handler(promise)
+        connection_errors = tuple(self.connection_errors or ())
+
+        def on_task_received(message: Any) -> Any:
+            reason = frames.check_task_message(message)
+            if reason is None:
+                try:
+                    return inner(message)
+                except connection_errors:
+                    raise
+                except Exception as exc:
+                    if getattr(message, "acknowledged", True):
+                        raise
+                    reason = f"message Celery cannot run ({type(exc).__name__}: {exc})"[:500]
+                    log.exception("refused a message: %s", reason)
+            _deadletter(reason, message, None)
+            message.ack_log_error(log, connection_errors)
+            return None
+
+        return on_task_received
+
+
+class SafeRequest(Request):
+    """A request whose `argsrepr`/`kwargsrepr` (task events, Flower, `inspect`) come from the
+    worker, not the producer: for `rebook.request` only the documented fields, since a producer
+    may put anything in an event (a token) and in the repr headers too. `info()` never hands out
+    the raw arguments (`inspect active`/`reserved`, which Flower calls, asks for them)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self._type == "rebook.request":
+            given = self._kwargs if isinstance(self._kwargs, dict) else {}
+            shown = {k: given[k] for k in EVENT_FIELDS if k in given}
+            self._kwargsrepr = saferepr(shown, 1024)
+            n = len(self._args) if isinstance(self._args, (list, tuple)) else 0
+            self._argsrepr = f"({n} positional arguments, not shown)" if n else "()"
+            # the headers travel on (to the pool, its debug log, the task's request)
+            safe = {"argsrepr": self._argsrepr, "kwargsrepr": self._kwargsrepr}
+            self._request_dict.update(safe)
+            props = self._request_dict.get("properties")
+            if isinstance(props, dict) and not safe.keys().isdisjoint(props):
+                self._request_dict["properties"] = {**props, **safe}  # kombu copies them there
+
+    def info(self, safe: bool = False) -> dict[str, Any]:
+        return dict(super().info(safe=True))

@@ -1,0 +1,142 @@
+"""Operator actions on many rebooks at once (`rebook retry/cancel` with filters, the console's
+buttons and `POST /api/rebooks/actions`).
+
+Why here and not in the CLI or the console: both must act the same way, and every single action
+goes through `Flow.retry` / `Flow.cancel`, whose refusals (anything that could make a second
+booking) are the only word on what may be done. `refusal()` only *predicts* those refusals, to
+show a dry run and to draw a button or the reason there is none; a test holds it to the flow's
+answer for every state, and an action never relies on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from worker.core.models import State
+from worker.core.search import Filters, Search
+from worker.core.store import Rebook, Store
+
+Action = Literal["retry", "cancel"]
+ACTIONS: tuple[Action, ...] = ("retry", "cancel")
+MAX_BULK = 10_000
+"""One bulk action touches at most this many rebooks (narrow the filter for more)."""
+
+
+class Operator(Protocol):
+    """What bulk actions need of `worker.core.flow.Flow`."""
+
+    def retry(self, ident: str) -> Rebook: ...
+    def cancel(self, ident: str) -> Rebook: ...
+
+
+@dataclass
+class Outcome:
+    """`{"matched", "done", "refused"}` of DESIGN.md § Console, as the CLI prints it too."""
+
+    action: Action
+    dry_run: bool
+    matched: list[str] = field(default_factory=list)
+    done: list[dict[str, str]] = field(default_factory=list)
+    refused: list[dict[str, str]] = field(default_factory=list)
+    would_do: list[str] = field(default_factory=list)
+    truncated: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "action": self.action,
+            "dry_run": self.dry_run,
+            "matched": self.matched,
+            "done": self.done,
+            "refused": self.refused,
+        }
+        if self.dry_run:
+            out["would_do"] = self.would_do
+        if self.truncated:
+            out["truncated"] = True
+        return out
+
+
+def refusal(action: Action, rec: Rebook) -> str | None:
+    """The text `Flow.retry`/`Flow.cancel` would refuse `rec` with, or None when they would
+    act (they may still refuse at that moment: the record may change, another rebook may own
+    the booking)."""
+    rid = rec.rebook_id
+    if action == "cancel":
+        return (
+            f"{rid} is already {rec.state.value}; nothing to cancel" if rec.state.terminal else None
+        )
+    if rec.state == State.NEEDS_ATTENTION:
+        return None
+    if rec.state in (State.GAVE_UP, State.FAILED, State.ABORTED):
+        if rec.new_booking_id is not None:
+            return (
+                f"{rid} is {rec.state.value} after booking {rec.new_booking_id} was made; "
+                "send a new event to rebook again"
+            )
+        return None
+    if rec.state == State.DUPLICATE:
+        return f"{rid} is a duplicate of {rec.duplicate_of}; retry that one"
+    if rec.state.terminal:
+        return (
+            f"{rid} is {rec.state.value}: booking {rec.new_booking_id} was made and decided; "
+            "send a new event to rebook again"
+        )
+    return f"{rid} is {rec.state.value} and in progress; nothing to retry"
+
+
+def select(
+    store: Store, *, ids: Sequence[str] = (), filters: Filters | None = None
+) -> tuple[list[Rebook], bool]:
+    """The rebooks an action is about: given ids (by rebook or event id) or a filter's matches,
+    newest first; True when more matched than `MAX_BULK`."""
+    if filters is not None:
+        page = Search(store).query(filters, limit=MAX_BULK, budget=10**9)
+        return page.items, page.next is not None
+    found: list[Rebook] = []
+    for ident in dict.fromkeys(ids):
+        rec = store.find(ident)
+        if rec is not None:
+            found.append(rec)
+    return found, False
+
+
+def run(
+    operator: Operator,
+    store: Store,
+    action: Action,
+    *,
+    ids: Sequence[str] = (),
+    filters: Filters | None = None,
+    dry_run: bool = False,
+) -> Outcome:
+    """Each matched rebook through the flow's own action; what it refuses is reported, never
+    forced. Ids that match nothing are refused as not found."""
+    from worker.core.flow import Refused
+
+    records, truncated = select(store, ids=ids, filters=filters)
+    result = Outcome(action, dry_run, matched=[r.rebook_id for r in records], truncated=truncated)
+    known = {r.rebook_id for r in records} | {r.event_id for r in records}
+    for ident in dict.fromkeys(ids):
+        if ident not in known:
+            result.refused.append({"rebook_id": ident, "why": f"no rebook {ident!r}"})
+    for rec in records:
+        if dry_run:
+            why = refusal(action, rec)
+            if why is None:
+                result.would_do.append(rec.rebook_id)
+            else:
+                result.refused.append({"rebook_id": rec.rebook_id, "why": why})
+            continue
+        try:
+            after = getattr(operator, action)(rec.rebook_id)
+        except Refused as exc:
+            result.refused.append({"rebook_id": rec.rebook_id, "why": str(exc)})
+        except LookupError as exc:
+            result.refused.append({"rebook_id": rec.rebook_id, "why": str(exc).strip("'\"")})
+        else:
+            result.done.append(
+                {"rebook_id": after.rebook_id, "state": after.state.value, "reason": after.reason}
+            )
+    return result

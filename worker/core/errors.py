@@ -1,0 +1,115 @@
+"""The small error tree of rebook. Each upstream error carries its retry decision.
+
+Flow code branches on the class, never on status codes: the one status→exception mapping lives in
+`worker.adapters.upstream.error_for_response`. Messages never contain tokens or keys.
+"""
+
+from __future__ import annotations
+
+
+class RebookError(Exception):
+    """Base of every error rebook raises on purpose."""
+
+
+class ConfigError(RebookError):
+    """A setting is missing or invalid; the message is one line naming the variable."""
+
+
+class StoreUnavailable(RebookError):
+    """Redis cannot be reached; the message names the URL with its password masked."""
+
+
+class InvalidEvent(RebookError):
+    """A rebook event that can never be processed; goes to the dead-letter stream, never retried."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ReauthRequired(RebookError):
+    """The member's tokens are missing or refused: only a new `rebook tokens set` helps."""
+
+    def __init__(self, user_id: str, detail: str = "refresh refused") -> None:
+        super().__init__(f"member {user_id} must re-authorise ({detail})")
+        self.user_id = user_id
+        self.detail = detail
+
+
+class UpstreamError(RebookError):
+    """An upstream call did not give a usable answer.
+
+    `retryable` says whether the same call may simply be tried again later; `retry_after` is the
+    wait the upstream asked for, if any.
+    """
+
+    retryable = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        endpoint: str = "",
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.endpoint = endpoint
+        self.status = status
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        where = f"{self.endpoint} " if self.endpoint else ""
+        code = f"HTTP {self.status}: " if self.status else ""
+        return f"{where}{code}{self.message}"
+
+
+class Transient(UpstreamError):
+    """Nothing happened upstream (or the call is read-only): try again after a backoff."""
+
+    retryable = True
+
+
+class RateLimited(Transient):
+    """HTTP 429: try again after `retry_after` seconds, or a backoff when none was given."""
+
+
+class Challenged(Transient):
+    """Not the API's answer: an HTML page or a body that is not JSON (a CDN bot challenge, a
+    proxy's error page). It never reached the API, so it is never a refusal and never a reason
+    to re-authorise; try again after a backoff (`retry_after` if the page gave one)."""
+
+
+class Throttled(RateLimited):
+    """Our own shared rate budget said wait (`retry_after`): no request went out. Never counts
+    toward an attempt limit: it says "not now", not "failed"."""
+
+
+class NotSent(Transient):
+    """A call stopped by its own step just before it would have gone out: nothing was sent."""
+
+
+class LeaseLost(NotSent):
+    """The step's lease on its rebook was taken over: another step decides; this one stops."""
+
+
+class AuthExpired(UpstreamError):
+    """HTTP 401 on a member call: refresh the access token, then the call may be repeated."""
+
+    retryable = True
+
+
+class Rejected(UpstreamError):
+    """The upstream refused the request with a reason (4xx): repeating it will not help."""
+
+
+class NotFound(Rejected):
+    """HTTP 404: the booking does not exist or is not the member's."""
+
+
+class Ambiguous(UpstreamError):
+    """A non-idempotent call may or may not have taken effect (timeout, 5xx, unreadable body).
+
+    Never repeat the call: settle it by reconciliation first.
+    """

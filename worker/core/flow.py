@@ -1,0 +1,1352 @@
+"""The decisions of the pipeline, one method per step. No Celery and no HTTP here.
+
+Each step reads the record, asks the upstream through the client, and moves the record with a
+compare-and-set transition. What to run next goes through a :class:`Dispatcher` (Celery in
+production, see `tasks/`), but nothing depends on that message arriving: the sweep finds every
+overdue record in the due index and dispatches it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import secrets
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
+
+from worker.core.budget import RATE_SHARE
+from worker.core.capacity import presence_budget
+from worker.core.errors import (
+    Ambiguous,
+    AuthExpired,
+    InvalidEvent,
+    LeaseLost,
+    NotFound,
+    NotSent,
+    ReauthRequired,
+    Rejected,
+    Throttled,
+    UpstreamError,
+)
+from worker.core.models import ACTIVE_STATES, RebookEvent, State, WebcamBooking, from_ts, iso_z
+from worker.core.observability import bound
+from worker.core.settings import Settings
+from worker.core.store import REMOVE, Rebook, StepLock, Store, rebook_id_for
+
+log = logging.getLogger("rebook.flow")
+POST = "RescheduleMadeBooking"
+
+T = TypeVar("T")
+ACTIVE_STEPS = (State.WAITING, State.RESCHEDULING, State.WATCHING)
+ACCEPT_BY_FALLBACK_SECONDS = 86400.0
+PRESENCE_SLACK_SECONDS = 0.05
+"""A presence check sent to run on time may find the last one's window open for a moment more
+(the window began a round trip after its check did; clocks of two hosts differ by a few ms):
+it waits that long rather than a whole sweep."""
+
+
+class Dispatcher(Protocol):
+    """Sends the next step. Implementations must not block on the step itself."""
+
+    def check_presence(
+        self, performer_id: int | None, rebook_id: str | None = None, at: float | None = None
+    ) -> None:
+        """`at`: run no earlier than this (unix time; within one sweep interval)."""
+
+    def reschedule(self, rebook_id: str, urgent: bool = False) -> None: ...
+    def watch(self, rebook_id: str, booking: dict[str, Any]) -> None: ...
+
+    def batch(self) -> AbstractContextManager[None]:
+        """What is dispatched inside goes out together, when the block ends (one round trip
+        for a sweep's worth of steps instead of one each)."""
+        ...
+
+
+class Refused(Exception):
+    """An operator command that does not apply in the record's state; the message says why."""
+
+
+BeforeSend = Callable[[], None]
+
+
+class Upstream(Protocol):
+    """The upstream calls the flow makes (`worker.adapters.upstream.UpstreamClient`; a
+    simulation's)."""
+
+    def is_online(self, performer_id: int) -> bool: ...
+    def reschedule(
+        self, token: str, booking_id: int, *, before_send: BeforeSend | None = None
+    ) -> WebcamBooking: ...
+    def booking_details(
+        self, token: str, booking_id: int, *, before_send: BeforeSend | None = None
+    ) -> WebcamBooking: ...
+    def confirm(self, token: str, booking_id: int) -> WebcamBooking: ...
+    def iter_made_bookings(
+        self, token: str, *, start: datetime | None = None, max_pages: int = 10
+    ) -> Iterator[WebcamBooking]: ...
+    def list_made_bookings(
+        self,
+        token: str,
+        *,
+        start: datetime | None = None,
+        max_pages: int = 10,
+        before_send: BeforeSend | None = None,
+        share: float | None = None,
+    ) -> tuple[list[WebcamBooking], bool]: ...
+
+
+class Tokens(Protocol):
+    """A member's access token, refreshed single-flight (`worker.adapters.auth.TokenManager`)."""
+
+    def access_token(self, user_id: str, *, rejected: str | None = None) -> str: ...
+
+
+class Gated(NotSent):
+    """Another rebook of the same member and performer has an unsettled POST."""
+
+    def __init__(self, holder: str) -> None:
+        super().__init__(f"waiting for {holder}")
+        self.holder = holder
+
+
+class _Found(NotSent):
+    """Before the POST, a booking it would duplicate was found: adopted instead of sent —
+    unless another rebook of the same member and performer could be its maker."""
+
+    def __init__(self, bookings: list[WebcamBooking], siblings: list[str]) -> None:
+        super().__init__(f"booking {bookings[0].booking_id} found")
+        self.bookings = bookings
+        self.siblings = siblings
+
+
+@dataclass(frozen=True)
+class _Step:
+    rebook_id: str
+    token: str
+    lock: StepLock
+
+
+_STEP: ContextVar[_Step | None] = ContextVar("rebook_step", default=None)
+"""The step this thread runs: its writes to that rebook are fenced by its token."""
+
+
+@dataclass(frozen=True)
+class Listing:
+    """One read of a member's bookings: what it showed, and whether it was read to its end."""
+
+    bookings: list[WebcamBooking]
+    complete: bool
+
+
+@dataclass
+class Flow:
+    settings: Settings
+    store: Store
+    client: Upstream
+    tokens: Tokens
+    dispatch: Dispatcher
+    clock: Callable[[], float] = field(default=time.time)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def backoff(self, errors: int, retry_after: float | None = None) -> float:
+        """Seconds to wait after `errors` failures: exponential with jitter, or what 429 asked."""
+        if retry_after is not None:
+            return min(self.settings.retry_max_seconds, retry_after) + random.uniform(0, 0.25)
+        ceiling = min(
+            self.settings.retry_max_seconds, self.settings.retry_base_seconds * 2 ** min(errors, 20)
+        )
+        return random.uniform(ceiling / 2, ceiling)
+
+    def _member_call(self, rec: Rebook, call: Callable[[str], T]) -> T:
+        """Runs a member call; on 401 refreshes once (single-flight) and repeats it once.
+
+        Safe for the POST too: a 401 means the upstream did nothing.
+        """
+        token = self.tokens.access_token(rec.user_id)
+        try:
+            return call(token)
+        except AuthExpired:
+            log.info("rebook %s: access token refused, refreshing", rec.rebook_id)
+            return call(self.tokens.access_token(rec.user_id, rejected=token))
+
+    def _move(
+        self, rebook_id: str, to: State, *, require: dict[str, Any] | None = None, **kw: Any
+    ) -> bool:
+        """`store.transition`, fenced: inside a step, a write to its own rebook applies only
+        while the step still holds it (its token is the record's `claim`)."""
+        step = _STEP.get()
+        if step is not None and step.rebook_id == rebook_id:
+            require = {**(require or {}), "claim": step.token}
+        return self.store.transition(rebook_id, to, require=require, **kw)
+
+    def _hold(self) -> None:
+        """Extends the step's lease over the next upstream call, or raises :class:`LeaseLost`."""
+        step = _STEP.get()
+        if step is None:
+            return
+        try:
+            held = step.lock.extend(self.settings.longest_call_seconds, replace_ttl=True)
+        except Exception:  # redis-py raises LockNotOwnedError when another step has it
+            held = False
+        if not held:
+            raise LeaseLost(f"lease of {step.rebook_id} taken over")
+
+    def _park(
+        self,
+        rec: Rebook,
+        reason: str,
+        *,
+        action: str,
+        fields: dict[str, Any] | None = None,
+        **detail: Any,
+    ) -> bool:
+        """NEEDS_ATTENTION: `reason` says why (a short code), `action` what a person should do."""
+        ok = self._move(
+            rec.rebook_id,
+            State.NEEDS_ATTENTION,
+            from_=ACTIVE_STEPS,
+            reason=reason,
+            due=REMOVE,
+            fields={"action": action, **(fields or {})},
+            outcome=State.NEEDS_ATTENTION.value,
+            detail={"action": action, **detail},
+        )
+        if ok:
+            log.warning("rebook %s: needs attention (%s) %s", rec.rebook_id, reason, detail or "")
+        return ok
+
+    def park_member(self, user_id: str, detail: str) -> int:
+        """Refresh refused: every active rebook of the member waits for `rebook tokens set`."""
+        parked = 0
+        for rec in self.store.get_many(self.store.active_of_user(user_id)):
+            if rec.state in ACTIVE_STEPS and self._park(
+                rec,
+                "reauth",
+                action=f"the member must sign in again; then `rebook tokens set {user_id}`",
+                why=detail,
+            ):
+                parked += 1
+        return parked
+
+    def _stay(self, rec: Rebook, *, reason: str, **changes: Any) -> bool:
+        """Updates a record in its current state (due time, counters, reason); a no-op if the
+        state moved on meanwhile."""
+        return self._move(rec.rebook_id, rec.state, from_=[rec.state], reason=reason, **changes)
+
+    def _throttle_wait(self, exc: Throttled) -> float:
+        """When to try again after our own rate budget said "not now" (nothing was sent)."""
+        return (exc.retry_after or self.settings.retry_base_seconds) * random.uniform(1, 1.25)
+
+    def _retry_later(self, rec: Rebook, exc: UpstreamError, what: str) -> None:
+        """Backoff after a failed call; our own throttle is "not now" and counts nothing."""
+        if isinstance(exc, Throttled):
+            wait = self._throttle_wait(exc)
+            log.info("rebook %s: %s deferred %.2fs (rate budget)", rec.rebook_id, what, wait)
+            self._stay(rec, reason=rec.reason, due=self.clock() + wait)
+            return
+        wait = self.backoff(rec.errors, exc.retry_after)
+        log.warning("rebook %s: %s failed (%s); again in %.1fs", rec.rebook_id, what, exc, wait)
+        self._stay(
+            rec, reason=rec.reason, due=self.clock() + wait, fields={"errors": rec.errors + 1}
+        )
+
+    # -- intake ----------------------------------------------------------------------------------
+
+    def intake(self, args: Any, kwargs: Any, *, task_id: str = "") -> str:
+        """Records an event durably. Returns "created", "exists", "duplicate" or "invalid"."""
+        try:
+            event, extra = RebookEvent.parse(args, kwargs)
+        except InvalidEvent as exc:
+            self.store.deadletter(
+                exc.reason, {"args": args, "kwargs": kwargs}, task_id=task_id, task="rebook.request"
+            )
+            log.warning("invalid rebook event (task %s): %s", task_id, exc.reason)
+            return "invalid"
+        with bound(
+            event_id=event.event_id,
+            booking_id=event.booking_id,
+            rebook_id=rebook_id_for(event.event_id),
+            performer_id=event.performer_id,
+        ):
+            return self._intake(event, extra)
+
+    def _intake(self, event: RebookEvent, extra: list[str]) -> str:
+        if extra:
+            log.info("event %s: ignored unknown fields %s", event.event_id, ", ".join(extra[:10]))
+        now = self.clock()
+        max_wait = event.max_wait_seconds or self.settings.max_wait_seconds
+        result = self.store.create(
+            rebook_id=rebook_id_for(event.event_id),
+            event_id=event.event_id,
+            booking_id=event.booking_id,
+            user_id=event.user_id,
+            performer_id=event.performer_id,
+            deadline=now + max_wait,
+            now=now,
+        )
+        if result.kind == "created":
+            log.info(
+                "rebook %s: received event %s for booking %s (performer %s)",
+                result.rebook_id,
+                event.event_id,
+                event.booking_id,
+                event.performer_id,
+            )
+            if event.performer_id is None:
+                self.dispatch.check_presence(None, result.rebook_id)
+            elif result.dispatch_presence:
+                self.dispatch.check_presence(event.performer_id)
+        elif result.kind == "duplicate":
+            log.info(
+                "event %s: booking %s already has rebook %s: DUPLICATE",
+                event.event_id,
+                event.booking_id,
+                result.other,
+            )
+        else:
+            log.info(
+                "event %s: already recorded as %s, nothing to do", event.event_id, result.rebook_id
+            )
+        return result.kind
+
+    # -- waiting ---------------------------------------------------------------------------------
+
+    def check_presence(self, performer_id: int | None, rebook_id: str | None = None) -> str:
+        """One presence call for a performer, however many rebooks wait on them."""
+        if performer_id is None:
+            return self.resolve_performer(rebook_id) if rebook_id else "noop"
+        with bound(performer_id=performer_id):
+            return self._check_presence(performer_id)
+
+    def _check_presence(self, performer_id: int) -> str:
+        interval = self.settings.presence_interval_seconds
+        wait = self.store.claim_presence_call(performer_id, interval)
+        if 0 < wait <= PRESENCE_SLACK_SECONDS:
+            time.sleep(wait + 0.002)  # PTTL is in whole milliseconds, rounded down
+            wait = self.store.claim_presence_call(performer_id, interval)
+        if wait > 0:  # checked within this interval by someone else
+            self.store.schedule_performer(performer_id, self.clock() + wait)
+            return "coalesced"
+        if not self.store.waiting_count(performer_id):
+            self.store.schedule_performer(performer_id, self.clock() + interval)
+            return "idle"
+        try:
+            online = self.client.is_online(performer_id)
+        except Throttled:  # not called: the budget went to POSTs
+            # keep its place in the line (least recently polled first): a throttled check sent
+            # to the back, or to a random time, is how some performers came to be polled far
+            # less than others; the sweep hands it out again within its budget
+            self.store.release_presence_call(performer_id)
+            self.store.keep_presence_turn(performer_id, self.clock())
+            log.info("presence of performer %s deferred (rate budget)", performer_id)
+            return "throttled"
+        except UpstreamError as exc:
+            self.store.note_presence_call(self.clock())
+            wait = max(interval, exc.retry_after or 0.0) * random.uniform(1.0, 1.25)
+            log.warning(
+                "presence of performer %s unknown (%s); again in %.1fs", performer_id, exc, wait
+            )
+            self.store.schedule_performer(performer_id, self.clock() + wait)
+            return "error"
+        # The next check is due one interval after this answer came: the upstream sees at least
+        # one interval between two calls, whatever the latency or rate-limit wait of each.
+        now = self.clock()
+        self.store.note_presence_call(now)
+        if online:  # only now read who waits: an offline answer (the usual one) costs O(1)
+            moved = self.store.transition_many(
+                self.store.waiting_for(performer_id),
+                State.RESCHEDULING,
+                from_=[State.WAITING],
+                reason="performer online",
+                due=now + self.store.lease,
+                fields={"errors": 0},
+                now=now,
+            )
+            with self.dispatch.batch():
+                for i, rid in enumerate(moved):
+                    # the first jumps the queue: a performer who comes online gets a POST out
+                    # at once, even while another performer's burst is being worked off
+                    self.dispatch.reschedule(rid, urgent=i == 0)
+            log.info("performer %s online: %d rebook(s) to reschedule", performer_id, len(moved))
+        self.store.schedule_performer(performer_id, now + interval)
+        return "online" if online else "offline"
+
+    def _locked_step(self, rebook_id: str, state: State, body: Callable[[Rebook], str]) -> str:
+        """Runs a step of one rebook under its lock, if the rebook is still in `state`.
+
+        The lock keeps two workers from running the same step at once; the token written into
+        the record fences the step's writes, for the case the lock cannot cover: a step that
+        outlived its lease (a stuck call, a paused process) and comes back with a stale answer.
+        """
+        lock = self.store.lock(rebook_id)
+        if not lock.acquire():
+            return "busy"
+        step = _STEP.set(_Step(rebook_id, secrets.token_hex(8), lock))
+        try:
+            rec = self.store.claim_step(rebook_id, _STEP.get().token)  # type: ignore[union-attr]
+            if rec is None or rec.state != state:
+                return "noop"
+            with bound(
+                rebook_id=rec.rebook_id,
+                event_id=rec.event_id,
+                booking_id=rec.booking_id,
+                performer_id=rec.performer_id,
+            ):
+                try:
+                    return body(rec)
+                except ReauthRequired as exc:
+                    self.park_member(rec.user_id, exc.detail)
+                    return "reauth"
+                except LeaseLost as exc:
+                    log.warning("rebook %s: %s; the step that took over decides", rebook_id, exc)
+                    return "lease-lost"
+        finally:
+            _STEP.reset(step)
+            _release(lock)
+
+    def resolve_performer(self, rebook_id: str) -> str:
+        """The event named no performer: read it from the original booking."""
+        return self._locked_step(rebook_id, State.WAITING, self._resolve_performer)
+
+    def _resolve_performer(self, rec: Rebook) -> str:
+        if rec.performer_id is not None:
+            return "noop"
+        try:
+            self._hold()
+            booking = self._member_call(
+                rec, lambda tok: self.client.booking_details(tok, rec.booking_id)
+            )
+        except Rejected as exc:
+            return self._fail(rec, f"original booking unreadable: {exc.message}")
+        except LeaseLost:
+            raise
+        except UpstreamError as exc:
+            self._retry_later(rec, exc, "reading the original booking")
+            return "retry"
+        pid = booking.performer_id
+        if pid is None:
+            self._park(rec, "performer_unknown", action="resubmit with performer_id")
+            return "parked"
+        if self._stay(
+            rec,
+            reason="performer resolved",
+            fields={"performer_id": pid, "errors": 0},
+            due=rec.deadline_ts,
+        ):
+            self.dispatch.check_presence(pid)
+        return "resolved"
+
+    def _fail(self, rec: Rebook, reason: str) -> str:
+        """FAILED: the upstream refused for good. A refused POST made nothing: its mark goes."""
+        self._move(
+            rec.rebook_id,
+            State.FAILED,
+            from_=ACTIVE_STEPS,
+            reason=reason,
+            fields={"post_sent_ts": None, "answer_ts": None},
+            outcome=State.FAILED.value,
+        )
+        log.warning("rebook %s: FAILED (%s)", rec.rebook_id, reason)
+        self._unblock(rec)
+        return "failed"
+
+    # -- reschedule ------------------------------------------------------------------------------
+    #
+    # The POST is not idempotent, so a second one needs proof that the first made nothing
+    # (README, "Exactly one booking"). The record says "POST sent" (`post_sent_ts`) before the
+    # request goes out; until the mark is settled — a booking found, or proven not made — no
+    # other POST goes out for this rebook, nor for another rebook of the same member and
+    # performer (the gate: their bookings could not be told apart).
+
+    def reschedule(self, rebook_id: str) -> str:
+        return self._locked_step(
+            rebook_id,
+            State.RESCHEDULING,
+            lambda rec: self._reconcile(rec) if rec.post_sent_ts is not None else self._post(rec),
+        )
+
+    def _list(self, rec: Rebook, since: float, share: float | None = None) -> Listing:
+        """The member's bookings created since `since` (a day earlier at the upstream's
+        day granularity; nothing is filtered by time here: the zone is a guess)."""
+        bookings, complete = self._member_call(
+            rec,
+            lambda tok: self.client.list_made_bookings(
+                tok, start=from_ts(since), before_send=self._hold, share=share
+            ),
+        )
+        return Listing(bookings, complete)
+
+    def _candidates(
+        self,
+        rec: Rebook,
+        listing: Listing,
+        since: float,
+        *,
+        known: set[int] | None = None,
+        strict: bool = False,
+    ) -> list[WebcamBooking]:
+        """Bookings that may be the one a POST of this rebook made, oldest first: the member's
+        (the list is theirs), the same performer (or none named), not the original, not owned by
+        another rebook, created since `since` (hours before: no zone error defeats it), and not
+        visible before this POST (`known`).
+
+        `strict`, before a POST (looking for an earlier one whose mark was lost, at any time
+        since receipt), a booking must also look made by a reschedule — SessionDate a few
+        minutes after CreateDate, both site time, so no zone enters — and not be the original
+        of another active rebook.
+        """
+        found = []
+        for b in listing.bookings:
+            if b.booking_id == rec.booking_id or (known is not None and b.booking_id in known):
+                continue
+            if rec.performer_id is not None and b.performer_id not in (None, rec.performer_id):
+                continue
+            if b.create_date is not None and b.create_date.timestamp() < since:
+                continue
+            if strict and (
+                not _looks_rescheduled(b)
+                or self.store.active_owner(b.booking_id, rec.user_id) not in (None, rec.rebook_id)
+            ):
+                continue
+            found.append(b)
+        owners = self.store.owners_of([b.booking_id for b in found])
+        return sorted(
+            (b for b, owner in zip(found, owners, strict=True) if owner in (None, rec.rebook_id)),
+            key=lambda b: b.booking_id,
+        )
+
+    def _adopt(self, rec: Rebook, candidates: Sequence[WebcamBooking], why: str) -> str:
+        if len(candidates) > 1:
+            log.warning(
+                "rebook %s: %d bookings could be ours (%s); taking the oldest",
+                rec.rebook_id,
+                len(candidates),
+                ", ".join(str(b.booking_id) for b in candidates),
+            )
+        log.info("rebook %s: %s: booking %s", rec.rebook_id, why, candidates[0].booking_id)
+        return self._booked(rec, candidates[0], adopted=why)
+
+    def _post(self, rec: Rebook, listing: Listing | None = None) -> str:
+        s = self.settings
+        if rec.attempts >= s.reschedule_max_attempts:
+            self._park(
+                rec,
+                "too_many_attempts",
+                attempts=rec.attempts,
+                action="check the upstream, then `rebook retry ID`",
+            )
+            return "parked"
+        holder = self.store.gate_holder(rec)
+        if holder is not None:
+            return self._gated(rec, holder)
+        # Before a POST, look: a POST whose mark was lost (a failover, a restore) made a booking
+        # that nothing here remembers. What the list shows now is what our POST cannot have made.
+        if listing is None:
+            try:
+                # a member is waiting for this POST: the read before it has the POST's share
+                listing = self._list(
+                    rec, rec.created_ts - s.reconcile_lookback_seconds, RATE_SHARE[POST]
+                )
+            except LeaseLost:
+                raise
+            except UpstreamError as exc:
+                self._retry_later(rec, exc, "reading the member's bookings before the POST")
+                return "retry"
+        # (a list cut at its page limit is fine here: what it did not show stays a candidate)
+        try:
+            token = self.tokens.access_token(rec.user_id)
+        except UpstreamError as exc:  # the token endpoint failed: nothing was sent
+            self._retry_later(rec, exc, "refreshing the member's token")
+            return "retry"
+        seen = sorted({*(rec.known_ids or ()), *(b.booking_id for b in listing.bookings)})
+        marked: list[float] = []
+
+        def mark() -> None:
+            """After the rate limiter, right before the request: lease, mark, replicas."""
+            self._hold()
+            now = self.clock()
+            step = _STEP.get()
+            ok, holder = self.store.start_post(
+                rec.rebook_id,
+                now=now,
+                attempts=rec.attempts + 1,
+                claim=step.token if step else "",
+                known_ids=seen,
+                due=now + self.store.lease,
+            )
+            if not ok:
+                raise Gated(holder) if holder else NotSent("the rebook changed")
+            marked.append(now)
+            # Under the gate now, no sibling's POST is unsettled: a booking in the list that
+            # nobody owns and that looks like ours is one whose mark was lost. Owners are read
+            # only now, so one a sibling took meanwhile is not taken twice.
+            found = self._candidates(
+                rec, listing, rec.created_ts - s.reconcile_lookback_seconds, strict=True
+            )
+            if found:
+                raise _Found(found, self._siblings(rec))
+            if s.redis_wait_replicas:
+                got = self.store.wait_replicas(
+                    rec.rebook_id, s.redis_wait_replicas, s.redis_wait_timeout_ms
+                )
+                if got < s.redis_wait_replicas:
+                    raise NotSent(f"{got} of {s.redis_wait_replicas} replicas have the mark")
+
+        try:
+            booking = self.client.reschedule(token, rec.booking_id, before_send=mark)
+        except Gated as exc:
+            return self._gated(rec, exc.holder)
+        except _Found as exc:
+            if exc.siblings:  # whose is it? a wrong guess books one session twice
+                self._park(  # nothing was sent: the mark goes with it
+                    rec,
+                    "unclaimed_booking",
+                    fields={"post_sent_ts": None, "attempts": rec.attempts},
+                    action=f"booking {exc.bookings[0].booking_id} is nobody's here; it may be "
+                    f"this rebook's or {', '.join(exc.siblings)}'s (a lost \"POST sent\" "
+                    "mark): check upstream, then `rebook retry` the one it belongs to, after "
+                    "recording it",
+                    bookings=[b.booking_id for b in exc.bookings],
+                    siblings=exc.siblings,
+                )
+                return "parked"
+            return self._adopt(rec, exc.bookings, "found upstream before the POST")
+        except LeaseLost:
+            raise
+        except Ambiguous as exc:
+            answered = self.clock()
+            log.warning("rebook %s: reschedule ambiguous (%s); reconciling", rec.rebook_id, exc)
+            self._stay(
+                rec,
+                reason=f"ambiguous: {exc}",
+                require={"post_sent_ts": _mark(marked[0])},
+                fields={"errors": rec.errors + 1, "answer_ts": answered},
+                due=self._proof_due(answered, 1),
+            )
+            return "ambiguous"
+        except AuthExpired:  # 401: the upstream did nothing
+            self._unmark(rec, marked, reason="access token refused", due=self.clock())
+            try:
+                self.tokens.access_token(rec.user_id, rejected=token)
+            except UpstreamError as exc:  # refreshed on the next run instead
+                log.warning("rebook %s: token refresh failed (%s)", rec.rebook_id, exc)
+            return "reauth-retry"
+        except NotFound as exc:
+            return self._fail(rec, f"upstream: {exc.message}")
+        except Rejected as exc:
+            return self._rejected(rec, exc)
+        except UpstreamError as exc:  # nothing was sent, or refused before the upstream acted
+            if isinstance(exc, NotSent) and not marked:
+                return "noop"  # the rebook moved on meanwhile
+            if isinstance(exc, Throttled):
+                wait, errors = self._throttle_wait(exc), rec.errors
+            else:
+                wait = self.backoff(rec.errors, exc.retry_after)
+                errors = rec.errors + 1
+            log.warning(
+                "rebook %s: reschedule not done (%s); again in %.1fs", rec.rebook_id, exc, wait
+            )
+            self._unmark(
+                rec, marked, reason=f"retry: {exc}", due=self.clock() + wait, errors=errors
+            )
+            return "retry"
+        return self._booked(rec, booking)
+
+    def _unmark(
+        self, rec: Rebook, marked: list[float], *, reason: str, due: float, **fields: Any
+    ) -> bool:
+        """The POST was not sent or was refused: its mark goes, and it was no attempt."""
+        require = {"post_sent_ts": _mark(marked[0])} if marked else None
+        return self._stay(
+            rec,
+            reason=reason,
+            require=require,
+            fields={**fields, "post_sent_ts": None, "attempts": rec.attempts},
+            due=due,
+        )
+
+    def _gated(self, rec: Rebook, holder: str) -> str:
+        """Another rebook of the same member and performer has an unsettled POST: wait for it,
+        visibly, and not past `REBOOK_GATE_MAX_WAIT_SECONDS`."""
+        now = self.clock()
+        since = rec.gated_since if rec.gated_since is not None else now
+        if now - since >= self.settings.gate_max_wait_seconds:
+            self._park(
+                rec,
+                "blocked",
+                action=f"settle {holder} first (`rebook status {holder}`); this one goes on "
+                "by itself once it is settled, or `rebook retry` it",
+                fields={"blocked_by": holder},
+                blocked_by=holder,
+            )
+            return "parked"
+        self._stay(
+            rec,
+            reason=f"waiting for {holder} (same member and performer; its reschedule is unsettled)",
+            fields={"gated_since": since, "blocked_by": holder},
+            due=now + self.backoff(0) + self.settings.reconcile_grace_seconds,
+        )
+        return "gated"
+
+    def _siblings(self, rec: Rebook) -> list[str]:
+        """Other rebooks of the member and performer that could have made a booking nobody
+        owns: active ones without a booking, and finished ones that POSTed without one."""
+        active = set(self.store.active_of_user(rec.user_id))
+        ids = sorted((active | set(self.store.posted_without_booking(rec))) - {rec.rebook_id})
+        return [
+            o.rebook_id
+            for o in self.store.get_many(ids)
+            if o.new_booking_id is None
+            and (o.rebook_id not in active or o.state in ACTIVE_STATES)
+            and (None in (o.performer_id, rec.performer_id) or o.performer_id == rec.performer_id)
+        ]
+
+    def _unblock(self, rec: Rebook) -> None:
+        """Its POST settled: the siblings it had parked as `blocked` go on by themselves."""
+        ids = self.store.active_of_user(rec.user_id)
+        if len(ids) < 2:
+            return
+        for other in self.store.get_many(ids):
+            if (
+                other.state == State.NEEDS_ATTENTION
+                and other.reason == "blocked"
+                and other.blocked_by == rec.rebook_id
+            ):
+                self._resume(other, f"{rec.rebook_id} settled")
+
+    def _rejected(self, rec: Rebook, exc: Rejected) -> str:
+        """A 4xx: if a fresh presence check says offline, the performer left in between."""
+        assert rec.performer_id is not None
+        try:
+            self._hold()
+            online: bool | None = self.client.is_online(rec.performer_id)
+        except LeaseLost:
+            raise
+        except UpstreamError:
+            online = None
+        now = self.clock()
+        if online is False:
+            self._move(
+                rec.rebook_id,
+                State.WAITING,
+                from_=[State.RESCHEDULING],
+                reason="performer went offline",
+                fields={"post_sent_ts": None, "answer_ts": None},
+                due=rec.deadline_ts,
+                now=now,
+            )
+            self._unblock(rec)
+            return "waiting"
+        if online is None:
+            self._stay(
+                rec,
+                reason=f"rejected ({exc.message}); presence unknown",
+                fields={"post_sent_ts": None, "errors": rec.errors + 1},
+                due=now + self.backoff(rec.errors),
+            )
+            return "retry"
+        return self._fail(rec, f"upstream refused: {exc.message}")
+
+    def _booked(self, rec: Rebook, booking: WebcamBooking, adopted: str = "") -> str:
+        if not self.store.claim_booking(booking.booking_id, rec.rebook_id):
+            self._park(
+                rec,
+                "booking_claimed_elsewhere",
+                action="the upstream returned a booking another rebook owns; check both records",
+                new_booking_id=booking.booking_id,
+                owner=self.store.owner_of(booking.booking_id),
+            )
+            return "parked"
+        now = self.clock()
+        accept_by = booking.accept_by or from_ts(now + ACCEPT_BY_FALLBACK_SECONDS)
+        assert accept_by is not None
+        info = {
+            "booking_id": booking.booking_id,
+            "accept_by": iso_z(accept_by),
+            "status": booking.status,
+        }
+        detail: dict[str, Any] = {
+            "session_date": iso_z(booking.session_date),
+            "duration": booking.duration,
+            "credits": str(booking.credits) if booking.credits is not None else None,
+        }
+        if adopted:
+            detail["adopted"] = adopted
+        if self._move(
+            rec.rebook_id,
+            State.WATCHING,
+            from_=[State.RESCHEDULING],
+            reason=f"booked ({adopted})" if adopted else "booked",
+            fields={
+                "new_booking_id": booking.booking_id,
+                "accept_by": info["accept_by"],
+                "accept_by_ts": accept_by.timestamp(),
+                "status": booking.status,
+                "errors": 0,
+                "known_ids": None,
+                "gated_since": None,
+                "blocked_by": None,
+            },
+            due=now + self.store.lease,
+            outcome="BOOKED",
+            detail=detail,
+            now=now,
+        ):
+            log.info(
+                "rebook %s: booked %s, accept by %s",
+                rec.rebook_id,
+                booking.booking_id,
+                info["accept_by"],
+            )
+            self.dispatch.watch(rec.rebook_id, info)
+            self._unblock(rec)
+            return "booked"
+        return "fenced"  # another step holds the rebook now: it finds this booking upstream
+
+    def _window_start(self, sent: float, answered: float | None) -> float:
+        """Since when a booking of an unsettled POST may still appear: its ambiguous answer, or,
+        when the worker died before it came, the latest the request could have been in flight."""
+        if answered is not None:
+            return answered
+        return sent + self.settings.send_bound_seconds
+
+    def _proof_due(self, window_start: float, k: int) -> float:
+        """When the k-th of the proof's reads may start: the first a grace after the window
+        opens, the last at its end, the others spread between."""
+        s = self.settings
+        n = s.reconcile_proof_reads
+        if n <= 1:
+            return window_start + s.reconcile_window_seconds
+        span = s.reconcile_window_seconds - s.reconcile_grace_seconds
+        return window_start + s.reconcile_grace_seconds + span * (min(k, n) - 1) / (n - 1)
+
+    def _reconcile(self, rec: Rebook) -> str:
+        """The last POST may have worked: look for it before anything is sent again.
+
+        "Not made" needs `REBOOK_RECONCILE_PROOF_READS` readable, complete list answers without
+        a candidate, the last one starting `REBOOK_RECONCILE_WINDOW_SECONDS` after the window
+        opened (past the HTTP timeout and any commit lag). Anything less is no proof: the rebook
+        waits, and parks when `REBOOK_RECONCILE_MAX_SECONDS` pass without one.
+        """
+        assert rec.post_sent_ts is not None
+        s = self.settings
+        sent = rec.post_sent_ts
+        start = self._window_start(sent, rec.answer_ts)
+        k = rec.empty_reads + 1
+        read_at = self.clock()  # a read that *starts* at its time counts
+        if read_at < self._proof_due(start, k):
+            self._stay(rec, reason=rec.reason, due=self._proof_due(start, k))
+            return "grace"
+        if read_at > start + s.reconcile_max_seconds:
+            return self._park_unsettled(rec, rec.reconcile_tries, "no proof within the bound")
+        known = set(rec.known_ids) if rec.known_ids is not None else None
+        try:
+            listing = self._list(rec, sent - s.reconcile_lookback_seconds)
+        except (ReauthRequired, LeaseLost):
+            raise
+        except Throttled as exc:
+            self._retry_later(rec, exc, "reconciling")
+            return "throttled"
+        except UpstreamError as exc:
+            return self._unreadable(rec, str(exc))
+        found = self._candidates(rec, listing, sent - s.reconcile_lookback_seconds, known=known)
+        if found:
+            return self._adopt(rec, found, "reconciled: the POST had made it")
+        if not listing.complete:
+            return self._unreadable(rec, "the member's list is too long to read whole")
+        if k < s.reconcile_proof_reads:
+            self._stay(
+                rec,
+                reason=f"reconciling: {k} of {s.reconcile_proof_reads} reads found no booking",
+                require={"post_sent_ts": _mark(sent)},
+                fields={"empty_reads": k},
+                due=self._proof_due(start, k + 1),
+            )
+            return "proving"
+        # Proven: the POST did not make a booking. Its mark goes; the next POST may go out.
+        if not self._stay(
+            rec,
+            reason="reconciled: no booking was made",
+            require={"post_sent_ts": _mark(sent)},
+            fields={
+                "post_sent_ts": None,
+                "answer_ts": None,
+                "empty_reads": None,
+                "reconcile_tries": 0,
+            },
+            due=self.clock() + self.store.lease,
+        ):
+            return "noop"
+        fresh = self.store.get(rec.rebook_id)
+        return self._post(fresh, listing) if fresh is not None else "noop"
+
+    def _unreadable(self, rec: Rebook, error: str) -> str:
+        """A read that proves nothing either way: counted, and parked past the limit."""
+        tries = rec.reconcile_tries + 1
+        if tries >= self.settings.reconcile_max_tries:
+            return self._park_unsettled(rec, tries, error)
+        self._stay(
+            rec,
+            reason=f"reconcile failed: {error}",
+            fields={"reconcile_tries": tries},
+            due=self.clock() + self.backoff(tries),
+        )
+        return "retry"
+
+    def _park_unsettled(self, rec: Rebook, tries: int, error: str) -> str:
+        self._park(
+            rec,
+            "ambiguous_reschedule",
+            tries=tries,
+            error=error,
+            action="look for the booking upstream, then `rebook retry ID` (it reconciles "
+            "again before any new request)",
+        )
+        return "parked"
+
+    # -- watch -----------------------------------------------------------------------------------
+
+    def watch(self, rebook_id: str, booking: dict[str, Any] | None = None) -> str:
+        """`booking` is what the message carried; the record's copy is the one trusted."""
+        return self._locked_step(rebook_id, State.WATCHING, self._watch)
+
+    def _watch(self, rec: Rebook) -> str:
+        new_booking_id = rec.new_booking_id
+        if new_booking_id is None:
+            return "noop"
+        accept_by = rec.accept_by_ts or (rec.created_ts + ACCEPT_BY_FALLBACK_SECONDS)
+        try:
+            booking = self._read_watched(rec, new_booking_id, accept_by)
+        except Rejected as exc:
+            self._park(
+                rec,
+                "watch_failed",
+                error=str(exc),
+                action="check the booking upstream, then `rebook retry ID`",
+            )
+            return "parked"
+        except UpstreamError as exc:
+            overdue = self.clock() - accept_by
+            if overdue > max(600.0, 10 * self.settings.watch_interval_seconds) and (
+                rec.errors + 1 >= self.settings.reconcile_max_tries
+            ):
+                self._park(
+                    rec,
+                    "watch_unreadable",
+                    error=str(exc),
+                    action="check the booking upstream, then `rebook retry ID`",
+                )
+                return "parked"
+            self._retry_later(rec, exc, "reading the new booking")
+            return "retry"
+        now = self.clock()
+        if booking is None:
+            self._stay(rec, reason=rec.reason, due=now + self.settings.sweep_interval_seconds)
+            return "deferred"
+        final = booking.final_state
+        if booking.accept_by is not None:
+            accept_by = booking.accept_by.timestamp()
+        if final == State.ACCEPTED and self.settings.auto_confirm:
+            return self._confirm(rec, booking)
+        if final is not None:
+            return self._finish(rec, booking, final)
+        if now >= accept_by:
+            self._move(
+                rec.rebook_id,
+                State.EXPIRED,
+                from_=[State.WATCHING],
+                reason=f"AcceptBy passed while {booking.status or 'Pending'}",
+                fields={"status": booking.status},
+                outcome=State.EXPIRED.value,
+                now=now,
+            )
+            log.info("rebook %s: EXPIRED", rec.rebook_id)
+            return "expired"
+        self._stay(
+            rec,
+            reason=rec.reason,
+            fields={
+                "status": booking.status,
+                "errors": 0,
+                "accept_by_ts": accept_by,
+                "accept_by": iso_z(from_ts(accept_by)),
+            },
+            due=min(now + self.settings.watch_interval_seconds, accept_by),
+            now=now,
+        )
+        return "pending"
+
+    def _read_watched(self, rec: Rebook, booking_id: int, accept_by: float) -> WebcamBooking | None:
+        """The watched booking's state, at one MadeBookings call per member per interval.
+
+        The first watch of a member in an interval reads the member's recent bookings once and
+        caches them for everyone watching that interval; the others use the cache. None: another
+        worker is reading that list right now; the step comes back a sweep later instead of
+        spending a MadeBookingDetails call (watch reads have minutes of slack). A booking not in
+        the list, and the last read at AcceptBy (EXPIRED must rest on a fresh answer), go to
+        MadeBookingDetails.
+        """
+        interval = self.settings.watch_interval_seconds
+        if self.clock() < accept_by:
+            if self.store.claim_window(f"watchlist:{rec.user_id}", interval) == 0:
+                watching = [
+                    r
+                    for r in self.store.get_many(self.store.active_of_user(rec.user_id))
+                    if r.state == State.WATCHING
+                ]
+                since = min((r.post_sent_ts or r.created_ts) for r in [rec, *watching])
+                found = self._member_call(
+                    rec,
+                    lambda tok: list(
+                        self.client.iter_made_bookings(
+                            # a lookback of hours: a wrong zone must not hide what we watch
+                            tok,
+                            start=from_ts(since - self.settings.reconcile_lookback_seconds),
+                            max_pages=5,
+                        )
+                    ),
+                )
+                self.store.cache_bookings(
+                    rec.user_id,
+                    {b.booking_id: b.model_dump_json(by_alias=True) for b in found},
+                    ttl=interval,
+                )
+            listed, cached = self.store.cached_booking(rec.user_id, booking_id)
+            if cached is not None:
+                return WebcamBooking.model_validate_json(cached, context={"tz": self.settings.zone})
+            if not listed:
+                return None
+        return self._member_call(rec, lambda tok: self.client.booking_details(tok, booking_id))
+
+    def _finish(self, rec: Rebook, booking: WebcamBooking, final: State, reason: str = "") -> str:
+        self._move(
+            rec.rebook_id,
+            final,
+            from_=[State.WATCHING],
+            reason=reason or booking.reason or f"upstream status {booking.status}",
+            fields={"status": booking.status},
+            outcome=final.value,
+        )
+        log.info("rebook %s: %s", rec.rebook_id, final.value)
+        return final.value.lower()
+
+    def _confirm(self, rec: Rebook, booking: WebcamBooking) -> str:
+        """REBOOK_AUTO_CONFIRM: confirm an Accepted booking (costs credits; upstream rules:
+        only Accepted, only before SessionDate). Confirm is not idempotent either: after an
+        ambiguous answer it goes again only on the same proof as a POST — readable status
+        reads, still Accepted, spread over the reconcile window (`_proof_due`)."""
+        now = self.clock()
+        if booking.session_date is not None and booking.session_date.timestamp() <= now:
+            return self._finish(rec, booking, State.ACCEPTED, "accepted; too late to confirm")
+        sent = rec.confirm_sent_ts
+        if sent is not None:
+            start = self._window_start(sent, rec.confirm_answer_ts)
+            k = rec.confirm_reads + 1
+            if now < self._proof_due(start, k):
+                self._stay(rec, reason=rec.reason, due=self._proof_due(start, k))
+                return "confirm-pending"
+            try:  # a fresh read of our own: a cached list may predate the confirm
+                self._hold()
+                booking = self._member_call(
+                    rec, lambda tok: self.client.booking_details(tok, booking.booking_id)
+                )
+            except LeaseLost:
+                raise
+            except UpstreamError as exc:
+                self._retry_later(rec, exc, "reading the booking after a confirm")
+                return "confirm-retry"
+            final = booking.final_state
+            if final is not None and final != State.ACCEPTED:
+                return self._finish(rec, booking, final)
+            if k < self.settings.reconcile_proof_reads:
+                self._stay(
+                    rec,
+                    reason=rec.reason,
+                    require={"confirm_sent_ts": repr(sent)},
+                    fields={"confirm_reads": k},
+                    due=self._proof_due(start, k + 1),
+                )
+                return "confirm-proving"
+        self.store.forget_cached(rec.user_id, booking.booking_id)
+        if not self._stay(
+            rec,
+            reason="confirm sent",
+            fields={"confirm_sent_ts": now, "confirm_answer_ts": None, "confirm_reads": None},
+            due=now + self.store.lease,
+        ):
+            return "noop"
+        try:
+            self._hold()
+            confirmed = self._member_call(
+                rec, lambda tok: self.client.confirm(tok, booking.booking_id)
+            )
+        except Rejected as exc:
+            return self._finish(
+                rec, booking, State.ACCEPTED, f"auto-confirm refused: {exc.message}"
+            )
+        except LeaseLost:
+            raise
+        except Ambiguous as exc:  # read the status again, on proof, before confirming again
+            answered = self.clock()
+            log.warning("rebook %s: confirm not settled (%s)", rec.rebook_id, exc)
+            self._stay(
+                rec,
+                reason=f"confirm unsettled: {exc}",
+                fields={"confirm_answer_ts": answered},
+                due=self._proof_due(answered, 1),
+            )
+            return "confirm-retry"
+        except UpstreamError as exc:  # not sent (or a 401 twice): nothing was confirmed
+            self._stay(
+                rec,
+                reason=f"confirm not sent: {exc}",
+                fields={"confirm_sent_ts": None},
+                due=self.clock() + self.backoff(rec.errors, exc.retry_after),
+            )
+            return "confirm-retry"
+        return self._finish(rec, confirmed, State.CONFIRMED, "auto-confirmed")
+
+    # -- beat ------------------------------------------------------------------------------------
+
+    def sweep(self) -> dict[str, int]:
+        """Re-dispatches whatever is overdue: a lost message only delays, never loses."""
+        now = self.clock()
+        # performers due before the next sweep are sent now, to run on time: a performer who
+        # came online is seen within one presence interval, not one interval plus one sweep
+        # Presence gets at most its budget's worth per sweep, the longest due (the least
+        # recently polled) first, spread over the sweep interval: under a short budget every
+        # performer waits its turn in one line instead of a scramble for the window.
+        budget = presence_budget(self.settings.upstream_rate_per_second)
+        spacing = 0.0 if math.isinf(budget) else 1.0 / budget
+        share: int | None = None
+        if not math.isinf(budget):  # whole calls, the fraction carried on average (unbiased)
+            exact = budget * self.settings.sweep_interval_seconds
+            share = max(1, math.floor(exact) + (random.random() < exact - math.floor(exact)))
+        ids, pids = self.store.claim_due(
+            now,
+            self.settings.sweep_batch,
+            ahead=self.settings.sweep_interval_seconds,
+            performers=share,
+        )
+        self.store.note_presence_performers(now)
+        counts = {"performers": len(pids), "rebooks": len(ids), "gave_up": 0}
+        expired: list[str] = []
+        with self.dispatch.batch():
+            for i, (pid, due) in enumerate(sorted(pids.items(), key=lambda row: row[1])):
+                at = max(due, now + i * spacing)
+                self.dispatch.check_presence(pid, at=at if at > now else None)
+            for rec in self.store.get_many(ids):
+                if rec.state == State.WAITING:
+                    if now >= rec.deadline_ts:
+                        expired.append(rec.rebook_id)
+                    elif rec.performer_id is None:
+                        self.dispatch.check_presence(None, rec.rebook_id)
+                    else:
+                        self._stay(rec, reason=rec.reason, due=rec.deadline_ts)
+                elif rec.state == State.RESCHEDULING:
+                    self.dispatch.reschedule(rec.rebook_id)
+                elif rec.state == State.WATCHING and rec.new_booking_id is not None:
+                    self.dispatch.watch(
+                        rec.rebook_id,
+                        {
+                            "booking_id": rec.new_booking_id,
+                            "accept_by": rec.accept_by,
+                            "status": rec.status,
+                        },
+                    )
+                else:
+                    self._move(
+                        rec.rebook_id, rec.state, from_=[rec.state], reason=rec.reason, due=REMOVE
+                    )
+        if expired:  # one script call per shard for all of them
+            gave_up = self.store.transition_many(
+                expired,
+                State.GAVE_UP,
+                from_=[State.WAITING],
+                reason="performer not online within max wait",
+                outcome=State.GAVE_UP.value,
+                now=now,
+            )
+            counts["gave_up"] = len(gave_up)
+        return counts
+
+    def housekeeping(self) -> int:
+        return self.store.expire_finished(self.clock())
+
+    # -- operators -------------------------------------------------------------------------------
+
+    def cancel(self, ident: str) -> Rebook:
+        """ABORTED. A rebook whose last POST is unsettled keeps its mark (and its gate): it may
+        have made a booking, and `retry` reconciles that before any new request."""
+        rec = self._find(ident)
+        if rec.state.terminal:
+            raise Refused(f"{rec.rebook_id} is already {rec.state.value}; nothing to cancel")
+        reason = "cancelled by operator"
+        if rec.unsettled:
+            reason += (
+                "; its last reschedule request is unsettled: a booking may have been made "
+                "(`rebook retry` reconciles it before any new request)"
+            )
+        if not self._move(
+            rec.rebook_id,
+            State.ABORTED,
+            from_=[rec.state],
+            reason=reason,
+            require={"post_sent_ts": _mark(rec.post_sent_ts)},
+            outcome=State.ABORTED.value,
+        ):
+            raise Refused(f"{rec.rebook_id} changed meanwhile; try again")
+        return self._find(rec.rebook_id)
+
+    def retry(self, ident: str) -> Rebook:
+        """NEEDS_ATTENTION resumes its step; GAVE_UP, FAILED and ABORTED with no new booking
+        start waiting again. Whatever made a booking is refused: a second one would be a
+        second booking for the same rebook."""
+        rec = self._find(ident)
+        if rec.state == State.NEEDS_ATTENTION:
+            self._resume(rec, "retried by operator")
+        elif rec.state in (State.GAVE_UP, State.FAILED, State.ABORTED):
+            if rec.new_booking_id is not None:
+                raise Refused(
+                    f"{rec.rebook_id} is {rec.state.value} after booking {rec.new_booking_id} was "
+                    "made; send a new event to rebook again"
+                )
+            self._restart(rec)
+        elif rec.state == State.DUPLICATE:
+            raise Refused(f"{rec.rebook_id} is a duplicate of {rec.duplicate_of}; retry that one")
+        elif rec.state.terminal:
+            raise Refused(
+                f"{rec.rebook_id} is {rec.state.value}: booking {rec.new_booking_id} was made and "
+                "decided; send a new event to rebook again"
+            )
+        else:
+            raise Refused(f"{rec.rebook_id} is {rec.state.value} and in progress; nothing to retry")
+        return self._find(rec.rebook_id)
+
+    def _restart(self, rec: Rebook) -> None:
+        """A finished rebook waits again — or, if its last POST is unsettled, reconciles first:
+        a retry never clears a mark it has not settled."""
+        now = self.clock()
+        deadline = now + self.settings.max_wait_seconds
+        fields: dict[str, Any] = {
+            "deadline_ts": deadline,
+            "errors": 0,
+            "attempts": 0,
+            "reconcile_tries": 0,
+            "action": None,
+        }
+        to, due = State.WAITING, deadline if rec.performer_id is not None else now
+        if rec.unsettled:
+            to, due = State.RESCHEDULING, now
+            fields.update(answer_ts=now, empty_reads=None, attempts=rec.attempts)
+        if not self._move(
+            rec.rebook_id,
+            to,
+            from_=[rec.state],
+            reason="retried by operator",
+            require={"post_sent_ts": _mark(rec.post_sent_ts)},
+            fields=fields,
+            due=due,
+            now=now,
+        ):
+            active = self.store.active_owner(rec.booking_id, rec.user_id)
+            raise Refused(
+                f"booking {rec.booking_id} has another active rebook ({active}); not restarted"
+                if active and active != rec.rebook_id
+                else f"{rec.rebook_id} changed; try again"
+            )
+        if to == State.RESCHEDULING:
+            self.dispatch.reschedule(rec.rebook_id)
+        elif rec.performer_id is not None:
+            self.dispatch.check_presence(rec.performer_id)
+        else:
+            self.dispatch.check_presence(None, rec.rebook_id)
+
+    def resume_member(self, user_id: str) -> int:
+        """After `rebook tokens set`: the member's rebooks parked for `reauth` go on."""
+        resumed = 0
+        for rec in self.store.get_many(self.store.active_of_user(user_id)):
+            if rec.state == State.NEEDS_ATTENTION and rec.reason == "reauth":
+                self._resume(rec, "tokens renewed")
+                resumed += 1
+        return resumed
+
+    def _resume(self, rec: Rebook, reason: str) -> None:
+        to = rec.resume_state if rec.resume_state in ACTIVE_STEPS else State.WAITING
+        now = self.clock()
+        fields: dict[str, Any] = {
+            "errors": 0,
+            "reconcile_tries": 0,
+            "action": None,
+            "gated_since": None,
+            "blocked_by": None,
+        }
+        if rec.unsettled:  # reconcile first, the proof's window starting afresh
+            to = State.RESCHEDULING
+            fields.update(answer_ts=now, empty_reads=None)
+        if to == State.WAITING:
+            deadline = max(rec.deadline_ts, now + self.settings.presence_interval_seconds * 2)
+            fields["deadline_ts"] = deadline
+            due: float = deadline
+        else:
+            due = now + self.store.lease
+            if to == State.RESCHEDULING and rec.post_sent_ts is None:
+                fields["attempts"] = 0
+        if not self._move(
+            rec.rebook_id,
+            to,
+            from_=[State.NEEDS_ATTENTION],
+            reason=reason,
+            require={"post_sent_ts": _mark(rec.post_sent_ts)},
+            fields=fields,
+            due=due,
+            now=now,
+        ):
+            return
+        if to == State.WAITING and rec.performer_id is not None:
+            self.dispatch.check_presence(rec.performer_id)
+        elif to == State.WAITING:
+            self.dispatch.check_presence(None, rec.rebook_id)
+        elif to == State.RESCHEDULING:
+            self.dispatch.reschedule(rec.rebook_id)
+        else:
+            self.dispatch.watch(
+                rec.rebook_id, {"booking_id": rec.new_booking_id, "accept_by": rec.accept_by}
+            )
+
+    def _find(self, ident: str) -> Rebook:
+        rec = self.store.find(ident)
+        if rec is None:
+            raise LookupError(f"no rebook {ident!r}")
+        return rec
+
+
+RESCHEDULED_LEAD = (0.0, 15 * 60.0)
+"""SessionDate - CreateDate of a booking RescheduleMadeBooking made (the docs: now + 5 min)."""
+
+
+def _looks_rescheduled(booking: WebcamBooking) -> bool:
+    if booking.create_date is None or booking.session_date is None:
+        return False
+    lead = (booking.session_date - booking.create_date).total_seconds()
+    low, high = RESCHEDULED_LEAD
+    return low <= lead <= high
+
+
+def _mark(post_sent_ts: float | None) -> str:
+    """A "POST sent" mark as a transition guard compares it ("" = none)."""
+    return "" if post_sent_ts is None else repr(post_sent_ts)
+
+
+def _release(lock: Any) -> None:
+    try:
+        lock.release()
+    except Exception:  # expired while we worked: the sweep may already have re-dispatched
+        log.warning("a step outlived its lock (%s)", getattr(lock, "name", "?"))

@@ -1,0 +1,154 @@
+-- Atomic state change of one rebook: compare-and-set on its state (and optional guard fields),
+-- field updates, state indexes, history, due index, performer index and the outcome stream.
+-- ARGV: 1 prefix, 2 rebook id (or several, comma-separated: one call for a batch),
+--       3 allowed from-states (comma list or "*"), 4 to-state,
+--       5 now (unix seconds), 6 now ISO-Z, 7 reason, 8 due ("" keep, "-" remove, else score),
+--       9 outcome state ("" none), 10 retention seconds, 11 fields JSON, 12 guards JSON,
+--       13 detail JSON, 14 lease seconds, 15 "gate" to take the member+performer gate
+-- Returns, for one id, {1, previous state} on success, {0, current state or ""} when refused, and
+-- {0, "gate:" .. holder} when another rebook of the same member and performer has an unsettled
+-- POST (reconciliation could not tell their bookings apart, so they never overlap): "POST sent"
+-- set and no booking found, whatever its state. For several
+-- ids it returns one 1/0 per id.
+local p = ARGV[1]
+local guards = cjson.decode(ARGV[12])
+local fields = cjson.decode(ARGV[11])
+local to, now, now_iso, reason = ARGV[4], tonumber(ARGV[5]), ARGV[6], ARGV[7]
+local function is_terminal(s)
+  return not (s == 'WAITING' or s == 'RESCHEDULING' or s == 'WATCHING' or s == 'NEEDS_ATTENTION')
+end
+
+-- the record fields this script reads, fetched once per rebook (one HMGET, not a dozen HGETs)
+local NAMES = {'state', 'user_id', 'performer_id', 'booking_id', 'post_sent_ts', 'event_id',
+  'new_booking_id', 'accept_by', 'status'}
+
+local function apply(id)
+  local rk = p .. 'r:' .. id
+  local vals = redis.call('HMGET', rk, unpack(NAMES))
+  local rec = {}
+  for i, name in ipairs(NAMES) do rec[name] = vals[i] end
+  local cur = rec.state
+  if not cur then return {0, ''} end
+  if ARGV[3] ~= '*' then
+    local ok = false
+    for s in string.gmatch(ARGV[3], '[^,]+') do if s == cur then ok = true end end
+    if not ok then return {0, cur} end
+  end
+  for f, v in pairs(guards) do
+    local have = redis.call('HGET', rk, f) or ''
+    if have ~= v then return {0, cur} end
+  end
+  local uid = rec.user_id or ''
+  local gate = p .. 'gate:' .. uid .. ':' .. (rec.performer_id or '')
+  if ARGV[15] == 'gate' then
+    local holder = redis.call('GET', gate)
+    if holder and holder ~= id then
+      -- held while the holder's POST is unsettled, in any state: a cancelled rebook whose POST
+      -- may have made a booking still holds it (its booking would look like ours)
+      local held = redis.call('HMGET', p .. 'r:' .. holder, 'post_sent_ts', 'new_booking_id')
+      if (held[1] or '') ~= '' and (held[2] or '') == '' then
+        return {0, 'gate:' .. holder}
+      end
+    end
+    redis.call('SET', gate, id)
+    -- who has ever POSTed for this member and performer without a booking to show for it: an
+    -- unclaimed booking found later may be any of theirs (a lost mark)
+    local posted = p .. 'posted:' .. uid .. ':' .. (rec.performer_id or '')
+    redis.call('SADD', posted, id)
+    redis.call('EXPIRE', posted, math.floor(tonumber(ARGV[10]) + 86400))
+  end
+  if is_terminal(cur) and not is_terminal(to) then
+    -- an operator's retry of a finished rebook: it must own its booking again
+    local ak = p .. 'active:' .. (rec.booking_id or '')
+    local owner = redis.call('GET', ak)
+    if owner and owner ~= id then return {0, 'active:' .. owner} end
+    redis.call('SET', ak, id)
+    redis.call('ZREM', p .. 'finished', id)
+    redis.call('PERSIST', rk)
+    redis.call('PERSIST', p .. 'h:' .. id)
+    redis.call('SADD', p .. 'user:' .. uid, id)
+  end
+  for f, v in pairs(fields) do
+    if v == '' then
+      redis.call('HDEL', rk, f)
+      rec[f] = false
+    else
+      redis.call('HSET', rk, f, v)
+      rec[f] = v
+    end
+  end
+  redis.call('HSET', rk, 'state', to, 'reason', reason, 'updated_ts', ARGV[5])
+  local pid = rec.performer_id or ''
+  if cur ~= to then
+    redis.call('SREM', p .. 'st:' .. cur, id)
+    redis.call('SADD', p .. 'st:' .. to, id)
+    redis.call('RPUSH', p .. 'h:' .. id,
+      cjson.encode({at = now_iso, from = cur, to = to, reason = reason}))
+    if cur == 'WAITING' and pid ~= '' then redis.call('SREM', p .. 'perf:' .. pid, id) end
+    if to == 'NEEDS_ATTENTION' then redis.call('HSET', rk, 'resume_state', cur) end
+  end
+  if to == 'WAITING' and pid ~= '' then
+    redis.call('SADD', p .. 'perf:' .. pid, id)
+    redis.call('ZADD', p .. 'performers', 'NX', now, pid)
+  end
+  local terminal = is_terminal(to)
+  if terminal then
+    local ak = p .. 'active:' .. (rec.booking_id or '')
+    if redis.call('GET', ak) == id then redis.call('DEL', ak) end
+    redis.call('SREM', p .. 'user:' .. (rec.user_id or ''), id)
+    redis.call('ZREM', p .. 'due', id)
+    redis.call('ZADD', p .. 'finished', now, id)
+    local ttl = math.floor(tonumber(ARGV[10]) + 86400)
+    redis.call('EXPIRE', rk, ttl)
+    redis.call('EXPIRE', p .. 'h:' .. id, ttl)
+  elseif ARGV[8] == '-' then
+    redis.call('ZREM', p .. 'due', id)
+  elseif ARGV[8] ~= '' then
+    redis.call('ZADD', p .. 'due', tonumber(ARGV[8]), id)
+  end
+  -- the gate is free again once this rebook's POST is settled: booked, or proven not made
+  if (rec.post_sent_ts or '') == '' or (rec.new_booking_id or '') ~= '' then
+    if redis.call('GET', gate) == id then redis.call('DEL', gate) end
+  end
+  if (rec.new_booking_id or '') ~= '' and cur ~= to then
+    redis.call('SREM', p .. 'posted:' .. uid .. ':' .. (rec.performer_id or ''), id)
+  end
+  if ARGV[9] ~= '' then
+    redis.call('HINCRBY', p .. 'metrics:outcomes', ARGV[9], 1)
+    -- console (additive, read by nothing above): outcomes per hour (kept 50 h), received ->
+    -- BOOKED seconds in fixed buckets per hour, and the member / performer / booking indexes of
+    -- rebooks that have had an outcome (worker/core/search.py; housekeeping removes finished ids).
+    -- A rebook before its first outcome is found through user:, perf: and active: instead, so
+    -- a waiting rebook costs no byte here.
+    local hour = math.floor(now / 3600)
+    redis.call('HINCRBY', p .. 'chart:out:' .. hour, ARGV[9], 1)
+    redis.call('EXPIRE', p .. 'chart:out:' .. hour, 180000)
+    local created = tonumber(redis.call('HGET', rk, 'created_ts') or '') or now
+    if ARGV[9] == 'BOOKED' then
+      local secs, bucket = now - created, 0
+      for i, edge in ipairs({10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 43200}) do
+        if secs > edge then bucket = i end
+      end
+      redis.call('HINCRBY', p .. 'chart:booked:' .. hour, bucket, 1)
+      redis.call('EXPIRE', p .. 'chart:booked:' .. hour, 180000)
+    end
+    redis.call('ZADD', p .. 'ix:user:' .. uid, 'NX', created, id)
+    if pid ~= '' then redis.call('ZADD', p .. 'ix:perf:' .. pid, 'NX', created, id) end
+    if terminal then
+      redis.call('ZADD', p .. 'ix:book:' .. (rec.booking_id or ''), 'NX', created, id)
+    end
+    redis.call('XADD', p .. 'outcomes', '*',
+      'rebook_id', id, 'event_id', rec.event_id or '', 'state', ARGV[9],
+      'booking_id', rec.booking_id or '', 'new_booking_id', rec.new_booking_id or '',
+      'accept_by', rec.accept_by or '', 'status', rec.status or '',
+      'reason', reason, 'at', now_iso, 'detail', ARGV[13])
+  end
+  return {1, cur}
+end
+
+local ids = {}
+for one in string.gmatch(ARGV[2], '[^,]+') do ids[#ids + 1] = one end
+if #ids == 1 then return apply(ids[1]) end
+local results = {}
+for i, one in ipairs(ids) do results[i] = apply(one)[1] end
+return results

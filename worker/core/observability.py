@@ -1,0 +1,228 @@
+"""Logging (console or JSON, secrets scrubbed) and Sentry, set up once per process."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import sys
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from worker.core.settings import Settings
+
+_Q = r"(?:\\?[\"'])?"  # an optional quote, maybe escaped (JSON inside a JSON string)
+_SECRET_PATTERNS = [
+    # Authorization: Bearer x / Basic x / any scheme; a bare "Bearer x" or "Basic x" too
+    re.compile(
+        r"(?i)(authorization" + _Q + r"\s*[:=]\s*" + _Q + r"(?:[A-Za-z]+\s+)?)[^\"'\s,&}\\]+"
+    ),
+    re.compile(r"(?i)(\b(?:bearer|basic)\s+)[A-Za-z0-9._~+/=-]{6,}"),
+    # name=value, name: value, "name": "value" for any name ending in a secret word:
+    # token, access_token, X-Api-Key, apiKey, client_secret, secret, password, passwd, ...
+    re.compile(
+        r"(?i)(\b[A-Za-z0-9_.-]*(?:token|secret|passw(?:or)?d|pwd|api[_-]?key|credential)"
+        + _Q
+        + r"\s*[:=]\s*"
+        + _Q
+        + r")[^\"'\s,&}\\]+"
+    ),
+]
+_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/@\s\"']*:)[^@\s/\"']+(@)")
+"""A password in a URL (redis://user:pw@host, amqp://..., https://...)."""
+_secret_values: set[str] = set()
+
+
+CONTEXT_FIELDS = ("rebook_id", "event_id", "booking_id", "performer_id", "task_id")
+_context: ContextVar[dict[str, Any]] = ContextVar("rebook_log_context", default={})  # noqa: B039
+
+
+@contextlib.contextmanager
+def bound(**fields: Any) -> Iterator[None]:
+    """Every log line written inside carries these fields (ids only, never secrets)."""
+    merged = {**_context.get(), **{k: v for k, v in fields.items() if v is not None}}
+    token = _context.set(merged)
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+def bind_task(task_id: str | None) -> None:
+    """Called by Celery's task_prerun/postrun signals: the task id on every line of a step."""
+    _context.set({"task_id": task_id} if task_id else {})
+
+
+class ContextFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        ctx = _context.get()
+        for name in CONTEXT_FIELDS:
+            setattr(record, name, ctx.get(name))
+        record.context = " ".join(f"{k}={ctx[k]}" for k in CONTEXT_FIELDS if ctx.get(k) is not None)
+        return True
+
+
+def register_secret(value: str | None) -> None:
+    """A literal value that must never reach a log line or a Sentry event."""
+    if value and len(value) >= 6:
+        _secret_values.add(value)
+
+
+def register_settings_secrets(settings: Settings) -> None:
+    for secret in (
+        settings.api_key,
+        settings.oauth_client_secret,
+        settings.token_key,
+        settings.token_keys,
+        settings.webhook_secret,
+        settings.flower_basic_auth,
+        settings.sentry_dsn,
+    ):
+        if secret is not None:
+            register_secret(secret.get_secret_value())
+    for key in settings.token_key_list:  # each key of REBOOK_TOKEN_KEYS alone
+        register_secret(key)
+    for auth in (settings.flower_basic_auth, settings.exporter_basic_auth):
+        if auth is not None:  # user1:pw1,user2:pw2: each password alone
+            register_secret(auth.get_secret_value())
+            for pair in auth.get_secret_value().split(","):
+                register_secret(pair.partition(":")[2])
+    for url in (settings.redis_url, settings.broker_url):
+        if url:
+            register_secret(urlsplit(url).password)
+
+
+def scrub(text: str) -> str:
+    for value in _secret_values:
+        if value in text:
+            text = text.replace(value, "[redacted]")
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(r"\1[redacted]", text)
+    return _URL_PASSWORD.sub(r"\1[redacted]\2", text)
+
+
+class ScrubFilter(logging.Filter):
+    """Renders the message early and scrubs it, so no handler ever sees a secret."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string must not lose the line
+            message = str(record.msg)
+        record.msg = scrub(message)
+        record.args = None
+        if record.exc_info and record.exc_info[1] is not None:
+            record.exc_text = scrub(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+            "process": record.processName,
+        }
+        for name in CONTEXT_FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                data[name] = value
+        if record.exc_text:
+            data["exc"] = record.exc_text
+        return json.dumps(data, ensure_ascii=False)
+
+
+def configure_logging(settings: Settings, stream: Any = None) -> None:
+    """Replaces the root handlers; Celery is told to leave logging to us (setup_logging signal)."""
+    register_settings_secrets(settings)
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.addFilter(ContextFilter())
+    handler.addFilter(ScrubFilter())
+    if settings.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter(
+                "%(asctime)s %(levelname)-7s %(name)s [%(processName)s] %(message)s  %(context)s"
+            )
+        )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level)
+    for noisy in ("urllib3", "requests", "kombu", "amqp"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _before_send(event: Any, hint: Any) -> Any:
+    """Scrubs every string of a Sentry event (messages, frames' vars, breadcrumbs, request)."""
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, str):
+            return scrub(value)
+        if isinstance(value, dict):
+            return {k: walk(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        return value
+
+    return walk(event)
+
+
+def init_sentry(settings: Settings, **extra: Any) -> bool:
+    """Sentry with its Celery integration, only when REBOOK_SENTRY_DSN is set."""
+    if settings.sentry_dsn is None:
+        return False
+    import sentry_sdk
+    from sentry_sdk.integrations.celery import CeleryIntegration
+
+    from worker import __version__
+
+    register_settings_secrets(settings)
+    sentry_sdk.init(
+        dsn=settings.sentry_dsn.get_secret_value(),
+        environment=settings.sentry_environment,
+        release=f"rebook@{__version__}",
+        # Sentry Crons cannot monitor sub-minute intervals: the sweep reports itself instead
+        # (`sweep_heartbeat`); housekeeping is monitored by the integration.
+        integrations=[
+            CeleryIntegration(
+                monitor_beat_tasks=True, exclude_beat_tasks=["rebook-sweep", "rebook-fanout"]
+            )
+        ],
+        send_default_pii=False,
+        include_local_variables=False,
+        before_send=_before_send,
+        before_breadcrumb=lambda crumb, hint: _before_send(crumb, hint),
+        **extra,
+    )
+    return True
+
+
+HEARTBEAT_SECONDS = 60
+
+
+def sweep_heartbeat(claim: Callable[[], bool]) -> bool:
+    """A Sentry cron check-in for the sweep at most once a minute (across all workers, through
+    `claim`), so a dead beat shows up in Sentry as a missed check-in."""
+    import sentry_sdk
+    from sentry_sdk.crons import capture_checkin
+
+    if not sentry_sdk.is_initialized() or not claim():
+        return False
+    capture_checkin(
+        monitor_slug="rebook-sweep",
+        status="ok",
+        monitor_config={
+            "schedule": {"type": "interval", "value": 1, "unit": "minute"},
+            "checkin_margin": 2,
+            "max_runtime": 1,
+        },
+    )
+    return True

@@ -1,0 +1,461 @@
+"""Settings from the environment (`REBOOK_*`) and `.env`, validated once at start-up.
+
+A bad value must stop a process before it touches a message, with one line naming the variable:
+`load_settings()` turns pydantic's multi-line report into :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import sys
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker.core.errors import ConfigError
+
+ENV_PREFIX = "REBOOK_"
+#: The documented hosts (UPSTREAM.md): the API, and OAuth on the platform host, not the API host.
+PRODUCTION_API_URL = "https://api.adultwork.com"
+PRODUCTION_TOKEN_URL = "https://platform.adultwork.com/OAuth/token"
+#: Settings with no default: every process that talks to the upstream needs them.
+REQUIRED = ("api_key", "oauth_client_id", "oauth_client_secret")
+
+
+class Settings(BaseSettings):
+    """Every knob of rebook. Names are public interface (see DESIGN.md)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    redis_url: str = "redis://localhost:6379/0"
+    redis_cluster: bool = False
+    shards: int = Field(1, ge=1, le=1024)
+    broker_url: str | None = None
+    redis_sentinel_master: str | None = None
+    """REBOOK_REDIS_SENTINEL_MASTER: the service name the sentinels monitor; needed when
+    REBOOK_REDIS_URL (or REBOOK_BROKER_URL) is `sentinel://h1:26379;sentinel://h2:26379;...`."""
+    redis_ca_file: str | None = None
+    """REBOOK_REDIS_CA_FILE: CA bundle that signs the server certificate of a `rediss://` store
+    or broker (default: the system's). Certificates are always verified, hostnames too."""
+    redis_cert_file: str | None = None
+    """REBOOK_REDIS_CERT_FILE / REBOOK_REDIS_KEY_FILE: a client certificate (mutual TLS)."""
+    redis_key_file: str | None = None
+    exporter_bind: str = "127.0.0.1"
+    """REBOOK_EXPORTER_BIND: the exporter's listen address (0.0.0.0 to expose it)."""
+    exporter_basic_auth: SecretStr | None = None
+    """REBOOK_EXPORTER_BASIC_AUTH: `user:password[,user2:password2]` the exporter requires."""
+    broker_key_prefix: str = ""
+    key_prefix: str = "rebook:"
+
+    # The production upstream; nothing talks to it by accident: the key and the OAuth client
+    # have no defaults (`rebook sandbox` prints the variables for the local sandbox).
+    api_base_url: str = PRODUCTION_API_URL
+    api_key: SecretStr
+    api_key_in: Literal["header", "query"] = "header"
+    api_key_header: str = "apiKey"
+    api_timezone: str = "Europe/London"
+    zone_tolerance_seconds: float = Field(300.0, gt=0)
+    oauth_token_url: str = PRODUCTION_TOKEN_URL
+    oauth_client_id: str
+    oauth_client_secret: SecretStr
+    token_key: SecretStr | None = None
+    token_keys: SecretStr | None = None
+    """REBOOK_TOKEN_KEYS: comma-separated Fernet keys, the newest first (it encrypts), the older
+    ones still read: a rolling key rotation. REBOOK_TOKEN_KEY, if also set, is read too."""
+    token_refresh_margin_seconds: float = Field(60.0, ge=0)
+    refresh_token_lifetime_seconds: float = Field(14 * 86400.0, gt=0)
+    token_keepalive_before_seconds: float = Field(3 * 86400.0, gt=0)
+    token_keepalive_interval_seconds: float = Field(300.0, gt=0)
+    token_keepalive_batch: int = Field(200, ge=1, le=100_000)
+
+    presence_interval_seconds: float = Field(30.0, gt=0)
+    watch_interval_seconds: float = Field(30.0, gt=0)
+    sweep_interval_seconds: float = Field(2.0, gt=0)
+    sweep_batch: int = Field(1000, ge=1, le=100_000)
+    max_wait_seconds: int = Field(43200, ge=1, le=7 * 86400)
+    step_lease_seconds: float = Field(60.0, gt=0)
+    http_timeout_seconds: float = Field(10.0, gt=0)
+    upstream_rate_per_second: float = Field(20.0, ge=0)
+    retry_base_seconds: float = Field(1.0, gt=0)
+    retry_max_seconds: float = Field(300.0, gt=0)
+    reconcile_grace_seconds: float = Field(5.0, ge=0)
+    reconcile_window_seconds: float = Field(120.0, gt=0)
+    reconcile_proof_reads: int = Field(3, ge=1, le=20)
+    reconcile_max_seconds: float = Field(1800.0, gt=0)
+    reconcile_lookback_seconds: float = Field(3 * 3600.0, ge=0)
+    reconcile_max_tries: int = Field(5, ge=1)
+    reschedule_max_attempts: int = Field(5, ge=1)
+    gate_max_wait_seconds: float = Field(900.0, gt=0)
+    made_bookings_list_names: str = "WebcamBookings,MadeBookings,Bookings,WebcamMadeBookings"
+    redis_wait_replicas: int = Field(0, ge=0, le=16)
+    redis_wait_timeout_ms: int = Field(1000, ge=1, le=60_000)
+
+    auto_confirm: bool = False
+    sentry_dsn: SecretStr | None = None
+    sentry_environment: str = "production"
+    flower_basic_auth: SecretStr | None = None
+    retention_days: float = Field(14.0, gt=0)
+    deadletter_max_entries: int = Field(100_000, ge=100)
+    token_ttl_days: float = Field(90.0, ge=0)
+    outcome_task: str | None = None
+    outcome_queue: str = "rebook.outcomes"
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None
+    fanout_max_attempts: int = Field(12, ge=1)
+    beat_scheduler: Literal["default", "redbeat"] = "default"
+    log_format: Literal["console", "json"] = "console"
+    log_level: str = "INFO"
+
+    @field_validator("redis_url", "broker_url")
+    @classmethod
+    def _url_has_scheme(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or value == "":
+            if info.field_name == "redis_url":
+                raise ValueError("must not be empty")
+            return None  # broker_url: falls back to REBOOK_REDIS_URL
+        scheme = urlsplit(value).scheme
+        if scheme not in {
+            "redis",
+            "rediss",
+            "unix",
+            "sentinel",
+            "amqp",
+            "amqps",
+            "pyamqp",
+            "memory",
+        }:
+            raise ValueError(f"expected a redis:// or amqp:// URL, got scheme {scheme!r}")
+        return value
+
+    @field_validator("redis_ca_file", "redis_cert_file", "redis_key_file")
+    @classmethod
+    def _readable_file(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not os.path.isfile(value) or not os.access(value, os.R_OK):
+            raise ValueError(f"{value}: not a readable file")
+        return value
+
+    @field_validator("exporter_basic_auth")
+    @classmethod
+    def _exporter_auth(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        for pair in value.get_secret_value().split(","):
+            user, sep, password = pair.partition(":")
+            if not sep or not user or not password:
+                raise ValueError("expected user:password[,user:password]")
+        return value
+
+    def redis_ssl_options(self, url: str) -> dict[str, Any]:
+        """redis-py options for a `rediss://` URL: the server certificate and hostname are
+        verified (never a silent fallback to no check), with the CA and client certificate the
+        settings name. Empty for any other URL."""
+        if urlsplit(url).scheme != "rediss":
+            return {}
+        options: dict[str, Any] = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
+        if self.redis_ca_file:
+            options["ssl_ca_certs"] = self.redis_ca_file
+        if self.redis_cert_file:
+            options["ssl_certfile"] = self.redis_cert_file
+        if self.redis_key_file:
+            options["ssl_keyfile"] = self.redis_key_file
+        return options
+
+    def broker_ssl_options(self) -> dict[str, Any] | None:
+        """kombu's `broker_use_ssl` for a `rediss://` broker (the same verification)."""
+        options = self.redis_ssl_options(self.broker)
+        if not options:
+            return None
+        import ssl
+
+        # a dict: kombu copies it into redis-py's SSLConnection (with `ssl=True` alone it would
+        # fall back to a plain connection)
+        options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+        return options
+
+    @field_validator("api_base_url", "oauth_token_url", "webhook_url")
+    @classmethod
+    def _http_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or value == "":
+            if info.field_name in ("api_base_url", "oauth_token_url"):
+                raise ValueError("must not be empty")
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in {"http", "https"} or not parts.netloc:
+            raise ValueError(f"expected an http(s) URL, got {mask_url(value)!r}")
+        if info.field_name == "api_base_url" and value.rstrip("/").lower().endswith("/v1"):
+            raise ValueError("give the host root, without /v1")
+        return value.rstrip("/")
+
+    @field_validator("api_key", "oauth_client_id", "oauth_client_secret", mode="before")
+    @classmethod
+    def _not_blank(cls, value: object) -> object:
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if isinstance(raw, str) and not raw.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("api_key_header")
+    @classmethod
+    def _header_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", value):
+            raise ValueError("must be an HTTP header name (letters, digits, -)")
+        return value
+
+    @field_validator("api_timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @field_validator("token_key", "token_keys")
+    @classmethod
+    def _fernet(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip(" ,"):
+            return None
+        from cryptography.fernet import Fernet
+
+        for i, key in enumerate(_split_keys(value.get_secret_value()), start=1):
+            try:
+                Fernet(key.encode())
+            except (ValueError, TypeError):
+                raise ValueError(
+                    f"key {i} is not a Fernet key (32 url-safe base64 bytes); make one with "
+                    "`rebook tokens keygen`"
+                ) from None
+        return value
+
+    @property
+    def token_key_list(self) -> list[str]:
+        """Every token key, the one that encrypts first: REBOOK_TOKEN_KEYS in order, then
+        REBOOK_TOKEN_KEY unless already listed. Empty when neither is set."""
+        keys = _split_keys(self.token_keys.get_secret_value()) if self.token_keys else []
+        if self.token_key is not None and self.token_key.get_secret_value() not in keys:
+            keys.append(self.token_key.get_secret_value())
+        return keys
+
+    @field_validator("flower_basic_auth")
+    @classmethod
+    def _basic_auth(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        for pair in value.get_secret_value().split(","):
+            user, sep, password = pair.partition(":")
+            if not sep or not user or not password:
+                raise ValueError("expected user:password (comma-separated for several)")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return level
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not value or any(ch.isspace() for ch in value):
+            raise ValueError("must be non-empty with no spaces")
+        return value
+
+    @model_validator(mode="after")
+    def _retry_bounds(self) -> Settings:
+        if self.retry_max_seconds < self.retry_base_seconds:
+            raise ValueError("REBOOK_RETRY_MAX_SECONDS must be >= REBOOK_RETRY_BASE_SECONDS")
+        if self.redis_cluster and not self.broker_url:
+            raise ValueError(
+                "REBOOK_BROKER_URL must be set when REBOOK_REDIS_CLUSTER is on "
+                "(Celery's Redis broker cannot use a cluster)"
+            )
+        if self.redis_cluster and self.shards == 1:
+            self.shards = 16  # spread the rebooks over the cluster's nodes
+        uses_sentinel = any(
+            u.startswith("sentinel://") for u in (self.redis_url, self.broker_url or "")
+        )
+        if uses_sentinel and not self.redis_sentinel_master:
+            raise ValueError(
+                "REBOOK_REDIS_SENTINEL_MASTER must be set for a sentinel:// REBOOK_REDIS_URL "
+                "or REBOOK_BROKER_URL (the service name the sentinels monitor)"
+            )
+        if self.webhook_url and self.webhook_secret is None:
+            raise ValueError("REBOOK_WEBHOOK_SECRET must be set when REBOOK_WEBHOOK_URL is")
+        if self.step_lease_seconds < self.longest_call_seconds:
+            raise ValueError(
+                f"REBOOK_STEP_LEASE_SECONDS must cover the longest upstream call: at least "
+                f"{self.longest_call_seconds:g} s (rate-limit wait {self.limiter_max_wait:g} s "
+                f"+ replica wait {self.replica_wait_seconds:g} s + connect and read timeouts "
+                "2 x REBOOK_HTTP_TIMEOUT_SECONDS + 1 s)"
+            )
+        if self.reconcile_window_seconds < self.reconcile_grace_seconds:
+            raise ValueError(
+                "REBOOK_RECONCILE_WINDOW_SECONDS must be >= REBOOK_RECONCILE_GRACE_SECONDS"
+            )
+        if self.reconcile_max_seconds < self.reconcile_window_seconds:
+            raise ValueError(
+                "REBOOK_RECONCILE_MAX_SECONDS must be >= REBOOK_RECONCILE_WINDOW_SECONDS"
+            )
+        if not self.list_names:
+            raise ValueError("REBOOK_MADE_BOOKINGS_LIST_NAMES: give at least one name")
+        if self.token_keepalive_before_seconds >= self.refresh_token_lifetime_seconds:
+            raise ValueError(
+                "REBOOK_TOKEN_KEEPALIVE_BEFORE_SECONDS must be < "
+                "REBOOK_REFRESH_TOKEN_LIFETIME_SECONDS"
+            )
+        return self
+
+    @property
+    def limiter_max_wait(self) -> float:
+        """Longest wait of a call in the shared rate limiter before it gives up (Throttled)."""
+        if self.upstream_rate_per_second <= 0:
+            return 0.0
+        return self.step_lease_seconds / 4
+
+    @property
+    def call_bound_seconds(self) -> float:
+        """How long a request may be in flight once sent: connect plus read timeout."""
+        return 2 * self.http_timeout_seconds
+
+    @property
+    def replica_wait_seconds(self) -> float:
+        """How long the POST may wait for replicas to have its mark (`WAIT`) before sending."""
+        return self.redis_wait_timeout_ms / 1000 if self.redis_wait_replicas else 0.0
+
+    @property
+    def send_bound_seconds(self) -> float:
+        """From "POST sent" to the latest moment the request can still be in flight."""
+        return self.replica_wait_seconds + self.call_bound_seconds + 1.0
+
+    @property
+    def longest_call_seconds(self) -> float:
+        """One upstream call of a step, rate-limit wait included; a step's lease is extended
+        to this before each call, so the lease must be at least as long."""
+        return self.limiter_max_wait + self.send_bound_seconds
+
+    @property
+    def list_names(self) -> tuple[str, ...]:
+        return tuple(n.strip() for n in self.made_bookings_list_names.split(",") if n.strip())
+
+    @property
+    def fanout_enabled(self) -> bool:
+        return bool(self.outcome_task or self.webhook_url)
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or self.redis_url
+
+    @property
+    def token_url(self) -> str:
+        return self.oauth_token_url
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.api_timezone)
+
+    @property
+    def retention_seconds(self) -> int:
+        return int(self.retention_days * 86400)
+
+
+def _one_line(exc: ValidationError) -> str:
+    """First error as `REBOOK_NAME: message` — what a person needs to fix it; settings that are
+    missing come first, all of them on the one line."""
+    missing = [
+        f"{ENV_PREFIX}{str(err['loc'][0]).upper()}"
+        for err in exc.errors()
+        if err.get("type") == "missing" and err.get("loc")
+    ]
+    if missing:
+        return f"{', '.join(missing)}: required, not set"
+    err = exc.errors()[0]
+    loc = [str(part) for part in err.get("loc", ()) if part != "__root__"]
+    msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+    if loc:
+        return f"{ENV_PREFIX}{loc[0].upper()}: {msg}"
+    return msg if msg.startswith(ENV_PREFIX) else f"settings: {msg}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment, or :class:`ConfigError` with one line naming the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
+
+
+def settings_or_exit(program: str = "rebook") -> Settings:
+    """For process entry points: the settings, or one line on stderr and exit status 2."""
+    try:
+        return get_settings()
+    except ConfigError as exc:
+        print(f"{program}: bad setting: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (cached; tests call `get_settings.cache_clear()`)."""
+    return load_settings()
+
+
+_SECRET_PARAM = re.compile(r"(?i)(^|&)((?:api_?key|access_token|token|secret)[^=&]*=)[^&]*")
+
+
+def mask_url(url: str) -> str:
+    """URL with its password and any API key or token in its query replaced, for messages a
+    person reads (`REBOOK_API_KEY_IN=query` puts the key in every request's URL)."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        parts = parts._replace(netloc=netloc)
+    if parts.query:
+        parts = parts._replace(query=_SECRET_PARAM.sub(r"\1\2***", parts.query))
+    return urlunsplit(parts)
+
+
+def _split_keys(value: str) -> list[str]:
+    return [k.strip() for k in value.split(",") if k.strip()]
+
+
+def sentinel_hosts(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
+    """`sentinel://[user:pw@]h1:26379[/db];sentinel://h2:26379;...` (kombu's form) as the
+    sentinels' addresses and the options of the master's connections (password, db)."""
+    hosts: list[tuple[str, int]] = []
+    options: dict[str, Any] = {}
+    for part in url.split(";"):
+        part = part.strip()
+        if not part:
+            continue
+        split = urlsplit(part)
+        hosts.append((split.hostname or "localhost", split.port or 26379))
+        if split.password:
+            options["password"] = split.password
+        if split.username:
+            options["username"] = split.username
+        db = split.path.strip("/")
+        if db.isdigit():
+            options["db"] = int(db)
+    return hosts, options

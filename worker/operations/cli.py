@@ -1,0 +1,759 @@
+"""`rebook`: the operator's command line. Exit codes: 0 ok, 1 not found / failed, 2 bad usage.
+
+Every command that cannot reach Redis or the broker says so in one line naming the URL (password
+masked), never with a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from worker.core.errors import ConfigError, StoreUnavailable
+from worker.core.models import ACTIVE_STATES, RebookEvent, State, TokenSet
+from worker.core.settings import mask_url
+
+cli = typer.Typer(
+    name="rebook",
+    help="Rebooks missed webcam sessions on the AdultWork.com developer API.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+tokens_cli = typer.Typer(help="Member OAuth tokens (stored encrypted with REBOOK_TOKEN_KEY).")
+deadletter_cli = typer.Typer(
+    help="Invalid events, with their reasons.", invoke_without_command=True
+)
+cli.add_typer(tokens_cli, name="tokens")
+cli.add_typer(deadletter_cli, name="deadletter")
+
+out = Console(width=None if sys.stdout.isatty() else 160)
+
+
+def say_error(message: str) -> None:
+    """One plain line on stderr (never wrapped: scripts grep it)."""
+    print(f"rebook: {message}", file=sys.stderr, flush=True)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    say_error(message)
+    raise typer.Exit(code)
+
+
+def _services() -> Any:
+    from worker.celeryapp.runtime import services
+
+    svc = services()
+    svc.store.ping()
+    return svc
+
+
+def _flow() -> Any:
+    import worker.app  # noqa: F401 (builds this process's app, which sends the next steps)
+    from worker.celeryapp.dispatch import flow
+
+    _services()
+    return flow()
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
+
+
+def _age(iso: str) -> str:
+    if not iso:
+        return ""
+    then = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    secs = int((datetime.now(UTC) - then).total_seconds())
+    if secs < 120:
+        return f"{secs}s"
+    if secs < 7200:
+        return f"{secs // 60}m"
+    return f"{secs // 3600}h"
+
+
+# -- pipeline ------------------------------------------------------------------------------------
+
+
+@cli.command()
+def submit(
+    booking_id: Annotated[int, typer.Argument(help="The made booking to rebook.")],
+    user: Annotated[str, typer.Option("--user", help="Member whose stored token is used.")],
+    performer: Annotated[
+        int | None, typer.Option(help="Performer id (else read upstream).")
+    ] = None,
+    event_id: Annotated[str | None, typer.Option("--event-id", help="Idempotency key.")] = None,
+    max_wait: Annotated[int | None, typer.Option("--max-wait", help="Seconds to wait.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Send a rebook event (`rebook.request`) to the queue, as a producer would."""
+    from worker.core.store import rebook_id_for
+
+    kwargs: dict[str, Any] = {
+        "event_id": event_id or f"cli-{uuid.uuid4().hex}",
+        "booking_id": booking_id,
+        "user_id": user,
+    }
+    if performer is not None:
+        kwargs["performer_id"] = performer
+    if max_wait is not None:
+        kwargs["max_wait_seconds"] = max_wait
+    try:
+        RebookEvent.parse((), kwargs)
+    except Exception as exc:
+        fail(f"invalid event: {exc}", 2)
+    from kombu.exceptions import OperationalError
+
+    from worker.app import app
+    from worker.celeryapp.app import EVENTS_QUEUE
+
+    try:
+        result = app.send_task(
+            "rebook.request",
+            kwargs=kwargs,
+            queue=EVENTS_QUEUE,
+            retry_policy={"max_retries": 2, "interval_start": 0.2},
+        )
+    except OperationalError as exc:
+        fail(f"cannot reach the broker at {mask_url(app.conf.broker_url)}: {exc}")
+    answer = {
+        "event_id": kwargs["event_id"],
+        "rebook_id": rebook_id_for(kwargs["event_id"]),
+        "task_id": result.id,
+    }
+    if as_json:
+        _print_json(answer)
+    else:
+        out.print(f"sent event {answer['event_id']} → rebook {answer['rebook_id']}")
+
+
+@cli.command()
+def status(
+    ident: Annotated[str, typer.Argument(metavar="ID", help="Rebook id or event id.")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """One rebook with its history."""
+    svc = _services()
+    rec = svc.store.find(ident)
+    if rec is None:
+        fail(f"no rebook {ident!r}")
+    history = svc.store.history(rec.rebook_id)
+    if as_json:
+        _print_json({**rec.public(), "history": history})
+        return
+    table = Table(show_header=False, box=None)
+    for key, value in rec.public().items():
+        table.add_row(f"[bold]{key}[/]", "" if value is None else str(value))
+    out.print(table)
+    hist = Table("at", "from", "to", "reason", title="history")
+    for item in history:
+        hist.add_row(item["at"], item["from"] or "—", item["to"], item["reason"])
+    out.print(hist)
+
+
+StateOpt = Annotated[str | None, typer.Option("--state", help="Only this state.")]
+ReasonOpt = Annotated[
+    str | None,
+    typer.Option("--reason", help="Exact reason (`reauth`); a trailing * matches a prefix."),
+]
+UserOpt = Annotated[str | None, typer.Option("--user", help="Only this member.")]
+PerformerOpt = Annotated[int | None, typer.Option("--performer", help="Only this performer.")]
+BookingOpt = Annotated[int | None, typer.Option("--booking", help="Only this original booking.")]
+SinceOpt = Annotated[
+    str | None, typer.Option("--since", help="Received since: ISO time, unix seconds or 6h/2d.")
+]
+
+
+def _filters(
+    state: str | None,
+    reason: str | None,
+    user: str | None,
+    performer: int | None,
+    booking: int | None,
+    since: str | None,
+) -> Any:
+    """The options as `worker.core.search.Filters` (bad values: one line, exit 2)."""
+    from worker.core.search import BadFilter, Filters
+
+    try:
+        return Filters.parse(
+            {
+                "state": state,
+                "reason": reason,
+                "user_id": user,
+                "performer_id": performer,
+                "booking_id": booking,
+                "since": since,
+            }
+        )
+    except BadFilter as exc:
+        fail(str(exc), 2)
+
+
+@cli.command("list")
+def list_(
+    state: StateOpt = None,
+    reason: ReasonOpt = None,
+    user: UserOpt = None,
+    performer: PerformerOpt = None,
+    booking: BookingOpt = None,
+    since: SinceOpt = None,
+    limit: Annotated[int, typer.Option(help="How many (0 = all).")] = 50,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Rebooks, newest first, found through indexes (filters combine)."""
+    from worker.core.search import Search
+
+    wanted = _filters(state, reason, user, performer, booking, since)
+    if limit < 0:
+        fail("--limit must be >= 0", 2)
+    rows = Search(_services().store).query(wanted, limit=limit, budget=10**9).items
+    if as_json:
+        _print_json([r.public() for r in rows])
+        return
+    table = Table(
+        "rebook", "event", "booking", "user", "performer", "state", "new booking", "reason", "age"
+    )
+    for r in rows:
+        table.add_row(
+            r.rebook_id,
+            r.event_id[:24],
+            str(r.booking_id),
+            r.user_id,
+            str(r.performer_id or ""),
+            r.state.value,
+            str(r.new_booking_id or ""),
+            r.reason[:40],
+            _age(r.created_at),
+        )
+    out.print(table)
+
+
+@cli.command()
+def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Counts per state, the oldest overdue lag and the dead-letter count."""
+    data = _services().store.stats()
+    if as_json:
+        _print_json(data)
+        return
+    table = Table("state", "count")
+    for name, count in data["states"].items():
+        style = "bold" if State(name) in ACTIVE_STATES else ""
+        table.add_row(name, str(count), style=style)
+    out.print(table)
+    out.print(
+        f"due lag: {data['due_lag_seconds']}s   dead letters: {data['deadletter']}   "
+        f"last sweep: {data['last_sweep_seconds_ago']}s ago"
+    )
+    zone = data.get("zone")
+    if zone and not zone["agrees"]:
+        out.print(
+            f"[bold red]zone: REBOOK_API_TIMEZONE={zone['configured']} but the upstream appears "
+            f"to use {zone['appears']} (UTC{zone['observed_offset_minutes']:+d} min, {zone['at']})"
+            "[/bold red]"
+        )
+    elif zone:
+        out.print(f"zone: {zone['configured']} agrees with the upstream ({zone['at']})")
+
+
+def _env_float(name: str, default: float) -> float:
+    """A planner input from the environment when set (the deployment's own), else the default."""
+    import os
+
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: not a number: {raw!r}") from None
+
+
+@cli.command()
+def capacity(
+    performers: Annotated[int, typer.Option("--performers", min=0, help="with waiting rebooks")],
+    members: Annotated[int, typer.Option("--members", min=0, help="with watched bookings")] = 0,
+    interval: Annotated[
+        float | None, typer.Option("--interval", min=0.001, help="presence interval, s")
+    ] = None,
+    rate: Annotated[
+        float | None, typer.Option("--rate", min=0, help="upstream calls/s (0: no limit)")
+    ] = None,
+    watch: Annotated[
+        float | None, typer.Option("--watch", min=0.001, help="watch interval, s")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """What the upstream budget allows: presence interval achieved, reaction p50/p99, watch reads.
+
+    Defaults: REBOOK_PRESENCE_INTERVAL_SECONDS, REBOOK_UPSTREAM_RATE_PER_SECOND and
+    REBOOK_WATCH_INTERVAL_SECONDS from the environment, else 30, 20 and 30. Needs no Redis."""
+    from worker.core.capacity import plan
+
+    p = plan(
+        performers,
+        interval=interval
+        if interval is not None
+        else _env_float("REBOOK_PRESENCE_INTERVAL_SECONDS", 30.0),
+        rate=rate if rate is not None else _env_float("REBOOK_UPSTREAM_RATE_PER_SECOND", 20.0),
+        members=members,
+        watch_interval=watch
+        if watch is not None
+        else _env_float("REBOOK_WATCH_INTERVAL_SECONDS", 30.0),
+    )
+    if as_json:
+        _print_json(p.as_dict())
+        return
+    budget = (
+        "unlimited"
+        if p.as_dict()["budget_calls_per_second"] is None
+        else f"{p.budget_calls_per_second:.2f}/s"
+    )
+    lines = [
+        f"presence: {p.performers} performers every {p.interval_seconds:g}s need "
+        f"{p.needed_calls_per_second:.2f} calls/s; budget {budget} "
+        f"(the presence share of {p.rate_per_second:g}/s)",
+        f"achieved presence interval: {p.achieved_interval_seconds:.1f}s"
+        + ("" if p.covered >= 1 else f" (the budget covers {p.covered:.0%} of the demand)"),
+        f"reaction (performer online -> POST): p50 {p.reaction_p50_seconds:.1f}s, "
+        f"p99 {p.reaction_p99_seconds:.1f}s",
+    ]
+    if p.members:
+        every = p.watch_interval_achieved_seconds
+        lines.append(
+            f"watch reads: {p.watch_reads_per_second:.2f}/s for {p.members} members "
+            + (
+                f"(each every {every:.1f}s)"
+                if every is not None
+                else "(none: presence takes the budget)"
+            )
+        )
+    if p.covered < 1:
+        lines.append(
+            f"to poll every {p.interval_seconds:g}s: REBOOK_UPSTREAM_RATE_PER_SECOND="
+            f"{p.rate_needed_per_second:g}"
+        )
+    for line in lines:
+        out.print(line, highlight=False)
+
+
+def _operator(
+    command: Literal["retry", "cancel"],
+    ident: str | None,
+    filters: tuple[str | None, str | None, str | None, int | None, int | None, str | None],
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """`cancel`/`retry`: one ID → one line with the new state, or one line saying why not
+    (exit 1); filters → what matched, what was done, what was refused with why (exit 1 when
+    anything was refused, except in a dry run)."""
+    from worker.core.actions import run
+    from worker.core.flow import Refused
+
+    bulk = any(value is not None for value in filters)
+    if ident is not None and bulk:
+        fail(f"{command} takes one ID or filters, not both", 2)
+    if ident is None and not bulk:
+        fail(f"{command} needs an ID or at least one filter (--state, --reason, --user, ...)", 2)
+    if ident is not None and not dry_run and not as_json:
+        try:
+            rec = getattr(_flow(), command)(ident)
+        except LookupError as exc:
+            fail(str(exc).strip("'\""))
+        except Refused as exc:
+            fail(str(exc))
+        out.print(f"{rec.rebook_id}: {rec.state.value} ({rec.reason})")
+        return
+    wanted = _filters(*filters) if bulk else None
+    flow = _flow()
+    result = run(
+        flow, flow.store, command, ids=[ident] if ident else [], filters=wanted, dry_run=dry_run
+    )
+    if as_json:
+        _print_json(result.as_json())
+    else:
+        label = " (dry run: nothing done)" if dry_run else ""
+        out.print(f"matched {len(result.matched)}{label}", highlight=False)
+        for rid in result.matched:
+            out.print(f"  {rid}", markup=False, highlight=False)
+        if dry_run:
+            out.print(f"would {command} {len(result.would_do)}", highlight=False)
+            for rid in result.would_do:
+                out.print(f"  {rid}", markup=False, highlight=False)
+        else:
+            out.print(f"done {len(result.done)}", highlight=False)
+            for row in result.done:
+                out.print(
+                    f"  {row['rebook_id']}: {row['state']} ({row['reason']})",
+                    markup=False,
+                    highlight=False,
+                )
+        out.print(f"refused {len(result.refused)}", highlight=False)
+        for row in result.refused:
+            out.print(f"  {row['rebook_id']}: {row['why']}", markup=False, highlight=False)
+        if result.truncated:
+            out.print("more matched than one bulk action takes; narrow the filter", highlight=False)
+    if result.refused and not dry_run:
+        raise typer.Exit(1)
+
+
+IdArg = Annotated[
+    str | None, typer.Argument(metavar="[ID]", help="Rebook id or event id (or use filters).")
+]
+DryRunOpt = Annotated[
+    bool, typer.Option("--dry-run", help="Show what would be done and refused; do nothing.")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help='{"matched", "done", "refused"}.')]
+
+
+@cli.command()
+def cancel(
+    ident: IdArg = None,
+    state: StateOpt = None,
+    reason: ReasonOpt = None,
+    user: UserOpt = None,
+    performer: PerformerOpt = None,
+    booking: BookingOpt = None,
+    since: SinceOpt = None,
+    dry_run: DryRunOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Stop a rebook that is not finished (state ABORTED); with filters, every match."""
+    _operator("cancel", ident, (state, reason, user, performer, booking, since), dry_run, as_json)
+
+
+@cli.command()
+def retry(
+    ident: IdArg = None,
+    state: StateOpt = None,
+    reason: ReasonOpt = None,
+    user: UserOpt = None,
+    performer: PerformerOpt = None,
+    booking: BookingOpt = None,
+    since: SinceOpt = None,
+    dry_run: DryRunOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Resume NEEDS_ATTENTION; restart GAVE_UP/FAILED/ABORTED when no booking was made. With
+    filters (`--user M --reason reauth`), every match, each refused exactly as one ID would be."""
+    _operator("retry", ident, (state, reason, user, performer, booking, since), dry_run, as_json)
+
+
+@cli.command()
+def reindex() -> None:
+    """Adds rebooks recorded before the console's indexes existed to them; run once after the
+    upgrade that brought `rebook list --user/--performer/--booking` (idempotent)."""
+    from worker.core.search import Search
+
+    done = Search(_services().store).reindex()
+    out.print(f"indexed {done} rebook(s)")
+
+
+@cli.command()
+def outcomes(
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new ones.")] = False,
+    count: Annotated[int, typer.Option(help="How many past outcomes.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """The outcome stream (`{prefix}outcomes`)."""
+    store = _services().store
+    past = store.latest_outcomes(count)
+
+    def show(item: dict[str, str]) -> None:
+        if as_json:
+            sys.stdout.write(json.dumps(item) + "\n")
+            sys.stdout.flush()
+        else:
+            extra = (
+                f" new={item['new_booking_id']} accept_by={item['accept_by']}"
+                if item.get("new_booking_id")
+                else ""
+            )
+            out.print(
+                f"{item['at']} {item['rebook_id']} {item['state']:<15} "
+                f"booking={item['booking_id']}{extra} {item.get('reason', '')}",
+                markup=False,
+                highlight=False,
+            )
+
+    for item in past:
+        show(item)
+    if follow:
+        last = past[-1]["id"] if past else "$"
+        try:
+            for item in store.follow_outcomes(last):
+                show(item)
+        except KeyboardInterrupt:
+            return
+
+
+# -- dead letters --------------------------------------------------------------------------------
+
+
+@deadletter_cli.callback()
+def deadletter(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    count: Annotated[int, typer.Option(help="How many, newest first.")] = 50,
+) -> None:
+    """List dead letters (newest first); `rebook deadletter replay ID` re-submits one."""
+    if ctx.invoked_subcommand is not None:
+        return
+    rows = _services().store.deadletters(count)
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("id", "at", "reason", "payload")
+    for row in rows:
+        table.add_row(
+            row["id"], row.get("at", ""), row.get("reason", ""), row.get("payload", "")[:80]
+        )
+    out.print(table)
+
+
+@deadletter_cli.command("replay")
+def deadletter_replay(
+    entry_id: Annotated[str, typer.Argument(metavar="ID")],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", help="field=value to fix before sending (value read as JSON when it parses)."
+        ),
+    ] = None,
+) -> None:
+    """Re-submit a dead-lettered event, fixed with --set field=value."""
+    store = _services().store
+    entry = store.deadletter_entry(entry_id)
+    if entry is None:
+        fail(f"no dead letter {entry_id!r}")
+    try:
+        payload = json.loads(entry["payload"])
+    except ValueError:
+        fail(f"dead letter {entry_id} was truncated; submit the event again with `rebook submit`")
+    kwargs = payload.get("kwargs") if isinstance(payload, dict) else None
+    kwargs = dict(kwargs) if isinstance(kwargs, dict) else {}
+    for item in set_ or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            fail(f"--set wants field=value, got {item!r}", 2)
+        try:
+            kwargs[key] = json.loads(raw)
+        except ValueError:
+            kwargs[key] = raw
+    try:
+        RebookEvent.parse((), kwargs)
+    except Exception as exc:
+        fail(f"still invalid: {exc}; fix it with --set field=value", 2)
+    from worker.app import app
+    from worker.celeryapp.app import EVENTS_QUEUE
+
+    app.send_task("rebook.request", kwargs=kwargs, queue=EVENTS_QUEUE)
+    out.print(f"re-submitted event {kwargs['event_id']}")
+
+
+# -- tokens --------------------------------------------------------------------------------------
+
+
+@tokens_cli.command("set")
+def tokens_set(user: Annotated[str, typer.Argument(metavar="USER")]) -> None:
+    """Store a member's tokens: the token endpoint's JSON answer on stdin."""
+    raw = sys.stdin.read()
+    try:
+        payload = json.loads(raw)
+        tokens = TokenSet.from_token_response(payload, time.time())
+    except ValueError as exc:
+        msg = str(exc) if "JSON" in str(exc) or "expires" in str(exc) else "not valid JSON"
+        fail(f"token JSON on stdin: {msg}", 2)
+    svc = _services()
+    svc.token_store.save(user, tokens)
+    resumed = _flow().resume_member(user)
+    expires = datetime.fromtimestamp(tokens.expires_at, UTC).isoformat(timespec="seconds")
+    out.print(
+        f"stored tokens of {user} (access token expires {expires})"
+        + (f"; resumed {resumed} rebook(s)" if resumed else "")
+    )
+
+
+@tokens_cli.command("import")
+def tokens_import() -> None:
+    """Store many members' tokens: JSON lines on stdin, each `{"user_id", "access_token",
+    "refresh_token", "expires_in" | "expires_at"}` — how a site hands its members over.
+
+    Lines that cannot be stored are named by number on stderr (never their content: it holds
+    tokens) and skipped; the others are stored. Exit 1 when any line was refused."""
+    lines = sys.stdin.read().splitlines()
+    parsed: list[tuple[str, TokenSet]] = []
+    refused: list[str] = []
+    now = time.time()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            payload = json.loads(line)
+        except ValueError:
+            refused.append(f"line {number}: not JSON")
+            continue
+        user = payload.get("user_id") if isinstance(payload, dict) else None
+        if not isinstance(user, str | int) or isinstance(user, bool) or not str(user).strip():
+            refused.append(f"line {number}: user_id missing")
+            continue
+        try:
+            parsed.append((str(user), TokenSet.from_token_response(payload, now)))
+        except ValueError as exc:
+            refused.append(f"line {number} ({user}): {exc}")
+    svc = _services()
+    flow = _flow() if parsed else None
+    resumed = 0
+    for user, tokens in parsed:
+        svc.token_store.save(user, tokens)
+        if flow is not None:
+            resumed += flow.resume_member(user)
+    for why in refused:
+        say_error(why)
+    out.print(
+        f"imported tokens of {len(parsed)} member(s); {len(refused)} line(s) refused"
+        + (f"; resumed {resumed} rebook(s)" if resumed else "")
+    )
+    if refused:
+        raise typer.Exit(1)
+
+
+@tokens_cli.command("show")
+def tokens_show(user: Annotated[str, typer.Argument(metavar="USER")]) -> None:
+    """When a member's access token expires (never the tokens themselves)."""
+    tokens = _services().token_store.load(user)
+    if tokens is None:
+        fail(f"no tokens stored for {user!r}")
+    left = tokens.expires_at - time.time()
+    when = datetime.fromtimestamp(tokens.expires_at, UTC).isoformat(timespec="seconds")
+    state = f"expires in {int(left)}s" if left > 0 else f"expired {int(-left)}s ago"
+    out.print(f"{user}: access token {state} ({when}); refresh token stored")
+
+
+@tokens_cli.command("delete")
+def tokens_delete(user: Annotated[str, typer.Argument(metavar="USER")]) -> None:
+    """Forget a member's tokens."""
+    if not _services().token_store.delete(user):
+        fail(f"no tokens stored for {user!r}")
+    out.print(f"deleted tokens of {user}")
+
+
+@tokens_cli.command("keygen")
+def tokens_keygen() -> None:
+    """Print a new Fernet key for REBOOK_TOKEN_KEY."""
+    from cryptography.fernet import Fernet
+
+    sys.stdout.write(Fernet.generate_key().decode() + "\n")
+
+
+# -- local tools ---------------------------------------------------------------------------------
+
+
+@cli.command()
+def sandbox(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8765,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    oauth_port: Annotated[
+        int | None, typer.Option(help="OAuth on its own port, as the upstream has it.")
+    ] = None,
+    documented: Annotated[
+        bool, typer.Option(help="Strict StartDate, year-1 unset dates (the docs' forms).")
+    ] = False,
+) -> None:
+    """Run the sandbox upstream (an in-memory fake of the API) until Ctrl-C; prints the
+    variables that point rebook at it."""
+    server = _dev_tool("sandbox").SandboxServer(
+        host, port, oauth_port=oauth_port, documented=documented, quiet=False
+    )
+    out.print(f"sandbox upstream on {server.url} (Ctrl-C to stop); to use it:", highlight=False)
+    for name, value in server.env().items():
+        sys.stdout.write(f"export {name}={value}\n")
+    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        server.stop()
+
+
+def _dev_tool(name: str) -> Any:
+    """A module of `worker.dev`, loaded by name: production never imports the dev tools (the
+    import-linter contract), and an image built without the `dev` extra says what is missing."""
+    try:
+        return importlib.import_module(f"worker.dev.{name}")
+    except ImportError as exc:
+        fail(f"rebook {name} needs the dev tools: pip install 'rebook[dev]' ({exc})", 2)
+
+
+@cli.command()
+def demo(
+    rebooks: Annotated[int, typer.Option(min=1, max=200)] = 24,
+    performers: Annotated[int, typer.Option(min=2, max=50)] = 6,
+    seed: Annotated[int | None, typer.Option()] = None,
+    hostile: Annotated[
+        bool,
+        typer.Option(help="An upstream that commits late and answers HTML pages."),
+    ] = False,
+) -> None:
+    """The whole pipeline on this machine: Redis, sandbox, worker and beat, live progress."""
+    raise typer.Exit(
+        _dev_tool("demo").run(rebooks=rebooks, performers=performers, seed=seed, hostile=hostile)
+    )
+
+
+@cli.command()
+def doctor() -> None:
+    """Check settings, Redis, broker, upstream, token key, beat and workers; exit 1 on a FAIL.
+
+    Settings that are missing or bad stop it first with one line (exit 2), like the worker."""
+    from worker.core.settings import load_settings
+    from worker.operations.doctor import run_checks
+
+    load_settings()  # ConfigError: main() prints the one line and exits 2
+
+    ok = True
+    for check in run_checks():
+        mark = (
+            "[red]FAIL[/]"
+            if not check.ok
+            else "[yellow]WARN[/]"
+            if check.warn
+            else "[green]ok[/]  "
+        )
+        out.print(f"{mark} {check.name}: {check.detail}", highlight=False)
+        if not check.ok or check.warn:
+            ok = ok and check.ok
+            if check.hint:
+                out.print(f"      hint: {check.hint}", highlight=False)
+    raise typer.Exit(0 if ok else 1)
+
+
+def main() -> None:
+    """Console entry point: one line for the errors a person can fix, never a traceback."""
+    import redis
+
+    try:
+        cli()
+    except ConfigError as exc:
+        say_error(f"bad setting: {exc}")
+        sys.exit(2)
+    except StoreUnavailable as exc:
+        say_error(str(exc))
+        sys.exit(1)
+    except redis.RedisError as exc:
+        from worker.core.settings import get_settings
+
+        say_error(f"Redis at {mask_url(get_settings().redis_url)}: {type(exc).__name__}: {exc}")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
