@@ -11,4 +11,7 @@ from worker.celeryapp.dispatch import flow
 
 @shared_task(name="rebook.watch")
 def watch(rebook_id: str, booking: dict[str, Any] | None = None) -> str:
-    return flow().watch(rebook_id, booking)
+    """`booking` (the new booking with its AcceptBy) is in the message for whoever watches the
+    queue or Flower, and stays in the signature so every sender's message runs; the step reads
+    the record's copy, which is the one the reschedule stored."""
+    return flow().watch(rebook_id)

@@ -35,7 +35,8 @@ TEST_PROCESS_ENV = {
 }
 for _name, _value in TEST_PROCESS_ENV.items():
     os.environ.setdefault(_name, _value)
-#: The fields DESIGN.md promises in `rebook status --json` / `list --json` objects.
+#: The fields the contract (README "Command line") promises in `rebook status --json` and
+#: `list --json` objects.
 PUBLIC_FIELDS = (
     "rebook_id",
     "event_id",

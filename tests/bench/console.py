@@ -20,7 +20,7 @@ import redis
 import requests
 from cryptography.fernet import Fernet
 
-from worker.core.models import State
+from worker.core.states import State
 from worker.core.store import Store, rebook_id_for
 from worker.dev.embedded import EmbeddedRedis, free_port
 

@@ -73,8 +73,9 @@ from worker.celeryapp.app import EVENTS_QUEUE, WORK_QUEUE, create_app
 from worker.celeryapp.dispatch import CeleryDispatcher
 from worker.celeryapp.runtime import Services, build_services
 from worker.core.flow import Flow
-from worker.core.models import State, TokenSet, from_ts, iso_z
+from worker.core.models import TokenSet, from_ts, iso_z
 from worker.core.settings import Settings, load_settings
+from worker.core.states import State
 from worker.core.store import Store, rebook_id_for
 from worker.dev.embedded import EmbeddedRedis, free_port
 from worker.dev.sandbox import SandboxClient

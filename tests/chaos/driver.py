@@ -10,8 +10,9 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from tests.inspect_store import ids_in_state
 from tests.integration.conftest import System, wait_for
-from worker.core.models import ACTIVE_STATES, State
+from worker.core.states import ACTIVE_STATES, State
 
 FULL = os.environ.get("REBOOK_CHAOS_SCALE", "").lower() == "full"
 
@@ -63,7 +64,7 @@ class Scenario:
         """Accepts 40 %, rejects 30 % and ignores 30 % (left to expire) of the new bookings."""
         while not self._stop.is_set():
             try:
-                watching = self.system.store.ids_in_state(State.WATCHING)
+                watching = ids_in_state(self.system.store, State.WATCHING)
                 for rec in self.system.store.get_many(watching):
                     new = rec.new_booking_id
                     if new is None or new in self.decided:

@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from tests.integration.conftest import running_system, wait_for
-from worker.core.models import State
+from worker.core.states import State
 from worker.dev.embedded import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.full]

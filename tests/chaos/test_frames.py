@@ -22,7 +22,7 @@ from kombu import Connection, Producer
 
 from tests.integration.conftest import System, raw_celery_message, running_system, wait_for
 from worker.celeryapp.frames import RAW_LIMIT
-from worker.core.models import State
+from worker.core.states import State
 from worker.core.store import rebook_id_for
 
 pytestmark = pytest.mark.integration

@@ -19,7 +19,7 @@ import requests
 
 from tests.integration.conftest import Proc, System, running_system, wait_for
 from tests.integration.test_ops import SentryCollector
-from worker.core.models import State
+from worker.core.states import State
 from worker.dev.embedded import free_port
 
 pytestmark = pytest.mark.integration

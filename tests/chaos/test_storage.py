@@ -32,8 +32,9 @@ from typing import Any
 import pytest
 import redis
 
+from tests.inspect_store import ids_in_state
 from tests.integration.conftest import System, running_system, wait_for
-from worker.core.models import State
+from worker.core.states import State
 from worker.core.store import rebook_id_for
 from worker.dev.embedded import EmbeddedRedis
 
@@ -332,7 +333,7 @@ def test_redis_restart_mid_run_loses_nothing_acknowledged(tmp_path: Path, how: s
         first = EVENTS // 3
         run.send(run.events[:first])
         wait_for(run.all_recorded, 20, "the first events recorded")
-        wait_for(lambda: system.store.ids_in_state(State.WATCHING), 20, "some rebooks watching")
+        wait_for(lambda: ids_in_state(system.store, State.WATCHING), 20, "some rebooks watching")
         run.send(run.events[first:])
         assert not run.refused, run.refused
         wait_for(run.all_recorded, 20, "every event recorded")

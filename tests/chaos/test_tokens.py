@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.integration.conftest import System, running_system
-from worker.core.models import State
+from worker.core.states import State
 
 pytestmark = pytest.mark.integration
 

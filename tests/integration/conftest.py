@@ -28,8 +28,9 @@ from pydantic import SecretStr
 from tests.conftest import fast_settings, wait_for
 from worker.celeryapp.app import EVENTS_QUEUE, create_app
 from worker.celeryapp.runtime import Services, build_services
-from worker.core.models import State, TokenSet
+from worker.core.models import TokenSet
 from worker.core.settings import Settings
+from worker.core.states import State
 from worker.core.store import Rebook, rebook_id_for
 from worker.dev.embedded import reachable, redis_server_binary
 from worker.dev.sandbox import SandboxClient, SandboxServer

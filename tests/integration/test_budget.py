@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import wait_for
 from worker.core.capacity import plan, presence_budget
-from worker.core.models import State
+from worker.core.states import State
 
 from .conftest import System, running_system
 

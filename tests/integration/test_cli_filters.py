@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import PUBLIC_FIELDS
 from tests.integration.conftest import System
-from worker.core.models import State
+from worker.core.states import State
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from tests.integration.conftest import System, running_system
-from worker.core.models import State
+from worker.core.states import State
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ import requests
 from tests.conftest import PUBLIC_FIELDS
 from tests.integration.conftest import System
 from tests.integration.console_helpers import AUTH, flower_for
-from worker.core.models import State
+from worker.core.states import State
 from worker.core.store import rebook_id_for
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,8 @@ import pytest
 
 from tests.integration.conftest import ROOT, System
 from tests.integration.console_helpers import AUTH, flower_for
-from worker.core.models import State, TokenSet
+from worker.core.models import TokenSet
+from worker.core.states import State
 
 pytestmark = pytest.mark.integration
 CHROMIUM = Path("/usr/bin/chromium")

@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from tests.conftest import wait_for
-from worker.core.models import State
+from worker.core.states import State
 from worker.dev.demo import scenario
 
 REBOOKS, PERFORMERS, SEED = 8, 3, 1

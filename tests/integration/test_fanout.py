@@ -12,7 +12,7 @@ import pytest
 
 from tests.integration.conftest import System, running_system, wait_for
 from worker.adapters.webhook import verify
-from worker.core.models import State
+from worker.core.states import State
 
 pytestmark = pytest.mark.integration
 SECRET = "whsec-test-0123456789"

@@ -17,7 +17,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import Proc, System, wait_for
-from worker.core.models import State
+from worker.core.states import State
 from worker.dev.embedded import free_port
 
 pytestmark = pytest.mark.integration

@@ -18,8 +18,9 @@ from tests.conftest import TEST_TOKEN_KEY
 from tests.integration.conftest import ROOT, wait_for
 from worker.celeryapp.app import EVENTS_QUEUE, create_app
 from worker.celeryapp.runtime import build_services
-from worker.core.models import State, TokenSet
+from worker.core.models import TokenSet
 from worker.core.settings import load_settings
+from worker.core.states import State
 from worker.core.store import rebook_id_for
 from worker.dev.embedded import free_port
 from worker.dev.sandbox import SandboxClient

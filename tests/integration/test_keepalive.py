@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import wait_for
 from tests.integration.conftest import System, running_system
-from worker.core.models import State
+from worker.core.states import State
 
 LIFETIME = 2.0
 

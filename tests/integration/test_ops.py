@@ -24,7 +24,7 @@ from tests.integration.conftest import (
     running_system,
     wait_for,
 )
-from worker.core.models import State
+from worker.core.states import State
 from worker.core.store import rebook_id_for
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import PUBLIC_FIELDS
 from tests.integration.conftest import System, wait_for
-from worker.core.models import State
+from worker.core.states import State
 
 pytestmark = pytest.mark.integration
 

@@ -35,8 +35,8 @@ from tests.sim.parts import (
 )
 from worker.adapters.upstream import UpstreamClient
 from worker.core.flow import Flow, Refused
-from worker.core.models import State
 from worker.core.settings import Settings, load_settings
+from worker.core.states import State
 from worker.core.store import rebook_id_for
 
 START = 1_767_225_600.0  # 2026-01-01T00:00:00Z; some seeds start near a fall-back hour

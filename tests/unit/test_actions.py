@@ -10,8 +10,8 @@ import pytest
 from tests.unit.test_flow import Env, env, make_env  # noqa: F401  (fixtures)
 from worker.core.actions import run
 from worker.core.flow import Refused
-from worker.core.models import State
 from worker.core.search import Filters
+from worker.core.states import State
 from worker.core.store import REMOVE, rebook_id_for
 
 CASES = [(s, booked) for s in State for booked in (False, True)]

@@ -14,8 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import wait_for
 from worker.celeryapp.runtime import CallCounter
-from worker.core.models import State
 from worker.core.settings import get_settings, load_settings
+from worker.core.states import State
 from worker.core.store import REMOVE, Store, rebook_id_for
 from worker.operations import exporter
 

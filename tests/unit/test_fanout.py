@@ -16,7 +16,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from tests.conftest import fast_settings, wait_for
 from worker.celeryapp.fanout import Fanout
-from worker.core.models import State
+from worker.core.states import State
 from worker.core.store import Store, rebook_id_for
 
 

@@ -18,7 +18,8 @@ from worker.adapters.keepalive import keep_tokens
 from worker.celeryapp.runtime import Services, build_services
 from worker.core.errors import ReauthRequired
 from worker.core.flow import Flow
-from worker.core.models import State, TokenSet
+from worker.core.models import TokenSet
+from worker.core.states import State
 from worker.core.store import rebook_id_for
 from worker.dev.sandbox import SandboxClient, SandboxServer
 

@@ -1,4 +1,4 @@
-"""Typed models: upstream answers, datetimes, tokens and the intake event (DESIGN § Intake)."""
+"""Typed models: upstream answers, datetimes, tokens, the intake event (README "Sending events")."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from worker.core.models import (
     MAX_EVENT_BYTES,
     MadeBookingsPage,
     RebookEvent,
-    State,
     TokenSet,
     Unreadable,
     UserSummary,
@@ -27,6 +26,7 @@ from worker.core.models import (
     iso_z,
     parse_upstream_datetime,
 )
+from worker.core.states import State
 
 LONDON = ZoneInfo("Europe/London")
 EVENT_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from worker.core.models import State
 from worker.core.search import BadFilter, Filters, Search, decode_cursor, parse_since
+from worker.core.states import State
 from worker.core.store import REMOVE, Store, rebook_id_for
 
 T0 = 1_700_000_000.0

@@ -1,4 +1,4 @@
-"""Settings (DESIGN § Settings): defaults, the REBOOK_ environment, one-line errors, secrets."""
+"""Settings (README "Settings"): defaults, the REBOOK_ environment, one-line errors, secrets."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from worker.core.errors import ConfigError
 from worker.core.settings import Settings, get_settings, load_settings, mask_url
 
 REPO = Path(__file__).resolve().parents[2]
-#: The settings with no default (DESIGN § Settings): set for every test but the ones about them.
+#: The settings with no default (README "Settings"): set for every test but the ones about them.
 REQUIRED_ENV = {
     "REBOOK_API_KEY": "k-required",
     "REBOOK_OAUTH_CLIENT_ID": "cid-required",

@@ -10,8 +10,9 @@ import pytest
 import redis
 
 from tests.conftest import PUBLIC_FIELDS, wait_for
+from tests.inspect_store import ids_in_state, performer_due
 from worker.core.errors import StoreUnavailable
-from worker.core.models import ACTIVE_STATES, State
+from worker.core.states import ACTIVE_STATES, State
 from worker.core.store import (
     DEADLETTER_PAYLOAD_LIMIT,
     KEEP,
@@ -91,12 +92,12 @@ def test_create_records_a_waiting_rebook(store: Store) -> None:
     assert (rec.event_id, rec.booking_id, rec.user_id, rec.performer_id) == ("evt-1", 100, "u1", 7)
     assert rec.created_ts == T0 and rec.deadline_ts == T0 + 3600
     assert rec.created_at.endswith("Z")
-    assert store.ids_in_state(State.WAITING) == [res.rebook_id]
+    assert ids_in_state(store, State.WAITING) == [res.rebook_id]
     assert store.waiting_for(7) == [res.rebook_id]
     assert store.active_of_user("u1") == [res.rebook_id]
     # the record waits on its deadline; the performer is checked one lease after intake at latest
     assert due_score(store, res.rebook_id) == T0 + 3600
-    assert store.performer_due(7) == T0 + LEASE
+    assert performer_due(store, 7) == T0 + LEASE
     assert store.find("evt-1") == rec
     hist = store.history(res.rebook_id)
     assert [(h["from"], h["to"], h["reason"]) for h in hist] == [("", "WAITING", "received")]
@@ -108,7 +109,7 @@ def test_create_without_performer_is_due_at_once(store: Store) -> None:
     rec = get(store, res.rebook_id)
     assert rec.performer_id is None
     assert due_score(store, res.rebook_id) == T0
-    assert store.performer_due(7) is None
+    assert performer_due(store, 7) is None
 
 
 def test_second_rebook_on_the_same_performer_does_not_dispatch_again(store: Store) -> None:
@@ -217,9 +218,9 @@ def test_transition_history_and_state_index(store: Store) -> None:
         ("RESCHEDULING", "WATCHING", "booked"),
     ]
     assert all(h["at"].endswith("Z") for h in hist)
-    assert store.ids_in_state(State.WAITING) == []
-    assert store.ids_in_state(State.RESCHEDULING) == []
-    assert store.ids_in_state(State.WATCHING) == [rid]
+    assert ids_in_state(store, State.WAITING) == []
+    assert ids_in_state(store, State.RESCHEDULING) == []
+    assert ids_in_state(store, State.WATCHING) == [rid]
     assert store.waiting_for(7) == []  # left WAITING: no longer waits on the performer
     rec = get(store, rid)
     assert rec.updated_at.endswith("Z")
@@ -241,7 +242,7 @@ def test_back_to_waiting_rejoins_the_performer(store: Store) -> None:
     store.r.zrem(store.key("performers"), 7)
     store.transition(rid, State.WAITING, from_=[State.RESCHEDULING], reason="offline", now=T0 + 9)
     assert store.waiting_for(7) == [rid]
-    assert store.performer_due(7) == T0 + 9
+    assert performer_due(store, 7) == T0 + 9
 
 
 def test_needs_attention_remembers_where_it_was(store: Store) -> None:
@@ -349,7 +350,7 @@ def test_claim_due_performers(store: Store) -> None:
     make(store, "b", 101, performer_id=8)
     ids, pids = store.claim_due(T0 + LEASE, 10)
     assert ids == [] and sorted(pids) == [7, 8]
-    assert store.performer_due(7) == T0 + 2 * LEASE
+    assert performer_due(store, 7) == T0 + 2 * LEASE
     assert store.claim_due(T0 + LEASE + 1, 10) == ([], {})
 
 
@@ -359,8 +360,8 @@ def test_claim_due_performers_due_soon_come_with_their_time(store: Store) -> Non
     assert store.claim_due(T0 + LEASE - 2, 10, ahead=1) == ([], {})
     ids, pids = store.claim_due(T0 + LEASE - 1, 10, ahead=1)
     assert ids == [] and pids == {7: T0 + LEASE}
-    assert store.performer_due(7) == T0 + 2 * LEASE  # one lease past its own time
-    assert store.performer_due(8) == T0 + 5 + LEASE
+    assert performer_due(store, 7) == T0 + 2 * LEASE  # one lease past its own time
+    assert performer_due(store, 8) == T0 + 5 + LEASE
 
 
 def test_claim_due_respects_the_batch(store: Store) -> None:
@@ -385,10 +386,10 @@ def test_claim_presence_call_coalesces(store: Store) -> None:
 def test_schedule_performer(store: Store) -> None:
     rid = make(store).rebook_id
     assert store.schedule_performer(7, T0 + 30) is True
-    assert store.performer_due(7) == T0 + 30
+    assert performer_due(store, 7) == T0 + 30
     store.transition(rid, State.RESCHEDULING, from_=[State.WAITING])
     assert store.schedule_performer(7, T0 + 60) is False
-    assert store.performer_due(7) is None
+    assert performer_due(store, 7) is None
     assert store.schedule_performer(99, T0) is False
 
 
@@ -506,7 +507,7 @@ def test_expire_finished(store: Store) -> None:
     assert store.get(done) is None
     assert store.find("old") is None
     assert store.history(done) == []
-    assert store.ids_in_state(State.ABORTED) == []
+    assert ids_in_state(store, State.ABORTED) == []
     assert store.r.zscore(store.key("created"), done) is None
     assert store.r.zscore(store.key("finished"), done) is None
     assert get(store, alive).state is State.WAITING

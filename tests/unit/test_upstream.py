@@ -107,19 +107,13 @@ def test_made_bookings_newest_first_and_start(
     assert [b.booking_id for b in oldest.bookings] == [member["booking"], new.booking_id]
 
 
-def test_confirm_and_cancel(
-    client: UpstreamClient, sandbox: SandboxClient, member: dict[str, Any]
-) -> None:
+def test_confirm(client: UpstreamClient, sandbox: SandboxClient, member: dict[str, Any]) -> None:
     sandbox.set_online(7, True)
     first = client.reschedule(member["token"], member["booking"])
     sandbox.set_status(first.booking_id, "Accepted")
     confirmed = client.confirm(member["token"], first.booking_id)
     assert confirmed.status == "Confirmed"
-    second = client.reschedule(member["token"], member["booking"])
-    cancelled = client.cancel(member["token"], second.booking_id, "changed my mind")
-    assert cancelled.status == "Cancelled"
-    assert cancelled.cancelled_reason == "changed my mind"
-    assert sandbox.booking(second.booking_id)["Status"] == "Cancelled"
+    assert sandbox.booking(first.booking_id)["Status"] == "Confirmed"
 
 
 def test_confirm_of_a_pending_booking_is_rejected(
@@ -453,7 +447,7 @@ def test_a_challenge_page_never_reached_the_api(
         for name, call in _calls(c).items():
             with pytest.raises(Challenged) as info:
                 call()
-            assert info.value.retryable, name
+            assert isinstance(info.value, Transient), name
             assert info.value.status == status
             assert "not the API's answer" in str(info.value)
     finally:
@@ -605,11 +599,11 @@ def test_http_500_is_transient_on_get_but_ambiguous_on_reschedule(
     with pytest.raises(Transient) as get_err:
         client.booking_details(member["token"], member["booking"])
     assert not isinstance(get_err.value, Ambiguous)
-    assert get_err.value.status == 500 and get_err.value.retryable
+    assert get_err.value.status == 500
     sandbox.fault("RescheduleMadeBooking", "http_500")
     with pytest.raises(Ambiguous) as post_err:
         client.reschedule(member["token"], member["booking"])
-    assert post_err.value.status == 500 and not post_err.value.retryable
+    assert post_err.value.status == 500 and not isinstance(post_err.value, Transient)
     assert sandbox.stats()["new_bookings"] == {}
 
 
@@ -639,7 +633,7 @@ def test_http_429(
     with pytest.raises(RateLimited) as info:
         client.booking_details(member["token"], member["booking"])
     assert info.value.retry_after == expected
-    assert info.value.status == 429 and info.value.retryable
+    assert info.value.status == 429
     # a 429 means "not done": it is not ambiguous even for the POST
     sandbox.fault("RescheduleMadeBooking", "http_429", **extra)
     with pytest.raises(RateLimited):
@@ -697,7 +691,7 @@ def test_401_is_auth_expired(
 ) -> None:
     with pytest.raises(AuthExpired) as info:
         client.booking_details("not-a-token", member["booking"])
-    assert info.value.status == 401 and info.value.retryable
+    assert info.value.status == 401
     sandbox.expire_user("alice")
     with pytest.raises(AuthExpired):
         client.reschedule(member["token"], member["booking"])
@@ -708,7 +702,7 @@ def test_404_is_not_found(
 ) -> None:
     with pytest.raises(NotFound) as info:
         client.booking_details(member["token"], 999_999)
-    assert isinstance(info.value, Rejected) and not info.value.retryable
+    assert isinstance(info.value, Rejected) and not isinstance(info.value, Transient)
     assert info.value.status == 404
     # another member's booking is not found either
     other = sandbox.add_booking("bob", 7)

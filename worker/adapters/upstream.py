@@ -466,15 +466,6 @@ class UpstreamClient:
         )
         return self._model(WebcamBooking, payload, "ConfirmMadeBooking", idempotent=False)
 
-    def cancel(self, token: str, booking_id: int, reason: str) -> WebcamBooking:
-        payload = self._call(
-            "CancelMadeBooking",
-            token=token,
-            body={"BookingID": booking_id, "Reason": reason},
-            idempotent=False,
-        )
-        return self._model(WebcamBooking, payload, "CancelMadeBooking", idempotent=False)
-
     def user_summary(self, user_id: int) -> UserSummary:
         """Presence of a performer (API key only, no member token)."""
         payload = self._call("getUserSummary", params={"UserID": user_id})

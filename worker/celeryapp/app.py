@@ -24,7 +24,7 @@ from celery import Celery, Task, signals
 from celery.exceptions import Reject
 from kombu import Exchange, Queue
 
-from worker.celeryapp import broker, compat
+from worker.celeryapp import broker, compat, frames
 from worker.celeryapp.runtime import services
 from worker.core.errors import StoreUnavailable
 from worker.core.settings import Settings, get_settings, mask_url, settings_or_exit
@@ -265,12 +265,15 @@ def make_app(settings: Settings) -> Celery:
 
 
 def create_app(settings: Settings | None = None) -> Celery:
-    """The app of a rebook process. Everything process-wide happens here, once, and not at
-    import: the settings are read (a bad one exits with one line naming it), kombu's closed-
-    channel bug is patched, rebook's Redis transport is installed and the signal handlers that
-    bind logs and start Sentry are connected."""
+    """The app of a rebook process. Everything process-wide happens here, and not at import:
+    the settings are read (a bad one exits with one line naming it), kombu and Celery are
+    patched where they would drop or leak (`compat`, `frames`), rebook's Redis transport is
+    installed, and the signal handlers that bind logs and start Sentry are connected. Calling it
+    twice is harmless."""
     settings = settings or settings_or_exit()
     compat.patch_kombu_closed_channel()
+    compat.patch_celery_dump_body()  # task events and Flower show only an event's fields
+    frames.install_bounded_decompression()  # a compressed frame cannot inflate past the limit
     broker.install()
     _connect_signals()
     return make_app(settings)

@@ -35,7 +35,7 @@ def patch_celery_dump_body() -> None:
     """Celery's consumer logs the body of every message it cannot run (another serializer, an
     unknown task). Such a body may carry anything a producer put in it, tokens included, in a
     form no log scrubber can parse (pickle). Log its size and type instead."""
-    from celery.worker.celeryapp.consumer import consumer as celery_consumer
+    from celery.worker.consumer import consumer as celery_consumer
 
     def dump_body(message: Any, body: Any) -> str:
         size = len(getattr(message, "body", b"") or b"")

@@ -15,17 +15,16 @@ import logging
 from typing import Any
 
 from celery.utils.saferepr import saferepr
-from celery.worker.celeryapp.consumer import Consumer
+from celery.worker.consumer import Consumer
 from celery.worker.request import Request
 from vine import promise
 
-from worker.celeryapp import compat, frames
+from worker.celeryapp import frames
 
 log = logging.getLogger("rebook.consumer")
 EVENT_FIELDS = ("event_id", "booking_id", "user_id", "performer_id", "max_wait_seconds")
-"""What Flower and task events may show of a `rebook.request` (DESIGN.md's documented fields)."""
-compat.patch_celery_dump_body()
-frames.install_bounded_decompression()
+"""What Flower and task events may show of a `rebook.request`: the fields README "Sending events"
+documents."""
 
 
 def _raw_of(message: Any) -> str:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +29,7 @@ import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
 from worker.adapters.webhook import WebhookSender
+from worker.core.backoff import backoff
 from worker.core.settings import Settings
 from worker.core.store import Store
 
@@ -247,11 +247,8 @@ class Fanout:
         return False
 
     def _schedule(self, shard: int, name: str, rebook_id: str, attempts: int) -> float:
-        ceiling = min(
-            self.settings.retry_max_seconds,
-            self.settings.retry_base_seconds * 2 ** max(1, attempts),
-        )
-        wait = random.uniform(ceiling / 2, ceiling)
+        s = self.settings
+        wait = backoff(max(1, attempts), s.retry_base_seconds, s.retry_max_seconds)
         self.store.r.zadd(
             self._key(shard, "fanout", name, "retry"),
             {rebook_id: self.clock() + wait},

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from worker.core.models import State
 from worker.core.search import Filters, Search
+from worker.core.states import State
 from worker.core.store import Rebook, Store
 
 Action = Literal["retry", "cancel"]
@@ -33,7 +33,8 @@ class Operator(Protocol):
 
 @dataclass
 class Outcome:
-    """`{"matched", "done", "refused"}` of DESIGN.md § Console, as the CLI prints it too."""
+    """`{"matched", "done", "refused"}` of the console's API (README "Console (in Flower)"), as
+    the CLI prints it too."""
 
     action: Action
     dry_run: bool

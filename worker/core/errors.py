@@ -39,11 +39,9 @@ class ReauthRequired(RebookError):
 class UpstreamError(RebookError):
     """An upstream call did not give a usable answer.
 
-    `retryable` says whether the same call may simply be tried again later; `retry_after` is the
-    wait the upstream asked for, if any.
+    `retry_after` is the wait the upstream asked for, if any. Whether to try again is the class:
+    the flow catches `Transient`, `Throttled`, `Ambiguous`, ... each where it knows what to do.
     """
-
-    retryable = False
 
     def __init__(
         self,
@@ -67,8 +65,6 @@ class UpstreamError(RebookError):
 
 class Transient(UpstreamError):
     """Nothing happened upstream (or the call is read-only): try again after a backoff."""
-
-    retryable = True
 
 
 class RateLimited(Transient):
@@ -96,8 +92,6 @@ class LeaseLost(NotSent):
 
 class AuthExpired(UpstreamError):
     """HTTP 401 on a member call: refresh the access token, then the call may be repeated."""
-
-    retryable = True
 
 
 class Rejected(UpstreamError):

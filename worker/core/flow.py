@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
+from worker.core.backoff import backoff, jittered
 from worker.core.budget import RATE_SHARE
 from worker.core.capacity import presence_budget
 from worker.core.errors import (
@@ -34,16 +35,16 @@ from worker.core.errors import (
     Throttled,
     UpstreamError,
 )
-from worker.core.models import ACTIVE_STATES, RebookEvent, State, WebcamBooking, from_ts, iso_z
+from worker.core.models import RebookEvent, WebcamBooking, from_ts, iso_z
 from worker.core.observability import bound
 from worker.core.settings import Settings
+from worker.core.states import ACTIVE_STATES, STEP_STATES, State, Step
 from worker.core.store import REMOVE, Rebook, StepLock, Store, rebook_id_for
 
 log = logging.getLogger("rebook.flow")
 POST = "RescheduleMadeBooking"
 
 T = TypeVar("T")
-ACTIVE_STEPS = (State.WAITING, State.RESCHEDULING, State.WATCHING)
 ACCEPT_BY_FALLBACK_SECONDS = 86400.0
 PRESENCE_SLACK_SECONDS = 0.05
 """A presence check sent to run on time may find the last one's window open for a moment more
@@ -156,13 +157,9 @@ class Flow:
     # -- helpers -------------------------------------------------------------------------------
 
     def backoff(self, errors: int, retry_after: float | None = None) -> float:
-        """Seconds to wait after `errors` failures: exponential with jitter, or what 429 asked."""
-        if retry_after is not None:
-            return min(self.settings.retry_max_seconds, retry_after) + random.uniform(0, 0.25)
-        ceiling = min(
-            self.settings.retry_max_seconds, self.settings.retry_base_seconds * 2 ** min(errors, 20)
-        )
-        return random.uniform(ceiling / 2, ceiling)
+        """Seconds to wait after `errors` failures (`worker.core.backoff`), or what 429 asked."""
+        s = self.settings
+        return backoff(errors, s.retry_base_seconds, s.retry_max_seconds, retry_after)
 
     def _member_call(self, rec: Rebook, call: Callable[[str], T]) -> T:
         """Runs a member call; on 401 refreshes once (single-flight) and repeats it once.
@@ -211,7 +208,7 @@ class Flow:
         ok = self._move(
             rec.rebook_id,
             State.NEEDS_ATTENTION,
-            from_=ACTIVE_STEPS,
+            from_=STEP_STATES,
             reason=reason,
             due=REMOVE,
             fields={"action": action, **(fields or {})},
@@ -226,7 +223,7 @@ class Flow:
         """Refresh refused: every active rebook of the member waits for `rebook tokens set`."""
         parked = 0
         for rec in self.store.get_many(self.store.active_of_user(user_id)):
-            if rec.state in ACTIVE_STEPS and self._park(
+            if rec.state in STEP_STATES and self._park(
                 rec,
                 "reauth",
                 action=f"the member must sign in again; then `rebook tokens set {user_id}`",
@@ -242,7 +239,7 @@ class Flow:
 
     def _throttle_wait(self, exc: Throttled) -> float:
         """When to try again after our own rate budget said "not now" (nothing was sent)."""
-        return (exc.retry_after or self.settings.retry_base_seconds) * random.uniform(1, 1.25)
+        return jittered(exc.retry_after or self.settings.retry_base_seconds)
 
     def _retry_later(self, rec: Rebook, exc: UpstreamError, what: str) -> None:
         """Backoff after a failed call; our own throttle is "not now" and counts nothing."""
@@ -259,8 +256,8 @@ class Flow:
 
     # -- intake ----------------------------------------------------------------------------------
 
-    def intake(self, args: Any, kwargs: Any, *, task_id: str = "") -> str:
-        """Records an event durably. Returns "created", "exists", "duplicate" or "invalid"."""
+    def intake(self, args: Any, kwargs: Any, *, task_id: str = "") -> Step:
+        """Records an event durably: `Step.CREATED`, `EXISTS`, `DUPLICATE` or `INVALID`."""
         try:
             event, extra = RebookEvent.parse(args, kwargs)
         except InvalidEvent as exc:
@@ -268,7 +265,7 @@ class Flow:
                 exc.reason, {"args": args, "kwargs": kwargs}, task_id=task_id, task="rebook.request"
             )
             log.warning("invalid rebook event (task %s): %s", task_id, exc.reason)
-            return "invalid"
+            return Step.INVALID
         with bound(
             event_id=event.event_id,
             booking_id=event.booking_id,
@@ -277,7 +274,7 @@ class Flow:
         ):
             return self._intake(event, extra)
 
-    def _intake(self, event: RebookEvent, extra: list[str]) -> str:
+    def _intake(self, event: RebookEvent, extra: list[str]) -> Step:
         if extra:
             log.info("event %s: ignored unknown fields %s", event.event_id, ", ".join(extra[:10]))
         now = self.clock()
@@ -314,18 +311,18 @@ class Flow:
             log.info(
                 "event %s: already recorded as %s, nothing to do", event.event_id, result.rebook_id
             )
-        return result.kind
+        return Step(result.kind)
 
     # -- waiting ---------------------------------------------------------------------------------
 
-    def check_presence(self, performer_id: int | None, rebook_id: str | None = None) -> str:
+    def check_presence(self, performer_id: int | None, rebook_id: str | None = None) -> Step:
         """One presence call for a performer, however many rebooks wait on them."""
         if performer_id is None:
-            return self.resolve_performer(rebook_id) if rebook_id else "noop"
+            return self.resolve_performer(rebook_id) if rebook_id else Step.NOOP
         with bound(performer_id=performer_id):
             return self._check_presence(performer_id)
 
-    def _check_presence(self, performer_id: int) -> str:
+    def _check_presence(self, performer_id: int) -> Step:
         interval = self.settings.presence_interval_seconds
         wait = self.store.claim_presence_call(performer_id, interval)
         if 0 < wait <= PRESENCE_SLACK_SECONDS:
@@ -333,10 +330,10 @@ class Flow:
             wait = self.store.claim_presence_call(performer_id, interval)
         if wait > 0:  # checked within this interval by someone else
             self.store.schedule_performer(performer_id, self.clock() + wait)
-            return "coalesced"
+            return Step.COALESCED
         if not self.store.waiting_count(performer_id):
             self.store.schedule_performer(performer_id, self.clock() + interval)
-            return "idle"
+            return Step.IDLE
         try:
             online = self.client.is_online(performer_id)
         except Throttled:  # not called: the budget went to POSTs
@@ -346,15 +343,15 @@ class Flow:
             self.store.release_presence_call(performer_id)
             self.store.keep_presence_turn(performer_id, self.clock())
             log.info("presence of performer %s deferred (rate budget)", performer_id)
-            return "throttled"
+            return Step.THROTTLED
         except UpstreamError as exc:
             self.store.note_presence_call(self.clock())
-            wait = max(interval, exc.retry_after or 0.0) * random.uniform(1.0, 1.25)
+            wait = jittered(max(interval, exc.retry_after or 0.0))
             log.warning(
                 "presence of performer %s unknown (%s); again in %.1fs", performer_id, exc, wait
             )
             self.store.schedule_performer(performer_id, self.clock() + wait)
-            return "error"
+            return Step.ERROR
         # The next check is due one interval after this answer came: the upstream sees at least
         # one interval between two calls, whatever the latency or rate-limit wait of each.
         now = self.clock()
@@ -376,9 +373,9 @@ class Flow:
                     self.dispatch.reschedule(rid, urgent=i == 0)
             log.info("performer %s online: %d rebook(s) to reschedule", performer_id, len(moved))
         self.store.schedule_performer(performer_id, now + interval)
-        return "online" if online else "offline"
+        return Step.ONLINE if online else Step.OFFLINE
 
-    def _locked_step(self, rebook_id: str, state: State, body: Callable[[Rebook], str]) -> str:
+    def _locked_step(self, rebook_id: str, state: State, body: Callable[[Rebook], Step]) -> Step:
         """Runs a step of one rebook under its lock, if the rebook is still in `state`.
 
         The lock keeps two workers from running the same step at once; the token written into
@@ -387,12 +384,12 @@ class Flow:
         """
         lock = self.store.lock(rebook_id)
         if not lock.acquire():
-            return "busy"
+            return Step.BUSY
         step = _STEP.set(_Step(rebook_id, secrets.token_hex(8), lock))
         try:
             rec = self.store.claim_step(rebook_id, _STEP.get().token)  # type: ignore[union-attr]
             if rec is None or rec.state != state:
-                return "noop"
+                return Step.NOOP
             with bound(
                 rebook_id=rec.rebook_id,
                 event_id=rec.event_id,
@@ -403,21 +400,21 @@ class Flow:
                     return body(rec)
                 except ReauthRequired as exc:
                     self.park_member(rec.user_id, exc.detail)
-                    return "reauth"
+                    return Step.REAUTH
                 except LeaseLost as exc:
                     log.warning("rebook %s: %s; the step that took over decides", rebook_id, exc)
-                    return "lease-lost"
+                    return Step.LEASE_LOST
         finally:
             _STEP.reset(step)
             _release(lock)
 
-    def resolve_performer(self, rebook_id: str) -> str:
+    def resolve_performer(self, rebook_id: str) -> Step:
         """The event named no performer: read it from the original booking."""
         return self._locked_step(rebook_id, State.WAITING, self._resolve_performer)
 
-    def _resolve_performer(self, rec: Rebook) -> str:
+    def _resolve_performer(self, rec: Rebook) -> Step:
         if rec.performer_id is not None:
-            return "noop"
+            return Step.NOOP
         try:
             self._hold()
             booking = self._member_call(
@@ -429,11 +426,11 @@ class Flow:
             raise
         except UpstreamError as exc:
             self._retry_later(rec, exc, "reading the original booking")
-            return "retry"
+            return Step.RETRY
         pid = booking.performer_id
         if pid is None:
             self._park(rec, "performer_unknown", action="resubmit with performer_id")
-            return "parked"
+            return Step.PARKED
         if self._stay(
             rec,
             reason="performer resolved",
@@ -441,21 +438,21 @@ class Flow:
             due=rec.deadline_ts,
         ):
             self.dispatch.check_presence(pid)
-        return "resolved"
+        return Step.RESOLVED
 
-    def _fail(self, rec: Rebook, reason: str) -> str:
+    def _fail(self, rec: Rebook, reason: str) -> Step:
         """FAILED: the upstream refused for good. A refused POST made nothing: its mark goes."""
         self._move(
             rec.rebook_id,
             State.FAILED,
-            from_=ACTIVE_STEPS,
+            from_=STEP_STATES,
             reason=reason,
             fields={"post_sent_ts": None, "answer_ts": None},
             outcome=State.FAILED.value,
         )
         log.warning("rebook %s: FAILED (%s)", rec.rebook_id, reason)
         self._unblock(rec)
-        return "failed"
+        return Step.FAILED
 
     # -- reschedule ------------------------------------------------------------------------------
     #
@@ -465,7 +462,7 @@ class Flow:
     # other POST goes out for this rebook, nor for another rebook of the same member and
     # performer (the gate: their bookings could not be told apart).
 
-    def reschedule(self, rebook_id: str) -> str:
+    def reschedule(self, rebook_id: str) -> Step:
         return self._locked_step(
             rebook_id,
             State.RESCHEDULING,
@@ -522,7 +519,7 @@ class Flow:
             key=lambda b: b.booking_id,
         )
 
-    def _adopt(self, rec: Rebook, candidates: Sequence[WebcamBooking], why: str) -> str:
+    def _adopt(self, rec: Rebook, candidates: Sequence[WebcamBooking], why: str) -> Step:
         if len(candidates) > 1:
             log.warning(
                 "rebook %s: %d bookings could be ours (%s); taking the oldest",
@@ -533,7 +530,7 @@ class Flow:
         log.info("rebook %s: %s: booking %s", rec.rebook_id, why, candidates[0].booking_id)
         return self._booked(rec, candidates[0], adopted=why)
 
-    def _post(self, rec: Rebook, listing: Listing | None = None) -> str:
+    def _post(self, rec: Rebook, listing: Listing | None = None) -> Step:
         s = self.settings
         if rec.attempts >= s.reschedule_max_attempts:
             self._park(
@@ -542,7 +539,7 @@ class Flow:
                 attempts=rec.attempts,
                 action="check the upstream, then `rebook retry ID`",
             )
-            return "parked"
+            return Step.PARKED
         holder = self.store.gate_holder(rec)
         if holder is not None:
             return self._gated(rec, holder)
@@ -558,13 +555,13 @@ class Flow:
                 raise
             except UpstreamError as exc:
                 self._retry_later(rec, exc, "reading the member's bookings before the POST")
-                return "retry"
+                return Step.RETRY
         # (a list cut at its page limit is fine here: what it did not show stays a candidate)
         try:
             token = self.tokens.access_token(rec.user_id)
         except UpstreamError as exc:  # the token endpoint failed: nothing was sent
             self._retry_later(rec, exc, "refreshing the member's token")
-            return "retry"
+            return Step.RETRY
         seen = sorted({*(rec.known_ids or ()), *(b.booking_id for b in listing.bookings)})
         marked: list[float] = []
 
@@ -616,7 +613,7 @@ class Flow:
                     bookings=[b.booking_id for b in exc.bookings],
                     siblings=exc.siblings,
                 )
-                return "parked"
+                return Step.PARKED
             return self._adopt(rec, exc.bookings, "found upstream before the POST")
         except LeaseLost:
             raise
@@ -630,21 +627,21 @@ class Flow:
                 fields={"errors": rec.errors + 1, "answer_ts": answered},
                 due=self._proof_due(answered, 1),
             )
-            return "ambiguous"
+            return Step.AMBIGUOUS
         except AuthExpired:  # 401: the upstream did nothing
             self._unmark(rec, marked, reason="access token refused", due=self.clock())
             try:
                 self.tokens.access_token(rec.user_id, rejected=token)
             except UpstreamError as exc:  # refreshed on the next run instead
                 log.warning("rebook %s: token refresh failed (%s)", rec.rebook_id, exc)
-            return "reauth-retry"
+            return Step.REAUTH_RETRY
         except NotFound as exc:
             return self._fail(rec, f"upstream: {exc.message}")
         except Rejected as exc:
             return self._rejected(rec, exc)
         except UpstreamError as exc:  # nothing was sent, or refused before the upstream acted
             if isinstance(exc, NotSent) and not marked:
-                return "noop"  # the rebook moved on meanwhile
+                return Step.NOOP  # the rebook moved on meanwhile
             if isinstance(exc, Throttled):
                 wait, errors = self._throttle_wait(exc), rec.errors
             else:
@@ -656,7 +653,7 @@ class Flow:
             self._unmark(
                 rec, marked, reason=f"retry: {exc}", due=self.clock() + wait, errors=errors
             )
-            return "retry"
+            return Step.RETRY
         return self._booked(rec, booking)
 
     def _unmark(
@@ -672,7 +669,7 @@ class Flow:
             due=due,
         )
 
-    def _gated(self, rec: Rebook, holder: str) -> str:
+    def _gated(self, rec: Rebook, holder: str) -> Step:
         """Another rebook of the same member and performer has an unsettled POST: wait for it,
         visibly, and not past `REBOOK_GATE_MAX_WAIT_SECONDS`."""
         now = self.clock()
@@ -686,14 +683,14 @@ class Flow:
                 fields={"blocked_by": holder},
                 blocked_by=holder,
             )
-            return "parked"
+            return Step.PARKED
         self._stay(
             rec,
             reason=f"waiting for {holder} (same member and performer; its reschedule is unsettled)",
             fields={"gated_since": since, "blocked_by": holder},
             due=now + self.backoff(0) + self.settings.reconcile_grace_seconds,
         )
-        return "gated"
+        return Step.GATED
 
     def _siblings(self, rec: Rebook) -> list[str]:
         """Other rebooks of the member and performer that could have made a booking nobody
@@ -721,7 +718,7 @@ class Flow:
             ):
                 self._resume(other, f"{rec.rebook_id} settled")
 
-    def _rejected(self, rec: Rebook, exc: Rejected) -> str:
+    def _rejected(self, rec: Rebook, exc: Rejected) -> Step:
         """A 4xx: if a fresh presence check says offline, the performer left in between."""
         assert rec.performer_id is not None
         try:
@@ -743,7 +740,7 @@ class Flow:
                 now=now,
             )
             self._unblock(rec)
-            return "waiting"
+            return Step.WAITING
         if online is None:
             self._stay(
                 rec,
@@ -751,10 +748,10 @@ class Flow:
                 fields={"post_sent_ts": None, "errors": rec.errors + 1},
                 due=now + self.backoff(rec.errors),
             )
-            return "retry"
+            return Step.RETRY
         return self._fail(rec, f"upstream refused: {exc.message}")
 
-    def _booked(self, rec: Rebook, booking: WebcamBooking, adopted: str = "") -> str:
+    def _booked(self, rec: Rebook, booking: WebcamBooking, adopted: str = "") -> Step:
         if not self.store.claim_booking(booking.booking_id, rec.rebook_id):
             self._park(
                 rec,
@@ -763,7 +760,7 @@ class Flow:
                 new_booking_id=booking.booking_id,
                 owner=self.store.owner_of(booking.booking_id),
             )
-            return "parked"
+            return Step.PARKED
         now = self.clock()
         accept_by = booking.accept_by or from_ts(now + ACCEPT_BY_FALLBACK_SECONDS)
         assert accept_by is not None
@@ -807,8 +804,8 @@ class Flow:
             )
             self.dispatch.watch(rec.rebook_id, info)
             self._unblock(rec)
-            return "booked"
-        return "fenced"  # another step holds the rebook now: it finds this booking upstream
+            return Step.BOOKED
+        return Step.FENCED  # another step holds the rebook now: it finds this booking upstream
 
     def _window_start(self, sent: float, answered: float | None) -> float:
         """Since when a booking of an unsettled POST may still appear: its ambiguous answer, or,
@@ -827,7 +824,7 @@ class Flow:
         span = s.reconcile_window_seconds - s.reconcile_grace_seconds
         return window_start + s.reconcile_grace_seconds + span * (min(k, n) - 1) / (n - 1)
 
-    def _reconcile(self, rec: Rebook) -> str:
+    def _reconcile(self, rec: Rebook) -> Step:
         """The last POST may have worked: look for it before anything is sent again.
 
         "Not made" needs `REBOOK_RECONCILE_PROOF_READS` readable, complete list answers without
@@ -843,7 +840,7 @@ class Flow:
         read_at = self.clock()  # a read that *starts* at its time counts
         if read_at < self._proof_due(start, k):
             self._stay(rec, reason=rec.reason, due=self._proof_due(start, k))
-            return "grace"
+            return Step.GRACE
         if read_at > start + s.reconcile_max_seconds:
             return self._park_unsettled(rec, rec.reconcile_tries, "no proof within the bound")
         known = set(rec.known_ids) if rec.known_ids is not None else None
@@ -853,7 +850,7 @@ class Flow:
             raise
         except Throttled as exc:
             self._retry_later(rec, exc, "reconciling")
-            return "throttled"
+            return Step.THROTTLED
         except UpstreamError as exc:
             return self._unreadable(rec, str(exc))
         found = self._candidates(rec, listing, sent - s.reconcile_lookback_seconds, known=known)
@@ -869,7 +866,7 @@ class Flow:
                 fields={"empty_reads": k},
                 due=self._proof_due(start, k + 1),
             )
-            return "proving"
+            return Step.PROVING
         # Proven: the POST did not make a booking. Its mark goes; the next POST may go out.
         if not self._stay(
             rec,
@@ -883,11 +880,11 @@ class Flow:
             },
             due=self.clock() + self.store.lease,
         ):
-            return "noop"
+            return Step.NOOP
         fresh = self.store.get(rec.rebook_id)
-        return self._post(fresh, listing) if fresh is not None else "noop"
+        return self._post(fresh, listing) if fresh is not None else Step.NOOP
 
-    def _unreadable(self, rec: Rebook, error: str) -> str:
+    def _unreadable(self, rec: Rebook, error: str) -> Step:
         """A read that proves nothing either way: counted, and parked past the limit."""
         tries = rec.reconcile_tries + 1
         if tries >= self.settings.reconcile_max_tries:
@@ -898,9 +895,9 @@ class Flow:
             fields={"reconcile_tries": tries},
             due=self.clock() + self.backoff(tries),
         )
-        return "retry"
+        return Step.RETRY
 
-    def _park_unsettled(self, rec: Rebook, tries: int, error: str) -> str:
+    def _park_unsettled(self, rec: Rebook, tries: int, error: str) -> Step:
         self._park(
             rec,
             "ambiguous_reschedule",
@@ -909,18 +906,18 @@ class Flow:
             action="look for the booking upstream, then `rebook retry ID` (it reconciles "
             "again before any new request)",
         )
-        return "parked"
+        return Step.PARKED
 
     # -- watch -----------------------------------------------------------------------------------
 
-    def watch(self, rebook_id: str, booking: dict[str, Any] | None = None) -> str:
-        """`booking` is what the message carried; the record's copy is the one trusted."""
+    def watch(self, rebook_id: str) -> Step:
+        """Reads the record's copy of the new booking, never the message's."""
         return self._locked_step(rebook_id, State.WATCHING, self._watch)
 
-    def _watch(self, rec: Rebook) -> str:
+    def _watch(self, rec: Rebook) -> Step:
         new_booking_id = rec.new_booking_id
         if new_booking_id is None:
-            return "noop"
+            return Step.NOOP
         accept_by = rec.accept_by_ts or (rec.created_ts + ACCEPT_BY_FALLBACK_SECONDS)
         try:
             booking = self._read_watched(rec, new_booking_id, accept_by)
@@ -931,7 +928,7 @@ class Flow:
                 error=str(exc),
                 action="check the booking upstream, then `rebook retry ID`",
             )
-            return "parked"
+            return Step.PARKED
         except UpstreamError as exc:
             overdue = self.clock() - accept_by
             if overdue > max(600.0, 10 * self.settings.watch_interval_seconds) and (
@@ -943,13 +940,13 @@ class Flow:
                     error=str(exc),
                     action="check the booking upstream, then `rebook retry ID`",
                 )
-                return "parked"
+                return Step.PARKED
             self._retry_later(rec, exc, "reading the new booking")
-            return "retry"
+            return Step.RETRY
         now = self.clock()
         if booking is None:
             self._stay(rec, reason=rec.reason, due=now + self.settings.sweep_interval_seconds)
-            return "deferred"
+            return Step.DEFERRED
         final = booking.final_state
         if booking.accept_by is not None:
             accept_by = booking.accept_by.timestamp()
@@ -968,7 +965,7 @@ class Flow:
                 now=now,
             )
             log.info("rebook %s: EXPIRED", rec.rebook_id)
-            return "expired"
+            return Step.EXPIRED
         self._stay(
             rec,
             reason=rec.reason,
@@ -981,7 +978,7 @@ class Flow:
             due=min(now + self.settings.watch_interval_seconds, accept_by),
             now=now,
         )
-        return "pending"
+        return Step.PENDING
 
     def _read_watched(self, rec: Rebook, booking_id: int, accept_by: float) -> WebcamBooking | None:
         """The watched booking's state, at one MadeBookings call per member per interval.
@@ -1025,7 +1022,7 @@ class Flow:
                 return None
         return self._member_call(rec, lambda tok: self.client.booking_details(tok, booking_id))
 
-    def _finish(self, rec: Rebook, booking: WebcamBooking, final: State, reason: str = "") -> str:
+    def _finish(self, rec: Rebook, booking: WebcamBooking, final: State, reason: str = "") -> Step:
         self._move(
             rec.rebook_id,
             final,
@@ -1035,9 +1032,9 @@ class Flow:
             outcome=final.value,
         )
         log.info("rebook %s: %s", rec.rebook_id, final.value)
-        return final.value.lower()
+        return Step(final.value.lower())
 
-    def _confirm(self, rec: Rebook, booking: WebcamBooking) -> str:
+    def _confirm(self, rec: Rebook, booking: WebcamBooking) -> Step:
         """REBOOK_AUTO_CONFIRM: confirm an Accepted booking (costs credits; upstream rules:
         only Accepted, only before SessionDate). Confirm is not idempotent either: after an
         ambiguous answer it goes again only on the same proof as a POST — readable status
@@ -1051,7 +1048,7 @@ class Flow:
             k = rec.confirm_reads + 1
             if now < self._proof_due(start, k):
                 self._stay(rec, reason=rec.reason, due=self._proof_due(start, k))
-                return "confirm-pending"
+                return Step.CONFIRM_PENDING
             try:  # a fresh read of our own: a cached list may predate the confirm
                 self._hold()
                 booking = self._member_call(
@@ -1061,7 +1058,7 @@ class Flow:
                 raise
             except UpstreamError as exc:
                 self._retry_later(rec, exc, "reading the booking after a confirm")
-                return "confirm-retry"
+                return Step.CONFIRM_RETRY
             final = booking.final_state
             if final is not None and final != State.ACCEPTED:
                 return self._finish(rec, booking, final)
@@ -1073,7 +1070,7 @@ class Flow:
                     fields={"confirm_reads": k},
                     due=self._proof_due(start, k + 1),
                 )
-                return "confirm-proving"
+                return Step.CONFIRM_PROVING
         self.store.forget_cached(rec.user_id, booking.booking_id)
         if not self._stay(
             rec,
@@ -1081,7 +1078,7 @@ class Flow:
             fields={"confirm_sent_ts": now, "confirm_answer_ts": None, "confirm_reads": None},
             due=now + self.store.lease,
         ):
-            return "noop"
+            return Step.NOOP
         try:
             self._hold()
             confirmed = self._member_call(
@@ -1102,7 +1099,7 @@ class Flow:
                 fields={"confirm_answer_ts": answered},
                 due=self._proof_due(answered, 1),
             )
-            return "confirm-retry"
+            return Step.CONFIRM_RETRY
         except UpstreamError as exc:  # not sent (or a 401 twice): nothing was confirmed
             self._stay(
                 rec,
@@ -1110,7 +1107,7 @@ class Flow:
                 fields={"confirm_sent_ts": None},
                 due=self.clock() + self.backoff(rec.errors, exc.retry_after),
             )
-            return "confirm-retry"
+            return Step.CONFIRM_RETRY
         return self._finish(rec, confirmed, State.CONFIRMED, "auto-confirmed")
 
     # -- beat ------------------------------------------------------------------------------------
@@ -1279,7 +1276,7 @@ class Flow:
         return resumed
 
     def _resume(self, rec: Rebook, reason: str) -> None:
-        to = rec.resume_state if rec.resume_state in ACTIVE_STEPS else State.WAITING
+        to = rec.resume_state if rec.resume_state in STEP_STATES else State.WAITING
         now = self.clock()
         fields: dict[str, Any] = {
             "errors": 0,

@@ -10,7 +10,6 @@ import json
 import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from enum import StrEnum
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
@@ -27,38 +26,13 @@ from pydantic import (
 )
 
 from worker.core.errors import InvalidEvent
+from worker.core.states import State
 
 DEFAULT_ZONE = ZoneInfo("Europe/London")
 MAX_EVENT_BYTES = 64 * 1024
 MAX_WAIT_LIMIT = 7 * 86400
 
 
-class State(StrEnum):
-    """Life cycle of one rebook (DESIGN.md § States)."""
-
-    WAITING = "WAITING"
-    RESCHEDULING = "RESCHEDULING"
-    WATCHING = "WATCHING"
-    NEEDS_ATTENTION = "NEEDS_ATTENTION"
-    ACCEPTED = "ACCEPTED"
-    REJECTED = "REJECTED"
-    CONFIRMED = "CONFIRMED"
-    CANCELLED = "CANCELLED"
-    EXPIRED = "EXPIRED"
-    GAVE_UP = "GAVE_UP"
-    FAILED = "FAILED"
-    ABORTED = "ABORTED"
-    DUPLICATE = "DUPLICATE"
-
-    @property
-    def terminal(self) -> bool:
-        return self not in ACTIVE_STATES
-
-
-ACTIVE_STATES = frozenset(
-    {State.WAITING, State.RESCHEDULING, State.WATCHING, State.NEEDS_ATTENTION}
-)
-TERMINAL_STATES = frozenset(s for s in State if s not in ACTIVE_STATES)
 UPSTREAM_FINAL = {
     "accepted": State.ACCEPTED,
     "rejected": State.REJECTED,
@@ -357,7 +331,9 @@ EVENT_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 
 
 class RebookEvent(BaseModel):
-    """The kwargs of `rebook.request` (DESIGN.md § Intake). Strict: `"12"` is not a booking id."""
+    """The kwargs of `rebook.request` (README "Sending events").
+
+    Strict: `"12"` is not a booking id."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 

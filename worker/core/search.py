@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from worker.core.models import State
+from worker.core.states import State
 from worker.core.store import Rebook, Store, rebook_id_for
 
 CHUNK = 500
@@ -58,7 +58,8 @@ class BadFilter(ValueError):
 
 @dataclass(frozen=True)
 class Filters:
-    """The filters of `rebook list` and of `/rebooks` (DESIGN.md § CLI, § Console)."""
+    """The filters of `rebook list` and of `/rebooks` (README "Command line", "Console (in
+    Flower)")."""
 
     state: State | None = None
     reason: str = ""

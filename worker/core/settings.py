@@ -35,7 +35,7 @@ REQUIRED = ("api_key", "oauth_client_id", "oauth_client_secret")
 
 
 class Settings(BaseSettings):
-    """Every knob of rebook. Names are public interface (see DESIGN.md)."""
+    """Every knob of rebook. Names are public interface (README "Settings")."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,

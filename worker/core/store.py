@@ -33,9 +33,10 @@ from pydantic import BaseModel, ConfigDict
 from worker.core import zonecheck
 from worker.core.capacity import presence_figures
 from worker.core.errors import StoreUnavailable
-from worker.core.models import ACTIVE_STATES, State, iso_z
+from worker.core.models import iso_z
 from worker.core.observability import scrub
 from worker.core.settings import Settings, mask_url, sentinel_hosts
+from worker.core.states import ACTIVE_STATES, State, lua_prelude
 
 KEEP = ""
 """`due=KEEP` leaves the due index as it is; `due=REMOVE` takes the record out of it."""
@@ -63,11 +64,12 @@ def now_ts() -> float:
 
 
 def _script(name: str) -> str:
-    return resources.files("worker.core").joinpath(f"lua/{name}.lua").read_text()
+    """A Lua script with the state sets of `worker.core.states` on top (`ACTIVE`, `STEP`)."""
+    return lua_prelude() + resources.files("worker.core").joinpath(f"lua/{name}.lua").read_text()
 
 
 class Rebook(BaseModel):
-    """A record as read from Redis (the public fields of DESIGN.md § Outcomes, plus bookkeeping)."""
+    """A record as read from Redis (the public fields of `status --json`, plus bookkeeping)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -809,13 +811,6 @@ class Store:
         span = max(1.0, now - start)
         return (sum(perfs) / len(perfs)) / (sum(calls) / span)
 
-    def performer_due(self, performer_id: int) -> float | None:
-        pipe = self.r.pipeline(transaction=False)
-        for shard in self.shards:
-            pipe.zscore(self.skey(shard, "performers"), performer_id)
-        scores = [float(s) for s in pipe.execute() if s is not None]
-        return min(scores) if scores else None
-
     # -- sweep & housekeeping ----------------------------------------------------------------------
 
     def claim_due(
@@ -889,12 +884,6 @@ class Store:
         return sorted(self.r.smembers(self.skey(shard, "user", user_id)))
 
     # -- queries ---------------------------------------------------------------------------------
-
-    def ids_in_state(self, state: State) -> list[str]:
-        pipe = self.r.pipeline(transaction=False)
-        for shard in self.shards:
-            pipe.smembers(self.skey(shard, "st", state.value))
-        return sorted(set().union(*pipe.execute()))
 
     def list_rebooks(self, state: State | None = None, limit: int = 50) -> list[Rebook]:
         """Newest first; `limit` 0 means all."""

@@ -42,8 +42,9 @@ from rich.table import Table
 from rich.text import Text
 
 from worker.core.errors import ConfigError
-from worker.core.models import ACTIVE_STATES, State, TokenSet
+from worker.core.models import TokenSet
 from worker.core.settings import Settings, load_settings, mask_url
+from worker.core.states import ACTIVE_STATES, State
 from worker.core.store import Rebook, Store, rebook_id_for
 from worker.dev.embedded import EmbeddedRedis, reachable
 from worker.dev.sandbox import SandboxClient, SandboxServer

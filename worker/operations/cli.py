@@ -19,8 +19,9 @@ from rich.console import Console
 from rich.table import Table
 
 from worker.core.errors import ConfigError, StoreUnavailable
-from worker.core.models import ACTIVE_STATES, RebookEvent, State, TokenSet
+from worker.core.models import RebookEvent, TokenSet
 from worker.core.settings import mask_url
+from worker.core.states import ACTIVE_STATES, State
 
 cli = typer.Typer(
     name="rebook",

@@ -37,8 +37,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from worker.core.errors import StoreUnavailable
-from worker.core.models import TERMINAL_STATES, State
 from worker.core.settings import Settings, mask_url, settings_or_exit
+from worker.core.states import TERMINAL_STATES, State
 from worker.core.store import Store
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ local ak = p .. 'active:' .. bid
 local active = redis.call('GET', ak)
 if active and active ~= id then
   local st = redis.call('HGET', p .. 'r:' .. active, 'state')
-  if st == 'WAITING' or st == 'RESCHEDULING' or st == 'WATCHING' or st == 'NEEDS_ATTENTION' then
+  if ACTIVE[st] then  -- ACTIVE: worker/core/states.py, prepended by the store's loader
     local reason = 'duplicate of ' .. active
     redis.call('HSET', rk, 'state', 'DUPLICATE', 'reason', reason, 'duplicate_of', active)
     redis.call('SADD', p .. 'st:DUPLICATE', id)

@@ -14,8 +14,9 @@ local p = ARGV[1]
 local guards = cjson.decode(ARGV[12])
 local fields = cjson.decode(ARGV[11])
 local to, now, now_iso, reason = ARGV[4], tonumber(ARGV[5]), ARGV[6], ARGV[7]
+-- ACTIVE and STEP: the state sets of worker/core/states.py, prepended by the store's loader
 local function is_terminal(s)
-  return not (s == 'WAITING' or s == 'RESCHEDULING' or s == 'WATCHING' or s == 'NEEDS_ATTENTION')
+  return not ACTIVE[s]
 end
 
 -- the record fields this script reads, fetched once per rebook (one HMGET, not a dozen HGETs)

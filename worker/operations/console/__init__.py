@@ -1,5 +1,5 @@
 """rebook's console inside Flower: `/rebooks`, `/rebooks/{id}`, the JSON API under
-`/api/rebooks`, and a "Rebooks" link in Flower's navigation (DESIGN.md § Console).
+`/api/rebooks`, and a "Rebooks" link in Flower's navigation (README "Console (in Flower)").
 
 Why inside Flower and not a server of its own: operators already have Flower open, behind its
 basic auth; every handler here asks Flower's own `get_current_user()` (the check every Flower

@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from worker.core.models import ACTIVE_STATES, State
 from worker.core.search import Filters
+from worker.core.states import ACTIVE_STATES, State
 from worker.core.store import Rebook
 
 CSP = (
