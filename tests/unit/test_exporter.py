@@ -125,7 +125,7 @@ def test_counters_survive_an_exporter_restart(store: Store) -> None:
     """The counts live in Redis, so a new collector (a restarted exporter) sees the same totals."""
     store.r.hincrby(store.key("metrics", "outcomes"), "GAVE_UP", 4)
     first = scrape(store)
-    second = scrape(Store(store.r, prefix=store.p))
+    second = scrape(Store(store.r, prefix=store.keys.prefix))
     assert value(first, "rebook_outcomes_total", state="GAVE_UP") == 4
     assert value(second, "rebook_outcomes_total", state="GAVE_UP") == 4
 

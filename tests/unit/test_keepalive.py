@@ -130,7 +130,7 @@ def test_a_pair_stored_before_the_index_is_found_once(
 
 def test_single_flight_with_a_step_s_refresh(svc: Services, sandbox: SandboxClient) -> None:
     member(svc, sandbox, "busy", due=True)
-    lock = svc.store.r.lock(f"{svc.token_store.p}toklock:busy", timeout=5)
+    lock = svc.store.r.lock(svc.token_store.keys.token_lock("busy"), timeout=5)
     assert lock.acquire(blocking=False)
     try:
         assert run(svc) == {"busy": 1}

@@ -47,7 +47,7 @@ def made_booking(
         server.url,
         "sandbox-key",
         zone=ZoneInfo(zone),
-        on_made=ZoneWatch(store.r, store.zone_key, ZoneInfo(zone), 300.0),
+        on_made=ZoneWatch(store.r, store.keys.zone, ZoneInfo(zone), 300.0),
     )
     sandbox.set_online(7, True)
     try:
@@ -97,12 +97,14 @@ def test_a_site_in_another_zone_is_seen_logged_once_and_exposed(
     samples = scrape(store)
     assert value(samples, "rebook_zone_agrees", configured="Europe/London") == 0
     assert value(samples, "rebook_zone_observed_offset_minutes") == 540
-    check = doctor._zone(settings.model_copy(update={"key_prefix": store.p}))
+    check = doctor._zone(settings.model_copy(update={"key_prefix": store.keys.prefix}))
     assert not check.ok and "Asia/Tokyo" in check.detail and "Asia/Tokyo" in check.hint
     # the setting fixed: the next booking agrees, and so does doctor
     made_booking(sandbox, sandbox_server, store, zone="Asia/Tokyo")
     assert store.stats()["zone"]["agrees"] is True
-    fixed = settings.model_copy(update={"key_prefix": store.p, "api_timezone": "Asia/Tokyo"})
+    fixed = settings.model_copy(
+        update={"key_prefix": store.keys.prefix, "api_timezone": "Asia/Tokyo"}
+    )
     assert doctor._zone(fixed).ok
 
 
@@ -110,10 +112,10 @@ def test_the_right_zone_agrees(
     sandbox: SandboxClient, sandbox_server: SandboxServer, store: Store, settings: Settings
 ) -> None:
     made_booking(sandbox, sandbox_server, store)
-    zone = json.loads(store.r.get(store.zone_key))
+    zone = json.loads(store.r.get(store.keys.zone))
     assert zone["agrees"] is True and abs(zone["skew_seconds"]) < 60
     assert value(scrape(store), "rebook_zone_agrees", configured="Europe/London") == 1
-    check = doctor._zone(settings.model_copy(update={"key_prefix": store.p}))
+    check = doctor._zone(settings.model_copy(update={"key_prefix": store.keys.prefix}))
     assert check.ok and "agrees" in check.detail
 
 

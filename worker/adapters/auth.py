@@ -26,6 +26,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from worker.adapters.upstream import UpstreamClient
 from worker.core.errors import ConfigError, ReauthRequired, Rejected, Transient
+from worker.core.keys import Keys
 from worker.core.models import TokenSet
 
 log = logging.getLogger(__name__)
@@ -51,10 +52,10 @@ class TokenStore:
     ) -> None:
         """`key`: one Fernet key, or several, the one that encrypts first."""
         self.r = client
-        self.p = prefix
+        self.keys = Keys(prefix)
         self.ttl = int(ttl_seconds)  # 0: no expiry
         self.refresh_lifetime = refresh_lifetime
-        self.index_key = f"{prefix}tokkeep"
+        self.index_key = self.keys.token_index
         keys = [key] if isinstance(key, str) else list(key or [])
         keys = [k for k in keys if k]
         self._fernet = MultiFernet([Fernet(k.encode()) for k in keys]) if keys else None
@@ -68,7 +69,7 @@ class TokenStore:
         return self._fernet
 
     def _key(self, user_id: str) -> str:
-        return f"{self.p}tok:{user_id}"
+        return self.keys.token(user_id)
 
     def save(self, user_id: str, tokens: TokenSet) -> None:
         blob = self._f().encrypt(tokens.model_dump_json().encode())
@@ -98,17 +99,26 @@ class TokenStore:
     def unindex(self, user_id: str) -> None:
         self.r.zrem(self.index_key, user_id)
 
+    def some_members(self, limit: int) -> list[str]:
+        """Up to `limit` members with a stored pair, in no order (a SCAN: for checks, not work)."""
+        start = len(self._key(""))
+        found: list[str] = []
+        for key in self.r.scan_iter(match=self.keys.glob("tok:"), count=200):
+            found.append((key.decode() if isinstance(key, bytes) else key)[start:])
+            if len(found) >= limit:
+                break
+        return found
+
     def backfill(self) -> int:
         """Once per deployment: pairs saved before the index existed join it, due at once.
         A SCAN of `tok:*`, run only while the marker key is absent."""
         marker = f"{self.index_key}:indexed"
         if self.r.exists(marker):
             return 0
-        glob = "".join(f"[{c}]" if c in "*?[]\\" else c for c in self.p)
         start = len(self._key(""))
         added = 0
         batch: dict[str, float] = {}
-        for key in self.r.scan_iter(match=f"{glob}tok:*", count=1000):
+        for key in self.r.scan_iter(match=self.keys.glob("tok:"), count=1000):
             name = key.decode() if isinstance(key, bytes) else key
             batch[name[start:]] = 0.0
             if len(batch) >= 1000:
@@ -186,7 +196,7 @@ class TokenManager:
 
     def _refresh(self, user_id: str, rejected: str | None) -> str:
         lock = self.store.r.lock(
-            f"{self.store.p}toklock:{user_id}",
+            self.store.keys.token_lock(user_id),
             timeout=self.lock_timeout,
             blocking_timeout=self.lock_timeout,
         )
@@ -243,7 +253,7 @@ class TokenManager:
         (another holder refreshed it meanwhile), "gone" (no pair), "busy" (a refresh runs
         elsewhere: it stores a fresh pair anyway). Never waits for the member's lock. A refused
         refresh raises ReauthRequired; rate-limit and upstream failures raise as they come."""
-        lock = self.store.r.lock(f"{self.store.p}toklock:{user_id}", timeout=self.lock_timeout)
+        lock = self.store.r.lock(self.store.keys.token_lock(user_id), timeout=self.lock_timeout)
         if not lock.acquire(blocking=False):
             return "busy"
         try:

@@ -27,6 +27,7 @@ from kombu import Exchange, Queue
 from worker.celeryapp import broker, compat, frames
 from worker.celeryapp.runtime import services
 from worker.core.errors import StoreUnavailable
+from worker.core.keys import Keys
 from worker.core.settings import Settings, get_settings, mask_url, settings_or_exit
 
 log = logging.getLogger(__name__)
@@ -249,7 +250,7 @@ def make_app(settings: Settings) -> Celery:
             beat_scheduler="redbeat.RedBeatScheduler",
             beat_max_loop_interval=loop,
             redbeat_redis_url=settings.redis_url,
-            redbeat_key_prefix=f"{settings.key_prefix}redbeat:",
+            redbeat_key_prefix=Keys(settings.key_prefix).redbeat_prefix,
             redbeat_lock_timeout=int(loop * 5),
         )
     if settings.fanout_enabled:

@@ -73,10 +73,6 @@ class Fanout:
             self.settings.outcome_task, {"outcome": outcome}, self.settings.outcome_queue
         )
 
-    def _key(self, shard: int, *parts: str) -> str:
-        """Fan-out bookkeeping beside the shard's outcome stream (same slot)."""
-        return self.store.skey(shard, *parts)
-
     def ensure_group(self) -> None:
         """The consumer group starts at the stream's end. Workers create it when they start,
         before they run a step, so no outcome a worker writes is ever before it."""
@@ -85,7 +81,7 @@ class Fanout:
         for shard in self.store.shards:
             try:
                 self.store.r.xgroup_create(
-                    self._key(shard, "outcomes"), GROUP, id="$", mkstream=True
+                    self.store.keys.outcomes(shard), GROUP, id="$", mkstream=True
                 )
             except redis.ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
@@ -97,7 +93,7 @@ class Fanout:
         counts = {"delivered": 0, "failed": 0, "gave_up": 0}
         if not self.settings.fanout_enabled:
             return counts
-        lock = self.store.r.lock(self.store.key("fanout", "lock"), timeout=120, blocking=False)
+        lock = self.store.r.lock(self.store.keys.fanout_lock, timeout=120, blocking=False)
         if not lock.acquire():
             return counts
         try:
@@ -113,12 +109,16 @@ class Fanout:
 
     def _run_shard(self, shard: int, batch: int, counts: dict[str, int]) -> None:
         r = self.store.r
-        stream = self._key(shard, "outcomes")
+        stream = self.store.keys.outcomes(shard)
         down: set[str] = set()  # receivers that failed in this pass: not called again in it
         self._migrate_legacy(shard, batch)
         for name in self.receivers:
             due = r.zrangebyscore(
-                self._key(shard, "fanout", name, "retry"), "-inf", self.clock(), start=0, num=batch
+                self.store.keys.fanout(shard, name, "retry"),
+                "-inf",
+                self.clock(),
+                start=0,
+                num=batch,
             )
             for rebook_id in due:
                 if name in down:
@@ -135,7 +135,7 @@ class Fanout:
             for entry_id, fields in entries:
                 if name in done[entry_id]:
                     continue
-                queue = self._key(shard, "fanout", name, "q", fields.get("rebook_id", ""))
+                queue = self.store.keys.fanout(shard, name, "q", fields.get("rebook_id", ""))
                 if name in down or r.llen(queue):
                     # an earlier outcome of this rebook is undelivered (or the receiver is down
                     # in this pass): keep the order, try at the retry time
@@ -153,7 +153,7 @@ class Fanout:
         are older than any new entry, so they go first; the cursor walks the pending list, up
         to `RECLAIM_BATCHES` batches a pass (a long list is walked over several passes)."""
         r = self.store.r
-        cursor_key = self._key(shard, "fanout", "cursor")
+        cursor_key = self.store.keys.fanout(shard, "cursor")
         start = r.get(cursor_key) or "0-0"
         out: list[tuple[str, dict[str, str]]] = []
         for _ in range(RECLAIM_BATCHES):
@@ -173,13 +173,13 @@ class Fanout:
         """Queues of the one-receiver fan-out (`fanout:q:{id}`, `fanout:retry`): their entries
         are still pending in the group, so reclaiming delivers them; the old keys go."""
         r = self.store.r
-        legacy = self._key(shard, "fanout", "retry")
+        legacy = self.store.keys.fanout(shard, "retry")
         for rebook_id in r.zrange(legacy, 0, batch - 1):
-            r.delete(self._key(shard, "fanout", "q", rebook_id))
+            r.delete(self.store.keys.fanout(shard, "q", rebook_id))
             r.zrem(legacy, rebook_id)
 
     def _done_map(self, shard: int, entry_ids: list[str]) -> dict[str, set[str]]:
-        values = self.store.r.hmget(self._key(shard, "fanout", "done"), entry_ids)
+        values = self.store.r.hmget(self.store.keys.fanout(shard, "done"), entry_ids)
         return {
             eid: set((v or "").split(",")) - {""} for eid, v in zip(entry_ids, values, strict=True)
         }
@@ -189,9 +189,9 @@ class Fanout:
     ) -> None:
         """Delivers a rebook's queued outcomes to one receiver in order until one fails again."""
         r = self.store.r
-        queue = self._key(shard, "fanout", name, "q", rebook_id)
+        queue = self.store.keys.fanout(shard, name, "q", rebook_id)
         while (entry_id := r.lindex(queue, 0)) is not None:
-            rows = r.xrange(self._key(shard, "outcomes"), min=entry_id, max=entry_id)
+            rows = r.xrange(self.store.keys.outcomes(shard), min=entry_id, max=entry_id)
             if rows and name not in self._done_map(shard, [entry_id])[entry_id]:
                 if not self._deliver(shard, name, entry_id, rows[0][1], counts):
                     down.add(name)
@@ -199,7 +199,7 @@ class Fanout:
             elif not rows:
                 self._ack(shard, entry_id)
             r.lpop(queue)
-        r.zrem(self._key(shard, "fanout", name, "retry"), rebook_id)
+        r.zrem(self.store.keys.fanout(shard, name, "retry"), rebook_id)
 
     def _deliver(
         self, shard: int, name: str, entry_id: str, fields: dict[str, str], counts: dict[str, int]
@@ -227,7 +227,7 @@ class Fanout:
         counts: dict[str, int],
     ) -> bool:
         attempts = int(
-            self.store.r.hincrby(self._key(shard, "fanout", name, "attempts"), entry_id, 1)
+            self.store.r.hincrby(self.store.keys.fanout(shard, name, "attempts"), entry_id, 1)
         )
         if attempts >= self.settings.fanout_max_attempts:
             self.store.deadletter(
@@ -250,7 +250,7 @@ class Fanout:
         s = self.settings
         wait = backoff(max(1, attempts), s.retry_base_seconds, s.retry_max_seconds)
         self.store.r.zadd(
-            self._key(shard, "fanout", name, "retry"),
+            self.store.keys.fanout(shard, name, "retry"),
             {rebook_id: self.clock() + wait},
             nx=attempts == 0,  # a receiver down in this pass: keep a retry already set
         )
@@ -259,13 +259,13 @@ class Fanout:
     def _mark(self, shard: int, name: str, entry_id: str) -> None:
         """`name` has the entry; once every receiver has it, it is acknowledged."""
         r = self.store.r
-        done_key = self._key(shard, "fanout", "done")
+        done_key = self.store.keys.fanout(shard, "done")
         have = set((r.hget(done_key, entry_id) or "").split(",")) - {""}
         have.add(name)
         pipe = r.pipeline(transaction=not self.store.cluster)
-        pipe.hdel(self._key(shard, "fanout", name, "attempts"), entry_id)
+        pipe.hdel(self.store.keys.fanout(shard, name, "attempts"), entry_id)
         if have >= set(self.receivers):
-            pipe.xack(self._key(shard, "outcomes"), GROUP, entry_id)
+            pipe.xack(self.store.keys.outcomes(shard), GROUP, entry_id)
             pipe.hdel(done_key, entry_id)
         else:
             pipe.hset(done_key, entry_id, ",".join(sorted(have)))
@@ -273,8 +273,8 @@ class Fanout:
 
     def _ack(self, shard: int, entry_id: str) -> None:
         pipe = self.store.r.pipeline(transaction=not self.store.cluster)
-        pipe.xack(self._key(shard, "outcomes"), GROUP, entry_id)
-        pipe.hdel(self._key(shard, "fanout", "done"), entry_id)
+        pipe.xack(self.store.keys.outcomes(shard), GROUP, entry_id)
+        pipe.hdel(self.store.keys.fanout(shard, "done"), entry_id)
         pipe.execute()
 
 

@@ -65,12 +65,12 @@ class CallCounter:
 
 def build_services(settings: Settings) -> Services:
     store = Store.from_settings(settings)
-    count_call = CallCounter(store.r, store.key("metrics", "upstream"))
+    count_call = CallCounter(store.r, store.keys.upstream_calls)
     limiter = RedisRateLimiter(
         store.r,
         # a sorted set; the GCRA of earlier versions kept a string at "ratelimit": a new name
         # lets old and new workers run side by side during a roll (each side counts its own)
-        store.key("ratelimit", "log"),
+        store.keys.rate_limit,
         settings.upstream_rate_per_second,
         max_wait=settings.limiter_max_wait,
     )
@@ -84,7 +84,7 @@ def build_services(settings: Settings) -> Services:
         limiter=limiter,
         on_call=count_call,
         list_names=settings.list_names,
-        on_made=ZoneWatch(store.r, store.zone_key, settings.zone, settings.zone_tolerance_seconds),
+        on_made=ZoneWatch(store.r, store.keys.zone, settings.zone, settings.zone_tolerance_seconds),
     )
     token_store = TokenStore(
         store.r,

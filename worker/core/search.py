@@ -239,7 +239,7 @@ def _scored(store: Store, shard: int, ids: Sequence[str]) -> list[Pair]:
     ids = list(ids)
     if not ids:
         return []
-    scores = store.r.zmscore(store.skey(shard, "created"), ids)
+    scores = store.r.zmscore(store.keys.created(shard), ids)
     return [(float(s), rid) for rid, s in zip(ids, scores, strict=True) if s is not None]
 
 
@@ -268,12 +268,12 @@ class Search:
         names: list[str] = []
         for shard in self.store.shards:
             if f.performer_id is not None:
-                pipe.zcard(self.store.skey(shard, "ix", "perf", f.performer_id))
-                pipe.scard(self.store.skey(shard, "perf", f.performer_id))
-                pipe.scard(self.store.skey(shard, "st", State.RESCHEDULING.value))
+                pipe.zcard(self.store.keys.search_index(shard, "perf", f.performer_id))
+                pipe.scard(self.store.keys.waiting_on(shard, f.performer_id))
+                pipe.scard(self.store.keys.in_state(shard, State.RESCHEDULING.value))
                 names += ["performer", "performer", "performer"]
             if f.state is not None:
-                pipe.scard(self.store.skey(shard, "st", f.state.value))
+                pipe.scard(self.store.keys.in_state(shard, f.state.value))
                 names.append("state")
         for name, n in zip(names, pipe.execute(), strict=True):
             sizes[name] = sizes.get(name, 0) + int(n)
@@ -286,7 +286,7 @@ class Search:
         found: list[str] = []
         for rid in dict.fromkeys([q, rebook_id_for(q)]):
             shard = self.store.shard_of(rid)
-            if shard is not None and self.store.r.exists(self.store.skey(shard, "r", rid)):
+            if shard is not None and self.store.r.exists(self.store.keys.record(shard, rid)):
                 found.append(rid)
         return found
 
@@ -304,10 +304,10 @@ class Search:
                 pairs = [
                     (float(s), str(rid))
                     for rid, s in st.r.zrange(
-                        st.skey(shard, "ix", "book", f.booking_id), 0, -1, withscores=True
+                        st.keys.search_index(shard, "book", f.booking_id), 0, -1, withscores=True
                     )
                 ]
-                owner = st.r.get(st.skey(shard, "active", f.booking_id))
+                owner = st.r.get(st.keys.active(shard, f.booking_id))
                 pairs += _scored(st, shard, [owner] if owner else [])
                 plans.append(_Plan(_list_stream(pairs, cursor, since)))
             elif driver == "user":
@@ -316,36 +316,38 @@ class Search:
                 pairs = [
                     (float(s), str(rid))
                     for rid, s in st.r.zrange(
-                        st.skey(shard, "ix", "user", f.user_id), 0, -1, withscores=True
+                        st.keys.search_index(shard, "user", f.user_id), 0, -1, withscores=True
                     )
                 ]
-                pairs += _scored(st, shard, list(st.r.smembers(st.skey(shard, "user", f.user_id))))
+                pairs += _scored(
+                    st, shard, list(st.r.smembers(st.keys.of_member(shard, f.user_id)))
+                )
                 plans.append(_Plan(_list_stream(pairs, cursor, since)))
             elif driver == "performer":
                 indexed = _zset_stream(
-                    st, st.skey(shard, "ix", "perf", f.performer_id), cursor, since
+                    st, st.keys.search_index(shard, "perf", f.performer_id), cursor, since
                 )
                 # before its first outcome a rebook is WAITING (perf:P) or RESCHEDULING (few)
                 early = st.r.sunion(
-                    st.skey(shard, "perf", f.performer_id),
-                    st.skey(shard, "st", State.RESCHEDULING.value),
+                    st.keys.waiting_on(shard, f.performer_id),
+                    st.keys.in_state(shard, State.RESCHEDULING.value),
                 )
                 unindexed = _list_stream(_scored(st, shard, list(early)), cursor, since)
                 plans.append(_Plan(_dedupe(heapq.merge(indexed, unindexed, reverse=True))))
             elif driver == "state" and f.state is not None:
-                key = st.skey(shard, "st", f.state.value)
+                key = st.keys.in_state(shard, f.state.value)
                 if st.r.scard(key) <= SMALL_SET:
                     pairs = _scored(st, shard, list(st.r.smembers(key)))
                     plans.append(_Plan(_list_stream(pairs, cursor, since)))
                 else:
                     plans.append(
                         _Plan(
-                            _zset_stream(st, st.skey(shard, "created"), cursor, since),
+                            _zset_stream(st, st.keys.created(shard), cursor, since),
                             id_filter=_member_of(st, key),
                         )
                     )
             else:
-                plans.append(_Plan(_zset_stream(st, st.skey(shard, "created"), cursor, since)))
+                plans.append(_Plan(_zset_stream(st, st.keys.created(shard), cursor, since)))
         return plans
 
     def query(
@@ -418,7 +420,7 @@ class Search:
         pipe = self.store.r.pipeline(transaction=False)
         for hour in wanted:
             for shard in self.store.shards:
-                pipe.hgetall(self.store.skey(shard, "chart", "out", hour))
+                pipe.hgetall(self.store.keys.chart(shard, "out", hour))
         rows = iter(pipe.execute())
         out: list[tuple[int, dict[str, int]]] = []
         for hour in wanted:
@@ -435,7 +437,7 @@ class Search:
         pipe = self.store.r.pipeline(transaction=False)
         for hour in range(current - hours + 1, current + 1):
             for shard in self.store.shards:
-                pipe.hgetall(self.store.skey(shard, "chart", "booked", hour))
+                pipe.hgetall(self.store.keys.chart(shard, "booked", hour))
         counts = [0] * (len(BOOKED_EDGES) + 1)
         for row in pipe.execute():
             for bucket, n in row.items():
@@ -458,24 +460,25 @@ class Search:
             start = 0
             while True:
                 rows = st.r.zrange(
-                    st.skey(shard, "created"), start, start + chunk - 1, withscores=True
+                    st.keys.created(shard), start, start + chunk - 1, withscores=True
                 )
                 if not rows:
                     break
                 read = st.r.pipeline(transaction=False)
                 for rid, _ in rows:
                     read.hmget(
-                        st.skey(shard, "r", rid), ["user_id", "performer_id", "booking_id", "state"]
+                        st.keys.record(shard, rid),
+                        ["user_id", "performer_id", "booking_id", "state"],
                     )
                 write = st.r.pipeline(transaction=False)
                 for (rid, score), (uid, pid, bid, state) in zip(rows, read.execute(), strict=True):
                     if not uid:
                         continue
-                    write.zadd(st.skey(shard, "ix", "user", uid), {rid: score}, nx=True)
+                    write.zadd(st.keys.search_index(shard, "user", uid), {rid: score}, nx=True)
                     if pid:
-                        write.zadd(st.skey(shard, "ix", "perf", pid), {rid: score}, nx=True)
+                        write.zadd(st.keys.search_index(shard, "perf", pid), {rid: score}, nx=True)
                     if bid and state and State(state).terminal:
-                        write.zadd(st.skey(shard, "ix", "book", bid), {rid: score}, nx=True)
+                        write.zadd(st.keys.search_index(shard, "book", bid), {rid: score}, nx=True)
                     done += 1
                 write.execute()
                 start += chunk

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict
 from worker.core import zonecheck
 from worker.core.capacity import presence_figures
 from worker.core.errors import StoreUnavailable
+from worker.core.keys import Keys
 from worker.core.models import iso_z
 from worker.core.observability import scrub
 from worker.core.settings import Settings, mask_url, sentinel_hosts
@@ -225,15 +226,15 @@ class Store:
     ) -> None:
         # decode_responses=True: replies are str; redis-py's stubs cannot know that.
         self.r: Any = client
-        self.p = prefix
         self.retention = retention_seconds
         self.lease = lease_seconds
         self.url = url
         self.cluster = cluster
-        self.sharded = cluster or shards > 1
-        self.shard_prefixes = (
-            [f"{prefix}{{rb{k}}}:" for k in range(shards)] if self.sharded else [prefix]
-        )
+        self.keys = Keys(prefix, shards, sharded=cluster)
+        self.sharded = self.keys.sharded
+        self.shard_prefixes = self.keys.shard_prefixes
+        self.key = self.keys.key
+        self.skey = self.keys.skey
         self._shard_cache: dict[str, int] = {}
         self.ssl_options: dict[str, Any] = {}
         """TLS options of a `rediss://` client (certificate checks), for probes of the URL."""
@@ -327,19 +328,6 @@ class Store:
             ) from None
 
     @property
-    def zone_key(self) -> str:
-        """The zone check's last observation (worker.core.zonecheck; JSON, no secrets)."""
-        return self.key("zone")
-
-    def key(self, *parts: object) -> str:
-        """A global key (single-key commands only)."""
-        return self.p + ":".join(str(p) for p in parts)
-
-    def skey(self, shard: int, *parts: object) -> str:
-        """A key of one shard (same hash slot as everything else of that shard)."""
-        return self.shard_prefixes[shard] + ":".join(str(p) for p in parts)
-
-    @property
     def shards(self) -> range:
         return range(len(self.shard_prefixes))
 
@@ -354,7 +342,7 @@ class Store:
             return 0
         found = self._shard_cache.get(rebook_id)
         if found is None:
-            value = self.r.get(self.key("loc", rebook_id))
+            value = self.r.get(self.keys.location(rebook_id))
             if value is None:
                 return None
             found = int(value)
@@ -370,7 +358,7 @@ class Store:
         if missing:
             pipe = self.r.pipeline(transaction=False)
             for rid in missing:
-                pipe.get(self.key("loc", rid))
+                pipe.get(self.keys.location(rid))
             for rid, value in zip(missing, pipe.execute(), strict=True):
                 if value is not None:
                     self._shard_cache[rid] = int(value)
@@ -378,7 +366,7 @@ class Store:
 
     def _script_args(self, shard: int) -> tuple[list[str], str]:
         """KEYS routes a script to its shard's node in a cluster; the prefix names its keys."""
-        return [self.skey(shard, "due")], self.shard_prefixes[shard]
+        return [self.keys.due(shard)], self.shard_prefixes[shard]
 
     # -- records -------------------------------------------------------------------------------
 
@@ -395,7 +383,7 @@ class Store:
     ) -> Created:
         shard = self.shard_for_user(user_id)
         if self.sharded:
-            self.r.set(self.key("loc", rebook_id), shard, nx=True)
+            self.r.set(self.keys.location(rebook_id), shard, nx=True)
             self._shard_cache[rebook_id] = shard
         keys, prefix = self._script_args(shard)
         due = deadline if performer_id is not None else now
@@ -426,7 +414,7 @@ class Store:
         shard = self.shard_of(rebook_id)
         if shard is None:
             return None
-        raw = self.r.hgetall(self.skey(shard, "r", rebook_id))
+        raw = self.r.hgetall(self.keys.record(shard, rebook_id))
         return Rebook.from_hash(rebook_id, raw) if raw else None
 
     def find(self, ident: str) -> Rebook | None:
@@ -439,7 +427,7 @@ class Store:
         ]
         pipe = self.r.pipeline(transaction=False)
         for rid, shard in located:
-            pipe.hgetall(self.skey(shard, "r", rid))
+            pipe.hgetall(self.keys.record(shard, rid))
         return [
             Rebook.from_hash(rid, raw)
             for (rid, _), raw in zip(located, pipe.execute(), strict=True)
@@ -451,11 +439,11 @@ class Store:
         shard = self.shard_of(rebook_id)
         if shard is None:
             return []
-        raw = self.r.lrange(self.skey(shard, "h", rebook_id), 0, -1)
+        raw = self.r.lrange(self.keys.history(shard, rebook_id), 0, -1)
         entries = [json.loads(item) for item in raw]
         if entries and entries[0].get("from") == "":
             return entries  # created straight into a final state (DUPLICATE)
-        created = self.r.hget(self.skey(shard, "r", rebook_id), "created_ts")
+        created = self.r.hget(self.keys.record(shard, rebook_id), "created_ts")
         if created is None:
             return entries
         first = {
@@ -468,7 +456,7 @@ class Store:
 
     def active_owner(self, booking_id: int, user_id: str) -> str | None:
         """The rebook that holds a booking (the member's shard)."""
-        value = self.r.get(self.skey(self.shard_for_user(user_id), "active", booking_id))
+        value = self.r.get(self.keys.active(self.shard_for_user(user_id), booking_id))
         return str(value) if value is not None else None
 
     def transition(
@@ -595,16 +583,18 @@ class Store:
         shard = self.shard_of(rec.rebook_id)
         if shard is None:
             return None
-        holder = self.r.get(self.skey(shard, "gate", f"{rec.user_id}:{rec.performer_id or ''}"))
+        holder = self.r.get(self.keys.gate(shard, rec.user_id, rec.performer_id))
         if not holder or holder == rec.rebook_id:
             return None
-        sent, made = self.r.hmget(self.skey(shard, "r", holder), ["post_sent_ts", "new_booking_id"])
+        sent, made = self.r.hmget(
+            self.keys.record(shard, holder), ["post_sent_ts", "new_booking_id"]
+        )
         return str(holder) if sent and not made else None
 
     def posted_without_booking(self, rec: Rebook) -> list[str]:
         """Rebooks of the member and performer that sent a POST and own no booking (yet)."""
         shard = self.shard_for_user(rec.user_id)
-        ids = self.r.smembers(self.skey(shard, "posted", f"{rec.user_id}:{rec.performer_id or ''}"))
+        ids = self.r.smembers(self.keys.posted(shard, rec.user_id, rec.performer_id))
         return sorted(str(i) for i in ids)
 
     def claim_step(self, rebook_id: str, token: str) -> Rebook | None:
@@ -614,7 +604,7 @@ class Store:
         shard = self.shard_of(rebook_id)
         if shard is None:
             return None
-        raw = self._claim(keys=[self.skey(shard, "r", rebook_id)], args=[token])
+        raw = self._claim(keys=[self.keys.record(shard, rebook_id)], args=[token])
         if not raw:
             return None
         return Rebook.from_hash(rebook_id, dict(zip(raw[::2], raw[1::2], strict=True)))
@@ -623,7 +613,7 @@ class Store:
         """`WAIT`: how many replicas have every write of this connection so far (the mark)."""
         if self.cluster:
             shard = self.shard_of(rebook_id) or 0
-            node = self.r.get_node_from_key(self.skey(shard, "r", rebook_id))
+            node = self.r.get_node_from_key(self.keys.record(shard, rebook_id))
             return int(self.r.execute_command("WAIT", replicas, timeout_ms, target_nodes=node))
         return int(self.r.wait(replicas, timeout_ms))
 
@@ -672,34 +662,32 @@ class Store:
 
     def claim_booking(self, new_booking_id: int, rebook_id: str) -> bool:
         """Marks an upstream booking as ours; False if another rebook already owns it."""
-        key = self.key("claimed", new_booking_id)
+        key = self.keys.claimed(new_booking_id)
         if self.r.set(key, rebook_id, nx=True, ex=self.retention + 86400):
             return True
         return self.r.get(key) == rebook_id
 
     def owner_of(self, new_booking_id: int) -> str | None:
-        return self.r.get(self.key("claimed", new_booking_id))
+        return self.r.get(self.keys.claimed(new_booking_id))
 
     def owners_of(self, booking_ids: Sequence[int]) -> list[str | None]:
         if not booking_ids:
             return []
         pipe = self.r.pipeline(transaction=False)
         for bid in booking_ids:
-            pipe.get(self.key("claimed", bid))
+            pipe.get(self.keys.claimed(bid))
         return list(pipe.execute())
 
     def lock(self, rebook_id: str, timeout: float | None = None) -> StepLock:
         """Per-rebook lock so two workers never run a step of the same rebook at once."""
-        return self.r.lock(
-            self.key("lock", rebook_id), timeout=timeout or self.lease, blocking=False
-        )
+        return self.r.lock(self.keys.lock(rebook_id), timeout=timeout or self.lease, blocking=False)
 
     # -- watch cache -----------------------------------------------------------------------------
 
     def cache_bookings(self, user_id: str, bookings: dict[int, str], ttl: float) -> None:
         """A member's bookings as read by one MadeBookings call, shared for one interval. The
         `LISTED` field says the read is done, even when it found nothing."""
-        key = self.key("watchcache", user_id)
+        key = self.keys.watchcache(user_id)
         pipe = self.r.pipeline(transaction=not self.cluster)
         pipe.delete(key)
         pipe.hset(key, mapping={LISTED: "1", **{str(k): v for k, v in bookings.items()}})
@@ -708,11 +696,11 @@ class Store:
 
     def forget_cached(self, user_id: str, booking_id: int) -> None:
         """After we changed a booking (confirm), its next read goes upstream."""
-        self.r.hdel(self.key("watchcache", user_id), str(booking_id))
+        self.r.hdel(self.keys.watchcache(user_id), str(booking_id))
 
     def cached_booking(self, user_id: str, booking_id: int) -> tuple[bool, str | None]:
         """(whether the member's list has been read this interval, the booking as listed)."""
-        listed, value = self.r.hmget(self.key("watchcache", user_id), [LISTED, str(booking_id)])
+        listed, value = self.r.hmget(self.keys.watchcache(user_id), [LISTED, str(booking_id)])
         return listed is not None, str(value) if value is not None else None
 
     # -- performers ----------------------------------------------------------------------------
@@ -722,34 +710,30 @@ class Store:
 
         Returns 0 when this caller may act now, else the seconds until the window ends.
         """
-        key = self.key(name)
+        key = self.keys.window(name)
         if self.r.set(key, "1", nx=True, px=max(1, int(seconds * 1000))):
             return 0.0
         return max(0.001, int(self.r.pttl(key)) / 1000)
 
     def claim_presence_call(self, performer_id: int, interval: float) -> float:
         """At most one presence call per performer per interval, across all workers."""
-        return self.claim_window(self._presence_window(performer_id), interval)
+        return self.claim_window(f"presence:{performer_id}", interval)
 
     def release_presence_call(self, performer_id: int) -> None:
         """The claimed call was not made (rate budget): the next check may go at once."""
-        self.r.delete(self.key(self._presence_window(performer_id)))
-
-    @staticmethod
-    def _presence_window(performer_id: int) -> str:
-        return f"presence:{performer_id}"
+        self.r.delete(self.keys.presence_window(performer_id))
 
     def waiting_count(self, performer_id: int) -> int:
         """O(1) per shard: enough to decide whether a presence call is needed at all."""
         pipe = self.r.pipeline(transaction=False)
         for shard in self.shards:
-            pipe.scard(self.skey(shard, "perf", performer_id))
+            pipe.scard(self.keys.waiting_on(shard, performer_id))
         return sum(int(n) for n in pipe.execute())
 
     def waiting_for(self, performer_id: int) -> list[str]:
         pipe = self.r.pipeline(transaction=False)
         for shard in self.shards:
-            pipe.smembers(self.skey(shard, "perf", performer_id))
+            pipe.smembers(self.keys.waiting_on(shard, performer_id))
         return sorted(set().union(*pipe.execute()))
 
     def schedule_performer(self, performer_id: int, at: float) -> bool:
@@ -769,7 +753,7 @@ class Store:
 
     def note_presence_call(self, now: float) -> None:
         """Counts one presence call made, in the bounded record `stats` reads."""
-        key = self.key("presence", "calls", int(now // PRESENCE_BUCKET_SECONDS))
+        key = self.keys.presence_calls(int(now // PRESENCE_BUCKET_SECONDS))
         pipe = self.r.pipeline(transaction=False)
         pipe.hincrby(key, "calls", 1)
         pipe.hsetnx(key, "first", repr(now))
@@ -780,10 +764,10 @@ class Store:
         """The sweep's sample of performers tracked (those with waiting rebooks), per bucket."""
         pipe = self.r.pipeline(transaction=False)
         for shard in self.shards:
-            pipe.zcard(self.skey(shard, "performers"))
+            pipe.zcard(self.keys.performers(shard))
         count = sum(int(n) for n in pipe.execute())
         self.r.set(
-            self.key("presence", "performers", int(now // PRESENCE_BUCKET_SECONDS)),
+            self.keys.presence_performers(int(now // PRESENCE_BUCKET_SECONDS)),
             count,
             ex=2 * PRESENCE_RECORD_SECONDS,
         )
@@ -798,8 +782,8 @@ class Store:
         buckets = list(range(last - int(seconds // PRESENCE_BUCKET_SECONDS) + 1, last + 1))
         pipe = self.r.pipeline(transaction=False)
         for b in buckets:
-            pipe.hmget(self.key("presence", "calls", b), ["calls", "first"])
-            pipe.get(self.key("presence", "performers", b))
+            pipe.hmget(self.keys.presence_calls(b), ["calls", "first"])
+            pipe.get(self.keys.presence_performers(b))
         rows = pipe.execute()
         calls = [int(c or 0) for c, _ in rows[0::2]]
         firsts = [float(f) for _, f in rows[0::2] if f is not None]
@@ -837,7 +821,7 @@ class Store:
         return all_ids, all_pids
 
     def last_sweep(self) -> float | None:
-        value = self.r.get(self.skey(0, "sweep", "last"))
+        value = self.r.get(self.keys.sweep_last())
         return float(value) if value else None
 
     def expire_finished(self, now: float, batch: int = 1000) -> int:
@@ -846,42 +830,42 @@ class Store:
         removed = 0
         for shard in self.shards:
             ids = self.r.zrangebyscore(
-                self.skey(shard, "finished"), "-inf", cutoff, start=0, num=batch
+                self.keys.finished(shard), "-inf", cutoff, start=0, num=batch
             )
             if ids:
                 rows = self.r.pipeline(transaction=False)
                 for rid in ids:
                     rows.hmget(
-                        self.skey(shard, "r", rid),
+                        self.keys.record(shard, rid),
                         ["state", "user_id", "performer_id", "booking_id"],
                     )
                 found = rows.execute()
                 pipe = self.r.pipeline(transaction=not self.cluster)
                 for rid, (state, uid, pid, bid) in zip(ids, found, strict=True):
-                    pipe.delete(self.skey(shard, "r", rid), self.skey(shard, "h", rid))
+                    pipe.delete(self.keys.record(shard, rid), self.keys.history(shard, rid))
                     if state:
-                        pipe.srem(self.skey(shard, "st", state), rid)
+                        pipe.srem(self.keys.in_state(shard, state), rid)
                     # the console's indexes (worker/core/search.py) lose the id with its record
                     for name, value in (("user", uid), ("perf", pid), ("book", bid)):
                         if value:
-                            pipe.zrem(self.skey(shard, "ix", name, value), rid)
-                    pipe.zrem(self.skey(shard, "created"), rid)
-                    pipe.zrem(self.skey(shard, "finished"), rid)
+                            pipe.zrem(self.keys.search_index(shard, name, value), rid)
+                    pipe.zrem(self.keys.created(shard), rid)
+                    pipe.zrem(self.keys.finished(shard), rid)
                 pipe.execute()
                 if self.sharded:
-                    self.r.delete(*[self.key("loc", rid) for rid in ids])
+                    self.r.delete(*[self.keys.location(rid) for rid in ids])
                 removed += len(ids)
             self.r.xtrim(
-                self.skey(shard, "outcomes"), minid=f"{int(cutoff * 1000)}-0", approximate=True
+                self.keys.outcomes(shard), minid=f"{int(cutoff * 1000)}-0", approximate=True
             )
-        self.r.xtrim(self.key("deadletter"), minid=f"{int(cutoff * 1000)}-0", approximate=True)
+        self.r.xtrim(self.keys.deadletter, minid=f"{int(cutoff * 1000)}-0", approximate=True)
         return removed
 
     # -- members ---------------------------------------------------------------------------------
 
     def active_of_user(self, user_id: str) -> list[str]:
         shard = self.shard_for_user(user_id)
-        return sorted(self.r.smembers(self.skey(shard, "user", user_id)))
+        return sorted(self.r.smembers(self.keys.of_member(shard, user_id)))
 
     # -- queries ---------------------------------------------------------------------------------
 
@@ -891,13 +875,13 @@ class Store:
         ranked: list[tuple[float, str]] = []
         for shard in self.shards:
             if state is None:
-                rows = self.r.zrevrange(self.skey(shard, "created"), 0, end, withscores=True)
+                rows = self.r.zrevrange(self.keys.created(shard), 0, end, withscores=True)
                 ranked.extend((float(score), rid) for rid, score in rows)
             else:
-                members = sorted(self.r.smembers(self.skey(shard, "st", state.value)))
+                members = sorted(self.r.smembers(self.keys.in_state(shard, state.value)))
                 pipe = self.r.pipeline(transaction=False)
                 for rid in members:
-                    pipe.zscore(self.skey(shard, "created"), rid)
+                    pipe.zscore(self.keys.created(shard), rid)
                 ranked.extend(
                     (float(score or 0), rid)
                     for rid, score in zip(members, pipe.execute(), strict=True)
@@ -910,7 +894,7 @@ class Store:
         """Outcomes written so far, by state (all shards)."""
         pipe = self.r.pipeline(transaction=False)
         for shard in self.shards:
-            pipe.hgetall(self.skey(shard, "metrics", "outcomes"))
+            pipe.hgetall(self.keys.outcome_counts(shard))
         totals: dict[str, int] = {}
         for counts in pipe.execute():
             for name, value in counts.items():
@@ -922,11 +906,11 @@ class Store:
         pipe = self.r.pipeline(transaction=False)
         for shard in self.shards:
             for state in State:
-                pipe.scard(self.skey(shard, "st", state.value))
-            pipe.zrange(self.skey(shard, "due"), 0, 0, withscores=True)
-            pipe.xlen(self.skey(shard, "outcomes"))
-            pipe.zcard(self.skey(shard, "performers"))
-        pipe.xlen(self.key("deadletter"))
+                pipe.scard(self.keys.in_state(shard, state.value))
+            pipe.zrange(self.keys.due(shard), 0, 0, withscores=True)
+            pipe.xlen(self.keys.outcomes(shard))
+            pipe.zcard(self.keys.performers(shard))
+        pipe.xlen(self.keys.deadletter)
         *rows, dead = pipe.execute()
         width = len(State) + 3
         states = dict.fromkeys((s.value for s in State), 0)
@@ -966,18 +950,18 @@ class Store:
     def zone_observation(self) -> dict[str, Any] | None:
         """`{"configured", "observed_offset_minutes", "agrees", "at", ...}` of the last booking
         the upstream made (worker.core.zonecheck), or None before the first one."""
-        return zonecheck.read(self.r, self.zone_key)
+        return zonecheck.read(self.r, self.keys.zone)
 
     def _gated_count(self) -> int:
         """RESCHEDULING rebooks held by another's gate (O(rescheduling): they are few)."""
         total = 0
         for shard in self.shards:
-            ids = list(self.r.smembers(self.skey(shard, "st", State.RESCHEDULING.value)))
+            ids = list(self.r.smembers(self.keys.in_state(shard, State.RESCHEDULING.value)))
             if not ids:
                 continue
             pipe = self.r.pipeline(transaction=False)
             for rid in ids:
-                pipe.hget(self.skey(shard, "r", rid), "gated_since")
+                pipe.hget(self.keys.record(shard, rid), "gated_since")
             total += sum(1 for v in pipe.execute() if v)
         return total
 
@@ -1003,7 +987,7 @@ class Store:
             fields["raw"] = raw[: DEADLETTER_PAYLOAD_LIMIT + 16]
         return str(
             self.r.xadd(
-                self.key("deadletter"),
+                self.keys.deadletter,
                 fields,
                 maxlen=self.deadletter_max_entries,
                 approximate=True,
@@ -1013,16 +997,16 @@ class Store:
     def deadletters(self, count: int = 100) -> list[dict[str, str]]:
         return [
             {"id": sid, **fields}
-            for sid, fields in self.r.xrevrange(self.key("deadletter"), count=count)
+            for sid, fields in self.r.xrevrange(self.keys.deadletter, count=count)
         ]
 
     def deadletter_entry(self, entry_id: str) -> dict[str, str] | None:
-        rows = self.r.xrange(self.key("deadletter"), min=entry_id, max=entry_id)
+        rows = self.r.xrange(self.keys.deadletter, min=entry_id, max=entry_id)
         return {"id": rows[0][0], **rows[0][1]} if rows else None
 
     def outcome_streams(self) -> list[tuple[int, str]]:
         """`{prefix}outcomes`; on a sharded store one stream per shard."""
-        return [(shard, self.skey(shard, "outcomes")) for shard in self.shards]
+        return [(shard, self.keys.outcomes(shard)) for shard in self.shards]
 
     def outcomes(self, count: int = 100, after: str = "-") -> list[dict[str, str]]:
         """Oldest first (merged across shards by stream id, i.e. by time)."""

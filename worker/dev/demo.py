@@ -572,7 +572,7 @@ def _snapshot(store: Store, tracks: Sequence[_Track]) -> int:
     records = {r.rebook_id: r for r in store.get_many([t.rebook_id for t in tracks])}
     for t in tracks:
         t.record = records.get(t.rebook_id, t.record)
-    return int(store.r.xlen(store.key("deadletter")))
+    return int(store.r.xlen(store.keys.deadletter))
 
 
 def _summary(

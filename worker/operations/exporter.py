@@ -69,7 +69,7 @@ class RebookCollector(Collector):
         try:
             stats = self.store.stats()
             outcomes = self.store.outcome_counts()
-            upstream = self.store.r.hgetall(self.store.key("metrics", "upstream"))
+            upstream = self.store.r.hgetall(self.store.keys.upstream_calls)
             memory = self.store.r.info("memory")
         except (redis.RedisError, StoreUnavailable, OSError) as exc:
             log.warning(

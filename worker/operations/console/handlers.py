@@ -153,7 +153,7 @@ def _outcomes_of(rec: Rebook) -> list[dict[str, str]]:
     store = _services().store
     shard = store.shard_of(rec.rebook_id) or 0
     rows = store.r.xrange(
-        store.skey(shard, "outcomes"), min=f"{int(rec.created_ts * 1000)}-0", count=OUTCOME_SCAN
+        store.keys.outcomes(shard), min=f"{int(rec.created_ts * 1000)}-0", count=OUTCOME_SCAN
     )
     return [{"id": sid, **f} for sid, f in rows if f.get("rebook_id") == rec.rebook_id]
 
