@@ -591,3 +591,23 @@ def test_stats_presence_figures_from_the_record_of_calls_made(store: Store) -> N
     assert presence["needed_calls_per_second"] == 20.0
     assert presence["budget_calls_per_second"] == pytest.approx(7 / 1.05, abs=1e-3)
     assert presence["achieved_interval_seconds"] == pytest.approx(4.0, rel=0.01)
+
+
+def test_presence_seen_keeps_the_last_answer_and_the_offline_run(store: Store) -> None:
+    """The console's "why is it waiting": last answer, when, and since when offline."""
+    assert store.presence_seen(42) is None
+    store.note_presence_call(100.0, 42, False)
+    store.note_presence_call(130.0, 42, False)
+    seen = store.presence_seen(42)
+    assert seen is not None
+    assert (seen.at, seen.answer, seen.offline_since) == (130.0, "offline", 100.0)
+    store.note_presence_call(160.0, 42, None, "getUserSummary HTTP 503 token=abc123secret")
+    seen = store.presence_seen(42)
+    assert seen is not None and seen.answer == "unknown" and seen.offline_since == 100.0
+    assert "abc123secret" not in seen.error and "503" in seen.error  # scrubbed
+    store.note_presence_call(190.0, 42, True)
+    seen = store.presence_seen(42)
+    assert seen is not None and seen.answer == "online" and seen.offline_since is None
+    store.note_presence_call(220.0, 42, False)
+    assert store.presence_seen(42).offline_since == 220.0  # type: ignore[union-attr]
+    assert 0 < store.r.ttl(store.key("presence", "seen", 42)) <= 8 * 86400
