@@ -37,7 +37,8 @@ def facts(r: Rebook, s: Situation) -> dict[str, str]:
 
 
 def test_span_is_precise_enough_to_act_on() -> None:
-    assert [span(x) for x in (4, 61, 490, 3600 * 11 + 52 * 60, 86400 * 2 + 3 * 3600)] == [
+    assert [span(x) for x in (0.3, 4, 61, 490, 3600 * 11 + 52 * 60, 86400 * 2 + 3 * 3600)] == [
+        "0.3s",
         "4s",
         "1m 1s",
         "8m 10s",

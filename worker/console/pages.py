@@ -70,6 +70,8 @@ border-radius:50%;background:#1e2a38}.refusal{color:#8a2a2a}.ok{color:#1f6f43}
 .quick{margin:.1rem 0 .6rem;font-size:.85rem}.quick a{margin-right:.6rem}
 .quick a.on{font-weight:bold;text-decoration:none;color:#123}
 .summary a{text-decoration:none;margin-right:.5rem;color:#222}.summary{margin:.5rem 0}
+td code,td a{white-space:nowrap}td.ev{max-width:16rem;overflow:hidden;text-overflow:ellipsis;
+white-space:nowrap}h2 small{display:block;font-size:.95rem;font-weight:normal;color:#444}
 """
 
 
@@ -237,7 +239,7 @@ def list_page(
         rows.append(
             "<tr>"
             f'<td><a href="{esc(path)}"><code>{esc(r.rebook_id)}</code></a></td>'
-            f"<td><code>{esc(r.event_id)}</code></td>"
+            f'<td class="ev" title="{esc(r.event_id)}"><code>{esc(r.event_id)}</code></td>'
             f'<td><a href="{link(base + "/rebooks", {"user_id": r.user_id})}">'
             f"{esc(r.user_id)}</a></td>"
             f'<td><a href="{link(base + "/rebooks", {"performer_id": str(r.performer_id or "")})}">'
@@ -491,7 +493,9 @@ def preview_page(
             else f"these {len(outcome.would_do)} rebooks"
         )
         + "</button> "
-        f'<a href="{back}" id="bulk-back">no, back to the list</a></form>'
+        f'<a href="{back}" id="bulk-back">no, back to the list</a>'
+        '<p class="muted">The confirm acts on exactly the rebooks under "Would be done", each '
+        "only if it still matches the filter then (else it is refused, with its state).</p></form>"
         if outcome.would_do
         else f'<p>Nothing to {esc(action)}. <a href="{back}" id="bulk-back">back</a></p>'
     )
@@ -501,8 +505,8 @@ def preview_page(
         else ""
     )
     body = (
-        f'<h2 id="result">Dry run: {esc(action)} every rebook matching '
-        f"{esc(_describe(filters))}</h2>"
+        f'<h2 id="result">Dry run: {esc(action)} every rebook matching the filter'
+        f"<small>{esc(_describe(filters))}</small></h2>"
         '<p class="muted">Nothing has been done yet. Each rebook below would go through the same '
         f"action as <code>rebook {esc(action)} ID</code>; the flow may still refuse one whose "
         "record changed in between.</p>"

@@ -70,8 +70,11 @@ def stamp(ts: float | None) -> str:
 
 
 def span(seconds: float) -> str:
-    """`4s`, `8m 10s`, `11h 52m`, `2d 3h`: precise enough to act on, short enough to read."""
-    s = max(0, round(seconds))
+    """`0.3s`, `4s`, `8m 10s`, `11h 52m`, `2d 3h`: precise enough to act on, short enough to
+    read (tenths only below 10 s, where sub-second intervals live)."""
+    if seconds < 9.95:
+        return f"{max(0.0, seconds):.1f}".removesuffix(".0") + "s"
+    s = round(seconds)
     if s < 60:
         return f"{s}s"
     if s < 3600:
