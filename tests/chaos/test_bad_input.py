@@ -241,7 +241,7 @@ def wait_dead_letter(system: System, task_id: str, what: str = "") -> dict[str, 
 
 
 def all_dead_letters(system: System) -> list[dict[str, str]]:
-    rows = system.store.r.xrange(system.store.key("deadletter"))
+    rows = system.store.r.xrange(system.store.keys.deadletter)
     return [{"id": sid, **fields} for sid, fields in rows]
 
 

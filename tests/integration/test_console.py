@@ -145,3 +145,36 @@ def test_untrusted_text_is_escaped_and_no_secret_shows(console: str, system: Sys
         for secret in secrets:
             assert secret not in text
     assert re.search(r"NEEDS_ATTENTION \d+", pages[0])
+
+
+def test_bulk_form_previews_then_confirms_and_refuses_cross_site(
+    console: str, system: System
+) -> None:
+    """The HTML bulk form: a POST without the confirm only previews; the confirm acts on the
+    previewed ids; both need Flower's auth, the form's CSRF token and a same-site request."""
+    user = system.member()
+    rids = sorted(system.rebook(user, system.performer(online=False))[0] for _ in range(2))
+    for rid in rids:
+        system.wait_state(rid, State.WAITING)
+    session = requests.Session()
+    session.auth = AUTH
+    page = session.get(console + "/rebooks", params={"user_id": user}, timeout=30)
+    token = re.search(r'name="_xsrf" value="([^"]+)"', page.text)
+    assert token is not None
+    form = {"_xsrf": token.group(1), "action": "cancel", "f_user_id": user}
+    url = console + "/rebooks/actions"
+    preview = session.post(url, data=form, timeout=30)
+    assert preview.status_code == 200 and "Nothing has been done yet" in preview.text
+    assert all(f'name="ids" value="{rid}"' in preview.text for rid in rids)
+    assert all(system.get(r).state == State.WAITING for r in rids)  # type: ignore[union-attr]
+    confirm = {**form, "confirm": "1", "ids": rids[:1]}
+    for headers in ({"Sec-Fetch-Site": "cross-site"}, {"Origin": "https://evil.example"}):
+        assert session.post(url, data=confirm, headers=headers, timeout=30).status_code == 403
+    no_token = {k: v for k, v in confirm.items() if k != "_xsrf"}
+    assert session.post(url, data=no_token, timeout=30).status_code == 403
+    assert requests.post(url, data=confirm, timeout=30).status_code == 401  # no credentials
+    assert all(system.get(r).state == State.WAITING for r in rids)  # type: ignore[union-attr]
+    done = session.post(url, data=confirm, timeout=30)
+    assert done.status_code == 200 and "Cancel: 1 done, 0 refused" in done.text
+    assert system.get(rids[0]).state == State.ABORTED  # type: ignore[union-attr]
+    assert system.get(rids[1]).state == State.WAITING  # type: ignore[union-attr]

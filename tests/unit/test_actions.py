@@ -78,3 +78,20 @@ def test_bulk_goes_through_the_flow_and_reports_refusals(env: Env) -> None:  # n
     by_id = run(env.flow, env.store, "cancel", ids=[parked, "rb-missing"])
     assert [d["state"] for d in by_id.done] == ["ABORTED"]
     assert by_id.refused == [{"rebook_id": "rb-missing", "why": "no rebook 'rb-missing'"}]
+
+
+def test_a_confirm_acts_only_on_previewed_ids_that_still_match(env: Env) -> None:  # noqa: F811
+    """The console's confirm sends the previewed ids and the filter: one that changed since
+    the preview is refused with its state now, never acted on."""
+    first = _put(env, 1, State.NEEDS_ATTENTION, False)
+    second = _put(env, 2, State.NEEDS_ATTENTION, False)
+    filters = Filters(state=State.NEEDS_ATTENTION, user_id="alice")
+    preview = run(env.flow, env.store, "retry", filters=filters, dry_run=True)
+    assert sorted(preview.would_do) == sorted([first, second])
+    assert set(preview.records) == {first, second}
+    env.flow.retry(second)  # someone else retried it in between
+    done = run(env.flow, env.store, "retry", ids=preview.would_do, filters=filters)
+    assert [d["rebook_id"] for d in done.done] == [first]
+    assert len(done.refused) == 1 and done.refused[0]["rebook_id"] == second
+    assert done.refused[0]["why"].startswith("no longer matches the filter: now ")
+    assert "NEEDS_ATTENTION" not in done.refused[0]["why"]

@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 
 from tests.conftest import wait_for
-from tests.inspect_store import performer_due
 from worker.adapters.upstream import UpstreamClient
 from worker.celeryapp.runtime import Services, build_services
 from worker.core.capacity import presence_budget
@@ -304,7 +303,7 @@ def test_offline_stays_waiting_and_checks_coalesce(env: Env) -> None:
     assert env.sandbox.stats()["presence_calls"] == {"7": 1}
     assert all(env.get(r).state is State.WAITING for r in rids)
     assert env.rec.of("reschedule") == []
-    due = performer_due(env.store, 7)
+    due = env.store.performer_due(7)
     assert due is not None and env.clock() < due <= env.clock() + 0.3 + 0.05
 
 
@@ -347,7 +346,7 @@ def test_presence_error_keeps_waiting(env: Env) -> None:
     env.sandbox.fault("getUserSummary", "http_503")
     assert env.flow.check_presence(7) == "error"
     assert env.get(rid).state is State.WAITING
-    due = performer_due(env.store, 7)
+    due = env.store.performer_due(7)
     assert due is not None and due >= env.clock() + 0.25
 
 
@@ -359,8 +358,8 @@ def test_presence_gives_way_to_the_rate_budget_without_losing_its_turn(
     env.submit(env.sandbox.add_booking("alice", 8), performer=8)
     assert env.flow.check_presence(7) == "offline"  # spends this second's budget
     assert env.flow.check_presence(8) == "throttled"  # a presence poll does not sit and wait
-    due = performer_due(env.store, 8)
-    due7 = performer_due(env.store, 7)
+    due = env.store.performer_due(8)
+    due7 = env.store.performer_due(7)
     # it keeps its place in the line: due now, ahead of the one just polled (not pushed back)
     assert due is not None and due7 is not None and due <= env.clock() < due7
     # the call was not made, so the performer's turn was not used up: not "coalesced"
@@ -589,7 +588,7 @@ def test_4xx_while_offline_goes_back_to_waiting(env: Env) -> None:
     rec = env.get(rid)
     assert rec.state is State.WAITING and rec.post_sent_ts is None
     assert env.store.waiting_for(7) == [rid]
-    assert performer_due(env.store, 7) is not None
+    assert env.store.performer_due(7) is not None
     assert env.new_bookings() == {}
     assert env.outcomes(rid) == []
 
@@ -840,14 +839,14 @@ def test_sweep_dispatches_due_presence_checks(env: Env) -> None:
 def test_sweep_sends_a_presence_check_due_before_the_next_sweep_to_run_on_time(env: Env) -> None:
     env.submit(env.sandbox.add_booking("alice", 7))
     assert env.flow.check_presence(7) == "offline"
-    due = performer_due(env.store, 7)
+    due = env.store.performer_due(7)
     assert due is not None
     env.rec.calls.clear()
     env.rec.at.clear()
     env.clock.advance(due - env.clock() - env.settings.sweep_interval_seconds / 2)
     assert env.flow.sweep()["performers"] == 1
     assert env.rec.calls == [("check_presence", 7, None)] and env.rec.at == [due]
-    assert performer_due(env.store, 7) == due + env.settings.step_lease_seconds
+    assert env.store.performer_due(7) == due + env.settings.step_lease_seconds
 
 
 def test_sweep_hands_out_the_presence_budget_least_recently_polled_first(
@@ -898,12 +897,12 @@ def test_a_throttled_check_goes_back_to_its_place_in_the_line(
     env.rec.calls.clear()
     env.flow.sweep()  # a budget of one per sweep: 8 alone
     assert [c[1] for c in env.rec.of("check_presence")] == [8]
-    claimed = performer_due(env.store, 8)
+    claimed = env.store.performer_due(8)
     assert claimed is not None and claimed > now + env.settings.step_lease_seconds / 2
     sec, usec = env.store.r.time()
     env.store.r.zadd(env.store.key("ratelimit", "log"), {"busy": sec * 1_000_000 + usec})
     assert env.flow.check_presence(8) == "throttled"
-    assert performer_due(env.store, 8) == pytest.approx(now - 3)
+    assert env.store.performer_due(8) == pytest.approx(now - 3)
     env.rec.calls.clear()
     env.flow.sweep()  # first in line again
     assert [c[1] for c in env.rec.of("check_presence")] == [8]

@@ -4,6 +4,7 @@ paging across shards, backfill of old records, housekeeping and the chart counte
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 import redis
@@ -217,3 +218,34 @@ def test_performer_found_in_every_phase(store: Store) -> None:
         )
     assert ids_of(s, Filters(performer_id=5)) == [late, moving, waiting]
     assert ids_of(s, Filters(performer_id=6)) == [other]
+
+
+def test_today_and_parked_are_words_an_operator_types() -> None:
+    now = datetime(2026, 5, 4, 15, 30, tzinfo=UTC).timestamp()
+    assert parse_since("today", now) == datetime(2026, 5, 4, tzinfo=UTC).timestamp()
+    assert parse_since(" Today ", now) == parse_since("today", now)
+    f = Filters.parse({"since": "today", "state": "parked", "user_id": "m1"})
+    assert f.state == State.NEEDS_ATTENTION
+    # a link keeps the word, so a shared "today" view stays today tomorrow
+    assert f.params() == {"state": "NEEDS_ATTENTION", "user_id": "m1", "since": "today"}
+    assert Filters.parse({"since": "24h"}).params() == {"since": "24h"}
+    with pytest.raises(BadFilter, match="today, an age like 6h"):
+        parse_since("yesterday")
+
+
+def test_summary_counts_a_filtered_view_per_state(store: Store, population: dict[int, str]) -> None:
+    s = Search(store)
+    summary = s.summary(Filters(user_id="u0"))
+    members = [n for n in range(30) if n % 3 == 0]
+
+    def final(n: int) -> str:  # as `population` leaves them: GAVE_UP last
+        return "GAVE_UP" if n % 7 == 1 else "NEEDS_ATTENTION" if n % 5 == 0 else "WAITING"
+
+    expected: dict[str, int] = {}
+    for n in members:
+        expected[final(n)] = expected.get(final(n), 0) + 1
+    assert summary.total == len(members) and summary.complete
+    assert summary.counts == expected and len(expected) == 3
+    assert list(summary.counts) == ["WAITING", "NEEDS_ATTENTION", "GAVE_UP"]  # state order
+    capped = s.summary(Filters(user_id="u0"), cap=3)
+    assert capped.total == 3 and not capped.complete

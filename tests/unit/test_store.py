@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from tests.conftest import PUBLIC_FIELDS, wait_for
-from tests.inspect_store import ids_in_state, performer_due
+from tests.inspect_store import ids_in_state
 from worker.core.errors import StoreUnavailable
 from worker.core.states import ACTIVE_STATES, State
 from worker.core.store import (
@@ -97,7 +97,7 @@ def test_create_records_a_waiting_rebook(store: Store) -> None:
     assert store.active_of_user("u1") == [res.rebook_id]
     # the record waits on its deadline; the performer is checked one lease after intake at latest
     assert due_score(store, res.rebook_id) == T0 + 3600
-    assert performer_due(store, 7) == T0 + LEASE
+    assert store.performer_due(7) == T0 + LEASE
     assert store.find("evt-1") == rec
     hist = store.history(res.rebook_id)
     assert [(h["from"], h["to"], h["reason"]) for h in hist] == [("", "WAITING", "received")]
@@ -109,7 +109,7 @@ def test_create_without_performer_is_due_at_once(store: Store) -> None:
     rec = get(store, res.rebook_id)
     assert rec.performer_id is None
     assert due_score(store, res.rebook_id) == T0
-    assert performer_due(store, 7) is None
+    assert store.performer_due(7) is None
 
 
 def test_second_rebook_on_the_same_performer_does_not_dispatch_again(store: Store) -> None:
@@ -242,7 +242,7 @@ def test_back_to_waiting_rejoins_the_performer(store: Store) -> None:
     store.r.zrem(store.key("performers"), 7)
     store.transition(rid, State.WAITING, from_=[State.RESCHEDULING], reason="offline", now=T0 + 9)
     assert store.waiting_for(7) == [rid]
-    assert performer_due(store, 7) == T0 + 9
+    assert store.performer_due(7) == T0 + 9
 
 
 def test_needs_attention_remembers_where_it_was(store: Store) -> None:
@@ -350,7 +350,7 @@ def test_claim_due_performers(store: Store) -> None:
     make(store, "b", 101, performer_id=8)
     ids, pids = store.claim_due(T0 + LEASE, 10)
     assert ids == [] and sorted(pids) == [7, 8]
-    assert performer_due(store, 7) == T0 + 2 * LEASE
+    assert store.performer_due(7) == T0 + 2 * LEASE
     assert store.claim_due(T0 + LEASE + 1, 10) == ([], {})
 
 
@@ -360,8 +360,8 @@ def test_claim_due_performers_due_soon_come_with_their_time(store: Store) -> Non
     assert store.claim_due(T0 + LEASE - 2, 10, ahead=1) == ([], {})
     ids, pids = store.claim_due(T0 + LEASE - 1, 10, ahead=1)
     assert ids == [] and pids == {7: T0 + LEASE}
-    assert performer_due(store, 7) == T0 + 2 * LEASE  # one lease past its own time
-    assert performer_due(store, 8) == T0 + 5 + LEASE
+    assert store.performer_due(7) == T0 + 2 * LEASE  # one lease past its own time
+    assert store.performer_due(8) == T0 + 5 + LEASE
 
 
 def test_claim_due_respects_the_batch(store: Store) -> None:
@@ -386,10 +386,10 @@ def test_claim_presence_call_coalesces(store: Store) -> None:
 def test_schedule_performer(store: Store) -> None:
     rid = make(store).rebook_id
     assert store.schedule_performer(7, T0 + 30) is True
-    assert performer_due(store, 7) == T0 + 30
+    assert store.performer_due(7) == T0 + 30
     store.transition(rid, State.RESCHEDULING, from_=[State.WAITING])
     assert store.schedule_performer(7, T0 + 60) is False
-    assert performer_due(store, 7) is None
+    assert store.performer_due(7) is None
     assert store.schedule_performer(99, T0) is False
 
 
@@ -592,3 +592,23 @@ def test_stats_presence_figures_from_the_record_of_calls_made(store: Store) -> N
     assert presence["needed_calls_per_second"] == 20.0
     assert presence["budget_calls_per_second"] == pytest.approx(7 / 1.05, abs=1e-3)
     assert presence["achieved_interval_seconds"] == pytest.approx(4.0, rel=0.01)
+
+
+def test_presence_seen_keeps_the_last_answer_and_the_offline_run(store: Store) -> None:
+    """The console's "why is it waiting": last answer, when, and since when offline."""
+    assert store.presence_seen(42) is None
+    store.note_presence_call(100.0, 42, False)
+    store.note_presence_call(130.0, 42, False)
+    seen = store.presence_seen(42)
+    assert seen is not None
+    assert (seen.at, seen.answer, seen.offline_since) == (130.0, "offline", 100.0)
+    store.note_presence_call(160.0, 42, None, "getUserSummary HTTP 503 token=abc123secret")
+    seen = store.presence_seen(42)
+    assert seen is not None and seen.answer == "unknown" and seen.offline_since == 100.0
+    assert "abc123secret" not in seen.error and "503" in seen.error  # scrubbed
+    store.note_presence_call(190.0, 42, True)
+    seen = store.presence_seen(42)
+    assert seen is not None and seen.answer == "online" and seen.offline_since is None
+    store.note_presence_call(220.0, 42, False)
+    assert store.presence_seen(42).offline_since == 220.0  # type: ignore[union-attr]
+    assert 0 < store.r.ttl(store.key("presence", "seen", 42)) <= 8 * 86400

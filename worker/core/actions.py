@@ -43,6 +43,8 @@ class Outcome:
     refused: list[dict[str, str]] = field(default_factory=list)
     would_do: list[str] = field(default_factory=list)
     truncated: bool = False
+    records: dict[str, Rebook] = field(default_factory=dict, repr=False)
+    """The matched records as they were before acting (for the console's tables; not JSON)."""
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -90,9 +92,9 @@ def refusal(action: Action, rec: Rebook) -> str | None:
 def select(
     store: Store, *, ids: Sequence[str] = (), filters: Filters | None = None
 ) -> tuple[list[Rebook], bool]:
-    """The rebooks an action is about: given ids (by rebook or event id) or a filter's matches,
-    newest first; True when more matched than `MAX_BULK`."""
-    if filters is not None:
+    """The rebooks an action is about: given ids (by rebook or event id), else a filter's
+    matches, newest first; True when more matched than `MAX_BULK`."""
+    if filters is not None and not ids:
         page = Search(store).query(filters, limit=MAX_BULK, budget=10**9)
         return page.items, page.next is not None
     found: list[Rebook] = []
@@ -113,16 +115,28 @@ def run(
     dry_run: bool = False,
 ) -> Outcome:
     """Each matched rebook through the flow's own action; what it refuses is reported, never
-    forced. Ids that match nothing are refused as not found."""
+    forced. Ids that match nothing are refused as not found. Ids *and* a filter (the console's
+    confirm of a preview): exactly those ids, each refused if it no longer matches the filter,
+    so a confirm never acts on what the preview did not show, nor on what changed since."""
     from worker.core.flow import Refused
 
     records, truncated = select(store, ids=ids, filters=filters)
     result = Outcome(action, dry_run, matched=[r.rebook_id for r in records], truncated=truncated)
+    result.records = {r.rebook_id: r for r in records}
     known = {r.rebook_id for r in records} | {r.event_id for r in records}
     for ident in dict.fromkeys(ids):
         if ident not in known:
             result.refused.append({"rebook_id": ident, "why": f"no rebook {ident!r}"})
     for rec in records:
+        if ids and filters is not None and not filters.matches(rec):
+            result.refused.append(
+                {
+                    "rebook_id": rec.rebook_id,
+                    "why": f"no longer matches the filter: now {rec.state.value}"
+                    + (f" ({rec.reason})" if rec.reason else ""),
+                }
+            )
+            continue
         if dry_run:
             why = refusal(action, rec)
             if why is None:

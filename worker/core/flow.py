@@ -345,7 +345,7 @@ class Flow:
             log.info("presence of performer %s deferred (rate budget)", performer_id)
             return Step.THROTTLED
         except UpstreamError as exc:
-            self.store.note_presence_call(self.clock())
+            self.store.note_presence_call(self.clock(), performer_id, None, str(exc))
             wait = jittered(max(interval, exc.retry_after or 0.0))
             log.warning(
                 "presence of performer %s unknown (%s); again in %.1fs", performer_id, exc, wait
@@ -355,7 +355,7 @@ class Flow:
         # The next check is due one interval after this answer came: the upstream sees at least
         # one interval between two calls, whatever the latency or rate-limit wait of each.
         now = self.clock()
-        self.store.note_presence_call(now)
+        self.store.note_presence_call(now, performer_id, online)
         if online:  # only now read who waits: an offline answer (the usual one) costs O(1)
             moved = self.store.transition_many(
                 self.store.waiting_for(performer_id),

@@ -148,6 +148,10 @@ class Keys:
     def presence_window(self, performer_id: int) -> str:
         return self.key(f"presence:{performer_id}")
 
+    def presence_seen(self, performer_id: object) -> str:
+        """A performer's last presence answer (when, online/offline/unknown, offline since)."""
+        return self.key("presence", "seen", performer_id)
+
     def presence_calls(self, bucket: int) -> str:
         return self.key("presence", "calls", bucket)
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import re
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -47,6 +48,10 @@ SMALL_SET = 2_000
 HOURS = 48
 BOOKED_EDGES = (10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 43200)
 """Bucket upper edges in seconds (received → BOOKED); must match `transition.lua`."""
+SUMMARY_CAP = 1000
+"""Matches counted per state for a filtered view (past it the counts say "at least")."""
+STATE_ALIASES = {"PARKED": State.NEEDS_ATTENTION.value}
+"""What operators call a state, accepted as its name (`state=parked`)."""
 _ID_TEXT = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 Pair = tuple[float, str]
@@ -68,6 +73,8 @@ class Filters:
     booking_id: int | None = None
     q: str = ""
     since: float | None = None
+    since_text: str = field(default="", compare=False)
+    """`since` as typed (`today`, `24h`): links keep it, so a shared "today" stays today."""
 
     NAMES = ("state", "reason", "user_id", "performer_id", "booking_id", "q", "since")
 
@@ -81,8 +88,9 @@ class Filters:
 
         state: State | None = None
         if text("state"):
+            wanted = text("state").upper()
             try:
-                state = State(text("state").upper())
+                state = State(STATE_ALIASES.get(wanted, wanted))
             except ValueError:
                 raise BadFilter(
                     f"state: unknown state {text('state')!r}; one of "
@@ -108,6 +116,7 @@ class Filters:
             booking_id=ints["booking_id"],
             q=text("q")[:128],
             since=parse_since(text("since")) if text("since") else None,
+            since_text=text("since")[:64],
         )
 
     def params(self) -> dict[str, str]:
@@ -122,7 +131,7 @@ class Filters:
             if getattr(self, name) is not None:
                 out[name] = str(getattr(self, name))
         if self.since is not None:
-            out["since"] = (
+            out["since"] = self.since_text or (
                 datetime.fromtimestamp(self.since, UTC).isoformat().replace("+00:00", "Z")
             )
         return out
@@ -159,9 +168,13 @@ def _q_matches(q: str, rec: Rebook) -> bool:
     return rec.event_id == q or rec.rebook_id.startswith(q)
 
 
-def parse_since(raw: str) -> float:
-    """`2024-05-01T10:00:00Z`, a date, unix seconds, or an age such as `90m`, `6h`, `2d`."""
+def parse_since(raw: str, now: float | None = None) -> float:
+    """`2024-05-01T10:00:00Z`, a date, unix seconds, an age such as `90m`, `6h`, `2d`, or
+    `today` (since 00:00 UTC: every time the console and the CLI show is UTC)."""
     value = raw.strip()
+    if value.lower() == "today":
+        day = datetime.fromtimestamp(time.time() if now is None else now, UTC).date()
+        return datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
     age = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd])", value)
     if age:
         scale = {"s": 1, "m": 60, "h": 3600, "d": 86400}[age.group(2)]
@@ -174,7 +187,7 @@ def parse_since(raw: str) -> float:
         when = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise BadFilter(
-            f"since: expected an ISO time, unix seconds or an age like 6h, got {raw!r}"
+            f"since: expected today, an age like 6h or 2d, an ISO time or unix seconds, got {raw!r}"
         ) from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
@@ -201,6 +214,15 @@ class Page:
     items: list[Rebook]
     next: str | None
     examined: int = 0
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Matches of a filter per state; `complete` False when counting stopped at the cap."""
+
+    counts: dict[str, int]
+    total: int
+    complete: bool
 
 
 @dataclass
@@ -406,6 +428,16 @@ class Search:
                     yield pair
             if prefix and seen >= MAX_EXAMINED * 10:
                 return
+
+    def summary(self, f: Filters, cap: int = SUMMARY_CAP) -> Summary:
+        """How many rebooks match, per state (a member's day at a glance: how many were
+        accepted, rejected, are parked...). Counts the first `cap` matches, newest first."""
+        page = self.query(f, limit=cap)
+        counts: dict[str, int] = {}
+        for rec in page.items:
+            counts[rec.state.value] = counts.get(rec.state.value, 0) + 1
+        ordered: dict[str, int] = {s.value: counts[s.value] for s in State if s.value in counts}
+        return Summary(ordered, len(page.items), complete=page.next is None)
 
     def all_matching(self, f: Filters) -> list[Rebook]:
         """Every match (bulk actions): a query without limit."""

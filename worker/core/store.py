@@ -47,6 +47,8 @@ PRESENCE_BUCKET_SECONDS = 10
 """Width of one bucket of the presence record (calls made, performers tracked)."""
 PRESENCE_RECORD_SECONDS = 300
 """How far back `stats` measures the achieved presence interval; buckets expire after twice it."""
+PRESENCE_SEEN_SECONDS = 8 * 86400
+"""A performer's last presence answer outlives the longest max wait (7 days) by a day."""
 LISTED = "_listed"
 """Field of a member's watch cache that says its MadeBookings read is done (booking ids are
 digits, so it cannot collide)."""
@@ -145,6 +147,17 @@ class Rebook(BaseModel):
             "updated_at": self.updated_at,
             "deadline": iso_z(datetime.fromtimestamp(self.deadline_ts, UTC)),
         }
+
+
+@dataclass(frozen=True)
+class PresenceSeen:
+    """A performer's last presence answer: `online`, `offline` or `unknown` (the call failed:
+    `error`), and since when every answer has said offline."""
+
+    at: float
+    answer: str
+    offline_since: float | None = None
+    error: str = ""
 
 
 @dataclass(frozen=True)
@@ -751,14 +764,46 @@ class Store:
             keys, prefix = self._script_args(shard)
             self._presence_keep(keys=keys, args=[prefix, performer_id, repr(now), repr(self.lease)])
 
-    def note_presence_call(self, now: float) -> None:
-        """Counts one presence call made, in the bounded record `stats` reads."""
+    def note_presence_call(
+        self,
+        now: float,
+        performer_id: int | None = None,
+        online: bool | None = None,
+        error: str = "",
+    ) -> None:
+        """Counts one presence call made, in the bounded record `stats` reads; with a
+        performer, also keeps its last answer (`presence_seen`) in the same round trip."""
         key = self.keys.presence_calls(int(now // PRESENCE_BUCKET_SECONDS))
         pipe = self.r.pipeline(transaction=False)
         pipe.hincrby(key, "calls", 1)
         pipe.hsetnx(key, "first", repr(now))
         pipe.expire(key, 2 * PRESENCE_RECORD_SECONDS)
+        if performer_id is not None:
+            seen = self.keys.presence_seen(performer_id)
+            answer = "unknown" if online is None else "online" if online else "offline"
+            pipe.hset(
+                seen, mapping={"at": repr(now), "answer": answer, "error": scrub(error)[:300]}
+            )
+            if online is False:
+                pipe.hsetnx(seen, "offline_since", repr(now))  # the first of an offline run
+            elif online:
+                pipe.hdel(seen, "offline_since")
+            pipe.expire(seen, PRESENCE_SEEN_SECONDS)
         pipe.execute()
+
+    def presence_seen(self, performer_id: int) -> PresenceSeen | None:
+        """The last presence answer for a performer, for the console's "why is it waiting"
+        (None before the first check, or once nobody waited on them for a week)."""
+        raw = self.r.hgetall(self.keys.presence_seen(performer_id))
+        if not raw.get("at"):
+            return None
+        since = raw.get("offline_since")
+        return PresenceSeen(
+            at=float(raw["at"]),
+            answer=raw.get("answer", "unknown"),
+            offline_since=float(since) if since else None,
+            error=raw.get("error", ""),
+        )
 
     def note_presence_performers(self, now: float) -> int:
         """The sweep's sample of performers tracked (those with waiting rebooks), per bucket."""
@@ -819,6 +864,14 @@ class Store:
             for pid, at in zip(pids, ats, strict=True):
                 all_pids[int(pid)] = min(float(at), all_pids.get(int(pid), float("inf")))
         return all_ids, all_pids
+
+    def performer_due(self, performer_id: int) -> float | None:
+        """When the performer's next presence check is due (the console's "next check")."""
+        pipe = self.r.pipeline(transaction=False)
+        for shard in self.shards:
+            pipe.zscore(self.keys.performers(shard), performer_id)
+        scores = [float(s) for s in pipe.execute() if s is not None]
+        return min(scores) if scores else None
 
     def last_sweep(self) -> float | None:
         value = self.r.get(self.keys.sweep_last())

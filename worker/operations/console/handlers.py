@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlparse
 
@@ -17,10 +18,13 @@ import tornado.web
 from flower.views import BaseHandler
 from tornado.web import url
 
-from worker.core.actions import ACTIONS, MAX_BULK, Action, refusal, run
+from worker.core.actions import ACTIONS, MAX_BULK, Action, Outcome, refusal, run
+from worker.core.capacity import presence_figures, shortfall
 from worker.core.search import BadFilter, Filters, Search
+from worker.core.states import State
 from worker.core.store import Rebook
 from worker.operations.console import pages
+from worker.operations.console.why import Situation
 
 PAGE_DEFAULT = 50
 PAGE_MAX = 500
@@ -123,15 +127,20 @@ class ConsoleHandler(BaseHandler):
 class RebooksPage(ConsoleHandler):
     def get(self) -> None:
         store = _services().store
+        search = Search(store)
         try:
             f, limit = self.filters(), self.limit()
             cursor = self.arg("cursor", "")
-            page = Search(store).query(f, limit=limit, cursor=cursor or None)
+            page = search.query(f, limit=limit, cursor=cursor or None)
         except BadFilter as exc:
-            self.html(pages.layout("Bad filter", f"<p>{pages.esc(exc)}</p>", self.base), 400)
+            raw = {name: self.arg(name) for name in Filters.NAMES}
+            self.html(pages.bad_filter_page(base=self.base, raw=raw, error=str(exc)), 400)
             return
         now = time.time()
-        search = Search(store)
+        # a filtered view's counts per state ("what happened to member M today"); a state
+        # alone is already counted by the chips above the table
+        only_state = f.state is not None and list(f.params()) == ["state"]
+        summary = None if f.empty or only_state else search.summary(f)
         self.html(
             pages.list_page(
                 base=self.base,
@@ -145,6 +154,7 @@ class RebooksPage(ConsoleHandler):
                 histogram=search.booked_histogram(now),
                 xsrf=self.xsrf_token.decode(),
                 now=now,
+                summary=summary,
             )
         )
 
@@ -172,22 +182,86 @@ def _upstream_status(rec: Rebook) -> str:
     return f"{booking.status or '?'} (booking {new_id})"
 
 
+def _entered_at(history: list[dict[str, Any]]) -> float | None:
+    """When the rebook entered its current state: its last history entry."""
+    if not history:
+        return None
+    try:
+        return datetime.fromisoformat(str(history[-1]["at"]).replace("Z", "+00:00")).timestamp()
+    except (KeyError, ValueError):
+        return None
+
+
+def _token_stored_at(user_id: str) -> float | None:
+    """When the member's pair was handed over or last refreshed; never a token itself."""
+    try:
+        tokens = _services().token_store.load(user_id)
+    except Exception:  # an unreadable pair (another key) says nothing about the time
+        return None
+    return tokens.refresh_issued_at or None if tokens is not None else None
+
+
+def situation(rec: Rebook, history: list[dict[str, Any]]) -> Situation:
+    """The facts behind "why is it where it is" (worker/operations/console/why.py), read now."""
+    svc = _services()
+    store, settings = svc.store, svc.settings
+    now = time.time()
+    shard = store.shard_of(rec.rebook_id) or 0
+    due = store.r.zscore(store.keys.due(shard), rec.rebook_id)
+    seen = presence_next = None
+    waiting = 0
+    budget: str | None = None
+    if rec.state == State.WAITING and rec.performer_id is not None:
+        seen = store.presence_seen(rec.performer_id)
+        presence_next = store.performer_due(rec.performer_id)
+        waiting = store.waiting_count(rec.performer_id)
+    if rec.state in (State.WAITING, State.RESCHEDULING):
+        pipe = store.r.pipeline(transaction=False)
+        for sh in store.shards:
+            pipe.zcard(store.keys.performers(sh))
+        performers = sum(int(n) for n in pipe.execute())
+        figures = presence_figures(
+            performers,
+            settings.presence_interval_seconds,
+            settings.upstream_rate_per_second,
+            store.achieved_presence_interval(now),
+        )
+        budget = shortfall(figures)
+    reauth = rec.state == State.NEEDS_ATTENTION and rec.reason == "reauth"
+    return Situation(
+        now=now,
+        entered_at=_entered_at(history),
+        due_at=float(due) if due is not None else None,
+        presence=seen,
+        presence_next=presence_next,
+        presence_interval=settings.presence_interval_seconds,
+        waiting_on_performer=waiting,
+        budget_short=budget,
+        gate_max_wait=settings.gate_max_wait_seconds,
+        holder=store.get(rec.blocked_by) if rec.blocked_by else None,
+        token_stored_at=_token_stored_at(rec.user_id) if reauth else None,
+        reconcile_proof_reads=settings.reconcile_proof_reads,
+    )
+
+
 class RebookPage(ConsoleHandler):
     def get(self, rebook_id: str) -> None:
         self.show(self.record(rebook_id))
 
     def show(self, rec: Rebook, message: str = "", status: int = 200) -> None:
         store = _services().store
+        history = store.history(rec.rebook_id)
         self.html(
             pages.detail_page(
                 base=self.base,
                 rec=rec,
-                history=store.history(rec.rebook_id),
+                history=history,
                 outcomes=_outcomes_of(rec),
                 upstream=_upstream_status(rec),
                 refusals={a: refusal(a, rec) for a in ACTIONS},
                 xsrf=self.xsrf_token.decode(),
                 message=message,
+                situation=situation(rec, history),
             ),
             status,
         )
@@ -208,7 +282,10 @@ class RebookAction(RebookPage):
 
 
 class BulkForm(ConsoleHandler):
-    """The list page's bulk form: the filter comes back as `f_*` fields."""
+    """The list page's bulk form. Step 1 (the filter as `f_*` fields) is always a dry run: a
+    preview of what would be done and refused. Step 2, its confirm (`confirm=1`, the previewed
+    `ids` and the filter again), acts on exactly those ids, each still matching the filter,
+    each through the flow (`worker.core.actions.run`, as `rebook retry/cancel`)."""
 
     def post(self) -> None:
         action = self.arg("action", "")
@@ -220,11 +297,50 @@ class BulkForm(ConsoleHandler):
             raise tornado.web.HTTPError(400, str(exc)) from None
         if f.empty:
             raise tornado.web.HTTPError(400, "a bulk action needs a filter")
-        dry = self.arg("dry_run", "") == "1"
         act: Action = "retry" if action == "retry" else "cancel"
-        result = run(_flow(), _services().store, act, filters=f, dry_run=dry)
-        back = pages.link(self.base + "/rebooks", f.params())
-        self.html(pages.actions_page(base=self.base, result=result.as_json(), back=back))
+        store = _services().store
+        if self.arg("confirm", "") != "1":
+            preview = run(_flow(), store, act, filters=f, dry_run=True)
+            self.html(
+                pages.preview_page(
+                    base=self.base,
+                    outcome=preview,
+                    filters=f,
+                    xsrf=self.xsrf_token.decode(),
+                    notes=_notes(act, preview),
+                )
+            )
+            return
+        ids = [str(i) for i in self.get_arguments("ids", strip=True)]
+        if not ids:
+            raise tornado.web.HTTPError(400, "confirm: no rebook to act on")
+        if len(ids) > MAX_BULK:
+            raise tornado.web.HTTPError(400, f"ids: at most {MAX_BULK}")
+        result = run(_flow(), store, act, ids=ids, filters=f)
+        self.html(pages.result_page(base=self.base, outcome=result, filters=f))
+
+
+def _notes(action: Action, preview: Outcome) -> dict[str, str]:
+    """What the operator should know before confirming a retry of reauth rebooks: whether a
+    new token pair was stored since each parked (else it parks again)."""
+    notes: dict[str, str] = {}
+    if action != "retry":
+        return notes
+    stored: dict[str, float | None] = {}
+    for rid in preview.would_do:
+        rec = preview.records.get(rid)
+        if rec is None or rec.state != State.NEEDS_ATTENTION or rec.reason != "reauth":
+            continue
+        if rec.user_id not in stored:
+            stored[rec.user_id] = _token_stored_at(rec.user_id)
+        at = stored[rec.user_id]
+        if at is None:
+            notes[rid] = "no token pair stored: it will park again"
+        elif at > (rec.updated_ts or rec.created_ts):
+            notes[rid] = f"new token pair stored {pages.when(at)}, after it parked"
+        else:
+            notes[rid] = "no new token since it parked: it parks again until the member signs in"
+    return notes
 
 
 class ApiRebooks(ConsoleHandler):

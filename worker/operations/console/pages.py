@@ -15,9 +15,11 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from worker.core.search import Filters
+from worker.core.actions import Outcome
+from worker.core.search import STATE_ALIASES, Filters, Summary
 from worker.core.states import ACTIVE_STATES, State
 from worker.core.store import Rebook
+from worker.operations.console.why import Situation, explain, span
 
 CSP = (
     "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
@@ -60,6 +62,16 @@ input,select,button{font:inherit;padding:.25rem .4rem}button{cursor:pointer}
 .timeline li::before{content:"";position:absolute;left:-.5rem;top:.35rem;width:.7rem;height:.7rem;
 border-radius:50%;background:#1e2a38}.refusal{color:#8a2a2a}.ok{color:#1f6f43}
 .actions form{display:inline-block;margin-right:.6rem}.pager a{margin-right:1rem}
+.charts .card>strong,.why>strong{display:block;margin-bottom:.4rem}.charts svg{display:block}
+.actions .refusal{color:#666;margin:.3rem 0}
+.why{border-left:4px solid #1e2a38;margin:.6rem 0}.why strong{font-size:1.05rem}
+.why ul{margin:.3rem 0 .5rem 1.1rem;padding:0}.why li{margin:.2rem 0}
+.identity{color:#444;margin:.2rem 0 .6rem}.related a{margin-right:.8rem}
+.quick{margin:.1rem 0 .6rem;font-size:.85rem}.quick a{margin-right:.6rem}
+.quick a.on{font-weight:bold;text-decoration:none;color:#123}
+.summary a{text-decoration:none;margin-right:.5rem;color:#222}.summary{margin:.5rem 0}
+td code,td a{white-space:nowrap}td.ev{max-width:16rem;overflow:hidden;text-overflow:ellipsis;
+white-space:nowrap}h2 small{display:block;font-size:.95rem;font-weight:normal;color:#444}
 """
 
 
@@ -115,6 +127,85 @@ def _hidden_xsrf(xsrf: str) -> str:
     return f'<input type="hidden" name="_xsrf" value="{esc(xsrf)}">'
 
 
+SINCE_CHOICES = (("today", "today"), ("24h", "last 24 h"), ("7d", "last 7 days"))
+
+
+def _filter_form(base: str, values: Mapping[str, str]) -> str:
+    """The filter form, filled with `values` (a filter's params, or what was typed)."""
+    params = {k: v for k, v in values.items() if v}
+    chosen = values.get("state", "").upper()
+    state_options = "".join(
+        f'<option value="{s.value}"{" selected" if chosen in (s.value, _alias(s)) else ""}>'
+        f"{s.value}{' (parked)' if s == State.NEEDS_ATTENTION else ''}</option>"
+        for s in State
+    )
+
+    def box(name: str, label: str, hint: str) -> str:
+        return (
+            f'<label>{esc(label)}<input name="{name}" id="f-{name}" '
+            f'value="{esc(values.get(name, ""))}" size="14" placeholder="{esc(hint)}"></label>'
+        )
+
+    quick = " ".join(
+        f'<a id="since-{value}" class="{"on" if params.get("since") == value else ""}" '
+        f'href="{link(base + "/rebooks", {**params, "since": value})}">{esc(label)}</a>'
+        for value, label in SINCE_CHOICES
+    )
+    anytime = {k: v for k, v in params.items() if k != "since"}
+    return (
+        f'<form class="filters" method="get" action="{esc(base)}/rebooks" id="filters">'
+        f'<label>state<select name="state" id="f-state"><option value="">any</option>'
+        f"{state_options}</select></label>"
+        + box("reason", "reason (a* = prefix)", "reauth")
+        + box("user_id", "member", "member id")
+        + box("performer_id", "performer", "performer id")
+        + box("booking_id", "booking", "booking id")
+        + box("q", "rebook id or event id", "rb-… or event id")
+        + box("since", "since", "today, 6h, 2d, ISO")
+        + '<button type="submit" id="f-apply">Filter</button>'
+        f'<a href="{esc(base)}/rebooks">clear</a></form>'
+        f'<p class="quick">received: {quick} '
+        f'<a class="{"" if "since" in params else "on"}" id="since-any" '
+        f'href="{link(base + "/rebooks", anytime)}">any time</a></p>'
+    )
+
+
+def _alias(state: State) -> str:
+    return next((k for k, v in STATE_ALIASES.items() if v == state.value), state.value)
+
+
+def _describe(filters: Filters) -> str:
+    """The filter in words, for headings ("member dave · since today")."""
+    names = {
+        "state": "state",
+        "reason": "reason",
+        "user_id": "member",
+        "performer_id": "performer",
+        "booking_id": "booking",
+        "q": "id",
+        "since": "since",
+    }
+    return " · ".join(f"{names[k]} {v}" for k, v in filters.params().items()) or "every rebook"
+
+
+def _summary(base: str, filters: Filters, summary: Summary) -> str:
+    """A filtered view's counts per state: a member's day at a glance, each a narrower link."""
+    params = filters.params()
+    parts = []
+    for state, n in summary.counts.items():
+        narrower = link(base + "/rebooks", {**params, "state": state})
+        parts.append(f'<a id="sum-{esc(state)}" href="{narrower}">{badge(state)} {n}</a>')
+    total = f"{summary.total}{'' if summary.complete else '+'}"
+    more = "" if summary.complete else f" (counted the newest {summary.total})"
+    return (
+        f'<div class="card summary" id="summary"><b id="sum-total">{total} rebook'
+        f"{'' if summary.total == 1 else 's'}</b> {'matches' if summary.total == 1 else 'match'} "
+        f"{esc(_describe(filters))}{more}: "
+        + (" ".join(parts) or '<span class="muted">none</span>')
+        + "</div>"
+    )
+
+
 def list_page(
     *,
     base: str,
@@ -128,8 +219,10 @@ def list_page(
     histogram: Sequence[tuple[str, int]],
     xsrf: str,
     now: float | None = None,
+    summary: Summary | None = None,
 ) -> str:
-    """`/rebooks`: counts per state, filters, the table, paging, bulk actions and charts."""
+    """`/rebooks`: counts per state, filters, a filtered view's counts, the table, paging,
+    bulk actions and charts."""
     now = time.time() if now is None else now
     params = filters.params()
     chips = [f'<a class="{"" if filters.state else "on"}" href="{link(base + "/rebooks")}">all</a>']
@@ -140,37 +233,13 @@ def list_page(
             f'<a class="{on}" id="count-{state.value}" href="{link(base + "/rebooks", target)}">'
             f"{esc(state.value)} {int(counts.get(state.value, 0))}</a>"
         )
-    state_options = "".join(
-        f'<option value="{s.value}"{" selected" if filters.state == s else ""}>{s.value}</option>'
-        for s in State
-    )
-
-    def box(name: str, label: str, value: str) -> str:
-        return (
-            f'<label>{esc(label)}<input name="{name}" id="f-{name}" value="{esc(value)}" '
-            f'size="14"></label>'
-        )
-
-    form = (
-        f'<form class="filters" method="get" action="{esc(base)}/rebooks">'
-        f'<label>state<select name="state" id="f-state"><option value="">any</option>'
-        f"{state_options}</select></label>"
-        + box("reason", "reason (a* = prefix)", filters.reason)
-        + box("user_id", "member", filters.user_id)
-        + box("performer_id", "performer", str(filters.performer_id or ""))
-        + box("booking_id", "booking", str(filters.booking_id or ""))
-        + box("q", "event id / rebook id prefix", filters.q)
-        + box("since", "since (ISO, 6h, 2d)", params.get("since", ""))
-        + '<button type="submit" id="f-apply">Filter</button>'
-        f'<a href="{esc(base)}/rebooks">clear</a></form>'
-    )
     rows = []
     for r in items:
         path = rebook_path(base, r.rebook_id)
         rows.append(
             "<tr>"
             f'<td><a href="{esc(path)}"><code>{esc(r.rebook_id)}</code></a></td>'
-            f"<td><code>{esc(r.event_id)}</code></td>"
+            f'<td class="ev" title="{esc(r.event_id)}"><code>{esc(r.event_id)}</code></td>'
             f'<td><a href="{link(base + "/rebooks", {"user_id": r.user_id})}">'
             f"{esc(r.user_id)}</a></td>"
             f'<td><a href="{link(base + "/rebooks", {"performer_id": str(r.performer_id or "")})}">'
@@ -201,16 +270,14 @@ def list_page(
     )
     bulk = ""
     if not filters.empty:
-        hidden = "".join(
-            f'<input type="hidden" name="f_{esc(k)}" value="{esc(v)}">' for k, v in params.items()
-        )
         bulk = (
             f'<form class="card" method="post" action="{esc(base)}/rebooks/actions" id="bulk">'
-            f"{_hidden_xsrf(xsrf)}{hidden}<strong>Every rebook matching this filter:</strong> "
-            '<label><input type="checkbox" name="dry_run" value="1" checked id="bulk-dry"> '
-            "dry run (show what would be done and refused)</label> "
-            '<button name="action" value="retry" id="bulk-retry">retry</button> '
-            '<button name="action" value="cancel" id="bulk-cancel">cancel</button></form>'
+            f"{_hidden_xsrf(xsrf)}{_hidden_filter(filters)}"
+            f"<strong>Every rebook matching {esc(_describe(filters))}:</strong> "
+            '<button name="action" value="retry" id="bulk-retry">retry…</button> '
+            '<button name="action" value="cancel" id="bulk-cancel">cancel…</button> '
+            '<span class="muted">first a preview of what would be done and refused, '
+            "then you confirm</span></form>"
         )
     charts = (
         '<div class="charts">'
@@ -220,8 +287,28 @@ def list_page(
         f"{histogram_chart(histogram)}</div>"
         "</div>"
     )
-    body = f'<div class="counts">{"".join(chips)}</div>{form}{bulk}{table}{"".join(pager)}{charts}'
+    body = (
+        f'<div class="counts">{"".join(chips)}</div>{_filter_form(base, params)}'
+        f"{_summary(base, filters, summary) if summary is not None else ''}"
+        f"{bulk}{table}{''.join(pager)}{charts}"
+    )
     return layout("Rebooks", body, base)
+
+
+def bad_filter_page(*, base: str, raw: Mapping[str, str], error: str) -> str:
+    """A filter typed wrong: what is wrong, and the form again with what was typed."""
+    return layout(
+        "Bad filter",
+        f'<p class="refusal" id="filter-error">{esc(error)}</p>{_filter_form(base, raw)}',
+        base,
+    )
+
+
+def _hidden_filter(filters: Filters) -> str:
+    return "".join(
+        f'<input type="hidden" name="f_{esc(k)}" value="{esc(v)}">'
+        for k, v in filters.params().items()
+    )
 
 
 def detail_page(
@@ -234,11 +321,12 @@ def detail_page(
     refusals: Mapping[str, str | None],
     xsrf: str,
     message: str = "",
-    now: float | None = None,
+    situation: Situation | None = None,
 ) -> str:
-    """`/rebooks/{id}`: the record, its timeline, its outcomes, the new booking's upstream
-    status and the actions the CLI would take (else its refusal text)."""
-    now = time.time() if now is None else now
+    """`/rebooks/{id}`: why it is where it is (first, in words), what may be done, its
+    timeline, the record, its outcomes and the new booking's upstream status."""
+    sit = situation or Situation(now=time.time())
+    now = sit.now
     fields = "".join(
         f"<tr><th>{esc(k)}</th><td>{esc('' if v is None else v)}</td></tr>"
         for k, v in rec.public().items()
@@ -261,8 +349,7 @@ def detail_page(
     if rec.state in ACTIVE_STATES:
         steps.append(
             f'<li class="muted">now: {esc(rec.state.value)} for '
-            f"{esc(age(rec.updated_ts or rec.created_ts, now))}"
-            f"{' — ' + esc(_waiting_note(rec)) if _waiting_note(rec) else ''}</li>"
+            f"{esc(age(sit.entered_at or rec.updated_ts or rec.created_ts, now))}</li>"
         )
     out_rows = "".join(
         f"<tr><td><code>{esc(o.get('at'))}</code></td><td>{badge(o.get('state', ''))}</td>"
@@ -282,7 +369,8 @@ def detail_page(
             actions.append(f'<p class="refusal" id="no-{action}">{action}: {esc(why)}</p>')
     note = f'<p class="ok" id="message">{esc(message)}</p>' if message else ""
     body = (
-        f"<h2><code>{esc(rec.rebook_id)}</code> {badge(rec.state.value)}</h2>{note}"
+        f"<h2><code>{esc(rec.rebook_id)}</code> {badge(rec.state.value)}</h2>"
+        f"{_identity(base, rec, now)}{note}{_why_box(base, rec, sit)}"
         f'<div class="actions card">{"".join(actions)}</div>'
         f'<div class="charts"><div class="card"><strong>Timeline</strong>'
         f'<ol class="timeline" id="timeline">{"".join(steps)}</ol></div>'
@@ -299,53 +387,167 @@ def detail_page(
     return layout(rec.rebook_id, body, base)
 
 
-def _waiting_note(rec: Rebook) -> str:
-    """Why it is still where it is, in words an operator can act on."""
-    if rec.state == State.WAITING:
-        if rec.performer_id is None:
-            return "the performer is being read from the original booking"
-        return (
-            f"waiting for performer {rec.performer_id} to come online, at most until "
-            f"{when(rec.deadline_ts)} (then GAVE_UP)"
+def _identity(base: str, rec: Rebook, now: float) -> str:
+    """Who and what it is about, each a link to everything else of theirs."""
+    member = link(base + "/rebooks", {"user_id": rec.user_id})
+    today = link(base + "/rebooks", {"user_id": rec.user_id, "since": "today"})
+    perf = (
+        f' · performer <a id="to-performer" href="'
+        f'{link(base + "/rebooks", {"performer_id": str(rec.performer_id)})}">'
+        f"{esc(rec.performer_id)}</a>"
+        if rec.performer_id is not None
+        else ""
+    )
+    return (
+        f'<p class="identity">event <code>{esc(rec.event_id)}</code> · member '
+        f'<a id="to-member" href="{member}">{esc(rec.user_id)}</a> '
+        f'(<a id="to-member-today" href="{today}">today</a>){perf} · booking '
+        f"{esc(rec.booking_id)} · received {esc(when(rec.created_ts))} "
+        f"({esc(span(now - rec.created_ts))} ago)</p>"
+    )
+
+
+def _why_box(base: str, rec: Rebook, sit: Situation) -> str:
+    """The answer to "why is it where it is", first thing on the page."""
+    ex = explain(rec, sit)
+    facts = "".join(f'<li id="{esc(i)}">{esc(text)}</li>' for i, text in ex.facts)
+    links = []
+    for rid, label in ((rec.blocked_by, "the sibling"), (rec.duplicate_of, "the original")):
+        if rid:
+            links.append(
+                f'<a id="to-related" href="{esc(rebook_path(base, rid))}">open {label} '
+                f"<code>{esc(rid)}</code></a>"
+            )
+    if rec.state == State.NEEDS_ATTENTION and rec.reason:
+        same = {"state": State.NEEDS_ATTENTION.value, "reason": rec.reason, "user_id": rec.user_id}
+        links.append(
+            f'<a id="to-same-reason" href="{link(base + "/rebooks", same)}">every '
+            f"{esc(rec.reason)} rebook of {esc(rec.user_id)}</a>"
         )
-    if rec.state == State.RESCHEDULING and rec.blocked_by:
-        return f"held: another rebook ({rec.blocked_by}) of this member and performer is unsettled"
-    if rec.state == State.RESCHEDULING and rec.unsettled:
-        return "a reschedule request went out; reconciling against the member's bookings"
-    if rec.state == State.WATCHING:
-        return (
-            f"watching booking {rec.new_booking_id} until it is decided or {rec.accept_by} passes"
+    todo = f'<p id="why-todo"><strong>What to do:</strong> {esc(ex.todo)}</p>' if ex.todo else ""
+    more = f'<p class="related">{" · ".join(links)}</p>' if links else ""
+    return (
+        f'<div class="card why" id="why"><strong id="why-headline">{esc(ex.headline)}</strong>'
+        f"<ul>{facts}</ul>{todo}{more}</div>"
+    )
+
+
+def _matched_table(
+    base: str,
+    ids: Sequence[str],
+    records: Mapping[str, Rebook],
+    extra: Mapping[str, str],
+    table_id: str,
+    extra_head: str,
+    now: float,
+) -> str:
+    rows = []
+    for rid in ids:
+        rec = records.get(rid)
+        cells = (
+            f"<td>{esc(rec.user_id)}</td><td>{esc(rec.performer_id or '')}</td>"
+            f"<td>{esc(rec.booking_id)}</td><td>{badge(rec.state.value)}</td>"
+            f"<td>{esc(rec.reason)}</td><td>{esc(age(rec.created_ts, now))}</td>"
+            if rec is not None
+            else '<td colspan=6 class="muted">not found</td>'
         )
-    if rec.state == State.NEEDS_ATTENTION:
-        return f"parked ({rec.reason}): see the runbook's NEEDS_ATTENTION section; retry resumes it"
-    return ""
-
-
-def actions_page(*, base: str, result: Mapping[str, Any], back: str) -> str:
-    """What a bulk action (or its dry run) matched, did and refused, with why."""
-    dry = bool(result.get("dry_run"))
-    head = f"{'Dry run of ' if dry else ''}{esc(result.get('action'))}"
-
-    def ids(values: Sequence[Any], key: str = "") -> str:
-        return "".join(
-            f'<li><a href="{esc(rebook_path(base, str(v[key] if key else v)))}"><code>'
-            f"{esc(v[key] if key else v)}</code></a>"
-            + (f" → {esc(v.get('state'))} ({esc(v.get('reason'))})" if key and "state" in v else "")
-            + (f": <span class=refusal>{esc(v.get('why'))}</span>" if key and "why" in v else "")
-            + "</li>"
-            for v in values
+        rows.append(
+            f'<tr><td><a href="{esc(rebook_path(base, rid))}"><code>{esc(rid)}</code></a></td>'
+            f"{cells}<td>{esc(extra.get(rid, ''))}</td></tr>"
         )
+    return (
+        f'<table id="{table_id}"><thead><tr><th>rebook</th><th>member</th><th>performer</th>'
+        "<th>booking</th><th>state</th><th>reason</th><th>age</th>"
+        f"<th>{esc(extra_head)}</th></tr></thead><tbody>"
+        + ("".join(rows) or '<tr><td colspan=8 class="muted">none</td></tr>')
+        + "</tbody></table>"
+    )
 
-    done = result.get("would_do", []) if dry else result.get("done", [])
+
+def preview_page(
+    *,
+    base: str,
+    outcome: Outcome,
+    filters: Filters,
+    xsrf: str,
+    notes: Mapping[str, str],
+    now: float | None = None,
+) -> str:
+    """A bulk action's dry run: what matched, what would be done, what would be refused and
+    why — and the confirm button, which acts on exactly the rebooks shown as "would be done"."""
+    now = time.time() if now is None else now
+    action = outcome.action
+    back = link(base + "/rebooks", filters.params())
+    refused = {r["rebook_id"]: r["why"] for r in outcome.refused}
+    ids = "".join(
+        f'<input type="hidden" name="ids" value="{esc(rid)}">' for rid in outcome.would_do
+    )
+    confirm = (
+        f'<form method="post" action="{esc(base)}/rebooks/actions" id="bulk-confirm-form">'
+        f'{_hidden_xsrf(xsrf)}{_hidden_filter(filters)}{ids}<input type="hidden" name="confirm" '
+        f'value="1"><input type="hidden" name="action" value="{esc(action)}">'
+        f'<button id="bulk-confirm">{esc(action.capitalize())} '
+        + (
+            "this rebook"
+            if len(outcome.would_do) == 1
+            else f"these {len(outcome.would_do)} rebooks"
+        )
+        + "</button> "
+        f'<a href="{back}" id="bulk-back">no, back to the list</a>'
+        '<p class="muted">The confirm acts on exactly the rebooks under "Would be done", each '
+        "only if it still matches the filter then (else it is refused, with its state).</p></form>"
+        if outcome.would_do
+        else f'<p>Nothing to {esc(action)}. <a href="{back}" id="bulk-back">back</a></p>'
+    )
+    truncated = (
+        f'<p class="refusal">More than {len(outcome.matched)} matched: narrow the filter.</p>'
+        if outcome.truncated
+        else ""
+    )
     body = (
-        f'<h2 id="result">{head}</h2>'
-        f'<p>matched <strong id="n-matched">{len(result.get("matched", []))}</strong></p>'
-        f"<ul>{ids(result.get('matched', []))}</ul>"
-        f'<p>{"would be done" if dry else "done"}: <strong id="n-done">{len(done)}</strong></p>'
-        f"<ul>{ids(done, '' if dry else 'rebook_id')}</ul>"
-        f'<p>refused: <strong id="n-refused">{len(result.get("refused", []))}</strong></p>'
-        f"<ul>{ids(result.get('refused', []), 'rebook_id')}</ul>"
-        f'<p><a href="{esc(back)}">back to the list</a></p>'
+        f'<h2 id="result">Dry run: {esc(action)} every rebook matching the filter'
+        f"<small>{esc(_describe(filters))}</small></h2>"
+        '<p class="muted">Nothing has been done yet. Each rebook below would go through the same '
+        f"action as <code>rebook {esc(action)} ID</code>; the flow may still refuse one whose "
+        "record changed in between.</p>"
+        f'<p>matched <strong id="n-matched">{len(outcome.matched)}</strong> · would be done '
+        f'<strong id="n-done">{len(outcome.would_do)}</strong> · would be refused '
+        f'<strong id="n-refused">{len(outcome.refused)}</strong></p>{truncated}'
+        f"<h3>Would be done</h3>"
+        + _matched_table(base, outcome.would_do, outcome.records, notes, "would-do", "note", now)
+        + "<h3>Would be refused, and why</h3>"
+        + _matched_table(base, list(refused), outcome.records, refused, "would-refuse", "why", now)
+        + f'<div class="card">{confirm}</div>'
+    )
+    return layout("Bulk action preview", body, base)
+
+
+def result_page(*, base: str, outcome: Outcome, filters: Filters, now: float | None = None) -> str:
+    """What a confirmed bulk action did (each rebook's state now) and what it refused, why."""
+    now = time.time() if now is None else now
+    action = outcome.action
+    done = {d["rebook_id"]: f"now {d['state']} ({d['reason']})" for d in outcome.done}
+    refused = {r["rebook_id"]: r["why"] for r in outcome.refused}
+    back = link(base + "/rebooks", filters.params())
+    broader = {k: v for k, v in filters.params().items() if k not in ("state", "reason")}
+    body = (
+        f'<h2 id="result">{esc(action.capitalize())}: {len(done)} done, {len(refused)} '
+        "refused</h2>"
+        f'<p>matched <strong id="n-matched">{len(outcome.matched)}</strong> · done '
+        f'<strong id="n-done">{len(done)}</strong> · refused '
+        f'<strong id="n-refused">{len(refused)}</strong></p>'
+        "<h3>Done</h3>"
+        + _matched_table(base, list(done), outcome.records, done, "done", "after", now)
+        + "<h3>Refused, and why</h3>"
+        + _matched_table(base, list(refused), outcome.records, refused, "refused", "why", now)
+        + f'<p class="related"><a href="{back}" id="bulk-back">the same filter again</a>'
+        + (
+            f'<a href="{link(base + "/rebooks", broader)}" id="bulk-now">where they are now: '
+            f"{esc(_describe(Filters.parse(broader)))}</a>"
+            if broader and broader != filters.params()
+            else ""
+        )
+        + "</p>"
     )
     return layout("Bulk action", body, base)
 
