@@ -19,6 +19,7 @@ import pytest
 
 from tests.chaos.driver import FULL, Scenario
 from tests.integration.conftest import System, running_system, wait_for
+from worker.core.states import State
 
 pytestmark = pytest.mark.integration
 
@@ -105,10 +106,6 @@ def test_sigterm_lets_a_worker_finish_or_hand_back_its_step(chaos_system: System
     )
     system.worker.stop()  # SIGTERM: warm shutdown
     system.start_worker()
-    rec = system.wait_state(
-        rid,
-        {s for s in __import__("worker.core.models").models.State if s.value in {"WATCHING"}},
-        timeout=30,
-    )
+    rec = system.wait_state(rid, State.WATCHING, timeout=30)
     assert system.sandbox.stats()["new_bookings"][str(booking)] == 1
     assert rec.new_booking_id is not None
