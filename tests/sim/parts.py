@@ -313,6 +313,17 @@ class SimUpstream(BaseAdapter):
         self.bookings[b.booking_id] = b
         return b.booking_id
 
+    def add_members_own(self, user_id: str, performer_id: int) -> int:
+        """The member books the performer themselves (not through rebook): a booking the list
+        did not show before a POST, with a session hours ahead, unlike a reschedule's. A rebook
+        that takes it for its own has claimed what the member made."""
+        now = self.clock()
+        self.next_id += self.engine.rng.randint(1, 3)
+        ahead = self.engine.rng.choice([1800.0, 3600.0, 86400.0])
+        b = Booking(self.next_id, user_id, performer_id, now, now + ahead, now + 600)
+        self.bookings[b.booking_id] = b
+        return b.booking_id
+
     def made_by(self) -> dict[str, list[int]]:
         out: dict[str, list[int]] = {}
         for b in self.bookings.values():

@@ -45,6 +45,8 @@ ZONES = ["Europe/London", "Europe/Paris", "UTC", "Atlantic/Azores", "Europe/Athe
 LIST_NAMES = ["WebcamBookings", "MadeBookings", "Bookings"]
 ACTIVE = (State.WAITING, State.RESCHEDULING, State.WATCHING)
 LOSE_MARKS = 0.1
+#: Per world tick, the chance that a member books a performer themselves meanwhile.
+MEMBERS_OWN = 0.1
 UPSTREAM_STATUS = {
     State.ACCEPTED: "Accepted",
     State.REJECTED: "Rejected",
@@ -237,6 +239,8 @@ def run(seed: int, redis_url: str, **overrides: Any) -> Result:
                 upstream.decide(rng.choice(pending).booking_id)
             if rng.random() < LOSE_MARKS:
                 lose_a_mark()
+            if rng.random() < MEMBERS_OWN:
+                upstream.add_members_own(rng.choice(members), rng.choice(performers))
 
     def lose_a_mark() -> None:
         """A failover to a replica that missed the last write: a POST's mark is gone. Only

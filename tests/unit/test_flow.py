@@ -490,6 +490,50 @@ def test_http_500_without_commit_posts_again_only_after_the_proof(env: Env) -> N
     assert env.get(rid).state is State.WATCHING
 
 
+def test_a_booking_the_member_made_meanwhile_is_neither_adopted_nor_taken_for_proof(
+    env: Env,
+) -> None:
+    """The POST fails without committing; meanwhile the member books the same performer
+    themselves. That booking is new to the list, so it is no proof that the POST made nothing,
+    and it does not look made by a reschedule, so it is not adopted either: the rebook parks,
+    and an operator who has checked it upstream says so (`retry --not-ours`)."""
+    rid, orig = rescheduling(env)
+    env.sandbox.fault("RescheduleMadeBooking", "http_500")
+    assert env.flow.reschedule(rid) == "ambiguous"
+    theirs = env.sandbox.add_booking("alice", 7, age_seconds=0)
+    env.clock.advance(env.settings.reconcile_grace_seconds + 0.01)
+    assert env.flow.reschedule(rid) == "proving"
+    assert str(theirs) in env.get(rid).reason
+    env.clock.advance(env.settings.reconcile_window_seconds)
+    assert env.flow.reschedule(rid) == "parked"
+    rec = env.get(rid)
+    assert rec.state is State.NEEDS_ATTENTION and rec.reason == "ambiguous_reschedule"
+    assert rec.new_booking_id is None and env.calls("RescheduleMadeBooking") == 1
+    with pytest.raises(Refused):  # only an unsettled POST has anything to vouch for
+        env.flow.retry(watching(env, performer=8)[0], not_ours=[theirs])
+    env.flow.retry(rid, not_ours=[theirs])
+    assert theirs in (env.get(rid).known_ids or [])
+    reconcile_until(env, rid, "booked")
+    new = env.get(rid).new_booking_id
+    assert new is not None and new != theirs
+    assert env.sandbox.booking(new)["original_id"] == orig
+    assert env.new_bookings()[str(orig)] == 1
+
+
+def test_another_rebooks_original_is_not_taken_for_what_the_post_made(env: Env) -> None:
+    """The site creates a second original for the same member and performer just after the
+    first POST, and sends its event: it is that rebook's booking, never the first one's."""
+    rid, orig = rescheduling(env)
+    env.sandbox.fault("RescheduleMadeBooking", "http_500")
+    assert env.flow.reschedule(rid) == "ambiguous"
+    second = env.sandbox.add_booking("alice", 7, age_seconds=0)
+    env.submit(second)
+    reconcile_until(env, rid, "booked")
+    new = env.get(rid).new_booking_id
+    assert new != second and env.sandbox.booking(new)["original_id"] == orig
+    assert env.new_bookings()[str(orig)] == 1
+
+
 def test_a_late_commit_inside_the_window_is_adopted_not_doubled(env: Env) -> None:
     rid, orig = rescheduling(env)
     env.sandbox.fault("RescheduleMadeBooking", "http_504_commit_later", commit_delay=0.5)

@@ -494,10 +494,11 @@ class Flow:
         another rebook, created since `since` (hours before: no zone error defeats it), and not
         visible before this POST (`known`).
 
-        `strict`, before a POST (looking for an earlier one whose mark was lost, at any time
-        since receipt), a booking must also look made by a reschedule — SessionDate a few
-        minutes after CreateDate, both site time, so no zone enters — and not be the original
-        of another active rebook.
+        Never the original of another active rebook. `strict`, before a POST (looking for an
+        earlier one whose mark was lost, at any time since receipt), a booking must also look
+        made by a reschedule — SessionDate a few minutes after CreateDate, both site time, so no
+        zone enters. After an ambiguous POST every candidate blocks the proof, and only one that
+        looks made by a reschedule is adopted (`_reconcile`, `_foreign`).
         """
         found = []
         for b in listing.bookings:
@@ -507,10 +508,11 @@ class Flow:
                 continue
             if b.create_date is not None and b.create_date.timestamp() < since:
                 continue
-            if strict and (
-                not _looks_rescheduled(b)
-                or self.store.active_owner(b.booking_id, rec.user_id) not in (None, rec.rebook_id)
-            ):
+            if strict and not _looks_rescheduled(b):
+                continue
+            # another rebook's original existed before its event named it: never what our POST
+            # made (an event for a booking minutes old, whose session is still ahead, is not sent)
+            if self.store.active_owner(b.booking_id, rec.user_id) not in (None, rec.rebook_id):
                 continue
             found.append(b)
         owners = self.store.owners_of([b.booking_id for b in found])
@@ -854,8 +856,11 @@ class Flow:
         except UpstreamError as exc:
             return self._unreadable(rec, str(exc))
         found = self._candidates(rec, listing, sent - s.reconcile_lookback_seconds, known=known)
+        ours = [b for b in found if _looks_rescheduled(b)]
+        if ours:
+            return self._adopt(rec, ours, "reconciled: the POST had made it")
         if found:
-            return self._adopt(rec, found, "reconciled: the POST had made it")
+            return self._foreign(rec, found, start, read_at)
         if not listing.complete:
             return self._unreadable(rec, "the member's list is too long to read whole")
         if k < s.reconcile_proof_reads:
@@ -883,6 +888,30 @@ class Flow:
             return Step.NOOP
         fresh = self.store.get(rec.rebook_id)
         return self._post(fresh, listing) if fresh is not None else Step.NOOP
+
+    def _foreign(
+        self, rec: Rebook, found: Sequence[WebcamBooking], start: float, read_at: float
+    ) -> Step:
+        """Bookings appeared that the list did not show before the POST, but none looks made by
+        a reschedule (SessionDate a few minutes after CreateDate): the member or the site may
+        have booked this performer meanwhile. Such a booking is no proof that the POST made
+        nothing (it may be ours after all, if the upstream dates it otherwise), and adopting it
+        could claim a booking the member made: wait out the window for ours, then park."""
+        ids = ", ".join(str(b.booking_id) for b in found)
+        s = self.settings
+        if read_at >= start + s.reconcile_window_seconds:
+            return self._park_unsettled(
+                rec,
+                rec.reconcile_tries,
+                f"booking(s) {ids} appeared after the POST but do not look made by a reschedule",
+            )
+        self._stay(
+            rec,
+            reason=f"reconciling: booking(s) {ids} appeared, not like a reschedule",
+            require={"post_sent_ts": _mark(rec.post_sent_ts)},
+            due=max(read_at + s.reconcile_grace_seconds, start + s.reconcile_window_seconds),
+        )
+        return Step.PROVING
 
     def _unreadable(self, rec: Rebook, error: str) -> Step:
         """A read that proves nothing either way: counted, and parked past the limit."""
@@ -1202,20 +1231,33 @@ class Flow:
             raise Refused(f"{rec.rebook_id} changed meanwhile; try again")
         return self._find(rec.rebook_id)
 
-    def retry(self, ident: str) -> Rebook:
+    def retry(self, ident: str, not_ours: Sequence[int] = ()) -> Rebook:
         """NEEDS_ATTENTION resumes its step; GAVE_UP, FAILED and ABORTED with no new booking
         start waiting again. Whatever made a booking is refused: a second one would be a
-        second booking for the same rebook."""
+        second booking for the same rebook.
+
+        `not_ours`: bookings an operator has checked upstream and vouches this rebook's POST did
+        not make (the member's own, say). They join `known_ids`, so reconciliation neither
+        adopts them nor lets them stand in the proof's way; the proof itself still has to come."""
         rec = self._find(ident)
+        extra: dict[str, Any] = {}
+        if not_ours:
+            if not rec.unsettled:
+                raise Refused(f"{rec.rebook_id} has no unsettled POST; --not-ours settles one")
+            vouched = sorted({*(rec.known_ids or ()), *not_ours})
+            extra = {"known_ids": vouched}
         if rec.state == State.NEEDS_ATTENTION:
-            self._resume(rec, "retried by operator")
+            reason = "retried by operator"
+            if not_ours:
+                reason += f"; not this rebook's: {', '.join(map(str, sorted(set(not_ours))))}"
+            self._resume(rec, reason, extra)
         elif rec.state in (State.GAVE_UP, State.FAILED, State.ABORTED):
             if rec.new_booking_id is not None:
                 raise Refused(
                     f"{rec.rebook_id} is {rec.state.value} after booking {rec.new_booking_id} was "
                     "made; send a new event to rebook again"
                 )
-            self._restart(rec)
+            self._restart(rec, extra)
         elif rec.state == State.DUPLICATE:
             raise Refused(f"{rec.rebook_id} is a duplicate of {rec.duplicate_of}; retry that one")
         elif rec.state.terminal:
@@ -1227,7 +1269,7 @@ class Flow:
             raise Refused(f"{rec.rebook_id} is {rec.state.value} and in progress; nothing to retry")
         return self._find(rec.rebook_id)
 
-    def _restart(self, rec: Rebook) -> None:
+    def _restart(self, rec: Rebook, extra: dict[str, Any] | None = None) -> None:
         """A finished rebook waits again — or, if its last POST is unsettled, reconciles first:
         a retry never clears a mark it has not settled."""
         now = self.clock()
@@ -1242,7 +1284,7 @@ class Flow:
         to, due = State.WAITING, deadline if rec.performer_id is not None else now
         if rec.unsettled:
             to, due = State.RESCHEDULING, now
-            fields.update(answer_ts=now, empty_reads=None, attempts=rec.attempts)
+            fields.update(answer_ts=now, empty_reads=None, attempts=rec.attempts, **(extra or {}))
         if not self._move(
             rec.rebook_id,
             to,
@@ -1275,7 +1317,7 @@ class Flow:
                 resumed += 1
         return resumed
 
-    def _resume(self, rec: Rebook, reason: str) -> None:
+    def _resume(self, rec: Rebook, reason: str, extra: dict[str, Any] | None = None) -> None:
         to = rec.resume_state if rec.resume_state in STEP_STATES else State.WAITING
         now = self.clock()
         fields: dict[str, Any] = {
@@ -1287,7 +1329,7 @@ class Flow:
         }
         if rec.unsettled:  # reconcile first, the proof's window starting afresh
             to = State.RESCHEDULING
-            fields.update(answer_ts=now, empty_reads=None)
+            fields.update(answer_ts=now, empty_reads=None, **(extra or {}))
         if to == State.WAITING:
             deadline = max(rec.deadline_ts, now + self.settings.presence_interval_seconds * 2)
             fields["deadline_ts"] = deadline

@@ -1117,4 +1117,6 @@ def _field(value: Any) -> str:
         return value.value
     if isinstance(value, float):
         return repr(value)
+    if isinstance(value, list | tuple):
+        return json.dumps(list(value), separators=(",", ":"))
     return str(value)

@@ -443,9 +443,30 @@ def retry(
     since: SinceOpt = None,
     dry_run: DryRunOpt = False,
     as_json: JsonOpt = False,
+    not_ours: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--not-ours",
+            help="A booking you checked upstream that this rebook's POST did not make "
+            "(repeatable; one ID only). Reconciliation then ignores it; the proof still runs.",
+        ),
+    ] = None,
 ) -> None:
     """Resume NEEDS_ATTENTION; restart GAVE_UP/FAILED/ABORTED when no booking was made. With
     filters (`--user M --reason reauth`), every match, each refused exactly as one ID would be."""
+    if not_ours:
+        if ident is None or dry_run or as_json:
+            fail("--not-ours goes with one rebook ID (no filters, --dry-run or --json)", 2)
+        from worker.core.flow import Refused
+
+        try:
+            rec = _flow().retry(ident, not_ours=not_ours)
+        except LookupError as exc:
+            fail(str(exc).strip("'\""))
+        except Refused as exc:
+            fail(str(exc))
+        out.print(f"{rec.rebook_id}: {rec.state.value} ({rec.reason})")
+        return
     _operator("retry", ident, (state, reason, user, performer, booking, since), dry_run, as_json)
 
 
