@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from worker.capacity import DISPATCH_LATENCY
+
 KB = 1024
 
 
@@ -588,13 +590,15 @@ def budget_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
             and abs(ours["reaction_p50"] - ours["predicted_p50"]) <= 0.25 * ours["predicted_p50"],
         ),
         _row(
-            f"Short budget: reaction p99, s (planner: {ours['predicted_p99']:.2f})",
+            f"Short budget: reaction p99, s (planner: {ours['predicted_p99']:.2f}; of 12, the "
+            "p99 is the worst)",
             ours["reaction_p99"],
             plain["reaction_p99"],
-            f"≤ the planner's p99 + 25 % ({1.25 * ours['predicted_p99']:.2f})",
+            "within 25 % of the planner",
             ours["reaction_p99"] is not None
-            and ours["reaction_p99"] <= 1.25 * ours["predicted_p99"],
+            and abs(ours["reaction_p99"] - ours["predicted_p99"]) <= 0.25 * ours["predicted_p99"],
         ),
+        *_reaction_parts(b),
         _row(
             "Short budget: upstream calls in the busiest 1 s window (as the sandbox received them)",
             ours["peak_1s"],
@@ -683,3 +687,39 @@ def sweep_profile_markdown(res: dict[str, Any], top: int = 8) -> str:
 
 def _reps(run: dict[str, Any]) -> str:
     return ", ".join(f"{x:.1f}" for x in run.get("reps_redis_ms", [run["redis_ms"]]))
+
+
+def _reaction_parts(b: dict[str, Any]) -> list[dict[str, Any]]:
+    """The reaction in the model's two parts: online -> the poll that saw it (U(0, period)),
+    and that poll -> the POST (a fixed `DISPATCH_LATENCY`); and the poll rate meanwhile."""
+    ours, plain = b["ours"], b["plain"]
+    if ours.get("to_poll_mean") is None:
+        return []
+    predicted = ours["predicted_to_poll_mean"]
+    return [
+        _row(
+            "Short budget: online → the poll that saw it, mean of the 12, s (planner: mean "
+            f"period / 2 = {predicted:.2f})",
+            ours["to_poll_mean"],
+            plain["to_poll_mean"],
+            "within 25 % of the planner",
+            abs(ours["to_poll_mean"] - predicted) <= 0.25 * predicted,
+        ),
+        _row(
+            "Short budget: that poll → the POST, mean, s (planner's fixed part: "
+            f"{DISPATCH_LATENCY:g}; worst: {_num(ours['poll_to_post_max'])})",
+            ours["poll_to_post_mean"],
+            plain["poll_to_post_mean"],
+            "—",
+            None,
+        ),
+        _row(
+            "Short budget: presence calls per second while performers came online (budget "
+            f"{b['budget']:.1f}; checks deferred for POSTs, whole phase: "
+            f"{ours.get('presence_deferred', '—')})",
+            ours["presence_rate_during"],
+            plain["presence_rate_during"],
+            "—",
+            None,
+        ),
+    ]
