@@ -365,6 +365,14 @@ class Bench:
             env,
         )
         wait_until(self.store.last_sweep, 60, "the first sweep", 0.1)
+        # The token keep-alive's once-per-deployment index backfill (a SCAN of the whole
+        # keyspace) comes with beat's first keep_tokens, 5 minutes in: in the --million run that
+        # was during the top-up to 1M and the presence window after it (813 SCAN calls, 3.3 s of
+        # Redis time in 10 s). Run it now, before anything waits, as a deployment that has been
+        # up 5 minutes has.
+        self.producer.send_task("rebook.keep_tokens", queue=WORK_QUEUE)
+        marker = f"{self.svc.token_store.index_key}:indexed"
+        wait_until(lambda: self.r.exists(marker), 60, "the token index backfill", 0.1)
         log(f"rebook worker (prefork -c {self.cfg.concurrency}) and beat are up")
 
     def ours(self) -> None:
