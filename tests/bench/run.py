@@ -1289,7 +1289,7 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
         "--million",
         action="store_true",
         help="only the memory and sweep phases, at 1k, 10k (Celery intake), 100k and 1,000,000 "
-        "waiting (Store.create top-up); --sizes overrides the sizes (about 10 minutes)",
+        "waiting (Store.create top-up); --sizes overrides the sizes (about 7 minutes)",
     )
     args = p.parse_args(argv)
     cfg = Config.quick() if args.quick else Config()
