@@ -1,4 +1,5 @@
-"""`python -m tests.bench [--quick] [--sizes 1000,10000,100000] [--json out.json]`."""
+"""`python -m tests.bench [--quick] [--sizes 1000,10000,100000] [--million] [--budget-only]
+[--json out.json]`."""
 
 from __future__ import annotations
 

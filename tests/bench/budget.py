@@ -124,6 +124,36 @@ def _measure(
     got = posted()
     reactions = [got[pid] - online_at[pid] for pid in chosen if pid in got]
     phase = [r["t"] for r in calls.between(s0, calls.next)]
+    # each reaction in two parts: online -> the first poll after it (the model: U(0, period)),
+    # and that poll -> the POST (the model: DISPATCH_LATENCY)
+    first_poll: dict[int, float] = {}
+    for r in calls.between(s1, calls.next):
+        pid = r["performer_id"]
+        if r["op"] == "getUserSummary" and pid in online_at and r["t"] >= online_at[pid]:
+            first_poll.setdefault(pid, r["t"])
+    # presence calls made while performers came online, against the budget the model assumes
+    t_on, t_end = min(online_at.values()), max(got.values(), default=time.time())
+    during = [
+        r
+        for r in calls.between(s1, calls.next)
+        if r["op"] == "getUserSummary" and t_on <= r["t"] <= t_end
+    ]
+    others = Counter(
+        r["op"]
+        for r in calls.between(s1, calls.next)
+        if r["op"] != "getUserSummary" and t_on <= r["t"] <= t_end
+    )
+    parts = [
+        {
+            "performer_id": pid,
+            "predicted_period": period,
+            "reaction": got[pid] - online_at[pid],
+            "to_poll": first_poll[pid] - online_at[pid],
+            "poll_to_post": got[pid] - first_poll[pid],
+        }
+        for pid, period in zip(chosen, predicted, strict=True)
+        if pid in got and pid in first_poll
+    ]
     result.update(
         {
             "reaction_p50": percentile(reactions, 50),
@@ -138,11 +168,23 @@ def _measure(
                 len(pids), interval=INTERVAL, rate=rate
             ).achieved_interval_seconds,
             "peak_1s": peak_in_window(phase, 1.0),
+            "reactions": parts,
+            "reaction_span": t_end - t_on,
+            "presence_rate_during": len(during) / (t_end - t_on) if t_end > t_on else None,
+            "other_calls_during": dict(others),
+            "to_poll_mean": _mean([x["to_poll"] for x in parts]),
+            "poll_to_post_mean": _mean([x["poll_to_post"] for x in parts]),
+            "poll_to_post_max": max((x["poll_to_post"] for x in parts), default=None),
+            "predicted_to_poll_mean": _mean([x["predicted_period"] / 2 for x in parts]),
         }
     )
     for pid in chosen:
         bench.sandbox.set_online(pid, False)
     return result
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 def _ours(bench: Bench, calls: CallLog, rate: float) -> dict[str, Any]:
@@ -195,6 +237,8 @@ def _ours(bench: Bench, calls: CallLog, rate: float) -> dict[str, Any]:
             )
         result = _measure(bench, calls, pids, bookings, rate)
         result["stats_presence"] = svc.store.stats()["presence"]
+        # checks that gave their turn back because POSTs and reads had the window (flow.py)
+        result["presence_deferred"] = worker.text().count("deferred (rate budget)")
         log(
             f"short budget, rebook: spread {result['min_over_mean']:.2f}-"
             f"{result['max_over_mean']:.2f} of the mean, period {result['period']:.2f}s, "

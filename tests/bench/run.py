@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import itertools
 import json
 import os
@@ -67,7 +68,7 @@ from tests.bench.harness import (
     used_memory,
     wait_until,
 )
-from tests.bench.report import budget_rows, build_rows, markdown
+from tests.bench.report import budget_rows, build_rows, markdown, million_rows
 from tests.integration.conftest import settings_env
 from worker.celeryapp.app import EVENTS_QUEUE, WORK_QUEUE, create_app
 from worker.celeryapp.dispatch import CeleryDispatcher
@@ -114,7 +115,9 @@ class Config:
     seed: int = 5
     no_budget: bool = False
     budget_only: bool = False
-    """Skip the short-budget phase (tests/bench/budget.py)."""
+    """Only the short-budget phase (tests/bench/budget.py)."""
+    million: bool = False
+    """Only the memory and sweep phases, up to 1,000,000 waiting (`Bench.million`)."""
 
     @classmethod
     def quick(cls) -> Config:
@@ -131,6 +134,20 @@ class Config:
             plain_reaction_timeout=10.0,
         )
 
+
+class _Queued:
+    """A Store script whose calls go onto a pipeline: `Store.create` builds the arguments as for
+    intake, the pipeline sends a chunk at once, the caller checks the answers after `execute`."""
+
+    def __init__(self, script: Any, pipe: Any) -> None:
+        self.script, self.pipe = script, pipe
+
+    def __call__(self, keys: list[str], args: list[Any]) -> tuple[str, str]:
+        self.script(keys=keys, args=args, client=self.pipe)
+        return ("created", "0")  # read from the pipeline's answers instead
+
+
+DEFAULT_JSON = Path(".rebook/bench.json")
 
 PLAIN_START_WAIT = 20.0
 """Longest wait for plain Celery's tasks to have each polled once (see Bench.plain_send)."""
@@ -350,6 +367,14 @@ class Bench:
             env,
         )
         wait_until(self.store.last_sweep, 60, "the first sweep", 0.1)
+        # The token keep-alive's once-per-deployment index backfill (a SCAN of the whole
+        # keyspace) comes with beat's first keep_tokens, 5 minutes in: in the --million run that
+        # was during the top-up to 1M and the presence window after it (813 SCAN calls, 3.3 s of
+        # Redis time in 10 s). Run it now, before anything waits, as a deployment that has been
+        # up 5 minutes has.
+        self.producer.send_task("rebook.keep_tokens", queue=WORK_QUEUE)
+        marker = f"{self.svc.token_store.index_key}:indexed"
+        wait_until(lambda: self.r.exists(marker), 60, "the token index backfill", 0.1)
         log(f"rebook worker (prefork -c {self.cfg.concurrency}) and beat are up")
 
     def ours(self) -> None:
@@ -388,14 +413,27 @@ class Bench:
             "waiting": self.waiting_count(),
             "worker": tree_memory_kb(self.worker.pid),
         }
-        larger = [s for s in set(cfg.sizes) if s > cfg.waiting]
+        self.grow(out, base_mem, pids)
+        out["presence_min_gap"] = self.min_presence_gap(pids)
+        stats = self.sandbox.stats()
+        out["upstream_calls"] = stats["calls"]
+        out["new_bookings_max_per_original"] = max(stats["new_bookings"].values(), default=0)
+        out["deadletter"] = int(self.store.stats()["deadletter"])
+        out["states"] = self.store.stats()["states"]
+
+    def grow(self, out: dict[str, Any], base_mem: int, pids: set[int]) -> None:
+        """The sweep at what waits now, then each larger size topped up with `Store.create`:
+        Redis bytes, presence polling and worker RSS with that many waiting, and the sweep."""
+        cfg = self.cfg
+        larger = sorted(s for s in set(cfg.sizes) if s > cfg.waiting)
         out["sweep"] = [self.measure_sweep(repeat=not larger)]
-        for size in sorted(s for s in set(cfg.sizes) if s > cfg.waiting):
+        for size in larger:
             t0 = time.monotonic()
             self.top_up(size)
             created = time.monotonic() - t0
             point = self.memory_point(size, base_mem, "Store.create top-up")
             point["create_seconds"] = round(created, 2)
+            log(f"top-up to {size}: {created:.0f}s")
             # the worker keeps polling with this many waiting: its memory must stay flat
             time.sleep(cfg.presence + 1)
             point["presence"] = self.presence_window(
@@ -403,12 +441,42 @@ class Bench:
             )
             point["worker"] = tree_memory_kb(self.worker.pid)
             out["points"].append(point)
-            out["sweep"].append(self.measure_sweep(repeat=size == max(larger)))
+            out["sweep"].append(self.measure_sweep(repeat=size == larger[-1]))
         out["memory_breakdown"] = self.memory_breakdown()
+
+    def million(self) -> None:
+        """`--million`: the memory and sweep phases alone, up to 1,000,000 waiting.
+
+        The sizes up to `--waiting` come through Celery intake as in the whole run; the worker
+        polls them (its RSS then is the start of the growth figure); every larger size is topped
+        up with `Store.create` and measured as in the whole run (`grow`). No reaction, watching,
+        plain Celery or short-budget phase."""
+        out = self.results["ours"]
+        cfg = self.cfg
+        self.members_ours(bookings=False)
+        time.sleep(1.0)
+        base = self.store_memory()
+        base_mem = base["bytes"]
+        out["baseline"] = {
+            "used_memory": base,
+            "worker": tree_memory_kb(self.worker.pid),
+            "redis_info_memory": self.r.info("memory"),
+        }
+        out["points"] = []
+        out["intake"] = []
+        done = 0
+        for size in self.intake_batches():
+            out["intake"].append(self.intake(done, size))
+            done = size
+            out["points"].append(self.memory_point(size, base_mem, "Celery intake"))
+        pids = {OURS_PID + i for i in range(cfg.performers)}
+        out["presence"] = self.presence_window(pids, cfg.waiting, cfg.windows * cfg.presence)
+        out["rss_after_reaction"] = {  # the growth figure's start, as in the whole run
+            "waiting": self.waiting_count(),
+            "worker": tree_memory_kb(self.worker.pid),
+        }
+        self.grow(out, base_mem, pids)
         out["presence_min_gap"] = self.min_presence_gap(pids)
-        stats = self.sandbox.stats()
-        out["upstream_calls"] = stats["calls"]
-        out["new_bookings_max_per_original"] = max(stats["new_bookings"].values(), default=0)
         out["deadletter"] = int(self.store.stats()["deadletter"])
         out["states"] = self.store.stats()["states"]
 
@@ -441,14 +509,15 @@ class Bench:
             "per_second": n / (end - t0),
         }
 
-    def members_ours(self) -> None:
+    def members_ours(self, bookings: bool = True) -> None:
         """Tokens for every member; real upstream bookings for the rebooks that will POST."""
         members = {self.member_of(k, "ours") for k in range(self.cfg.waiting)}
         now = time.time()
         for user in sorted(members):
             answer = self.sandbox.add_user(user)
             self.svc.token_store.save(user, TokenSet.from_token_response(answer, now))
-        for k in self.reaction_rebooks() + self.reaction_rebooks(self.cfg.online):
+        posting = self.reaction_rebooks() + self.reaction_rebooks(self.cfg.online)
+        for k in posting if bookings else []:
             self.bookings["ours"][k] = self.sandbox.add_booking(
                 self.member_of(k, "ours"), self.performer_of(k, OURS_PID)
             )
@@ -516,11 +585,27 @@ class Bench:
         return point
 
     def memory_breakdown(self, sample: int = 200) -> dict[str, Any]:
-        """`MEMORY USAGE` per key kind of a waiting rebook (sampled), and per index entry."""
+        """Where a waiting rebook's bytes go: `MEMORY USAGE` per key kind (sampled: record,
+        booking marker; the history and event keys a waiting rebook does not have), per index
+        entry (the whole index over its entries), the main keyspace's bucket array (MEMORY STATS:
+        the one part of a key that MEMORY USAGE leaves out), and each kind's type and encoding.
+        Read with worker and beat paused; `MEMORY USAGE ... SAMPLES 0` walks every element of
+        the large indexes (a few hundred ms at 1M)."""
+        self.beat.pause()
+        self.worker.pause()
+        try:
+            return self._memory_breakdown(sample)
+        finally:
+            self.worker.resume()
+            self.beat.resume()
+
+    def _memory_breakdown(self, sample: int) -> dict[str, Any]:
+        waiting = self.waiting_count()
         ids: list[str] = list(self.r.srandmember(self.skey("st", State.WAITING.value), sample))  # type: ignore[arg-type]
         per: dict[str, list[int]] = {"record": [], "history": [], "event": [], "active": []}
         absent: Counter[str] = Counter()
         users: set[str] = set()
+        kinds: dict[str, str] = {}
         for rid in ids:
             rec = self.store.get(rid)
             if rec is None:
@@ -535,10 +620,12 @@ class Bench:
                 size = self.r.memory_usage(key, samples=0)
                 if size is None:
                     absent[kind] += 1
+                elif kind not in kinds:
+                    kinds[kind] = f"{self.r.type(key)!s}/{self.r.object('encoding', key)!s}"
                 per[kind].append(int(size or 0))
         out: dict[str, Any] = {k: sum(v) / max(1, len(v)) for k, v in per.items()}
 
-        def per_entry(keys: list[str]) -> float:
+        def per_entry(name: str, keys: list[str]) -> float:
             size = sum(int(self.r.memory_usage(k, samples=0) or 0) for k in keys)
             pipe = self.r.pipeline(transaction=False)
             for k in keys:
@@ -547,16 +634,35 @@ class Bench:
             count = 0
             for k, t in zip(keys, types, strict=True):
                 count += int(self.r.zcard(k) if t == "zset" else self.r.scard(k))
+            kinds[name] = f"{types[0]}/{self.r.object('encoding', keys[0])}"
             return size / max(1, count)
 
-        out["due_entry"] = per_entry([self.skey("due")])
-        out["created_entry"] = per_entry([self.skey("created")])
-        out["state_set_entry"] = per_entry([self.skey("st", State.WAITING.value)])
-        out["performer_set_entry"] = per_entry(
-            [self.skey("perf", OURS_PID + i) for i in range(self.cfg.performers)]
+        perf_keys = [self.skey("perf", OURS_PID + i) for i in range(self.cfg.performers)]
+        out["due_entry"] = per_entry("due_entry", [self.skey("due")])
+        out["created_entry"] = per_entry("created_entry", [self.skey("created")])
+        out["state_set_entry"] = per_entry(
+            "state_set_entry", [self.skey("st", State.WAITING.value)]
         )
-        out["member_set_entry"] = per_entry([self.skey("user", u) for u in sorted(users)])
+        out["performer_set_entry"] = per_entry("performer_set_entry", perf_keys)
+        out["member_set_entry"] = per_entry(
+            "member_set_entry", [self.skey("user", u) for u in sorted(users)]
+        )
         out["sum"] = sum(v for v in out.values())
+        stats = self.r.memory_stats()
+        db = stats.get("db.0", {})
+        keys = int(stats.get("keys.count", 0))
+        main = int(db.get("overhead.hashtable.main", 0))
+        # MEMORY STATS counts a key as dictEntry + robj + its bucket pointer; MEMORY USAGE already
+        # has the first two, so only the bucket array is new here (a power of two >= the keys)
+        buckets = max(0, main - keys * (24 + 16))
+        out["main_dict_buckets_per_waiting"] = buckets / max(1, waiting)
+        out["keys_per_waiting"] = keys / max(1, waiting)
+        out["accounted"] = out["sum"] + out["main_dict_buckets_per_waiting"]
+        out["memory_stats"] = {
+            k: v for k, v in stats.items() if not isinstance(v, dict) and k != "db.0"
+        } | {"db.0": db}
+        out["encodings"] = kinds
+        out["waiting"] = waiting
         out["sampled"] = len(per["record"])
         out["absent_keys"] = dict(absent)
         return out
@@ -809,13 +915,18 @@ class Bench:
             pass
 
     def top_up(self, end: int) -> None:
-        """Writes waiting records with `Store.create` (intake's Lua script) up to `end` waiting."""
+        """Writes waiting records with `Store.create` (intake's Lua script) up to `end` waiting:
+        each call's arguments are Store.create's own, its script queued on a pipeline of 1,000
+        (one round trip per chunk instead of per record; `_Queued`)."""
         log(f"writing {end - self.waiting_count()} waiting records directly (Store.create) ...")
         now = time.time()
 
         def create(chunk: range) -> None:
+            pipe = self.store.r.pipeline(transaction=False)
+            store = copy.copy(self.store)
+            store._create = _Queued(self.store._create, pipe)
             for j in chunk:
-                self.store.create(
+                store.create(
                     rebook_id=rebook_id_for(f"bench-{j}"),
                     event_id=f"bench-{j}",
                     booking_id=SYNTHETIC_BOOKING["ours"] + j,
@@ -824,8 +935,11 @@ class Bench:
                     deadline=now + 43200,
                     now=now,
                 )
+            answers = pipe.execute()
+            refused = [a for a in answers if a[0] != "created"]
+            assert not refused, f"Store.create refused {len(refused)}: {refused[:3]}"
 
-        with ThreadPoolExecutor(4) as pool:
+        with ThreadPoolExecutor(2) as pool:
             while (missing := end - self.waiting_count()) > 0:
                 first = self.next_k
                 self.next_k += missing
@@ -1101,6 +1215,7 @@ class Bench:
 
     def run(self) -> dict[str, Any]:
         started = time.time()
+        self.results["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))
         self.start_infra()
         if self.cfg.budget_only:
             self.pproducer = Celery("plain-producer", broker=self.url)
@@ -1110,6 +1225,11 @@ class Bench:
             self.results["rows"] = budget_rows(self.results)
             return self.results
         self.start_ours()
+        if self.cfg.million:
+            self.million()
+            self.results["elapsed_seconds"] = time.time() - started
+            self.results["rows"] = million_rows(self.results)
+            return self.results
         self.ours()
         self.stop(self.beat)
         self.stop(self.worker)
@@ -1154,7 +1274,7 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     p.add_argument(
         "--json",
         type=Path,
-        default=Path(".rebook/bench.json"),
+        default=DEFAULT_JSON,
         help="raw numbers (default .rebook/bench.json, git-ignored)",
     )
     p.add_argument("--markdown", type=Path, help="also write the table to this file")
@@ -1167,8 +1287,19 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     p.add_argument(
         "--budget-only", action="store_true", help="only the short-budget phase (about a minute)"
     )
+    p.add_argument(
+        "--million",
+        action="store_true",
+        help="only the memory and sweep phases, at 1k, 10k (Celery intake), 100k and 1,000,000 "
+        "waiting (Store.create top-up); --sizes overrides the sizes (about 7 minutes)",
+    )
     args = p.parse_args(argv)
     cfg = Config.quick() if args.quick else Config()
+    if args.million:
+        cfg.million = True
+        cfg.sizes = [1_000, 10_000, 100_000, 1_000_000]
+        if args.json == DEFAULT_JSON:
+            args.json = Path(".rebook/bench-million.json")
     for name in (
         "sizes",
         "waiting",
@@ -1182,6 +1313,7 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
         "concurrency",
         "no_budget",
         "budget_only",
+        "million",
     ):
         value = getattr(args, name)
         if value is not None:
