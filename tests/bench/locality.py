@@ -22,9 +22,10 @@ from typing import Any
 import redis
 
 from tests.bench.harness import RedisCpuProbe, log
-from worker.embedded import EmbeddedRedis
-from worker.models import State, iso_z
-from worker.store import Store, rebook_id_for
+from worker.core.models import iso_z
+from worker.core.states import State
+from worker.core.store import Store, rebook_id_for
+from worker.dev.embedded import EmbeddedRedis
 
 PREFIX = "bench:"
 FILL = """

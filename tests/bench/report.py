@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker.capacity import DISPATCH_LATENCY
+from worker.core.capacity import DISPATCH_LATENCY
 
 KB = 1024
 
