@@ -5,14 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 
 import pytest
-import redis
 
-from worker.adapters.ratelimit import RedisRateLimiter
-from worker.adapters.upstream import RATE_SHARE
 from worker.core.capacity import plan, presence_budget, rate_needed, share_budget, shortfall
 
 
@@ -60,30 +55,6 @@ def test_shortfall_names_the_figures_and_the_rate_needed() -> None:
     assert "600 performers" in line and "20.00" in line and "17.14" in line and "35.2s" in line
     assert "REBOOK_UPSTREAM_RATE_PER_SECOND=29" in line
     assert shortfall({**figures, "needed_calls_per_second": 10.0}) is None
-
-
-@pytest.fixture
-def limiter_client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    yield client
-    client.close()
-
-
-def test_the_limiter_lets_presence_have_what_the_model_says(
-    limiter_client: redis.Redis, prefix: str
-) -> None:
-    """Paced calls of the presence share at the model's budget all go (none throttled)."""
-    rate = 20.0
-    limiter = RedisRateLimiter(limiter_client, prefix + "rl", rate, max_wait=0.25)
-    budget = presence_budget(rate)
-    start = time.monotonic()
-    for i in range(40):
-        wait = start + i / budget - time.monotonic()
-        if wait > 0:
-            time.sleep(wait)  # pacing the calls is what is under test, not waiting for work
-        limiter.acquire(RATE_SHARE["getUserSummary"])
-    took = time.monotonic() - start
-    assert took == pytest.approx(39 / budget, abs=0.2)
 
 
 def test_capacity_command_prints_the_plan() -> None:

@@ -82,8 +82,8 @@ def test_defaults_match_design() -> None:
         "webhook_secret",
     ):
         assert getattr(s, optional) is None, optional
-    assert s.upstream_rate_per_second >= 0
-    assert s.retention_days > 0
+    assert s.upstream_rate_per_second == 20.0  # README "Settings": calls/s for all workers
+    assert s.retention_days == 14
     assert s.retention_seconds == int(s.retention_days * 86400)
 
 

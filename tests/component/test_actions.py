@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.unit.test_flow import Env, env, make_env  # noqa: F401  (fixtures)
+from tests.component.test_flow import Env, env, make_env  # noqa: F401  (fixtures)
 from worker.core.actions import run
 from worker.core.flow import Refused
 from worker.core.search import Filters

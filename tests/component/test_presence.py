@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from tests.unit.test_flow import Recorder
+from tests.component.test_flow import Recorder
 from worker.adapters.presence import PresenceSource, UserSummaryPresence
 from worker.adapters.upstream import UpstreamClient
 from worker.celeryapp.runtime import build_services

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from tests.component.test_flow import Recorder
 from tests.conftest import fast_settings, wait_for
-from tests.unit.test_flow import Recorder
 from worker.adapters.keepalive import keep_tokens
 from worker.celeryapp.runtime import Services, build_services
 from worker.core.errors import ReauthRequired

@@ -10,9 +10,9 @@ import pytest
 import redis
 from cryptography.fernet import Fernet
 
+from tests.component.test_auth import tokens
+from tests.component.test_exporter import scrape, value
 from tests.conftest import fast_settings
-from tests.unit.test_auth import tokens
-from tests.unit.test_exporter import scrape, value
 from worker.adapters.auth import TokenStore
 from worker.core.settings import load_settings
 from worker.core.store import Store

@@ -14,7 +14,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from tests.unit.test_exporter import scrape, value
+from tests.component.test_exporter import scrape, value
 from worker.adapters.upstream import UpstreamClient
 from worker.core.models import TokenSet
 from worker.core.settings import Settings
