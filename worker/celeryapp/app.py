@@ -166,11 +166,9 @@ def time_limits(settings: Settings) -> Limits:
     return Limits(soft=soft, hard=hard, visibility=hard * 2)
 
 
-def make_app(settings: Settings) -> Celery:
-    """The app's configuration from the settings, with no process-wide effect (`create_app`
-    adds those); tests and the bench build client apps with it."""
-    app = Celery(APP_NAME, task_cls=RebookTask, include=TASK_MODULES)
-    limits = time_limits(settings)
+def transport_options(settings: Settings, limits: Limits) -> dict[str, Any]:
+    """The Redis transport: a visibility timeout just past the hard time limit, restores every
+    few seconds (not every 100 s), the broker's own prefix, the Sentinel master."""
     transport: dict[str, Any] = {
         "visibility_timeout": limits.visibility,
         # look for unacknowledged messages to restore every few seconds, not every 100 s
@@ -181,12 +179,61 @@ def make_app(settings: Settings) -> Celery:
         transport["global_keyprefix"] = settings.broker_key_prefix
     if settings.broker.startswith("sentinel://"):
         transport["master_name"] = settings.redis_sentinel_master
+    return transport
+
+
+def beat_schedule(settings: Settings) -> dict[str, Any]:
+    """What beat sends: the sweep (the engine of every wait), housekeeping, the token
+    keep-alive, and the outcome fan-out when it is on. Options expire unsent nudges: the next
+    beat tick sends a fresh one."""
+    schedule: dict[str, Any] = {
+        "rebook-sweep": {
+            "task": "rebook.sweep",
+            "schedule": settings.sweep_interval_seconds,
+            "options": {
+                "queue": WORK_QUEUE,
+                "priority": URGENT_PRIORITY,
+                "expires": max(5.0, settings.sweep_interval_seconds * 5),
+            },
+        },
+        "rebook-housekeeping": {
+            "task": "rebook.housekeeping",
+            "schedule": HOUSEKEEPING_SECONDS,
+            "options": {"queue": WORK_QUEUE, "expires": HOUSEKEEPING_SECONDS},
+        },
+        "rebook-keep-tokens": {
+            "task": "rebook.keep_tokens",
+            "schedule": settings.token_keepalive_interval_seconds,
+            "options": {
+                "queue": WORK_QUEUE,
+                "priority": WATCH_PRIORITY,  # days of slack: after every step
+                "expires": max(5.0, settings.token_keepalive_interval_seconds),
+            },
+        },
+    }
+    if settings.fanout_enabled:
+        schedule["rebook-fanout"] = {
+            "task": "rebook.fanout",
+            "schedule": settings.sweep_interval_seconds,
+            "options": {
+                "queue": WORK_QUEUE,
+                "expires": max(5.0, settings.sweep_interval_seconds * 5),
+            },
+        }
+    return schedule
+
+
+def make_app(settings: Settings) -> Celery:
+    """The app's configuration from the settings, with no process-wide effect (`create_app`
+    adds those); tests and the bench build client apps with it."""
+    app = Celery(APP_NAME, task_cls=RebookTask, include=TASK_MODULES)
+    limits = time_limits(settings)
     app.conf.update(
         broker_url=settings.broker,
         broker_use_ssl=settings.broker_ssl_options(),
         redis_backend_use_ssl=settings.broker_ssl_options(),
         broker_connection_retry_on_startup=True,
-        broker_transport_options=transport,
+        broker_transport_options=transport_options(settings, limits),
         task_serializer="json",
         accept_content=["json"],
         result_serializer="json",
@@ -214,31 +261,7 @@ def make_app(settings: Settings) -> Celery:
         task_time_limit=limits.hard,
         timezone="UTC",
         enable_utc=True,
-        beat_schedule={
-            "rebook-sweep": {
-                "task": "rebook.sweep",
-                "schedule": settings.sweep_interval_seconds,
-                "options": {
-                    "queue": WORK_QUEUE,
-                    "priority": URGENT_PRIORITY,
-                    "expires": max(5.0, settings.sweep_interval_seconds * 5),
-                },
-            },
-            "rebook-housekeeping": {
-                "task": "rebook.housekeeping",
-                "schedule": HOUSEKEEPING_SECONDS,
-                "options": {"queue": WORK_QUEUE, "expires": HOUSEKEEPING_SECONDS},
-            },
-            "rebook-keep-tokens": {
-                "task": "rebook.keep_tokens",
-                "schedule": settings.token_keepalive_interval_seconds,
-                "options": {
-                    "queue": WORK_QUEUE,
-                    "priority": WATCH_PRIORITY,  # days of slack: after every step
-                    "expires": max(5.0, settings.token_keepalive_interval_seconds),
-                },
-            },
-        },
+        beat_schedule=beat_schedule(settings),
     )
     if settings.beat_scheduler == "redbeat":
         # celery-redbeat: the schedule lives in Redis and a lock lets exactly one of several
@@ -253,15 +276,6 @@ def make_app(settings: Settings) -> Celery:
             redbeat_key_prefix=Keys(settings.key_prefix).redbeat_prefix,
             redbeat_lock_timeout=int(loop * 5),
         )
-    if settings.fanout_enabled:
-        app.conf.beat_schedule["rebook-fanout"] = {
-            "task": "rebook.fanout",
-            "schedule": settings.sweep_interval_seconds,
-            "options": {
-                "queue": WORK_QUEUE,
-                "expires": max(5.0, settings.sweep_interval_seconds * 5),
-            },
-        }
     return app
 
 

@@ -564,11 +564,37 @@ class Flow:
         except UpstreamError as exc:  # the token endpoint failed: nothing was sent
             self._retry_later(rec, exc, "refreshing the member's token")
             return Step.RETRY
-        seen = sorted({*(rec.known_ids or ()), *(b.booking_id for b in listing.bookings)})
         marked: list[float] = []
+        try:
+            booking = self.client.reschedule(
+                token, rec.booking_id, before_send=self._marker(rec, listing, marked)
+            )
+        except Gated as exc:
+            return self._gated(rec, exc.holder)
+        except _Found as exc:
+            return self._found_before_post(rec, exc)
+        except LeaseLost:
+            raise
+        except Ambiguous as exc:
+            return self._ambiguous(rec, marked, exc)
+        except AuthExpired:  # 401: the upstream did nothing
+            return self._token_refused(rec, marked, token)
+        except NotFound as exc:
+            return self._fail(rec, f"upstream: {exc.message}")
+        except Rejected as exc:
+            return self._rejected(rec, exc)
+        except UpstreamError as exc:  # nothing was sent, or refused before the upstream acted
+            return self._not_done(rec, marked, exc)
+        return self._booked(rec, booking)
+
+    def _marker(self, rec: Rebook, listing: Listing, marked: list[float]) -> Callable[[], None]:
+        """What runs after the rate limiter, right before the request: lease, mark (with what
+        the list showed, which the POST cannot have made), the lost-mark check, replicas.
+        Appends the mark's time to `marked`; raises to send nothing."""
+        s = self.settings
+        seen = sorted({*(rec.known_ids or ()), *(b.booking_id for b in listing.bookings)})
 
         def mark() -> None:
-            """After the rate limiter, right before the request: lease, mark, replicas."""
             self._hold()
             now = self.clock()
             step = _STEP.get()
@@ -598,65 +624,59 @@ class Flow:
                 if got < s.redis_wait_replicas:
                     raise NotSent(f"{got} of {s.redis_wait_replicas} replicas have the mark")
 
-        try:
-            booking = self.client.reschedule(token, rec.booking_id, before_send=mark)
-        except Gated as exc:
-            return self._gated(rec, exc.holder)
-        except _Found as exc:
-            if exc.siblings:  # whose is it? a wrong guess books one session twice
-                self._park(  # nothing was sent: the mark goes with it
-                    rec,
-                    "unclaimed_booking",
-                    fields={"post_sent_ts": None, "attempts": rec.attempts},
-                    action=f"booking {exc.bookings[0].booking_id} is nobody's here; it may be "
-                    f"this rebook's or {', '.join(exc.siblings)}'s (a lost \"POST sent\" "
-                    "mark): check upstream, then `rebook retry` the one it belongs to, after "
-                    "recording it",
-                    bookings=[b.booking_id for b in exc.bookings],
-                    siblings=exc.siblings,
-                )
-                return Step.PARKED
+        return mark
+
+    def _found_before_post(self, rec: Rebook, exc: _Found) -> Step:
+        """A booking whose mark was lost: adopted, or parked if a sibling could own it."""
+        if not exc.siblings:
             return self._adopt(rec, exc.bookings, "found upstream before the POST")
-        except LeaseLost:
-            raise
-        except Ambiguous as exc:
-            answered = self.clock()
-            log.warning("rebook %s: reschedule ambiguous (%s); reconciling", rec.rebook_id, exc)
-            self._stay(
-                rec,
-                reason=f"ambiguous: {exc}",
-                require={"post_sent_ts": _mark(marked[0])},
-                fields={"errors": rec.errors + 1, "answer_ts": answered},
-                due=self._proof_due(answered, 1),
-            )
-            return Step.AMBIGUOUS
-        except AuthExpired:  # 401: the upstream did nothing
-            self._unmark(rec, marked, reason="access token refused", due=self.clock())
-            try:
-                self.tokens.access_token(rec.user_id, rejected=token)
-            except UpstreamError as exc:  # refreshed on the next run instead
-                log.warning("rebook %s: token refresh failed (%s)", rec.rebook_id, exc)
-            return Step.REAUTH_RETRY
-        except NotFound as exc:
-            return self._fail(rec, f"upstream: {exc.message}")
-        except Rejected as exc:
-            return self._rejected(rec, exc)
-        except UpstreamError as exc:  # nothing was sent, or refused before the upstream acted
-            if isinstance(exc, NotSent) and not marked:
-                return Step.NOOP  # the rebook moved on meanwhile
-            if isinstance(exc, Throttled):
-                wait, errors = self._throttle_wait(exc), rec.errors
-            else:
-                wait = self.backoff(rec.errors, exc.retry_after)
-                errors = rec.errors + 1
-            log.warning(
-                "rebook %s: reschedule not done (%s); again in %.1fs", rec.rebook_id, exc, wait
-            )
-            self._unmark(
-                rec, marked, reason=f"retry: {exc}", due=self.clock() + wait, errors=errors
-            )
-            return Step.RETRY
-        return self._booked(rec, booking)
+        self._park(  # whose is it? a wrong guess books one session twice; nothing was sent
+            rec,
+            "unclaimed_booking",
+            fields={"post_sent_ts": None, "attempts": rec.attempts},
+            action=f"booking {exc.bookings[0].booking_id} is nobody's here; it may be "
+            f"this rebook's or {', '.join(exc.siblings)}'s (a lost \"POST sent\" "
+            "mark): check upstream, then `rebook retry` the one it belongs to, after "
+            "recording it",
+            bookings=[b.booking_id for b in exc.bookings],
+            siblings=exc.siblings,
+        )
+        return Step.PARKED
+
+    def _ambiguous(self, rec: Rebook, marked: list[float], exc: Ambiguous) -> Step:
+        """Sent, and the answer does not say what happened: reconcile, from this answer."""
+        answered = self.clock()
+        log.warning("rebook %s: reschedule ambiguous (%s); reconciling", rec.rebook_id, exc)
+        self._stay(
+            rec,
+            reason=f"ambiguous: {exc}",
+            require={"post_sent_ts": _mark(marked[0])},
+            fields={"errors": rec.errors + 1, "answer_ts": answered},
+            due=self._proof_due(answered, 1),
+        )
+        return Step.AMBIGUOUS
+
+    def _token_refused(self, rec: Rebook, marked: list[float], token: str) -> Step:
+        """401: nothing happened upstream; refresh now, POST again on the next run."""
+        self._unmark(rec, marked, reason="access token refused", due=self.clock())
+        try:
+            self.tokens.access_token(rec.user_id, rejected=token)
+        except UpstreamError as exc:  # refreshed on the next run instead
+            log.warning("rebook %s: token refresh failed (%s)", rec.rebook_id, exc)
+        return Step.REAUTH_RETRY
+
+    def _not_done(self, rec: Rebook, marked: list[float], exc: UpstreamError) -> Step:
+        """Not sent, or refused before the upstream acted: the mark goes, try again later."""
+        if isinstance(exc, NotSent) and not marked:
+            return Step.NOOP  # the rebook moved on meanwhile
+        if isinstance(exc, Throttled):
+            wait, errors = self._throttle_wait(exc), rec.errors
+        else:
+            wait = self.backoff(rec.errors, exc.retry_after)
+            errors = rec.errors + 1
+        log.warning("rebook %s: reschedule not done (%s); again in %.1fs", rec.rebook_id, exc, wait)
+        self._unmark(rec, marked, reason=f"retry: {exc}", due=self.clock() + wait, errors=errors)
+        return Step.RETRY
 
     def _unmark(
         self, rec: Rebook, marked: list[float], *, reason: str, due: float, **fields: Any
