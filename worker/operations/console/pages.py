@@ -225,6 +225,18 @@ def list_page(
     bulk actions and charts."""
     now = time.time() if now is None else now
     params = filters.params()
+    body = (
+        f'<div class="counts">{_state_chips(base, filters, counts)}</div>'
+        f"{_filter_form(base, params)}"
+        f"{_summary(base, filters, summary) if summary is not None else ''}"
+        f"{_bulk_form(base, filters, xsrf)}{_table(base, items, now)}"
+        f"{_pager(base, params, cursor, next_cursor, limit)}{_charts(per_hour, histogram)}"
+    )
+    return layout("Rebooks", body, base)
+
+
+def _state_chips(base: str, filters: Filters, counts: Mapping[str, int]) -> str:
+    params = filters.params()
     chips = [f'<a class="{"" if filters.state else "on"}" href="{link(base + "/rebooks")}">all</a>']
     for state in State:
         on = "on" if filters.state == state else ""
@@ -233,6 +245,10 @@ def list_page(
             f'<a class="{on}" id="count-{state.value}" href="{link(base + "/rebooks", target)}">'
             f"{esc(state.value)} {int(counts.get(state.value, 0))}</a>"
         )
+    return "".join(chips)
+
+
+def _table(base: str, items: Sequence[Rebook], now: float) -> str:
     rows = []
     for r in items:
         path = rebook_path(base, r.rebook_id)
@@ -250,13 +266,18 @@ def list_page(
             f'<td title="{esc(when(r.created_ts))}">{esc(age(r.created_ts, now))}</td>'
             f"<td>{esc(r.new_booking_id or '')}</td><td>{esc(r.accept_by)}</td></tr>"
         )
-    table = (
+    return (
         '<table id="rebooks"><thead><tr><th>rebook</th><th>event</th><th>member</th>'
         "<th>performer</th><th>booking</th><th>state</th><th>reason</th><th>age</th>"
         "<th>new booking</th><th>AcceptBy</th></tr></thead><tbody>"
         + ("".join(rows) or '<tr><td colspan=10 class="muted">no rebook matches</td></tr>')
         + "</tbody></table>"
     )
+
+
+def _pager(
+    base: str, params: Mapping[str, str], cursor: str, next_cursor: str | None, limit: int
+) -> str:
     pager = ['<p class="pager">']
     if cursor:
         pager.append(
@@ -268,18 +289,28 @@ def list_page(
     pager.append(
         f'<a href="{link(base + "/api/rebooks", {**params, "limit": str(limit)})}">as JSON</a></p>'
     )
-    bulk = ""
-    if not filters.empty:
-        bulk = (
-            f'<form class="card" method="post" action="{esc(base)}/rebooks/actions" id="bulk">'
-            f"{_hidden_xsrf(xsrf)}{_hidden_filter(filters)}"
-            f"<strong>Every rebook matching {esc(_describe(filters))}:</strong> "
-            '<button name="action" value="retry" id="bulk-retry">retry…</button> '
-            '<button name="action" value="cancel" id="bulk-cancel">cancel…</button> '
-            '<span class="muted">first a preview of what would be done and refused, '
-            "then you confirm</span></form>"
-        )
-    charts = (
+    return "".join(pager)
+
+
+def _bulk_form(base: str, filters: Filters, xsrf: str) -> str:
+    """Bulk actions on a filtered view only: first a preview, then a confirm."""
+    if filters.empty:
+        return ""
+    return (
+        f'<form class="card" method="post" action="{esc(base)}/rebooks/actions" id="bulk">'
+        f"{_hidden_xsrf(xsrf)}{_hidden_filter(filters)}"
+        f"<strong>Every rebook matching {esc(_describe(filters))}:</strong> "
+        '<button name="action" value="retry" id="bulk-retry">retry…</button> '
+        '<button name="action" value="cancel" id="bulk-cancel">cancel…</button> '
+        '<span class="muted">first a preview of what would be done and refused, '
+        "then you confirm</span></form>"
+    )
+
+
+def _charts(
+    per_hour: Sequence[tuple[int, Mapping[str, int]]], histogram: Sequence[tuple[str, int]]
+) -> str:
+    return (
         '<div class="charts">'
         '<div class="card"><strong>Outcomes per hour, last 48 h</strong>'
         f"{outcomes_chart(per_hour)}</div>"
@@ -287,12 +318,6 @@ def list_page(
         f"{histogram_chart(histogram)}</div>"
         "</div>"
     )
-    body = (
-        f'<div class="counts">{"".join(chips)}</div>{_filter_form(base, params)}'
-        f"{_summary(base, filters, summary) if summary is not None else ''}"
-        f"{bulk}{table}{''.join(pager)}{charts}"
-    )
-    return layout("Rebooks", body, base)
 
 
 def bad_filter_page(*, base: str, raw: Mapping[str, str], error: str) -> str:
