@@ -814,87 +814,103 @@ def _run(
     plan = scenario(rebooks, performers, seed)
     # only Redis and the token key are taken from the environment: the upstream is the sandbox
     base = load_settings(api_key="-", oauth_client_id="-", oauth_client_secret="-")
-    prefix = f"rebook-demo-{run_id}:"
-    if reachable(base.redis_url):
-        redis_url = base.redis_url
-        res.external_url, res.prefix = redis_url, prefix
-        console.print(
-            f"Redis: {mask_url(redis_url)} (REBOOK_REDIS_URL), isolated under key prefix "
-            f"{prefix!r}, removed at the end"
-        )
-    else:
-        res.embedded = EmbeddedRedis()
-        res.embedded.start()
-        redis_url = res.embedded.url
-        console.print(
-            f"Redis: embedded redis-server at {redis_url} "
-            f"({mask_url(base.redis_url)} is not reachable)"
-        )
+    redis_url = _start_redis(res, base, f"rebook-demo-{run_id}:", console)
     res.sandbox = SandboxServer(port=0, accept_by_seconds=ACCEPT_BY_SECONDS).start()
     console.print(f"Sandbox upstream: {res.sandbox.url} (AcceptBy {ACCEPT_BY_SECONDS:.0f}s)")
     token_key = (
         base.token_key.get_secret_value() if base.token_key else Fernet.generate_key().decode()
     )
-    env, overrides = _demo_env(redis_url, prefix, res.sandbox.env(), token_key)
+    env, overrides = _demo_env(redis_url, f"rebook-demo-{run_id}:", res.sandbox.env(), token_key)
     settings: Settings = load_settings(**overrides)
+    node = _start_children(res, run_id, env, console)
+    store = _connect(res, settings, env, node, console)
+    tracks = _seed(res, plan, run_id, hostile, console)
+    t0 = time.monotonic()
+    res.director = _Director(plan, tracks, res.sandbox.url, store, t0)
+    res.director.start()
+    dup = _submit(res, plan, tracks, run_id, console)
+    head = f"redis {'embedded' if res.embedded else 'external'}, worker {node}"
+    deadletters = _follow(res, store, tracks, dup, head, t0 + timeout, console)
+    elapsed = time.monotonic() - t0
+    res.director.stop_event.set()
+    console.print()
+    return _report(
+        res, store, [*tracks, dup], deadletters, plan, settings, elapsed, timeout, console
+    )
 
+
+def _start_redis(res: _Resources, base: Settings, prefix: str, console: Console) -> str:
+    """REBOOK_REDIS_URL if it answers (keys under a prefix of this run, removed at the end),
+    else a private redis-server."""
+    if reachable(base.redis_url):
+        res.external_url, res.prefix = base.redis_url, prefix
+        console.print(
+            f"Redis: {mask_url(base.redis_url)} (REBOOK_REDIS_URL), isolated under key prefix "
+            f"{prefix!r}, removed at the end"
+        )
+        return base.redis_url
+    res.embedded = EmbeddedRedis()
+    res.embedded.start()
+    console.print(
+        f"Redis: embedded redis-server at {res.embedded.url} "
+        f"({mask_url(base.redis_url)} is not reachable)"
+    )
+    return res.embedded.url
+
+
+def _start_children(res: _Resources, run_id: str, env: dict[str, str], console: Console) -> str:
+    """A worker (prefork, 4) and beat as child processes; returns the worker's node name."""
+    worker = [
+        "worker", "-Q", "rebook.events,rebook.work", "-c", "4", "-E", "--without-mingle",
+        "--without-gossip", "-n", f"demo-{run_id}@%h", "-l", "INFO",
+    ]  # fmt: skip
+    res.children.append(_start_child("worker", worker, res.workdir, env))
+    beat = ["beat", "-s", str(res.workdir / "beat-schedule"), "-l", "INFO"]
+    res.children.append(_start_child("beat", beat, res.workdir, env))
     node = f"demo-{run_id}@{socket.gethostname()}"
-    res.children.append(
-        _start_child(
-            "worker",
-            [
-                "worker",
-                "-Q",
-                "rebook.events,rebook.work",
-                "-c",
-                "4",
-                "-E",
-                "--without-mingle",
-                "--without-gossip",
-                "-n",
-                f"demo-{run_id}@%h",
-                "-l",
-                "INFO",
-            ],
-            res.workdir,
-            env,
-        )
-    )
-    res.children.append(
-        _start_child(
-            "beat",
-            ["beat", "-s", str(res.workdir / "beat-schedule"), "-l", "INFO"],
-            res.workdir,
-            env,
-        )
-    )
     console.print(
         f"Worker {node} and beat started (run id {run_id}); logs in {res.workdir}",
         soft_wrap=True,
     )
+    return node
 
-    # importing the app reads this process's settings: the demo's, like its children's
+
+def _connect(
+    res: _Resources, settings: Settings, env: dict[str, str], node: str, console: Console
+) -> Store:
+    """This process's app and store, on the demo's settings (like its children's); the
+    members' token pairs stored. Returns once the worker answers."""
     for name in UNSET_IN_DEMO:
         os.environ.pop(name, None)
     os.environ.update(env)
-    from worker.celeryapp.runtime import reset
+    from worker.celeryapp.app import create_app
+    from worker.celeryapp.runtime import build_services, reset
 
     reset()
-    from worker.celeryapp.app import create_app
-    from worker.celeryapp.runtime import build_services
-
-    res.producer = producer = create_app(settings)
-    took = _wait_ready(producer, node, res.children, READY_TIMEOUT)
+    res.producer = create_app(settings)
+    took = _wait_ready(res.producer, node, res.children, READY_TIMEOUT)
     console.print(f"Worker answered after {took:.1f}s")
-
     services = build_services(settings)
-    res.store = store = services.store
+    res.store = services.store
+    assert res.sandbox is not None
     sandbox = SandboxClient(res.sandbox.url)
     try:
         for user in MEMBERS:
             services.token_store.save(
                 user, TokenSet.from_token_response(sandbox.add_user(user), time.time())
             )
+    finally:
+        sandbox.close()
+    return services.store
+
+
+def _seed(
+    res: _Resources, plan: Scenario, run_id: str, hostile: bool, console: Console
+) -> list[_Track]:
+    """The original bookings upstream, one per planned rebook (and the hostile faults)."""
+    assert res.sandbox is not None
+    sandbox = SandboxClient(res.sandbox.url)
+    try:
         if hostile:
             _make_hostile(sandbox, console)
         tracks: list[_Track] = []
@@ -902,15 +918,21 @@ def _run(
             booking_id = sandbox.add_booking(item.user_id, item.performer_id)
             event_id = f"demo-{run_id}-{item.index + 1}"
             tracks.append(_Track(rebook_id_for(event_id), event_id, booking_id, item))
+        return tracks
     finally:
         sandbox.close()
 
-    def send(kwargs: dict[str, Any]) -> None:
-        producer.send_task("rebook.request", kwargs=kwargs, queue="rebook.events")
 
-    t0 = time.monotonic()
-    res.director = _Director(plan, tracks, res.sandbox.url, store, t0)
-    res.director.start()
+def _send(res: _Resources, kwargs: dict[str, Any]) -> None:
+    assert res.producer is not None
+    res.producer.send_task("rebook.request", kwargs=kwargs, queue="rebook.events")
+
+
+def _submit(
+    res: _Resources, plan: Scenario, tracks: list[_Track], run_id: str, console: Console
+) -> _Track:
+    """Every planned event and an invalid one; returns the track of the duplicate that
+    `_follow` sends once the first rebook is recorded."""
     for t in tracks:
         assert t.plan is not None
         event: dict[str, Any] = {
@@ -921,34 +943,47 @@ def _run(
         }
         if t.plan.ghost:
             event["max_wait_seconds"] = GHOST_MAX_WAIT
-        send(event)
-    send({"event_id": f"demo-{run_id}-invalid", "booking_id": "abc", "user_id": MEMBERS[0]})
+        _send(res, event)
+    _send(res, {"event_id": f"demo-{run_id}-invalid", "booking_id": "abc", "user_id": MEMBERS[0]})
     first = tracks[0]
-    first_plan = plan.items[0]
     dup_event = f"demo-{run_id}-dup"
-    dup = _Track(rebook_id_for(dup_event), dup_event, first.booking_id, None)
     console.print(
         f"Submitted {len(tracks)} rebook events, 1 invalid event and 1 duplicate of booking "
         f"{first.booking_id}; performers {', '.join(map(str, plan.performers))}"
         + (f" ({plan.ghost} never comes online)" if plan.ghost else "")
     )
+    return _Track(rebook_id_for(dup_event), dup_event, first.booking_id, None)
 
+
+def _follow(
+    res: _Resources,
+    store: Store,
+    tracks: list[_Track],
+    dup: _Track,
+    head: str,
+    deadline: float,
+    console: Console,
+) -> int:
+    """Live progress until every rebook is settled (or the deadline); sends the duplicate
+    once the first rebook is recorded. Returns the dead letters counted."""
+    first = tracks[0]
+    assert first.plan is not None
     all_tracks = [*tracks, dup]
-    head = f"redis {'embedded' if res.embedded else 'external'}, worker {node}"
-    deadline = t0 + timeout
+    t0 = time.monotonic()
     dup_sent = False
     deadletters = 0
     with Live(console=console, refresh_per_second=REFRESH_PER_SECOND, transient=False) as live:
         while True:
             deadletters = _snapshot(store, all_tracks)
             if not dup_sent and (first.record is not None or time.monotonic() > t0 + 10):
-                send(
+                _send(
+                    res,
                     {
-                        "event_id": dup_event,
+                        "event_id": dup.event_id,
                         "booking_id": first.booking_id,
-                        "user_id": first_plan.user_id,
-                        "performer_id": first_plan.performer_id,
-                    }
+                        "user_id": first.plan.user_id,
+                        "performer_id": first.plan.performer_id,
+                    },
                 )
                 dup_sent = True
             live.update(
@@ -962,26 +997,35 @@ def _run(
                 )
             )
             settled = all(t.record is not None and t.record.state.terminal for t in all_tracks)
-            if dup_sent and settled and deadletters >= 1:
-                break
-            if time.monotonic() > deadline:
-                break
+            if (dup_sent and settled and deadletters >= 1) or time.monotonic() > deadline:
+                return deadletters
             for child in res.children:
                 if child.proc.poll() is not None:
                     raise DemoError(
                         f"the {child.name} died (code {child.proc.returncode}); last lines of "
                         f"{child.log}:\n{_tail(child.log)}"
                     )
-            time.sleep(1 / REFRESH_PER_SECOND)
-    elapsed = time.monotonic() - t0
-    res.director.stop_event.set()
-    console.print()
+            time.sleep(1 / REFRESH_PER_SECOND)  # the live view's refresh rate
+
+
+def _report(
+    res: _Resources,
+    store: Store,
+    all_tracks: list[_Track],
+    deadletters: int,
+    plan: Scenario,
+    settings: Settings,
+    elapsed: float,
+    timeout: float,
+    console: Console,
+) -> int:
+    """The summary, the logs' whereabouts and the verdict (0 ok, 1 problems)."""
+    assert res.sandbox is not None and res.director is not None
     stats = SandboxClient(res.sandbox.url)
     try:
         sandbox_stats = stats.stats()
     finally:
         stats.close()
-
     console.rule("summary")
     problems = _summary(
         console,
