@@ -91,7 +91,7 @@ def _scan(nodes: list[Any], pattern: str, prefix: bytes) -> list[bytes]:
     )
 
 
-def main() -> int:
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true", help="count, change nothing")
@@ -105,10 +105,57 @@ def main() -> int:
         action="store_true",
         help="(REBOOK_TOKEN_KEY_NEW form) run although a token refresh lock is held",
     )
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def _check(r: Any, tokens: list[bytes], first: Any) -> int:
+    """--check: every pair decrypts with the first key (exit 1 naming those that do not)."""
+    from cryptography.fernet import InvalidToken
+
+    bad = 0
+    for key in tokens:
+        blob = r.get(key)
+        if blob is None:
+            continue
+        try:
+            first.decrypt(blob)
+        except InvalidToken:
+            bad += 1
+            print(f"does not decrypt with the first key: {key.decode(errors='replace')}")
+    print(f"{len(tokens)} member token(s); {bad} do not decrypt with the first key")
+    return 1 if bad else 0
+
+
+def _rotate_one(r: Any, cas: Any, key: bytes, first: Any, every: Any, dry_run: bool) -> str:
+    """One pair: "done", "current", "unreadable" or "vanished". Optimistic: read again if the
+    key changed under us (a worker refreshed it), at most five times."""
+    from cryptography.fernet import InvalidToken
+
+    name = key.decode(errors="replace")
+    for _ in range(5):
+        blob = r.get(key)
+        if blob is None:
+            return "vanished"
+        try:
+            first.decrypt(blob)
+            return "current"  # already under the first key
+        except InvalidToken:
+            pass
+        try:
+            fresh = every.rotate(blob)
+        except InvalidToken:
+            print(f"decrypts with none of the keys, left as is: {name}")
+            return "unreadable"
+        if dry_run or int(cas(keys=[key], args=[blob, fresh])):
+            return "done"
+    print(f"kept changing during rotation, not rotated: {name}")
+    return "unreadable"
+
+
+def main() -> int:
+    args = _arguments()
     import redis
-    from cryptography.fernet import InvalidToken, MultiFernet
+    from cryptography.fernet import MultiFernet
 
     legacy_new = _keys_from("REBOOK_TOKEN_KEY_NEW")
     keys = legacy_new + _keys_from("REBOOK_TOKEN_KEYS")
@@ -127,20 +174,8 @@ def main() -> int:
         sys.exit(f"rotate-token-key: cannot reach Redis ({type(exc).__name__})")
     token_prefix = f"{prefix}tok:".encode()
     tokens = _scan(nodes, _escape_glob(f"{prefix}tok:") + "*", token_prefix)
-
     if args.check:
-        bad = 0
-        for key in tokens:
-            blob = r.get(key)
-            if blob is None:
-                continue
-            try:
-                first.decrypt(blob)
-            except InvalidToken:
-                bad += 1
-                print(f"does not decrypt with the first key: {key.decode(errors='replace')}")
-        print(f"{len(tokens)} member token(s); {bad} do not decrypt with the first key")
-        return 1 if bad else 0
+        return _check(r, tokens, first)
 
     if legacy_new and not args.force:
         locks = _scan(nodes, _escape_glob(f"{prefix}toklock:") + "*", f"{prefix}toklock:".encode())
@@ -152,44 +187,18 @@ def main() -> int:
             )
 
     cas = r.register_script(CAS)
-    done = current = unreadable = vanished = 0
+    counts = {"done": 0, "current": 0, "unreadable": 0, "vanished": 0}
     for key in tokens:
-        name = key.decode(errors="replace")
-        for _ in range(5):  # optimistic: read again if the key changed under us
-            blob = r.get(key)
-            if blob is None:
-                vanished += 1
-                break
-            try:
-                first.decrypt(blob)
-                current += 1  # already under the first key
-                break
-            except InvalidToken:
-                pass
-            try:
-                fresh = every.rotate(blob)
-            except InvalidToken:
-                unreadable += 1
-                print(f"decrypts with none of the keys, left as is: {name}")
-                break
-            if args.dry_run:
-                done += 1
-                break
-            if int(cas(keys=[key], args=[blob, fresh])):
-                done += 1
-                break
-        else:
-            unreadable += 1
-            print(f"kept changing during rotation, not rotated: {name}")
-
+        counts[_rotate_one(r, cas, key, first, every, args.dry_run)] += 1
     verb = "would re-encrypt" if args.dry_run else "re-encrypted"
     print(
-        f"{len(tokens)} member token(s): {verb} {done}, already under the first key {current}, "
-        f"unreadable {unreadable}, deleted meanwhile {vanished}"
+        f"{len(tokens)} member token(s): {verb} {counts['done']}, already under the first key "
+        f"{counts['current']}, unreadable {counts['unreadable']}, deleted meanwhile "
+        f"{counts['vanished']}"
     )
-    if not args.dry_run and done and legacy_new:
+    if not args.dry_run and counts["done"] and legacy_new:
         print("now set REBOOK_TOKEN_KEY to the new key everywhere, then start the workers")
-    return 1 if unreadable else 0
+    return 1 if counts["unreadable"] else 0
 
 
 if __name__ == "__main__":
