@@ -353,10 +353,11 @@ def _operator(
     filters: tuple[str | None, str | None, str | None, int | None, int | None, str | None],
     dry_run: bool,
     as_json: bool,
+    **one: Any,
 ) -> None:
     """`cancel`/`retry`: one ID → one line with the new state, or one line saying why not
     (exit 1); filters → what matched, what was done, what was refused with why (exit 1 when
-    anything was refused, except in a dry run)."""
+    anything was refused, except in a dry run). `one`: options of the one-ID call only."""
     from worker.core.actions import run
     from worker.core.flow import Refused
 
@@ -367,7 +368,7 @@ def _operator(
         fail(f"{command} needs an ID or at least one filter (--state, --reason, --user, ...)", 2)
     if ident is not None and not dry_run and not as_json:
         try:
-            rec = getattr(_flow(), command)(ident)
+            rec = getattr(_flow(), command)(ident, **{k: v for k, v in one.items() if v})
         except LookupError as exc:
             fail(str(exc).strip("'\""))
         except Refused as exc:
@@ -454,20 +455,10 @@ def retry(
 ) -> None:
     """Resume NEEDS_ATTENTION; restart GAVE_UP/FAILED/ABORTED when no booking was made. With
     filters (`--user M --reason reauth`), every match, each refused exactly as one ID would be."""
-    if not_ours:
-        if ident is None or dry_run or as_json:
-            fail("--not-ours goes with one rebook ID (no filters, --dry-run or --json)", 2)
-        from worker.core.flow import Refused
-
-        try:
-            rec = _flow().retry(ident, not_ours=not_ours)
-        except LookupError as exc:
-            fail(str(exc).strip("'\""))
-        except Refused as exc:
-            fail(str(exc))
-        out.print(f"{rec.rebook_id}: {rec.state.value} ({rec.reason})")
-        return
-    _operator("retry", ident, (state, reason, user, performer, booking, since), dry_run, as_json)
+    filters = (state, reason, user, performer, booking, since)
+    if not_ours and (ident is None or dry_run or as_json or any(f is not None for f in filters)):
+        fail("--not-ours goes with one rebook ID (no filters, --dry-run or --json)", 2)
+    _operator("retry", ident, filters, dry_run, as_json, not_ours=not_ours or [])
 
 
 @cli.command()
