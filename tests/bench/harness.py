@@ -6,8 +6,6 @@ import contextlib
 import math
 import os
 import platform
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -18,6 +16,7 @@ import redis
 
 from tests.conftest import wait_for
 from worker.dev.sandbox import SandboxClient
+from worker.dev.supervisor import Child
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,62 +30,11 @@ def log(msg: str) -> None:
 wait_until = wait_for
 
 
-class Proc:
-    """A child process in its own session (so its pool children share its process group)."""
+class Proc(Child):
+    """A bench process in its own session (its pool children share its process group)."""
 
     def __init__(self, name: str, args: list[str], env: dict[str, str], logfile: Path) -> None:
-        self.name, self.args, self.env, self.logfile = name, args, env, logfile
-        self.popen: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Proc:
-        with self.logfile.open("ab") as handle:
-            self.popen = subprocess.Popen(
-                self.args,
-                cwd=ROOT,
-                env=self.env,
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.popen is not None, f"{self.name} not started"
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
-
-    def text(self) -> str:
-        return self.logfile.read_text(errors="replace") if self.logfile.exists() else ""
-
-    def signal(self, sig: int) -> None:
-        if self.popen is not None and self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.popen.pid, sig)
-
-    def pause(self) -> None:
-        self.signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        self.signal(signal.SIGCONT)
-
-    def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM the group (SIGCONT first, in case it is paused), then SIGKILL what is left."""
-        if self.popen is None:
-            return
-        self.resume()
-        self.signal(signal.SIGTERM)
-        try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.signal(signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.popen.wait(5)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.popen.pid, signal.SIGKILL)  # prefork children, if any survived
-        self.popen = None
+        super().__init__(name, args, env, logfile, cwd=ROOT)
 
 
 # --- memory of a process tree -------------------------------------------------------------------

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import os
 import random
-import threading
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from tests.inspect_store import ids_in_state
 from tests.integration.conftest import System, wait_for
 from worker.core.states import ACTIVE_STATES, State
+from worker.core.store import Rebook
+from worker.dev.performers import Answer, PerformerBot
 
 FULL = os.environ.get("REBOOK_CHAOS_SCALE", "").lower() == "full"
 
@@ -26,8 +25,7 @@ class Scenario:
     seed: int = 7
     rids: list[str] = field(default_factory=list)
     originals: dict[str, int] = field(default_factory=dict)
-    decided: set[int] = field(default_factory=set)
-    _stop: threading.Event = field(default_factory=threading.Event)
+    bot: PerformerBot | None = None
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -43,41 +41,25 @@ class Scenario:
             self.originals[rid] = booking
 
     def start_bots(self) -> None:
-        threading.Thread(target=self._presence_bot, daemon=True).start()
-        threading.Thread(target=self._decision_bot, daemon=True).start()
+        """Each performer comes online once, at a random moment within the window; the
+        performers accept 40 %, reject 30 % and ignore 30 % (left to expire) of new bookings."""
+        moves = [(self.rng.uniform(0, self.online_window), p, True) for p in self.performer_ids]
+
+        def decide(rec: Rebook, watched: float) -> Answer:
+            roll = self.rng.random()
+            if roll < 0.4:
+                return ("accept", "")
+            return ("reject", "busy") if roll < 0.7 else ("ignore", "")
+
+        self.bot = PerformerBot(
+            self.system.sandbox.base_url, self.system.store, lambda: self.rids, decide, moves
+        )
+        self.bot.start()
 
     def stop(self) -> None:
-        self._stop.set()
-
-    def _presence_bot(self) -> None:
-        """Each performer comes online once, at a random moment within the window."""
-        times = sorted((self.rng.uniform(0, self.online_window), p) for p in self.performer_ids)
-        start = time.monotonic()
-        for at, performer in times:
-            while not self._stop.is_set() and time.monotonic() - start < at:
-                self._stop.wait(0.05)
-            if self._stop.is_set():
-                return
-            self.system.sandbox.set_online(performer, True)
-
-    def _decision_bot(self) -> None:
-        """Accepts 40 %, rejects 30 % and ignores 30 % (left to expire) of the new bookings."""
-        while not self._stop.is_set():
-            try:
-                watching = ids_in_state(self.system.store, State.WATCHING)
-                for rec in self.system.store.get_many(watching):
-                    new = rec.new_booking_id
-                    if new is None or new in self.decided:
-                        continue
-                    self.decided.add(new)
-                    roll = self.rng.random()
-                    if roll < 0.4:
-                        self.system.sandbox.set_status(new, "Accepted")
-                    elif roll < 0.7:
-                        self.system.sandbox.set_status(new, "Rejected", "busy")
-            except Exception:  # Redis restarting, sandbox busy: the bot just tries again
-                pass
-            self._stop.wait(0.1)
+        if self.bot is not None:
+            self.bot.stop()
+            self.bot.join(timeout=5)
 
     def settled(self) -> bool:
         recs = self.system.store.get_many(self.rids)
@@ -91,9 +73,10 @@ class Scenario:
         except AssertionError:
             recs = self.system.store.get_many(self.rids)
             counts = Counter(r.state.value for r in recs)
+            errors = self.bot.errors[-5:] if self.bot is not None else []
             raise AssertionError(
                 f"not settled after {timeout}s: {dict(counts)}, "
-                f"{len(self.rids) - len(recs)} without a record"
+                f"{len(self.rids) - len(recs)} without a record; performer bot errors: {errors}"
             ) from None
 
     def check_invariants(self) -> Counter[str]:

@@ -10,7 +10,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from worker.core.states import State
 from worker.core.store import Rebook, rebook_id_for
 from worker.dev.embedded import reachable, redis_server_binary
 from worker.dev.sandbox import SandboxClient, SandboxServer
+from worker.dev.supervisor import Child
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -87,46 +87,11 @@ def raw_celery_message(
     )
 
 
-class Proc:
-    """A child process in its own process group, logging to a file."""
+class Proc(Child):
+    """A child process of a test, in its own process group, run from the repository root."""
 
     def __init__(self, name: str, args: list[str], env: dict[str, str], log: Path) -> None:
-        self.name, self.args, self.env, self.log = name, args, env, log
-        self.popen: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Proc:
-        handle = self.log.open("ab")
-        self.popen = subprocess.Popen(
-            self.args,
-            cwd=ROOT,
-            env=self.env,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        handle.close()
-        return self
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.popen is not None and self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, sig)
-
-    def stop(self, timeout: float = 15.0) -> None:
-        if self.popen is None:
-            return
-        self.kill(signal.SIGTERM)
-        try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill(signal.SIGKILL)
-            self.popen.wait(5)
-        # prefork children are in the same group; make sure none is left
-        self.kill(signal.SIGKILL)
-        self.popen = None
+        super().__init__(name, args, env, log, cwd=ROOT)
 
 
 class System:

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import ROOT, Proc, System, running_system, wait_for
+from tests.integration.conftest import ROOT, System, running_system, wait_for
 from worker.core.states import State
+from worker.dev.supervisor import Child
 
 PREVIOUS = os.environ.get("REBOOK_UPGRADE_FROM", "4fe515e")
 DONE = {State.WATCHING, State.ACCEPTED, State.CONFIRMED, State.REJECTED, State.EXPIRED}
@@ -40,7 +41,7 @@ def old_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-class OldWorker(Proc):
+class OldWorker(Child):
     """A worker run from the earlier tree: its directory first on the path, so `celery -A
     worker` imports that tree's package and not this one's."""
 
@@ -51,7 +52,7 @@ class OldWorker(Proc):
             "-Q", "rebook.events,rebook.work", "-c", "2", "-P", "prefork", "-E",
             "--without-mingle", "--without-gossip", "-n", f"old-{system.node}@%h", "-l", "INFO",
         ]  # fmt: skip
-        super().__init__("old-worker", args, env, system.logdir / "old-worker.log")
+        super().__init__("old-worker", args, env, system.logdir / "old-worker.log", cwd=tree)
         self.tree = tree
 
     def start(self) -> OldWorker:
@@ -64,16 +65,7 @@ class OldWorker(Proc):
             check=True,
         ).stdout.strip()
         assert where.startswith(str(self.tree)), f"the worker would import {where}"
-        handle = self.log.open("ab")
-        self.popen = subprocess.Popen(
-            self.args,
-            cwd=self.tree,
-            env=self.env,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        handle.close()
+        super().start()
         wait_for(lambda: " ready." in self.text(), 30, "the earlier tree's worker ready")
         return self
 

@@ -19,12 +19,11 @@ import secrets
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -47,7 +46,9 @@ from worker.core.settings import Settings, load_settings, mask_url
 from worker.core.states import ACTIVE_STATES, State
 from worker.core.store import Rebook, Store, rebook_id_for
 from worker.dev.embedded import EmbeddedRedis, reachable
+from worker.dev.performers import Answer, PerformerBot
 from worker.dev.sandbox import SandboxClient, SandboxServer
+from worker.dev.supervisor import Child, stop_all
 
 __all__ = ["Planned", "Scenario", "run", "scenario"]
 
@@ -203,50 +204,6 @@ def scenario(rebooks: int = 24, performers: int = 6, seed: int | None = None) ->
 # --- processes ----------------------------------------------------------------------------------
 
 
-@dataclass
-class _Child:
-    name: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-
-def _group_alive(child: _Child) -> bool:
-    child.proc.poll()  # reap the leader, so a zombie does not count as alive
-    try:
-        os.killpg(child.proc.pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _signal_group(child: _Child, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(child.proc.pid, sig)
-
-
-def _stop_children(children: Sequence[_Child], grace: float = STOP_GRACE) -> list[str]:
-    """SIGTERM every child's process group, SIGKILL what is left after `grace`; names killed."""
-    for child in children:
-        _signal_group(child, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_group_alive(c) for c in children):
-        time.sleep(0.1)
-    killed = []
-    for child in children:
-        if _group_alive(child):
-            killed.append(child.name)
-            _signal_group(child, signal.SIGKILL)
-    deadline = time.monotonic() + 5.0
-    while time.monotonic() < deadline and any(_group_alive(c) for c in children):
-        time.sleep(0.05)
-    for child in children:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            child.proc.wait(timeout=1.0)
-    return killed
-
-
 def _tail(path: Path, lines: int = 15) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -277,95 +234,30 @@ class _Resources:
     external_url: str | None = None
     prefix: str = ""
     sandbox: SandboxServer | None = None
-    children: list[_Child] = field(default_factory=list)
+    children: list[Child] = field(default_factory=list)
     producer: Celery | None = None
-    director: _Director | None = None
+    director: PerformerBot | None = None
     store: Store | None = None
 
 
-class _Director(threading.Thread):
-    """Plays the world: performers come online per the scenario; a bot answers new bookings."""
+def _performers(
+    plan: Scenario, tracks: Sequence[_Track], sandbox_url: str, store: Store, t0: float
+) -> PerformerBot:
+    """The world of the demo: performers come online per the plan's timeline, and each answers
+    its new booking as planned, `decide_after` seconds after its rebook began watching."""
+    planned = {t.rebook_id: t.plan for t in tracks if t.plan is not None}
 
-    def __init__(
-        self,
-        plan: Scenario,
-        tracks: Sequence[_Track],
-        sandbox_url: str,
-        store: Store,
-        t0: float,
-    ) -> None:
-        super().__init__(name="rebook-demo-director", daemon=True)
-        self.moves = plan.timeline()
-        self.tracks = [t for t in tracks if t.plan is not None]
-        self.client = SandboxClient(sandbox_url)
-        self.store = store
-        self.t0 = t0
-        self.stop_event = threading.Event()
-        self.seen: dict[str, float] = {}
-        self.done: set[str] = set()
-        self.log: deque[str] = deque(maxlen=6)
-        self.errors: list[str] = []
+    def decide(rec: Rebook, watched: float) -> Answer | None:
+        item = planned.get(rec.rebook_id)
+        if item is None or watched < item.decide_after:
+            return None
+        if item.decision == "accept":
+            return ("accept", "")
+        if item.decision == "reject":
+            return ("reject", item.reason)
+        return ("ignore", "")  # "expire": AcceptBy passes while Pending
 
-    def note(self, text: str) -> None:
-        self.log.append(f"{time.monotonic() - self.t0:5.1f}s  {text}")
-
-    def run(self) -> None:
-        try:
-            while not self.stop_event.wait(0.1):
-                try:
-                    self.step()
-                except Exception as exc:  # keep playing; the summary shows what went wrong
-                    self.errors.append(f"{type(exc).__name__}: {exc}")
-                    self.stop_event.wait(0.5)
-        finally:
-            self.client.close()
-
-    def step(self) -> None:
-        now = time.monotonic()
-        while self.moves and self.t0 + self.moves[0][0] <= now:
-            _, pid, online = self.moves.pop(0)
-            text = f"performer {pid} {'online' if online else 'went offline'}"
-            self._call(text, self.client.set_online, pid, online)
-        try:
-            records = {
-                r.rebook_id: r for r in self.store.get_many([t.rebook_id for t in self.tracks])
-            }
-        except redis.RedisError as exc:
-            self.errors.append(f"reading records: {exc}")
-            return
-        for track in self.tracks:
-            rec = records.get(track.rebook_id)
-            plan = track.plan
-            if (
-                rec is None
-                or plan is None
-                or rec.new_booking_id is None
-                or track.rebook_id in self.done
-            ):
-                continue
-            if rec.state != State.WATCHING:
-                continue
-            first = self.seen.setdefault(track.rebook_id, now)
-            if now - first < plan.decide_after:
-                continue
-            self.done.add(track.rebook_id)
-            new_id = rec.new_booking_id
-            if plan.decision == "accept":
-                text = f"performer {plan.performer_id} accepts booking {new_id}"
-                self._call(text, self.client.set_status, new_id, "Accepted")
-            elif plan.decision == "reject":
-                text = f"performer {plan.performer_id} rejects booking {new_id} ({plan.reason})"
-                self._call(text, self.client.set_status, new_id, "Rejected", plan.reason)
-            else:
-                self.note(f"performer {plan.performer_id} ignores booking {new_id}")
-
-    def _call(self, text: str, action: Callable[..., None], *args: Any) -> None:
-        try:
-            action(*args)
-        except Exception as exc:  # shown in the summary; the demo goes on
-            self.errors.append(f"{text}: {exc}")
-            return
-        self.note(text)
+    return PerformerBot(sandbox_url, store, lambda: list(planned), decide, plan.timeline(), t0)
 
 
 def _short(rebook_id: str) -> str:
@@ -412,7 +304,7 @@ def _render(
     tracks: Sequence[_Track],
     elapsed: float,
     deadletters: int,
-    director: _Director | None,
+    director: PerformerBot | None,
     head: str,
     width: int = 200,
 ) -> RenderableType:
@@ -481,31 +373,21 @@ def _demo_env(
     return env, overrides
 
 
-def _start_child(name: str, args: list[str], workdir: Path, env: dict[str, str]) -> _Child:
-    log = workdir / f"{name}.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker", *args],
-            cwd=workdir,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    return _Child(name, proc, log)
+def _start_child(name: str, args: list[str], workdir: Path, env: dict[str, str]) -> Child:
+    command = [sys.executable, "-m", "celery", "-A", "worker", *args]
+    return Child(name, command, env, workdir / f"{name}.log", cwd=workdir).start()
 
 
-def _wait_ready(producer: Celery, node: str, children: Sequence[_Child], timeout: float) -> float:
+def _wait_ready(producer: Celery, node: str, children: Sequence[Child], timeout: float) -> float:
     """Until the worker answers a ping (or logs that it is ready); seconds it took."""
     started = time.monotonic()
     deadline = started + timeout
     worker_log = children[0].log
     while time.monotonic() < deadline:
         for child in children:
-            if child.proc.poll() is not None:
+            if child.returncode is not None:
                 raise DemoError(
-                    f"the {child.name} exited at start (code {child.proc.returncode}); "
+                    f"the {child.name} exited at start (code {child.returncode}); "
                     f"last lines of {child.log}:\n{_tail(child.log)}"
                 )
         try:
@@ -710,7 +592,7 @@ def _cleanup(res: _Resources, console: Console) -> None:
         res.director.stop_event.set()
         res.director.join(timeout=5)
     if res.children:
-        killed = _stop_children(res.children)
+        killed = stop_all(res.children, STOP_GRACE)
         if killed:
             console.print(f"[yellow]had to SIGKILL: {', '.join(killed)}[/]")
     if res.producer is not None:
@@ -826,7 +708,7 @@ def _run(
     store = _connect(res, settings, env, node, console)
     tracks = _seed(res, plan, run_id, hostile, console)
     t0 = time.monotonic()
-    res.director = _Director(plan, tracks, res.sandbox.url, store, t0)
+    res.director = _performers(plan, tracks, res.sandbox.url, store, t0)
     res.director.start()
     dup = _submit(res, plan, tracks, run_id, console)
     head = f"redis {'embedded' if res.embedded else 'external'}, worker {node}"
@@ -1000,9 +882,9 @@ def _follow(
             if (dup_sent and settled and deadletters >= 1) or time.monotonic() > deadline:
                 return deadletters
             for child in res.children:
-                if child.proc.poll() is not None:
+                if child.returncode is not None:
                     raise DemoError(
-                        f"the {child.name} died (code {child.proc.returncode}); last lines of "
+                        f"the {child.name} died (code {child.returncode}); last lines of "
                         f"{child.log}:\n{_tail(child.log)}"
                     )
             time.sleep(1 / REFRESH_PER_SECOND)  # the live view's refresh rate
