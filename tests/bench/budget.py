@@ -64,6 +64,7 @@ def run_budget(bench: Bench) -> dict[str, Any]:
     return out
 
 
+# Long on purpose: one measurement window, read top to bottom (start, sample, stop, compute).
 def _measure(
     bench: Bench, calls: CallLog, pids: list[int], bookings: dict[int, int], rate: float
 ) -> dict[str, Any]:

@@ -739,6 +739,8 @@ class Bench:
             "lost_log_entries": self.calls.lost,
         }
 
+    # Long on purpose: one measurement, read top to bottom (set up, burst, one at a time,
+    # collect); splitting it would scatter the timing it depends on.
     def reaction(
         self, kind: str, base: int, first: int = 0, single: bool = False
     ) -> dict[str, Any]:

@@ -123,6 +123,7 @@ def redis_dump(system: System) -> str:
     return "\n".join(parts)
 
 
+# Long on purpose: one run through every place a secret could leak, each checked in turn.
 def test_no_secret_anywhere_after_a_full_run(
     secret_system: System, collector: SentryCollector, hook: Hook
 ) -> None:

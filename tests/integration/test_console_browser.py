@@ -115,6 +115,7 @@ def _clear_of_midnight() -> None:
     wait_for(clear, 100, "a time more than 90 s before midnight UTC", interval=1.0)
 
 
+# Long on purpose: one operator's session, click by click, as the README tells it.
 def test_operator_answers_the_three_questions(browser: tuple[Any, str], system: System) -> None:
     chromium, base = browser
     _clear_of_midnight()

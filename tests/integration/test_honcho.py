@@ -35,6 +35,7 @@ def _up(url: str) -> bool:
         return False
 
 
+# Long on purpose: the Procfile as a new user runs it, start to a booked rebook to a clean stop.
 def test_honcho_start_runs_the_procfile_and_a_rebook_goes_through(
     redis_url: str, tmp_path: Path
 ) -> None:

@@ -98,6 +98,8 @@ def sim_settings(redis_url: str, prefix: str, rng: random.Random, **extra: Any) 
     return load_settings(**values)
 
 
+# Long on purpose: the simulated world's actors (workers, beat, producer, world, operator) are
+# closures over one run's state, so a seed's whole story reads in one place.
 def run(seed: int, redis_url: str, **overrides: Any) -> Result:
     """One world, from its seed. `overrides` change settings (a weakened protocol must fail)."""
     rng = random.Random(seed)

@@ -36,7 +36,7 @@ from worker.core.errors import (
     UpstreamError,
 )
 from worker.core.models import RebookEvent, WebcamBooking, from_ts, iso_z
-from worker.core.observability import bound
+from worker.core.observability import HEARTBEAT_SECONDS, bound, sweep_heartbeat
 from worker.core.settings import Settings
 from worker.core.states import ACTIVE_STATES, STEP_STATES, State, Step
 from worker.core.store import REMOVE, Rebook, StepLock, Store, rebook_id_for
@@ -868,7 +868,7 @@ class Flow:
         known = set(rec.known_ids) if rec.known_ids is not None else None
         try:
             listing = self._list(rec, sent - s.reconcile_lookback_seconds)
-        except (ReauthRequired, LeaseLost):
+        except LeaseLost:  # another step holds the rebook now (ReauthRequired passes by itself)
             raise
         except Throttled as exc:
             self._retry_later(rec, exc, "reconciling")
@@ -1160,6 +1160,12 @@ class Flow:
         return self._finish(rec, confirmed, State.CONFIRMED, "auto-confirmed")
 
     # -- beat ------------------------------------------------------------------------------------
+
+    def heartbeat(self) -> bool:
+        """The sweep's Sentry check-in, once a minute across all workers (observability)."""
+        return sweep_heartbeat(
+            lambda: self.store.claim_window("sweep:heartbeat", HEARTBEAT_SECONDS) == 0
+        )
 
     def sweep(self) -> dict[str, int]:
         """Re-dispatches whatever is overdue: a lost message only delays, never loses."""

@@ -457,6 +457,8 @@ def _snapshot(store: Store, tracks: Sequence[_Track]) -> int:
     return int(store.r.xlen(store.keys.deadletter))
 
 
+# Long on purpose: the demo's closing table and each check behind its verdict, in the order
+# they are printed.
 def _summary(
     console: Console,
     store: Store,
