@@ -530,23 +530,9 @@ class Store:
                 chunk = ids[start : start + 500]
                 result = self._transition(
                     keys=keys,
-                    args=[
-                        prefix,
-                        ",".join(chunk),
-                        ",".join(s.value for s in from_),
-                        to.value,
-                        repr(ts),
-                        iso_z(datetime.fromtimestamp(ts, UTC)),
-                        scrub(reason)[:500],
-                        due if isinstance(due, str) else repr(due),
-                        outcome,
-                        self.retention,
-                        json.dumps({k: _field(v) for k, v in (fields or {}).items()}),
-                        "{}",
-                        "{}",
-                        self.lease,
-                        "",
-                    ],
+                    args=self._transition_argv(
+                        prefix, ",".join(chunk), from_, to, ts, reason, due, outcome, fields
+                    ),
                 )
                 # one id answers {ok, state}; several answer one flag each
                 flags = [result[0]] if len(chunk) == 1 else result
@@ -650,28 +636,58 @@ class Store:
             return False, ""
         keys, prefix = self._script_args(shard)
         ts = self.clock() if now is None else now
-        allowed = "*" if from_ is None else ",".join(s.value for s in from_)
         ok, current = self._transition(
             keys=keys,
-            args=[
+            args=self._transition_argv(
                 prefix,
                 rebook_id,
-                allowed,
-                to.value,
-                repr(ts),
-                iso_z(datetime.fromtimestamp(ts, UTC)),
-                scrub(reason)[:500],
-                due if isinstance(due, str) else repr(due),
+                from_,
+                to,
+                ts,
+                reason,
+                due,
                 outcome,
-                self.retention,
-                json.dumps({k: _field(v) for k, v in (fields or {}).items()}),
-                json.dumps({k: _field(v) for k, v in (require or {}).items()}),
-                json.dumps(scrubbed(detail or {}), default=str),
-                self.lease,
-                "gate" if gate else "",
-            ],
+                fields,
+                require,
+                detail,
+                gate,
+            ),
         )
         return bool(ok), str(current or "")
+
+    def _transition_argv(
+        self,
+        prefix: str,
+        ids: str,
+        from_: Iterable[State] | None,
+        to: State,
+        ts: float,
+        reason: str,
+        due: float | str,
+        outcome: str,
+        fields: dict[str, Any] | None,
+        require: dict[str, Any] | None = None,
+        detail: dict[str, Any] | None = None,
+        gate: bool = False,
+    ) -> list[Any]:
+        """ARGV of transition.lua (its header lists them), built in one place."""
+        return [
+            prefix,
+            ids,
+            "*" if from_ is None else ",".join(s.value for s in from_),
+            to.value,
+            repr(ts),
+            iso_z(datetime.fromtimestamp(ts, UTC)),
+            scrub(reason)[:500],
+            due if isinstance(due, str) else repr(due),
+            outcome,
+            self.retention,
+            json.dumps({k: _field(v) for k, v in (fields or {}).items()}),
+            json.dumps({k: _field(v) for k, v in (require or {}).items()}),
+            json.dumps(scrubbed(detail or {}), default=str),
+            self.lease,
+            "gate" if gate else "",
+        ]
 
     def claim_booking(self, new_booking_id: int, rebook_id: str) -> bool:
         """Marks an upstream booking as ours; False if another rebook already owns it."""
