@@ -9,13 +9,14 @@ import pytest
 from tests.sim.runner import report, run_seeds
 from tests.sim.world import run
 
-DEFAULT_SEEDS = 300
+DEFAULT_SEEDS = 150
+"""In `make test` (about 100 s on 2 cores); `make chaos` runs FULL_SEEDS."""
 FULL_SEEDS = 10_000
 KNOWN = [5, 16, 18, 24, 27, 28, 30, 37, 38, 46, 49, 59, 76, 79, 84, 126]
 """Seeds that found a hole once (kept in the default run whatever the range)."""
 
 
-@pytest.mark.timeout(900)  # ~50 s on 2 idle cores; a busy machine must not fail it
+@pytest.mark.timeout(900)  # a busy machine must not fail it
 def test_every_seed_keeps_every_invariant(redis_url: str) -> None:
     results = run_seeds([*range(1000, 1000 + DEFAULT_SEEDS), *KNOWN], redis_url)
     assert all(r.ok for r in results), report(results)
