@@ -474,3 +474,31 @@ def test_sentinel_urls_need_the_master_name_and_parse_as_kombu_writes_them() -> 
     with pytest.raises(ConfigError, match="REBOOK_REDIS_SENTINEL_MASTER"):
         load_settings(redis_url=url)
     assert load_settings(redis_url=url, redis_sentinel_master="m").redis_sentinel_master == "m"
+
+
+def test_importing_a_module_reads_no_settings_and_builds_no_app() -> None:
+    """Only `worker.app` (what `celery -A worker` loads) builds an app at import; every other
+    module imports with a broken setting and leaves kombu and Celery as they were."""
+    modules = [
+        "worker.celeryapp.app", "worker.celeryapp.dispatch", "worker.celeryapp.consumer",
+        "worker.core.flow", "worker.core.store", "worker.adapters.upstream",
+        "worker.operations.cli", "worker.operations.console.handlers", "tasks.intake",
+        "tasks.sweep", "tasks.watch",
+    ]  # fmt: skip
+    code = (
+        f"import {', '.join(modules)}\n"
+        "from celery import current_app\n"
+        "from kombu.transport import redis\n"
+        "assert current_app.main != 'rebook', current_app.main\n"
+        "assert not getattr(redis.Channel._connparams, '_rebook_patched', False)\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env=_child_env(REBOOK_SWEEP_INTERVAL_SECONDS="-1"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr

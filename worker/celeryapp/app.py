@@ -28,6 +28,7 @@ from worker.celeryapp import broker, compat, frames
 from worker.celeryapp.runtime import services
 from worker.core.errors import StoreUnavailable
 from worker.core.keys import Keys
+from worker.core.observability import bind_task, configure_logging, init_sentry
 from worker.core.settings import Settings, get_settings, mask_url, settings_or_exit
 
 log = logging.getLogger(__name__)
@@ -125,8 +126,6 @@ def requeue_when_store_is_down(step: Callable[[], T], hold: float | None = None)
 
 
 def _deadletter_failed(name: str, task_id: str, exc: BaseException, args: Any, kwargs: Any) -> None:
-    from worker.celeryapp.runtime import services
-
     services().store.deadletter(
         f"{name} failed: {type(exc).__name__}: {exc}"[:500],
         {"args": args, "kwargs": kwargs},
@@ -308,16 +307,12 @@ def _connect_signals() -> None:
 
 
 def _setup_logging(**_: Any) -> None:
-    from worker.core.observability import configure_logging
-
     configure_logging(get_settings())
 
 
 def _bind_task(
     task_id: str | None = None, sender: Any = None, kwargs: Any = None, **_: Any
 ) -> None:
-    from worker.core.observability import bind_task
-
     bind_task(task_id)
     # Celery calls tasks as `task(self, *args, **kwargs)`: an event field named "self" would
     # collide with that. Unknown fields are ignored anyway, so it is dropped here.
@@ -331,16 +326,12 @@ def _bind_task(
 
 
 def _unbind_task(**_: Any) -> None:
-    from worker.core.observability import bind_task
-
     bind_task(None)
 
 
 def _worker_init(**_: Any) -> None:
-    from worker.core.observability import init_sentry
-
     init_sentry(get_settings())
-    from worker.celeryapp.dispatch import fanout
+    from worker.celeryapp.dispatch import fanout  # dispatch imports this module
 
     fanout().ensure_group()
     log.info(
@@ -351,6 +342,4 @@ def _worker_init(**_: Any) -> None:
 
 
 def _beat_init(**_: Any) -> None:
-    from worker.core.observability import init_sentry
-
     init_sentry(get_settings())
