@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import random
-import sys
 import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
@@ -200,22 +199,7 @@ def _ours(bench: Bench, calls: CallLog, rate: float) -> dict[str, Any]:
     producer = create_app(st)
     env = settings_env(st)
     worker = bench.celery_worker("budget-worker", "worker", f"{EVENTS_QUEUE},{WORK_QUEUE}", env)
-    beat = bench.spawn(
-        "budget-beat",
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker",
-            "beat",
-            "-l",
-            "INFO",
-            "-s",
-            str(bench.dir / "budget-beat"),
-        ],
-        env,
-    )
+    beat = bench.celery_beat("budget-beat", "budget-beat", env)
     try:
         user = "bm-budget"
         svc.token_store.save(

@@ -277,6 +277,11 @@ class Bench:
             self.worker.resume()
             self.beat.resume()
 
+    def celery_beat(self, name: str, schedule: str, env: dict[str, str]) -> Proc:
+        """rebook's beat, its schedule file in the run's directory."""
+        args = [sys.executable, "-m", "celery", "-A", "worker", "beat", "-l", "INFO"]
+        return self.spawn(name, [*args, "-s", str(self.dir / schedule)], env)
+
     def celery_worker(self, name: str, app: str, queues: str, env: dict[str, str]) -> Proc:
         """A real prefork worker, flags as in the Procfile (`-E`); no mingle/gossip (fast start)."""
         proc = self.spawn(
@@ -350,22 +355,7 @@ class Bench:
         self.worker = self.celery_worker(
             "rebook-worker", "worker", f"{EVENTS_QUEUE},{WORK_QUEUE}", env
         )
-        self.beat = self.spawn(
-            "rebook-beat",
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "worker",
-                "beat",
-                "-l",
-                "INFO",
-                "-s",
-                str(self.dir / "beat-schedule"),
-            ],
-            env,
-        )
+        self.beat = self.celery_beat("rebook-beat", "beat-schedule", env)
         wait_until(self.store.last_sweep, 60, "the first sweep", 0.1)
         # The token keep-alive's once-per-deployment index backfill (a SCAN of the whole
         # keyspace) comes with beat's first keep_tokens, 5 minutes in: in the --million run that
@@ -377,14 +367,11 @@ class Bench:
         wait_until(lambda: self.r.exists(marker), 60, "the token index backfill", 0.1)
         log(f"rebook worker (prefork -c {self.cfg.concurrency}) and beat are up")
 
-    def ours(self) -> None:
-        out = self.results["ours"]
-        cfg = self.cfg
-        out["noop"] = self.noop_rate(min(cfg.noop_max, max(self.intake_batches())))
-        self.members_ours()
-        time.sleep(1.0)
+    def intake_and_memory(self, out: dict[str, Any]) -> int:
+        """The baseline (Redis, worker RSS), then each intake batch through Celery with its
+        memory point; returns the baseline's Redis bytes."""
+        time.sleep(1.0)  # a measuring pause: the worker settles before the baseline is read
         base = self.store_memory()
-        base_mem = base["bytes"]
         out["baseline"] = {
             "used_memory": base,
             "worker": tree_memory_kb(self.worker.pid),
@@ -396,7 +383,15 @@ class Bench:
         for size in self.intake_batches():
             out["intake"].append(self.intake(done, size))
             done = size
-            out["points"].append(self.memory_point(size, base_mem, "Celery intake"))
+            out["points"].append(self.memory_point(size, base["bytes"], "Celery intake"))
+        return int(base["bytes"])
+
+    def ours(self) -> None:
+        out = self.results["ours"]
+        cfg = self.cfg
+        out["noop"] = self.noop_rate(min(cfg.noop_max, max(self.intake_batches())))
+        self.members_ours()
+        base_mem = self.intake_and_memory(out)
         # the same no-op batch with what the intake ran beside: presence polls for everyone waiting
         out["noop_loaded"] = self.noop_rate(min(cfg.noop_max, max(self.intake_batches())), True)
         pids = {OURS_PID + i for i in range(cfg.performers)}
@@ -454,21 +449,7 @@ class Bench:
         out = self.results["ours"]
         cfg = self.cfg
         self.members_ours(bookings=False)
-        time.sleep(1.0)
-        base = self.store_memory()
-        base_mem = base["bytes"]
-        out["baseline"] = {
-            "used_memory": base,
-            "worker": tree_memory_kb(self.worker.pid),
-            "redis_info_memory": self.r.info("memory"),
-        }
-        out["points"] = []
-        out["intake"] = []
-        done = 0
-        for size in self.intake_batches():
-            out["intake"].append(self.intake(done, size))
-            done = size
-            out["points"].append(self.memory_point(size, base_mem, "Celery intake"))
+        base_mem = self.intake_and_memory(out)
         pids = {OURS_PID + i for i in range(cfg.performers)}
         out["presence"] = self.presence_window(pids, cfg.waiting, cfg.windows * cfg.presence)
         out["rss_after_reaction"] = {  # the growth figure's start, as in the whole run
