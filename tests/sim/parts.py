@@ -118,7 +118,7 @@ class SimStore(Store):
         return max(0.001, self.table.ttl(name))
 
     def release_presence_call(self, performer_id: int) -> None:
-        self.table.items.pop(f"presence:{performer_id}", None)
+        self.table.items.pop(self.keys.presence_window(performer_id), None)
 
     def cache_bookings(self, user_id: str, bookings: dict[int, str], ttl: float) -> None:
         self.table.engine.point()

@@ -145,8 +145,10 @@ class Keys:
         """A once-per-window claim (`Store.claim_window`)."""
         return self.key(name)
 
-    def presence_window(self, performer_id: int) -> str:
-        return self.key(f"presence:{performer_id}")
+    @staticmethod
+    def presence_window(performer_id: int) -> str:
+        """The name of a performer's once-per-interval presence claim (a `window`)."""
+        return f"presence:{performer_id}"
 
     def presence_seen(self, performer_id: object) -> str:
         """A performer's last presence answer (when, online/offline/unknown, offline since)."""

@@ -244,8 +244,6 @@ class Store:
         self.url = url
         self.cluster = cluster
         self.keys = Keys(prefix, shards, sharded=cluster)
-        self.sharded = self.keys.sharded
-        self.shard_prefixes = self.keys.shard_prefixes
         self.key = self.keys.key
         self.skey = self.keys.skey
         self._shard_cache: dict[str, int] = {}
@@ -339,6 +337,14 @@ class Store:
             raise StoreUnavailable(
                 f"cannot reach Redis at {mask_url(self.url)}: {type(exc).__name__}"
             ) from None
+
+    @property
+    def sharded(self) -> bool:
+        return self.keys.sharded
+
+    @property
+    def shard_prefixes(self) -> list[str]:
+        return self.keys.shard_prefixes
 
     @property
     def shards(self) -> range:
@@ -746,11 +752,11 @@ class Store:
 
     def claim_presence_call(self, performer_id: int, interval: float) -> float:
         """At most one presence call per performer per interval, across all workers."""
-        return self.claim_window(f"presence:{performer_id}", interval)
+        return self.claim_window(self.keys.presence_window(performer_id), interval)
 
     def release_presence_call(self, performer_id: int) -> None:
         """The claimed call was not made (rate budget): the next check may go at once."""
-        self.r.delete(self.keys.presence_window(performer_id))
+        self.r.delete(self.keys.window(self.keys.presence_window(performer_id)))
 
     def waiting_count(self, performer_id: int) -> int:
         """O(1) per shard: enough to decide whether a presence call is needed at all."""
