@@ -16,6 +16,7 @@ import sys
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Self
 
 import pytest
 
@@ -53,18 +54,17 @@ class OldWorker(Child):
             "--without-mingle", "--without-gossip", "-n", f"old-{system.node}@%h", "-l", "INFO",
         ]  # fmt: skip
         super().__init__("old-worker", args, env, system.logdir / "old-worker.log", cwd=tree)
-        self.tree = tree
 
-    def start(self) -> OldWorker:
+    def start(self) -> Self:
         where = subprocess.run(
             [sys.executable, "-c", "import worker; print(worker.__file__)"],
-            cwd=self.tree,
+            cwd=self.cwd,
             env=self.env,
             capture_output=True,
             text=True,
             check=True,
         ).stdout.strip()
-        assert where.startswith(str(self.tree)), f"the worker would import {where}"
+        assert where.startswith(str(self.cwd)), f"the worker would import {where}"
         super().start()
         wait_for(lambda: " ready." in self.text(), 30, "the earlier tree's worker ready")
         return self

@@ -698,13 +698,14 @@ def _run(
     plan = scenario(rebooks, performers, seed)
     # only Redis and the token key are taken from the environment: the upstream is the sandbox
     base = load_settings(api_key="-", oauth_client_id="-", oauth_client_secret="-")
-    redis_url = _start_redis(res, base, f"rebook-demo-{run_id}:", console)
+    prefix = f"rebook-demo-{run_id}:"
+    redis_url = _start_redis(res, base, prefix, console)
     res.sandbox = SandboxServer(port=0, accept_by_seconds=ACCEPT_BY_SECONDS).start()
     console.print(f"Sandbox upstream: {res.sandbox.url} (AcceptBy {ACCEPT_BY_SECONDS:.0f}s)")
     token_key = (
         base.token_key.get_secret_value() if base.token_key else Fernet.generate_key().decode()
     )
-    env, overrides = _demo_env(redis_url, f"rebook-demo-{run_id}:", res.sandbox.env(), token_key)
+    env, overrides = _demo_env(redis_url, prefix, res.sandbox.env(), token_key)
     settings: Settings = load_settings(**overrides)
     node = _start_children(res, run_id, env, console)
     store = _connect(res, settings, env, node, console)
@@ -714,7 +715,7 @@ def _run(
     res.director.start()
     dup = _submit(res, plan, tracks, run_id, console)
     head = f"redis {'embedded' if res.embedded else 'external'}, worker {node}"
-    deadletters = _follow(res, store, tracks, dup, head, t0 + timeout, console)
+    deadletters = _follow(res, store, tracks, dup, head, t0, t0 + timeout, console)
     elapsed = time.monotonic() - t0
     res.director.stop_event.set()
     console.print()
@@ -845,6 +846,7 @@ def _follow(
     tracks: list[_Track],
     dup: _Track,
     head: str,
+    t0: float,
     deadline: float,
     console: Console,
 ) -> int:
@@ -853,7 +855,6 @@ def _follow(
     first = tracks[0]
     assert first.plan is not None
     all_tracks = [*tracks, dup]
-    t0 = time.monotonic()
     dup_sent = False
     deadletters = 0
     with Live(console=console, refresh_per_second=REFRESH_PER_SECOND, transient=False) as live:

@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Self
 
 KILL = signal.SIGKILL
 
@@ -32,7 +33,7 @@ class Child:
         self.name, self.args, self.env, self.log, self.cwd = name, args, env, log, cwd
         self.popen: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> Child:
+    def start(self) -> Self:
         with self.log.open("ab") as handle:
             self.popen = subprocess.Popen(
                 self.args,
