@@ -7,9 +7,18 @@ import json
 import logging
 import sys
 
+from tests.sim.engine import Engine
 from tests.sim.runner import report, run_seeds
+from tests.sim.parts import SHAPES
 from tests.sim.world import run
 from worker.dev.embedded import EmbeddedRedis
+
+
+def _sim_time(record: logging.LogRecord) -> bool:
+    """Each line of a replay's log starts with the virtual time (seconds since the start)."""
+    engine = Engine.latest
+    record.simtime = f"{engine.now - engine.start:9.3f}" if engine else "-"
+    return True
 
 
 def main() -> int:
@@ -18,16 +27,26 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=300, help="how many seeds (from --first)")
     parser.add_argument("--first", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=0, help="processes (default: 2)")
+    parser.add_argument(
+        "--shapes",
+        default=",".join(SHAPES),
+        help="the Performer shapes seeds may draw (others drawn become `user`)",
+    )
     args = parser.parse_args()
+    shapes = tuple(args.shapes.split(","))
     with EmbeddedRedis() as server:
         if args.seed is not None:
-            logging.basicConfig(level=logging.INFO, format="%(threadName)s %(message)s")
-            result = run(args.seed, server.url)
+            logging.basicConfig(
+                level=logging.INFO, format="%(simtime)s %(threadName)s %(message)s"
+            )
+            logging.getLogger().handlers[0].addFilter(_sim_time)
+            result = run(args.seed, server.url, shapes=shapes)
             print(json.dumps({"ok": result.ok, **result.summary}, indent=2))
             for violation in result.violations:
                 print("VIOLATION:", violation)
             return 0 if result.ok else 1
-        results = run_seeds(range(args.first, args.first + args.seeds), server.url, args.jobs)
+        seeds = range(args.first, args.first + args.seeds)
+        results = run_seeds(seeds, server.url, args.jobs, shapes=shapes)
         print(report(results))
         return 0 if all(r.ok for r in results) else 1
 

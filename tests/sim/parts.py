@@ -333,6 +333,8 @@ class Faults:
     post_past_lease: float = 0.0
     #: A list read that takes longer than the lease (the same, while reconciling).
     read_past_lease: float = 0.0
+    #: How many leases such a call may last at most.
+    past_lease_max: float = 3.0
     #: How long a late commit may come after the ambiguous answer (up to the reconcile window).
     late_commit_after_answer: float = 0.0
 
@@ -377,6 +379,10 @@ class SimUpstream(BaseAdapter):
         self.posts = 0
         self.pending_commits = 0
         self.confirms: dict[int, int] = {}
+        self.counts: dict[str, int] = {}  # how often each varied behaviour happened
+
+    def count(self, what: str) -> None:
+        self.counts[what] = self.counts.get(what, 0) + 1
 
     def close(self) -> None:
         pass
@@ -479,6 +485,7 @@ class SimUpstream(BaseAdapter):
             self.engine.point(rng.uniform(0, 0.5))
             return _answer(request, rng.choice([500, 503]), {"Message": "An error has occurred."})
         if op != "getUserSummary" and f.read_past_lease and rng.random() < f.read_past_lease:
+            self.count("reads_past_lease")
             self.engine.point(self.lease * rng.uniform(1.05, 2.0))  # outlives the step's lease
         else:
             self.engine.point(rng.uniform(0.01, 0.3))
@@ -533,6 +540,7 @@ class SimUpstream(BaseAdapter):
             if f.late_commit_after_answer and rng.random() < 0.5:
                 # up to the edge of the reconcile window, counted from the answer
                 lag, seen_after = answer_in + rng.uniform(0, f.late_commit_after_answer), 0.0
+                self.count("commits_near_window_edge")
             else:
                 lag, seen_after = rng.uniform(0, f.max_commit_lag), None
             self.pending_commits += 1
@@ -578,7 +586,8 @@ class SimUpstream(BaseAdapter):
         commits at some moment of it (or never), the worker is still inside its call when
         another takes the rebook over, and then the answer comes (or a gateway's 504)."""
         rng = self.engine.rng
-        duration = self.lease * rng.uniform(1.05, 3.0)
+        self.count("posts_past_lease")
+        duration = self.lease * rng.uniform(1.05, self.faults.past_lease_max)
         made: list[Booking] = []
         if rng.random() < 0.8:
             commit_in = rng.uniform(0, duration)

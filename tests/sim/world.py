@@ -78,7 +78,7 @@ def sim_settings(redis_url: str, prefix: str, rng: random.Random, **extra: Any) 
         "api_timezone": "Europe/London",
         "presence_interval_seconds": 5.0,
         "watch_interval_seconds": 10.0,
-        "sweep_interval_seconds": 1.0,
+        "sweep_interval_seconds": rng.choice([1.0, 2.0, 2.0, 4.0]),  # 2 s: the default
         "step_lease_seconds": 15.0,
         "http_timeout_seconds": 5.0,
         "retry_base_seconds": 1.0,
@@ -142,6 +142,7 @@ def run(
     faults = Faults(
         post_past_lease=0.06 if past_lease else 0.0,
         read_past_lease=0.03 if past_lease else 0.0,
+        past_lease_max=(vary or {}).get("past_lease_max", 3.0),
         # a commit seen at most just inside the window after the answer (visibility included)
         late_commit_after_answer=max(0.0, window - 0.5) if edge_commits else 0.0,
     )
@@ -380,6 +381,7 @@ def run(
             "invalid_events": len(bad_events),
             "wrong_events": len(wrong_events),
             "refused": len(refused),
+            **upstream.counts,
         }
         return result
     finally:
