@@ -32,6 +32,7 @@ from worker.core.errors import (
     NotSent,
     ReauthRequired,
     Rejected,
+    StoreUnavailable,
     Throttled,
     UpstreamError,
 )
@@ -288,6 +289,13 @@ class Flow:
             deadline=now + max_wait,
             now=now,
         )
+        n = self.settings.redis_wait_replicas
+        if n:
+            # Acknowledged means kept: a failover to a replica that missed the record would lose
+            # an event its producer was told was taken (found by the simulation's failovers).
+            got = self.store.wait_replicas(result.rebook_id, n, self.settings.redis_wait_timeout_ms)
+            if got < n:
+                raise StoreUnavailable(f"{got} of {n} replicas have the event")
         if result.kind == "created":
             log.info(
                 "rebook %s: received event %s for booking %s (performer %s)",
