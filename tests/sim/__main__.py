@@ -8,8 +8,8 @@ import logging
 import sys
 
 from tests.sim.engine import Engine
-from tests.sim.runner import report, run_seeds
 from tests.sim.parts import SHAPES
+from tests.sim.runner import report, run_seeds
 from tests.sim.world import run
 from worker.dev.embedded import EmbeddedRedis
 
@@ -36,9 +36,7 @@ def main() -> int:
     shapes = tuple(args.shapes.split(","))
     with EmbeddedRedis() as server:
         if args.seed is not None:
-            logging.basicConfig(
-                level=logging.INFO, format="%(simtime)s %(threadName)s %(message)s"
-            )
+            logging.basicConfig(level=logging.INFO, format="%(simtime)s %(threadName)s %(message)s")
             logging.getLogger().handlers[0].addFilter(_sim_time)
             result = run(args.seed, server.url, shapes=shapes)
             print(json.dumps({"ok": result.ok, **result.summary}, indent=2))

@@ -168,7 +168,8 @@ class Replica:
         got = pipe.execute()
         data = {k: (got[2 * i], int(got[2 * i + 1])) for i, k in enumerate(keys)}
         items = {
-            k: (dict(v) if isinstance(v, dict) else v, exp) for k, (v, exp) in self.table.items.items()
+            k: (dict(v) if isinstance(v, dict) else v, exp)
+            for k, (v, exp) in self.table.items.items()
         }
         self.copies.append((self.table.engine.now, data, items))
 

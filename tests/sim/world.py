@@ -108,12 +108,14 @@ def run(
     *,
     shapes: tuple[str, ...] = SHAPES,
     vary: dict[str, Any] | None = None,
+    skew_limit: float | None = None,
     **overrides: Any,
 ) -> Result:
     """One world, from its seed. `overrides` change settings (a weakened protocol must fail);
     `shapes` are the `Performer` shapes the seed may draw (any other drawn is `{"UserID"}`: the
     rest of the world is the same); `vary` sets what the seed drew (`shape`, `max_skew`,
-    `failover`, `past_lease`, `edge_commits`, `invalid`), to find which one a hole needs."""
+    `failover`, `past_lease`, `edge_commits`, `invalid`), to find which one a hole needs;
+    `skew_limit` caps how far apart the workers' clocks are (the upstream's is not capped)."""
     rng = random.Random(seed)
     random.seed(seed)  # the flow's own jitter: one process runs at a time, so this is replayable
     near_fall_back = rng.random() < 0.2
@@ -135,6 +137,9 @@ def run(
         past_lease = vary.get("past_lease", past_lease)
         edge_commits = vary.get("edge_commits", edge_commits)
         invalid = vary.get("invalid", invalid)
+    upstream_skew = max(30.0, max_skew)
+    if skew_limit is not None:
+        max_skew = min(max_skew, skew_limit)
     if failover:
         overrides.setdefault("redis_wait_replicas", 1)
     settings = sim_settings(redis_url, prefix, rng, **overrides)
@@ -152,7 +157,7 @@ def run(
         engine,
         faults,
         zone=zone,
-        skew=rng.uniform(-max(30.0, max_skew), max(30.0, max_skew)),
+        skew=rng.uniform(-upstream_skew, upstream_skew),
         list_name=rng.choice(LIST_NAMES),
         per_page=rng.choice([2, 3, 50]),
         year_one=rng.random() < 0.3,
