@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 
 import pytest
+import redis
 
 from tests.sim.known_seeds import CLOCKS, FIXED, IDENTITY, IDENTITY_FIX_MERGED, SKEW_ASSUMED, Hole
 from tests.sim.parts import SHAPES
 from tests.sim.runner import report, run_seeds
-from tests.sim.world import run
+from tests.sim.world import check_inputs, run
 
 DEFAULT_SEEDS = 200
 """In `make test` (about 60 s on 2 cores shared with other work); `make chaos` runs FULL_SEEDS."""
@@ -134,3 +135,23 @@ def test_the_simulation_finds_what_a_failover_without_wait_loses(redis_url: str)
         r for r in results if any(v.startswith(("LOST EVENT", "DOUBLED")) for v in r.violations)
     ]
     assert lost, "a failover that goes back past unreplicated writes must be caught"
+
+
+def test_the_input_checks_can_fail(redis_url: str) -> None:
+    """A valid event refused, an acknowledged event without a record, a refused event without
+    its dead letter: each is a violation (what the invalid-event worlds rely on)."""
+    raw = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        bad = check_inputs(
+            raw,
+            "sim:checks:",
+            bad_events=[((), {"event_id": "x 1"})],
+            refused=["{'event_id': 'fine'}"],
+            accepted={"rb-0123456789abcdef"},
+            failovers=[],
+        )
+    finally:
+        raw.close()
+    assert any(v.startswith("REFUSED VALID") for v in bad), bad
+    assert any(v.startswith("LOST EVENT") for v in bad), bad
+    assert any("dead letters" in v for v in bad), bad

@@ -375,7 +375,7 @@ def run(
         engine.run(until=end, done=settled)
         result = check(seed, engine, raw, prefix, upstream, originals, queue, lost)
         result.violations.extend(
-            check_inputs(raw, prefix, bad_events, refused, accepted, originals, failovers)
+            check_inputs(raw, prefix, bad_events, refused, accepted, failovers)
         )
         result.summary |= {
             "shape": shape,
@@ -433,7 +433,6 @@ def check_inputs(
     bad_events: list[tuple[tuple[Any, ...], Any]],
     refused: list[str],
     accepted: set[str],
-    originals: dict[str, int],
     failovers: list[float],
 ) -> list[str]:
     """Invalid events: refused and dead-lettered, never recorded; every accepted event has a
