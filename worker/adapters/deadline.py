@@ -46,7 +46,9 @@ class Guard:
         self.expires = time.monotonic() + seconds
         self.active = True
         self.expired = False
-        self.conns: list[Any] = []
+        self.conns: list[tuple[Any, Any]] = []
+        """(connection, its socket then): http.client drops `conn.sock` once the headers say
+        `Connection: close`, while the body is still read from that socket."""
 
     def left(self) -> float:
         """Seconds until the deadline (never below zero)."""
@@ -56,8 +58,7 @@ class Guard:
 _CURRENT: ContextVar[Guard | None] = ContextVar("rebook_deadline_guard", default=None)
 
 
-def _shut(conn: Any) -> None:
-    sock = getattr(conn, "sock", None)
+def _shut(sock: Any) -> None:
     sock = getattr(sock, "socket", sock)  # urllib3's SSLTransport (TLS in a TLS proxy)
     if isinstance(sock, socket.socket):
         # the plain socket's shutdown: SSLSocket's own would also drop its TLS state, which the
@@ -100,23 +101,25 @@ class Watchdog:
             _CURRENT.reset(token)
             with self._cond:
                 guard.active = False
-                for conn in guard.conns:
+                for conn, _ in guard.conns:
                     if getattr(conn, _OWNER, None) is guard:
                         setattr(conn, _OWNER, None)
                 guard.conns.clear()
 
     def attach(self, conn: Any) -> None:
-        """`conn` serves the request of this thread's guard (if any) from now on."""
+        """`conn` (with its socket, if open) serves the request of this thread's guard (if
+        any) from now on."""
         guard = _CURRENT.get()
-        if guard is None:
+        sock = getattr(conn, "sock", None)
+        if guard is None or sock is None:
             return
         with self._cond:
             if not guard.active:
                 return
             setattr(conn, _OWNER, guard)
-            guard.conns.append(conn)
+            guard.conns.append((conn, sock))
             if guard.expired:  # it passed while the connection was being opened
-                _shut(conn)
+                _shut(sock)
 
     def detach(self, conn: Any) -> None:
         """`conn` goes back to the pool: no deadline may shut it any more."""
@@ -133,9 +136,9 @@ class Watchdog:
                     _, _, guard = heapq.heappop(self._heap)
                     if guard.active:
                         guard.expired = True
-                        for conn in guard.conns:
+                        for conn, sock in guard.conns:
                             if getattr(conn, _OWNER, None) is guard:
-                                _shut(conn)
+                                _shut(sock)
                 wait = self._heap[0][0] - now if self._heap else None
                 self._cond.wait(wait)
 
@@ -151,7 +154,7 @@ class _Attached:
         WATCHDOG.attach(self)
 
     def request(self, *args: Any, **kwargs: Any) -> None:
-        WATCHDOG.attach(self)
+        WATCHDOG.attach(self)  # a pooled connection (a new one attaches in `connect`)
         super().request(*args, **kwargs)  # type: ignore[misc]
 
 
