@@ -474,6 +474,82 @@ def test_a_gateway_page_after_a_post_stays_ambiguous(echo: Echo, status: int) ->
         c.close()
 
 
+NGINX_503 = b"<html><head><title>503 Service Temporarily Unavailable</title></head></html>"
+
+
+@pytest.mark.parametrize("status", [502, 503, 504])
+@pytest.mark.parametrize(
+    ("body", "ctype"),
+    [
+        (NGINX_503, "text/html"),  # a gateway's own page
+        (NGINX_503, None),  # markup with no content type
+        (b"upstream connect error or disconnect/reset before headers", "text/plain"),
+        (b"", None),  # nothing at all
+        (b'{"Message": "The service is unavailable."}', "application/json"),
+    ],
+)
+def test_a_gateway_5xx_to_a_post_is_ambiguous(
+    echo: Echo, status: int, body: bytes, ctype: str | None
+) -> None:
+    """502/503/504 to a POST, HTML or not, may come after the gateway forwarded it: reconcile,
+    never "not sent". A read is transient either way."""
+    _answer(echo, status, body, ctype)
+    c = UpstreamClient(echo.url, "k")
+    try:
+        for name, call in _calls(c).items():
+            with pytest.raises(UpstreamError) as info:
+                call()
+            if name in ("reschedule", "confirm"):
+                assert isinstance(info.value, Ambiguous), (name, info.value)
+            else:
+                assert isinstance(info.value, Transient), (name, info.value)
+            assert info.value.status == status
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "headers"),
+    [
+        (503, CHALLENGE, {"Content-Type": "text/html"}),
+        (403, CHALLENGE, {"Content-Type": "text/html"}),
+        (503, b"<html><title>Attention Required! | Cloudflare</title></html>", {}),
+        # Cloudflare marks its challenges whatever the page says
+        (503, NGINX_503, {"Content-Type": "text/html", "cf-mitigated": "challenge"}),
+    ],
+)
+def test_a_cdn_challenge_to_a_post_never_reached_the_api(
+    echo: Echo, status: int, body: bytes, headers: dict[str, str]
+) -> None:
+    echo.status, echo.body, echo.headers = status, body, headers
+    c = UpstreamClient(echo.url, "k")
+    try:
+        with pytest.raises(Challenged):
+            c.reschedule("t", 5)
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "headers"),
+    [
+        (502, CHALLENGE, {"Content-Type": "text/html"}),  # a challenge is a 403 or a 503
+        (503, b"<p>Just a moment...</p>", {"Content-Type": "text/html"}),  # not its title
+        (503, NGINX_503, {"Content-Type": "text/html", "cf-mitigated": "block"}),
+    ],
+)
+def test_the_challenge_exception_is_strict(
+    echo: Echo, status: int, body: bytes, headers: dict[str, str]
+) -> None:
+    echo.status, echo.body, echo.headers = status, body, headers
+    c = UpstreamClient(echo.url, "k")
+    try:
+        with pytest.raises(Ambiguous):
+            c.reschedule("t", 5)
+    finally:
+        c.close()
+
+
 def test_the_api_s_own_answers_keep_their_meaning(echo: Echo) -> None:
     """JSON and the API's XML are the API's: a 403 with a Message is still a refusal."""
     c = UpstreamClient(echo.url, "k")
