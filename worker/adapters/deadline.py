@@ -5,7 +5,7 @@ second never trips a 10 s read timeout and can hold a worker for minutes. Here o
 thread per process keeps the deadlines of the requests in flight; when one passes, it shuts the
 request's socket down (`shutdown(SHUT_RDWR)`), so the blocked `recv` in the caller's thread
 returns at once and requests/urllib3 raise as for a dropped connection. The caller asks its
-`Guard` whether that happened (`expired`) and classifies the failure itself.
+`Guard` whether that happened (`cut`) and classifies the failure itself.
 
 The socket is found through the connection classes of `DeadlineAdapter`, which attach every
 connection a request uses (new or pooled) to the guard active in the calling thread. A connection
@@ -36,16 +36,19 @@ _OWNER = "_rebook_deadline_guard"
 
 
 class Guard:
-    """One request's deadline. `expired` is set (and the request's sockets shut) when it passed
-    while the request was still in flight."""
+    """One request's deadline. `expired`: it passed while the request was in flight; `cut`: and
+    the watchdog shut the request's socket, so what the request got is not to be trusted (a
+    body read "to the end" may have ended at the shutdown). A request on connections the
+    watchdog does not know (another adapter) may expire but is never cut."""
 
-    __slots__ = ("active", "conns", "expired", "expires", "seconds")
+    __slots__ = ("active", "conns", "cut", "expired", "expires", "seconds")
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.expires = time.monotonic() + seconds
         self.active = True
         self.expired = False
+        self.cut = False
         self.conns: list[tuple[Any, Any]] = []
         """(connection, its socket then): http.client drops `conn.sock` once the headers say
         `Connection: close`, while the body is still read from that socket."""
@@ -119,6 +122,7 @@ class Watchdog:
             setattr(conn, _OWNER, guard)
             guard.conns.append((conn, sock))
             if guard.expired:  # it passed while the connection was being opened
+                guard.cut = True
                 _shut(sock)
 
     def detach(self, conn: Any) -> None:
@@ -138,6 +142,7 @@ class Watchdog:
                         guard.expired = True
                         for conn, sock in guard.conns:
                             if getattr(conn, _OWNER, None) is guard:
+                                guard.cut = True
                                 _shut(sock)
                 wait = self._heap[0][0] - now if self._heap else None
                 self._cond.wait(wait)

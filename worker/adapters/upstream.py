@@ -395,7 +395,7 @@ class UpstreamClient:
                 raise error_for_exception(
                     endpoint, exc, idempotent=idempotent, deadline=self._cut(guard)
                 ) from None
-            if guard.expired:  # a body read "to the end" may have ended at the shutdown
+            if guard.cut:  # a body read "to the end" may have ended at the shutdown
                 response.close()
                 raise error_for_exception(
                     endpoint, TimeoutError(), idempotent=idempotent, deadline=self.deadline
@@ -403,7 +403,7 @@ class UpstreamClient:
         return response
 
     def _cut(self, guard: Guard) -> float | None:
-        return self.deadline if guard.expired else None
+        return self.deadline if guard.cut else None
 
     def _scrubbed(self, exc: UpstreamError) -> UpstreamError:
         """A proxy's error page may echo the request URL, and with it `?apiKey=`."""
