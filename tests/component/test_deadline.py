@@ -173,3 +173,53 @@ def test_a_connect_that_never_completes_ends_in_time_and_sent_nothing(unanswered
         assert elapsed <= TIMEOUT + SLACK, elapsed
     finally:
         c.close()
+
+
+@pytest.fixture
+def trickling_tls() -> Iterator[str]:
+    """A TCP server that answers a TLS ClientHello with the header of a 16 KB handshake record,
+    then one byte of it every 0.1 s: the handshake never ends, no read ever times out."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve(conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.recv(4096)  # the ClientHello
+            conn.sendall(b"\x16\x03\x03\x40\x00")
+            while not stop.wait(EVERY):
+                conn.sendall(b"\x00")
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    yield f"https://127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    acceptor.join(5)
+    server.close()
+
+
+def test_a_stuck_tls_handshake_ends_in_time_and_sent_nothing(trickling_tls: str) -> None:
+    """Stuck while connecting (the TLS handshake; Python's ssl bounds one handshake by the
+    socket timeout, the deadline by its total): nothing of the request went out, so even the
+    POST is Transient, not Ambiguous."""
+    c = UpstreamClient(trickling_tls, KEY, timeout=TIMEOUT, deadline=DEADLINE)
+    try:
+        for call in (lambda: c.reschedule("t", 1), lambda: c.booking_details("t", 1)):
+            exc, elapsed = timed(call)
+            assert isinstance(exc, Transient) and not isinstance(exc, Ambiguous), exc
+            assert "not sent" in str(exc)
+            assert elapsed <= DEADLINE + SLACK, elapsed
+    finally:
+        c.close()

@@ -39,9 +39,12 @@ class Guard:
     """One request's deadline. `expired`: it passed while the request was in flight; `cut`: and
     the watchdog shut the request's socket, so what the request got is not to be trusted (a
     body read "to the end" may have ended at the shutdown). A request on connections the
-    watchdog does not know (another adapter) may expire but is never cut."""
+    watchdog does not know (another adapter) may expire but is never cut. `connected`: a
+    connection of the request was up (TCP); `sent`: the request began to go out on it. A
+    request that failed connected but not sent (a TLS handshake or proxy tunnel that failed,
+    timed out or was cut) sent nothing."""
 
-    __slots__ = ("active", "conns", "cut", "expired", "expires", "seconds")
+    __slots__ = ("active", "connected", "conns", "cut", "expired", "expires", "seconds", "sent")
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
@@ -49,6 +52,8 @@ class Guard:
         self.active = True
         self.expired = False
         self.cut = False
+        self.sent = False
+        self.connected = False
         self.conns: list[tuple[Any, Any]] = []
         """(connection, its socket then): http.client drops `conn.sock` once the headers say
         `Connection: close`, while the body is still read from that socket."""
@@ -109,11 +114,11 @@ class Watchdog:
                         setattr(conn, _OWNER, None)
                 guard.conns.clear()
 
-    def attach(self, conn: Any) -> None:
-        """`conn` (with its socket, if open) serves the request of this thread's guard (if
-        any) from now on."""
+    def attach(self, conn: Any, sock: Any = None) -> None:
+        """`conn` (with `sock`, else its open socket) serves the request of this thread's guard
+        (if any) from now on."""
         guard = _CURRENT.get()
-        sock = getattr(conn, "sock", None)
+        sock = sock if sock is not None else getattr(conn, "sock", None)
         if guard is None or sock is None:
             return
         with self._cond:
@@ -121,9 +126,16 @@ class Watchdog:
                 return
             setattr(conn, _OWNER, guard)
             guard.conns.append((conn, sock))
+            guard.connected = True
             if guard.expired:  # it passed while the connection was being opened
                 guard.cut = True
                 _shut(sock)
+
+    def sending(self) -> None:
+        """The request of this thread's guard starts to go out now."""
+        guard = _CURRENT.get()
+        if guard is not None:
+            guard.sent = True
 
     def detach(self, conn: Any) -> None:
         """`conn` goes back to the pool: no deadline may shut it any more."""
@@ -152,14 +164,25 @@ WATCHDOG = Watchdog()
 
 
 class _Attached:
-    """Connection mixin: every connection a request opens or reuses is attached to its guard."""
+    """Connection mixin: every connection a request opens or reuses is attached to its guard,
+    a new one from the moment its TCP connection is up (so a TLS handshake or a proxy tunnel
+    that trickles is cut too)."""
+
+    def _new_conn(self) -> Any:
+        sock = super()._new_conn()  # type: ignore[misc]
+        WATCHDOG.attach(self, sock)
+        return sock
 
     def connect(self) -> None:
         super().connect()  # type: ignore[misc]
         WATCHDOG.attach(self)
 
     def request(self, *args: Any, **kwargs: Any) -> None:
-        WATCHDOG.attach(self)  # a pooled connection (a new one attaches in `connect`)
+        if getattr(self, "sock", None) is None:
+            # connect first (http.client would, inside the send): then "sent" means sent
+            self.connect()
+        WATCHDOG.attach(self)  # a pooled connection (a new one attached in `_new_conn`)
+        WATCHDOG.sending()
         super().request(*args, **kwargs)  # type: ignore[misc]
 
 

@@ -392,6 +392,13 @@ class UpstreamClient:
                     response.close()
                     raise
             except (requests.RequestException, Urllib3Error, HTTPException, OSError) as exc:
+                if guard.connected and not guard.sent:  # failed while connecting: not sent
+                    cause = (
+                        f"no connection within the {self.deadline:g} s deadline"
+                        if guard.cut
+                        else f"{type(exc).__name__} while connecting"
+                    )
+                    raise Transient(f"{cause} (not sent)", endpoint=endpoint) from None
                 raise error_for_exception(
                     endpoint, exc, idempotent=idempotent, deadline=self._cut(guard)
                 ) from None
