@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import requests
 
 from worker.adapters.deadline import WATCHDOG
 from worker.adapters.upstream import UpstreamClient
@@ -223,3 +224,12 @@ def test_a_stuck_tls_handshake_ends_in_time_and_sent_nothing(trickling_tls: str)
             assert elapsed <= DEADLINE + SLACK, elapsed
     finally:
         c.close()
+
+
+def test_the_sandbox_checks_the_trickle_options(sandbox: SandboxClient) -> None:
+    with pytest.raises(requests.HTTPError):
+        sandbox.fault("MadeBookings", "timeout", part="body")  # part is trickle's
+    with pytest.raises(requests.HTTPError):
+        sandbox.fault("MadeBookings", "trickle", part="headers")
+    sandbox.fault("MadeBookings", "trickle", part="body", delay=0.5)
+    assert sandbox.stats()["faults_pending"] == 1
