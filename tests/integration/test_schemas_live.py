@@ -1,10 +1,20 @@
-"""The schemas against the real thing: the console's answers (served by the Flower launcher over a
-real worker, Redis and the sandbox) validated with `jsonschema` against the OpenAPI document it
-serves, and the outcome stream's real entries against docs/schemas/outcome*.json."""
+"""The schemas against the real thing, on one system (real worker, Redis, sandbox): the console's
+answers (served by the Flower launcher) validated with `jsonschema` against the OpenAPI document
+it serves, the outcome stream's real entries against docs/schemas/outcome*.json, and the README's
+Node.js producer example: its event fits docs/schemas/event.json (always) and, where node and npm
+are installed, the block itself runs with celery-node (pinned by tests/node/package-lock.json,
+installed once into `<venv>/node`) against the worker."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,10 +28,12 @@ from tests.integration.conftest import System
 from tests.integration.console_helpers import AUTH, flower_for
 from worker.celeryapp.fanout import outcome_payload
 from worker.core.states import State
+from worker.core.store import rebook_id_for
 from worker.operations.console.openapi import document
 
 pytestmark = pytest.mark.integration
-SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMAS = ROOT / "docs" / "schemas"
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +148,99 @@ def test_every_answer_of_the_console_matches_the_document(console: str, system: 
         json.loads(fields["detail"])  # contentMediaType: JSON text of an object
         delivered = outcome_payload(row["id"], fields)
         assert not [e.message for e in message.iter_errors(delivered)], delivered
+
+
+# -- the README's Node.js producer --------------------------------------------------------------
+
+MARKER = "<!-- producer-example: node -->"
+NODE_PACKAGE = ROOT / "tests" / "node"
+
+
+def example() -> str:
+    """The javascript block right after the marker in README.md."""
+    text = (ROOT / "README.md").read_text()
+    assert text.count(MARKER) == 1, "README: the Node.js example's marker is missing"
+    block = re.search(r"```javascript\n(.*?)```", text[text.index(MARKER) :], re.S)
+    assert block is not None
+    return block.group(1)
+
+
+def example_event(code: str) -> dict[str, object]:
+    """The object literal passed to sendRebook, read as JSON (keys quoted)."""
+    literal = re.search(r"sendRebook\((\{.*?\})\)", code, re.S)
+    assert literal is not None, "README: the example no longer calls sendRebook({...})"
+    quoted = re.sub(r"^(\s*)([A-Za-z_]\w*):", r'\1"\2":', literal.group(1), flags=re.M)
+    return json.loads(re.sub(r",(\s*)\}", r"\1}", quoted))  # type: ignore[no-any-return]
+
+
+def test_the_examples_event_fits_the_schema() -> None:
+    event = example_event(example())
+    schema = json.loads((ROOT / "docs" / "schemas" / "event.json").read_text())
+    errors = [e.message for e in Draft202012Validator(schema).iter_errors(event)]
+    assert not errors, errors
+    assert {"event_id", "booking_id", "user_id"} <= set(event)
+
+
+def node_modules() -> Path:
+    """celery-node as the lock pins it, installed once per venv (npm's cache after that)."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        pytest.skip("node/npm not installed: the example's event was checked against the schema")
+    lock = (NODE_PACKAGE / "package-lock.json").read_bytes()
+    target = Path(sys.prefix) / "node"
+    stamp = target / ".lock-sha256"
+    digest = hashlib.sha256(lock).hexdigest()
+    if not (stamp.exists() and stamp.read_text() == digest):
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ("package.json", "package-lock.json"):
+            shutil.copy(NODE_PACKAGE / name, target / name)
+        done = subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=target,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if done.returncode != 0:
+            if os.environ.get("CI") == "true":
+                pytest.fail(f"npm ci: {done.stderr[-2000:]}")
+            pytest.skip(f"npm ci failed (offline?): {done.stderr[-300:]}")
+        stamp.write_text(digest)
+    return target / "node_modules"
+
+
+def test_the_readme_example_runs_with_node_against_a_real_worker(
+    system: System, tmp_path: Path
+) -> None:
+    modules = node_modules()
+    user = system.member()
+    performer = system.performer(online=True)
+    booking = system.sandbox.add_booking(user, performer)
+    event_id = f"node-{uuid.uuid4().hex[:12]}"
+    code = example()
+    shown = example_event(code)
+    # the example's own values, swapped for this system's (each exactly once, or the README
+    # changed shape and this test must be looked at)
+    swaps = {
+        '"rebook.events"': json.dumps(system.settings.broker_key_prefix + "rebook.events"),
+        json.dumps(shown["event_id"]): json.dumps(event_id),
+        f"booking_id: {shown['booking_id']}": f"booking_id: {booking}",
+        json.dumps(shown["user_id"]): json.dumps(user),
+        f"performer_id: {shown['performer_id']}": f"performer_id: {performer}",
+    }
+    for old, new in swaps.items():
+        assert code.count(old) == 1, f"README example: {old} appears {code.count(old)} times"
+        code = code.replace(old, new)
+    script = tmp_path / "producer.js"
+    script.write_text(code)
+    done = subprocess.run(
+        ["node", str(script)],
+        env={**os.environ, "NODE_PATH": str(modules), "REBOOK_BROKER_URL": system.settings.broker},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rec = system.wait_state(rebook_id_for(event_id), [State.WATCHING, State.ACCEPTED])
+    assert (rec.booking_id, rec.user_id, rec.performer_id) == (booking, user, performer)
+    assert not [d for d in system.store.deadletters(50) if event_id in d.get("payload", "")]
