@@ -10,6 +10,9 @@ STAMP := $(VENV)/.installed
 LOCK := requirements.lock
 # `make lock` and `make upgrade-check` resolve with uv, at the version the lock pins
 LOCK_ARGS := pyproject.toml --all-extras --universal --python-version 3.11 --quiet
+# peers whose own test suites run against rebook's patches (tests/peers): their sdists at the
+# locked versions, fetched once by `make install` into $(VENV)/peers so tests run offline
+PEERS := flower
 
 # Exactly the locked versions (every dependency, the dev tools included), then rebook itself
 # without resolving anything: what CI, `make test` and `make demo` run is what the lock says.
@@ -19,6 +22,8 @@ $(STAMP): pyproject.toml $(LOCK)
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -r $(LOCK)
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e '.[dev]'
+	@$(BIN)/python -m tests.peers.sdist $(PEERS) >/dev/null || \
+		echo "warning: peer sources not fetched; tests/peers fetches them on its first run"
 	@touch $@
 
 install: $(STAMP)

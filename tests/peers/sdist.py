@@ -64,3 +64,18 @@ def peer_source(name: str, ver: str | None = None) -> Path:
     if not (root / "PKG-INFO").exists():
         raise PeerUnavailable(f"{archive.name} did not unpack to {root.name}/")
     return root
+
+
+def main(names: list[str]) -> int:
+    """`python -m tests.peers.sdist NAME...`: fetch now (make install), so tests run offline."""
+    for name in names:
+        try:
+            print(f"peer sources: {peer_source(name)}")
+        except PeerUnavailable as exc:
+            print(f"peer sources: {name}: {exc}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
