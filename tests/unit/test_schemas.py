@@ -85,3 +85,31 @@ def test_api_summary_has_exactly_the_public_fields() -> None:
     )
     assert set(rec.public()) == set(RebookSummary.model_fields)
     RebookSummary.model_validate(rec.public())
+
+
+def test_every_console_api_route_and_method_is_documented() -> None:
+    """A new `/api/...` handler (or a new method on one) fails here until openapi.py has it."""
+    import re
+
+    from worker.operations.console.handlers import routes
+
+    doc = document()
+    templates = {
+        path: re.compile(re.sub(r"\{[^}]+\}", "[^/]+", path) + "$") for path in doc["paths"]
+    }
+    seen = 0
+    for route in routes():
+        pattern = route.regex.pattern.rstrip("$")
+        if not pattern.startswith("/api/"):
+            continue
+        sample = re.sub(r"\([^)]*\)", "rb-0123456789abcdef", pattern)
+        # a literal path wins over a template (`/api/rebooks/actions` over `.../{rebook_id}`)
+        matching = sorted(
+            (p for p, rx in templates.items() if rx.match(sample)), key=lambda p: p.count("{")
+        )
+        assert matching, f"{pattern} is not in the OpenAPI document"
+        methods = {m for m in ("get", "post", "put", "patch", "delete") if m in vars(route.target)}
+        documented = set(doc["paths"][matching[0]])
+        assert methods == documented, f"{pattern}: handler {methods}, document {documented}"
+        seen += 1
+    assert seen >= 4  # rebooks, one rebook, actions, this document
