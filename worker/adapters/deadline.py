@@ -58,10 +58,6 @@ class Guard:
         """(connection, its socket then): http.client drops `conn.sock` once the headers say
         `Connection: close`, while the body is still read from that socket."""
 
-    def left(self) -> float:
-        """Seconds until the deadline (never below zero)."""
-        return max(0.0, self.expires - time.monotonic())
-
 
 _CURRENT: ContextVar[Guard | None] = ContextVar("rebook_deadline_guard", default=None)
 
