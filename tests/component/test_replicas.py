@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from tests.conftest import wait_for
+from tests.integration.conftest import redis_cluster
 from worker.core.states import State
 from worker.core.store import Store, rebook_id_for
 from worker.dev.embedded import free_port, redis_server_binary
@@ -159,3 +160,16 @@ def test_a_refused_mark_still_answers(pair: Pair) -> None:
     assert store.claim_step(rid, "step-2") is not None
     ok, holder, _ = mark(store, rid, 1000)
     assert (ok, holder) == (False, "")
+
+
+def test_in_a_cluster_the_mark_and_wait_go_to_the_record_s_node(tmp_path: Path) -> None:
+    """Sharded on a Redis Cluster (no replicas here): the pipeline runs on the node of the
+    rebook's shard, and WAIT answers for it (0 replicas, after its timeout)."""
+    with redis_cluster(tmp_path) as url:
+        store = Store.from_url(url, cluster=True, prefix="rebook-test:", shards=4)
+        for n in range(5, 9):  # members in several shards, so on several nodes
+            rid = rescheduling(store, n)
+            assert mark(store, rid, 50) == (True, "", 0)
+            rec = store.get(rid)
+            assert rec is not None and rec.post_sent_ts is not None
+        store.r.close()
