@@ -257,6 +257,10 @@ BAD_VALUES = [
     ("REBOOK_WATCH_INTERVAL_SECONDS", "-0.5"),
     ("REBOOK_SWEEP_INTERVAL_SECONDS", "-1"),
     ("REBOOK_HTTP_TIMEOUT_SECONDS", "0"),
+    ("REBOOK_HTTP_DEADLINE_SECONDS", "0"),
+    ("REBOOK_HTTP_DEADLINE_SECONDS", "soon"),
+    ("REBOOK_HTTP_DEADLINE_SECONDS", "9.5"),  # below the timeout (10 s)
+    ("REBOOK_HTTP_DEADLINE_SECONDS", "60"),  # not below the step lease (60 s)
     ("REBOOK_MAX_WAIT_SECONDS", "0"),
     ("REBOOK_MAX_WAIT_SECONDS", str(7 * 86400 + 1)),
     ("REBOOK_UPSTREAM_RATE_PER_SECOND", "-1"),
@@ -279,6 +283,18 @@ def test_bad_value_is_one_line_naming_the_variable(name: str, value: str) -> Non
     assert "\n" not in message and "\r" not in message
     assert message.startswith(f"{name}: "), message
     assert len(message) > len(name) + 5  # says what is wrong, not only where
+
+
+def test_http_deadline_defaults_to_twice_the_timeout_and_bounds_the_call() -> None:
+    s = load_settings(
+        api_key="k", oauth_client_id="c", oauth_client_secret="s", http_timeout_seconds=3
+    )
+    assert s.http_deadline_seconds == 6 and s.call_bound_seconds == 6
+    s = load_settings(
+        api_key="k", oauth_client_id="c", oauth_client_secret="s", http_deadline_seconds=25
+    )
+    assert s.call_bound_seconds == 25
+    assert s.longest_call_seconds == s.limiter_max_wait + 25 + 1
 
 
 def test_retry_bounds_name_a_variable() -> None:
