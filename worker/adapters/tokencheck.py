@@ -22,7 +22,7 @@ from worker.core.errors import (
     UpstreamError,
 )
 from worker.core.models import TokenSet
-from worker.core.observability import register_secret, scrub
+from worker.core.observability import register_token, scrub
 
 REQUIRED_SCOPE = "account_webcam_bookings"
 """Every webcam booking operation needs it (UPSTREAM.md, GetPermissions)."""
@@ -72,8 +72,7 @@ class PairChecker:
         self.patience = patience
 
     def check(self, user_id: str, tokens: TokenSet) -> Verdict:
-        register_secret(tokens.access_token)
-        register_secret(tokens.refresh_token)
+        register_token(tokens.access_token, tokens.refresh_token)
         try:
             return self._check(user_id, tokens)
         except UpstreamError as exc:
@@ -112,7 +111,7 @@ class PairChecker:
     def _refused(user_id: str, refreshed: bool, why: str) -> Verdict:
         """A refusal; after a refresh the pair handed over is dead (rotated): say so."""
         if refreshed:
-            why += "; the pair was refreshed while checking it, so the site must hand over a new one"
+            why += "; the pair was refreshed while checking it: the site must hand over a new one"
         return Verdict(user_id, None, scrub(why), refreshed=refreshed)
 
     def _refresh(self, tokens: TokenSet) -> TokenSet | str:
@@ -129,14 +128,14 @@ class PairChecker:
                 resend=False,
             )
         except Rejected as exc:
-            return scrub(f"the access token has expired and its refresh was refused ({exc.message})")
+            why = f"the access token has expired and its refresh was refused ({exc.message})"
+            return scrub(why)
         body.setdefault("refresh_token", tokens.refresh_token)
         try:
             fresh = TokenSet.from_token_response(body, time.time())
         except ValueError as exc:
             raise Transient(f"unusable token answer: {exc}", endpoint="token") from None
-        register_secret(fresh.access_token)
-        register_secret(fresh.refresh_token)
+        register_token(fresh.access_token, fresh.refresh_token)
         return fresh
 
     def _patient(self, call: Callable[[], T], *, resend: bool = True) -> T:

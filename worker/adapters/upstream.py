@@ -478,7 +478,7 @@ class UpstreamClient:
         """The member who owns `token` (`{"UserID", ...}`): no scope needed."""
         payload = self._call("verifyCredentials", token=token, share=share)
         if not isinstance(payload, dict):
-            raise Transient("verifyCredentials answer is not an object", endpoint="verifyCredentials")
+            raise Transient("answer is not an object", endpoint="verifyCredentials")
         return payload
 
     def permissions(self, token: str, *, share: float | None = None) -> dict[str, str]:
@@ -487,7 +487,7 @@ class UpstreamClient:
         payload = self._call("GetPermissions", token=token, share=share)
         items = payload.get("Permissions") if isinstance(payload, dict) else None
         if not isinstance(items, list):
-            raise Transient("GetPermissions answer has no Permissions list", endpoint="GetPermissions")
+            raise Transient("answer has no Permissions list", endpoint="GetPermissions")
         granted: dict[str, str] = {}
         for item in items:
             if isinstance(item, dict) and isinstance(item.get("Permission"), str):

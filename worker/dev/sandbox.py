@@ -73,7 +73,7 @@ _ROUTES.update(_ACCOUNT_ROUTES)
 _ACCOUNT_OPS = frozenset(op for op, _ in _ACCOUNT_ROUTES.values())
 DEFAULT_SCOPES = ("userid", "account_webcam_bookings")
 """What a member's token is granted unless `POST /_sandbox/users` names `"scopes"`."""
-# -- end of token checks ----------------------------------------------------------------------------
+# -- end of token checks --------------------------------------------------------------------------
 
 OPERATIONS: tuple[str, ...] = tuple(op for op, _ in _ROUTES.values())
 """Canonical operation names: keys of `stats()["calls"]` and valid fault endpoints."""
@@ -207,6 +207,9 @@ class _Config:
     total_name: str = "TotalBookings"
     site_zone: str = "Europe/London"
     refresh_token_ttl_seconds: float = REFRESH_TOKEN_TTL_SECONDS
+    echo_tokens: bool = False
+    """A careless upstream: refusals of the token endpoint echo the refresh token
+    (`error_description`), as some OAuth servers do; the scrubber must catch it."""
 
     NUMBERS = (
         "accept_by_seconds",
@@ -214,10 +217,10 @@ class _Config:
         "fault_delay_seconds",
         "refresh_token_ttl_seconds",
     )
-    FLAGS = ("strict_start_date", "year_one_unset")
+    FLAGS = ("strict_start_date", "year_one_unset", "echo_tokens")
     NAMES = ("list_name", "total_name")
     #: the options `documented: true` turns on
-    DOCUMENTED = FLAGS
+    DOCUMENTED = ("strict_start_date", "year_one_unset")
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {k: getattr(self, k) for k in (*self.NUMBERS, *self.FLAGS)}
@@ -762,11 +765,16 @@ class _SandboxState:
             return _json(400, {"error": "unsupported_grant_type"})
         token = form.get("refresh_token", "")
         user_id = self.refresh_index.get(token)
+        echo = (
+            {"error_description": f"refresh token {token} is invalid"}
+            if self.config.echo_tokens
+            else {}
+        )
         if not token or token in self.used_refresh or user_id is None:
-            return _json(400, {"error": "invalid_grant"})
+            return _json(400, {"error": "invalid_grant", **echo})
         m = self.members[user_id]
         if m.revoked or _utcnow() >= m.refresh_expires:
-            return _json(401, {"error": "refresh_token_has_expired"})
+            return _json(401, {"error": "refresh_token_has_expired", **echo})
         self.refreshes += 1
         return _json(200, self.issue_tokens(m, self.config.token_ttl_seconds))
 

@@ -607,7 +607,7 @@ def tokens_set(
     First the pair is checked: verifyCredentials must name USER, GetPermissions must grant
     account_webcam_bookings (an expired access token is refreshed first: the new pair is
     stored). A refusal names the member and what did not match; nothing is stored (exit 1)."""
-    from worker.core.observability import register_secret
+    from worker.core.observability import register_token
 
     raw = sys.stdin.read()
     try:
@@ -616,8 +616,7 @@ def tokens_set(
     except ValueError as exc:
         msg = str(exc) if "JSON" in str(exc) or "expires" in str(exc) else "not valid JSON"
         fail(f"token JSON on stdin: {msg}", 2)
-    register_secret(tokens.access_token)
-    register_secret(tokens.refresh_token)
+    register_token(tokens.access_token, tokens.refresh_token)
     svc = _services()
     refreshed = False
     if not no_verify:
@@ -639,7 +638,7 @@ def tokens_set(
 def _import_lines(lines: list[str]) -> tuple[list[tuple[str, TokenSet]], list[str]]:
     """The pairs to store (one per member: the last line naming it) and the lines refused,
     each named by number and member (never by content: it holds tokens)."""
-    from worker.core.observability import register_secret
+    from worker.core.observability import register_token
 
     parsed: dict[str, tuple[int, TokenSet]] = {}
     refused: list[str] = []
@@ -662,8 +661,7 @@ def _import_lines(lines: list[str]) -> tuple[list[tuple[str, TokenSet]], list[st
         except ValueError as exc:
             refused.append(f"line {number} ({user}): {exc}")
             continue
-        register_secret(tokens.access_token)
-        register_secret(tokens.refresh_token)
+        register_token(tokens.access_token, tokens.refresh_token)
         if user in parsed:
             refused.append(f"line {parsed[user][0]} ({user}): line {number} has this member too")
         parsed[user] = (number, tokens)
