@@ -67,7 +67,7 @@ def scrub_einfo(einfo: Any) -> None:
         return
     if isinstance(getattr(einfo, "traceback", None), str):
         einfo.traceback = scrub(einfo.traceback)
-    wrapper = getattr(einfo, "exception", None)
+    wrapper: Any = getattr(einfo, "exception", None)
     scrub_exception(wrapper)
     inner = getattr(wrapper, "exc", wrapper)  # billiard wraps it with the traceback text
     if isinstance(inner, BaseException) and _leaks(inner):
