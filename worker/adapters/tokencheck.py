@@ -87,7 +87,9 @@ class PairChecker:
                 return Verdict(user_id, None, fresh)
             tokens, refreshed = fresh, True
         try:
-            who = self._patient(lambda: self.client.verify_credentials(tokens.access_token))
+            who = self._patient(
+                lambda: self.client.verify_credentials(tokens.access_token, share=self.share)
+            )
         except AuthExpired as exc:
             return self._refused(user_id, refreshed, f"access token refused ({exc.message})")
         owner = who.get("UserID")
@@ -98,7 +100,9 @@ class PairChecker:
                 user_id, refreshed, f"the pair belongs to UserID {owner}, not {user_id}"
             )
         try:
-            granted = self._patient(lambda: self.client.permissions(tokens.access_token))
+            granted = self._patient(
+                lambda: self.client.permissions(tokens.access_token, share=self.share)
+            )
         except AuthExpired as exc:
             return self._refused(user_id, refreshed, f"access token refused ({exc.message})")
         status = granted.get(REQUIRED_SCOPE)
