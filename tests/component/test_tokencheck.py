@@ -98,3 +98,16 @@ def test_an_upstream_that_does_not_answer_is_could_not_verify(
     sandbox.fault("verifyCredentials", "http_503", count=100)
     verdict = checker.check("m-down", given)
     assert not verdict.ok and verdict.why.startswith("could not verify (verifyCredentials:")
+
+
+def test_a_check_that_fails_after_the_refresh_says_the_pair_was_rotated(
+    checker: PairChecker, sandbox: SandboxClient
+) -> None:
+    """The handed-over pair died with the refresh: the refusal must say the site has to hand
+    over a new one, or an operator would retry with a dead pair."""
+    expired = pair(sandbox.add_user("m-rotated", expires_in=0))
+    sandbox.fault("GetPermissions", "http_503", count=100)
+    verdict = checker.check("m-rotated", expired)
+    assert not verdict.ok and verdict.refreshed
+    assert verdict.why.startswith("could not verify (GetPermissions:")
+    assert "refreshed while checking it" in verdict.why

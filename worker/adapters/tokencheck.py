@@ -73,19 +73,20 @@ class PairChecker:
 
     def check(self, user_id: str, tokens: TokenSet) -> Verdict:
         register_token(tokens.access_token, tokens.refresh_token)
+        refreshed = False
         try:
-            return self._check(user_id, tokens)
+            if tokens.expires_at - EXPIRY_MARGIN <= time.time():
+                fresh = self._refresh(tokens)
+                if isinstance(fresh, str):
+                    return Verdict(user_id, None, fresh)
+                tokens, refreshed = fresh, True
+            return self._check(user_id, tokens, refreshed)
         except UpstreamError as exc:
             where = exc.endpoint or "upstream"
-            return Verdict(user_id, None, f"could not verify ({where}: {scrub(exc.message)})")
+            why = f"could not verify ({where}: {exc.message})"
+            return self._refused(user_id, refreshed, why)
 
-    def _check(self, user_id: str, tokens: TokenSet) -> Verdict:
-        refreshed = False
-        if tokens.expires_at - EXPIRY_MARGIN <= time.time():
-            fresh = self._refresh(tokens)
-            if isinstance(fresh, str):
-                return Verdict(user_id, None, fresh)
-            tokens, refreshed = fresh, True
+    def _check(self, user_id: str, tokens: TokenSet, refreshed: bool) -> Verdict:
         try:
             who = self._patient(
                 lambda: self.client.verify_credentials(tokens.access_token, share=self.share)
