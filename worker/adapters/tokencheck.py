@@ -175,10 +175,13 @@ def check_many(
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
     verdicts: list[Verdict] = []
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, threads))
+    try:
         futures = [pool.submit(checker.check, user, tokens) for user, tokens in pairs]
         for future in as_completed(futures):
             verdict = future.result()
             verdicts.append(verdict)
             on_done(verdict)
+    finally:  # Ctrl-C: the pairs not started yet are not checked (nor stored)
+        pool.shutdown(wait=True, cancel_futures=True)
     return verdicts

@@ -747,22 +747,28 @@ def tokens_import(
             resumed += flow.resume_member(verdict.user_id)
         progress.step(True)
 
+    interrupted = False
     try:
         if no_verify:
             for user, tokens in pairs:
                 store(Verdict(user, tokens))
         else:
             check_many(_checker(svc), pairs, threads=threads, on_done=store)
+    except KeyboardInterrupt:  # what was stored stays stored; say what was not
+        interrupted = True
     finally:
         progress.close()
     for why in refused:
         say_error(f"refused {why}")
+    left = len(pairs) - progress.done
     out.print(
         f"stored {progress.stored} member(s) ({'unverified' if no_verify else 'verified'}); "
-        f"refused {len(refused)}" + (f"; resumed {resumed} rebook(s)" if resumed else ""),
+        f"refused {len(refused)}"
+        + (f"; resumed {resumed} rebook(s)" if resumed else "")
+        + (f"; interrupted: {left} member(s) not checked, import them again" if left else ""),
         highlight=False,
     )
-    if refused:
+    if refused or interrupted or left:
         raise typer.Exit(1)
 
 
