@@ -172,16 +172,25 @@ def check_many(
 ) -> list[Verdict]:
     """Every pair checked on a small thread pool (the calls wait on the network, not the CPU);
     `on_done` runs in the caller's thread as each finishes (progress, storing)."""
-    from concurrent.futures import ThreadPoolExecutor, as_completed
+    from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 
     verdicts: list[Verdict] = []
     pool = ThreadPoolExecutor(max_workers=max(1, threads))
+    futures: list[Future[Verdict]] = []
+    handled: set[int] = set()
     try:
         futures = [pool.submit(checker.check, user, tokens) for user, tokens in pairs]
         for future in as_completed(futures):
-            verdict = future.result()
-            verdicts.append(verdict)
-            on_done(verdict)
-    finally:  # Ctrl-C: the pairs not started yet are not checked (nor stored)
+            handled.add(id(future))
+            verdicts.append(future.result())
+            on_done(verdicts[-1])
+    finally:
+        # Ctrl-C: the pairs not started are not checked; those in flight finish and are handed
+        # on (a refreshed pair exists only here: the one given is dead)
         pool.shutdown(wait=True, cancel_futures=True)
+        for future in futures:
+            if id(future) not in handled and future.done() and not future.cancelled():
+                handled.add(id(future))
+                verdicts.append(future.result())
+                on_done(verdicts[-1])
     return verdicts

@@ -736,8 +736,11 @@ def tokens_import(
     resumed = 0
     progress = _Progress(len(pairs))
 
+    checked: set[str] = set()
+
     def store(verdict: Verdict) -> None:
         nonlocal resumed
+        checked.add(verdict.user_id)
         if verdict.tokens is None:
             refused.append(f"{verdict.user_id}: {verdict.why}")
             progress.step(False)
@@ -761,6 +764,9 @@ def tokens_import(
     for why in refused:
         say_error(f"refused {why}")
     left = len(pairs) - progress.done
+    for user, _ in pairs if left else []:
+        if user not in checked:
+            say_error(f"not checked {user}")
     out.print(
         f"stored {progress.stored} member(s) ({'unverified' if no_verify else 'verified'}); "
         f"refused {len(refused)}"
