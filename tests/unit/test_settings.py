@@ -502,3 +502,31 @@ def test_importing_a_module_reads_no_settings_and_builds_no_app() -> None:
         timeout=60,
     )
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_sentry_own_variables_are_read_when_the_rebook_ones_are_unset(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("REBOOK_SENTRY_DSN", "REBOOK_SENTRY_ENVIRONMENT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SENTRY_DSN", "https://plain@sentry.example.com/2")
+    monkeypatch.setenv("SENTRY_ENVIRONMENT", "eu-staging")
+    s = load_settings()
+    assert s.sentry_dsn is not None
+    assert s.sentry_dsn.get_secret_value() == "https://plain@sentry.example.com/2"
+    assert s.sentry_environment == "eu-staging"
+    # REBOOK_ wins when both are set
+    monkeypatch.setenv("REBOOK_SENTRY_DSN", "https://mine@sentry.example.com/3")
+    monkeypatch.setenv("REBOOK_SENTRY_ENVIRONMENT", "rebook-staging")
+    s = load_settings()
+    assert s.sentry_dsn is not None
+    assert s.sentry_dsn.get_secret_value() == "https://mine@sentry.example.com/3"
+    assert s.sentry_environment == "rebook-staging"
+    # neither: no Sentry, environment "production"
+    for name in ("REBOOK_SENTRY_DSN", "REBOOK_SENTRY_ENVIRONMENT", "SENTRY_DSN"):
+        monkeypatch.delenv(name)
+    monkeypatch.delenv("SENTRY_ENVIRONMENT")
+    s = load_settings()
+    assert s.sentry_dsn is None
+    assert s.sentry_environment == "production"
+    assert load_settings(sentry_environment="by-name").sentry_environment == "by-name"

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
+    AliasChoices,
     Field,
     SecretStr,
     ValidationError,
@@ -44,6 +45,7 @@ class Settings(BaseSettings):
         env_file_encoding="utf-8",
         extra="ignore",
         validate_default=True,
+        populate_by_name=True,  # `load_settings(sentry_dsn=...)` beside the aliased env names
     )
 
     redis_url: str = "redis://localhost:6379/0"
@@ -110,8 +112,15 @@ class Settings(BaseSettings):
     redis_wait_timeout_ms: int = Field(1000, ge=1, le=60_000)
 
     auto_confirm: bool = False
-    sentry_dsn: SecretStr | None = None
-    sentry_environment: str = "production"
+    # Sentry's own variables (what its SDK and every other service read) when the REBOOK_ ones
+    # are unset; REBOOK_ wins when both are set.
+    sentry_dsn: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("REBOOK_SENTRY_DSN", "SENTRY_DSN")
+    )
+    sentry_environment: str = Field(
+        "production",
+        validation_alias=AliasChoices("REBOOK_SENTRY_ENVIRONMENT", "SENTRY_ENVIRONMENT"),
+    )
     flower_basic_auth: SecretStr | None = None
     retention_days: float = Field(14.0, gt=0)
     deadletter_max_entries: int = Field(100_000, ge=100)
@@ -390,8 +399,9 @@ def _one_line(exc: ValidationError) -> str:
     err = exc.errors()[0]
     loc = [str(part) for part in err.get("loc", ()) if part != "__root__"]
     msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
-    if loc:
-        return f"{ENV_PREFIX}{loc[0].upper()}: {msg}"
+    if loc:  # a field's name, or the alias it was read under (REBOOK_SENTRY_DSN, SENTRY_DSN)
+        name = loc[0] if loc[0].isupper() else f"{ENV_PREFIX}{loc[0].upper()}"
+        return f"{name}: {msg}"
     return msg if msg.startswith(ENV_PREFIX) else f"settings: {msg}"
 
 
