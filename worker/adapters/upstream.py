@@ -58,6 +58,9 @@ PATHS: dict[str, tuple[str, str]] = {
     "ConfirmMadeBooking": ("POST", "/v1/Webcam/ConfirmMadeBooking"),
     "CancelMadeBooking": ("POST", "/v1/Webcam/CancelMadeBooking"),
     "getUserSummary": ("GET", "/v1/newsfeed/getUserSummary"),
+    # whose token it is, and what it may do: checked before a pair is stored (`tokens set`)
+    "verifyCredentials": ("GET", "/v1/account/verifyCredentials"),
+    "GetPermissions": ("GET", "/v1/Account/GetPermissions"),
 }
 MAX_PAGE = 100
 USER_AGENT = f"rebook/{__version__}"
@@ -546,6 +549,26 @@ class UpstreamClient:
         """Presence of a performer (API key only, no member token)."""
         payload = self._call("getUserSummary", params={"UserID": user_id})
         return self._model(UserSummary, UserSummary.unwrap(payload), "getUserSummary")
+
+    def verify_credentials(self, token: str, *, share: float | None = None) -> dict[str, Any]:
+        """The member who owns `token` (`{"UserID", ...}`): no scope needed."""
+        payload = self._call("verifyCredentials", token=token, share=share)
+        if not isinstance(payload, dict):
+            raise Transient("answer is not an object", endpoint="verifyCredentials")
+        return payload
+
+    def permissions(self, token: str, *, share: float | None = None) -> dict[str, str]:
+        """The scopes granted to `token`: permission name (lower-cased) -> status (lower-cased).
+        An answer without a readable `Permissions` list is unreadable, never "no scope"."""
+        payload = self._call("GetPermissions", token=token, share=share)
+        items = payload.get("Permissions") if isinstance(payload, dict) else None
+        if not isinstance(items, list):
+            raise Transient("answer has no Permissions list", endpoint="GetPermissions")
+        granted: dict[str, str] = {}
+        for item in items:
+            if isinstance(item, dict) and isinstance(item.get("Permission"), str):
+                granted[item["Permission"].lower()] = str(item.get("Status", "")).lower()
+        return granted
 
     def is_online(self, performer_id: int) -> bool:
         """Through `self.presence` (worker.adapters.presence): getUserSummary unless another source

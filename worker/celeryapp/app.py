@@ -24,7 +24,7 @@ from celery import Celery, Task, signals
 from celery.exceptions import Reject
 from kombu import Exchange, Queue
 
-from worker.celeryapp import broker, compat, frames
+from worker.celeryapp import broker, compat, failures, frames
 from worker.celeryapp.runtime import services
 from worker.core.errors import StoreUnavailable
 from worker.core.keys import Keys
@@ -305,6 +305,12 @@ def _connect_signals() -> None:
     )
     signals.celeryd_init.connect(_worker_init, weak=False, dispatch_uid="rebook.worker_init")
     signals.beat_init.connect(_beat_init, weak=False, dispatch_uid="rebook.beat_init")
+    signals.task_failure.connect(
+        failures.on_task_failure, weak=False, dispatch_uid="rebook.scrub_failure"
+    )
+    signals.task_retry.connect(
+        failures.on_task_retry, weak=False, dispatch_uid="rebook.scrub_retry"
+    )
 
 
 def _setup_logging(**_: Any) -> None:

@@ -26,6 +26,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.core.errors import ConfigError
+from worker.core.redis_tls import refuse_weak_tls, tls_options
 
 ENV_PREFIX = "REBOOK_"
 #: The documented hosts (UPSTREAM.md): the API, and OAuth on the platform host, not the API host.
@@ -156,7 +157,7 @@ class Settings(BaseSettings):
             "memory",
         }:
             raise ValueError(f"expected a redis:// or amqp:// URL, got scheme {scheme!r}")
-        return value
+        return refuse_weak_tls(value)  # `?ssl_cert_reqs=none` would win over our checks
 
     @field_validator("redis_ca_file", "redis_cert_file", "redis_key_file")
     @classmethod
@@ -182,16 +183,12 @@ class Settings(BaseSettings):
         """redis-py options for a `rediss://` URL: the server certificate and hostname are
         verified (never a silent fallback to no check), with the CA and client certificate the
         settings name. Empty for any other URL."""
-        if urlsplit(url).scheme != "rediss":
-            return {}
-        options: dict[str, Any] = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
-        if self.redis_ca_file:
-            options["ssl_ca_certs"] = self.redis_ca_file
-        if self.redis_cert_file:
-            options["ssl_certfile"] = self.redis_cert_file
-        if self.redis_key_file:
-            options["ssl_keyfile"] = self.redis_key_file
-        return options
+        return tls_options(
+            url,
+            ca_file=self.redis_ca_file,
+            cert_file=self.redis_cert_file,
+            key_file=self.redis_key_file,
+        )
 
     def broker_ssl_options(self) -> dict[str, Any] | None:
         """kombu's `broker_use_ssl` for a `rediss://` broker (the same verification)."""

@@ -64,6 +64,17 @@ _ROUTES: dict[str, tuple[str, str]] = {
     "/oauth/token": ("token", "POST"),
 }
 
+# -- token checks (issue 21, tokens on the way in): whose token, and what it may do ----------------
+_ACCOUNT_ROUTES: dict[str, tuple[str, str]] = {
+    "/v1/account/verifycredentials": ("verifyCredentials", "GET"),
+    "/v1/account/getpermissions": ("GetPermissions", "GET"),
+}
+_ROUTES.update(_ACCOUNT_ROUTES)
+_ACCOUNT_OPS = frozenset(op for op, _ in _ACCOUNT_ROUTES.values())
+DEFAULT_SCOPES = ("userid", "account_webcam_bookings")
+"""What a member's token is granted unless `POST /_sandbox/users` names `"scopes"`."""
+# -- end of token checks --------------------------------------------------------------------------
+
 OPERATIONS: tuple[str, ...] = tuple(op for op, _ in _ROUTES.values())
 """Canonical operation names: keys of `stats()["calls"]` and valid fault endpoints."""
 
@@ -205,6 +216,9 @@ class _Config:
     total_name: str = "TotalBookings"
     site_zone: str = "Europe/London"
     refresh_token_ttl_seconds: float = REFRESH_TOKEN_TTL_SECONDS
+    echo_tokens: bool = False
+    """A careless upstream: refusals of the token endpoint echo the refresh token
+    (`error_description`), as some OAuth servers do; the scrubber must catch it."""
 
     NUMBERS = (
         "accept_by_seconds",
@@ -212,10 +226,10 @@ class _Config:
         "fault_delay_seconds",
         "refresh_token_ttl_seconds",
     )
-    FLAGS = ("strict_start_date", "year_one_unset")
+    FLAGS = ("strict_start_date", "year_one_unset", "echo_tokens")
     NAMES = ("list_name", "total_name")
     #: the options `documented: true` turns on
-    DOCUMENTED = FLAGS
+    DOCUMENTED = ("strict_start_date", "year_one_unset")
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {k: getattr(self, k) for k in (*self.NUMBERS, *self.FLAGS)}
@@ -268,6 +282,7 @@ class _Member:
     refresh_token: str | None = None
     refresh_expires: datetime = field(default_factory=_utcnow)
     revoked: bool = False
+    scopes: tuple[str, ...] = DEFAULT_SCOPES
 
 
 @dataclass
@@ -627,6 +642,9 @@ class _SandboxState:
     ) -> _Response:
         if op == "token":
             return self.op_token(headers, body)
+        if op in _ACCOUNT_OPS:
+            assert user_id is not None
+            return self.op_account(op, self.members[user_id])
         if op == "getUserSummary":
             pid = _as_int(params.get("userid"), "UserID")
             return _json(
@@ -665,6 +683,18 @@ class _SandboxState:
         b.cancelled_reason = None if reason is None else str(reason)
         b.cancelled_by = f"member{user_id}"
         return _json(200, self.booking_json(b))
+
+    @staticmethod
+    def op_account(op: str, member: _Member) -> _Response:
+        """verifyCredentials: the token's member (`UserID` a number when the id is one, as the
+        upstream's are); GetPermissions: the scopes its token was issued with, all granted."""
+        if op == "verifyCredentials":
+            uid: int | str = int(member.user_id) if member.user_id.isdigit() else member.user_id
+            return _json(200, {"UserID": uid, "Nickname": f"member{member.user_id}"})
+        return _json(
+            200,
+            {"Permissions": [{"Permission": p, "Status": "granted"} for p in member.scopes]},
+        )
 
     def own_booking(self, user_id: str, raw_id: Any) -> _Booking:
         if raw_id is None:
@@ -749,11 +779,16 @@ class _SandboxState:
             return _json(400, {"error": "unsupported_grant_type"})
         token = form.get("refresh_token", "")
         user_id = self.refresh_index.get(token)
+        echo = (
+            {"error_description": f"refresh token {token} is invalid"}
+            if self.config.echo_tokens
+            else {}
+        )
         if not token or token in self.used_refresh or user_id is None:
-            return _json(400, {"error": "invalid_grant"})
+            return _json(400, {"error": "invalid_grant", **echo})
         m = self.members[user_id]
         if m.revoked or _utcnow() >= m.refresh_expires:
-            return _json(401, {"error": "refresh_token_has_expired"})
+            return _json(401, {"error": "refresh_token_has_expired", **echo})
         self.refreshes += 1
         return _json(200, self.issue_tokens(m, self.config.token_ttl_seconds))
 
@@ -881,7 +916,13 @@ class _SandboxState:
         ttl = self.config.token_ttl_seconds
         if data.get("expires_in") is not None:
             ttl = _as_number(data["expires_in"], "expires_in", minimum=None)
-        return _json(200, self.issue_tokens(self.member(str(user_id)), ttl))
+        member = self.member(str(user_id))
+        scopes = data.get("scopes")
+        if scopes is not None:  # a token granted without some scope (e.g. no webcam bookings)
+            if not isinstance(scopes, list) or not all(isinstance(x, str) for x in scopes):
+                raise _Reject(400, "scopes must be a list of strings")
+            member.scopes = tuple(scopes)
+        return _json(200, self.issue_tokens(member, ttl))
 
     def ctl_add_booking(self, data: dict[str, Any]) -> _Response:
         user_id = data.get("user_id")
@@ -1256,10 +1297,18 @@ class SandboxClient:
     def reset(self) -> None:
         self._call("POST", "reset")
 
-    def add_user(self, user_id: str, expires_in: float | None = None) -> dict[str, Any]:
+    def add_user(
+        self,
+        user_id: str,
+        expires_in: float | None = None,
+        scopes: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """A new pair for the member; `scopes`: what its token is granted (default all)."""
         payload: dict[str, Any] = {"user_id": user_id}
         if expires_in is not None:
             payload["expires_in"] = expires_in
+        if scopes is not None:
+            payload["scopes"] = scopes
         result: dict[str, Any] = self._call("POST", "users", payload)
         return result
 
