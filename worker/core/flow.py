@@ -507,6 +507,7 @@ class Flow:
         except Exception as exc:  # learning is a side road: never fail the step for it
             log.warning("rebook %s: performer field not updated (%s)", rec.rebook_id, exc)
             return
+        self._field_seen = (time.monotonic(), confirmed)
         if change == "dropped":
             log.warning(
                 "performer field dropped: %s of booking %s (%s) contradicts it",
@@ -857,16 +858,14 @@ class Flow:
             )
         ]
 
-    def _rivals(self, rec: Rebook) -> list[str]:
+    def _rivals(self, rec: Rebook) -> list[Rebook]:
         """Other rebooks of the member, any performer, whose POST is unsettled: while the
         performer field is unconfirmed, a booking found may be theirs as well as ours. (The
         member's gate keeps them from overlapping ours; they can only be left from a time the
         field was confirmed, or from before it was dropped.)"""
-        ids = [i for i in self.store.posted_without_booking(rec, member_wide=True)]
+        ids = self.store.posted_without_booking(rec, member_wide=True)
         return [
-            o.rebook_id
-            for o in self.store.get_many([i for i in ids if i != rec.rebook_id])
-            if o.unsettled
+            o for o in self.store.get_many([i for i in ids if i != rec.rebook_id]) if o.unsettled
         ]
 
     def _unblock(self, rec: Rebook) -> None:
@@ -1028,10 +1027,16 @@ class Flow:
         )
         ours = [b for b in found if _looks_rescheduled(b)]
         if ours and performer_key is None:
-            # no field says whose it is: ours only if no other POST of the member may be unsettled
+            # no field says whose it is: ours only if no other unsettled POST of the member may
+            # have made it — one whose list before its POST (or an operator) showed it did not
             rivals = self._rivals(rec)
-            if rivals:
-                return self._foreign(rec, ours, start, read_at, rivals=rivals)
+            theirs = {b.booking_id for b in ours if any(_could_make(o, b) for o in rivals)}
+            if theirs:
+                mine = [b for b in ours if b.booking_id not in theirs]
+                if not mine:
+                    who = [o.rebook_id for o in rivals]
+                    return self._foreign(rec, ours, start, read_at, rivals=who)
+                ours = mine
         if ours:
             return self._adopt(rec, ours, "reconciled: the POST had made it")
         if found:
@@ -1588,6 +1593,12 @@ def _looks_rescheduled(booking: WebcamBooking) -> bool:
     lead = (booking.session_date - booking.create_date).total_seconds()
     low, high = RESCHEDULED_LEAD
     return low <= lead <= high
+
+
+def _could_make(other: Rebook, booking: WebcamBooking) -> bool:
+    """Whether `other`'s unsettled POST may have made `booking`: not if its list before that
+    POST (`known_ids`, with what an operator vouched is not its) already showed it."""
+    return other.known_ids is None or booking.booking_id not in other.known_ids
 
 
 def _mark(post_sent_ts: float | None) -> str:
