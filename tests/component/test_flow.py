@@ -24,7 +24,7 @@ from worker.adapters.upstream import UpstreamClient
 from worker.celeryapp.runtime import Services, build_services
 from worker.core.capacity import presence_budget
 from worker.core.errors import Throttled
-from worker.core.flow import PERFORMER_FIELD_ANSWERS, Flow, Refused
+from worker.core.flow import LEARNING_READS, PERFORMER_FIELD_ANSWERS, Flow, Refused
 from worker.core.models import TokenSet
 from worker.core.settings import Settings
 from worker.core.states import State
@@ -1476,3 +1476,11 @@ def test_without_an_id_of_the_user_the_field_is_never_confirmed(env: Env, shape:
         assert env.flow.check_presence(None, rid) == "learned"
     figures = env.store.performer_field_stats()
     assert figures["field"] is None and figures["answers"] == 0
+
+
+def test_a_burst_of_events_before_the_field_is_known_reads_few_originals(env: Env) -> None:
+    env.member()
+    for _ in range(LEARNING_READS + 5):
+        env.submit(env.sandbox.add_booking("alice", 7))
+    learning = [c for c in env.rec.of("check_presence") if c[1] is None]
+    assert len(learning) == LEARNING_READS

@@ -54,6 +54,10 @@ contradicting it since it was first seen (one contradiction resets it). Two perf
 performer's answers cannot tell a user id from a profile id that happens to equal it, or from a
 key that is the same for every booking; three answers: one more than the least that can show
 two performers, so no single pair of bookings decides it (README "Exactly one booking")."""
+LEARNING_READS = 10
+LEARNING_WINDOW_SECONDS = 60.0
+"""While the field is unconfirmed, at most this many originals per window are read to learn it
+(the POSTs' own answers teach it too, at no cost)."""
 FIELD_CACHE_SECONDS = 5.0
 """How long intake trusts its last look at the performer field (it only decides whether to
 spend a learning read; every proof reads the field afresh)."""
@@ -314,7 +318,9 @@ class Flow:
             else:
                 if result.dispatch_presence:
                     self.dispatch.check_presence(event.performer_id)
-                if self._field_for_intake() is None:  # read its original: an answer to learn
+                if self._field_for_intake() is None and self.store.learning_slot(
+                    LEARNING_READS, LEARNING_WINDOW_SECONDS, now
+                ):  # read its original: an answer to learn the performer field from
                     self.dispatch.check_presence(None, result.rebook_id)
         elif result.kind == "duplicate":
             log.info(

@@ -657,6 +657,18 @@ class Store:
         )
         return (str(confirmed) or None), str(change or "")
 
+    def learning_slot(self, limit: int, window: float, now: float | None = None) -> bool:
+        """One of at most `limit` reads of an original per `window` seconds spent on learning
+        the performer field (a burst of events before the first answers costs `limit`, not one
+        read each)."""
+        bucket = int((self.clock() if now is None else now) // window)
+        key = self.keys.key("shape", "reads", bucket)
+        pipe = self.r.pipeline(transaction=False)
+        pipe.incr(key)
+        pipe.expire(key, int(window) + 1)
+        taken, _ = pipe.execute()
+        return int(taken) <= limit
+
     def performer_field_stats(self) -> dict[str, Any]:
         """`stats --json`'s `performer_field`: the confirmed key (or null) and its evidence —
         agreeing answers, distinct performers — or, while none is confirmed, the leading key's;
