@@ -1484,3 +1484,34 @@ def test_a_burst_of_events_before_the_field_is_known_reads_few_originals(env: En
         env.submit(env.sandbox.add_booking("alice", 7))
     learning = [c for c in env.rec.of("check_presence") if c[1] is None]
     assert len(learning) == LEARNING_READS
+
+
+def test_a_post_under_the_member_s_gate_still_holds_when_the_field_is_confirmed(
+    env: Env,
+) -> None:
+    """The gate kinds see each other: a POST sent while the field was unconfirmed (the member's
+    gate) keeps a sibling of another performer waiting after the field is confirmed, and the
+    sibling goes once it settles."""
+    env.member()
+    made: dict[str, int] = {}
+    for performer in (7, 8):
+        orig = env.sandbox.add_booking("alice", performer)
+        made[env.submit(orig, performer=performer)] = orig
+        env.sandbox.set_online(performer, True)
+        assert env.flow.check_presence(performer) == "online"
+    r7, r8 = made
+    env.sandbox.fault("RescheduleMadeBooking", "http_500_after_commit")
+    assert env.flow.reschedule(r8) == "ambiguous"
+    confirm_field(env)
+    # the script decides (the flow's read-only look before it aside)
+    assert env.store.claim_step(r7, "t") is not None
+    now = env.clock()
+    assert env.store.start_post(r7, now=now, attempts=1, claim="t", known_ids=[], due=now + 5) == (
+        False,
+        r8,
+    )
+    assert env.flow.reschedule(r7) == "gated"
+    assert env.get(r7).blocked_by == r8
+    settle(env, [r8, r7])
+    assert all(env.get(rid).state is State.WATCHING for rid in made)
+    assert_exactly_once(env, made)
