@@ -1515,3 +1515,21 @@ def test_a_post_under_the_member_s_gate_still_holds_when_the_field_is_confirmed(
     settle(env, [r8, r7])
     assert all(env.get(rid).state is State.WATCHING for rid in made)
     assert_exactly_once(env, made)
+
+
+def test_doctor_says_which_field_is_confirmed_and_warns_while_none_is(env: Env) -> None:
+    from worker.operations import doctor
+
+    check = doctor._performer_field(env.settings)
+    assert check.ok and check.warn and check.detail.startswith("unconfirmed")
+    env.store.learn_performer_field({"UserID": 7}, 7, 1, answers=3, performers=2)
+    env.store.learn_performer_field({"ID": 1_000_008}, 8, 2, answers=3, performers=2)
+    check = doctor._performer_field(env.settings)
+    assert check.warn and "last contradiction: Performer.UserID" in check.hint
+    confirm_field(env)
+    check = doctor._performer_field(env.settings)
+    assert check.ok and not check.warn
+    assert check.detail == (
+        "Performer.UserID names the performer (3 answer(s) over 2 performer(s), "
+        "1 contradiction(s) seen)"
+    )
