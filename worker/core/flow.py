@@ -170,6 +170,7 @@ class Flow:
     dispatch: Dispatcher
     clock: Callable[[], float] = field(default=time.time)
     _field_seen: tuple[float, str | None] = field(default=(-math.inf, None), repr=False)
+    _slots_spent_until: float = field(default=-math.inf, repr=False)
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -318,9 +319,8 @@ class Flow:
             else:
                 if result.dispatch_presence:
                     self.dispatch.check_presence(event.performer_id)
-                if self._field_for_intake() is None and self.store.learning_slot(
-                    LEARNING_READS, LEARNING_WINDOW_SECONDS, now
-                ):  # read its original: an answer to learn the performer field from
+                if self._field_for_intake() is None and self._learning_slot(now):
+                    # read its original: an answer to learn the performer field from
                     self.dispatch.check_presence(None, result.rebook_id)
         elif result.kind == "duplicate":
             log.info(
@@ -494,6 +494,17 @@ class Flow:
             value = self.store.performer_field()
             self._field_seen = (now, value)
         return value
+
+    def _learning_slot(self, now: float) -> bool:
+        """One of the window's few learning reads, across all workers; once they are spent, this
+        process asks Redis again only in the next window (intake pays nothing meanwhile)."""
+        if now < self._slots_spent_until:
+            return False
+        if self.store.learning_slot(LEARNING_READS, LEARNING_WINDOW_SECONDS, now):
+            return True
+        window = LEARNING_WINDOW_SECONDS
+        self._slots_spent_until = (now // window + 1) * window
+        return False
 
     def _learn(self, rec: Rebook, booking: WebcamBooking, what: str) -> None:
         """`booking` is certainly of the rebook's performer (the original, or what its own POST
