@@ -160,7 +160,8 @@ def time_limits(settings: Settings) -> Limits:
     """Time limits that fit the slowest step (a token refresh, the call, a presence re-check, a
     rate-limit wait), and a Redis visibility timeout just above them: every step is idempotent,
     so a message held by a worker that was killed -9 comes back after seconds, not an hour."""
-    soft = max(5.0, settings.step_lease_seconds, settings.http_timeout_seconds * 4 + 5)
+    # two upstream calls, each within its deadline (default 2 x the timeout), and a margin
+    soft = max(5.0, settings.step_lease_seconds, settings.call_bound_seconds * 2 + 5)
     hard = soft * 1.25 + 5
     return Limits(soft=soft, hard=hard, visibility=hard * 2)
 

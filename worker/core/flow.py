@@ -735,7 +735,7 @@ class Flow:
             self._hold()
             now = self.clock()
             step = _STEP.get()
-            ok, holder = self.store.start_post(
+            ok, holder, got = self.store.start_post(
                 rec.rebook_id,
                 now=now,
                 attempts=rec.attempts + 1,
@@ -743,6 +743,9 @@ class Flow:
                 known_ids=seen,
                 due=now + self.store.lease,
                 member_wide=member_wide,
+                # WAIT on the connection that wrote the mark (one pipeline)
+                replicas=s.redis_wait_replicas,
+                replica_timeout_ms=s.redis_wait_timeout_ms,
             )
             if not ok:
                 raise Gated(holder) if holder else NotSent("the rebook changed")
@@ -759,12 +762,8 @@ class Flow:
             )
             if found:
                 raise _Found(found, self._siblings(rec, member_wide=member_wide))
-            if s.redis_wait_replicas:
-                got = self.store.wait_replicas(
-                    rec.rebook_id, s.redis_wait_replicas, s.redis_wait_timeout_ms
-                )
-                if got < s.redis_wait_replicas:
-                    raise NotSent(f"{got} of {s.redis_wait_replicas} replicas have the mark")
+            if s.redis_wait_replicas and got < s.redis_wait_replicas:
+                raise NotSent(f"{got} of {s.redis_wait_replicas} replicas have the mark")
 
         return mark
 

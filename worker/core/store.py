@@ -561,14 +561,21 @@ class Store:
         known_ids: Sequence[int],
         due: float,
         member_wide: bool = False,
-    ) -> tuple[bool, str]:
+        replicas: int = 0,
+        replica_timeout_ms: int = 0,
+    ) -> tuple[bool, str, int]:
         """Records "POST sent" — only if this step still holds the rebook (`claim`), no POST of
         it is unsettled, and no other rebook of the same member and performer has one (their
         bookings could not be told apart in reconciliation) — `member_wide`: of the same member,
         whatever the performer (the performer field is unconfirmed, so no booking can be told
-        apart by performer). Returns (True, "") when the POST may go out, else (False, the
-        holder's id when gated, else ""); see `gate_holder`."""
-        ok, current = self._run_transition(
+        apart by performer). Returns (True, "", n) when the POST may go out, else (False, the
+        holder's id when gated, else "", n); see `gate_holder`.
+
+        With `replicas`, the mark and `WAIT replicas replica_timeout_ms` go in one pipeline on
+        one connection (`WAIT` counts the replicas that have that connection's writes: on any
+        other pooled connection it may answer at once, for a connection that wrote nothing);
+        n is its answer, else 0."""
+        ok, current, got = self._run_transition_waiting(
             rebook_id,
             State.RESCHEDULING,
             from_=[State.RESCHEDULING],
@@ -586,10 +593,11 @@ class Store:
             require={"post_sent_ts": "", "claim": claim},
             now=now,
             gate="gate_member" if member_wide else "gate",
+            wait=(replicas, replica_timeout_ms) if replicas else None,
         )
         if ok:
-            return True, ""
-        return False, current.removeprefix("gate:") if current.startswith("gate:") else ""
+            return True, "", got
+        return False, current.removeprefix("gate:") if current.startswith("gate:") else "", got
 
     def gate_holder(self, rec: Rebook, member_wide: bool = False) -> str | None:
         """The other rebook of the same member and performer (`member_wide`: of the member)
@@ -700,13 +708,12 @@ class Store:
             return None
         return Rebook.from_hash(rebook_id, dict(zip(raw[::2], raw[1::2], strict=True)))
 
-    def wait_replicas(self, rebook_id: str, replicas: int, timeout_ms: int) -> int:
-        """`WAIT`: how many replicas have every write of this connection so far (the mark)."""
+    def _one_connection(self, key: str) -> Any:
+        """A transaction-less pipeline whose commands all go on one connection: of the client,
+        or in a cluster of the node that holds `key`."""
         if self.cluster:
-            shard = self.shard_of(rebook_id) or 0
-            node = self.r.get_node_from_key(self.keys.record(shard, rebook_id))
-            return int(self.r.execute_command("WAIT", replicas, timeout_ms, target_nodes=node))
-        return int(self.r.wait(replicas, timeout_ms))
+            return self.r.get_node_from_key(key).redis_connection.pipeline(transaction=False)
+        return self.r.pipeline(transaction=False)
 
     def _run_transition(
         self,
@@ -723,29 +730,55 @@ class Store:
         now: float | None = None,
         gate: str = "",
     ) -> tuple[bool, str]:
+        ok, current, _ = self._run_transition_waiting(
+            rebook_id,
+            to,
+            from_=from_,
+            reason=reason,
+            due=due,
+            fields=fields,
+            require=require,
+            outcome=outcome,
+            detail=detail,
+            now=now,
+            gate=gate,
+        )
+        return ok, current
+
+    def _run_transition_waiting(
+        self,
+        rebook_id: str,
+        to: State,
+        *,
+        from_: Iterable[State] | None,
+        reason: str,
+        due: float | str,
+        fields: dict[str, Any] | None,
+        require: dict[str, Any] | None,
+        outcome: str = "",
+        detail: dict[str, Any] | None = None,
+        now: float | None = None,
+        gate: str = "",
+        wait: tuple[int, int] | None = None,
+    ) -> tuple[bool, str, int]:
+        """The transition; with `wait` (replicas, timeout ms), then `WAIT` on the connection that
+        ran it, and its answer (else 0)."""
         shard = self.shard_of(rebook_id)
         if shard is None:
-            return False, ""
+            return False, "", 0
         keys, prefix = self._script_args(shard)
         ts = self.clock() if now is None else now
-        ok, current = self._transition(
-            keys=keys,
-            args=self._transition_argv(
-                prefix,
-                rebook_id,
-                from_,
-                to,
-                ts,
-                reason,
-                due,
-                outcome,
-                fields,
-                require,
-                detail,
-                gate,
-            ),
+        argv = self._transition_argv(
+            prefix, rebook_id, from_, to, ts, reason, due, outcome, fields, require, detail, gate
         )
-        return bool(ok), str(current or "")
+        if wait is None:
+            ok, current = self._transition(keys=keys, args=argv)
+            return bool(ok), str(current or ""), 0
+        pipe = self._one_connection(keys[0])
+        self._transition(keys=keys, args=argv, client=pipe)
+        pipe.wait(*wait)
+        (ok, current), got = pipe.execute()
+        return bool(ok), str(current or ""), int(got)
 
     def _transition_argv(
         self,

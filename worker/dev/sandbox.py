@@ -85,7 +85,13 @@ _POST_FAULTS = frozenset({"http_500_after_commit", "timeout_after_commit", "bad_
 _LATE_FAULTS = frozenset({"http_504_commit_later", "timeout_commit_later"})
 """The answer is a 504 (at once, or after `delay`) and the work is done `commit_delay` seconds
 later: an upstream whose backend goes on after its gateway gave up."""
-FAULT_KINDS: frozenset[str] = _PRE_FAULTS | _POST_FAULTS | _LATE_FAULTS
+_TRICKLE = "trickle"
+"""The work is done, then the answer goes out one byte every `delay` seconds (default
+`TRICKLE_SECONDS`): from its status line (`part` "all", the default) or, with `part` "body", the
+headers at once and the body byte by byte. No socket timeout ever fires on it; only a total
+deadline ends it."""
+TRICKLE_SECONDS = 1.5
+FAULT_KINDS: frozenset[str] = _PRE_FAULTS | _POST_FAULTS | _LATE_FAULTS | {_TRICKLE}
 
 CALL_LOG_SIZE = 200_000
 """Upstream calls kept for `GET /_sandbox/calls` (oldest dropped first)."""
@@ -113,6 +119,9 @@ class _Response:
     status: int
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
+    trickle: float | None = None
+    """Seconds between the bytes of a trickled answer (the `trickle` fault), else None."""
+    trickle_body_only: bool = False
 
 
 def _json(status: int, payload: Any, headers: Mapping[str, str] | None = None) -> _Response:
@@ -328,6 +337,7 @@ class _Fault:
     commit_delay: float | None = None
     status: int | None = None
     message: str | None = None
+    part: str | None = None
 
 
 class _SandboxState:
@@ -581,6 +591,10 @@ class _SandboxState:
                 resp = rej.response()
 
         if fault is None:
+            return resp
+        if fault.kind == _TRICKLE:  # after the work: a POST's booking is made
+            resp.trickle = fault.delay if fault.delay is not None else TRICKLE_SECONDS
+            resp.trickle_body_only = fault.part == "body"
             return resp
         if fault.kind == "http_500_after_commit":
             return _json(500, {"Message": "An error has occurred."})
@@ -972,6 +986,9 @@ class _SandboxState:
         status = data.get("status")
         if status is not None and (kind != "html_challenge" or status not in (403, 503)):
             raise _Reject(400, "status is for html_challenge only: 403 or 503")
+        part = data.get("part")
+        if part is not None and (kind != _TRICKLE or part not in ("all", "body")):
+            raise _Reject(400, "part is for trickle only: all or body")
         message = data.get("message")
         if message is not None and (kind not in _MESSAGE_FAULTS or not isinstance(message, str)):
             raise _Reject(400, f"message (a string) is for {', '.join(sorted(_MESSAGE_FAULTS))}")
@@ -987,6 +1004,7 @@ class _SandboxState:
                 else _as_number(commit_delay, "commit_delay"),
                 status=status,
                 message=message,
+                part=part,
             )
         )
         return _json(200, {"faults_pending": self.faults_pending()})
@@ -1054,6 +1072,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         except Exception as exc:  # the server must survive any handler bug
             resp = _json(500, {"Message": "An error has occurred.", "ExceptionMessage": repr(exc)})
+        if resp.trickle is not None:
+            self._trickle(resp, resp.trickle)
+            return
         try:
             self.send_response(resp.status)
             for name, value in resp.headers.items():
@@ -1064,6 +1085,29 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
         except (ConnectionError, TimeoutError, ValueError):
             self.close_connection = True
+
+    def _trickle(self, resp: _Response, every: float) -> None:
+        """The `trickle` fault: the answer one byte every `every` seconds (this request's own
+        thread sleeps; the others go on). Ends early when the client goes away."""
+        reason = self.responses.get(resp.status, ("",))[0]
+        lines = [f"HTTP/1.1 {resp.status} {reason}", f"Server: {self.version_string()}"]
+        lines.append(f"Date: {self.date_time_string()}")
+        lines += [f"{name}: {value}" for name, value in resp.headers.items()]
+        lines += [f"Content-Length: {len(resp.body)}", "Connection: close", "", ""]
+        head = "\r\n".join(lines).encode("latin-1")
+        raw = head + resp.body
+        start = len(head) if resp.trickle_body_only else 0
+        self.close_connection = True
+        try:
+            if start:
+                self.wfile.write(raw[:start])
+                self.wfile.flush()
+            for i in range(start, len(raw)):
+                time.sleep(every)
+                self.wfile.write(raw[i : i + 1])
+                self.wfile.flush()
+        except (ConnectionError, TimeoutError, ValueError, OSError):
+            pass
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _dispatch
 

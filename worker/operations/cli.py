@@ -12,6 +12,7 @@ import sys
 import time
 import uuid
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Annotated, Any, Literal, NoReturn
 
 import typer
@@ -669,6 +670,37 @@ def tokens_keygen() -> None:
     from cryptography.fernet import Fernet
 
     sys.stdout.write(Fernet.generate_key().decode() + "\n")
+
+
+# -- schemas -------------------------------------------------------------------------------------
+
+
+class SchemaKind(StrEnum):
+    event = "event"
+    outcome = "outcome"
+    outcome_message = "outcome-message"
+    openapi = "openapi"
+
+
+@cli.command()
+def schema(
+    kind: Annotated[
+        SchemaKind,
+        typer.Argument(
+            help="event (rebook.request kwargs), outcome (an outcome stream entry), "
+            "outcome-message (what the fan-out delivers), openapi (the console's JSON API)."
+        ),
+    ],
+) -> None:
+    """Print a JSON Schema (or the console's OpenAPI document); docs/schemas/ holds the same."""
+    from worker.core.schemas import json_schema, render
+
+    if kind is SchemaKind.openapi:
+        from worker.operations.console.openapi import document
+
+        sys.stdout.write(render(document()))
+    else:
+        sys.stdout.write(render(json_schema(kind.value)))
 
 
 # -- local tools ---------------------------------------------------------------------------------
