@@ -94,6 +94,11 @@ class Rebook(BaseModel):
     deadline_ts: float
     post_sent_ts: float | None = None
     answer_ts: float | None = None
+    performer_resolved: bool = False
+    """`performer_id` was read from the original's details, not given by the event: no answer
+    compared with it says anything about which key names the performer."""
+    adopted: str = ""
+    """Why the new booking was taken as this rebook's (empty: the POST's own answer named it)."""
     known_ids: list[int] | None = None
     """The member's bookings the list showed before the last POST (JSON): not its booking."""
     empty_reads: int = 0
@@ -258,6 +263,7 @@ class Store:
         self.upstream_rate = 20.0
         """For `stats()`' presence figures (set from the settings by `from_settings`)."""
         self._claim = client.register_script(_script("claim"))
+        self._performer_learn = client.register_script(_script("performer_learn"))
         self.clock: Callable[[], float] = time.time
         """The time of records written without an explicit `now` (a simulation sets its own)."""
 
@@ -554,13 +560,16 @@ class Store:
         claim: str,
         known_ids: Sequence[int],
         due: float,
+        member_wide: bool = False,
         replicas: int = 0,
         replica_timeout_ms: int = 0,
     ) -> tuple[bool, str, int]:
         """Records "POST sent" — only if this step still holds the rebook (`claim`), no POST of
         it is unsettled, and no other rebook of the same member and performer has one (their
-        bookings could not be told apart in reconciliation). Returns (True, "", n) when the POST
-        may go out, else (False, the holder's id when gated, else "", n); see `gate_holder`.
+        bookings could not be told apart in reconciliation) — `member_wide`: of the same member,
+        whatever the performer (the performer field is unconfirmed, so no booking can be told
+        apart by performer). Returns (True, "", n) when the POST may go out, else (False, the
+        holder's id when gated, else "", n); see `gate_holder`.
 
         With `replicas`, the mark and `WAIT replicas replica_timeout_ms` go in one pipeline on
         one connection (`WAIT` counts the replicas that have that connection's writes: on any
@@ -583,32 +592,109 @@ class Store:
             },
             require={"post_sent_ts": "", "claim": claim},
             now=now,
-            gate=True,
+            gate="gate_member" if member_wide else "gate",
             wait=(replicas, replica_timeout_ms) if replicas else None,
         )
         if ok:
             return True, "", got
         return False, current.removeprefix("gate:") if current.startswith("gate:") else "", got
 
-    def gate_holder(self, rec: Rebook) -> str | None:
-        """The other rebook of the same member and performer whose POST is unsettled, if any.
-        A read-only look before spending an upstream read on a POST that could not go out."""
+    def gate_holder(self, rec: Rebook, member_wide: bool = False) -> str | None:
+        """The other rebook of the same member and performer (`member_wide`: of the member)
+        whose POST is unsettled, if any. A read-only look before spending an upstream read on a
+        POST that could not go out; `start_post` decides (transition.lua)."""
         shard = self.shard_of(rec.rebook_id)
         if shard is None:
             return None
-        holder = self.r.get(self.keys.gate(shard, rec.user_id, rec.performer_id))
-        if not holder or holder == rec.rebook_id:
-            return None
-        sent, made = self.r.hmget(
-            self.keys.record(shard, holder), ["post_sent_ts", "new_booking_id"]
-        )
-        return str(holder) if sent and not made else None
+        holders = [
+            self.r.get(self.keys.gate(shard, rec.user_id, rec.performer_id)),
+            self.r.get(self.keys.gate(shard, rec.user_id, None)),
+        ]
+        if member_wide:
+            holders += sorted(self.r.smembers(self.keys.posted(shard, rec.user_id, None)))
+        for holder in dict.fromkeys(h for h in holders if h and h != rec.rebook_id):
+            sent, made = self.r.hmget(
+                self.keys.record(shard, holder), ["post_sent_ts", "new_booking_id"]
+            )
+            if sent and not made:
+                return str(holder)
+        return None
 
-    def posted_without_booking(self, rec: Rebook) -> list[str]:
-        """Rebooks of the member and performer that sent a POST and own no booking (yet)."""
+    def posted_without_booking(self, rec: Rebook, member_wide: bool = False) -> list[str]:
+        """Rebooks of the member and performer (`member_wide`: of the member, any performer)
+        that sent a POST and own no booking (yet)."""
         shard = self.shard_for_user(rec.user_id)
-        ids = self.r.smembers(self.keys.posted(shard, rec.user_id, rec.performer_id))
+        pid = None if member_wide else rec.performer_id
+        ids = self.r.smembers(self.keys.posted(shard, rec.user_id, pid))
         return sorted(str(i) for i in ids)
+
+    # -- the performer field -------------------------------------------------------------------
+
+    def performer_field(self) -> str | None:
+        """The confirmed key of a booking's `Performer` that names the performer's user id, or
+        None while no key is confirmed (then no booking is told apart by its performer)."""
+        value = self.r.hget(self.keys.performer_field, "confirmed")
+        return str(value) if value else None
+
+    def learn_performer_field(
+        self,
+        performer: dict[str, Any],
+        performer_id: int,
+        booking_id: int,
+        *,
+        answers: int,
+        performers: int,
+        now: float | None = None,
+    ) -> tuple[str | None, str]:
+        """One answer of known meaning: `performer` is the `Performer` object of booking
+        `booking_id`, which is certainly of `performer_id`. Returns (the confirmed key or None,
+        "confirmed" | "dropped" | "" — what this answer changed)."""
+        matched = sorted(str(k) for k, v in performer.items() if _id_text(v) == str(performer_id))
+        values = {str(k): _id_text(v) or str(v)[:40] for k, v in list(performer.items())[:50]}
+        confirmed, change = self._performer_learn(
+            keys=[self.keys.performer_field],
+            args=[
+                performer_id,
+                booking_id,
+                repr(self.clock() if now is None else now),
+                answers,
+                performers,
+                json.dumps(matched),
+                json.dumps(values),
+            ],
+        )
+        return (str(confirmed) or None), str(change or "")
+
+    def learning_slot(self, limit: int, window: float, now: float | None = None) -> bool:
+        """One of at most `limit` reads of an original per `window` seconds spent on learning
+        the performer field (a burst of events before the first answers costs `limit`, not one
+        read each)."""
+        bucket = int((self.clock() if now is None else now) // window)
+        key = self.keys.key("shape", "reads", bucket)
+        pipe = self.r.pipeline(transaction=False)
+        pipe.incr(key)
+        pipe.expire(key, int(window) + 1)
+        taken, _ = pipe.execute()
+        return int(taken) <= limit
+
+    def performer_field_stats(self) -> dict[str, Any]:
+        """`stats --json`'s `performer_field`: the confirmed key (or null) and its evidence —
+        agreeing answers, distinct performers — or, while none is confirmed, the leading key's;
+        contradictions seen in all, and the last one."""
+        raw: dict[str, str] = self.r.hgetall(self.keys.performer_field) or {}
+        confirmed = raw.get("confirmed") or None
+        counts = {k[2:]: int(v) for k, v in raw.items() if k.startswith("n:")}
+        lead = confirmed or max(sorted(counts), key=lambda k: counts[k], default=None)
+        performers = len([p for p in raw.get(f"p:{lead}", "").split(",") if p]) if lead else 0
+        last = json.loads(raw["last"]) if raw.get("last") else None
+        return {
+            "field": confirmed,
+            "candidate": lead,
+            "answers": counts.get(lead, 0) if lead else 0,
+            "performers": performers,
+            "contradictions": int(raw.get("c", 0)),
+            "last_contradiction": last,
+        }
 
     def claim_step(self, rebook_id: str, token: str) -> Rebook | None:
         """Writes this step's fencing token into the record and reads it, in one call. Every
@@ -642,7 +728,7 @@ class Store:
         outcome: str = "",
         detail: dict[str, Any] | None = None,
         now: float | None = None,
-        gate: bool = False,
+        gate: str = "",
     ) -> tuple[bool, str]:
         ok, current, _ = self._run_transition_waiting(
             rebook_id,
@@ -672,7 +758,7 @@ class Store:
         outcome: str = "",
         detail: dict[str, Any] | None = None,
         now: float | None = None,
-        gate: bool = False,
+        gate: str = "",
         wait: tuple[int, int] | None = None,
     ) -> tuple[bool, str, int]:
         """The transition; with `wait` (replicas, timeout ms), then `WAIT` on the connection that
@@ -707,7 +793,7 @@ class Store:
         fields: dict[str, Any] | None,
         require: dict[str, Any] | None = None,
         detail: dict[str, Any] | None = None,
-        gate: bool = False,
+        gate: str = "",
     ) -> list[Any]:
         """ARGV of transition.lua (its header lists them), built in one place."""
         return [
@@ -725,7 +811,7 @@ class Store:
             json.dumps({k: _field(v) for k, v in (require or {}).items()}),
             json.dumps(scrubbed(detail or {}), default=str),
             self.lease,
-            "gate" if gate else "",
+            gate,
         ]
 
     def claim_booking(self, new_booking_id: int, rebook_id: str) -> bool:
@@ -1053,6 +1139,7 @@ class Store:
                 self.achieved_presence_interval(ts),
             ),
             "zone": self.zone_observation(),
+            "performer_field": self.performer_field_stats(),
         }
 
     def zone_observation(self) -> dict[str, Any] | None:
@@ -1163,6 +1250,17 @@ class Store:
 def _stream_order(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
+
+
+def _id_text(value: Any) -> str | None:
+    """An id as the upstream may write it (a number, or digits in a string) as text; else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        return str(int(value.strip()))
+    return None
 
 
 def _field(value: Any) -> str:

@@ -196,6 +196,20 @@ def _ci_get(data: Mapping[str, Any], name: str) -> Any:
 # --- state ------------------------------------------------------------------------------------
 
 
+PERFORMER_SHAPES = ("user_id", "profile_id", "no_id")
+PROFILE_ID_OFFSET = 1_000_000
+
+
+def performer_object(performer_id: int, shape: str) -> dict[str, Any]:
+    """A booking's `Performer` in one of the shapes the undocumented type may have."""
+    nickname = f"performer{performer_id}"
+    if shape == "profile_id":
+        return {"ID": performer_id + PROFILE_ID_OFFSET, "Nickname": nickname}
+    if shape == "no_id":
+        return {"Nickname": nickname}
+    return {"UserID": performer_id, "Nickname": nickname}
+
+
 @dataclass
 class _Config:
     """What `POST /_sandbox/config` sets; it survives `reset`.
@@ -205,6 +219,9 @@ class _Config:
     `year_one_unset` (unset dates written `0001-01-01T00:00:00`, not null). And what the docs do
     not say, as options: `list_name`/`total_name` of MadeBookings' answer, and `site_zone`, the
     zone the offset-less datetimes are written in (independent of the worker's setting).
+    `performer_shape`, the undocumented `Performer` object of a booking: `user_id`
+    (`{"UserID": pid, "Nickname"}`), `profile_id` (`{"ID": pid + 1000000, "Nickname"}`: an id
+    that is not the user id) or `no_id` (`{"Nickname"}` only).
     """
 
     accept_by_seconds: float
@@ -215,6 +232,7 @@ class _Config:
     list_name: str = "WebcamBookings"
     total_name: str = "TotalBookings"
     site_zone: str = "Europe/London"
+    performer_shape: str = "user_id"
     refresh_token_ttl_seconds: float = REFRESH_TOKEN_TTL_SECONDS
     echo_tokens: bool = False
     """A careless upstream: refusals of the token endpoint echo the refresh token
@@ -235,12 +253,20 @@ class _Config:
         out: dict[str, Any] = {k: getattr(self, k) for k in (*self.NUMBERS, *self.FLAGS)}
         out.update({k: getattr(self, k) for k in self.NAMES})
         out["site_zone"] = self.site_zone
+        out["performer_shape"] = self.performer_shape
         out["documented"] = all(getattr(self, k) for k in self.DOCUMENTED)
         return out
 
     def update(self, data: Mapping[str, Any]) -> None:
         """All or nothing: a bad value changes no option."""
-        known = {*self.NUMBERS, *self.FLAGS, *self.NAMES, "site_zone", "documented"}
+        known = {
+            *self.NUMBERS,
+            *self.FLAGS,
+            *self.NAMES,
+            "site_zone",
+            "performer_shape",
+            "documented",
+        }
         unknown = set(data) - known
         if unknown:
             raise _Reject(400, f"unknown config keys: {', '.join(sorted(unknown))}")
@@ -266,6 +292,12 @@ class _Config:
                 except (ZoneInfoNotFoundError, ValueError) as exc:
                     raise _Reject(400, f"unknown time zone {value!r}") from exc
                 values[key] = str(value)
+            elif key == "performer_shape":
+                if value not in PERFORMER_SHAPES:
+                    raise _Reject(
+                        400, f"performer_shape must be one of {', '.join(PERFORMER_SHAPES)}"
+                    )
+                values[key] = value
         if values.get("list_name", self.list_name) == values.get("total_name", self.total_name):
             raise _Reject(400, "list_name and total_name must differ")
         for key, value in values.items():
@@ -407,7 +439,7 @@ class _SandboxState:
             "CancelledBy": b.cancelled_by,
             "RejectedReason": b.rejected_reason,
             "LastUpdated": f(b.last_updated),
-            "Performer": {"UserID": b.performer_id, "Nickname": f"performer{b.performer_id}"},
+            "Performer": performer_object(b.performer_id, self.config.performer_shape),
         }
 
     def parse_site_datetime(self, text: str) -> datetime:

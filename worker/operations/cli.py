@@ -265,6 +265,9 @@ def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         )
     elif zone:
         out.print(f"zone: {zone['configured']} agrees with the upstream ({zone['at']})")
+    from worker.operations.doctor import performer_field_line
+
+    out.print(f"performer field: {performer_field_line(data['performer_field'])}")
 
 
 def _env_float(name: str, default: float) -> float:
