@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-IDENTITY_FIX_MERGED = False
+IDENTITY_FIX_MERGED = True
 """The performer's identity from evidence (issue 20, item 1; the `evidence` branch). Until it is
 merged the default runs draw only the `{"UserID": pid}` shape and the identity holes below are
 expected to fail; flip this to True after the merge: then every run draws all three shapes and

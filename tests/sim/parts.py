@@ -45,10 +45,24 @@ class SimRedis(redis.Redis):
 
 class _SimPipeline(Pipeline):
     engine: Engine
+    replica: Replica | None = None
+    _wait: int | None = None
+
+    def wait(self, num_replicas: int, timeout: int) -> Any:  # type: ignore[override]
+        """`WAIT` at the end of the pipeline: the simulated replica gets every write so far
+        (the test Redis has none: a real `WAIT` would answer 0)."""
+        self._wait = num_replicas
+        return self
 
     def execute(self, raise_on_error: bool = True) -> list[Any]:
         self.engine.point()
-        return super().execute(raise_on_error)
+        out = list(super().execute(raise_on_error))
+        if self._wait is not None:
+            replicas, self._wait = self._wait, None
+            if self.replica is not None:
+                self.replica.synced()
+            out.append(replicas if self.replica is not None else 0)
+        return out
 
 
 class Expiring:
@@ -130,12 +144,10 @@ class SimStore(Store):
         if cached is not None:
             cached.pop(booking_id, None)
 
-    def wait_replicas(self, rebook_id: str, replicas: int, timeout_ms: int) -> int:
-        if self.replica is None:
-            return 0
-        self.table.engine.point()
-        self.replica.synced()
-        return replicas
+    def _one_connection(self, key: str) -> Any:
+        pipe = self.r.pipeline(transaction=False)
+        pipe.replica = self.replica
+        return pipe
 
     def cached_booking(self, user_id: str, booking_id: int) -> tuple[bool, str | None]:
         self.table.engine.point()
@@ -712,7 +724,8 @@ def _answer(request: requests.PreparedRequest, status: int, body: Any) -> reques
 
 
 def _html(request: requests.PreparedRequest, status: int) -> requests.Response:
-    response = _answer(request, status, "<!DOCTYPE html><html><body>Just a moment...</body></html>")
+    page = "<!DOCTYPE html><html><head><title>Just a moment...</title></head><body/></html>"
+    response = _answer(request, status, page)  # a CDN challenge's page (a 502/504: a gateway's)
     response.headers["Content-Type"] = "text/html; charset=utf-8"
     return response
 

@@ -28,6 +28,7 @@ from worker.adapters.upstream import UpstreamClient
 from worker.core.errors import ConfigError, ReauthRequired, Rejected, Transient
 from worker.core.keys import Keys
 from worker.core.models import TokenSet
+from worker.core.observability import register_token
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class TokenStore:
         return self.keys.token(user_id)
 
     def save(self, user_id: str, tokens: TokenSet) -> None:
+        register_token(tokens.access_token, tokens.refresh_token)  # scrubbed wherever echoed
         blob = self._f().encrypt(tokens.model_dump_json().encode())
         # every refresh stores the pair again, so the TTL counts from the member's last use:
         # a member gone for REBOOK_TOKEN_TTL_DAYS must `tokens set` again (reauth), nothing more
@@ -140,7 +142,9 @@ class TokenStore:
                 "REBOOK_TOKEN_KEY: stored tokens do not decrypt with this key (was it rotated? "
                 "list the old key after the new one in REBOOK_TOKEN_KEYS)"
             ) from None
-        return TokenSet.model_validate(data)
+        tokens = TokenSet.model_validate(data)
+        register_token(tokens.access_token, tokens.refresh_token)  # scrubbed wherever echoed
+        return tokens
 
     def delete(self, user_id: str) -> bool:
         gone = bool(self.r.delete(self._key(user_id)))

@@ -16,14 +16,17 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from http.client import HTTPException
 from typing import Any, Protocol, TypeVar
 from zoneinfo import ZoneInfo
 
 import requests
 from pydantic import BaseModel, ValidationError
+from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import NewConnectionError
 
 from worker import __version__
+from worker.adapters.deadline import WATCHDOG, DeadlineAdapter, Guard
 from worker.adapters.presence import PresenceSource, UserSummaryPresence
 from worker.core.budget import RATE_SHARE
 from worker.core.errors import (
@@ -55,6 +58,9 @@ PATHS: dict[str, tuple[str, str]] = {
     "ConfirmMadeBooking": ("POST", "/v1/Webcam/ConfirmMadeBooking"),
     "CancelMadeBooking": ("POST", "/v1/Webcam/CancelMadeBooking"),
     "getUserSummary": ("GET", "/v1/newsfeed/getUserSummary"),
+    # whose token it is, and what it may do: checked before a pair is stored (`tokens set`)
+    "verifyCredentials": ("GET", "/v1/account/verifyCredentials"),
+    "GetPermissions": ("GET", "/v1/Account/GetPermissions"),
 }
 MAX_PAGE = 100
 USER_AGENT = f"rebook/{__version__}"
@@ -92,6 +98,9 @@ def environment_session(url: str) -> requests.Session:
     if bundle:
         session.verify = bundle
     session.trust_env = False
+    # connections the total deadline can end (worker.adapters.deadline)
+    session.mount("http://", DeadlineAdapter())
+    session.mount("https://", DeadlineAdapter())
     return session
 
 
@@ -157,6 +166,27 @@ def is_api_answer(response: requests.Response) -> bool:
     return True
 
 
+#: Titles of CDN bot-challenge pages (Cloudflare's interstitial and its block page).
+_CHALLENGE_TITLES = frozenset({b"just a moment...", b"attention required! | cloudflare"})
+
+
+def is_cdn_challenge(response: requests.Response) -> bool:
+    """A CDN's bot challenge that stopped the request in front of the API (nothing forwarded).
+
+    Strict on purpose: a gateway's 503 to a POST is ambiguous unless it is this. A 403 or 503
+    that the CDN marks as a challenge (Cloudflare's `cf-mitigated: challenge`), or a markup
+    page whose title is a known challenge page's."""
+    if response.status_code not in (403, 503):
+        return False
+    if response.headers.get("cf-mitigated", "").strip().lower() == "challenge":
+        return True
+    body = response.content.lstrip()
+    if body[:1] != b"<":
+        return False
+    found = _TITLE.search(body[:4096])
+    return found is not None and b" ".join(found.group(1).split()).lower() in _CHALLENGE_TITLES
+
+
 def _page_message(response: requests.Response) -> str:
     found = _TITLE.search(response.content[:4096])
     title = " ".join(found.group(1).decode("utf-8", "replace").split())[:80] if found else ""
@@ -170,16 +200,17 @@ def error_for_response(
     """The one status→exception mapping: the class carries the retry decision.
 
     A page that is not the API's answer (HTML, or not JSON at all) is never a refusal: it is
-    :class:`Challenged` (transient, "not sent") — except, for a non-idempotent POST, a 5xx
-    gateway page other than 503 (500/502/504): a proxy may have forwarded the request before
-    failing, so that stays :class:`Ambiguous` (reconciled, never re-sent blindly). A 403/429/503
-    page is a CDN challenge or an overload page in front of the API: nothing was sent on.
+    :class:`Challenged` (transient, "not sent") — except, for a non-idempotent POST, any 5xx
+    (a gateway's 502/503/504 included, HTML or not): a gateway may answer after it forwarded
+    the request, so that is :class:`Ambiguous` (reconciled, never re-sent blindly). The one
+    5xx exception is a CDN challenge page (`is_cdn_challenge`), which never reached the API.
+    A 403/429 page is a CDN or WAF in front of the API: nothing was sent on.
     """
     status = response.status_code
     kw: dict[str, Any] = {"endpoint": endpoint, "status": status}
     if not is_api_answer(response):
         msg = _page_message(response)
-        if not idempotent and status >= 500 and status != 503:
+        if not idempotent and status >= 500 and not is_cdn_challenge(response):
             return Ambiguous(msg, **kw)
         return Challenged(
             msg, retry_after=parse_retry_after(response.headers.get("Retry-After")), **kw
@@ -203,13 +234,19 @@ def error_for_response(
 
 
 def error_for_exception(
-    endpoint: str, exc: requests.RequestException, *, idempotent: bool
+    endpoint: str, exc: BaseException, *, idempotent: bool, deadline: float | None = None
 ) -> UpstreamError:
-    """Transport failures: only a connection that never opened proves nothing was sent."""
+    """Transport failures: only a connection that never opened proves nothing was sent.
+    `deadline`: the request was cut at its total deadline (worker.adapters.deadline)."""
     not_sent = isinstance(exc, requests.ConnectTimeout) or (
         isinstance(exc, requests.ConnectionError) and _refused(exc)
     )
     kind = type(exc).__name__
+    if deadline is not None and not not_sent:
+        kind = f"no complete answer within the {deadline:g} s deadline"
+        if idempotent:
+            return Transient(kind, endpoint=endpoint)
+        return Ambiguous(f"{kind} (the request was sent)", endpoint=endpoint)
     if not_sent or idempotent:
         return Transient(f"{kind} (not answered)", endpoint=endpoint)
     return Ambiguous(f"{kind} after the request was sent", endpoint=endpoint)
@@ -242,6 +279,7 @@ class UpstreamClient:
         api_key_header: str = "apiKey",
         api_key_in: str = "header",
         timeout: float = 10.0,
+        deadline: float | None = None,
         zone: ZoneInfo = DEFAULT_ZONE,
         limiter: Limiter | None = None,
         on_call: CallHook | None = None,
@@ -256,6 +294,8 @@ class UpstreamClient:
             raise ValueError("api_key_in must be 'header' or 'query'")
         self._key_in_query = api_key_in == "query"
         self.timeout = timeout
+        self.deadline = 2 * timeout if deadline is None else deadline
+        """Seconds of one request, connect, headers and body (REBOOK_HTTP_DEADLINE_SECONDS)."""
         self.zone = zone
         self._limiter = limiter
         self._on_call = on_call
@@ -298,19 +338,15 @@ class UpstreamClient:
         started = time.monotonic()
         outcome = "ok"
         try:
-            try:
-                response = self._session.request(
-                    method,
-                    self.base_url + path,
-                    params=params,
-                    json=body,
-                    headers=headers,
-                    # connect, then read: a sent request is in flight at most twice the timeout
-                    timeout=(self.timeout, self.timeout),
-                    allow_redirects=False,
-                )
-            except requests.RequestException as exc:
-                raise error_for_exception(endpoint, exc, idempotent=idempotent) from None
+            response = self._send(
+                endpoint,
+                method,
+                self.base_url + path,
+                idempotent=idempotent,
+                params=params,
+                json=body,
+                headers=headers,
+            )
             if not 200 <= response.status_code < 300:
                 raise self._scrubbed(error_for_response(endpoint, response, idempotent=idempotent))
             if headers_out is not None:
@@ -335,6 +371,49 @@ class UpstreamClient:
             log.debug("upstream %s %s %.0fms", endpoint, outcome, elapsed)
             if self._on_call is not None:
                 self._on_call(endpoint, outcome)
+
+    def _send(
+        self, endpoint: str, method: str, url: str, *, idempotent: bool, **kwargs: Any
+    ) -> requests.Response:
+        """The request and its whole body within `self.deadline` (connect, headers, body), or
+        the failure classified: past the deadline, a sent POST is Ambiguous, a read Transient.
+        The socket timeouts still bound each step; the deadline bounds their sum, however
+        slowly the server writes (worker.adapters.deadline)."""
+        with WATCHDOG.guard(self.deadline) as guard:
+            try:
+                response = self._session.request(
+                    method,
+                    url,
+                    timeout=(min(self.timeout, self.deadline), self.timeout),
+                    allow_redirects=False,
+                    stream=True,  # the body is read here, under the guard
+                    **kwargs,
+                )
+                try:
+                    _ = response.content
+                except BaseException:
+                    response.close()
+                    raise
+            except (requests.RequestException, Urllib3Error, HTTPException, OSError) as exc:
+                if guard.connected and not guard.sent:  # failed while connecting: not sent
+                    cause = (
+                        f"no connection within the {self.deadline:g} s deadline"
+                        if guard.cut
+                        else f"{type(exc).__name__} while connecting"
+                    )
+                    raise Transient(f"{cause} (not sent)", endpoint=endpoint) from None
+                raise error_for_exception(
+                    endpoint, exc, idempotent=idempotent, deadline=self._cut(guard)
+                ) from None
+            if guard.cut:  # a body read "to the end" may have ended at the shutdown
+                response.close()
+                raise error_for_exception(
+                    endpoint, TimeoutError(), idempotent=idempotent, deadline=self.deadline
+                )
+        return response
+
+    def _cut(self, guard: Guard) -> float | None:
+        return self.deadline if guard.cut else None
 
     def _scrubbed(self, exc: UpstreamError) -> UpstreamError:
         """A proxy's error page may echo the request URL, and with it `?apiKey=`."""
@@ -471,6 +550,26 @@ class UpstreamClient:
         payload = self._call("getUserSummary", params={"UserID": user_id})
         return self._model(UserSummary, UserSummary.unwrap(payload), "getUserSummary")
 
+    def verify_credentials(self, token: str, *, share: float | None = None) -> dict[str, Any]:
+        """The member who owns `token` (`{"UserID", ...}`): no scope needed."""
+        payload = self._call("verifyCredentials", token=token, share=share)
+        if not isinstance(payload, dict):
+            raise Transient("answer is not an object", endpoint="verifyCredentials")
+        return payload
+
+    def permissions(self, token: str, *, share: float | None = None) -> dict[str, str]:
+        """The scopes granted to `token`: permission name (lower-cased) -> status (lower-cased).
+        An answer without a readable `Permissions` list is unreadable, never "no scope"."""
+        payload = self._call("GetPermissions", token=token, share=share)
+        items = payload.get("Permissions") if isinstance(payload, dict) else None
+        if not isinstance(items, list):
+            raise Transient("answer has no Permissions list", endpoint="GetPermissions")
+        granted: dict[str, str] = {}
+        for item in items:
+            if isinstance(item, dict) and isinstance(item.get("Permission"), str):
+                granted[item["Permission"].lower()] = str(item.get("Status", "")).lower()
+        return granted
+
     def is_online(self, performer_id: int) -> bool:
         """Through `self.presence` (worker.adapters.presence): getUserSummary unless another source
         was put there."""
@@ -493,21 +592,19 @@ class UpstreamClient:
             self._limiter.acquire(RATE_SHARE["token"] if share is None else share)
         outcome = "ok"
         try:
-            try:
-                response = self._session.post(
-                    token_url,
-                    data={
-                        "grant_type": "refresh_token",
-                        "client_id": client_id,
-                        "client_secret": client_secret,
-                        "refresh_token": refresh_token,
-                    },
-                    headers={"Accept": "application/json", "User-Agent": USER_AGENT},
-                    timeout=self.timeout,
-                    allow_redirects=False,
-                )
-            except requests.RequestException as exc:
-                raise error_for_exception("token", exc, idempotent=True) from None
+            response = self._send(
+                "token",
+                "POST",
+                token_url,
+                idempotent=True,
+                data={
+                    "grant_type": "refresh_token",
+                    "client_id": client_id,
+                    "client_secret": client_secret,
+                    "refresh_token": refresh_token,
+                },
+                headers={"Accept": "application/json", "User-Agent": USER_AGENT},
+            )
             if response.status_code in (400, 401) and is_api_answer(response):
                 # only the OAuth server's own answer is a refusal (-> reauth): an HTML page in
                 # front of it (a CDN challenge) is Challenged, tried again later

@@ -20,6 +20,7 @@ from celery.worker.request import Request
 from vine import promise
 
 from worker.celeryapp import frames
+from worker.celeryapp.failures import scrub_event
 
 log = logging.getLogger("rebook.consumer")
 EVENT_FIELDS = ("event_id", "booking_id", "user_id", "performer_id", "max_wait_seconds")
@@ -148,3 +149,7 @@ class SafeRequest(Request):
 
     def info(self, safe: bool = False) -> dict[str, Any]:
         return dict(super().info(safe=True))
+
+    def send_event(self, type: str, **fields: Any) -> None:
+        """A failure's exception text and traceback are scrubbed before Flower sees them."""
+        super().send_event(type, **scrub_event(type, fields))

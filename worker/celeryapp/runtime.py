@@ -80,6 +80,7 @@ def build_services(settings: Settings) -> Services:
         api_key_header=settings.api_key_header,
         api_key_in=settings.api_key_in,
         timeout=settings.http_timeout_seconds,
+        deadline=settings.call_bound_seconds,
         zone=settings.zone,
         limiter=limiter,
         on_call=count_call,

@@ -47,6 +47,21 @@ POST = "RescheduleMadeBooking"
 
 T = TypeVar("T")
 ACCEPT_BY_FALLBACK_SECONDS = 86400.0
+PERFORMER_FIELD_ANSWERS = 3
+PERFORMER_FIELD_PERFORMERS = 2
+"""A key of `Performer` is confirmed as the performer's user id after this many answers of known
+meaning that agree (distinct bookings), over this many distinct performers, with no answer
+contradicting it since it was first seen (one contradiction resets it). Two performers: one
+performer's answers cannot tell a user id from a profile id that happens to equal it, or from a
+key that is the same for every booking; three answers: one more than the least that can show
+two performers, so no single pair of bookings decides it (README "Exactly one booking")."""
+LEARNING_READS = 10
+LEARNING_WINDOW_SECONDS = 60.0
+"""While the field is unconfirmed, at most this many originals per window are read to learn it
+(the POSTs' own answers teach it too, at no cost)."""
+FIELD_CACHE_SECONDS = 5.0
+"""How long intake trusts its last look at the performer field (it only decides whether to
+spend a learning read; every proof reads the field afresh)."""
 PRESENCE_SLACK_SECONDS = 0.05
 """A presence check sent to run on time may find the last one's window open for a moment more
 (the window began a round trip after its check did; clocks of two hosts differ by a few ms):
@@ -110,7 +125,8 @@ class Tokens(Protocol):
 
 
 class Gated(NotSent):
-    """Another rebook of the same member and performer has an unsettled POST."""
+    """Another rebook of the same member and performer (while the performer field is
+    unconfirmed: of the same member) has an unsettled POST."""
 
     def __init__(self, holder: str) -> None:
         super().__init__(f"waiting for {holder}")
@@ -154,6 +170,8 @@ class Flow:
     tokens: Tokens
     dispatch: Dispatcher
     clock: Callable[[], float] = field(default=time.time)
+    _field_seen: tuple[float, str | None] = field(default=(-math.inf, None), repr=False)
+    _slots_spent_until: float = field(default=-math.inf, repr=False)
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -288,14 +306,14 @@ class Flow:
             performer_id=event.performer_id,
             deadline=now + max_wait,
             now=now,
+            # acknowledged means kept: a failover to a replica without the record would lose an
+            # event its producer was told was taken (found by the simulation's failovers)
+            replicas=self.settings.redis_wait_replicas,
+            replica_timeout_ms=self.settings.redis_wait_timeout_ms,
         )
         n = self.settings.redis_wait_replicas
-        if n:
-            # Acknowledged means kept: a failover to a replica that missed the record would lose
-            # an event its producer was told was taken (found by the simulation's failovers).
-            got = self.store.wait_replicas(result.rebook_id, n, self.settings.redis_wait_timeout_ms)
-            if got < n:
-                raise StoreUnavailable(f"{got} of {n} replicas have the event")
+        if n and result.replicas < n:
+            raise StoreUnavailable(f"{result.replicas} of {n} replicas have the event")
         if result.kind == "created":
             log.info(
                 "rebook %s: received event %s for booking %s (performer %s)",
@@ -306,8 +324,12 @@ class Flow:
             )
             if event.performer_id is None:
                 self.dispatch.check_presence(None, result.rebook_id)
-            elif result.dispatch_presence:
-                self.dispatch.check_presence(event.performer_id)
+            else:
+                if result.dispatch_presence:
+                    self.dispatch.check_presence(event.performer_id)
+                if self._field_for_intake() is None and self._learning_slot(now):
+                    # read its original: an answer to learn the performer field from
+                    self.dispatch.check_presence(None, result.rebook_id)
         elif result.kind == "duplicate":
             log.info(
                 "event %s: booking %s already has rebook %s: DUPLICATE",
@@ -421,8 +443,19 @@ class Flow:
         return self._locked_step(rebook_id, State.WAITING, self._resolve_performer)
 
     def _resolve_performer(self, rec: Rebook) -> Step:
+        field_name = self.store.performer_field()
         if rec.performer_id is not None:
-            return Step.NOOP
+            return self._learn_from_original(rec) if field_name is None else Step.NOOP
+        if field_name is None:  # a guess at the key would decide whose bookings are whose
+            self._park(
+                rec,
+                "unverified_shape",
+                action="resubmit the event with performer_id; or wait: it resumes by itself "
+                "once the performer field is confirmed (`rebook doctor`)",
+                why="the event names no performer and no key of a booking's Performer is "
+                "confirmed as the performer's user id",
+            )
+            return Step.PARKED
         try:
             self._hold()
             booking = self._member_call(
@@ -435,18 +468,109 @@ class Flow:
         except UpstreamError as exc:
             self._retry_later(rec, exc, "reading the original booking")
             return Step.RETRY
-        pid = booking.performer_id
+        pid = booking.performer_under(field_name)
         if pid is None:
-            self._park(rec, "performer_unknown", action="resubmit with performer_id")
+            self._park(
+                rec,
+                "performer_unknown",
+                action="resubmit with performer_id",
+                why=f"the original's Performer has no id under {field_name}",
+            )
             return Step.PARKED
         if self._stay(
             rec,
             reason="performer resolved",
-            fields={"performer_id": pid, "errors": 0},
+            fields={"performer_id": pid, "performer_resolved": 1, "errors": 0},
             due=rec.deadline_ts,
         ):
             self.dispatch.check_presence(pid)
         return Step.RESOLVED
+
+    # -- the performer field -----------------------------------------------------------------
+    #
+    # Which key of a booking's `Performer` names the performer's user id is undocumented. It is
+    # learned from answers whose meaning is known — the original's details against the event's
+    # performer_id, the POST's own answer, the watched booking of a definite POST — and until a
+    # key is confirmed no booking is told apart by its performer (README "Exactly one booking").
+
+    def _field_for_intake(self) -> str | None:
+        """The confirmed field as intake sees it: cached a few seconds (it only decides whether a
+        learning read is worth a call; proofs read the field afresh)."""
+        at, value = self._field_seen
+        now = time.monotonic()
+        if now - at > FIELD_CACHE_SECONDS:
+            value = self.store.performer_field()
+            self._field_seen = (now, value)
+        return value
+
+    def _learning_slot(self, now: float) -> bool:
+        """One of the window's few learning reads, across all workers; once they are spent, this
+        process asks Redis again only in the next window (intake pays nothing meanwhile)."""
+        if now < self._slots_spent_until:
+            return False
+        if self.store.learning_slot(LEARNING_READS, LEARNING_WINDOW_SECONDS, now):
+            return True
+        window = LEARNING_WINDOW_SECONDS
+        self._slots_spent_until = (now // window + 1) * window
+        return False
+
+    def _learn(self, rec: Rebook, booking: WebcamBooking, what: str) -> None:
+        """`booking` is certainly of the rebook's performer (the original, or what its own POST
+        answered): one answer to learn the performer field from. A performer read through the
+        field itself (`performer_resolved`) says nothing about it."""
+        if rec.performer_id is None or rec.performer_resolved or booking.performer is None:
+            return
+        try:
+            confirmed, change = self.store.learn_performer_field(
+                booking.performer,
+                rec.performer_id,
+                booking.booking_id,
+                answers=PERFORMER_FIELD_ANSWERS,
+                performers=PERFORMER_FIELD_PERFORMERS,
+                now=self.clock(),
+            )
+        except Exception as exc:  # learning is a side road: never fail the step for it
+            log.warning("rebook %s: performer field not updated (%s)", rec.rebook_id, exc)
+            return
+        self._field_seen = (time.monotonic(), confirmed)
+        if change == "dropped":
+            log.warning(
+                "performer field dropped: %s of booking %s (%s) contradicts it",
+                what,
+                booking.booking_id,
+                sorted(booking.performer)[:10],
+            )
+        elif change == "confirmed":
+            log.info("performer field confirmed: %s", confirmed)
+            self._resume_unverified()
+
+    def _resume_unverified(self) -> int:
+        """The field is confirmed: rebooks parked for `unverified_shape` go on (they settle, or
+        resolve their performer, through the confirmed field now)."""
+        resumed = 0
+        for other in self.store.list_rebooks(State.NEEDS_ATTENTION, limit=0):
+            if other.reason == "unverified_shape":
+                self._resume(other, "performer field confirmed")
+                resumed += 1
+        return resumed
+
+    def _learn_from_original(self, rec: Rebook) -> Step:
+        """While no field is confirmed, an event's performer_id against its original's details
+        is an answer of known meaning: one read, only until the field is confirmed."""
+        try:
+            self._hold()
+            booking = self._member_call(
+                rec, lambda tok: self.client.booking_details(tok, rec.booking_id)
+            )
+        except LeaseLost:
+            raise
+        except UpstreamError as exc:  # a lesson missed, nothing else: the rebook goes on
+            log.info(
+                "rebook %s: original not read for the performer field (%s)", rec.rebook_id, exc
+            )
+            return Step.NOOP
+        self._learn(rec, booking, "the original's details")
+        return Step.LEARNED
 
     def _fail(self, rec: Rebook, reason: str) -> Step:
         """FAILED: the upstream refused for good. A refused POST made nothing: its mark goes."""
@@ -496,11 +620,14 @@ class Flow:
         *,
         known: set[int] | None = None,
         strict: bool = False,
+        performer_key: str | None = None,
     ) -> list[WebcamBooking]:
         """Bookings that may be the one a POST of this rebook made, oldest first: the member's
-        (the list is theirs), the same performer (or none named), not the original, not owned by
-        another rebook, created since `since` (hours before: no zone error defeats it), and not
-        visible before this POST (`known`).
+        (the list is theirs), not the original, not owned by another rebook, created since
+        `since` (hours before: no zone error defeats it), and not visible before this POST
+        (`known`). Of another performer only with a confirmed `performer_key` naming another id:
+        while none is confirmed, nothing is set aside for its performer (a guess that did so
+        once took our own booking for another performer's, and POSTed again).
 
         Never the original of another active rebook. `strict`, before a POST (looking for an
         earlier one whose mark was lost, at any time since receipt), a booking must also look
@@ -512,8 +639,10 @@ class Flow:
         for b in listing.bookings:
             if b.booking_id == rec.booking_id or (known is not None and b.booking_id in known):
                 continue
-            if rec.performer_id is not None and b.performer_id not in (None, rec.performer_id):
-                continue
+            if performer_key is not None and rec.performer_id is not None:
+                theirs = b.performer_under(performer_key)
+                if theirs is not None and theirs != rec.performer_id:
+                    continue
             if b.create_date is not None and b.create_date.timestamp() < since:
                 continue
             if strict and not _looks_rescheduled(b):
@@ -550,7 +679,8 @@ class Flow:
                 action="check the upstream, then `rebook retry ID`",
             )
             return Step.PARKED
-        holder = self.store.gate_holder(rec)
+        performer_key = self.store.performer_field()
+        holder = self.store.gate_holder(rec, member_wide=performer_key is None)
         if holder is not None:
             return self._gated(rec, holder)
         # Before a POST, look: a POST whose mark was lost (a failover, a restore) made a booking
@@ -575,7 +705,9 @@ class Flow:
         marked: list[float] = []
         try:
             booking = self.client.reschedule(
-                token, rec.booking_id, before_send=self._marker(rec, listing, marked)
+                token,
+                rec.booking_id,
+                before_send=self._marker(rec, listing, marked, performer_key),
             )
         except Gated as exc:
             return self._gated(rec, exc.holder)
@@ -593,12 +725,17 @@ class Flow:
             return self._rejected(rec, exc)
         except UpstreamError as exc:  # nothing was sent, or refused before the upstream acted
             return self._not_done(rec, marked, exc)
+        self._learn(rec, booking, "the POST's answer")
         return self._booked(rec, booking)
 
-    def _marker(self, rec: Rebook, listing: Listing, marked: list[float]) -> Callable[[], None]:
+    def _marker(
+        self, rec: Rebook, listing: Listing, marked: list[float], performer_key: str | None = None
+    ) -> Callable[[], None]:
         """What runs after the rate limiter, right before the request: lease, mark (with what
         the list showed, which the POST cannot have made), the lost-mark check, replicas.
-        Appends the mark's time to `marked`; raises to send nothing."""
+        Appends the mark's time to `marked`; raises to send nothing. With no confirmed
+        `performer_key` the gate and the siblings span the member (every performer)."""
+        member_wide = performer_key is None
         s = self.settings
         seen = sorted({*(rec.known_ids or ()), *(b.booking_id for b in listing.bookings)})
 
@@ -606,13 +743,17 @@ class Flow:
             self._hold()
             now = self.clock()
             step = _STEP.get()
-            ok, holder = self.store.start_post(
+            ok, holder, got = self.store.start_post(
                 rec.rebook_id,
                 now=now,
                 attempts=rec.attempts + 1,
                 claim=step.token if step else "",
                 known_ids=seen,
                 due=now + self.store.lease,
+                member_wide=member_wide,
+                # WAIT on the connection that wrote the mark (one pipeline)
+                replicas=s.redis_wait_replicas,
+                replica_timeout_ms=s.redis_wait_timeout_ms,
             )
             if not ok:
                 raise Gated(holder) if holder else NotSent("the rebook changed")
@@ -621,16 +762,16 @@ class Flow:
             # nobody owns and that looks like ours is one whose mark was lost. Owners are read
             # only now, so one a sibling took meanwhile is not taken twice.
             found = self._candidates(
-                rec, listing, rec.created_ts - s.reconcile_lookback_seconds, strict=True
+                rec,
+                listing,
+                rec.created_ts - s.reconcile_lookback_seconds,
+                strict=True,
+                performer_key=performer_key,
             )
             if found:
-                raise _Found(found, self._siblings(rec))
-            if s.redis_wait_replicas:
-                got = self.store.wait_replicas(
-                    rec.rebook_id, s.redis_wait_replicas, s.redis_wait_timeout_ms
-                )
-                if got < s.redis_wait_replicas:
-                    raise NotSent(f"{got} of {s.redis_wait_replicas} replicas have the mark")
+                raise _Found(found, self._siblings(rec, member_wide=member_wide))
+            if s.redis_wait_replicas and got < s.redis_wait_replicas:
+                raise NotSent(f"{got} of {s.redis_wait_replicas} replicas have the mark")
 
         return mark
 
@@ -716,23 +857,39 @@ class Flow:
             return Step.PARKED
         self._stay(
             rec,
-            reason=f"waiting for {holder} (same member and performer; its reschedule is unsettled)",
+            reason=f"waiting for {holder} (same member; its reschedule is unsettled)",
             fields={"gated_since": since, "blocked_by": holder},
             due=now + self.backoff(0) + self.settings.reconcile_grace_seconds,
         )
         return Step.GATED
 
-    def _siblings(self, rec: Rebook) -> list[str]:
-        """Other rebooks of the member and performer that could have made a booking nobody
-        owns: active ones without a booking, and finished ones that POSTed without one."""
+    def _siblings(self, rec: Rebook, member_wide: bool = False) -> list[str]:
+        """Other rebooks of the member and performer (`member_wide`: of any performer) that
+        could have made a booking nobody owns: active ones without a booking, and finished ones
+        that POSTed without one."""
         active = set(self.store.active_of_user(rec.user_id))
-        ids = sorted((active | set(self.store.posted_without_booking(rec))) - {rec.rebook_id})
+        posted = self.store.posted_without_booking(rec, member_wide=member_wide)
+        ids = sorted((active | set(posted)) - {rec.rebook_id})
         return [
             o.rebook_id
             for o in self.store.get_many(ids)
             if o.new_booking_id is None
             and (o.rebook_id not in active or o.state in ACTIVE_STATES)
-            and (None in (o.performer_id, rec.performer_id) or o.performer_id == rec.performer_id)
+            and (
+                member_wide
+                or None in (o.performer_id, rec.performer_id)
+                or o.performer_id == rec.performer_id
+            )
+        ]
+
+    def _rivals(self, rec: Rebook) -> list[Rebook]:
+        """Other rebooks of the member, any performer, whose POST is unsettled: while the
+        performer field is unconfirmed, a booking found may be theirs as well as ours. (The
+        member's gate keeps them from overlapping ours; they can only be left from a time the
+        field was confirmed, or from before it was dropped.)"""
+        ids = self.store.posted_without_booking(rec, member_wide=True)
+        return [
+            o for o in self.store.get_many([i for i in ids if i != rec.rebook_id]) if o.unsettled
         ]
 
     def _unblock(self, rec: Rebook) -> None:
@@ -820,6 +977,7 @@ class Flow:
                 "known_ids": None,
                 "gated_since": None,
                 "blocked_by": None,
+                "adopted": adopted or None,
             },
             due=now + self.store.lease,
             outcome="BOOKED",
@@ -874,6 +1032,7 @@ class Flow:
         if read_at > start + s.reconcile_max_seconds:
             return self._park_unsettled(rec, rec.reconcile_tries, "no proof within the bound")
         known = set(rec.known_ids) if rec.known_ids is not None else None
+        performer_key = self.store.performer_field()
         try:
             listing = self._list(rec, sent - s.reconcile_lookback_seconds)
         except LeaseLost:  # another step holds the rebook now (ReauthRequired passes by itself)
@@ -883,12 +1042,29 @@ class Flow:
             return Step.THROTTLED
         except UpstreamError as exc:
             return self._unreadable(rec, str(exc))
-        found = self._candidates(rec, listing, sent - s.reconcile_lookback_seconds, known=known)
+        found = self._candidates(
+            rec,
+            listing,
+            sent - s.reconcile_lookback_seconds,
+            known=known,
+            performer_key=performer_key,
+        )
         ours = [b for b in found if _looks_rescheduled(b)]
+        if ours and performer_key is None:
+            # no field says whose it is: ours only if no other unsettled POST of the member may
+            # have made it — one whose list before its POST (or an operator) showed it did not
+            rivals = self._rivals(rec)
+            theirs = {b.booking_id for b in ours if any(_could_make(o, b) for o in rivals)}
+            if theirs:
+                mine = [b for b in ours if b.booking_id not in theirs]
+                if not mine:
+                    who = [o.rebook_id for o in rivals]
+                    return self._foreign(rec, ours, start, read_at, rivals=who)
+                ours = mine
         if ours:
             return self._adopt(rec, ours, "reconciled: the POST had made it")
         if found:
-            return self._foreign(rec, found, start, read_at)
+            return self._foreign(rec, found, start, read_at, unverified=performer_key is None)
         if not listing.complete:
             return self._unreadable(rec, "the member's list is too long to read whole")
         if k < s.reconcile_proof_reads:
@@ -918,24 +1094,52 @@ class Flow:
         return self._post(fresh, listing) if fresh is not None else Step.NOOP
 
     def _foreign(
-        self, rec: Rebook, found: Sequence[WebcamBooking], start: float, read_at: float
+        self,
+        rec: Rebook,
+        found: Sequence[WebcamBooking],
+        start: float,
+        read_at: float,
+        *,
+        unverified: bool = False,
+        rivals: Sequence[str] = (),
     ) -> Step:
         """Bookings appeared that the list did not show before the POST, but none looks made by
         a reschedule (SessionDate a few minutes after CreateDate): the member or the site may
         have booked this performer meanwhile. Such a booking is no proof that the POST made
         nothing (it may be ours after all, if the upstream dates it otherwise), and adopting it
-        could claim a booking the member made: wait out the window for ours, then park."""
+        could claim a booking the member made: wait out the window for ours, then park.
+
+        `unverified`: no performer field is confirmed, so they may be of any performer of the
+        member; `rivals`: they look like a reschedule, but another rebook of the member has an
+        unsettled POST that may have made them. Either way they cannot be told apart:
+        `unverified_shape`."""
         ids = ", ".join(str(b.booking_id) for b in found)
         s = self.settings
+        if rivals:
+            why = f"booking(s) {ids} may be this rebook's or {', '.join(rivals)}'s"
+        else:
+            why = f"booking(s) {ids} appeared after the POST but do not look made by a reschedule"
         if read_at >= start + s.reconcile_window_seconds:
-            return self._park_unsettled(
-                rec,
-                rec.reconcile_tries,
-                f"booking(s) {ids} appeared after the POST but do not look made by a reschedule",
-            )
+            if unverified or rivals:
+                self._park(
+                    rec,
+                    "unverified_shape",
+                    tries=rec.reconcile_tries,
+                    error=why,
+                    bookings=[b.booking_id for b in found],
+                    rivals=list(rivals),
+                    action="no confirmed field of a booking's Performer says whose these are: "
+                    "look for this rebook's booking upstream, then `rebook retry ID` (with "
+                    "`--not-ours` for bookings that are not its); or wait: it resumes by itself "
+                    "once the performer field is confirmed (`rebook doctor`)",
+                )
+                return Step.PARKED
+            return self._park_unsettled(rec, rec.reconcile_tries, why)
         self._stay(
             rec,
-            reason=f"reconciling: booking(s) {ids} appeared, not like a reschedule",
+            reason=f"reconciling: {why}"
+            if rivals
+            else f"reconciling: booking(s) {ids} appeared, not like a reschedule",
             require={"post_sent_ts": _mark(rec.post_sent_ts)},
             due=max(read_at + s.reconcile_grace_seconds, start + s.reconcile_window_seconds),
         )
@@ -1004,6 +1208,8 @@ class Flow:
         if booking is None:
             self._stay(rec, reason=rec.reason, due=now + self.settings.sweep_interval_seconds)
             return Step.DEFERRED
+        if not rec.adopted:  # the POST's own answer named it: certainly the rebook's performer
+            self._learn(rec, booking, "the watched booking")
         final = booking.final_state
         if booking.accept_by is not None:
             accept_by = booking.accept_by.timestamp()
@@ -1411,6 +1617,12 @@ def _looks_rescheduled(booking: WebcamBooking) -> bool:
     lead = (booking.session_date - booking.create_date).total_seconds()
     low, high = RESCHEDULED_LEAD
     return low <= lead <= high
+
+
+def _could_make(other: Rebook, booking: WebcamBooking) -> bool:
+    """Whether `other`'s unsettled POST may have made `booking`: not if its list before that
+    POST (`known_ids`, with what an operator vouched is not its) already showed it."""
+    return other.known_ids is None or booking.booking_id not in other.known_ids
 
 
 def _mark(post_sent_ts: float | None) -> str:

@@ -102,11 +102,14 @@ class Keys:
         return self.skey(shard, "active", booking_id)
 
     def gate(self, shard: int, user_id: str, performer_id: object) -> str:
-        """The member+performer gate: at most one unsettled POST per pair."""
+        """The member+performer gate: at most one unsettled POST per pair. With no performer
+        (`gate:{uid}:`) it is the member's gate, taken while the performer field is unconfirmed:
+        then no other POST of the member may be unsettled at all."""
         return self.skey(shard, "gate", f"{user_id}:{performer_id or ''}")
 
     def posted(self, shard: int, user_id: str, performer_id: object) -> str:
-        """Rebooks of the pair that have POSTed (siblings a stray booking could belong to)."""
+        """Rebooks of the pair that have POSTed (siblings a stray booking could belong to); with
+        no performer, every rebook of the member that has POSTed, whatever its performer."""
         return self.skey(shard, "posted", f"{user_id}:{performer_id or ''}")
 
     def outcomes(self, shard: int) -> str:
@@ -159,6 +162,12 @@ class Keys:
 
     def presence_performers(self, bucket: int) -> str:
         return self.key("presence", "performers", bucket)
+
+    @property
+    def performer_field(self) -> str:
+        """Which key of a booking's `Performer` names the performer's user id, as learned from
+        answers whose meaning is known (`performer_learn.lua`; a hash, no secrets)."""
+        return self.key("shape", "performer")
 
     @property
     def deadletter(self) -> str:

@@ -73,6 +73,7 @@ class Step(StrEnum):
     GRACE = "grace"
     IDLE = "idle"
     INVALID = "invalid"
+    LEARNED = "learned"
     LEASE_LOST = "lease-lost"
     NOOP = "noop"
     OFFLINE = "offline"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from worker.core.errors import ConfigError, UpstreamError
 from worker.core.settings import Settings, load_settings, mask_url
@@ -45,6 +46,7 @@ def run_checks() -> Iterator[Check]:
     yield _guard("workers", lambda: _workers(settings))
     yield _guard("presence", lambda: _presence(settings))
     yield _guard("time zone", lambda: _zone(settings))
+    yield _guard("performer field", lambda: _performer_field(settings))
 
 
 def _redis(settings: Settings) -> Check:
@@ -267,3 +269,41 @@ def _zone(settings: Settings) -> Check:
     return Check(
         "time zone", True, f"{settings.api_timezone} agrees with the upstream ({seen['at']})"
     )
+
+
+def performer_field_line(figures: dict[str, Any]) -> str:
+    """One line on which key of a booking's `Performer` is confirmed as the performer's user id
+    (`stats --json`'s `performer_field`), and on what evidence."""
+    counts = (
+        f"{figures['answers']} answer(s) over {figures['performers']} performer(s), "
+        f"{figures['contradictions']} contradiction(s) seen"
+    )
+    if figures.get("field"):
+        return f"Performer.{figures['field']} names the performer ({counts})"
+    lead = figures.get("candidate")
+    lead_text = f"leading: Performer.{lead}, " if lead else "no key agrees yet; "
+    return f"unconfirmed ({lead_text}{counts})"
+
+
+def _performer_field(settings: Settings) -> Check:
+    """Which field of a booking names its performer, as learned (worker/core/flow.py). Not a
+    FAIL while unconfirmed: rebook works, only fails safe (member-wide gate, `unverified_shape`
+    parks) until answers confirm one."""
+    from worker.core.store import Store
+
+    figures = Store.from_settings(settings).performer_field_stats()
+    line = performer_field_line(figures)
+    if figures.get("field"):
+        return Check("performer field", True, line)
+    last = figures.get("last_contradiction")
+    hint = (
+        "learned from the first bookings made (3 answers over 2 performers); until then "
+        "events without performer_id park `unverified_shape` and an unsettled POST blocks the "
+        "member's others"
+    )
+    if last:
+        hint += (
+            f"; last contradiction: Performer.{last.get('key')} was {last.get('got')!r}, "
+            f"not {last.get('expected')} (booking {last.get('booking_id')})"
+        )
+    return Check("performer field", True, line, hint, warn=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import base64
 import hmac
+import ipaddress
 import logging
 import math
 import signal
@@ -305,14 +306,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def is_loopback(host: str) -> bool:
+    """Only this machine can connect: 127.0.0.0/8, ::1 or `localhost`. Anything else (0.0.0.0,
+    a name, an interface address) may be reached from the network."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     settings = settings_or_exit("rebook exporter")
+    host = args.host or settings.exporter_bind
+    auth = settings.exporter_basic_auth
+    if auth is None and not is_loopback(host):
+        # the metrics name workers, queues, members' counts and upstream errors: not for anyone
+        print(
+            f"rebook exporter: REBOOK_EXPORTER_BASIC_AUTH is not set (user:password); refusing "
+            f"to serve /metrics on {host} without auth (set it, or bind 127.0.0.1)",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector(store_for(settings)))
-    host = args.host or settings.exporter_bind
-    auth = settings.exporter_basic_auth
     try:
         server, _thread = serve(
             registry, host, args.port, auth.get_secret_value() if auth else None

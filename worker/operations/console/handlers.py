@@ -23,11 +23,10 @@ from worker.core.capacity import presence_figures, shortfall
 from worker.core.search import BadFilter, Filters, Search
 from worker.core.states import State
 from worker.core.store import Rebook
-from worker.operations.console import pages
+from worker.operations.console import openapi, pages
+from worker.operations.console.openapi import PAGE_DEFAULT, PAGE_MAX
 from worker.operations.console.why import Situation
 
-PAGE_DEFAULT = 50
-PAGE_MAX = 500
 OUTCOME_SCAN = 2000
 """Outcome entries read after a rebook's receipt to find its own (the stream is shared)."""
 
@@ -415,6 +414,22 @@ class ApiActions(ConsoleHandler):
         self.json(result.as_json())
 
 
+class ApiOpenapi(ConsoleHandler):
+    """The OpenAPI 3.1 document of this API (worker/operations/console/openapi.py)."""
+
+    def get(self) -> None:
+        self.json(openapi.document(_version()))
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rebook")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
 def routes() -> list[Any]:
     rid = r"([A-Za-z0-9._:%-]{1,200})"
     return [
@@ -422,6 +437,7 @@ def routes() -> list[Any]:
         url(r"/rebooks/actions", BulkForm, name="rebooks-actions"),
         url(rf"/rebooks/{rid}/(retry|cancel)", RebookAction, name="rebook-action"),
         url(rf"/rebooks/{rid}", RebookPage, name="rebook"),
+        url(r"/api/openapi.json", ApiOpenapi, name="api-openapi"),
         url(r"/api/rebooks", ApiRebooks, name="api-rebooks"),
         url(r"/api/rebooks/actions", ApiActions, name="api-rebooks-actions"),
         url(rf"/api/rebooks/{rid}", ApiRebook, name="api-rebook"),

@@ -24,7 +24,9 @@ REASON_HELP: dict[str, str] = {
     "too_many_attempts": "every reschedule attempt failed before the upstream acted",
     "watch_failed": "the new booking cannot be read",
     "watch_unreadable": "the new booking cannot be read",
-    "performer_unknown": "the original booking names no performer",
+    "performer_unknown": "the original booking has no id under the confirmed performer field",
+    "unverified_shape": "a booking that may be this rebook's cannot be told apart from one that "
+    "is not: no field of a booking's Performer is confirmed as the performer's user id yet",
     "booking_claimed_elsewhere": "the upstream returned a booking another rebook owns",
 }
 """The README's NEEDS_ATTENTION table, one line each."""
