@@ -11,10 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 IDENTITY_FIX_MERGED = True
-"""The performer's identity from evidence (issue 20, item 1; the `evidence` branch). Until it is
-merged the default runs draw only the `{"UserID": pid}` shape and the identity holes below are
-expected to fail; flip this to True after the merge: then every run draws all three shapes and
-the identity seeds must pass."""
+"""The performer's identity from evidence (issue 20, item 1; the `evidence` branch) is merged:
+every run draws all three `Performer` shapes and the identity seeds below must pass. (False: the
+runs draw only `{"UserID": pid}` and the identity seeds are expected failures.)"""
 
 SKEW_ASSUMED = 2.0
 """How far apart (s) the default runs let the workers' clocks be: the README's assumption ("worker
@@ -45,19 +44,21 @@ IDENTITY = [
     Hole(52, "Performer without id: a rebook adopted a sibling's booking (FOREIGN)"),
     Hole(63, "Performer without id: a rebook adopted a sibling's booking (FOREIGN)"),
 ]
-"""Open until the `evidence` branch is merged (IDENTITY_FIX_MERGED)."""
+"""What these showed on the code before the `evidence` merge; closed by it (IDENTITY_FIX_MERGED)."""
 
 CLOCKS = [
     Hole(
-        48,
-        "clocks 2 min apart: the window ended early for the reader, a second POST, a double",
-        {"shape": "user", "max_skew": 120.0},
+        213,
+        "clocks 2 min apart: the reader's window ended early, a second POST, the first POST's "
+        "late commit: a double",
+        {"max_skew": 120.0},
     ),
+    Hole(51, "clocks 2 min apart: a POST past the lease, then a double", {"max_skew": 120.0}),
 ]
 """Open: worker clocks further apart than the reconcile window shrink it (README)."""
 
 FIXED = [
     Hole(seed, "a failover lost the record of an event whose message was acknowledged", USER)
-    for seed in (7, 14, 23)
+    for seed in (14, 19)
 ]
 """Closed: the intake now `WAIT`s for the replicas before the event is acknowledged."""
