@@ -6,6 +6,11 @@ who cancels and retries, performers going on- and offline, an upstream with a se
 faults (late commits, lost answers, unreadable lists, another zone and clock, year-1 dates), lost
 "POST sent" marks, clocks that disagree — runs it to the end, and returns the violations of the
 invariants (none is the only passing answer) with a summary.
+
+Beyond those, each world draws what the code assumes (issue 20): the `Performer` shape of the
+booking objects, calls past the step lease, failovers to a replica missing the last writes of any
+key, worker clocks up to 2 min apart, late commits up to the reconcile window's edge, and invalid
+events; the invariants count new bookings per original booking, whoever made them.
 """
 
 from __future__ import annotations
@@ -114,7 +119,8 @@ def run(
     """One world, from its seed. `overrides` change settings (a weakened protocol must fail);
     `shapes` are the `Performer` shapes the seed may draw (any other drawn is `{"UserID"}`: the
     rest of the world is the same); `vary` sets what the seed drew (`shape`, `max_skew`,
-    `failover`, `past_lease`, `edge_commits`, `invalid`), to find which one a hole needs;
+    `failover`, `past_lease`, `past_lease_max`, `edge_commits`, `invalid`), to find which one
+    a hole needs;
     `skew_limit` caps how far apart the workers' clocks are (the upstream's is not capped)."""
     rng = random.Random(seed)
     random.seed(seed)  # the flow's own jitter: one process runs at a time, so this is replayable
