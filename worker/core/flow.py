@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
+from worker.core.actions import SHADOWED_REFUSAL
 from worker.core.backoff import backoff, jittered
 from worker.core.budget import RATE_SHARE
 from worker.core.capacity import presence_budget
@@ -32,6 +33,7 @@ from worker.core.errors import (
     NotSent,
     ReauthRequired,
     Rejected,
+    Shadowed,
     Throttled,
     UpstreamError,
 )
@@ -385,7 +387,7 @@ class Flow:
                 from_=[State.WAITING],
                 reason="performer online",
                 due=now + self.store.lease,
-                fields={"errors": 0},
+                fields={"errors": 0, "online_ts": now},
                 now=now,
             )
             with self.dispatch.batch():
@@ -699,8 +701,12 @@ class Flow:
             booking = self.client.reschedule(
                 token,
                 rec.booking_id,
-                before_send=self._marker(rec, listing, marked, performer_key),
+                before_send=self._shadow_marker(marked)
+                if s.shadow
+                else self._marker(rec, listing, marked, performer_key),
             )
+        except Shadowed:
+            return self._shadowed(rec, marked)
         except Gated as exc:
             return self._gated(rec, exc.holder)
         except _Found as exc:
@@ -766,6 +772,38 @@ class Flow:
                 raise NotSent(f"{got} of {s.redis_wait_replicas} replicas have the mark")
 
         return mark
+
+    def _shadow_marker(self, marked: list[float]) -> Callable[[], None]:
+        """Shadow mode's `before_send`: the moment the POST would go out (after the gate, the
+        read before it and the rate limiter) is noted, and nothing is sent — whatever client
+        runs it. No "POST sent" mark is written: nothing needs reconciling."""
+
+        def stop() -> None:
+            self._hold()
+            marked.append(self.clock())
+            raise Shadowed("shadow mode: not sent", endpoint=POST)
+
+        return stop
+
+    def _shadowed(self, rec: Rebook, marked: list[float]) -> Step:
+        """SHADOWED (terminal): what shadow mode would have booked, when, and how long after
+        the performer was seen online."""
+        at = marked[0] if marked else self.clock()
+        detail: dict[str, Any] = {"would_post_at": iso_z(from_ts(at))}
+        if rec.online_ts is not None:
+            detail["online_at"] = iso_z(from_ts(rec.online_ts))
+            detail["online_to_post_seconds"] = round(max(0.0, at - rec.online_ts), 3)
+        if self._move(
+            rec.rebook_id,
+            State.SHADOWED,
+            from_=[State.RESCHEDULING],
+            reason="shadow mode: would have rescheduled (nothing sent)",
+            fields={"would_post_ts": at},
+            outcome=State.SHADOWED.value,
+            detail=detail,
+        ):
+            log.info("rebook %s: SHADOWED (would have POSTed at %s)", rec.rebook_id, at)
+        return Step.SHADOWED
 
     def _found_before_post(self, rec: Rebook, exc: _Found) -> Step:
         """A booking whose mark was lost: adopted, or parked if a sibling could own it."""
@@ -1206,6 +1244,8 @@ class Flow:
         if booking.accept_by is not None:
             accept_by = booking.accept_by.timestamp()
         if final == State.ACCEPTED and self.settings.auto_confirm:
+            if self.settings.shadow:  # a booking made before shadow mode: never confirmed here
+                return self._finish(rec, booking, final, "accepted; not confirmed (shadow mode)")
             return self._confirm(rec, booking)
         if final is not None:
             return self._finish(rec, booking, final)
@@ -1492,6 +1532,8 @@ class Flow:
             self._restart(rec, extra)
         elif rec.state == State.DUPLICATE:
             raise Refused(f"{rec.rebook_id} is a duplicate of {rec.duplicate_of}; retry that one")
+        elif rec.state == State.SHADOWED:
+            raise Refused(SHADOWED_REFUSAL.format(rid=rec.rebook_id))
         elif rec.state.terminal:
             raise Refused(
                 f"{rec.rebook_id} is {rec.state.value}: booking {rec.new_booking_id} was made and "
