@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -25,7 +26,15 @@ from typing import Any
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from worker.adapters.upstream import UpstreamClient
-from worker.core.errors import ConfigError, ReauthRequired, Rejected, Transient
+from worker.core.errors import (
+    ConfigError,
+    DeploymentFault,
+    ReauthRequired,
+    Rejected,
+    TokenRefused,
+    Transient,
+    UpstreamError,
+)
 from worker.core.keys import Keys
 from worker.core.models import TokenSet
 
@@ -247,6 +256,29 @@ class TokenManager:
         self.store.save(user_id, fresh)  # before anything else: the old refresh token is dead
         log.info("refreshed tokens of member %s", user_id)
         return fresh
+
+    def check_client(self) -> tuple[str, str]:
+        """Whether the token endpoint accepts the OAuth client, without spending any member's
+        token: a refresh with a refresh token that cannot exist. `("ok", ...)`: the grant was
+        judged (`invalid_grant` or another grant refusal), so the client passed; `("refused",
+        code)`: `invalid_client`/`unauthorized_client`; `("unknown", what)`: anything else (a
+        network failure, a page in front of the endpoint, an answer that judges nothing)."""
+        try:
+            self.client.refresh_token(
+                self.token_url,
+                client_id=self.client_id,
+                client_secret=self._client_secret,
+                refresh_token="rebook-client-check-" + secrets.token_urlsafe(24),
+            )
+        except DeploymentFault as exc:
+            return "refused", exc.message or exc.reason
+        except TokenRefused as exc:
+            if exc.code:
+                return "ok", f"the client was accepted (the made-up grant: {exc.code})"
+            return "unknown", f"HTTP {exc.status} without an OAuth error code: {exc.message}"
+        except UpstreamError as exc:
+            return "unknown", str(exc)
+        return "unknown", "a refresh token that cannot exist was accepted"
 
     def keep_alive(self, user_id: str, *, before: float) -> str:
         """Refreshes the pair if its refresh token lapses before `before`: "refreshed", "fresh"
