@@ -1353,7 +1353,8 @@ class Flow:
         state = circuit.state(fresh=True)
         if state is not None:
             self._probe(state["reason"])
-            return
+            if circuit.state(fresh=True) is not None:
+                return
         ids, pids = circuit.take_held(self.settings.sweep_batch)
         if ids or pids:
             log.info("resuming %d rebook(s), %d performer(s) paused", len(ids), len(pids))
