@@ -230,3 +230,18 @@ def test_presence_capacity_gauges(store: Store) -> None:
         store.note_presence_call(now - 20)
     achieved = value(scrape(store), "rebook_presence_achieved_interval_seconds")
     assert achieved == pytest.approx(50 / (100 / 20), rel=0.05)
+
+
+def test_a_deployment_fault_shows_as_rebook_paused(store: Store) -> None:
+    from worker.core.errors import DeploymentFault
+
+    before = scrape(store)
+    assert value(before, "rebook_paused", reason="api_key") == 0
+    store.circuit.open(DeploymentFault("api_key", "Invalid or missing API key."))
+    after = scrape(store)
+    assert value(after, "rebook_paused", reason="api_key") == 1
+    assert value(after, "rebook_paused", reason="oauth_client") == 0
+    assert store.stats()["paused"]["setting"] == "REBOOK_API_KEY"
+    store.circuit.close("test")
+    assert value(scrape(store), "rebook_paused", reason="api_key") == 0
+    assert store.stats()["paused"] is None

@@ -258,27 +258,10 @@ class TokenManager:
         return fresh
 
     def check_client(self) -> tuple[str, str]:
-        """Whether the token endpoint accepts the OAuth client, without spending any member's
-        token: a refresh with a refresh token that cannot exist. `("ok", ...)`: the grant was
-        judged (`invalid_grant` or another grant refusal), so the client passed; `("refused",
-        code)`: `invalid_client`/`unauthorized_client`; `("unknown", what)`: anything else (a
-        network failure, a page in front of the endpoint, an answer that judges nothing)."""
-        try:
-            self.client.refresh_token(
-                self.token_url,
-                client_id=self.client_id,
-                client_secret=self._client_secret,
-                refresh_token="rebook-client-check-" + secrets.token_urlsafe(24),
-            )
-        except DeploymentFault as exc:
-            return "refused", exc.message or exc.reason
-        except TokenRefused as exc:
-            if exc.code:
-                return "ok", f"the client was accepted (the made-up grant: {exc.code})"
-            return "unknown", f"HTTP {exc.status} without an OAuth error code: {exc.message}"
-        except UpstreamError as exc:
-            return "unknown", str(exc)
-        return "unknown", "a refresh token that cannot exist was accepted"
+        """`check_client` with this manager's client (the sweep's probe of a refused client)."""
+        return check_client(
+            self.client, self.token_url, client_id=self.client_id, client_secret=self._client_secret
+        )
 
     def keep_alive(self, user_id: str, *, before: float) -> str:
         """Refreshes the pair if its refresh token lapses before `before`: "refreshed", "fresh"
@@ -310,3 +293,30 @@ def refresh_lock_seconds(limiter_max_wait: float, call_bound_seconds: float) -> 
     """The refresh lock's lifetime: the longest refresh (the shared rate limiter's wait, then
     a request in flight up to connect + read timeout) and a margin for Redis and the store."""
     return limiter_max_wait + call_bound_seconds + 10.0
+
+
+def check_client(
+    client: UpstreamClient, token_url: str, *, client_id: str, client_secret: str
+) -> tuple[str, str]:
+    """Whether the token endpoint accepts the OAuth client, without spending any member's
+    token: a refresh with a refresh token that cannot exist. `("ok", ...)`: the grant was judged
+    (an OAuth error code other than a client refusal, `invalid_grant` as a rule), so the client
+    passed; `("refused", code)`: `invalid_client`/`unauthorized_client`; `("unknown", what)`:
+    anything else (a network failure, a page in front of the endpoint, a 400/401 without an
+    OAuth error code, or a made-up token accepted)."""
+    try:
+        client.refresh_token(
+            token_url,
+            client_id=client_id,
+            client_secret=client_secret,
+            refresh_token="rebook-client-check-" + secrets.token_urlsafe(24),
+        )
+    except DeploymentFault as exc:
+        return "refused", exc.message or exc.reason
+    except TokenRefused as exc:
+        if exc.code:
+            return "ok", f"client accepted (a made-up refresh token: {exc.code})"
+        return "unknown", f"HTTP {exc.status} without an OAuth error code: {exc.message}"
+    except UpstreamError as exc:
+        return "unknown", str(exc)
+    return "unknown", "a refresh token that cannot exist was accepted"

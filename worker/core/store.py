@@ -1099,7 +1099,7 @@ class Store:
         last.update(why=scrub(why)[:300], answer=scrub(answer)[:500])
         pipe = self.r.pipeline(transaction=False)
         pipe.incr(self.keys.presence_unreadable("count"))
-        pipe.set(self.keys.presence_unreadable("last"), json.dumps(last))
+        pipe.set(self.keys.presence_unreadable("last"), json.dumps(last), ex=86400)
         return int(pipe.execute()[0])
 
     def presence_unreadable_count(self) -> int:
