@@ -645,9 +645,7 @@ class Flow:
             return Step.RETRY
         marked: list[float] = []
         try:
-            booking = self.client.reschedule(
-                token, rec.booking_id, before_send=self._marker(rec, listing, marked)
-            )
+            booking = self._send_post(rec, token, listing, marked)
         except Gated as exc:
             return self._gated(rec, exc.holder)
         except _Capped:
@@ -669,6 +667,22 @@ class Flow:
         except UpstreamError as exc:  # nothing was sent, or refused before the upstream acted
             return self._not_done(rec, marked, exc)
         return self._booked(rec, booking)
+
+    def _send_post(
+        self, rec: Rebook, token: str, listing: Listing, marked: list[float]
+    ) -> WebcamBooking:
+        """The POST. Under REBOOK_MAX_REBOOKS_PER_MEMBER_PER_DAY, one that cannot have made a
+        booking (refused, or stopped after its mark) gives its count back: the cap counts
+        POSTs that may have booked."""
+        try:
+            return self.client.reschedule(
+                token, rec.booking_id, before_send=self._marker(rec, listing, marked)
+            )
+        except Exception as exc:
+            capped = bool(self.settings.max_rebooks_per_member_per_day)
+            if marked and capped and not isinstance(exc, Ambiguous):
+                self.store.give_back_member_post(rec.user_id, marked[0])
+            raise
 
     def _marker(self, rec: Rebook, listing: Listing, marked: list[float]) -> Callable[[], None]:
         """What runs after the rate limiter, right before the request: lease, mark (with what
