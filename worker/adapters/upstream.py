@@ -412,6 +412,10 @@ class UpstreamClient:
             self._call("getUserSummary", params={"UserID": probe_user_id})
         except DeploymentFault as exc:
             return exc.reason == "api_key"
+        except Rejected:  # the API's own refusal of the call (a 404 for an unknown user): the
+            if self.circuit is not None:  # key itself passed
+                self.circuit.passed(API)
+            return False
         except UpstreamError:
             return False
         return False

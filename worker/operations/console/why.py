@@ -26,6 +26,10 @@ REASON_HELP: dict[str, str] = {
     "watch_unreadable": "the new booking cannot be read",
     "performer_unknown": "the original booking names no performer",
     "booking_claimed_elsewhere": "the upstream returned a booking another rebook owns",
+    "no_credits": "the upstream refused the reschedule for lack of credits: the member tops up, "
+    "then retry",
+    "member_cap": "the member reached REBOOK_MAX_REBOOKS_PER_MEMBER_PER_DAY today (UTC); parked "
+    "before any request",
 }
 """The README's NEEDS_ATTENTION table, one line each."""
 
