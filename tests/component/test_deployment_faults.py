@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
+
 from tests.component import test_flow
 from tests.component.test_flow import Env, rescheduling, rescheduling_many
 from tests.conftest import wait_for
@@ -180,3 +182,22 @@ def test_a_presence_answer_about_another_user_is_unreadable(env: Env) -> None:
     env.store.r.delete(env.store.keys.window("presence:7"))  # the next interval
     env.sandbox.set_online(7, True)
     assert env.flow.check_presence(7) == "online"
+
+
+def test_a_fault_is_logged_once_as_an_error_not_per_call(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One ERROR (one Sentry event through the logging integration) per fault."""
+    members = [f"m{i}" for i in range(3)]
+    for m in members:
+        env.member(m)
+    rids = [rescheduling(env, performer=20 + i, user=m)[0] for i, m in enumerate(members)]
+    env.sandbox.fault("*", "missing_scope", count=100)
+    env.store.circuit.probe_seconds = 0.0  # every call a probe: refused again each time
+    env.store.circuit.cache_seconds = 0.0
+    with caplog.at_level("INFO"):
+        for rid in rids:
+            assert env.flow.reschedule(rid) == "paused"
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "deployment fault" in errors[0].getMessage()
+    assert env.calls("MadeBookings") >= 2  # refused more than once, logged as an error once

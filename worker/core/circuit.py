@@ -97,7 +97,9 @@ class Circuit:
         st = self.state()
         if st is None or st["reason"] not in tuple(reasons):
             return
-        if self.r.set(self.keys.paused("probe"), "1", nx=True, px=int(self.probe_seconds * 1000)):
+        if self.r.set(
+            self.keys.paused("probe"), "1", nx=True, px=max(1, int(self.probe_seconds * 1000))
+        ):
             log.info("circuit open (%s): this call is the probe", st["reason"])
             return
         raise DeploymentFault(st["reason"], st.get("message", ""), paused=True)
@@ -135,7 +137,7 @@ class Circuit:
             },
         )
         # the refused call was a probe of sorts: the next one waits its interval
-        self.r.set(self.keys.paused("probe"), "1", px=int(self.probe_seconds * 1000))
+        self.r.set(self.keys.paused("probe"), "1", px=max(1, int(self.probe_seconds * 1000)))
         self._cached = None
         log.error(
             "deployment fault: %s refused (%s%s); calls it affects are paused, no member is "
