@@ -201,3 +201,19 @@ def test_a_fault_is_logged_once_as_an_error_not_per_call(
     errors = [r for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and "deployment fault" in errors[0].getMessage()
     assert env.calls("MadeBookings") >= 2  # refused more than once, logged as an error once
+
+
+def test_nobody_gives_up_while_a_wrong_key_hides_presence(env: Env) -> None:
+    env.member()
+    rid = env.submit(env.sandbox.add_booking("alice", 7), max_wait_seconds=1)
+    env.sandbox.fault("getUserSummary", "api_key_refused")
+    assert env.flow.check_presence(7) == "paused"
+    env.clock.advance(5)  # past the max wait
+    env.flow.sweep()  # the probe may go: the fault is still there (a second refusal below)
+    env.sandbox.fault("getUserSummary", "api_key_refused", count=10)
+    env.flow.sweep()
+    assert env.get(rid).state is State.WAITING
+    env.store.circuit.close("fixed")
+    env.clock.advance(env.flow._pause_wait() + 1)
+    env.flow.sweep()
+    assert env.get(rid).state is State.GAVE_UP  # after the fix, the wait ends as it would have

@@ -177,14 +177,17 @@ class Circuit:
     def hold_performer(self, performer_id: int) -> None:
         self.r.sadd(self.keys.paused("performers"), performer_id)
 
-    def take_held(self, limit: int = 1000) -> tuple[list[str], list[int]]:
+    def take_held(self, limit: int = 1000, *, checked: bool = False) -> tuple[list[str], list[int]]:
         """Up to `limit` held rebooks and performers, removed from the sets (the sweep makes
-        them due). Empty while the circuit is open."""
-        if self.state(fresh=True) is not None:
+        them due). Empty while the circuit is open (`checked`: the caller just read it closed).
+        One round trip."""
+        if not checked and self.state(fresh=True) is not None:
             return [], []
-        ids = self.r.spop(self.keys.paused("held"), limit) or []
-        pids = self.r.spop(self.keys.paused("performers"), limit) or []
-        return [_s(i) for i in ids], [int(_s(p)) for p in pids]
+        pipe = self.r.pipeline(transaction=False)
+        pipe.spop(self.keys.paused("held"), limit)
+        pipe.spop(self.keys.paused("performers"), limit)
+        ids, pids = pipe.execute()
+        return [_s(i) for i in ids or []], [int(_s(p)) for p in pids or []]
 
 
 def _s(value: Any) -> str:

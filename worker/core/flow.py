@@ -1297,8 +1297,9 @@ class Flow:
     def sweep(self) -> dict[str, int]:
         """Re-dispatches whatever is overdue: a lost message only delays, never loses."""
         now = self.clock()
+        paused: str | None = None
         try:
-            self._circuit_round(now)
+            paused = self._circuit_round(now)
         except Exception as exc:  # the circuit must never stop the sweep itself
             log.warning("deployment fault round skipped: %s: %s", type(exc).__name__, exc)
         # performers due before the next sweep are sent now, to run on time: a performer who
@@ -1327,7 +1328,12 @@ class Flow:
                 self.dispatch.check_presence(pid, at=at if at > now else None)
             for rec in self.store.get_many(ids):
                 if rec.state == State.WAITING:
-                    if now >= rec.deadline_ts:
+                    if now >= rec.deadline_ts and paused == "api_key":
+                        # presence cannot be read while the key is refused: the operator's
+                        # typo does not make anyone give up; the wait ends after the fix
+                        later = now + self._pause_wait()
+                        self._stay(rec, reason=rec.reason, due=later, fields={"deadline_ts": later})
+                    elif now >= rec.deadline_ts:
                         expired.append(rec.rebook_id)
                     elif rec.performer_id is None:
                         self.dispatch.check_presence(None, rec.rebook_id)
@@ -1360,16 +1366,18 @@ class Flow:
             counts["gave_up"] = len(gave_up)
         return counts
 
-    def _circuit_round(self, now: float) -> None:
+    def _circuit_round(self, now: float) -> str | None:
         """While a deployment fault is in force, probe it (one call per probe interval across
-        all workers); once it is gone, what it held is due now, so it runs in this sweep."""
+        all workers); once it is gone, what it held is due now, so it runs in this sweep.
+        Returns the reason of the fault still in force, if any."""
         circuit = self.store.circuit
         state = circuit.state(fresh=True)
         if state is not None:
             self._probe(state["reason"])
-            if circuit.state(fresh=True) is not None:
-                return
-        ids, pids = circuit.take_held(self.settings.sweep_batch)
+            state = circuit.state(fresh=True)
+            if state is not None:
+                return state["reason"]
+        ids, pids = circuit.take_held(self.settings.sweep_batch, checked=True)
         if ids or pids:
             log.info("resuming %d rebook(s), %d performer(s) paused", len(ids), len(pids))
         for rec in self.store.get_many(ids):
@@ -1380,6 +1388,7 @@ class Flow:
         if ids or not self._client_parked_checked:
             self._client_parked_checked = True
             self.resume_client_parked()
+        return None
 
     def _probe(self, reason: str) -> None:
         """One call that tells whether the fault is gone, if this interval's probe is free (the
