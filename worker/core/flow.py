@@ -206,7 +206,8 @@ class Flow:
         """A member call's 401 that does not say whose fault it is: one call that needs no
         member token tells. Refused too: the API key is at fault (DeploymentFault), no refresh."""
         probe = getattr(self.client, "api_key_refused", None)
-        if probe is not None and probe(rec.performer_id or 1):
+        # (UserID 1, not the performer: a probe is not a presence check and counts as none)
+        if probe is not None and probe(1):
             raise DeploymentFault("api_key", "a call with the API key alone was refused too")
 
     def _pause_wait(self) -> float:
