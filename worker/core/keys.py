@@ -211,6 +211,10 @@ class Keys:
         `paused:performers`)."""
         return self.key("paused", *parts)
 
+    def member_day(self, user_id: str, day: str) -> str:
+        """A member's reschedule POSTs on one UTC day (`YYYYMMDD`; the daily cap)."""
+        return self.key("cap", user_id, day)
+
     def presence_unreadable(self, *parts: object) -> str:
         """Presence answers that said nothing readable: a count and the last one (JSON)."""
         return self.key("presence", "unreadable", *parts)

@@ -963,7 +963,7 @@ class Store:
         return sorted(self.r.smembers(self.keys.of_member(shard, user_id)))
 
     def _member_day(self, user_id: str, now: float) -> str:
-        return self.key("cap", user_id, datetime.fromtimestamp(now, UTC).strftime("%Y%m%d"))
+        return self.keys.member_day(user_id, datetime.fromtimestamp(now, UTC).strftime("%Y%m%d"))
 
     def member_posts_today(self, user_id: str, now: float) -> int:
         """Rebook POSTs sent for the member this UTC day (REBOOK_MAX_REBOOKS_PER_MEMBER_PER_DAY)."""
