@@ -38,7 +38,7 @@ def test_a_wrong_client_secret_parks_nobody_and_settles_after_the_fix(
     with running_system(
         redis_url, tmp_path, oauth_client_secret="typo", pause_probe_seconds=0.5
     ) as sysm:
-        members = [sysm.member(expires_in=1) for _ in range(3)]  # every step needs a refresh
+        members = [sysm.member(expires_in=0) for _ in range(3)]  # every step needs a refresh
         performer = sysm.performer(online=True)
         rids = [sysm.rebook(m, performer)[0] for m in members for _ in range(2)]
         wait_for(lambda: sysm.store.circuit.public(), 30, "the circuit to open")
@@ -71,7 +71,7 @@ def test_a_wrong_api_key_refreshes_no_member_twice_and_settles_after_the_fix(
     redis_url: str, tmp_path: Path
 ) -> None:
     with running_system(redis_url, tmp_path, api_key="not-the-key") as sysm:
-        members = [sysm.member(expires_in=1) for _ in range(3)]
+        members = [sysm.member(expires_in=0) for _ in range(3)]
         performer = sysm.performer(online=True)
         rids = [sysm.rebook(m, performer)[0] for m in members]
         wait_for(lambda: sysm.store.circuit.public(), 30, "the circuit to open")
