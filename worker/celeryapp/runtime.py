@@ -88,6 +88,7 @@ def build_services(settings: Settings) -> Services:
         on_made=ZoneWatch(store.r, store.keys.zone, settings.zone, settings.zone_tolerance_seconds),
         shadow=settings.shadow,
     )
+    client.circuit = store.circuit  # deployment faults pause calls for every worker
     token_store = TokenStore(
         store.r,
         settings.key_prefix,

@@ -37,7 +37,7 @@ from prometheus_client.registry import Collector
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from worker.core.errors import StoreUnavailable
+from worker.core.errors import FAULT_SETTINGS, StoreUnavailable
 from worker.core.settings import Settings, mask_url, settings_or_exit
 from worker.core.states import TERMINAL_STATES, State
 from worker.core.store import Store
@@ -119,6 +119,10 @@ class RebookCollector(Collector):
         lag = shadow["online_to_post_seconds"]
         for q in ("p50", "p99"):
             fams["shadow_lag"].add_metric([q], math.nan if lag[q] is None else lag[q])
+        paused = stats.get("paused")
+        for reason in FAULT_SETTINGS:  # every reason, 0 or 1: an alert needs no absent series
+            fams["paused"].add_metric([reason], 1 if paused and paused["reason"] == reason else 0)
+        fams["presence_unreadable"].add_metric([], presence.get("unreadable", 0))
         zone = stats.get("zone")
         if zone:  # nothing before the first booking the upstream made
             fams["zone_agrees"].add_metric([zone["configured"]], 1 if zone["agrees"] else 0)
@@ -196,6 +200,15 @@ def _families() -> dict[str, GaugeMetricFamily | CounterMetricFamily]:
         "memory_headroom": GaugeMetricFamily(
             "rebook_redis_memory_headroom_ratio",
             "1 - used/maxmemory of the store Redis (+Inf: no maxmemory); at 0 writes fail (OOM)",
+        ),
+        "paused": GaugeMetricFamily(
+            "rebook_paused",
+            "1 while a deployment fault (wrong OAuth client, API key, scope) pauses calls",
+            labels=["reason"],
+        ),
+        "presence_unreadable": CounterMetricFamily(
+            "rebook_presence_unreadable",
+            "Presence answers that did not say whether the performer is online",
         ),
         "zone_agrees": GaugeMetricFamily(
             "rebook_zone_agrees",
