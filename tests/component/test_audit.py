@@ -1,0 +1,61 @@
+"""The audit against the real store and the sandbox over HTTP: records made by the flow's own
+steps, bookings made behind rebook's back by the sandbox's control endpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tests.component.test_flow import Env, env, make_env, watching  # noqa: F401 (fixtures)
+from worker.core.audit import Auditor, Report, append_new, counts, recorded
+from worker.core.states import State
+
+
+def audit(env: Env) -> Report:
+    return Auditor(env.settings, env.store, env.svc.client, env.svc.tokens, clock=env.clock).run()
+
+
+def test_a_clean_run_checks_the_member_and_finds_nothing(env: Env) -> None:
+    watching(env)
+    # the member also books by hand: not a finding
+    env.sandbox.add_booking("alice", 7, age_seconds=0)
+    report = audit(env)
+    assert report.as_json()["findings"] == []
+    assert report.checked_members == 1 and not report.unchecked
+    assert report.calls == 1
+
+
+def test_a_double_made_elsewhere_is_found_once(env: Env) -> None:
+    rid, orig, new = watching(env)
+    other = env.sandbox.reschedule_elsewhere(orig)
+    (finding,) = audit(env).findings
+    assert finding.kind == "double"
+    assert finding.booking_id == orig
+    assert finding.new_booking_ids == tuple(sorted((new, other)))
+    assert finding.rebook_ids == (rid,)
+    assert [f.kind for f in append_new(env.store, [finding])] == ["double"]
+    again = audit(env).findings
+    assert again == [] or append_new(env.store, again) == []
+    assert [f for _, f in recorded(env.store)] == [finding]
+    assert counts(env.store) == {"double": 1, "orphan": 0, "missing": 0}
+
+
+def test_an_orphan_and_a_missing_booking(env: Env) -> None:
+    env.member()
+    waiting_orig = env.sandbox.add_booking("alice", 8)
+    waiting = env.submit(waiting_orig, performer=8)
+    assert env.get(waiting).state is State.WAITING
+    rid, orig, new = watching(env)
+    stray = env.sandbox.reschedule_elsewhere(waiting_orig)
+    env.sandbox.remove_booking(new)
+    found = {(f.kind, f.booking_id, f.new_booking_ids) for f in audit(env).findings}
+    assert found == {("orphan", waiting_orig, (stray,)), ("missing", orig, (new,))}
+
+
+def test_an_unreadable_list_is_not_clean(make_env: Callable[..., Env]) -> None:  # noqa: F811
+    env = make_env()
+    watching(env)
+    env.sandbox.fault("MadeBookings", "http_500", count=50)
+    report = audit(env)
+    assert report.checked_members == 0
+    assert [u.user_id for u in report.unchecked] == ["alice"]
+    assert report.findings == []
