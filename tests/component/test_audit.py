@@ -10,11 +10,11 @@ from worker.core.audit import Auditor, Report, append_new, counts, recorded
 from worker.core.states import State
 
 
-def audit(env: Env) -> Report:
+def audit(env: Env) -> Report:  # noqa: F811
     return Auditor(env.settings, env.store, env.svc.client, env.svc.tokens, clock=env.clock).run()
 
 
-def test_a_clean_run_checks_the_member_and_finds_nothing(env: Env) -> None:
+def test_a_clean_run_checks_the_member_and_finds_nothing(env: Env) -> None:  # noqa: F811
     watching(env)
     # the member also books by hand: not a finding
     env.sandbox.add_booking("alice", 7, age_seconds=0)
@@ -24,7 +24,7 @@ def test_a_clean_run_checks_the_member_and_finds_nothing(env: Env) -> None:
     assert report.calls == 1
 
 
-def test_a_double_made_elsewhere_is_found_once(env: Env) -> None:
+def test_a_double_made_elsewhere_is_found_once(env: Env) -> None:  # noqa: F811
     rid, orig, new = watching(env)
     other = env.sandbox.reschedule_elsewhere(orig)
     (finding,) = audit(env).findings
@@ -39,12 +39,12 @@ def test_a_double_made_elsewhere_is_found_once(env: Env) -> None:
     assert counts(env.store) == {"double": 1, "orphan": 0, "missing": 0}
 
 
-def test_an_orphan_and_a_missing_booking(env: Env) -> None:
+def test_an_orphan_and_a_missing_booking(env: Env) -> None:  # noqa: F811
     env.member()
     waiting_orig = env.sandbox.add_booking("alice", 8)
     waiting = env.submit(waiting_orig, performer=8)
     assert env.get(waiting).state is State.WAITING
-    rid, orig, new = watching(env)
+    _rid, orig, new = watching(env)
     stray = env.sandbox.reschedule_elsewhere(waiting_orig)
     env.sandbox.remove_booking(new)
     found = {(f.kind, f.booking_id, f.new_booking_ids) for f in audit(env).findings}
@@ -52,7 +52,7 @@ def test_an_orphan_and_a_missing_booking(env: Env) -> None:
 
 
 def test_an_unreadable_list_is_not_clean(make_env: Callable[..., Env]) -> None:  # noqa: F811
-    env = make_env()
+    env = make_env()  # noqa: F811
     watching(env)
     env.sandbox.fault("MadeBookings", "http_500", count=50)
     report = audit(env)
