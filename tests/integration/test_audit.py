@@ -1,0 +1,128 @@
+"""The ledger audit through a real worker and beat (audit every second) and the sandbox: quiet
+on a clean run; a double made behind rebook's back, an orphan and a missing booking are found
+within two audit intervals, in the stream, the metric and `rebook audit`, each appended once."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.integration.conftest import System, running_system, wait_for
+from worker.core.audit import recorded
+from worker.core.states import State
+from worker.operations import exporter
+
+pytestmark = pytest.mark.integration
+
+AUDIT_INTERVAL = 1.0
+WITHIN = 2 * AUDIT_INTERVAL + 3.0
+"""Two audit intervals, and a margin for the run itself and beat's tick on a busy machine."""
+
+
+@pytest.fixture(scope="module")
+def system(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    with running_system(
+        redis_url, tmp_path_factory.mktemp("audit"), audit_interval_seconds=AUDIT_INTERVAL
+    ) as sysm:
+        yield sysm
+
+
+def audit_json(system: System, *args: str) -> tuple[int, dict]:
+    done = system.cli("audit", "--json", *args)
+    assert done.returncode in (0, 1), done.stderr
+    return done.returncode, json.loads(done.stdout)
+
+
+def metric(system: System, kind: str) -> float:
+    for family in exporter.collector(system.store).collect():
+        if family.name == "rebook_audit_findings":
+            for sample in family.samples:
+                if sample.name.endswith("_total") and sample.labels["kind"] == kind:
+                    return sample.value
+    raise AssertionError("rebook_audit_findings_total is not exported")
+
+
+def in_stream(system: System, kind: str, new_id: int) -> list[dict]:
+    return [
+        f.as_json()
+        for _, f in recorded(system.store, 1000)
+        if f.kind == kind and new_id in f.new_booking_ids
+    ]
+
+
+def test_a_clean_run_has_no_findings(system: System) -> None:
+    user = system.member()
+    rid, _ = system.rebook(user, system.performer(online=True))
+    system.wait_state(rid, State.WATCHING)
+    # an audit run after the booking: the beat's and ours see nothing
+    wait_for(lambda: system.store.r.hget(system.store.keys.audit_checked, user), WITHIN, "audit")
+    code, report = audit_json(system)
+    assert (code, report["findings"]) == (0, [])
+    assert report["checked_members"] >= 1
+    assert list(recorded(system.store)) == []
+    assert metric(system, "double") == 0
+
+
+def test_a_double_made_behind_rebooks_back_is_found(system: System) -> None:
+    user = system.member()
+    rid, orig = system.rebook(user, system.performer(online=True))
+    rec = system.wait_state(rid, State.WATCHING)
+    assert rec.new_booking_id is not None
+    other = system.sandbox.reschedule_elsewhere(orig)
+    assert system.sandbox.stats()["new_bookings"][str(orig)] == 2
+    made = time.monotonic()
+    (entry,) = wait_for(lambda: in_stream(system, "double", other), WITHIN, "double in stream")
+    assert time.monotonic() - made <= WITHIN
+    assert entry["booking_id"] == orig
+    assert entry["new_booking_ids"] == sorted([rec.new_booking_id, other])
+    assert entry["rebook_ids"] == [rid]
+    assert metric(system, "double") >= 1
+    code, report = audit_json(system)
+    assert code == 1
+    assert any(
+        f["kind"] == "double" and f["booking_id"] == orig and f["user_id"] == user
+        for f in report["findings"]
+    )
+    text = system.cli("audit")
+    assert text.returncode == 1 and "double" in text.stdout
+
+
+def test_an_orphan_and_a_missing_booking_are_found_once(system: System) -> None:
+    user = system.member()
+    waiting_rid, waiting_orig = system.rebook(user, system.performer(online=False))
+    system.wait_state(waiting_rid, State.WAITING)
+    rid, orig = system.rebook(user, system.performer(online=True))
+    new = system.wait_state(rid, State.WATCHING).new_booking_id
+    assert new is not None
+    stray = system.sandbox.reschedule_elsewhere(waiting_orig)
+    system.sandbox.remove_booking(new)
+    (orphan,) = wait_for(lambda: in_stream(system, "orphan", stray), WITHIN, "orphan")
+    if system.store.performer_field() is not None:  # by performer
+        assert (orphan["booking_id"], orphan["rebook_ids"]) == (waiting_orig, [waiting_rid])
+    else:  # the member's rebooks together: the smallest original is named
+        assert (orphan["booking_id"], orphan["rebook_ids"]) == (
+            waiting_orig,
+            sorted([rid, waiting_rid]),
+        )
+    (missing,) = wait_for(lambda: in_stream(system, "missing", new), WITHIN, "missing")
+    assert (missing["booking_id"], missing["rebook_ids"]) == (orig, [rid])
+    # later runs find them again and append nothing
+    last = float(system.store.r.hget(system.store.keys.audit_checked, user) or 0)
+    wait_for(
+        lambda: (
+            float(system.store.r.hget(system.store.keys.audit_checked, user) or 0)
+            > last + AUDIT_INTERVAL
+        ),
+        WITHIN,
+        "two more audit runs",
+    )
+    assert len(in_stream(system, "orphan", stray)) == 1
+    assert len(in_stream(system, "missing", new)) == 1
+    fingerprints = [
+        (f.kind, f.booking_id, f.new_booking_ids) for _, f in recorded(system.store, 1000)
+    ]
+    assert len(fingerprints) == len(set(fingerprints))
+    assert metric(system, "orphan") == 1 and metric(system, "missing") == 1
