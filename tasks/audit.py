@@ -8,7 +8,7 @@ from celery import shared_task
 
 from worker.celeryapp.app import time_limits
 from worker.celeryapp.runtime import services
-from worker.core.audit import Auditor, append_new, report_to_sentry
+from worker.core.audit import Auditor, append_new, note_run, report_to_sentry
 
 
 @shared_task(name="rebook.audit", acks_late=False, reject_on_worker_lost=False)
@@ -32,6 +32,7 @@ def audit() -> dict[str, Any]:
 
     try:
         report = auditor.run(budget_seconds=time_limits(s).soft / 2, on_member=checked)
+        note_run(svc.store, report, auditor.clock())
     finally:
         svc.store.r.delete(svc.store.keys.window("audit:run"))
     return {

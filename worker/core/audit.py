@@ -453,6 +453,29 @@ def counts(store: Store) -> dict[str, int]:
     return {k: int(raw.get(k, 0) or 0) for k in KINDS}
 
 
+def note_run(store: Store, report: Report, at: float) -> None:
+    """Keeps the last run's summary for the console (no ids beyond members' counts)."""
+    store.r.set(
+        store.keys.audit_last,
+        json.dumps(
+            {
+                "at": iso_z(datetime.fromtimestamp(at, UTC)),
+                "checked_members": report.checked_members,
+                "unchecked_members": len(report.unchecked),
+                "findings": len(report.findings),
+            }
+        ),
+    )
+
+
+def last_run(store: Store) -> dict[str, Any] | None:
+    raw = store.r.get(store.keys.audit_last)
+    if not raw:
+        return None
+    value: dict[str, Any] = json.loads(raw)
+    return value
+
+
 def report_to_sentry(finding: Finding) -> None:
     """One Sentry event per new finding (when Sentry is on): ids only, no secrets."""
     try:

@@ -199,6 +199,11 @@ class Keys:
         return self.key("audit", "checked")
 
     @property
+    def audit_last(self) -> str:
+        """The last audit run's summary (JSON: when, members checked and not checked)."""
+        return self.key("audit", "last")
+
+    @property
     def upstream_calls(self) -> str:
         """Upstream calls per `endpoint:outcome`, for the exporter."""
         return self.key("metrics", "upstream")
