@@ -59,3 +59,20 @@ def test_an_unreadable_list_is_not_clean(make_env: Callable[..., Env]) -> None: 
     assert report.checked_members == 0
     assert [u.user_id for u in report.unchecked] == ["alice"]
     assert report.findings == []
+
+
+def test_a_run_out_of_time_defers_and_a_pass_goes_on_where_it_stopped(env: Env) -> None:  # noqa: F811
+    watching(env)
+    env.member("bob")
+    orig = env.sandbox.add_booking("bob", 9)
+    env.submit(orig, user="bob", performer=9)
+    auditor = Auditor(env.settings, env.store, env.svc.client, env.svc.tokens, clock=env.clock)
+    out_of_time = auditor.run(budget_seconds=0)
+    assert (out_of_time.checked_members, out_of_time.deferred) == (0, 2)
+    started = env.clock()
+    auditor.mark_checked("alice")
+    rest = auditor.run(done_since=started)
+    assert rest.checked_members == 1 and rest.unchecked == []
+    # a new pass: the least recently checked first, everyone again
+    assert auditor._least_recently_checked(["alice", "bob"], None) == ["bob", "alice"]
+    assert auditor.run().checked_members == 2

@@ -9,11 +9,16 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import requests
+from jsonschema import Draft202012Validator
 
 from tests.integration.conftest import System, running_system, wait_for
+from tests.integration.console_helpers import AUTH, flower_for
+from tests.integration.test_console_browser import CHROMIUM, SHOTS, _browser_or_skip
 from worker.core.audit import recorded
 from worker.core.states import State
 from worker.operations import exporter
+from worker.operations.console.openapi import document
 
 pytestmark = pytest.mark.integration
 
@@ -126,3 +131,58 @@ def test_an_orphan_and_a_missing_booking_are_found_once(system: System) -> None:
     ]
     assert len(fingerprints) == len(set(fingerprints))
     assert metric(system, "orphan") == 1 and metric(system, "missing") == 1
+
+
+def test_the_console_lists_findings_newest_first(system: System) -> None:
+    """`/rebooks/audit` and `GET /api/audit` (checked against the OpenAPI document), and the
+    README's screenshot of the page in a real browser (REBOOK_SCREENSHOTS=docs)."""
+    user = system.member()
+    rid, orig = system.rebook(user, system.performer(online=True))
+    system.wait_state(rid, State.WATCHING)
+    other = system.sandbox.reschedule_elsewhere(orig)
+    wait_for(lambda: in_stream(system, "double", other), WITHIN, "double in stream")
+    doc = document()
+    with flower_for(system) as base:
+        assert requests.get(base + "/api/audit", timeout=10).status_code == 401
+        api = requests.get(base + "/api/audit", auth=AUTH, timeout=10)
+        assert api.status_code == 200
+        schema = {
+            **doc["paths"]["/api/audit"]["get"]["responses"]["200"]["content"]["application/json"][
+                "schema"
+            ],
+            "components": doc["components"],
+        }
+        assert not [e.message for e in Draft202012Validator(schema).iter_errors(api.json())]
+        found = api.json()["findings"]
+        assert found[0]["new_booking_ids"] == sorted([system.get(rid).new_booking_id, other])
+        stamps = [f["found_at"] for f in found]
+        assert stamps == sorted(stamps, reverse=True)  # newest first
+        assert api.json()["counts"]["double"] >= 1
+        page = requests.get(base + "/rebooks/audit", auth=AUTH, timeout=10)
+        assert page.status_code == 200
+        assert f'href="/rebooks/{rid}"' in page.text
+        assert f'href="/rebooks?user_id={user}"' in page.text
+        home = requests.get(base + "/rebooks", auth=AUTH, timeout=10)
+        assert 'id="nav-audit"' in home.text
+        _screenshot(base)
+
+
+def _screenshot(base: str) -> None:
+    sync_playwright = _browser_or_skip()
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        try:
+            context = chromium.new_context(
+                http_credentials={"username": AUTH[0], "password": AUTH[1]},
+                viewport={"width": 1400, "height": 700},
+            )
+            tab = context.new_page()
+            tab.goto(base + "/rebooks")
+            tab.click("#nav-audit")  # from the nav, as an operator gets there
+            tab.wait_for_selector("#findings tr.finding")
+            assert "double" in tab.inner_text("#findings")
+            SHOTS.mkdir(parents=True, exist_ok=True)
+            tab.screenshot(path=str(SHOTS / "console-audit.png"), full_page=True)
+            context.close()
+        finally:
+            chromium.close()

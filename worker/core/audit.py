@@ -46,6 +46,7 @@ SETTLING_REASONS = frozenset(
 """Parked reasons that already name a booking nobody here owns: an operator settles it; the
 audit does not report the same booking again as an orphan."""
 THROTTLE_PAUSE_MAX = 1.0
+NOT_REACHED = "not reached within this run"
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,8 @@ class Report:
     findings: list[Finding] = field(default_factory=list)
     unchecked: list[Unchecked] = field(default_factory=list)
     calls: int = 0
+    deferred: int = 0
+    """Members not reached within the run's time budget (among `unchecked`)."""
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -275,19 +278,23 @@ class Auditor:
         *,
         budget_seconds: float | None = None,
         on_member: Callable[[str, list[Finding] | None], None] | None = None,
+        done_since: float | None = None,
     ) -> Report:
         """Audits every member with rebooks since `since` (default: the window), the least
-        recently audited first; members not reached within `budget_seconds` are unchecked."""
+        recently audited first; members not reached within `budget_seconds` are unchecked
+        (`deferred`). `done_since`: members audited since then are left out (a pass that goes
+        on in another run)."""
         now = self.clock()
         if since is None:
             since = now - self.settings.audit_window_seconds
         deadline = None if budget_seconds is None else now + budget_seconds
         members = self.members(since)
-        order = self._least_recently_checked(list(members))
+        order = self._least_recently_checked(list(members), done_since)
         report = Report()
         for user_id in order:
             if deadline is not None and self.clock() >= deadline:
-                report.unchecked.append(Unchecked(user_id, "not reached within this run"))
+                report.unchecked.append(Unchecked(user_id, NOT_REACHED))
+                report.deferred += 1
                 continue
             try:
                 findings, calls = self.audit_member(user_id, members[user_id], deadline)
@@ -303,11 +310,15 @@ class Auditor:
                 on_member(user_id, findings)
         return report
 
-    def _least_recently_checked(self, users: list[str]) -> list[str]:
+    def _least_recently_checked(self, users: list[str], done_since: float | None) -> list[str]:
         if not users:
             return []
-        seen = self.store.r.hmget(self.store.keys.audit_checked, users)
-        return [u for _, u in sorted(zip((float(s or 0) for s in seen), users, strict=True))]
+        seen = [float(s or 0) for s in self.store.r.hmget(self.store.keys.audit_checked, users)]
+        return [
+            u
+            for at, u in sorted(zip(seen, users, strict=True))
+            if done_since is None or at < done_since
+        ]
 
     def mark_checked(self, user_id: str) -> None:
         self.store.r.hset(self.store.keys.audit_checked, user_id, repr(self.clock()))
