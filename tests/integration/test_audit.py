@@ -15,6 +15,7 @@ from jsonschema import Draft202012Validator
 from tests.integration.conftest import System, running_system, wait_for
 from tests.integration.console_helpers import AUTH, flower_for
 from tests.integration.test_console_browser import CHROMIUM, SHOTS, _browser_or_skip
+from tests.integration.test_ops import SentryCollector
 from worker.core.audit import recorded
 from worker.core.states import State
 from worker.operations import exporter
@@ -28,11 +29,33 @@ WITHIN = 2 * AUDIT_INTERVAL + 3.0
 
 
 @pytest.fixture(scope="module")
-def system(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+def sentry() -> Iterator[SentryCollector]:
+    collector = SentryCollector()
+    yield collector
+    collector.close()
+
+
+@pytest.fixture(scope="module")
+def system(
+    redis_url: str, tmp_path_factory: pytest.TempPathFactory, sentry: SentryCollector
+) -> Iterator[System]:
     with running_system(
-        redis_url, tmp_path_factory.mktemp("audit"), audit_interval_seconds=AUDIT_INTERVAL
+        redis_url,
+        tmp_path_factory.mktemp("audit"),
+        audit_interval_seconds=AUDIT_INTERVAL,
+        sentry_dsn=f"http://abcdef0123456789@127.0.0.1:{sentry.port}/24",
     ) as sysm:
         yield sysm
+
+
+def sentry_events(sentry: SentryCollector, kind: str, new_id: int) -> list[dict]:
+    """The Sentry events of audit findings of `kind` naming `new_id`."""
+    return [
+        e
+        for e in sentry.items("event")
+        if e.get("tags", {}).get("audit_kind") == kind
+        and new_id in e.get("contexts", {}).get("finding", {}).get("new_booking_ids", [])
+    ]
 
 
 def audit_json(system: System, *args: str) -> tuple[int, dict]:
@@ -71,7 +94,9 @@ def test_a_clean_run_has_no_findings(system: System) -> None:
     assert metric(system, "double") == 0
 
 
-def test_a_double_made_behind_rebooks_back_is_found(system: System) -> None:
+def test_a_double_made_behind_rebooks_back_is_found(
+    system: System, sentry: SentryCollector
+) -> None:
     user = system.member()
     rid, orig = system.rebook(user, system.performer(online=True))
     rec = system.wait_state(rid, State.WATCHING)
@@ -93,9 +118,13 @@ def test_a_double_made_behind_rebooks_back_is_found(system: System) -> None:
     )
     text = system.cli("audit")
     assert text.returncode == 1 and "double" in text.stdout
+    (event,) = wait_for(lambda: sentry_events(sentry, "double", other), WITHIN, "Sentry event")
+    assert str(orig) in json.dumps(event)
 
 
-def test_an_orphan_and_a_missing_booking_are_found_once(system: System) -> None:
+def test_an_orphan_and_a_missing_booking_are_found_once(
+    system: System, sentry: SentryCollector
+) -> None:
     user = system.member()
     waiting_rid, waiting_orig = system.rebook(user, system.performer(online=False))
     system.wait_state(waiting_rid, State.WAITING)
@@ -131,6 +160,9 @@ def test_an_orphan_and_a_missing_booking_are_found_once(system: System) -> None:
     ]
     assert len(fingerprints) == len(set(fingerprints))
     assert metric(system, "orphan") == 1 and metric(system, "missing") == 1
+    for kind, new_id in (("orphan", stray), ("missing", new)):  # one event each, not one a run
+        wait_for(lambda k=kind, n=new_id: sentry_events(sentry, k, n), WITHIN, f"{kind} event")
+        assert len(sentry_events(sentry, kind, new_id)) == 1
 
 
 def test_the_console_lists_findings_newest_first(system: System) -> None:
