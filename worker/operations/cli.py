@@ -284,8 +284,8 @@ def audit(
 ) -> None:
     """Check the upstream's MadeBookings against the records now (double, orphan, missing).
 
-    Exit 1 when there are findings or a member could not be checked; it appends nothing (the
-    beat task `rebook.audit` records new findings in the stream)."""
+    Exit 1 when there are findings or a member could not be checked. It records nothing: the
+    beat task `rebook.audit` appends new findings to the stream."""
     from worker.core.audit import Auditor
     from worker.core.search import BadFilter, parse_since
 
