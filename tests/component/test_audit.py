@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from tests.component.test_flow import Env, env, make_env, watching  # noqa: F401 (fixtures)
 from worker.core.audit import Auditor, Report, append_new, counts, recorded
+from worker.core.errors import DeploymentFault
 from worker.core.states import State
 
 
@@ -76,3 +77,11 @@ def test_a_run_out_of_time_defers_and_a_pass_goes_on_where_it_stopped(env: Env) 
     # a new pass: the least recently checked first, everyone again
     assert auditor._least_recently_checked(["alice", "bob"], None) == ["bob", "alice"]
     assert auditor.run().checked_members == 2
+
+
+def test_a_refused_api_key_leaves_members_unchecked(env: Env) -> None:  # noqa: F811
+    watching(env)
+    env.store.circuit.open(DeploymentFault("api_key", "refused"))  # calls paused, none sent
+    report = audit(env)
+    assert report.checked_members == 0 and report.findings == []
+    assert [u.user_id for u in report.unchecked] == ["alice"]

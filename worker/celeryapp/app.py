@@ -346,8 +346,18 @@ def _unbind_task(**_: Any) -> None:
     bind_task(None)
 
 
+def _clear_fixed_fault() -> None:
+    """A deployment fault recorded under another value of its setting is gone: the operator
+    fixed the setting and restarted (worker/core/circuit.py)."""
+    try:
+        services().store.circuit.check_setting()
+    except Exception as exc:  # Redis down at start: the sweep's probes clear it later
+        log.warning("deployment fault check at start skipped: %s", type(exc).__name__)
+
+
 def _worker_init(**_: Any) -> None:
     init_sentry(get_settings())
+    _clear_fixed_fault()
     from worker.celeryapp.dispatch import fanout  # dispatch imports this module
 
     fanout().ensure_group()
@@ -360,3 +370,4 @@ def _worker_init(**_: Any) -> None:
 
 def _beat_init(**_: Any) -> None:
     init_sentry(get_settings())
+    _clear_fixed_fault()

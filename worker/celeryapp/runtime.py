@@ -87,6 +87,7 @@ def build_services(settings: Settings) -> Services:
         list_names=settings.list_names,
         on_made=ZoneWatch(store.r, store.keys.zone, settings.zone, settings.zone_tolerance_seconds),
     )
+    client.circuit = store.circuit  # deployment faults pause calls for every worker
     token_store = TokenStore(
         store.r,
         settings.key_prefix,

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from worker.core.budget import AUDIT_SHARE
 from worker.core.errors import (
     AuthExpired,
+    DeploymentFault,
     NotFound,
     ReauthRequired,
     Throttled,
@@ -401,6 +402,8 @@ class Auditor:
                 self.sleep(pause)
             except ReauthRequired as exc:
                 raise _Skip(f"no usable token ({exc})") from None
+            except DeploymentFault as exc:  # the site's setting: every member waits for it
+                raise _Skip(str(exc)) from None
             except UpstreamError as exc:
                 raise _Skip(f"the upstream did not answer: {type(exc).__name__}") from None
 

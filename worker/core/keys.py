@@ -236,3 +236,19 @@ class Keys:
     def redbeat_prefix(self) -> str:
         """celery-redbeat's keys, when beat runs on it."""
         return self.key("redbeat:")
+
+    # -- deployment faults (worker/core/circuit.py) ----------------------------------------------
+
+    def paused(self, *parts: object) -> str:
+        """The circuit of deployment faults (`paused`: a hash), its probe window
+        (`paused:probe`), the rebooks and performers it holds (`paused:held`,
+        `paused:performers`)."""
+        return self.key("paused", *parts)
+
+    def member_day(self, user_id: str, day: str) -> str:
+        """A member's reschedule POSTs on one UTC day (`YYYYMMDD`; the daily cap)."""
+        return self.key("cap", user_id, day)
+
+    def presence_unreadable(self, *parts: object) -> str:
+        """Presence answers that said nothing readable: a count and the last one (JSON)."""
+        return self.key("presence", "unreadable", *parts)

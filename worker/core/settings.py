@@ -116,6 +116,12 @@ class Settings(BaseSettings):
     reconcile_max_tries: int = Field(5, ge=1)
     reschedule_max_attempts: int = Field(5, ge=1)
     gate_max_wait_seconds: float = Field(900.0, gt=0)
+    pause_probe_seconds: float = Field(30.0, gt=0)
+    """REBOOK_PAUSE_PROBE_SECONDS: while a deployment fault (wrong client, key, scope) pauses
+    calls, one call per this interval across all workers goes out as the probe."""
+    max_rebooks_per_member_per_day: int | None = Field(None, ge=1)
+    """REBOOK_MAX_REBOOKS_PER_MEMBER_PER_DAY: POSTs per member per UTC day; past it a rebook
+    parks `member_cap` before any POST (unset: no cap)."""
     made_bookings_list_names: str = "WebcamBookings,MadeBookings,Bookings,WebcamMadeBookings"
     redis_wait_replicas: int = Field(0, ge=0, le=16)
     redis_wait_timeout_ms: int = Field(1000, ge=1, le=60_000)

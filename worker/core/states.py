@@ -79,6 +79,7 @@ class Step(StrEnum):
     OFFLINE = "offline"
     ONLINE = "online"
     PARKED = "parked"
+    PAUSED = "paused"
     PENDING = "pending"
     PROVING = "proving"
     REAUTH = "reauth"

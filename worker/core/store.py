@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict
 
 from worker.core import zonecheck
 from worker.core.capacity import presence_figures
+from worker.core.circuit import Circuit, fingerprint
 from worker.core.errors import StoreUnavailable
 from worker.core.keys import Keys
 from worker.core.models import iso_z
@@ -216,6 +217,16 @@ class StepLock(Protocol):
     def extend(self, additional_time: float, replace_ttl: bool = False) -> bool: ...
 
 
+def circuit_fingerprints(settings: Settings) -> dict[str, str]:
+    """What a process's settings look like to the circuit (changed value: fault cleared)."""
+    return {
+        "oauth_client": fingerprint(
+            f"{settings.oauth_client_id}\0{settings.oauth_client_secret.get_secret_value()}"
+        ),
+        "api_key": fingerprint(settings.api_key.get_secret_value()),
+    }
+
+
 class Store:
     """Typed operations on the Redis state. Thread-safe; one per process is enough.
 
@@ -266,6 +277,9 @@ class Store:
         self._performer_learn = client.register_script(_script("performer_learn"))
         self.clock: Callable[[], float] = time.time
         """The time of records written without an explicit `now` (a simulation sets its own)."""
+        self.circuit = Circuit(client, self.keys)
+        """Deployment faults (worker/core/circuit.py); `from_settings` gives it the settings'
+        fingerprints and probe interval."""
 
     @classmethod
     def from_url(
@@ -319,6 +333,12 @@ class Store:
         store.deadletter_max_entries = settings.deadletter_max_entries
         store.presence_interval = settings.presence_interval_seconds
         store.upstream_rate = settings.upstream_rate_per_second
+        store.circuit = Circuit(
+            store.r,
+            store.keys,
+            fingerprints=circuit_fingerprints(settings),
+            probe_seconds=settings.pause_probe_seconds,
+        )
         return store
 
     def ping(self) -> None:
@@ -1061,6 +1081,50 @@ class Store:
         shard = self.shard_for_user(user_id)
         return sorted(self.r.smembers(self.keys.of_member(shard, user_id)))
 
+    def _member_day(self, user_id: str, now: float) -> str:
+        return self.keys.member_day(user_id, datetime.fromtimestamp(now, UTC).strftime("%Y%m%d"))
+
+    def member_posts_today(self, user_id: str, now: float) -> int:
+        """Rebook POSTs sent for the member this UTC day (REBOOK_MAX_REBOOKS_PER_MEMBER_PER_DAY)."""
+        return int(self.r.get(self._member_day(user_id, now)) or 0)
+
+    def take_member_post(self, user_id: str, cap: int, now: float) -> bool:
+        """Counts one POST of the member today, atomically; False (nothing counted) past `cap`."""
+        key = self._member_day(user_id, now)
+        pipe = self.r.pipeline(transaction=not self.cluster)
+        pipe.incr(key)
+        pipe.expire(key, 2 * 86400)
+        count = int(pipe.execute()[0])
+        if count > cap:
+            self.r.decr(key)
+            return False
+        return True
+
+    def give_back_member_post(self, user_id: str, now: float) -> None:
+        """A counted POST that did not go out after all."""
+        self.r.decr(self._member_day(user_id, now))
+
+    def park_detail(self, rec: Rebook) -> dict[str, Any] | None:
+        """The detail of the record's last NEEDS_ATTENTION outcome (its `why`, ...), looked up
+        in its shard's outcome stream around its last update (clocks a minute apart at most)."""
+        shard = self.shard_of(rec.rebook_id)
+        if shard is None:
+            return None
+        at = rec.updated_ts or rec.created_ts
+        rows = self.r.xrange(
+            self.keys.outcomes(shard), min=f"{int((at - 60) * 1000)}-0",
+            max=f"{int((at + 60) * 1000)}-0", count=5000,
+        )  # fmt: skip
+        found: dict[str, Any] | None = None
+        for _, fields in rows:
+            ours = fields.get("rebook_id") == rec.rebook_id
+            if ours and fields.get("state") == "NEEDS_ATTENTION":
+                try:
+                    found = json.loads(fields.get("detail") or "{}")
+                except ValueError:
+                    found = {}
+        return found
+
     # -- queries ---------------------------------------------------------------------------------
 
     def list_rebooks(self, state: State | None = None, limit: int = 50) -> list[Rebook]:
@@ -1132,15 +1196,38 @@ class Store:
             "outcomes": outcomes,
             "performers_tracked": performers,
             "last_sweep_seconds_ago": None if last is None else round(ts - last, 3),
-            "presence": presence_figures(
-                performers,
-                self.presence_interval,
-                self.upstream_rate,
-                self.achieved_presence_interval(ts),
-            ),
+            "presence": {
+                **presence_figures(
+                    performers,
+                    self.presence_interval,
+                    self.upstream_rate,
+                    self.achieved_presence_interval(ts),
+                ),
+                "unreadable": self.presence_unreadable_count(),
+            },
             "zone": self.zone_observation(),
             "performer_field": self.performer_field_stats(),
+            "paused": self.circuit.public(),
         }
+
+    # -- presence answers that say nothing ---------------------------------------------------------
+
+    def note_presence_unreadable(self, now: float, performer_id: int, why: str, answer: str) -> int:
+        """Counts an unreadable presence answer and keeps the last one (scrubbed, cut) for
+        `doctor`; returns the count."""
+        last = {"at": iso_z(datetime.fromtimestamp(now, UTC)), "performer_id": performer_id}
+        last.update(why=scrub(why)[:300], answer=scrub(answer)[:500])
+        pipe = self.r.pipeline(transaction=False)
+        pipe.incr(self.keys.presence_unreadable("count"))
+        pipe.set(self.keys.presence_unreadable("last"), json.dumps(last), ex=86400)
+        return int(pipe.execute()[0])
+
+    def presence_unreadable_count(self) -> int:
+        return int(self.r.get(self.keys.presence_unreadable("count")) or 0)
+
+    def last_presence_unreadable(self) -> dict[str, Any] | None:
+        raw = self.r.get(self.keys.presence_unreadable("last"))
+        return json.loads(raw) if raw else None
 
     def zone_observation(self) -> dict[str, Any] | None:
         """`{"configured", "observed_offset_minutes", "agrees", "at", ...}` of the last booking

@@ -102,7 +102,26 @@ _TRICKLE = "trickle"
 headers at once and the body byte by byte. No socket timeout ever fires on it; only a total
 deadline ends it."""
 TRICKLE_SECONDS = 1.5
-FAULT_KINDS: frozenset[str] = _PRE_FAULTS | _POST_FAULTS | _LATE_FAULTS | {_TRICKLE}
+# --- deployment and member faults (issue 21) ---------------------------------------------------
+_SETTING_FAULTS = frozenset(
+    {
+        "invalid_client",  # /OAuth/token: 401 {"error": "invalid_client"}
+        "unauthorized_client",  # /OAuth/token: 400 {"error": "unauthorized_client"}
+        "api_key_refused",  # 401 "Invalid or missing API key." (the body says so)
+        "unauthorized_bare",  # 401 that does not say whose fault (the Web API's stock text)
+        "missing_scope",  # 403 naming the scope account_webcam_bookings
+        "no_credits",  # RescheduleMadeBooking: 400 "You do not have enough credits ..."
+        "presence_no_flag",  # getUserSummary: an answer without AvailableNowWebcam
+        "presence_other_user",  # getUserSummary: an answer about another UserID
+    }
+)
+API_KEY_REFUSED = "Invalid or missing API key."
+MISSING_SCOPE = "The access token does not grant the scope required: account_webcam_bookings."
+NO_CREDITS = "You do not have enough credits to make this booking."
+# -------------------------------------------------------------------------------------------------
+FAULT_KINDS: frozenset[str] = (
+    _PRE_FAULTS | _POST_FAULTS | _LATE_FAULTS | {_TRICKLE} | _SETTING_FAULTS
+)
 
 CALL_LOG_SIZE = 200_000
 """Upstream calls kept for `GET /_sandbox/calls` (oldest dropped first)."""
@@ -315,6 +334,8 @@ class _Member:
     refresh_expires: datetime = field(default_factory=_utcnow)
     revoked: bool = False
     scopes: tuple[str, ...] = DEFAULT_SCOPES
+    credits: float | None = None
+    """The member's balance (None: unlimited); RescheduleMadeBooking spends the booking's."""
 
 
 @dataclass
@@ -395,6 +416,7 @@ class _SandboxState:
         self.presence_calls: dict[int, int] = {}
         self.refreshes = 0
         self.elsewhere_reschedules = 0
+        self.refreshes_by_user: dict[str, int] = {}
         # (seq, unix time of arrival, operation, HTTP status, performer id, booking id, new id)
         self.call_log: deque[tuple[int, float, str, int, int | None, int | None, int | None]] = (
             deque(maxlen=CALL_LOG_SIZE)
@@ -581,7 +603,7 @@ class _SandboxState:
                     headers.get(self.api_key_header.lower()) != self.api_key
                     and params.get("apikey") != self.api_key
                 ):
-                    return _json(401, {"Message": "Invalid API key"})
+                    return _json(401, {"Message": API_KEY_REFUSED})
                 if op in _MEMBER_OPS:
                     user_id = self.bearer_user(headers)
                     if user_id is None:
@@ -591,6 +613,12 @@ class _SandboxState:
         if fault is not None and fault.delay is not None:
             delay = fault.delay
 
+        if fault is not None and fault.kind in _SETTING_FAULTS:
+            with self.lock:
+                answer = self.setting_fault(fault, op, params)
+            if answer is not None:
+                return answer
+            fault = None
         if fault is not None and fault.kind in _PRE_FAULTS:
             return self.pre_fault(fault, delay)
         if fault is not None and fault.kind in _LATE_FAULTS:
@@ -640,6 +668,42 @@ class _SandboxState:
                     del self.faults[i]
                 return f
         return None
+
+    def setting_fault(self, fault: _Fault, op: str, params: dict[str, str]) -> _Response | None:
+        """The answer of a deployment or member fault (lock held); None where the kind does not
+        apply to the operation (it answers as usual)."""
+        kind = fault.kind
+        if kind in ("invalid_client", "unauthorized_client"):
+            if op != "token":
+                return None
+            return _json(401 if kind == "invalid_client" else 400, {"error": kind})
+        if op == "token":
+            return None
+        if kind == "api_key_refused":
+            return _json(401, {"Message": API_KEY_REFUSED})
+        if kind == "unauthorized_bare":
+            return _json(401, {"Message": _DENIED})
+        if kind == "missing_scope":
+            return None if op == "getUserSummary" else _json(403, {"Message": MISSING_SCOPE})
+        if kind == "no_credits":
+            if op != "RescheduleMadeBooking":
+                return None
+            return _json(400, {"Message": NO_CREDITS})
+        if op != "getUserSummary":
+            return None
+        pid = _as_int(params.get("userid"), "UserID")
+        user: dict[str, Any] = {"UserID": pid, "Nickname": f"performer{pid}"}
+        if kind == "presence_other_user":
+            other = pid + 1
+            user = {"UserID": other, "Nickname": f"performer{other}", "AvailableNowWebcam": True}
+        return _json(200, {"User": user})
+
+    def ctl_credits(self, user_id: str, data: dict[str, Any]) -> _Response:
+        """`POST /_sandbox/users/{id}/credits {"credits": n|null}`: the member's balance."""
+        m = self.member(user_id)
+        raw = data.get("credits")
+        m.credits = None if raw is None else _as_number(raw, "credits")
+        return _json(200, {"user_id": user_id, "credits": m.credits})
 
     @staticmethod
     def pre_fault(fault: _Fault, delay: float) -> _Response:
@@ -740,6 +804,11 @@ class _SandboxState:
     def op_reschedule(self, orig: _Booking, now: datetime) -> _Response:
         if not self.online.get(orig.performer_id, False):
             raise _Reject(400, "The performer is not online")
+        member = self.members.get(orig.user_id)
+        if member is not None and member.credits is not None:
+            if member.credits < orig.credits:
+                raise _Reject(400, NO_CREDITS)
+            member.credits -= orig.credits
         new = _Booking(
             booking_id=self.next_id,
             user_id=orig.user_id,
@@ -823,6 +892,7 @@ class _SandboxState:
         if m.revoked or _utcnow() >= m.refresh_expires:
             return _json(401, {"error": "refresh_token_has_expired", **echo})
         self.refreshes += 1
+        self.refreshes_by_user[user_id] = self.refreshes_by_user.get(user_id, 0) + 1
         return _json(200, self.issue_tokens(m, self.config.token_ttl_seconds))
 
     # --- control endpoints (lock held) --------------------------------------------------------
@@ -898,6 +968,8 @@ class _SandboxState:
             return _json(200, {"ok": True})
         if low == ["users"] and method == "POST":
             return self.ctl_add_user(_json_object(body))
+        if n == 3 and low[0] == "users" and low[2] == "credits" and method == "POST":
+            return self.ctl_credits(parts[1], _json_object(body))
         if n == 3 and low[0] == "users" and low[2] in ("expire", "revoke") and method == "POST":
             m = self.members.get(parts[1])
             if m is None:
@@ -1100,6 +1172,7 @@ class _SandboxState:
             "presence_calls": {str(k): v for k, v in self.presence_calls.items()},
             "refreshes": self.refreshes,
             "elsewhere_reschedules": self.elsewhere_reschedules,
+            "refreshes_by_user": dict(self.refreshes_by_user),
             "faults_pending": self.faults_pending(),
         }
 
@@ -1387,6 +1460,10 @@ class SandboxClient:
 
     def revoke_user(self, user_id: str) -> None:
         self._call("POST", f"users/{quote(user_id, safe='')}/revoke")
+
+    def set_credits(self, user_id: str, credits: float | None) -> None:
+        """The member's balance (None: unlimited): RescheduleMadeBooking refuses past it."""
+        self._call("POST", f"users/{quote(user_id, safe='')}/credits", {"credits": credits})
 
     def add_booking(self, user_id: str, performer_id: int, **extra: Any) -> int:
         result = self._call(

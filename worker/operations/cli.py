@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from worker.core.errors import ConfigError, StoreUnavailable
@@ -247,6 +248,12 @@ def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     if as_json:
         _print_json(data)
         return
+    paused = data.get("paused")
+    if paused:  # a wrong setting: above everything else (README "Wrong setting")
+        out.print(
+            f"[bold red]PAUSED since {paused['since']}: {escape(paused['setting'])} refused "
+            f"({paused['reason']}); fix it and restart the workers and beat[/bold red]"
+        )
     table = Table("state", "count")
     for name, count in data["states"].items():
         style = "bold" if State(name) in ACTIVE_STATES else ""

@@ -38,7 +38,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from worker.core.audit import KINDS as AUDIT_KINDS
-from worker.core.errors import StoreUnavailable
+from worker.core.errors import FAULT_SETTINGS, StoreUnavailable
 from worker.core.settings import Settings, mask_url, settings_or_exit
 from worker.core.states import TERMINAL_STATES, State
 from worker.core.store import Store
@@ -118,6 +118,10 @@ class RebookCollector(Collector):
         fams["memory_headroom"].add_metric([], max(0.0, 1 - used / limit) if limit else math.inf)
         for kind in AUDIT_KINDS:  # zeros included, so increase() works from the first finding
             fams["audit"].add_metric([kind], _count(audit.get(kind, "0")))
+        paused = stats.get("paused")
+        for reason in FAULT_SETTINGS:  # every reason, 0 or 1: an alert needs no absent series
+            fams["paused"].add_metric([reason], 1 if paused and paused["reason"] == reason else 0)
+        fams["presence_unreadable"].add_metric([], presence.get("unreadable", 0))
         zone = stats.get("zone")
         if zone:  # nothing before the first booking the upstream made
             fams["zone_agrees"].add_metric([zone["configured"]], 1 if zone["agrees"] else 0)
@@ -192,6 +196,15 @@ def _families() -> dict[str, GaugeMetricFamily | CounterMetricFamily]:
         "memory_headroom": GaugeMetricFamily(
             "rebook_redis_memory_headroom_ratio",
             "1 - used/maxmemory of the store Redis (+Inf: no maxmemory); at 0 writes fail (OOM)",
+        ),
+        "paused": GaugeMetricFamily(
+            "rebook_paused",
+            "1 while a deployment fault (wrong OAuth client, API key, scope) pauses calls",
+            labels=["reason"],
+        ),
+        "presence_unreadable": CounterMetricFamily(
+            "rebook_presence_unreadable",
+            "Presence answers that did not say whether the performer is online",
         ),
         "zone_agrees": GaugeMetricFamily(
             "rebook_zone_agrees",

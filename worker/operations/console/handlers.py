@@ -37,6 +37,16 @@ def _services() -> Any:
     return services()
 
 
+def _paused() -> dict[str, Any] | None:
+    """The deployment fault in force, for the banner on every page (None if unreadable: the
+    page itself says what it can)."""
+    try:
+        paused: dict[str, Any] | None = _services().store.circuit.public()
+    except Exception:
+        return None
+    return paused
+
+
 def _flow() -> Any:
     import worker.app  # noqa: F401 (builds this process's app, which sends the next steps)
     from worker.celeryapp.dispatch import flow
@@ -109,7 +119,7 @@ class ConsoleHandler(BaseHandler):
     def html(self, body: str, status: int = 200) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "text/html; charset=UTF-8")
-        self.finish(body)
+        self.finish(pages.with_banner(body, _paused()))
 
     def json(self, value: Any, status: int = 200) -> None:
         self.set_status(status)
