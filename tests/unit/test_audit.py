@@ -159,3 +159,13 @@ def test_the_stream_shape_and_the_fingerprint() -> None:
     assert json.loads(fields["new_booking_ids"]) == [201, 200]
     assert Finding.from_stream(fields) == f
     assert f.fingerprint == "double:100:200,201"
+
+
+def test_owned_bookings_fit_their_owners_whatever_the_zone_makes_of_their_dates() -> None:
+    records = [
+        rebook("r1", 100, new_booking_id=200),
+        rebook("r2", 101, at=30, new_booking_id=202),
+    ]
+    # the zone an hour off: both CreateDates read before either receipt
+    early = [booking(200, -3600), booking(202, -3590)]
+    assert run(records, early, {200: "r1", 202: "r2"}) == []

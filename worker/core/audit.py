@@ -133,14 +133,12 @@ def _original(group: Sequence[Rebook]) -> int:
     return min(r.booking_id for r in group)
 
 
-def _excess(rebooks: Sequence[Rebook], bookings: Sequence[WebcamBooking], margin: float) -> bool:
-    """Whether the bookings cannot all be matched to distinct rebooks received before them
-    (less `margin`): a greedy match in creation order, which fails exactly when no match exists."""
-    received = sorted(r.created_ts - margin for r in rebooks)
-    for used, b in enumerate(sorted(bookings, key=_created)):
-        if used >= sum(1 for t in received if t <= _created(b)):
-            return True
-    return False
+def _excess(rebooks: Sequence[Rebook], made: Sequence[float], margin: float) -> bool:
+    """Whether bookings made at `made` cannot all be matched to distinct rebooks received
+    before them (less `margin`): a greedy match in time order, which fails exactly when no
+    match exists."""
+    received = [r.created_ts - margin for r in rebooks]
+    return any(used >= sum(1 for t in received if t <= at) for used, at in enumerate(sorted(made)))
 
 
 def _created(b: WebcamBooking) -> float:
@@ -202,7 +200,12 @@ def attribute(
             free.append(b)
         counted = owned + free
         rebook_ids = tuple(sorted(ids))
-        if len(counted) > 1 and _excess(counting, counted, margin):
+        # an owned booking fits its owner whatever its CreateDate says (a zone error moves it)
+        received = {r.rebook_id: r.created_ts for r in counting}
+        made = [_created(b) for b in free] + [
+            max(_created(b), received[str(owners.get(b.booking_id))]) for b in owned
+        ]
+        if len(counted) > 1 and _excess(counting, made, margin):
             findings.append(
                 Finding(
                     "double",
