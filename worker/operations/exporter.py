@@ -37,6 +37,7 @@ from prometheus_client.registry import Collector
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from worker.core.audit import KINDS as AUDIT_KINDS
 from worker.core.errors import FAULT_SETTINGS, StoreUnavailable
 from worker.core.settings import Settings, mask_url, settings_or_exit
 from worker.core.states import TERMINAL_STATES, State
@@ -72,6 +73,7 @@ class RebookCollector(Collector):
             outcomes = self.store.outcome_counts()
             upstream = self.store.r.hgetall(self.store.keys.upstream_calls)
             memory = self.store.r.info("memory")
+            audit = self.store.r.hgetall(self.store.keys.audit_counts)
         except (redis.RedisError, StoreUnavailable, OSError) as exc:
             log.warning(
                 "rebook exporter: cannot read Redis at %s: %s",
@@ -114,6 +116,8 @@ class RebookCollector(Collector):
         fams["memory_max"].add_metric([], limit)
         # no maxmemory: unbounded headroom (+Inf), so a "headroom below x" alert stays quiet
         fams["memory_headroom"].add_metric([], max(0.0, 1 - used / limit) if limit else math.inf)
+        for kind in AUDIT_KINDS:  # zeros included, so increase() works from the first finding
+            fams["audit"].add_metric([kind], _count(audit.get(kind, "0")))
         paused = stats.get("paused")
         for reason in FAULT_SETTINGS:  # every reason, 0 or 1: an alert needs no absent series
             fams["paused"].add_metric([reason], 1 if paused and paused["reason"] == reason else 0)
@@ -177,6 +181,11 @@ def _families() -> dict[str, GaugeMetricFamily | CounterMetricFamily]:
         ),
         "errors": CounterMetricFamily(
             "rebook_upstream_errors", "Upstream calls that did not succeed", labels=["endpoint"]
+        ),
+        "audit": CounterMetricFamily(
+            "rebook_audit_findings",
+            "Ledger audit findings appended to {prefix}audit, by kind (each finding once)",
+            labels=["kind"],
         ),
         "memory_used": GaugeMetricFamily(
             "rebook_redis_used_memory_bytes", "Memory the store Redis uses (INFO used_memory)"
