@@ -88,6 +88,11 @@ class Settings(BaseSettings):
     token_keepalive_before_seconds: float = Field(3 * 86400.0, gt=0)
     token_keepalive_interval_seconds: float = Field(300.0, gt=0)
     token_keepalive_batch: int = Field(200, ge=1, le=100_000)
+    audit_interval_seconds: float = Field(900.0, gt=0)
+    """REBOOK_AUDIT_INTERVAL_SECONDS: how often beat runs the ledger audit (`rebook.audit`)."""
+    audit_window_seconds: float = Field(172800.0, gt=0)
+    """REBOOK_AUDIT_WINDOW_SECONDS: the audit checks the members with a rebook received within
+    this long."""
 
     presence_interval_seconds: float = Field(30.0, gt=0)
     watch_interval_seconds: float = Field(30.0, gt=0)

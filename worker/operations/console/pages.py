@@ -127,6 +127,7 @@ def layout(title: str, body: str, base: str = "") -> str:
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
         f"<style>{STYLE}</style></head><body>"
         f'<header><strong>rebook console</strong><a href="{esc(base)}/rebooks">Rebooks</a>'
+        f'<a href="{esc(base)}/rebooks/audit" id="nav-audit">Audit</a>'
         f'<a href="{esc(base)}/">Flower</a></header>'
         f"<main>{body}</main></body></html>"
     )
@@ -689,3 +690,66 @@ def histogram_chart(histogram: Sequence[tuple[str, int]], width: int = 420) -> s
         )
     parts.append("</svg>")
     return "".join(parts)
+
+
+AUDIT_KIND_HELP = {
+    "double": "more new bookings than rebooks for this original: the member may pay twice",
+    "orphan": "a booking that looks made by a reschedule, after a rebook, that no record owns",
+    "missing": "a record's new booking that the upstream no longer lists or returns",
+}
+
+
+def audit_page(
+    *,
+    base: str,
+    findings: Sequence[Mapping[str, Any]],
+    counts: Mapping[str, int],
+    last: Mapping[str, Any] | None = None,
+) -> str:
+    """`/rebooks/audit`: the ledger audit's findings, newest first, each linking to its
+    rebooks and to the member's filtered list (README "Ledger audit")."""
+    chips = "".join(
+        f'<a id="audit-count-{esc(kind)}" title="{esc(AUDIT_KIND_HELP.get(kind, ""))}">'
+        f"{esc(kind)} {int(n)}</a>"
+        for kind, n in counts.items()
+    )
+    rows = []
+    for f in findings:
+        rebooks = " ".join(
+            f'<a href="{esc(rebook_path(base, rid))}"><code>{esc(rid)}</code></a>'
+            for rid in f.get("rebook_ids", [])
+        )
+        user, kind = str(f.get("user_id", "")), str(f.get("kind", ""))
+        colour = _KIND_COLOURS.get(kind, "#666")
+        rows.append(
+            f'<tr class="finding {esc(kind)}">'
+            f'<td><span class="state" style="background:{colour}"'
+            f' title="{esc(AUDIT_KIND_HELP.get(kind, ""))}">{esc(kind)}</span></td>'
+            f"<td>{esc(f.get('found_at'))}</td>"
+            f'<td><a href="{link(base + "/rebooks", {"user_id": user})}">{esc(user)}</a></td>'
+            f'<td><a href="{link(base + "/rebooks", {"booking_id": str(f.get("booking_id"))})}">'
+            f"{esc(f.get('booking_id'))}</a></td>"
+            f"<td>{esc(', '.join(str(b) for b in f.get('new_booking_ids', [])))}</td>"
+            f"<td>{rebooks}</td></tr>"
+        )
+    summary = ""
+    if last:
+        summary = (
+            f'<p class="muted" id="audit-last">last run {esc(last.get("at"))}: '
+            f"{int(last.get('checked_members', 0))} member(s) checked, "
+            f"{int(last.get('unchecked_members', 0))} not checked</p>"
+        )
+    body = (
+        "<h2>Ledger audit<small>the upstream's MadeBookings of each member with recent rebooks, "
+        "compared with the records; each finding once, newest first</small></h2>"
+        f'<div class="counts">{chips}</div>{summary}'
+        '<table id="findings"><thead><tr><th>kind</th><th>found</th><th>member</th>'
+        "<th>original</th><th>new bookings</th><th>rebooks</th></tr></thead><tbody>"
+        + ("".join(rows) or '<tr><td colspan=6 class="muted">no findings</td></tr>')
+        + "</tbody></table>"
+        f'<p class="pager"><a href="{esc(base)}/api/audit">as JSON</a></p>'
+    )
+    return layout("Audit", body, base)
+
+
+_KIND_COLOURS = {"double": "#b22222", "orphan": "#d9534f", "missing": "#8a6d3b"}
