@@ -127,6 +127,9 @@ class Settings(BaseSettings):
     redis_wait_timeout_ms: int = Field(1000, ge=1, le=60_000)
 
     auto_confirm: bool = False
+    shadow: bool = False
+    """REBOOK_SHADOW: everything runs but no Reschedule/Confirm/Cancel is sent (README
+    "Shadow mode"); a rebook that would have been POSTed ends SHADOWED."""
     # Sentry's own variables (what its SDK and every other service read) when the REBOOK_ ones
     # are unset; REBOOK_ wins when both are set.
     sentry_dsn: SecretStr | None = Field(

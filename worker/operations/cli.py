@@ -275,6 +275,23 @@ def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     from worker.operations.doctor import performer_field_line
 
     out.print(f"performer field: {performer_field_line(data['performer_field'])}")
+    shadow = data["shadow"]
+    if shadow["enabled"] or shadow["would_book"]:
+        lag = shadow["online_to_post_seconds"]
+        timing = (
+            f"online→POST p50 {lag['p50']}s, p99 {lag['p99']}s"
+            if lag["p50"] is not None
+            else "online→POST: no sample yet"
+        )
+        head = (
+            "[bold magenta]shadow mode: nothing is booked[/bold magenta]"
+            if shadow["enabled"]
+            else "shadow mode is off; from its earlier run"
+        )
+        out.print(
+            f"{head} — would have booked {shadow['would_book']} ({timing}), "
+            f"gave up {shadow['gave_up']}"
+        )
 
 
 @cli.command()
@@ -946,10 +963,16 @@ def demo(
         bool,
         typer.Option(help="An upstream that commits late and answers HTML pages."),
     ] = False,
+    shadow: Annotated[
+        bool,
+        typer.Option(help="Shadow mode (REBOOK_SHADOW): nothing is booked; 0 POSTs."),
+    ] = False,
 ) -> None:
     """The whole pipeline on this machine: Redis, sandbox, worker and beat, live progress."""
     raise typer.Exit(
-        _dev_tool("demo").run(rebooks=rebooks, performers=performers, seed=seed, hostile=hostile)
+        _dev_tool("demo").run(
+            rebooks=rebooks, performers=performers, seed=seed, hostile=hostile, shadow=shadow
+        )
     )
 
 

@@ -116,6 +116,11 @@ class RebookCollector(Collector):
         fams["memory_max"].add_metric([], limit)
         # no maxmemory: unbounded headroom (+Inf), so a "headroom below x" alert stays quiet
         fams["memory_headroom"].add_metric([], max(0.0, 1 - used / limit) if limit else math.inf)
+        shadow = stats["shadow"]
+        fams["shadow"].add_metric([], 1 if shadow["enabled"] else 0)
+        lag = shadow["online_to_post_seconds"]
+        for q in ("p50", "p99"):
+            fams["shadow_lag"].add_metric([q], math.nan if lag[q] is None else lag[q])
         for kind in AUDIT_KINDS:  # zeros included, so increase() works from the first finding
             fams["audit"].add_metric([kind], _count(audit.get(kind, "0")))
         paused = stats.get("paused")
@@ -139,6 +144,14 @@ def _families() -> dict[str, GaugeMetricFamily | CounterMetricFamily]:
     return {
         "rebooks": GaugeMetricFamily(
             "rebook_rebooks", "Rebooks currently in each state", labels=["state"]
+        ),
+        "shadow": GaugeMetricFamily(
+            "rebook_shadow", "1 in shadow mode (REBOOK_SHADOW: nothing is booked), else 0"
+        ),
+        "shadow_lag": GaugeMetricFamily(
+            "rebook_shadow_online_to_post_seconds",
+            "SHADOWED rebooks: performer seen online to the POST they would have sent",
+            labels=["quantile"],
         ),
         "due_lag": GaugeMetricFamily(
             "rebook_due_lag_seconds", "How overdue the oldest record in the due index is"

@@ -119,7 +119,10 @@ class ConsoleHandler(BaseHandler):
     def html(self, body: str, status: int = 200) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "text/html; charset=UTF-8")
-        self.finish(pages.with_banner(body, _paused()))
+        body = pages.with_banner(body, _paused())
+        if _services().settings.shadow:  # on every page: nothing here is really booked
+            body = body.replace("<main>", "<main>" + pages.SHADOW_BANNER, 1)
+        self.finish(body)
 
     def json(self, value: Any, status: int = 200) -> None:
         self.set_status(status)
@@ -150,11 +153,13 @@ class RebooksPage(ConsoleHandler):
         # alone is already counted by the chips above the table
         only_state = f.state is not None and list(f.params()) == ["state"]
         summary = None if f.empty or only_state else search.summary(f)
+        stats = store.stats(now)
         self.html(
             pages.list_page(
                 base=self.base,
                 filters=f,
-                counts=store.stats(now)["states"],
+                counts=stats["states"],
+                shadow=stats["shadow"],
                 items=page.items,
                 next_cursor=page.next,
                 cursor=cursor,

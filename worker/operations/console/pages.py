@@ -40,8 +40,15 @@ STATE_COLOURS: dict[str, str] = {
     "FAILED": "#b22222",
     "ABORTED": "#555555",
     "DUPLICATE": "#c0c0c0",
+    "SHADOWED": "#8e6fb5",
 }
+SHADOW_BANNER = (
+    '<p class="shadow" id="shadow-banner"><strong>shadow mode: nothing is booked</strong> '
+    "(REBOOK_SHADOW): rebooks that would have been rescheduled end SHADOWED</p>"
+)
 STYLE = """
+.shadow{background:#efe7f8;border:1px solid #8e6fb5;color:#3d2a57;padding:.45rem .7rem;
+border-radius:.4rem;margin:0 0 .8rem}
 .paused{background:#fde2e1;border:1px solid #c0392b;color:#7b1d14;padding:.5rem .8rem;
 margin-bottom:1rem}
 body{font-family:system-ui,sans-serif;margin:0;color:#222;background:#fafafa}
@@ -236,19 +243,42 @@ def list_page(
     xsrf: str,
     now: float | None = None,
     summary: Summary | None = None,
+    shadow: Mapping[str, Any] | None = None,
 ) -> str:
     """`/rebooks`: counts per state, filters, a filtered view's counts, the table, paging,
-    bulk actions and charts."""
+    bulk actions and charts; what shadow mode would have done (`stats()["shadow"]`)."""
     now = time.time() if now is None else now
     params = filters.params()
     body = (
         f'<div class="counts">{_state_chips(base, filters, counts)}</div>'
+        f"{_shadow_figures(base, shadow)}"
         f"{_filter_form(base, params)}"
         f"{_summary(base, filters, summary) if summary is not None else ''}"
         f"{_bulk_form(base, filters, xsrf)}{_table(base, items, now)}"
         f"{_pager(base, params, cursor, next_cursor, limit)}{_charts(per_hour, histogram)}"
     )
     return layout("Rebooks", body, base)
+
+
+def _shadow_figures(base: str, shadow: Mapping[str, Any] | None) -> str:
+    """Shadow mode's figures, while it is on or while SHADOWED records are kept."""
+    if not shadow or not (shadow["enabled"] or shadow["would_book"]):
+        return ""
+    lag = shadow["online_to_post_seconds"]
+    timing = (
+        f'<span id="shadow-p50">{esc(lag["p50"])}</span> s median, '
+        f'<span id="shadow-p99">{esc(lag["p99"])}</span> s p99'
+        if lag["p50"] is not None
+        else '<span class="muted">no sample yet</span>'
+    )
+    mode = "Shadow mode" if shadow["enabled"] else "Shadow mode (off now; its earlier run)"
+    return (
+        f'<div class="card" id="shadow-figures"><strong>{mode}:</strong> would have booked '
+        f'<a id="shadow-would-book" href="{link(base + "/rebooks", {"state": "SHADOWED"})}">'
+        f"{int(shadow['would_book'])}</a> · performer online → POST {timing} · gave up "
+        f'<a id="shadow-gave-up" href="{link(base + "/rebooks", {"state": "GAVE_UP"})}">'
+        f"{int(shadow['gave_up'])}</a></div>"
+    )
 
 
 def _state_chips(base: str, filters: Filters, counts: Mapping[str, int]) -> str:
