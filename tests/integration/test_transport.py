@@ -1,21 +1,29 @@
 """Transport and access on real redis-servers: a `rediss://` store and broker verify the server
 certificate by default (a CA the settings name, else the system's: an unknown CA is refused),
-and the ACL users of ops/redis.conf let a producer push an event but never read a token."""
+the ACL users of ops/redis.conf let a producer push an event but never read a token, and rebook's
+Redis transport behaves as kombu's where kombu's is the contract (no_ack, an account without
+INFO)."""
 
 from __future__ import annotations
 
+import logging
 import shutil
+import socket
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 from celery import Celery
 from cryptography.fernet import Fernet
+from kombu import Connection, Exchange, Producer, Queue
 
 from tests.conftest import fast_settings, wait_for
 from worker.adapters.auth import TokenStore
+from worker.celeryapp import broker
 from worker.celeryapp.app import create_app
 from worker.core.errors import StoreUnavailable
 from worker.core.models import TokenSet
@@ -181,3 +189,93 @@ def test_the_producer_user_pushes_events_and_reads_no_token(acl_redis: int) -> N
         operator.set("rebook:tok:m1", "x")
     with pytest.raises(redis.exceptions.NoPermissionError):
         worker.flushall()
+
+
+# --- rebook's Redis transport where kombu's behaviour is the contract ------------------------------
+
+
+def _connection(url: str, prefix: str) -> Connection:
+    return Connection(
+        url,
+        transport=broker.Transport,
+        transport_options={"global_keyprefix": prefix, "visibility_timeout": 3600},
+    )
+
+
+def _unacked(url: str, prefix: str) -> list[str]:
+    plain = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        return list(plain.hkeys(f"{prefix}unacked")) + list(
+            plain.zrange(f"{prefix}unacked_index", 0, -1)
+        )
+    finally:
+        plain.close()
+
+
+@pytest.mark.parametrize("no_ack", [True, False])
+def test_a_no_ack_delivery_is_not_recorded_as_unacked(
+    redis_url: str, prefix: str, no_ack: bool
+) -> None:
+    """pidbox replies (control.ping, Flower's inspect) are consumed with no_ack: kombu never
+    records them, since nobody acks them; recorded, they came back after the visibility timeout."""
+    queue = Queue(f"q-{uuid.uuid4().hex[:6]}", Exchange("", type="direct"))
+    got: list[Any] = []
+    with _connection(redis_url, prefix) as conn:
+        Producer(conn.default_channel).publish({"n": 1}, routing_key=queue.name, declare=[queue])
+        Producer(conn.default_channel).publish({"n": 2}, routing_key=queue.name, declare=[queue])
+        with conn.Consumer(queue, no_ack=no_ack, callbacks=[lambda body, m: got.append(m)]):
+            conn.drain_events(timeout=5)
+        message = conn.default_channel.basic_get(queue.name, no_ack=no_ack)
+        assert message is not None and got and got[0].payload == {"n": 1}
+        tags = {got[0].delivery_tag, message.delivery_tag}
+        recorded = set(_unacked(redis_url, prefix))
+        assert recorded.isdisjoint(tags) if no_ack else tags <= recorded
+        if not no_ack:
+            got[0].ack()
+            message.ack()
+            assert not _unacked(redis_url, prefix)
+
+
+@pytest.fixture
+def no_info_redis(tmp_path: Path) -> Iterator[str]:
+    """A private redis-server whose broker user may do everything but INFO."""
+    port = free_port()
+    args = ["--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path),
+            "--appendonly", "no", "--save", ""]  # fmt: skip
+    proc = _server(args, port, tmp_path)
+    admin = redis.Redis(port=port)
+    admin.execute_command(
+        "ACL", "SETUSER", "broker", "on", ">broker-pw", "~*", "&*", "+@all", "-info"
+    )
+    admin.close()
+    try:
+        yield f"redis://broker:broker-pw@127.0.0.1:{port}/0"
+    finally:
+        _stop(proc)
+
+
+def test_a_broker_user_without_info_consumes_with_the_timed_wait(
+    no_info_redis: str, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before: the BLMOVE probe's INFO raised NoPermissionError, which Celery treats as
+    unrecoverable. Now the idle wait is the plain timed one, said once in the log."""
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        redis.Redis.from_url(no_info_redis).info("server")
+    queue = Queue(f"q-{uuid.uuid4().hex[:6]}", Exchange("", type="direct"))
+    got: list[Any] = []
+    caplog.set_level(logging.WARNING, logger="rebook.broker")
+    broker._told.discard("info")
+    with (
+        _connection(no_info_redis, prefix) as conn,
+        conn.Consumer(queue, callbacks=[lambda body, m: (got.append(body), m.ack())]),
+    ):
+        for _ in range(3):  # idle rounds: the empty pop, then the wait (where INFO was asked)
+            with pytest.raises(socket.timeout):
+                conn.drain_events(timeout=0.3)
+        with _connection(no_info_redis, prefix) as producer:
+            Producer(producer.default_channel).publish({"n": 7}, routing_key=queue.name)
+        conn.drain_events(timeout=5)
+        assert got == [{"n": 7}]
+    told = [r for r in caplog.records if "refused INFO" in r.getMessage()]
+    assert len(told) == 1, [r.getMessage() for r in caplog.records]
+    assert not _unacked(no_info_redis, prefix)
