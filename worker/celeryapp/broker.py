@@ -76,6 +76,7 @@ class Channel(kombu_redis.Channel):
         self._idle = False  # the last pop found every queue empty: wait before the next
         self._idle_rounds = 0  # empty pops in a row
         self._can_blmove: bool | None = None
+        self._wait_name = "BLMOVE"  # the idle wait's command, to read its reply as such
         self._noack_queues: set[str] = set()  # consumed with no_ack: never recorded as unacked
         self._get_no_ack = False  # the basic_get in progress is no_ack
 
@@ -111,14 +112,15 @@ class Channel(kombu_redis.Channel):
         pairs = [(self._q_for_pri(q, pri), q) for pri in self.priority_steps for q in queues]
         connection = self.client.connection
         self._in_poll = connection
-        self._brpop_sent_at = time.monotonic()  # type: ignore[assignment]  # kombu: None
+        # kombu's clock, as kombu's watchdog of an unanswered poll reads it
+        self._brpop_sent_at = kombu_redis.monotonic()  # type: ignore[assignment]  # kombu: None
         if self._idle:
             self._waiting, self._idle = True, False
             connection.send_command(*self._wait_command(self._first_key()))
         else:
             self._waiting = False
             keys = [key for key, _ in pairs]
-            record = [q not in self._noack_queues for _, q in pairs]
+            record = [self.ack_emulation and q not in self._noack_queues for _, q in pairs]
             connection.send_command(*self._pop_command(keys, record))
 
     def _brpop_read(self, **options: Any) -> bool:
@@ -126,7 +128,7 @@ class Channel(kombu_redis.Channel):
             waited = self._waiting
             try:
                 reply = self.client.parse_response(
-                    self.client.connection, "BLMOVE" if waited else "EVAL", **options
+                    self.client.connection, self._wait_name if waited else "EVAL", **options
                 )
             except self.connection_errors:
                 self.client.connection.disconnect()  # reconnects on the next round
@@ -150,7 +152,7 @@ class Channel(kombu_redis.Channel):
 
     def _poll_error(self, type: str, **options: Any) -> Any:
         if type == "BRPOP":
-            name = "BLMOVE" if self._waiting else "EVAL"
+            name = self._wait_name if self._waiting else "EVAL"
             return self.client.parse_response(self.client.connection, name)
         return super()._poll_error(type, **options)
 
@@ -158,8 +160,9 @@ class Channel(kombu_redis.Channel):
         """`basic_get`: the same atomic pop, for one queue."""
         keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps]
         acked = not self._get_no_ack
+        record = [acked and self.ack_emulation] * len(keys)
         with self.conn_or_acquire() as client:
-            reply = client.execute_command(*self._pop_command(keys, [acked] * len(keys)))
+            reply = client.execute_command(*self._pop_command(keys, record))
             self._maybe_update_queues_expire(client, queue)
         if not reply:
             raise Empty()
@@ -199,7 +202,7 @@ class Channel(kombu_redis.Channel):
         props = payload["properties"]
         info = props.get("delivery_info")
         props["delivery_info"] = {**(info or {}), frames.SOURCE_KEY: queue}
-        if acked and not recorded:
+        if acked and self.ack_emulation and not recorded:
             self._record(payload, info or {})
         return payload
 
@@ -239,7 +242,9 @@ class Channel(kombu_redis.Channel):
         seconds = repr(min(longest, shortest * 2 ** min(self._idle_rounds, 16)))
         if self._can_blmove:
             full = self._prefixed(key)
+            self._wait_name = "BLMOVE"
             return ["BLMOVE", full, full, "RIGHT", "RIGHT", seconds]
+        self._wait_name = "BLPOP"
         return ["BLPOP", self._prefixed("_rebook.idle"), seconds]
 
 
