@@ -23,7 +23,7 @@ from kombu import Connection, Exchange, Producer, Queue
 
 from tests.conftest import fast_settings, wait_for
 from worker.adapters.auth import TokenStore
-from worker.celeryapp import broker
+from worker.celeryapp import broker, frames
 from worker.celeryapp.app import create_app
 from worker.core.errors import StoreUnavailable
 from worker.core.models import TokenSet
@@ -191,7 +191,7 @@ def test_the_producer_user_pushes_events_and_reads_no_token(acl_redis: int) -> N
         worker.flushall()
 
 
-# --- rebook's Redis transport where kombu's behaviour is the contract ------------------------------
+# --- rebook's Redis transport where kombu's behaviour is the contract ---------------------------
 
 
 def _connection(url: str, prefix: str) -> Connection:
@@ -279,3 +279,74 @@ def test_a_broker_user_without_info_consumes_with_the_timed_wait(
     told = [r for r in caplog.records if "refused INFO" in r.getMessage()]
     assert len(told) == 1, [r.getMessage() for r in caplog.records]
     assert not _unacked(no_info_redis, prefix)
+
+
+@pytest.mark.parametrize("stored", [True, False])
+def test_a_check_that_raises_anything_never_loses_the_item(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch, stored: bool
+) -> None:
+    """MemoryError (or any exception) out of the frame check refuses the item like a bad frame:
+    dead-lettered and dropped, or, when the dead letter cannot be written, kept in `unacked`
+    (back after the visibility timeout). The consumer goes on either way."""
+    letters: list[tuple[str, str]] = []
+
+    def deadletter(reason: str, raw: bytes | str, *, queue: str, **_: Any) -> bool:
+        letters.append((reason, queue))
+        return stored
+
+    def boom(*_: Any) -> Any:
+        raise MemoryError()
+
+    monkeypatch.setattr(frames, "deadletter_frame", deadletter)
+    monkeypatch.setattr(frames, "check_redis_item", boom)
+    queue = Queue(f"q-{uuid.uuid4().hex[:6]}", Exchange("", type="direct"))
+    got: list[Any] = []
+    with _connection(redis_url, prefix) as conn:
+        Producer(conn.default_channel).publish({"n": 1}, routing_key=queue.name, declare=[queue])
+        with (
+            conn.Consumer(queue, callbacks=[lambda body, m: got.append(body)]),
+            pytest.raises(socket.timeout),
+        ):
+            conn.drain_events(timeout=0.5)
+    assert not got
+    assert letters == [("frame too large to read (MemoryError)", queue.name)]
+    plain = redis.Redis.from_url(redis_url)
+    try:
+        assert plain.llen(f"{prefix}{queue.name}") == 0
+        assert len(_unacked(redis_url, prefix)) == (0 if stored else 2)  # hash + index
+    finally:
+        plain.close()
+
+
+def test_an_item_too_deep_to_record_is_put_back_when_its_dead_letter_fails(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Headers nested deeper than Redis's JSON parser reads: the pop script cannot record the item
+    in `unacked`, so if its dead letter cannot be written it goes back to the end of its list."""
+    refused: list[str] = []
+
+    def deadletter(reason: str, raw: bytes | str, *, queue: str, **_: Any) -> bool:
+        refused.append(reason)
+        return False
+
+    monkeypatch.setattr(frames, "deadletter_frame", deadletter)
+    queue = Queue(f"q-{uuid.uuid4().hex[:6]}", Exchange("", type="direct"))
+    tag = str(uuid.uuid4())
+    item = (
+        '{"body": "", "headers": {"nest": ' + "[" * 5000 + "]" * 5000 + "}, "
+        '"properties": {"delivery_tag": "' + tag + '", "body_encoding": "base64"}}'
+    )
+    plain = redis.Redis.from_url(redis_url)
+    try:
+        plain.lpush(f"{prefix}{queue.name}", item)
+        with (
+            _connection(redis_url, prefix) as conn,
+            conn.Consumer(queue, callbacks=[]),
+            pytest.raises(socket.timeout),
+        ):
+            conn.drain_events(timeout=0.3)
+        assert refused and all("nested too deeply" in r for r in refused), refused[:3]
+        assert plain.lrange(f"{prefix}{queue.name}", 0, -1) == [item.encode()]
+        assert not _unacked(redis_url, prefix)
+    finally:
+        plain.close()

@@ -30,7 +30,8 @@ from worker.celeryapp.app import EVENTS_QUEUE
 
 log = logging.getLogger("rebook.consumer")
 INTAKE_TASK = "rebook.request"
-"""The one task a message on `rebook.events` may name."""
+"""The one task a message on `rebook.events` may name (and a task registered with `intake=True`,
+as the bench's no-op is: a producer cannot register one)."""
 EVENT_FIELDS = ("event_id", "booking_id", "user_id", "performer_id", "max_wait_seconds")
 """What Flower and task events may show of a `rebook.request`: the fields README "Sending events"
 documents."""
@@ -150,8 +151,11 @@ class RebookConsumer(Consumer):
         """Why a message may not run from the queue it came from, or None."""
         headers = message.headers if isinstance(message.headers, dict) else {}
         task = headers.get("task")
-        if task == INTAKE_TASK:
+        known = self.app.tasks.get(task) if isinstance(task, str) else None
+        if task == INTAKE_TASK or getattr(known, "intake", False) is True:
             return None
+        if isinstance(task, str) and known is None:
+            return None  # not a task here: Celery's handler dead-letters it (unknown task name)
         queue = self._source_queue(message)
         if queue is not None and queue != EVENTS_QUEUE:
             return None
