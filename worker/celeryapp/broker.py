@@ -247,7 +247,6 @@ class Channel(kombu_redis.Channel):
         self._wait_name = "BLPOP"
         return ["BLPOP", self._prefixed("_rebook.idle"), seconds]
 
-
     def _has_blmove(self) -> bool:
         """Redis >= 6.2, from `INFO server`. An account that may not run INFO (or a server that
         renamed it) is not an error: the timed wait works everywhere, at up to
