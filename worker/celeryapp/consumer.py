@@ -100,21 +100,35 @@ def _deadletter(reason: str, message: Any, body: Any = None) -> bool:
 
 
 class RebookConsumer(Consumer):
+    """Celery's consumer; each refusal is dead-lettered first, and a message whose dead letter
+    cannot be written is handed back (reject + requeue) instead of Celery's ack or drop."""
+
+    def _hand_back(self, message: Any) -> None:
+        message.reject_log_error(log, tuple(self.connection_errors or ()), requeue=True)
+
     def on_decode_error(self, message: Any, exc: Exception) -> None:
-        _deadletter(f"undecodable message ({type(exc).__name__}: {exc})"[:500], message)
-        super().on_decode_error(message, exc)
+        if _deadletter(f"undecodable message ({type(exc).__name__}: {exc})"[:500], message):
+            super().on_decode_error(message, exc)
+        else:
+            self._hand_back(message)
 
     def on_unknown_message(self, body: Any, message: Any) -> None:
-        _deadletter("not a Celery task message", message, body)
-        super().on_unknown_message(body, message)
+        if _deadletter("not a Celery task message", message, body):
+            super().on_unknown_message(body, message)
+        else:
+            self._hand_back(message)
 
     def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
-        _deadletter(f"unknown task name ({exc})"[:500], message, body)
-        super().on_unknown_task(body, message, exc)
+        if _deadletter(f"unknown task name ({exc})"[:500], message, body):
+            super().on_unknown_task(body, message, exc)
+        else:
+            self._hand_back(message)
 
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
-        _deadletter(f"invalid task message ({exc})"[:500], message, body)
-        super().on_invalid_task(body, message, exc)
+        if _deadletter(f"invalid task message ({exc})"[:500], message, body):
+            super().on_invalid_task(body, message, exc)
+        else:
+            self._hand_back(message)
 
     def create_task_handler(self, promise: Any = promise) -> Any:
         """Celery's handler behind a check of what Celery assumes (`frames.check_task_message`,
@@ -142,7 +156,7 @@ class RebookConsumer(Consumer):
             if _deadletter(reason, message, None):
                 message.ack_log_error(log, connection_errors)
             else:
-                message.reject_log_error(log, connection_errors, requeue=True)
+                self._hand_back(message)
             return None
 
         return on_task_received

@@ -254,6 +254,35 @@ def check_task_message(message: Any) -> str | None:
     return None
 
 
+_HEADER = {
+    name: re.compile(rf'"{name}"\s*:\s*"([^"\\]{{1,200}})"'.encode()) for name in ("id", "task")
+}
+
+
+def _headers_of(raw: bytes | str) -> dict[str, Any]:
+    """The `id` and `task` headers of a refused item, for its dead letter: parsed when the item
+    is small enough, else (or when it is no JSON Python reads) looked up in its first and last
+    64 KB, where kombu's envelope puts them (a base64 body holds no quotes)."""
+    data = raw.encode("utf-8", errors="replace") if isinstance(raw, str) else raw
+    if len(data) <= MAX_FRAME_BYTES:
+        try:
+            envelope = json.loads(data)
+            found = envelope.get("headers") if isinstance(envelope, dict) else None
+            if isinstance(found, dict):
+                return found
+        except Exception:  # not JSON, nested too deeply: look for the two headers below
+            pass
+    windows = (data[:MAX_FRAME_BYTES], data[-MAX_FRAME_BYTES:])
+    headers: dict[str, Any] = {}
+    for name, pattern in _HEADER.items():
+        for window in windows:
+            match = pattern.search(window)
+            if match:
+                headers[name] = match.group(1).decode("utf-8", errors="replace")
+                break
+    return headers
+
+
 def deadletter_frame(
     reason: str, raw: bytes | str, *, queue: str, headers: Any = None, content_type: Any = None
 ) -> bool:
@@ -261,12 +290,8 @@ def deadletter_frame(
     then leaves the item where the broker gives it back later, when it can)."""
     from worker.celeryapp.runtime import services
 
-    if headers is None and len(raw) <= MAX_FRAME_BYTES:
-        try:
-            envelope = json.loads(raw)
-            headers = envelope.get("headers") if isinstance(envelope, dict) else None
-        except Exception:  # not JSON, nested too deeply: no task id to name
-            headers = None
+    if headers is None:
+        headers = _headers_of(raw)
     headers = headers if isinstance(headers, dict) else {}
     task_id, task = headers.get("id"), headers.get("task")
     try:
