@@ -236,49 +236,55 @@ def test_a_no_ack_delivery_is_not_recorded_as_unacked(
             assert not _unacked(redis_url, prefix)
 
 
-@pytest.fixture
-def no_info_redis(tmp_path: Path) -> Iterator[str]:
-    """A private redis-server whose broker user may do everything but INFO."""
+@pytest.fixture(params=["info", "blmove"])
+def refusing_redis(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
+    """A private redis-server whose broker user may do everything but INFO (or BLMOVE)."""
     port = free_port()
     args = ["--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path),
             "--appendonly", "no", "--save", ""]  # fmt: skip
     proc = _server(args, port, tmp_path)
     admin = redis.Redis(port=port)
     admin.execute_command(
-        "ACL", "SETUSER", "broker", "on", ">broker-pw", "~*", "&*", "+@all", "-info"
+        "ACL", "SETUSER", "broker", "on", ">broker-pw", "~*", "&*", "+@all", f"-{request.param}"
     )
     admin.close()
     try:
-        yield f"redis://broker:broker-pw@127.0.0.1:{port}/0"
+        yield f"redis://broker:broker-pw@127.0.0.1:{port}/0", request.param
     finally:
         _stop(proc)
 
 
-def test_a_broker_user_without_info_consumes_with_the_timed_wait(
-    no_info_redis: str, prefix: str, caplog: pytest.LogCaptureFixture
+def test_a_broker_user_without_info_or_blmove_consumes_with_the_timed_wait(
+    refusing_redis: tuple[str, str], prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Before: the BLMOVE probe's INFO raised NoPermissionError, which Celery treats as
-    unrecoverable. Now the idle wait is the plain timed one, said once in the log."""
+    unrecoverable (and a refused BLMOVE would have too). Now the idle wait is the plain timed
+    one, said once in the log."""
+    url, refused = refusing_redis
     with pytest.raises(redis.exceptions.NoPermissionError):
-        redis.Redis.from_url(no_info_redis).info("server")
+        client = redis.Redis.from_url(url)
+        if refused == "info":
+            client.info("server")
+        else:
+            client.execute_command("BLMOVE", "a", "a", "RIGHT", "RIGHT", "0.01")
     queue = Queue(f"q-{uuid.uuid4().hex[:6]}", Exchange("", type="direct"))
     got: list[Any] = []
     caplog.set_level(logging.WARNING, logger="rebook.broker")
-    broker._told.discard("info")
+    broker._told.discard(refused)
     with (
-        _connection(no_info_redis, prefix) as conn,
+        _connection(url, prefix) as conn,
         conn.Consumer(queue, callbacks=[lambda body, m: (got.append(body), m.ack())]),
     ):
         for _ in range(3):  # idle rounds: the empty pop, then the wait (where INFO was asked)
             with pytest.raises(socket.timeout):
                 conn.drain_events(timeout=0.3)
-        with _connection(no_info_redis, prefix) as producer:
+        with _connection(url, prefix) as producer:
             Producer(producer.default_channel).publish({"n": 7}, routing_key=queue.name)
         conn.drain_events(timeout=5)
         assert got == [{"n": 7}]
-    told = [r for r in caplog.records if "refused INFO" in r.getMessage()]
+    told = [r for r in caplog.records if f"refused {refused.upper()}" in r.getMessage()]
     assert len(told) == 1, [r.getMessage() for r in caplog.records]
-    assert not _unacked(no_info_redis, prefix)
+    assert not _unacked(url, prefix)
 
 
 @pytest.mark.parametrize("stored", [True, False])

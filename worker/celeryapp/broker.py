@@ -19,7 +19,8 @@ is not base64, ...) would stop the consumer: it is dead-lettered and dropped ins
 Where kombu's own behaviour is the contract, this one keeps it: a queue consumed with `no_ack`
 (pidbox replies to `control.ping`, Flower's inspect) is not recorded in `unacked` (nobody would
 ack it; it came back after the visibility timeout), and a broker account that may not run `INFO`
-gets the plain timed wait instead of the BLMOVE probe failing (one log line says so). kombu's own
+(which the BLMOVE probe needs) or `BLMOVE` gets the plain timed wait instead of an error Celery
+treats as unrecoverable (one log line says so). kombu's own
 `t/unit/transport/test_redis.py` runs against these classes (`tests/kombu_suite`).
 
 `install()` makes `redis://` and `rediss://` broker URLs use it in this process: the worker,
@@ -133,6 +134,12 @@ class Channel(kombu_redis.Channel):
             except self.connection_errors:
                 self.client.connection.disconnect()  # reconnects on the next round
                 raise
+            except redis.ResponseError as exc:
+                if not (waited and self._wait_name == "BLMOVE"):
+                    raise
+                self._can_blmove = False  # refused (ACL -blmove): the timed wait from now on
+                self._tell_once("blmove", "BLMOVE", exc)
+                reply = None
             if waited or not reply:
                 self._idle = not waited
                 self._idle_rounds += not waited
@@ -255,19 +262,24 @@ class Channel(kombu_redis.Channel):
             with self.conn_or_acquire() as client:
                 version = str(client.info("server").get("redis_version", "0"))
         except redis.ResponseError as exc:  # NoPermissionError (NOPERM), unknown command
-            if "info" in _told:
-                return False
-            _told.add("info")
-            log.warning(
-                "the broker refused INFO (%s): cannot tell whether it has BLMOVE, so an idle "
-                "worker waits with a plain timed BLPOP and sees new work within %.3f s "
-                "(grant +info to the broker user to wake at once)",
-                " ".join(str(exc).split())[:120],
-                float(self.idle_poll_seconds),
-            )
+            self._tell_once("info", "INFO", exc)
             return False
         parts = [int(p) if p.isdigit() else 0 for p in version.split(".")[:2]]
         return tuple(parts) >= (6, 2)
+
+    def _tell_once(self, what: str, command: str, exc: Exception) -> None:
+        """One log line per process that the idle wait is the timed one, and why."""
+        if what in _told:
+            return
+        _told.add(what)
+        log.warning(
+            "the broker refused %s (%s): an idle worker waits with a plain timed BLPOP and sees "
+            "new work within %.3f s (grant +%s to the broker user to wake at once)",
+            command,
+            " ".join(str(exc).split())[:120],
+            float(self.idle_poll_seconds),
+            command.lower(),
+        )
 
 
 class Transport(kombu_redis.Transport):
