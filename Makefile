@@ -5,16 +5,42 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test chaos bench bench-console lint format sandbox worker beat flower exporter clean
+.PHONY: install lock upgrade-check demo test chaos bench bench-console lint format sandbox worker beat flower exporter clean
 
-$(STAMP): pyproject.toml
+LOCK := requirements.lock
+# `make lock` and `make upgrade-check` resolve with uv, at the version the lock pins
+LOCK_ARGS := pyproject.toml --all-extras --universal --python-version 3.11 --quiet
+# peers whose own test suites run against rebook's patches (tests/peers): their sdists at the
+# locked versions, fetched once by `make install` into $(VENV)/peers so tests run offline
+PEERS := flower
+
+# Exactly the locked versions (every dependency, the dev tools included), then rebook itself
+# without resolving anything: what CI, `make test` and `make demo` run is what the lock says.
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@echo "installing rebook and its dev tools into $(VENV) ..."
+	@echo "installing rebook and its dev tools into $(VENV) (pinned by $(LOCK)) ..."
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -r $(LOCK)
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e '.[dev]'
+	@$(BIN)/python -m tests.peers.sdist $(PEERS) >/dev/null || \
+		echo "warning: peer sources not fetched; tests/peers fetches them on its first run"
 	@touch $@
 
 install: $(STAMP)
+
+$(BIN)/uv:
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check \
+		"uv==$$(sed -n 's/^uv==//p' $(LOCK))"
+
+## re-resolve requirements.lock after a change to pyproject.toml (keeps every other pin)
+lock: $(BIN)/uv
+	$(BIN)/uv pip compile $(LOCK_ARGS) --custom-compile-command "make lock" -o $(LOCK)
+
+## the newest releases the bounds allow, in a scratch venv: what changed, then the peers' own
+## suites (tests/peers: Flower's unit tests with the launcher's patches, ...) and the unit tests
+upgrade-check: $(STAMP)
+	$(BIN)/python -m tests.peers.upgrade_check
 
 ## the whole pipeline on this machine (embedded Redis if none is reachable), live progress
 demo: $(STAMP)

@@ -29,8 +29,10 @@ import os
 import sys
 from typing import Any
 
-# Outside the app on purpose (no worker.* import): it must run even when the app's settings
-# would refuse to load because the key they name no longer matches the stored tokens.
+# Outside the app on purpose: it must run even when the app's settings would refuse to load
+# because the key they name no longer matches the stored tokens. The one import of rebook is
+# `worker.core.redis_tls` (no settings): the same TLS checks as the worker's Redis client
+# (REBOOK_REDIS_CA_FILE / _CERT_FILE / _KEY_FILE; `?ssl_cert_reqs=none` in the URL refused).
 
 CAS = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -67,16 +69,33 @@ def _truthy(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _tls(url: str) -> dict[str, Any]:
+    """The worker's TLS options for `url` (worker.core.redis_tls), or exit naming the override
+    in the URL that would weaken them."""
+    from worker.core.redis_tls import tls_options, weak_tls_override
+
+    why = weak_tls_override(url)
+    if why:
+        sys.exit(f"rotate-token-key: REBOOK_REDIS_URL: {why}; remove it from the URL")
+    return tls_options(
+        url,
+        ca_file=os.environ.get("REBOOK_REDIS_CA_FILE") or None,
+        cert_file=os.environ.get("REBOOK_REDIS_CERT_FILE") or None,
+        key_file=os.environ.get("REBOOK_REDIS_KEY_FILE") or None,
+    )
+
+
 def _client(url: str) -> tuple[Any, list[Any]]:
     """The client and what to scan: every primary of a cluster, else the one server."""
     import redis
 
+    tls = _tls(url)
     if _truthy("REBOOK_REDIS_CLUSTER"):
         from redis.cluster import RedisCluster
 
-        cluster = RedisCluster.from_url(url, decode_responses=False)
+        cluster = RedisCluster.from_url(url, decode_responses=False, **tls)
         return cluster, [cluster.get_redis_connection(node) for node in cluster.get_primaries()]
-    single = redis.Redis.from_url(url, decode_responses=False)
+    single = redis.Redis.from_url(url, decode_responses=False, **tls)
     return single, [single]
 
 

@@ -80,6 +80,7 @@ SANDBOX_DEFAULTS: dict[str, Any] = {
     "list_name": "WebcamBookings",
     "total_name": "TotalBookings",
     "site_zone": "Europe/London",
+    "performer_shape": "user_id",
 }
 
 

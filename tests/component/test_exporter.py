@@ -230,3 +230,43 @@ def test_presence_capacity_gauges(store: Store) -> None:
         store.note_presence_call(now - 20)
     achieved = value(scrape(store), "rebook_presence_achieved_interval_seconds")
     assert achieved == pytest.approx(50 / (100 / 20), rel=0.05)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3", "::", "exporter.internal"])
+def test_exporter_on_a_network_address_without_basic_auth_refuses_to_start(
+    host: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As the Flower launcher does: /metrics open to the network only behind basic auth."""
+    monkeypatch.delenv("REBOOK_EXPORTER_BASIC_AUTH", raising=False)
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(SystemExit) as exc:
+            exporter.main(["--port", "0", "--host", host])
+    finally:
+        get_settings.cache_clear()
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "REBOOK_EXPORTER_BASIC_AUTH" in err and host in err
+
+
+def test_only_loopback_addresses_count_as_local() -> None:
+    for host in ("127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"):
+        assert exporter.is_loopback(host), host
+    for host in ("0.0.0.0", "::", "10.0.0.1", "rebook-exporter", ""):
+        assert not exporter.is_loopback(host), host
+
+
+def test_a_deployment_fault_shows_as_rebook_paused(store: Store) -> None:
+    from worker.core.errors import DeploymentFault
+
+    before = scrape(store)
+    assert value(before, "rebook_paused", reason="api_key") == 0
+    store.circuit.open(DeploymentFault("api_key", "Invalid or missing API key."))
+    after = scrape(store)
+    assert value(after, "rebook_paused", reason="api_key") == 1
+    assert value(after, "rebook_paused", reason="oauth_client") == 0
+    assert store.stats()["paused"]["setting"] == "REBOOK_API_KEY"
+    store.circuit.close("test")
+    assert value(scrape(store), "rebook_paused", reason="api_key") == 0
+    assert store.stats()["paused"] is None

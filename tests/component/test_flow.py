@@ -24,7 +24,7 @@ from worker.adapters.upstream import UpstreamClient
 from worker.celeryapp.runtime import Services, build_services
 from worker.core.capacity import presence_budget
 from worker.core.errors import Throttled
-from worker.core.flow import Flow, Refused
+from worker.core.flow import LEARNING_READS, PERFORMER_FIELD_ANSWERS, Flow, Refused
 from worker.core.models import TokenSet
 from worker.core.settings import Settings
 from worker.core.states import State
@@ -166,6 +166,15 @@ def env(make_env: Callable[..., Env]) -> Env:
     return make_env()
 
 
+def confirm_field(env: Env, key: str = "UserID") -> None:
+    """The performer field confirmed, as answers of known meaning would (3 over 2 performers)."""
+    for bid, pid in ((900_001, 7), (900_002, 8), (900_003, 7)):
+        env.store.learn_performer_field(
+            {key: pid}, pid, bid, answers=PERFORMER_FIELD_ANSWERS, performers=2
+        )
+    assert env.store.performer_field() == key
+
+
 def rescheduling_many(
     env: Env, n: int, performer: int = 7, user: str = "alice"
 ) -> list[tuple[str, int]]:
@@ -216,6 +225,7 @@ def reconcile_until(env: Env, rid: str, want: str, limit: int = 12) -> list[str]
 
 
 def test_intake_created_dispatches_one_presence_check(env: Env) -> None:
+    confirm_field(env)  # (while it is not, intake also asks for a read of the original)
     env.member()
     b1 = env.sandbox.add_booking("alice", 7)
     before = env.clock()
@@ -368,6 +378,7 @@ def test_presence_gives_way_to_the_rate_budget_without_losing_its_turn(
 
 
 def test_performer_is_resolved_from_the_original_booking(env: Env) -> None:
+    confirm_field(env)
     env.member()
     orig = env.sandbox.add_booking("alice", 9)
     rid = env.submit(orig, performer=None)
@@ -383,6 +394,7 @@ def test_performer_is_resolved_from_the_original_booking(env: Env) -> None:
 
 
 def test_unreadable_original_booking_fails(env: Env) -> None:
+    confirm_field(env)
     env.member()
     env.member("bob")
     not_hers = env.sandbox.add_booking("bob", 9)
@@ -496,7 +508,9 @@ def test_a_booking_the_member_made_meanwhile_is_neither_adopted_nor_taken_for_pr
     """The POST fails without committing; meanwhile the member books the same performer
     themselves. That booking is new to the list, so it is no proof that the POST made nothing,
     and it does not look made by a reschedule, so it is not adopted either: the rebook parks,
-    and an operator who has checked it upstream says so (`retry --not-ours`)."""
+    and an operator who has checked it upstream says so (`retry --not-ours`). (The performer
+    field is confirmed: see the `unverified_shape` tests for the same while it is not.)"""
+    confirm_field(env)
     rid, orig = rescheduling(env)
     env.sandbox.fault("RescheduleMadeBooking", "http_500")
     assert env.flow.reschedule(rid) == "ambiguous"
@@ -1228,3 +1242,292 @@ def test_retry_of_a_finished_unsettled_rebook_reconciles_and_keeps_the_mark(env:
     assert env.rec.calls[-1] == ("reschedule", rid)
     reconcile_until(env, rid, "booked")
     assert env.calls("RescheduleMadeBooking") == 1 and env.new_bookings() == {str(orig): 1}
+
+
+# --- the performer field: whose a booking is, from evidence -------------------------------------
+
+SHAPES = ("user_id", "profile_id", "no_id")
+SETTLED = (State.WATCHING, State.NEEDS_ATTENTION)
+
+
+def settle(env: Env, rids: list[str], rounds: int = 40) -> None:
+    """Runs every rebook's reschedule step as time passes, until each is WATCHING or parked."""
+    for _ in range(rounds):
+        if all(env.get(rid).state in SETTLED for rid in rids):
+            return
+        for rid in rids:
+            if env.get(rid).state is State.RESCHEDULING:
+                env.flow.reschedule(rid)
+        env.clock.advance(env.settings.reconcile_grace_seconds + 0.2)
+    raise AssertionError({rid: (env.get(rid).state, env.get(rid).reason) for rid in rids})
+
+
+def assert_exactly_once(env: Env, made: dict[str, int]) -> None:
+    """Never two new bookings from one original, and each rebook owns only what was made from
+    its own original (`made`: rebook -> original)."""
+    per_original = env.new_bookings()
+    assert all(n <= 1 for n in per_original.values()), per_original
+    for rid, orig in made.items():
+        new = env.get(rid).new_booking_id
+        if new is not None:
+            assert env.sandbox.booking(new)["original_id"] == orig, (rid, orig, new)
+            assert env.store.owner_of(new) == rid
+
+
+@pytest.mark.parametrize("kind", ["timeout_after_commit", "http_500_after_commit"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_ambiguous_posts_in_every_performer_shape_make_one_booking_each(
+    make_env: Callable[..., Env], shape: str, kind: str
+) -> None:
+    """The holes of issue 20: with `{"ID": profile id}` the guess set our own booking aside as
+    another performer's and POSTed again; with no id, a rebook adopted a sibling's booking made
+    for another performer. Unconfirmed, nothing is set aside for its performer and one POST of
+    the member is unsettled at a time."""
+    env = make_env(http_timeout_seconds=0.3)
+    env.sandbox.configure(performer_shape=shape)
+    env.member("alice")
+    env.member("bob")
+    made: dict[str, int] = {}
+    for user, performer in (("alice", 7), ("alice", 8), ("bob", 7)):
+        orig = env.sandbox.add_booking(user, performer)
+        made[env.submit(orig, user=user, performer=performer)] = orig
+    r_a7, r_a8, r_b7 = made
+    for performer in (7, 8):
+        env.sandbox.set_online(performer, True)
+        assert env.flow.check_presence(performer) == "online"
+    env.sandbox.fault("RescheduleMadeBooking", kind, count=2, delay=0.8)
+    assert env.flow.reschedule(r_a8) == "ambiguous"  # committed: a booking for performer 8
+    # unconfirmed: alice's other rebook may not POST while her POST for 8 is unsettled (its
+    # booking could not be told apart from one made for 7) ...
+    assert env.store.performer_field() is None
+    assert env.flow.reschedule(r_a7) == "gated"
+    assert env.get(r_a7).blocked_by == r_a8
+    # ... and bob's own POST is not held by alice's
+    assert env.flow.reschedule(r_b7) == "ambiguous"
+    settle(env, list(made))
+    assert_exactly_once(env, made)
+    for rid in made:  # alone in its window, each found its own booking: nothing parked
+        assert env.get(rid).state is State.WATCHING, env.get(rid).reason
+    assert env.calls("RescheduleMadeBooking") == 3
+    assert env.new_bookings() == {str(orig): 1 for orig in made.values()}
+
+
+def test_unconfirmed_a_booking_another_unsettled_post_may_have_made_is_not_adopted(
+    env: Env,
+) -> None:
+    """Two POSTs of one member overlapped while the field was confirmed; then an answer dropped
+    it. A booking the other POST may have made is never adopted: where each POST's list before
+    it tells them apart they settle by themselves; where it cannot, both park `unverified_shape`
+    (never a second POST), and an operator's `--not-ours` settles them."""
+    confirm_field(env)
+    env.member()
+    made: dict[str, int] = {}
+    for performer in (7, 8):
+        orig = env.sandbox.add_booking("alice", performer)
+        made[env.submit(orig, performer=performer)] = orig
+        env.sandbox.set_online(performer, True)
+        assert env.flow.check_presence(performer) == "online"
+    r7, r8 = made
+    # r7's booking is committed only after r8's list was read: neither list shows the other's
+    env.sandbox.fault("RescheduleMadeBooking", "http_504_commit_later", commit_delay=0.4)
+    assert env.flow.reschedule(r7) == "ambiguous"
+    env.sandbox.fault("RescheduleMadeBooking", "http_500_after_commit")
+    # confirmed: the gate is the member's and performer's, so both POSTs go out
+    assert env.flow.reschedule(r8) == "ambiguous"
+    wait_for(lambda: len(env.new_bookings()) == 2, what="the late commit")
+    # an answer of known meaning without the key: the field is dropped
+    env.sandbox.configure(performer_shape="no_id")
+    env.member("carol")
+    c9 = env.sandbox.add_booking("carol", 9)
+    rc = env.submit(c9, user="carol", performer=9)
+    env.sandbox.set_online(9, True)
+    assert env.flow.check_presence(9) == "online"
+    assert env.flow.reschedule(rc) == "booked"
+    assert env.store.performer_field() is None
+    assert env.store.performer_field_stats()["contradictions"] == 1
+    settle(env, [r7, r8])
+    for rid in (r7, r8):
+        rec = env.get(rid)
+        assert rec.state is State.NEEDS_ATTENTION and rec.reason == "unverified_shape", rec.reason
+        assert rec.new_booking_id is None
+    assert env.calls("RescheduleMadeBooking") == 3
+    assert_exactly_once(env, made)
+    # the operator looks upstream and vouches, for each, the booking that is not its own
+    by_original = {env.sandbox.booking(b)["original_id"]: b for b in _new_ids(env)}
+    env.flow.retry(r8, not_ours=[by_original[made[r7]]])
+    env.flow.retry(r7, not_ours=[by_original[made[r8]]])
+    settle(env, [r7, r8])
+    for rid in (r7, r8):
+        assert env.get(rid).new_booking_id == by_original[made[rid]], env.get(rid).reason
+    assert env.calls("RescheduleMadeBooking") == 3
+    assert_exactly_once(env, {**made, rc: c9})
+
+
+def test_unconfirmed_the_list_before_a_post_tells_overlapping_posts_apart(env: Env) -> None:
+    """As above, but r8's list before its POST already showed r7's booking: r8 cannot have made
+    it, so r7 takes it, and then r8 its own — no operator needed, nothing doubled."""
+    confirm_field(env)
+    env.member()
+    made: dict[str, int] = {}
+    for performer in (7, 8):
+        orig = env.sandbox.add_booking("alice", performer)
+        made[env.submit(orig, performer=performer)] = orig
+        env.sandbox.set_online(performer, True)
+        assert env.flow.check_presence(performer) == "online"
+    r7, r8 = made
+    env.sandbox.fault("RescheduleMadeBooking", "http_500_after_commit", count=2)
+    assert env.flow.reschedule(r7) == "ambiguous"
+    assert env.flow.reschedule(r8) == "ambiguous"
+    env.store.learn_performer_field({"Nickname": "x"}, 7, 1, answers=3, performers=2)
+    assert env.store.performer_field() is None
+    settle(env, [r8, r7])
+    assert all(env.get(rid).state is State.WATCHING for rid in made)
+    assert env.calls("RescheduleMadeBooking") == 2
+    assert_exactly_once(env, made)
+
+
+def _new_ids(env: Env) -> list[int]:
+    listed = env.svc.client.list_made_bookings(
+        env.svc.tokens.access_token("alice"), start=None, max_pages=5
+    )[0]
+    return [b.booking_id for b in listed if env.sandbox.booking(b.booking_id)["original_id"]]
+
+
+def test_the_field_is_confirmed_by_known_answers_and_dropped_on_a_contradiction(
+    env: Env,
+) -> None:
+    env.member()
+    rids = []
+    for performer in (7, 8):
+        orig = env.sandbox.add_booking("alice", performer)
+        rid = env.submit(orig, performer=performer)
+        # unconfirmed: intake asks for one read of the original (an answer to learn from)
+        assert ("check_presence", None, rid) in env.rec.calls
+        assert env.flow.check_presence(None, rid) == "learned"
+        rids.append(rid)
+    figures = env.store.stats()["performer_field"]
+    assert figures["field"] is None and figures["candidate"] == "UserID"
+    assert (figures["answers"], figures["performers"]) == (2, 2)
+    # the same original read again is the same answer, not a new one
+    assert env.flow.check_presence(None, rids[0]) == "learned"
+    assert env.store.performer_field_stats()["answers"] == 2
+    # the third: a POST's own answer (a booking for the original's performer)
+    env.sandbox.set_online(7, True)
+    assert env.flow.check_presence(7) == "online"
+    assert env.flow.reschedule(rids[0]) == "booked"
+    figures = env.store.stats()["performer_field"]
+    assert figures == {
+        "field": "UserID",
+        "candidate": "UserID",
+        "answers": 3,
+        "performers": 2,
+        "contradictions": 0,
+        "last_contradiction": None,
+    }
+    # confirmed: intake spends no more reads on originals
+    calls = len(env.rec.calls)
+    env.submit(env.sandbox.add_booking("alice", 7), performer=7)
+    assert all(c[1] is not None for c in env.rec.calls[calls:]), env.rec.calls[calls:]
+    # the upstream's shape changes: the watched booking of a definite POST lacks the key
+    env.sandbox.configure(performer_shape="profile_id")
+    assert env.flow.watch(rids[0]) == "pending"
+    figures = env.store.stats()["performer_field"]
+    assert figures["field"] is None and figures["contradictions"] == 1
+    assert figures["last_contradiction"]["key"] == "UserID"
+    assert figures["answers"] == 0
+
+
+def test_an_event_without_performer_parks_until_the_field_is_confirmed(env: Env) -> None:
+    env.member()
+    orig = env.sandbox.add_booking("alice", 9)
+    rid = env.submit(orig, performer=None)
+    assert env.flow.check_presence(None, rid) == "parked"
+    rec = env.get(rid)
+    assert rec.state is State.NEEDS_ATTENTION and rec.reason == "unverified_shape"
+    assert "performer_id" in rec.action
+    assert env.calls("MadeBookingDetails") == 0  # no guess read through an unconfirmed key
+    # a retry while unconfirmed parks it again, having read nothing
+    env.flow.retry(rid)
+    assert env.flow.check_presence(None, rid) == "parked"
+    # answers of known meaning confirm the field; the parked rebook resumes by itself
+    learned = []
+    for performer in (7, 8):
+        o = env.sandbox.add_booking("alice", performer)
+        learned.append(env.submit(o, performer=performer))
+        assert env.flow.check_presence(None, learned[-1]) == "learned"
+    env.sandbox.set_online(7, True)
+    assert env.flow.check_presence(7) == "online"
+    assert env.flow.reschedule(learned[0]) == "booked"
+    assert env.store.performer_field() == "UserID"
+    rec = env.get(rid)
+    assert rec.state is State.WAITING, rec.reason
+    assert ("check_presence", None, rid) in env.rec.calls[-2:]
+    assert env.flow.check_presence(None, rid) == "resolved"
+    assert env.get(rid).performer_id == 9
+
+
+@pytest.mark.parametrize("shape", ["profile_id", "no_id"])
+def test_without_an_id_of_the_user_the_field_is_never_confirmed(env: Env, shape: str) -> None:
+    """No key names the user id: nothing is ever confirmed, however many answers come."""
+    env.sandbox.configure(performer_shape=shape)
+    env.member()
+    for performer in (7, 8, 7, 8):
+        rid = env.submit(env.sandbox.add_booking("alice", performer), performer=performer)
+        assert env.flow.check_presence(None, rid) == "learned"
+    figures = env.store.performer_field_stats()
+    assert figures["field"] is None and figures["answers"] == 0
+
+
+def test_a_burst_of_events_before_the_field_is_known_reads_few_originals(env: Env) -> None:
+    env.member()
+    for _ in range(LEARNING_READS + 5):
+        env.submit(env.sandbox.add_booking("alice", 7))
+    learning = [c for c in env.rec.of("check_presence") if c[1] is None]
+    assert len(learning) == LEARNING_READS
+
+
+def test_a_post_under_the_member_s_gate_still_holds_when_the_field_is_confirmed(
+    env: Env,
+) -> None:
+    """The gate kinds see each other: a POST sent while the field was unconfirmed (the member's
+    gate) keeps a sibling of another performer waiting after the field is confirmed, and the
+    sibling goes once it settles."""
+    env.member()
+    made: dict[str, int] = {}
+    for performer in (7, 8):
+        orig = env.sandbox.add_booking("alice", performer)
+        made[env.submit(orig, performer=performer)] = orig
+        env.sandbox.set_online(performer, True)
+        assert env.flow.check_presence(performer) == "online"
+    r7, r8 = made
+    env.sandbox.fault("RescheduleMadeBooking", "http_500_after_commit")
+    assert env.flow.reschedule(r8) == "ambiguous"
+    confirm_field(env)
+    # the script decides (the flow's read-only look before it aside)
+    assert env.store.claim_step(r7, "t") is not None
+    now = env.clock()
+    marked = env.store.start_post(r7, now=now, attempts=1, claim="t", known_ids=[], due=now + 5)
+    assert marked == (False, r8, 0)
+    assert env.flow.reschedule(r7) == "gated"
+    assert env.get(r7).blocked_by == r8
+    settle(env, [r8, r7])
+    assert all(env.get(rid).state is State.WATCHING for rid in made)
+    assert_exactly_once(env, made)
+
+
+def test_doctor_says_which_field_is_confirmed_and_warns_while_none_is(env: Env) -> None:
+    from worker.operations import doctor
+
+    check = doctor._performer_field(env.settings)
+    assert check.ok and check.warn and check.detail.startswith("unconfirmed")
+    env.store.learn_performer_field({"UserID": 7}, 7, 1, answers=3, performers=2)
+    env.store.learn_performer_field({"ID": 1_000_008}, 8, 2, answers=3, performers=2)
+    check = doctor._performer_field(env.settings)
+    assert check.warn and "last contradiction: Performer.UserID" in check.hint
+    confirm_field(env)
+    check = doctor._performer_field(env.settings)
+    assert check.ok and not check.warn
+    assert check.detail == (
+        "Performer.UserID names the performer (3 answer(s) over 2 performer(s), "
+        "1 contradiction(s) seen)"
+    )

@@ -88,7 +88,7 @@ def test_api_key_required(server: SandboxServer, sb: SandboxClient) -> None:
     for key in (None, "wrong"):
         r = Api(server.url, token, key=key).get("Webcam/MadeBookings")
         assert r.status_code == 401
-        assert r.json() == {"Message": "Invalid API key"}
+        assert r.json() == {"Message": "Invalid or missing API key."}
     r = Api(server.url, None, key=None).get("newsfeed/getUserSummary", UserID=5)
     assert r.status_code == 401
     assert Api(server.url, token).get("Webcam/MadeBookings").status_code == 200
@@ -592,6 +592,27 @@ def test_list_and_total_names_are_options(server: SandboxServer, sb: SandboxClie
     for bad in ({"list_name": "has space"}, {"list_name": "BookingsTotal"}):
         with pytest.raises(requests.HTTPError):
             sb.configure(**bad)
+
+
+@pytest.mark.parametrize(
+    ("shape", "performer"),
+    [
+        ("user_id", {"UserID": 1, "Nickname": "performer1"}),
+        ("profile_id", {"ID": 1_000_001, "Nickname": "performer1"}),
+        ("no_id", {"Nickname": "performer1"}),
+    ],
+)
+def test_performer_shape_is_an_option(
+    server: SandboxServer, sb: SandboxClient, shape: str, performer: dict[str, Any]
+) -> None:
+    api = member(server, sb)
+    booking = sb.add_booking("u1", 1)
+    assert sb.configure(performer_shape=shape)["performer_shape"] == shape
+    assert api.get("Webcam/MadeBookingDetails", BookingID=booking).json()["Performer"] == performer
+    (listed,) = api.get("Webcam/MadeBookings").json()["WebcamBookings"]
+    assert listed["Performer"] == performer
+    with pytest.raises(requests.HTTPError):
+        sb.configure(performer_shape="guess")
 
 
 def test_site_zone_is_an_option(server: SandboxServer, sb: SandboxClient) -> None:

@@ -29,9 +29,11 @@ from worker.core.errors import (
     Ambiguous,
     AuthExpired,
     Challenged,
+    DeploymentFault,
     NotFound,
     RateLimited,
     Rejected,
+    TokenRefused,
     Transient,
     UpstreamError,
 )
@@ -279,8 +281,9 @@ def test_the_sandbox_takes_the_key_in_the_query(sandbox_server: SandboxServer) -
     wrong = UpstreamClient(sandbox_server.url, "wrong", api_key_in="query")
     try:
         assert c.is_online(7) is False
-        with pytest.raises(AuthExpired):
+        with pytest.raises(DeploymentFault) as refused:  # a key-only call: the key's fault
             wrong.is_online(7)
+        assert refused.value.reason == "api_key"
     finally:
         c.close()
         wrong.close()
@@ -439,20 +442,24 @@ def test_a_challenge_page_never_reached_the_api(
     echo: Echo, status: int, body: bytes, ctype: str | None
 ) -> None:
     """403/429/503 pages in front of the API: Challenged (transient, "not sent") for every
-    call, the non-idempotent POSTs included; never Rejected, never AuthExpired."""
+    call, the non-idempotent POSTs included; never Rejected, never AuthExpired. A 503 that is
+    not a challenge page may come from a gateway that forwarded the POST: Ambiguous."""
     _answer(echo, status, body, ctype)
     seen: list[tuple[str, str]] = []
     c = UpstreamClient(echo.url, "k", on_call=lambda e, o: seen.append((e, o)))
+    gateway = status == 503 and body != CHALLENGE
     try:
         for name, call in _calls(c).items():
-            with pytest.raises(Challenged) as info:
+            post = name in ("reschedule", "confirm")
+            with pytest.raises(Ambiguous if gateway and post else Challenged) as info:
                 call()
-            assert isinstance(info.value, Transient), name
+            assert isinstance(info.value, Ambiguous if gateway and post else Transient), name
             assert info.value.status == status
             assert "not the API's answer" in str(info.value)
     finally:
         c.close()
-    assert {o for _, o in seen} == {"Challenged"}  # a distinct outcome for the exporter
+    expected = {"Challenged", "Ambiguous"} if gateway else {"Challenged"}
+    assert {o for _, o in seen} == expected  # a distinct outcome for the exporter
 
 
 @pytest.mark.parametrize("status", [500, 502, 504])
@@ -466,6 +473,82 @@ def test_a_gateway_page_after_a_post_stays_ambiguous(echo: Echo, status: int) ->
             expected = Ambiguous if name in ("reschedule", "confirm") else Challenged
             with pytest.raises(expected):
                 call()
+    finally:
+        c.close()
+
+
+NGINX_503 = b"<html><head><title>503 Service Temporarily Unavailable</title></head></html>"
+
+
+@pytest.mark.parametrize("status", [502, 503, 504])
+@pytest.mark.parametrize(
+    ("body", "ctype"),
+    [
+        (NGINX_503, "text/html"),  # a gateway's own page
+        (NGINX_503, None),  # markup with no content type
+        (b"upstream connect error or disconnect/reset before headers", "text/plain"),
+        (b"", None),  # nothing at all
+        (b'{"Message": "The service is unavailable."}', "application/json"),
+    ],
+)
+def test_a_gateway_5xx_to_a_post_is_ambiguous(
+    echo: Echo, status: int, body: bytes, ctype: str | None
+) -> None:
+    """502/503/504 to a POST, HTML or not, may come after the gateway forwarded it: reconcile,
+    never "not sent". A read is transient either way."""
+    _answer(echo, status, body, ctype)
+    c = UpstreamClient(echo.url, "k")
+    try:
+        for name, call in _calls(c).items():
+            with pytest.raises(UpstreamError) as info:
+                call()
+            if name in ("reschedule", "confirm"):
+                assert isinstance(info.value, Ambiguous), (name, info.value)
+            else:
+                assert isinstance(info.value, Transient), (name, info.value)
+            assert info.value.status == status
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "headers"),
+    [
+        (503, CHALLENGE, {"Content-Type": "text/html"}),
+        (403, CHALLENGE, {"Content-Type": "text/html"}),
+        (503, b"<html><title>Attention Required! | Cloudflare</title></html>", {}),
+        # Cloudflare marks its challenges whatever the page says
+        (503, NGINX_503, {"Content-Type": "text/html", "cf-mitigated": "challenge"}),
+    ],
+)
+def test_a_cdn_challenge_to_a_post_never_reached_the_api(
+    echo: Echo, status: int, body: bytes, headers: dict[str, str]
+) -> None:
+    echo.status, echo.body, echo.headers = status, body, headers
+    c = UpstreamClient(echo.url, "k")
+    try:
+        with pytest.raises(Challenged):
+            c.reschedule("t", 5)
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "headers"),
+    [
+        (502, CHALLENGE, {"Content-Type": "text/html"}),  # a challenge is a 403 or a 503
+        (503, b"<p>Just a moment...</p>", {"Content-Type": "text/html"}),  # not its title
+        (503, NGINX_503, {"Content-Type": "text/html", "cf-mitigated": "block"}),
+    ],
+)
+def test_the_challenge_exception_is_strict(
+    echo: Echo, status: int, body: bytes, headers: dict[str, str]
+) -> None:
+    echo.status, echo.body, echo.headers = status, body, headers
+    c = UpstreamClient(echo.url, "k")
+    try:
+        with pytest.raises(Ambiguous):
+            c.reschedule("t", 5)
     finally:
         c.close()
 
@@ -822,14 +905,16 @@ def test_refresh_refusals_are_rejected(
     member: dict[str, Any],
 ) -> None:
     url = sandbox_server.url + "/OAuth/token"
-    with pytest.raises(Rejected):
+    with pytest.raises(DeploymentFault) as client_refused:  # the site's client, not the member
         client.refresh_token(
             url, client_id=CLIENT_ID, client_secret="wrong", refresh_token=member["refresh"]
         )
-    with pytest.raises(Rejected):
+    assert client_refused.value.reason == "oauth_client"
+    with pytest.raises(Rejected) as grant:
         client.refresh_token(
             url, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, refresh_token="made-up"
         )
+    assert isinstance(grant.value, TokenRefused) and grant.value.code == "invalid_grant"
     sandbox.revoke_user("alice")
     with pytest.raises(Rejected) as info:
         client.refresh_token(

@@ -35,6 +35,22 @@ def _up(url: str) -> bool:
         return False
 
 
+def _listening(port: int) -> set[str]:
+    """The local addresses of the sockets listening on `port` (Linux /proc, hex as it is there:
+    `0100007F` is 127.0.0.1, `00000000` every IPv4 interface)."""
+    found: set[str] = set()
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if not os.path.exists(name):
+            continue
+        with open(name) as table:
+            for line in table.readlines()[1:]:
+                fields = line.split()
+                address, _, hexport = fields[1].partition(":")
+                if int(hexport, 16) == port and fields[3] == "0A":  # 0A: LISTEN
+                    found.add(address)
+    return found
+
+
 # Long on purpose: the Procfile as a new user runs it, start to a booked rebook to a clean stop.
 def test_honcho_start_runs_the_procfile_and_a_rebook_goes_through(
     redis_url: str, tmp_path: Path
@@ -125,6 +141,12 @@ def test_honcho_start_runs_the_procfile_and_a_rebook_goes_through(
         )
         sandbox.set_status(rec.new_booking_id, "Accepted")
         wait_for(lambda: svc.store.get(rid).state == State.ACCEPTED, 90, "accepted")  # type: ignore[union-attr]
+        # the Procfile's Flower and exporter listen on 127.0.0.1 only (RUNBOOK, Processes)
+        flower_port = base_port + 200
+        wait_for(lambda: _up(f"http://127.0.0.1:{flower_port}/healthcheck"), 60, "flower")
+        if os.path.exists("/proc/net/tcp"):
+            assert _listening(flower_port) == {"0100007F"}, _listening(flower_port)
+            assert _listening(exporter_port) == {"0100007F"}, _listening(exporter_port)
         metrics = requests.get(f"http://127.0.0.1:{exporter_port}/metrics", timeout=5).text
         assert 'rebook_rebooks{state="ACCEPTED"} 1.0' in metrics
         assert "rebook_up 1.0" in metrics

@@ -270,7 +270,7 @@ def test_tokens_import_reads_json_lines_and_resumes_reauth(system: System) -> No
     ]
     proc = system.cli("tokens", "import", stdin="\n".join(lines) + "\n")
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "imported tokens of 2 member(s); 2 line(s) refused; resumed 1" in proc.stdout
+    assert "stored 2 member(s) (verified); refused 2; resumed 1" in proc.stdout
     assert "line 4 (bad-3)" in proc.stderr and "line 5: not JSON" in proc.stderr
     for secret in (secret_of_bad, fresh["access_token"], other["refresh_token"]):
         assert secret not in proc.stdout + proc.stderr

@@ -6,6 +6,7 @@ reason when RabbitMQ is not running; in CI it must run).
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -163,7 +164,13 @@ def test_upstream_refusal_fails_with_its_message(system: System) -> None:
 
 
 def test_performer_read_from_the_original_booking(system: System) -> None:
+    """Only through a confirmed performer field: a deployment learns it from the answers of its
+    first bookings (three over two performers), which these are (if earlier tests' were not)."""
     user = system.member()
+    for _ in range(3):
+        rid, _ = system.rebook(user, system.performer(online=True))
+        system.wait_state(rid, State.WATCHING)
+    wait_for(lambda: system.store.performer_field() == "UserID", 10, "the field confirmed")
     performer = system.performer(online=True)
     booking = system.sandbox.add_booking(user, performer)
     rid = system.submit(booking_id=booking, user_id=user)
@@ -284,3 +291,70 @@ def test_no_secrets_in_worker_and_beat_logs(system: System) -> None:
         system.settings.token_key.get_secret_value(),
     ):  # type: ignore[union-attr]
         assert secret not in logs
+
+
+# --- issue 20: the performer field --------------------------------------------------------------
+
+MEMBERS = 5
+PER_MEMBER = 4
+PERFORMERS = 4
+
+
+def test_profile_id_shape_with_one_ambiguous_post_in_five_books_each_original_once(
+    system: System,
+) -> None:
+    """Issue 20: `Performer` as `{"ID": a profile id that is not the user id}` (so no key names
+    the user id and none is ever confirmed; one the earlier tests confirmed is dropped by the
+    first answer) and one POST in five ambiguous after the upstream committed: never two new
+    bookings from one original, never a rebook owning another's."""
+    system.sandbox.configure(performer_shape="profile_id")
+    try:
+        _profile_id_shape(system)
+    finally:
+        system.sandbox.configure(performer_shape="user_id")
+        system.sandbox.clear_faults()
+
+
+def _profile_id_shape(system: System) -> None:
+    # a deployment that has only ever seen this shape (the module's earlier tests confirmed
+    # UserID; its drop by the first answer here is the component tests' subject)
+    system.store.r.delete(system.store.keys.performer_field)
+    before = system.worker.text().count("reschedule ambiguous")
+    performers = [system.performer(online=True) for _ in range(PERFORMERS)]
+    total = MEMBERS * PER_MEMBER
+    # the first fifth of the POSTs: committed, then a timeout or a 500 (the answer is lost)
+    system.sandbox.fault(
+        "RescheduleMadeBooking", "timeout_after_commit", count=total // 10, delay=1.5
+    )
+    system.sandbox.fault("RescheduleMadeBooking", "http_500_after_commit", count=total // 10)
+    made: dict[str, int] = {}
+    cycle = itertools.cycle(performers)
+    for _ in range(MEMBERS):
+        user = system.member()
+        for _ in range(PER_MEMBER):
+            rid, booking = system.rebook(user, next(cycle))
+            made[rid] = booking
+
+    def settled() -> bool:
+        recs = [system.get(rid) for rid in made]
+        return all(
+            r is not None and r.state in (State.WATCHING, State.NEEDS_ATTENTION) for r in recs
+        )
+
+    wait_for(settled, 90, "every rebook booked or parked")
+    per_original = system.sandbox.stats()["new_bookings"]
+    assert all(n <= 1 for n in per_original.values()), per_original
+    assert all(per_original.get(str(orig)) == 1 for orig in made.values()), per_original
+    owners = {}
+    for rid, orig in made.items():
+        rec = system.get(rid)
+        assert rec is not None
+        assert rec.state is State.WATCHING, (rid, rec.reason)  # alone in its window: adopted
+        assert rec.new_booking_id is not None
+        assert system.sandbox.booking(rec.new_booking_id)["original_id"] == orig
+        owners[rec.new_booking_id] = rid
+    assert len(owners) == total
+    figures = system.store.performer_field_stats()
+    assert figures["field"] is None  # nothing names the user id: nothing was confirmed
+    after = system.worker.text().count("reschedule ambiguous")
+    assert after - before == total // 5

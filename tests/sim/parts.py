@@ -571,7 +571,8 @@ def _answer(request: requests.PreparedRequest, status: int, body: Any) -> reques
 
 
 def _html(request: requests.PreparedRequest, status: int) -> requests.Response:
-    response = _answer(request, status, "<!DOCTYPE html><html><body>Just a moment...</body></html>")
+    page = "<!DOCTYPE html><html><head><title>Just a moment...</title></head><body/></html>"
+    response = _answer(request, status, page)  # a CDN challenge's page (a 502/504: a gateway's)
     response.headers["Content-Type"] = "text/html; charset=utf-8"
     return response
 

@@ -681,3 +681,14 @@ def test_every_valid_event_is_accepted_unchanged(kwargs: dict[str, Any]) -> None
     for name in FIELD_NAMES:
         assert dumped[name] == kwargs.get(name)
     assert extra == (["extra"] if "extra" in kwargs else [])
+
+
+def test_performer_under_reads_only_the_key_it_is_given() -> None:
+    b = WebcamBooking.model_validate(
+        {"WebcamBookingID": 1, "Performer": {"ID": 1_000_007, "UserID": "7", "Flag": True}}
+    )
+    assert b.performer_under("UserID") == 7
+    assert b.performer_under("ID") == 1_000_007
+    assert b.performer_under("Flag") is None  # a bool is not an id
+    assert b.performer_under("Nickname") is None
+    assert WebcamBooking(booking_id=2).performer_under("UserID") is None

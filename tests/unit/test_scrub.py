@@ -48,3 +48,35 @@ def test_each_flower_password_and_url_passwords_are_secrets(prefix: str) -> None
     register_settings_secrets(settings)
     for secret in ("first-pw-1234", "second-pw-5678", "redis-pw-123456", "amqp-pw-abcdef"):
         assert secret not in scrub(f"failed: {secret} was wrong"), secret
+
+
+def test_member_tokens_are_literal_secrets_however_they_are_echoed() -> None:
+    """An OAuth server's "refresh token X is invalid" matches no pattern: the token itself is
+    known to the scrubber once its pair was loaded (issue 21, item 7)."""
+    from worker.core.observability import register_token
+
+    token = "Qm9uZ3VzLXJlZnJlc2gtdG9rZW4tOTk"
+    assert token in scrub(f"refresh token {token} is invalid")
+    register_token(token, None, "")
+    for text in (
+        f"refresh token {token} is invalid",
+        f"input_value='{token}'",
+        f"{token}{token}",
+        f"({token})",
+    ):
+        assert token not in scrub(text), scrub(text)
+
+
+def test_the_member_token_registry_is_bounded_and_forgets_the_oldest() -> None:
+    from worker.core.observability import LiteralIndex
+
+    index = LiteralIndex(limit=3)
+    for value in ("aaaaaaaa-1", "aaaaaaaa-2", "bbbbbbbb-3"):
+        index.add(value)
+    index.add("aaaaaaaa-1")  # used again: now the newest
+    index.add("cccccccc-4")  # the oldest (aaaaaaaa-2) goes
+    assert len(index) == 3
+    assert index.redact("aaaaaaaa-1 aaaaaaaa-2 bbbbbbbb-3 cccccccc-4") == (
+        "[redacted] aaaaaaaa-2 [redacted] [redacted]"
+    )
+    assert index.redact("short") == "short"

@@ -257,6 +257,10 @@ BAD_VALUES = [
     ("REBOOK_WATCH_INTERVAL_SECONDS", "-0.5"),
     ("REBOOK_SWEEP_INTERVAL_SECONDS", "-1"),
     ("REBOOK_HTTP_TIMEOUT_SECONDS", "0"),
+    ("REBOOK_HTTP_DEADLINE_SECONDS", "0"),
+    ("REBOOK_HTTP_DEADLINE_SECONDS", "soon"),
+    ("REBOOK_HTTP_DEADLINE_SECONDS", "9.5"),  # below the timeout (10 s)
+    ("REBOOK_HTTP_DEADLINE_SECONDS", "60"),  # not below the step lease (60 s)
     ("REBOOK_MAX_WAIT_SECONDS", "0"),
     ("REBOOK_MAX_WAIT_SECONDS", str(7 * 86400 + 1)),
     ("REBOOK_UPSTREAM_RATE_PER_SECOND", "-1"),
@@ -279,6 +283,18 @@ def test_bad_value_is_one_line_naming_the_variable(name: str, value: str) -> Non
     assert "\n" not in message and "\r" not in message
     assert message.startswith(f"{name}: "), message
     assert len(message) > len(name) + 5  # says what is wrong, not only where
+
+
+def test_http_deadline_defaults_to_twice_the_timeout_and_bounds_the_call() -> None:
+    s = load_settings(
+        api_key="k", oauth_client_id="c", oauth_client_secret="s", http_timeout_seconds=3
+    )
+    assert s.http_deadline_seconds == 6 and s.call_bound_seconds == 6
+    s = load_settings(
+        api_key="k", oauth_client_id="c", oauth_client_secret="s", http_deadline_seconds=25
+    )
+    assert s.call_bound_seconds == 25
+    assert s.longest_call_seconds == s.limiter_max_wait + 25 + 1
 
 
 def test_retry_bounds_name_a_variable() -> None:
@@ -502,3 +518,31 @@ def test_importing_a_module_reads_no_settings_and_builds_no_app() -> None:
         timeout=60,
     )
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_sentry_own_variables_are_read_when_the_rebook_ones_are_unset(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("REBOOK_SENTRY_DSN", "REBOOK_SENTRY_ENVIRONMENT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SENTRY_DSN", "https://plain@sentry.example.com/2")
+    monkeypatch.setenv("SENTRY_ENVIRONMENT", "eu-staging")
+    s = load_settings()
+    assert s.sentry_dsn is not None
+    assert s.sentry_dsn.get_secret_value() == "https://plain@sentry.example.com/2"
+    assert s.sentry_environment == "eu-staging"
+    # REBOOK_ wins when both are set
+    monkeypatch.setenv("REBOOK_SENTRY_DSN", "https://mine@sentry.example.com/3")
+    monkeypatch.setenv("REBOOK_SENTRY_ENVIRONMENT", "rebook-staging")
+    s = load_settings()
+    assert s.sentry_dsn is not None
+    assert s.sentry_dsn.get_secret_value() == "https://mine@sentry.example.com/3"
+    assert s.sentry_environment == "rebook-staging"
+    # neither: no Sentry, environment "production"
+    for name in ("REBOOK_SENTRY_DSN", "REBOOK_SENTRY_ENVIRONMENT", "SENTRY_DSN"):
+        monkeypatch.delenv(name)
+    monkeypatch.delenv("SENTRY_ENVIRONMENT")
+    s = load_settings()
+    assert s.sentry_dsn is None
+    assert s.sentry_environment == "production"
+    assert load_settings(sentry_environment="by-name").sentry_environment == "by-name"

@@ -16,23 +16,29 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from http.client import HTTPException
 from typing import Any, Protocol, TypeVar
 from zoneinfo import ZoneInfo
 
 import requests
 from pydantic import BaseModel, ValidationError
+from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import NewConnectionError
 
 from worker import __version__
+from worker.adapters.deadline import WATCHDOG, DeadlineAdapter, Guard
 from worker.adapters.presence import PresenceSource, UserSummaryPresence
 from worker.core.budget import RATE_SHARE
+from worker.core.circuit import API, MEMBER, TOKEN, Circuit
 from worker.core.errors import (
     Ambiguous,
     AuthExpired,
     Challenged,
+    DeploymentFault,
     NotFound,
     RateLimited,
     Rejected,
+    TokenRefused,
     Transient,
     UpstreamError,
 )
@@ -55,6 +61,9 @@ PATHS: dict[str, tuple[str, str]] = {
     "ConfirmMadeBooking": ("POST", "/v1/Webcam/ConfirmMadeBooking"),
     "CancelMadeBooking": ("POST", "/v1/Webcam/CancelMadeBooking"),
     "getUserSummary": ("GET", "/v1/newsfeed/getUserSummary"),
+    # whose token it is, and what it may do: checked before a pair is stored (`tokens set`)
+    "verifyCredentials": ("GET", "/v1/account/verifyCredentials"),
+    "GetPermissions": ("GET", "/v1/Account/GetPermissions"),
 }
 MAX_PAGE = 100
 USER_AGENT = f"rebook/{__version__}"
@@ -92,6 +101,9 @@ def environment_session(url: str) -> requests.Session:
     if bundle:
         session.verify = bundle
     session.trust_env = False
+    # connections the total deadline can end (worker.adapters.deadline)
+    session.mount("http://", DeadlineAdapter())
+    session.mount("https://", DeadlineAdapter())
     return session
 
 
@@ -157,6 +169,27 @@ def is_api_answer(response: requests.Response) -> bool:
     return True
 
 
+#: Titles of CDN bot-challenge pages (Cloudflare's interstitial and its block page).
+_CHALLENGE_TITLES = frozenset({b"just a moment...", b"attention required! | cloudflare"})
+
+
+def is_cdn_challenge(response: requests.Response) -> bool:
+    """A CDN's bot challenge that stopped the request in front of the API (nothing forwarded).
+
+    Strict on purpose: a gateway's 503 to a POST is ambiguous unless it is this. A 403 or 503
+    that the CDN marks as a challenge (Cloudflare's `cf-mitigated: challenge`), or a markup
+    page whose title is a known challenge page's."""
+    if response.status_code not in (403, 503):
+        return False
+    if response.headers.get("cf-mitigated", "").strip().lower() == "challenge":
+        return True
+    body = response.content.lstrip()
+    if body[:1] != b"<":
+        return False
+    found = _TITLE.search(body[:4096])
+    return found is not None and b" ".join(found.group(1).split()).lower() in _CHALLENGE_TITLES
+
+
 def _page_message(response: requests.Response) -> str:
     found = _TITLE.search(response.content[:4096])
     title = " ".join(found.group(1).decode("utf-8", "replace").split())[:80] if found else ""
@@ -170,16 +203,17 @@ def error_for_response(
     """The one status→exception mapping: the class carries the retry decision.
 
     A page that is not the API's answer (HTML, or not JSON at all) is never a refusal: it is
-    :class:`Challenged` (transient, "not sent") — except, for a non-idempotent POST, a 5xx
-    gateway page other than 503 (500/502/504): a proxy may have forwarded the request before
-    failing, so that stays :class:`Ambiguous` (reconciled, never re-sent blindly). A 403/429/503
-    page is a CDN challenge or an overload page in front of the API: nothing was sent on.
+    :class:`Challenged` (transient, "not sent") — except, for a non-idempotent POST, any 5xx
+    (a gateway's 502/503/504 included, HTML or not): a gateway may answer after it forwarded
+    the request, so that is :class:`Ambiguous` (reconciled, never re-sent blindly). The one
+    5xx exception is a CDN challenge page (`is_cdn_challenge`), which never reached the API.
+    A 403/429 page is a CDN or WAF in front of the API: nothing was sent on.
     """
     status = response.status_code
     kw: dict[str, Any] = {"endpoint": endpoint, "status": status}
     if not is_api_answer(response):
         msg = _page_message(response)
-        if not idempotent and status >= 500 and status != 503:
+        if not idempotent and status >= 500 and not is_cdn_challenge(response):
             return Ambiguous(msg, **kw)
         return Challenged(
             msg, retry_after=parse_retry_after(response.headers.get("Retry-After")), **kw
@@ -202,14 +236,57 @@ def error_for_response(
     return Rejected(msg, **kw)
 
 
+_API_KEY_TEXT = re.compile(r"api[\s_-]?key", re.IGNORECASE)
+_SCOPE_TEXT = re.compile(r"scope|account_webcam_bookings", re.IGNORECASE)
+CLIENT_REFUSALS = frozenset({"invalid_client", "unauthorized_client"})
+"""OAuth2 (RFC 6749 §5.2) refusals of the site's client: never the member's fault."""
+
+
+def deployment_fault(
+    endpoint: str, response: requests.Response, *, member: bool
+) -> DeploymentFault | None:
+    """The site's setting refused, read from the API's own answer: a 401 on a call that carries
+    no member token, or one whose text names the API key ("Invalid or missing API key."); a
+    403 whose text names a scope (`account_webcam_bookings`). None otherwise (a 401 that does
+    not say is the access token's, until a key-only call says otherwise)."""
+    if not is_api_answer(response):
+        return None
+    status = response.status_code
+    if status == 401:
+        text = _message(response)
+        if not member or _API_KEY_TEXT.search(text) or _API_KEY_TEXT.search(response.text[:500]):
+            return DeploymentFault("api_key", f"{endpoint} HTTP 401: {text}")
+    if status == 403:
+        text = _message(response)
+        if _SCOPE_TEXT.search(text) or _SCOPE_TEXT.search(response.text[:500]):
+            return DeploymentFault("scope", f"{endpoint} HTTP 403: {text}")
+    return None
+
+
+def oauth_error(response: requests.Response) -> str:
+    """The `error` code of an OAuth answer ("" if none)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    code = body.get("error") if isinstance(body, dict) else None
+    return code.strip().lower() if isinstance(code, str) else ""
+
+
 def error_for_exception(
-    endpoint: str, exc: requests.RequestException, *, idempotent: bool
+    endpoint: str, exc: BaseException, *, idempotent: bool, deadline: float | None = None
 ) -> UpstreamError:
-    """Transport failures: only a connection that never opened proves nothing was sent."""
+    """Transport failures: only a connection that never opened proves nothing was sent.
+    `deadline`: the request was cut at its total deadline (worker.adapters.deadline)."""
     not_sent = isinstance(exc, requests.ConnectTimeout) or (
         isinstance(exc, requests.ConnectionError) and _refused(exc)
     )
     kind = type(exc).__name__
+    if deadline is not None and not not_sent:
+        kind = f"no complete answer within the {deadline:g} s deadline"
+        if idempotent:
+            return Transient(kind, endpoint=endpoint)
+        return Ambiguous(f"{kind} (the request was sent)", endpoint=endpoint)
     if not_sent or idempotent:
         return Transient(f"{kind} (not answered)", endpoint=endpoint)
     return Ambiguous(f"{kind} after the request was sent", endpoint=endpoint)
@@ -242,6 +319,7 @@ class UpstreamClient:
         api_key_header: str = "apiKey",
         api_key_in: str = "header",
         timeout: float = 10.0,
+        deadline: float | None = None,
         zone: ZoneInfo = DEFAULT_ZONE,
         limiter: Limiter | None = None,
         on_call: CallHook | None = None,
@@ -256,6 +334,8 @@ class UpstreamClient:
             raise ValueError("api_key_in must be 'header' or 'query'")
         self._key_in_query = api_key_in == "query"
         self.timeout = timeout
+        self.deadline = 2 * timeout if deadline is None else deadline
+        """Seconds of one request, connect, headers and body (REBOOK_HTTP_DEADLINE_SECONDS)."""
         self.zone = zone
         self._limiter = limiter
         self._on_call = on_call
@@ -263,6 +343,9 @@ class UpstreamClient:
         self.list_names = list_names
         self._on_made = on_made
         self.presence: PresenceSource = UserSummaryPresence(self)
+        self.circuit: Circuit | None = None
+        """Deployment faults (worker/core/circuit.py): set by the runtime; None (tests, doctor):
+        faults are raised, nothing pauses."""
 
     def close(self) -> None:
         self._session.close()
@@ -291,6 +374,9 @@ class UpstreamClient:
             headers[self._api_key_header] = self._api_key
         if token is not None:
             headers["Authorization"] = f"bearer {token}"  # lower-case, as the docs' samples
+        reasons = MEMBER if token is not None else API
+        if self.circuit is not None:
+            self.circuit.gate(reasons)  # a wrong key or scope: not sent, bar one probe
         if self._limiter is not None:
             self._limiter.acquire(RATE_SHARE.get(endpoint, 1.0) if share is None else share)
         if before_send is not None:
@@ -298,21 +384,25 @@ class UpstreamClient:
         started = time.monotonic()
         outcome = "ok"
         try:
-            try:
-                response = self._session.request(
-                    method,
-                    self.base_url + path,
-                    params=params,
-                    json=body,
-                    headers=headers,
-                    # connect, then read: a sent request is in flight at most twice the timeout
-                    timeout=(self.timeout, self.timeout),
-                    allow_redirects=False,
-                )
-            except requests.RequestException as exc:
-                raise error_for_exception(endpoint, exc, idempotent=idempotent) from None
+            response = self._send(
+                endpoint,
+                method,
+                self.base_url + path,
+                idempotent=idempotent,
+                params=params,
+                json=body,
+                headers=headers,
+            )
             if not 200 <= response.status_code < 300:
+                fault = deployment_fault(endpoint, response, member=token is not None)
+                if fault is not None:
+                    fault.message = self._scrub_text(fault.message)
+                    if self.circuit is not None:
+                        self.circuit.open(fault)
+                    raise fault
                 raise self._scrubbed(error_for_response(endpoint, response, idempotent=idempotent))
+            if self.circuit is not None:
+                self.circuit.passed(reasons)
             if headers_out is not None:
                 headers_out.update(response.headers)
             try:
@@ -327,7 +417,7 @@ class UpstreamClient:
                 raise cls(
                     "unreadable body (not JSON)", endpoint=endpoint, status=response.status_code
                 ) from None
-        except UpstreamError as exc:
+        except (UpstreamError, DeploymentFault) as exc:
             outcome = type(exc).__name__
             raise
         finally:
@@ -336,13 +426,78 @@ class UpstreamClient:
             if self._on_call is not None:
                 self._on_call(endpoint, outcome)
 
+    def _send(
+        self, endpoint: str, method: str, url: str, *, idempotent: bool, **kwargs: Any
+    ) -> requests.Response:
+        """The request and its whole body within `self.deadline` (connect, headers, body), or
+        the failure classified: past the deadline, a sent POST is Ambiguous, a read Transient.
+        The socket timeouts still bound each step; the deadline bounds their sum, however
+        slowly the server writes (worker.adapters.deadline)."""
+        with WATCHDOG.guard(self.deadline) as guard:
+            try:
+                response = self._session.request(
+                    method,
+                    url,
+                    timeout=(min(self.timeout, self.deadline), self.timeout),
+                    allow_redirects=False,
+                    stream=True,  # the body is read here, under the guard
+                    **kwargs,
+                )
+                try:
+                    _ = response.content
+                except BaseException:
+                    response.close()
+                    raise
+            except (requests.RequestException, Urllib3Error, HTTPException, OSError) as exc:
+                if guard.connected and not guard.sent:  # failed while connecting: not sent
+                    cause = (
+                        f"no connection within the {self.deadline:g} s deadline"
+                        if guard.cut
+                        else f"{type(exc).__name__} while connecting"
+                    )
+                    raise Transient(f"{cause} (not sent)", endpoint=endpoint) from None
+                raise error_for_exception(
+                    endpoint, exc, idempotent=idempotent, deadline=self._cut(guard)
+                ) from None
+            if guard.cut:  # a body read "to the end" may have ended at the shutdown
+                response.close()
+                raise error_for_exception(
+                    endpoint, TimeoutError(), idempotent=idempotent, deadline=self.deadline
+                )
+        return response
+
+    def _cut(self, guard: Guard) -> float | None:
+        return self.deadline if guard.cut else None
+
     def _scrubbed(self, exc: UpstreamError) -> UpstreamError:
         """A proxy's error page may echo the request URL, and with it `?apiKey=`."""
-        # (a key of a few characters would mangle every message: real keys are long)
-        if len(self._api_key) >= 6 and self._api_key in exc.message:
-            exc.message = exc.message.replace(self._api_key, "***")
+        if self._api_key in exc.message:
+            exc.message = self._scrub_text(exc.message)
             exc.args = (exc.message,)
         return exc
+
+    def _scrub_text(self, text: str) -> str:
+        # (a key of a few characters would mangle every message: real keys are long)
+        if len(self._api_key) >= 6:
+            return text.replace(self._api_key, "***")
+        return text
+
+    def api_key_refused(self, probe_user_id: int = 1) -> bool:
+        """One call that needs no member token (getUserSummary, the API key only): True when
+        it is refused with a 401 too, so a member call's bare 401 was the key's, not the access
+        token's. Anything else (an answer, a 404, a failure) is False: refresh as usual. Opens
+        the circuit itself when the key is refused (through `_call`)."""
+        try:
+            self._call("getUserSummary", params={"UserID": probe_user_id})
+        except DeploymentFault as exc:
+            return exc.reason == "api_key"
+        except Rejected:  # the API's own refusal of the call (a 404 for an unknown user): the
+            if self.circuit is not None:  # key itself passed
+                self.circuit.passed(API)
+            return False
+        except UpstreamError:
+            return False
+        return False
 
     def _model(self, model: type[M], payload: Any, endpoint: str, *, idempotent: bool = True) -> M:
         """The typed answer, or a readable error naming the field: Transient for a read,
@@ -471,6 +626,26 @@ class UpstreamClient:
         payload = self._call("getUserSummary", params={"UserID": user_id})
         return self._model(UserSummary, UserSummary.unwrap(payload), "getUserSummary")
 
+    def verify_credentials(self, token: str, *, share: float | None = None) -> dict[str, Any]:
+        """The member who owns `token` (`{"UserID", ...}`): no scope needed."""
+        payload = self._call("verifyCredentials", token=token, share=share)
+        if not isinstance(payload, dict):
+            raise Transient("answer is not an object", endpoint="verifyCredentials")
+        return payload
+
+    def permissions(self, token: str, *, share: float | None = None) -> dict[str, str]:
+        """The scopes granted to `token`: permission name (lower-cased) -> status (lower-cased).
+        An answer without a readable `Permissions` list is unreadable, never "no scope"."""
+        payload = self._call("GetPermissions", token=token, share=share)
+        items = payload.get("Permissions") if isinstance(payload, dict) else None
+        if not isinstance(items, list):
+            raise Transient("answer has no Permissions list", endpoint="GetPermissions")
+        granted: dict[str, str] = {}
+        for item in items:
+            if isinstance(item, dict) and isinstance(item.get("Permission"), str):
+                granted[item["Permission"].lower()] = str(item.get("Status", "")).lower()
+        return granted
+
     def is_online(self, performer_id: int) -> bool:
         """Through `self.presence` (worker.adapters.presence): getUserSummary unless another source
         was put there."""
@@ -489,29 +664,42 @@ class UpstreamClient:
     ) -> dict[str, Any]:
         """`grant_type=refresh_token`; the upstream rotates the refresh token on every success.
         `share`: of the rate window (the keep-alive's refreshes can wait, a step's cannot)."""
+        if self.circuit is not None:
+            self.circuit.gate(TOKEN)  # a refused client: no refresh goes out, bar one probe
         if self._limiter is not None:
             self._limiter.acquire(RATE_SHARE["token"] if share is None else share)
         outcome = "ok"
         try:
-            try:
-                response = self._session.post(
-                    token_url,
-                    data={
-                        "grant_type": "refresh_token",
-                        "client_id": client_id,
-                        "client_secret": client_secret,
-                        "refresh_token": refresh_token,
-                    },
-                    headers={"Accept": "application/json", "User-Agent": USER_AGENT},
-                    timeout=self.timeout,
-                    allow_redirects=False,
-                )
-            except requests.RequestException as exc:
-                raise error_for_exception("token", exc, idempotent=True) from None
+            response = self._send(
+                "token",
+                "POST",
+                token_url,
+                idempotent=True,
+                data={
+                    "grant_type": "refresh_token",
+                    "client_id": client_id,
+                    "client_secret": client_secret,
+                    "refresh_token": refresh_token,
+                },
+                headers={"Accept": "application/json", "User-Agent": USER_AGENT},
+            )
             if response.status_code in (400, 401) and is_api_answer(response):
                 # only the OAuth server's own answer is a refusal (-> reauth): an HTML page in
-                # front of it (a CDN challenge) is Challenged, tried again later
-                raise Rejected(_message(response), endpoint="token", status=response.status_code)
+                # front of it (a CDN challenge) is Challenged, tried again later. A refused
+                # client is the site's setting, not the member's refresh token: no reauth.
+                code = oauth_error(response)
+                if code in CLIENT_REFUSALS:
+                    fault = DeploymentFault("oauth_client", code)
+                    if self.circuit is not None:
+                        self.circuit.open(fault)
+                    raise fault
+                if self.circuit is not None and code:  # the client accepted, the grant judged
+                    self.circuit.passed(TOKEN)
+                refused = TokenRefused(
+                    _message(response), endpoint="token", status=response.status_code
+                )
+                refused.code = code
+                raise refused
             if not 200 <= response.status_code < 300:
                 raise error_for_response("token", response, idempotent=True)
             try:
@@ -524,8 +712,10 @@ class UpstreamClient:
                 raise Transient("unreadable token body", endpoint="token") from None
             if not isinstance(body, dict):
                 raise Transient("token body is not an object", endpoint="token")
+            if self.circuit is not None:
+                self.circuit.passed(TOKEN)
             return body
-        except UpstreamError as exc:
+        except (UpstreamError, DeploymentFault) as exc:
             outcome = type(exc).__name__
             raise
         finally:

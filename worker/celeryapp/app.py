@@ -24,7 +24,7 @@ from celery import Celery, Task, signals
 from celery.exceptions import Reject
 from kombu import Exchange, Queue
 
-from worker.celeryapp import broker, compat, frames
+from worker.celeryapp import broker, compat, failures, frames
 from worker.celeryapp.runtime import services
 from worker.core.errors import StoreUnavailable
 from worker.core.keys import Keys
@@ -160,7 +160,8 @@ def time_limits(settings: Settings) -> Limits:
     """Time limits that fit the slowest step (a token refresh, the call, a presence re-check, a
     rate-limit wait), and a Redis visibility timeout just above them: every step is idempotent,
     so a message held by a worker that was killed -9 comes back after seconds, not an hour."""
-    soft = max(5.0, settings.step_lease_seconds, settings.http_timeout_seconds * 4 + 5)
+    # two upstream calls, each within its deadline (default 2 x the timeout), and a margin
+    soft = max(5.0, settings.step_lease_seconds, settings.call_bound_seconds * 2 + 5)
     hard = soft * 1.25 + 5
     return Limits(soft=soft, hard=hard, visibility=hard * 2)
 
@@ -304,6 +305,12 @@ def _connect_signals() -> None:
     )
     signals.celeryd_init.connect(_worker_init, weak=False, dispatch_uid="rebook.worker_init")
     signals.beat_init.connect(_beat_init, weak=False, dispatch_uid="rebook.beat_init")
+    signals.task_failure.connect(
+        failures.on_task_failure, weak=False, dispatch_uid="rebook.scrub_failure"
+    )
+    signals.task_retry.connect(
+        failures.on_task_retry, weak=False, dispatch_uid="rebook.scrub_retry"
+    )
 
 
 def _setup_logging(**_: Any) -> None:
@@ -329,8 +336,18 @@ def _unbind_task(**_: Any) -> None:
     bind_task(None)
 
 
+def _clear_fixed_fault() -> None:
+    """A deployment fault recorded under another value of its setting is gone: the operator
+    fixed the setting and restarted (worker/core/circuit.py)."""
+    try:
+        services().store.circuit.check_setting()
+    except Exception as exc:  # Redis down at start: the sweep's probes clear it later
+        log.warning("deployment fault check at start skipped: %s", type(exc).__name__)
+
+
 def _worker_init(**_: Any) -> None:
     init_sentry(get_settings())
+    _clear_fixed_fault()
     from worker.celeryapp.dispatch import fanout  # dispatch imports this module
 
     fanout().ensure_group()
@@ -343,3 +360,4 @@ def _worker_init(**_: Any) -> None:
 
 def _beat_init(**_: Any) -> None:
     init_sentry(get_settings())
+    _clear_fixed_fault()

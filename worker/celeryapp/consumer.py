@@ -27,6 +27,7 @@ from vine import promise
 
 from worker.celeryapp import broker, frames
 from worker.celeryapp.app import EVENTS_QUEUE
+from worker.celeryapp.failures import scrub_event
 
 log = logging.getLogger("rebook.consumer")
 INTAKE_TASK = "rebook.request"
@@ -221,3 +222,7 @@ class SafeRequest(Request):
 
     def info(self, safe: bool = False) -> dict[str, Any]:
         return dict(super().info(safe=True))
+
+    def send_event(self, type: str, **fields: Any) -> None:
+        """A failure's exception text and traceback are scrubbed before Flower sees them."""
+        super().send_event(type, **scrub_event(type, fields))

@@ -80,12 +80,14 @@ def build_services(settings: Settings) -> Services:
         api_key_header=settings.api_key_header,
         api_key_in=settings.api_key_in,
         timeout=settings.http_timeout_seconds,
+        deadline=settings.call_bound_seconds,
         zone=settings.zone,
         limiter=limiter,
         on_call=count_call,
         list_names=settings.list_names,
         on_made=ZoneWatch(store.r, store.keys.zone, settings.zone, settings.zone_tolerance_seconds),
     )
+    client.circuit = store.circuit  # deployment faults pause calls for every worker
     token_store = TokenStore(
         store.r,
         settings.key_prefix,

@@ -8,9 +8,11 @@ overdue record in the due index and dispatches it again.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -23,13 +25,16 @@ from typing import Any, Protocol, TypeVar
 from worker.core.backoff import backoff, jittered
 from worker.core.budget import RATE_SHARE
 from worker.core.capacity import presence_budget
+from worker.core.circuit import MEMBER
 from worker.core.errors import (
     Ambiguous,
     AuthExpired,
+    DeploymentFault,
     InvalidEvent,
     LeaseLost,
     NotFound,
     NotSent,
+    PresenceUnreadable,
     ReauthRequired,
     Rejected,
     Throttled,
@@ -46,6 +51,21 @@ POST = "RescheduleMadeBooking"
 
 T = TypeVar("T")
 ACCEPT_BY_FALLBACK_SECONDS = 86400.0
+PERFORMER_FIELD_ANSWERS = 3
+PERFORMER_FIELD_PERFORMERS = 2
+"""A key of `Performer` is confirmed as the performer's user id after this many answers of known
+meaning that agree (distinct bookings), over this many distinct performers, with no answer
+contradicting it since it was first seen (one contradiction resets it). Two performers: one
+performer's answers cannot tell a user id from a profile id that happens to equal it, or from a
+key that is the same for every booking; three answers: one more than the least that can show
+two performers, so no single pair of bookings decides it (README "Exactly one booking")."""
+LEARNING_READS = 10
+LEARNING_WINDOW_SECONDS = 60.0
+"""While the field is unconfirmed, at most this many originals per window are read to learn it
+(the POSTs' own answers teach it too, at no cost)."""
+FIELD_CACHE_SECONDS = 5.0
+"""How long intake trusts its last look at the performer field (it only decides whether to
+spend a learning read; every proof reads the field afresh)."""
 PRESENCE_SLACK_SECONDS = 0.05
 """A presence check sent to run on time may find the last one's window open for a moment more
 (the window began a round trip after its check did; clocks of two hosts differ by a few ms):
@@ -109,11 +129,30 @@ class Tokens(Protocol):
 
 
 class Gated(NotSent):
-    """Another rebook of the same member and performer has an unsettled POST."""
+    """Another rebook of the same member and performer (while the performer field is
+    unconfirmed: of the same member) has an unsettled POST."""
 
     def __init__(self, holder: str) -> None:
         super().__init__(f"waiting for {holder}")
         self.holder = holder
+
+
+class _Capped(NotSent):
+    """The member reached REBOOK_MAX_REBOOKS_PER_MEMBER_PER_DAY: this POST is not sent."""
+
+
+PAUSE_RECHECK_MIN_SECONDS = 300.0
+"""A step paused by a deployment fault comes back by itself after this long (or ten probe
+intervals, whichever is longer): the sweep probes meanwhile and, once the fault is gone, makes
+every held step due at once."""
+NO_CREDITS = re.compile(
+    r"credit[^.]*\b(enough|insufficient|sufficient|balance|top.?up|low)\b"
+    r"|\b(enough|insufficient|sufficient|no)\b[^.]*credit",
+    re.IGNORECASE,
+)
+"""A RescheduleMadeBooking refusal for lack of credits (README "Members' money"): the text names
+credits and their lack; or HTTP 402."""
+CLIENT_REFUSAL_TEXT = re.compile(r"invalid_client|unauthorized_client", re.IGNORECASE)
 
 
 class _Found(NotSent):
@@ -153,6 +192,11 @@ class Flow:
     tokens: Tokens
     dispatch: Dispatcher
     clock: Callable[[], float] = field(default=time.time)
+    _field_seen: tuple[float, str | None] = field(default=(-math.inf, None), repr=False)
+    _slots_spent_until: float = field(default=-math.inf, repr=False)
+    _client_parked_checked: bool = field(default=False, init=False, repr=False)
+    """Whether this process has looked for rebooks an older version parked `reauth` for a
+    refused OAuth client (`resume_client_parked`)."""
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -162,16 +206,45 @@ class Flow:
         return backoff(errors, s.retry_base_seconds, s.retry_max_seconds, retry_after)
 
     def _member_call(self, rec: Rebook, call: Callable[[str], T]) -> T:
-        """Runs a member call; on 401 refreshes once (single-flight) and repeats it once.
+        """Runs a member call; on 401 refreshes once (single-flight) and repeats it once —
+        unless the 401 was the API key's (`_key_check`): no refresh cures that.
 
         Safe for the POST too: a 401 means the upstream did nothing.
         """
+        self.store.circuit.check(MEMBER)  # paused: not even a refresh before the call
         token = self.tokens.access_token(rec.user_id)
         try:
             return call(token)
         except AuthExpired:
+            self._key_check(rec)
             log.info("rebook %s: access token refused, refreshing", rec.rebook_id)
             return call(self.tokens.access_token(rec.user_id, rejected=token))
+
+    def _key_check(self, rec: Rebook) -> None:
+        """A member call's 401 that does not say whose fault it is: one call that needs no
+        member token tells. Refused too: the API key is at fault (DeploymentFault), no refresh."""
+        probe = getattr(self.client, "api_key_refused", None)
+        # (UserID 1, not the performer: a probe is not a presence check and counts as none)
+        if probe is not None and probe(1):
+            raise DeploymentFault("api_key", "a call with the API key alone was refused too")
+
+    def _pause_wait(self) -> float:
+        return jittered(max(PAUSE_RECHECK_MIN_SECONDS, 10 * self.settings.pause_probe_seconds))
+
+    def _paused(self, rec: Rebook, exc: DeploymentFault, marked: list[float] | None = None) -> Step:
+        """A deployment fault: the step waits, counting no error and no attempt, held for the
+        sweep to resume once the circuit closes. A refused POST's mark goes (401/403: the
+        upstream did nothing)."""
+        self.store.circuit.hold(rec.rebook_id)
+        due = self.clock() + self._pause_wait()
+        reason = f"paused: {exc.setting} refused"
+        if marked is not None:
+            self._unmark(rec, marked, reason=reason, due=due)
+        else:
+            self._stay(rec, reason=reason, due=due)
+        if not exc.paused:
+            log.warning("rebook %s: %s", rec.rebook_id, exc)
+        return Step.PAUSED
 
     def _move(
         self, rebook_id: str, to: State, *, require: dict[str, Any] | None = None, **kw: Any
@@ -221,6 +294,9 @@ class Flow:
 
     def park_member(self, user_id: str, detail: str) -> int:
         """Refresh refused: every active rebook of the member waits for `rebook tokens set`."""
+        if CLIENT_REFUSAL_TEXT.search(detail):  # the site's client, never the member's fault
+            log.warning("member %s: refresh refused for the OAuth client, not parked", user_id)
+            return 0
         parked = 0
         for rec in self.store.get_many(self.store.active_of_user(user_id)):
             if rec.state in STEP_STATES and self._park(
@@ -298,8 +374,12 @@ class Flow:
             )
             if event.performer_id is None:
                 self.dispatch.check_presence(None, result.rebook_id)
-            elif result.dispatch_presence:
-                self.dispatch.check_presence(event.performer_id)
+            else:
+                if result.dispatch_presence:
+                    self.dispatch.check_presence(event.performer_id)
+                if self._field_for_intake() is None and self._learning_slot(now):
+                    # read its original: an answer to learn the performer field from
+                    self.dispatch.check_presence(None, result.rebook_id)
         elif result.kind == "duplicate":
             log.info(
                 "event %s: booking %s already has rebook %s: DUPLICATE",
@@ -344,8 +424,25 @@ class Flow:
             self.store.keep_presence_turn(performer_id, self.clock())
             log.info("presence of performer %s deferred (rate budget)", performer_id)
             return Step.THROTTLED
+        except DeploymentFault as exc:  # the key is refused: not the performer's answer
+            self.store.release_presence_call(performer_id)
+            self.store.circuit.hold_performer(performer_id)
+            self.store.schedule_performer(performer_id, self.clock() + self._pause_wait())
+            log.info("presence of performer %s paused (%s)", performer_id, exc.reason)
+            return Step.PAUSED
         except UpstreamError as exc:
             self.store.note_presence_call(self.clock(), performer_id, None, str(exc))
+            if isinstance(exc, PresenceUnreadable):
+                n = self.store.note_presence_unreadable(
+                    self.clock(), performer_id, exc.message, exc.answer
+                )
+                log.warning(
+                    "presence of performer %s unreadable (%s; answer %s); %d so far",
+                    performer_id,
+                    exc.message,
+                    exc.answer[:300],
+                    n,
+                )
             wait = jittered(max(interval, exc.retry_after or 0.0))
             log.warning(
                 "presence of performer %s unknown (%s); again in %.1fs", performer_id, exc, wait
@@ -401,6 +498,8 @@ class Flow:
                 except ReauthRequired as exc:
                     self.park_member(rec.user_id, exc.detail)
                     return Step.REAUTH
+                except DeploymentFault as exc:
+                    return self._paused(rec, exc)
                 except LeaseLost as exc:
                     log.warning("rebook %s: %s; the step that took over decides", rebook_id, exc)
                     return Step.LEASE_LOST
@@ -413,8 +512,19 @@ class Flow:
         return self._locked_step(rebook_id, State.WAITING, self._resolve_performer)
 
     def _resolve_performer(self, rec: Rebook) -> Step:
+        field_name = self.store.performer_field()
         if rec.performer_id is not None:
-            return Step.NOOP
+            return self._learn_from_original(rec) if field_name is None else Step.NOOP
+        if field_name is None:  # a guess at the key would decide whose bookings are whose
+            self._park(
+                rec,
+                "unverified_shape",
+                action="resubmit the event with performer_id; or wait: it resumes by itself "
+                "once the performer field is confirmed (`rebook doctor`)",
+                why="the event names no performer and no key of a booking's Performer is "
+                "confirmed as the performer's user id",
+            )
+            return Step.PARKED
         try:
             self._hold()
             booking = self._member_call(
@@ -427,18 +537,109 @@ class Flow:
         except UpstreamError as exc:
             self._retry_later(rec, exc, "reading the original booking")
             return Step.RETRY
-        pid = booking.performer_id
+        pid = booking.performer_under(field_name)
         if pid is None:
-            self._park(rec, "performer_unknown", action="resubmit with performer_id")
+            self._park(
+                rec,
+                "performer_unknown",
+                action="resubmit with performer_id",
+                why=f"the original's Performer has no id under {field_name}",
+            )
             return Step.PARKED
         if self._stay(
             rec,
             reason="performer resolved",
-            fields={"performer_id": pid, "errors": 0},
+            fields={"performer_id": pid, "performer_resolved": 1, "errors": 0},
             due=rec.deadline_ts,
         ):
             self.dispatch.check_presence(pid)
         return Step.RESOLVED
+
+    # -- the performer field -----------------------------------------------------------------
+    #
+    # Which key of a booking's `Performer` names the performer's user id is undocumented. It is
+    # learned from answers whose meaning is known — the original's details against the event's
+    # performer_id, the POST's own answer, the watched booking of a definite POST — and until a
+    # key is confirmed no booking is told apart by its performer (README "Exactly one booking").
+
+    def _field_for_intake(self) -> str | None:
+        """The confirmed field as intake sees it: cached a few seconds (it only decides whether a
+        learning read is worth a call; proofs read the field afresh)."""
+        at, value = self._field_seen
+        now = time.monotonic()
+        if now - at > FIELD_CACHE_SECONDS:
+            value = self.store.performer_field()
+            self._field_seen = (now, value)
+        return value
+
+    def _learning_slot(self, now: float) -> bool:
+        """One of the window's few learning reads, across all workers; once they are spent, this
+        process asks Redis again only in the next window (intake pays nothing meanwhile)."""
+        if now < self._slots_spent_until:
+            return False
+        if self.store.learning_slot(LEARNING_READS, LEARNING_WINDOW_SECONDS, now):
+            return True
+        window = LEARNING_WINDOW_SECONDS
+        self._slots_spent_until = (now // window + 1) * window
+        return False
+
+    def _learn(self, rec: Rebook, booking: WebcamBooking, what: str) -> None:
+        """`booking` is certainly of the rebook's performer (the original, or what its own POST
+        answered): one answer to learn the performer field from. A performer read through the
+        field itself (`performer_resolved`) says nothing about it."""
+        if rec.performer_id is None or rec.performer_resolved or booking.performer is None:
+            return
+        try:
+            confirmed, change = self.store.learn_performer_field(
+                booking.performer,
+                rec.performer_id,
+                booking.booking_id,
+                answers=PERFORMER_FIELD_ANSWERS,
+                performers=PERFORMER_FIELD_PERFORMERS,
+                now=self.clock(),
+            )
+        except Exception as exc:  # learning is a side road: never fail the step for it
+            log.warning("rebook %s: performer field not updated (%s)", rec.rebook_id, exc)
+            return
+        self._field_seen = (time.monotonic(), confirmed)
+        if change == "dropped":
+            log.warning(
+                "performer field dropped: %s of booking %s (%s) contradicts it",
+                what,
+                booking.booking_id,
+                sorted(booking.performer)[:10],
+            )
+        elif change == "confirmed":
+            log.info("performer field confirmed: %s", confirmed)
+            self._resume_unverified()
+
+    def _resume_unverified(self) -> int:
+        """The field is confirmed: rebooks parked for `unverified_shape` go on (they settle, or
+        resolve their performer, through the confirmed field now)."""
+        resumed = 0
+        for other in self.store.list_rebooks(State.NEEDS_ATTENTION, limit=0):
+            if other.reason == "unverified_shape":
+                self._resume(other, "performer field confirmed")
+                resumed += 1
+        return resumed
+
+    def _learn_from_original(self, rec: Rebook) -> Step:
+        """While no field is confirmed, an event's performer_id against its original's details
+        is an answer of known meaning: one read, only until the field is confirmed."""
+        try:
+            self._hold()
+            booking = self._member_call(
+                rec, lambda tok: self.client.booking_details(tok, rec.booking_id)
+            )
+        except LeaseLost:
+            raise
+        except UpstreamError as exc:  # a lesson missed, nothing else: the rebook goes on
+            log.info(
+                "rebook %s: original not read for the performer field (%s)", rec.rebook_id, exc
+            )
+            return Step.NOOP
+        self._learn(rec, booking, "the original's details")
+        return Step.LEARNED
 
     def _fail(self, rec: Rebook, reason: str) -> Step:
         """FAILED: the upstream refused for good. A refused POST made nothing: its mark goes."""
@@ -488,11 +689,14 @@ class Flow:
         *,
         known: set[int] | None = None,
         strict: bool = False,
+        performer_key: str | None = None,
     ) -> list[WebcamBooking]:
         """Bookings that may be the one a POST of this rebook made, oldest first: the member's
-        (the list is theirs), the same performer (or none named), not the original, not owned by
-        another rebook, created since `since` (hours before: no zone error defeats it), and not
-        visible before this POST (`known`).
+        (the list is theirs), not the original, not owned by another rebook, created since
+        `since` (hours before: no zone error defeats it), and not visible before this POST
+        (`known`). Of another performer only with a confirmed `performer_key` naming another id:
+        while none is confirmed, nothing is set aside for its performer (a guess that did so
+        once took our own booking for another performer's, and POSTed again).
 
         Never the original of another active rebook. `strict`, before a POST (looking for an
         earlier one whose mark was lost, at any time since receipt), a booking must also look
@@ -504,8 +708,10 @@ class Flow:
         for b in listing.bookings:
             if b.booking_id == rec.booking_id or (known is not None and b.booking_id in known):
                 continue
-            if rec.performer_id is not None and b.performer_id not in (None, rec.performer_id):
-                continue
+            if performer_key is not None and rec.performer_id is not None:
+                theirs = b.performer_under(performer_key)
+                if theirs is not None and theirs != rec.performer_id:
+                    continue
             if b.create_date is not None and b.create_date.timestamp() < since:
                 continue
             if strict and not _looks_rescheduled(b):
@@ -542,9 +748,13 @@ class Flow:
                 action="check the upstream, then `rebook retry ID`",
             )
             return Step.PARKED
-        holder = self.store.gate_holder(rec)
+        performer_key = self.store.performer_field()
+        holder = self.store.gate_holder(rec, member_wide=performer_key is None)
         if holder is not None:
             return self._gated(rec, holder)
+        cap = s.max_rebooks_per_member_per_day
+        if cap and self.store.member_posts_today(rec.user_id, self.clock()) >= cap:
+            return self._capped(rec, cap)
         # Before a POST, look: a POST whose mark was lost (a failover, a restore) made a booking
         # that nothing here remembers. What the list shows now is what our POST cannot have made.
         if listing is None:
@@ -566,11 +776,13 @@ class Flow:
             return Step.RETRY
         marked: list[float] = []
         try:
-            booking = self.client.reschedule(
-                token, rec.booking_id, before_send=self._marker(rec, listing, marked)
-            )
+            booking = self._send_post(rec, token, listing, marked, performer_key)
         except Gated as exc:
             return self._gated(rec, exc.holder)
+        except _Capped:
+            return self._capped(rec, cap or 0)
+        except DeploymentFault as exc:  # 401/403 (or paused): the upstream did nothing
+            return self._paused(rec, exc, marked)
         except _Found as exc:
             return self._found_before_post(rec, exc)
         except LeaseLost:
@@ -585,12 +797,40 @@ class Flow:
             return self._rejected(rec, exc)
         except UpstreamError as exc:  # nothing was sent, or refused before the upstream acted
             return self._not_done(rec, marked, exc)
+        self._learn(rec, booking, "the POST's answer")
         return self._booked(rec, booking)
 
-    def _marker(self, rec: Rebook, listing: Listing, marked: list[float]) -> Callable[[], None]:
+    def _send_post(
+        self,
+        rec: Rebook,
+        token: str,
+        listing: Listing,
+        marked: list[float],
+        performer_key: str | None = None,
+    ) -> WebcamBooking:
+        """The POST. Under REBOOK_MAX_REBOOKS_PER_MEMBER_PER_DAY, one that cannot have made a
+        booking (refused, or stopped after its mark) gives its count back: the cap counts
+        POSTs that may have booked."""
+        try:
+            return self.client.reschedule(
+                token,
+                rec.booking_id,
+                before_send=self._marker(rec, listing, marked, performer_key),
+            )
+        except Exception as exc:
+            capped = bool(self.settings.max_rebooks_per_member_per_day)
+            if marked and capped and not isinstance(exc, Ambiguous):
+                self.store.give_back_member_post(rec.user_id, marked[0])
+            raise
+
+    def _marker(
+        self, rec: Rebook, listing: Listing, marked: list[float], performer_key: str | None = None
+    ) -> Callable[[], None]:
         """What runs after the rate limiter, right before the request: lease, mark (with what
         the list showed, which the POST cannot have made), the lost-mark check, replicas.
-        Appends the mark's time to `marked`; raises to send nothing."""
+        Appends the mark's time to `marked`; raises to send nothing. With no confirmed
+        `performer_key` the gate and the siblings span the member (every performer)."""
+        member_wide = performer_key is None
         s = self.settings
         seen = sorted({*(rec.known_ids or ()), *(b.booking_id for b in listing.bookings)})
 
@@ -598,33 +838,54 @@ class Flow:
             self._hold()
             now = self.clock()
             step = _STEP.get()
-            ok, holder = self.store.start_post(
+            cap = s.max_rebooks_per_member_per_day
+            if cap and not self.store.take_member_post(rec.user_id, cap, now):
+                raise _Capped(f"member {rec.user_id} reached {cap} POSTs today")
+            ok, holder, got = self.store.start_post(
                 rec.rebook_id,
                 now=now,
                 attempts=rec.attempts + 1,
                 claim=step.token if step else "",
                 known_ids=seen,
                 due=now + self.store.lease,
+                member_wide=member_wide,
+                # WAIT on the connection that wrote the mark (one pipeline)
+                replicas=s.redis_wait_replicas,
+                replica_timeout_ms=s.redis_wait_timeout_ms,
             )
             if not ok:
+                if cap:
+                    self.store.give_back_member_post(rec.user_id, now)
                 raise Gated(holder) if holder else NotSent("the rebook changed")
             marked.append(now)
             # Under the gate now, no sibling's POST is unsettled: a booking in the list that
             # nobody owns and that looks like ours is one whose mark was lost. Owners are read
             # only now, so one a sibling took meanwhile is not taken twice.
             found = self._candidates(
-                rec, listing, rec.created_ts - s.reconcile_lookback_seconds, strict=True
+                rec,
+                listing,
+                rec.created_ts - s.reconcile_lookback_seconds,
+                strict=True,
+                performer_key=performer_key,
             )
             if found:
-                raise _Found(found, self._siblings(rec))
-            if s.redis_wait_replicas:
-                got = self.store.wait_replicas(
-                    rec.rebook_id, s.redis_wait_replicas, s.redis_wait_timeout_ms
-                )
-                if got < s.redis_wait_replicas:
-                    raise NotSent(f"{got} of {s.redis_wait_replicas} replicas have the mark")
+                raise _Found(found, self._siblings(rec, member_wide=member_wide))
+            if s.redis_wait_replicas and got < s.redis_wait_replicas:
+                raise NotSent(f"{got} of {s.redis_wait_replicas} replicas have the mark")
 
         return mark
+
+    def _capped(self, rec: Rebook, cap: int) -> Step:
+        """REBOOK_MAX_REBOOKS_PER_MEMBER_PER_DAY reached: parked before any POST."""
+        self._park(
+            rec,
+            "member_cap",
+            fields={"post_sent_ts": None, "attempts": rec.attempts},
+            action=f"the member reached {cap} rebook POSTs today (UTC day, "
+            "REBOOK_MAX_REBOOKS_PER_MEMBER_PER_DAY); `rebook retry ID` tomorrow or raise the cap",
+            cap=cap,
+        )
+        return Step.PARKED
 
     def _found_before_post(self, rec: Rebook, exc: _Found) -> Step:
         """A booking whose mark was lost: adopted, or parked if a sibling could own it."""
@@ -657,8 +918,10 @@ class Flow:
         return Step.AMBIGUOUS
 
     def _token_refused(self, rec: Rebook, marked: list[float], token: str) -> Step:
-        """401: nothing happened upstream; refresh now, POST again on the next run."""
+        """401: nothing happened upstream; refresh now, POST again on the next run — unless the
+        API key is at fault (`_key_check` raises; the step pauses)."""
         self._unmark(rec, marked, reason="access token refused", due=self.clock())
+        self._key_check(rec)
         try:
             self.tokens.access_token(rec.user_id, rejected=token)
         except UpstreamError as exc:  # refreshed on the next run instead
@@ -708,23 +971,39 @@ class Flow:
             return Step.PARKED
         self._stay(
             rec,
-            reason=f"waiting for {holder} (same member and performer; its reschedule is unsettled)",
+            reason=f"waiting for {holder} (same member; its reschedule is unsettled)",
             fields={"gated_since": since, "blocked_by": holder},
             due=now + self.backoff(0) + self.settings.reconcile_grace_seconds,
         )
         return Step.GATED
 
-    def _siblings(self, rec: Rebook) -> list[str]:
-        """Other rebooks of the member and performer that could have made a booking nobody
-        owns: active ones without a booking, and finished ones that POSTed without one."""
+    def _siblings(self, rec: Rebook, member_wide: bool = False) -> list[str]:
+        """Other rebooks of the member and performer (`member_wide`: of any performer) that
+        could have made a booking nobody owns: active ones without a booking, and finished ones
+        that POSTed without one."""
         active = set(self.store.active_of_user(rec.user_id))
-        ids = sorted((active | set(self.store.posted_without_booking(rec))) - {rec.rebook_id})
+        posted = self.store.posted_without_booking(rec, member_wide=member_wide)
+        ids = sorted((active | set(posted)) - {rec.rebook_id})
         return [
             o.rebook_id
             for o in self.store.get_many(ids)
             if o.new_booking_id is None
             and (o.rebook_id not in active or o.state in ACTIVE_STATES)
-            and (None in (o.performer_id, rec.performer_id) or o.performer_id == rec.performer_id)
+            and (
+                member_wide
+                or None in (o.performer_id, rec.performer_id)
+                or o.performer_id == rec.performer_id
+            )
+        ]
+
+    def _rivals(self, rec: Rebook) -> list[Rebook]:
+        """Other rebooks of the member, any performer, whose POST is unsettled: while the
+        performer field is unconfirmed, a booking found may be theirs as well as ours. (The
+        member's gate keeps them from overlapping ours; they can only be left from a time the
+        field was confirmed, or from before it was dropped.)"""
+        ids = self.store.posted_without_booking(rec, member_wide=True)
+        return [
+            o for o in self.store.get_many([i for i in ids if i != rec.rebook_id]) if o.unsettled
         ]
 
     def _unblock(self, rec: Rebook) -> None:
@@ -741,8 +1020,19 @@ class Flow:
                 self._resume(other, f"{rec.rebook_id} settled")
 
     def _rejected(self, rec: Rebook, exc: Rejected) -> Step:
-        """A 4xx: if a fresh presence check says offline, the performer left in between."""
+        """A 4xx: if a fresh presence check says offline, the performer left in between. A
+        refusal for lack of credits parks `no_credits`: the member can cure it."""
         assert rec.performer_id is not None
+        if exc.status == 402 or NO_CREDITS.search(exc.message or ""):
+            self._park(
+                rec,
+                "no_credits",
+                fields={"post_sent_ts": None, "answer_ts": None, "attempts": rec.attempts},
+                action="the member tops up their credits; then `rebook retry ID`",
+                upstream=exc.message,
+            )
+            self._unblock(rec)
+            return Step.PARKED
         try:
             self._hold()
             online: bool | None = self.client.is_online(rec.performer_id)
@@ -812,6 +1102,7 @@ class Flow:
                 "known_ids": None,
                 "gated_since": None,
                 "blocked_by": None,
+                "adopted": adopted or None,
             },
             due=now + self.store.lease,
             outcome="BOOKED",
@@ -866,6 +1157,7 @@ class Flow:
         if read_at > start + s.reconcile_max_seconds:
             return self._park_unsettled(rec, rec.reconcile_tries, "no proof within the bound")
         known = set(rec.known_ids) if rec.known_ids is not None else None
+        performer_key = self.store.performer_field()
         try:
             listing = self._list(rec, sent - s.reconcile_lookback_seconds)
         except LeaseLost:  # another step holds the rebook now (ReauthRequired passes by itself)
@@ -875,12 +1167,29 @@ class Flow:
             return Step.THROTTLED
         except UpstreamError as exc:
             return self._unreadable(rec, str(exc))
-        found = self._candidates(rec, listing, sent - s.reconcile_lookback_seconds, known=known)
+        found = self._candidates(
+            rec,
+            listing,
+            sent - s.reconcile_lookback_seconds,
+            known=known,
+            performer_key=performer_key,
+        )
         ours = [b for b in found if _looks_rescheduled(b)]
+        if ours and performer_key is None:
+            # no field says whose it is: ours only if no other unsettled POST of the member may
+            # have made it — one whose list before its POST (or an operator) showed it did not
+            rivals = self._rivals(rec)
+            theirs = {b.booking_id for b in ours if any(_could_make(o, b) for o in rivals)}
+            if theirs:
+                mine = [b for b in ours if b.booking_id not in theirs]
+                if not mine:
+                    who = [o.rebook_id for o in rivals]
+                    return self._foreign(rec, ours, start, read_at, rivals=who)
+                ours = mine
         if ours:
             return self._adopt(rec, ours, "reconciled: the POST had made it")
         if found:
-            return self._foreign(rec, found, start, read_at)
+            return self._foreign(rec, found, start, read_at, unverified=performer_key is None)
         if not listing.complete:
             return self._unreadable(rec, "the member's list is too long to read whole")
         if k < s.reconcile_proof_reads:
@@ -910,24 +1219,52 @@ class Flow:
         return self._post(fresh, listing) if fresh is not None else Step.NOOP
 
     def _foreign(
-        self, rec: Rebook, found: Sequence[WebcamBooking], start: float, read_at: float
+        self,
+        rec: Rebook,
+        found: Sequence[WebcamBooking],
+        start: float,
+        read_at: float,
+        *,
+        unverified: bool = False,
+        rivals: Sequence[str] = (),
     ) -> Step:
         """Bookings appeared that the list did not show before the POST, but none looks made by
         a reschedule (SessionDate a few minutes after CreateDate): the member or the site may
         have booked this performer meanwhile. Such a booking is no proof that the POST made
         nothing (it may be ours after all, if the upstream dates it otherwise), and adopting it
-        could claim a booking the member made: wait out the window for ours, then park."""
+        could claim a booking the member made: wait out the window for ours, then park.
+
+        `unverified`: no performer field is confirmed, so they may be of any performer of the
+        member; `rivals`: they look like a reschedule, but another rebook of the member has an
+        unsettled POST that may have made them. Either way they cannot be told apart:
+        `unverified_shape`."""
         ids = ", ".join(str(b.booking_id) for b in found)
         s = self.settings
+        if rivals:
+            why = f"booking(s) {ids} may be this rebook's or {', '.join(rivals)}'s"
+        else:
+            why = f"booking(s) {ids} appeared after the POST but do not look made by a reschedule"
         if read_at >= start + s.reconcile_window_seconds:
-            return self._park_unsettled(
-                rec,
-                rec.reconcile_tries,
-                f"booking(s) {ids} appeared after the POST but do not look made by a reschedule",
-            )
+            if unverified or rivals:
+                self._park(
+                    rec,
+                    "unverified_shape",
+                    tries=rec.reconcile_tries,
+                    error=why,
+                    bookings=[b.booking_id for b in found],
+                    rivals=list(rivals),
+                    action="no confirmed field of a booking's Performer says whose these are: "
+                    "look for this rebook's booking upstream, then `rebook retry ID` (with "
+                    "`--not-ours` for bookings that are not its); or wait: it resumes by itself "
+                    "once the performer field is confirmed (`rebook doctor`)",
+                )
+                return Step.PARKED
+            return self._park_unsettled(rec, rec.reconcile_tries, why)
         self._stay(
             rec,
-            reason=f"reconciling: booking(s) {ids} appeared, not like a reschedule",
+            reason=f"reconciling: {why}"
+            if rivals
+            else f"reconciling: booking(s) {ids} appeared, not like a reschedule",
             require={"post_sent_ts": _mark(rec.post_sent_ts)},
             due=max(read_at + s.reconcile_grace_seconds, start + s.reconcile_window_seconds),
         )
@@ -996,6 +1333,8 @@ class Flow:
         if booking is None:
             self._stay(rec, reason=rec.reason, due=now + self.settings.sweep_interval_seconds)
             return Step.DEFERRED
+        if not rec.adopted:  # the POST's own answer named it: certainly the rebook's performer
+            self._learn(rec, booking, "the watched booking")
         final = booking.final_state
         if booking.accept_by is not None:
             accept_by = booking.accept_by.timestamp()
@@ -1170,6 +1509,11 @@ class Flow:
     def sweep(self) -> dict[str, int]:
         """Re-dispatches whatever is overdue: a lost message only delays, never loses."""
         now = self.clock()
+        paused: str | None = None
+        try:
+            paused = self._circuit_round(now)
+        except Exception as exc:  # the circuit must never stop the sweep itself
+            log.warning("deployment fault round skipped: %s: %s", type(exc).__name__, exc)
         # performers due before the next sweep are sent now, to run on time: a performer who
         # came online is seen within one presence interval, not one interval plus one sweep
         # Presence gets at most its budget's worth per sweep, the longest due (the least
@@ -1196,7 +1540,12 @@ class Flow:
                 self.dispatch.check_presence(pid, at=at if at > now else None)
             for rec in self.store.get_many(ids):
                 if rec.state == State.WAITING:
-                    if now >= rec.deadline_ts:
+                    if now >= rec.deadline_ts and paused == "api_key":
+                        # presence cannot be read while the key is refused: the operator's
+                        # typo does not make anyone give up; the wait ends after the fix
+                        later = now + self._pause_wait()
+                        self._stay(rec, reason=rec.reason, due=later, fields={"deadline_ts": later})
+                    elif now >= rec.deadline_ts:
                         expired.append(rec.rebook_id)
                     elif rec.performer_id is None:
                         self.dispatch.check_presence(None, rec.rebook_id)
@@ -1228,6 +1577,61 @@ class Flow:
             )
             counts["gave_up"] = len(gave_up)
         return counts
+
+    def _circuit_round(self, now: float) -> str | None:
+        """While a deployment fault is in force, probe it (one call per probe interval across
+        all workers); once it is gone, what it held is due now, so it runs in this sweep.
+        Returns the reason of the fault still in force, if any."""
+        circuit = self.store.circuit
+        state = circuit.state(fresh=True)
+        if state is not None:
+            self._probe(state["reason"])
+            state = circuit.state(fresh=True)
+            if state is not None:
+                return state["reason"]
+        ids, pids = circuit.take_held(self.settings.sweep_batch, checked=True)
+        if ids or pids:
+            log.info("resuming %d rebook(s), %d performer(s) paused", len(ids), len(pids))
+        for rec in self.store.get_many(ids):
+            if rec.state in STEP_STATES:
+                self._stay(rec, reason=rec.reason, due=now - 0.001, fields={"errors": 0})
+        for pid in pids:
+            self.store.schedule_performer(pid, now - 0.001)
+        if ids or not self._client_parked_checked:
+            self._client_parked_checked = True
+            self.resume_client_parked()
+        return None
+
+    def _probe(self, reason: str) -> None:
+        """One call that tells whether the fault is gone, if this interval's probe is free (the
+        circuit's gate decides); a success closes the circuit (in the client)."""
+        try:
+            if reason == "api_key":
+                probe = getattr(self.client, "api_key_refused", None)
+                if probe is not None:
+                    probe(1)
+            elif reason == "oauth_client":
+                check = getattr(self.tokens, "check_client", None)
+                if check is not None:
+                    check()
+        except (UpstreamError, DeploymentFault):
+            pass  # still refused, paused, or the upstream is down: the next interval probes
+
+    def resume_client_parked(self) -> int:
+        """Rebooks parked `reauth` because the OAuth client was refused (an older version did
+        that; found by their park detail) resume: it was the site's setting, not the member.
+        Should the client still be refused, they pause behind the circuit, not park again."""
+        resumed = 0
+        for rec in self.store.list_rebooks(State.NEEDS_ATTENTION, limit=0):
+            if rec.reason != "reauth":
+                continue
+            detail = self.store.park_detail(rec) or {}
+            if CLIENT_REFUSAL_TEXT.search(json.dumps(detail)):
+                self._resume(rec, "the OAuth client was refused, not the member's tokens")
+                resumed += 1
+        if resumed:
+            log.warning("%d rebook(s) parked reauth for a refused OAuth client resumed", resumed)
+        return resumed
 
     def housekeeping(self) -> int:
         return self.store.expire_finished(self.clock())
@@ -1403,6 +1807,12 @@ def _looks_rescheduled(booking: WebcamBooking) -> bool:
     lead = (booking.session_date - booking.create_date).total_seconds()
     low, high = RESCHEDULED_LEAD
     return low <= lead <= high
+
+
+def _could_make(other: Rebook, booking: WebcamBooking) -> bool:
+    """Whether `other`'s unsettled POST may have made `booking`: not if its list before that
+    POST (`known_ids`, with what an operator vouched is not its) already showed it."""
+    return other.known_ids is None or booking.booking_id not in other.known_ids
 
 
 def _mark(post_sent_ts: float | None) -> str:

@@ -102,11 +102,14 @@ class Keys:
         return self.skey(shard, "active", booking_id)
 
     def gate(self, shard: int, user_id: str, performer_id: object) -> str:
-        """The member+performer gate: at most one unsettled POST per pair."""
+        """The member+performer gate: at most one unsettled POST per pair. With no performer
+        (`gate:{uid}:`) it is the member's gate, taken while the performer field is unconfirmed:
+        then no other POST of the member may be unsettled at all."""
         return self.skey(shard, "gate", f"{user_id}:{performer_id or ''}")
 
     def posted(self, shard: int, user_id: str, performer_id: object) -> str:
-        """Rebooks of the pair that have POSTed (siblings a stray booking could belong to)."""
+        """Rebooks of the pair that have POSTed (siblings a stray booking could belong to); with
+        no performer, every rebook of the member that has POSTed, whatever its performer."""
         return self.skey(shard, "posted", f"{user_id}:{performer_id or ''}")
 
     def outcomes(self, shard: int) -> str:
@@ -161,6 +164,12 @@ class Keys:
         return self.key("presence", "performers", bucket)
 
     @property
+    def performer_field(self) -> str:
+        """Which key of a booking's `Performer` names the performer's user id, as learned from
+        answers whose meaning is known (`performer_learn.lua`; a hash, no secrets)."""
+        return self.key("shape", "performer")
+
+    @property
     def deadletter(self) -> str:
         return self.key("deadletter")
 
@@ -202,3 +211,19 @@ class Keys:
     def redbeat_prefix(self) -> str:
         """celery-redbeat's keys, when beat runs on it."""
         return self.key("redbeat:")
+
+    # -- deployment faults (worker/core/circuit.py) ----------------------------------------------
+
+    def paused(self, *parts: object) -> str:
+        """The circuit of deployment faults (`paused`: a hash), its probe window
+        (`paused:probe`), the rebooks and performers it holds (`paused:held`,
+        `paused:performers`)."""
+        return self.key("paused", *parts)
+
+    def member_day(self, user_id: str, day: str) -> str:
+        """A member's reschedule POSTs on one UTC day (`YYYYMMDD`; the daily cap)."""
+        return self.key("cap", user_id, day)
+
+    def presence_unreadable(self, *parts: object) -> str:
+        """Presence answers that said nothing readable: a count and the last one (JSON)."""
+        return self.key("presence", "unreadable", *parts)

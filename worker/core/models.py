@@ -148,16 +148,22 @@ class WebcamBooking(UpstreamModel):
 
     @property
     def performer_id(self) -> int | None:
-        """The performer's user id, under whichever key the upstream uses."""
+        """A guess at the performer's user id (the first id under six likely keys), for logs
+        only: `Performer`'s fields are undocumented, and a guess never decides whose a booking
+        is (`performer_under` with a confirmed key does, worker/core/flow.py)."""
         if not self.performer:
             return None
         for key in ("UserID", "UserId", "userID", "ID", "Id", "id"):
-            value = self.performer.get(key)
-            if isinstance(value, int) and not isinstance(value, bool):
+            value = _as_id(self.performer.get(key))
+            if value is not None:
                 return value
-            if isinstance(value, str) and value.isdigit():
-                return int(value)
         return None
+
+    def performer_under(self, key: str) -> int | None:
+        """The id under `key` of `Performer` (None: no Performer, no such key, or not an id)."""
+        if not self.performer:
+            return None
+        return _as_id(self.performer.get(key))
 
     @property
     def final_state(self) -> State | None:
@@ -167,6 +173,14 @@ class WebcamBooking(UpstreamModel):
     @property
     def reason(self) -> str:
         return self.rejected_reason or self.cancelled_reason or ""
+
+
+def _as_id(value: Any) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
 
 
 class Unreadable(ValueError):

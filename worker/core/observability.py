@@ -7,6 +7,8 @@ import json
 import logging
 import re
 import sys
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -72,6 +74,70 @@ def register_secret(value: str | None) -> None:
         _secret_values.add(value)
 
 
+class LiteralIndex:
+    """Literal secrets of members (their tokens), found in one pass over a text however many
+    there are: each is indexed by its first `HEAD` characters, so a text costs one dictionary
+    lookup per position, not one search per secret. Bounded: past `limit` the least recently
+    registered is forgotten (a member whose pair was loaded long ago is not in any text now)."""
+
+    HEAD = 8
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._order: OrderedDict[str, None] = OrderedDict()
+        self._by_head: dict[str, set[str]] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def add(self, value: str) -> None:
+        if len(value) < self.HEAD:
+            return
+        with self._lock:
+            if value in self._order:
+                self._order.move_to_end(value)
+                return
+            self._order[value] = None
+            self._by_head.setdefault(value[: self.HEAD], set()).add(value)
+            while len(self._order) > self.limit:
+                old, _ = self._order.popitem(last=False)
+                bucket = self._by_head.get(old[: self.HEAD])
+                if bucket is not None:
+                    bucket.discard(old)
+                    if not bucket:
+                        del self._by_head[old[: self.HEAD]]
+
+    def redact(self, text: str) -> str:
+        heads, size = self._by_head, self.HEAD
+        if not heads or len(text) < size:
+            return text
+        found: set[str] = set()
+        for i in range(len(text) - size + 1):
+            bucket = heads.get(text[i : i + size])
+            if bucket:
+                found.update(v for v in tuple(bucket) if text.startswith(v, i))
+        for value in sorted(found, key=len, reverse=True):
+            text = text.replace(value, "[redacted]")
+        return text
+
+
+MEMBER_SECRETS_MAX = 20_000
+"""Member tokens the scrubber keeps (two per member: the 10,000 members loaded most recently);
+about 3 MB at most. An error that echoes a token comes from a call made with it, in the process
+that loaded it shortly before, so the most recent ones are those that matter."""
+_member_secrets = LiteralIndex(MEMBER_SECRETS_MAX)
+
+
+def register_token(*values: str | None) -> None:
+    """A member's token (access or refresh), kept literally so that an upstream or OAuth error
+    echoing it ("refresh token ... is invalid") is redacted like any secret. Called whenever a
+    pair is loaded or stored; the registry is bounded (`MEMBER_SECRETS_MAX`)."""
+    for value in values:
+        if value:
+            _member_secrets.add(value)
+
+
 def register_settings_secrets(settings: Settings) -> None:
     for secret in (
         settings.api_key,
@@ -100,6 +166,7 @@ def scrub(text: str) -> str:
     for value in _secret_values:
         if value in text:
             text = text.replace(value, "[redacted]")
+    text = _member_secrets.redact(text)
     for pattern in _SECRET_PATTERNS:
         text = pattern.sub(r"\1[redacted]", text)
     return _URL_PASSWORD.sub(r"\1[redacted]\2", text)

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
+    AliasChoices,
     Field,
     SecretStr,
     ValidationError,
@@ -25,6 +26,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.core.errors import ConfigError
+from worker.core.redis_tls import refuse_weak_tls, tls_options
 
 ENV_PREFIX = "REBOOK_"
 #: The documented hosts (UPSTREAM.md): the API, and OAuth on the platform host, not the API host.
@@ -43,6 +45,7 @@ class Settings(BaseSettings):
         env_file_encoding="utf-8",
         extra="ignore",
         validate_default=True,
+        populate_by_name=True,  # `load_settings(sentry_dsn=...)` beside the aliased env names
     )
 
     redis_url: str = "redis://localhost:6379/0"
@@ -93,6 +96,10 @@ class Settings(BaseSettings):
     max_wait_seconds: int = Field(43200, ge=1, le=7 * 86400)
     step_lease_seconds: float = Field(60.0, gt=0)
     http_timeout_seconds: float = Field(10.0, gt=0)
+    http_deadline_seconds: float | None = Field(None, gt=0)
+    """REBOOK_HTTP_DEADLINE_SECONDS: the total of one upstream request — connect, headers and
+    body — however slowly the server answers (default 2 x REBOOK_HTTP_TIMEOUT_SECONDS; at least
+    the timeout, below the step lease). Read it as `call_bound_seconds`."""
     upstream_rate_per_second: float = Field(20.0, ge=0)
     retry_base_seconds: float = Field(1.0, gt=0)
     retry_max_seconds: float = Field(300.0, gt=0)
@@ -104,13 +111,26 @@ class Settings(BaseSettings):
     reconcile_max_tries: int = Field(5, ge=1)
     reschedule_max_attempts: int = Field(5, ge=1)
     gate_max_wait_seconds: float = Field(900.0, gt=0)
+    pause_probe_seconds: float = Field(30.0, gt=0)
+    """REBOOK_PAUSE_PROBE_SECONDS: while a deployment fault (wrong client, key, scope) pauses
+    calls, one call per this interval across all workers goes out as the probe."""
+    max_rebooks_per_member_per_day: int | None = Field(None, ge=1)
+    """REBOOK_MAX_REBOOKS_PER_MEMBER_PER_DAY: POSTs per member per UTC day; past it a rebook
+    parks `member_cap` before any POST (unset: no cap)."""
     made_bookings_list_names: str = "WebcamBookings,MadeBookings,Bookings,WebcamMadeBookings"
     redis_wait_replicas: int = Field(0, ge=0, le=16)
     redis_wait_timeout_ms: int = Field(1000, ge=1, le=60_000)
 
     auto_confirm: bool = False
-    sentry_dsn: SecretStr | None = None
-    sentry_environment: str = "production"
+    # Sentry's own variables (what its SDK and every other service read) when the REBOOK_ ones
+    # are unset; REBOOK_ wins when both are set.
+    sentry_dsn: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("REBOOK_SENTRY_DSN", "SENTRY_DSN")
+    )
+    sentry_environment: str = Field(
+        "production",
+        validation_alias=AliasChoices("REBOOK_SENTRY_ENVIRONMENT", "SENTRY_ENVIRONMENT"),
+    )
     flower_basic_auth: SecretStr | None = None
     retention_days: float = Field(14.0, gt=0)
     deadletter_max_entries: int = Field(100_000, ge=100)
@@ -143,7 +163,7 @@ class Settings(BaseSettings):
             "memory",
         }:
             raise ValueError(f"expected a redis:// or amqp:// URL, got scheme {scheme!r}")
-        return value
+        return refuse_weak_tls(value)  # `?ssl_cert_reqs=none` would win over our checks
 
     @field_validator("redis_ca_file", "redis_cert_file", "redis_key_file")
     @classmethod
@@ -169,16 +189,12 @@ class Settings(BaseSettings):
         """redis-py options for a `rediss://` URL: the server certificate and hostname are
         verified (never a silent fallback to no check), with the CA and client certificate the
         settings name. Empty for any other URL."""
-        if urlsplit(url).scheme != "rediss":
-            return {}
-        options: dict[str, Any] = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
-        if self.redis_ca_file:
-            options["ssl_ca_certs"] = self.redis_ca_file
-        if self.redis_cert_file:
-            options["ssl_certfile"] = self.redis_cert_file
-        if self.redis_key_file:
-            options["ssl_keyfile"] = self.redis_key_file
-        return options
+        return tls_options(
+            url,
+            ca_file=self.redis_ca_file,
+            cert_file=self.redis_cert_file,
+            key_file=self.redis_key_file,
+        )
 
     def broker_ssl_options(self) -> dict[str, Any] | None:
         """kombu's `broker_use_ssl` for a `rediss://` broker (the same verification)."""
@@ -303,12 +319,25 @@ class Settings(BaseSettings):
             )
         if self.webhook_url and self.webhook_secret is None:
             raise ValueError("REBOOK_WEBHOOK_SECRET must be set when REBOOK_WEBHOOK_URL is")
+        if self.http_deadline_seconds is None:
+            self.http_deadline_seconds = 2 * self.http_timeout_seconds
+        if self.http_deadline_seconds < self.http_timeout_seconds:
+            raise ValueError(
+                "REBOOK_HTTP_DEADLINE_SECONDS: must be at least REBOOK_HTTP_TIMEOUT_SECONDS "
+                f"({self.http_timeout_seconds:g} s): a connect alone may take that long"
+            )
+        if self.http_deadline_seconds >= self.step_lease_seconds:
+            raise ValueError(
+                "REBOOK_HTTP_DEADLINE_SECONDS: must be below REBOOK_STEP_LEASE_SECONDS "
+                f"({self.step_lease_seconds:g} s): a request must end while its step holds "
+                "the rebook"
+            )
         if self.step_lease_seconds < self.longest_call_seconds:
             raise ValueError(
                 f"REBOOK_STEP_LEASE_SECONDS must cover the longest upstream call: at least "
                 f"{self.longest_call_seconds:g} s (rate-limit wait {self.limiter_max_wait:g} s "
-                f"+ replica wait {self.replica_wait_seconds:g} s + connect and read timeouts "
-                "2 x REBOOK_HTTP_TIMEOUT_SECONDS + 1 s)"
+                f"+ replica wait {self.replica_wait_seconds:g} s + the request's deadline "
+                "REBOOK_HTTP_DEADLINE_SECONDS + 1 s)"
             )
         if self.reconcile_window_seconds < self.reconcile_grace_seconds:
             raise ValueError(
@@ -336,8 +365,10 @@ class Settings(BaseSettings):
 
     @property
     def call_bound_seconds(self) -> float:
-        """How long a request may be in flight once sent: connect plus read timeout."""
-        return 2 * self.http_timeout_seconds
+        """How long a request may be in flight once sent: its total deadline."""
+        if self.http_deadline_seconds is None:  # only before validation
+            return 2 * self.http_timeout_seconds
+        return self.http_deadline_seconds
 
     @property
     def replica_wait_seconds(self) -> float:
@@ -393,8 +424,9 @@ def _one_line(exc: ValidationError) -> str:
     err = exc.errors()[0]
     loc = [str(part) for part in err.get("loc", ()) if part != "__root__"]
     msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
-    if loc:
-        return f"{ENV_PREFIX}{loc[0].upper()}: {msg}"
+    if loc:  # a field's name, or the alias it was read under (REBOOK_SENTRY_DSN, SENTRY_DSN)
+        name = loc[0] if loc[0].isupper() else f"{ENV_PREFIX}{loc[0].upper()}"
+        return f"{name}: {msg}"
     return msg if msg.startswith(ENV_PREFIX) else f"settings: {msg}"
 
 

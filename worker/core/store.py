@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict
 
 from worker.core import zonecheck
 from worker.core.capacity import presence_figures
+from worker.core.circuit import Circuit, fingerprint
 from worker.core.errors import StoreUnavailable
 from worker.core.keys import Keys
 from worker.core.models import iso_z
@@ -94,6 +95,11 @@ class Rebook(BaseModel):
     deadline_ts: float
     post_sent_ts: float | None = None
     answer_ts: float | None = None
+    performer_resolved: bool = False
+    """`performer_id` was read from the original's details, not given by the event: no answer
+    compared with it says anything about which key names the performer."""
+    adopted: str = ""
+    """Why the new booking was taken as this rebook's (empty: the POST's own answer named it)."""
     known_ids: list[int] | None = None
     """The member's bookings the list showed before the last POST (JSON): not its booking."""
     empty_reads: int = 0
@@ -211,6 +217,16 @@ class StepLock(Protocol):
     def extend(self, additional_time: float, replace_ttl: bool = False) -> bool: ...
 
 
+def circuit_fingerprints(settings: Settings) -> dict[str, str]:
+    """What a process's settings look like to the circuit (changed value: fault cleared)."""
+    return {
+        "oauth_client": fingerprint(
+            f"{settings.oauth_client_id}\0{settings.oauth_client_secret.get_secret_value()}"
+        ),
+        "api_key": fingerprint(settings.api_key.get_secret_value()),
+    }
+
+
 class Store:
     """Typed operations on the Redis state. Thread-safe; one per process is enough.
 
@@ -258,8 +274,12 @@ class Store:
         self.upstream_rate = 20.0
         """For `stats()`' presence figures (set from the settings by `from_settings`)."""
         self._claim = client.register_script(_script("claim"))
+        self._performer_learn = client.register_script(_script("performer_learn"))
         self.clock: Callable[[], float] = time.time
         """The time of records written without an explicit `now` (a simulation sets its own)."""
+        self.circuit = Circuit(client, self.keys)
+        """Deployment faults (worker/core/circuit.py); `from_settings` gives it the settings'
+        fingerprints and probe interval."""
 
     @classmethod
     def from_url(
@@ -313,6 +333,12 @@ class Store:
         store.deadletter_max_entries = settings.deadletter_max_entries
         store.presence_interval = settings.presence_interval_seconds
         store.upstream_rate = settings.upstream_rate_per_second
+        store.circuit = Circuit(
+            store.r,
+            store.keys,
+            fingerprints=circuit_fingerprints(settings),
+            probe_seconds=settings.pause_probe_seconds,
+        )
         return store
 
     def ping(self) -> None:
@@ -554,12 +580,22 @@ class Store:
         claim: str,
         known_ids: Sequence[int],
         due: float,
-    ) -> tuple[bool, str]:
+        member_wide: bool = False,
+        replicas: int = 0,
+        replica_timeout_ms: int = 0,
+    ) -> tuple[bool, str, int]:
         """Records "POST sent" — only if this step still holds the rebook (`claim`), no POST of
         it is unsettled, and no other rebook of the same member and performer has one (their
-        bookings could not be told apart in reconciliation). Returns (True, "") when the POST may
-        go out, else (False, the holder's id when gated, else ""); see `gate_holder`."""
-        ok, current = self._run_transition(
+        bookings could not be told apart in reconciliation) — `member_wide`: of the same member,
+        whatever the performer (the performer field is unconfirmed, so no booking can be told
+        apart by performer). Returns (True, "", n) when the POST may go out, else (False, the
+        holder's id when gated, else "", n); see `gate_holder`.
+
+        With `replicas`, the mark and `WAIT replicas replica_timeout_ms` go in one pipeline on
+        one connection (`WAIT` counts the replicas that have that connection's writes: on any
+        other pooled connection it may answer at once, for a connection that wrote nothing);
+        n is its answer, else 0."""
+        ok, current, got = self._run_transition_waiting(
             rebook_id,
             State.RESCHEDULING,
             from_=[State.RESCHEDULING],
@@ -576,31 +612,109 @@ class Store:
             },
             require={"post_sent_ts": "", "claim": claim},
             now=now,
-            gate=True,
+            gate="gate_member" if member_wide else "gate",
+            wait=(replicas, replica_timeout_ms) if replicas else None,
         )
         if ok:
-            return True, ""
-        return False, current.removeprefix("gate:") if current.startswith("gate:") else ""
+            return True, "", got
+        return False, current.removeprefix("gate:") if current.startswith("gate:") else "", got
 
-    def gate_holder(self, rec: Rebook) -> str | None:
-        """The other rebook of the same member and performer whose POST is unsettled, if any.
-        A read-only look before spending an upstream read on a POST that could not go out."""
+    def gate_holder(self, rec: Rebook, member_wide: bool = False) -> str | None:
+        """The other rebook of the same member and performer (`member_wide`: of the member)
+        whose POST is unsettled, if any. A read-only look before spending an upstream read on a
+        POST that could not go out; `start_post` decides (transition.lua)."""
         shard = self.shard_of(rec.rebook_id)
         if shard is None:
             return None
-        holder = self.r.get(self.keys.gate(shard, rec.user_id, rec.performer_id))
-        if not holder or holder == rec.rebook_id:
-            return None
-        sent, made = self.r.hmget(
-            self.keys.record(shard, holder), ["post_sent_ts", "new_booking_id"]
-        )
-        return str(holder) if sent and not made else None
+        holders = [
+            self.r.get(self.keys.gate(shard, rec.user_id, rec.performer_id)),
+            self.r.get(self.keys.gate(shard, rec.user_id, None)),
+        ]
+        if member_wide:
+            holders += sorted(self.r.smembers(self.keys.posted(shard, rec.user_id, None)))
+        for holder in dict.fromkeys(h for h in holders if h and h != rec.rebook_id):
+            sent, made = self.r.hmget(
+                self.keys.record(shard, holder), ["post_sent_ts", "new_booking_id"]
+            )
+            if sent and not made:
+                return str(holder)
+        return None
 
-    def posted_without_booking(self, rec: Rebook) -> list[str]:
-        """Rebooks of the member and performer that sent a POST and own no booking (yet)."""
+    def posted_without_booking(self, rec: Rebook, member_wide: bool = False) -> list[str]:
+        """Rebooks of the member and performer (`member_wide`: of the member, any performer)
+        that sent a POST and own no booking (yet)."""
         shard = self.shard_for_user(rec.user_id)
-        ids = self.r.smembers(self.keys.posted(shard, rec.user_id, rec.performer_id))
+        pid = None if member_wide else rec.performer_id
+        ids = self.r.smembers(self.keys.posted(shard, rec.user_id, pid))
         return sorted(str(i) for i in ids)
+
+    # -- the performer field -------------------------------------------------------------------
+
+    def performer_field(self) -> str | None:
+        """The confirmed key of a booking's `Performer` that names the performer's user id, or
+        None while no key is confirmed (then no booking is told apart by its performer)."""
+        value = self.r.hget(self.keys.performer_field, "confirmed")
+        return str(value) if value else None
+
+    def learn_performer_field(
+        self,
+        performer: dict[str, Any],
+        performer_id: int,
+        booking_id: int,
+        *,
+        answers: int,
+        performers: int,
+        now: float | None = None,
+    ) -> tuple[str | None, str]:
+        """One answer of known meaning: `performer` is the `Performer` object of booking
+        `booking_id`, which is certainly of `performer_id`. Returns (the confirmed key or None,
+        "confirmed" | "dropped" | "" — what this answer changed)."""
+        matched = sorted(str(k) for k, v in performer.items() if _id_text(v) == str(performer_id))
+        values = {str(k): _id_text(v) or str(v)[:40] for k, v in list(performer.items())[:50]}
+        confirmed, change = self._performer_learn(
+            keys=[self.keys.performer_field],
+            args=[
+                performer_id,
+                booking_id,
+                repr(self.clock() if now is None else now),
+                answers,
+                performers,
+                json.dumps(matched),
+                json.dumps(values),
+            ],
+        )
+        return (str(confirmed) or None), str(change or "")
+
+    def learning_slot(self, limit: int, window: float, now: float | None = None) -> bool:
+        """One of at most `limit` reads of an original per `window` seconds spent on learning
+        the performer field (a burst of events before the first answers costs `limit`, not one
+        read each)."""
+        bucket = int((self.clock() if now is None else now) // window)
+        key = self.keys.key("shape", "reads", bucket)
+        pipe = self.r.pipeline(transaction=False)
+        pipe.incr(key)
+        pipe.expire(key, int(window) + 1)
+        taken, _ = pipe.execute()
+        return int(taken) <= limit
+
+    def performer_field_stats(self) -> dict[str, Any]:
+        """`stats --json`'s `performer_field`: the confirmed key (or null) and its evidence —
+        agreeing answers, distinct performers — or, while none is confirmed, the leading key's;
+        contradictions seen in all, and the last one."""
+        raw: dict[str, str] = self.r.hgetall(self.keys.performer_field) or {}
+        confirmed = raw.get("confirmed") or None
+        counts = {k[2:]: int(v) for k, v in raw.items() if k.startswith("n:")}
+        lead = confirmed or max(sorted(counts), key=lambda k: counts[k], default=None)
+        performers = len([p for p in raw.get(f"p:{lead}", "").split(",") if p]) if lead else 0
+        last = json.loads(raw["last"]) if raw.get("last") else None
+        return {
+            "field": confirmed,
+            "candidate": lead,
+            "answers": counts.get(lead, 0) if lead else 0,
+            "performers": performers,
+            "contradictions": int(raw.get("c", 0)),
+            "last_contradiction": last,
+        }
 
     def claim_step(self, rebook_id: str, token: str) -> Rebook | None:
         """Writes this step's fencing token into the record and reads it, in one call. Every
@@ -614,13 +728,12 @@ class Store:
             return None
         return Rebook.from_hash(rebook_id, dict(zip(raw[::2], raw[1::2], strict=True)))
 
-    def wait_replicas(self, rebook_id: str, replicas: int, timeout_ms: int) -> int:
-        """`WAIT`: how many replicas have every write of this connection so far (the mark)."""
+    def _one_connection(self, key: str) -> Any:
+        """A transaction-less pipeline whose commands all go on one connection: of the client,
+        or in a cluster of the node that holds `key`."""
         if self.cluster:
-            shard = self.shard_of(rebook_id) or 0
-            node = self.r.get_node_from_key(self.keys.record(shard, rebook_id))
-            return int(self.r.execute_command("WAIT", replicas, timeout_ms, target_nodes=node))
-        return int(self.r.wait(replicas, timeout_ms))
+            return self.r.get_node_from_key(key).redis_connection.pipeline(transaction=False)
+        return self.r.pipeline(transaction=False)
 
     def _run_transition(
         self,
@@ -635,31 +748,57 @@ class Store:
         outcome: str = "",
         detail: dict[str, Any] | None = None,
         now: float | None = None,
-        gate: bool = False,
+        gate: str = "",
     ) -> tuple[bool, str]:
+        ok, current, _ = self._run_transition_waiting(
+            rebook_id,
+            to,
+            from_=from_,
+            reason=reason,
+            due=due,
+            fields=fields,
+            require=require,
+            outcome=outcome,
+            detail=detail,
+            now=now,
+            gate=gate,
+        )
+        return ok, current
+
+    def _run_transition_waiting(
+        self,
+        rebook_id: str,
+        to: State,
+        *,
+        from_: Iterable[State] | None,
+        reason: str,
+        due: float | str,
+        fields: dict[str, Any] | None,
+        require: dict[str, Any] | None,
+        outcome: str = "",
+        detail: dict[str, Any] | None = None,
+        now: float | None = None,
+        gate: str = "",
+        wait: tuple[int, int] | None = None,
+    ) -> tuple[bool, str, int]:
+        """The transition; with `wait` (replicas, timeout ms), then `WAIT` on the connection that
+        ran it, and its answer (else 0)."""
         shard = self.shard_of(rebook_id)
         if shard is None:
-            return False, ""
+            return False, "", 0
         keys, prefix = self._script_args(shard)
         ts = self.clock() if now is None else now
-        ok, current = self._transition(
-            keys=keys,
-            args=self._transition_argv(
-                prefix,
-                rebook_id,
-                from_,
-                to,
-                ts,
-                reason,
-                due,
-                outcome,
-                fields,
-                require,
-                detail,
-                gate,
-            ),
+        argv = self._transition_argv(
+            prefix, rebook_id, from_, to, ts, reason, due, outcome, fields, require, detail, gate
         )
-        return bool(ok), str(current or "")
+        if wait is None:
+            ok, current = self._transition(keys=keys, args=argv)
+            return bool(ok), str(current or ""), 0
+        pipe = self._one_connection(keys[0])
+        self._transition(keys=keys, args=argv, client=pipe)
+        pipe.wait(*wait)
+        (ok, current), got = pipe.execute()
+        return bool(ok), str(current or ""), int(got)
 
     def _transition_argv(
         self,
@@ -674,7 +813,7 @@ class Store:
         fields: dict[str, Any] | None,
         require: dict[str, Any] | None = None,
         detail: dict[str, Any] | None = None,
-        gate: bool = False,
+        gate: str = "",
     ) -> list[Any]:
         """ARGV of transition.lua (its header lists them), built in one place."""
         return [
@@ -692,7 +831,7 @@ class Store:
             json.dumps({k: _field(v) for k, v in (require or {}).items()}),
             json.dumps(scrubbed(detail or {}), default=str),
             self.lease,
-            "gate" if gate else "",
+            gate,
         ]
 
     def claim_booking(self, new_booking_id: int, rebook_id: str) -> bool:
@@ -942,6 +1081,50 @@ class Store:
         shard = self.shard_for_user(user_id)
         return sorted(self.r.smembers(self.keys.of_member(shard, user_id)))
 
+    def _member_day(self, user_id: str, now: float) -> str:
+        return self.keys.member_day(user_id, datetime.fromtimestamp(now, UTC).strftime("%Y%m%d"))
+
+    def member_posts_today(self, user_id: str, now: float) -> int:
+        """Rebook POSTs sent for the member this UTC day (REBOOK_MAX_REBOOKS_PER_MEMBER_PER_DAY)."""
+        return int(self.r.get(self._member_day(user_id, now)) or 0)
+
+    def take_member_post(self, user_id: str, cap: int, now: float) -> bool:
+        """Counts one POST of the member today, atomically; False (nothing counted) past `cap`."""
+        key = self._member_day(user_id, now)
+        pipe = self.r.pipeline(transaction=not self.cluster)
+        pipe.incr(key)
+        pipe.expire(key, 2 * 86400)
+        count = int(pipe.execute()[0])
+        if count > cap:
+            self.r.decr(key)
+            return False
+        return True
+
+    def give_back_member_post(self, user_id: str, now: float) -> None:
+        """A counted POST that did not go out after all."""
+        self.r.decr(self._member_day(user_id, now))
+
+    def park_detail(self, rec: Rebook) -> dict[str, Any] | None:
+        """The detail of the record's last NEEDS_ATTENTION outcome (its `why`, ...), looked up
+        in its shard's outcome stream around its last update (clocks a minute apart at most)."""
+        shard = self.shard_of(rec.rebook_id)
+        if shard is None:
+            return None
+        at = rec.updated_ts or rec.created_ts
+        rows = self.r.xrange(
+            self.keys.outcomes(shard), min=f"{int((at - 60) * 1000)}-0",
+            max=f"{int((at + 60) * 1000)}-0", count=5000,
+        )  # fmt: skip
+        found: dict[str, Any] | None = None
+        for _, fields in rows:
+            ours = fields.get("rebook_id") == rec.rebook_id
+            if ours and fields.get("state") == "NEEDS_ATTENTION":
+                try:
+                    found = json.loads(fields.get("detail") or "{}")
+                except ValueError:
+                    found = {}
+        return found
+
     # -- queries ---------------------------------------------------------------------------------
 
     def list_rebooks(self, state: State | None = None, limit: int = 50) -> list[Rebook]:
@@ -1013,14 +1196,38 @@ class Store:
             "outcomes": outcomes,
             "performers_tracked": performers,
             "last_sweep_seconds_ago": None if last is None else round(ts - last, 3),
-            "presence": presence_figures(
-                performers,
-                self.presence_interval,
-                self.upstream_rate,
-                self.achieved_presence_interval(ts),
-            ),
+            "presence": {
+                **presence_figures(
+                    performers,
+                    self.presence_interval,
+                    self.upstream_rate,
+                    self.achieved_presence_interval(ts),
+                ),
+                "unreadable": self.presence_unreadable_count(),
+            },
             "zone": self.zone_observation(),
+            "performer_field": self.performer_field_stats(),
+            "paused": self.circuit.public(),
         }
+
+    # -- presence answers that say nothing ---------------------------------------------------------
+
+    def note_presence_unreadable(self, now: float, performer_id: int, why: str, answer: str) -> int:
+        """Counts an unreadable presence answer and keeps the last one (scrubbed, cut) for
+        `doctor`; returns the count."""
+        last = {"at": iso_z(datetime.fromtimestamp(now, UTC)), "performer_id": performer_id}
+        last.update(why=scrub(why)[:300], answer=scrub(answer)[:500])
+        pipe = self.r.pipeline(transaction=False)
+        pipe.incr(self.keys.presence_unreadable("count"))
+        pipe.set(self.keys.presence_unreadable("last"), json.dumps(last), ex=86400)
+        return int(pipe.execute()[0])
+
+    def presence_unreadable_count(self) -> int:
+        return int(self.r.get(self.keys.presence_unreadable("count")) or 0)
+
+    def last_presence_unreadable(self) -> dict[str, Any] | None:
+        raw = self.r.get(self.keys.presence_unreadable("last"))
+        return json.loads(raw) if raw else None
 
     def zone_observation(self) -> dict[str, Any] | None:
         """`{"configured", "observed_offset_minutes", "agrees", "at", ...}` of the last booking
@@ -1130,6 +1337,17 @@ class Store:
 def _stream_order(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
+
+
+def _id_text(value: Any) -> str | None:
+    """An id as the upstream may write it (a number, or digits in a string) as text; else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        return str(int(value.strip()))
+    return None
 
 
 def _field(value: Any) -> str:

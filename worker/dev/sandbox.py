@@ -64,6 +64,17 @@ _ROUTES: dict[str, tuple[str, str]] = {
     "/oauth/token": ("token", "POST"),
 }
 
+# -- token checks (issue 21, tokens on the way in): whose token, and what it may do ----------------
+_ACCOUNT_ROUTES: dict[str, tuple[str, str]] = {
+    "/v1/account/verifycredentials": ("verifyCredentials", "GET"),
+    "/v1/account/getpermissions": ("GetPermissions", "GET"),
+}
+_ROUTES.update(_ACCOUNT_ROUTES)
+_ACCOUNT_OPS = frozenset(op for op, _ in _ACCOUNT_ROUTES.values())
+DEFAULT_SCOPES = ("userid", "account_webcam_bookings")
+"""What a member's token is granted unless `POST /_sandbox/users` names `"scopes"`."""
+# -- end of token checks --------------------------------------------------------------------------
+
 OPERATIONS: tuple[str, ...] = tuple(op for op, _ in _ROUTES.values())
 """Canonical operation names: keys of `stats()["calls"]` and valid fault endpoints."""
 
@@ -85,7 +96,32 @@ _POST_FAULTS = frozenset({"http_500_after_commit", "timeout_after_commit", "bad_
 _LATE_FAULTS = frozenset({"http_504_commit_later", "timeout_commit_later"})
 """The answer is a 504 (at once, or after `delay`) and the work is done `commit_delay` seconds
 later: an upstream whose backend goes on after its gateway gave up."""
-FAULT_KINDS: frozenset[str] = _PRE_FAULTS | _POST_FAULTS | _LATE_FAULTS
+_TRICKLE = "trickle"
+"""The work is done, then the answer goes out one byte every `delay` seconds (default
+`TRICKLE_SECONDS`): from its status line (`part` "all", the default) or, with `part` "body", the
+headers at once and the body byte by byte. No socket timeout ever fires on it; only a total
+deadline ends it."""
+TRICKLE_SECONDS = 1.5
+# --- deployment and member faults (issue 21) ---------------------------------------------------
+_SETTING_FAULTS = frozenset(
+    {
+        "invalid_client",  # /OAuth/token: 401 {"error": "invalid_client"}
+        "unauthorized_client",  # /OAuth/token: 400 {"error": "unauthorized_client"}
+        "api_key_refused",  # 401 "Invalid or missing API key." (the body says so)
+        "unauthorized_bare",  # 401 that does not say whose fault (the Web API's stock text)
+        "missing_scope",  # 403 naming the scope account_webcam_bookings
+        "no_credits",  # RescheduleMadeBooking: 400 "You do not have enough credits ..."
+        "presence_no_flag",  # getUserSummary: an answer without AvailableNowWebcam
+        "presence_other_user",  # getUserSummary: an answer about another UserID
+    }
+)
+API_KEY_REFUSED = "Invalid or missing API key."
+MISSING_SCOPE = "The access token does not grant the scope required: account_webcam_bookings."
+NO_CREDITS = "You do not have enough credits to make this booking."
+# -------------------------------------------------------------------------------------------------
+FAULT_KINDS: frozenset[str] = (
+    _PRE_FAULTS | _POST_FAULTS | _LATE_FAULTS | {_TRICKLE} | _SETTING_FAULTS
+)
 
 CALL_LOG_SIZE = 200_000
 """Upstream calls kept for `GET /_sandbox/calls` (oldest dropped first)."""
@@ -113,6 +149,9 @@ class _Response:
     status: int
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
+    trickle: float | None = None
+    """Seconds between the bytes of a trickled answer (the `trickle` fault), else None."""
+    trickle_body_only: bool = False
 
 
 def _json(status: int, payload: Any, headers: Mapping[str, str] | None = None) -> _Response:
@@ -176,6 +215,20 @@ def _ci_get(data: Mapping[str, Any], name: str) -> Any:
 # --- state ------------------------------------------------------------------------------------
 
 
+PERFORMER_SHAPES = ("user_id", "profile_id", "no_id")
+PROFILE_ID_OFFSET = 1_000_000
+
+
+def performer_object(performer_id: int, shape: str) -> dict[str, Any]:
+    """A booking's `Performer` in one of the shapes the undocumented type may have."""
+    nickname = f"performer{performer_id}"
+    if shape == "profile_id":
+        return {"ID": performer_id + PROFILE_ID_OFFSET, "Nickname": nickname}
+    if shape == "no_id":
+        return {"Nickname": nickname}
+    return {"UserID": performer_id, "Nickname": nickname}
+
+
 @dataclass
 class _Config:
     """What `POST /_sandbox/config` sets; it survives `reset`.
@@ -185,6 +238,9 @@ class _Config:
     `year_one_unset` (unset dates written `0001-01-01T00:00:00`, not null). And what the docs do
     not say, as options: `list_name`/`total_name` of MadeBookings' answer, and `site_zone`, the
     zone the offset-less datetimes are written in (independent of the worker's setting).
+    `performer_shape`, the undocumented `Performer` object of a booking: `user_id`
+    (`{"UserID": pid, "Nickname"}`), `profile_id` (`{"ID": pid + 1000000, "Nickname"}`: an id
+    that is not the user id) or `no_id` (`{"Nickname"}` only).
     """
 
     accept_by_seconds: float
@@ -195,7 +251,11 @@ class _Config:
     list_name: str = "WebcamBookings"
     total_name: str = "TotalBookings"
     site_zone: str = "Europe/London"
+    performer_shape: str = "user_id"
     refresh_token_ttl_seconds: float = REFRESH_TOKEN_TTL_SECONDS
+    echo_tokens: bool = False
+    """A careless upstream: refusals of the token endpoint echo the refresh token
+    (`error_description`), as some OAuth servers do; the scrubber must catch it."""
 
     NUMBERS = (
         "accept_by_seconds",
@@ -203,21 +263,29 @@ class _Config:
         "fault_delay_seconds",
         "refresh_token_ttl_seconds",
     )
-    FLAGS = ("strict_start_date", "year_one_unset")
+    FLAGS = ("strict_start_date", "year_one_unset", "echo_tokens")
     NAMES = ("list_name", "total_name")
     #: the options `documented: true` turns on
-    DOCUMENTED = FLAGS
+    DOCUMENTED = ("strict_start_date", "year_one_unset")
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {k: getattr(self, k) for k in (*self.NUMBERS, *self.FLAGS)}
         out.update({k: getattr(self, k) for k in self.NAMES})
         out["site_zone"] = self.site_zone
+        out["performer_shape"] = self.performer_shape
         out["documented"] = all(getattr(self, k) for k in self.DOCUMENTED)
         return out
 
     def update(self, data: Mapping[str, Any]) -> None:
         """All or nothing: a bad value changes no option."""
-        known = {*self.NUMBERS, *self.FLAGS, *self.NAMES, "site_zone", "documented"}
+        known = {
+            *self.NUMBERS,
+            *self.FLAGS,
+            *self.NAMES,
+            "site_zone",
+            "performer_shape",
+            "documented",
+        }
         unknown = set(data) - known
         if unknown:
             raise _Reject(400, f"unknown config keys: {', '.join(sorted(unknown))}")
@@ -243,6 +311,12 @@ class _Config:
                 except (ZoneInfoNotFoundError, ValueError) as exc:
                     raise _Reject(400, f"unknown time zone {value!r}") from exc
                 values[key] = str(value)
+            elif key == "performer_shape":
+                if value not in PERFORMER_SHAPES:
+                    raise _Reject(
+                        400, f"performer_shape must be one of {', '.join(PERFORMER_SHAPES)}"
+                    )
+                values[key] = value
         if values.get("list_name", self.list_name) == values.get("total_name", self.total_name):
             raise _Reject(400, "list_name and total_name must differ")
         for key, value in values.items():
@@ -259,6 +333,9 @@ class _Member:
     refresh_token: str | None = None
     refresh_expires: datetime = field(default_factory=_utcnow)
     revoked: bool = False
+    scopes: tuple[str, ...] = DEFAULT_SCOPES
+    credits: float | None = None
+    """The member's balance (None: unlimited); RescheduleMadeBooking spends the booking's."""
 
 
 @dataclass
@@ -296,6 +373,7 @@ class _Fault:
     commit_delay: float | None = None
     status: int | None = None
     message: str | None = None
+    part: str | None = None
 
 
 class _SandboxState:
@@ -337,6 +415,7 @@ class _SandboxState:
         self.new_bookings: dict[int, int] = {}
         self.presence_calls: dict[int, int] = {}
         self.refreshes = 0
+        self.refreshes_by_user: dict[str, int] = {}
         # (seq, unix time of arrival, operation, HTTP status, performer id, booking id, new id)
         self.call_log: deque[tuple[int, float, str, int, int | None, int | None, int | None]] = (
             deque(maxlen=CALL_LOG_SIZE)
@@ -382,7 +461,7 @@ class _SandboxState:
             "CancelledBy": b.cancelled_by,
             "RejectedReason": b.rejected_reason,
             "LastUpdated": f(b.last_updated),
-            "Performer": {"UserID": b.performer_id, "Nickname": f"performer{b.performer_id}"},
+            "Performer": performer_object(b.performer_id, self.config.performer_shape),
         }
 
     def parse_site_datetime(self, text: str) -> datetime:
@@ -523,7 +602,7 @@ class _SandboxState:
                     headers.get(self.api_key_header.lower()) != self.api_key
                     and params.get("apikey") != self.api_key
                 ):
-                    return _json(401, {"Message": "Invalid API key"})
+                    return _json(401, {"Message": API_KEY_REFUSED})
                 if op in _MEMBER_OPS:
                     user_id = self.bearer_user(headers)
                     if user_id is None:
@@ -533,6 +612,12 @@ class _SandboxState:
         if fault is not None and fault.delay is not None:
             delay = fault.delay
 
+        if fault is not None and fault.kind in _SETTING_FAULTS:
+            with self.lock:
+                answer = self.setting_fault(fault, op, params)
+            if answer is not None:
+                return answer
+            fault = None
         if fault is not None and fault.kind in _PRE_FAULTS:
             return self.pre_fault(fault, delay)
         if fault is not None and fault.kind in _LATE_FAULTS:
@@ -549,6 +634,10 @@ class _SandboxState:
                 resp = rej.response()
 
         if fault is None:
+            return resp
+        if fault.kind == _TRICKLE:  # after the work: a POST's booking is made
+            resp.trickle = fault.delay if fault.delay is not None else TRICKLE_SECONDS
+            resp.trickle_body_only = fault.part == "body"
             return resp
         if fault.kind == "http_500_after_commit":
             return _json(500, {"Message": "An error has occurred."})
@@ -578,6 +667,42 @@ class _SandboxState:
                     del self.faults[i]
                 return f
         return None
+
+    def setting_fault(self, fault: _Fault, op: str, params: dict[str, str]) -> _Response | None:
+        """The answer of a deployment or member fault (lock held); None where the kind does not
+        apply to the operation (it answers as usual)."""
+        kind = fault.kind
+        if kind in ("invalid_client", "unauthorized_client"):
+            if op != "token":
+                return None
+            return _json(401 if kind == "invalid_client" else 400, {"error": kind})
+        if op == "token":
+            return None
+        if kind == "api_key_refused":
+            return _json(401, {"Message": API_KEY_REFUSED})
+        if kind == "unauthorized_bare":
+            return _json(401, {"Message": _DENIED})
+        if kind == "missing_scope":
+            return None if op == "getUserSummary" else _json(403, {"Message": MISSING_SCOPE})
+        if kind == "no_credits":
+            if op != "RescheduleMadeBooking":
+                return None
+            return _json(400, {"Message": NO_CREDITS})
+        if op != "getUserSummary":
+            return None
+        pid = _as_int(params.get("userid"), "UserID")
+        user: dict[str, Any] = {"UserID": pid, "Nickname": f"performer{pid}"}
+        if kind == "presence_other_user":
+            other = pid + 1
+            user = {"UserID": other, "Nickname": f"performer{other}", "AvailableNowWebcam": True}
+        return _json(200, {"User": user})
+
+    def ctl_credits(self, user_id: str, data: dict[str, Any]) -> _Response:
+        """`POST /_sandbox/users/{id}/credits {"credits": n|null}`: the member's balance."""
+        m = self.member(user_id)
+        raw = data.get("credits")
+        m.credits = None if raw is None else _as_number(raw, "credits")
+        return _json(200, {"user_id": user_id, "credits": m.credits})
 
     @staticmethod
     def pre_fault(fault: _Fault, delay: float) -> _Response:
@@ -613,6 +738,9 @@ class _SandboxState:
     ) -> _Response:
         if op == "token":
             return self.op_token(headers, body)
+        if op in _ACCOUNT_OPS:
+            assert user_id is not None
+            return self.op_account(op, self.members[user_id])
         if op == "getUserSummary":
             pid = _as_int(params.get("userid"), "UserID")
             return _json(
@@ -652,6 +780,18 @@ class _SandboxState:
         b.cancelled_by = f"member{user_id}"
         return _json(200, self.booking_json(b))
 
+    @staticmethod
+    def op_account(op: str, member: _Member) -> _Response:
+        """verifyCredentials: the token's member (`UserID` a number when the id is one, as the
+        upstream's are); GetPermissions: the scopes its token was issued with, all granted."""
+        if op == "verifyCredentials":
+            uid: int | str = int(member.user_id) if member.user_id.isdigit() else member.user_id
+            return _json(200, {"UserID": uid, "Nickname": f"member{member.user_id}"})
+        return _json(
+            200,
+            {"Permissions": [{"Permission": p, "Status": "granted"} for p in member.scopes]},
+        )
+
     def own_booking(self, user_id: str, raw_id: Any) -> _Booking:
         if raw_id is None:
             raise _Reject(400, "The BookingID field is required.")
@@ -663,6 +803,11 @@ class _SandboxState:
     def op_reschedule(self, orig: _Booking, now: datetime) -> _Response:
         if not self.online.get(orig.performer_id, False):
             raise _Reject(400, "The performer is not online")
+        member = self.members.get(orig.user_id)
+        if member is not None and member.credits is not None:
+            if member.credits < orig.credits:
+                raise _Reject(400, NO_CREDITS)
+            member.credits -= orig.credits
         new = _Booking(
             booking_id=self.next_id,
             user_id=orig.user_id,
@@ -735,12 +880,18 @@ class _SandboxState:
             return _json(400, {"error": "unsupported_grant_type"})
         token = form.get("refresh_token", "")
         user_id = self.refresh_index.get(token)
+        echo = (
+            {"error_description": f"refresh token {token} is invalid"}
+            if self.config.echo_tokens
+            else {}
+        )
         if not token or token in self.used_refresh or user_id is None:
-            return _json(400, {"error": "invalid_grant"})
+            return _json(400, {"error": "invalid_grant", **echo})
         m = self.members[user_id]
         if m.revoked or _utcnow() >= m.refresh_expires:
-            return _json(401, {"error": "refresh_token_has_expired"})
+            return _json(401, {"error": "refresh_token_has_expired", **echo})
         self.refreshes += 1
+        self.refreshes_by_user[user_id] = self.refreshes_by_user.get(user_id, 0) + 1
         return _json(200, self.issue_tokens(m, self.config.token_ttl_seconds))
 
     # --- control endpoints (lock held) --------------------------------------------------------
@@ -816,6 +967,8 @@ class _SandboxState:
             return _json(200, {"ok": True})
         if low == ["users"] and method == "POST":
             return self.ctl_add_user(_json_object(body))
+        if n == 3 and low[0] == "users" and low[2] == "credits" and method == "POST":
+            return self.ctl_credits(parts[1], _json_object(body))
         if n == 3 and low[0] == "users" and low[2] in ("expire", "revoke") and method == "POST":
             m = self.members.get(parts[1])
             if m is None:
@@ -867,7 +1020,13 @@ class _SandboxState:
         ttl = self.config.token_ttl_seconds
         if data.get("expires_in") is not None:
             ttl = _as_number(data["expires_in"], "expires_in", minimum=None)
-        return _json(200, self.issue_tokens(self.member(str(user_id)), ttl))
+        member = self.member(str(user_id))
+        scopes = data.get("scopes")
+        if scopes is not None:  # a token granted without some scope (e.g. no webcam bookings)
+            if not isinstance(scopes, list) or not all(isinstance(x, str) for x in scopes):
+                raise _Reject(400, "scopes must be a list of strings")
+            member.scopes = tuple(scopes)
+        return _json(200, self.issue_tokens(member, ttl))
 
     def ctl_add_booking(self, data: dict[str, Any]) -> _Response:
         user_id = data.get("user_id")
@@ -940,6 +1099,9 @@ class _SandboxState:
         status = data.get("status")
         if status is not None and (kind != "html_challenge" or status not in (403, 503)):
             raise _Reject(400, "status is for html_challenge only: 403 or 503")
+        part = data.get("part")
+        if part is not None and (kind != _TRICKLE or part not in ("all", "body")):
+            raise _Reject(400, "part is for trickle only: all or body")
         message = data.get("message")
         if message is not None and (kind not in _MESSAGE_FAULTS or not isinstance(message, str)):
             raise _Reject(400, f"message (a string) is for {', '.join(sorted(_MESSAGE_FAULTS))}")
@@ -955,6 +1117,7 @@ class _SandboxState:
                 else _as_number(commit_delay, "commit_delay"),
                 status=status,
                 message=message,
+                part=part,
             )
         )
         return _json(200, {"faults_pending": self.faults_pending()})
@@ -971,6 +1134,7 @@ class _SandboxState:
             "new_bookings": {str(k): v for k, v in self.new_bookings.items()},
             "presence_calls": {str(k): v for k, v in self.presence_calls.items()},
             "refreshes": self.refreshes,
+            "refreshes_by_user": dict(self.refreshes_by_user),
             "faults_pending": self.faults_pending(),
         }
 
@@ -1022,6 +1186,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         except Exception as exc:  # the server must survive any handler bug
             resp = _json(500, {"Message": "An error has occurred.", "ExceptionMessage": repr(exc)})
+        if resp.trickle is not None:
+            self._trickle(resp, resp.trickle)
+            return
         try:
             self.send_response(resp.status)
             for name, value in resp.headers.items():
@@ -1032,6 +1199,29 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
         except (ConnectionError, TimeoutError, ValueError):
             self.close_connection = True
+
+    def _trickle(self, resp: _Response, every: float) -> None:
+        """The `trickle` fault: the answer one byte every `every` seconds (this request's own
+        thread sleeps; the others go on). Ends early when the client goes away."""
+        reason = self.responses.get(resp.status, ("",))[0]
+        lines = [f"HTTP/1.1 {resp.status} {reason}", f"Server: {self.version_string()}"]
+        lines.append(f"Date: {self.date_time_string()}")
+        lines += [f"{name}: {value}" for name, value in resp.headers.items()]
+        lines += [f"Content-Length: {len(resp.body)}", "Connection: close", "", ""]
+        head = "\r\n".join(lines).encode("latin-1")
+        raw = head + resp.body
+        start = len(head) if resp.trickle_body_only else 0
+        self.close_connection = True
+        try:
+            if start:
+                self.wfile.write(raw[:start])
+                self.wfile.flush()
+            for i in range(start, len(raw)):
+                time.sleep(every)
+                self.wfile.write(raw[i : i + 1])
+                self.wfile.flush()
+        except (ConnectionError, TimeoutError, ValueError, OSError):
+            pass
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _dispatch
 
@@ -1212,10 +1402,18 @@ class SandboxClient:
     def reset(self) -> None:
         self._call("POST", "reset")
 
-    def add_user(self, user_id: str, expires_in: float | None = None) -> dict[str, Any]:
+    def add_user(
+        self,
+        user_id: str,
+        expires_in: float | None = None,
+        scopes: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """A new pair for the member; `scopes`: what its token is granted (default all)."""
         payload: dict[str, Any] = {"user_id": user_id}
         if expires_in is not None:
             payload["expires_in"] = expires_in
+        if scopes is not None:
+            payload["scopes"] = scopes
         result: dict[str, Any] = self._call("POST", "users", payload)
         return result
 
@@ -1224,6 +1422,10 @@ class SandboxClient:
 
     def revoke_user(self, user_id: str) -> None:
         self._call("POST", f"users/{quote(user_id, safe='')}/revoke")
+
+    def set_credits(self, user_id: str, credits: float | None) -> None:
+        """The member's balance (None: unlimited): RescheduleMadeBooking refuses past it."""
+        self._call("POST", f"users/{quote(user_id, safe='')}/credits", {"credits": credits})
 
     def add_booking(self, user_id: str, performer_id: int, **extra: Any) -> int:
         result = self._call(

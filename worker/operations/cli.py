@@ -12,10 +12,12 @@ import sys
 import time
 import uuid
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Annotated, Any, Literal, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from worker.core.errors import ConfigError, StoreUnavailable
@@ -246,6 +248,12 @@ def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     if as_json:
         _print_json(data)
         return
+    paused = data.get("paused")
+    if paused:  # a wrong setting: above everything else (README "Wrong setting")
+        out.print(
+            f"[bold red]PAUSED since {paused['since']}: {escape(paused['setting'])} refused "
+            f"({paused['reason']}); fix it and restart the workers and beat[/bold red]"
+        )
     table = Table("state", "count")
     for name, count in data["states"].items():
         style = "bold" if State(name) in ACTIVE_STATES else ""
@@ -264,6 +272,9 @@ def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         )
     elif zone:
         out.print(f"zone: {zone['configured']} agrees with the upstream ({zone['at']})")
+    from worker.operations.doctor import performer_field_line
+
+    out.print(f"performer field: {performer_field_line(data['performer_field'])}")
 
 
 def _env_float(name: str, default: float) -> float:
@@ -576,9 +587,39 @@ def deadletter_replay(
 # -- tokens --------------------------------------------------------------------------------------
 
 
+NoVerifyOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-verify",
+        help="Store without asking the upstream whose pair it is and what it may do (offline).",
+    ),
+]
+
+
+def _checker(svc: Any) -> Any:
+    """The pair checker of this process (its upstream client and the shared rate budget)."""
+    from worker.adapters.tokencheck import PairChecker
+
+    settings = svc.settings
+    return PairChecker(
+        svc.client,
+        token_url=settings.token_url,
+        client_id=settings.oauth_client_id,
+        client_secret=settings.oauth_client_secret.get_secret_value(),
+    )
+
+
 @tokens_cli.command("set")
-def tokens_set(user: Annotated[str, typer.Argument(metavar="USER")]) -> None:
-    """Store a member's tokens: the token endpoint's JSON answer on stdin."""
+def tokens_set(
+    user: Annotated[str, typer.Argument(metavar="USER")], no_verify: NoVerifyOpt = False
+) -> None:
+    """Store a member's tokens: the token endpoint's JSON answer on stdin.
+
+    First the pair is checked: verifyCredentials must name USER, GetPermissions must grant
+    account_webcam_bookings (an expired access token is refreshed first: the new pair is
+    stored). A refusal names the member and what did not match; nothing is stored (exit 1)."""
+    from worker.core.observability import register_token
+
     raw = sys.stdin.read()
     try:
         payload = json.loads(raw)
@@ -586,25 +627,31 @@ def tokens_set(user: Annotated[str, typer.Argument(metavar="USER")]) -> None:
     except ValueError as exc:
         msg = str(exc) if "JSON" in str(exc) or "expires" in str(exc) else "not valid JSON"
         fail(f"token JSON on stdin: {msg}", 2)
+    register_token(tokens.access_token, tokens.refresh_token)
     svc = _services()
+    refreshed = False
+    if not no_verify:
+        verdict = _checker(svc).check(user, tokens)
+        if not verdict.ok:
+            fail(f"refused tokens of {user}: {verdict.why}")
+        tokens, refreshed = verdict.tokens, verdict.refreshed
     svc.token_store.save(user, tokens)
     resumed = _flow().resume_member(user)
     expires = datetime.fromtimestamp(tokens.expires_at, UTC).isoformat(timespec="seconds")
+    how = "unverified" if no_verify else "verified" + (", refreshed" if refreshed else "")
     out.print(
-        f"stored tokens of {user} (access token expires {expires})"
-        + (f"; resumed {resumed} rebook(s)" if resumed else "")
+        f"stored tokens of {user} ({how}; access token expires {expires})"
+        + (f"; resumed {resumed} rebook(s)" if resumed else ""),
+        highlight=False,
     )
 
 
-@tokens_cli.command("import")
-def tokens_import() -> None:
-    """Store many members' tokens: JSON lines on stdin, each `{"user_id", "access_token",
-    "refresh_token", "expires_in" | "expires_at"}` — how a site hands its members over.
+def _import_lines(lines: list[str]) -> tuple[list[tuple[str, TokenSet]], list[str]]:
+    """The pairs to store (one per member: the last line naming it) and the lines refused,
+    each named by number and member (never by content: it holds tokens)."""
+    from worker.core.observability import register_token
 
-    Lines that cannot be stored are named by number on stderr (never their content: it holds
-    tokens) and skipped; the others are stored. Exit 1 when any line was refused."""
-    lines = sys.stdin.read().splitlines()
-    parsed: list[tuple[str, TokenSet]] = []
+    parsed: dict[str, tuple[int, TokenSet]] = {}
     refused: list[str] = []
     now = time.time()
     for number, line in enumerate(lines, 1):
@@ -619,24 +666,126 @@ def tokens_import() -> None:
         if not isinstance(user, str | int) or isinstance(user, bool) or not str(user).strip():
             refused.append(f"line {number}: user_id missing")
             continue
+        user = str(user)
         try:
-            parsed.append((str(user), TokenSet.from_token_response(payload, now)))
+            tokens = TokenSet.from_token_response(payload, now)
         except ValueError as exc:
             refused.append(f"line {number} ({user}): {exc}")
+            continue
+        register_token(tokens.access_token, tokens.refresh_token)
+        if user in parsed:
+            refused.append(f"line {parsed[user][0]} ({user}): line {number} has this member too")
+        parsed[user] = (number, tokens)
+    return [(user, tokens) for user, (_, tokens) in parsed.items()], refused
+
+
+class _Progress:
+    """Progress of an import: a rich bar on a terminal, else a plain count line now and then
+    (a log or a pipe gets a few lines, not a redraw per member)."""
+
+    PLAIN_EVERY = 10.0
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.stored, self.refused = total, 0, 0, 0
+        self._bar: Any = None
+        self._last = time.monotonic()
+        if out.is_terminal and total:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+            self._bar = Progress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=out,
+                transient=True,
+            )
+            self._task = self._bar.add_task("checking pairs", total=total)
+            self._bar.start()
+
+    def step(self, stored: bool) -> None:
+        self.done += 1
+        self.stored += stored
+        self.refused += not stored
+        if self._bar is not None:
+            self._bar.update(
+                self._task,
+                advance=1,
+                description=f"stored {self.stored}, refused {self.refused}",
+            )
+        elif time.monotonic() - self._last >= self.PLAIN_EVERY:
+            self._last = time.monotonic()
+            out.print(
+                f"{self.done}/{self.total}: stored {self.stored}, refused {self.refused}",
+                highlight=False,
+            )
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+@tokens_cli.command("import")
+def tokens_import(
+    no_verify: NoVerifyOpt = False,
+    threads: Annotated[
+        int, typer.Option("--threads", min=1, max=64, help="Pairs checked at once.")
+    ] = 8,
+) -> None:
+    """Store many members' tokens: JSON lines on stdin, each `{"user_id", "access_token",
+    "refresh_token", "expires_in" | "expires_at"}` — how a site hands its members over.
+
+    Each pair is checked as `tokens set` checks one (unless --no-verify), within half the shared
+    upstream rate budget. Ends with the stored and refused counts, and on stderr why each line
+    was refused (by number and member, never by content: it holds tokens). Exit 1 when any line
+    was refused; the others are stored."""
+    from worker.adapters.tokencheck import Verdict, check_many
+
+    pairs, refused = _import_lines(sys.stdin.read().splitlines())
     svc = _services()
-    flow = _flow() if parsed else None
+    flow = _flow() if pairs else None
     resumed = 0
-    for user, tokens in parsed:
-        svc.token_store.save(user, tokens)
+    progress = _Progress(len(pairs))
+
+    checked: set[str] = set()
+
+    def store(verdict: Verdict) -> None:
+        nonlocal resumed
+        checked.add(verdict.user_id)
+        if verdict.tokens is None:
+            refused.append(f"{verdict.user_id}: {verdict.why}")
+            progress.step(False)
+            return
+        svc.token_store.save(verdict.user_id, verdict.tokens)
         if flow is not None:
-            resumed += flow.resume_member(user)
+            resumed += flow.resume_member(verdict.user_id)
+        progress.step(True)
+
+    interrupted = False
+    try:
+        if no_verify:
+            for user, tokens in pairs:
+                store(Verdict(user, tokens))
+        else:
+            check_many(_checker(svc), pairs, threads=threads, on_done=store)
+    except KeyboardInterrupt:  # what was stored stays stored; say what was not
+        interrupted = True
+    finally:
+        progress.close()
     for why in refused:
-        say_error(why)
+        say_error(f"refused {why}")
+    left = len(pairs) - progress.done
+    for user, _ in pairs if left else []:
+        if user not in checked:
+            say_error(f"not checked {user}")
     out.print(
-        f"imported tokens of {len(parsed)} member(s); {len(refused)} line(s) refused"
+        f"stored {progress.stored} member(s) ({'unverified' if no_verify else 'verified'}); "
+        f"refused {len(refused)}"
         + (f"; resumed {resumed} rebook(s)" if resumed else "")
+        + (f"; interrupted: {left} member(s) not checked, import them again" if left else ""),
+        highlight=False,
     )
-    if refused:
+    if refused or interrupted or left:
         raise typer.Exit(1)
 
 
@@ -666,6 +815,37 @@ def tokens_keygen() -> None:
     from cryptography.fernet import Fernet
 
     sys.stdout.write(Fernet.generate_key().decode() + "\n")
+
+
+# -- schemas -------------------------------------------------------------------------------------
+
+
+class SchemaKind(StrEnum):
+    event = "event"
+    outcome = "outcome"
+    outcome_message = "outcome-message"
+    openapi = "openapi"
+
+
+@cli.command()
+def schema(
+    kind: Annotated[
+        SchemaKind,
+        typer.Argument(
+            help="event (rebook.request kwargs), outcome (an outcome stream entry), "
+            "outcome-message (what the fan-out delivers), openapi (the console's JSON API)."
+        ),
+    ],
+) -> None:
+    """Print a JSON Schema (or the console's OpenAPI document); docs/schemas/ holds the same."""
+    from worker.core.schemas import json_schema, render
+
+    if kind is SchemaKind.openapi:
+        from worker.operations.console.openapi import document
+
+        sys.stdout.write(render(document()))
+    else:
+        sys.stdout.write(render(json_schema(kind.value)))
 
 
 # -- local tools ---------------------------------------------------------------------------------

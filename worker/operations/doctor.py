@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from worker.core.errors import ConfigError, UpstreamError
 from worker.core.settings import Settings, load_settings, mask_url
@@ -40,11 +41,14 @@ def run_checks() -> Iterator[Check]:
     yield _guard("redis", lambda: _redis(settings))
     yield _guard("broker", lambda: _broker(settings))
     yield _guard("upstream", lambda: _upstream(settings))
+    yield _guard("oauth client", lambda: _oauth_client(settings))
+    yield _guard("paused", lambda: _paused(settings))
     yield _guard("token key", lambda: _token_key(settings))
     yield _guard("beat", lambda: _beat(settings))
     yield _guard("workers", lambda: _workers(settings))
     yield _guard("presence", lambda: _presence(settings))
     yield _guard("time zone", lambda: _zone(settings))
+    yield _guard("performer field", lambda: _performer_field(settings))
 
 
 def _redis(settings: Settings) -> Check:
@@ -107,7 +111,7 @@ def _broker(settings: Settings) -> Check:
 
 def _upstream(settings: Settings) -> Check:
     from worker.adapters.upstream import UpstreamClient
-    from worker.core.errors import AuthExpired, Rejected
+    from worker.core.errors import AuthExpired, DeploymentFault, Rejected
 
     client = UpstreamClient(
         settings.api_base_url,
@@ -119,6 +123,13 @@ def _upstream(settings: Settings) -> Check:
     )
     try:
         client.user_summary(1)
+    except DeploymentFault as exc:
+        return Check(
+            "upstream",
+            False,
+            f"{settings.api_base_url}: API key refused ({exc.message})",
+            "check REBOOK_API_KEY and REBOOK_API_KEY_HEADER",
+        )
     except (AuthExpired, Rejected) as exc:
         if exc.status in (401, 403):
             return Check(
@@ -138,6 +149,61 @@ def _upstream(settings: Settings) -> Check:
     finally:
         client.close()
     return Check("upstream", True, f"{settings.api_base_url}: reachable, API key accepted")
+
+
+def _oauth_client(settings: Settings) -> Check:
+    """The OAuth client, checked without spending a member's token (a made-up refresh token:
+    `invalid_grant` says the client passed; README "Wrong setting")."""
+    from worker.adapters.auth import check_client
+    from worker.adapters.upstream import UpstreamClient
+
+    client = UpstreamClient(
+        settings.api_base_url,
+        settings.api_key.get_secret_value(),
+        timeout=min(5.0, settings.http_timeout_seconds),
+    )
+    try:
+        verdict, detail = check_client(
+            client,
+            settings.token_url,
+            client_id=settings.oauth_client_id,
+            client_secret=settings.oauth_client_secret.get_secret_value(),
+        )
+    finally:
+        client.close()
+    if verdict == "refused":
+        return Check(
+            "oauth client",
+            False,
+            f"{settings.token_url} refuses the client ({detail})",
+            "check REBOOK_OAUTH_CLIENT_ID and REBOOK_OAUTH_CLIENT_SECRET; then restart the "
+            "workers and beat",
+        )
+    if verdict == "unknown":
+        return Check(
+            "oauth client",
+            True,
+            f"{settings.token_url}: not judged ({detail})",
+            "the check assumes the endpoint answers an OAuth error code; see README",
+            warn=True,
+        )
+    return Check("oauth client", True, f"{settings.token_url}: {detail}")
+
+
+def _paused(settings: Settings) -> Check:
+    """The circuit of deployment faults (worker/core/circuit.py): FAIL while calls pause."""
+    from worker.core.store import Store
+
+    paused = Store.from_settings(settings).circuit.public()
+    if paused is None:
+        return Check("paused", True, "no deployment fault in force")
+    return Check(
+        "paused",
+        False,
+        f"calls paused since {paused['since']}: {paused['setting']} refused "
+        f"({paused['reason']}{': ' + paused['message'] if paused['message'] else ''})",
+        f"fix {paused['setting']}, then restart the workers and beat (README, Wrong setting)",
+    )
 
 
 def _token_key(settings: Settings) -> Check:
@@ -214,7 +280,19 @@ def _presence(settings: Settings) -> Check:
     from worker.core.capacity import shortfall
     from worker.core.store import Store
 
-    figures = Store.from_settings(settings).stats()["presence"]
+    store = Store.from_settings(settings)
+    figures = store.stats()["presence"]
+    last = store.last_presence_unreadable()
+    if last is not None:
+        return Check(
+            "presence",
+            True,
+            f"{figures['unreadable']} unreadable answer(s); the last, {last['at']}, performer "
+            f"{last['performer_id']}: {last['why']}: {last['answer']}",
+            "getUserSummary did not say whether the performer is online: such checks are "
+            "retried, not read as offline; check the API's answer (README)",
+            warn=True,
+        )
     line = shortfall(figures)
     if line is not None:
         return Check(
@@ -267,3 +345,41 @@ def _zone(settings: Settings) -> Check:
     return Check(
         "time zone", True, f"{settings.api_timezone} agrees with the upstream ({seen['at']})"
     )
+
+
+def performer_field_line(figures: dict[str, Any]) -> str:
+    """One line on which key of a booking's `Performer` is confirmed as the performer's user id
+    (`stats --json`'s `performer_field`), and on what evidence."""
+    counts = (
+        f"{figures['answers']} answer(s) over {figures['performers']} performer(s), "
+        f"{figures['contradictions']} contradiction(s) seen"
+    )
+    if figures.get("field"):
+        return f"Performer.{figures['field']} names the performer ({counts})"
+    lead = figures.get("candidate")
+    lead_text = f"leading: Performer.{lead}, " if lead else "no key agrees yet; "
+    return f"unconfirmed ({lead_text}{counts})"
+
+
+def _performer_field(settings: Settings) -> Check:
+    """Which field of a booking names its performer, as learned (worker/core/flow.py). Not a
+    FAIL while unconfirmed: rebook works, only fails safe (member-wide gate, `unverified_shape`
+    parks) until answers confirm one."""
+    from worker.core.store import Store
+
+    figures = Store.from_settings(settings).performer_field_stats()
+    line = performer_field_line(figures)
+    if figures.get("field"):
+        return Check("performer field", True, line)
+    last = figures.get("last_contradiction")
+    hint = (
+        "learned from the first bookings made (3 answers over 2 performers); until then "
+        "events without performer_id park `unverified_shape` and an unsettled POST blocks the "
+        "member's others"
+    )
+    if last:
+        hint += (
+            f"; last contradiction: Performer.{last.get('key')} was {last.get('got')!r}, "
+            f"not {last.get('expected')} (booking {last.get('booking_id')})"
+        )
+    return Check("performer field", True, line, hint, warn=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import base64
 import hmac
+import ipaddress
 import logging
 import math
 import signal
@@ -36,7 +37,7 @@ from prometheus_client.registry import Collector
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from worker.core.errors import StoreUnavailable
+from worker.core.errors import FAULT_SETTINGS, StoreUnavailable
 from worker.core.settings import Settings, mask_url, settings_or_exit
 from worker.core.states import TERMINAL_STATES, State
 from worker.core.store import Store
@@ -113,6 +114,10 @@ class RebookCollector(Collector):
         fams["memory_max"].add_metric([], limit)
         # no maxmemory: unbounded headroom (+Inf), so a "headroom below x" alert stays quiet
         fams["memory_headroom"].add_metric([], max(0.0, 1 - used / limit) if limit else math.inf)
+        paused = stats.get("paused")
+        for reason in FAULT_SETTINGS:  # every reason, 0 or 1: an alert needs no absent series
+            fams["paused"].add_metric([reason], 1 if paused and paused["reason"] == reason else 0)
+        fams["presence_unreadable"].add_metric([], presence.get("unreadable", 0))
         zone = stats.get("zone")
         if zone:  # nothing before the first booking the upstream made
             fams["zone_agrees"].add_metric([zone["configured"]], 1 if zone["agrees"] else 0)
@@ -182,6 +187,15 @@ def _families() -> dict[str, GaugeMetricFamily | CounterMetricFamily]:
         "memory_headroom": GaugeMetricFamily(
             "rebook_redis_memory_headroom_ratio",
             "1 - used/maxmemory of the store Redis (+Inf: no maxmemory); at 0 writes fail (OOM)",
+        ),
+        "paused": GaugeMetricFamily(
+            "rebook_paused",
+            "1 while a deployment fault (wrong OAuth client, API key, scope) pauses calls",
+            labels=["reason"],
+        ),
+        "presence_unreadable": CounterMetricFamily(
+            "rebook_presence_unreadable",
+            "Presence answers that did not say whether the performer is online",
         ),
         "zone_agrees": GaugeMetricFamily(
             "rebook_zone_agrees",
@@ -305,14 +319,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def is_loopback(host: str) -> bool:
+    """Only this machine can connect: 127.0.0.0/8, ::1 or `localhost`. Anything else (0.0.0.0,
+    a name, an interface address) may be reached from the network."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     settings = settings_or_exit("rebook exporter")
+    host = args.host or settings.exporter_bind
+    auth = settings.exporter_basic_auth
+    if auth is None and not is_loopback(host):
+        # the metrics name workers, queues, members' counts and upstream errors: not for anyone
+        print(
+            f"rebook exporter: REBOOK_EXPORTER_BASIC_AUTH is not set (user:password); refusing "
+            f"to serve /metrics on {host} without auth (set it, or bind 127.0.0.1)",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector(store_for(settings)))
-    host = args.host or settings.exporter_bind
-    auth = settings.exporter_basic_auth
     try:
         server, _thread = serve(
             registry, host, args.port, auth.get_secret_value() if auth else None

@@ -12,7 +12,9 @@ and API use) and answers 401 otherwise. `/healthcheck` stays open for load balan
 Credentials come from `REBOOK_FLOWER_BASIC_AUTH` (`user:password`, comma-separated for several)
 and are handed to Flower inside this process, never on a command line that `ps` would show.
 Without them the launcher refuses to start, unless told it is local (`--local` or
-`REBOOK_FLOWER_LOCAL=1`), and then it binds 127.0.0.1 only. Everything else Flower offers
+`REBOOK_FLOWER_LOCAL=1`), and then it binds 127.0.0.1 only. With them it binds 127.0.0.1 too
+unless `FLOWER_ADDRESS` names another address (`0.0.0.0` in a container): Flower alone would
+listen on every interface. Everything else Flower offers
 (`FLOWER_*` variables, `flowerconfig.py`) still works; the settings given here win.
 """
 
@@ -94,8 +96,12 @@ def resolve_port(arg: int | None) -> int:
     return port
 
 
-def flower_argv(port: int, basic_auth: str | None, local: bool) -> list[str]:
-    """Arguments for `celery -A worker.app:app flower ...` (parsed in-process, never exec'd)."""
+def flower_argv(
+    port: int, basic_auth: str | None, local: bool, address: str | None = None
+) -> list[str]:
+    """Arguments for `celery -A worker.app:app flower ...` (parsed in-process, never exec'd).
+    `address`: where to listen when not `local` (None: `FLOWER_ADDRESS` decides, as Flower reads
+    it; see `resolve_address`)."""
     args = [
         "-A",
         "worker.app:app",
@@ -105,9 +111,18 @@ def flower_argv(port: int, basic_auth: str | None, local: bool) -> list[str]:
     ]
     if local:
         args.append(f"--address={LOCAL_ADDRESS}")
+    elif address is not None:
+        args.append(f"--address={address}")
     if basic_auth:
         args.append(f"--basic_auth={basic_auth}")
     return args
+
+
+def resolve_address() -> str | None:
+    """127.0.0.1 unless `FLOWER_ADDRESS` says otherwise (`0.0.0.0` in a container behind its
+    Service or published port): Flower's own default is every interface, which a Procfile host
+    would put on the network. None: the variable is set, Flower reads it itself."""
+    return None if "FLOWER_ADDRESS" in os.environ else LOCAL_ADDRESS
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -133,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     celery_cli.add_command(flower_command)
     cli: Any = celery_cli
     cli.main(
-        args=flower_argv(port, auth, args.local),
+        args=flower_argv(port, auth, args.local, resolve_address()),
         prog_name="celery",
         auto_envvar_prefix="CELERY",
     )

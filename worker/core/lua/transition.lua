@@ -4,7 +4,9 @@
 --       3 allowed from-states (comma list or "*"), 4 to-state,
 --       5 now (unix seconds), 6 now ISO-Z, 7 reason, 8 due ("" keep, "-" remove, else score),
 --       9 outcome state ("" none), 10 retention seconds, 11 fields JSON, 12 guards JSON,
---       13 detail JSON, 14 lease seconds, 15 "gate" to take the member+performer gate
+--       13 detail JSON, 14 lease seconds, 15 "gate" to take the member+performer gate,
+--       "gate_member" to take the member's gate (no other POST of the member unsettled, whatever
+--       its performer: the performer field is unconfirmed, worker/core/flow.py)
 -- Returns, for one id, {1, previous state} on success, {0, current state or ""} when refused, and
 -- {0, "gate:" .. holder} when another rebook of the same member and performer has an unsettled
 -- POST (reconciliation could not tell their bookings apart, so they never overlap): "POST sent"
@@ -69,22 +71,39 @@ local function apply(id)
   end
   local uid = rec.user_id or ''
   local gate = p .. 'gate:' .. uid .. ':' .. (rec.performer_id or '')
-  if ARGV[15] == 'gate' then
-    local holder = redis.call('GET', gate)
-    if holder and holder ~= id then
-      -- held while the holder's POST is unsettled, in any state: a cancelled rebook whose POST
-      -- may have made a booking still holds it (its booking would look like ours)
+  -- the member's gate and the member's posted set (performer ''): a rebook always has a
+  -- performer by the time it POSTs, so these names are free for the member-wide scope
+  local mgate = p .. 'gate:' .. uid .. ':'
+  local mposted = p .. 'posted:' .. uid .. ':'
+  if ARGV[15] == 'gate' or ARGV[15] == 'gate_member' then
+    -- held while the holder's POST is unsettled, in any state: a cancelled rebook whose POST
+    -- may have made a booking still holds it (its booking would look like ours)
+    local function unsettled(holder)
+      if not holder or holder == id then return false end
       local held = redis.call('HMGET', p .. 'r:' .. holder, 'post_sent_ts', 'new_booking_id')
-      if (held[1] or '') ~= '' and (held[2] or '') == '' then
-        return {0, 'gate:' .. holder}
+      return (held[1] or '') ~= '' and (held[2] or '') == ''
+    end
+    -- the pair's gate, and the member's (a member-wide POST blocks every performer's)
+    local candidates = {redis.call('GET', gate), redis.call('GET', mgate)}
+    if ARGV[15] == 'gate_member' then
+      -- every POST of the member that may be unsettled, whichever performer's gate it took
+      for _, other in ipairs(redis.call('SMEMBERS', mposted)) do
+        candidates[#candidates + 1] = other
       end
     end
+    for _, holder in ipairs(candidates) do
+      if unsettled(holder) then return {0, 'gate:' .. holder} end
+    end
     redis.call('SET', gate, id)
+    if ARGV[15] == 'gate_member' then redis.call('SET', mgate, id) end
     -- who has ever POSTed for this member and performer without a booking to show for it: an
-    -- unclaimed booking found later may be any of theirs (a lost mark)
+    -- unclaimed booking found later may be any of theirs (a lost mark); and for the member
     local posted = p .. 'posted:' .. uid .. ':' .. (rec.performer_id or '')
+    local ttl = math.floor(tonumber(ARGV[10]) + 86400)
     redis.call('SADD', posted, id)
-    redis.call('EXPIRE', posted, math.floor(tonumber(ARGV[10]) + 86400))
+    redis.call('EXPIRE', posted, ttl)
+    redis.call('SADD', mposted, id)
+    redis.call('EXPIRE', mposted, ttl)
   end
   if is_terminal(cur) and not is_terminal(to) then
     -- an operator's retry of a finished rebook: it must own its booking again
@@ -137,9 +156,11 @@ local function apply(id)
   -- the gate is free again once this rebook's POST is settled: booked, or proven not made
   if (rec.post_sent_ts or '') == '' or (rec.new_booking_id or '') ~= '' then
     if redis.call('GET', gate) == id then redis.call('DEL', gate) end
+    if redis.call('GET', mgate) == id then redis.call('DEL', mgate) end
   end
   if (rec.new_booking_id or '') ~= '' and cur ~= to then
     redis.call('SREM', p .. 'posted:' .. uid .. ':' .. (rec.performer_id or ''), id)
+    redis.call('SREM', mposted, id)
   end
   if ARGV[9] ~= '' then
     count(p .. 'metrics:outcomes', ARGV[9], nil)

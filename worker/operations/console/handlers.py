@@ -23,11 +23,10 @@ from worker.core.capacity import presence_figures, shortfall
 from worker.core.search import BadFilter, Filters, Search
 from worker.core.states import State
 from worker.core.store import Rebook
-from worker.operations.console import pages
+from worker.operations.console import openapi, pages
+from worker.operations.console.openapi import PAGE_DEFAULT, PAGE_MAX
 from worker.operations.console.why import Situation
 
-PAGE_DEFAULT = 50
-PAGE_MAX = 500
 OUTCOME_SCAN = 2000
 """Outcome entries read after a rebook's receipt to find its own (the stream is shared)."""
 
@@ -36,6 +35,16 @@ def _services() -> Any:
     from worker.celeryapp.runtime import services
 
     return services()
+
+
+def _paused() -> dict[str, Any] | None:
+    """The deployment fault in force, for the banner on every page (None if unreadable: the
+    page itself says what it can)."""
+    try:
+        paused: dict[str, Any] | None = _services().store.circuit.public()
+    except Exception:
+        return None
+    return paused
 
 
 def _flow() -> Any:
@@ -110,7 +119,7 @@ class ConsoleHandler(BaseHandler):
     def html(self, body: str, status: int = 200) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "text/html; charset=UTF-8")
-        self.finish(body)
+        self.finish(pages.with_banner(body, _paused()))
 
     def json(self, value: Any, status: int = 200) -> None:
         self.set_status(status)
@@ -415,6 +424,22 @@ class ApiActions(ConsoleHandler):
         self.json(result.as_json())
 
 
+class ApiOpenapi(ConsoleHandler):
+    """The OpenAPI 3.1 document of this API (worker/operations/console/openapi.py)."""
+
+    def get(self) -> None:
+        self.json(openapi.document(_version()))
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rebook")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
 def routes() -> list[Any]:
     rid = r"([A-Za-z0-9._:%-]{1,200})"
     return [
@@ -422,6 +447,7 @@ def routes() -> list[Any]:
         url(r"/rebooks/actions", BulkForm, name="rebooks-actions"),
         url(rf"/rebooks/{rid}/(retry|cancel)", RebookAction, name="rebook-action"),
         url(rf"/rebooks/{rid}", RebookPage, name="rebook"),
+        url(r"/api/openapi.json", ApiOpenapi, name="api-openapi"),
         url(r"/api/rebooks", ApiRebooks, name="api-rebooks"),
         url(r"/api/rebooks/actions", ApiActions, name="api-rebooks-actions"),
         url(rf"/api/rebooks/{rid}", ApiRebook, name="api-rebook"),

@@ -42,6 +42,8 @@ STATE_COLOURS: dict[str, str] = {
     "DUPLICATE": "#c0c0c0",
 }
 STYLE = """
+.paused{background:#fde2e1;border:1px solid #c0392b;color:#7b1d14;padding:.5rem .8rem;
+margin-bottom:1rem}
 body{font-family:system-ui,sans-serif;margin:0;color:#222;background:#fafafa}
 header{background:#1e2a38;color:#fff;padding:.6rem 1rem;display:flex;gap:1.5rem;align-items:center}
 header a{color:#cfe0ff;text-decoration:none}header strong{font-size:1.1rem}
@@ -121,6 +123,19 @@ def layout(title: str, body: str, base: str = "") -> str:
         f'<a href="{esc(base)}/">Flower</a></header>'
         f"<main>{body}</main></body></html>"
     )
+
+
+def with_banner(page: str, paused: Mapping[str, Any] | None) -> str:
+    """A deployment fault (worker/core/circuit.py) in force: a banner on top of the page."""
+    if not paused:
+        return page
+    banner = (
+        '<div class="paused" role="alert"><strong>Paused:</strong> '
+        f"{esc(paused.get('setting', ''))} refused ({esc(paused.get('reason', ''))}) since "
+        f"{esc(paused.get('since') or '?')}. No member is parked; calls it affects wait. Fix the "
+        "setting and restart the workers and beat (`rebook doctor` names it).</div>"
+    )
+    return page.replace("<main>", "<main>" + banner, 1)
 
 
 def _hidden_xsrf(xsrf: str) -> str:

@@ -24,8 +24,14 @@ REASON_HELP: dict[str, str] = {
     "too_many_attempts": "every reschedule attempt failed before the upstream acted",
     "watch_failed": "the new booking cannot be read",
     "watch_unreadable": "the new booking cannot be read",
-    "performer_unknown": "the original booking names no performer",
+    "performer_unknown": "the original booking has no id under the confirmed performer field",
+    "unverified_shape": "a booking that may be this rebook's cannot be told apart from one that "
+    "is not: no field of a booking's Performer is confirmed as the performer's user id yet",
     "booking_claimed_elsewhere": "the upstream returned a booking another rebook owns",
+    "no_credits": "the upstream refused the reschedule for lack of credits: the member tops up, "
+    "then retry",
+    "member_cap": "the member reached REBOOK_MAX_REBOOKS_PER_MEMBER_PER_DAY today (UTC); parked "
+    "before any request",
 }
 """The README's NEEDS_ATTENTION table, one line each."""
 
