@@ -20,8 +20,8 @@ Where kombu's own behaviour is the contract, this one keeps it: a queue consumed
 (pidbox replies to `control.ping`, Flower's inspect) is not recorded in `unacked` (nobody would
 ack it; it came back after the visibility timeout), and a broker account that may not run `INFO`
 (which the BLMOVE probe needs) or `BLMOVE` gets the plain timed wait instead of an error Celery
-treats as unrecoverable (one log line says so). kombu's own
-`t/unit/transport/test_redis.py` runs against these classes (`tests/peers/test_kombu_redis_suite.py`).
+treats as unrecoverable (one log line says so). kombu's own `t/unit/transport/test_redis.py`
+runs against these classes (`tests/peers/test_kombu_redis_suite.py`).
 
 `install()` makes `redis://` and `rediss://` broker URLs use it in this process: the worker,
 beat and our producers import `worker.celeryapp.app`, which calls it. Foreign producers need
