@@ -38,6 +38,7 @@ from worker.core.errors import (
     NotFound,
     RateLimited,
     Rejected,
+    Shadowed,
     TokenRefused,
     Transient,
     UpstreamError,
@@ -65,6 +66,8 @@ PATHS: dict[str, tuple[str, str]] = {
     "verifyCredentials": ("GET", "/v1/account/verifyCredentials"),
     "GetPermissions": ("GET", "/v1/Account/GetPermissions"),
 }
+#: What shadow mode never sends (README "Shadow mode"): the calls that spend or move credits.
+SHADOW_REFUSED = frozenset({"RescheduleMadeBooking", "ConfirmMadeBooking", "CancelMadeBooking"})
 MAX_PAGE = 100
 USER_AGENT = f"rebook/{__version__}"
 M = TypeVar("M", bound=BaseModel)
@@ -326,6 +329,7 @@ class UpstreamClient:
         session: requests.Session | None = None,
         list_names: tuple[str, ...] = ("WebcamBookings",),
         on_made: MadeHook | None = None,
+        shadow: bool = False,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
@@ -342,6 +346,8 @@ class UpstreamClient:
         self._session = session or environment_session(self.base_url)
         self.list_names = list_names
         self._on_made = on_made
+        self.shadow = shadow
+        """REBOOK_SHADOW: `SHADOW_REFUSED` calls stop where they would go out (`Shadowed`)."""
         self.presence: PresenceSource = UserSummaryPresence(self)
         self.circuit: Circuit | None = None
         """Deployment faults (worker/core/circuit.py): set by the runtime; None (tests, doctor):
@@ -381,6 +387,9 @@ class UpstreamClient:
             self._limiter.acquire(RATE_SHARE.get(endpoint, 1.0) if share is None else share)
         if before_send is not None:
             before_send()
+        if self.shadow and endpoint in SHADOW_REFUSED:
+            # the last point before the request: whatever path got here, nothing goes out
+            raise Shadowed("shadow mode: not sent", endpoint=endpoint)
         started = time.monotonic()
         outcome = "ok"
         try:

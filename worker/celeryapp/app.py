@@ -45,6 +45,7 @@ TASK_MODULES = [
     "tasks.sweep",
     "tasks.fanout",
     "tasks.tokens",
+    "tasks.audit",
 ]
 HOUSEKEEPING_SECONDS = 60.0
 # Redis broker: a lower number is served first. Events, the sweep, presence checks and the first
@@ -209,6 +210,15 @@ def beat_schedule(settings: Settings) -> dict[str, Any]:
                 "priority": WATCH_PRIORITY,  # days of slack: after every step
                 "expires": max(5.0, settings.token_keepalive_interval_seconds),
             },
+        },
+    }
+    schedule["rebook-audit"] = {
+        "task": "rebook.audit",
+        "schedule": settings.audit_interval_seconds,
+        "options": {
+            "queue": WORK_QUEUE,
+            "priority": WATCH_PRIORITY,  # minutes of slack: after every step
+            "expires": max(5.0, settings.audit_interval_seconds),
         },
     }
     if settings.fanout_enabled:

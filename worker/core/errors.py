@@ -86,6 +86,11 @@ class NotSent(Transient):
     """A call stopped by its own step just before it would have gone out: nothing was sent."""
 
 
+class Shadowed(NotSent):
+    """Shadow mode (`REBOOK_SHADOW`): a call that books, confirms or cancels stopped where it
+    would have gone out (after the rate limiter and its `before_send`). Nothing was sent."""
+
+
 class LeaseLost(NotSent):
     """The step's lease on its rebook was taken over: another step decides; this one stops."""
 

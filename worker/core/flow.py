@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
+from worker.core.actions import SHADOWED_REFUSAL
 from worker.core.backoff import backoff, jittered
 from worker.core.budget import RATE_SHARE
 from worker.core.capacity import presence_budget
@@ -37,6 +38,7 @@ from worker.core.errors import (
     PresenceUnreadable,
     ReauthRequired,
     Rejected,
+    Shadowed,
     Throttled,
     UpstreamError,
 )
@@ -460,7 +462,7 @@ class Flow:
                 from_=[State.WAITING],
                 reason="performer online",
                 due=now + self.store.lease,
-                fields={"errors": 0},
+                fields={"errors": 0, "online_ts": now},
                 now=now,
             )
             with self.dispatch.batch():
@@ -777,6 +779,8 @@ class Flow:
         marked: list[float] = []
         try:
             booking = self._send_post(rec, token, listing, marked, performer_key)
+        except Shadowed:
+            return self._shadowed(rec, marked)
         except Gated as exc:
             return self._gated(rec, exc.holder)
         except _Capped:
@@ -815,11 +819,14 @@ class Flow:
             return self.client.reschedule(
                 token,
                 rec.booking_id,
-                before_send=self._marker(rec, listing, marked, performer_key),
+                before_send=self._shadow_marker(marked)
+                if self.settings.shadow
+                else self._marker(rec, listing, marked, performer_key),
             )
         except Exception as exc:
             capped = bool(self.settings.max_rebooks_per_member_per_day)
-            if marked and capped and not isinstance(exc, Ambiguous):
+            # (shadow mode took no count: its marker does not reach the cap)
+            if marked and capped and not isinstance(exc, (Ambiguous, Shadowed)):
                 self.store.give_back_member_post(rec.user_id, marked[0])
             raise
 
@@ -874,6 +881,38 @@ class Flow:
                 raise NotSent(f"{got} of {s.redis_wait_replicas} replicas have the mark")
 
         return mark
+
+    def _shadow_marker(self, marked: list[float]) -> Callable[[], None]:
+        """Shadow mode's `before_send`: the moment the POST would go out (after the gate, the
+        read before it and the rate limiter) is noted, and nothing is sent — whatever client
+        runs it. No "POST sent" mark is written: nothing needs reconciling."""
+
+        def stop() -> None:
+            self._hold()
+            marked.append(self.clock())
+            raise Shadowed("shadow mode: not sent", endpoint=POST)
+
+        return stop
+
+    def _shadowed(self, rec: Rebook, marked: list[float]) -> Step:
+        """SHADOWED (terminal): what shadow mode would have booked, when, and how long after
+        the performer was seen online."""
+        at = marked[0] if marked else self.clock()
+        detail: dict[str, Any] = {"would_post_at": iso_z(from_ts(at))}
+        if rec.online_ts is not None:
+            detail["online_at"] = iso_z(from_ts(rec.online_ts))
+            detail["online_to_post_seconds"] = round(max(0.0, at - rec.online_ts), 3)
+        if self._move(
+            rec.rebook_id,
+            State.SHADOWED,
+            from_=[State.RESCHEDULING],
+            reason="shadow mode: would have rescheduled (nothing sent)",
+            fields={"would_post_ts": at},
+            outcome=State.SHADOWED.value,
+            detail=detail,
+        ):
+            log.info("rebook %s: SHADOWED (would have POSTed at %s)", rec.rebook_id, at)
+        return Step.SHADOWED
 
     def _capped(self, rec: Rebook, cap: int) -> Step:
         """REBOOK_MAX_REBOOKS_PER_MEMBER_PER_DAY reached: parked before any POST."""
@@ -1339,6 +1378,8 @@ class Flow:
         if booking.accept_by is not None:
             accept_by = booking.accept_by.timestamp()
         if final == State.ACCEPTED and self.settings.auto_confirm:
+            if self.settings.shadow:  # a booking made before shadow mode: never confirmed here
+                return self._finish(rec, booking, final, "accepted; not confirmed (shadow mode)")
             return self._confirm(rec, booking)
         if final is not None:
             return self._finish(rec, booking, final)
@@ -1690,6 +1731,8 @@ class Flow:
             self._restart(rec, extra)
         elif rec.state == State.DUPLICATE:
             raise Refused(f"{rec.rebook_id} is a duplicate of {rec.duplicate_of}; retry that one")
+        elif rec.state == State.SHADOWED:
+            raise Refused(SHADOWED_REFUSAL.format(rid=rec.rebook_id))
         elif rec.state.terminal:
             raise Refused(
                 f"{rec.rebook_id} is {rec.state.value}: booking {rec.new_booking_id} was made and "

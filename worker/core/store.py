@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import time
 import zlib
@@ -95,6 +96,10 @@ class Rebook(BaseModel):
     deadline_ts: float
     post_sent_ts: float | None = None
     answer_ts: float | None = None
+    online_ts: float | None = None
+    """When the performer was last seen online while this rebook waited (presence)."""
+    would_post_ts: float | None = None
+    """SHADOWED: when the POST would have gone out."""
     performer_resolved: bool = False
     """`performer_id` was read from the original's details, not given by the event: no answer
     compared with it says anything about which key names the performer."""
@@ -273,6 +278,8 @@ class Store:
         self.presence_interval = 30.0
         self.upstream_rate = 20.0
         """For `stats()`' presence figures (set from the settings by `from_settings`)."""
+        self.shadow = False
+        """REBOOK_SHADOW, for `stats()`' shadow figures (set by `from_settings`)."""
         self._claim = client.register_script(_script("claim"))
         self._performer_learn = client.register_script(_script("performer_learn"))
         self.clock: Callable[[], float] = time.time
@@ -333,6 +340,7 @@ class Store:
         store.deadletter_max_entries = settings.deadletter_max_entries
         store.presence_interval = settings.presence_interval_seconds
         store.upstream_rate = settings.upstream_rate_per_second
+        store.shadow = settings.shadow
         store.circuit = Circuit(
             store.r,
             store.keys,
@@ -1208,6 +1216,35 @@ class Store:
             "zone": self.zone_observation(),
             "performer_field": self.performer_field_stats(),
             "paused": self.circuit.public(),
+            "shadow": self.shadow_figures(states),
+        }
+
+    def shadow_figures(self, states: dict[str, int]) -> dict[str, Any]:
+        """What shadow mode would have done (README "Shadow mode"): rebooks that would have been
+        booked (SHADOWED), seconds from their performer seen online to the POST they would have
+        sent (p50, p99; None before the first), and GAVE_UP. Reads the SHADOWED records still
+        kept (`REBOOK_RETENTION_DAYS`), a random `SHADOW_SAMPLE` of them when there are more."""
+        lags: list[float] = []
+        shadowed = states.get(State.SHADOWED.value, 0)
+        for shard in self.shards if shadowed else ():
+            key = self.keys.in_state(shard, State.SHADOWED.value)
+            # SRANDMEMBER with a count: distinct members, all of them when the set is smaller
+            ids = self.r.srandmember(key, SHADOW_SAMPLE)
+            pipe = self.r.pipeline(transaction=False)
+            for rid in ids:
+                pipe.hmget(self.keys.record(shard, rid), "online_ts", "would_post_ts")
+            for online, posted in pipe.execute():
+                if online and posted:
+                    lags.append(max(0.0, float(posted) - float(online)))
+        return {
+            "enabled": self.shadow,
+            "would_book": shadowed,
+            "online_to_post_seconds": {
+                "p50": _percentile(lags, 0.50),
+                "p99": _percentile(lags, 0.99),
+                "count": len(lags),
+            },
+            "gave_up": states.get(State.GAVE_UP.value, 0),
         }
 
     # -- presence answers that say nothing ---------------------------------------------------------
@@ -1332,6 +1369,19 @@ class Store:
             yield from found
             if not found and len(streams) > 1:
                 time.sleep(block_ms / 1000)
+
+
+SHADOW_SAMPLE = 10_000
+"""SHADOWED records read per shard for the online→POST percentiles (`Store.shadow_figures`)."""
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    """The nearest-rank percentile (None for no values), rounded to milliseconds."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q * len(ordered)))
+    return round(ordered[rank - 1], 3)
 
 
 def _stream_order(entry_id: str) -> tuple[int, int]:

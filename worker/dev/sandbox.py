@@ -26,7 +26,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -415,6 +415,7 @@ class _SandboxState:
         self.new_bookings: dict[int, int] = {}
         self.presence_calls: dict[int, int] = {}
         self.refreshes = 0
+        self.elsewhere_reschedules = 0
         self.refreshes_by_user: dict[str, int] = {}
         # (seq, unix time of arrival, operation, HTTP status, performer id, booking id, new id)
         self.call_log: deque[tuple[int, float, str, int, int | None, int | None, int | None]] = (
@@ -996,6 +997,12 @@ class _SandboxState:
             return _json(
                 200, {**self.booking_json(b), "user_id": b.user_id, "original_id": b.original_id}
             )
+        if n == 3 and low[0] == "bookings" and low[2] == "reschedule" and method == "POST":
+            return self.ctl_reschedule_elsewhere(_as_int(parts[1], "booking id"))
+        if n == 2 and low[0] == "bookings" and method == "DELETE":
+            if self.bookings.pop(_as_int(parts[1], "booking id"), None) is None:
+                raise _Reject(404, _NOT_FOUND)
+            return _json(200, {"ok": True})
         if n == 3 and low[0] == "bookings" and low[2] == "status" and method == "PUT":
             return self.ctl_set_status(_as_int(parts[1], "booking id"), _json_object(body))
         if low == ["faults"] and method == "POST":
@@ -1058,6 +1065,36 @@ class _SandboxState:
         self.next_id += 1
         self.bookings[b.booking_id] = b
         return _json(200, {"booking_id": b.booking_id})
+
+    def ctl_reschedule_elsewhere(self, booking_id: int) -> _Response:
+        """Another client of the site reschedules the booking (not through the API key path,
+        whatever the performer's presence): a new booking from that original, counted in
+        `new_bookings` like any other and in `elsewhere_reschedules`."""
+        orig = self.bookings.get(booking_id)
+        if orig is None:
+            raise _Reject(404, _NOT_FOUND)
+        now = _utcnow()
+        new = replace(
+            orig,
+            booking_id=self.next_id,
+            status="Pending",
+            create_date=now,
+            session_date=now + timedelta(minutes=5),
+            accept_by=now + timedelta(seconds=self.config.accept_by_seconds),
+            last_updated=now,
+            original_id=orig.booking_id,
+            accepted_date=None,
+            confirmed_date=None,
+            cancelled_date=None,
+            cancelled_reason=None,
+            cancelled_by=None,
+            rejected_reason=None,
+        )
+        self.next_id += 1
+        self.bookings[new.booking_id] = new
+        self.new_bookings[orig.booking_id] = self.new_bookings.get(orig.booking_id, 0) + 1
+        self.elsewhere_reschedules += 1
+        return _json(200, self.booking_json(new))
 
     def ctl_set_status(self, booking_id: int, data: dict[str, Any]) -> _Response:
         b = self.bookings.get(booking_id)
@@ -1134,6 +1171,7 @@ class _SandboxState:
             "new_bookings": {str(k): v for k, v in self.new_bookings.items()},
             "presence_calls": {str(k): v for k, v in self.presence_calls.items()},
             "refreshes": self.refreshes,
+            "elsewhere_reschedules": self.elsewhere_reschedules,
             "refreshes_by_user": dict(self.refreshes_by_user),
             "faults_pending": self.faults_pending(),
         }
@@ -1442,6 +1480,15 @@ class SandboxClient:
     def booking(self, booking_id: int) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", f"bookings/{booking_id}")
         return result
+
+    def reschedule_elsewhere(self, booking_id: int) -> int:
+        """Another client reschedules `booking_id` behind rebook's back: the new booking's id."""
+        result: dict[str, Any] = self._call("POST", f"bookings/{booking_id}/reschedule")
+        return int(result["WebcamBookingID"])
+
+    def remove_booking(self, booking_id: int) -> None:
+        """The booking vanishes upstream (no longer listed, details 404)."""
+        self._call("DELETE", f"bookings/{booking_id}")
 
     def fault(self, endpoint: str, kind: str, count: int = 1, **extra: Any) -> None:
         self._call("POST", "faults", {"endpoint": endpoint, "kind": kind, "count": count, **extra})

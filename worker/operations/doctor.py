@@ -38,6 +38,14 @@ def run_checks() -> Iterator[Check]:
         yield Check("settings", False, str(exc), "fix the variable named above")
         return
     yield Check("settings", True, "valid")
+    if settings.shadow:  # a WARN: shadow mode left on by mistake books nobody
+        yield Check(
+            "mode",
+            True,
+            "shadow mode (REBOOK_SHADOW=true): nothing is booked",
+            'unset REBOOK_SHADOW to book for real (README "Shadow mode")',
+            warn=True,
+        )
     yield _guard("redis", lambda: _redis(settings))
     yield _guard("broker", lambda: _broker(settings))
     yield _guard("upstream", lambda: _upstream(settings))
@@ -120,6 +128,7 @@ def _upstream(settings: Settings) -> Check:
         api_key_in=settings.api_key_in,
         timeout=min(5.0, settings.http_timeout_seconds),
         zone=settings.zone,
+        shadow=settings.shadow,
     )
     try:
         client.user_summary(1)

@@ -334,4 +334,12 @@ def _finished(rec: Rebook, s: Situation) -> Explanation:
     ]
     if rec.state == State.DUPLICATE and rec.duplicate_of:
         facts.append(("why-duplicate", f"The rebook of this booking is {rec.duplicate_of}."))
+    if rec.state == State.SHADOWED:
+        facts.append(
+            (
+                "why-shadowed",
+                "Shadow mode (REBOOK_SHADOW): the reschedule request would have gone out "
+                f"at {stamp(rec.would_post_ts)}; nothing was sent and nothing was booked.",
+            )
+        )
     return Explanation(f"Finished: {rec.state.value}", facts, "")
