@@ -12,7 +12,7 @@ LOCK := requirements.lock
 LOCK_ARGS := pyproject.toml --all-extras --universal --python-version 3.11 --quiet
 # peers whose own test suites run against rebook's patches (tests/peers): their sdists at the
 # locked versions, fetched once by `make install` into $(VENV)/peers so tests run offline
-PEERS := flower
+PEERS := flower kombu
 
 # Exactly the locked versions (every dependency, the dev tools included), then rebook itself
 # without resolving anything: what CI, `make test` and `make demo` run is what the lock says.
