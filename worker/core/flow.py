@@ -39,6 +39,7 @@ from worker.core.errors import (
     ReauthRequired,
     Rejected,
     Shadowed,
+    StoreUnavailable,
     Throttled,
     UpstreamError,
 )
@@ -365,7 +366,14 @@ class Flow:
             performer_id=event.performer_id,
             deadline=now + max_wait,
             now=now,
+            # acknowledged means kept: a failover to a replica without the record would lose an
+            # event its producer was told was taken (found by the simulation's failovers)
+            replicas=self.settings.redis_wait_replicas,
+            replica_timeout_ms=self.settings.redis_wait_timeout_ms,
         )
+        n = self.settings.redis_wait_replicas
+        if n and result.replicas < n:
+            raise StoreUnavailable(f"{result.replicas} of {n} replicas have the event")
         if result.kind == "created":
             log.info(
                 "rebook %s: received event %s for booking %s (performer %s)",

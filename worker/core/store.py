@@ -177,6 +177,8 @@ class Created:
     rebook_id: str
     other: str = ""
     dispatch_presence: bool = False
+    replicas: int = 0
+    """`WAIT`'s answer when `create` was asked to wait (else 0)."""
 
 
 def redact(value: Any, depth: int = 0) -> Any:
@@ -433,35 +435,44 @@ class Store:
         performer_id: int | None,
         deadline: float,
         now: float,
+        replicas: int = 0,
+        replica_timeout_ms: int = 0,
     ) -> Created:
+        """With `replicas`, the script and `WAIT` go in one pipeline on one connection (as the
+        mark's, `start_post`): the event is acknowledged only once replicas have its record."""
         shard = self.shard_for_user(user_id)
         if self.sharded:
             self.r.set(self.keys.location(rebook_id), shard, nx=True)
             self._shard_cache[rebook_id] = shard
         keys, prefix = self._script_args(shard)
         due = deadline if performer_id is not None else now
-        kind, value = self._create(
-            keys=keys,
-            args=[
-                prefix,
-                rebook_id,
-                event_id,
-                booking_id,
-                user_id,
-                "" if performer_id is None else performer_id,
-                repr(deadline),
-                repr(now),
-                iso_z(datetime.fromtimestamp(now, UTC)),
-                self.retention,
-                self.lease,
-                repr(due),
-            ],
-        )
+        args = [
+            prefix,
+            rebook_id,
+            event_id,
+            booking_id,
+            user_id,
+            "" if performer_id is None else performer_id,
+            repr(deadline),
+            repr(now),
+            iso_z(datetime.fromtimestamp(now, UTC)),
+            self.retention,
+            self.lease,
+            repr(due),
+        ]
+        got = 0
+        if replicas:
+            pipe = self._one_connection(keys[0])
+            self._create(keys=keys, args=args, client=pipe)
+            pipe.wait(replicas, replica_timeout_ms)
+            (kind, value), got = pipe.execute()
+        else:
+            kind, value = self._create(keys=keys, args=args)
         if kind == "created":
-            return Created("created", rebook_id, dispatch_presence=value == "1")
+            return Created("created", rebook_id, dispatch_presence=value == "1", replicas=got)
         if kind == "duplicate":
-            return Created("duplicate", rebook_id, other=value)
-        return Created("exists", value)
+            return Created("duplicate", rebook_id, other=value, replicas=got)
+        return Created("exists", value, replicas=got)
 
     def get(self, rebook_id: str) -> Rebook | None:
         shard = self.shard_of(rebook_id)
