@@ -1494,6 +1494,21 @@ def test_without_an_id_of_the_user_the_field_is_never_confirmed(env: Env, shape:
     assert figures["field"] is None and figures["answers"] == 0
 
 
+def test_a_learning_read_refused_for_the_member_parks_nobody(env: Env) -> None:
+    """The original's details read only to learn the field is a side road: a member whose
+    refresh is refused is parked by the rebook's own POST, if ever, not by it (a rebook waiting
+    hours on an offline performer stays WAITING, and a pair the site stores meanwhile serves)."""
+    env.member()
+    env.sandbox.expire_user("alice")
+    env.sandbox.revoke_user("alice")
+    rid = env.submit(env.sandbox.add_booking("alice", 7), performer=7)
+    assert ("check_presence", None, rid) in env.rec.calls
+    assert env.flow.check_presence(None, rid) == "noop"
+    rec = env.get(rid)
+    assert rec.state is State.WAITING, rec.reason
+    assert env.store.performer_field_stats()["answers"] == 0
+
+
 def test_a_burst_of_events_before_the_field_is_known_reads_few_originals(env: Env) -> None:
     env.member()
     for _ in range(LEARNING_READS + 5):

@@ -643,7 +643,9 @@ class Flow:
             )
         except LeaseLost:
             raise
-        except UpstreamError as exc:  # a lesson missed, nothing else: the rebook goes on
+        except (UpstreamError, ReauthRequired, DeploymentFault) as exc:
+            # a lesson missed, nothing else: the rebook goes on as it was. A side road parks no
+            # member and pauses nothing (its own POST will, if it must, on the main road).
             log.info(
                 "rebook %s: original not read for the performer field (%s)", rec.rebook_id, exc
             )
