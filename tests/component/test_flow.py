@@ -1523,7 +1523,7 @@ def test_a_post_under_the_member_s_gate_still_holds_when_the_field_is_confirmed(
     assert env.store.claim_step(r7, "t") is not None
     now = env.clock()
     marked = env.store.start_post(r7, now=now, attempts=1, claim="t", known_ids=[], due=now + 5)
-    assert marked == (False, r8, 0)
+    assert marked == (False, r8, 0, None)
     assert env.flow.reschedule(r7) == "gated"
     assert env.get(r7).blocked_by == r8
     settle(env, [r8, r7])

@@ -47,6 +47,8 @@ from worker.core.states import State
 from worker.core.store import rebook_id_for
 
 START = 1_767_225_600.0  # 2026-01-01T00:00:00Z; some seeds start near a fall-back hour
+SERVER_SKEW = 0.2
+"""How far (s) a Redis server's clock may be from true time (NTP): README, "What is assumed"."""
 FALL_BACK = 1_792_371_600.0 - 1800  # 2026-10-25T00:30Z: London's clocks go back at 01:00Z
 ZONES = ["Europe/London", "Europe/Paris", "UTC", "Atlantic/Azores", "Europe/Athens"]
 LIST_NAMES = ["WebcamBookings", "MadeBookings", "Bookings"]
@@ -179,6 +181,14 @@ def run(
     raw = SimRedis.from_url(redis_url, decode_responses=True)
     raw.engine = engine
     stores: list[SimStore] = []
+    # Redis's own clock, the one the exactly-once proof is timed on: true time within
+    # SERVER_SKEW (NTP), and another such clock after each failover (the promoted replica's).
+    # Drawn from a generator of its own, so the rest of the world is what the seed drew before.
+    server_rng = random.Random(f"server-clock-{seed}")
+    server = {"skew": server_rng.uniform(-SERVER_SKEW, SERVER_SKEW)}
+
+    def server_clock() -> float:
+        return engine.now + server["skew"]
 
     def flow_for(skew: float) -> tuple[Flow, Any]:
         store = SimStore(
@@ -187,6 +197,7 @@ def run(
         store.table = table
         store.replica = replica
         store.clock = lambda: engine.now + skew
+        store.server_clock = server_clock
         stores.append(store)
         ctx = session_for(upstream)
         session = ctx.__enter__()
@@ -329,6 +340,7 @@ def run(
                 if rng.random() < 0.12:
                     lost_s = replica.promote(rng.randrange(1000))
                     failovers.append(round(lost_s, 1))
+                    server["skew"] = server_rng.uniform(-SERVER_SKEW, SERVER_SKEW)
 
     def lose_a_mark() -> None:
         """A failover to a replica that missed the last write: a POST's mark is gone. Only

@@ -47,7 +47,7 @@ from worker.core.models import RebookEvent, WebcamBooking, from_ts, iso_z
 from worker.core.observability import HEARTBEAT_SECONDS, bound, sweep_heartbeat
 from worker.core.settings import Settings
 from worker.core.states import ACTIVE_STATES, STEP_STATES, State, Step
-from worker.core.store import REMOVE, Rebook, StepLock, Store, rebook_id_for
+from worker.core.store import REMOVE, SERVER_NOW, Rebook, StepLock, Store, rebook_id_for
 
 log = logging.getLogger("rebook.flow")
 POST = "RescheduleMadeBooking"
@@ -856,7 +856,7 @@ class Flow:
             cap = s.max_rebooks_per_member_per_day
             if cap and not self.store.take_member_post(rec.user_id, cap, now):
                 raise _Capped(f"member {rec.user_id} reached {cap} POSTs today")
-            ok, holder, got = self.store.start_post(
+            ok, holder, got, sent = self.store.start_post(
                 rec.rebook_id,
                 now=now,
                 attempts=rec.attempts + 1,
@@ -872,7 +872,8 @@ class Flow:
                 if cap:
                     self.store.give_back_member_post(rec.user_id, now)
                 raise Gated(holder) if holder else NotSent("the rebook changed")
-            marked.append(now)
+            assert sent is not None
+            marked.append(sent)  # the server's time (the proof's clock), as the record has it
             # Under the gate now, no sibling's POST is unsettled: a booking in the list that
             # nobody owns and that looks like ours is one whose mark was lost. Owners are read
             # only now, so one a sibling took meanwhile is not taken twice.
@@ -952,15 +953,16 @@ class Flow:
         return Step.PARKED
 
     def _ambiguous(self, rec: Rebook, marked: list[float], exc: Ambiguous) -> Step:
-        """Sent, and the answer does not say what happened: reconcile, from this answer."""
-        answered = self.clock()
+        """Sent, and the answer does not say what happened: reconcile, from this answer (its
+        time on the server's clock, as every time the proof compares)."""
+        answered = self.store.server_time(rec.rebook_id)
         log.warning("rebook %s: reschedule ambiguous (%s); reconciling", rec.rebook_id, exc)
         self._stay(
             rec,
             reason=f"ambiguous: {exc}",
             require={"post_sent_ts": _mark(marked[0])},
             fields={"errors": rec.errors + 1, "answer_ts": answered},
-            due=self._proof_due(answered, 1),
+            due=self._due_at(self._proof_due(answered, 1), answered),
         )
         return Step.AMBIGUOUS
 
@@ -1167,6 +1169,12 @@ class Flow:
             return Step.BOOKED
         return Step.FENCED  # another step holds the rebook now: it finds this booking upstream
 
+    def _due_at(self, server_at: float, server_now: float) -> float:
+        """A moment on the server's clock as a due time on this worker's: the due index
+        schedules on worker clocks (a step run early finds the proof not due and waits again);
+        only what decides that the window has passed reads the server's (`Store.server_time`)."""
+        return self.clock() + max(0.0, server_at - server_now)
+
     def _window_start(self, sent: float, answered: float | None) -> float:
         """Since when a booking of an unsettled POST may still appear: its ambiguous answer, or,
         when the worker died before it came, the latest the request could have been in flight."""
@@ -1197,9 +1205,11 @@ class Flow:
         sent = rec.post_sent_ts
         start = self._window_start(sent, rec.answer_ts)
         k = rec.empty_reads + 1
-        read_at = self.clock()  # a read that *starts* at its time counts
+        # a read that *starts* at its time counts; the server's clock, as the mark's and the
+        # answer's: a worker clock minutes ahead cannot end the window early
+        read_at = self.store.server_time(rec.rebook_id)
         if read_at < self._proof_due(start, k):
-            self._stay(rec, reason=rec.reason, due=self._proof_due(start, k))
+            self._stay(rec, reason=rec.reason, due=self._due_at(self._proof_due(start, k), read_at))
             return Step.GRACE
         if read_at > start + s.reconcile_max_seconds:
             return self._park_unsettled(rec, rec.reconcile_tries, "no proof within the bound")
@@ -1245,7 +1255,7 @@ class Flow:
                 reason=f"reconciling: {k} of {s.reconcile_proof_reads} reads found no booking",
                 require={"post_sent_ts": _mark(sent)},
                 fields={"empty_reads": k},
-                due=self._proof_due(start, k + 1),
+                due=self._due_at(self._proof_due(start, k + 1), read_at),
             )
             return Step.PROVING
         # Proven: the POST did not make a booking. Its mark goes; the next POST may go out.
@@ -1313,7 +1323,10 @@ class Flow:
             if rivals
             else f"reconciling: booking(s) {ids} appeared, not like a reschedule",
             require={"post_sent_ts": _mark(rec.post_sent_ts)},
-            due=max(read_at + s.reconcile_grace_seconds, start + s.reconcile_window_seconds),
+            due=self._due_at(
+                max(read_at + s.reconcile_grace_seconds, start + s.reconcile_window_seconds),
+                read_at,
+            ),
         )
         return Step.PROVING
 
@@ -1480,11 +1493,14 @@ class Flow:
         if booking.session_date is not None and booking.session_date.timestamp() <= now:
             return self._finish(rec, booking, State.ACCEPTED, "accepted; too late to confirm")
         sent = rec.confirm_sent_ts
-        if sent is not None:
+        if sent is not None:  # the proof on the server's clock, as a POST's
             start = self._window_start(sent, rec.confirm_answer_ts)
             k = rec.confirm_reads + 1
-            if now < self._proof_due(start, k):
-                self._stay(rec, reason=rec.reason, due=self._proof_due(start, k))
+            read_at = self.store.server_time(rec.rebook_id)
+            if read_at < self._proof_due(start, k):
+                self._stay(
+                    rec, reason=rec.reason, due=self._due_at(self._proof_due(start, k), read_at)
+                )
                 return Step.CONFIRM_PENDING
             try:  # a fresh read of our own: a cached list may predate the confirm
                 self._hold()
@@ -1505,14 +1521,18 @@ class Flow:
                     reason=rec.reason,
                     require={"confirm_sent_ts": repr(sent)},
                     fields={"confirm_reads": k},
-                    due=self._proof_due(start, k + 1),
+                    due=self._due_at(self._proof_due(start, k + 1), read_at),
                 )
                 return Step.CONFIRM_PROVING
         self.store.forget_cached(rec.user_id, booking.booking_id)
         if not self._stay(
             rec,
             reason="confirm sent",
-            fields={"confirm_sent_ts": now, "confirm_answer_ts": None, "confirm_reads": None},
+            fields={
+                "confirm_sent_ts": SERVER_NOW,
+                "confirm_answer_ts": None,
+                "confirm_reads": None,
+            },
             due=now + self.store.lease,
         ):
             return Step.NOOP
@@ -1528,13 +1548,13 @@ class Flow:
         except LeaseLost:
             raise
         except Ambiguous as exc:  # read the status again, on proof, before confirming again
-            answered = self.clock()
+            answered = self.store.server_time(rec.rebook_id)
             log.warning("rebook %s: confirm not settled (%s)", rec.rebook_id, exc)
             self._stay(
                 rec,
                 reason=f"confirm unsettled: {exc}",
                 fields={"confirm_answer_ts": answered},
-                due=self._proof_due(answered, 1),
+                due=self._due_at(self._proof_due(answered, 1), answered),
             )
             return Step.CONFIRM_RETRY
         except UpstreamError as exc:  # not sent (or a 401 twice): nothing was confirmed
@@ -1765,7 +1785,9 @@ class Flow:
         to, due = State.WAITING, deadline if rec.performer_id is not None else now
         if rec.unsettled:
             to, due = State.RESCHEDULING, now
-            fields.update(answer_ts=now, empty_reads=None, attempts=rec.attempts, **(extra or {}))
+            fields.update(  # the window starts afresh, on the server's clock (`_reconcile`)
+                answer_ts=SERVER_NOW, empty_reads=None, attempts=rec.attempts, **(extra or {})
+            )
         if not self._move(
             rec.rebook_id,
             to,
@@ -1810,7 +1832,7 @@ class Flow:
         }
         if rec.unsettled:  # reconcile first, the proof's window starting afresh
             to = State.RESCHEDULING
-            fields.update(answer_ts=now, empty_reads=None, **(extra or {}))
+            fields.update(answer_ts=SERVER_NOW, empty_reads=None, **(extra or {}))
         if to == State.WAITING:
             deadline = max(rec.deadline_ts, now + self.settings.presence_interval_seconds * 2)
             fields["deadline_ts"] = deadline
