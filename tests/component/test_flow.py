@@ -709,6 +709,26 @@ def test_unreadable_list_parks_after_bounded_tries_then_retry_resumes(
     assert env.new_bookings() == {str(orig): 1}
 
 
+def test_a_list_that_never_reads_before_the_post_parks_after_bounded_tries(
+    make_env: Callable[..., Env],
+) -> None:
+    """The read before a POST fails every time (sim seed 165: an unparseable list, 5xx): the
+    rebook parks `list_unreadable` at REBOOK_RECONCILE_MAX_TRIES, nothing sent, instead of
+    retrying for hours; a retry once the list reads goes on to the POST."""
+    env = make_env(reconcile_max_tries=3)
+    rid, orig = rescheduling(env)
+    env.sandbox.fault("MadeBookings", "http_503", count=10)
+    assert [env.flow.reschedule(rid) for _ in range(3)] == ["retry", "retry", "parked"]
+    rec = env.get(rid)
+    assert rec.state is State.NEEDS_ATTENTION and rec.reason == "list_unreadable"
+    assert rec.post_sent_ts is None and env.calls("RescheduleMadeBooking") == 0
+    env.sandbox.clear_faults()
+    env.flow.retry(rid)
+    assert env.get(rid).reconcile_tries == 0
+    assert env.flow.reschedule(rid) == "booked"
+    assert env.new_bookings() == {str(orig): 1}
+
+
 def test_too_many_attempts_parks(make_env: Callable[..., Env]) -> None:
     env = make_env(reschedule_max_attempts=1)
     rid, _ = rescheduling(env)

@@ -69,21 +69,7 @@ def test_the_performer_shapes_book_once(hole: Hole, redis_url: str) -> None:
     assert _replay(hole, redis_url) == [], hole.shows
 
 
-@pytest.mark.parametrize(
-    "hole",
-    [
-        pytest.param(
-            h,
-            marks=pytest.mark.xfail(
-                reason="open: worker clocks further apart than the reconcile window (README "
-                "assumes NTP): " + h.shows,
-                strict=False,
-            ),
-        )
-        for h in CLOCKS
-    ],
-    ids=lambda h: f"seed{h.seed}",
-)
+@pytest.mark.parametrize("hole", CLOCKS, ids=lambda h: f"seed{h.seed}")
 def test_clocks_minutes_apart(hole: Hole, redis_url: str) -> None:
     assert _replay(hole, redis_url) == [], hole.shows
 

@@ -320,7 +320,9 @@ class Flow:
         """When to try again after our own rate budget said "not now" (nothing was sent)."""
         return jittered(exc.retry_after or self.settings.retry_base_seconds)
 
-    def _retry_later(self, rec: Rebook, exc: UpstreamError, what: str) -> None:
+    def _retry_later(
+        self, rec: Rebook, exc: UpstreamError, what: str, fields: dict[str, Any] | None = None
+    ) -> None:
         """Backoff after a failed call; our own throttle is "not now" and counts nothing."""
         if isinstance(exc, Throttled):
             wait = self._throttle_wait(exc)
@@ -330,7 +332,10 @@ class Flow:
         wait = self.backoff(rec.errors, exc.retry_after)
         log.warning("rebook %s: %s failed (%s); again in %.1fs", rec.rebook_id, what, exc, wait)
         self._stay(
-            rec, reason=rec.reason, due=self.clock() + wait, fields={"errors": rec.errors + 1}
+            rec,
+            reason=rec.reason,
+            due=self.clock() + wait,
+            fields={**(fields or {}), "errors": rec.errors + 1},
         )
 
     # -- intake ----------------------------------------------------------------------------------
@@ -776,8 +781,7 @@ class Flow:
             except LeaseLost:
                 raise
             except UpstreamError as exc:
-                self._retry_later(rec, exc, "reading the member's bookings before the POST")
-                return Step.RETRY
+                return self._list_failed(rec, exc)
         # (a list cut at its page limit is fine here: what it did not show stays a candidate)
         try:
             token = self.tokens.access_token(rec.user_id)
@@ -811,6 +815,29 @@ class Flow:
             return self._not_done(rec, marked, exc)
         self._learn(rec, booking, "the POST's answer")
         return self._booked(rec, booking)
+
+    def _list_failed(self, rec: Rebook, exc: UpstreamError) -> Step:
+        """The look before a POST failed: nothing was sent. Our own rate budget's "not now"
+        counts nothing; a failed read counts (`reconcile_tries`, from the last mark), and at
+        REBOOK_RECONCILE_MAX_TRIES the rebook parks `list_unreadable` rather than retry for
+        ever (a list the worker cannot parse, a member whose list always fails)."""
+        what = "reading the member's bookings before the POST"
+        tries = rec.reconcile_tries + 1
+        if isinstance(exc, Throttled):
+            self._retry_later(rec, exc, what)
+            return Step.RETRY
+        if tries < self.settings.reconcile_max_tries:
+            self._retry_later(rec, exc, what, fields={"reconcile_tries": tries})
+            return Step.RETRY
+        self._park(
+            rec,
+            "list_unreadable",
+            tries=tries,
+            error=str(exc),
+            action="the member's bookings could not be read before a POST (nothing was sent): "
+            "check the upstream (and REBOOK_MADE_BOOKINGS_LIST_NAMES), then `rebook retry ID`",
+        )
+        return Step.PARKED
 
     def _send_post(
         self,

@@ -627,6 +627,7 @@ class Store:
             fields={
                 "post_sent_ts": SERVER_NOW,
                 "attempts": attempts,
+                "reconcile_tries": None,  # failed reads before it; its own proof counts afresh
                 "known_ids": json.dumps(list(known_ids), separators=(",", ":")),
                 "answer_ts": None,
                 "empty_reads": None,
