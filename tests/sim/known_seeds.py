@@ -59,6 +59,16 @@ CLOCKS = [
 ]
 """Closed: the proof is timed on Redis's clock, not the workers' (issue 20 item 6, `clocks`)."""
 
+WORKER_CLOCK_DOUBLES = [
+    Hole(
+        seed, "clocks 2 min apart, the proof timed on worker clocks: a double", {"max_skew": 120.0}
+    )
+    for seed in (22, 182, 346)
+]
+"""Since the server clock entered the simulation, 37 and 102 draw other worlds; these three (of
+seeds 0-399) double when each worker's clock stands in for Redis's (`vary["worker_clocks"]`, the
+code before the fix) and pass as the code is: the weakened run must keep finding them."""
+
 FIXED = [
     Hole(seed, "a failover lost the record of an event whose message was acknowledged", USER)
     for seed in (6, 14)

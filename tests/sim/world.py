@@ -122,7 +122,7 @@ def run(
     `shapes` are the `Performer` shapes the seed may draw (any other drawn is `{"UserID"}`: the
     rest of the world is the same); `vary` sets what the seed drew (`shape`, `max_skew`,
     `failover`, `past_lease`, `past_lease_max`, `edge_commits`, `invalid`), to find which one
-    a hole needs;
+    a hole needs (and `worker_clocks`: the proof timed on each worker's clock, not Redis's);
     `skew_limit` caps how far apart the workers' clocks are (the upstream's is not capped)."""
     rng = random.Random(seed)
     random.seed(seed)  # the flow's own jitter: one process runs at a time, so this is replayable
@@ -186,6 +186,7 @@ def run(
     # Drawn from a generator of its own, so the rest of the world is what the seed drew before.
     server_rng = random.Random(f"server-clock-{seed}")
     server = {"skew": server_rng.uniform(-SERVER_SKEW, SERVER_SKEW)}
+    worker_clocks = bool((vary or {}).get("worker_clocks", False))
 
     def server_clock() -> float:
         return engine.now + server["skew"]
@@ -197,7 +198,9 @@ def run(
         store.table = table
         store.replica = replica
         store.clock = lambda: engine.now + skew
-        store.server_clock = server_clock
+        # (`worker_clocks`: each worker's own clock stands in for Redis's, as before issue 20's
+        # fix: a weakened protocol the checks must catch)
+        store.server_clock = store.clock if worker_clocks else server_clock
         stores.append(store)
         ctx = session_for(upstream)
         session = ctx.__enter__()
