@@ -64,7 +64,10 @@ class Recorder:
 
 
 class Clock:
-    """Real time plus an offset the test moves forward."""
+    """Real time plus an offset the test moves forward: the flow's clock, and the server's
+    (`Store.server_clock`: the proof's windows are timed on Redis's clock, so moving time past
+    them moves that one too; the skew tests below give a flow a clock of its own, and the
+    `real_time` ones keep Redis's own `TIME`)."""
 
     def __init__(self) -> None:
         self.offset = 0.0
@@ -136,10 +139,12 @@ def make_env(
 ) -> Iterator[Callable[..., Env]]:
     made: list[Env] = []
 
-    def build(**extra: Any) -> Env:
+    def build(*, real_time: bool = False, **extra: Any) -> Env:
         settings = fast_settings(redis_url, sandbox_server.url, prefix, **extra)
         svc = build_services(settings)
         rec, clock = Recorder(), Clock()
+        if not real_time:
+            svc.store.server_clock = clock
         env = Env(
             settings,
             svc,
@@ -577,6 +582,81 @@ def test_a_late_commit_inside_the_window_is_adopted_not_doubled(env: Env) -> Non
     assert env.new_bookings() == {str(orig): 1}
 
 
+def skewed(env: Env, seconds: float) -> Flow:
+    """Another worker of the same deployment, its clock `seconds` off the test's."""
+    return Flow(
+        env.settings,
+        env.store,
+        env.svc.client,
+        env.svc.tokens,
+        env.rec,
+        clock=lambda: env.clock() + seconds,
+    )
+
+
+def test_the_proof_s_times_are_redis_s_clock_not_the_worker_s(
+    make_env: Callable[..., Env],
+) -> None:
+    """The mark and the answer are Redis's `TIME`, whatever the POSTing worker's clock says
+    (here two minutes behind), and the mark compares as the record has it."""
+    env = make_env(real_time=True)
+    rid, _ = rescheduling(env)
+    env.sandbox.fault("RescheduleMadeBooking", "http_500")
+    before = env.store.server_time()
+    assert skewed(env, -120).reschedule(rid) == "ambiguous"
+    after = env.store.server_time()
+    rec = env.get(rid)
+    assert rec.post_sent_ts is not None and rec.answer_ts is not None
+    assert before <= rec.post_sent_ts <= rec.answer_ts <= after
+    assert env.store.r.hget(env.store.key("r", rid), "post_sent_ts") == repr(rec.post_sent_ts)
+
+
+@pytest.mark.parametrize("ahead", [120.0, 7200.0])
+def test_a_worker_clock_ahead_cannot_end_the_proof_early(
+    make_env: Callable[..., Env], ahead: float
+) -> None:
+    """The POST's answer is ambiguous and its booking commits late, inside the window. A worker
+    whose clock runs minutes ahead reconciles: on its own clock the window is long past, yet
+    its first read is not even due (Redis's clock says so), and the booking it finds in the
+    end is adopted: one POST, one booking."""
+    env = make_env(real_time=True)
+    rid, orig = rescheduling(env)
+    window = env.settings.reconcile_window_seconds
+    env.sandbox.fault("RescheduleMadeBooking", "http_504_commit_later", commit_delay=window * 0.75)
+    assert env.flow.reschedule(rid) == "ambiguous"
+    fast = skewed(env, ahead)
+    assert fast.reschedule(rid) == "grace"
+    assert env.new_bookings() == {} and env.get(rid).empty_reads == 0
+    seen: list[str] = []
+
+    def step() -> bool:
+        seen.append(fast.reschedule(rid))
+        assert seen[-1] in ("grace", "proving", "booked"), seen
+        return seen[-1] == "booked"
+
+    wait_for(step, timeout=10, what="the proof, on Redis's clock")
+    assert env.calls("RescheduleMadeBooking") == 1
+    assert env.new_bookings() == {str(orig): 1}
+    assert env.sandbox.booking(env.get(rid).new_booking_id)["original_id"] == orig
+
+
+def test_a_worker_clock_behind_is_no_reason_to_wait_longer(make_env: Callable[..., Env]) -> None:
+    """The other way round: a worker two minutes behind proves "not made" once Redis's clock
+    says the window has passed (its due times are its own clock's: the proof's delay from
+    now), and POSTs again: no two-minute stall."""
+    env = make_env(real_time=True)
+    rid, orig = rescheduling(env)
+    env.sandbox.fault("RescheduleMadeBooking", "http_500")
+    assert env.flow.reschedule(rid) == "ambiguous"
+    slow = skewed(env, -120)
+    assert slow.reschedule(rid) == "grace"
+    due = env.store.r.zscore(env.store.key("due"), rid)
+    assert due is not None and due <= slow.clock() + env.settings.reconcile_window_seconds
+    wait_for(lambda: slow.reschedule(rid) == "booked", timeout=10, what="proof, then POST")
+    assert env.calls("RescheduleMadeBooking") == 2
+    assert env.new_bookings() == {str(orig): 1}
+
+
 def test_a_throttled_reconcile_read_counts_nothing(make_env: Callable[..., Env]) -> None:
     env = make_env(reconcile_max_tries=1)
     rid, _ = rescheduling(env)
@@ -626,6 +706,26 @@ def test_unreadable_list_parks_after_bounded_tries_then_retry_resumes(
     assert env.rec.calls[-1] == ("reschedule", rid)
     # the retry reconciles first: the proof starts afresh, then the POST goes again
     assert reconcile_until(env, rid, "booked")[0] == "grace"
+    assert env.new_bookings() == {str(orig): 1}
+
+
+def test_a_list_that_never_reads_before_the_post_parks_after_bounded_tries(
+    make_env: Callable[..., Env],
+) -> None:
+    """The read before a POST fails every time (sim seed 165: an unparseable list, 5xx): the
+    rebook parks `list_unreadable` at REBOOK_RECONCILE_MAX_TRIES, nothing sent, instead of
+    retrying for hours; a retry once the list reads goes on to the POST."""
+    env = make_env(reconcile_max_tries=3)
+    rid, orig = rescheduling(env)
+    env.sandbox.fault("MadeBookings", "http_503", count=10)
+    assert [env.flow.reschedule(rid) for _ in range(3)] == ["retry", "retry", "parked"]
+    rec = env.get(rid)
+    assert rec.state is State.NEEDS_ATTENTION and rec.reason == "list_unreadable"
+    assert rec.post_sent_ts is None and env.calls("RescheduleMadeBooking") == 0
+    env.sandbox.clear_faults()
+    env.flow.retry(rid)
+    assert env.get(rid).reconcile_tries == 0
+    assert env.flow.reschedule(rid) == "booked"
     assert env.new_bookings() == {str(orig): 1}
 
 
@@ -1538,7 +1638,7 @@ def test_a_post_under_the_member_s_gate_still_holds_when_the_field_is_confirmed(
     assert env.store.claim_step(r7, "t") is not None
     now = env.clock()
     marked = env.store.start_post(r7, now=now, attempts=1, claim="t", known_ids=[], due=now + 5)
-    assert marked == (False, r8, 0)
+    assert marked == (False, r8, 0, None)
     assert env.flow.reschedule(r7) == "gated"
     assert env.get(r7).blocked_by == r8
     settle(env, [r8, r7])

@@ -1,8 +1,8 @@
 """`python -m tests.sim --seeds 10000` runs many worlds; `--seed N` replays one, with its log.
 
 Defaults as `tests/sim/test_sim.py` once the identity fix is merged: every `Performer` shape,
-worker clocks within `SKEW_ASSUMED`; `--skew-limit none` lifts the limit, `--vary` forces what a
-seed drew (`'{"max_skew": 120}'`, see `world.run`)."""
+worker clocks within `SKEW_ASSUMED` (None: up to 120 s); `--skew-limit N` caps them, `--vary`
+forces what a seed drew (`'{"max_skew": 120}'`, see `world.run`)."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def main() -> int:
     )
     parser.add_argument(
         "--skew-limit",
-        default=str(SKEW_ASSUMED),
+        default="none" if SKEW_ASSUMED is None else str(SKEW_ASSUMED),
         help="how far apart (s) worker clocks may be, or `none` (default: %(default)s)",
     )
     parser.add_argument("--vary", default="", help="JSON: what the seed drew, forced")

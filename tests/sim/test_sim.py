@@ -7,7 +7,15 @@ import logging
 import pytest
 import redis
 
-from tests.sim.known_seeds import CLOCKS, FIXED, IDENTITY, IDENTITY_FIX_MERGED, SKEW_ASSUMED, Hole
+from tests.sim.known_seeds import (
+    CLOCKS,
+    FIXED,
+    IDENTITY,
+    IDENTITY_FIX_MERGED,
+    SKEW_ASSUMED,
+    WORKER_CLOCK_DOUBLES,
+    Hole,
+)
 from tests.sim.parts import SHAPES
 from tests.sim.runner import report, run_seeds
 from tests.sim.world import check_inputs, run
@@ -69,23 +77,23 @@ def test_the_performer_shapes_book_once(hole: Hole, redis_url: str) -> None:
     assert _replay(hole, redis_url) == [], hole.shows
 
 
-@pytest.mark.parametrize(
-    "hole",
-    [
-        pytest.param(
-            h,
-            marks=pytest.mark.xfail(
-                reason="open: worker clocks further apart than the reconcile window (README "
-                "assumes NTP): " + h.shows,
-                strict=False,
-            ),
-        )
-        for h in CLOCKS
-    ],
-    ids=lambda h: f"seed{h.seed}",
-)
+@pytest.mark.parametrize("hole", CLOCKS + WORKER_CLOCK_DOUBLES, ids=lambda h: f"seed{h.seed}")
 def test_clocks_minutes_apart(hole: Hole, redis_url: str) -> None:
     assert _replay(hole, redis_url) == [], hole.shows
+
+
+def test_the_simulation_finds_a_proof_timed_on_worker_clocks(redis_url: str) -> None:
+    """The proof timed on each worker's own clock, as before the fix: these seeds double."""
+    logging.disable(logging.CRITICAL)
+    try:
+        results = [
+            run(h.seed, redis_url, vary={**h.vary, "worker_clocks": True})
+            for h in WORKER_CLOCK_DOUBLES
+        ]
+    finally:
+        logging.disable(logging.NOTSET)
+    doubled = [r for r in results if any(v.startswith("DOUBLED") for v in r.violations)]
+    assert len(doubled) == len(results), [r.violations for r in results]
 
 
 def test_a_seed_replays_exactly(redis_url: str) -> None:

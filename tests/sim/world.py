@@ -47,6 +47,8 @@ from worker.core.states import State
 from worker.core.store import rebook_id_for
 
 START = 1_767_225_600.0  # 2026-01-01T00:00:00Z; some seeds start near a fall-back hour
+SERVER_SKEW = 0.2
+"""How far (s) a Redis server's clock may be from true time (NTP): README, "What is assumed"."""
 FALL_BACK = 1_792_371_600.0 - 1800  # 2026-10-25T00:30Z: London's clocks go back at 01:00Z
 ZONES = ["Europe/London", "Europe/Paris", "UTC", "Atlantic/Azores", "Europe/Athens"]
 LIST_NAMES = ["WebcamBookings", "MadeBookings", "Bookings"]
@@ -120,7 +122,7 @@ def run(
     `shapes` are the `Performer` shapes the seed may draw (any other drawn is `{"UserID"}`: the
     rest of the world is the same); `vary` sets what the seed drew (`shape`, `max_skew`,
     `failover`, `past_lease`, `past_lease_max`, `edge_commits`, `invalid`), to find which one
-    a hole needs;
+    a hole needs (and `worker_clocks`: the proof timed on each worker's clock, not Redis's);
     `skew_limit` caps how far apart the workers' clocks are (the upstream's is not capped)."""
     rng = random.Random(seed)
     random.seed(seed)  # the flow's own jitter: one process runs at a time, so this is replayable
@@ -179,6 +181,15 @@ def run(
     raw = SimRedis.from_url(redis_url, decode_responses=True)
     raw.engine = engine
     stores: list[SimStore] = []
+    # Redis's own clock, the one the exactly-once proof is timed on: true time within
+    # SERVER_SKEW (NTP), and another such clock after each failover (the promoted replica's).
+    # Drawn from a generator of its own, so the rest of the world is what the seed drew before.
+    server_rng = random.Random(f"server-clock-{seed}")
+    server = {"skew": server_rng.uniform(-SERVER_SKEW, SERVER_SKEW)}
+    worker_clocks = bool((vary or {}).get("worker_clocks", False))
+
+    def server_clock() -> float:
+        return engine.now + server["skew"]
 
     def flow_for(skew: float) -> tuple[Flow, Any]:
         store = SimStore(
@@ -187,6 +198,9 @@ def run(
         store.table = table
         store.replica = replica
         store.clock = lambda: engine.now + skew
+        # (`worker_clocks`: each worker's own clock stands in for Redis's, as before issue 20's
+        # fix: a weakened protocol the checks must catch)
+        store.server_clock = store.clock if worker_clocks else server_clock
         stores.append(store)
         ctx = session_for(upstream)
         session = ctx.__enter__()
@@ -329,6 +343,7 @@ def run(
                 if rng.random() < 0.12:
                     lost_s = replica.promote(rng.randrange(1000))
                     failovers.append(round(lost_s, 1))
+                    server["skew"] = server_rng.uniform(-SERVER_SKEW, SERVER_SKEW)
 
     def lose_a_mark() -> None:
         """A failover to a replica that missed the last write: a POST's mark is gone. Only

@@ -47,7 +47,7 @@ from worker.core.models import RebookEvent, WebcamBooking, from_ts, iso_z
 from worker.core.observability import HEARTBEAT_SECONDS, bound, sweep_heartbeat
 from worker.core.settings import Settings
 from worker.core.states import ACTIVE_STATES, STEP_STATES, State, Step
-from worker.core.store import REMOVE, Rebook, StepLock, Store, rebook_id_for
+from worker.core.store import REMOVE, SERVER_NOW, Rebook, StepLock, Store, rebook_id_for
 
 log = logging.getLogger("rebook.flow")
 POST = "RescheduleMadeBooking"
@@ -320,7 +320,9 @@ class Flow:
         """When to try again after our own rate budget said "not now" (nothing was sent)."""
         return jittered(exc.retry_after or self.settings.retry_base_seconds)
 
-    def _retry_later(self, rec: Rebook, exc: UpstreamError, what: str) -> None:
+    def _retry_later(
+        self, rec: Rebook, exc: UpstreamError, what: str, fields: dict[str, Any] | None = None
+    ) -> None:
         """Backoff after a failed call; our own throttle is "not now" and counts nothing."""
         if isinstance(exc, Throttled):
             wait = self._throttle_wait(exc)
@@ -330,7 +332,10 @@ class Flow:
         wait = self.backoff(rec.errors, exc.retry_after)
         log.warning("rebook %s: %s failed (%s); again in %.1fs", rec.rebook_id, what, exc, wait)
         self._stay(
-            rec, reason=rec.reason, due=self.clock() + wait, fields={"errors": rec.errors + 1}
+            rec,
+            reason=rec.reason,
+            due=self.clock() + wait,
+            fields={**(fields or {}), "errors": rec.errors + 1},
         )
 
     # -- intake ----------------------------------------------------------------------------------
@@ -778,8 +783,7 @@ class Flow:
             except LeaseLost:
                 raise
             except UpstreamError as exc:
-                self._retry_later(rec, exc, "reading the member's bookings before the POST")
-                return Step.RETRY
+                return self._list_failed(rec, exc)
         # (a list cut at its page limit is fine here: what it did not show stays a candidate)
         try:
             token = self.tokens.access_token(rec.user_id)
@@ -813,6 +817,29 @@ class Flow:
             return self._not_done(rec, marked, exc)
         self._learn(rec, booking, "the POST's answer")
         return self._booked(rec, booking)
+
+    def _list_failed(self, rec: Rebook, exc: UpstreamError) -> Step:
+        """The look before a POST failed: nothing was sent. Our own rate budget's "not now"
+        counts nothing; a failed read counts (`reconcile_tries`, from the last mark), and at
+        REBOOK_RECONCILE_MAX_TRIES the rebook parks `list_unreadable` rather than retry for
+        ever (a list the worker cannot parse, a member whose list always fails)."""
+        what = "reading the member's bookings before the POST"
+        tries = rec.reconcile_tries + 1
+        if isinstance(exc, Throttled):
+            self._retry_later(rec, exc, what)
+            return Step.RETRY
+        if tries < self.settings.reconcile_max_tries:
+            self._retry_later(rec, exc, what, fields={"reconcile_tries": tries})
+            return Step.RETRY
+        self._park(
+            rec,
+            "list_unreadable",
+            tries=tries,
+            error=str(exc),
+            action="the member's bookings could not be read before a POST (nothing was sent): "
+            "check the upstream (and REBOOK_MADE_BOOKINGS_LIST_NAMES), then `rebook retry ID`",
+        )
+        return Step.PARKED
 
     def _send_post(
         self,
@@ -858,7 +885,7 @@ class Flow:
             cap = s.max_rebooks_per_member_per_day
             if cap and not self.store.take_member_post(rec.user_id, cap, now):
                 raise _Capped(f"member {rec.user_id} reached {cap} POSTs today")
-            ok, holder, got = self.store.start_post(
+            ok, holder, got, sent = self.store.start_post(
                 rec.rebook_id,
                 now=now,
                 attempts=rec.attempts + 1,
@@ -874,7 +901,8 @@ class Flow:
                 if cap:
                     self.store.give_back_member_post(rec.user_id, now)
                 raise Gated(holder) if holder else NotSent("the rebook changed")
-            marked.append(now)
+            assert sent is not None
+            marked.append(sent)  # the server's time (the proof's clock), as the record has it
             # Under the gate now, no sibling's POST is unsettled: a booking in the list that
             # nobody owns and that looks like ours is one whose mark was lost. Owners are read
             # only now, so one a sibling took meanwhile is not taken twice.
@@ -954,15 +982,16 @@ class Flow:
         return Step.PARKED
 
     def _ambiguous(self, rec: Rebook, marked: list[float], exc: Ambiguous) -> Step:
-        """Sent, and the answer does not say what happened: reconcile, from this answer."""
-        answered = self.clock()
+        """Sent, and the answer does not say what happened: reconcile, from this answer (its
+        time on the server's clock, as every time the proof compares)."""
+        answered = self.store.server_time(rec.rebook_id)
         log.warning("rebook %s: reschedule ambiguous (%s); reconciling", rec.rebook_id, exc)
         self._stay(
             rec,
             reason=f"ambiguous: {exc}",
             require={"post_sent_ts": _mark(marked[0])},
             fields={"errors": rec.errors + 1, "answer_ts": answered},
-            due=self._proof_due(answered, 1),
+            due=self._due_at(self._proof_due(answered, 1), answered),
         )
         return Step.AMBIGUOUS
 
@@ -1169,6 +1198,12 @@ class Flow:
             return Step.BOOKED
         return Step.FENCED  # another step holds the rebook now: it finds this booking upstream
 
+    def _due_at(self, server_at: float, server_now: float) -> float:
+        """A moment on the server's clock as a due time on this worker's: the due index
+        schedules on worker clocks (a step run early finds the proof not due and waits again);
+        only what decides that the window has passed reads the server's (`Store.server_time`)."""
+        return self.clock() + max(0.0, server_at - server_now)
+
     def _window_start(self, sent: float, answered: float | None) -> float:
         """Since when a booking of an unsettled POST may still appear: its ambiguous answer, or,
         when the worker died before it came, the latest the request could have been in flight."""
@@ -1199,9 +1234,11 @@ class Flow:
         sent = rec.post_sent_ts
         start = self._window_start(sent, rec.answer_ts)
         k = rec.empty_reads + 1
-        read_at = self.clock()  # a read that *starts* at its time counts
+        # a read that *starts* at its time counts; the server's clock, as the mark's and the
+        # answer's: a worker clock minutes ahead cannot end the window early
+        read_at = self.store.server_time(rec.rebook_id)
         if read_at < self._proof_due(start, k):
-            self._stay(rec, reason=rec.reason, due=self._proof_due(start, k))
+            self._stay(rec, reason=rec.reason, due=self._due_at(self._proof_due(start, k), read_at))
             return Step.GRACE
         if read_at > start + s.reconcile_max_seconds:
             return self._park_unsettled(rec, rec.reconcile_tries, "no proof within the bound")
@@ -1247,7 +1284,7 @@ class Flow:
                 reason=f"reconciling: {k} of {s.reconcile_proof_reads} reads found no booking",
                 require={"post_sent_ts": _mark(sent)},
                 fields={"empty_reads": k},
-                due=self._proof_due(start, k + 1),
+                due=self._due_at(self._proof_due(start, k + 1), read_at),
             )
             return Step.PROVING
         # Proven: the POST did not make a booking. Its mark goes; the next POST may go out.
@@ -1315,7 +1352,10 @@ class Flow:
             if rivals
             else f"reconciling: booking(s) {ids} appeared, not like a reschedule",
             require={"post_sent_ts": _mark(rec.post_sent_ts)},
-            due=max(read_at + s.reconcile_grace_seconds, start + s.reconcile_window_seconds),
+            due=self._due_at(
+                max(read_at + s.reconcile_grace_seconds, start + s.reconcile_window_seconds),
+                read_at,
+            ),
         )
         return Step.PROVING
 
@@ -1482,11 +1522,14 @@ class Flow:
         if booking.session_date is not None and booking.session_date.timestamp() <= now:
             return self._finish(rec, booking, State.ACCEPTED, "accepted; too late to confirm")
         sent = rec.confirm_sent_ts
-        if sent is not None:
+        if sent is not None:  # the proof on the server's clock, as a POST's
             start = self._window_start(sent, rec.confirm_answer_ts)
             k = rec.confirm_reads + 1
-            if now < self._proof_due(start, k):
-                self._stay(rec, reason=rec.reason, due=self._proof_due(start, k))
+            read_at = self.store.server_time(rec.rebook_id)
+            if read_at < self._proof_due(start, k):
+                self._stay(
+                    rec, reason=rec.reason, due=self._due_at(self._proof_due(start, k), read_at)
+                )
                 return Step.CONFIRM_PENDING
             try:  # a fresh read of our own: a cached list may predate the confirm
                 self._hold()
@@ -1507,14 +1550,18 @@ class Flow:
                     reason=rec.reason,
                     require={"confirm_sent_ts": repr(sent)},
                     fields={"confirm_reads": k},
-                    due=self._proof_due(start, k + 1),
+                    due=self._due_at(self._proof_due(start, k + 1), read_at),
                 )
                 return Step.CONFIRM_PROVING
         self.store.forget_cached(rec.user_id, booking.booking_id)
         if not self._stay(
             rec,
             reason="confirm sent",
-            fields={"confirm_sent_ts": now, "confirm_answer_ts": None, "confirm_reads": None},
+            fields={
+                "confirm_sent_ts": SERVER_NOW,
+                "confirm_answer_ts": None,
+                "confirm_reads": None,
+            },
             due=now + self.store.lease,
         ):
             return Step.NOOP
@@ -1530,13 +1577,13 @@ class Flow:
         except LeaseLost:
             raise
         except Ambiguous as exc:  # read the status again, on proof, before confirming again
-            answered = self.clock()
+            answered = self.store.server_time(rec.rebook_id)
             log.warning("rebook %s: confirm not settled (%s)", rec.rebook_id, exc)
             self._stay(
                 rec,
                 reason=f"confirm unsettled: {exc}",
                 fields={"confirm_answer_ts": answered},
-                due=self._proof_due(answered, 1),
+                due=self._due_at(self._proof_due(answered, 1), answered),
             )
             return Step.CONFIRM_RETRY
         except UpstreamError as exc:  # not sent (or a 401 twice): nothing was confirmed
@@ -1767,7 +1814,9 @@ class Flow:
         to, due = State.WAITING, deadline if rec.performer_id is not None else now
         if rec.unsettled:
             to, due = State.RESCHEDULING, now
-            fields.update(answer_ts=now, empty_reads=None, attempts=rec.attempts, **(extra or {}))
+            fields.update(  # the window starts afresh, on the server's clock (`_reconcile`)
+                answer_ts=SERVER_NOW, empty_reads=None, attempts=rec.attempts, **(extra or {})
+            )
         if not self._move(
             rec.rebook_id,
             to,
@@ -1812,7 +1861,7 @@ class Flow:
         }
         if rec.unsettled:  # reconcile first, the proof's window starting afresh
             to = State.RESCHEDULING
-            fields.update(answer_ts=now, empty_reads=None, **(extra or {}))
+            fields.update(answer_ts=SERVER_NOW, empty_reads=None, **(extra or {}))
         if to == State.WAITING:
             deadline = max(rec.deadline_ts, now + self.settings.presence_interval_seconds * 2)
             fields["deadline_ts"] = deadline

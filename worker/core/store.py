@@ -286,6 +286,9 @@ class Store:
         self._performer_learn = client.register_script(_script("performer_learn"))
         self.clock: Callable[[], float] = time.time
         """The time of records written without an explicit `now` (a simulation sets its own)."""
+        self.server_clock: Callable[[], float] | None = None
+        """The Redis server's clock, for a simulation only (its time is virtual); None: Redis's
+        own `TIME`, in the scripts and in `server_time` (README "Exactly one booking")."""
         self.circuit = Circuit(client, self.keys)
         """Deployment faults (worker/core/circuit.py); `from_settings` gives it the settings'
         fingerprints and probe interval."""
@@ -602,7 +605,7 @@ class Store:
         member_wide: bool = False,
         replicas: int = 0,
         replica_timeout_ms: int = 0,
-    ) -> tuple[bool, str, int]:
+    ) -> tuple[bool, str, int, float | None]:
         """Records "POST sent" — only if this step still holds the rebook (`claim`), no POST of
         it is unsettled, and no other rebook of the same member and performer has one (their
         bookings could not be told apart in reconciliation) — `member_wide`: of the same member,
@@ -613,16 +616,18 @@ class Store:
         With `replicas`, the mark and `WAIT replicas replica_timeout_ms` go in one pipeline on
         one connection (`WAIT` counts the replicas that have that connection's writes: on any
         other pooled connection it may answer at once, for a connection that wrote nothing);
-        n is its answer, else 0."""
-        ok, current, got = self._run_transition_waiting(
+        n is its answer, else 0. Last, the mark: Redis's own time, written by the script (the
+        proof's window is timed on the server's clock, not on any worker's), or None."""
+        ok, current, got, stamp = self._run_transition_waiting(
             rebook_id,
             State.RESCHEDULING,
             from_=[State.RESCHEDULING],
             reason="POST sent",
             due=due,
             fields={
-                "post_sent_ts": now,
+                "post_sent_ts": SERVER_NOW,
                 "attempts": attempts,
+                "reconcile_tries": None,  # failed reads before it; its own proof counts afresh
                 "known_ids": json.dumps(list(known_ids), separators=(",", ":")),
                 "answer_ts": None,
                 "empty_reads": None,
@@ -635,8 +640,9 @@ class Store:
             wait=(replicas, replica_timeout_ms) if replicas else None,
         )
         if ok:
-            return True, "", got
-        return False, current.removeprefix("gate:") if current.startswith("gate:") else "", got
+            return True, "", got, float(stamp)
+        holder = current.removeprefix("gate:") if current.startswith("gate:") else ""
+        return False, holder, got, None
 
     def gate_holder(self, rec: Rebook, member_wide: bool = False) -> str | None:
         """The other rebook of the same member and performer (`member_wide`: of the member)
@@ -754,6 +760,20 @@ class Store:
             return self.r.get_node_from_key(key).redis_connection.pipeline(transaction=False)
         return self.r.pipeline(transaction=False)
 
+    def server_time(self, rebook_id: str | None = None) -> float:
+        """Redis's own clock (`TIME`), to the millisecond: the one clock the exactly-once proof
+        is timed on, whatever the worker clocks say (the marks the scripts write use it too).
+        In a cluster, the clock of the node that runs `rebook_id`'s scripts (its shard's)."""
+        if self.server_clock is not None:
+            return round(self.server_clock(), 3)
+        client = self.r
+        if self.cluster:
+            shard = self.shard_of(rebook_id) if rebook_id is not None else None
+            key = self._script_args(shard if shard is not None else 0)[0][0]
+            client = self.r.get_node_from_key(key).redis_connection
+        secs, micros = client.time()
+        return float(f"{int(secs)}.{int(micros) // 1000:03d}")
+
     def _run_transition(
         self,
         rebook_id: str,
@@ -769,7 +789,7 @@ class Store:
         now: float | None = None,
         gate: str = "",
     ) -> tuple[bool, str]:
-        ok, current, _ = self._run_transition_waiting(
+        ok, current, _, _ = self._run_transition_waiting(
             rebook_id,
             to,
             from_=from_,
@@ -799,25 +819,26 @@ class Store:
         now: float | None = None,
         gate: str = "",
         wait: tuple[int, int] | None = None,
-    ) -> tuple[bool, str, int]:
+    ) -> tuple[bool, str, int, str]:
         """The transition; with `wait` (replicas, timeout ms), then `WAIT` on the connection that
-        ran it, and its answer (else 0)."""
+        ran it, and its answer (else 0); last, the "=TIME" stamp the script wrote (else "")."""
         shard = self.shard_of(rebook_id)
         if shard is None:
-            return False, "", 0
+            return False, "", 0, ""
         keys, prefix = self._script_args(shard)
         ts = self.clock() if now is None else now
         argv = self._transition_argv(
             prefix, rebook_id, from_, to, ts, reason, due, outcome, fields, require, detail, gate
         )
         if wait is None:
-            ok, current = self._transition(keys=keys, args=argv)
-            return bool(ok), str(current or ""), 0
-        pipe = self._one_connection(keys[0])
-        self._transition(keys=keys, args=argv, client=pipe)
-        pipe.wait(*wait)
-        (ok, current), got = pipe.execute()
-        return bool(ok), str(current or ""), int(got)
+            result, got = self._transition(keys=keys, args=argv), 0
+        else:
+            pipe = self._one_connection(keys[0])
+            self._transition(keys=keys, args=argv, client=pipe)
+            pipe.wait(*wait)
+            result, got = pipe.execute()
+        stamp = str(result[2]) if len(result) > 2 else ""
+        return bool(result[0]), str(result[1] or ""), int(got), stamp
 
     def _transition_argv(
         self,
@@ -851,6 +872,7 @@ class Store:
             json.dumps(scrubbed(detail or {}), default=str),
             self.lease,
             gate,
+            "" if self.server_clock is None else repr(self.server_time()),
         ]
 
     def claim_booking(self, new_booking_id: int, rebook_id: str) -> bool:
@@ -1409,6 +1431,10 @@ def _id_text(value: Any) -> str | None:
     if isinstance(value, str) and value.strip().isdigit():
         return str(int(value.strip()))
     return None
+
+
+SERVER_NOW = "=TIME"
+"""A field value that transition.lua replaces with Redis's own clock (`Store.server_time`)."""
 
 
 def _field(value: Any) -> str:

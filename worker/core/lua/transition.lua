@@ -6,16 +6,33 @@
 --       9 outcome state ("" none), 10 retention seconds, 11 fields JSON, 12 guards JSON,
 --       13 detail JSON, 14 lease seconds, 15 "gate" to take the member+performer gate,
 --       "gate_member" to take the member's gate (no other POST of the member unsettled, whatever
---       its performer: the performer field is unconfirmed, worker/core/flow.py)
+--       its performer: the performer field is unconfirmed, worker/core/flow.py),
+--       16 "" or a time: a field given as "=TIME" is set to Redis's own clock (`TIME`; the one
+--       clock the exactly-once proof is timed on), or to this time (a simulation's server clock)
 -- Returns, for one id, {1, previous state} on success, {0, current state or ""} when refused, and
 -- {0, "gate:" .. holder} when another rebook of the same member and performer has an unsettled
 -- POST (reconciliation could not tell their bookings apart, so they never overlap): "POST sent"
 -- set and no booking found, whatever its state. For several
--- ids it returns one 1/0 per id.
+-- ids it returns one 1/0 per id. A single id's success carries, third, the "=TIME" stamp it wrote.
 local p = ARGV[1]
 local guards = cjson.decode(ARGV[12])
 local fields = cjson.decode(ARGV[11])
 local to, now, now_iso, reason = ARGV[4], tonumber(ARGV[5]), ARGV[6], ARGV[7]
+-- the server's time to the millisecond, written as Python's repr writes that float (the flow
+-- compares marks as strings): "1765000000.12", "1765000000.0"
+local stamp = nil
+local function server_now()
+  if stamp then return stamp end
+  if (ARGV[16] or '') ~= '' then
+    stamp = ARGV[16]
+  else
+    local t = redis.call('TIME')
+    local frac = string.format('%03d', math.floor(tonumber(t[2]) / 1000)):gsub('0+$', '')
+    if frac == '' then frac = '0' end
+    stamp = t[1] .. '.' .. frac
+  end
+  return stamp
+end
 -- ACTIVE and STEP: the state sets of worker/core/states.py, prepended by the store's loader
 local function is_terminal(s)
   return not ACTIVE[s]
@@ -117,6 +134,7 @@ local function apply(id)
     redis.call('SADD', p .. 'user:' .. uid, id)
   end
   for f, v in pairs(fields) do
+    if v == '=TIME' then v = server_now() end
     if v == '' then
       redis.call('HDEL', rk, f)
       rec[f] = false
@@ -206,6 +224,7 @@ for one in string.gmatch(ARGV[2], '[^,]+') do ids[#ids + 1] = one end
 if #ids == 1 then
   local result = apply(ids[1])
   flush()
+  if stamp and result[1] == 1 then result[3] = stamp end
   return result
 end
 local results = {}

@@ -22,6 +22,8 @@ REASON_HELP: dict[str, str] = {
     "unclaimed_booking": "a booking nobody owns was found that this rebook or a sibling may "
     "have made",
     "too_many_attempts": "every reschedule attempt failed before the upstream acted",
+    "list_unreadable": "the member's bookings could not be read before a reschedule request "
+    "(nothing was sent)",
     "watch_failed": "the new booking cannot be read",
     "watch_unreadable": "the new booking cannot be read",
     "performer_unknown": "the original booking has no id under the confirmed performer field",
