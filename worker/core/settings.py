@@ -111,6 +111,10 @@ class Settings(BaseSettings):
     reconcile_max_tries: int = Field(5, ge=1)
     reschedule_max_attempts: int = Field(5, ge=1)
     gate_max_wait_seconds: float = Field(900.0, gt=0)
+    shared_read_seconds: float = Field(10.0, ge=0, le=60)
+    """REBOOK_SHARED_READ_SECONDS: how long one read of a member's bookings before a POST may
+    serve that member's later POSTs in the same worker process (README "Exactly one booking",
+    the read before a POST); 0 reads before every POST."""
     made_bookings_list_names: str = "WebcamBookings,MadeBookings,Bookings,WebcamMadeBookings"
     redis_wait_replicas: int = Field(0, ge=0, le=16)
     redis_wait_timeout_ms: int = Field(1000, ge=1, le=60_000)

@@ -620,6 +620,13 @@ class Store:
                 return str(holder)
         return None
 
+    def server_id(self, user_id: str) -> str:
+        """The `run_id` of the Redis server that holds the member's records: new after every
+        restart and on a failover — when writes may have been lost."""
+        key = self.keys.of_member(self.shard_for_user(user_id), user_id)
+        client = self.r.get_node_from_key(key).redis_connection if self.cluster else self.r
+        return str(client.info("server").get("run_id", ""))
+
     def posted_without_booking(self, rec: Rebook, member_wide: bool = False) -> list[str]:
         """Rebooks of the member and performer (`member_wide`: of the member, any performer)
         that sent a POST and own no booking (yet)."""
