@@ -108,6 +108,11 @@ def run(seed: int, redis_url: str, **overrides: Any) -> Result:
     engine = Engine(seed, FALL_BACK if near_fall_back else START, crash_rate=0.0)
     engine.crash_rate = rng.choice([0.0, 0.002, 0.01, 0.03])
     prefix = f"sim:{seed}:{uuid.uuid4().hex[:6]}:"
+    # the read before a POST shared for none, the default, or a minute (a generator of its own:
+    # the worlds of the seeds stay as they were)
+    overrides.setdefault(
+        "shared_read_seconds", random.Random(seed ^ 0x5EED).choice([0.0, 10.0, 60.0])
+    )
     settings = sim_settings(redis_url, prefix, rng, **overrides)
     # the upstream's zone may not be the one configured, its clock may be off
     zone = ZoneInfo("Europe/London" if rng.random() < 0.5 else rng.choice(ZONES))
