@@ -172,7 +172,8 @@ class Flow:
     clock: Callable[[], float] = field(default=time.time)
     _field_seen: tuple[float, str | None] = field(default=(-math.inf, None), repr=False)
     _slots_spent_until: float = field(default=-math.inf, repr=False)
-    _reads: SharedReads[Listing] = field(default_factory=SharedReads, repr=False)
+    reads: SharedReads[Listing] = field(default_factory=SharedReads, repr=False)
+    """Reads before a POST that later POSTs may share: one per worker process (`flow()`)."""
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -731,7 +732,7 @@ class Flow:
         shared = self._shared_read(rec, since)
         if shared is not None:
             return shared
-        lead, done = self._reads.lead(rec.user_id)
+        lead, done = self.reads.lead(rec.user_id)
         if not lead:  # another thread of this process is reading the member's list: wait for it
             done.wait(s.call_bound_seconds)
             shared = self._shared_read(rec, since)
@@ -741,7 +742,7 @@ class Flow:
             server, started = self.store.server_id(rec.user_id), self.clock()
             # a member is waiting for this POST: the read before it has the POST's share
             listing = self._list(rec, since, RATE_SHARE[POST])
-            self._reads.put(
+            self.reads.put(
                 rec.user_id,
                 SharedRead(listing, since, started, server),
                 started - s.shared_read_seconds,
@@ -749,7 +750,7 @@ class Flow:
             return listing
         finally:
             if lead:
-                self._reads.landed(rec.user_id)
+                self.reads.landed(rec.user_id)
 
     def _shared_read(self, rec: Rebook, since: float) -> Listing | None:
         """A read of the member's list this process made for an earlier POST, if it is evidence
@@ -763,24 +764,24 @@ class Flow:
         server changed (a restart or a failover is what loses a mark). README "Exactly one
         booking": the read before a POST."""
         s = self.settings
-        read = self._reads.latest(rec.user_id, since, oldest=self.clock() - s.shared_read_seconds)
+        read = self.reads.latest(rec.user_id, since, oldest=self.clock() - s.shared_read_seconds)
         if read is None:
             return None
         # a POST sent up to one call bound before the read may have been made after it went
         # out; the margin also covers the clocks of other processes (they write `updated_ts`)
         after = read.started - s.call_bound_seconds - 1.0
-        mine = self._reads.last_mark(rec.rebook_id)
+        mine = self.reads.last_mark(rec.rebook_id)
         if mine is not None and mine >= after:
             return None
         if self.store.server_id(rec.user_id) != read.server:
-            self._reads.drop(rec.user_id, read)
+            self.reads.drop(rec.user_id, read)
             return None
         others = [o for o in self.store.posted_without_booking(rec, True) if o != rec.rebook_id]
         for other in self.store.get_many(others):
             if other.new_booking_id is None and (
                 other.post_sent_ts is not None or other.updated_ts >= after
             ):
-                self._reads.drop(rec.user_id, read)
+                self.reads.drop(rec.user_id, read)
                 return None
         return read.listing
 
@@ -814,7 +815,7 @@ class Flow:
             if not ok:
                 raise Gated(holder) if holder else NotSent("the rebook changed")
             marked.append(now)
-            self._reads.marked(rec.rebook_id, now, now - 2 * s.call_bound_seconds - 60)
+            self.reads.marked(rec.rebook_id, now, now - 2 * s.call_bound_seconds - 60)
             # Under the gate now, no sibling's POST is unsettled: a booking in the list that
             # nobody owns and that looks like ours is one whose mark was lost. Owners are read
             # only now, so one a sibling took meanwhile is not taken twice.
