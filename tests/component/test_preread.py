@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+import redis
 
 from worker.core.states import State
 
@@ -119,3 +120,23 @@ def test_zero_seconds_reads_before_every_post(make_env: Callable[..., Env]) -> N
     for rid in made:
         assert env.flow.reschedule(rid) == "booked"
     assert env.calls("MadeBookings") - before == 3
+
+
+def test_the_store_names_its_server_and_never_the_same_when_it_cannot(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = env.store.server_id("alice")
+    assert first and first == env.store.server_id("bob")
+    assert first == env.store.r.info("server")["run_id"]
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise redis.ResponseError("unknown command 'INFO'")
+
+    monkeypatch.setattr(env.store.r, "info", refused)
+    assert env.store.server_id("alice") != env.store.server_id("alice")
+    # so a read made then serves no later POST
+    made = online_rebooks(env, [7, 8])
+    before = env.calls("MadeBookings")
+    for rid in made:
+        assert env.flow.reschedule(rid) == "booked"
+    assert env.calls("MadeBookings") - before == 2

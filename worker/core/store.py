@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import secrets
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -622,10 +623,15 @@ class Store:
 
     def server_id(self, user_id: str) -> str:
         """The `run_id` of the Redis server that holds the member's records: new after every
-        restart and on a failover — when writes may have been lost."""
+        restart and on a failover — when writes may have been lost. Where it cannot be read (a
+        proxy that refuses `INFO`), a value of its own each time: nothing counts as the same."""
         key = self.keys.of_member(self.shard_for_user(user_id), user_id)
         client = self.r.get_node_from_key(key).redis_connection if self.cluster else self.r
-        return str(client.info("server").get("run_id", ""))
+        try:
+            run_id = str(client.info("server").get("run_id") or "")
+        except redis.ResponseError:
+            run_id = ""
+        return run_id or f"unknown-{secrets.token_hex(8)}"
 
     def posted_without_booking(self, rec: Rebook, member_wide: bool = False) -> list[str]:
         """Rebooks of the member and performer (`member_wide`: of the member, any performer)
