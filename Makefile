@@ -12,7 +12,7 @@ LOCK := requirements.lock
 LOCK_ARGS := pyproject.toml --all-extras --universal --python-version 3.11 --quiet
 # peers whose own test suites run against rebook's patches (tests/peers): their sdists at the
 # locked versions, fetched once by `make install` into $(VENV)/peers so tests run offline
-PEERS := flower
+PEERS := flower kombu
 
 # Exactly the locked versions (every dependency, the dev tools included), then rebook itself
 # without resolving anything: what CI, `make test` and `make demo` run is what the lock says.
@@ -50,10 +50,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-## the full chaos suite (500 rebooks over 50 performers under kill -9, faults, restarts) and
-## 10,000 seeds of the simulation (tests/sim)
+## the full chaos suite (500 rebooks over 50 performers under kill -9, faults, restarts),
+## 10,000 seeds of the simulation (tests/sim), and the long integration runs marked `full`
+## (the demo in shadow mode, a wrong API key fixed by a restart)
 chaos: $(STAMP)
 	REBOOK_CHAOS_SCALE=full $(BIN)/python -m pytest tests/chaos tests/sim -v -s --timeout 7200 -m ''
+	$(BIN)/python -m pytest tests/integration tests/component -v -m full
 
 ## rebook vs plain Celery, side by side on 127.0.0.1 (< 5 min on 2 cores): markdown table + JSON
 ## larger runs: make bench BENCH_ARGS="--sizes 1000,10000,100000,1000000 --plain-max 100000"

@@ -3,13 +3,19 @@ AMQP basic_publish) beside valid events, against a real worker on each broker.
 
 Each must end as exactly one dead letter with a readable reason and its raw item (scrubbed,
 at most 4 KB), be gone from the broker (no redelivery, nothing left in `unacked`), and leave the
-worker serving: before the fix one body that is not base64 stopped the worker (exit 1).
+worker serving: before the fix one body that is not base64 stopped the worker (exit 1), and
+headers nested 20,000 deep (RecursionError in the check) stopped it and vanished. Tasks other than
+`rebook.request` pushed to `rebook.events` (a producer's account may push there) are dead-lettered,
+never run; so are items over 64 KB as a whole (a 1 MB `argsrepr` header) and an unknown
+content-encoding. Afterwards the worker still answers `control.ping`, and the reply (consumed
+with no_ack) is not left in `unacked`.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import socket
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -39,6 +45,7 @@ class Bad:
     name: str
     marker: str
     words: tuple[str, ...]
+    task_id: str = ""
 
 
 @pytest.fixture(scope="module", params=["redis", "amqp"])
@@ -68,6 +75,16 @@ def _event(system: System, marker: str) -> bytes:
     ).encode()
 
 
+INTERNAL = ("rebook.sweep", "rebook.reschedule", "rebook.keep_tokens", "celery.accumulate")
+"""Tasks a producer may not run by pushing them to `rebook.events`."""
+
+
+def _nested(env: dict[str, Any], depth: int) -> str:
+    """The envelope with a header nested `depth` lists deep (json.dumps cannot write it)."""
+    env["headers"]["nest"] = "@@NEST@@"
+    return json.dumps(env).replace('"@@NEST@@"', "[" * depth + "]" * depth)
+
+
 def _bomb() -> bytes:
     return zlib.compress(b"[[], {}, {}]" + b" " * 10_000_000)
 
@@ -91,8 +108,14 @@ def push_redis_items(system: System) -> tuple[list[Bad], list[str]]:
             "args",
             "taskname",
             "noid",
+            "deep",
+            "deeper",
+            "argsrepr",
+            "cenc",
+            *INTERNAL,
         )
     }
+    ids: dict[str, str] = {}
     items: list[tuple[str, bytes | str, tuple[str, ...]]] = [
         ("binary", b"\xff\xfe" + m["binary"].encode() + b"\x00", ("JSON",)),
         ("text", f"not json {m['text']} token={SECRET}", ("JSON",)),
@@ -121,6 +144,9 @@ def push_redis_items(system: System) -> tuple[list[Bad], list[str]]:
     taskname["headers"]["task"] = ["rebook.request"]
     noid = _envelope(m["noid"], b"[[], {}, {}]")
     del noid["headers"]["id"]
+    argsrepr = _envelope(m["argsrepr"], b"[[], {}, {}]")
+    argsrepr["headers"]["argsrepr"] = "x" * 1_000_000
+    cenc = _envelope(m["cenc"], b"[[], {}, {}]", **{"content-encoding": "x-rot47"})
     items += [
         ("noprops", json.dumps(noprops), ("properties",)),
         ("notag", json.dumps(notag), ("delivery_tag",)),
@@ -133,7 +159,19 @@ def push_redis_items(system: System) -> tuple[list[Bad], list[str]]:
         ("args", json.dumps(args), ("positional",)),
         ("taskname", json.dumps(taskname), ("task",)),
         ("noid", json.dumps(noid), ("id",)),
+        # RecursionError in the check (within 64 KB), and a 200 KB one the size limit refuses
+        ("deep", _nested(_envelope(m["deep"], b"[[], {}, {}]"), 20_000), ("nested",)),
+        ("deeper", _nested(_envelope(m["deeper"], b"[[], {}, {}]"), 100_000), ("limit",)),
+        ("argsrepr", json.dumps(argsrepr), ("limit",)),
+        ("cenc", json.dumps(cenc), ("content encoding",)),
     ]
+    for task in INTERNAL:
+        internal = _envelope(m[task], b"[[], {}, {}]")
+        internal["headers"]["task"] = task
+        # the routing key a producer writes into the envelope is not where the item came from
+        internal["properties"]["delivery_info"]["routing_key"] = "rebook.work"
+        items.append((task, json.dumps(internal), ("only rebook.request",)))
+        ids[task] = internal["headers"]["id"]
     plain = redis.Redis.from_url(system.settings.redis_url)
     key = system.settings.broker_key_prefix + QUEUE
     valid_ids = []
@@ -146,7 +184,7 @@ def push_redis_items(system: System) -> tuple[list[Bad], list[str]]:
             plain.lpush(key, json.dumps(valid))
     finally:
         plain.close()
-    return [Bad(name, m[name], words) for name, _, words in items], valid_ids
+    return [Bad(name, m[name], words, ids.get(name, "")) for name, _, words in items], valid_ids
 
 
 def push_amqp_items(system: System) -> tuple[list[Bad], list[str]]:
@@ -192,10 +230,29 @@ def push_amqp_items(system: System) -> tuple[list[Bad], list[str]]:
         ("kwargs", json.dumps([[], [1], EMBED]).encode(), "application/json", {}, ("mapping",)),
         ("taskname", b"[[], {}, {}]", "application/json", {"task": 7}, ("task",)),
         ("noheaders", b"[[], {}, {}]", "application/json", None, ("Celery task message",)),
+        (
+            "argsrepr",
+            b"[[], {}, {}]",
+            "application/json",
+            {"argsrepr": "x" * 100_000},  # RabbitMQ's frame_max (128 KB) bounds headers
+            ("limit",),
+        ),
+        (
+            "cenc",
+            b"[[], {}, {}]",
+            "application/json",
+            {"_encoding": "x-rot47"},
+            ("content encoding",),
+        ),
+        *[
+            (task, b"[[], {}, {}]", "application/json", {"task": task}, ("only rebook.request",))
+            for task in INTERNAL
+        ],
     ):
         marker = f"mk-{name}-{uuid.uuid4().hex[:8]}"
         hdrs = {"marker": marker} if extra is None else headers(marker, **extra)
         cases.append((name, body, ctype, hdrs, words))
+    encodings = {name: hdrs.pop("_encoding", "utf-8") for name, _, _, hdrs, _ in cases}
     with Connection(system.settings.broker) as conn:
         producer = Producer(conn.default_channel)
         for name, body, ctype, hdrs, words in cases:
@@ -204,7 +261,7 @@ def push_amqp_items(system: System) -> tuple[list[Bad], list[str]]:
                 exchange="",
                 routing_key=QUEUE,
                 content_type=ctype,
-                content_encoding="utf-8",
+                content_encoding=encodings[name],
                 headers=hdrs,
                 serializer=None,
             )
@@ -218,7 +275,7 @@ def push_amqp_items(system: System) -> tuple[list[Bad], list[str]]:
                 headers=headers(marker),
                 serializer=None,
             )
-            sent.append(Bad(name, hdrs["marker"], words))
+            sent.append(Bad(name, hdrs["marker"], words, str(hdrs.get("id", ""))))
             valid_ids.append(f"ev-{marker}")
     return sent, valid_ids
 
@@ -250,6 +307,15 @@ def test_every_kind_of_bad_item_is_dead_lettered_once_and_the_worker_goes_on(
     system.wait_state(rid, State.WATCHING)
     assert system.worker.popen is not None and system.worker.popen.poll() is None
     assert "Unrecoverable error" not in system.worker.text()
+    # internal tasks pushed to rebook.events were never received as tasks, let alone run
+    internal = [b for b in bad if b.name in INTERNAL]
+    assert len(internal) == len(INTERNAL) and all(b.task_id for b in internal)
+    ran = [b.name for b in internal if f"[{b.task_id}]" in system.worker.text()]
+    assert not ran, ran
+    # the worker answers control commands; the reply, consumed with no_ack, is not left unacked
+    node = f"{system.node}@{socket.gethostname()}"
+    replies = system.producer.control.ping(destination=[node], timeout=10)
+    assert replies and node in replies[0], replies
 
     # gone from the broker: nothing queued, nothing unacked, and no second dead letter
     if not amqp:
@@ -259,6 +325,8 @@ def test_every_kind_of_bad_item_is_dead_lettered_once_and_the_worker_goes_on(
             assert plain.llen(prefix + QUEUE) == 0
             unacked = " ".join(plain.hkeys(prefix + "unacked"))
             assert not [b.name for b in bad if b.marker in unacked], unacked
+            records = " ".join(plain.hvals(prefix + "unacked"))
+            assert "reply.celery.pidbox" not in records, records[:500]
         finally:
             plain.close()
     else:

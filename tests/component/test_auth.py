@@ -13,7 +13,7 @@ from cryptography.fernet import Fernet
 
 from worker.adapters.auth import TokenManager, TokenStore
 from worker.celeryapp.runtime import Services, build_services
-from worker.core.errors import Challenged, ConfigError, ReauthRequired
+from worker.core.errors import Challenged, ConfigError, DeploymentFault, ReauthRequired
 from worker.core.models import TokenSet
 from worker.core.settings import Settings
 from worker.dev.sandbox import SandboxClient
@@ -267,9 +267,51 @@ def test_refresh_sends_the_configured_client(svc: Services, sandbox: SandboxClie
         client_id="sandbox-client",
         client_secret="wrong-secret",
     )
-    with pytest.raises(ReauthRequired):
+    before = svc.token_store.load("alice")
+    with pytest.raises(DeploymentFault) as refused:  # the site's client: no member's fault
         bad.access_token("alice")
+    assert refused.value.reason == "oauth_client" and not refused.value.paused
     assert sandbox.stats()["refreshes"] == 0
+    assert svc.token_store.load("alice") == before  # nothing rotated, nothing lost
+    # the circuit is open for every worker: the next refresh is not even sent
+    assert svc.store.circuit.public()["setting"].startswith("REBOOK_OAUTH_CLIENT_ID")
+    calls = sandbox.stats()["calls"]["token"]
+    with pytest.raises(DeploymentFault) as paused:
+        bad.access_token("alice")
+    assert paused.value.paused and sandbox.stats()["calls"]["token"] == calls
+
+
+def test_check_client_spends_no_members_token(svc: Services, sandbox: SandboxClient) -> None:
+    """doctor's check: a made-up refresh token; `invalid_grant` means the client passed."""
+    answer = save_member(svc, sandbox, "bob")
+    assert svc.tokens.check_client()[0] == "ok"
+    bad = TokenManager(
+        svc.token_store,
+        svc.client,
+        token_url=svc.settings.token_url,
+        client_id="sandbox-client",
+        client_secret="wrong-secret",
+    )
+    svc.client.circuit = None  # doctor's client: no circuit, it only reports
+    assert bad.check_client() == ("refused", "invalid_client")
+    sandbox.fault("token", "unauthorized_client")
+    assert svc.tokens.check_client() == ("refused", "unauthorized_client")
+    sandbox.fault("token", "http_503")
+    assert svc.tokens.check_client()[0] == "unknown"
+    assert sandbox.stats()["refreshes"] == 0
+    stored = svc.token_store.load("bob")
+    assert stored is not None and stored.refresh_token == answer["refresh_token"]
+
+
+def test_a_probe_that_passes_closes_the_circuit(svc: Services, sandbox: SandboxClient) -> None:
+    save_member(svc, sandbox, "carol", expires_in=0)
+    svc.store.circuit.cache_seconds = 0.0
+    svc.store.circuit.open(DeploymentFault("oauth_client", "invalid_client"))
+    with pytest.raises(DeploymentFault):  # within the probe interval: paused
+        svc.tokens.access_token("carol")
+    svc.store.r.delete(svc.store.keys.paused("probe"))  # the probe interval is over
+    assert svc.tokens.access_token("carol")  # the probe: the refresh goes and succeeds
+    assert svc.store.circuit.state(fresh=True) is None
 
 
 def test_a_challenge_page_on_the_token_endpoint_is_not_reauth(

@@ -255,3 +255,18 @@ def test_only_loopback_addresses_count_as_local() -> None:
         assert exporter.is_loopback(host), host
     for host in ("0.0.0.0", "::", "10.0.0.1", "rebook-exporter", ""):
         assert not exporter.is_loopback(host), host
+
+
+def test_a_deployment_fault_shows_as_rebook_paused(store: Store) -> None:
+    from worker.core.errors import DeploymentFault
+
+    before = scrape(store)
+    assert value(before, "rebook_paused", reason="api_key") == 0
+    store.circuit.open(DeploymentFault("api_key", "Invalid or missing API key."))
+    after = scrape(store)
+    assert value(after, "rebook_paused", reason="api_key") == 1
+    assert value(after, "rebook_paused", reason="oauth_client") == 0
+    assert store.stats()["paused"]["setting"] == "REBOOK_API_KEY"
+    store.circuit.close("test")
+    assert value(scrape(store), "rebook_paused", reason="api_key") == 0
+    assert store.stats()["paused"] is None

@@ -21,9 +21,10 @@ import pytest
 
 from tests.conftest import wait_for
 from worker.adapters.upstream import UpstreamClient
+from worker.celeryapp.app import is_store_fault
 from worker.celeryapp.runtime import Services, build_services
 from worker.core.capacity import presence_budget
-from worker.core.errors import Throttled
+from worker.core.errors import StoreUnavailable, Throttled
 from worker.core.flow import LEARNING_READS, PERFORMER_FIELD_ANSWERS, Flow, Refused
 from worker.core.models import TokenSet
 from worker.core.settings import Settings
@@ -299,6 +300,21 @@ def test_intake_duplicate(env: Env) -> None:
     (out,) = env.outcomes(dup.rebook_id)
     assert out["state"] == "DUPLICATE"
     assert env.get(first).state is State.WAITING
+
+
+def test_intake_is_not_acknowledged_before_the_replicas_have_it(
+    make_env: Callable[..., Env],
+) -> None:
+    """With `REBOOK_REDIS_WAIT_REPLICAS`, an event the replicas do not hold is handed back (a
+    store fault), never acknowledged: a failover to a replica without it would lose it. The
+    test Redis has no replica, so `WAIT` answers 0."""
+    env = make_env(redis_wait_replicas=1, redis_wait_timeout_ms=20)
+    with pytest.raises(StoreUnavailable, match="0 of 1 replicas"):
+        env.submit(555, "e1")
+    assert is_store_fault(StoreUnavailable("x"))
+    with pytest.raises(StoreUnavailable):  # redelivered: the same answer, still unacknowledged
+        env.submit(555, "e1")
+    assert env.rec.calls == []
 
 
 # --- presence -------------------------------------------------------------------------------------

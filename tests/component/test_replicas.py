@@ -162,6 +162,41 @@ def test_a_refused_mark_still_answers(pair: Pair) -> None:
     assert (ok, holder) == (False, "")
 
 
+def test_an_event_is_acknowledged_only_once_the_replica_has_its_record(pair: Pair) -> None:
+    """The intake's `create` with `replicas`: the script and WAIT on one connection; a replica
+    that applies nothing answers 0 (the flow hands the event back to the broker)."""
+    client = redis.Redis(port=pair.primary, decode_responses=True)
+    store = Store(client, prefix="rebook-test:", lease_seconds=10.0)
+    replica = redis.Redis(port=pair.replica, decode_responses=True)
+
+    def create(n: int, timeout_ms: int) -> tuple[str, int]:
+        rid = rebook_id_for(f"evt-{n}")
+        got = store.create(
+            rebook_id=rid,
+            event_id=f"evt-{n}",
+            booking_id=100 + n,
+            user_id=f"u{n}",
+            performer_id=7,
+            deadline=T0 + 3600,
+            now=T0,
+            replicas=1,
+            replica_timeout_ms=timeout_ms,
+        )
+        assert got.kind == "created"
+        return rid, got.replicas
+
+    first, got = create(1, 5000)
+    assert got == 1
+    assert replica.hget(store.key("r", first), "state") == "WAITING"
+    pair.procs[1].send_signal(signal.SIGSTOP)
+    try:
+        second, got = create(2, 300)
+        assert got == 0
+    finally:
+        pair.procs[1].send_signal(signal.SIGCONT)
+    wait_for(lambda: replica.hget(store.key("r", second), "state") == "WAITING", 10, "caught up")
+
+
 def test_in_a_cluster_the_mark_and_wait_go_to_the_record_s_node(tmp_path: Path) -> None:
     """Sharded on a Redis Cluster (no replicas here): the pipeline runs on the node of the
     rebook's shard, and WAIT answers for it (0 replicas, after its timeout)."""

@@ -90,7 +90,7 @@ def test_api_key_required(server: SandboxServer, sb: SandboxClient) -> None:
     for key in (None, "wrong"):
         r = Api(server.url, token, key=key).get("Webcam/MadeBookings")
         assert r.status_code == 401
-        assert r.json() == {"Message": "Invalid API key"}
+        assert r.json() == {"Message": "Invalid or missing API key."}
     r = Api(server.url, None, key=None).get("newsfeed/getUserSummary", UserID=5)
     assert r.status_code == 401
     assert Api(server.url, token).get("Webcam/MadeBookings").status_code == 200

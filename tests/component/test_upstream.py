@@ -29,9 +29,11 @@ from worker.core.errors import (
     Ambiguous,
     AuthExpired,
     Challenged,
+    DeploymentFault,
     NotFound,
     RateLimited,
     Rejected,
+    TokenRefused,
     Transient,
     UpstreamError,
 )
@@ -279,8 +281,9 @@ def test_the_sandbox_takes_the_key_in_the_query(sandbox_server: SandboxServer) -
     wrong = UpstreamClient(sandbox_server.url, "wrong", api_key_in="query")
     try:
         assert c.is_online(7) is False
-        with pytest.raises(AuthExpired):
+        with pytest.raises(DeploymentFault) as refused:  # a key-only call: the key's fault
             wrong.is_online(7)
+        assert refused.value.reason == "api_key"
     finally:
         c.close()
         wrong.close()
@@ -902,14 +905,16 @@ def test_refresh_refusals_are_rejected(
     member: dict[str, Any],
 ) -> None:
     url = sandbox_server.url + "/OAuth/token"
-    with pytest.raises(Rejected):
+    with pytest.raises(DeploymentFault) as client_refused:  # the site's client, not the member
         client.refresh_token(
             url, client_id=CLIENT_ID, client_secret="wrong", refresh_token=member["refresh"]
         )
-    with pytest.raises(Rejected):
+    assert client_refused.value.reason == "oauth_client"
+    with pytest.raises(Rejected) as grant:
         client.refresh_token(
             url, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, refresh_token="made-up"
         )
+    assert isinstance(grant.value, TokenRefused) and grant.value.code == "invalid_grant"
     sandbox.revoke_user("alice")
     with pytest.raises(Rejected) as info:
         client.refresh_token(

@@ -91,3 +91,34 @@ def test_demo_runs_to_the_end_and_cleans_up(redis_url: str, hostile: bool) -> No
         assert list(client.scan_iter(match=f"rebook-demo-{run_id.group(1)}:*")) == []
     finally:
         client.close()
+
+
+@pytest.mark.integration
+@pytest.mark.full
+@pytest.mark.timeout(180)
+def test_demo_in_shadow_mode_books_nothing(redis_url: str) -> None:
+    """`rebook demo --shadow`: the summary says shadow mode, 0 POSTs, and every rebook whose
+    performer came online is SHADOWED (the ghost's still give up)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REBOOK_")}
+    env.update({"REBOOK_REDIS_URL": redis_url, "PYTHONUNBUFFERED": "1"})
+    code = (
+        "from worker.dev.demo import run; "
+        f"raise SystemExit(run(rebooks={REBOOKS}, performers={PERFORMERS}, seed={SEED}, "
+        "timeout=90, shadow=True))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=150
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "Shadow mode: nothing is booked" in out
+    assert "0 POSTs ✓" in out and "demo OK (shadow mode)" in out
+    assert re.search(r"RescheduleMadeBooking calls\s+0\b", out), out[-4000:]
+    line = re.search(r"^totals: (.*)$", out, re.MULTILINE)
+    assert line, out[-4000:]
+    totals = {State(name): int(n) for name, n in re.findall(r"([A-Z_]+) (\d+)", line.group(1))}
+    plan = scenario(REBOOKS, PERFORMERS, SEED)
+    ghosts = sum(1 for item in plan.items if item.ghost)
+    assert totals.get(State.GAVE_UP, 0) == ghosts
+    assert totals.get(State.SHADOWED, 0) + totals.get(State.DUPLICATE, 0) == REBOOKS + 1 - ghosts
+    assert not {s for s in totals if s not in (State.SHADOWED, State.GAVE_UP, State.DUPLICATE)}

@@ -43,9 +43,13 @@ class Proc:
 
 
 class Engine:
+    latest: Engine | None = None
+    """The engine of the run in this process (a replay's log shows its virtual time)."""
+
     def __init__(self, seed: int, start: float, crash_rate: float = 0.0) -> None:
+        Engine.latest = self
         self.rng = random.Random(seed)
-        self.now = start
+        self.now = self.start = start
         self.crash_rate = crash_rate
         self.procs: list[Proc] = []
         self.failure: str | None = None
@@ -54,10 +58,15 @@ class Engine:
         self._back = threading.Semaphore(0)
         self._local = threading.local()
         self._stopping = False
+        self._outside = False
+        self._until = math.inf
+        self._done: Callable[[], bool] = lambda: False
 
     # -- inside a process ----------------------------------------------------------------------
 
     def current(self) -> Proc | None:
+        if self._outside:
+            return None
         return getattr(self._local, "proc", None)
 
     def point(self, delay: float = 0.0, crash: bool = True) -> None:
@@ -85,10 +94,42 @@ class Engine:
         proc.wake = min(proc.wake, self.now if at is None else at)
 
     def _yield(self, proc: Proc) -> None:
-        self._back.release()
-        proc.sem.acquire()
+        """Hands the baton to the next process directly (no round trip through the driver,
+        and no thread switch at all when the RNG picks this process again)."""
+        nxt = self._next()
+        if nxt is not proc:
+            self._pass(nxt)
+            proc.sem.acquire()
         if proc.stop:
             raise _Stop
+
+    def _next(self) -> Proc | None:
+        """The process that runs next (drawn by the seeded RNG), or None: the run is over."""
+        while True:
+            self._outside = True  # `done()` may read Redis: not an I/O point of anyone's
+            try:
+                over = self.failure is not None or self._done()
+            finally:
+                self._outside = False
+            if over:
+                return None
+            live = [p for p in self.procs if not p.done]
+            ready = [p for p in live if p.wake <= self.now]
+            if not ready:
+                upcoming = [p.wake for p in live if p.wake < math.inf]
+                if not upcoming or min(upcoming) > self._until:
+                    return None
+                self.now = min(upcoming)
+                continue
+            proc = ready[self.rng.randrange(len(ready))]
+            self.steps += 1
+            return proc
+
+    def _pass(self, nxt: Proc | None) -> None:
+        if nxt is None:
+            self._back.release()  # to the driver: the run is over
+        else:
+            nxt.sem.release()
 
     # -- from the driver -----------------------------------------------------------------------
 
@@ -109,7 +150,10 @@ class Engine:
                 self.failure = f"{proc.name} raised:\n{traceback.format_exc()}"
             finally:
                 proc.done = True
-                self._back.release()
+                if self._stopping:
+                    self._back.release()
+                else:
+                    self._pass(self._next())
 
         proc.thread = threading.Thread(target=run, name=f"sim-{name}", daemon=True)
         proc.thread.start()
@@ -118,24 +162,17 @@ class Engine:
 
     def run(self, until: float, done: Callable[[], bool] = lambda: False) -> None:
         """Runs until virtual time `until`, nothing is left to run, or `done()`."""
+        self._until, self._done = until, done
         try:
-            while self.failure is None and not done():
-                live = [p for p in self.procs if not p.done]
-                ready = [p for p in live if p.wake <= self.now]
-                if not ready:
-                    upcoming = [p.wake for p in live if p.wake < math.inf]
-                    if not upcoming or min(upcoming) > until:
-                        return
-                    self.now = min(upcoming)
-                    continue
-                proc = ready[self.rng.randrange(len(ready))]
-                self.steps += 1
-                proc.sem.release()
-                self._back.acquire()
+            first = self._next()
+            if first is not None:
+                first.sem.release()
+                self._back.acquire()  # released by whichever process finds the run over
         finally:
             self.shutdown()
 
     def shutdown(self) -> None:
+        self._stopping = True
         for proc in self.procs:
             if not proc.done:
                 proc.stop = True

@@ -45,10 +45,24 @@ class SimRedis(redis.Redis):
 
 class _SimPipeline(Pipeline):
     engine: Engine
+    replica: Replica | None = None
+    _wait: int | None = None
+
+    def wait(self, num_replicas: int, timeout: int) -> Any:  # type: ignore[override]
+        """`WAIT` at the end of the pipeline: the simulated replica gets every write so far
+        (the test Redis has none: a real `WAIT` would answer 0)."""
+        self._wait = num_replicas
+        return self
 
     def execute(self, raise_on_error: bool = True) -> list[Any]:
         self.engine.point()
-        return super().execute(raise_on_error)
+        out = list(super().execute(raise_on_error))
+        if self._wait is not None:
+            replicas, self._wait = self._wait, None
+            if self.replica is not None:
+                self.replica.synced()
+            out.append(replicas if self.replica is not None else 0)
+        return out
 
 
 class Expiring:
@@ -104,6 +118,7 @@ class SimStore(Store):
     """The real store; only what rests on Redis's own expiry runs on virtual time instead."""
 
     table: Expiring
+    replica: Replica | None = None
     tokens = 0
 
     def lock(self, rebook_id: str, timeout: float | None = None) -> SimLock:  # type: ignore[override]
@@ -129,10 +144,75 @@ class SimStore(Store):
         if cached is not None:
             cached.pop(booking_id, None)
 
+    def _one_connection(self, key: str) -> Any:
+        pipe = self.r.pipeline(transaction=False)
+        pipe.replica = self.replica
+        return pipe
+
     def cached_booking(self, user_id: str, booking_id: int) -> tuple[bool, str | None]:
         self.table.engine.point()
         cached = self.table.get(f"watch:{user_id}")
         return cached is not None, None if cached is None else cached.get(booking_id)
+
+
+class Replica:
+    """An asynchronous replica of the run's keys (and of the virtual-time keys: locks, windows,
+    caches), promoted by a failover: everything written after its copy is lost, whatever key it
+    was — marks, gates, claims, locks, transitions, indexes, outcomes.
+
+    A replica holds a prefix of the primary's writes. `WAIT` (REBOOK_REDIS_WAIT_REPLICAS) makes
+    the replica hold every write up to it, so a failover never goes back before the last `WAIT`;
+    between two `WAIT`s it may go back to any copy taken since. Copies are taken outside the
+    simulation's I/O points (a plain client), so taking one changes no interleaving."""
+
+    def __init__(self, redis_url: str, prefix: str, table: Expiring) -> None:
+        self.r = redis.Redis.from_url(redis_url)
+        self.prefix, self.table = prefix, table
+        self.copies: list[tuple[float, dict[bytes, tuple[bytes, int]], dict[str, Any]]] = []
+        self.failovers = 0
+
+    def copy(self) -> None:
+        keys = list(self.r.scan_iter(match=self.prefix + "*", count=1000))
+        pipe = self.r.pipeline(transaction=True)
+        for key in keys:
+            pipe.dump(key)
+            pipe.pttl(key)
+        got = pipe.execute()
+        data = {k: (got[2 * i], int(got[2 * i + 1])) for i, k in enumerate(keys)}
+        items = {
+            k: (dict(v) if isinstance(v, dict) else v, exp)
+            for k, (v, exp) in self.table.items.items()
+        }
+        self.copies.append((self.table.engine.now, data, items))
+
+    def synced(self) -> None:
+        """A `WAIT` returned: the replica has everything so far; older copies are unreachable."""
+        self.copies.clear()
+        self.copy()
+
+    def promote(self, choice: int) -> float:
+        """The failover: the keyspace goes back to the `choice`-th reachable copy (modulo).
+        Returns how many seconds of writes were lost."""
+        if not self.copies:
+            return 0.0
+        at, data, items = self.copies[choice % len(self.copies)]
+        now = set(self.r.scan_iter(match=self.prefix + "*", count=1000))
+        pipe = self.r.pipeline(transaction=True)
+        for key in now - set(data):
+            pipe.delete(key)
+        for key, (dumped, ttl) in data.items():
+            if dumped is not None:
+                pipe.restore(key, max(0, ttl), dumped, replace=True)
+        pipe.execute()
+        self.table.items = {
+            k: (dict(v) if isinstance(v, dict) else v, exp) for k, (v, exp) in items.items()
+        }
+        self.failovers += 1
+        self.copies = [c for c in self.copies if c[0] <= at]
+        return self.table.engine.now - at
+
+    def close(self) -> None:
+        self.r.close()
 
 
 # --- Celery -------------------------------------------------------------------------------------
@@ -261,6 +341,26 @@ class Faults:
     max_commit_lag: float = 30.0
     max_visibility_lag: float = 3.0
     slow_call: float = 0.05
+    #: A POST answered only after the step's lease ran out (an answer that trickles in, which
+    #: no read timeout catches): another worker takes the rebook over while it is in flight.
+    post_past_lease: float = 0.0
+    #: A list read that takes longer than the lease (the same, while reconciling).
+    read_past_lease: float = 0.0
+    #: How many leases such a call may last at most.
+    past_lease_max: float = 3.0
+    #: How long a late commit may come after the ambiguous answer (up to the reconcile window).
+    late_commit_after_answer: float = 0.0
+
+
+#: The `Performer` object of a booking, as the upstream might write it (the docs do not list
+#: its fields): the performer's user id; a profile id that is not the user id, with a nickname;
+#: a nickname only.
+SHAPES = ("user", "profile", "none")
+
+
+def profile_id(performer_id: int) -> int:
+    """A performer's profile id: another number than their user id (and than anyone's)."""
+    return 700_000 + performer_id * 7
 
 
 class SimUpstream(BaseAdapter):
@@ -278,9 +378,12 @@ class SimUpstream(BaseAdapter):
         list_name: str,
         per_page: int,
         year_one: bool,
+        shape: str = "user",
+        lease: float = 15.0,
     ) -> None:
         super().__init__()
         self.engine, self.faults = engine, faults
+        self.shape, self.lease = shape, lease
         self.zone, self.skew, self.list_name, self.per_page = zone, skew, list_name, per_page
         self.year_one = year_one
         self.bookings: dict[int, Booking] = {}
@@ -289,6 +392,10 @@ class SimUpstream(BaseAdapter):
         self.posts = 0
         self.pending_commits = 0
         self.confirms: dict[int, int] = {}
+        self.counts: dict[str, int] = {}  # how often each varied behaviour happened
+
+    def count(self, what: str) -> None:
+        self.counts[what] = self.counts.get(what, 0) + 1
 
     def close(self) -> None:
         pass
@@ -331,12 +438,13 @@ class SimUpstream(BaseAdapter):
                 out.setdefault(b.made_by, []).append(b.booking_id)
         return out
 
-    def _commit(self, original: Booking, rebook_id: str) -> Booking:
+    def _commit(self, original: Booking, rebook_id: str, lag: float | None = None) -> Booking:
         now = self.clock()
         self.next_id += self.engine.rng.randint(1, 5)  # ids grow, not by one
-        lag = self.engine.rng.choice(
-            [0.0, 0.0, self.engine.rng.uniform(0, self.faults.max_visibility_lag)]
-        )
+        if lag is None:
+            lag = self.engine.rng.choice(
+                [0.0, 0.0, self.engine.rng.uniform(0, self.faults.max_visibility_lag)]
+            )
         b = Booking(
             self.next_id,
             original.user_id,
@@ -389,7 +497,11 @@ class SimUpstream(BaseAdapter):
         if rng.random() < f.read_error:
             self.engine.point(rng.uniform(0, 0.5))
             return _answer(request, rng.choice([500, 503]), {"Message": "An error has occurred."})
-        self.engine.point(rng.uniform(0.01, 0.3))
+        if op != "getUserSummary" and f.read_past_lease and rng.random() < f.read_past_lease:
+            self.count("reads_past_lease")
+            self.engine.point(self.lease * rng.uniform(1.05, 2.0))  # outlives the step's lease
+        else:
+            self.engine.point(rng.uniform(0.01, 0.3))
         if op == "getUserSummary":
             pid = int(query["userid"])
             return _answer(
@@ -436,21 +548,30 @@ class SimUpstream(BaseAdapter):
             return _html(request, rng.choice([403, 429, 503]))
         roll -= f.post_html_challenge
         if roll < f.post_late_commit:
-            lag = rng.uniform(0, f.max_commit_lag)
+            timed_out = rng.random() < 0.5
+            answer_in = read_timeout if timed_out else 0.0
+            if f.late_commit_after_answer and rng.random() < 0.5:
+                # up to the edge of the reconcile window, counted from the answer
+                lag, seen_after = answer_in + rng.uniform(0, f.late_commit_after_answer), 0.0
+                self.count("commits_near_window_edge")
+            else:
+                lag, seen_after = rng.uniform(0, f.max_commit_lag), None
             self.pending_commits += 1
 
             def later() -> None:
                 self.engine.sleep(lag)
                 self.pending_commits -= 1
                 if self.online.get(orig.performer_id, False):
-                    self._commit(orig, rebook_id)
+                    self._commit(orig, rebook_id, seen_after)
 
             self.engine.spawn(f"commit-{self.posts}", later, crashable=False)
-            if rng.random() < 0.5:
+            if timed_out:
                 self.engine.point(read_timeout)
                 raise requests.ReadTimeout("read timed out")
             return _answer(request, 504, {"Message": "The operation has timed out."})
         roll -= f.post_late_commit
+        if f.post_past_lease and rng.random() < f.post_past_lease:
+            return self._past_lease(request, orig, rebook_id)
         made = self._commit(orig, rebook_id)
         latency = read_timeout * 1.5 if rng.random() < f.slow_call else rng.uniform(0.05, 1.0)
         if latency >= read_timeout:
@@ -470,6 +591,31 @@ class SimUpstream(BaseAdapter):
             text = json.dumps(self._json(made))
             return _answer(request, 200, text[: len(text) // 2])
         return _answer(request, 200, self._json(made))
+
+    def _past_lease(
+        self, request: requests.PreparedRequest, orig: Booking, rebook_id: str
+    ) -> requests.Response:
+        """A POST whose answer trickles in for longer than the step's lease: the booking
+        commits at some moment of it (or never), the worker is still inside its call when
+        another takes the rebook over, and then the answer comes (or a gateway's 504)."""
+        rng = self.engine.rng
+        self.count("posts_past_lease")
+        duration = self.lease * rng.uniform(1.05, self.faults.past_lease_max)
+        made: list[Booking] = []
+        if rng.random() < 0.8:
+            commit_in = rng.uniform(0, duration)
+            self.pending_commits += 1
+
+            def commit() -> None:
+                self.engine.sleep(commit_in)
+                self.pending_commits -= 1
+                made.append(self._commit(orig, rebook_id))
+
+            self.engine.spawn(f"slow-commit-{self.posts}", commit, crashable=False)
+        self.engine.point(duration)  # a crash here: the worker died inside its call
+        if made and rng.random() < 0.7:
+            return _answer(request, 200, self._json(made[0]))
+        return _answer(request, 504, {"Message": "The operation has timed out."})
 
     def _confirm(
         self,
@@ -554,8 +700,15 @@ class SimUpstream(BaseAdapter):
             "AcceptBy": site(b.accept_by),
             "AcceptedDate": unset,
             "ConfirmedDate": unset,
-            "Performer": {"UserID": b.performer_id},
+            "Performer": self._performer(b.performer_id),
         }
+
+    def _performer(self, pid: int) -> dict[str, Any]:
+        if self.shape == "profile":
+            return {"ID": profile_id(pid), "Nickname": f"perf{pid}"}
+        if self.shape == "none":
+            return {"Nickname": f"perf{pid}"}
+        return {"UserID": pid}
 
 
 def _answer(request: requests.PreparedRequest, status: int, body: Any) -> requests.Response:

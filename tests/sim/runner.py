@@ -7,19 +7,26 @@ import os
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 
+from tests.sim.parts import SHAPES
 from tests.sim.world import Result, run
 
 
-def _one(args: tuple[int, str]) -> Result:
+def _one(args: tuple[int, str, tuple[str, ...], float | None]) -> Result:
     logging.disable(logging.CRITICAL)
-    seed, url = args
-    return run(seed, url)
+    seed, url, shapes, skew_limit = args
+    return run(seed, url, shapes=shapes, skew_limit=skew_limit)
 
 
-def run_seeds(seeds: Iterable[int], redis_url: str, jobs: int | None = None) -> list[Result]:
+def run_seeds(
+    seeds: Iterable[int],
+    redis_url: str,
+    jobs: int | None = None,
+    shapes: tuple[str, ...] = SHAPES,
+    skew_limit: float | None = None,
+) -> list[Result]:
     """Every seed's result; failures first when printed by the caller."""
     jobs = jobs or min(2, os.cpu_count() or 1)
-    work = [(seed, redis_url) for seed in seeds]
+    work = [(seed, redis_url, shapes, skew_limit) for seed in seeds]
     if jobs <= 1:
         return [_one(w) for w in work]
     with ProcessPoolExecutor(jobs) as pool:

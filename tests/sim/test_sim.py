@@ -5,28 +5,87 @@ from __future__ import annotations
 import logging
 
 import pytest
+import redis
 
+from tests.sim.known_seeds import CLOCKS, FIXED, IDENTITY, IDENTITY_FIX_MERGED, SKEW_ASSUMED, Hole
+from tests.sim.parts import SHAPES
 from tests.sim.runner import report, run_seeds
-from tests.sim.world import run
+from tests.sim.world import check_inputs, run
 
-DEFAULT_SEEDS = 150
-"""In `make test` (about 100 s on 2 cores); `make chaos` runs FULL_SEEDS."""
+DEFAULT_SEEDS = 200
+"""In `make test` (about 60 s on 2 cores shared with other work); `make chaos` runs FULL_SEEDS."""
 FULL_SEEDS = 10_000
 KNOWN = [5, 16, 18, 24, 27, 28, 30, 37, 38, 46, 49, 59, 76, 79, 84, 126]
 """Seeds that found a hole once (kept in the default run whatever the range)."""
+DRAWN = SHAPES if IDENTITY_FIX_MERGED else ("user",)
+"""The `Performer` shapes the seeded runs draw (all three once the identity fix is merged)."""
 
 
 @pytest.mark.timeout(900)  # a busy machine must not fail it
 def test_every_seed_keeps_every_invariant(redis_url: str) -> None:
-    results = run_seeds([*range(1000, 1000 + DEFAULT_SEEDS), *KNOWN], redis_url)
+    seeds = [*range(1000, 1000 + DEFAULT_SEEDS), *KNOWN]
+    results = run_seeds(seeds, redis_url, shapes=DRAWN, skew_limit=SKEW_ASSUMED)
     assert all(r.ok for r in results), report(results)
 
 
 @pytest.mark.full
 @pytest.mark.timeout(7200)
 def test_ten_thousand_seeds(redis_url: str) -> None:
-    results = run_seeds(range(FULL_SEEDS), redis_url)
+    results = run_seeds(range(FULL_SEEDS), redis_url, shapes=DRAWN, skew_limit=SKEW_ASSUMED)
     assert all(r.ok for r in results), report(results)
+
+
+def _replay(hole: Hole, redis_url: str) -> list[str]:
+    logging.disable(logging.CRITICAL)
+    try:
+        limit = None if "max_skew" in hole.vary else SKEW_ASSUMED
+        return run(hole.seed, redis_url, vary=hole.vary or None, skew_limit=limit).violations
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+@pytest.mark.parametrize("hole", FIXED, ids=lambda h: f"seed{h.seed}")
+def test_a_closed_hole_stays_closed(hole: Hole, redis_url: str) -> None:
+    assert _replay(hole, redis_url) == [], hole.shows
+
+
+@pytest.mark.parametrize(
+    "hole",
+    [
+        pytest.param(
+            h,
+            marks=[]
+            if IDENTITY_FIX_MERGED
+            else pytest.mark.xfail(
+                reason="open until the `evidence` branch (issue 20, item 1) is merged: " + h.shows,
+                strict=False,
+            ),
+        )
+        for h in IDENTITY
+    ],
+    ids=lambda h: f"seed{h.seed}",
+)
+def test_the_performer_shapes_book_once(hole: Hole, redis_url: str) -> None:
+    assert _replay(hole, redis_url) == [], hole.shows
+
+
+@pytest.mark.parametrize(
+    "hole",
+    [
+        pytest.param(
+            h,
+            marks=pytest.mark.xfail(
+                reason="open: worker clocks further apart than the reconcile window (README "
+                "assumes NTP): " + h.shows,
+                strict=False,
+            ),
+        )
+        for h in CLOCKS
+    ],
+    ids=lambda h: f"seed{h.seed}",
+)
+def test_clocks_minutes_apart(hole: Hole, redis_url: str) -> None:
+    assert _replay(hole, redis_url) == [], hole.shows
 
 
 def test_a_seed_replays_exactly(redis_url: str) -> None:
@@ -44,10 +103,55 @@ def test_the_simulation_finds_a_second_post_made_on_hope(redis_url: str) -> None
     logging.disable(logging.CRITICAL)
     try:
         results = [
-            run(seed, redis_url, reconcile_proof_reads=1, reconcile_window_seconds=3.0)
+            run(
+                seed,
+                redis_url,
+                shapes=("user",),
+                skew_limit=SKEW_ASSUMED,
+                reconcile_proof_reads=1,
+                reconcile_window_seconds=3.0,
+            )
             for seed in range(20)
         ]
     finally:
         logging.disable(logging.NOTSET)
     doubled = [r for r in results if any(v.startswith("DOUBLED") for v in r.violations)]
     assert doubled, "a protocol that re-POSTs on one early read must be caught"
+
+
+@pytest.mark.timeout(600)
+def test_the_simulation_finds_what_a_failover_without_wait_loses(redis_url: str) -> None:
+    """Without `WAIT` a promoted replica may miss the "POST sent" mark and the intake's record:
+    the failover model must show it (events lost after their message was acknowledged)."""
+    logging.disable(logging.CRITICAL)
+    try:
+        results = [
+            run(seed, redis_url, shapes=("user",), vary={"failover": True}, redis_wait_replicas=0)
+            for seed in range(10)
+        ]
+    finally:
+        logging.disable(logging.NOTSET)
+    lost = [
+        r for r in results if any(v.startswith(("LOST EVENT", "DOUBLED")) for v in r.violations)
+    ]
+    assert lost, "a failover that goes back past unreplicated writes must be caught"
+
+
+def test_the_input_checks_can_fail(redis_url: str) -> None:
+    """A valid event refused, an acknowledged event without a record, a refused event without
+    its dead letter: each is a violation (what the invalid-event worlds rely on)."""
+    raw = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        bad = check_inputs(
+            raw,
+            "sim:checks:",
+            bad_events=[((), {"event_id": "x 1"})],
+            refused=["{'event_id': 'fine'}"],
+            accepted={"rb-0123456789abcdef"},
+            failovers=[],
+        )
+    finally:
+        raw.close()
+    assert any(v.startswith("REFUSED VALID") for v in bad), bad
+    assert any(v.startswith("LOST EVENT") for v in bad), bad
+    assert any("dead letters" in v for v in bad), bad

@@ -6,6 +6,11 @@ who cancels and retries, performers going on- and offline, an upstream with a se
 faults (late commits, lost answers, unreadable lists, another zone and clock, year-1 dates), lost
 "POST sent" marks, clocks that disagree — runs it to the end, and returns the violations of the
 invariants (none is the only passing answer) with a summary.
+
+Beyond those, each world draws what the code assumes (issue 20): the `Performer` shape of the
+booking objects, calls past the step lease, failovers to a replica missing the last writes of any
+key, worker clocks up to 2 min apart, late commits up to the reconcile window's edge, and invalid
+events; the invariants count new bookings per original booking, whoever made them.
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ from redis.commands.core import Script
 
 from tests.sim.engine import Crash, Engine
 from tests.sim.parts import (
+    SHAPES,
     Expiring,
     Faults,
     Queue,
+    Replica,
     SimDispatcher,
     SimLimiter,
     SimRedis,
@@ -34,7 +41,7 @@ from tests.sim.parts import (
     session_for,
 )
 from worker.adapters.upstream import UpstreamClient
-from worker.core.flow import Flow, Refused
+from worker.core.flow import Flow, Refused, Step
 from worker.core.settings import Settings, load_settings
 from worker.core.states import State
 from worker.core.store import rebook_id_for
@@ -76,7 +83,7 @@ def sim_settings(redis_url: str, prefix: str, rng: random.Random, **extra: Any) 
         "api_timezone": "Europe/London",
         "presence_interval_seconds": 5.0,
         "watch_interval_seconds": 10.0,
-        "sweep_interval_seconds": 1.0,
+        "sweep_interval_seconds": rng.choice([1.0, 2.0, 2.0, 4.0]),  # 2 s: the default
         "step_lease_seconds": 15.0,
         "http_timeout_seconds": 5.0,
         "retry_base_seconds": 1.0,
@@ -100,32 +107,76 @@ def sim_settings(redis_url: str, prefix: str, rng: random.Random, **extra: Any) 
 
 # Long on purpose: the simulated world's actors (workers, beat, producer, world, operator) are
 # closures over one run's state, so a seed's whole story reads in one place.
-def run(seed: int, redis_url: str, **overrides: Any) -> Result:
-    """One world, from its seed. `overrides` change settings (a weakened protocol must fail)."""
+def run(
+    seed: int,
+    redis_url: str,
+    *,
+    shapes: tuple[str, ...] = SHAPES,
+    vary: dict[str, Any] | None = None,
+    skew_limit: float | None = None,
+    **overrides: Any,
+) -> Result:
+    """One world, from its seed. `overrides` change settings (a weakened protocol must fail);
+    `shapes` are the `Performer` shapes the seed may draw (any other drawn is `{"UserID"}`: the
+    rest of the world is the same); `vary` sets what the seed drew (`shape`, `max_skew`,
+    `failover`, `past_lease`, `past_lease_max`, `edge_commits`, `invalid`), to find which one
+    a hole needs;
+    `skew_limit` caps how far apart the workers' clocks are (the upstream's is not capped)."""
     rng = random.Random(seed)
     random.seed(seed)  # the flow's own jitter: one process runs at a time, so this is replayable
     near_fall_back = rng.random() < 0.2
     engine = Engine(seed, FALL_BACK if near_fall_back else START, crash_rate=0.0)
     engine.crash_rate = rng.choice([0.0, 0.002, 0.01, 0.03])
     prefix = f"sim:{seed}:{uuid.uuid4().hex[:6]}:"
+    # What this world varies beyond the faults every world has (README, "the simulation"):
+    shape = SHAPES[int(rng.random() * len(SHAPES))]
+    shape = shape if shape in shapes else "user"
+    max_skew = rng.choice([2.0, 2.0, 30.0, 120.0])  # between workers, and the upstream's clock
+    failover = rng.random() < 0.4  # a replica promoted that missed the last writes of any key
+    past_lease = rng.random() < 0.4  # POSTs and reads slower than the step lease
+    edge_commits = rng.random() < 0.5  # late commits up to the edge of the reconcile window
+    invalid = rng.random() < 0.5  # invalid events mixed in
+    if vary:  # one variation on or off, the rest of the world as drawn (finding a hole's cause)
+        shape = vary.get("shape", shape)
+        max_skew = vary.get("max_skew", max_skew)
+        failover = vary.get("failover", failover)
+        past_lease = vary.get("past_lease", past_lease)
+        edge_commits = vary.get("edge_commits", edge_commits)
+        invalid = vary.get("invalid", invalid)
+    upstream_skew = max(30.0, max_skew)
+    if skew_limit is not None:
+        max_skew = min(max_skew, skew_limit)
+    if failover:
+        overrides.setdefault("redis_wait_replicas", 1)
     # the read before a POST shared for none, the default, or a minute (a generator of its own:
     # the worlds of the seeds stay as they were)
     overrides.setdefault(
         "shared_read_seconds", random.Random(seed ^ 0x5EED).choice([0.0, 10.0, 60.0])
     )
     settings = sim_settings(redis_url, prefix, rng, **overrides)
+    window = settings.reconcile_window_seconds
+    faults = Faults(
+        post_past_lease=0.06 if past_lease else 0.0,
+        read_past_lease=0.03 if past_lease else 0.0,
+        past_lease_max=(vary or {}).get("past_lease_max", 3.0),
+        # a commit seen at most just inside the window after the answer (visibility included)
+        late_commit_after_answer=max(0.0, window - 0.5) if edge_commits else 0.0,
+    )
     # the upstream's zone may not be the one configured, its clock may be off
     zone = ZoneInfo("Europe/London" if rng.random() < 0.5 else rng.choice(ZONES))
     upstream = SimUpstream(
         engine,
-        Faults(),
+        faults,
         zone=zone,
-        skew=rng.uniform(-30, 30),
+        skew=rng.uniform(-upstream_skew, upstream_skew),
         list_name=rng.choice(LIST_NAMES),
         per_page=rng.choice([2, 3, 50]),
         year_one=rng.random() < 0.3,
+        shape=shape,
+        lease=settings.step_lease_seconds,
     )
     table = Expiring(engine)
+    replica = Replica(redis_url, prefix, table) if failover else None
     tokens = SimTokens()
     limiter = SimLimiter(engine, rng.choice([0.0, 0.05, 0.2]))
     queue = Queue(engine, loss=rng.choice([0.0, 0.05, 0.2]), duplicate=rng.choice([0.0, 0.1]))
@@ -139,6 +190,7 @@ def run(seed: int, redis_url: str, **overrides: Any) -> Result:
             raw, prefix=prefix, retention_seconds=86400, lease_seconds=settings.step_lease_seconds
         )
         store.table = table
+        store.replica = replica
         store.clock = lambda: engine.now + skew
         stores.append(store)
         ctx = session_for(upstream)
@@ -166,15 +218,33 @@ def run(seed: int, redis_url: str, **overrides: Any) -> Result:
         if rng.random() < 0.85:
             kwargs["performer_id"] = performer
         events.append(kwargs)
+    bad_events: list[tuple[tuple[Any, ...], Any]] = []
+    if invalid:
+        for i in range(rng.randint(1, 4)):
+            bad_events.append(invalid_event(rng, f"x{seed}-{i}", events, members))
+    wrong_events: list[dict[str, Any]] = []  # valid in form, naming what is not there
+    if invalid:
+        for i in range(rng.randint(0, 2)):
+            base = rng.choice(events)
+            others = [m for m in members if m != base["user_id"]]
+            wrong = {"event_id": f"w{seed}-{i}", "performer_id": rng.choice(performers)}
+            if others and rng.random() < 0.5:  # another member's booking
+                wrong |= {"booking_id": base["booking_id"], "user_id": rng.choice(others)}
+            else:  # a booking the upstream never had
+                wrong |= {"booking_id": 90_000 + i, "user_id": base["user_id"]}
+            wrong_events.append(wrong)
+    refused: list[str] = []  # intakes that ended INVALID
+    accepted: set[str] = set()  # rebook ids whose intake returned (the message is acked then)
     for p in performers:
         upstream.online[p] = rng.random() < 0.5
     producing_until = engine.now + 60
     end = engine.now + 4 * 3600  # AcceptBy read in a zone 2 h off ends a watch 2 h late
     sessions: list[Any] = []
     lost: set[str] = set()
+    failovers: list[float] = []  # seconds of writes each failover lost
 
     def new_flow() -> Flow:
-        flow, ctx = flow_for(rng.uniform(-2, 2))
+        flow, ctx = flow_for(rng.uniform(-max_skew, max_skew))
         sessions.append(ctx)
         return flow
 
@@ -205,7 +275,12 @@ def run(seed: int, redis_url: str, **overrides: Any) -> Result:
 
     def run_task(flow: Flow, kind: str, args: tuple[Any, ...]) -> None:
         if kind == "intake":
-            flow.intake((), args[0])
+            kwargs, posargs = args[0], args[1] if len(args) > 1 else ()
+            step = flow.intake(posargs, kwargs)
+            if step == Step.INVALID:
+                refused.append(repr(kwargs)[:80])
+            elif isinstance(kwargs, dict):
+                accepted.add(rebook_id_for(kwargs["event_id"]))
         elif kind == "presence":
             flow.check_presence(args[0], args[1])
         elif kind == "reschedule":
@@ -224,6 +299,11 @@ def run(seed: int, redis_url: str, **overrides: Any) -> Result:
             raise
 
     def producer() -> None:
+        for posargs, bad in bad_events:
+            queue.push("intake", bad, posargs, at=engine.now + rng.uniform(0, 60))
+        for wrong in wrong_events:
+            queue.push("intake", dict(wrong), at=engine.now + rng.uniform(0, 60))
+            originals[rebook_id_for(wrong["event_id"])] = wrong["booking_id"]
         for kwargs in events:
             engine.sleep(rng.uniform(0, 10))
             queue.push("intake", dict(kwargs))
@@ -248,6 +328,12 @@ def run(seed: int, redis_url: str, **overrides: Any) -> Result:
                 lose_a_mark()
             if rng.random() < MEMBERS_OWN:
                 upstream.add_members_own(rng.choice(members), rng.choice(performers))
+            if replica is not None:
+                if rng.random() < 0.5:
+                    replica.copy()
+                if rng.random() < 0.12:
+                    lost_s = replica.promote(rng.randrange(1000))
+                    failovers.append(round(lost_s, 1))
 
     def lose_a_mark() -> None:
         """A failover to a replica that missed the last write: a POST's mark is gone. Only
@@ -298,14 +384,86 @@ def run(seed: int, redis_url: str, **overrides: Any) -> Result:
 
     try:
         engine.run(until=end, done=settled)
-        return check(seed, engine, raw, prefix, upstream, originals, queue, lost)
+        result = check(seed, engine, raw, prefix, upstream, originals, queue, lost)
+        result.violations.extend(
+            check_inputs(raw, prefix, bad_events, refused, accepted, failovers)
+        )
+        result.summary |= {
+            "shape": shape,
+            "max_skew": max_skew,
+            "failovers": failovers,
+            "past_lease": past_lease,
+            "edge_commits": edge_commits,
+            "invalid_events": len(bad_events),
+            "wrong_events": len(wrong_events),
+            "refused": len(refused),
+            **upstream.counts,
+        }
+        return result
     finally:
+        if replica is not None:
+            replica.close()
         for ctx in sessions:
             ctx.__exit__(None, None, None)
         keys = list(raw.scan_iter(match=prefix + "*", count=1000))
         if keys:
             raw.delete(*keys)
         raw.close()
+
+
+def invalid_event(
+    rng: random.Random, event_id: str, events: list[dict[str, Any]], members: list[str]
+) -> tuple[tuple[Any, ...], Any]:
+    """An event a producer should not have sent: (positional args, kwargs)."""
+    base = {**rng.choice(events), "event_id": event_id}
+    kind = rng.randrange(10)
+    if kind == 0:
+        return (), {**base, "booking_id": str(base["booking_id"])}  # "12" is not an id
+    if kind == 1:
+        return (), {k: v for k, v in base.items() if k != "booking_id"}
+    if kind == 2:
+        return (), {**base, "event_id": "an id with spaces"}
+    if kind == 3:
+        return (), {**base, "booking_id": -base["booking_id"]}
+    if kind == 4:
+        return (), {**base, "user_id": rng.choice(["", " ", "m\x00"])}
+    if kind == 5:
+        return (), {**base, "performer_id": rng.choice([True, 0, 2**64, "101"])}
+    if kind == 6:
+        return (), {**base, "note": "x" * 70_000}  # past the size limit
+    if kind == 7:
+        return (), rng.choice([[base], "event", None, 7])  # not an object
+    if kind == 8:
+        return (base["booking_id"],), base  # positional arguments
+    return (), {**base, "max_wait_seconds": rng.choice([0, -1, 1.5, 10**12])}
+
+
+def check_inputs(
+    raw: Any,
+    prefix: str,
+    bad_events: list[tuple[tuple[Any, ...], Any]],
+    refused: list[str],
+    accepted: set[str],
+    failovers: list[float],
+) -> list[str]:
+    """Invalid events: refused and dead-lettered, never recorded; every accepted event has a
+    record (a failover must not lose an event whose message was acknowledged)."""
+    bad: list[str] = []
+    store = SimStore(raw, prefix=prefix)
+    for _, kwargs in bad_events:
+        eid = kwargs.get("event_id") if isinstance(kwargs, dict) else None
+        if isinstance(eid, str) and store.get(rebook_id_for(eid)) is not None:
+            bad.append(f"INVALID ACCEPTED: event {eid} was recorded")
+    sent = {repr(kwargs)[:80] for _, kwargs in bad_events}
+    for what in sorted(set(refused) - sent):
+        bad.append(f"REFUSED VALID: {what}")
+    letters = raw.xlen(f"{prefix}deadletter") if refused else 0
+    if not failovers and letters < len(refused):
+        bad.append(f"{len(refused)} refused but {letters} dead letters")
+    for rid in sorted(accepted):
+        if store.get(rid) is None:
+            bad.append(f"LOST EVENT: {rid} was accepted (message acked) and has no record")
+    return bad
 
 
 def check(
@@ -331,6 +489,24 @@ def check(
     for rid, ids in made.items():
         if len(ids) > 1:
             bad.append(f"DOUBLED: {rid} made bookings {ids}")
+    # per original booking, whoever made them (a member's own bookings are no rebook's)
+    by_original: dict[int, list[int]] = {}
+    for b in upstream.bookings.values():
+        if b.made_by:
+            by_original.setdefault(b.original, []).append(b.booking_id)
+    for original, ids in sorted(by_original.items()):
+        if len(ids) > 1:
+            makers = sorted({upstream.bookings[i].made_by for i in ids})
+            bad.append(f"DOUBLED ORIGINAL: {original} has new bookings {ids} (made by {makers})")
+    for rid, rec in records.items():
+        if rec.new_booking_id is None or rec.new_booking_id not in upstream.bookings:
+            continue
+        source = upstream.bookings[rec.new_booking_id].original
+        if source != originals[rid]:
+            what = f"made from {source}" if source else "the member's own"
+            bad.append(
+                f"FOREIGN: {rid} (original {originals[rid]}) owns {rec.new_booking_id}, {what}"
+            )
     for rid, rec in records.items():
         if rec.state in ACTIVE:
             bad.append(f"STRANDED: {rid} still {rec.state.value} ({rec.reason})")

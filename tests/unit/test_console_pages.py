@@ -195,3 +195,12 @@ def test_preview_confirms_exactly_what_it_showed() -> None:
     assert 'id="bulk-confirm"' not in pages.preview_page(
         base="", outcome=nothing, filters=f, xsrf="tok", notes={}
     )
+
+
+def test_a_deployment_fault_puts_a_banner_on_the_page() -> None:
+    page = pages.layout("Rebooks", "<p>list</p>")
+    assert pages.with_banner(page, None) == page
+    paused = {"reason": "oauth_client", "setting": "REBOOK_OAUTH_CLIENT_ID <x>", "since": "Z"}
+    shown = pages.with_banner(page, paused)
+    assert 'class="paused"' in shown and "REBOOK_OAUTH_CLIENT_ID &lt;x&gt;" in shown
+    assert shown.index('class="paused"') > shown.index("<main>")

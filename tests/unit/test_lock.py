@@ -36,11 +36,12 @@ def test_every_requirement_is_locked_at_a_version_it_allows() -> None:
 
 
 def test_patched_peers_are_bounded_below_their_next_minor() -> None:
-    """DESIGN "Dependency pins": celery, kombu and flower each have `<X.(Y+1)`."""
+    """DESIGN "Dependency pins": celery, kombu and flower (and urllib3, whose connection pool the
+    request deadline subclasses) each have `<X.(Y+1)`."""
     seen = set()
     for req in requirements():
         name = canonicalize_name(req.name)
-        if name not in ("celery", "kombu", "flower"):
+        if name not in ("celery", "kombu", "flower", "urllib3"):
             continue
         seen.add(name)
         lower = [Version(s.version) for s in req.specifier if s.operator == ">="]
@@ -48,4 +49,4 @@ def test_patched_peers_are_bounded_below_their_next_minor() -> None:
         assert lower and upper, f"{req}: needs >=X.Y,<X.(Y+1)"
         low, high = lower[0], upper[0]
         assert (high.major, high.minor) == (low.major, low.minor + 1), f"{req}: not one minor"
-    assert seen == {"celery", "kombu", "flower"}
+    assert seen == {"celery", "kombu", "flower", "urllib3"}

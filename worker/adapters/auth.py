@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -25,7 +26,15 @@ from typing import Any
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from worker.adapters.upstream import UpstreamClient
-from worker.core.errors import ConfigError, ReauthRequired, Rejected, Transient
+from worker.core.errors import (
+    ConfigError,
+    DeploymentFault,
+    ReauthRequired,
+    Rejected,
+    TokenRefused,
+    Transient,
+    UpstreamError,
+)
 from worker.core.keys import Keys
 from worker.core.models import TokenSet
 from worker.core.observability import register_token
@@ -252,6 +261,12 @@ class TokenManager:
         log.info("refreshed tokens of member %s", user_id)
         return fresh
 
+    def check_client(self) -> tuple[str, str]:
+        """`check_client` with this manager's client (the sweep's probe of a refused client)."""
+        return check_client(
+            self.client, self.token_url, client_id=self.client_id, client_secret=self._client_secret
+        )
+
     def keep_alive(self, user_id: str, *, before: float) -> str:
         """Refreshes the pair if its refresh token lapses before `before`: "refreshed", "fresh"
         (another holder refreshed it meanwhile), "gone" (no pair), "busy" (a refresh runs
@@ -282,3 +297,30 @@ def refresh_lock_seconds(limiter_max_wait: float, call_bound_seconds: float) -> 
     """The refresh lock's lifetime: the longest refresh (the shared rate limiter's wait, then
     a request in flight up to connect + read timeout) and a margin for Redis and the store."""
     return limiter_max_wait + call_bound_seconds + 10.0
+
+
+def check_client(
+    client: UpstreamClient, token_url: str, *, client_id: str, client_secret: str
+) -> tuple[str, str]:
+    """Whether the token endpoint accepts the OAuth client, without spending any member's
+    token: a refresh with a refresh token that cannot exist. `("ok", ...)`: the grant was judged
+    (an OAuth error code other than a client refusal, `invalid_grant` as a rule), so the client
+    passed; `("refused", code)`: `invalid_client`/`unauthorized_client`; `("unknown", what)`:
+    anything else (a network failure, a page in front of the endpoint, a 400/401 without an
+    OAuth error code, or a made-up token accepted)."""
+    try:
+        client.refresh_token(
+            token_url,
+            client_id=client_id,
+            client_secret=client_secret,
+            refresh_token="rebook-client-check-" + secrets.token_urlsafe(24),
+        )
+    except DeploymentFault as exc:
+        return "refused", exc.message or exc.reason
+    except TokenRefused as exc:
+        if exc.code:
+            return "ok", f"client accepted (a made-up refresh token: {exc.code})"
+        return "unknown", f"HTTP {exc.status} without an OAuth error code: {exc.message}"
+    except UpstreamError as exc:
+        return "unknown", str(exc)
+    return "unknown", "a refresh token that cannot exist was accepted"

@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from worker.adapters.auth import TokenManager
-from worker.core.errors import ReauthRequired, UpstreamError
+from worker.core.errors import DeploymentFault, ReauthRequired, UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,10 @@ def keep_tokens(
             # the pair is dead until `rebook tokens set`, which re-indexes it; until then look
             # again now and then (a refusal may have been the OAuth server's passing mistake)
             store.reschedule(user_id, due_before + before_seconds / 2)
+        except DeploymentFault as exc:  # the site's setting: no member is at fault
+            counts["paused"] += 1
+            log.info("keep-alive: paused (%s)", exc)
+            break
         except UpstreamError as exc:
             counts["failed"] += 1
             log.info("keep-alive: stopped for now (%s: %s)", type(exc).__name__, exc)

@@ -8,8 +8,10 @@ new `PresenceSource` handed to the client (`UpstreamClient.presence`): the flow 
 
 from __future__ import annotations
 
+import json
 from typing import Protocol, runtime_checkable
 
+from worker.core.errors import PresenceUnreadable
 from worker.core.models import UserSummary
 
 
@@ -29,4 +31,16 @@ class UserSummaryPresence:
         self.client = client
 
     def is_online(self, performer_id: int) -> bool:
-        return self.client.user_summary(performer_id).available_now_webcam
+        """Raises PresenceUnreadable for an answer without the flag, or about another user:
+        such an answer does not say "offline", it says nothing."""
+        summary = self.client.user_summary(performer_id)
+        why = ""
+        if "available_now_webcam" not in summary.model_fields_set:
+            why = "no AvailableNowWebcam in the answer"
+        elif summary.user_id is not None and summary.user_id != performer_id:
+            why = f"the answer is about UserID {summary.user_id}"
+        if why:
+            exc = PresenceUnreadable(why, endpoint="getUserSummary")
+            exc.answer = json.dumps(summary.model_dump(mode="json", by_alias=True), default=str)
+            raise exc
+        return summary.available_now_webcam

@@ -29,13 +29,17 @@ from worker import __version__
 from worker.adapters.deadline import WATCHDOG, DeadlineAdapter, Guard
 from worker.adapters.presence import PresenceSource, UserSummaryPresence
 from worker.core.budget import RATE_SHARE
+from worker.core.circuit import API, MEMBER, TOKEN, Circuit
 from worker.core.errors import (
     Ambiguous,
     AuthExpired,
     Challenged,
+    DeploymentFault,
     NotFound,
     RateLimited,
     Rejected,
+    Shadowed,
+    TokenRefused,
     Transient,
     UpstreamError,
 )
@@ -62,6 +66,8 @@ PATHS: dict[str, tuple[str, str]] = {
     "verifyCredentials": ("GET", "/v1/account/verifyCredentials"),
     "GetPermissions": ("GET", "/v1/Account/GetPermissions"),
 }
+#: What shadow mode never sends (README "Shadow mode"): the calls that spend or move credits.
+SHADOW_REFUSED = frozenset({"RescheduleMadeBooking", "ConfirmMadeBooking", "CancelMadeBooking"})
 MAX_PAGE = 100
 USER_AGENT = f"rebook/{__version__}"
 M = TypeVar("M", bound=BaseModel)
@@ -233,6 +239,43 @@ def error_for_response(
     return Rejected(msg, **kw)
 
 
+_API_KEY_TEXT = re.compile(r"api[\s_-]?key", re.IGNORECASE)
+_SCOPE_TEXT = re.compile(r"scope|account_webcam_bookings", re.IGNORECASE)
+CLIENT_REFUSALS = frozenset({"invalid_client", "unauthorized_client"})
+"""OAuth2 (RFC 6749 §5.2) refusals of the site's client: never the member's fault."""
+
+
+def deployment_fault(
+    endpoint: str, response: requests.Response, *, member: bool
+) -> DeploymentFault | None:
+    """The site's setting refused, read from the API's own answer: a 401 on a call that carries
+    no member token, or one whose text names the API key ("Invalid or missing API key."); a
+    403 whose text names a scope (`account_webcam_bookings`). None otherwise (a 401 that does
+    not say is the access token's, until a key-only call says otherwise)."""
+    if not is_api_answer(response):
+        return None
+    status = response.status_code
+    if status == 401:
+        text = _message(response)
+        if not member or _API_KEY_TEXT.search(text) or _API_KEY_TEXT.search(response.text[:500]):
+            return DeploymentFault("api_key", f"{endpoint} HTTP 401: {text}")
+    if status == 403:
+        text = _message(response)
+        if _SCOPE_TEXT.search(text) or _SCOPE_TEXT.search(response.text[:500]):
+            return DeploymentFault("scope", f"{endpoint} HTTP 403: {text}")
+    return None
+
+
+def oauth_error(response: requests.Response) -> str:
+    """The `error` code of an OAuth answer ("" if none)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    code = body.get("error") if isinstance(body, dict) else None
+    return code.strip().lower() if isinstance(code, str) else ""
+
+
 def error_for_exception(
     endpoint: str, exc: BaseException, *, idempotent: bool, deadline: float | None = None
 ) -> UpstreamError:
@@ -286,6 +329,7 @@ class UpstreamClient:
         session: requests.Session | None = None,
         list_names: tuple[str, ...] = ("WebcamBookings",),
         on_made: MadeHook | None = None,
+        shadow: bool = False,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
@@ -302,7 +346,12 @@ class UpstreamClient:
         self._session = session or environment_session(self.base_url)
         self.list_names = list_names
         self._on_made = on_made
+        self.shadow = shadow
+        """REBOOK_SHADOW: `SHADOW_REFUSED` calls stop where they would go out (`Shadowed`)."""
         self.presence: PresenceSource = UserSummaryPresence(self)
+        self.circuit: Circuit | None = None
+        """Deployment faults (worker/core/circuit.py): set by the runtime; None (tests, doctor):
+        faults are raised, nothing pauses."""
 
     def close(self) -> None:
         self._session.close()
@@ -331,10 +380,16 @@ class UpstreamClient:
             headers[self._api_key_header] = self._api_key
         if token is not None:
             headers["Authorization"] = f"bearer {token}"  # lower-case, as the docs' samples
+        reasons = MEMBER if token is not None else API
+        if self.circuit is not None:
+            self.circuit.gate(reasons)  # a wrong key or scope: not sent, bar one probe
         if self._limiter is not None:
             self._limiter.acquire(RATE_SHARE.get(endpoint, 1.0) if share is None else share)
         if before_send is not None:
             before_send()
+        if self.shadow and endpoint in SHADOW_REFUSED:
+            # the last point before the request: whatever path got here, nothing goes out
+            raise Shadowed("shadow mode: not sent", endpoint=endpoint)
         started = time.monotonic()
         outcome = "ok"
         try:
@@ -348,7 +403,15 @@ class UpstreamClient:
                 headers=headers,
             )
             if not 200 <= response.status_code < 300:
+                fault = deployment_fault(endpoint, response, member=token is not None)
+                if fault is not None:
+                    fault.message = self._scrub_text(fault.message)
+                    if self.circuit is not None:
+                        self.circuit.open(fault)
+                    raise fault
                 raise self._scrubbed(error_for_response(endpoint, response, idempotent=idempotent))
+            if self.circuit is not None:
+                self.circuit.passed(reasons)
             if headers_out is not None:
                 headers_out.update(response.headers)
             try:
@@ -363,7 +426,7 @@ class UpstreamClient:
                 raise cls(
                     "unreadable body (not JSON)", endpoint=endpoint, status=response.status_code
                 ) from None
-        except UpstreamError as exc:
+        except (UpstreamError, DeploymentFault) as exc:
             outcome = type(exc).__name__
             raise
         finally:
@@ -417,11 +480,33 @@ class UpstreamClient:
 
     def _scrubbed(self, exc: UpstreamError) -> UpstreamError:
         """A proxy's error page may echo the request URL, and with it `?apiKey=`."""
-        # (a key of a few characters would mangle every message: real keys are long)
-        if len(self._api_key) >= 6 and self._api_key in exc.message:
-            exc.message = exc.message.replace(self._api_key, "***")
+        if self._api_key in exc.message:
+            exc.message = self._scrub_text(exc.message)
             exc.args = (exc.message,)
         return exc
+
+    def _scrub_text(self, text: str) -> str:
+        # (a key of a few characters would mangle every message: real keys are long)
+        if len(self._api_key) >= 6:
+            return text.replace(self._api_key, "***")
+        return text
+
+    def api_key_refused(self, probe_user_id: int = 1) -> bool:
+        """One call that needs no member token (getUserSummary, the API key only): True when
+        it is refused with a 401 too, so a member call's bare 401 was the key's, not the access
+        token's. Anything else (an answer, a 404, a failure) is False: refresh as usual. Opens
+        the circuit itself when the key is refused (through `_call`)."""
+        try:
+            self._call("getUserSummary", params={"UserID": probe_user_id})
+        except DeploymentFault as exc:
+            return exc.reason == "api_key"
+        except Rejected:  # the API's own refusal of the call (a 404 for an unknown user): the
+            if self.circuit is not None:  # key itself passed
+                self.circuit.passed(API)
+            return False
+        except UpstreamError:
+            return False
+        return False
 
     def _model(self, model: type[M], payload: Any, endpoint: str, *, idempotent: bool = True) -> M:
         """The typed answer, or a readable error naming the field: Transient for a read,
@@ -588,6 +673,8 @@ class UpstreamClient:
     ) -> dict[str, Any]:
         """`grant_type=refresh_token`; the upstream rotates the refresh token on every success.
         `share`: of the rate window (the keep-alive's refreshes can wait, a step's cannot)."""
+        if self.circuit is not None:
+            self.circuit.gate(TOKEN)  # a refused client: no refresh goes out, bar one probe
         if self._limiter is not None:
             self._limiter.acquire(RATE_SHARE["token"] if share is None else share)
         outcome = "ok"
@@ -607,8 +694,21 @@ class UpstreamClient:
             )
             if response.status_code in (400, 401) and is_api_answer(response):
                 # only the OAuth server's own answer is a refusal (-> reauth): an HTML page in
-                # front of it (a CDN challenge) is Challenged, tried again later
-                raise Rejected(_message(response), endpoint="token", status=response.status_code)
+                # front of it (a CDN challenge) is Challenged, tried again later. A refused
+                # client is the site's setting, not the member's refresh token: no reauth.
+                code = oauth_error(response)
+                if code in CLIENT_REFUSALS:
+                    fault = DeploymentFault("oauth_client", code)
+                    if self.circuit is not None:
+                        self.circuit.open(fault)
+                    raise fault
+                if self.circuit is not None and code:  # the client accepted, the grant judged
+                    self.circuit.passed(TOKEN)
+                refused = TokenRefused(
+                    _message(response), endpoint="token", status=response.status_code
+                )
+                refused.code = code
+                raise refused
             if not 200 <= response.status_code < 300:
                 raise error_for_response("token", response, idempotent=True)
             try:
@@ -621,8 +721,10 @@ class UpstreamClient:
                 raise Transient("unreadable token body", endpoint="token") from None
             if not isinstance(body, dict):
                 raise Transient("token body is not an object", endpoint="token")
+            if self.circuit is not None:
+                self.circuit.passed(TOKEN)
             return body
-        except UpstreamError as exc:
+        except (UpstreamError, DeploymentFault) as exc:
             outcome = type(exc).__name__
             raise
         finally:

@@ -45,6 +45,7 @@ TASK_MODULES = [
     "tasks.sweep",
     "tasks.fanout",
     "tasks.tokens",
+    "tasks.audit",
 ]
 HOUSEKEEPING_SECONDS = 60.0
 # Redis broker: a lower number is served first. Events, the sweep, presence checks and the first
@@ -211,6 +212,15 @@ def beat_schedule(settings: Settings) -> dict[str, Any]:
             },
         },
     }
+    schedule["rebook-audit"] = {
+        "task": "rebook.audit",
+        "schedule": settings.audit_interval_seconds,
+        "options": {
+            "queue": WORK_QUEUE,
+            "priority": WATCH_PRIORITY,  # minutes of slack: after every step
+            "expires": max(5.0, settings.audit_interval_seconds),
+        },
+    }
     if settings.fanout_enabled:
         schedule["rebook-fanout"] = {
             "task": "rebook.fanout",
@@ -336,8 +346,18 @@ def _unbind_task(**_: Any) -> None:
     bind_task(None)
 
 
+def _clear_fixed_fault() -> None:
+    """A deployment fault recorded under another value of its setting is gone: the operator
+    fixed the setting and restarted (worker/core/circuit.py)."""
+    try:
+        services().store.circuit.check_setting()
+    except Exception as exc:  # Redis down at start: the sweep's probes clear it later
+        log.warning("deployment fault check at start skipped: %s", type(exc).__name__)
+
+
 def _worker_init(**_: Any) -> None:
     init_sentry(get_settings())
+    _clear_fixed_fault()
     from worker.celeryapp.dispatch import fanout  # dispatch imports this module
 
     fanout().ensure_group()
@@ -350,3 +370,4 @@ def _worker_init(**_: Any) -> None:
 
 def _beat_init(**_: Any) -> None:
     init_sentry(get_settings())
+    _clear_fixed_fault()

@@ -15,6 +15,10 @@ truncated to 4 KB), then removed from the broker, and the consumer goes on:
   calls it before Celery's strategy);
 - `install_bounded_decompression` replaces kombu's decompressors by ones that stop at
   `MAX_INFLATED_BYTES` (kombu decompresses while building the message, on both transports).
+
+A check that raises anything else (`RecursionError` from headers nested 100,000 deep,
+`MemoryError`, a bug) refuses the item the same way (`refusal`): no item leaves the broker without
+being run or dead-lettered, and the consumer never stops on one.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import base64
 import binascii
 import bz2
+import codecs
 import json
 import logging
 import lzma
@@ -36,6 +41,17 @@ log = logging.getLogger("rebook.frames")
 
 RAW_LIMIT = 4096
 """Bytes of the raw item kept in a dead letter."""
+MAX_FRAME_BYTES = MAX_EVENT_BYTES
+"""The whole raw item (envelope, headers, body) may be at most this: a message over 64 KB is
+invalid, wherever its bytes are (a 1 MB `argsrepr` header too)."""
+_SCRUB_WINDOW = 4 * RAW_LIMIT
+"""Of a large item only this much is parsed and scrubbed for its dead letter (4 KB are kept)."""
+ENCODINGS = {"utf-8", "ascii"}
+"""Content encodings of a JSON body (after `codecs.lookup`): Celery sends utf-8; anything else
+(an unknown codec too) is refused rather than guessed at."""
+SOURCE_KEY = "x-rebook-source-queue"
+"""rebook's Redis transport writes into `delivery_info` the list it popped an item from (what the
+producer wrote there is not evidence: it is part of the item)."""
 MAX_INFLATED_BYTES = MAX_EVENT_BYTES
 """A compressed body may inflate to at most this (a message over 64 KB is invalid anyway)."""
 JSON_TYPES = {"application/json"}
@@ -55,8 +71,22 @@ class InflateLimit(Exception):
 
 
 def _first_line(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
+    try:
+        text = f"{type(exc).__name__}: {exc}"
+    except Exception:  # an exception whose str() fails is still named
+        text = type(exc).__name__
     return " ".join(text.split())[:200]
+
+
+def refusal(exc: BaseException) -> str:
+    """The dead-letter reason for whatever a frame check raised."""
+    if isinstance(exc, BadFrame):
+        return exc.reason
+    if isinstance(exc, RecursionError):
+        return f"broken envelope: nested too deeply to read ({_first_line(exc)})"
+    if isinstance(exc, MemoryError):
+        return "frame too large to read (MemoryError)"
+    return f"frame check failed ({_first_line(exc)})"
 
 
 # -- the raw item, as a dead letter keeps it ----------------------------------------------------
@@ -81,16 +111,19 @@ def _elide_opaque_body(envelope: dict[str, Any]) -> dict[str, Any]:
 
 
 def raw_preview(raw: bytes | str) -> str:
-    """The raw item as text: secrets scrubbed, an opaque body elided, at most 4 KB."""
+    """The raw item as text: secrets scrubbed, an opaque body elided, at most 4 KB. Never raises
+    on the item: a large one is cut before it is read, one that cannot be parsed is kept as text."""
     from worker.core.observability import scrub
 
+    if len(raw) > _SCRUB_WINDOW:
+        raw = raw[:_SCRUB_WINDOW]  # no JSON parse of a cut item: it is not JSON any more
     text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
     try:
         envelope = json.loads(text)
-    except ValueError:
-        envelope = None
-    if isinstance(envelope, dict):
-        text = json.dumps(_elide_opaque_body(envelope), ensure_ascii=False)
+        if isinstance(envelope, dict):
+            text = json.dumps(_elide_opaque_body(envelope), ensure_ascii=False)
+    except Exception:  # not JSON, nested too deeply, ...: the text as it is
+        pass
     text = scrub(text)
     encoded = text.encode("utf-8")
     if len(encoded) > RAW_LIMIT:
@@ -107,7 +140,7 @@ def delivery_tag_of(raw: bytes | str) -> str | None:
         props = item.get("properties") if isinstance(item, dict) else None
         tag = props.get("delivery_tag") if isinstance(props, dict) else None
         return tag if isinstance(tag, str) and tag else None
-    except ValueError:
+    except Exception:  # not JSON, or nested too deeply for Python's parser
         found = _TAG.search(text)
         return found.group(1) if found else None
 
@@ -115,9 +148,16 @@ def delivery_tag_of(raw: bytes | str) -> str | None:
 # -- checks --------------------------------------------------------------------------------------
 
 
-def check_redis_item(raw: bytes | str, decode_body: Callable[[Any, Any], Any]) -> dict[str, Any]:
+def check_redis_item(
+    raw: bytes | str,
+    decode_body: Callable[[Any, Any], Any],
+    max_bytes: int | None = MAX_FRAME_BYTES,
+) -> dict[str, Any]:
     """The envelope of a Redis list item, or BadFrame: what kombu's virtual Message needs
-    (`properties` with a delivery tag, `headers` a mapping, a body its encoding decodes)."""
+    (`properties` with a delivery tag, `headers` a mapping, a body its encoding decodes), within
+    `max_bytes` as a whole (None: no limit, for replies the worker does not run)."""
+    if max_bytes is not None and len(raw) > max_bytes:
+        raise BadFrame(f"item is {len(raw)} bytes; the limit is {max_bytes} (the whole item)")
     try:
         item = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
     except ValueError as exc:  # UnicodeDecodeError is one too
@@ -152,6 +192,14 @@ def check_redis_item(raw: bytes | str, decode_body: Callable[[Any, Any], Any]) -
     return item
 
 
+def message_bytes(message: Any) -> int:
+    """What a message weighs as its producer sent it, near enough: body and headers (on Redis
+    the transport has measured the whole item before)."""
+    body = getattr(message, "body", b"") or b""
+    headers = message.headers or {}
+    return len(body) + len(json.dumps(headers, default=str, ensure_ascii=False).encode())
+
+
 def check_task_message(message: Any) -> str | None:
     """Why a message kombu could build is not runnable, or None. Protocol 2 only: a message
     without a `task` header is left to Celery (protocol 1, or unknown: dead-lettered there)."""
@@ -162,6 +210,9 @@ def check_task_message(message: Any) -> str | None:
         return "broken envelope: header 'task' is not a task name"
     if not isinstance(headers.get("id"), str) or not headers["id"]:
         return "broken envelope: header 'id' is not a task id"
+    size = message_bytes(message)
+    if size > MAX_FRAME_BYTES:
+        return f"message is {size} bytes; the limit is {MAX_FRAME_BYTES} (headers included)"
     content_type = (message.content_type or "").split(";")[0].strip().lower()
     if content_type not in JSON_TYPES:
         from kombu.serialization import registry
@@ -171,6 +222,15 @@ def check_task_message(message: Any) -> str | None:
         return (
             f"content type {message.content_type or '(none)'!r}{known} is not accepted: JSON only"
         )
+    encoding = message.content_encoding
+    if encoding is not None:
+        try:
+            codec: str | None = codecs.lookup(str(encoding)).name
+        except Exception:  # LookupError, or a name codecs cannot even look up
+            codec = None
+        if codec not in ENCODINGS:
+            what = "unknown" if codec is None else "not accepted"
+            return f"content encoding {str(encoding)[:60]!r} is {what}: utf-8 only"
     try:
         body = message.decode()
     except Exception as exc:
@@ -194,6 +254,35 @@ def check_task_message(message: Any) -> str | None:
     return None
 
 
+_HEADER = {
+    name: re.compile(rf'"{name}"\s*:\s*"([^"\\]{{1,200}})"'.encode()) for name in ("id", "task")
+}
+
+
+def _headers_of(raw: bytes | str) -> dict[str, Any]:
+    """The `id` and `task` headers of a refused item, for its dead letter: parsed when the item
+    is small enough, else (or when it is no JSON Python reads) looked up in its first and last
+    64 KB, where kombu's envelope puts them (a base64 body holds no quotes)."""
+    data = raw.encode("utf-8", errors="replace") if isinstance(raw, str) else raw
+    if len(data) <= MAX_FRAME_BYTES:
+        try:
+            envelope = json.loads(data)
+            found = envelope.get("headers") if isinstance(envelope, dict) else None
+            if isinstance(found, dict):
+                return found
+        except Exception:  # not JSON, nested too deeply: look for the two headers below
+            pass
+    windows = (data[:MAX_FRAME_BYTES], data[-MAX_FRAME_BYTES:])
+    headers: dict[str, Any] = {}
+    for name, pattern in _HEADER.items():
+        for window in windows:
+            match = pattern.search(window)
+            if match:
+                headers[name] = match.group(1).decode("utf-8", errors="replace")
+                break
+    return headers
+
+
 def deadletter_frame(
     reason: str, raw: bytes | str, *, queue: str, headers: Any = None, content_type: Any = None
 ) -> bool:
@@ -202,11 +291,7 @@ def deadletter_frame(
     from worker.celeryapp.runtime import services
 
     if headers is None:
-        try:
-            envelope = json.loads(raw)
-            headers = envelope.get("headers") if isinstance(envelope, dict) else None
-        except ValueError:
-            headers = None
+        headers = _headers_of(raw)
     headers = headers if isinstance(headers, dict) else {}
     task_id, task = headers.get("id"), headers.get("task")
     try:

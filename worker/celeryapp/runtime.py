@@ -86,7 +86,9 @@ def build_services(settings: Settings) -> Services:
         on_call=count_call,
         list_names=settings.list_names,
         on_made=ZoneWatch(store.r, store.keys.zone, settings.zone, settings.zone_tolerance_seconds),
+        shadow=settings.shadow,
     )
+    client.circuit = store.circuit  # deployment faults pause calls for every worker
     token_store = TokenStore(
         store.r,
         settings.key_prefix,

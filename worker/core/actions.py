@@ -61,6 +61,12 @@ class Outcome:
         return out
 
 
+SHADOWED_REFUSAL = (
+    "{rid} ended SHADOWED in shadow mode (nothing was booked); it stays so: send a new event "
+    "to rebook it"
+)
+
+
 def refusal(action: Action, rec: Rebook) -> str | None:
     """The text `Flow.retry`/`Flow.cancel` would refuse `rec` with, or None when they would
     act (they may still refuse at that moment: the record may change, another rebook may own
@@ -81,6 +87,8 @@ def refusal(action: Action, rec: Rebook) -> str | None:
         return None
     if rec.state == State.DUPLICATE:
         return f"{rid} is a duplicate of {rec.duplicate_of}; retry that one"
+    if rec.state == State.SHADOWED:
+        return SHADOWED_REFUSAL.format(rid=rid)
     if rec.state.terminal:
         return (
             f"{rid} is {rec.state.value}: booking {rec.new_booking_id} was made and decided; "

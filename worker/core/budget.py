@@ -20,3 +20,8 @@ RATE_SHARE: dict[str, float] = {
 JITTER_MARGIN = 0.05
 """Calls sent one window apart may reach the upstream closer together (network and scheduling
 jitter): the window counted here is this much longer than the one the rate is stated for."""
+
+AUDIT_SHARE = 0.5
+"""The ledger audit's share (worker.core.audit): its reads go only while the shared window is
+less than half full, so presence polls (0.9), POSTs (1.0) and a step's reads (0.8) never wait on
+it; when the budget is busy the audit waits, then reports the member as not checked."""

@@ -86,6 +86,11 @@ class NotSent(Transient):
     """A call stopped by its own step just before it would have gone out: nothing was sent."""
 
 
+class Shadowed(NotSent):
+    """Shadow mode (`REBOOK_SHADOW`): a call that books, confirms or cancels stopped where it
+    would have gone out (after the rate limiter and its `before_send`). Nothing was sent."""
+
+
 class LeaseLost(NotSent):
     """The step's lease on its rebook was taken over: another step decides; this one stops."""
 
@@ -98,6 +103,12 @@ class Rejected(UpstreamError):
     """The upstream refused the request with a reason (4xx): repeating it will not help."""
 
 
+class TokenRefused(Rejected):
+    """The token endpoint refused a refresh; `code` is its OAuth `error` ("" if none)."""
+
+    code: str = ""
+
+
 class NotFound(Rejected):
     """HTTP 404: the booking does not exist or is not the member's."""
 
@@ -107,3 +118,39 @@ class Ambiguous(UpstreamError):
 
     Never repeat the call: settle it by reconciliation first.
     """
+
+
+class PresenceUnreadable(Transient):
+    """A presence answer that does not say whether the performer is online (no
+    `AvailableNowWebcam`, or about another `UserID`): unknown, never "offline"; retried."""
+
+    answer: str = ""
+    """The answer as read (JSON, no secrets: a performer's public summary)."""
+
+
+#: The settings a deployment fault is about, by reason (`rebook stats` "paused", doctor, README).
+FAULT_SETTINGS: dict[str, str] = {
+    "oauth_client": "REBOOK_OAUTH_CLIENT_ID / REBOOK_OAUTH_CLIENT_SECRET",
+    "api_key": "REBOOK_API_KEY",
+    "scope": "the OAuth client's scopes (account_webcam_bookings)",
+}
+
+
+class DeploymentFault(RebookError):
+    """The site's setting is refused (OAuth client, API key, scope): no member's fault, so no
+    member is parked and no token rotated. The calls it affects pause behind one circuit
+    (`worker.core.circuit`). `paused`: raised by the open circuit, no request was sent.
+
+    Deliberately not an UpstreamError: no handler that counts errors or attempts catches it."""
+
+    def __init__(self, reason: str, message: str = "", *, paused: bool = False) -> None:
+        self.reason = reason
+        self.setting = FAULT_SETTINGS.get(reason, reason)
+        self.message = message
+        self.paused = paused
+        super().__init__(reason, message)
+
+    def __str__(self) -> str:  # from the fields: a scrubbed `message` shows scrubbed
+        what = "paused" if self.paused else "refused"
+        tail = f": {self.message}" if self.message else ""
+        return f"{what}: {self.setting} ({self.reason}){tail}"

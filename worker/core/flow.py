@@ -8,9 +8,11 @@ overdue record in the due index and dispatches it again.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -20,18 +22,24 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
+from worker.core.actions import SHADOWED_REFUSAL
 from worker.core.backoff import backoff, jittered
 from worker.core.budget import RATE_SHARE
 from worker.core.capacity import presence_budget
+from worker.core.circuit import MEMBER
 from worker.core.errors import (
     Ambiguous,
     AuthExpired,
+    DeploymentFault,
     InvalidEvent,
     LeaseLost,
     NotFound,
     NotSent,
+    PresenceUnreadable,
     ReauthRequired,
     Rejected,
+    Shadowed,
+    StoreUnavailable,
     Throttled,
     UpstreamError,
 )
@@ -133,6 +141,24 @@ class Gated(NotSent):
         self.holder = holder
 
 
+class _Capped(NotSent):
+    """The member reached REBOOK_MAX_REBOOKS_PER_MEMBER_PER_DAY: this POST is not sent."""
+
+
+PAUSE_RECHECK_MIN_SECONDS = 300.0
+"""A step paused by a deployment fault comes back by itself after this long (or ten probe
+intervals, whichever is longer): the sweep probes meanwhile and, once the fault is gone, makes
+every held step due at once."""
+NO_CREDITS = re.compile(
+    r"credit[^.]*\b(enough|insufficient|sufficient|balance|top.?up|low)\b"
+    r"|\b(enough|insufficient|sufficient|no)\b[^.]*credit",
+    re.IGNORECASE,
+)
+"""A RescheduleMadeBooking refusal for lack of credits (README "Members' money"): the text names
+credits and their lack; or HTTP 402."""
+CLIENT_REFUSAL_TEXT = re.compile(r"invalid_client|unauthorized_client", re.IGNORECASE)
+
+
 class _Found(NotSent):
     """Before the POST, a booking it would duplicate was found: adopted instead of sent —
     unless another rebook of the same member and performer could be its maker."""
@@ -174,6 +200,9 @@ class Flow:
     _slots_spent_until: float = field(default=-math.inf, repr=False)
     reads: SharedReads[Listing] = field(default_factory=SharedReads, repr=False)
     """Reads before a POST that later POSTs may share: one per worker process (`flow()`)."""
+    _client_parked_checked: bool = field(default=False, init=False, repr=False)
+    """Whether this process has looked for rebooks an older version parked `reauth` for a
+    refused OAuth client (`resume_client_parked`)."""
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -183,16 +212,45 @@ class Flow:
         return backoff(errors, s.retry_base_seconds, s.retry_max_seconds, retry_after)
 
     def _member_call(self, rec: Rebook, call: Callable[[str], T]) -> T:
-        """Runs a member call; on 401 refreshes once (single-flight) and repeats it once.
+        """Runs a member call; on 401 refreshes once (single-flight) and repeats it once —
+        unless the 401 was the API key's (`_key_check`): no refresh cures that.
 
         Safe for the POST too: a 401 means the upstream did nothing.
         """
+        self.store.circuit.check(MEMBER)  # paused: not even a refresh before the call
         token = self.tokens.access_token(rec.user_id)
         try:
             return call(token)
         except AuthExpired:
+            self._key_check(rec)
             log.info("rebook %s: access token refused, refreshing", rec.rebook_id)
             return call(self.tokens.access_token(rec.user_id, rejected=token))
+
+    def _key_check(self, rec: Rebook) -> None:
+        """A member call's 401 that does not say whose fault it is: one call that needs no
+        member token tells. Refused too: the API key is at fault (DeploymentFault), no refresh."""
+        probe = getattr(self.client, "api_key_refused", None)
+        # (UserID 1, not the performer: a probe is not a presence check and counts as none)
+        if probe is not None and probe(1):
+            raise DeploymentFault("api_key", "a call with the API key alone was refused too")
+
+    def _pause_wait(self) -> float:
+        return jittered(max(PAUSE_RECHECK_MIN_SECONDS, 10 * self.settings.pause_probe_seconds))
+
+    def _paused(self, rec: Rebook, exc: DeploymentFault, marked: list[float] | None = None) -> Step:
+        """A deployment fault: the step waits, counting no error and no attempt, held for the
+        sweep to resume once the circuit closes. A refused POST's mark goes (401/403: the
+        upstream did nothing)."""
+        self.store.circuit.hold(rec.rebook_id)
+        due = self.clock() + self._pause_wait()
+        reason = f"paused: {exc.setting} refused"
+        if marked is not None:
+            self._unmark(rec, marked, reason=reason, due=due)
+        else:
+            self._stay(rec, reason=reason, due=due)
+        if not exc.paused:
+            log.warning("rebook %s: %s", rec.rebook_id, exc)
+        return Step.PAUSED
 
     def _move(
         self, rebook_id: str, to: State, *, require: dict[str, Any] | None = None, **kw: Any
@@ -242,6 +300,9 @@ class Flow:
 
     def park_member(self, user_id: str, detail: str) -> int:
         """Refresh refused: every active rebook of the member waits for `rebook tokens set`."""
+        if CLIENT_REFUSAL_TEXT.search(detail):  # the site's client, never the member's fault
+            log.warning("member %s: refresh refused for the OAuth client, not parked", user_id)
+            return 0
         parked = 0
         for rec in self.store.get_many(self.store.active_of_user(user_id)):
             if rec.state in STEP_STATES and self._park(
@@ -308,7 +369,14 @@ class Flow:
             performer_id=event.performer_id,
             deadline=now + max_wait,
             now=now,
+            # acknowledged means kept: a failover to a replica without the record would lose an
+            # event its producer was told was taken (found by the simulation's failovers)
+            replicas=self.settings.redis_wait_replicas,
+            replica_timeout_ms=self.settings.redis_wait_timeout_ms,
         )
+        n = self.settings.redis_wait_replicas
+        if n and result.replicas < n:
+            raise StoreUnavailable(f"{result.replicas} of {n} replicas have the event")
         if result.kind == "created":
             log.info(
                 "rebook %s: received event %s for booking %s (performer %s)",
@@ -369,8 +437,25 @@ class Flow:
             self.store.keep_presence_turn(performer_id, self.clock())
             log.info("presence of performer %s deferred (rate budget)", performer_id)
             return Step.THROTTLED
+        except DeploymentFault as exc:  # the key is refused: not the performer's answer
+            self.store.release_presence_call(performer_id)
+            self.store.circuit.hold_performer(performer_id)
+            self.store.schedule_performer(performer_id, self.clock() + self._pause_wait())
+            log.info("presence of performer %s paused (%s)", performer_id, exc.reason)
+            return Step.PAUSED
         except UpstreamError as exc:
             self.store.note_presence_call(self.clock(), performer_id, None, str(exc))
+            if isinstance(exc, PresenceUnreadable):
+                n = self.store.note_presence_unreadable(
+                    self.clock(), performer_id, exc.message, exc.answer
+                )
+                log.warning(
+                    "presence of performer %s unreadable (%s; answer %s); %d so far",
+                    performer_id,
+                    exc.message,
+                    exc.answer[:300],
+                    n,
+                )
             wait = jittered(max(interval, exc.retry_after or 0.0))
             log.warning(
                 "presence of performer %s unknown (%s); again in %.1fs", performer_id, exc, wait
@@ -388,7 +473,7 @@ class Flow:
                 from_=[State.WAITING],
                 reason="performer online",
                 due=now + self.store.lease,
-                fields={"errors": 0},
+                fields={"errors": 0, "online_ts": now},
                 now=now,
             )
             with self.dispatch.batch():
@@ -426,6 +511,8 @@ class Flow:
                 except ReauthRequired as exc:
                     self.park_member(rec.user_id, exc.detail)
                     return Step.REAUTH
+                except DeploymentFault as exc:
+                    return self._paused(rec, exc)
                 except LeaseLost as exc:
                     log.warning("rebook %s: %s; the step that took over decides", rebook_id, exc)
                     return Step.LEASE_LOST
@@ -678,6 +765,9 @@ class Flow:
         holder = self.store.gate_holder(rec, member_wide=performer_key is None)
         if holder is not None:
             return self._gated(rec, holder)
+        cap = s.max_rebooks_per_member_per_day
+        if cap and self.store.member_posts_today(rec.user_id, self.clock()) >= cap:
+            return self._capped(rec, cap)
         # Before a POST, look: a POST whose mark was lost (a failover, a restore) made a booking
         # that nothing here remembers. What the list shows now is what our POST cannot have made.
         if listing is None:
@@ -696,13 +786,15 @@ class Flow:
             return Step.RETRY
         marked: list[float] = []
         try:
-            booking = self.client.reschedule(
-                token,
-                rec.booking_id,
-                before_send=self._marker(rec, listing, marked, performer_key),
-            )
+            booking = self._send_post(rec, token, listing, marked, performer_key)
+        except Shadowed:
+            return self._shadowed(rec, marked)
         except Gated as exc:
             return self._gated(rec, exc.holder)
+        except _Capped:
+            return self._capped(rec, cap or 0)
+        except DeploymentFault as exc:  # 401/403 (or paused): the upstream did nothing
+            return self._paused(rec, exc, marked)
         except _Found as exc:
             return self._found_before_post(rec, exc)
         except LeaseLost:
@@ -785,6 +877,32 @@ class Flow:
                 return None
         return read.listing
 
+    def _send_post(
+        self,
+        rec: Rebook,
+        token: str,
+        listing: Listing,
+        marked: list[float],
+        performer_key: str | None = None,
+    ) -> WebcamBooking:
+        """The POST. Under REBOOK_MAX_REBOOKS_PER_MEMBER_PER_DAY, one that cannot have made a
+        booking (refused, or stopped after its mark) gives its count back: the cap counts
+        POSTs that may have booked."""
+        try:
+            return self.client.reschedule(
+                token,
+                rec.booking_id,
+                before_send=self._shadow_marker(marked)
+                if self.settings.shadow
+                else self._marker(rec, listing, marked, performer_key),
+            )
+        except Exception as exc:
+            capped = bool(self.settings.max_rebooks_per_member_per_day)
+            # (shadow mode took no count: its marker does not reach the cap)
+            if marked and capped and not isinstance(exc, (Ambiguous, Shadowed)):
+                self.store.give_back_member_post(rec.user_id, marked[0])
+            raise
+
     def _marker(
         self, rec: Rebook, listing: Listing, marked: list[float], performer_key: str | None = None
     ) -> Callable[[], None]:
@@ -800,6 +918,9 @@ class Flow:
             self._hold()
             now = self.clock()
             step = _STEP.get()
+            cap = s.max_rebooks_per_member_per_day
+            if cap and not self.store.take_member_post(rec.user_id, cap, now):
+                raise _Capped(f"member {rec.user_id} reached {cap} POSTs today")
             ok, holder, got = self.store.start_post(
                 rec.rebook_id,
                 now=now,
@@ -813,6 +934,8 @@ class Flow:
                 replica_timeout_ms=s.redis_wait_timeout_ms,
             )
             if not ok:
+                if cap:
+                    self.store.give_back_member_post(rec.user_id, now)
                 raise Gated(holder) if holder else NotSent("the rebook changed")
             marked.append(now)
             self.reads.marked(rec.rebook_id, now, now - 2 * s.call_bound_seconds - 60)
@@ -832,6 +955,50 @@ class Flow:
                 raise NotSent(f"{got} of {s.redis_wait_replicas} replicas have the mark")
 
         return mark
+
+    def _shadow_marker(self, marked: list[float]) -> Callable[[], None]:
+        """Shadow mode's `before_send`: the moment the POST would go out (after the gate, the
+        read before it and the rate limiter) is noted, and nothing is sent — whatever client
+        runs it. No "POST sent" mark is written: nothing needs reconciling."""
+
+        def stop() -> None:
+            self._hold()
+            marked.append(self.clock())
+            raise Shadowed("shadow mode: not sent", endpoint=POST)
+
+        return stop
+
+    def _shadowed(self, rec: Rebook, marked: list[float]) -> Step:
+        """SHADOWED (terminal): what shadow mode would have booked, when, and how long after
+        the performer was seen online."""
+        at = marked[0] if marked else self.clock()
+        detail: dict[str, Any] = {"would_post_at": iso_z(from_ts(at))}
+        if rec.online_ts is not None:
+            detail["online_at"] = iso_z(from_ts(rec.online_ts))
+            detail["online_to_post_seconds"] = round(max(0.0, at - rec.online_ts), 3)
+        if self._move(
+            rec.rebook_id,
+            State.SHADOWED,
+            from_=[State.RESCHEDULING],
+            reason="shadow mode: would have rescheduled (nothing sent)",
+            fields={"would_post_ts": at},
+            outcome=State.SHADOWED.value,
+            detail=detail,
+        ):
+            log.info("rebook %s: SHADOWED (would have POSTed at %s)", rec.rebook_id, at)
+        return Step.SHADOWED
+
+    def _capped(self, rec: Rebook, cap: int) -> Step:
+        """REBOOK_MAX_REBOOKS_PER_MEMBER_PER_DAY reached: parked before any POST."""
+        self._park(
+            rec,
+            "member_cap",
+            fields={"post_sent_ts": None, "attempts": rec.attempts},
+            action=f"the member reached {cap} rebook POSTs today (UTC day, "
+            "REBOOK_MAX_REBOOKS_PER_MEMBER_PER_DAY); `rebook retry ID` tomorrow or raise the cap",
+            cap=cap,
+        )
+        return Step.PARKED
 
     def _found_before_post(self, rec: Rebook, exc: _Found) -> Step:
         """A booking whose mark was lost: adopted, or parked if a sibling could own it."""
@@ -864,8 +1031,10 @@ class Flow:
         return Step.AMBIGUOUS
 
     def _token_refused(self, rec: Rebook, marked: list[float], token: str) -> Step:
-        """401: nothing happened upstream; refresh now, POST again on the next run."""
+        """401: nothing happened upstream; refresh now, POST again on the next run — unless the
+        API key is at fault (`_key_check` raises; the step pauses)."""
         self._unmark(rec, marked, reason="access token refused", due=self.clock())
+        self._key_check(rec)
         try:
             self.tokens.access_token(rec.user_id, rejected=token)
         except UpstreamError as exc:  # refreshed on the next run instead
@@ -964,8 +1133,19 @@ class Flow:
                 self._resume(other, f"{rec.rebook_id} settled")
 
     def _rejected(self, rec: Rebook, exc: Rejected) -> Step:
-        """A 4xx: if a fresh presence check says offline, the performer left in between."""
+        """A 4xx: if a fresh presence check says offline, the performer left in between. A
+        refusal for lack of credits parks `no_credits`: the member can cure it."""
         assert rec.performer_id is not None
+        if exc.status == 402 or NO_CREDITS.search(exc.message or ""):
+            self._park(
+                rec,
+                "no_credits",
+                fields={"post_sent_ts": None, "answer_ts": None, "attempts": rec.attempts},
+                action="the member tops up their credits; then `rebook retry ID`",
+                upstream=exc.message,
+            )
+            self._unblock(rec)
+            return Step.PARKED
         try:
             self._hold()
             online: bool | None = self.client.is_online(rec.performer_id)
@@ -1272,6 +1452,8 @@ class Flow:
         if booking.accept_by is not None:
             accept_by = booking.accept_by.timestamp()
         if final == State.ACCEPTED and self.settings.auto_confirm:
+            if self.settings.shadow:  # a booking made before shadow mode: never confirmed here
+                return self._finish(rec, booking, final, "accepted; not confirmed (shadow mode)")
             return self._confirm(rec, booking)
         if final is not None:
             return self._finish(rec, booking, final)
@@ -1442,6 +1624,11 @@ class Flow:
     def sweep(self) -> dict[str, int]:
         """Re-dispatches whatever is overdue: a lost message only delays, never loses."""
         now = self.clock()
+        paused: str | None = None
+        try:
+            paused = self._circuit_round(now)
+        except Exception as exc:  # the circuit must never stop the sweep itself
+            log.warning("deployment fault round skipped: %s: %s", type(exc).__name__, exc)
         # performers due before the next sweep are sent now, to run on time: a performer who
         # came online is seen within one presence interval, not one interval plus one sweep
         # Presence gets at most its budget's worth per sweep, the longest due (the least
@@ -1468,7 +1655,12 @@ class Flow:
                 self.dispatch.check_presence(pid, at=at if at > now else None)
             for rec in self.store.get_many(ids):
                 if rec.state == State.WAITING:
-                    if now >= rec.deadline_ts:
+                    if now >= rec.deadline_ts and paused == "api_key":
+                        # presence cannot be read while the key is refused: the operator's
+                        # typo does not make anyone give up; the wait ends after the fix
+                        later = now + self._pause_wait()
+                        self._stay(rec, reason=rec.reason, due=later, fields={"deadline_ts": later})
+                    elif now >= rec.deadline_ts:
                         expired.append(rec.rebook_id)
                     elif rec.performer_id is None:
                         self.dispatch.check_presence(None, rec.rebook_id)
@@ -1500,6 +1692,61 @@ class Flow:
             )
             counts["gave_up"] = len(gave_up)
         return counts
+
+    def _circuit_round(self, now: float) -> str | None:
+        """While a deployment fault is in force, probe it (one call per probe interval across
+        all workers); once it is gone, what it held is due now, so it runs in this sweep.
+        Returns the reason of the fault still in force, if any."""
+        circuit = self.store.circuit
+        state = circuit.state(fresh=True)
+        if state is not None:
+            self._probe(state["reason"])
+            state = circuit.state(fresh=True)
+            if state is not None:
+                return state["reason"]
+        ids, pids = circuit.take_held(self.settings.sweep_batch, checked=True)
+        if ids or pids:
+            log.info("resuming %d rebook(s), %d performer(s) paused", len(ids), len(pids))
+        for rec in self.store.get_many(ids):
+            if rec.state in STEP_STATES:
+                self._stay(rec, reason=rec.reason, due=now - 0.001, fields={"errors": 0})
+        for pid in pids:
+            self.store.schedule_performer(pid, now - 0.001)
+        if ids or not self._client_parked_checked:
+            self._client_parked_checked = True
+            self.resume_client_parked()
+        return None
+
+    def _probe(self, reason: str) -> None:
+        """One call that tells whether the fault is gone, if this interval's probe is free (the
+        circuit's gate decides); a success closes the circuit (in the client)."""
+        try:
+            if reason == "api_key":
+                probe = getattr(self.client, "api_key_refused", None)
+                if probe is not None:
+                    probe(1)
+            elif reason == "oauth_client":
+                check = getattr(self.tokens, "check_client", None)
+                if check is not None:
+                    check()
+        except (UpstreamError, DeploymentFault):
+            pass  # still refused, paused, or the upstream is down: the next interval probes
+
+    def resume_client_parked(self) -> int:
+        """Rebooks parked `reauth` because the OAuth client was refused (an older version did
+        that; found by their park detail) resume: it was the site's setting, not the member.
+        Should the client still be refused, they pause behind the circuit, not park again."""
+        resumed = 0
+        for rec in self.store.list_rebooks(State.NEEDS_ATTENTION, limit=0):
+            if rec.reason != "reauth":
+                continue
+            detail = self.store.park_detail(rec) or {}
+            if CLIENT_REFUSAL_TEXT.search(json.dumps(detail)):
+                self._resume(rec, "the OAuth client was refused, not the member's tokens")
+                resumed += 1
+        if resumed:
+            log.warning("%d rebook(s) parked reauth for a refused OAuth client resumed", resumed)
+        return resumed
 
     def housekeeping(self) -> int:
         return self.store.expire_finished(self.clock())
@@ -1558,6 +1805,8 @@ class Flow:
             self._restart(rec, extra)
         elif rec.state == State.DUPLICATE:
             raise Refused(f"{rec.rebook_id} is a duplicate of {rec.duplicate_of}; retry that one")
+        elif rec.state == State.SHADOWED:
+            raise Refused(SHADOWED_REFUSAL.format(rid=rec.rebook_id))
         elif rec.state.terminal:
             raise Refused(
                 f"{rec.rebook_id} is {rec.state.value}: booking {rec.new_booking_id} was made and "

@@ -179,6 +179,31 @@ class Keys:
         return self.key("zone")
 
     @property
+    def audit(self) -> str:
+        """The ledger audit's findings, each appended once (worker.core.audit)."""
+        return self.key("audit")
+
+    @property
+    def audit_seen(self) -> str:
+        """Fingerprints of the findings appended to `audit` (kind, original, new bookings)."""
+        return self.key("audit", "seen")
+
+    @property
+    def audit_counts(self) -> str:
+        """Findings appended, by kind, for the exporter."""
+        return self.key("metrics", "audit")
+
+    @property
+    def audit_checked(self) -> str:
+        """Member -> when the audit last looked at them (the least recently checked go first)."""
+        return self.key("audit", "checked")
+
+    @property
+    def audit_last(self) -> str:
+        """The last audit run's summary (JSON: when, members checked and not checked)."""
+        return self.key("audit", "last")
+
+    @property
     def upstream_calls(self) -> str:
         """Upstream calls per `endpoint:outcome`, for the exporter."""
         return self.key("metrics", "upstream")
@@ -211,3 +236,19 @@ class Keys:
     def redbeat_prefix(self) -> str:
         """celery-redbeat's keys, when beat runs on it."""
         return self.key("redbeat:")
+
+    # -- deployment faults (worker/core/circuit.py) ----------------------------------------------
+
+    def paused(self, *parts: object) -> str:
+        """The circuit of deployment faults (`paused`: a hash), its probe window
+        (`paused:probe`), the rebooks and performers it holds (`paused:held`,
+        `paused:performers`)."""
+        return self.key("paused", *parts)
+
+    def member_day(self, user_id: str, day: str) -> str:
+        """A member's reschedule POSTs on one UTC day (`YYYYMMDD`; the daily cap)."""
+        return self.key("cap", user_id, day)
+
+    def presence_unreadable(self, *parts: object) -> str:
+        """Presence answers that said nothing readable: a count and the last one (JSON)."""
+        return self.key("presence", "unreadable", *parts)

@@ -34,6 +34,7 @@ OutcomeState = Literal[
     "FAILED",
     "ABORTED",
     "DUPLICATE",
+    "SHADOWED",
 ]
 
 

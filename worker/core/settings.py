@@ -88,6 +88,11 @@ class Settings(BaseSettings):
     token_keepalive_before_seconds: float = Field(3 * 86400.0, gt=0)
     token_keepalive_interval_seconds: float = Field(300.0, gt=0)
     token_keepalive_batch: int = Field(200, ge=1, le=100_000)
+    audit_interval_seconds: float = Field(900.0, gt=0)
+    """REBOOK_AUDIT_INTERVAL_SECONDS: how often beat runs the ledger audit (`rebook.audit`)."""
+    audit_window_seconds: float = Field(172800.0, gt=0)
+    """REBOOK_AUDIT_WINDOW_SECONDS: the audit checks the members with a rebook received within
+    this long."""
 
     presence_interval_seconds: float = Field(30.0, gt=0)
     watch_interval_seconds: float = Field(30.0, gt=0)
@@ -115,11 +120,20 @@ class Settings(BaseSettings):
     """REBOOK_SHARED_READ_SECONDS: how long one read of a member's bookings before a POST may
     serve that member's later POSTs in the same worker process (README "Exactly one booking",
     the read before a POST); 0 reads before every POST."""
+    pause_probe_seconds: float = Field(30.0, gt=0)
+    """REBOOK_PAUSE_PROBE_SECONDS: while a deployment fault (wrong client, key, scope) pauses
+    calls, one call per this interval across all workers goes out as the probe."""
+    max_rebooks_per_member_per_day: int | None = Field(None, ge=1)
+    """REBOOK_MAX_REBOOKS_PER_MEMBER_PER_DAY: POSTs per member per UTC day; past it a rebook
+    parks `member_cap` before any POST (unset: no cap)."""
     made_bookings_list_names: str = "WebcamBookings,MadeBookings,Bookings,WebcamMadeBookings"
     redis_wait_replicas: int = Field(0, ge=0, le=16)
     redis_wait_timeout_ms: int = Field(1000, ge=1, le=60_000)
 
     auto_confirm: bool = False
+    shadow: bool = False
+    """REBOOK_SHADOW: everything runs but no Reschedule/Confirm/Cancel is sent (README
+    "Shadow mode"); a rebook that would have been POSTed ends SHADOWED."""
     # Sentry's own variables (what its SDK and every other service read) when the REBOOK_ ones
     # are unset; REBOOK_ wins when both are set.
     sentry_dsn: SecretStr | None = Field(

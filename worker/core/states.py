@@ -25,6 +25,8 @@ class State(StrEnum):
     FAILED = "FAILED"
     ABORTED = "ABORTED"
     DUPLICATE = "DUPLICATE"
+    SHADOWED = "SHADOWED"
+    """Shadow mode (`REBOOK_SHADOW`): the rebook would have been POSTed now; nothing was sent."""
 
     @property
     def terminal(self) -> bool:
@@ -79,6 +81,7 @@ class Step(StrEnum):
     OFFLINE = "offline"
     ONLINE = "online"
     PARKED = "parked"
+    PAUSED = "paused"
     PENDING = "pending"
     PROVING = "proving"
     REAUTH = "reauth"
@@ -86,6 +89,7 @@ class Step(StrEnum):
     REJECTED = "rejected"
     RESOLVED = "resolved"
     RETRY = "retry"
+    SHADOWED = "shadowed"
     THROTTLED = "throttled"
     WAITING = "waiting"
 

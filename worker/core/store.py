@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import secrets
 import time
@@ -33,6 +34,7 @@ from pydantic import BaseModel, ConfigDict
 
 from worker.core import zonecheck
 from worker.core.capacity import presence_figures
+from worker.core.circuit import Circuit, fingerprint
 from worker.core.errors import StoreUnavailable
 from worker.core.keys import Keys
 from worker.core.models import iso_z
@@ -95,6 +97,10 @@ class Rebook(BaseModel):
     deadline_ts: float
     post_sent_ts: float | None = None
     answer_ts: float | None = None
+    online_ts: float | None = None
+    """When the performer was last seen online while this rebook waited (presence)."""
+    would_post_ts: float | None = None
+    """SHADOWED: when the POST would have gone out."""
     performer_resolved: bool = False
     """`performer_id` was read from the original's details, not given by the event: no answer
     compared with it says anything about which key names the performer."""
@@ -172,6 +178,8 @@ class Created:
     rebook_id: str
     other: str = ""
     dispatch_presence: bool = False
+    replicas: int = 0
+    """`WAIT`'s answer when `create` was asked to wait (else 0)."""
 
 
 def redact(value: Any, depth: int = 0) -> Any:
@@ -215,6 +223,16 @@ class StepLock(Protocol):
     def acquire(self) -> bool: ...
     def release(self) -> None: ...
     def extend(self, additional_time: float, replace_ttl: bool = False) -> bool: ...
+
+
+def circuit_fingerprints(settings: Settings) -> dict[str, str]:
+    """What a process's settings look like to the circuit (changed value: fault cleared)."""
+    return {
+        "oauth_client": fingerprint(
+            f"{settings.oauth_client_id}\0{settings.oauth_client_secret.get_secret_value()}"
+        ),
+        "api_key": fingerprint(settings.api_key.get_secret_value()),
+    }
 
 
 class Store:
@@ -263,10 +281,15 @@ class Store:
         self.presence_interval = 30.0
         self.upstream_rate = 20.0
         """For `stats()`' presence figures (set from the settings by `from_settings`)."""
+        self.shadow = False
+        """REBOOK_SHADOW, for `stats()`' shadow figures (set by `from_settings`)."""
         self._claim = client.register_script(_script("claim"))
         self._performer_learn = client.register_script(_script("performer_learn"))
         self.clock: Callable[[], float] = time.time
         """The time of records written without an explicit `now` (a simulation sets its own)."""
+        self.circuit = Circuit(client, self.keys)
+        """Deployment faults (worker/core/circuit.py); `from_settings` gives it the settings'
+        fingerprints and probe interval."""
 
     @classmethod
     def from_url(
@@ -320,6 +343,13 @@ class Store:
         store.deadletter_max_entries = settings.deadletter_max_entries
         store.presence_interval = settings.presence_interval_seconds
         store.upstream_rate = settings.upstream_rate_per_second
+        store.shadow = settings.shadow
+        store.circuit = Circuit(
+            store.r,
+            store.keys,
+            fingerprints=circuit_fingerprints(settings),
+            probe_seconds=settings.pause_probe_seconds,
+        )
         return store
 
     def ping(self) -> None:
@@ -406,35 +436,44 @@ class Store:
         performer_id: int | None,
         deadline: float,
         now: float,
+        replicas: int = 0,
+        replica_timeout_ms: int = 0,
     ) -> Created:
+        """With `replicas`, the script and `WAIT` go in one pipeline on one connection (as the
+        mark's, `start_post`): the event is acknowledged only once replicas have its record."""
         shard = self.shard_for_user(user_id)
         if self.sharded:
             self.r.set(self.keys.location(rebook_id), shard, nx=True)
             self._shard_cache[rebook_id] = shard
         keys, prefix = self._script_args(shard)
         due = deadline if performer_id is not None else now
-        kind, value = self._create(
-            keys=keys,
-            args=[
-                prefix,
-                rebook_id,
-                event_id,
-                booking_id,
-                user_id,
-                "" if performer_id is None else performer_id,
-                repr(deadline),
-                repr(now),
-                iso_z(datetime.fromtimestamp(now, UTC)),
-                self.retention,
-                self.lease,
-                repr(due),
-            ],
-        )
+        args = [
+            prefix,
+            rebook_id,
+            event_id,
+            booking_id,
+            user_id,
+            "" if performer_id is None else performer_id,
+            repr(deadline),
+            repr(now),
+            iso_z(datetime.fromtimestamp(now, UTC)),
+            self.retention,
+            self.lease,
+            repr(due),
+        ]
+        got = 0
+        if replicas:
+            pipe = self._one_connection(keys[0])
+            self._create(keys=keys, args=args, client=pipe)
+            pipe.wait(replicas, replica_timeout_ms)
+            (kind, value), got = pipe.execute()
+        else:
+            kind, value = self._create(keys=keys, args=args)
         if kind == "created":
-            return Created("created", rebook_id, dispatch_presence=value == "1")
+            return Created("created", rebook_id, dispatch_presence=value == "1", replicas=got)
         if kind == "duplicate":
-            return Created("duplicate", rebook_id, other=value)
-        return Created("exists", value)
+            return Created("duplicate", rebook_id, other=value, replicas=got)
+        return Created("exists", value, replicas=got)
 
     def get(self, rebook_id: str) -> Rebook | None:
         shard = self.shard_of(rebook_id)
@@ -1074,6 +1113,50 @@ class Store:
         shard = self.shard_for_user(user_id)
         return sorted(self.r.smembers(self.keys.of_member(shard, user_id)))
 
+    def _member_day(self, user_id: str, now: float) -> str:
+        return self.keys.member_day(user_id, datetime.fromtimestamp(now, UTC).strftime("%Y%m%d"))
+
+    def member_posts_today(self, user_id: str, now: float) -> int:
+        """Rebook POSTs sent for the member this UTC day (REBOOK_MAX_REBOOKS_PER_MEMBER_PER_DAY)."""
+        return int(self.r.get(self._member_day(user_id, now)) or 0)
+
+    def take_member_post(self, user_id: str, cap: int, now: float) -> bool:
+        """Counts one POST of the member today, atomically; False (nothing counted) past `cap`."""
+        key = self._member_day(user_id, now)
+        pipe = self.r.pipeline(transaction=not self.cluster)
+        pipe.incr(key)
+        pipe.expire(key, 2 * 86400)
+        count = int(pipe.execute()[0])
+        if count > cap:
+            self.r.decr(key)
+            return False
+        return True
+
+    def give_back_member_post(self, user_id: str, now: float) -> None:
+        """A counted POST that did not go out after all."""
+        self.r.decr(self._member_day(user_id, now))
+
+    def park_detail(self, rec: Rebook) -> dict[str, Any] | None:
+        """The detail of the record's last NEEDS_ATTENTION outcome (its `why`, ...), looked up
+        in its shard's outcome stream around its last update (clocks a minute apart at most)."""
+        shard = self.shard_of(rec.rebook_id)
+        if shard is None:
+            return None
+        at = rec.updated_ts or rec.created_ts
+        rows = self.r.xrange(
+            self.keys.outcomes(shard), min=f"{int((at - 60) * 1000)}-0",
+            max=f"{int((at + 60) * 1000)}-0", count=5000,
+        )  # fmt: skip
+        found: dict[str, Any] | None = None
+        for _, fields in rows:
+            ours = fields.get("rebook_id") == rec.rebook_id
+            if ours and fields.get("state") == "NEEDS_ATTENTION":
+                try:
+                    found = json.loads(fields.get("detail") or "{}")
+                except ValueError:
+                    found = {}
+        return found
+
     # -- queries ---------------------------------------------------------------------------------
 
     def list_rebooks(self, state: State | None = None, limit: int = 50) -> list[Rebook]:
@@ -1145,15 +1228,67 @@ class Store:
             "outcomes": outcomes,
             "performers_tracked": performers,
             "last_sweep_seconds_ago": None if last is None else round(ts - last, 3),
-            "presence": presence_figures(
-                performers,
-                self.presence_interval,
-                self.upstream_rate,
-                self.achieved_presence_interval(ts),
-            ),
+            "presence": {
+                **presence_figures(
+                    performers,
+                    self.presence_interval,
+                    self.upstream_rate,
+                    self.achieved_presence_interval(ts),
+                ),
+                "unreadable": self.presence_unreadable_count(),
+            },
             "zone": self.zone_observation(),
             "performer_field": self.performer_field_stats(),
+            "paused": self.circuit.public(),
+            "shadow": self.shadow_figures(states),
         }
+
+    def shadow_figures(self, states: dict[str, int]) -> dict[str, Any]:
+        """What shadow mode would have done (README "Shadow mode"): rebooks that would have been
+        booked (SHADOWED), seconds from their performer seen online to the POST they would have
+        sent (p50, p99; None before the first), and GAVE_UP. Reads the SHADOWED records still
+        kept (`REBOOK_RETENTION_DAYS`), a random `SHADOW_SAMPLE` of them when there are more."""
+        lags: list[float] = []
+        shadowed = states.get(State.SHADOWED.value, 0)
+        for shard in self.shards if shadowed else ():
+            key = self.keys.in_state(shard, State.SHADOWED.value)
+            # SRANDMEMBER with a count: distinct members, all of them when the set is smaller
+            ids = self.r.srandmember(key, SHADOW_SAMPLE)
+            pipe = self.r.pipeline(transaction=False)
+            for rid in ids:
+                pipe.hmget(self.keys.record(shard, rid), "online_ts", "would_post_ts")
+            for online, posted in pipe.execute():
+                if online and posted:
+                    lags.append(max(0.0, float(posted) - float(online)))
+        return {
+            "enabled": self.shadow,
+            "would_book": shadowed,
+            "online_to_post_seconds": {
+                "p50": _percentile(lags, 0.50),
+                "p99": _percentile(lags, 0.99),
+                "count": len(lags),
+            },
+            "gave_up": states.get(State.GAVE_UP.value, 0),
+        }
+
+    # -- presence answers that say nothing ---------------------------------------------------------
+
+    def note_presence_unreadable(self, now: float, performer_id: int, why: str, answer: str) -> int:
+        """Counts an unreadable presence answer and keeps the last one (scrubbed, cut) for
+        `doctor`; returns the count."""
+        last = {"at": iso_z(datetime.fromtimestamp(now, UTC)), "performer_id": performer_id}
+        last.update(why=scrub(why)[:300], answer=scrub(answer)[:500])
+        pipe = self.r.pipeline(transaction=False)
+        pipe.incr(self.keys.presence_unreadable("count"))
+        pipe.set(self.keys.presence_unreadable("last"), json.dumps(last), ex=86400)
+        return int(pipe.execute()[0])
+
+    def presence_unreadable_count(self) -> int:
+        return int(self.r.get(self.keys.presence_unreadable("count")) or 0)
+
+    def last_presence_unreadable(self) -> dict[str, Any] | None:
+        raw = self.r.get(self.keys.presence_unreadable("last"))
+        return json.loads(raw) if raw else None
 
     def zone_observation(self) -> dict[str, Any] | None:
         """`{"configured", "observed_offset_minutes", "agrees", "at", ...}` of the last booking
@@ -1258,6 +1393,19 @@ class Store:
             yield from found
             if not found and len(streams) > 1:
                 time.sleep(block_ms / 1000)
+
+
+SHADOW_SAMPLE = 10_000
+"""SHADOWED records read per shard for the online→POST percentiles (`Store.shadow_figures`)."""
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    """The nearest-rank percentile (None for no values), rounded to milliseconds."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q * len(ordered)))
+    return round(ordered[rank - 1], 3)
 
 
 def _stream_order(entry_id: str) -> tuple[int, int]:

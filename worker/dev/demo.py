@@ -77,7 +77,10 @@ STATE_STYLE = {
     State.FAILED: "bold red",
     State.ABORTED: "dim",
     State.DUPLICATE: "dim cyan",
+    State.SHADOWED: "magenta",
 }
+SHADOW_REFUSED = ("RescheduleMadeBooking", "ConfirmMadeBooking", "CancelMadeBooking")
+"""What `rebook demo --shadow` must never send (worker.adapters.upstream.SHADOW_REFUSED)."""
 
 # The settings the demo runs with (as environment variables, so the children see them too).
 # Sub-second sweeps and 1 s presence/watch intervals make a 12-hour story fit in a minute.
@@ -146,9 +149,12 @@ class Scenario:
     online_at: dict[int, float]
     flicker: tuple[int, float, float] | None  # performer, offline at, back online at
 
-    def expected_counts(self) -> Counter[State]:
-        """Terminal states the run should end with, including the one DUPLICATE."""
-        counts: Counter[State] = Counter(item.expected for item in self.items)
+    def expected_counts(self, shadow: bool = False) -> Counter[State]:
+        """Terminal states the run should end with, including the one DUPLICATE (`shadow`:
+        every rebook whose performer comes online ends SHADOWED)."""
+        counts: Counter[State] = Counter(
+            State.SHADOWED if shadow and not item.ghost else item.expected for item in self.items
+        )
         counts[State.DUPLICATE] += 1
         return counts
 
@@ -354,12 +360,17 @@ def _render(
 
 
 def _demo_env(
-    redis_url: str, prefix: str, sandbox_env: dict[str, str], token_key: str
+    redis_url: str,
+    prefix: str,
+    sandbox_env: dict[str, str],
+    token_key: str,
+    shadow: bool = False,
 ) -> tuple[dict[str, str], dict[str, Any]]:
     """The child environment and the same values as `load_settings` overrides; the upstream
     settings are the local sandbox's (`sandbox_env`), whatever the caller's environment says."""
     values = {
         **FAST_ENV,
+        "REBOOK_SHADOW": "true" if shadow else "false",
         **sandbox_env,
         "REBOOK_REDIS_URL": redis_url,
         "REBOOK_KEY_PREFIX": prefix,
@@ -467,6 +478,7 @@ def _summary(
     deadletters: int,
     plan: Scenario,
     interval: float,
+    shadow: bool = False,
 ) -> list[str]:
     """Prints the result tables; returns the reasons the run failed (empty: it passed)."""
     problems: list[str] = []
@@ -526,6 +538,23 @@ def _summary(
     checks.add_column("what")
     checks.add_column("value")
     checks.add_row("RescheduleMadeBooking calls", str(calls.get("RescheduleMadeBooking", 0)))
+    if shadow:
+        sent = {op: int(calls.get(op, 0)) for op in SHADOW_REFUSED if calls.get(op)}
+        if sent:
+            problems.append(f"shadow mode sent {sent}")
+            checks.add_row("shadow mode", Text(f"sent {sent} ✗", style="bold red"))
+        else:
+            figures = store.stats()["shadow"]
+            lag = figures["online_to_post_seconds"]
+            checks.add_row(
+                "shadow mode",
+                Text(
+                    f"0 POSTs ✓ — would have booked {figures['would_book']} "
+                    f"(online → POST p50 {lag['p50']}s, p99 {lag['p99']}s), "
+                    f"gave up {figures['gave_up']}",
+                    style="magenta",
+                ),
+            )
     checks.add_row(
         "new bookings made", f"{sum(per_original.values())} ({watched} rebooks watched one)"
     )
@@ -547,7 +576,7 @@ def _summary(
     checks.add_row("dead letters", f"{deadletters} (the invalid event with booking_id 'abc')")
     if deadletters < 1:
         problems.append("the invalid event did not reach the dead-letter stream")
-    want = plan.expected_counts()
+    want = plan.expected_counts(shadow)
     if totals == want:
         checks.add_row("outcomes as planned", Text("yes ✓", style="green"))
     else:  # a performer's flicker or a slow machine can legitimately change a path
@@ -623,9 +652,11 @@ def run(
     timeout: float = 100.0,
     console: Console | None = None,
     hostile: bool = False,
+    shadow: bool = False,
 ) -> int:
     """Runs the demo; returns the exit code (0 ok, 1 failed, 2 bad setting, 130 interrupted).
-    `hostile`: against an upstream that commits late and answers HTML pages."""
+    `hostile`: against an upstream that commits late and answers HTML pages. `shadow`: in
+    shadow mode (REBOOK_SHADOW): nothing is booked, and any POST fails the run."""
     console = console or Console()
     run_id = secrets.token_hex(4)
     workdir = Path(tempfile.mkdtemp(prefix=f"rebook-demo-{run_id}-"))
@@ -634,7 +665,7 @@ def run(
     restore = _install_sigterm()
     code = 1
     try:
-        code = _run(res, run_id, rebooks, performers, seed, timeout, console, hostile)
+        code = _run(res, run_id, rebooks, performers, seed, timeout, console, hostile, shadow)
     except KeyboardInterrupt:
         console.print("\n[yellow]interrupted: stopping the worker and beat…[/]")
         code = 130
@@ -694,6 +725,7 @@ def _run(
     timeout: float,
     console: Console,
     hostile: bool = False,
+    shadow: bool = False,
 ) -> int:
     plan = scenario(rebooks, performers, seed)
     # only Redis and the token key are taken from the environment: the upstream is the sandbox
@@ -705,7 +737,12 @@ def _run(
     token_key = (
         base.token_key.get_secret_value() if base.token_key else Fernet.generate_key().decode()
     )
-    env, overrides = _demo_env(redis_url, prefix, res.sandbox.env(), token_key)
+    env, overrides = _demo_env(redis_url, prefix, res.sandbox.env(), token_key, shadow)
+    if shadow:
+        console.print(
+            "[bold magenta]Shadow mode: nothing is booked[/] (REBOOK_SHADOW=true): a rebook that "
+            "would have been rescheduled ends SHADOWED"
+        )
     settings: Settings = load_settings(**overrides)
     node = _start_children(res, run_id, env, console)
     store = _connect(res, settings, env, node, console)
@@ -715,6 +752,8 @@ def _run(
     res.director.start()
     dup = _submit(res, plan, tracks, run_id, console)
     head = f"redis {'embedded' if res.embedded else 'external'}, worker {node}"
+    if shadow:
+        head += ", SHADOW MODE (nothing is booked)"
     deadletters = _follow(res, store, tracks, dup, head, t0, t0 + timeout, console)
     elapsed = time.monotonic() - t0
     res.director.stop_event.set()
@@ -920,6 +959,7 @@ def _report(
         deadletters,
         plan,
         settings.presence_interval_seconds,
+        settings.shadow,
     )
     if res.director.errors:
         console.print("performer bot errors: " + "; ".join(res.director.errors[:5]), style="yellow")
@@ -941,6 +981,11 @@ def _report(
         for problem in problems:
             console.print(f"  - {problem}")
         return 1
+    if settings.shadow:
+        console.print(
+            "[bold green]demo OK (shadow mode):[/] every rebook settled, 0 POSTs: nothing booked"
+        )
+        return 0
     console.print("[bold green]demo OK:[/] every rebook settled, no booking made twice")
     return 0
 

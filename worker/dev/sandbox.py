@@ -26,7 +26,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -102,7 +102,26 @@ _TRICKLE = "trickle"
 headers at once and the body byte by byte. No socket timeout ever fires on it; only a total
 deadline ends it."""
 TRICKLE_SECONDS = 1.5
-FAULT_KINDS: frozenset[str] = _PRE_FAULTS | _POST_FAULTS | _LATE_FAULTS | {_TRICKLE}
+# --- deployment and member faults (issue 21) ---------------------------------------------------
+_SETTING_FAULTS = frozenset(
+    {
+        "invalid_client",  # /OAuth/token: 401 {"error": "invalid_client"}
+        "unauthorized_client",  # /OAuth/token: 400 {"error": "unauthorized_client"}
+        "api_key_refused",  # 401 "Invalid or missing API key." (the body says so)
+        "unauthorized_bare",  # 401 that does not say whose fault (the Web API's stock text)
+        "missing_scope",  # 403 naming the scope account_webcam_bookings
+        "no_credits",  # RescheduleMadeBooking: 400 "You do not have enough credits ..."
+        "presence_no_flag",  # getUserSummary: an answer without AvailableNowWebcam
+        "presence_other_user",  # getUserSummary: an answer about another UserID
+    }
+)
+API_KEY_REFUSED = "Invalid or missing API key."
+MISSING_SCOPE = "The access token does not grant the scope required: account_webcam_bookings."
+NO_CREDITS = "You do not have enough credits to make this booking."
+# -------------------------------------------------------------------------------------------------
+FAULT_KINDS: frozenset[str] = (
+    _PRE_FAULTS | _POST_FAULTS | _LATE_FAULTS | {_TRICKLE} | _SETTING_FAULTS
+)
 
 CALL_LOG_SIZE = 200_000
 """Upstream calls kept for `GET /_sandbox/calls` (oldest dropped first)."""
@@ -319,6 +338,8 @@ class _Member:
     refresh_expires: datetime = field(default_factory=_utcnow)
     revoked: bool = False
     scopes: tuple[str, ...] = DEFAULT_SCOPES
+    credits: float | None = None
+    """The member's balance (None: unlimited); RescheduleMadeBooking spends the booking's."""
 
 
 @dataclass
@@ -398,6 +419,8 @@ class _SandboxState:
         self.new_bookings: dict[int, int] = {}
         self.presence_calls: dict[int, int] = {}
         self.refreshes = 0
+        self.elsewhere_reschedules = 0
+        self.refreshes_by_user: dict[str, int] = {}
         # (seq, unix time of arrival, operation, HTTP status, performer id, booking id, new id)
         self.call_log: deque[tuple[int, float, str, int, int | None, int | None, int | None]] = (
             deque(maxlen=CALL_LOG_SIZE)
@@ -584,7 +607,7 @@ class _SandboxState:
                     headers.get(self.api_key_header.lower()) != self.api_key
                     and params.get("apikey") != self.api_key
                 ):
-                    return _json(401, {"Message": "Invalid API key"})
+                    return _json(401, {"Message": API_KEY_REFUSED})
                 if op in _MEMBER_OPS:
                     user_id = self.bearer_user(headers)
                     if user_id is None:
@@ -594,6 +617,12 @@ class _SandboxState:
         if fault is not None and fault.delay is not None:
             delay = fault.delay
 
+        if fault is not None and fault.kind in _SETTING_FAULTS:
+            with self.lock:
+                answer = self.setting_fault(fault, op, params)
+            if answer is not None:
+                return answer
+            fault = None
         if fault is not None and fault.kind in _PRE_FAULTS:
             return self.pre_fault(fault, delay)
         if fault is not None and fault.kind in _LATE_FAULTS:
@@ -643,6 +672,42 @@ class _SandboxState:
                     del self.faults[i]
                 return f
         return None
+
+    def setting_fault(self, fault: _Fault, op: str, params: dict[str, str]) -> _Response | None:
+        """The answer of a deployment or member fault (lock held); None where the kind does not
+        apply to the operation (it answers as usual)."""
+        kind = fault.kind
+        if kind in ("invalid_client", "unauthorized_client"):
+            if op != "token":
+                return None
+            return _json(401 if kind == "invalid_client" else 400, {"error": kind})
+        if op == "token":
+            return None
+        if kind == "api_key_refused":
+            return _json(401, {"Message": API_KEY_REFUSED})
+        if kind == "unauthorized_bare":
+            return _json(401, {"Message": _DENIED})
+        if kind == "missing_scope":
+            return None if op == "getUserSummary" else _json(403, {"Message": MISSING_SCOPE})
+        if kind == "no_credits":
+            if op != "RescheduleMadeBooking":
+                return None
+            return _json(400, {"Message": NO_CREDITS})
+        if op != "getUserSummary":
+            return None
+        pid = _as_int(params.get("userid"), "UserID")
+        user: dict[str, Any] = {"UserID": pid, "Nickname": f"performer{pid}"}
+        if kind == "presence_other_user":
+            other = pid + 1
+            user = {"UserID": other, "Nickname": f"performer{other}", "AvailableNowWebcam": True}
+        return _json(200, {"User": user})
+
+    def ctl_credits(self, user_id: str, data: dict[str, Any]) -> _Response:
+        """`POST /_sandbox/users/{id}/credits {"credits": n|null}`: the member's balance."""
+        m = self.member(user_id)
+        raw = data.get("credits")
+        m.credits = None if raw is None else _as_number(raw, "credits")
+        return _json(200, {"user_id": user_id, "credits": m.credits})
 
     @staticmethod
     def pre_fault(fault: _Fault, delay: float) -> _Response:
@@ -743,6 +808,11 @@ class _SandboxState:
     def op_reschedule(self, orig: _Booking, now: datetime) -> _Response:
         if not self.online.get(orig.performer_id, False):
             raise _Reject(400, "The performer is not online")
+        member = self.members.get(orig.user_id)
+        if member is not None and member.credits is not None:
+            if member.credits < orig.credits:
+                raise _Reject(400, NO_CREDITS)
+            member.credits -= orig.credits
         new = _Booking(
             booking_id=self.next_id,
             user_id=orig.user_id,
@@ -826,6 +896,7 @@ class _SandboxState:
         if m.revoked or _utcnow() >= m.refresh_expires:
             return _json(401, {"error": "refresh_token_has_expired", **echo})
         self.refreshes += 1
+        self.refreshes_by_user[user_id] = self.refreshes_by_user.get(user_id, 0) + 1
         return _json(200, self.issue_tokens(m, self.config.token_ttl_seconds))
 
     # --- control endpoints (lock held) --------------------------------------------------------
@@ -901,6 +972,8 @@ class _SandboxState:
             return _json(200, {"ok": True})
         if low == ["users"] and method == "POST":
             return self.ctl_add_user(_json_object(body))
+        if n == 3 and low[0] == "users" and low[2] == "credits" and method == "POST":
+            return self.ctl_credits(parts[1], _json_object(body))
         if n == 3 and low[0] == "users" and low[2] in ("expire", "revoke") and method == "POST":
             m = self.members.get(parts[1])
             if m is None:
@@ -928,6 +1001,12 @@ class _SandboxState:
             return _json(
                 200, {**self.booking_json(b), "user_id": b.user_id, "original_id": b.original_id}
             )
+        if n == 3 and low[0] == "bookings" and low[2] == "reschedule" and method == "POST":
+            return self.ctl_reschedule_elsewhere(_as_int(parts[1], "booking id"))
+        if n == 2 and low[0] == "bookings" and method == "DELETE":
+            if self.bookings.pop(_as_int(parts[1], "booking id"), None) is None:
+                raise _Reject(404, _NOT_FOUND)
+            return _json(200, {"ok": True})
         if n == 3 and low[0] == "bookings" and low[2] == "status" and method == "PUT":
             return self.ctl_set_status(_as_int(parts[1], "booking id"), _json_object(body))
         if low == ["faults"] and method == "POST":
@@ -990,6 +1069,36 @@ class _SandboxState:
         self.next_id += 1
         self.bookings[b.booking_id] = b
         return _json(200, {"booking_id": b.booking_id})
+
+    def ctl_reschedule_elsewhere(self, booking_id: int) -> _Response:
+        """Another client of the site reschedules the booking (not through the API key path,
+        whatever the performer's presence): a new booking from that original, counted in
+        `new_bookings` like any other and in `elsewhere_reschedules`."""
+        orig = self.bookings.get(booking_id)
+        if orig is None:
+            raise _Reject(404, _NOT_FOUND)
+        now = _utcnow()
+        new = replace(
+            orig,
+            booking_id=self.next_id,
+            status="Pending",
+            create_date=now,
+            session_date=now + timedelta(minutes=5),
+            accept_by=now + timedelta(seconds=self.config.accept_by_seconds),
+            last_updated=now,
+            original_id=orig.booking_id,
+            accepted_date=None,
+            confirmed_date=None,
+            cancelled_date=None,
+            cancelled_reason=None,
+            cancelled_by=None,
+            rejected_reason=None,
+        )
+        self.next_id += 1
+        self.bookings[new.booking_id] = new
+        self.new_bookings[orig.booking_id] = self.new_bookings.get(orig.booking_id, 0) + 1
+        self.elsewhere_reschedules += 1
+        return _json(200, self.booking_json(new))
 
     def ctl_set_status(self, booking_id: int, data: dict[str, Any]) -> _Response:
         b = self.bookings.get(booking_id)
@@ -1066,6 +1175,8 @@ class _SandboxState:
             "new_bookings": {str(k): v for k, v in self.new_bookings.items()},
             "presence_calls": {str(k): v for k, v in self.presence_calls.items()},
             "refreshes": self.refreshes,
+            "elsewhere_reschedules": self.elsewhere_reschedules,
+            "refreshes_by_user": dict(self.refreshes_by_user),
             "faults_pending": self.faults_pending(),
         }
 
@@ -1360,6 +1471,10 @@ class SandboxClient:
     def revoke_user(self, user_id: str) -> None:
         self._call("POST", f"users/{quote(user_id, safe='')}/revoke")
 
+    def set_credits(self, user_id: str, credits: float | None) -> None:
+        """The member's balance (None: unlimited): RescheduleMadeBooking refuses past it."""
+        self._call("POST", f"users/{quote(user_id, safe='')}/credits", {"credits": credits})
+
     def add_booking(self, user_id: str, performer_id: int, **extra: Any) -> int:
         result = self._call(
             "POST", "bookings", {"user_id": user_id, "performer_id": performer_id, **extra}
@@ -1375,6 +1490,15 @@ class SandboxClient:
     def booking(self, booking_id: int) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", f"bookings/{booking_id}")
         return result
+
+    def reschedule_elsewhere(self, booking_id: int) -> int:
+        """Another client reschedules `booking_id` behind rebook's back: the new booking's id."""
+        result: dict[str, Any] = self._call("POST", f"bookings/{booking_id}/reschedule")
+        return int(result["WebcamBookingID"])
+
+    def remove_booking(self, booking_id: int) -> None:
+        """The booking vanishes upstream (no longer listed, details 404)."""
+        self._call("DELETE", f"bookings/{booking_id}")
 
     def fault(self, endpoint: str, kind: str, count: int = 1, **extra: Any) -> None:
         self._call("POST", "faults", {"endpoint": endpoint, "kind": kind, "count": count, **extra})

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from worker.core.errors import ConfigError, StoreUnavailable
@@ -247,6 +248,12 @@ def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     if as_json:
         _print_json(data)
         return
+    paused = data.get("paused")
+    if paused:  # a wrong setting: above everything else (README "Wrong setting")
+        out.print(
+            f"[bold red]PAUSED since {paused['since']}: {escape(paused['setting'])} refused "
+            f"({paused['reason']}); fix it and restart the workers and beat[/bold red]"
+        )
     table = Table("state", "count")
     for name, count in data["states"].items():
         style = "bold" if State(name) in ACTIVE_STATES else ""
@@ -268,6 +275,74 @@ def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     from worker.operations.doctor import performer_field_line
 
     out.print(f"performer field: {performer_field_line(data['performer_field'])}")
+    shadow = data["shadow"]
+    if shadow["enabled"] or shadow["would_book"]:
+        lag = shadow["online_to_post_seconds"]
+        timing = (
+            f"online→POST p50 {lag['p50']}s, p99 {lag['p99']}s"
+            if lag["p50"] is not None
+            else "online→POST: no sample yet"
+        )
+        head = (
+            "[bold magenta]shadow mode: nothing is booked[/bold magenta]"
+            if shadow["enabled"]
+            else "shadow mode is off; from its earlier run"
+        )
+        out.print(
+            f"{head} — would have booked {shadow['would_book']} ({timing}), "
+            f"gave up {shadow['gave_up']}"
+        )
+
+
+@cli.command()
+def audit(
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since",
+            help="Members with a rebook received since: 6h, 2d, an ISO time or unix seconds "
+            "(default REBOOK_AUDIT_WINDOW_SECONDS).",
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Check the upstream's MadeBookings against the records now (double, orphan, missing).
+
+    Exit 1 when there are findings or a member could not be checked. It records nothing: the
+    beat task `rebook.audit` appends new findings to the stream."""
+    from worker.core.audit import Auditor
+    from worker.core.search import BadFilter, parse_since
+
+    start: float | None = None
+    if since is not None:
+        try:
+            start = parse_since(since)
+        except BadFilter as exc:
+            fail(str(exc), 2)
+    svc = _services()
+    report = Auditor(svc.settings, svc.store, svc.client, svc.tokens).run(start)
+    if as_json:
+        _print_json(report.as_json())
+    else:
+        out.print(f"checked members: {report.checked_members}   upstream calls: {report.calls}")
+        if report.findings:
+            table = Table("kind", "member", "booking", "new bookings", "rebooks", "found at")
+            for f in report.findings:
+                table.add_row(
+                    f.kind,
+                    f.user_id,
+                    str(f.booking_id),
+                    ", ".join(map(str, f.new_booking_ids)),
+                    ", ".join(f.rebook_ids),
+                    f.found_at,
+                )
+            out.print(table)
+        else:
+            out.print("no findings")
+        for u in report.unchecked:
+            out.print(f"[bold red]not checked[/bold red]: {u.user_id}: {u.why}", highlight=False)
+    if report.findings or report.unchecked:
+        raise typer.Exit(1)
 
 
 def _env_float(name: str, default: float) -> float:
@@ -891,10 +966,16 @@ def demo(
         bool,
         typer.Option(help="An upstream that commits late and answers HTML pages."),
     ] = False,
+    shadow: Annotated[
+        bool,
+        typer.Option(help="Shadow mode (REBOOK_SHADOW): nothing is booked; 0 POSTs."),
+    ] = False,
 ) -> None:
     """The whole pipeline on this machine: Redis, sandbox, worker and beat, live progress."""
     raise typer.Exit(
-        _dev_tool("demo").run(rebooks=rebooks, performers=performers, seed=seed, hostile=hostile)
+        _dev_tool("demo").run(
+            rebooks=rebooks, performers=performers, seed=seed, hostile=hostile, shadow=shadow
+        )
     )
 
 

@@ -38,9 +38,19 @@ def run_checks() -> Iterator[Check]:
         yield Check("settings", False, str(exc), "fix the variable named above")
         return
     yield Check("settings", True, "valid")
+    if settings.shadow:  # a WARN: shadow mode left on by mistake books nobody
+        yield Check(
+            "mode",
+            True,
+            "shadow mode (REBOOK_SHADOW=true): nothing is booked",
+            'unset REBOOK_SHADOW to book for real (README "Shadow mode")',
+            warn=True,
+        )
     yield _guard("redis", lambda: _redis(settings))
     yield _guard("broker", lambda: _broker(settings))
     yield _guard("upstream", lambda: _upstream(settings))
+    yield _guard("oauth client", lambda: _oauth_client(settings))
+    yield _guard("paused", lambda: _paused(settings))
     yield _guard("token key", lambda: _token_key(settings))
     yield _guard("beat", lambda: _beat(settings))
     yield _guard("workers", lambda: _workers(settings))
@@ -109,7 +119,7 @@ def _broker(settings: Settings) -> Check:
 
 def _upstream(settings: Settings) -> Check:
     from worker.adapters.upstream import UpstreamClient
-    from worker.core.errors import AuthExpired, Rejected
+    from worker.core.errors import AuthExpired, DeploymentFault, Rejected
 
     client = UpstreamClient(
         settings.api_base_url,
@@ -118,9 +128,17 @@ def _upstream(settings: Settings) -> Check:
         api_key_in=settings.api_key_in,
         timeout=min(5.0, settings.http_timeout_seconds),
         zone=settings.zone,
+        shadow=settings.shadow,
     )
     try:
         client.user_summary(1)
+    except DeploymentFault as exc:
+        return Check(
+            "upstream",
+            False,
+            f"{settings.api_base_url}: API key refused ({exc.message})",
+            "check REBOOK_API_KEY and REBOOK_API_KEY_HEADER",
+        )
     except (AuthExpired, Rejected) as exc:
         if exc.status in (401, 403):
             return Check(
@@ -140,6 +158,61 @@ def _upstream(settings: Settings) -> Check:
     finally:
         client.close()
     return Check("upstream", True, f"{settings.api_base_url}: reachable, API key accepted")
+
+
+def _oauth_client(settings: Settings) -> Check:
+    """The OAuth client, checked without spending a member's token (a made-up refresh token:
+    `invalid_grant` says the client passed; README "Wrong setting")."""
+    from worker.adapters.auth import check_client
+    from worker.adapters.upstream import UpstreamClient
+
+    client = UpstreamClient(
+        settings.api_base_url,
+        settings.api_key.get_secret_value(),
+        timeout=min(5.0, settings.http_timeout_seconds),
+    )
+    try:
+        verdict, detail = check_client(
+            client,
+            settings.token_url,
+            client_id=settings.oauth_client_id,
+            client_secret=settings.oauth_client_secret.get_secret_value(),
+        )
+    finally:
+        client.close()
+    if verdict == "refused":
+        return Check(
+            "oauth client",
+            False,
+            f"{settings.token_url} refuses the client ({detail})",
+            "check REBOOK_OAUTH_CLIENT_ID and REBOOK_OAUTH_CLIENT_SECRET; then restart the "
+            "workers and beat",
+        )
+    if verdict == "unknown":
+        return Check(
+            "oauth client",
+            True,
+            f"{settings.token_url}: not judged ({detail})",
+            "the check assumes the endpoint answers an OAuth error code; see README",
+            warn=True,
+        )
+    return Check("oauth client", True, f"{settings.token_url}: {detail}")
+
+
+def _paused(settings: Settings) -> Check:
+    """The circuit of deployment faults (worker/core/circuit.py): FAIL while calls pause."""
+    from worker.core.store import Store
+
+    paused = Store.from_settings(settings).circuit.public()
+    if paused is None:
+        return Check("paused", True, "no deployment fault in force")
+    return Check(
+        "paused",
+        False,
+        f"calls paused since {paused['since']}: {paused['setting']} refused "
+        f"({paused['reason']}{': ' + paused['message'] if paused['message'] else ''})",
+        f"fix {paused['setting']}, then restart the workers and beat (README, Wrong setting)",
+    )
 
 
 def _token_key(settings: Settings) -> Check:
@@ -216,7 +289,19 @@ def _presence(settings: Settings) -> Check:
     from worker.core.capacity import shortfall
     from worker.core.store import Store
 
-    figures = Store.from_settings(settings).stats()["presence"]
+    store = Store.from_settings(settings)
+    figures = store.stats()["presence"]
+    last = store.last_presence_unreadable()
+    if last is not None:
+        return Check(
+            "presence",
+            True,
+            f"{figures['unreadable']} unreadable answer(s); the last, {last['at']}, performer "
+            f"{last['performer_id']}: {last['why']}: {last['answer']}",
+            "getUserSummary did not say whether the performer is online: such checks are "
+            "retried, not read as offline; check the API's answer (README)",
+            warn=True,
+        )
     line = shortfall(figures)
     if line is not None:
         return Check(

@@ -37,7 +37,8 @@ from prometheus_client.registry import Collector
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from worker.core.errors import StoreUnavailable
+from worker.core.audit import KINDS as AUDIT_KINDS
+from worker.core.errors import FAULT_SETTINGS, StoreUnavailable
 from worker.core.settings import Settings, mask_url, settings_or_exit
 from worker.core.states import TERMINAL_STATES, State
 from worker.core.store import Store
@@ -72,6 +73,7 @@ class RebookCollector(Collector):
             outcomes = self.store.outcome_counts()
             upstream = self.store.r.hgetall(self.store.keys.upstream_calls)
             memory = self.store.r.info("memory")
+            audit = self.store.r.hgetall(self.store.keys.audit_counts)
         except (redis.RedisError, StoreUnavailable, OSError) as exc:
             log.warning(
                 "rebook exporter: cannot read Redis at %s: %s",
@@ -114,6 +116,17 @@ class RebookCollector(Collector):
         fams["memory_max"].add_metric([], limit)
         # no maxmemory: unbounded headroom (+Inf), so a "headroom below x" alert stays quiet
         fams["memory_headroom"].add_metric([], max(0.0, 1 - used / limit) if limit else math.inf)
+        shadow = stats["shadow"]
+        fams["shadow"].add_metric([], 1 if shadow["enabled"] else 0)
+        lag = shadow["online_to_post_seconds"]
+        for q in ("p50", "p99"):
+            fams["shadow_lag"].add_metric([q], math.nan if lag[q] is None else lag[q])
+        for kind in AUDIT_KINDS:  # zeros included, so increase() works from the first finding
+            fams["audit"].add_metric([kind], _count(audit.get(kind, "0")))
+        paused = stats.get("paused")
+        for reason in FAULT_SETTINGS:  # every reason, 0 or 1: an alert needs no absent series
+            fams["paused"].add_metric([reason], 1 if paused and paused["reason"] == reason else 0)
+        fams["presence_unreadable"].add_metric([], presence.get("unreadable", 0))
         zone = stats.get("zone")
         if zone:  # nothing before the first booking the upstream made
             fams["zone_agrees"].add_metric([zone["configured"]], 1 if zone["agrees"] else 0)
@@ -131,6 +144,14 @@ def _families() -> dict[str, GaugeMetricFamily | CounterMetricFamily]:
     return {
         "rebooks": GaugeMetricFamily(
             "rebook_rebooks", "Rebooks currently in each state", labels=["state"]
+        ),
+        "shadow": GaugeMetricFamily(
+            "rebook_shadow", "1 in shadow mode (REBOOK_SHADOW: nothing is booked), else 0"
+        ),
+        "shadow_lag": GaugeMetricFamily(
+            "rebook_shadow_online_to_post_seconds",
+            "SHADOWED rebooks: performer seen online to the POST they would have sent",
+            labels=["quantile"],
         ),
         "due_lag": GaugeMetricFamily(
             "rebook_due_lag_seconds", "How overdue the oldest record in the due index is"
@@ -174,6 +195,11 @@ def _families() -> dict[str, GaugeMetricFamily | CounterMetricFamily]:
         "errors": CounterMetricFamily(
             "rebook_upstream_errors", "Upstream calls that did not succeed", labels=["endpoint"]
         ),
+        "audit": CounterMetricFamily(
+            "rebook_audit_findings",
+            "Ledger audit findings appended to {prefix}audit, by kind (each finding once)",
+            labels=["kind"],
+        ),
         "memory_used": GaugeMetricFamily(
             "rebook_redis_used_memory_bytes", "Memory the store Redis uses (INFO used_memory)"
         ),
@@ -183,6 +209,15 @@ def _families() -> dict[str, GaugeMetricFamily | CounterMetricFamily]:
         "memory_headroom": GaugeMetricFamily(
             "rebook_redis_memory_headroom_ratio",
             "1 - used/maxmemory of the store Redis (+Inf: no maxmemory); at 0 writes fail (OOM)",
+        ),
+        "paused": GaugeMetricFamily(
+            "rebook_paused",
+            "1 while a deployment fault (wrong OAuth client, API key, scope) pauses calls",
+            labels=["reason"],
+        ),
+        "presence_unreadable": CounterMetricFamily(
+            "rebook_presence_unreadable",
+            "Presence answers that did not say whether the performer is online",
         ),
         "zone_agrees": GaugeMetricFamily(
             "rebook_zone_agrees",

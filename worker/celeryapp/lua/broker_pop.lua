@@ -3,16 +3,22 @@
 -- Redis stopping in between (or before the BRPOP reply left the server) loses the message.
 -- Here a lost reply leaves the message in `unacked`, restored after the visibility timeout.
 -- KEYS: 1 unacked hash, 2 unacked index (zset), 3.. queue lists in the order to try them
--- ARGV: 1 now (epoch seconds, the index score kombu uses)
--- Returns {queue key, message} like BRPOP, or false when every list is empty.
+-- ARGV: 1 now (epoch seconds, the index score kombu uses),
+--       2 one character per queue list: '1' record what it gives, '0' do not (a queue consumed
+--         with no_ack, e.g. a pidbox reply queue: kombu never records those, and nobody acks them)
+-- Returns {queue key, message, recorded (1 or 0)}, or false when every list is empty.
 local function text(value)
   if type(value) == 'string' then return value end
   return ''
 end
 
+local flags = ARGV[2] or ''
 for i = 3, #KEYS do
   local item = redis.call('RPOP', KEYS[i])
   if item then
+    if string.sub(flags, i - 2, i - 2) == '0' then
+      return {KEYS[i], item, 0}
+    end
     local ok, message = pcall(cjson.decode, item)
     local props = ok and type(message) == 'table' and message['properties']
     local tag = type(props) == 'table' and props['delivery_tag']
@@ -23,10 +29,11 @@ for i = 3, #KEYS do
         .. cjson.encode(text(info['routing_key'])) .. ']'
       redis.call('HSET', KEYS[1], tag, record)
       redis.call('ZADD', KEYS[2], ARGV[1], tag)
+      return {KEYS[i], item, 1}
     end
-    -- a message without a delivery tag cannot be acknowledged either: kombu's consumer
-    -- rejects it (and rebook's consumer dead-letters it) as before
-    return {KEYS[i], item}
+    -- not recorded (no delivery tag, or too deep for cjson): the consumer dead-letters it, or
+    -- records it or puts it back itself
+    return {KEYS[i], item, 0}
   end
 end
 return false

@@ -37,6 +37,16 @@ def _services() -> Any:
     return services()
 
 
+def _paused() -> dict[str, Any] | None:
+    """The deployment fault in force, for the banner on every page (None if unreadable: the
+    page itself says what it can)."""
+    try:
+        paused: dict[str, Any] | None = _services().store.circuit.public()
+    except Exception:
+        return None
+    return paused
+
+
 def _flow() -> Any:
     import worker.app  # noqa: F401 (builds this process's app, which sends the next steps)
     from worker.celeryapp.dispatch import flow
@@ -109,6 +119,9 @@ class ConsoleHandler(BaseHandler):
     def html(self, body: str, status: int = 200) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "text/html; charset=UTF-8")
+        body = pages.with_banner(body, _paused())
+        if _services().settings.shadow:  # on every page: nothing here is really booked
+            body = body.replace("<main>", "<main>" + pages.SHADOW_BANNER, 1)
         self.finish(body)
 
     def json(self, value: Any, status: int = 200) -> None:
@@ -140,11 +153,13 @@ class RebooksPage(ConsoleHandler):
         # alone is already counted by the chips above the table
         only_state = f.state is not None and list(f.params()) == ["state"]
         summary = None if f.empty or only_state else search.summary(f)
+        stats = store.stats(now)
         self.html(
             pages.list_page(
                 base=self.base,
                 filters=f,
-                counts=store.stats(now)["states"],
+                counts=stats["states"],
+                shadow=stats["shadow"],
                 items=page.items,
                 next_cursor=page.next,
                 cursor=cursor,
@@ -414,6 +429,46 @@ class ApiActions(ConsoleHandler):
         self.json(result.as_json())
 
 
+AUDIT_PAGE = 200
+"""Findings the audit page and `GET /api/audit` show (newest first)."""
+
+
+def _audit(limit: int) -> dict[str, Any]:
+    from worker.core.audit import counts, last_run, recorded
+
+    store = _services().store
+    return {
+        "findings": [f.as_json() for _, f in recorded(store, limit)],
+        "counts": counts(store),
+        "last_run": last_run(store),
+    }
+
+
+class AuditPage(ConsoleHandler):
+    def get(self) -> None:
+        data = _audit(AUDIT_PAGE)
+        self.html(
+            pages.audit_page(
+                base=self.base,
+                findings=data["findings"],
+                counts=data["counts"],
+                last=data["last_run"],
+            )
+        )
+
+
+class ApiAudit(ConsoleHandler):
+    form_post = False
+
+    def get(self) -> None:
+        try:
+            limit = self.limit()
+        except BadFilter as exc:
+            self.json({"error": str(exc)}, 400)
+            return
+        self.json(_audit(limit))
+
+
 class ApiOpenapi(ConsoleHandler):
     """The OpenAPI 3.1 document of this API (worker/operations/console/openapi.py)."""
 
@@ -435,9 +490,11 @@ def routes() -> list[Any]:
     return [
         url(r"/rebooks", RebooksPage, name="rebooks"),
         url(r"/rebooks/actions", BulkForm, name="rebooks-actions"),
+        url(r"/rebooks/audit", AuditPage, name="rebooks-audit"),
         url(rf"/rebooks/{rid}/(retry|cancel)", RebookAction, name="rebook-action"),
         url(rf"/rebooks/{rid}", RebookPage, name="rebook"),
         url(r"/api/openapi.json", ApiOpenapi, name="api-openapi"),
+        url(r"/api/audit", ApiAudit, name="api-audit"),
         url(r"/api/rebooks", ApiRebooks, name="api-rebooks"),
         url(r"/api/rebooks/actions", ApiActions, name="api-rebooks-actions"),
         url(rf"/api/rebooks/{rid}", ApiRebook, name="api-rebook"),

@@ -124,6 +124,35 @@ class ActionResult(BaseModel):
     truncated: bool | None = None
 
 
+class AuditFinding(BaseModel):
+    """One ledger-audit finding, as `rebook audit --json` prints it and `{prefix}audit` holds it
+    (README "Ledger audit")."""
+
+    kind: Literal["double", "orphan", "missing"]
+    user_id: str
+    booking_id: int = Field(description="the original (the smallest, when originals overlap)")
+    new_booking_ids: list[int]
+    rebook_ids: list[str]
+    found_at: str = Field(pattern=ISO_Z)
+
+
+class AuditRun(BaseModel):
+    """The last run of the beat task `rebook.audit`."""
+
+    at: str = Field(pattern=ISO_Z)
+    checked_members: int
+    unchecked_members: int
+    findings: int
+
+
+class AuditFindings(BaseModel):
+    """The findings appended so far, newest first; counts by kind; the last run (null: none)."""
+
+    findings: list[AuditFinding]
+    counts: dict[str, int]
+    last_run: AuditRun | None
+
+
 MODELS: list[type[BaseModel]] = [
     Error,
     RebookSummary,
@@ -135,6 +164,9 @@ MODELS: list[type[BaseModel]] = [
     ActionDone,
     ActionRefused,
     ActionResult,
+    AuditFinding,
+    AuditRun,
+    AuditFindings,
 ]
 
 
@@ -253,6 +285,43 @@ def document(version: str = "0.1.0") -> dict[str, Any]:
                         "401": unauthorized,
                         "403": {"description": "a cross-site request (Sec-Fetch-Site, Origin)"},
                         "415": {"description": "the body is not application/json"},
+                    },
+                }
+            },
+            "/api/audit": {
+                "get": {
+                    "operationId": "listAuditFindings",
+                    "summary": "The ledger audit's findings, newest first, each appended once",
+                    "parameters": [
+                        _query(
+                            "limit",
+                            "findings",
+                            {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": PAGE_MAX,
+                                "default": PAGE_DEFAULT,
+                            },
+                        )
+                    ],
+                    "responses": {
+                        "200": _json("AuditFindings", "findings, counts by kind, the last run"),
+                        "400": bad,
+                        "401": unauthorized,
+                    },
+                }
+            },
+            "/rebooks/audit": {
+                "get": {
+                    "operationId": "auditPage",
+                    "summary": "The console's audit page (HTML): findings newest first, each "
+                    "linking to its rebooks and the member's filtered list",
+                    "responses": {
+                        "200": {
+                            "description": "an HTML page",
+                            "content": {"text/html": {"schema": {"type": "string"}}},
+                        },
+                        "401": unauthorized,
                     },
                 }
             },

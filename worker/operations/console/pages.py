@@ -40,8 +40,17 @@ STATE_COLOURS: dict[str, str] = {
     "FAILED": "#b22222",
     "ABORTED": "#555555",
     "DUPLICATE": "#c0c0c0",
+    "SHADOWED": "#8e6fb5",
 }
+SHADOW_BANNER = (
+    '<p class="shadow" id="shadow-banner"><strong>shadow mode: nothing is booked</strong> '
+    "(REBOOK_SHADOW): rebooks that would have been rescheduled end SHADOWED</p>"
+)
 STYLE = """
+.shadow{background:#efe7f8;border:1px solid #8e6fb5;color:#3d2a57;padding:.45rem .7rem;
+border-radius:.4rem;margin:0 0 .8rem}
+.paused{background:#fde2e1;border:1px solid #c0392b;color:#7b1d14;padding:.5rem .8rem;
+margin-bottom:1rem}
 body{font-family:system-ui,sans-serif;margin:0;color:#222;background:#fafafa}
 header{background:#1e2a38;color:#fff;padding:.6rem 1rem;display:flex;gap:1.5rem;align-items:center}
 header a{color:#cfe0ff;text-decoration:none}header strong{font-size:1.1rem}
@@ -118,9 +127,23 @@ def layout(title: str, body: str, base: str = "") -> str:
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
         f"<style>{STYLE}</style></head><body>"
         f'<header><strong>rebook console</strong><a href="{esc(base)}/rebooks">Rebooks</a>'
+        f'<a href="{esc(base)}/rebooks/audit" id="nav-audit">Audit</a>'
         f'<a href="{esc(base)}/">Flower</a></header>'
         f"<main>{body}</main></body></html>"
     )
+
+
+def with_banner(page: str, paused: Mapping[str, Any] | None) -> str:
+    """A deployment fault (worker/core/circuit.py) in force: a banner on top of the page."""
+    if not paused:
+        return page
+    banner = (
+        '<div class="paused" role="alert"><strong>Paused:</strong> '
+        f"{esc(paused.get('setting', ''))} refused ({esc(paused.get('reason', ''))}) since "
+        f"{esc(paused.get('since') or '?')}. No member is parked; calls it affects wait. Fix the "
+        "setting and restart the workers and beat (`rebook doctor` names it).</div>"
+    )
+    return page.replace("<main>", "<main>" + banner, 1)
 
 
 def _hidden_xsrf(xsrf: str) -> str:
@@ -220,19 +243,42 @@ def list_page(
     xsrf: str,
     now: float | None = None,
     summary: Summary | None = None,
+    shadow: Mapping[str, Any] | None = None,
 ) -> str:
     """`/rebooks`: counts per state, filters, a filtered view's counts, the table, paging,
-    bulk actions and charts."""
+    bulk actions and charts; what shadow mode would have done (`stats()["shadow"]`)."""
     now = time.time() if now is None else now
     params = filters.params()
     body = (
         f'<div class="counts">{_state_chips(base, filters, counts)}</div>'
+        f"{_shadow_figures(base, shadow)}"
         f"{_filter_form(base, params)}"
         f"{_summary(base, filters, summary) if summary is not None else ''}"
         f"{_bulk_form(base, filters, xsrf)}{_table(base, items, now)}"
         f"{_pager(base, params, cursor, next_cursor, limit)}{_charts(per_hour, histogram)}"
     )
     return layout("Rebooks", body, base)
+
+
+def _shadow_figures(base: str, shadow: Mapping[str, Any] | None) -> str:
+    """Shadow mode's figures, while it is on or while SHADOWED records are kept."""
+    if not shadow or not (shadow["enabled"] or shadow["would_book"]):
+        return ""
+    lag = shadow["online_to_post_seconds"]
+    timing = (
+        f'<span id="shadow-p50">{esc(lag["p50"])}</span> s median, '
+        f'<span id="shadow-p99">{esc(lag["p99"])}</span> s p99'
+        if lag["p50"] is not None
+        else '<span class="muted">no sample yet</span>'
+    )
+    mode = "Shadow mode" if shadow["enabled"] else "Shadow mode (off now; its earlier run)"
+    return (
+        f'<div class="card" id="shadow-figures"><strong>{mode}:</strong> would have booked '
+        f'<a id="shadow-would-book" href="{link(base + "/rebooks", {"state": "SHADOWED"})}">'
+        f"{int(shadow['would_book'])}</a> · performer online → POST {timing} · gave up "
+        f'<a id="shadow-gave-up" href="{link(base + "/rebooks", {"state": "GAVE_UP"})}">'
+        f"{int(shadow['gave_up'])}</a></div>"
+    )
 
 
 def _state_chips(base: str, filters: Filters, counts: Mapping[str, int]) -> str:
@@ -644,3 +690,66 @@ def histogram_chart(histogram: Sequence[tuple[str, int]], width: int = 420) -> s
         )
     parts.append("</svg>")
     return "".join(parts)
+
+
+AUDIT_KIND_HELP = {
+    "double": "more new bookings than rebooks for this original: the member may pay twice",
+    "orphan": "a booking that looks made by a reschedule, after a rebook, that no record owns",
+    "missing": "a record's new booking that the upstream no longer lists or returns",
+}
+
+
+def audit_page(
+    *,
+    base: str,
+    findings: Sequence[Mapping[str, Any]],
+    counts: Mapping[str, int],
+    last: Mapping[str, Any] | None = None,
+) -> str:
+    """`/rebooks/audit`: the ledger audit's findings, newest first, each linking to its
+    rebooks and to the member's filtered list (README "Ledger audit")."""
+    chips = "".join(
+        f'<a id="audit-count-{esc(kind)}" title="{esc(AUDIT_KIND_HELP.get(kind, ""))}">'
+        f"{esc(kind)} {int(n)}</a>"
+        for kind, n in counts.items()
+    )
+    rows = []
+    for f in findings:
+        rebooks = " ".join(
+            f'<a href="{esc(rebook_path(base, rid))}"><code>{esc(rid)}</code></a>'
+            for rid in f.get("rebook_ids", [])
+        )
+        user, kind = str(f.get("user_id", "")), str(f.get("kind", ""))
+        colour = _KIND_COLOURS.get(kind, "#666")
+        rows.append(
+            f'<tr class="finding {esc(kind)}">'
+            f'<td><span class="state" style="background:{colour}"'
+            f' title="{esc(AUDIT_KIND_HELP.get(kind, ""))}">{esc(kind)}</span></td>'
+            f"<td>{esc(f.get('found_at'))}</td>"
+            f'<td><a href="{link(base + "/rebooks", {"user_id": user})}">{esc(user)}</a></td>'
+            f'<td><a href="{link(base + "/rebooks", {"booking_id": str(f.get("booking_id"))})}">'
+            f"{esc(f.get('booking_id'))}</a></td>"
+            f"<td>{esc(', '.join(str(b) for b in f.get('new_booking_ids', [])))}</td>"
+            f"<td>{rebooks}</td></tr>"
+        )
+    summary = ""
+    if last:
+        summary = (
+            f'<p class="muted" id="audit-last">last run {esc(last.get("at"))}: '
+            f"{int(last.get('checked_members', 0))} member(s) checked, "
+            f"{int(last.get('unchecked_members', 0))} not checked</p>"
+        )
+    body = (
+        "<h2>Ledger audit<small>the upstream's MadeBookings of each member with recent rebooks, "
+        "compared with the records; each finding once, newest first</small></h2>"
+        f'<div class="counts">{chips}</div>{summary}'
+        '<table id="findings"><thead><tr><th>kind</th><th>found</th><th>member</th>'
+        "<th>original</th><th>new bookings</th><th>rebooks</th></tr></thead><tbody>"
+        + ("".join(rows) or '<tr><td colspan=6 class="muted">no findings</td></tr>')
+        + "</tbody></table>"
+        f'<p class="pager"><a href="{esc(base)}/api/audit">as JSON</a></p>'
+    )
+    return layout("Audit", body, base)
+
+
+_KIND_COLOURS = {"double": "#b22222", "orphan": "#d9534f", "missing": "#8a6d3b"}

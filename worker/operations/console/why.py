@@ -28,6 +28,10 @@ REASON_HELP: dict[str, str] = {
     "unverified_shape": "a booking that may be this rebook's cannot be told apart from one that "
     "is not: no field of a booking's Performer is confirmed as the performer's user id yet",
     "booking_claimed_elsewhere": "the upstream returned a booking another rebook owns",
+    "no_credits": "the upstream refused the reschedule for lack of credits: the member tops up, "
+    "then retry",
+    "member_cap": "the member reached REBOOK_MAX_REBOOKS_PER_MEMBER_PER_DAY today (UTC); parked "
+    "before any request",
 }
 """The README's NEEDS_ATTENTION table, one line each."""
 
@@ -330,4 +334,12 @@ def _finished(rec: Rebook, s: Situation) -> Explanation:
     ]
     if rec.state == State.DUPLICATE and rec.duplicate_of:
         facts.append(("why-duplicate", f"The rebook of this booking is {rec.duplicate_of}."))
+    if rec.state == State.SHADOWED:
+        facts.append(
+            (
+                "why-shadowed",
+                "Shadow mode (REBOOK_SHADOW): the reschedule request would have gone out "
+                f"at {stamp(rec.would_post_ts)}; nothing was sent and nothing was booked.",
+            )
+        )
     return Explanation(f"Finished: {rec.state.value}", facts, "")
