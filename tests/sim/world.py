@@ -148,11 +148,6 @@ def run(
         max_skew = min(max_skew, skew_limit)
     if failover:
         overrides.setdefault("redis_wait_replicas", 1)
-    # the read before a POST shared for none, the default, or a minute (a generator of its own:
-    # the worlds of the seeds stay as they were)
-    overrides.setdefault(
-        "shared_read_seconds", random.Random(seed ^ 0x5EED).choice([0.0, 10.0, 60.0])
-    )
     settings = sim_settings(redis_url, prefix, rng, **overrides)
     window = settings.reconcile_window_seconds
     faults = Faults(
