@@ -76,6 +76,7 @@ SANDBOX_DEFAULTS: dict[str, Any] = {
     "token_ttl_seconds": 3600,
     "refresh_token_ttl_seconds": 14 * 86400,
     "fault_delay_seconds": 2.0,
+    "latency_ms": 0,
     "documented": False,
     "list_name": "WebcamBookings",
     "total_name": "TotalBookings",

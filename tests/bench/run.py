@@ -68,6 +68,7 @@ from tests.bench.harness import (
     used_memory,
     wait_until,
 )
+from tests.bench.latency import latency_markdown, run_latency
 from tests.bench.report import budget_rows, build_rows, markdown, million_rows
 from tests.integration.conftest import settings_env
 from worker.celeryapp.app import EVENTS_QUEUE, WORK_QUEUE, create_app
@@ -118,6 +119,9 @@ class Config:
     """Only the short-budget phase (tests/bench/budget.py)."""
     million: bool = False
     """Only the memory and sweep phases, up to 1,000,000 waiting (`Bench.million`)."""
+    latency: list[int] = field(default_factory=list)
+    """Upstream latencies, ms, of the latency phase (tests/bench/latency.py); none: no phase."""
+    latency_only: bool = False
 
     @classmethod
     def quick(cls) -> Config:
@@ -1207,6 +1211,11 @@ class Bench:
             self.results["elapsed_seconds"] = time.time() - started
             self.results["rows"] = budget_rows(self.results)
             return self.results
+        if self.cfg.latency_only:
+            self.results["latency"] = run_latency(self, self.cfg.latency or [0, 50, 200])
+            self.results["elapsed_seconds"] = time.time() - started
+            self.results["rows"] = []
+            return self.results
         self.start_ours()
         if self.cfg.million:
             self.million()
@@ -1219,6 +1228,8 @@ class Bench:
         self.plain()
         if not self.cfg.no_budget:
             self.results["budget"] = run_budget(self)
+        if self.cfg.latency:
+            self.results["latency"] = run_latency(self, self.cfg.latency)
         self.results["elapsed_seconds"] = time.time() - started
         self.results["rows"] = build_rows(self.results)
         return self.results
@@ -1235,6 +1246,16 @@ def _sizes(text: str) -> list[int]:
         raise argparse.ArgumentTypeError("expected a comma list of integers") from None
     if not values or values[0] < 100:
         raise argparse.ArgumentTypeError("sizes must be >= 100")
+    return values
+
+
+def _latencies(text: str) -> list[int]:
+    try:
+        values = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a comma list of milliseconds") from None
+    if not values or values[0] < 0:
+        raise argparse.ArgumentTypeError("latencies must be >= 0 ms")
     return values
 
 
@@ -1259,6 +1280,14 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
         type=Path,
         default=DEFAULT_JSON,
         help="raw numbers (default .rebook/bench.json, git-ignored)",
+    )
+    p.add_argument(
+        "--latency",
+        type=_latencies,
+        help="upstream latencies, ms, of the latency phase: e.g. 0,50,200 (tests/bench/latency.py)",
+    )
+    p.add_argument(
+        "--latency-only", action="store_true", help="only the latency phase (0,50,200 by default)"
     )
     p.add_argument("--markdown", type=Path, help="also write the table to this file")
     p.add_argument("--keep-logs", action="store_true", help="keep the worker/beat/sandbox logs")
@@ -1297,6 +1326,8 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
         "no_budget",
         "budget_only",
         "million",
+        "latency",
+        "latency_only",
     ):
         value = getattr(args, name)
         if value is not None:
@@ -1329,7 +1360,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _terminate_as_interrupt():
             results = bench.run()
-        table = markdown(results)
+        table = markdown(results) if results["rows"] else ""
+        if results.get("latency"):
+            table = "\n\n".join(t for t in (table, latency_markdown(results)) if t)
         print(table)
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2, default=str))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -329,6 +331,35 @@ def test_presence(server: SandboxServer, sb: SandboxClient) -> None:
     stats = sb.stats()
     assert stats["presence_calls"] == {"42": 2, "7": 1}
     assert stats["calls"]["getUserSummary"] == 4
+
+
+def test_latency_waits_without_blocking_other_requests(
+    server: SandboxServer, sb: SandboxClient
+) -> None:
+    """A remote upstream: every answer waits, in its own thread; many are in flight at once."""
+    sb.configure(latency_ms=300)
+    api = Api(server.url)
+
+    def one(pid: int) -> float:
+        start = time.monotonic()
+        assert api.get("newsfeed/getUserSummary", UserID=pid).status_code == 200
+        return time.monotonic() - start
+
+    start = time.monotonic()
+    with ThreadPoolExecutor(20) as pool:
+        each = list(pool.map(one, range(20)))
+    wall = time.monotonic() - start
+    assert min(each) >= 0.3, each
+    assert wall < 1.5, f"20 answers of 0.3 s took {wall:.2f} s: served one at a time?"
+    start = time.monotonic()
+    sb.stats()  # the sandbox's own control endpoints do not wait
+    assert time.monotonic() - start < 0.3
+    sb.configure(latency_ms=0)
+    start = time.monotonic()
+    api.get("newsfeed/getUserSummary", UserID=1)
+    assert time.monotonic() - start < 0.3
+    with pytest.raises(requests.HTTPError, match="400"):
+        sb.configure(latency_ms=-1)
 
 
 # --- faults -------------------------------------------------------------------------------------

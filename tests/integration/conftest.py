@@ -94,11 +94,19 @@ class Proc(Child):
         super().__init__(name, args, env, log, cwd=ROOT)
 
 
+TEST_POOL = os.environ.get("REBOOK_TEST_POOL", "prefork")
+"""The worker's pool in the integration and chaos suites: `REBOOK_TEST_POOL=threads make chaos`
+runs them with one `-P threads -c 16` worker instead of `-P prefork -c 3`."""
+
+
 class System:
     """Everything a test needs to drive the pipeline from the outside."""
 
-    def __init__(self, settings: Settings, sandbox: SandboxClient, logdir: Path) -> None:
+    def __init__(
+        self, settings: Settings, sandbox: SandboxClient, logdir: Path, pool: str | None = None
+    ) -> None:
         self.settings = settings
+        self.pool = pool or TEST_POOL
         self.sandbox = sandbox
         self.logdir = logdir
         self.env = {**os.environ, **settings_env(settings)}
@@ -140,9 +148,9 @@ class System:
                 "-Q",
                 "rebook.events,rebook.work",
                 "-c",
-                "3",
+                "16" if self.pool == "threads" else "3",
                 "-P",
-                "prefork",
+                self.pool,
                 "-E",
                 "--without-mingle",
                 "--without-gossip",
@@ -384,6 +392,7 @@ def running_system(
     logdir: Path,
     broker: str = "redis",
     sandbox_options: dict[str, Any] | None = None,
+    pool: str | None = None,
     **extra: Any,
 ) -> Iterator[System]:
     """A whole system with its own sandbox, key prefix and queues; `extra` overrides settings.
@@ -406,7 +415,7 @@ def running_system(
         extra.setdefault("oauth_token_url", server.token_url)
         settings = fast_settings(redis_url, server.url, prefix, **extra)
         client = SandboxClient(server.url)
-        sysm = System(settings, client, logdir)
+        sysm = System(settings, client, logdir, pool)
         try:
             yield sysm.start()
         finally:

@@ -211,7 +211,16 @@ _POOLS = {"http": DeadlineHTTPConnectionPool, "https": DeadlineHTTPSConnectionPo
 
 class DeadlineAdapter(HTTPAdapter):
     """requests' adapter with connections the watchdog can shut (HTTP and HTTPS proxies too;
-    a SOCKS proxy keeps its own connections, bounded by the socket timeouts only)."""
+    a SOCKS proxy keeps its own connections, bounded by the socket timeouts only).
+
+    Up to `POOL_SIZE` connections per host stay open: a worker with the threads pool has that
+    many calls in flight at once (requests' default, 10, would close and reopen the rest)."""
+
+    POOL_SIZE = 64
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("pool_maxsize", self.POOL_SIZE)
+        super().__init__(**kwargs)
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)

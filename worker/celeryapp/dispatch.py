@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -13,7 +15,8 @@ from kombu import Producer
 from worker.celeryapp.app import APP_NAME, STEP_PRIORITY, URGENT_PRIORITY, WATCH_PRIORITY
 from worker.celeryapp.fanout import Fanout
 from worker.celeryapp.runtime import services
-from worker.core.flow import Flow
+from worker.core.flow import Flow, Listing
+from worker.core.preread import SharedReads
 
 
 class CeleryDispatcher:
@@ -74,10 +77,31 @@ def rebook_app() -> Celery:
     return app
 
 
+_reads_lock = threading.Lock()
+_reads: dict[int, SharedReads[Listing]] = {}
+
+
+def _process_reads() -> SharedReads[Listing]:
+    """The reads before a POST that this process's steps share (a prefork child its own)."""
+    pid = os.getpid()
+    with _reads_lock:
+        if pid not in _reads:
+            _reads.clear()
+            _reads[pid] = SharedReads()
+        return _reads[pid]
+
+
 def flow() -> Flow:
     """The flow of this process, sending its next steps through its app."""
     svc = services()
-    return Flow(svc.settings, svc.store, svc.client, svc.tokens, CeleryDispatcher(rebook_app()))
+    return Flow(
+        svc.settings,
+        svc.store,
+        svc.client,
+        svc.tokens,
+        CeleryDispatcher(rebook_app()),
+        reads=_process_reads(),
+    )
 
 
 def fanout() -> Fanout:

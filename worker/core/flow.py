@@ -45,6 +45,7 @@ from worker.core.errors import (
 )
 from worker.core.models import RebookEvent, WebcamBooking, from_ts, iso_z
 from worker.core.observability import HEARTBEAT_SECONDS, bound, sweep_heartbeat
+from worker.core.preread import SharedRead, SharedReads
 from worker.core.settings import Settings
 from worker.core.states import ACTIVE_STATES, STEP_STATES, State, Step
 from worker.core.store import REMOVE, SERVER_NOW, Rebook, StepLock, Store, rebook_id_for
@@ -197,6 +198,8 @@ class Flow:
     clock: Callable[[], float] = field(default=time.time)
     _field_seen: tuple[float, str | None] = field(default=(-math.inf, None), repr=False)
     _slots_spent_until: float = field(default=-math.inf, repr=False)
+    reads: SharedReads[Listing] = field(default_factory=SharedReads, repr=False)
+    """Reads before a POST that later POSTs may share: one per worker process (`flow()`)."""
     _client_parked_checked: bool = field(default=False, init=False, repr=False)
     """Whether this process has looked for rebooks an older version parked `reauth` for a
     refused OAuth client (`resume_client_parked`)."""
@@ -776,10 +779,7 @@ class Flow:
         # that nothing here remembers. What the list shows now is what our POST cannot have made.
         if listing is None:
             try:
-                # a member is waiting for this POST: the read before it has the POST's share
-                listing = self._list(
-                    rec, rec.created_ts - s.reconcile_lookback_seconds, RATE_SHARE[POST]
-                )
+                listing = self._read_before_post(rec, rec.created_ts - s.reconcile_lookback_seconds)
             except LeaseLost:
                 raise
             except UpstreamError as exc:
@@ -840,6 +840,71 @@ class Flow:
             "check the upstream (and REBOOK_MADE_BOOKINGS_LIST_NAMES), then `rebook retry ID`",
         )
         return Step.PARKED
+
+    def _read_before_post(self, rec: Rebook, since: float) -> Listing:
+        """The member's list before a POST: a read shared with the member's other POSTs where it
+        is evidence for this one (`_shared_read`), else one made now — by one thread of this
+        process for all its threads that need the member's list meanwhile."""
+        s = self.settings
+        if s.shared_read_seconds <= 0 or rec.attempts:
+            # a rebook that has POSTed before reads afresh: its own earlier POST's booking must be
+            # in the list for the lost-mark check
+            return self._list(rec, since, RATE_SHARE[POST])
+        shared = self._shared_read(rec, since)
+        if shared is not None:
+            return shared
+        lead, done = self.reads.lead(rec.user_id)
+        if not lead:  # another thread of this process is reading the member's list: wait for it
+            done.wait(s.call_bound_seconds)
+            shared = self._shared_read(rec, since)
+            if shared is not None:
+                return shared
+        try:
+            server, started = self.store.server_id(rec.user_id), self.clock()
+            # a member is waiting for this POST: the read before it has the POST's share
+            listing = self._list(rec, since, RATE_SHARE[POST])
+            self.reads.put(
+                rec.user_id,
+                SharedRead(listing, since, started, server),
+                started - s.shared_read_seconds,
+            )
+            return listing
+        finally:
+            if lead:
+                self.reads.landed(rec.user_id)
+
+    def _shared_read(self, rec: Rebook, since: float) -> Listing | None:
+        """A read of the member's list this process made for an earlier POST, if it is evidence
+        for this one: at most `REBOOK_SHARED_READ_SECONDS` old, no other POST of the member
+        unsettled (its booking, made after the read, would be missing from `known_ids`: should
+        the performer field be dropped, nothing would tell the two apart), and none settled
+        since the read went out without owning a booking (it may have made one the read does
+        not show). The others settled since own their booking (never a candidate) or made
+        nothing. A POST whose mark was lost cannot be seen settling: so never a read older
+        than a POST of this rebook that this process sent, nor one from before the store's
+        server changed (a restart or a failover is what loses a mark). README "Exactly one
+        booking": the read before a POST."""
+        s = self.settings
+        read = self.reads.latest(rec.user_id, since, oldest=self.clock() - s.shared_read_seconds)
+        if read is None:
+            return None
+        # a POST sent up to one call bound before the read may have been made after it went
+        # out; the margin also covers the clocks of other processes (they write `updated_ts`)
+        after = read.started - s.call_bound_seconds - 1.0
+        mine = self.reads.last_mark(rec.rebook_id)
+        if mine is not None and mine >= after:
+            return None
+        if self.store.server_id(rec.user_id) != read.server:
+            self.reads.drop(rec.user_id, read)
+            return None
+        others = [o for o in self.store.posted_without_booking(rec, True) if o != rec.rebook_id]
+        for other in self.store.get_many(others):
+            if other.new_booking_id is None and (
+                other.post_sent_ts is not None or other.updated_ts >= after
+            ):
+                self.reads.drop(rec.user_id, read)
+                return None
+        return read.listing
 
     def _send_post(
         self,
@@ -903,6 +968,7 @@ class Flow:
                 raise Gated(holder) if holder else NotSent("the rebook changed")
             assert sent is not None
             marked.append(sent)  # the server's time (the proof's clock), as the record has it
+            self.reads.marked(rec.rebook_id, now, now - 2 * s.call_bound_seconds - 60)
             # Under the gate now, no sibling's POST is unsettled: a booking in the list that
             # nobody owns and that looks like ours is one whose mark was lost. Owners are read
             # only now, so one a sibling took meanwhile is not taken twice.

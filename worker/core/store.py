@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import re
+import secrets
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -664,6 +665,18 @@ class Store:
             if sent and not made:
                 return str(holder)
         return None
+
+    def server_id(self, user_id: str) -> str:
+        """The `run_id` of the Redis server that holds the member's records: new after every
+        restart and on a failover — when writes may have been lost. Where it cannot be read (a
+        proxy that refuses `INFO`), a value of its own each time: nothing counts as the same."""
+        key = self.keys.of_member(self.shard_for_user(user_id), user_id)
+        client = self.r.get_node_from_key(key).redis_connection if self.cluster else self.r
+        try:
+            run_id = str(client.info("server").get("run_id") or "")
+        except redis.ResponseError:
+            run_id = ""
+        return run_id or f"unknown-{secrets.token_hex(8)}"
 
     def posted_without_booking(self, rec: Rebook, member_wide: bool = False) -> list[str]:
         """Rebooks of the member and performer (`member_wide`: of the member, any performer)

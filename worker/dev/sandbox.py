@@ -256,12 +256,16 @@ class _Config:
     echo_tokens: bool = False
     """A careless upstream: refusals of the token endpoint echo the refresh token
     (`error_description`), as some OAuth servers do; the scrubber must catch it."""
+    latency_ms: float = 0.0
+    """Milliseconds every answer of the API and of OAuth waits before it is written (an upstream
+    a round trip away); the request's own thread waits, the others go on. Not `/_sandbox/*`."""
 
     NUMBERS = (
         "accept_by_seconds",
         "token_ttl_seconds",
         "fault_delay_seconds",
         "refresh_token_ttl_seconds",
+        "latency_ms",
     )
     FLAGS = ("strict_start_date", "year_one_unset", "echo_tokens")
     NAMES = ("list_name", "total_name")
@@ -1224,6 +1228,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         except Exception as exc:  # the server must survive any handler bug
             resp = _json(500, {"Message": "An error has occurred.", "ExceptionMessage": repr(exc)})
+        latency = self.server.state.config.latency_ms
+        if latency > 0 and not self.path.lower().startswith("/_sandbox"):
+            time.sleep(latency / 1000.0)  # this request's thread only (a threaded server)
         if resp.trickle is not None:
             self._trickle(resp, resp.trickle)
             return
@@ -1288,6 +1295,7 @@ class SandboxServer:
         oauth_port: int | None = None,
         documented: bool = False,
         quiet: bool = True,
+        latency_ms: float = 0.0,
     ) -> None:
         """`oauth_port`: OAuth on a listener of its own (0 = any free port), as the upstream has
         it on another host; `token_url` follows. `documented`: every documented behaviour on
@@ -1307,6 +1315,8 @@ class SandboxServer:
         )
         if documented:
             self.state.config.update({"documented": True})
+        if latency_ms:
+            self.state.config.update({"latency_ms": latency_ms})
         split = oauth_port is not None
         self._httpd = _HTTPServer((host, port), self.state, quiet, "api" if split else "all")
         self._oauth = (
@@ -1539,6 +1549,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--timezone", default="Europe/London", help="site zone of its datetimes")
     p.add_argument("--oauth-port", type=int, default=None, help="OAuth on its own port")
     p.add_argument("--documented", action="store_true", help="every documented behaviour on")
+    p.add_argument("--latency-ms", type=float, default=0.0, help="ms before every API answer")
     p.add_argument("--verbose", action="store_true", help="log every request")
     args = p.parse_args(argv)
     server = SandboxServer(
@@ -1556,6 +1567,7 @@ def main(argv: list[str] | None = None) -> None:
         oauth_port=args.oauth_port,
         documented=args.documented,
         quiet=not args.verbose,
+        latency_ms=args.latency_ms,
     )
     print(f"sandbox upstream listening on {server.url}; to use it:", flush=True)
     for name, value in server.env().items():

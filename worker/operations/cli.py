@@ -929,11 +929,14 @@ def sandbox(
     documented: Annotated[
         bool, typer.Option(help="Strict StartDate, year-1 unset dates (the docs' forms).")
     ] = False,
+    latency_ms: Annotated[
+        float, typer.Option(min=0, help="Milliseconds before every answer (a remote upstream).")
+    ] = 0.0,
 ) -> None:
     """Run the sandbox upstream (an in-memory fake of the API) until Ctrl-C; prints the
     variables that point rebook at it."""
     server = _dev_tool("sandbox").SandboxServer(
-        host, port, oauth_port=oauth_port, documented=documented, quiet=False
+        host, port, oauth_port=oauth_port, documented=documented, quiet=False, latency_ms=latency_ms
     )
     out.print(f"sandbox upstream on {server.url} (Ctrl-C to stop); to use it:", highlight=False)
     for name, value in server.env().items():
