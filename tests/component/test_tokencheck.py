@@ -56,6 +56,31 @@ def test_the_sandbox_names_the_tokens_member_and_its_scopes(
     assert get("/v1/account/verifyCredentials", "not-a-token").status_code == 401
 
 
+def test_the_sandbox_answers_the_credit_balance_only_with_its_scope(
+    sandbox_server: SandboxServer, sandbox: SandboxClient, settings: Settings
+) -> None:
+    """GetCurrentCreditBalance (`/Site/API/GetCurrentCreditBalance`): a bare decimal, behind the
+    extra scope `account_credits_history` that a site may not have asked for."""
+    plain = sandbox.add_user("m-plain")
+    rich = sandbox.add_user("m-rich", scopes=["userid", "account_credits_history"])
+    sandbox.set_credits("m-rich", 299)
+
+    def balance(token: object) -> requests.Response:
+        return requests.get(
+            sandbox_server.url + "/v1/CreditHistory/GetCurrentCreditBalance",
+            headers={
+                "apiKey": settings.api_key.get_secret_value(),
+                "Accept": "application/json",
+                "Authorization": f"bearer {token}",
+            },
+            timeout=5,
+        )
+
+    assert balance(rich["access_token"]).json() == 299
+    refused = balance(plain["access_token"])
+    assert refused.status_code == 403 and "account_credits_history" in refused.text
+
+
 def test_a_good_pair_passes_and_is_stored_as_given(
     checker: PairChecker, sandbox: SandboxClient
 ) -> None:

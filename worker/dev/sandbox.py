@@ -68,10 +68,13 @@ _ROUTES: dict[str, tuple[str, str]] = {
 _ACCOUNT_ROUTES: dict[str, tuple[str, str]] = {
     "/v1/account/verifycredentials": ("verifyCredentials", "GET"),
     "/v1/account/getpermissions": ("GetPermissions", "GET"),
+    "/v1/credithistory/getcurrentcreditbalance": ("GetCurrentCreditBalance", "GET"),
 }
 _ROUTES.update(_ACCOUNT_ROUTES)
 _ACCOUNT_OPS = frozenset(op for op, _ in _ACCOUNT_ROUTES.values())
 DEFAULT_SCOPES = ("userid", "account_webcam_bookings")
+UNLIMITED_BALANCE = 1_000_000
+"""What GetCurrentCreditBalance answers for a member whose balance the sandbox does not count."""
 """What a member's token is granted unless `POST /_sandbox/users` names `"scopes"`."""
 # -- end of token checks --------------------------------------------------------------------------
 
@@ -788,7 +791,17 @@ class _SandboxState:
     @staticmethod
     def op_account(op: str, member: _Member) -> _Response:
         """verifyCredentials: the token's member (`UserID` a number when the id is one, as the
-        upstream's are); GetPermissions: the scopes its token was issued with, all granted."""
+        upstream's are); GetPermissions: the scopes its token was issued with, all granted;
+        GetCurrentCreditBalance: the member's balance as a bare decimal (the doc's sample is
+        `299`), only with the extra scope `account_credits_history` (403 naming it otherwise);
+        a member with no balance set (unlimited) reads `UNLIMITED_BALANCE`."""
+        if op == "GetCurrentCreditBalance":
+            if "account_credits_history" not in member.scopes:
+                raise _Reject(
+                    403,
+                    "The access token does not grant the scope required: account_credits_history.",
+                )
+            return _json(200, UNLIMITED_BALANCE if member.credits is None else member.credits)
         if op == "verifyCredentials":
             uid: int | str = int(member.user_id) if member.user_id.isdigit() else member.user_id
             return _json(200, {"UserID": uid, "Nickname": f"member{member.user_id}"})
