@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import TEST_TOKEN_KEY
+from tests.conftest import TEST_TOKEN_KEY, WaitTimeout
 from tests.integration.conftest import ROOT, wait_for
 from worker.celeryapp.app import EVENTS_QUEUE, create_app
 from worker.celeryapp.runtime import build_services
@@ -105,7 +105,9 @@ def test_honcho_start_runs_the_procfile_and_a_rebook_goes_through(
     text = lambda: (tmp_path / "honcho.log").read_text(errors="replace")  # noqa: E731
     try:
         wait_for(lambda: _up(f"http://127.0.0.1:{sandbox_port}/_sandbox/stats"), 60, "sandbox")
-        wait_for(lambda: " ready." in text(), 60, "worker ready")
+        # both Celery workers of the Procfile (worker: intake and steps, prefork; io: steps,
+        # threads) say so
+        wait_for(lambda: text().count(" ready.") >= 2, 60, "both workers ready")
         wait_for(lambda: _up(f"http://127.0.0.1:{exporter_port}/metrics"), 60, "exporter")
         settings = load_settings(
             **{
@@ -150,6 +152,8 @@ def test_honcho_start_runs_the_procfile_and_a_rebook_goes_through(
         metrics = requests.get(f"http://127.0.0.1:{exporter_port}/metrics", timeout=5).text
         assert 'rebook_rebooks{state="ACCEPTED"} 1.0' in metrics
         assert "rebook_up 1.0" in metrics
+    except WaitTimeout as exc:  # what the processes said is the only clue: keep it
+        raise WaitTimeout(f"{exc}\n--- honcho's log, the end ---\n{text()[-6000:]}") from exc
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
