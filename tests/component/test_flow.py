@@ -1662,3 +1662,23 @@ def test_doctor_says_which_field_is_confirmed_and_warns_while_none_is(env: Env) 
         "Performer.UserID names the performer (3 answer(s) over 2 performer(s), "
         "1 contradiction(s) seen)"
     )
+
+
+def test_retry_of_a_rebook_whose_original_was_rebooked_meanwhile_is_refused(env: Env) -> None:
+    """Simulation seed 106551: a rebook ended without a booking, a second event for the same
+    original booked it, then an operator retried the first: a second booking of one original.
+    The retry is refused; the original's new booking stays its only one."""
+    env.member()
+    orig = env.sandbox.add_booking("alice", 7)
+    first = env.submit(orig, "evt-first")
+    env.flow.cancel(first)
+    assert env.get(first).state is State.ABORTED
+    second = env.submit(orig, "evt-second")
+    assert env.get(second).state is State.WAITING  # the first is not active: no DUPLICATE
+    env.sandbox.set_online(7, True)
+    assert env.flow.check_presence(7) == "online"
+    assert env.flow.reschedule(second) == "booked"
+    with pytest.raises(Refused, match="rebooked meanwhile by"):
+        env.flow.retry(first)
+    assert env.get(first).state is State.ABORTED
+    assert len(env.new_bookings()) == 1

@@ -1851,6 +1851,7 @@ class Flow:
                     f"{rec.rebook_id} is {rec.state.value} after booking {rec.new_booking_id} was "
                     "made; send a new event to rebook again"
                 )
+            self._refuse_if_superseded(rec)
             self._restart(rec, extra)
         elif rec.state == State.DUPLICATE:
             raise Refused(f"{rec.rebook_id} is a duplicate of {rec.duplicate_of}; retry that one")
@@ -1864,6 +1865,22 @@ class Flow:
         else:
             raise Refused(f"{rec.rebook_id} is {rec.state.value} and in progress; nothing to retry")
         return self._find(rec.rebook_id)
+
+    def _refuse_if_superseded(self, rec: Rebook) -> None:
+        """A later rebook of the same original made a booking after this one ended: restarting
+        this one would book the original a second time (the simulation's seed 106551: an operator
+        retried a FAILED rebook after a second event had rebooked its original)."""
+        for other in self.store.rebooks_of_booking(rec.booking_id, rec.user_id):
+            if (
+                other.rebook_id != rec.rebook_id
+                and other.new_booking_id is not None
+                and other.created_ts >= rec.created_ts
+            ):
+                raise Refused(
+                    f"booking {rec.booking_id} was rebooked meanwhile by {other.rebook_id} "
+                    f"(booking {other.new_booking_id}, {other.state.value}); send a new event "
+                    "to rebook it again"
+                )
 
     def _restart(self, rec: Rebook, extra: dict[str, Any] | None = None) -> None:
         """A finished rebook waits again — or, if its last POST is unsettled, reconciles first:

@@ -527,6 +527,18 @@ class Store:
         value = self.r.get(self.keys.active(self.shard_for_user(user_id), booking_id))
         return str(value) if value is not None else None
 
+    def rebooks_of_booking(self, booking_id: int, user_id: str) -> list[Rebook]:
+        """Every rebook of an original that has had an outcome (the `book` index), and its
+        active one: what a retry must not book past."""
+        shard = self.shard_for_user(user_id)
+        ids = {
+            str(i) for i in self.r.zrange(self.keys.search_index(shard, "book", booking_id), 0, -1)
+        }
+        active = self.active_owner(booking_id, user_id)
+        if active is not None:
+            ids.add(active)
+        return self.get_many(sorted(ids))
+
     def transition(
         self,
         rebook_id: str,
