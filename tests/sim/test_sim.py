@@ -24,8 +24,9 @@ DEFAULT_SEEDS = 200
 """In `make test` (about 60 s on 2 cores shared with other work); `make chaos` runs FULL_SEEDS."""
 FULL_SEEDS = 10_000
 KNOWN = [5, 16, 18, 24, 27, 28, 30, 37, 38, 46, 49, 59, 76, 79, 84, 126, 106551]
-"""Seeds that found a hole once (kept in the default run whatever the range). 106551: an operator
-retried a FAILED rebook after a second event had rebooked its original (`Flow.retry` now refuses)."""
+"""Seeds that found a hole once (kept in the default run whatever the range). 106551: an
+operator retried a FAILED rebook after a second event had rebooked its original (`Flow.retry`
+now refuses)."""
 DRAWN = SHAPES if IDENTITY_FIX_MERGED else ("user",)
 """The `Performer` shapes the seeded runs draw (all three once the identity fix is merged)."""
 
