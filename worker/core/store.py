@@ -557,7 +557,7 @@ class Store:
 
         A field set to None is deleted; `require` compares string forms ("" = absent).
         """
-        ok, _ = self._run_transition(
+        ok, *_ = self._run_transition(
             rebook_id,
             to,
             from_=from_,
@@ -631,7 +631,7 @@ class Store:
         other pooled connection it may answer at once, for a connection that wrote nothing);
         n is its answer, else 0. Last, the mark: Redis's own time, written by the script (the
         proof's window is timed on the server's clock, not on any worker's), or None."""
-        ok, current, got, stamp = self._run_transition_waiting(
+        ok, current, got, stamp = self._run_transition(
             rebook_id,
             State.RESCHEDULING,
             from_=[State.RESCHEDULING],
@@ -800,36 +800,6 @@ class Store:
         return float(f"{int(secs)}.{int(micros) // 1000:03d}")
 
     def _run_transition(
-        self,
-        rebook_id: str,
-        to: State,
-        *,
-        from_: Iterable[State] | None,
-        reason: str,
-        due: float | str,
-        fields: dict[str, Any] | None,
-        require: dict[str, Any] | None,
-        outcome: str = "",
-        detail: dict[str, Any] | None = None,
-        now: float | None = None,
-        gate: str = "",
-    ) -> tuple[bool, str]:
-        ok, current, _, _ = self._run_transition_waiting(
-            rebook_id,
-            to,
-            from_=from_,
-            reason=reason,
-            due=due,
-            fields=fields,
-            require=require,
-            outcome=outcome,
-            detail=detail,
-            now=now,
-            gate=gate,
-        )
-        return ok, current
-
-    def _run_transition_waiting(
         self,
         rebook_id: str,
         to: State,
