@@ -4,7 +4,6 @@ Redis reaches maxmemory (where every write is refused: OOM). Real Redis servers 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -18,15 +17,6 @@ from worker.core.settings import load_settings
 from worker.core.store import Store
 from worker.dev.embedded import EmbeddedRedis
 from worker.operations import doctor
-
-
-@pytest.fixture
-def store(redis_client: redis.Redis, prefix: str) -> Iterator[Store]:
-    s = Store(redis_client, prefix=prefix, retention_seconds=1000, lease_seconds=10.0)
-    yield s
-    keys = list(redis_client.scan_iter(match=prefix + "*", count=1000))
-    if keys:
-        redis_client.delete(*keys)
 
 
 def test_the_dead_letter_stream_is_capped_by_count(store: Store) -> None:

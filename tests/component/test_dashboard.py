@@ -9,11 +9,9 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
@@ -25,15 +23,6 @@ OPS = Path(__file__).resolve().parents[2] / "ops"
 DASHBOARD = OPS / "grafana" / "rebook.json"
 ALERTS = OPS / "prometheus" / "rebook-alerts.yaml"
 _METRIC = re.compile(r"\brebook_[a-z0-9_]+\b")
-
-
-@pytest.fixture
-def store(redis_client: redis.Redis, prefix: str) -> Iterator[Store]:
-    s = Store(redis_client, prefix=prefix, retention_seconds=1000, lease_seconds=10.0)
-    yield s
-    keys = list(redis_client.scan_iter(match=prefix + "*", count=1000))
-    if keys:
-        redis_client.delete(*keys)
 
 
 def dashboard_queries() -> list[str]:

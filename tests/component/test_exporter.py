@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import socket
 import time
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -20,15 +19,6 @@ from worker.core.store import REMOVE, Store, rebook_id_for
 from worker.operations import exporter
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-@pytest.fixture
-def store(redis_client: redis.Redis, prefix: str) -> Iterator[Store]:
-    s = Store(redis_client, prefix=prefix, retention_seconds=1000, lease_seconds=10.0)
-    yield s
-    keys = list(redis_client.scan_iter(match=prefix + "*", count=1000))
-    if keys:
-        redis_client.delete(*keys)
 
 
 def scrape(store: Store) -> Samples:

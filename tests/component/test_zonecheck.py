@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -26,15 +25,6 @@ from worker.operations import doctor
 SUMMER = datetime(2024, 7, 1, 12, 0, tzinfo=UTC)
 WINTER = datetime(2024, 1, 15, 12, 0, tzinfo=UTC)
 LONDON = ZoneInfo("Europe/London")
-
-
-@pytest.fixture
-def store(redis_client: redis.Redis, prefix: str) -> Iterator[Store]:
-    s = Store(redis_client, prefix=prefix, retention_seconds=1000, lease_seconds=10.0)
-    yield s
-    keys = list(redis_client.scan_iter(match=prefix + "*", count=1000))
-    if keys:
-        redis_client.delete(*keys)
 
 
 def made_booking(
