@@ -95,11 +95,6 @@ def from_ts(ts: float | None) -> datetime | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC)
 
 
-def to_site_time(value: datetime, zone: ZoneInfo = DEFAULT_ZONE) -> str:
-    """Offset-less site time, the form the upstream expects in query parameters."""
-    return value.astimezone(zone).replace(tzinfo=None).isoformat(timespec="seconds")
-
-
 # --- upstream ----------------------------------------------------------------------------------
 
 
