@@ -117,7 +117,7 @@ class UpstreamModel(BaseModel):
 
 
 class WebcamBooking(UpstreamModel):
-    """One webcam booking as the upstream returns it (seed: RescheduleMadeBooking.txt)."""
+    """One webcam booking as the upstream returns it (`MadeBookingDetails`, `MadeBookings`)."""
 
     booking_id: int = Field(alias="WebcamBookingID")
     duration: int | None = Field(None, alias="Duration")

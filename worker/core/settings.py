@@ -30,7 +30,7 @@ from worker.core.errors import ConfigError
 from worker.core.redis_tls import refuse_weak_tls, tls_options
 
 ENV_PREFIX = "REBOOK_"
-#: The documented hosts (UPSTREAM.md): the API, and OAuth on the platform host, not the API host.
+#: The documented hosts (README "The upstream"): the API, and OAuth on the platform host.
 PRODUCTION_API_URL = "https://api.adultwork.com"
 PRODUCTION_TOKEN_URL = "https://platform.adultwork.com/OAuth/token"
 
@@ -155,7 +155,7 @@ _FernetKeys = Annotated[SecretStr | None, AfterValidator(_fernet)]
 
 
 class Settings(BaseSettings):
-    """Every knob of rebook. Names are public interface (README "Settings")."""
+    """Every knob of rebook. Names are public interface (docs/interface.md "Settings")."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,

@@ -1,0 +1,175 @@
+"""Every file the README, the RUNBOOK, docs/ and the code's comments cite is in the repo.
+
+A reader who clones the repository has only what is in it: a citation of a file that moved, or of
+one that never was here, sends them nowhere. Checked: repo-relative paths (`worker/...`,
+`tasks/...`, `tests/...`, `ops/...`, `docs/...`), dotted module names (`worker.core.keys`, with
+the name after the module when one follows) and relative Markdown links.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import re
+import subprocess
+import tokenize
+from functools import cache
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+TOP = ("worker", "tasks", "tests", "ops", "docs")
+TEXT_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".toml", ".cfg", ".lua", ".conf", ".env", ""}
+
+PATH = re.compile(
+    r"(?<![\w./-])(`?)((?:" + "|".join(TOP) + r")/[A-Za-z0-9_.{}*<>/-]*[A-Za-z0-9_*}>/])"
+)
+"""A path: with a file's extension or a trailing `/`, or any in backticks (`worker/dev`); bare
+words like "worker/scheduler" in prose are not."""
+MODULE = re.compile(r"(?<![\w./-])((?:worker|tasks)(?:\.[A-Za-z_][A-Za-z0-9_]*)+)")
+NOT_MODULE = re.compile(r"\.(?:log|ya?ml|json|txt|md|py|toml|lua|__\w+__)$")
+"""`worker.log`, `worker.yaml` (file names), `worker.__file__`: not module citations."""
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+PLACEHOLDER = re.compile(r"[*{}<>]|/(?:KIND|NAME|ID)\.\w+$")
+"""`docs/schemas/KIND.json`, `tests/bench/*.py`, `tests/{unit,component}`: a pattern, not a file."""
+
+
+@cache
+def tracked() -> list[Path]:
+    """The files a clone has (git's list, new files too: never the venv or caches)."""
+    out = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [ROOT / name for name in out.split("\0") if name]
+
+
+def scanned() -> list[Path]:
+    """The prose a reader follows: README, everything under docs/ and ops/, and the sources (their
+    comments and docstrings) of the packages and tests."""
+    return [
+        p
+        for p in tracked()
+        if p.is_file()
+        and p.suffix in TEXT_SUFFIXES
+        and (p.name == "README.md" or p.relative_to(ROOT).parts[0] in TOP)
+    ]
+
+
+def _prose(path: Path) -> str:
+    """What a person reads in a file: of Python source its comments and strings (a variable
+    named `worker` is not a citation), of anything else all of it."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if path.suffix != ".py":
+        return text
+    kinds = (tokenize.COMMENT, tokenize.STRING)
+    tokens = tokenize.generate_tokens(io.StringIO(text).readline)
+    return "\n".join(tok.string for tok in tokens if tok.type in kinds)
+
+
+def _is_path(candidate: str, tick: str) -> bool:
+    last = candidate.rstrip("/").rsplit("/", 1)[-1]
+    if PLACEHOLDER.search(candidate):
+        return False
+    return bool(tick) or candidate.endswith("/") or "." in last
+
+
+def _exists(rel: str) -> bool:
+    """In the repo, or a file the reader makes that git ignores (`ops/rebook.env`)."""
+    if (ROOT / rel.rstrip("/")).exists():
+        return True
+    ignored = subprocess.run(["git", "check-ignore", "-q", rel], cwd=ROOT, check=False)
+    return ignored.returncode == 0
+
+
+@cache
+def _names(module: Path) -> frozenset[str]:
+    """Top-level names a module defines or imports (what `module.NAME` may cite)."""
+    tree = ast.parse(module.read_text(encoding="utf-8"))
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+    return frozenset(names)
+
+
+def _module_resolves(dotted: str) -> bool:
+    """`worker.core.keys` is a module or package; `worker.core.keys.Keys` one followed by a name
+    it defines (`Keys.record`: only the first name after the module is checked)."""
+    if NOT_MODULE.search(dotted):
+        return True
+    parts = dotted.split(".")
+    for end in range(len(parts), 0, -1):
+        base = ROOT.joinpath(*parts[:end])
+        module = base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+        if not module.is_file():
+            continue
+        if end == len(parts):
+            return True
+        name = parts[end]
+        if base.is_dir() and ((base / name).is_dir() or (base / f"{name}.py").is_file()):
+            return True
+        return name in _names(module)
+    return False
+
+
+def _links(path: Path, text: str) -> list[str]:
+    """Relative Markdown links that lead nowhere (anchors and URLs are not files)."""
+    missing = []
+    for target in LINK.findall(text):
+        target = target.split("#", 1)[0]
+        if not target or "://" in target or target.startswith("mailto:"):
+            continue
+        if not (path.parent / target).resolve().exists():
+            missing.append(target)
+    return missing
+
+
+def unresolved() -> dict[str, list[str]]:
+    """Each scanned file with the citations in it that lead nowhere."""
+    found: dict[str, list[str]] = {}
+    for path in scanned():
+        rel = str(path.relative_to(ROOT))
+        text = _prose(path)
+        bad = {p for tick, p in PATH.findall(text) if _is_path(p, tick) and not _exists(p)}
+        bad |= {m for m in MODULE.findall(text) if not _module_resolves(m)}
+        if path.suffix == ".md":
+            bad |= set(_links(path, text))
+        bad.discard(rel)
+        if bad:
+            found[rel] = sorted(bad)
+    return found
+
+
+def test_the_scan_reads_the_docs_and_finds_citations() -> None:
+    names = {str(p.relative_to(ROOT)) for p in scanned()}
+    assert {"README.md", "ops/RUNBOOK.md", "docs/interface.md"} <= names
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(PATH.findall(readme)) > 20, "the path pattern no longer matches the README"
+    assert "worker.core.keys" in MODULE.findall("see `worker.core.keys` for the layout")
+
+
+def test_every_cited_path_exists_in_the_repo() -> None:
+    missing = unresolved()
+    listing = "\n".join(f"  {f}: {', '.join(paths)}" for f, paths in sorted(missing.items()))
+    assert not missing, f"citations of files or modules not in the repo:\n{listing}"
+
+
+def test_nothing_cites_files_outside_the_repo() -> None:
+    """The design notes beside the repo, the upstream's notes and seed files are not in a clone:
+    docs/interface.md is the public interface, README "The upstream" what we know of the API."""
+    outside = re.compile(r"\.\./shared|DESIGN\.md|UPSTREAM\.md|RescheduleMadeBooking\.txt")
+    hits = {
+        str(p.relative_to(ROOT)): sorted(set(outside.findall(p.read_text(errors="replace"))))
+        for p in scanned()
+        if p != Path(__file__).resolve() and outside.search(p.read_text(errors="replace"))
+    }
+    assert not hits, f"citations of files a clone does not have: {hits}"
