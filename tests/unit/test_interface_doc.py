@@ -119,6 +119,33 @@ def test_reasons() -> None:
     compare("NEEDS_ATTENTION reasons", set(REASON_HELP), first_cells("Reasons"))
 
 
+def parked_reasons() -> dict[str, str]:
+    """Reason codes the worker parks with: a `snake_case` string given to a call whose name has
+    `park` in it (`self._park(rec, "no_credits", ...)`), each with where."""
+    found: dict[str, str] = {}
+    for path in sorted((ROOT / "worker").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "attr", getattr(node.func, "id", ""))
+            if "park" not in name.lower():
+                continue
+            given = [*node.args[:3], *(k.value for k in node.keywords if k.arg == "reason")]
+            for arg in given:
+                if isinstance(arg, ast.Constant) and re.fullmatch(r"[a-z]+(_[a-z]+)*", arg.value):
+                    found[arg.value] = f"{path.relative_to(ROOT)}:{node.lineno}"
+    return found
+
+
+def test_every_reason_the_worker_parks_with_is_explained() -> None:
+    parked = parked_reasons()
+    assert len(parked) >= 5, f"the scan for park(...) calls found only {parked}: update it"
+    unexplained = {r: where for r, where in parked.items() if r not in REASON_HELP}
+    assert not unexplained, (
+        f"parked with reasons that REASON_HELP and docs/interface.md do not know: {unexplained}"
+    )
+
+
 # -- settings ------------------------------------------------------------------------------------
 
 
