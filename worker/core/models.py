@@ -281,10 +281,6 @@ class UserSummary(UpstreamModel):
             return payload["User"]
         return payload
 
-    @classmethod
-    def from_payload(cls, payload: Any) -> UserSummary:
-        return cls.model_validate(cls.unwrap(payload))
-
 
 # --- tokens ------------------------------------------------------------------------------------
 
