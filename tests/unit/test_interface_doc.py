@@ -119,6 +119,20 @@ def test_reasons() -> None:
     compare("NEEDS_ATTENTION reasons", set(REASON_HELP), first_cells("Reasons"))
 
 
+def test_the_readme_and_the_runbook_name_the_same_states_and_reasons() -> None:
+    """The README's tables (how it works) and the RUNBOOK's section per reason (what to do) are
+    read beside this page: they must not drift from it."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    part = readme[readme.index("### States") : readme.index("## Sending events")]
+    tables = [TICKED.findall(line.split("|")[1]) for line in part.splitlines() if line[:3] == "| `"]
+    named = {name for names in tables for name in names}
+    compare("the README's states", {s.value for s in State}, named & {s.value for s in State})
+    compare("the README's reasons", set(REASON_HELP), named - {s.value for s in State})
+    runbook = (ROOT / "ops" / "RUNBOOK.md").read_text(encoding="utf-8")
+    sections = set(re.findall(r"^### `([a-z_]+)`", runbook, flags=re.M))
+    compare("the RUNBOOK's sections per reason", set(REASON_HELP), sections)
+
+
 def parked_reasons() -> dict[str, str]:
     """Reason codes the worker parks with: a `snake_case` string given to a call whose name has
     `park` in it (`self._park(rec, "no_credits", ...)`), each with where."""
