@@ -254,6 +254,22 @@ def test_every_api_path_of_the_openapi_document_is_on_the_page() -> None:
     compare("the console's JSON API", in_code, on_page)
 
 
+def test_every_console_page_is_on_the_page_and_no_other() -> None:
+    from worker.operations.console.handlers import routes
+
+    pages: set[str] = set()
+    for spec in routes():
+        path = re.sub(r"\(\[[^)]*\)", "{rebook_id}", spec.regex.pattern.rstrip("$"))
+        choice = re.search(r"\(([a-z|]+)\)", path)
+        options = choice.group(1).split("|") if choice else [""]
+        pages |= {path.replace(choice.group(0), o) if choice else path for o in options}
+    assert "/rebooks/{rebook_id}/retry" in pages, f"the route scan misread the routes: {pages}"
+    on_page = {n for n in first_cells("Console") if n.startswith("/")}
+    compare("the console's pages", {p for p in pages if not p.startswith("/api/")}, on_page)
+    api = {n.split(" ", 1)[1] for n in first_cells("Console") if re.match(r"(GET|POST) /api/", n)}
+    compare("the console's JSON API paths", {p for p in pages if p.startswith("/api/")}, api)
+
+
 def _fields(paragraph_start: str) -> set[str]:
     """The names after "Fields " up to the `;` in the paragraph that starts so."""
     text = sections()["Streams"]
