@@ -18,6 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 TOP = ("worker", "tasks", "tests", "ops", "docs")
+TOP_FILES = {"README.md", "Makefile", "Procfile", "pyproject.toml"}
 TEXT_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".toml", ".cfg", ".lua", ".conf", ".env", ""}
 
 PATH = re.compile(
@@ -47,14 +48,15 @@ def tracked() -> list[Path]:
 
 
 def scanned() -> list[Path]:
-    """The prose a reader follows: README, everything under docs/ and ops/, and the sources (their
-    comments and docstrings) of the packages and tests."""
+    """The prose a reader follows: README, everything under docs/ and ops/, the sources (their
+    comments and docstrings) of the packages and tests, the Makefile, Procfile, pyproject.toml
+    and CI."""
     return [
         p
         for p in tracked()
         if p.is_file()
         and p.suffix in TEXT_SUFFIXES
-        and (p.name == "README.md" or p.relative_to(ROOT).parts[0] in TOP)
+        and (str(p.relative_to(ROOT)) in TOP_FILES or p.relative_to(ROOT).parts[0] in (*TOP, ".ci"))
     ]
 
 
