@@ -186,7 +186,13 @@ def written(default: Any) -> str:
 
 
 def test_every_setting_is_on_the_page_and_no_other() -> None:
-    compare("settings", set(env_names()), first_cells("Settings"))
+    fields = env_names()
+    rows_to_add = "\n".join(
+        f"| `{name}` | {written(fields[name].default)} | (what it does) |"
+        for name in sorted(set(fields) - first_cells("Settings"))
+    )
+    assert not rows_to_add, f"add to the Settings table of docs/interface.md:\n{rows_to_add}"
+    compare("settings", set(fields), first_cells("Settings"))
 
 
 def test_each_settings_default_is_the_codes() -> None:
