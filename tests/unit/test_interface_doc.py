@@ -276,6 +276,16 @@ def test_every_console_page_is_on_the_page_and_no_other() -> None:
     compare("the console's JSON API paths", {p for p in pages if p.startswith("/api/")}, api)
 
 
+def test_the_sandboxs_operations_and_fault_kinds() -> None:
+    from worker.dev.sandbox import FAULT_KINDS, OPERATIONS
+
+    on_page = {n for n in first_cells("Sandbox") if re.fullmatch(r"[A-Za-z]+", n)}
+    compare("the sandbox's operations", set(OPERATIONS), on_page)
+    kinds = re.search(r"^Fault kinds: ([^.]+)\.", sections()["Sandbox"], flags=re.M)
+    assert kinds, "no 'Fault kinds: ...' line in the Sandbox section"
+    compare("the sandbox's fault kinds", set(FAULT_KINDS), set(TICKED.findall(kinds.group(1))))
+
+
 def _fields(paragraph_start: str) -> set[str]:
     """The names after "Fields " up to the `;` in the paragraph that starts so."""
     text = sections()["Streams"]
