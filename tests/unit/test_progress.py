@@ -77,3 +77,41 @@ def test_a_refusal_exit_is_not_a_stop(capsys: pytest.CaptureFixture[str]) -> Non
     with pytest.raises(typer.Exit), _Progress("retry", 2, console=console):
         raise typer.Exit(2)
     assert capsys.readouterr().err == ""
+
+
+def test_replay_stopped_by_the_broker_says_what_it_did(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The broker gone after the first of three: one line naming it, the counts so far and
+    the refusals so far, exit 1 (mocked store and broker: the real ones are in tests/chaos)."""
+    import json
+    from types import SimpleNamespace
+
+    from kombu.exceptions import OperationalError
+    from typer.testing import CliRunner
+
+    from worker.app import app
+    from worker.operations import cli as cli_module
+
+    def payload(event_id: str) -> dict[str, str]:
+        kwargs = {"event_id": event_id, "booking_id": 5, "user_id": "m-1"}
+        return {"payload": json.dumps({"kwargs": kwargs})}
+
+    letters = {"1-1": payload("ev-1"), "1-2": payload("ev-2"), "1-3": {"payload": "{trunc"}}
+    store = SimpleNamespace(deadletter_entry=letters.get)
+    monkeypatch.setattr(cli_module, "_services", lambda: SimpleNamespace(store=store))
+    sent: list[str] = []
+
+    def send_task(name: str, kwargs: dict[str, object], queue: str) -> None:
+        if sent:
+            raise OperationalError("connection refused")
+        sent.append(str(kwargs["event_id"]))
+
+    monkeypatch.setattr(app, "send_task", send_task)
+    result = CliRunner().invoke(cli_module.cli, ["deadletter", "replay", "1-3", "1-1", "1-2"])
+    assert result.exit_code == 1, result.output
+    assert sent == ["ev-1"]
+    err = result.stderr.splitlines()
+    assert err[0] == ("rebook: replaying stopped after 3 of 3: refused 1, replayed 1, failed 1"), (
+        err
+    )
+    assert err[1].startswith("rebook: cannot reach the broker at ")
+    assert err[2].startswith("rebook: refused 1-3: dead letter 1-3 was truncated")

@@ -688,17 +688,19 @@ def deadletter_replay(
     refused: list[str] = []
     unique = list(dict.fromkeys(entry_ids))
     progress.start(len(unique))
-    with progress:
-        for entry_id in unique:
-            kwargs, why, _ = _replayable(store, entry_id, fixes)
-            if kwargs is None:
-                refused.append(f"{entry_id}: {why}")
-                progress.step("refused")
-                continue
-            send(kwargs)
-            progress.step("replayed")
-    for line in refused:
-        say_error(f"refused {line}")
+    try:
+        with progress:
+            for entry_id in unique:
+                kwargs, why, _ = _replayable(store, entry_id, fixes)
+                if kwargs is None:
+                    refused.append(f"{entry_id}: {why}")
+                    progress.step("refused")
+                    continue
+                send(kwargs)
+                progress.step("replayed")
+    finally:  # stopped part-way too: what was refused so far, and why
+        for line in refused:
+            say_error(f"refused {line}")
     out.print(
         f"replayed {progress.count('replayed')}, refused {len(refused)}, failed 0",
         highlight=False,
