@@ -222,6 +222,31 @@ def test_presence_capacity_gauges(store: Store) -> None:
     assert achieved == pytest.approx(50 / (100 / 20), rel=0.05)
 
 
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:  # no IPv6, or no ::1 configured (some containers)
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no ::1 on this machine")
+def test_exporter_serves_on_ipv6_loopback(store: Store) -> None:
+    """`::1` counts as loopback, so it must also bind (a plain WSGIServer is IPv4 only)."""
+    import requests
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(exporter.collector(store))
+    server, _ = exporter.serve(registry, "::1", 0)
+    try:
+        answer = requests.get(f"http://[::1]:{server.server_port}/metrics", timeout=5)
+        assert answer.status_code == 200 and "rebook_up 1.0" in answer.text
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3", "::", "exporter.internal"])
 def test_exporter_on_a_network_address_without_basic_auth_refuses_to_start(
     host: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]

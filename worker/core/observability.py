@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import re
 import sys
@@ -11,9 +10,10 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
+
+from pythonjsonlogger.json import JsonFormatter as _LibJsonFormatter
 
 from worker.core.settings import Settings
 
@@ -188,22 +188,33 @@ class ScrubFilter(logging.Filter):
         return True
 
 
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        data: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-            "process": record.processName,
-        }
-        for name in CONTEXT_FIELDS:
-            value = getattr(record, name, None)
-            if value is not None:
-                data[name] = value
-        if record.exc_text:
-            data["exc"] = record.exc_text
-        return json.dumps(data, ensure_ascii=False)
+JSON_FIELDS = ("ts", "level", "logger", "msg", "process", *CONTEXT_FIELDS, "exc")
+"""A JSON line's fields, in this order; a field without a value is left out."""
+
+
+class JsonFormatter(_LibJsonFormatter):
+    """One JSON object per line, from python-json-logger (README "Logs"). It sees the record
+    after `ScrubFilter`; only `JSON_FIELDS` are written, never a record's other attributes: an
+    `extra=` (Celery logs each task's `data`, its args) would reach the line unscrubbed."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "%(levelname)s %(name)s %(message)s %(processName)s",
+            rename_fields={
+                "levelname": "level",
+                "name": "logger",
+                "message": "msg",
+                "processName": "process",
+                "exc_info": "exc",
+            },
+            timestamp="ts",
+            json_ensure_ascii=False,
+        )
+
+    def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
+        log_data["ts"] = log_data["ts"].isoformat(timespec="milliseconds")
+        log_data["level"] = str(log_data["level"]).lower()
+        return {k: log_data[k] for k in JSON_FIELDS if log_data.get(k) is not None}
 
 
 def configure_logging(settings: Settings, stream: Any = None) -> None:

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from worker.core.states import State
 from worker.core.store import Rebook, Store, rebook_id_for
@@ -271,6 +271,14 @@ def _list_stream(pairs: Sequence[Pair], cursor: Pair | None, since: float | None
             yield pair
 
 
+class Progress(Protocol):
+    """What a long walk reports as it goes (`rebook reindex`, bulk `retry`/`cancel`): the CLI
+    draws a bar on a terminal, or counts now and then."""
+
+    def start(self, total: int) -> None: ...
+    def step(self, outcome: str = "done", n: int = 1) -> None: ...
+
+
 class Search:
     """Queries over one store (all shards)."""
 
@@ -483,11 +491,14 @@ class Search:
 
     # -- backfill --------------------------------------------------------------------------------
 
-    def reindex(self, chunk: int = 1000) -> int:
+    def reindex(self, chunk: int = 1000, progress: Progress | None = None) -> int:
         """Adds records written before the console's indexes existed to them (idempotent: NX).
-        Walks `created` once; run it once after upgrading (`rebook reindex`)."""
+        Walks `created` once; run it once after upgrading (`rebook reindex`). `progress` hears
+        of each chunk: `indexed`, and `skipped` for an id whose record is gone."""
         st = self.store
         done = 0
+        if progress is not None:
+            progress.start(sum(st.r.zcard(st.keys.created(shard)) for shard in st.shards))
         for shard in st.shards:
             start = 0
             while True:
@@ -503,6 +514,7 @@ class Search:
                         ["user_id", "performer_id", "booking_id", "state"],
                     )
                 write = st.r.pipeline(transaction=False)
+                before = done
                 for (rid, score), (uid, pid, bid, state) in zip(rows, read.execute(), strict=True):
                     if not uid:
                         continue
@@ -513,6 +525,10 @@ class Search:
                         write.zadd(st.keys.search_index(shard, "book", bid), {rid: score}, nx=True)
                     done += 1
                 write.execute()
+                if progress is not None:
+                    progress.step("indexed", done - before)
+                    if len(rows) > done - before:
+                        progress.step("skipped", len(rows) - (done - before))
                 start += chunk
         return done
 
