@@ -71,6 +71,38 @@ def _prose(path: Path) -> str:
     return "\n".join(tok.string for tok in tokens if tok.type in kinds)
 
 
+SECTION = re.compile(r"\b(README|RUNBOOK)(?:\.md)?(?:'s)? \"([^\"]+)\"")
+"""`README "Shadow mode"`, `RUNBOOK "Dead letters"`: a section by its heading or bold lead-in."""
+DOCS = {"README": "README.md", "RUNBOOK": "ops/RUNBOOK.md"}
+
+
+def _plain(text: str) -> str:
+    """Lower case, one space between words, a comment's `#` at a line break gone."""
+    return re.sub(r"\s+", " ", re.sub(r"\n\s*#", " ", text)).strip(" .:").lower()
+
+
+@cache
+def titles(doc: str) -> tuple[str, ...]:
+    """The headings of a document and the bold words that open its paragraphs."""
+    text = (ROOT / DOCS[doc]).read_text(encoding="utf-8")
+    found = re.findall(r"^#+ (.+)$", text, flags=re.M) + re.findall(r"\*\*([^*]+)\*\*", text)
+    return tuple(_plain(t) for t in found)
+
+
+def unresolved_sections() -> dict[str, list[str]]:
+    """Each scanned file with the README/RUNBOOK sections it cites that have no such title."""
+    found: dict[str, list[str]] = {}
+    for path in scanned():
+        bad = [
+            f'{doc} "{_plain(title)}"'
+            for doc, title in SECTION.findall(_prose(path))
+            if not any(t.startswith(_plain(title)) for t in titles(doc))
+        ]
+        if bad:
+            found[str(path.relative_to(ROOT))] = sorted(set(bad))
+    return found
+
+
 def _is_path(candidate: str, tick: str) -> bool:
     last = candidate.rstrip("/").rsplit("/", 1)[-1]
     if PLACEHOLDER.search(candidate):
@@ -163,6 +195,13 @@ def test_every_cited_path_exists_in_the_repo() -> None:
     missing = unresolved()
     listing = "\n".join(f"  {f}: {', '.join(paths)}" for f, paths in sorted(missing.items()))
     assert not missing, f"citations of files or modules not in the repo:\n{listing}"
+
+
+def test_every_cited_section_of_the_readme_and_the_runbook_exists() -> None:
+    assert len([m for p in scanned() for m in SECTION.findall(_prose(p))]) > 20, "scan broken"
+    missing = unresolved_sections()
+    listing = "\n".join(f"  {f}: {', '.join(cited)}" for f, cited in sorted(missing.items()))
+    assert not missing, f"citations of sections that are not there (renamed or gone):\n{listing}"
 
 
 def test_nothing_cites_files_outside_the_repo() -> None:
