@@ -155,15 +155,30 @@ def _module_resolves(dotted: str) -> bool:
     return False
 
 
+@cache
+def anchors(page: Path) -> frozenset[str]:
+    """The anchors GitHub gives a Markdown page: its headings' slugs (`-1` for a repeat) and
+    explicit `<a id="...">`; headings inside code blocks are not headings."""
+    text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)
+    found = set(re.findall(r"<a id=\"([^\"]+)\"", text))
+    seen: dict[str, int] = {}
+    for heading in re.findall(r"^#+ (.+)$", text, flags=re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        found.add(f"{slug}-{seen[slug]}" if slug in seen else slug)
+        seen[slug] = seen.get(slug, 0) + 1
+    return frozenset(found)
+
+
 def _links(path: Path, text: str) -> list[str]:
-    """Relative Markdown links that lead nowhere (anchors and URLs are not files)."""
+    """Relative Markdown links that lead nowhere: no such file, or no such heading in it."""
     missing = []
-    for target in LINK.findall(text):
-        target = target.split("#", 1)[0]
-        if not target or "://" in target or target.startswith("mailto:"):
+    for link in LINK.findall(text):
+        target, _, anchor = link.partition("#")
+        if "://" in target or target.startswith("mailto:"):
             continue
-        if not (path.parent / target).resolve().exists():
-            missing.append(target)
+        page = (path.parent / target).resolve() if target else path
+        if not page.exists() or (anchor and page.suffix == ".md" and anchor not in anchors(page)):
+            missing.append(link)
     return missing
 
 
