@@ -260,6 +260,12 @@ def test_every_api_path_of_the_openapi_document_is_on_the_page() -> None:
     compare("the console's JSON API", in_code, on_page)
 
 
+def test_the_procfiles_processes() -> None:
+    procfile = (ROOT / "Procfile").read_text(encoding="utf-8")
+    processes = set(re.findall(r"^([a-z]+):", procfile, flags=re.M))
+    compare("the Procfile's processes", processes, first_cells("Processes"))
+
+
 def test_every_console_page_is_on_the_page_and_no_other() -> None:
     from worker.operations.console.handlers import routes
 
