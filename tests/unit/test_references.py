@@ -60,6 +60,7 @@ def scanned() -> list[Path]:
     ]
 
 
+@cache
 def _prose(path: Path) -> str:
     """What a person reads in a file: of Python source its comments and strings (a variable
     named `worker` is not a citation), of anything else all of it."""
