@@ -282,6 +282,23 @@ def test_every_console_page_is_on_the_page_and_no_other() -> None:
     compare("the console's JSON API paths", {p for p in pages if p.startswith("/api/")}, api)
 
 
+def test_the_fields_of_a_rebook_as_status_json_prints_it() -> None:
+    from worker.core.store import Rebook
+
+    rebook = Rebook(
+        rebook_id="rb-1",
+        event_id="e-1",
+        booking_id=1,
+        user_id="m",
+        state=State.WAITING,
+        created_ts=0.0,
+        deadline_ts=0.0,
+    )
+    listed = re.search(r"has the fields\s([^;]+);", sections()["Console"])
+    assert listed, "no 'has the fields ...;' in the Console section"
+    compare("the fields of status --json", set(rebook.public()), set(TICKED.findall(listed[1])))
+
+
 def test_the_sandboxs_operations_and_fault_kinds() -> None:
     from worker.dev.sandbox import FAULT_KINDS, OPERATIONS
 
