@@ -220,6 +220,26 @@ def test_every_cited_section_of_the_readme_and_the_runbook_exists() -> None:
     assert not missing, f"citations of sections that are not there (renamed or gone):\n{listing}"
 
 
+def test_the_runbooks_list_of_ops_files_is_whole() -> None:
+    """Every file under ops/ is in the RUNBOOK's "Files in ops/" table (by its path under ops/,
+    or by its folder's row), and every name in the table's first column is there."""
+    runbook = (ROOT / "ops" / "RUNBOOK.md").read_text(encoding="utf-8")
+    table = runbook.split("### Files in ops/", 1)[1].split("\n#", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    named = {n for row in rows for n in re.findall(r"`([^`\s]+)`", row.split(" | ")[0])}
+    files = [p.relative_to(ROOT / "ops") for p in tracked() if p.is_relative_to(ROOT / "ops")]
+    unlisted = sorted(
+        str(f)
+        for f in files
+        if f.name not in {".gitignore", "RUNBOOK.md"}
+        and str(f) not in named
+        and f"{f.parts[0]}/" not in named
+    )
+    assert not unlisted, f"ops/ files missing from the RUNBOOK's 'Files in ops/': {unlisted}"
+    gone = sorted(n for n in named if not (ROOT / "ops" / n).exists())
+    assert not gone, f"the RUNBOOK's 'Files in ops/' names files that are not there: {gone}"
+
+
 def test_nothing_cites_files_outside_the_repo() -> None:
     """The design notes beside the repo, the upstream's notes and seed files are not in a clone:
     docs/interface.md is the public interface, README "The upstream" what we know of the API."""
