@@ -13,9 +13,9 @@ from zoneinfo import ZoneInfo
 import pytest
 import requests
 
+from rebook_dev.sandbox import SandboxClient, SandboxServer
 from tests.conftest import SANDBOX_DEFAULTS, wait_for
 from worker.adapters.upstream import UpstreamClient
-from worker.dev.sandbox import SandboxClient, SandboxServer
 
 API_KEY = "test-key"
 KEY_HEADER = "X-Api-Key"

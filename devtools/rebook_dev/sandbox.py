@@ -1540,9 +1540,9 @@ class SandboxClient:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m worker.dev.sandbox --port 8765`: run the sandbox in the foreground."""
+    """`python -m rebook_dev.sandbox --port 8765`: run the sandbox in the foreground."""
     p = argparse.ArgumentParser(
-        prog="worker.dev.sandbox", description="In-memory fake of the AdultWork.com API."
+        prog="rebook_dev.sandbox", description="In-memory fake of the AdultWork.com API."
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765)
