@@ -502,7 +502,7 @@ def test_handler_exception_is_a_500_not_a_dead_server(
     def boom() -> dict[str, Any]:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(server.state, "stats", boom)
+    monkeypatch.setattr(server.state.control, "stats", boom)
     r = requests.get(f"{server.url}/_sandbox/stats", timeout=5)
     assert r.status_code == 500 and "Message" in r.json()
     monkeypatch.undo()
