@@ -198,7 +198,7 @@ def test_preview_confirms_exactly_what_it_showed() -> None:
 
 
 def test_a_deployment_fault_puts_a_banner_on_the_page() -> None:
-    page = pages.layout("Rebooks", "<p>list</p>")
+    page = pages.audit_page(base="", findings=[], counts={})
     assert pages.with_banner(page, None) == page
     paused = {"reason": "oauth_client", "setting": "REBOOK_OAUTH_CLIENT_ID <x>", "since": "Z"}
     shown = pages.with_banner(page, paused)

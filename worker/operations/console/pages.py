@@ -2,10 +2,10 @@
 
 Why templates with autoescape and no script: rebook ids, event ids, reasons and member ids are
 untrusted text from producers and the upstream. Every `{{ value }}` in templates/ is escaped
-(quotes included, so attributes are safe too); nothing reaches a page unescaped except through a
-`{% raw %}`, of which there is one (`layout()`'s body, HTML these templates built). A page without
-JavaScript and with a strict Content-Security-Policy (`default-src 'none'`) cannot run what might
-slip through, and loads nothing from another host; charts are server-side SVG for the same reason.
+(quotes included, so attributes are safe too), and no template has a `{% raw %}`: even the SVG
+charts, built from numbers, are drawn by templates/_chart_*.svg from geometry computed here. A
+page without JavaScript and with a strict Content-Security-Policy (`default-src 'none'`) cannot
+run what might slip through, and loads nothing from another host.
 
 Why Tornado's template engine and not Jinja2: Flower, which serves the console, is built on
 Tornado, so the engine is already installed and already escapes by default; Jinja2 would be a new
@@ -128,9 +128,9 @@ _SPECIAL = re.compile(rb"[&<>\"']")
 
 
 def escape_html(value: bytes) -> bytes:
-    """The autoescape of every `{{ value }}`: `html.escape` (quotes included), on the UTF-8 the
-    template engine hands over; most values (ids, numbers) need nothing and are returned as they
-    are, which keeps a 50-row page as quick to render as the f-strings it replaced."""
+    """The autoescape of every `{{ value }}`: `html.escape`, quotes included (so attribute values
+    are safe too). Tornado hands it UTF-8; most values (ids, numbers) need nothing and go back as
+    they came, where Tornado's own `xhtml_escape` decodes and encodes each of them."""
     if _SPECIAL.search(value) is None:
         return value
     return html.escape(value.decode(), quote=True).encode()
@@ -178,11 +178,6 @@ def render(name: str, **data: Any) -> str:
 
 
 SHADOW_BANNER = render("_shadow_banner.html")
-
-
-def layout(title: str, body: str, base: str = "") -> str:
-    """The page frame around `body`, HTML already built (the pages extend base.html instead)."""
-    return render("base.html", title=title, body=body, base=base)
 
 
 def with_banner(page: str, paused: Mapping[str, Any] | None) -> str:
