@@ -14,7 +14,8 @@ dependency for the same escaping. Its one lack, macros with arguments, is met by
 
 Layout: a template's lines are joined as they are read (a line break and the indentation after it
 are dropped), so the files are laid out for reading while the pages stay compact. A space that
-must survive a line break is written `{{ " " }}` at the start of the next line.
+must survive a line break is written `{{ " " }}` at the start of the next line; a tag or a
+comment stays on one line.
 """
 
 from __future__ import annotations
@@ -141,8 +142,8 @@ class _Loader(tornado.template.Loader):
 
     def _create_template(self, name: str) -> tornado.template.Template:
         text = Path(self.root, name).read_text()
-        if not name.endswith(".css"):
-            text = _LINE_BREAK.sub("", text)
+        if not name.endswith(".css"):  # the break kept in a comment, for error line numbers
+            text = _LINE_BREAK.sub("{#\n#}", text)
         return tornado.template.Template(text, name=name, loader=self)
 
 
