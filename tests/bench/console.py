@@ -20,9 +20,9 @@ import redis
 import requests
 from cryptography.fernet import Fernet
 
+from rebook_dev.embedded import EmbeddedRedis, free_port
 from worker.core.states import State
 from worker.core.store import Store, rebook_id_for
-from worker.dev.embedded import EmbeddedRedis, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 AUTH = ("bench", "bench-pass")

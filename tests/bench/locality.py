@@ -21,11 +21,11 @@ from typing import Any
 
 import redis
 
+from rebook_dev.embedded import EmbeddedRedis
 from tests.bench.harness import RedisCpuProbe, log
 from worker.core.models import iso_z
 from worker.core.states import State
 from worker.core.store import Store, rebook_id_for
-from worker.dev.embedded import EmbeddedRedis
 
 PREFIX = "bench:"
 FILL = """

@@ -49,6 +49,8 @@ import redis
 from celery import Celery
 from cryptography.fernet import Fernet
 
+from rebook_dev.embedded import EmbeddedRedis, free_port
+from rebook_dev.sandbox import SandboxClient
 from tests.bench import plain_celery
 from tests.bench.budget import run_budget
 from tests.bench.harness import (
@@ -79,8 +81,6 @@ from worker.core.models import TokenSet, from_ts, iso_z
 from worker.core.settings import Settings, load_settings
 from worker.core.states import State
 from worker.core.store import Store, rebook_id_for
-from worker.dev.embedded import EmbeddedRedis, free_port
-from worker.dev.sandbox import SandboxClient
 
 OURS_PID = 10_000
 PLAIN_PID = 20_000
@@ -201,7 +201,7 @@ class Bench:
             [
                 sys.executable,
                 "-m",
-                "worker.dev.sandbox",
+                "rebook_dev.sandbox",
                 "--port",
                 str(port),
                 "--accept-by",

@@ -11,12 +11,12 @@ import pytest
 import redis
 from cryptography.fernet import Fernet
 
+from rebook_dev.sandbox import SandboxClient
 from worker.adapters.auth import TokenManager, TokenStore
 from worker.celeryapp.runtime import Services, build_services
 from worker.core.errors import Challenged, ConfigError, DeploymentFault, ReauthRequired
 from worker.core.models import TokenSet
 from worker.core.settings import Settings
-from worker.dev.sandbox import SandboxClient
 
 
 @pytest.fixture

@@ -9,13 +9,13 @@ import pytest
 import redis
 from cryptography.fernet import Fernet
 
+from rebook_dev.embedded import EmbeddedRedis
 from tests.component.test_auth import tokens
 from tests.component.test_exporter import scrape, value
 from tests.conftest import fast_settings
 from worker.adapters.auth import TokenStore
 from worker.core.settings import load_settings
 from worker.core.store import Store
-from worker.dev.embedded import EmbeddedRedis
 from worker.operations import doctor
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from rebook_dev.sandbox import SandboxClient, SandboxServer
 from tests.conftest import wait_for
 from worker.adapters.upstream import UpstreamClient
 from worker.celeryapp.app import is_store_fault
@@ -30,7 +31,6 @@ from worker.core.models import TokenSet
 from worker.core.settings import Settings
 from worker.core.states import State
 from worker.core.store import Rebook, rebook_id_for
-from worker.dev.sandbox import SandboxClient, SandboxServer
 
 from ..conftest import fast_settings
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from rebook_dev.sandbox import SandboxClient, SandboxServer
 from tests.component.test_flow import Recorder
 from tests.conftest import fast_settings, wait_for
 from worker.adapters.keepalive import keep_tokens
@@ -21,7 +22,6 @@ from worker.core.flow import Flow
 from worker.core.models import TokenSet
 from worker.core.states import State
 from worker.core.store import rebook_id_for
-from worker.dev.sandbox import SandboxClient, SandboxServer
 
 LIFETIME = 1.2
 BEFORE = 0.8  # refresh once less than this is left: due 0.4 s after each refresh

@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import redis
 
+from rebook_dev.sandbox import SandboxClient, SandboxServer
 from worker import __version__
 from worker.adapters.ratelimit import RedisRateLimiter
 from worker.adapters.upstream import (
@@ -37,7 +38,6 @@ from worker.core.errors import (
     Transient,
     UpstreamError,
 )
-from worker.dev.sandbox import SandboxClient, SandboxServer
 
 KEY = "sandbox-key"
 CLIENT_ID, CLIENT_SECRET = "sandbox-client", "sandbox-secret"

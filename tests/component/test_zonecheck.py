@@ -13,13 +13,13 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from rebook_dev.sandbox import SandboxClient, SandboxServer
 from tests.component.test_exporter import scrape, value
 from worker.adapters.upstream import UpstreamClient
 from worker.core.models import TokenSet
 from worker.core.settings import Settings
 from worker.core.store import Store
 from worker.core.zonecheck import ZoneWatch, observe, zone_for_offset
-from worker.dev.sandbox import SandboxClient, SandboxServer
 from worker.operations import doctor
 
 SUMMER = datetime(2024, 7, 1, 12, 0, tzinfo=UTC)

@@ -21,6 +21,7 @@ from celery import Celery
 from cryptography.fernet import Fernet
 from kombu import Connection, Exchange, Producer, Queue
 
+from rebook_dev.embedded import free_port
 from tests.conftest import fast_settings, wait_for
 from worker.adapters.auth import TokenStore
 from worker.celeryapp import broker, frames
@@ -28,7 +29,6 @@ from worker.celeryapp.app import create_app
 from worker.core.errors import StoreUnavailable
 from worker.core.models import TokenSet
 from worker.core.store import Store
-from worker.dev.embedded import free_port
 
 pytestmark = pytest.mark.integration
 REDIS_CONF = Path(__file__).resolve().parents[2] / "ops" / "redis.conf"

@@ -26,9 +26,10 @@ from kombu import Exchange, Queue
 
 from worker.celeryapp import broker, compat, failures, frames
 from worker.celeryapp.runtime import services
+from worker.celeryapp.sentry import init_sentry
 from worker.core.errors import StoreUnavailable
 from worker.core.keys import Keys
-from worker.core.observability import bind_task, configure_logging, init_sentry
+from worker.core.observability import bind_task, configure_logging
 from worker.core.settings import Settings, get_settings, mask_url, settings_or_exit
 
 log = logging.getLogger(__name__)

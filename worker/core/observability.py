@@ -1,4 +1,5 @@
-"""Logging (console or JSON, secrets scrubbed) and Sentry, set up once per process."""
+"""Logging (console or JSON, secrets scrubbed), the scrubbing of Sentry events and the sweep's
+check-in; Sentry itself is set up beside Celery (worker/celeryapp/sentry.py)."""
 
 from __future__ import annotations
 
@@ -238,8 +239,9 @@ def configure_logging(settings: Settings, stream: Any = None) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _before_send(event: Any, hint: Any) -> Any:
-    """Scrubs every string of a Sentry event (messages, frames' vars, breadcrumbs, request)."""
+def scrub_event(event: Any, hint: Any) -> Any:
+    """Sentry's before_send and before_breadcrumb (worker/celeryapp/sentry.py): scrubs every
+    string of an event or breadcrumb (messages, frames' vars, request)."""
 
     def walk(value: Any) -> Any:
         if isinstance(value, str):
@@ -251,36 +253,6 @@ def _before_send(event: Any, hint: Any) -> Any:
         return value
 
     return walk(event)
-
-
-def init_sentry(settings: Settings, **extra: Any) -> bool:
-    """Sentry with its Celery integration, only when REBOOK_SENTRY_DSN is set."""
-    if settings.sentry_dsn is None:
-        return False
-    import sentry_sdk
-    from sentry_sdk.integrations.celery import CeleryIntegration
-
-    from worker import __version__
-
-    register_settings_secrets(settings)
-    sentry_sdk.init(
-        dsn=settings.sentry_dsn.get_secret_value(),
-        environment=settings.sentry_environment,
-        release=f"rebook@{__version__}",
-        # Sentry Crons cannot monitor sub-minute intervals: the sweep reports itself instead
-        # (`sweep_heartbeat`); housekeeping is monitored by the integration.
-        integrations=[
-            CeleryIntegration(
-                monitor_beat_tasks=True, exclude_beat_tasks=["rebook-sweep", "rebook-fanout"]
-            )
-        ],
-        send_default_pii=False,
-        include_local_variables=False,
-        before_send=_before_send,
-        before_breadcrumb=lambda crumb, hint: _before_send(crumb, hint),
-        **extra,
-    )
-    return True
 
 
 HEARTBEAT_SECONDS = 60

@@ -6,7 +6,6 @@ masked), never with a traceback.
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 import time
@@ -1055,7 +1054,7 @@ def sandbox(
 ) -> None:
     """Run the sandbox upstream (an in-memory fake of the API) until Ctrl-C; prints the
     variables that point rebook at it."""
-    server = _dev_tool("sandbox").SandboxServer(
+    server = _dev_tool("sandbox")(
         host, port, oauth_port=oauth_port, documented=documented, quiet=False, latency_ms=latency_ms
     )
     out.print(f"sandbox upstream on {server.url} (Ctrl-C to stop); to use it:", highlight=False)
@@ -1069,12 +1068,17 @@ def sandbox(
 
 
 def _dev_tool(name: str) -> Any:
-    """A module of `worker.dev`, loaded by name: production never imports the dev tools (the
-    import-linter contract), and an image built without the `dev` extra says what is missing."""
-    try:
-        return importlib.import_module(f"worker.dev.{name}")
-    except ImportError as exc:
-        fail(f"rebook {name} needs the dev tools: pip install 'rebook[dev]' ({exc})", 2)
+    """The dev tool `name` from the `rebook.dev` entry points, which only the dev tools'
+    distribution (devtools/, installed by `make install`) declares: production never imports
+    them (the import-linter contract), and a production install says in one line how to get it."""
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group="rebook.dev", name=name):
+        return entry.load()
+    fail(
+        f"{name} is a development tool, not in this install: clone the repo and run `make {name}`",
+        2,
+    )
 
 
 @cli.command()
@@ -1093,7 +1097,7 @@ def demo(
 ) -> None:
     """The whole pipeline on this machine: Redis, sandbox, worker and beat, live progress."""
     raise typer.Exit(
-        _dev_tool("demo").run(
+        _dev_tool("demo")(
             rebooks=rebooks, performers=performers, seed=seed, hostile=hostile, shadow=shadow
         )
     )
