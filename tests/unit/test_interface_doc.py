@@ -300,7 +300,7 @@ def test_the_fields_of_a_rebook_as_status_json_prints_it() -> None:
 
 
 def test_the_sandboxs_operations_and_fault_kinds() -> None:
-    from worker.dev.sandbox import FAULT_KINDS, OPERATIONS
+    from rebook_dev.sandbox import FAULT_KINDS, OPERATIONS
 
     on_page = {n for n in first_cells("Sandbox") if re.fullmatch(r"[A-Za-z]+", n)}
     compare("the sandbox's operations", set(OPERATIONS), on_page)

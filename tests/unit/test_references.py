@@ -2,8 +2,9 @@
 
 A reader who clones the repository has only what is in it: a citation of a file that moved, or of
 one that never was here, sends them nowhere. Checked: repo-relative paths (`worker/...`,
-`tasks/...`, `tests/...`, `ops/...`, `docs/...`), dotted module names (`worker.core.keys`, with
-the name after the module when one follows) and relative Markdown links.
+`tasks/...`, `tests/...`, `ops/...`, `docs/...`, `devtools/...`), dotted module names
+(`worker.core.keys`, `rebook_dev.sandbox`, with the name after the module when one follows),
+README and RUNBOOK sections cited by title, and relative Markdown links with their anchors.
 """
 
 from __future__ import annotations
@@ -17,16 +18,18 @@ from functools import cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-TOP = ("worker", "tasks", "tests", "ops", "docs")
+TOP = ("worker", "tasks", "tests", "ops", "docs", "devtools")
+PACKAGES = {"worker": ROOT, "tasks": ROOT, "rebook_dev": ROOT / "devtools"}
+"""Where each top-level package's folder is (the dev tools are a distribution of their own)."""
 TOP_FILES = {"README.md", "Makefile", "Procfile", "pyproject.toml"}
 TEXT_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".toml", ".cfg", ".lua", ".conf", ".env", ""}
 
 PATH = re.compile(
     r"(?<![\w./-])(`?)((?:" + "|".join(TOP) + r")/[A-Za-z0-9_.{}*<>/-]*[A-Za-z0-9_*}>/])"
 )
-"""A path: with a file's extension or a trailing `/`, or any in backticks (`worker/dev`); bare
+"""A path: with a file's extension or a trailing `/`, or any in backticks (`worker/core`); bare
 words like "worker/scheduler" in prose are not."""
-MODULE = re.compile(r"(?<![\w./-])((?:worker|tasks)(?:\.[A-Za-z_][A-Za-z0-9_]*)+)")
+MODULE = re.compile(r"(?<![\w./-])((?:worker|tasks|rebook_dev)(?:\.[A-Za-z_][A-Za-z0-9_]*)+)")
 NOT_MODULE = re.compile(r"\.(?:log|ya?ml|json|txt|md|py|toml|lua|__\w+__)$")
 """`worker.log`, `worker.yaml` (file names), `worker.__file__`: not module citations."""
 LINK = re.compile(r"\]\(([^)\s]+)\)")
@@ -143,7 +146,7 @@ def _module_resolves(dotted: str) -> bool:
         return True
     parts = dotted.split(".")
     for end in range(len(parts), 0, -1):
-        base = ROOT.joinpath(*parts[:end])
+        base = PACKAGES[parts[0]].joinpath(*parts[:end])
         module = base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
         if not module.is_file():
             continue
