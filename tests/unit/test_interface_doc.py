@@ -149,8 +149,9 @@ def parked_reasons() -> dict[str, str]:
                 continue
             given = [*node.args[:3], *(k.value for k in node.keywords if k.arg == "reason")]
             for arg in given:
-                if isinstance(arg, ast.Constant) and re.fullmatch(r"[a-z]+(_[a-z]+)*", arg.value):
-                    found[arg.value] = f"{path.relative_to(ROOT)}:{node.lineno}"
+                value = arg.value if isinstance(arg, ast.Constant) else None
+                if isinstance(value, str) and re.fullmatch(r"[a-z]+(_[a-z]+)*", value):
+                    found[value] = f"{path.relative_to(ROOT)}:{node.lineno}"
     return found
 
 
