@@ -300,6 +300,36 @@ def test_the_fields_of_a_rebook_as_status_json_prints_it() -> None:
     compare("the fields of status --json", set(rebook.public()), set(TICKED.findall(listed[1])))
 
 
+def exposed_metrics() -> dict[str, tuple[str, set[str]]]:
+    """The exporter's metrics as Prometheus sees them (a counter's name ends in `_total`), with
+    their type and labels."""
+    from worker.operations.exporter import _families, _up
+
+    return {
+        f.name + ("_total" if f.type == "counter" else ""): (f.type, set(f._labelnames))
+        for f in [_up(), *_families().values()]
+    }
+
+
+def test_every_metric_is_on_the_page_with_its_type_and_labels() -> None:
+    metrics = exposed_metrics()
+    on_page = {c[0].strip("`"): (c[1], set(TICKED.findall(c[2]))) for c in rows("Metrics")}
+    compare("the exporter's metrics", set(metrics), set(on_page))
+    differ = {
+        m: (on_page[m], metrics[m]) for m in metrics if on_page.get(m, metrics[m]) != metrics[m]
+    }
+    assert not differ, f"type or labels on the page (left) differ from the exporter's: {differ}"
+
+
+def test_the_alerts_and_the_dashboard_use_metrics_the_exporter_has() -> None:
+    metrics = exposed_metrics()
+    for name in ("ops/prometheus/rebook-alerts.yaml", "ops/grafana/rebook.json"):
+        used = set(re.findall(r"\brebook_[a-z_]+", (ROOT / name).read_text(encoding="utf-8")))
+        assert used, f"{name}: no rebook_ metric found"
+        unknown = sorted(u for u in used if u not in metrics)
+        assert not unknown, f"{name} uses metrics the exporter does not have: {unknown}"
+
+
 def test_the_sandboxs_operations_and_fault_kinds() -> None:
     from rebook_dev.sandbox import FAULT_KINDS, OPERATIONS
 
