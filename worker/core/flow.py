@@ -30,7 +30,10 @@ from worker.core.circuit import MEMBER
 from worker.core.errors import (
     Ambiguous,
     AuthExpired,
+    Capped,
     DeploymentFault,
+    Found,
+    Gated,
     InvalidEvent,
     LeaseLost,
     NotFound,
@@ -132,19 +135,6 @@ class Tokens(Protocol):
     def access_token(self, user_id: str, *, rejected: str | None = None) -> str: ...
 
 
-class Gated(NotSent):
-    """Another rebook of the same member and performer (while the performer field is
-    unconfirmed: of the same member) has an unsettled POST."""
-
-    def __init__(self, holder: str) -> None:
-        super().__init__(f"waiting for {holder}")
-        self.holder = holder
-
-
-class _Capped(NotSent):
-    """The member reached REBOOK_MAX_REBOOKS_PER_MEMBER_PER_DAY: this POST is not sent."""
-
-
 PAUSE_RECHECK_MIN_SECONDS = 300.0
 """A step paused by a deployment fault comes back by itself after this long (or ten probe
 intervals, whichever is longer): the sweep probes meanwhile and, once the fault is gone, makes
@@ -157,16 +147,6 @@ NO_CREDITS = re.compile(
 """A RescheduleMadeBooking refusal for lack of credits (README "Members' money"): the text names
 credits and their lack; or HTTP 402."""
 CLIENT_REFUSAL_TEXT = re.compile(r"invalid_client|unauthorized_client", re.IGNORECASE)
-
-
-class _Found(NotSent):
-    """Before the POST, a booking it would duplicate was found: adopted instead of sent —
-    unless another rebook of the same member and performer could be its maker."""
-
-    def __init__(self, bookings: list[WebcamBooking], siblings: list[str]) -> None:
-        super().__init__(f"booking {bookings[0].booking_id} found")
-        self.bookings = bookings
-        self.siblings = siblings
 
 
 @dataclass(frozen=True)
@@ -550,8 +530,6 @@ class Flow:
             )
         except Rejected as exc:
             return self._fail(rec, f"original booking unreadable: {exc.message}")
-        except LeaseLost:
-            raise
         except UpstreamError as exc:
             self._retry_later(rec, exc, "reading the original booking")
             return Step.RETRY
@@ -649,8 +627,6 @@ class Flow:
             booking = self._member_call(
                 rec, lambda tok: self.client.booking_details(tok, rec.booking_id)
             )
-        except LeaseLost:
-            raise
         except (UpstreamError, ReauthRequired, DeploymentFault) as exc:
             # a lesson missed, nothing else: the rebook goes on as it was. A side road parks no
             # member and pauses nothing (its own POST will, if it must, on the main road).
@@ -780,8 +756,6 @@ class Flow:
         if listing is None:
             try:
                 listing = self._read_before_post(rec, rec.created_ts - s.reconcile_lookback_seconds)
-            except LeaseLost:
-                raise
             except UpstreamError as exc:
                 return self._list_failed(rec, exc)
         # (a list cut at its page limit is fine here: what it did not show stays a candidate)
@@ -797,14 +771,12 @@ class Flow:
             return self._shadowed(rec, marked)
         except Gated as exc:
             return self._gated(rec, exc.holder)
-        except _Capped:
+        except Capped:
             return self._capped(rec, cap or 0)
         except DeploymentFault as exc:  # 401/403 (or paused): the upstream did nothing
             return self._paused(rec, exc, marked)
-        except _Found as exc:
+        except Found as exc:
             return self._found_before_post(rec, exc)
-        except LeaseLost:
-            raise
         except Ambiguous as exc:
             return self._ambiguous(rec, marked, exc)
         except AuthExpired:  # 401: the upstream did nothing
@@ -949,7 +921,7 @@ class Flow:
             step = _STEP.get()
             cap = s.max_rebooks_per_member_per_day
             if cap and not self.store.take_member_post(rec.user_id, cap, now):
-                raise _Capped(f"member {rec.user_id} reached {cap} POSTs today")
+                raise Capped(f"member {rec.user_id} reached {cap} POSTs today")
             ok, holder, got, sent = self.store.start_post(
                 rec.rebook_id,
                 now=now,
@@ -980,7 +952,7 @@ class Flow:
                 performer_key=performer_key,
             )
             if found:
-                raise _Found(found, self._siblings(rec, member_wide=member_wide))
+                raise Found(found, self._siblings(rec, member_wide=member_wide))
             if s.redis_wait_replicas and got < s.redis_wait_replicas:
                 raise NotSent(f"{got} of {s.redis_wait_replicas} replicas have the mark")
 
@@ -1030,7 +1002,7 @@ class Flow:
         )
         return Step.PARKED
 
-    def _found_before_post(self, rec: Rebook, exc: _Found) -> Step:
+    def _found_before_post(self, rec: Rebook, exc: Found) -> Step:
         """A booking whose mark was lost: adopted, or parked if a sibling could own it."""
         if not exc.siblings:
             return self._adopt(rec, exc.bookings, "found upstream before the POST")
@@ -1180,8 +1152,6 @@ class Flow:
         try:
             self._hold()
             online: bool | None = self.client.is_online(rec.performer_id)
-        except LeaseLost:
-            raise
         except UpstreamError:
             online = None
         now = self.clock()
@@ -1312,8 +1282,6 @@ class Flow:
         performer_key = self.store.performer_field()
         try:
             listing = self._list(rec, sent - s.reconcile_lookback_seconds)
-        except LeaseLost:  # another step holds the rebook now (ReauthRequired passes by itself)
-            raise
         except Throttled as exc:
             self._retry_later(rec, exc, "reconciling")
             return Step.THROTTLED
@@ -1602,8 +1570,6 @@ class Flow:
                 booking = self._member_call(
                     rec, lambda tok: self.client.booking_details(tok, booking.booking_id)
                 )
-            except LeaseLost:
-                raise
             except UpstreamError as exc:
                 self._retry_later(rec, exc, "reading the booking after a confirm")
                 return Step.CONFIRM_RETRY
@@ -1640,8 +1606,6 @@ class Flow:
             return self._finish(
                 rec, booking, State.ACCEPTED, f"auto-confirm refused: {exc.message}"
             )
-        except LeaseLost:
-            raise
         except Ambiguous as exc:  # read the status again, on proof, before confirming again
             answered = self.store.server_time(rec.rebook_id)
             log.warning("rebook %s: confirm not settled (%s)", rec.rebook_id, exc)
