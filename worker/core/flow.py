@@ -17,7 +17,6 @@ import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
@@ -150,14 +149,25 @@ CLIENT_REFUSAL_TEXT = re.compile(r"invalid_client|unauthorized_client", re.IGNOR
 
 
 @dataclass(frozen=True)
-class _Step:
+class StepContext:
+    """One step of one rebook, handed to everything the step calls (`Flow._locked_step`): its
+    writes to that rebook are fenced by `token` (the record's `claim`); `lock` is its lease."""
+
     rebook_id: str
     token: str
     lock: StepLock
+    clock: Callable[[], float]
+    lease_seconds: float
+    """How far `hold` extends the lease: the longest one upstream call may take."""
 
-
-_STEP: ContextVar[_Step | None] = ContextVar("rebook_step", default=None)
-"""The step this thread runs: its writes to that rebook are fenced by its token."""
+    def hold(self) -> None:
+        """Extends the lease over the next upstream call, or raises :class:`LeaseLost`."""
+        try:
+            held = self.lock.extend(self.lease_seconds, replace_ttl=True)
+        except Exception:  # redis-py raises LockNotOwnedError when another step has it
+            held = False
+        if not held:
+            raise LeaseLost(f"lease of {self.rebook_id} taken over")
 
 
 @dataclass(frozen=True)
@@ -217,7 +227,9 @@ class Flow:
     def _pause_wait(self) -> float:
         return jittered(max(PAUSE_RECHECK_MIN_SECONDS, 10 * self.settings.pause_probe_seconds))
 
-    def _paused(self, rec: Rebook, exc: DeploymentFault, marked: list[float] | None = None) -> Step:
+    def _paused(
+        self, ctx: StepContext, rec: Rebook, exc: DeploymentFault, marked: list[float] | None = None
+    ) -> Step:
         """A deployment fault: the step waits, counting no error and no attempt, held for the
         sweep to resume once the circuit closes. A refused POST's mark goes (401/403: the
         upstream did nothing)."""
@@ -225,37 +237,31 @@ class Flow:
         due = self.clock() + self._pause_wait()
         reason = f"paused: {exc.setting} refused"
         if marked is not None:
-            self._unmark(rec, marked, reason=reason, due=due)
+            self._unmark(ctx, rec, marked, reason=reason, due=due)
         else:
-            self._stay(rec, reason=reason, due=due)
+            self._stay(ctx, rec, reason=reason, due=due)
         if not exc.paused:
             log.warning("rebook %s: %s", rec.rebook_id, exc)
         return Step.PAUSED
 
     def _move(
-        self, rebook_id: str, to: State, *, require: dict[str, Any] | None = None, **kw: Any
+        self,
+        ctx: StepContext | None,
+        rebook_id: str,
+        to: State,
+        *,
+        require: dict[str, Any] | None = None,
+        **kw: Any,
     ) -> bool:
         """`store.transition`, fenced: inside a step, a write to its own rebook applies only
         while the step still holds it (its token is the record's `claim`)."""
-        step = _STEP.get()
-        if step is not None and step.rebook_id == rebook_id:
-            require = {**(require or {}), "claim": step.token}
+        if ctx is not None and ctx.rebook_id == rebook_id:
+            require = {**(require or {}), "claim": ctx.token}
         return self.store.transition(rebook_id, to, require=require, **kw)
-
-    def _hold(self) -> None:
-        """Extends the step's lease over the next upstream call, or raises :class:`LeaseLost`."""
-        step = _STEP.get()
-        if step is None:
-            return
-        try:
-            held = step.lock.extend(self.settings.longest_call_seconds, replace_ttl=True)
-        except Exception:  # redis-py raises LockNotOwnedError when another step has it
-            held = False
-        if not held:
-            raise LeaseLost(f"lease of {step.rebook_id} taken over")
 
     def _park(
         self,
+        ctx: StepContext | None,
         rec: Rebook,
         reason: str,
         *,
@@ -265,6 +271,7 @@ class Flow:
     ) -> bool:
         """NEEDS_ATTENTION: `reason` says why (a short code), `action` what a person should do."""
         ok = self._move(
+            ctx,
             rec.rebook_id,
             State.NEEDS_ATTENTION,
             from_=STEP_STATES,
@@ -280,12 +287,16 @@ class Flow:
 
     def park_member(self, user_id: str, detail: str) -> int:
         """Refresh refused: every active rebook of the member waits for `rebook tokens set`."""
+        return self._park_member(None, user_id, detail)
+
+    def _park_member(self, ctx: StepContext | None, user_id: str, detail: str) -> int:
         if CLIENT_REFUSAL_TEXT.search(detail):  # the site's client, never the member's fault
             log.warning("member %s: refresh refused for the OAuth client, not parked", user_id)
             return 0
         parked = 0
         for rec in self.store.get_many(self.store.active_of_user(user_id)):
             if rec.state in STEP_STATES and self._park(
+                ctx,
                 rec,
                 "reauth",
                 action=f"the member must sign in again; then `rebook tokens set {user_id}`",
@@ -294,27 +305,35 @@ class Flow:
                 parked += 1
         return parked
 
-    def _stay(self, rec: Rebook, *, reason: str, **changes: Any) -> bool:
+    def _stay(self, ctx: StepContext | None, rec: Rebook, *, reason: str, **changes: Any) -> bool:
         """Updates a record in its current state (due time, counters, reason); a no-op if the
         state moved on meanwhile."""
-        return self._move(rec.rebook_id, rec.state, from_=[rec.state], reason=reason, **changes)
+        return self._move(
+            ctx, rec.rebook_id, rec.state, from_=[rec.state], reason=reason, **changes
+        )
 
     def _throttle_wait(self, exc: Throttled) -> float:
         """When to try again after our own rate budget said "not now" (nothing was sent)."""
         return jittered(exc.retry_after or self.settings.retry_base_seconds)
 
     def _retry_later(
-        self, rec: Rebook, exc: UpstreamError, what: str, fields: dict[str, Any] | None = None
+        self,
+        ctx: StepContext,
+        rec: Rebook,
+        exc: UpstreamError,
+        what: str,
+        fields: dict[str, Any] | None = None,
     ) -> None:
         """Backoff after a failed call; our own throttle is "not now" and counts nothing."""
         if isinstance(exc, Throttled):
             wait = self._throttle_wait(exc)
             log.info("rebook %s: %s deferred %.2fs (rate budget)", rec.rebook_id, what, wait)
-            self._stay(rec, reason=rec.reason, due=self.clock() + wait)
+            self._stay(ctx, rec, reason=rec.reason, due=self.clock() + wait)
             return
         wait = self.backoff(rec.errors, exc.retry_after)
         log.warning("rebook %s: %s failed (%s); again in %.1fs", rec.rebook_id, what, exc, wait)
         self._stay(
+            ctx,
             rec,
             reason=rec.reason,
             due=self.clock() + wait,
@@ -470,7 +489,9 @@ class Flow:
         self.store.schedule_performer(performer_id, now + interval)
         return Step.ONLINE if online else Step.OFFLINE
 
-    def _locked_step(self, rebook_id: str, state: State, body: Callable[[Rebook], Step]) -> Step:
+    def _locked_step(
+        self, rebook_id: str, state: State, body: Callable[[StepContext, Rebook], Step]
+    ) -> Step:
         """Runs a step of one rebook under its lock, if the rebook is still in `state`.
 
         The lock keeps two workers from running the same step at once; the token written into
@@ -480,9 +501,15 @@ class Flow:
         lock = self.store.lock(rebook_id)
         if not lock.acquire():
             return Step.BUSY
-        step = _STEP.set(_Step(rebook_id, secrets.token_hex(8), lock))
+        ctx = StepContext(
+            rebook_id,
+            secrets.token_hex(8),
+            lock,
+            self.clock,
+            self.settings.longest_call_seconds,
+        )
         try:
-            rec = self.store.claim_step(rebook_id, _STEP.get().token)  # type: ignore[union-attr]
+            rec = self.store.claim_step(rebook_id, ctx.token)
             if rec is None or rec.state != state:
                 return Step.NOOP
             with bound(
@@ -492,29 +519,29 @@ class Flow:
                 performer_id=rec.performer_id,
             ):
                 try:
-                    return body(rec)
+                    return body(ctx, rec)
                 except ReauthRequired as exc:
-                    self.park_member(rec.user_id, exc.detail)
+                    self._park_member(ctx, rec.user_id, exc.detail)
                     return Step.REAUTH
                 except DeploymentFault as exc:
-                    return self._paused(rec, exc)
+                    return self._paused(ctx, rec, exc)
                 except LeaseLost as exc:
                     log.warning("rebook %s: %s; the step that took over decides", rebook_id, exc)
                     return Step.LEASE_LOST
         finally:
-            _STEP.reset(step)
             _release(lock)
 
     def resolve_performer(self, rebook_id: str) -> Step:
         """The event named no performer: read it from the original booking."""
         return self._locked_step(rebook_id, State.WAITING, self._resolve_performer)
 
-    def _resolve_performer(self, rec: Rebook) -> Step:
+    def _resolve_performer(self, ctx: StepContext, rec: Rebook) -> Step:
         field_name = self.store.performer_field()
         if rec.performer_id is not None:
-            return self._learn_from_original(rec) if field_name is None else Step.NOOP
+            return self._learn_from_original(ctx, rec) if field_name is None else Step.NOOP
         if field_name is None:  # a guess at the key would decide whose bookings are whose
             self._park(
+                ctx,
                 rec,
                 "unverified_shape",
                 action="resubmit the event with performer_id; or wait: it resumes by itself "
@@ -524,18 +551,19 @@ class Flow:
             )
             return Step.PARKED
         try:
-            self._hold()
+            ctx.hold()
             booking = self._member_call(
                 rec, lambda tok: self.client.booking_details(tok, rec.booking_id)
             )
         except Rejected as exc:
-            return self._fail(rec, f"original booking unreadable: {exc.message}")
+            return self._fail(ctx, rec, f"original booking unreadable: {exc.message}")
         except UpstreamError as exc:
-            self._retry_later(rec, exc, "reading the original booking")
+            self._retry_later(ctx, rec, exc, "reading the original booking")
             return Step.RETRY
         pid = booking.performer_under(field_name)
         if pid is None:
             self._park(
+                ctx,
                 rec,
                 "performer_unknown",
                 action="resubmit with performer_id",
@@ -543,6 +571,7 @@ class Flow:
             )
             return Step.PARKED
         if self._stay(
+            ctx,
             rec,
             reason="performer resolved",
             fields={"performer_id": pid, "performer_resolved": 1, "errors": 0},
@@ -579,7 +608,7 @@ class Flow:
         self._slots_spent_until = (now // window + 1) * window
         return False
 
-    def _learn(self, rec: Rebook, booking: WebcamBooking, what: str) -> None:
+    def _learn(self, ctx: StepContext, rec: Rebook, booking: WebcamBooking, what: str) -> None:
         """`booking` is certainly of the rebook's performer (the original, or what its own POST
         answered): one answer to learn the performer field from. A performer read through the
         field itself (`performer_resolved`) says nothing about it."""
@@ -607,23 +636,23 @@ class Flow:
             )
         elif change == "confirmed":
             log.info("performer field confirmed: %s", confirmed)
-            self._resume_unverified()
+            self._resume_unverified(ctx)
 
-    def _resume_unverified(self) -> int:
+    def _resume_unverified(self, ctx: StepContext) -> int:
         """The field is confirmed: rebooks parked for `unverified_shape` go on (they settle, or
         resolve their performer, through the confirmed field now)."""
         resumed = 0
         for other in self.store.list_rebooks(State.NEEDS_ATTENTION, limit=0):
             if other.reason == "unverified_shape":
-                self._resume(other, "performer field confirmed")
+                self._resume(ctx, other, "performer field confirmed")
                 resumed += 1
         return resumed
 
-    def _learn_from_original(self, rec: Rebook) -> Step:
+    def _learn_from_original(self, ctx: StepContext, rec: Rebook) -> Step:
         """While no field is confirmed, an event's performer_id against its original's details
         is an answer of known meaning: one read, only until the field is confirmed."""
         try:
-            self._hold()
+            ctx.hold()
             booking = self._member_call(
                 rec, lambda tok: self.client.booking_details(tok, rec.booking_id)
             )
@@ -634,12 +663,13 @@ class Flow:
                 "rebook %s: original not read for the performer field (%s)", rec.rebook_id, exc
             )
             return Step.NOOP
-        self._learn(rec, booking, "the original's details")
+        self._learn(ctx, rec, booking, "the original's details")
         return Step.LEARNED
 
-    def _fail(self, rec: Rebook, reason: str) -> Step:
+    def _fail(self, ctx: StepContext, rec: Rebook, reason: str) -> Step:
         """FAILED: the upstream refused for good. A refused POST made nothing: its mark goes."""
         self._move(
+            ctx,
             rec.rebook_id,
             State.FAILED,
             from_=STEP_STATES,
@@ -648,7 +678,7 @@ class Flow:
             outcome=State.FAILED.value,
         )
         log.warning("rebook %s: FAILED (%s)", rec.rebook_id, reason)
-        self._unblock(rec)
+        self._unblock(ctx, rec)
         return Step.FAILED
 
     # -- reschedule ------------------------------------------------------------------------------
@@ -663,16 +693,20 @@ class Flow:
         return self._locked_step(
             rebook_id,
             State.RESCHEDULING,
-            lambda rec: self._reconcile(rec) if rec.post_sent_ts is not None else self._post(rec),
+            lambda ctx, rec: (
+                self._reconcile(ctx, rec) if rec.post_sent_ts is not None else self._post(ctx, rec)
+            ),
         )
 
-    def _list(self, rec: Rebook, since: float, share: float | None = None) -> Listing:
+    def _list(
+        self, ctx: StepContext, rec: Rebook, since: float, share: float | None = None
+    ) -> Listing:
         """The member's bookings created since `since` (a day earlier at the upstream's
         day granularity; nothing is filtered by time here: the zone is a guess)."""
         bookings, complete = self._member_call(
             rec,
             lambda tok: self.client.list_made_bookings(
-                tok, start=from_ts(since), before_send=self._hold, share=share
+                tok, start=from_ts(since), before_send=ctx.hold, share=share
             ),
         )
         return Listing(bookings, complete)
@@ -723,7 +757,9 @@ class Flow:
             key=lambda b: b.booking_id,
         )
 
-    def _adopt(self, rec: Rebook, candidates: Sequence[WebcamBooking], why: str) -> Step:
+    def _adopt(
+        self, ctx: StepContext, rec: Rebook, candidates: Sequence[WebcamBooking], why: str
+    ) -> Step:
         if len(candidates) > 1:
             log.warning(
                 "rebook %s: %d bookings could be ours (%s); taking the oldest",
@@ -732,12 +768,13 @@ class Flow:
                 ", ".join(str(b.booking_id) for b in candidates),
             )
         log.info("rebook %s: %s: booking %s", rec.rebook_id, why, candidates[0].booking_id)
-        return self._booked(rec, candidates[0], adopted=why)
+        return self._booked(ctx, rec, candidates[0], adopted=why)
 
-    def _post(self, rec: Rebook, listing: Listing | None = None) -> Step:
+    def _post(self, ctx: StepContext, rec: Rebook, listing: Listing | None = None) -> Step:
         s = self.settings
         if rec.attempts >= s.reschedule_max_attempts:
             self._park(
+                ctx,
                 rec,
                 "too_many_attempts",
                 attempts=rec.attempts,
@@ -747,50 +784,52 @@ class Flow:
         performer_key = self.store.performer_field()
         holder = self.store.gate_holder(rec, member_wide=performer_key is None)
         if holder is not None:
-            return self._gated(rec, holder)
+            return self._gated(ctx, rec, holder)
         cap = s.max_rebooks_per_member_per_day
         if cap and self.store.member_posts_today(rec.user_id, self.clock()) >= cap:
-            return self._capped(rec, cap)
+            return self._capped(ctx, rec, cap)
         # Before a POST, look: a POST whose mark was lost (a failover, a restore) made a booking
         # that nothing here remembers. What the list shows now is what our POST cannot have made.
         if listing is None:
             try:
-                listing = self._read_before_post(rec, rec.created_ts - s.reconcile_lookback_seconds)
+                listing = self._read_before_post(
+                    ctx, rec, rec.created_ts - s.reconcile_lookback_seconds
+                )
             except UpstreamError as exc:
-                return self._list_failed(rec, exc)
+                return self._list_failed(ctx, rec, exc)
         # (a list cut at its page limit is fine here: what it did not show stays a candidate)
         try:
             token = self.tokens.access_token(rec.user_id)
         except UpstreamError as exc:  # the token endpoint failed: nothing was sent
-            self._retry_later(rec, exc, "refreshing the member's token")
+            self._retry_later(ctx, rec, exc, "refreshing the member's token")
             return Step.RETRY
         marked: list[float] = []
         try:
-            booking = self._send_post(rec, token, listing, marked, performer_key)
+            booking = self._send_post(ctx, rec, token, listing, marked, performer_key)
         except Shadowed:
-            return self._shadowed(rec, marked)
+            return self._shadowed(ctx, rec, marked)
         except Gated as exc:
-            return self._gated(rec, exc.holder)
+            return self._gated(ctx, rec, exc.holder)
         except Capped:
-            return self._capped(rec, cap or 0)
+            return self._capped(ctx, rec, cap or 0)
         except DeploymentFault as exc:  # 401/403 (or paused): the upstream did nothing
-            return self._paused(rec, exc, marked)
+            return self._paused(ctx, rec, exc, marked)
         except Found as exc:
-            return self._found_before_post(rec, exc)
+            return self._found_before_post(ctx, rec, exc)
         except Ambiguous as exc:
-            return self._ambiguous(rec, marked, exc)
+            return self._ambiguous(ctx, rec, marked, exc)
         except AuthExpired:  # 401: the upstream did nothing
-            return self._token_refused(rec, marked, token)
+            return self._token_refused(ctx, rec, marked, token)
         except NotFound as exc:
-            return self._fail(rec, f"upstream: {exc.message}")
+            return self._fail(ctx, rec, f"upstream: {exc.message}")
         except Rejected as exc:
-            return self._rejected(rec, exc)
+            return self._rejected(ctx, rec, exc)
         except UpstreamError as exc:  # nothing was sent, or refused before the upstream acted
-            return self._not_done(rec, marked, exc)
-        self._learn(rec, booking, "the POST's answer")
-        return self._booked(rec, booking)
+            return self._not_done(ctx, rec, marked, exc)
+        self._learn(ctx, rec, booking, "the POST's answer")
+        return self._booked(ctx, rec, booking)
 
-    def _list_failed(self, rec: Rebook, exc: UpstreamError) -> Step:
+    def _list_failed(self, ctx: StepContext, rec: Rebook, exc: UpstreamError) -> Step:
         """The look before a POST failed: nothing was sent. Our own rate budget's "not now"
         counts nothing; a failed read counts (`reconcile_tries`, from the last mark), and at
         REBOOK_RECONCILE_MAX_TRIES the rebook parks `list_unreadable` rather than retry for
@@ -798,12 +837,13 @@ class Flow:
         what = "reading the member's bookings before the POST"
         tries = rec.reconcile_tries + 1
         if isinstance(exc, Throttled):
-            self._retry_later(rec, exc, what)
+            self._retry_later(ctx, rec, exc, what)
             return Step.RETRY
         if tries < self.settings.reconcile_max_tries:
-            self._retry_later(rec, exc, what, fields={"reconcile_tries": tries})
+            self._retry_later(ctx, rec, exc, what, fields={"reconcile_tries": tries})
             return Step.RETRY
         self._park(
+            ctx,
             rec,
             "list_unreadable",
             tries=tries,
@@ -813,7 +853,7 @@ class Flow:
         )
         return Step.PARKED
 
-    def _read_before_post(self, rec: Rebook, since: float) -> Listing:
+    def _read_before_post(self, ctx: StepContext, rec: Rebook, since: float) -> Listing:
         """The member's list before a POST: a read shared with the member's other POSTs where it
         is evidence for this one (`_shared_read`), else one made now — by one thread of this
         process for all its threads that need the member's list meanwhile."""
@@ -821,7 +861,7 @@ class Flow:
         if s.shared_read_seconds <= 0 or rec.attempts:
             # a rebook that has POSTed before reads afresh: its own earlier POST's booking must be
             # in the list for the lost-mark check
-            return self._list(rec, since, RATE_SHARE[POST])
+            return self._list(ctx, rec, since, RATE_SHARE[POST])
         shared = self._shared_read(rec, since)
         if shared is not None:
             return shared
@@ -834,7 +874,7 @@ class Flow:
         try:
             server, started = self.store.server_id(rec.user_id), self.clock()
             # a member is waiting for this POST: the read before it has the POST's share
-            listing = self._list(rec, since, RATE_SHARE[POST])
+            listing = self._list(ctx, rec, since, RATE_SHARE[POST])
             self.reads.put(
                 rec.user_id,
                 SharedRead(listing, since, started, server),
@@ -880,6 +920,7 @@ class Flow:
 
     def _send_post(
         self,
+        ctx: StepContext,
         rec: Rebook,
         token: str,
         listing: Listing,
@@ -893,9 +934,9 @@ class Flow:
             return self.client.reschedule(
                 token,
                 rec.booking_id,
-                before_send=self._shadow_marker(marked)
+                before_send=self._shadow_marker(ctx, marked)
                 if self.settings.shadow
-                else self._marker(rec, listing, marked, performer_key),
+                else self._marker(ctx, rec, listing, marked, performer_key),
             )
         except Exception as exc:
             capped = bool(self.settings.max_rebooks_per_member_per_day)
@@ -905,7 +946,12 @@ class Flow:
             raise
 
     def _marker(
-        self, rec: Rebook, listing: Listing, marked: list[float], performer_key: str | None = None
+        self,
+        ctx: StepContext,
+        rec: Rebook,
+        listing: Listing,
+        marked: list[float],
+        performer_key: str | None = None,
     ) -> Callable[[], None]:
         """What runs after the rate limiter, right before the request: lease, mark (with what
         the list showed, which the POST cannot have made), the lost-mark check, replicas.
@@ -916,9 +962,8 @@ class Flow:
         seen = sorted({*(rec.known_ids or ()), *(b.booking_id for b in listing.bookings)})
 
         def mark() -> None:
-            self._hold()
+            ctx.hold()
             now = self.clock()
-            step = _STEP.get()
             cap = s.max_rebooks_per_member_per_day
             if cap and not self.store.take_member_post(rec.user_id, cap, now):
                 raise Capped(f"member {rec.user_id} reached {cap} POSTs today")
@@ -926,7 +971,7 @@ class Flow:
                 rec.rebook_id,
                 now=now,
                 attempts=rec.attempts + 1,
-                claim=step.token if step else "",
+                claim=ctx.token,
                 known_ids=seen,
                 due=now + self.store.lease,
                 member_wide=member_wide,
@@ -958,19 +1003,19 @@ class Flow:
 
         return mark
 
-    def _shadow_marker(self, marked: list[float]) -> Callable[[], None]:
+    def _shadow_marker(self, ctx: StepContext, marked: list[float]) -> Callable[[], None]:
         """Shadow mode's `before_send`: the moment the POST would go out (after the gate, the
         read before it and the rate limiter) is noted, and nothing is sent — whatever client
         runs it. No "POST sent" mark is written: nothing needs reconciling."""
 
         def stop() -> None:
-            self._hold()
+            ctx.hold()
             marked.append(self.clock())
             raise Shadowed("shadow mode: not sent", endpoint=POST)
 
         return stop
 
-    def _shadowed(self, rec: Rebook, marked: list[float]) -> Step:
+    def _shadowed(self, ctx: StepContext, rec: Rebook, marked: list[float]) -> Step:
         """SHADOWED (terminal): what shadow mode would have booked, when, and how long after
         the performer was seen online."""
         at = marked[0] if marked else self.clock()
@@ -979,6 +1024,7 @@ class Flow:
             detail["online_at"] = iso_z(from_ts(rec.online_ts))
             detail["online_to_post_seconds"] = round(max(0.0, at - rec.online_ts), 3)
         if self._move(
+            ctx,
             rec.rebook_id,
             State.SHADOWED,
             from_=[State.RESCHEDULING],
@@ -990,9 +1036,10 @@ class Flow:
             log.info("rebook %s: SHADOWED (would have POSTed at %s)", rec.rebook_id, at)
         return Step.SHADOWED
 
-    def _capped(self, rec: Rebook, cap: int) -> Step:
+    def _capped(self, ctx: StepContext, rec: Rebook, cap: int) -> Step:
         """REBOOK_MAX_REBOOKS_PER_MEMBER_PER_DAY reached: parked before any POST."""
         self._park(
+            ctx,
             rec,
             "member_cap",
             fields={"post_sent_ts": None, "attempts": rec.attempts},
@@ -1002,11 +1049,12 @@ class Flow:
         )
         return Step.PARKED
 
-    def _found_before_post(self, rec: Rebook, exc: Found) -> Step:
+    def _found_before_post(self, ctx: StepContext, rec: Rebook, exc: Found) -> Step:
         """A booking whose mark was lost: adopted, or parked if a sibling could own it."""
         if not exc.siblings:
-            return self._adopt(rec, exc.bookings, "found upstream before the POST")
-        self._park(  # whose is it? a wrong guess books one session twice; nothing was sent
+            return self._adopt(ctx, rec, exc.bookings, "found upstream before the POST")
+        self._park(
+            ctx,  # whose is it? a wrong guess books one session twice; nothing was sent
             rec,
             "unclaimed_booking",
             fields={"post_sent_ts": None, "attempts": rec.attempts},
@@ -1019,12 +1067,15 @@ class Flow:
         )
         return Step.PARKED
 
-    def _ambiguous(self, rec: Rebook, marked: list[float], exc: Ambiguous) -> Step:
+    def _ambiguous(
+        self, ctx: StepContext, rec: Rebook, marked: list[float], exc: Ambiguous
+    ) -> Step:
         """Sent, and the answer does not say what happened: reconcile, from this answer (its
         time on the server's clock, as every time the proof compares)."""
         answered = self.store.server_time(rec.rebook_id)
         log.warning("rebook %s: reschedule ambiguous (%s); reconciling", rec.rebook_id, exc)
         self._stay(
+            ctx,
             rec,
             reason=f"ambiguous: {exc}",
             require={"post_sent_ts": _mark(marked[0])},
@@ -1033,10 +1084,12 @@ class Flow:
         )
         return Step.AMBIGUOUS
 
-    def _token_refused(self, rec: Rebook, marked: list[float], token: str) -> Step:
+    def _token_refused(
+        self, ctx: StepContext, rec: Rebook, marked: list[float], token: str
+    ) -> Step:
         """401: nothing happened upstream; refresh now, POST again on the next run — unless the
         API key is at fault (`_key_check` raises; the step pauses)."""
-        self._unmark(rec, marked, reason="access token refused", due=self.clock())
+        self._unmark(ctx, rec, marked, reason="access token refused", due=self.clock())
         self._key_check(rec)
         try:
             self.tokens.access_token(rec.user_id, rejected=token)
@@ -1044,7 +1097,9 @@ class Flow:
             log.warning("rebook %s: token refresh failed (%s)", rec.rebook_id, exc)
         return Step.REAUTH_RETRY
 
-    def _not_done(self, rec: Rebook, marked: list[float], exc: UpstreamError) -> Step:
+    def _not_done(
+        self, ctx: StepContext, rec: Rebook, marked: list[float], exc: UpstreamError
+    ) -> Step:
         """Not sent, or refused before the upstream acted: the mark goes, try again later."""
         if isinstance(exc, NotSent) and not marked:
             return Step.NOOP  # the rebook moved on meanwhile
@@ -1054,15 +1109,25 @@ class Flow:
             wait = self.backoff(rec.errors, exc.retry_after)
             errors = rec.errors + 1
         log.warning("rebook %s: reschedule not done (%s); again in %.1fs", rec.rebook_id, exc, wait)
-        self._unmark(rec, marked, reason=f"retry: {exc}", due=self.clock() + wait, errors=errors)
+        self._unmark(
+            ctx, rec, marked, reason=f"retry: {exc}", due=self.clock() + wait, errors=errors
+        )
         return Step.RETRY
 
     def _unmark(
-        self, rec: Rebook, marked: list[float], *, reason: str, due: float, **fields: Any
+        self,
+        ctx: StepContext,
+        rec: Rebook,
+        marked: list[float],
+        *,
+        reason: str,
+        due: float,
+        **fields: Any,
     ) -> bool:
         """The POST was not sent or was refused: its mark goes, and it was no attempt."""
         require = {"post_sent_ts": _mark(marked[0])} if marked else None
         return self._stay(
+            ctx,
             rec,
             reason=reason,
             require=require,
@@ -1070,13 +1135,14 @@ class Flow:
             due=due,
         )
 
-    def _gated(self, rec: Rebook, holder: str) -> Step:
+    def _gated(self, ctx: StepContext, rec: Rebook, holder: str) -> Step:
         """Another rebook of the same member and performer has an unsettled POST: wait for it,
         visibly, and not past `REBOOK_GATE_MAX_WAIT_SECONDS`."""
         now = self.clock()
         since = rec.gated_since if rec.gated_since is not None else now
         if now - since >= self.settings.gate_max_wait_seconds:
             self._park(
+                ctx,
                 rec,
                 "blocked",
                 action=f"settle {holder} first (`rebook status {holder}`); this one goes on "
@@ -1086,6 +1152,7 @@ class Flow:
             )
             return Step.PARKED
         self._stay(
+            ctx,
             rec,
             reason=f"waiting for {holder} (same member; its reschedule is unsettled)",
             fields={"gated_since": since, "blocked_by": holder},
@@ -1122,7 +1189,7 @@ class Flow:
             o for o in self.store.get_many([i for i in ids if i != rec.rebook_id]) if o.unsettled
         ]
 
-    def _unblock(self, rec: Rebook) -> None:
+    def _unblock(self, ctx: StepContext, rec: Rebook) -> None:
         """Its POST settled: the siblings it had parked as `blocked` go on by themselves."""
         ids = self.store.active_of_user(rec.user_id)
         if len(ids) < 2:
@@ -1133,30 +1200,32 @@ class Flow:
                 and other.reason == "blocked"
                 and other.blocked_by == rec.rebook_id
             ):
-                self._resume(other, f"{rec.rebook_id} settled")
+                self._resume(ctx, other, f"{rec.rebook_id} settled")
 
-    def _rejected(self, rec: Rebook, exc: Rejected) -> Step:
+    def _rejected(self, ctx: StepContext, rec: Rebook, exc: Rejected) -> Step:
         """A 4xx: if a fresh presence check says offline, the performer left in between. A
         refusal for lack of credits parks `no_credits`: the member can cure it."""
         assert rec.performer_id is not None
         if exc.status == 402 or NO_CREDITS.search(exc.message or ""):
             self._park(
+                ctx,
                 rec,
                 "no_credits",
                 fields={"post_sent_ts": None, "answer_ts": None, "attempts": rec.attempts},
                 action="the member tops up their credits; then `rebook retry ID`",
                 upstream=exc.message,
             )
-            self._unblock(rec)
+            self._unblock(ctx, rec)
             return Step.PARKED
         try:
-            self._hold()
+            ctx.hold()
             online: bool | None = self.client.is_online(rec.performer_id)
         except UpstreamError:
             online = None
         now = self.clock()
         if online is False:
             self._move(
+                ctx,
                 rec.rebook_id,
                 State.WAITING,
                 from_=[State.RESCHEDULING],
@@ -1165,21 +1234,25 @@ class Flow:
                 due=rec.deadline_ts,
                 now=now,
             )
-            self._unblock(rec)
+            self._unblock(ctx, rec)
             return Step.WAITING
         if online is None:
             self._stay(
+                ctx,
                 rec,
                 reason=f"rejected ({exc.message}); presence unknown",
                 fields={"post_sent_ts": None, "errors": rec.errors + 1},
                 due=now + self.backoff(rec.errors),
             )
             return Step.RETRY
-        return self._fail(rec, f"upstream refused: {exc.message}")
+        return self._fail(ctx, rec, f"upstream refused: {exc.message}")
 
-    def _booked(self, rec: Rebook, booking: WebcamBooking, adopted: str = "") -> Step:
+    def _booked(
+        self, ctx: StepContext, rec: Rebook, booking: WebcamBooking, adopted: str = ""
+    ) -> Step:
         if not self.store.claim_booking(booking.booking_id, rec.rebook_id):
             self._park(
+                ctx,
                 rec,
                 "booking_claimed_elsewhere",
                 action="the upstream returned a booking another rebook owns; check both records",
@@ -1203,6 +1276,7 @@ class Flow:
         if adopted:
             detail["adopted"] = adopted
         if self._move(
+            ctx,
             rec.rebook_id,
             State.WATCHING,
             from_=[State.RESCHEDULING],
@@ -1230,7 +1304,7 @@ class Flow:
                 info["accept_by"],
             )
             self.dispatch.watch(rec.rebook_id, info)
-            self._unblock(rec)
+            self._unblock(ctx, rec)
             return Step.BOOKED
         return Step.FENCED  # another step holds the rebook now: it finds this booking upstream
 
@@ -1257,7 +1331,7 @@ class Flow:
         span = s.reconcile_window_seconds - s.reconcile_grace_seconds
         return window_start + s.reconcile_grace_seconds + span * (min(k, n) - 1) / (n - 1)
 
-    def _reconcile(self, rec: Rebook) -> Step:
+    def _reconcile(self, ctx: StepContext, rec: Rebook) -> Step:
         """The last POST may have worked: look for it before anything is sent again.
 
         "Not made" needs `REBOOK_RECONCILE_PROOF_READS` readable, complete list answers without
@@ -1274,19 +1348,21 @@ class Flow:
         # answer's: a worker clock minutes ahead cannot end the window early
         read_at = self.store.server_time(rec.rebook_id)
         if read_at < self._proof_due(start, k):
-            self._stay(rec, reason=rec.reason, due=self._due_at(self._proof_due(start, k), read_at))
+            self._stay(
+                ctx, rec, reason=rec.reason, due=self._due_at(self._proof_due(start, k), read_at)
+            )
             return Step.GRACE
         if read_at > start + s.reconcile_max_seconds:
-            return self._park_unsettled(rec, rec.reconcile_tries, "no proof within the bound")
+            return self._park_unsettled(ctx, rec, rec.reconcile_tries, "no proof within the bound")
         known = set(rec.known_ids) if rec.known_ids is not None else None
         performer_key = self.store.performer_field()
         try:
-            listing = self._list(rec, sent - s.reconcile_lookback_seconds)
+            listing = self._list(ctx, rec, sent - s.reconcile_lookback_seconds)
         except Throttled as exc:
-            self._retry_later(rec, exc, "reconciling")
+            self._retry_later(ctx, rec, exc, "reconciling")
             return Step.THROTTLED
         except UpstreamError as exc:
-            return self._unreadable(rec, str(exc))
+            return self._unreadable(ctx, rec, str(exc))
         found = self._candidates(
             rec,
             listing,
@@ -1304,16 +1380,17 @@ class Flow:
                 mine = [b for b in ours if b.booking_id not in theirs]
                 if not mine:
                     who = [o.rebook_id for o in rivals]
-                    return self._foreign(rec, ours, start, read_at, rivals=who)
+                    return self._foreign(ctx, rec, ours, start, read_at, rivals=who)
                 ours = mine
         if ours:
-            return self._adopt(rec, ours, "reconciled: the POST had made it")
+            return self._adopt(ctx, rec, ours, "reconciled: the POST had made it")
         if found:
-            return self._foreign(rec, found, start, read_at, unverified=performer_key is None)
+            return self._foreign(ctx, rec, found, start, read_at, unverified=performer_key is None)
         if not listing.complete:
-            return self._unreadable(rec, "the member's list is too long to read whole")
+            return self._unreadable(ctx, rec, "the member's list is too long to read whole")
         if k < s.reconcile_proof_reads:
             self._stay(
+                ctx,
                 rec,
                 reason=f"reconciling: {k} of {s.reconcile_proof_reads} reads found no booking",
                 require={"post_sent_ts": _mark(sent)},
@@ -1323,6 +1400,7 @@ class Flow:
             return Step.PROVING
         # Proven: the POST did not make a booking. Its mark goes; the next POST may go out.
         if not self._stay(
+            ctx,
             rec,
             reason="reconciled: no booking was made",
             require={"post_sent_ts": _mark(sent)},
@@ -1336,10 +1414,11 @@ class Flow:
         ):
             return Step.NOOP
         fresh = self.store.get(rec.rebook_id)
-        return self._post(fresh, listing) if fresh is not None else Step.NOOP
+        return self._post(ctx, fresh, listing) if fresh is not None else Step.NOOP
 
     def _foreign(
         self,
+        ctx: StepContext,
         rec: Rebook,
         found: Sequence[WebcamBooking],
         start: float,
@@ -1367,6 +1446,7 @@ class Flow:
         if read_at >= start + s.reconcile_window_seconds:
             if unverified or rivals:
                 self._park(
+                    ctx,
                     rec,
                     "unverified_shape",
                     tries=rec.reconcile_tries,
@@ -1379,8 +1459,9 @@ class Flow:
                     "once the performer field is confirmed (`rebook doctor`)",
                 )
                 return Step.PARKED
-            return self._park_unsettled(rec, rec.reconcile_tries, why)
+            return self._park_unsettled(ctx, rec, rec.reconcile_tries, why)
         self._stay(
+            ctx,
             rec,
             reason=f"reconciling: {why}"
             if rivals
@@ -1393,12 +1474,13 @@ class Flow:
         )
         return Step.PROVING
 
-    def _unreadable(self, rec: Rebook, error: str) -> Step:
+    def _unreadable(self, ctx: StepContext, rec: Rebook, error: str) -> Step:
         """A read that proves nothing either way: counted, and parked past the limit."""
         tries = rec.reconcile_tries + 1
         if tries >= self.settings.reconcile_max_tries:
-            return self._park_unsettled(rec, tries, error)
+            return self._park_unsettled(ctx, rec, tries, error)
         self._stay(
+            ctx,
             rec,
             reason=f"reconcile failed: {error}",
             fields={"reconcile_tries": tries},
@@ -1406,8 +1488,9 @@ class Flow:
         )
         return Step.RETRY
 
-    def _park_unsettled(self, rec: Rebook, tries: int, error: str) -> Step:
+    def _park_unsettled(self, ctx: StepContext, rec: Rebook, tries: int, error: str) -> Step:
         self._park(
+            ctx,
             rec,
             "ambiguous_reschedule",
             tries=tries,
@@ -1423,7 +1506,7 @@ class Flow:
         """Reads the record's copy of the new booking, never the message's."""
         return self._locked_step(rebook_id, State.WATCHING, self._watch)
 
-    def _watch(self, rec: Rebook) -> Step:
+    def _watch(self, ctx: StepContext, rec: Rebook) -> Step:
         new_booking_id = rec.new_booking_id
         if new_booking_id is None:
             return Step.NOOP
@@ -1432,6 +1515,7 @@ class Flow:
             booking = self._read_watched(rec, new_booking_id, accept_by)
         except Rejected as exc:
             self._park(
+                ctx,
                 rec,
                 "watch_failed",
                 error=str(exc),
@@ -1444,31 +1528,35 @@ class Flow:
                 rec.errors + 1 >= self.settings.reconcile_max_tries
             ):
                 self._park(
+                    ctx,
                     rec,
                     "watch_unreadable",
                     error=str(exc),
                     action="check the booking upstream, then `rebook retry ID`",
                 )
                 return Step.PARKED
-            self._retry_later(rec, exc, "reading the new booking")
+            self._retry_later(ctx, rec, exc, "reading the new booking")
             return Step.RETRY
         now = self.clock()
         if booking is None:
-            self._stay(rec, reason=rec.reason, due=now + self.settings.sweep_interval_seconds)
+            self._stay(ctx, rec, reason=rec.reason, due=now + self.settings.sweep_interval_seconds)
             return Step.DEFERRED
         if not rec.adopted:  # the POST's own answer named it: certainly the rebook's performer
-            self._learn(rec, booking, "the watched booking")
+            self._learn(ctx, rec, booking, "the watched booking")
         final = booking.final_state
         if booking.accept_by is not None:
             accept_by = booking.accept_by.timestamp()
         if final == State.ACCEPTED and self.settings.auto_confirm:
             if self.settings.shadow:  # a booking made before shadow mode: never confirmed here
-                return self._finish(rec, booking, final, "accepted; not confirmed (shadow mode)")
-            return self._confirm(rec, booking)
+                return self._finish(
+                    ctx, rec, booking, final, "accepted; not confirmed (shadow mode)"
+                )
+            return self._confirm(ctx, rec, booking)
         if final is not None:
-            return self._finish(rec, booking, final)
+            return self._finish(ctx, rec, booking, final)
         if now >= accept_by:
             self._move(
+                ctx,
                 rec.rebook_id,
                 State.EXPIRED,
                 from_=[State.WATCHING],
@@ -1480,6 +1568,7 @@ class Flow:
             log.info("rebook %s: EXPIRED", rec.rebook_id)
             return Step.EXPIRED
         self._stay(
+            ctx,
             rec,
             reason=rec.reason,
             fields={
@@ -1535,8 +1624,11 @@ class Flow:
                 return None
         return self._member_call(rec, lambda tok: self.client.booking_details(tok, booking_id))
 
-    def _finish(self, rec: Rebook, booking: WebcamBooking, final: State, reason: str = "") -> Step:
+    def _finish(
+        self, ctx: StepContext, rec: Rebook, booking: WebcamBooking, final: State, reason: str = ""
+    ) -> Step:
         self._move(
+            ctx,
             rec.rebook_id,
             final,
             from_=[State.WATCHING],
@@ -1547,14 +1639,14 @@ class Flow:
         log.info("rebook %s: %s", rec.rebook_id, final.value)
         return Step(final.value.lower())
 
-    def _confirm(self, rec: Rebook, booking: WebcamBooking) -> Step:
+    def _confirm(self, ctx: StepContext, rec: Rebook, booking: WebcamBooking) -> Step:
         """REBOOK_AUTO_CONFIRM: confirm an Accepted booking (costs credits; upstream rules:
         only Accepted, only before SessionDate). Confirm is not idempotent either: after an
         ambiguous answer it goes again only on the same proof as a POST — readable status
         reads, still Accepted, spread over the reconcile window (`_proof_due`)."""
         now = self.clock()
         if booking.session_date is not None and booking.session_date.timestamp() <= now:
-            return self._finish(rec, booking, State.ACCEPTED, "accepted; too late to confirm")
+            return self._finish(ctx, rec, booking, State.ACCEPTED, "accepted; too late to confirm")
         sent = rec.confirm_sent_ts
         if sent is not None:  # the proof on the server's clock, as a POST's
             start = self._window_start(sent, rec.confirm_answer_ts)
@@ -1562,22 +1654,26 @@ class Flow:
             read_at = self.store.server_time(rec.rebook_id)
             if read_at < self._proof_due(start, k):
                 self._stay(
-                    rec, reason=rec.reason, due=self._due_at(self._proof_due(start, k), read_at)
+                    ctx,
+                    rec,
+                    reason=rec.reason,
+                    due=self._due_at(self._proof_due(start, k), read_at),
                 )
                 return Step.CONFIRM_PENDING
             try:  # a fresh read of our own: a cached list may predate the confirm
-                self._hold()
+                ctx.hold()
                 booking = self._member_call(
                     rec, lambda tok: self.client.booking_details(tok, booking.booking_id)
                 )
             except UpstreamError as exc:
-                self._retry_later(rec, exc, "reading the booking after a confirm")
+                self._retry_later(ctx, rec, exc, "reading the booking after a confirm")
                 return Step.CONFIRM_RETRY
             final = booking.final_state
             if final is not None and final != State.ACCEPTED:
-                return self._finish(rec, booking, final)
+                return self._finish(ctx, rec, booking, final)
             if k < self.settings.reconcile_proof_reads:
                 self._stay(
+                    ctx,
                     rec,
                     reason=rec.reason,
                     require={"confirm_sent_ts": repr(sent)},
@@ -1587,6 +1683,7 @@ class Flow:
                 return Step.CONFIRM_PROVING
         self.store.forget_cached(rec.user_id, booking.booking_id)
         if not self._stay(
+            ctx,
             rec,
             reason="confirm sent",
             fields={
@@ -1598,18 +1695,19 @@ class Flow:
         ):
             return Step.NOOP
         try:
-            self._hold()
+            ctx.hold()
             confirmed = self._member_call(
                 rec, lambda tok: self.client.confirm(tok, booking.booking_id)
             )
         except Rejected as exc:
             return self._finish(
-                rec, booking, State.ACCEPTED, f"auto-confirm refused: {exc.message}"
+                ctx, rec, booking, State.ACCEPTED, f"auto-confirm refused: {exc.message}"
             )
         except Ambiguous as exc:  # read the status again, on proof, before confirming again
             answered = self.store.server_time(rec.rebook_id)
             log.warning("rebook %s: confirm not settled (%s)", rec.rebook_id, exc)
             self._stay(
+                ctx,
                 rec,
                 reason=f"confirm unsettled: {exc}",
                 fields={"confirm_answer_ts": answered},
@@ -1618,13 +1716,14 @@ class Flow:
             return Step.CONFIRM_RETRY
         except UpstreamError as exc:  # not sent (or a 401 twice): nothing was confirmed
             self._stay(
+                ctx,
                 rec,
                 reason=f"confirm not sent: {exc}",
                 fields={"confirm_sent_ts": None},
                 due=self.clock() + self.backoff(rec.errors, exc.retry_after),
             )
             return Step.CONFIRM_RETRY
-        return self._finish(rec, confirmed, State.CONFIRMED, "auto-confirmed")
+        return self._finish(ctx, rec, confirmed, State.CONFIRMED, "auto-confirmed")
 
     # -- beat ------------------------------------------------------------------------------------
 
@@ -1672,13 +1771,15 @@ class Flow:
                         # presence cannot be read while the key is refused: the operator's
                         # typo does not make anyone give up; the wait ends after the fix
                         later = now + self._pause_wait()
-                        self._stay(rec, reason=rec.reason, due=later, fields={"deadline_ts": later})
+                        self._stay(
+                            None, rec, reason=rec.reason, due=later, fields={"deadline_ts": later}
+                        )
                     elif now >= rec.deadline_ts:
                         expired.append(rec.rebook_id)
                     elif rec.performer_id is None:
                         self.dispatch.check_presence(None, rec.rebook_id)
                     else:
-                        self._stay(rec, reason=rec.reason, due=rec.deadline_ts)
+                        self._stay(None, rec, reason=rec.reason, due=rec.deadline_ts)
                 elif rec.state == State.RESCHEDULING:
                     self.dispatch.reschedule(rec.rebook_id)
                 elif rec.state == State.WATCHING and rec.new_booking_id is not None:
@@ -1692,7 +1793,12 @@ class Flow:
                     )
                 else:
                     self._move(
-                        rec.rebook_id, rec.state, from_=[rec.state], reason=rec.reason, due=REMOVE
+                        None,
+                        rec.rebook_id,
+                        rec.state,
+                        from_=[rec.state],
+                        reason=rec.reason,
+                        due=REMOVE,
                     )
         if expired:  # one script call per shard for all of them
             gave_up = self.store.transition_many(
@@ -1722,7 +1828,7 @@ class Flow:
             log.info("resuming %d rebook(s), %d performer(s) paused", len(ids), len(pids))
         for rec in self.store.get_many(ids):
             if rec.state in STEP_STATES:
-                self._stay(rec, reason=rec.reason, due=now - 0.001, fields={"errors": 0})
+                self._stay(None, rec, reason=rec.reason, due=now - 0.001, fields={"errors": 0})
         for pid in pids:
             self.store.schedule_performer(pid, now - 0.001)
         if ids or not self._client_parked_checked:
@@ -1755,7 +1861,7 @@ class Flow:
                 continue
             detail = self.store.park_detail(rec) or {}
             if CLIENT_REFUSAL_TEXT.search(json.dumps(detail)):
-                self._resume(rec, "the OAuth client was refused, not the member's tokens")
+                self._resume(None, rec, "the OAuth client was refused, not the member's tokens")
                 resumed += 1
         if resumed:
             log.warning("%d rebook(s) parked reauth for a refused OAuth client resumed", resumed)
@@ -1779,6 +1885,7 @@ class Flow:
                 "(`rebook retry` reconciles it before any new request)"
             )
         if not self._move(
+            None,
             rec.rebook_id,
             State.ABORTED,
             from_=[rec.state],
@@ -1808,7 +1915,7 @@ class Flow:
             reason = "retried by operator"
             if not_ours:
                 reason += f"; not this rebook's: {', '.join(map(str, sorted(set(not_ours))))}"
-            self._resume(rec, reason, extra)
+            self._resume(None, rec, reason, extra)
         elif rec.state in (State.GAVE_UP, State.FAILED, State.ABORTED):
             if rec.new_booking_id is not None:
                 raise Refused(
@@ -1865,6 +1972,7 @@ class Flow:
                 answer_ts=SERVER_NOW, empty_reads=None, attempts=rec.attempts, **(extra or {})
             )
         if not self._move(
+            None,
             rec.rebook_id,
             to,
             from_=[rec.state],
@@ -1892,11 +2000,13 @@ class Flow:
         resumed = 0
         for rec in self.store.get_many(self.store.active_of_user(user_id)):
             if rec.state == State.NEEDS_ATTENTION and rec.reason == "reauth":
-                self._resume(rec, "tokens renewed")
+                self._resume(None, rec, "tokens renewed")
                 resumed += 1
         return resumed
 
-    def _resume(self, rec: Rebook, reason: str, extra: dict[str, Any] | None = None) -> None:
+    def _resume(
+        self, ctx: StepContext | None, rec: Rebook, reason: str, extra: dict[str, Any] | None = None
+    ) -> None:
         to = rec.resume_state if rec.resume_state in STEP_STATES else State.WAITING
         now = self.clock()
         fields: dict[str, Any] = {
@@ -1918,6 +2028,7 @@ class Flow:
             if to == State.RESCHEDULING and rec.post_sent_ts is None:
                 fields["attempts"] = 0
         if not self._move(
+            ctx,
             rec.rebook_id,
             to,
             from_=[State.NEEDS_ATTENTION],
