@@ -28,7 +28,7 @@ from urllib3.exceptions import NewConnectionError
 from worker import __version__
 from worker.adapters.deadline import WATCHDOG, DeadlineAdapter, Guard
 from worker.adapters.presence import PresenceSource, UserSummaryPresence
-from worker.core.budget import RATE_SHARE
+from worker.core.budget import RATE_SHARE, Permit
 from worker.core.circuit import API, MEMBER, TOKEN, Circuit
 from worker.core.errors import (
     Ambiguous,
@@ -76,11 +76,6 @@ M = TypeVar("M", bound=BaseModel)
 class Limiter(Protocol):
     def acquire(self, share: float = 1.0) -> None: ...
 
-
-BeforeSend = Callable[[], None]
-"""Runs after the rate limiter let a call go and right before it is sent; raising stops it
-(nothing is sent). The reschedule POST writes its "POST sent" mark here, so no rate-limit wait
-lies between the mark and the request."""
 
 MadeHook = Callable[[datetime | None, str | None], None]
 """Called after every booking RescheduleMadeBooking made, with its CreateDate (as parsed) and the
@@ -366,11 +361,13 @@ class UpstreamClient:
         params: dict[str, Any] | None = None,
         body: dict[str, Any] | None = None,
         idempotent: bool = True,
-        before_send: BeforeSend | None = None,
+        permit: Permit | None = None,
         share: float | None = None,
         headers_out: dict[str, str] | None = None,
     ) -> Any:
-        """`headers_out`, if given, receives the headers of a 2xx answer."""
+        """`permit`: from `reserve`, when the caller had something to do between the rate
+        limiter and the request; else one is taken here (`share`). `headers_out`, if given,
+        receives the headers of a 2xx answer."""
         method, path = PATHS[endpoint]
         headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
         if self._key_in_query:
@@ -381,12 +378,9 @@ class UpstreamClient:
         if token is not None:
             headers["Authorization"] = f"bearer {token}"  # lower-case, as the docs' samples
         reasons = MEMBER if token is not None else API
-        if self.circuit is not None:
-            self.circuit.gate(reasons)  # a wrong key or scope: not sent, bar one probe
-        if self._limiter is not None:
-            self._limiter.acquire(RATE_SHARE.get(endpoint, 1.0) if share is None else share)
-        if before_send is not None:
-            before_send()
+        if permit is None:
+            permit = self.reserve(endpoint, member=token is not None, share=share)
+        permit.spend(endpoint)
         if self.shadow and endpoint in SHADOW_REFUSED:
             # the last point before the request: whatever path got here, nothing goes out
             raise Shadowed("shadow mode: not sent", endpoint=endpoint)
@@ -434,6 +428,16 @@ class UpstreamClient:
             log.debug("upstream %s %s %.0fms", endpoint, outcome, elapsed)
             if self._on_call is not None:
                 self._on_call(endpoint, outcome)
+
+    def reserve(self, endpoint: str, *, member: bool, share: float | None = None) -> Permit:
+        """The phase before a call: the circuit's gate (a wrong key or scope: not sent, bar one
+        probe), then the shared rate limiter, which may wait or raise `Throttled`. `member`: the
+        call carries a member's token. Spent by the call it was taken for (`permit=`)."""
+        if self.circuit is not None:
+            self.circuit.gate(MEMBER if member else API)
+        if self._limiter is not None:
+            self._limiter.acquire(RATE_SHARE.get(endpoint, 1.0) if share is None else share)
+        return Permit(endpoint)
 
     def _send(
         self, endpoint: str, method: str, url: str, *, idempotent: bool, **kwargs: Any
@@ -525,17 +529,18 @@ class UpstreamClient:
     # -- operations ------------------------------------------------------------------------------
 
     def reschedule(
-        self, token: str, booking_id: int, *, before_send: BeforeSend | None = None
+        self, token: str, booking_id: int, *, permit: Permit | None = None
     ) -> WebcamBooking:
         """Creates a new booking. NOT idempotent: failures that may have committed are Ambiguous.
-        The answer's `Date` header goes to `on_made` with the booking's CreateDate."""
+        The answer's `Date` header goes to `on_made` with the booking's CreateDate. `permit`:
+        see `reserve` (the flow writes its mark between the two)."""
         headers: dict[str, str] = {}
         payload = self._call(
             "RescheduleMadeBooking",
             token=token,
             body={"BookingID": booking_id},
             idempotent=False,
-            before_send=before_send,
+            permit=permit,
             headers_out=headers,
         )
         booking = self._model(WebcamBooking, payload, "RescheduleMadeBooking", idempotent=False)
@@ -546,15 +551,8 @@ class UpstreamClient:
                 log.warning("on_made hook failed: %s", type(exc).__name__)
         return booking
 
-    def booking_details(
-        self, token: str, booking_id: int, *, before_send: BeforeSend | None = None
-    ) -> WebcamBooking:
-        payload = self._call(
-            "MadeBookingDetails",
-            token=token,
-            params={"BookingID": booking_id},
-            before_send=before_send,
-        )
+    def booking_details(self, token: str, booking_id: int) -> WebcamBooking:
+        payload = self._call("MadeBookingDetails", token=token, params={"BookingID": booking_id})
         return self._model(WebcamBooking, payload, "MadeBookingDetails")
 
     def made_bookings(
@@ -565,7 +563,7 @@ class UpstreamClient:
         page: int = 1,
         per_page: int = MAX_PAGE,
         newest_first: bool = True,
-        before_send: BeforeSend | None = None,
+        permit: Permit | None = None,
         share: float | None = None,
     ) -> MadeBookingsPage:
         params: dict[str, Any] = {
@@ -577,9 +575,7 @@ class UpstreamClient:
             # documented as `yyyy-mm-dd` (a date, on CreateDate): the page is a superset of what
             # was created since `start`; iter_made_bookings filters by the exact time
             params["StartDate"] = site_date(start, self.zone)
-        payload = self._call(
-            "MadeBookings", token=token, params=params, before_send=before_send, share=share
-        )
+        payload = self._call("MadeBookings", token=token, params=params, permit=permit, share=share)
         try:
             return MadeBookingsPage.parse(payload, list_names=self.list_names, zone=self.zone)
         except Unreadable as exc:
@@ -608,7 +604,6 @@ class UpstreamClient:
         *,
         start: datetime | None = None,
         max_pages: int = 10,
-        before_send: BeforeSend | None = None,
         share: float | None = None,
     ) -> tuple[list[WebcamBooking], bool]:
         """Every booking since `start` and whether the list was read to its end: a list cut
@@ -616,9 +611,7 @@ class UpstreamClient:
         not that of a read (the read before a POST has the POST's)."""
         found: list[WebcamBooking] = []
         for number in range(1, max_pages + 1):
-            page = self.made_bookings(
-                token, start=start, page=number, before_send=before_send, share=share
-            )
+            page = self.made_bookings(token, start=start, page=number, share=share)
             found.extend(page.bookings)
             if number >= page.page_count or not page.bookings:
                 return found, True

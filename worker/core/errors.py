@@ -93,7 +93,8 @@ class NotSent(Transient):
 
 class Shadowed(NotSent):
     """Shadow mode (`REBOOK_SHADOW`): a call that books, confirms or cancels stopped where it
-    would have gone out (after the rate limiter and its `before_send`). Nothing was sent."""
+    would have gone out (after the rate limiter, and what its caller did between `reserve` and
+    the call). Nothing was sent."""
 
 
 class StepInterrupted(RebookError):

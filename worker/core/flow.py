@@ -19,11 +19,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 from worker.core.actions import SHADOWED_REFUSAL
 from worker.core.backoff import backoff, jittered
-from worker.core.budget import RATE_SHARE
+from worker.core.budget import RATE_SHARE, Permit
 from worker.core.capacity import presence_budget
 from worker.core.circuit import MEMBER
 from worker.core.errors import (
@@ -45,7 +45,7 @@ from worker.core.errors import (
     Throttled,
     UpstreamError,
 )
-from worker.core.models import RebookEvent, WebcamBooking, from_ts, iso_z
+from worker.core.models import MadeBookingsPage, RebookEvent, WebcamBooking, from_ts, iso_z
 from worker.core.observability import HEARTBEAT_SECONDS, bound, sweep_heartbeat
 from worker.core.preread import SharedRead, SharedReads
 from worker.core.settings import Settings
@@ -72,6 +72,8 @@ LEARNING_WINDOW_SECONDS = 60.0
 FIELD_CACHE_SECONDS = 5.0
 """How long intake trusts its last look at the performer field (it only decides whether to
 spend a learning read; every proof reads the field afresh)."""
+LIST_MAX_PAGES = 10
+"""Pages of the member's list a step reads; a list cut there is not complete (`Listing`)."""
 PRESENCE_SLACK_SECONDS = 0.05
 """A presence check sent to run on time may find the last one's window open for a moment more
 (the window began a round trip after its check did; clocks of two hosts differ by a few ms):
@@ -99,33 +101,30 @@ class Refused(Exception):
     """An operator command that does not apply in the record's state; the message says why."""
 
 
-BeforeSend = Callable[[], None]
-
-
 class Upstream(Protocol):
-    """The upstream calls the flow makes (`worker.adapters.upstream.UpstreamClient`; a
-    simulation's)."""
+    """The upstream calls the flow makes (`worker.adapters.upstream.UpstreamClient`). A call
+    that must have the step's lease (or its mark) right before it goes out is taken in two
+    phases: `reserve` (the circuit's gate and the rate limiter, which may wait), then the call
+    with its `permit`."""
 
+    def reserve(self, endpoint: str, *, member: bool, share: float | None = None) -> Permit: ...
     def is_online(self, performer_id: int) -> bool: ...
     def reschedule(
-        self, token: str, booking_id: int, *, before_send: BeforeSend | None = None
+        self, token: str, booking_id: int, *, permit: Permit | None = None
     ) -> WebcamBooking: ...
-    def booking_details(
-        self, token: str, booking_id: int, *, before_send: BeforeSend | None = None
-    ) -> WebcamBooking: ...
+    def booking_details(self, token: str, booking_id: int) -> WebcamBooking: ...
     def confirm(self, token: str, booking_id: int) -> WebcamBooking: ...
     def iter_made_bookings(
         self, token: str, *, start: datetime | None = None, max_pages: int = 10
     ) -> Iterator[WebcamBooking]: ...
-    def list_made_bookings(
+    def made_bookings(
         self,
         token: str,
         *,
         start: datetime | None = None,
-        max_pages: int = 10,
-        before_send: BeforeSend | None = None,
-        share: float | None = None,
-    ) -> tuple[list[WebcamBooking], bool]: ...
+        page: int = 1,
+        permit: Permit | None = None,
+    ) -> MadeBookingsPage: ...
 
 
 class Tokens(Protocol):
@@ -702,14 +701,22 @@ class Flow:
         self, ctx: StepContext, rec: Rebook, since: float, share: float | None = None
     ) -> Listing:
         """The member's bookings created since `since` (a day earlier at the upstream's
-        day granularity; nothing is filtered by time here: the zone is a guess)."""
-        bookings, complete = self._member_call(
-            rec,
-            lambda tok: self.client.list_made_bookings(
-                tok, start=from_ts(since), before_send=ctx.hold, share=share
-            ),
-        )
-        return Listing(bookings, complete)
+        day granularity; nothing is filtered by time here: the zone is a guess). Each page:
+        its permit (the rate limiter may wait), then the lease held over the call."""
+        start = from_ts(since)
+
+        def read(token: str) -> Listing:
+            found: list[WebcamBooking] = []
+            for number in range(1, LIST_MAX_PAGES + 1):
+                permit = self.client.reserve("MadeBookings", member=True, share=share)
+                ctx.hold()
+                page = self.client.made_bookings(token, start=start, page=number, permit=permit)
+                found.extend(page.bookings)
+                if number >= page.page_count or not page.bookings:
+                    return Listing(found, True)
+            return Listing(found, False)
+
+        return self._member_call(rec, read)
 
     def _candidates(
         self,
@@ -927,93 +934,85 @@ class Flow:
         marked: list[float],
         performer_key: str | None = None,
     ) -> WebcamBooking:
-        """The POST. Under REBOOK_MAX_REBOOKS_PER_MEMBER_PER_DAY, one that cannot have made a
-        booking (refused, or stopped after its mark) gives its count back: the cap counts
-        POSTs that may have booked."""
+        """The POST: its permit (the circuit's gate, the rate limiter: it may wait), then the
+        mark right before the request — no wait lies between them, and the lease covers the
+        call — then the request. Under REBOOK_MAX_REBOOKS_PER_MEMBER_PER_DAY, one that cannot
+        have made a booking (refused, or stopped after its mark) gives its count back: the cap
+        counts POSTs that may have booked."""
         try:
-            return self.client.reschedule(
-                token,
-                rec.booking_id,
-                before_send=self._shadow_marker(ctx, marked)
-                if self.settings.shadow
-                else self._marker(ctx, rec, listing, marked, performer_key),
-            )
+            permit = self.client.reserve(POST, member=True)
+            if self.settings.shadow:
+                self._shadow_stop(ctx, marked)
+            self._mark(ctx, rec, listing, marked, performer_key)
+            return self.client.reschedule(token, rec.booking_id, permit=permit)
         except Exception as exc:
             capped = bool(self.settings.max_rebooks_per_member_per_day)
-            # (shadow mode took no count: its marker does not reach the cap)
+            # (shadow mode took no count: it stops before the mark, and the cap)
             if marked and capped and not isinstance(exc, (Ambiguous, Shadowed)):
                 self.store.give_back_member_post(rec.user_id, marked[0])
             raise
 
-    def _marker(
+    def _mark(
         self,
         ctx: StepContext,
         rec: Rebook,
         listing: Listing,
         marked: list[float],
         performer_key: str | None = None,
-    ) -> Callable[[], None]:
-        """What runs after the rate limiter, right before the request: lease, mark (with what
-        the list showed, which the POST cannot have made), the lost-mark check, replicas.
-        Appends the mark's time to `marked`; raises to send nothing. With no confirmed
-        `performer_key` the gate and the siblings span the member (every performer)."""
+    ) -> None:
+        """Right before the request: lease, mark (with what the list showed, which the POST
+        cannot have made), the lost-mark check, replicas. Appends the mark's time to `marked`;
+        raises to send nothing. With no confirmed `performer_key` the gate and the siblings
+        span the member (every performer)."""
         member_wide = performer_key is None
         s = self.settings
         seen = sorted({*(rec.known_ids or ()), *(b.booking_id for b in listing.bookings)})
+        ctx.hold()
+        now = self.clock()
+        cap = s.max_rebooks_per_member_per_day
+        if cap and not self.store.take_member_post(rec.user_id, cap, now):
+            raise Capped(f"member {rec.user_id} reached {cap} POSTs today")
+        ok, holder, got, sent = self.store.start_post(
+            rec.rebook_id,
+            now=now,
+            attempts=rec.attempts + 1,
+            claim=ctx.token,
+            known_ids=seen,
+            due=now + self.store.lease,
+            member_wide=member_wide,
+            # WAIT on the connection that wrote the mark (one pipeline)
+            replicas=s.redis_wait_replicas,
+            replica_timeout_ms=s.redis_wait_timeout_ms,
+        )
+        if not ok:
+            if cap:
+                self.store.give_back_member_post(rec.user_id, now)
+            raise Gated(holder) if holder else NotSent("the rebook changed")
+        assert sent is not None
+        marked.append(sent)  # the server's time (the proof's clock), as the record has it
+        self.reads.marked(rec.rebook_id, now, now - 2 * s.call_bound_seconds - 60)
+        # Under the gate now, no sibling's POST is unsettled: a booking in the list that
+        # nobody owns and that looks like ours is one whose mark was lost. Owners are read
+        # only now, so one a sibling took meanwhile is not taken twice.
+        found = self._candidates(
+            rec,
+            listing,
+            rec.created_ts - s.reconcile_lookback_seconds,
+            strict=True,
+            performer_key=performer_key,
+        )
+        if found:
+            raise Found(found, self._siblings(rec, member_wide=member_wide))
+        if s.redis_wait_replicas and got < s.redis_wait_replicas:
+            raise NotSent(f"{got} of {s.redis_wait_replicas} replicas have the mark")
 
-        def mark() -> None:
-            ctx.hold()
-            now = self.clock()
-            cap = s.max_rebooks_per_member_per_day
-            if cap and not self.store.take_member_post(rec.user_id, cap, now):
-                raise Capped(f"member {rec.user_id} reached {cap} POSTs today")
-            ok, holder, got, sent = self.store.start_post(
-                rec.rebook_id,
-                now=now,
-                attempts=rec.attempts + 1,
-                claim=ctx.token,
-                known_ids=seen,
-                due=now + self.store.lease,
-                member_wide=member_wide,
-                # WAIT on the connection that wrote the mark (one pipeline)
-                replicas=s.redis_wait_replicas,
-                replica_timeout_ms=s.redis_wait_timeout_ms,
-            )
-            if not ok:
-                if cap:
-                    self.store.give_back_member_post(rec.user_id, now)
-                raise Gated(holder) if holder else NotSent("the rebook changed")
-            assert sent is not None
-            marked.append(sent)  # the server's time (the proof's clock), as the record has it
-            self.reads.marked(rec.rebook_id, now, now - 2 * s.call_bound_seconds - 60)
-            # Under the gate now, no sibling's POST is unsettled: a booking in the list that
-            # nobody owns and that looks like ours is one whose mark was lost. Owners are read
-            # only now, so one a sibling took meanwhile is not taken twice.
-            found = self._candidates(
-                rec,
-                listing,
-                rec.created_ts - s.reconcile_lookback_seconds,
-                strict=True,
-                performer_key=performer_key,
-            )
-            if found:
-                raise Found(found, self._siblings(rec, member_wide=member_wide))
-            if s.redis_wait_replicas and got < s.redis_wait_replicas:
-                raise NotSent(f"{got} of {s.redis_wait_replicas} replicas have the mark")
-
-        return mark
-
-    def _shadow_marker(self, ctx: StepContext, marked: list[float]) -> Callable[[], None]:
-        """Shadow mode's `before_send`: the moment the POST would go out (after the gate, the
-        read before it and the rate limiter) is noted, and nothing is sent — whatever client
-        runs it. No "POST sent" mark is written: nothing needs reconciling."""
-
-        def stop() -> None:
-            ctx.hold()
-            marked.append(self.clock())
-            raise Shadowed("shadow mode: not sent", endpoint=POST)
-
-        return stop
+    def _shadow_stop(self, ctx: StepContext, marked: list[float]) -> NoReturn:
+        """Shadow mode: the moment the POST would go out (after the gate, the read before it
+        and the rate limiter) is noted, and nothing is sent, whatever client runs it. No "POST
+        sent" mark is written: nothing needs reconciling."""
+        ctx.hold()
+        marked.append(self.clock())
+        raise Shadowed("shadow mode: not sent", endpoint=POST)
 
     def _shadowed(self, ctx: StepContext, rec: Rebook, marked: list[float]) -> Step:
         """SHADOWED (terminal): what shadow mode would have booked, when, and how long after
