@@ -120,6 +120,11 @@ class Capped(StepInterrupted):
     """The member reached REBOOK_MAX_REBOOKS_PER_MEMBER_PER_DAY: this POST is not sent."""
 
 
+class Unmarked(StepInterrupted):
+    """The "POST sent" mark is not as the POST needs it (the rebook changed meanwhile, or too
+    few replicas have it): the POST is not sent."""
+
+
 class Found(StepInterrupted):
     """Before the POST, a booking it would duplicate was found: adopted instead of sent —
     unless another rebook of the same member and performer could be its maker."""

@@ -24,10 +24,10 @@ from worker.core.errors import (
     Found,
     Gated,
     NotFound,
-    NotSent,
     Rejected,
     Shadowed,
     Throttled,
+    Unmarked,
     UpstreamError,
 )
 from worker.core.flow.bookings import Bookings
@@ -121,7 +121,7 @@ class Reschedule(Kit):
             return self._fail(ctx, rec, f"upstream: {exc.message}")
         except Rejected as exc:
             return self.classify.rejected(ctx, rec, exc)
-        except UpstreamError as exc:  # nothing was sent, or refused before the upstream acted
+        except (UpstreamError, Unmarked) as exc:  # not sent, or refused before it acted
             return self.classify.not_done(ctx, rec, marked, exc)
         self.performer.learn(ctx, rec, booking, "the POST's answer")
         return self.bookings.booked(ctx, rec, booking)
@@ -277,7 +277,7 @@ class Reschedule(Kit):
         if not ok:
             if cap:
                 self.store.give_back_member_post(rec.user_id, now)
-            raise Gated(holder) if holder else NotSent("the rebook changed")
+            raise Gated(holder) if holder else Unmarked("the rebook changed")
         assert sent is not None
         marked.append(sent)  # the server's time (the proof's clock), as the record has it
         self.reads.marked(rec.rebook_id, now, now - 2 * s.call_bound_seconds - 60)
@@ -294,7 +294,7 @@ class Reschedule(Kit):
         if found:
             raise Found(found, self.bookings.siblings(rec, member_wide=member_wide))
         if s.redis_wait_replicas and got < s.redis_wait_replicas:
-            raise NotSent(f"{got} of {s.redis_wait_replicas} replicas have the mark")
+            raise Unmarked(f"{got} of {s.redis_wait_replicas} replicas have the mark")
 
     def _shadow_stop(self, ctx: StepContext, marked: list[float]) -> NoReturn:
         """Shadow mode: the moment the POST would go out (after the gate, the read before it
@@ -415,15 +415,16 @@ class Classify(Kit):
         return Step.REAUTH_RETRY
 
     def not_done(
-        self, ctx: StepContext, rec: Rebook, marked: list[float], exc: UpstreamError
+        self, ctx: StepContext, rec: Rebook, marked: list[float], exc: UpstreamError | Unmarked
     ) -> Step:
         """Not sent, or refused before the upstream acted: the mark goes, try again later."""
-        if isinstance(exc, NotSent) and not marked:
+        if isinstance(exc, Unmarked) and not marked:
             return Step.NOOP  # the rebook moved on meanwhile
         if isinstance(exc, Throttled):
             wait, errors = self._throttle_wait(exc), rec.errors
         else:
-            wait = self.backoff(rec.errors, exc.retry_after)
+            retry_after = exc.retry_after if isinstance(exc, UpstreamError) else None
+            wait = self.backoff(rec.errors, retry_after)
             errors = rec.errors + 1
         log.warning("rebook %s: reschedule not done (%s); again in %.1fs", rec.rebook_id, exc, wait)
         self._unmark(
