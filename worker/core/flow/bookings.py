@@ -68,7 +68,7 @@ class Bookings(Kit):
         earlier one whose mark was lost, at any time since receipt), a booking must also look
         made by a reschedule — SessionDate a few minutes after CreateDate, both site time, so no
         zone enters. After an ambiguous POST every candidate blocks the proof, and only one that
-        looks made by a reschedule is adopted (`_reconcile`, `_foreign`).
+        looks made by a reschedule is adopted (`Reconcile.run`, `_foreign`).
         """
         found = []
         for b in listing.bookings:

@@ -120,7 +120,7 @@ class Operator(Kit):
         to, due = State.WAITING, deadline if rec.performer_id is not None else now
         if rec.unsettled:
             to, due = State.RESCHEDULING, now
-            fields.update(  # the window starts afresh, on the server's clock (`_reconcile`)
+            fields.update(  # the window starts afresh, on the server's clock (`Reconcile.run`)
                 answer_ts=SERVER_NOW, empty_reads=None, attempts=rec.attempts, **(extra or {})
             )
         if not self._move(
