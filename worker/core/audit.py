@@ -29,7 +29,7 @@ from worker.core.errors import (
     Throttled,
     UpstreamError,
 )
-from worker.core.flow import _looks_rescheduled as looks_rescheduled
+from worker.core.flow.bookings import looks_rescheduled
 from worker.core.models import WebcamBooking, from_ts, iso_z
 from worker.core.settings import Settings
 from worker.core.states import ACTIVE_STATES, State

@@ -145,7 +145,7 @@ class WebcamBooking(UpstreamModel):
     def performer_id(self) -> int | None:
         """A guess at the performer's user id (the first id under six likely keys), for logs
         only: `Performer`'s fields are undocumented, and a guess never decides whose a booking
-        is (`performer_under` with a confirmed key does, worker/core/flow.py)."""
+        is (`performer_under` with a confirmed key does, worker/core/flow/bookings.py)."""
         if not self.performer:
             return None
         for key in ("UserID", "UserId", "userID", "ID", "Id", "id"):

@@ -371,9 +371,9 @@ def performer_field_line(figures: dict[str, Any]) -> str:
 
 
 def _performer_field(settings: Settings) -> Check:
-    """Which field of a booking names its performer, as learned (worker/core/flow.py). Not a
-    FAIL while unconfirmed: rebook works, only fails safe (member-wide gate, `unverified_shape`
-    parks) until answers confirm one."""
+    """Which field of a booking names its performer, as learned (worker/core/flow/performer.py).
+    Not a FAIL while unconfirmed: rebook works, only fails safe (member-wide gate,
+    `unverified_shape` parks) until answers confirm one."""
     from worker.core.store import Store
 
     figures = Store.from_settings(settings).performer_field_stats()

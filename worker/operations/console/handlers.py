@@ -189,7 +189,9 @@ def _upstream_status(rec: Rebook) -> str:
     new_id = rec.new_booking_id
     try:
         flow = _flow()
-        booking = flow._member_call(rec, lambda token: flow.client.booking_details(token, new_id))
+        booking = flow.kit._member_call(
+            rec, lambda token: flow.client.booking_details(token, new_id)
+        )
     except Exception as exc:  # shown to the operator, never raised: the page must render
         last = f"; last read by the watch: {rec.status}" if rec.status else ""
         return f"unavailable ({type(exc).__name__}){last}"
