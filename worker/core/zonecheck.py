@@ -134,8 +134,11 @@ class ZoneWatch:
 
 def read(client: Any, key: str) -> dict[str, Any] | None:
     """The last observation, or None (no booking made yet, or unreadable)."""
+    # imported here: the store package imports this module first
+    from worker.core.store.zone import ZoneRecord
+
     try:
-        raw = client.get(key)
+        raw = ZoneRecord(client, key).read()
         data = json.loads(raw) if raw else None
     except (ValueError, TypeError):
         return None

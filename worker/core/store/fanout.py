@@ -68,7 +68,8 @@ class FanoutRecord:
         return reply[0], list(reply[1]), list(reply[2]) if len(reply) > 2 else []
 
     def cursor(self, shard: int) -> str:
-        return str(self._r.get(self.keys.fanout(shard, "cursor")) or "0-0")
+        found: str = self._r.get(self.keys.fanout(shard, "cursor")) or "0-0"
+        return found
 
     def set_cursor(self, shard: int, start: str) -> None:
         self._r.set(self.keys.fanout(shard, "cursor"), start)
@@ -119,8 +120,8 @@ class FanoutRecord:
         self._r.rpush(self.keys.fanout(shard, name, "q", rebook_id), entry_id)
 
     def head(self, shard: int, name: str, rebook_id: str) -> str | None:
-        found = self._r.lindex(self.keys.fanout(shard, name, "q", rebook_id), 0)
-        return None if found is None else str(found)
+        found: str | None = self._r.lindex(self.keys.fanout(shard, name, "q", rebook_id), 0)
+        return found
 
     def pop(self, shard: int, name: str, rebook_id: str) -> None:
         self._r.lpop(self.keys.fanout(shard, name, "q", rebook_id))

@@ -50,8 +50,8 @@ class SearchIndex:
         return bool(self._r.exists(self.keys.record(shard, rebook_id)))
 
     def active_of_booking(self, shard: int, booking_id: object) -> str | None:
-        found = self._r.get(self.keys.active(shard, booking_id))
-        return str(found) if found else None
+        found: str | None = self._r.get(self.keys.active(shard, booking_id))
+        return found or None
 
     def members(self, *keys: str) -> list[str]:
         """The union of sets."""

@@ -18,6 +18,10 @@ class ZoneRecord:
     def of(cls, store: Store) -> ZoneRecord:
         return cls(store.r, store.keys.zone)
 
+    def read(self) -> Any:
+        """The last observation as stored (JSON), or None."""
+        return self._r.get(self.key)
+
     def write(self, observation: str) -> None:
         self._r.set(self.key, observation)
 
