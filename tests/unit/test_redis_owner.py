@@ -36,6 +36,11 @@ setnx setex psetex getset getdel mget mset exists unlink scan_iter
 publish pubsub dbsize flushdb flushall
 """
 COMMANDS = frozenset(_COMMAND_NAMES.split())
+RAW = frozenset({"r", "_r"})
+"""Attribute names the store's classes give the raw client."""
+CLIENT_NAMES = frozenset({"client", "redis_client", "redis"})
+GENERIC = frozenset({"get", "set", "delete", "exists", "lock", "ping", "info", "keys", "expire"})
+"""Commands whose names other objects share: flagged only on a name that says "client"."""
 
 
 def _allowed(rel: str) -> bool:
@@ -52,14 +57,14 @@ def touches(source: str) -> list[str]:
             found += [f"{node.lineno}: import {a.name}" for a in node.names if _is_redis(a.name)]
         elif isinstance(node, ast.ImportFrom) and _is_redis(node.module or ""):
             found.append(f"{node.lineno}: from {node.module} import")
-        elif isinstance(node, ast.Attribute) and node.attr == "r":
-            found.append(f"{node.lineno}: .r (the raw client)")
-        elif (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Attribute)
-            and node.func.attr in COMMANDS
-        ):
-            found.append(f"{node.lineno}: .{node.func.attr}()")
+        elif isinstance(node, ast.Attribute) and node.attr in RAW:
+            found.append(f"{node.lineno}: .{node.attr} (the raw client)")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            method, receiver = node.func.attr, node.func.value
+            if method in COMMANDS or (
+                method in GENERIC and isinstance(receiver, ast.Name) and receiver.id in CLIENT_NAMES
+            ):
+                found.append(f"{node.lineno}: .{method}()")
     return sorted(found, key=lambda hit: int(hit.split(":")[0]))
 
 
@@ -88,6 +93,7 @@ def test_the_check_bites() -> None:
     source = (
         "import redis\nfrom redis.exceptions import RedisError\n"
         "store.r.get('k')\nclient.hset('h', 'f', 1)\nc.register_script('x')\nc.pipeline()\n"
+        "client.get('k')\nself._r.delete('k')\n"
     )
-    assert [hit.split(":")[0] for hit in touches(source)] == ["1", "2", "3", "4", "5", "6"]
+    assert [hit.split(":")[0] for hit in touches(source)] == [str(n) for n in range(1, 9)]
     assert touches("d = {}\nd.get('k')\nd.setdefault('k', 1)\n") == []
