@@ -367,7 +367,7 @@ class Bench:
         # Redis time in 10 s). Run it now, before anything waits, as a deployment that has been
         # up 5 minutes has.
         self.producer.send_task("rebook.keep_tokens", queue=WORK_QUEUE)
-        marker = f"{self.svc.token_store.index_key}:indexed"
+        marker = f"{self.svc.token_store.records.index_key}:indexed"
         wait_until(lambda: self.r.exists(marker), 60, "the token index backfill", 0.1)
         log(f"rebook worker (prefork -c {self.cfg.concurrency}) and beat are up")
 

@@ -16,6 +16,7 @@ from worker.celeryapp.runtime import CallCounter
 from worker.core.settings import get_settings, load_settings
 from worker.core.states import State
 from worker.core.store import REMOVE, Store, rebook_id_for
+from worker.core.store.counters import Tally
 from worker.operations import exporter
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -159,7 +160,7 @@ def test_upstream_calls_are_counted_in_redis_within_a_second(
     """Counted in the process, added to Redis in one pipeline a second later: no round trip per
     upstream call, and nothing lost while the process lives."""
     key = f"{prefix}metrics:upstream"
-    count = CallCounter(redis_client, key)
+    count = CallCounter(Tally(redis_client, key))
     for _ in range(3):
         count("getUserSummary", "ok")
     count("RescheduleMadeBooking", "Ambiguous")

@@ -1132,7 +1132,7 @@ def doctor() -> None:
 
 def main() -> None:
     """Console entry point: one line for the errors a person can fix, never a traceback."""
-    import redis
+    from worker.core.store.client import RedisError
 
     try:
         cli()
@@ -1142,7 +1142,7 @@ def main() -> None:
     except StoreUnavailable as exc:
         say_error(str(exc))
         sys.exit(1)
-    except redis.RedisError as exc:
+    except RedisError as exc:
         from worker.core.settings import get_settings
 
         say_error(f"Redis at {mask_url(get_settings().redis_url)}: {type(exc).__name__}: {exc}")

@@ -30,19 +30,18 @@ from types import FrameType
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-import redis
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from worker.core.audit import KINDS as AUDIT_KINDS
 from worker.core.errors import FAULT_SETTINGS, StoreUnavailable
 from worker.core.settings import Settings, mask_url, settings_or_exit
 from worker.core.states import TERMINAL_STATES, State
 from worker.core.store import Store
+from worker.core.store.client import RedisError, Server, no_retry
+from worker.core.store.counters import Tally
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +70,10 @@ class RebookCollector(Collector):
         try:
             stats = self.store.stats()
             outcomes = self.store.outcome_counts()
-            upstream = self.store.r.hgetall(self.store.keys.upstream_calls)
-            memory = self.store.r.info("memory")
-            audit = self.store.r.hgetall(self.store.keys.audit_counts)
-        except (redis.RedisError, StoreUnavailable, OSError) as exc:
+            upstream = Tally.upstream_calls(self.store).read()
+            memory = Server.of(self.store).info("memory")
+            audit = Tally.audit_findings(self.store).read()
+        except (RedisError, StoreUnavailable, OSError) as exc:
             log.warning(
                 "rebook exporter: cannot read Redis at %s: %s",
                 mask_url(self.store.url),
@@ -278,7 +277,7 @@ def store_for(settings: Settings) -> Store:
         settings,
         socket_timeout=SOCKET_TIMEOUT,
         socket_connect_timeout=CONNECT_TIMEOUT,
-        retry=Retry(NoBackoff(), 0),
+        retry=no_retry(),
     )
 
 
