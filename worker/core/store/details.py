@@ -1,4 +1,4 @@
-"""Reads for one rebook's page in the console (worker/operations/console/handlers.py) that the
+"""Reads for one rebook's page in the console (worker/operations/console/views.py) that the
 store's own methods do not answer: its outcome entries, its place in the due index, the presence
 schedule's size."""
 

@@ -3,51 +3,38 @@
 Every request is authenticated first (401 without Flower's credentials, like every Flower page).
 POSTs are refused when cross-site: `Sec-Fetch-Site` other than same-origin, or an `Origin` that
 is not this host; the HTML forms also carry Tornado's `_xsrf` token, and the JSON API takes only
-`application/json` bodies (which no cross-site form can send).
+`application/json` bodies (which no cross-site form can send). Each method parses its request,
+calls one function of views.py (what the page shows) and renders it with pages.py.
 """
 
 from __future__ import annotations
 
 import json
-import time
-from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import tornado.web
 from flower.views import BaseHandler
 from tornado.web import url
 
-from worker.core.actions import ACTIONS, MAX_BULK, Action, Outcome, refusal, run
-from worker.core.capacity import presence_figures, shortfall
-from worker.core.search import BadFilter, Filters, Search
-from worker.core.states import State
-from worker.core.store import Rebook, details
-from worker.operations.console import openapi, pages
+from worker.core.actions import ACTIONS, MAX_BULK, Action
+from worker.core.search import BadFilter, Filters
+from worker.core.store import Rebook
+from worker.operations.console import openapi, pages, views
 from worker.operations.console.openapi import PAGE_DEFAULT, PAGE_MAX
-from worker.operations.console.why import Situation
 
-OUTCOME_SCAN = 2000
-"""Outcome entries read after a rebook's receipt to find its own (the stream is shared)."""
+if TYPE_CHECKING:
+    from worker.celeryapp.runtime import Services
+    from worker.core.flow import Flow
 
 
-def _services() -> Any:
+def _services() -> Services:
     from worker.celeryapp.runtime import services
 
     return services()
 
 
-def _paused() -> dict[str, Any] | None:
-    """The deployment fault in force, for the banner on every page (None if unreadable: the
-    page itself says what it can)."""
-    try:
-        paused: dict[str, Any] | None = _services().store.circuit.public()
-    except Exception:
-        return None
-    return paused
-
-
-def _flow() -> Any:
+def _flow() -> Flow:
     import worker.app  # noqa: F401 (builds this process's app, which sends the next steps)
     from worker.celeryapp.dispatch import flow
 
@@ -119,7 +106,7 @@ class ConsoleHandler(BaseHandler):
     def html(self, body: str, status: int = 200) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "text/html; charset=UTF-8")
-        body = pages.with_banner(body, _paused())
+        body = pages.with_banner(body, views.paused(_services().store))
         if _services().settings.shadow:  # on every page: nothing here is really booked
             body = body.replace("<main>", "<main>" + pages.SHADOW_BANNER, 1)
         self.finish(body)
@@ -138,144 +125,23 @@ class ConsoleHandler(BaseHandler):
 
 class RebooksPage(ConsoleHandler):
     def get(self) -> None:
-        store = _services().store
-        search = Search(store)
         try:
             f, limit = self.filters(), self.limit()
-            cursor = self.arg("cursor", "")
-            page = search.query(f, limit=limit, cursor=cursor or None)
+            view = views.list_view(_services().store, f, limit, self.arg("cursor", ""))
         except BadFilter as exc:
             raw = {name: self.arg(name) for name in Filters.NAMES}
             self.html(pages.bad_filter_page(base=self.base, raw=raw, error=str(exc)), 400)
             return
-        now = time.time()
-        # a filtered view's counts per state ("what happened to member M today"); a state
-        # alone is already counted by the chips above the table
-        only_state = f.state is not None and list(f.params()) == ["state"]
-        summary = None if f.empty or only_state else search.summary(f)
-        stats = store.stats(now)
-        self.html(
-            pages.list_page(
-                base=self.base,
-                filters=f,
-                counts=stats["states"],
-                shadow=stats["shadow"],
-                items=page.items,
-                next_cursor=page.next,
-                cursor=cursor,
-                limit=limit,
-                per_hour=search.outcomes_per_hour(now),
-                histogram=search.booked_histogram(now),
-                xsrf=self.xsrf_token.decode(),
-                now=now,
-                summary=summary,
-            )
-        )
-
-
-def _outcomes_of(rec: Rebook) -> list[dict[str, str]]:
-    store = _services().store
-    shard = store.shard_of(rec.rebook_id) or 0
-    rows = details.outcome_entries(store, shard, int(rec.created_ts * 1000), OUTCOME_SCAN)
-    return [{"id": sid, **f} for sid, f in rows if f.get("rebook_id") == rec.rebook_id]
-
-
-def _upstream_status(rec: Rebook) -> str:
-    """The new booking as the upstream shows it now (a member call), else why not."""
-    if rec.new_booking_id is None:
-        return "no new booking"
-    new_id = rec.new_booking_id
-    try:
-        flow = _flow()
-        booking = flow.kit._member_call(
-            rec, lambda token: flow.client.booking_details(token, new_id)
-        )
-    except Exception as exc:  # shown to the operator, never raised: the page must render
-        last = f"; last read by the watch: {rec.status}" if rec.status else ""
-        return f"unavailable ({type(exc).__name__}){last}"
-    return f"{booking.status or '?'} (booking {new_id})"
-
-
-def _entered_at(history: list[dict[str, Any]]) -> float | None:
-    """When the rebook entered its current state: its last history entry."""
-    if not history:
-        return None
-    try:
-        return datetime.fromisoformat(str(history[-1]["at"]).replace("Z", "+00:00")).timestamp()
-    except (KeyError, ValueError):
-        return None
-
-
-def _token_stored_at(user_id: str) -> float | None:
-    """When the member's pair was handed over or last refreshed; never a token itself."""
-    try:
-        tokens = _services().token_store.load(user_id)
-    except Exception:  # an unreadable pair (another key) says nothing about the time
-        return None
-    return tokens.refresh_issued_at or None if tokens is not None else None
-
-
-def situation(rec: Rebook, history: list[dict[str, Any]]) -> Situation:
-    """The facts behind "why is it where it is" (worker/operations/console/why.py), read now."""
-    svc = _services()
-    store, settings = svc.store, svc.settings
-    now = time.time()
-    shard = store.shard_of(rec.rebook_id) or 0
-    due = details.due_at(store, shard, rec.rebook_id)
-    seen = presence_next = None
-    waiting = 0
-    budget: str | None = None
-    if rec.state == State.WAITING and rec.performer_id is not None:
-        seen = store.presence_seen(rec.performer_id)
-        presence_next = store.performer_due(rec.performer_id)
-        waiting = store.waiting_count(rec.performer_id)
-    if rec.state in (State.WAITING, State.RESCHEDULING):
-        performers = details.tracked_performers(store)
-        figures = presence_figures(
-            performers,
-            settings.presence_interval_seconds,
-            settings.upstream_rate_per_second,
-            store.achieved_presence_interval(now),
-        )
-        budget = shortfall(figures)
-    reauth = rec.state == State.NEEDS_ATTENTION and rec.reason == "reauth"
-    return Situation(
-        now=now,
-        entered_at=_entered_at(history),
-        due_at=float(due) if due is not None else None,
-        presence=seen,
-        presence_next=presence_next,
-        presence_interval=settings.presence_interval_seconds,
-        waiting_on_performer=waiting,
-        budget_short=budget,
-        gate_max_wait=settings.gate_max_wait_seconds,
-        holder=store.get(rec.blocked_by) if rec.blocked_by else None,
-        token_stored_at=_token_stored_at(rec.user_id) if reauth else None,
-        reconcile_proof_reads=settings.reconcile_proof_reads,
-    )
+        self.html(pages.list_page(base=self.base, xsrf=self.xsrf_token.decode(), **view.kwargs()))
 
 
 class RebookPage(ConsoleHandler):
     def get(self, rebook_id: str) -> None:
-        self.show(self.record(rebook_id))
+        self.show(views.detail_view(_services(), _flow, self.record(rebook_id)))
 
-    def show(self, rec: Rebook, message: str = "", status: int = 200) -> None:
-        store = _services().store
-        history = store.history(rec.rebook_id)
-        self.html(
-            pages.detail_page(
-                base=self.base,
-                rec=rec,
-                history=history,
-                outcomes=_outcomes_of(rec),
-                upstream=_upstream_status(rec),
-                refusals={a: refusal(a, rec) for a in ACTIONS},
-                xsrf=self.xsrf_token.decode(),
-                message=message,
-                situation=situation(rec, history),
-            ),
-            status,
-        )
+    def show(self, view: views.DetailView, status: int = 200) -> None:
+        page = pages.detail_page(base=self.base, xsrf=self.xsrf_token.decode(), **view.kwargs())
+        self.html(page, status)
 
 
 class RebookAction(RebookPage):
@@ -284,12 +150,10 @@ class RebookAction(RebookPage):
     def post(self, rebook_id: str, action: str) -> None:
         rec = self.record(rebook_id)
         act: Action = "retry" if action == "retry" else "cancel"
-        result = run(_flow(), _services().store, act, ids=[rec.rebook_id])
-        after = self.record(rec.rebook_id)
-        if result.refused:
-            self.show(after, f"{action} refused: {result.refused[0]['why']}", 409)
-        else:
-            self.show(after, f"{action}: now {after.state.value} ({after.reason})")
+        acted = views.act_on(_services(), _flow, act, rec)
+        if acted is None:
+            raise tornado.web.HTTPError(404, f"no rebook {rec.rebook_id!r}")
+        self.show(*acted)
 
 
 class BulkForm(ConsoleHandler):
@@ -309,49 +173,18 @@ class BulkForm(ConsoleHandler):
         if f.empty:
             raise tornado.web.HTTPError(400, "a bulk action needs a filter")
         act: Action = "retry" if action == "retry" else "cancel"
-        store = _services().store
         if self.arg("confirm", "") != "1":
-            preview = run(_flow(), store, act, filters=f, dry_run=True)
-            self.html(
-                pages.preview_page(
-                    base=self.base,
-                    outcome=preview,
-                    filters=f,
-                    xsrf=self.xsrf_token.decode(),
-                    notes=_notes(act, preview),
-                )
-            )
+            view = views.bulk_preview(_services(), _flow(), act, f)
+            xsrf = self.xsrf_token.decode()
+            self.html(pages.preview_page(base=self.base, xsrf=xsrf, **view.kwargs()))
             return
         ids = [str(i) for i in self.get_arguments("ids", strip=True)]
         if not ids:
             raise tornado.web.HTTPError(400, "confirm: no rebook to act on")
         if len(ids) > MAX_BULK:
             raise tornado.web.HTTPError(400, f"ids: at most {MAX_BULK}")
-        result = run(_flow(), store, act, ids=ids, filters=f)
+        result = views.bulk_confirm(_services(), _flow(), act, ids, f)
         self.html(pages.result_page(base=self.base, outcome=result, filters=f))
-
-
-def _notes(action: Action, preview: Outcome) -> dict[str, str]:
-    """What the operator should know before confirming a retry of reauth rebooks: whether a
-    new token pair was stored since each parked (else it parks again)."""
-    notes: dict[str, str] = {}
-    if action != "retry":
-        return notes
-    stored: dict[str, float | None] = {}
-    for rid in preview.would_do:
-        rec = preview.records.get(rid)
-        if rec is None or rec.state != State.NEEDS_ATTENTION or rec.reason != "reauth":
-            continue
-        if rec.user_id not in stored:
-            stored[rec.user_id] = _token_stored_at(rec.user_id)
-        at = stored[rec.user_id]
-        if at is None:
-            notes[rid] = "no token pair stored: it will park again"
-        elif at > (rec.updated_ts or rec.created_ts):
-            notes[rid] = f"new token pair stored {pages.when(at)}, after it parked"
-        else:
-            notes[rid] = "no new token since it parked: it parks again until the member signs in"
-    return notes
 
 
 class ApiRebooks(ConsoleHandler):
@@ -360,24 +193,22 @@ class ApiRebooks(ConsoleHandler):
     def get(self) -> None:
         try:
             f, limit = self.filters(), self.limit()
-            page = Search(_services().store).query(
-                f, limit=limit, cursor=self.arg("cursor", "") or None
-            )
+            answer = views.api_list(_services().store, f, limit, self.arg("cursor", ""))
         except BadFilter as exc:
             self.json({"error": str(exc)}, 400)
             return
-        self.json({"items": [r.public() for r in page.items], "next": page.next})
+        self.json(answer)
 
 
 class ApiRebook(ConsoleHandler):
     form_post = False
 
     def get(self, rebook_id: str) -> None:
-        rec = _services().store.find(rebook_id)
-        if rec is None:
+        answer = views.api_detail(_services().store, rebook_id)
+        if answer is None:
             self.json({"error": f"no rebook {rebook_id!r}"}, 404)
             return
-        self.json({**rec.public(), "history": _services().store.history(rec.rebook_id)})
+        self.json(answer)
 
 
 class ApiActions(ConsoleHandler):
@@ -389,69 +220,21 @@ class ApiActions(ConsoleHandler):
         except ValueError:
             self.json({"error": "body: not JSON"}, 400)
             return
-        if not isinstance(body, dict) or body.get("action") not in ACTIONS:
-            self.json({"error": 'action: "retry" or "cancel"'}, 400)
+        try:
+            req = views.action_request(body)
+        except views.Invalid as exc:
+            self.json({"error": str(exc)}, 400)
             return
-        act: Action = "retry" if body["action"] == "retry" else "cancel"
-        ids, raw_filter = body.get("ids"), body.get("filter")
-        if (ids is None) == (raw_filter is None):
-            self.json({"error": 'give "ids" or "filter", one of them'}, 400)
-            return
-        dry = body.get("dry_run", False)
-        if not isinstance(dry, bool):
-            self.json({"error": "dry_run: true or false"}, 400)
-            return
-        store = _services().store
-        if ids is not None:
-            if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-                self.json({"error": "ids: a list of rebook ids"}, 400)
-                return
-            if len(ids) > MAX_BULK:
-                self.json({"error": f"ids: at most {MAX_BULK}"}, 400)
-                return
-            result = run(_flow(), store, act, ids=ids, dry_run=dry)
-        else:
-            if not isinstance(raw_filter, dict):
-                self.json({"error": "filter: an object of filters"}, 400)
-                return
-            try:
-                f = Filters.parse(raw_filter)
-            except BadFilter as exc:
-                self.json({"error": str(exc)}, 400)
-                return
-            if f.empty:
-                self.json({"error": "filter: at least one filter (never every rebook)"}, 400)
-                return
-            result = run(_flow(), store, act, filters=f, dry_run=dry)
-        self.json(result.as_json())
-
-
-AUDIT_PAGE = 200
-"""Findings the audit page and `GET /api/audit` show (newest first)."""
-
-
-def _audit(limit: int) -> dict[str, Any]:
-    from worker.core.audit import counts, last_run, recorded
-
-    store = _services().store
-    return {
-        "findings": [f.as_json() for _, f in recorded(store, limit)],
-        "counts": counts(store),
-        "last_run": last_run(store),
-    }
+        self.json(views.api_act(_services().store, _flow(), req))
 
 
 class AuditPage(ConsoleHandler):
     def get(self) -> None:
-        data = _audit(AUDIT_PAGE)
-        self.html(
-            pages.audit_page(
-                base=self.base,
-                findings=data["findings"],
-                counts=data["counts"],
-                last=data["last_run"],
-            )
+        data = views.audit_view(_services().store, views.AUDIT_PAGE)
+        page = pages.audit_page(
+            base=self.base, findings=data["findings"], counts=data["counts"], last=data["last_run"]
         )
+        self.html(page)
 
 
 class ApiAudit(ConsoleHandler):
@@ -463,23 +246,14 @@ class ApiAudit(ConsoleHandler):
         except BadFilter as exc:
             self.json({"error": str(exc)}, 400)
             return
-        self.json(_audit(limit))
+        self.json(views.audit_view(_services().store, limit))
 
 
 class ApiOpenapi(ConsoleHandler):
     """The OpenAPI 3.1 document of this API (worker/operations/console/openapi.py)."""
 
     def get(self) -> None:
-        self.json(openapi.document(_version()))
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("rebook")
-    except PackageNotFoundError:
-        return "0.0.0"
+        self.json(openapi.document(views.version()))
 
 
 def routes() -> list[Any]:
