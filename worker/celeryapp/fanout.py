@@ -111,7 +111,6 @@ class Fanout:
         r = self.store.r
         stream = self.store.keys.outcomes(shard)
         down: set[str] = set()  # receivers that failed in this pass: not called again in it
-        self._migrate_legacy(shard, batch)
         for name in self.receivers:
             due = r.zrangebyscore(
                 self.store.keys.fanout(shard, name, "retry"),
@@ -169,15 +168,6 @@ class Fanout:
         r.set(cursor_key, start)
         return out
 
-    def _migrate_legacy(self, shard: int, batch: int) -> None:
-        """Queues of the one-receiver fan-out (`fanout:q:{id}`, `fanout:retry`): their entries
-        are still pending in the group, so reclaiming delivers them; the old keys go."""
-        r = self.store.r
-        legacy = self.store.keys.fanout(shard, "retry")
-        for rebook_id in r.zrange(legacy, 0, batch - 1):
-            r.delete(self.store.keys.fanout(shard, "q", rebook_id))
-            r.zrem(legacy, rebook_id)
-
     def _done_map(self, shard: int, entry_ids: list[str]) -> dict[str, set[str]]:
         values = self.store.r.hmget(self.store.keys.fanout(shard, "done"), entry_ids)
         return {
@@ -230,7 +220,7 @@ class Fanout:
             self.store.r.hincrby(self.store.keys.fanout(shard, name, "attempts"), entry_id, 1)
         )
         if attempts >= self.settings.fanout_max_attempts:
-            self.store.deadletter(
+            self.store.outcomes.deadletter(
                 f"outcome fan-out gave up after {attempts} attempts: {name}: {reason}",
                 outcome,
                 task="rebook.fanout",

@@ -260,7 +260,7 @@ class Flow:
         step = _STEP.get()
         if step is not None and step.rebook_id == rebook_id:
             require = {**(require or {}), "claim": step.token}
-        return self.store.transition(rebook_id, to, require=require, **kw)
+        return self.store.transitions.transition(rebook_id, to, require=require, **kw)
 
     def _hold(self) -> None:
         """Extends the step's lease over the next upstream call, or raises :class:`LeaseLost`."""
@@ -304,7 +304,7 @@ class Flow:
             log.warning("member %s: refresh refused for the OAuth client, not parked", user_id)
             return 0
         parked = 0
-        for rec in self.store.get_many(self.store.active_of_user(user_id)):
+        for rec in self.store.records.get_many(self.store.records.active_of_user(user_id)):
             if rec.state in STEP_STATES and self._park(
                 rec,
                 "reauth",
@@ -348,7 +348,7 @@ class Flow:
         try:
             event, extra = RebookEvent.parse(args, kwargs)
         except InvalidEvent as exc:
-            self.store.deadletter(
+            self.store.outcomes.deadletter(
                 exc.reason, {"args": args, "kwargs": kwargs}, task_id=task_id, task="rebook.request"
             )
             log.warning("invalid rebook event (task %s): %s", task_id, exc.reason)
@@ -366,7 +366,7 @@ class Flow:
             log.info("event %s: ignored unknown fields %s", event.event_id, ", ".join(extra[:10]))
         now = self.clock()
         max_wait = event.max_wait_seconds or self.settings.max_wait_seconds
-        result = self.store.create(
+        result = self.store.records.create(
             rebook_id=rebook_id_for(event.event_id),
             event_id=event.event_id,
             booking_id=event.booking_id,
@@ -422,15 +422,15 @@ class Flow:
 
     def _check_presence(self, performer_id: int) -> Step:
         interval = self.settings.presence_interval_seconds
-        wait = self.store.claim_presence_call(performer_id, interval)
+        wait = self.store.presence.claim_presence_call(performer_id, interval)
         if 0 < wait <= PRESENCE_SLACK_SECONDS:
             time.sleep(wait + 0.002)  # PTTL is in whole milliseconds, rounded down
-            wait = self.store.claim_presence_call(performer_id, interval)
+            wait = self.store.presence.claim_presence_call(performer_id, interval)
         if wait > 0:  # checked within this interval by someone else
-            self.store.schedule_performer(performer_id, self.clock() + wait)
+            self.store.presence.schedule_performer(performer_id, self.clock() + wait)
             return Step.COALESCED
-        if not self.store.waiting_count(performer_id):
-            self.store.schedule_performer(performer_id, self.clock() + interval)
+        if not self.store.presence.waiting_count(performer_id):
+            self.store.presence.schedule_performer(performer_id, self.clock() + interval)
             return Step.IDLE
         try:
             online = self.client.is_online(performer_id)
@@ -438,20 +438,20 @@ class Flow:
             # keep its place in the line (least recently polled first): a throttled check sent
             # to the back, or to a random time, is how some performers came to be polled far
             # less than others; the sweep hands it out again within its budget
-            self.store.release_presence_call(performer_id)
-            self.store.keep_presence_turn(performer_id, self.clock())
+            self.store.presence.release_presence_call(performer_id)
+            self.store.presence.keep_presence_turn(performer_id, self.clock())
             log.info("presence of performer %s deferred (rate budget)", performer_id)
             return Step.THROTTLED
         except DeploymentFault as exc:  # the key is refused: not the performer's answer
-            self.store.release_presence_call(performer_id)
+            self.store.presence.release_presence_call(performer_id)
             self.store.circuit.hold_performer(performer_id)
-            self.store.schedule_performer(performer_id, self.clock() + self._pause_wait())
+            self.store.presence.schedule_performer(performer_id, self.clock() + self._pause_wait())
             log.info("presence of performer %s paused (%s)", performer_id, exc.reason)
             return Step.PAUSED
         except UpstreamError as exc:
-            self.store.note_presence_call(self.clock(), performer_id, None, str(exc))
+            self.store.presence.note_presence_call(self.clock(), performer_id, None, str(exc))
             if isinstance(exc, PresenceUnreadable):
-                n = self.store.note_presence_unreadable(
+                n = self.store.presence.note_presence_unreadable(
                     self.clock(), performer_id, exc.message, exc.answer
                 )
                 log.warning(
@@ -465,15 +465,15 @@ class Flow:
             log.warning(
                 "presence of performer %s unknown (%s); again in %.1fs", performer_id, exc, wait
             )
-            self.store.schedule_performer(performer_id, self.clock() + wait)
+            self.store.presence.schedule_performer(performer_id, self.clock() + wait)
             return Step.ERROR
         # The next check is due one interval after this answer came: the upstream sees at least
         # one interval between two calls, whatever the latency or rate-limit wait of each.
         now = self.clock()
-        self.store.note_presence_call(now, performer_id, online)
+        self.store.presence.note_presence_call(now, performer_id, online)
         if online:  # only now read who waits: an offline answer (the usual one) costs O(1)
-            moved = self.store.transition_many(
-                self.store.waiting_for(performer_id),
+            moved = self.store.transitions.transition_many(
+                self.store.presence.waiting_for(performer_id),
                 State.RESCHEDULING,
                 from_=[State.WAITING],
                 reason="performer online",
@@ -487,7 +487,7 @@ class Flow:
                     # at once, even while another performer's burst is being worked off
                     self.dispatch.reschedule(rid, urgent=i == 0)
             log.info("performer %s online: %d rebook(s) to reschedule", performer_id, len(moved))
-        self.store.schedule_performer(performer_id, now + interval)
+        self.store.presence.schedule_performer(performer_id, now + interval)
         return Step.ONLINE if online else Step.OFFLINE
 
     def _locked_step(self, rebook_id: str, state: State, body: Callable[[Rebook], Step]) -> Step:
@@ -497,12 +497,12 @@ class Flow:
         the record fences the step's writes, for the case the lock cannot cover: a step that
         outlived its lease (a stuck call, a paused process) and comes back with a stale answer.
         """
-        lock = self.store.lock(rebook_id)
+        lock = self.store.records.lock(rebook_id)
         if not lock.acquire():
             return Step.BUSY
         step = _STEP.set(_Step(rebook_id, secrets.token_hex(8), lock))
         try:
-            rec = self.store.claim_step(rebook_id, _STEP.get().token)  # type: ignore[union-attr]
+            rec = self.store.records.claim_step(rebook_id, _STEP.get().token)  # type: ignore[union-attr]
             if rec is None or rec.state != state:
                 return Step.NOOP
             with bound(
@@ -530,7 +530,7 @@ class Flow:
         return self._locked_step(rebook_id, State.WAITING, self._resolve_performer)
 
     def _resolve_performer(self, rec: Rebook) -> Step:
-        field_name = self.store.performer_field()
+        field_name = self.store.performer_field.performer_field()
         if rec.performer_id is not None:
             return self._learn_from_original(rec) if field_name is None else Step.NOOP
         if field_name is None:  # a guess at the key would decide whose bookings are whose
@@ -586,7 +586,7 @@ class Flow:
         at, value = self._field_seen
         now = time.monotonic()
         if now - at > FIELD_CACHE_SECONDS:
-            value = self.store.performer_field()
+            value = self.store.performer_field.performer_field()
             self._field_seen = (now, value)
         return value
 
@@ -595,7 +595,7 @@ class Flow:
         process asks Redis again only in the next window (intake pays nothing meanwhile)."""
         if now < self._slots_spent_until:
             return False
-        if self.store.learning_slot(LEARNING_READS, LEARNING_WINDOW_SECONDS, now):
+        if self.store.performer_field.learning_slot(LEARNING_READS, LEARNING_WINDOW_SECONDS, now):
             return True
         window = LEARNING_WINDOW_SECONDS
         self._slots_spent_until = (now // window + 1) * window
@@ -608,7 +608,7 @@ class Flow:
         if rec.performer_id is None or rec.performer_resolved or booking.performer is None:
             return
         try:
-            confirmed, change = self.store.learn_performer_field(
+            confirmed, change = self.store.performer_field.learn_performer_field(
                 booking.performer,
                 rec.performer_id,
                 booking.booking_id,
@@ -635,7 +635,7 @@ class Flow:
         """The field is confirmed: rebooks parked for `unverified_shape` go on (they settle, or
         resolve their performer, through the confirmed field now)."""
         resumed = 0
-        for other in self.store.list_rebooks(State.NEEDS_ATTENTION, limit=0):
+        for other in self.store.records.list_rebooks(State.NEEDS_ATTENTION, limit=0):
             if other.reason == "unverified_shape":
                 self._resume(other, "performer field confirmed")
                 resumed += 1
@@ -738,10 +738,13 @@ class Flow:
                 continue
             # another rebook's original existed before its event named it: never what our POST
             # made (an event for a booking minutes old, whose session is still ahead, is not sent)
-            if self.store.active_owner(b.booking_id, rec.user_id) not in (None, rec.rebook_id):
+            if self.store.records.active_owner(b.booking_id, rec.user_id) not in (
+                None,
+                rec.rebook_id,
+            ):
                 continue
             found.append(b)
-        owners = self.store.owners_of([b.booking_id for b in found])
+        owners = self.store.records.owners_of([b.booking_id for b in found])
         return sorted(
             (b for b, owner in zip(found, owners, strict=True) if owner in (None, rec.rebook_id)),
             key=lambda b: b.booking_id,
@@ -768,12 +771,12 @@ class Flow:
                 action="check the upstream, then `rebook retry ID`",
             )
             return Step.PARKED
-        performer_key = self.store.performer_field()
-        holder = self.store.gate_holder(rec, member_wide=performer_key is None)
+        performer_key = self.store.performer_field.performer_field()
+        holder = self.store.transitions.gate_holder(rec, member_wide=performer_key is None)
         if holder is not None:
             return self._gated(rec, holder)
         cap = s.max_rebooks_per_member_per_day
-        if cap and self.store.member_posts_today(rec.user_id, self.clock()) >= cap:
+        if cap and self.store.watch.member_posts_today(rec.user_id, self.clock()) >= cap:
             return self._capped(rec, cap)
         # Before a POST, look: a POST whose mark was lost (a failover, a restore) made a booking
         # that nothing here remembers. What the list shows now is what our POST cannot have made.
@@ -897,8 +900,12 @@ class Flow:
         if self.store.server_id(rec.user_id) != read.server:
             self.reads.drop(rec.user_id, read)
             return None
-        others = [o for o in self.store.posted_without_booking(rec, True) if o != rec.rebook_id]
-        for other in self.store.get_many(others):
+        others = [
+            o
+            for o in self.store.transitions.posted_without_booking(rec, True)
+            if o != rec.rebook_id
+        ]
+        for other in self.store.records.get_many(others):
             if other.new_booking_id is None and (
                 other.post_sent_ts is not None or other.updated_ts >= after
             ):
@@ -929,7 +936,7 @@ class Flow:
             capped = bool(self.settings.max_rebooks_per_member_per_day)
             # (shadow mode took no count: its marker does not reach the cap)
             if marked and capped and not isinstance(exc, (Ambiguous, Shadowed)):
-                self.store.give_back_member_post(rec.user_id, marked[0])
+                self.store.watch.give_back_member_post(rec.user_id, marked[0])
             raise
 
     def _marker(
@@ -948,9 +955,9 @@ class Flow:
             now = self.clock()
             step = _STEP.get()
             cap = s.max_rebooks_per_member_per_day
-            if cap and not self.store.take_member_post(rec.user_id, cap, now):
+            if cap and not self.store.watch.take_member_post(rec.user_id, cap, now):
                 raise _Capped(f"member {rec.user_id} reached {cap} POSTs today")
-            ok, holder, got, sent = self.store.start_post(
+            ok, holder, got, sent = self.store.transitions.start_post(
                 rec.rebook_id,
                 now=now,
                 attempts=rec.attempts + 1,
@@ -964,7 +971,7 @@ class Flow:
             )
             if not ok:
                 if cap:
-                    self.store.give_back_member_post(rec.user_id, now)
+                    self.store.watch.give_back_member_post(rec.user_id, now)
                 raise Gated(holder) if holder else NotSent("the rebook changed")
             assert sent is not None
             marked.append(sent)  # the server's time (the proof's clock), as the record has it
@@ -1125,12 +1132,12 @@ class Flow:
         """Other rebooks of the member and performer (`member_wide`: of any performer) that
         could have made a booking nobody owns: active ones without a booking, and finished ones
         that POSTed without one."""
-        active = set(self.store.active_of_user(rec.user_id))
-        posted = self.store.posted_without_booking(rec, member_wide=member_wide)
+        active = set(self.store.records.active_of_user(rec.user_id))
+        posted = self.store.transitions.posted_without_booking(rec, member_wide=member_wide)
         ids = sorted((active | set(posted)) - {rec.rebook_id})
         return [
             o.rebook_id
-            for o in self.store.get_many(ids)
+            for o in self.store.records.get_many(ids)
             if o.new_booking_id is None
             and (o.rebook_id not in active or o.state in ACTIVE_STATES)
             and (
@@ -1145,17 +1152,19 @@ class Flow:
         performer field is unconfirmed, a booking found may be theirs as well as ours. (The
         member's gate keeps them from overlapping ours; they can only be left from a time the
         field was confirmed, or from before it was dropped.)"""
-        ids = self.store.posted_without_booking(rec, member_wide=True)
+        ids = self.store.transitions.posted_without_booking(rec, member_wide=True)
         return [
-            o for o in self.store.get_many([i for i in ids if i != rec.rebook_id]) if o.unsettled
+            o
+            for o in self.store.records.get_many([i for i in ids if i != rec.rebook_id])
+            if o.unsettled
         ]
 
     def _unblock(self, rec: Rebook) -> None:
         """Its POST settled: the siblings it had parked as `blocked` go on by themselves."""
-        ids = self.store.active_of_user(rec.user_id)
+        ids = self.store.records.active_of_user(rec.user_id)
         if len(ids) < 2:
             return
-        for other in self.store.get_many(ids):
+        for other in self.store.records.get_many(ids):
             if (
                 other.state == State.NEEDS_ATTENTION
                 and other.reason == "blocked"
@@ -1208,13 +1217,13 @@ class Flow:
         return self._fail(rec, f"upstream refused: {exc.message}")
 
     def _booked(self, rec: Rebook, booking: WebcamBooking, adopted: str = "") -> Step:
-        if not self.store.claim_booking(booking.booking_id, rec.rebook_id):
+        if not self.store.records.claim_booking(booking.booking_id, rec.rebook_id):
             self._park(
                 rec,
                 "booking_claimed_elsewhere",
                 action="the upstream returned a booking another rebook owns; check both records",
                 new_booking_id=booking.booking_id,
-                owner=self.store.owner_of(booking.booking_id),
+                owner=self.store.records.owner_of(booking.booking_id),
             )
             return Step.PARKED
         now = self.clock()
@@ -1309,7 +1318,7 @@ class Flow:
         if read_at > start + s.reconcile_max_seconds:
             return self._park_unsettled(rec, rec.reconcile_tries, "no proof within the bound")
         known = set(rec.known_ids) if rec.known_ids is not None else None
-        performer_key = self.store.performer_field()
+        performer_key = self.store.performer_field.performer_field()
         try:
             listing = self._list(rec, sent - s.reconcile_lookback_seconds)
         except LeaseLost:  # another step holds the rebook now (ReauthRequired passes by itself)
@@ -1367,7 +1376,7 @@ class Flow:
             due=self.clock() + self.store.lease,
         ):
             return Step.NOOP
-        fresh = self.store.get(rec.rebook_id)
+        fresh = self.store.records.get(rec.rebook_id)
         return self._post(fresh, listing) if fresh is not None else Step.NOOP
 
     def _foreign(
@@ -1540,7 +1549,9 @@ class Flow:
             if self.store.claim_window(f"watchlist:{rec.user_id}", interval) == 0:
                 watching = [
                     r
-                    for r in self.store.get_many(self.store.active_of_user(rec.user_id))
+                    for r in self.store.records.get_many(
+                        self.store.records.active_of_user(rec.user_id)
+                    )
                     if r.state == State.WATCHING
                 ]
                 since = min((r.post_sent_ts or r.created_ts) for r in [rec, *watching])
@@ -1555,12 +1566,12 @@ class Flow:
                         )
                     ),
                 )
-                self.store.cache_bookings(
+                self.store.watch.cache_bookings(
                     rec.user_id,
                     {b.booking_id: b.model_dump_json(by_alias=True) for b in found},
                     ttl=interval,
                 )
-            listed, cached = self.store.cached_booking(rec.user_id, booking_id)
+            listed, cached = self.store.watch.cached_booking(rec.user_id, booking_id)
             if cached is not None:
                 return WebcamBooking.model_validate_json(cached, context={"tz": self.settings.zone})
             if not listed:
@@ -1619,7 +1630,7 @@ class Flow:
                     due=self._due_at(self._proof_due(start, k + 1), read_at),
                 )
                 return Step.CONFIRM_PROVING
-        self.store.forget_cached(rec.user_id, booking.booking_id)
+        self.store.watch.forget_cached(rec.user_id, booking.booking_id)
         if not self._stay(
             rec,
             reason="confirm sent",
@@ -1689,20 +1700,20 @@ class Flow:
         if not math.isinf(budget):  # whole calls, the fraction carried on average (unbiased)
             exact = budget * self.settings.sweep_interval_seconds
             share = max(1, math.floor(exact) + (random.random() < exact - math.floor(exact)))
-        ids, pids = self.store.claim_due(
+        ids, pids = self.store.sweep.claim_due(
             now,
             self.settings.sweep_batch,
             ahead=self.settings.sweep_interval_seconds,
             performers=share,
         )
-        self.store.note_presence_performers(now)
+        self.store.presence.note_presence_performers(now)
         counts = {"performers": len(pids), "rebooks": len(ids), "gave_up": 0}
         expired: list[str] = []
         with self.dispatch.batch():
             for i, (pid, due) in enumerate(sorted(pids.items(), key=lambda row: row[1])):
                 at = max(due, now + i * spacing)
                 self.dispatch.check_presence(pid, at=at if at > now else None)
-            for rec in self.store.get_many(ids):
+            for rec in self.store.records.get_many(ids):
                 if rec.state == State.WAITING:
                     if now >= rec.deadline_ts and paused == "api_key":
                         # presence cannot be read while the key is refused: the operator's
@@ -1731,7 +1742,7 @@ class Flow:
                         rec.rebook_id, rec.state, from_=[rec.state], reason=rec.reason, due=REMOVE
                     )
         if expired:  # one script call per shard for all of them
-            gave_up = self.store.transition_many(
+            gave_up = self.store.transitions.transition_many(
                 expired,
                 State.GAVE_UP,
                 from_=[State.WAITING],
@@ -1756,11 +1767,11 @@ class Flow:
         ids, pids = circuit.take_held(self.settings.sweep_batch, checked=True)
         if ids or pids:
             log.info("resuming %d rebook(s), %d performer(s) paused", len(ids), len(pids))
-        for rec in self.store.get_many(ids):
+        for rec in self.store.records.get_many(ids):
             if rec.state in STEP_STATES:
                 self._stay(rec, reason=rec.reason, due=now - 0.001, fields={"errors": 0})
         for pid in pids:
-            self.store.schedule_performer(pid, now - 0.001)
+            self.store.presence.schedule_performer(pid, now - 0.001)
         if ids or not self._client_parked_checked:
             self._client_parked_checked = True
             self.resume_client_parked()
@@ -1786,10 +1797,10 @@ class Flow:
         that; found by their park detail) resume: it was the site's setting, not the member.
         Should the client still be refused, they pause behind the circuit, not park again."""
         resumed = 0
-        for rec in self.store.list_rebooks(State.NEEDS_ATTENTION, limit=0):
+        for rec in self.store.records.list_rebooks(State.NEEDS_ATTENTION, limit=0):
             if rec.reason != "reauth":
                 continue
-            detail = self.store.park_detail(rec) or {}
+            detail = self.store.outcomes.park_detail(rec) or {}
             if CLIENT_REFUSAL_TEXT.search(json.dumps(detail)):
                 self._resume(rec, "the OAuth client was refused, not the member's tokens")
                 resumed += 1
@@ -1798,7 +1809,7 @@ class Flow:
         return resumed
 
     def housekeeping(self) -> int:
-        return self.store.expire_finished(self.clock())
+        return self.store.sweep.expire_finished(self.clock())
 
     # -- operators -------------------------------------------------------------------------------
 
@@ -1870,7 +1881,7 @@ class Flow:
         """A later rebook of the same original made a booking after this one ended: restarting
         this one would book the original a second time (the simulation's seed 106551: an operator
         retried a FAILED rebook after a second event had rebooked its original)."""
-        for other in self.store.rebooks_of_booking(rec.booking_id, rec.user_id):
+        for other in self.store.records.rebooks_of_booking(rec.booking_id, rec.user_id):
             if (
                 other.rebook_id != rec.rebook_id
                 and other.new_booking_id is not None
@@ -1910,7 +1921,7 @@ class Flow:
             due=due,
             now=now,
         ):
-            active = self.store.active_owner(rec.booking_id, rec.user_id)
+            active = self.store.records.active_owner(rec.booking_id, rec.user_id)
             raise Refused(
                 f"booking {rec.booking_id} has another active rebook ({active}); not restarted"
                 if active and active != rec.rebook_id
@@ -1926,7 +1937,7 @@ class Flow:
     def resume_member(self, user_id: str) -> int:
         """After `rebook tokens set`: the member's rebooks parked for `reauth` go on."""
         resumed = 0
-        for rec in self.store.get_many(self.store.active_of_user(user_id)):
+        for rec in self.store.records.get_many(self.store.records.active_of_user(user_id)):
             if rec.state == State.NEEDS_ATTENTION and rec.reason == "reauth":
                 self._resume(rec, "tokens renewed")
                 resumed += 1
@@ -1976,7 +1987,7 @@ class Flow:
             )
 
     def _find(self, ident: str) -> Rebook:
-        rec = self.store.find(ident)
+        rec = self.store.records.find(ident)
         if rec is None:
             raise LookupError(f"no rebook {ident!r}")
         return rec

@@ -146,10 +146,10 @@ def status(
 ) -> None:
     """One rebook with its history."""
     svc = _services()
-    rec = svc.store.find(ident)
+    rec = svc.store.records.find(ident)
     if rec is None:
         fail(f"no rebook {ident!r}")
-    history = svc.store.history(rec.rebook_id)
+    history = svc.store.records.history(rec.rebook_id)
     if as_json:
         _print_json({**rec.public(), "history": history})
         return
@@ -244,7 +244,7 @@ def list_(
 @cli.command()
 def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Counts per state, the oldest overdue lag and the dead-letter count."""
-    data = _services().store.stats()
+    data = _services().store.sweep.stats()
     if as_json:
         _print_json(data)
         return
@@ -558,7 +558,7 @@ def outcomes(
 ) -> None:
     """The outcome stream (`{prefix}outcomes`)."""
     store = _services().store
-    past = store.latest_outcomes(count)
+    past = store.outcomes.latest_outcomes(count)
 
     def show(item: dict[str, str]) -> None:
         if as_json:
@@ -582,7 +582,7 @@ def outcomes(
     if follow:
         last = past[-1]["id"] if past else "$"
         try:
-            for item in store.follow_outcomes(last):
+            for item in store.outcomes.follow_outcomes(last):
                 show(item)
         except KeyboardInterrupt:
             return
@@ -600,7 +600,7 @@ def deadletter(
     """List dead letters (newest first); `rebook deadletter replay ID` re-submits one."""
     if ctx.invoked_subcommand is not None:
         return
-    rows = _services().store.deadletters(count)
+    rows = _services().store.outcomes.deadletters(count)
     if as_json:
         _print_json(rows)
         return
@@ -624,7 +624,7 @@ def deadletter_replay(
 ) -> None:
     """Re-submit a dead-lettered event, fixed with --set field=value."""
     store = _services().store
-    entry = store.deadletter_entry(entry_id)
+    entry = store.outcomes.deadletter_entry(entry_id)
     if entry is None:
         fail(f"no dead letter {entry_id!r}")
     try:

@@ -69,8 +69,8 @@ class RebookCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         try:
-            stats = self.store.stats()
-            outcomes = self.store.outcome_counts()
+            stats = self.store.sweep.stats()
+            outcomes = self.store.outcomes.outcome_counts()
             upstream = self.store.r.hgetall(self.store.keys.upstream_calls)
             memory = self.store.r.info("memory")
             audit = self.store.r.hgetall(self.store.keys.audit_counts)

@@ -130,7 +130,7 @@ class ConsoleHandler(BaseHandler):
         self.finish(json.dumps(value, default=str))
 
     def record(self, rebook_id: str) -> Rebook:
-        rec = _services().store.find(rebook_id)
+        rec = _services().store.records.find(rebook_id)
         if rec is None:
             raise tornado.web.HTTPError(404, f"no rebook {rebook_id!r}")
         return rec
@@ -153,7 +153,7 @@ class RebooksPage(ConsoleHandler):
         # alone is already counted by the chips above the table
         only_state = f.state is not None and list(f.params()) == ["state"]
         summary = None if f.empty or only_state else search.summary(f)
-        stats = store.stats(now)
+        stats = store.sweep.stats(now)
         self.html(
             pages.list_page(
                 base=self.base,
@@ -226,9 +226,9 @@ def situation(rec: Rebook, history: list[dict[str, Any]]) -> Situation:
     waiting = 0
     budget: str | None = None
     if rec.state == State.WAITING and rec.performer_id is not None:
-        seen = store.presence_seen(rec.performer_id)
-        presence_next = store.performer_due(rec.performer_id)
-        waiting = store.waiting_count(rec.performer_id)
+        seen = store.presence.presence_seen(rec.performer_id)
+        presence_next = store.presence.performer_due(rec.performer_id)
+        waiting = store.presence.waiting_count(rec.performer_id)
     if rec.state in (State.WAITING, State.RESCHEDULING):
         pipe = store.r.pipeline(transaction=False)
         for sh in store.shards:
@@ -238,7 +238,7 @@ def situation(rec: Rebook, history: list[dict[str, Any]]) -> Situation:
             performers,
             settings.presence_interval_seconds,
             settings.upstream_rate_per_second,
-            store.achieved_presence_interval(now),
+            store.presence.achieved_presence_interval(now),
         )
         budget = shortfall(figures)
     reauth = rec.state == State.NEEDS_ATTENTION and rec.reason == "reauth"
@@ -252,7 +252,7 @@ def situation(rec: Rebook, history: list[dict[str, Any]]) -> Situation:
         waiting_on_performer=waiting,
         budget_short=budget,
         gate_max_wait=settings.gate_max_wait_seconds,
-        holder=store.get(rec.blocked_by) if rec.blocked_by else None,
+        holder=store.records.get(rec.blocked_by) if rec.blocked_by else None,
         token_stored_at=_token_stored_at(rec.user_id) if reauth else None,
         reconcile_proof_reads=settings.reconcile_proof_reads,
     )
@@ -264,7 +264,7 @@ class RebookPage(ConsoleHandler):
 
     def show(self, rec: Rebook, message: str = "", status: int = 200) -> None:
         store = _services().store
-        history = store.history(rec.rebook_id)
+        history = store.records.history(rec.rebook_id)
         self.html(
             pages.detail_page(
                 base=self.base,
@@ -376,11 +376,11 @@ class ApiRebook(ConsoleHandler):
     form_post = False
 
     def get(self, rebook_id: str) -> None:
-        rec = _services().store.find(rebook_id)
+        rec = _services().store.records.find(rebook_id)
         if rec is None:
             self.json({"error": f"no rebook {rebook_id!r}"}, 404)
             return
-        self.json({**rec.public(), "history": _services().store.history(rec.rebook_id)})
+        self.json({**rec.public(), "history": _services().store.records.history(rec.rebook_id)})
 
 
 class ApiActions(ConsoleHandler):
