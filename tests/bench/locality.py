@@ -3,8 +3,8 @@
 The `--million` run measures each size's sweeps minutes apart, and on a shared machine the load
 of those minutes differs. Here private redis-servers hold 10k, 100k and 1M waiting rebooks at
 once (written server-side by `create.lua` itself, looped in one script call per 10,000), and the
-same sweep of 1,000 rebooks past their max wait (created with `Store.create`, then claimed by
-the sweep's script, read and moved to GAVE_UP with `Store.transition_many`, as `Flow.sweep` does)
+same sweep of 1,000 rebooks past their max wait (created with `Records.create`, then claimed by
+the sweep's script, read and moved to GAVE_UP with `transition_many`, as `Flow.sweep` does)
 runs on each in turn, `--reps` times: Redis main-thread CPU per sweep (INFO cpu), median per size.
 Whatever the machine does meanwhile, the sizes see it at nearly the same moments.
 """

@@ -92,7 +92,7 @@ class Expiring:
 
 
 class SimLock:
-    """`Store.lock` on the virtual clock (the server's clock: one for all workers)."""
+    """`Records.lock` on the virtual clock (the server's clock: one for all workers)."""
 
     def __init__(self, table: Expiring, name: str, timeout: float, token: str) -> None:
         self.table, self.name, self.timeout, self.token = table, name, timeout, token
