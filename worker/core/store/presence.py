@@ -1,7 +1,8 @@
-"""The presence schedule: `performers` zset of checks due, `perf:{pid}` the rebooks waiting on a
-performer (kept by `transition.lua`), one call per performer per interval (`window:*`), the last
-answer per performer (`presence:seen:{pid}`), and the bounded record of calls made and performers
-tracked per `PRESENCE_BUCKET_SECONDS` (`presence:calls:{t}` / `presence:performers:{t}`)."""
+"""The presence schedule: `performers` zset of checks due, `perf:{pid}` the rebooks waiting on
+a performer (kept by `transition.lua`), one call per performer per interval (`presence:{pid}`),
+the last answer per performer (`presence:seen:{pid}`), and the bounded record of calls made and
+performers tracked per `PRESENCE_BUCKET_SECONDS` (`presence:calls:{t}` /
+`presence:performers:{t}`)."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from worker.core.store.performer_field import PerformerField
 from worker.core.store.presence import Presence
 
 SHADOW_SAMPLE = 10_000
-"""SHADOWED records read per shard for the online→POST percentiles (`Store.shadow_figures`)."""
+"""SHADOWED records read per shard for the online→POST percentiles (`Sweep.shadow_figures`)."""
 
 
 def _percentile(values: list[float], q: float) -> float | None:

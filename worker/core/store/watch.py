@@ -1,5 +1,5 @@
-"""The watch cache: a member's bookings as one MadeBookings read found them (`watch:{uid}`, for one
-interval), and the member's POSTs per UTC day (`memberday:{uid}:{day}`)."""
+"""The watch cache: a member's bookings as one MadeBookings read found them
+(`watchcache:{uid}`, for one interval), and the member's POSTs per UTC day (`cap:{uid}:{day}`)."""
 
 from __future__ import annotations
 
