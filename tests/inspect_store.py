@@ -23,6 +23,7 @@ def store_options(**overrides: Any) -> dict[str, Any]:
         "shadow": s.shadow,
         "deadletter_max_entries": s.deadletter_max_entries,
         "pause_probe_seconds": s.pause_probe_seconds,
+        "shards": s.shards,
     }
     return {**options, **overrides}
 

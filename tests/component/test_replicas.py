@@ -206,7 +206,7 @@ def test_in_a_cluster_the_mark_and_wait_go_to_the_record_s_node(tmp_path: Path) 
     """Sharded on a Redis Cluster (no replicas here): the pipeline runs on the node of the
     rebook's shard, and WAIT answers for it (0 replicas, after its timeout)."""
     with redis_cluster(tmp_path) as url:
-        store = Store.from_url(url, cluster=True, shards=4, **store_options(prefix="rebook-test:"))
+        store = Store.from_url(url, cluster=True, **store_options(prefix="rebook-test:", shards=4))
         for n in range(5, 9):  # members in several shards, so on several nodes
             rid = rescheduling(store, n)
             assert mark(store, rid, 50) == (True, "", 0)

@@ -138,13 +138,13 @@ class Store:
         shadow: bool,
         deadletter_max_entries: int,
         pause_probe_seconds: float,
+        shards: int,
         fingerprints: dict[str, str] | None = None,
         url: str = "",
-        shards: int = 1,
         cluster: bool = False,
     ) -> None:
         """`fingerprints`: the circuit's view of this process's settings
-        (`circuit_fingerprints`); `url`, `shards`, `cluster` say what `client` is connected to."""
+        (`circuit_fingerprints`); `url` and `cluster` say what `client` is connected to."""
         self.r: Any = client
         self.retention = retention_seconds
         self.lease = lease_seconds
