@@ -14,14 +14,15 @@ LOCK_ARGS := pyproject.toml --all-extras --universal --python-version 3.11 --qui
 # locked versions, fetched once by `make install` into $(VENV)/peers so tests run offline
 PEERS := flower kombu
 
-# Exactly the locked versions (every dependency, the dev tools included), then rebook itself
-# without resolving anything: what CI, `make test` and `make demo` run is what the lock says.
-$(STAMP): pyproject.toml $(LOCK)
+# Exactly the locked versions (every dependency, the dev tools' included), then rebook and its dev
+# tools (devtools/: rebook-dev, a distribution of its own so the rebook wheel and image never carry
+# it) without resolving anything: what CI, `make test` and `make demo` run is what the lock says.
+$(STAMP): pyproject.toml devtools/pyproject.toml $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "installing rebook and its dev tools into $(VENV) (pinned by $(LOCK)) ..."
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -r $(LOCK)
-	@$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e '.[dev]'
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e '.[dev]' -e ./devtools
 	@$(BIN)/python -m tests.peers.sdist $(PEERS) >/dev/null || \
 		echo "warning: peer sources not fetched; tests/peers fetches them on its first run"
 	@touch $@

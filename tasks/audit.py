@@ -9,6 +9,7 @@ from celery import shared_task
 from worker.celeryapp.app import WATCH_PRIORITY, WORK_QUEUE, time_limits
 from worker.celeryapp.runtime import services
 from worker.core.audit import Auditor, append_new, note_run, report_to_sentry
+from worker.core.store.audit import AuditRecord
 
 RUN_WINDOW = "audit:run"
 
@@ -44,7 +45,7 @@ def audit(pass_started: float | None = None) -> dict[str, Any]:
         )
         note_run(svc.store, report, auditor.clock())
     finally:
-        svc.store.r.delete(svc.store.keys.window(RUN_WINDOW))
+        AuditRecord(svc.store).release_window(RUN_WINDOW)
     if report.deferred:
         audit.apply_async(
             kwargs={"pass_started": started}, queue=WORK_QUEUE, priority=WATCH_PRIORITY

@@ -17,9 +17,9 @@ import pytest
 import redis
 from cryptography.fernet import Fernet
 
+from rebook_dev.embedded import EmbeddedRedis
+from rebook_dev.sandbox import SandboxClient, SandboxServer
 from worker.core.settings import Settings, load_settings
-from worker.dev.embedded import EmbeddedRedis
-from worker.dev.sandbox import SandboxClient, SandboxServer
 
 TEST_TOKEN_KEY = Fernet.generate_key().decode()
 #: The settings that have no default, for this process (importing `worker.app` reads

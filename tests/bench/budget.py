@@ -222,7 +222,8 @@ def _ours(bench: Bench, calls: CallLog, rate: float) -> dict[str, Any]:
             )
         result = _measure(bench, calls, pids, bookings, rate)
         result["stats_presence"] = svc.store.sweep.stats()["presence"]
-        # checks that gave their turn back because POSTs and reads had the window (flow.py)
+        # checks that gave their turn back because POSTs and reads had the window
+        # (worker/core/flow/presence.py)
         result["presence_deferred"] = worker.text().count("deferred (rate budget)")
         log(
             f"short budget, rebook: spread {result['min_over_mean']:.2f}-"

@@ -1,6 +1,6 @@
 """Console at size: `python -m tests.bench.console [--records 100000]` (`make bench-console`).
 
-Fills a private Redis with N records through `Records.create` (100 performers, 10 rebooks per
+Fills a private Redis with N records through `Store.create` (100 performers, 10 rebooks per
 member, every 10th finished with an outcome), starts the real Flower launcher and times
 `/api/rebooks?state=WAITING&limit=50`, `/api/rebooks?performer_id=P` and the `/rebooks` page
 (median and worst of 10 requests each, over HTTP with basic auth). Prints markdown rows.
@@ -20,10 +20,10 @@ import redis
 import requests
 from cryptography.fernet import Fernet
 
+from rebook_dev.embedded import EmbeddedRedis, free_port
 from tests.inspect_store import new_store
 from worker.core.states import State
 from worker.core.store import Store, rebook_id_for
-from worker.dev.embedded import EmbeddedRedis, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 AUTH = ("bench", "bench-pass")

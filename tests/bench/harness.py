@@ -14,9 +14,9 @@ from typing import Any
 
 import redis
 
+from rebook_dev.sandbox import SandboxClient
+from rebook_dev.supervisor import Child
 from tests.conftest import wait_for
-from worker.dev.sandbox import SandboxClient
-from worker.dev.supervisor import Child
 
 ROOT = Path(__file__).resolve().parents[2]
 

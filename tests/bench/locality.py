@@ -21,12 +21,12 @@ from typing import Any
 
 import redis
 
+from rebook_dev.embedded import EmbeddedRedis
 from tests.bench.harness import RedisCpuProbe, log
 from tests.inspect_store import new_store
 from worker.core.models import iso_z
 from worker.core.states import State
 from worker.core.store import Store, rebook_id_for
-from worker.dev.embedded import EmbeddedRedis
 
 PREFIX = "bench:"
 FILL = """

@@ -15,7 +15,7 @@ How each figure is produced (see also `tests/bench/RESULTS.md`):
   (calls - 1) / (last - first), so a window of a few intervals is not dominated by its edges;
 - Redis bytes: `INFO memory used_memory` over the baseline, less client buffers and (rebook)
   the broker's messages in flight, read in one MULTI, divided by the waiting count; points
-  above `--waiting` are topped up by writing records directly with `Records.create` (the Lua script
+  above `--waiting` are topped up by writing records directly with `Store.create` (the Lua script
   intake runs). Plain Celery: countdown messages held by its worker (what a waiting rebook is
   between two polls), up to `--plain-max`;
 - worker RSS: VmRSS summed over the worker's process tree (main + pool), from /proc;
@@ -49,6 +49,8 @@ import redis
 from celery import Celery
 from cryptography.fernet import Fernet
 
+from rebook_dev.embedded import EmbeddedRedis, free_port
+from rebook_dev.sandbox import SandboxClient
 from tests.bench import plain_celery
 from tests.bench.budget import run_budget
 from tests.bench.harness import (
@@ -79,8 +81,6 @@ from worker.core.models import TokenSet, from_ts, iso_z
 from worker.core.settings import Settings, load_settings
 from worker.core.states import State
 from worker.core.store import Store, rebook_id_for, store_settings
-from worker.dev.embedded import EmbeddedRedis, free_port
-from worker.dev.sandbox import SandboxClient
 
 OURS_PID = 10_000
 PLAIN_PID = 20_000
@@ -140,7 +140,7 @@ class Config:
 
 
 class _Queued:
-    """A Store script whose calls go onto a pipeline: `Records.create` builds the arguments as for
+    """A Store script whose calls go onto a pipeline: `Store.create` builds the arguments as for
     intake, the pipeline sends a chunk at once, the caller checks the answers after `execute`."""
 
     def __init__(self, script: Any, pipe: Any) -> None:
@@ -201,7 +201,7 @@ class Bench:
             [
                 sys.executable,
                 "-m",
-                "worker.dev.sandbox",
+                "rebook_dev.sandbox",
                 "--port",
                 str(port),
                 "--accept-by",
@@ -367,7 +367,7 @@ class Bench:
         # Redis time in 10 s). Run it now, before anything waits, as a deployment that has been
         # up 5 minutes has.
         self.producer.send_task("rebook.keep_tokens", queue=WORK_QUEUE)
-        marker = f"{self.svc.token_store.index_key}:indexed"
+        marker = f"{self.svc.token_store.records.index_key}:indexed"
         wait_until(lambda: self.r.exists(marker), 60, "the token index backfill", 0.1)
         log(f"rebook worker (prefork -c {self.cfg.concurrency}) and beat are up")
 
@@ -421,7 +421,7 @@ class Bench:
         out["states"] = self.store.sweep.stats()["states"]
 
     def grow(self, out: dict[str, Any], base_mem: int, pids: set[int]) -> None:
-        """The sweep at what waits now, then each larger size topped up with `Records.create`:
+        """The sweep at what waits now, then each larger size topped up with `Store.create`:
         Redis bytes, presence polling and worker RSS with that many waiting, and the sweep."""
         cfg = self.cfg
         larger = sorted(s for s in set(cfg.sizes) if s > cfg.waiting)
@@ -902,8 +902,8 @@ class Bench:
             pass
 
     def top_up(self, end: int) -> None:
-        """Writes waiting records with `Records.create` (intake's Lua script) up to `end` waiting:
-        each call's arguments are Records.create's own, its script queued on a pipeline of 1,000
+        """Writes waiting records with `Store.create` (intake's Lua script) up to `end` waiting:
+        each call's arguments are Store.create's own, its script queued on a pipeline of 1,000
         (one round trip per chunk instead of per record; `_Queued`)."""
         log(f"writing {end - self.waiting_count()} waiting records directly (Store.create) ...")
         now = time.time()

@@ -8,10 +8,10 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 
+from rebook_dev.performers import Answer, PerformerBot
 from tests.integration.conftest import System, wait_for
 from worker.core.states import ACTIVE_STATES, State
 from worker.core.store import Rebook
-from worker.dev.performers import Answer, PerformerBot
 
 FULL = os.environ.get("REBOOK_CHAOS_SCALE", "").lower() == "full"
 

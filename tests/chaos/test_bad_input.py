@@ -552,3 +552,17 @@ def test_cli_lists_dead_letters_and_replays_a_fixed_one(bad_system: System) -> N
     assert system.history_states(rid) == history
     assert system.sandbox.stats()["new_bookings"][str(booking)] == 1
     assert system.store.sweep.stats()["deadletter"] == before
+
+    # several at once: each replayed or refused with why, then the counts
+    other_letter = next(r for r in rows if r.get("task_id") == other.id)
+    many = cli(
+        system, "deadletter", "replay", letter["id"], other_letter["id"], "1-1",
+        "--set", f"booking_id={booking}",
+    )  # fmt: skip
+    assert many.returncode == 1, (many.stdout, many.stderr)
+    assert many.stdout.splitlines()[-1] == "replayed 1, refused 2, failed 0", many.stdout
+    assert f"refused {other_letter['id']}: still invalid" in many.stderr
+    assert "refused 1-1: no dead letter '1-1'" in many.stderr and "Traceback" not in many.stderr
+    assert_still_serving(system)  # so the replayed event has been through the worker
+    assert system.history_states(rid) == history  # the same event again: the same rebook
+    assert system.sandbox.stats()["new_bookings"][str(booking)] == 1

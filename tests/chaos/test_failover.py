@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import redis
 
+from rebook_dev.embedded import free_port
 from tests.integration.conftest import running_system, wait_for
 from worker.core.states import State
-from worker.dev.embedded import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.full]
 MASTER = "rebook-failover"

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 import requests
 
+from rebook_dev.embedded import free_port
 from tests.integration.conftest import Proc, System, running_system, wait_for
 from tests.integration.test_ops import SentryCollector
 from worker.core.states import State
-from worker.dev.embedded import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -32,11 +32,11 @@ from typing import Any
 import pytest
 import redis
 
+from rebook_dev.embedded import EmbeddedRedis
 from tests.inspect_store import ids_in_state
 from tests.integration.conftest import System, running_system, wait_for
 from worker.core.states import State
 from worker.core.store import rebook_id_for
-from worker.dev.embedded import EmbeddedRedis
 
 pytestmark = pytest.mark.integration
 

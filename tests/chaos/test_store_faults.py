@@ -17,9 +17,9 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
+from rebook_dev.embedded import EmbeddedRedis, free_port
 from tests.integration.conftest import System, running_system, wait_for
 from worker.core.store import rebook_id_for
-from worker.dev.embedded import EmbeddedRedis, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -95,3 +95,29 @@ def test_a_confirm_acts_only_on_previewed_ids_that_still_match(env: Env) -> None
     assert len(done.refused) == 1 and done.refused[0]["rebook_id"] == second
     assert done.refused[0]["why"].startswith("no longer matches the filter: now ")
     assert "NEEDS_ATTENTION" not in done.refused[0]["why"]
+
+
+class _Tally:
+    """A `worker.core.search.Progress` that remembers what it heard."""
+
+    def __init__(self) -> None:
+        self.total: int | None = None
+        self.steps: list[tuple[str, int]] = []
+
+    def start(self, total: int) -> None:
+        self.total = total
+
+    def step(self, outcome: str = "done", n: int = 1) -> None:
+        self.steps.append((outcome, n))
+
+
+def test_bulk_reports_each_rebook_to_its_progress(env: Env) -> None:  # noqa: F811
+    """Up to 10,000 rebooks: the CLI's bar hears of each as it is done, not at the end."""
+    parked = _put(env, 1, State.NEEDS_ATTENTION, False)
+    _put(env, 2, State.ACCEPTED, True)
+    dry = _Tally()
+    run(env.flow, env.store, "retry", filters=Filters(user_id="alice"), dry_run=True, progress=dry)
+    assert dry.total == 2 and sorted(dry.steps) == [("refused", 1), ("would do", 1)]
+    real = _Tally()
+    run(env.flow, env.store, "cancel", ids=[parked, "rb-missing"], progress=real)
+    assert real.total == 2 and real.steps == [("refused", 1), ("done", 1)]

@@ -11,12 +11,13 @@ import pytest
 import redis
 from cryptography.fernet import Fernet
 
+from rebook_dev.sandbox import SandboxClient
 from worker.adapters.auth import TokenManager, TokenStore
 from worker.celeryapp.runtime import Services, build_services
 from worker.core.errors import Challenged, ConfigError, DeploymentFault, ReauthRequired
 from worker.core.models import TokenSet
 from worker.core.settings import Settings
-from worker.dev.sandbox import SandboxClient
+from worker.core.store.tokens import TokenRecords
 
 
 @pytest.fixture
@@ -44,7 +45,7 @@ def tokens(access: str = "acc-PLAIN", refresh: str = "ref-PLAIN", exp: float = 2
 
 
 def test_tokens_are_encrypted_at_rest(redis_client: redis.Redis, prefix: str) -> None:
-    store = TokenStore(redis_client, prefix, Fernet.generate_key().decode())
+    store = TokenStore(TokenRecords(redis_client, prefix), Fernet.generate_key().decode())
     store.save("u1", tokens())
     raw = redis_client.get(f"{prefix}tok:u1")
     assert raw is not None
@@ -60,20 +61,24 @@ def test_tokens_are_encrypted_at_rest(redis_client: redis.Redis, prefix: str) ->
 def test_missing_key_is_config_error_naming_the_variable(
     redis_client: redis.Redis, prefix: str
 ) -> None:
-    store = TokenStore(redis_client, prefix, None)
+    store = TokenStore(TokenRecords(redis_client, prefix), None)
     with pytest.raises(ConfigError) as info:
         store.save("u1", tokens())
     assert str(info.value).startswith("REBOOK_TOKEN_KEY")
     assert redis_client.get(f"{prefix}tok:u1") is None
     # reading stored tokens needs the key too
-    TokenStore(redis_client, prefix, Fernet.generate_key().decode()).save("u1", tokens())
+    TokenStore(TokenRecords(redis_client, prefix), Fernet.generate_key().decode()).save(
+        "u1", tokens()
+    )
     with pytest.raises(ConfigError, match="REBOOK_TOKEN_KEY"):
         store.load("u1")
 
 
 def test_wrong_key_is_config_error(redis_client: redis.Redis, prefix: str) -> None:
-    TokenStore(redis_client, prefix, Fernet.generate_key().decode()).save("u1", tokens())
-    other = TokenStore(redis_client, prefix, Fernet.generate_key().decode())
+    TokenStore(TokenRecords(redis_client, prefix), Fernet.generate_key().decode()).save(
+        "u1", tokens()
+    )
+    other = TokenStore(TokenRecords(redis_client, prefix), Fernet.generate_key().decode())
     with pytest.raises(ConfigError, match="REBOOK_TOKEN_KEY"):
         other.load("u1")
 

@@ -9,6 +9,7 @@ import pytest
 import redis
 from cryptography.fernet import Fernet
 
+from rebook_dev.embedded import EmbeddedRedis
 from tests.component.test_auth import tokens
 from tests.component.test_exporter import scrape, value
 from tests.conftest import fast_settings
@@ -16,7 +17,7 @@ from tests.inspect_store import new_store
 from worker.adapters.auth import TokenStore
 from worker.core.settings import load_settings
 from worker.core.store import Store
-from worker.dev.embedded import EmbeddedRedis
+from worker.core.store.tokens import TokenRecords
 from worker.operations import doctor
 
 
@@ -40,14 +41,16 @@ def test_the_cap_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_stored_tokens_expire_after_the_ttl_and_each_save_renews_it(
     redis_client: redis.Redis, prefix: str
 ) -> None:
-    store = TokenStore(redis_client, prefix, Fernet.generate_key().decode(), ttl_seconds=3600)
+    store = TokenStore(
+        TokenRecords(redis_client, prefix), Fernet.generate_key().decode(), ttl_seconds=3600
+    )
     store.save("u1", tokens())
     key = f"{prefix}tok:u1"
     assert 3500 < redis_client.ttl(key) <= 3600
     redis_client.expire(key, 10)
     store.save("u1", tokens(access="acc-2"))  # a refresh stores the pair again
     assert redis_client.ttl(key) > 3500
-    unbounded = TokenStore(redis_client, prefix, Fernet.generate_key().decode())
+    unbounded = TokenStore(TokenRecords(redis_client, prefix), Fernet.generate_key().decode())
     unbounded.save("u2", tokens())
     assert redis_client.ttl(f"{prefix}tok:u2") == -1
     redis_client.delete(key, f"{prefix}tok:u2")

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import requests
 
+from rebook_dev.sandbox import SandboxClient, SandboxServer
 from worker.adapters.deadline import WATCHDOG
 from worker.adapters.upstream import UpstreamClient
 from worker.core.errors import Ambiguous, Transient, UpstreamError
-from worker.dev.sandbox import SandboxClient, SandboxServer
 
 KEY = "sandbox-key"
 TIMEOUT = 0.5  # each socket read

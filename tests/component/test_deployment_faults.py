@@ -119,8 +119,8 @@ def test_rebooks_an_older_version_parked_for_a_refused_client_resume(env: Env) -
     rid, _ = rescheduling(env)
     other, _ = rescheduling(env, performer=8)
     # as the previous version parked them: `reauth`, its detail the token endpoint's code
-    assert env.flow._park(env.get(rid), "reauth", action="sign in", why="invalid_client")
-    assert env.flow._park(env.get(other), "reauth", action="sign in", why="invalid_grant")
+    assert env.flow.kit._park(None, env.get(rid), "reauth", action="sign in", why="invalid_client")
+    assert env.flow.kit._park(None, env.get(other), "reauth", action="sign in", why="invalid_grant")
     # the client refusal is no longer parked at all
     assert env.flow.park_member("alice", "invalid_client") == 0
     fresh = Flow(env.settings, env.store, env.svc.client, env.svc.tokens, env.rec, env.clock)
@@ -214,6 +214,6 @@ def test_nobody_gives_up_while_a_wrong_key_hides_presence(env: Env) -> None:
     env.flow.sweep()
     assert env.get(rid).state is State.WAITING
     env.store.circuit.close("fixed")
-    env.clock.advance(1.25 * env.flow._pause_wait() + 1)  # past any jittered pause
+    env.clock.advance(1.25 * env.flow.kit._pause_wait() + 1)  # past any jittered pause
     env.flow.sweep()
     assert env.get(rid).state is State.GAVE_UP  # after the fix, the wait ends as it would have

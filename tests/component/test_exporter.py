@@ -17,6 +17,7 @@ from worker.celeryapp.runtime import CallCounter
 from worker.core.settings import get_settings, load_settings
 from worker.core.states import State
 from worker.core.store import REMOVE, Store, rebook_id_for
+from worker.core.store.counters import Tally
 from worker.operations import exporter
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -162,7 +163,7 @@ def test_upstream_calls_are_counted_in_redis_within_a_second(
     """Counted in the process, added to Redis in one pipeline a second later: no round trip per
     upstream call, and nothing lost while the process lives."""
     key = f"{prefix}metrics:upstream"
-    count = CallCounter(redis_client, key)
+    count = CallCounter(Tally(redis_client, key))
     for _ in range(3):
         count("getUserSummary", "ok")
     count("RescheduleMadeBooking", "Ambiguous")
@@ -223,6 +224,31 @@ def test_presence_capacity_gauges(store: Store) -> None:
         store.presence.note_presence_call(now - 20)
     achieved = value(scrape(store), "rebook_presence_achieved_interval_seconds")
     assert achieved == pytest.approx(50 / (100 / 20), rel=0.05)
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:  # no IPv6, or no ::1 configured (some containers)
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no ::1 on this machine")
+def test_exporter_serves_on_ipv6_loopback(store: Store) -> None:
+    """`::1` counts as loopback, so it must also bind (a plain WSGIServer is IPv4 only)."""
+    import requests
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(exporter.collector(store))
+    server, _ = exporter.serve(registry, "::1", 0)
+    try:
+        answer = requests.get(f"http://[::1]:{server.server_port}/metrics", timeout=5)
+        assert answer.status_code == 200 and "rebook_up 1.0" in answer.text
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3", "::", "exporter.internal"])

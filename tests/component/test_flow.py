@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
+from rebook_dev.sandbox import SandboxClient, SandboxServer
 from tests.conftest import wait_for
 from worker.adapters.upstream import UpstreamClient
-from worker.celeryapp.app import is_store_fault
 from worker.celeryapp.runtime import Services, build_services
 from worker.core.capacity import presence_budget
 from worker.core.errors import StoreUnavailable, Throttled
@@ -30,7 +30,7 @@ from worker.core.models import TokenSet
 from worker.core.settings import Settings
 from worker.core.states import State
 from worker.core.store import Rebook, rebook_id_for
-from worker.dev.sandbox import SandboxClient, SandboxServer
+from worker.core.store.client import is_store_fault
 
 from ..conftest import fast_settings
 

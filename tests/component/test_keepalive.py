@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from rebook_dev.sandbox import SandboxClient, SandboxServer
 from tests.component.test_flow import Recorder
 from tests.conftest import fast_settings, wait_for
 from worker.adapters.keepalive import keep_tokens
@@ -21,7 +22,6 @@ from worker.core.flow import Flow
 from worker.core.models import TokenSet
 from worker.core.states import State
 from worker.core.store import rebook_id_for
-from worker.dev.sandbox import SandboxClient, SandboxServer
 
 LIFETIME = 1.2
 BEFORE = 0.8  # refresh once less than this is left: due 0.4 s after each refresh
@@ -78,7 +78,7 @@ def test_an_idle_member_s_tokens_outlive_their_refresh_token(
     first = member(svc, sandbox, "idle", expires_in=3600)
     member(svc, sandbox, "forgotten", expires_in=3600)
     svc.token_store.unindex("forgotten")  # what every pair was before the keep-alive
-    svc.store.r.set(f"{svc.token_store.index_key}:indexed", "1")  # and no backfill for it
+    svc.store.r.set(f"{svc.token_store.records.index_key}:indexed", "1")  # and no backfill for it
     outlive(svc, LIFETIME * 2.5)
     assert sandbox.stats()["refreshes"] >= 2  # rotated several times, none of them needed
     stored = svc.token_store.load("idle")
@@ -125,12 +125,12 @@ def test_a_pair_stored_before_the_index_is_found_once(
     assert sandbox.stats()["refreshes"] == 1
     assert run(svc) == {}
     for user in ("old", "known"):
-        assert svc.store.r.zscore(svc.token_store.index_key, user) > time.time()
+        assert svc.store.r.zscore(svc.token_store.records.index_key, user) > time.time()
 
 
 def test_single_flight_with_a_step_s_refresh(svc: Services, sandbox: SandboxClient) -> None:
     member(svc, sandbox, "busy", due=True)
-    lock = svc.store.r.lock(svc.token_store.keys.token_lock("busy"), timeout=5)
+    lock = svc.store.r.lock(svc.token_store.records.keys.token_lock("busy"), timeout=5)
     assert lock.acquire(blocking=False)
     try:
         assert run(svc) == {"busy": 1}
@@ -168,4 +168,4 @@ def test_a_refused_refresh_parks_the_member_as_reauth(
     # not tried again at every run; a new `tokens set` indexes the pair afresh
     assert run(svc) == {}
     member(svc, sandbox, "gone")
-    assert svc.store.r.zscore(svc.token_store.index_key, "gone") > time.time()
+    assert svc.store.r.zscore(svc.token_store.records.index_key, "gone") > time.time()

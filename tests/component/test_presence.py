@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+from rebook_dev.sandbox import SandboxClient
 from tests.component.test_flow import Recorder
 from worker.adapters.presence import PresenceSource, UserSummaryPresence
 from worker.adapters.upstream import UpstreamClient
@@ -12,7 +13,6 @@ from worker.celeryapp.runtime import build_services
 from worker.core.flow import Flow
 from worker.core.models import TokenSet
 from worker.core.settings import Settings
-from worker.dev.sandbox import SandboxClient
 
 
 class Bulk:

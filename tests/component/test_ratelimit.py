@@ -11,6 +11,7 @@ import redis
 from worker.adapters.ratelimit import RedisRateLimiter
 from worker.core.budget import RATE_SHARE
 from worker.core.capacity import presence_budget
+from worker.core.store.ratelimit import RateLog
 
 
 @pytest.fixture
@@ -25,7 +26,7 @@ def test_the_limiter_lets_presence_have_what_the_model_says(
 ) -> None:
     """Paced calls of the presence share at the model's budget all go (none throttled)."""
     rate = 20.0
-    limiter = RedisRateLimiter(limiter_client, prefix + "rl", rate, max_wait=0.25)
+    limiter = RedisRateLimiter(RateLog(limiter_client, prefix + "rl"), rate, max_wait=0.25)
     budget = presence_budget(rate)
     start = time.monotonic()
     for i in range(40):

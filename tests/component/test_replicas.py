@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import redis
 
+from rebook_dev.embedded import free_port, redis_server_binary
 from tests.conftest import wait_for
 from tests.inspect_store import new_store, store_options
 from tests.integration.conftest import redis_cluster
 from worker.core.states import State
 from worker.core.store import Store, rebook_id_for
-from worker.dev.embedded import free_port, redis_server_binary
 
 T0 = 1_700_000_000.0
 

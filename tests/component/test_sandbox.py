@@ -13,9 +13,9 @@ from zoneinfo import ZoneInfo
 import pytest
 import requests
 
+from rebook_dev.sandbox import SandboxClient, SandboxServer
 from tests.conftest import SANDBOX_DEFAULTS, wait_for
 from worker.adapters.upstream import UpstreamClient
-from worker.dev.sandbox import SandboxClient, SandboxServer
 
 API_KEY = "test-key"
 KEY_HEADER = "X-Api-Key"
@@ -502,7 +502,7 @@ def test_handler_exception_is_a_500_not_a_dead_server(
     def boom() -> dict[str, Any]:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(server.state, "stats", boom)
+    monkeypatch.setattr(server.state.control, "stats", boom)
     r = requests.get(f"{server.url}/_sandbox/stats", timeout=5)
     assert r.status_code == 500 and "Message" in r.json()
     monkeypatch.undo()

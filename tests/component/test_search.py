@@ -137,7 +137,19 @@ def test_reindex_backfills_records_written_before_the_indexes(
     finished_waiting = [population[n] for n in range(1, 30, 7)]
     assert population[1] not in ids_of(s, Filters(user_id="u1"))
     assert ids_of(s, Filters(booking_id=1015)) == []
-    assert s.reindex() == 30
+    heard: list[tuple[str, int]] = []
+
+    class Tally:
+        def start(self, total: int) -> None:
+            heard.append(("total", total))
+
+        def step(self, outcome: str = "done", n: int = 1) -> None:
+            heard.append((outcome, n))
+
+    assert s.reindex(chunk=8, progress=Tally()) == 30
+    assert heard[0] == ("total", 30) and {o for o, _ in heard[1:]} == {"indexed"}
+    assert sum(n for _, n in heard[1:]) == 30
+    assert all(0 < n <= 8 for _, n in heard[1:])  # as each chunk is done, not once at the end
     assert ids_of(s, Filters(user_id="u1")) == expect(
         population, [n for n in range(30) if n % 3 == 1]
     )

@@ -9,11 +9,11 @@ from collections.abc import Iterator
 import pytest
 import requests
 
+from rebook_dev.sandbox import SandboxClient, SandboxServer
 from worker.adapters.tokencheck import REQUIRED_SCOPE, PairChecker
 from worker.adapters.upstream import UpstreamClient
 from worker.core.models import TokenSet
 from worker.core.settings import Settings
-from worker.dev.sandbox import SandboxClient, SandboxServer
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import redis
 
+from rebook_dev.sandbox import SandboxClient, SandboxServer
 from worker import __version__
 from worker.adapters.ratelimit import RedisRateLimiter
 from worker.adapters.upstream import (
@@ -37,7 +38,7 @@ from worker.core.errors import (
     Transient,
     UpstreamError,
 )
-from worker.dev.sandbox import SandboxClient, SandboxServer
+from worker.core.store.ratelimit import RateLog
 
 KEY = "sandbox-key"
 CLIENT_ID, CLIENT_SECRET = "sandbox-client", "sandbox-secret"
@@ -1014,7 +1015,7 @@ def test_rate_limit_lets_a_second_s_worth_through_then_refuses_a_long_wait(
     rclient: redis.Redis, prefix: str
 ) -> None:
     # 3/s: three calls at once, then the next one would wait until the first leaves the window
-    limiter = RedisRateLimiter(rclient, prefix + "rl", 3, max_wait=0.05)
+    limiter = RedisRateLimiter(RateLog(rclient, prefix + "rl"), 3, max_wait=0.05)
     assert count_immediate(limiter, 10) == 3
     with pytest.raises(RateLimited) as info:
         limiter.acquire()
@@ -1022,8 +1023,8 @@ def test_rate_limit_lets_a_second_s_worth_through_then_refuses_a_long_wait(
 
 
 def test_rate_limit_is_shared_between_limiters(rclient: redis.Redis, prefix: str) -> None:
-    a = RedisRateLimiter(rclient, prefix + "rl", 2, max_wait=0.05)
-    b = RedisRateLimiter(rclient, prefix + "rl", 2, max_wait=0.05)
+    a = RedisRateLimiter(RateLog(rclient, prefix + "rl"), 2, max_wait=0.05)
+    b = RedisRateLimiter(RateLog(rclient, prefix + "rl"), 2, max_wait=0.05)
     a.acquire()
     b.acquire()
     with pytest.raises(RateLimited):
@@ -1031,12 +1032,12 @@ def test_rate_limit_is_shared_between_limiters(rclient: redis.Redis, prefix: str
     with pytest.raises(RateLimited):
         b.acquire()
     # another key is another budget
-    c = RedisRateLimiter(rclient, prefix + "other", 2, max_wait=0.05)
+    c = RedisRateLimiter(RateLog(rclient, prefix + "other"), 2, max_wait=0.05)
     c.acquire()
 
 
 def test_no_one_second_window_holds_more_than_the_rate(rclient: redis.Redis, prefix: str) -> None:
-    limiter = RedisRateLimiter(rclient, prefix + "rl", 20, max_wait=5)
+    limiter = RedisRateLimiter(RateLog(rclient, prefix + "rl"), 20, max_wait=5)
     times = []
     for _ in range(45):
         limiter.acquire()
@@ -1047,7 +1048,7 @@ def test_no_one_second_window_holds_more_than_the_rate(rclient: redis.Redis, pre
 
 
 def test_a_rate_under_one_per_second_spaces_single_calls(rclient: redis.Redis, prefix: str) -> None:
-    limiter = RedisRateLimiter(rclient, prefix + "rl", 0.5, max_wait=0.05)
+    limiter = RedisRateLimiter(RateLog(rclient, prefix + "rl"), 0.5, max_wait=0.05)
     limiter.acquire()
     with pytest.raises(RateLimited) as info:
         limiter.acquire()
@@ -1055,7 +1056,7 @@ def test_a_rate_under_one_per_second_spaces_single_calls(rclient: redis.Redis, p
 
 
 def test_rate_zero_never_blocks(rclient: redis.Redis, prefix: str) -> None:
-    limiter = RedisRateLimiter(rclient, prefix + "rl", 0, max_wait=0)
+    limiter = RedisRateLimiter(RateLog(rclient, prefix + "rl"), 0, max_wait=0)
     assert count_immediate(limiter, 1000) == 1000
     assert rclient.exists(prefix + "rl") == 0
 
@@ -1064,7 +1065,7 @@ def test_the_limiter_is_used_by_the_client(
     rclient: redis.Redis, prefix: str, sandbox_server: SandboxServer, sandbox: SandboxClient
 ) -> None:
     # 2/s: the window's two calls, then a presence poll gives up (Throttled) instead of waiting
-    limiter = RedisRateLimiter(rclient, prefix + "rl", 2, max_wait=0.05)
+    limiter = RedisRateLimiter(RateLog(rclient, prefix + "rl"), 2, max_wait=0.05)
     c = UpstreamClient(sandbox_server.url, KEY, limiter=limiter)
     try:
         c.is_online(7)
@@ -1079,7 +1080,7 @@ def test_the_limiter_is_used_by_the_client(
 def test_a_short_budget_goes_to_the_higher_share_first(rclient: redis.Redis, prefix: str) -> None:
     """With the window 80 % full, watch reads wait; at 90 % presence polls wait too; a
     reschedule POST (share 1) goes until the window is full, and nothing goes past that."""
-    limiter = RedisRateLimiter(rclient, prefix + "rl", 10, max_wait=0.05)
+    limiter = RedisRateLimiter(RateLog(rclient, prefix + "rl"), 10, max_wait=0.05)
     shares = {
         name: RATE_SHARE[endpoint]
         for name, endpoint in [

@@ -13,13 +13,14 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from rebook_dev.sandbox import SandboxClient, SandboxServer
 from tests.component.test_exporter import scrape, value
 from worker.adapters.upstream import UpstreamClient
 from worker.core.models import TokenSet
 from worker.core.settings import Settings
 from worker.core.store import Store
+from worker.core.store.zone import ZoneRecord
 from worker.core.zonecheck import ZoneWatch, observe, zone_for_offset
-from worker.dev.sandbox import SandboxClient, SandboxServer
 from worker.operations import doctor
 
 SUMMER = datetime(2024, 7, 1, 12, 0, tzinfo=UTC)
@@ -37,7 +38,7 @@ def made_booking(
         server.url,
         "sandbox-key",
         zone=ZoneInfo(zone),
-        on_made=ZoneWatch(store.r, store.keys.zone, ZoneInfo(zone), 300.0),
+        on_made=ZoneWatch(ZoneRecord.of(store), ZoneInfo(zone), 300.0),
     )
     sandbox.set_online(7, True)
     try:
@@ -125,4 +126,4 @@ def test_a_failing_observer_never_loses_the_booking(
     assert booking.booking_id > 0
     # and a Redis that cannot take the observation is no reason either
     dead = redis.Redis(port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
-    ZoneWatch(dead, "x", LONDON, 300)(SUMMER, "Mon, 01 Jul 2024 12:00:00 GMT")
+    ZoneWatch(ZoneRecord(dead, "x"), LONDON, 300)(SUMMER, "Mon, 01 Jul 2024 12:00:00 GMT")

@@ -24,6 +24,9 @@ import redis
 from celery import Celery
 from pydantic import SecretStr
 
+from rebook_dev.embedded import reachable, redis_server_binary
+from rebook_dev.sandbox import SandboxClient, SandboxServer
+from rebook_dev.supervisor import Child
 from tests.conftest import fast_settings, wait_for
 from worker.celeryapp.app import EVENTS_QUEUE, create_app
 from worker.celeryapp.runtime import Services, build_services
@@ -31,9 +34,6 @@ from worker.core.models import TokenSet
 from worker.core.settings import Settings
 from worker.core.states import State
 from worker.core.store import Rebook, rebook_id_for
-from worker.dev.embedded import reachable, redis_server_binary
-from worker.dev.sandbox import SandboxClient, SandboxServer
-from worker.dev.supervisor import Child
 
 ROOT = Path(__file__).resolve().parents[2]
 

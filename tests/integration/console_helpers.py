@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 import requests
 
+from rebook_dev.embedded import free_port
 from tests.conftest import wait_for
 from tests.integration.conftest import Proc, System
-from worker.dev.embedded import free_port
 
 AUTH = ("ops", "s3cret")
 

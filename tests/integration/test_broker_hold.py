@@ -18,9 +18,9 @@ import pytest
 import redis
 from kombu import Connection, Consumer, Exchange, Queue
 
+from rebook_dev.embedded import EmbeddedRedis, free_port
 from tests.conftest import wait_for
 from worker.celeryapp import broker
-from worker.dev.embedded import EmbeddedRedis, free_port
 
 pytestmark = pytest.mark.integration
 broker.install()  # as `create_app` does in every rebook process

@@ -4,6 +4,7 @@ against a real worker, Redis and the sandbox: each action through the flow, refu
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -54,6 +55,7 @@ def test_bulk_cancel_and_retry(system: System) -> None:
     dry = system.cli("cancel", "--user", user, "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert "matched 3 (dry run: nothing done)" in dry.stdout and "would cancel 3" in dry.stdout
+    assert dry.stdout.splitlines()[-1] == "would cancel 3, refused 0 (dry run)"
     assert all(system.get(r).state == State.WAITING for r in rids)  # type: ignore[union-attr]
 
     done = _json(system, "cancel", "--user", user)
@@ -62,6 +64,7 @@ def test_bulk_cancel_and_retry(system: System) -> None:
     again = system.cli("cancel", "--user", user)
     assert again.returncode == 1
     assert "refused 3" in again.stdout and "already ABORTED; nothing to cancel" in again.stdout
+    assert again.stdout.splitlines()[-1] == "done 0, refused 3, failed 0"  # the counts last
 
     retried = _json(system, "retry", "--user", user, "--state", "ABORTED")
     assert sorted(d["rebook_id"] for d in retried["done"]) == rids  # type: ignore[index]
@@ -77,3 +80,13 @@ def test_bulk_cancel_and_retry(system: System) -> None:
     assert neither.returncode == 2
     one = system.cli("cancel", rids[0])
     assert one.returncode == 0 and "ABORTED" in one.stdout
+
+
+def test_reindex_counts_what_it_indexed(system: System) -> None:
+    user = system.member()
+    rid, _ = system.rebook(user, system.performer(online=False))
+    system.wait_state(rid, State.WAITING)
+    proc = system.cli("reindex")
+    assert proc.returncode == 0, proc.stderr
+    (line,) = proc.stdout.splitlines()  # a pipe: no bar, the count at the end
+    assert re.fullmatch(r"indexed [1-9]\d* rebook\(s\)", line), line

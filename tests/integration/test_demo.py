@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import redis
 
+from rebook_dev.demo import scenario
 from tests.conftest import wait_for
 from worker.core.states import State
-from worker.dev.demo import scenario
 
 REBOOKS, PERFORMERS, SEED = 8, 3, 1
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,7 +48,7 @@ def test_demo_runs_to_the_end_and_cleans_up(redis_url: str, hostile: bool) -> No
     env = {k: v for k, v in os.environ.items() if not k.startswith("REBOOK_")}
     env.update({"REBOOK_REDIS_URL": redis_url, "PYTHONUNBUFFERED": "1"})
     code = (
-        "from worker.dev.demo import run; "
+        "from rebook_dev.demo import run; "
         f"raise SystemExit(run(rebooks={REBOOKS}, performers={PERFORMERS}, seed={SEED}, "
         f"timeout=90, hostile={hostile}))"
     )
@@ -102,7 +102,7 @@ def test_demo_in_shadow_mode_books_nothing(redis_url: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("REBOOK_")}
     env.update({"REBOOK_REDIS_URL": redis_url, "PYTHONUNBUFFERED": "1"})
     code = (
-        "from worker.dev.demo import run; "
+        "from rebook_dev.demo import run; "
         f"raise SystemExit(run(rebooks={REBOOKS}, performers={PERFORMERS}, seed={SEED}, "
         "timeout=90, shadow=True))"
     )

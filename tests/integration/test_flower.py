@@ -16,9 +16,9 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from rebook_dev.embedded import free_port
 from tests.integration.conftest import Proc, System, wait_for
 from worker.core.states import State
-from worker.dev.embedded import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from rebook_dev.embedded import free_port
+from rebook_dev.sandbox import SandboxClient
 from tests.conftest import TEST_TOKEN_KEY, WaitTimeout
 from tests.integration.conftest import ROOT, wait_for
 from worker.celeryapp.app import EVENTS_QUEUE, create_app
@@ -22,8 +24,6 @@ from worker.core.models import TokenSet
 from worker.core.settings import load_settings
 from worker.core.states import State
 from worker.core.store import rebook_id_for
-from worker.dev.embedded import free_port
-from worker.dev.sandbox import SandboxClient
 
 pytestmark = pytest.mark.integration
 

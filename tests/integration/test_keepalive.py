@@ -34,7 +34,7 @@ def test_an_idle_member_rebooks_after_their_refresh_token_s_lifetime(
     keep_system: System,
 ) -> None:
     system = keep_system
-    index = system.svc.token_store.index_key
+    index = system.svc.token_store.records.index_key
     wait_for(lambda: system.store.r.exists(f"{index}:indexed"), 20, "first keep-alive run")
     idle = system.member(expires_in=3600)
     forgotten = system.member(expires_in=3600)

@@ -22,6 +22,7 @@ from worker.adapters.auth import TokenStore
 from worker.core.errors import ConfigError
 from worker.core.models import TokenSet
 from worker.core.settings import load_settings
+from worker.core.store.tokens import TokenRecords
 
 pytestmark = pytest.mark.integration
 SCRIPT = Path(__file__).resolve().parents[2] / "ops" / "rotate-token-key.py"
@@ -61,25 +62,31 @@ def test_settings_list_the_keys_newest_first() -> None:
 
 def test_a_rolling_rotation_reads_old_writes_new(redis_client: redis.Redis, prefix: str) -> None:
     old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
-    before = TokenStore(redis_client, prefix, old)
+    before = TokenStore(TokenRecords(redis_client, prefix), old)
     before.save("u1", pair(1))
-    rolled = TokenStore(redis_client, prefix, [new, old])  # workers after step 1
+    rolled = TokenStore(TokenRecords(redis_client, prefix), [new, old])  # workers after step 1
     assert rolled.load("u1") == pair(1)
     rolled.save("u2", pair(2))
-    assert TokenStore(redis_client, prefix, new).load("u2") == pair(2)  # written with the new
+    assert TokenStore(TokenRecords(redis_client, prefix), new).load("u2") == pair(
+        2
+    )  # written with the new
     with pytest.raises(ConfigError):
-        TokenStore(redis_client, prefix, new).load("u1")  # u1 is still under the old key
+        TokenStore(TokenRecords(redis_client, prefix), new).load(
+            "u1"
+        )  # u1 is still under the old key
 
 
 def _rotation_round(client: Any, url: str, prefix: str, *, cluster: bool = False) -> None:
     old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
-    before = TokenStore(client, prefix, old, ttl_seconds=3600)
+    before = TokenStore(TokenRecords(client, prefix), old, ttl_seconds=3600)
     users = [f"m{i}-{uuid.uuid4().hex[:4]}" for i in range(40)]
     for i, user in enumerate(users):
         before.save(user, pair(i))
-    TokenStore(client, prefix, [new, old], ttl_seconds=3600).save(users[0], pair(100))  # new
+    TokenStore(TokenRecords(client, prefix), [new, old], ttl_seconds=3600).save(
+        users[0], pair(100)
+    )  # new
     client.set(f"{prefix}tok:junk", "not a fernet token")
-    only_new = TokenStore(client, prefix, new)
+    only_new = TokenStore(TokenRecords(client, prefix), new)
 
     out = rotate(url, prefix, [new, old], "--check", cluster=cluster)
     assert out.startswith("rc=1") and "40 do not decrypt" in out, out

@@ -21,6 +21,7 @@ from celery import Celery
 from cryptography.fernet import Fernet
 from kombu import Connection, Exchange, Producer, Queue
 
+from rebook_dev.embedded import free_port
 from tests.conftest import fast_settings, wait_for
 from worker.adapters.auth import TokenStore
 from worker.celeryapp import broker, frames
@@ -28,7 +29,7 @@ from worker.celeryapp.app import create_app
 from worker.core.errors import StoreUnavailable
 from worker.core.models import TokenSet
 from worker.core.store import Store
-from worker.dev.embedded import free_port
+from worker.core.store.tokens import TokenRecords
 
 pytestmark = pytest.mark.integration
 REDIS_CONF = Path(__file__).resolve().parents[2] / "ops" / "redis.conf"
@@ -154,7 +155,7 @@ def _as(port: int, role: str) -> redis.Redis:
 def test_the_producer_user_pushes_events_and_reads_no_token(acl_redis: int) -> None:
     port = acl_redis
     key = Fernet.generate_key().decode()
-    tokens = TokenStore(_as(port, "worker"), "rebook:", key)
+    tokens = TokenStore(TokenRecords(_as(port, "worker"), "rebook:"), key)
     tokens.save(
         "m1", TokenSet(access_token="acc-SECRET", refresh_token="ref-SECRET", expires_at=2e9)
     )

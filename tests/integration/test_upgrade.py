@@ -20,9 +20,9 @@ from typing import Self
 
 import pytest
 
+from rebook_dev.supervisor import Child
 from tests.integration.conftest import ROOT, System, running_system, wait_for
 from worker.core.states import State
-from worker.dev.supervisor import Child
 
 PREVIOUS = os.environ.get("REBOOK_UPGRADE_FROM", "4fe515e")
 DONE = {State.WATCHING, State.ACCEPTED, State.CONFIRMED, State.REJECTED, State.EXPIRED}

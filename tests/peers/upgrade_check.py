@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
             [uv(), "venv", "--quiet", "--seed", "--python", sys.executable, str(venv)],
             [uv(), "pip", "install", "--quiet", "--python", python, "-r", str(new_lock)],
             [uv(), "pip", "install", "--quiet", "--python", python, "--no-deps", "-e", "."],
+            # the dev tools' distribution (devtools/): the tests' conftest imports it
+            [uv(), "pip", "install", "--quiet", "--python", python, "--no-deps", "-e", "devtools"],
         ]
         for step in steps:
             if run(step, cwd=ROOT) != 0:

@@ -12,12 +12,12 @@ import logging
 import sys
 import time
 
+from rebook_dev.embedded import EmbeddedRedis
 from tests.sim.engine import Engine
 from tests.sim.known_seeds import SKEW_ASSUMED
 from tests.sim.parts import SHAPES
 from tests.sim.runner import report, run_seeds
 from tests.sim.world import run
-from worker.dev.embedded import EmbeddedRedis
 
 
 def _sim_time(record: logging.LogRecord) -> bool:

@@ -9,6 +9,7 @@ import json
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,12 +23,15 @@ from requests.adapters import BaseAdapter
 from urllib3.exceptions import NewConnectionError
 
 from tests.sim.engine import Engine, Proc
-from worker.core.flow import _STEP
 from worker.core.store import Store
 from worker.core.store.connection import Connection
 from worker.core.store.presence import Presence
 from worker.core.store.records import Records
 from worker.core.store.watch import Watch
+
+RESCHEDULING: ContextVar[str | None] = ContextVar("sim_rescheduling", default=None)
+"""The rebook whose reschedule step this thread runs (set by the world's task runner): the
+world's record of which rebook's POST made a booking."""
 
 # --- Redis --------------------------------------------------------------------------------------
 
@@ -536,7 +540,7 @@ class SimUpstream(BaseAdapter):
         auth = str(request.headers.get("Authorization", ""))
         user = auth.partition(" ")[2].removeprefix("tok-").rpartition(".")[0]
         read_timeout = timeout[1] if isinstance(timeout, tuple) else (timeout or 10.0)
-        step = _STEP.get()
+        rescheduling = RESCHEDULING.get()
         if op != "getUserSummary" and rng.random() < f.unauthorized:
             return _answer(request, 401, {"Message": "Authorization has been denied."})
         if rng.random() < f.read_html and op != "RescheduleMadeBooking":
@@ -544,7 +548,7 @@ class SimUpstream(BaseAdapter):
         if op == "ConfirmMadeBooking":
             return self._confirm(request, body, user, read_timeout)
         if op in ("RescheduleMadeBooking",):
-            return self._post(request, body, user, step.rebook_id if step else "?", read_timeout)
+            return self._post(request, body, user, rescheduling or "?", read_timeout)
         if rng.random() < f.read_error:
             self.engine.point(rng.uniform(0, 0.5))
             return _answer(request, rng.choice([500, 503]), {"Message": "An error has occurred."})

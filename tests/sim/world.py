@@ -28,6 +28,7 @@ from redis.commands.core import Script
 from tests.inspect_store import store_options
 from tests.sim.engine import Crash, Engine
 from tests.sim.parts import (
+    RESCHEDULING,
     SHAPES,
     Expiring,
     Faults,
@@ -292,7 +293,11 @@ def run(
         elif kind == "presence":
             flow.check_presence(args[0], args[1])
         elif kind == "reschedule":
-            flow.reschedule(args[0])
+            token = RESCHEDULING.set(args[0])
+            try:
+                flow.reschedule(args[0])
+            finally:
+                RESCHEDULING.reset(token)
         elif kind == "watch":
             flow.watch(args[0])
 

@@ -4,6 +4,7 @@ and untrusted text escaped everywhere."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from worker.core.actions import Outcome
@@ -212,9 +213,83 @@ def test_preview_confirms_exactly_what_it_showed() -> None:
 
 
 def test_a_deployment_fault_puts_a_banner_on_the_page() -> None:
-    page = pages.layout("Rebooks", "<p>list</p>")
+    page = pages.audit_page(base="", findings=[], counts={})
     assert pages.with_banner(page, None) == page
     paused = {"reason": "oauth_client", "setting": "REBOOK_OAUTH_CLIENT_ID <x>", "since": "Z"}
     shown = pages.with_banner(page, paused)
     assert 'class="paused"' in shown and "REBOOK_OAUTH_CLIENT_ID &lt;x&gt;" in shown
     assert shown.index('class="paused"') > shown.index("<main>")
+
+
+HOSTILE = '<img src=x onerror="alert(1)">\''
+
+
+def test_every_page_escapes_untrusted_text_in_text_and_attributes() -> None:
+    """Ids, reasons, members and upstream words hostile everywhere: no page writes them raw."""
+    bad = rec(
+        State.NEEDS_ATTENTION,
+        rebook_id="rb-" + HOSTILE,
+        event_id=HOSTILE,
+        user_id=HOSTILE,
+        reason=HOSTILE,
+        blocked_by=HOSTILE,
+        accept_by=HOSTILE,
+    )
+    f = Filters.parse({"user_id": HOSTILE})
+    outcome = Outcome(
+        "retry",
+        True,
+        matched=[bad.rebook_id, HOSTILE],
+        would_do=[bad.rebook_id],
+        refused=[{"rebook_id": HOSTILE, "why": HOSTILE}],
+        records={bad.rebook_id: bad},
+    )
+    history = [{"at": HOSTILE, "from": HOSTILE, "to": "WAITING", "reason": HOSTILE}]
+    shown = [
+        pages.list_page(
+            base=HOSTILE,
+            filters=f,
+            counts={},
+            items=[bad],
+            next_cursor=HOSTILE,
+            cursor=HOSTILE,
+            limit=50,
+            per_hour=[(int(NOW), {"ACCEPTED": 1})],
+            histogram=[("<1s", 2)],
+            xsrf=HOSTILE,
+            summary=Summary({"ACCEPTED": 1}, 1, True),
+        ),
+        pages.detail_page(
+            base=HOSTILE,
+            rec=bad,
+            history=history,
+            outcomes=[{"at": HOSTILE, "state": HOSTILE, "detail": HOSTILE}],
+            upstream=HOSTILE,
+            refusals={"retry": None, "cancel": HOSTILE},
+            xsrf=HOSTILE,
+            message=HOSTILE,
+            situation=situation(now=NOW),
+        ),
+        pages.preview_page(base=HOSTILE, outcome=outcome, filters=f, xsrf=HOSTILE, notes={}),
+        pages.result_page(base=HOSTILE, outcome=outcome, filters=f),
+        pages.bad_filter_page(base=HOSTILE, raw={"q": HOSTILE}, error=HOSTILE),
+        pages.audit_page(
+            base=HOSTILE,
+            findings=[{"kind": HOSTILE, "user_id": HOSTILE, "rebook_ids": [HOSTILE]}],
+            counts={HOSTILE: 1},
+            last={"at": HOSTILE},
+        ),
+        pages.with_banner(pages.audit_page(base="", findings=[], counts={}), {"reason": HOSTILE}),
+    ]
+    for html in shown:
+        assert "<img" not in html and 'alert(1)"' not in html and "'<" not in html
+        assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;&#x27;" in html
+
+
+def test_no_template_turns_escaping_off() -> None:
+    folder = Path(pages.__file__).with_name("templates")
+    names = sorted(p.name for p in folder.iterdir())
+    assert "base.html" in names and "list.html" in names
+    for name in names:
+        text = (folder / name).read_text()
+        assert "{% raw" not in text and "{% autoescape" not in text and "{% module" not in text

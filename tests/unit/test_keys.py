@@ -8,7 +8,7 @@ from importlib import resources
 
 from worker.core.keys import LUA_NAMES, Keys
 
-SCRIPTS = ("worker.core.store", "worker.adapters", "worker.celeryapp")
+SCRIPTS = ("worker.core.store", "worker.celeryapp")
 
 
 def _lua_sources() -> dict[str, str]:

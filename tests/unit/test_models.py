@@ -374,13 +374,16 @@ def test_an_unreadable_list_is_never_an_empty_one(payload: Any, why: str) -> Non
 
 
 def test_user_summary_nested_and_top_level() -> None:
-    nested = UserSummary.from_payload(
+    def summary(payload: Any) -> UserSummary:  # as the client reads it
+        return UserSummary.model_validate(UserSummary.unwrap(payload))
+
+    nested = summary(
         {"User": {"UserID": 7, "Nickname": "p", "AvailableNowWebcam": True, "Other": 1}}
     )
     assert nested.user_id == 7 and nested.nickname == "p" and nested.available_now_webcam
-    top = UserSummary.from_payload({"UserID": 8, "AvailableNowWebcam": False})
+    top = summary({"UserID": 8, "AvailableNowWebcam": False})
     assert top.user_id == 8 and top.available_now_webcam is False
-    missing = UserSummary.from_payload({"User": {"UserID": 9}})
+    missing = summary({"User": {"UserID": 9}})
     assert missing.available_now_webcam is False
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import re
+from typing import Any
+
 import pytest
 
 from tests.conftest import fast_settings
@@ -80,3 +84,59 @@ def test_the_member_token_registry_is_bounded_and_forgets_the_oldest() -> None:
         "[redacted] aaaaaaaa-2 [redacted] [redacted]"
     )
     assert index.redact("short") == "short"
+
+
+def _json_line(settings_prefix: str, log: Any) -> dict[str, Any]:
+    """What `log(logger)` writes with REBOOK_LOG_FORMAT=json, as one parsed line."""
+    import io
+    import logging
+
+    from worker.core.observability import configure_logging
+
+    stream = io.StringIO()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        configure_logging(
+            fast_settings(
+                "redis://127.0.0.1:6379/0", "http://127.0.0.1:9", settings_prefix
+            ).model_copy(update={"log_format": "json"}),
+            stream,
+        )
+        log(logging.getLogger("rebook.test"))
+    finally:
+        root.handlers[:], root.level = handlers, level
+    (line,) = stream.getvalue().splitlines()
+    parsed: dict[str, Any] = json.loads(line)
+    return parsed
+
+
+def test_json_lines_carry_the_bound_ids_and_nothing_unscrubbed(prefix: str) -> None:
+    """The library formatter writes the fixed fields only: Celery's `extra={"data": ...}` (a
+    task's args) would otherwise reach the line past the scrubber."""
+    from worker.core.observability import JSON_FIELDS, bound
+
+    def log(logger: Any) -> None:
+        with bound(rebook_id="rb-1", booking_id=12):
+            logger.warning("refused token=%s", SECRET, extra={"data": {"args": SECRET}})
+
+    line = _json_line(prefix, log)
+    assert list(line) == ["ts", "level", "logger", "msg", "process", "rebook_id", "booking_id"]
+    assert set(line) <= set(JSON_FIELDS)
+    assert line["level"] == "warning" and line["logger"] == "rebook.test"
+    assert line["msg"] == "refused token=[redacted]"
+    assert line["rebook_id"] == "rb-1" and line["booking_id"] == 12
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", line["ts"]), line["ts"]
+    assert SECRET not in json.dumps(line)
+
+
+def test_json_lines_scrub_the_traceback(prefix: str) -> None:
+    def log(logger: Any) -> None:
+        try:
+            raise RuntimeError(f"upstream said apiKey={SECRET}")
+        except RuntimeError:
+            logger.exception("call failed")
+
+    line = _json_line(prefix, log)
+    assert line["msg"] == "call failed" and "RuntimeError" in line["exc"]
+    assert SECRET not in line["exc"] and "apiKey=[redacted]" in line["exc"]

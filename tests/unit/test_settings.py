@@ -274,6 +274,12 @@ BAD_VALUES = [
     ("REBOOK_FLOWER_BASIC_AUTH", "admin:"),
     ("REBOOK_FLOWER_BASIC_AUTH", ":password"),
     ("REBOOK_FLOWER_BASIC_AUTH", "admin:pw,ops"),
+    ("REBOOK_EXPORTER_BASIC_AUTH", "admin"),
+    ("REBOOK_TOKEN_KEYS", f"{Fernet.generate_key().decode()},not-a-fernet-key"),
+    ("REBOOK_API_KEY_HEADER", "api key"),
+    ("REBOOK_REDIS_CA_FILE", "/nonexistent/ca.pem"),
+    ("REBOOK_REDIS_CERT_FILE", "/nonexistent/client.pem"),
+    ("REBOOK_REDIS_KEY_FILE", "/nonexistent/client.key"),
 ]
 
 

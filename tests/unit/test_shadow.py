@@ -49,13 +49,13 @@ def client(shadow: bool) -> tuple[UpstreamClient, RecordingSession, CountingLimi
 
 def test_the_three_calls_that_book_are_refused_in_shadow_mode() -> None:
     c, session, limiter = client(shadow=True)
-    ran: list[str] = []
+    permit = c.reserve("RescheduleMadeBooking", member=True)
     with pytest.raises(Shadowed) as caught:
-        c.reschedule("tok", 11, before_send=lambda: ran.append("before_send"))
+        c.reschedule("tok", 11, permit=permit)
     assert caught.value.endpoint == "RescheduleMadeBooking"
     assert isinstance(caught.value, NotSent)  # whoever catches it knows nothing went out
-    # it stopped where the request would have gone: after the rate limiter and its hook
-    assert ran == ["before_send"] and len(limiter.shares) == 1
+    # it stopped where the request would have gone: after the rate limiter (its permit)
+    assert permit.spent and len(limiter.shares) == 1
     with pytest.raises(Shadowed):
         c.confirm("tok", 12)
     # no method books a cancel; the plumbing refuses it all the same
@@ -63,6 +63,14 @@ def test_the_three_calls_that_book_are_refused_in_shadow_mode() -> None:
         c._call("CancelMadeBooking", token="tok", body={"BookingID": 13}, idempotent=False)
     assert session.sent == []
     assert {"RescheduleMadeBooking", "ConfirmMadeBooking", "CancelMadeBooking"} == SHADOW_REFUSED
+
+
+def test_a_permit_is_spent_once_and_only_by_its_endpoint() -> None:
+    c, session, limiter = client(shadow=False)
+    permit = c.reserve("MadeBookings", member=True)
+    with pytest.raises(ValueError):
+        c.reschedule("tok", 11, permit=permit)
+    assert session.sent == [] and limiter.shares == [0.8]  # no second turn of the limiter
 
 
 def test_reads_go_out_in_shadow_mode_and_posts_go_out_without_it() -> None:

@@ -21,7 +21,6 @@ import logging
 import secrets
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
@@ -35,9 +34,9 @@ from worker.core.errors import (
     Transient,
     UpstreamError,
 )
-from worker.core.keys import Keys
 from worker.core.models import TokenSet
 from worker.core.observability import register_token
+from worker.core.store.tokens import TokenRecords
 
 log = logging.getLogger(__name__)
 
@@ -49,23 +48,20 @@ slack, so they go only while the window is less than half full."""
 
 
 class TokenStore:
-    """Encrypted token pairs in Redis under `{prefix}tok:{user_id}`, indexed by the lapse of
-    their refresh token in `{prefix}tokkeep`."""
+    """Members' token pairs, encrypted (Fernet), in `TokenRecords` (worker/core/store/tokens.py:
+    `{prefix}tok:{user_id}`, indexed by the lapse of their refresh token in `{prefix}tokkeep`)."""
 
     def __init__(
         self,
-        client: Any,
-        prefix: str,
+        records: TokenRecords,
         key: str | Sequence[str] | None,
         ttl_seconds: float = 0,
         refresh_lifetime: float = REFRESH_TOKEN_LIFETIME,
     ) -> None:
         """`key`: one Fernet key, or several, the one that encrypts first."""
-        self.r = client
-        self.keys = Keys(prefix)
+        self.records = records
         self.ttl = int(ttl_seconds)  # 0: no expiry
         self.refresh_lifetime = refresh_lifetime
-        self.index_key = self.keys.token_index
         keys = [key] if isinstance(key, str) else list(key or [])
         keys = [k for k in keys if k]
         self._fernet = MultiFernet([Fernet(k.encode()) for k in keys]) if keys else None
@@ -78,18 +74,12 @@ class TokenStore:
             )
         return self._fernet
 
-    def _key(self, user_id: str) -> str:
-        return self.keys.token(user_id)
-
     def save(self, user_id: str, tokens: TokenSet) -> None:
         register_token(tokens.access_token, tokens.refresh_token)  # scrubbed wherever echoed
         blob = self._f().encrypt(tokens.model_dump_json().encode())
         # every refresh stores the pair again, so the TTL counts from the member's last use:
         # a member gone for REBOOK_TOKEN_TTL_DAYS must `tokens set` again (reauth), nothing more
-        # pair first, index second (no transaction: on a cluster they live on different
-        # nodes); a pair missing from the index is found by `backfill`
-        self.r.set(self._key(user_id), blob.decode(), ex=self.ttl or None)
-        self.r.zadd(self.index_key, {user_id: self.refresh_lapses_at(tokens)})
+        self.records.put(user_id, blob.decode(), self.ttl, self.refresh_lapses_at(tokens))
 
     def refresh_lapses_at(self, tokens: TokenSet) -> float:
         """When the pair's refresh token dies unused; 0 (due at once) when its issue is unknown
@@ -100,48 +90,25 @@ class TokenStore:
 
     def due(self, before: float, limit: int) -> list[str]:
         """Members whose refresh token lapses before `before`, soonest first, at most `limit`."""
-        found = self.r.zrangebyscore(self.index_key, "-inf", before, start=0, num=limit)
-        return [m.decode() if isinstance(m, bytes) else m for m in found]
+        return self.records.due(before, limit)
 
     def reschedule(self, user_id: str, at: float) -> None:
-        """Look at this member's pair again at `at` (XX: never re-adds a deleted pair)."""
-        self.r.zadd(self.index_key, {user_id: at}, xx=True)
+        """Look at this member's pair again at `at` (never re-adds a deleted pair)."""
+        self.records.reschedule(user_id, at)
 
     def unindex(self, user_id: str) -> None:
-        self.r.zrem(self.index_key, user_id)
+        self.records.unindex(user_id)
 
     def some_members(self, limit: int) -> list[str]:
         """Up to `limit` members with a stored pair, in no order (a SCAN: for checks, not work)."""
-        start = len(self._key(""))
-        found: list[str] = []
-        for key in self.r.scan_iter(match=self.keys.glob("tok:"), count=200):
-            found.append((key.decode() if isinstance(key, bytes) else key)[start:])
-            if len(found) >= limit:
-                break
-        return found
+        return self.records.some_members(limit)
 
     def backfill(self) -> int:
-        """Once per deployment: pairs saved before the index existed join it, due at once.
-        A SCAN of `tok:*`, run only while the marker key is absent."""
-        marker = f"{self.index_key}:indexed"
-        if self.r.exists(marker):
-            return 0
-        start = len(self._key(""))
-        added = 0
-        batch: dict[str, float] = {}
-        for key in self.r.scan_iter(match=self.keys.glob("tok:"), count=1000):
-            name = key.decode() if isinstance(key, bytes) else key
-            batch[name[start:]] = 0.0
-            if len(batch) >= 1000:
-                added += int(self.r.zadd(self.index_key, batch, nx=True))
-                batch = {}
-        if batch:
-            added += int(self.r.zadd(self.index_key, batch, nx=True))
-        self.r.set(marker, "1")
-        return added
+        """Once per deployment: pairs saved before the index existed join it, due at once."""
+        return self.records.backfill()
 
     def load(self, user_id: str) -> TokenSet | None:
-        blob = self.r.get(self._key(user_id))
+        blob = self.records.get(user_id)
         if blob is None:
             return None
         try:
@@ -156,9 +123,7 @@ class TokenStore:
         return tokens
 
     def delete(self, user_id: str) -> bool:
-        gone = bool(self.r.delete(self._key(user_id)))
-        self.unindex(user_id)
-        return gone
+        return self.records.delete(user_id)
 
 
 class TokenManager:
@@ -208,10 +173,8 @@ class TokenManager:
         return tokens.expires_at - self.margin_for(tokens) > time.time()
 
     def _refresh(self, user_id: str, rejected: str | None) -> str:
-        lock = self.store.r.lock(
-            self.store.keys.token_lock(user_id),
-            timeout=self.lock_timeout,
-            blocking_timeout=self.lock_timeout,
+        lock = self.store.records.lock(
+            user_id, timeout=self.lock_timeout, blocking_timeout=self.lock_timeout
         )
         if not lock.acquire():
             raise Transient("token refresh in progress elsewhere", endpoint="token")
@@ -272,7 +235,7 @@ class TokenManager:
         (another holder refreshed it meanwhile), "gone" (no pair), "busy" (a refresh runs
         elsewhere: it stores a fresh pair anyway). Never waits for the member's lock. A refused
         refresh raises ReauthRequired; rate-limit and upstream failures raise as they come."""
-        lock = self.store.r.lock(self.store.keys.token_lock(user_id), timeout=self.lock_timeout)
+        lock = self.store.records.lock(user_id, timeout=self.lock_timeout)
         if not lock.acquire(blocking=False):
             return "busy"
         try:

@@ -6,11 +6,10 @@ import itertools
 import math
 import os
 import time
-from importlib import resources
-from typing import Any
 
 from worker.core.budget import JITTER_MARGIN
 from worker.core.errors import Throttled
+from worker.core.store.ratelimit import RateLog
 
 YIELD_WAIT = 0.25
 """Longest wait in a worker for a call below share 1 (see RedisRateLimiter)."""
@@ -36,16 +35,14 @@ class RedisRateLimiter:
     sleeping on a poll would be one process fewer for the POSTs.
     """
 
-    def __init__(self, client: Any, key: str, rate: float, *, max_wait: float = 30.0) -> None:
-        self.key = key
+    def __init__(self, log: RateLog, rate: float, *, max_wait: float = 30.0) -> None:
+        self.log = log
         self.rate = rate
         self.max_wait = max_wait
         self.window = 1.0 if rate >= 1 else (1.0 / rate if rate > 0 else 0.0)
         self.limit = max(1, math.floor(rate * self.window + 1e-9)) if rate > 0 else 0
         self._token = os.urandom(6).hex()  # with a counter: each call's entry is unique
         self._seq = itertools.count()
-        script = resources.files("worker.adapters").joinpath("lua/ratelimit.lua").read_text()
-        self._script = client.register_script(script)
 
     def acquire(self, share: float = 1.0) -> None:
         if self.rate <= 0:
@@ -58,7 +55,7 @@ class RedisRateLimiter:
         window_us = int((self.window + JITTER_MARGIN) * 1_000_000)
         while True:
             entry = f"{self._token}{next(self._seq)}"
-            wait_ms = int(self._script(keys=[self.key], args=[window_us, allowed, entry]))
+            wait_ms = self.log.take(window_us, allowed, entry)
             if wait_ms <= 0:
                 return
             if time.monotonic() + wait_ms / 1000 > deadline:

@@ -25,7 +25,7 @@ from worker.core.models import TokenSet
 from worker.core.observability import register_token, scrub
 
 REQUIRED_SCOPE = "account_webcam_bookings"
-"""Every webcam booking operation needs it (UPSTREAM.md, GetPermissions)."""
+"""Every webcam booking operation needs it (the upstream's GetPermissions page)."""
 VERIFY_SHARE = 0.5
 """Of the shared rate window: an import goes only while the window is less than half full, so the
 workers' calls (a member waiting now) keep their budget."""

@@ -1,9 +1,11 @@
 """HTTP client of the AdultWork.com developer API. Knows requests, never Celery.
 
-Every call goes through `_call`, which applies the API key, the shared rate limit, the timeout and
-the one status→exception mapping (`error_for_response`). Whether a failure may be retried depends
-on the call: `idempotent=False` (RescheduleMadeBooking) turns anything that may have reached the
-upstream into :class:`Ambiguous`, so that nobody re-sends it blindly.
+Every call goes through `_call`, which applies the API key, the shared rate limit (`reserve`,
+which a caller may take first, to act between the rate limiter's wait and the request), the
+deadline (`send_within`) and the one status→exception mapping (`error_for_response`). Whether
+a failure may be retried depends on the call: `idempotent=False` (RescheduleMadeBooking) turns
+anything that may have reached the upstream into :class:`Ambiguous`, so that nobody re-sends it
+blindly.
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import NewConnectionError
 
 from worker import __version__
-from worker.adapters.deadline import WATCHDOG, DeadlineAdapter, Guard
+from worker.adapters.deadline import WATCHDOG, DeadlineAdapter
 from worker.adapters.presence import PresenceSource, UserSummaryPresence
-from worker.core.budget import RATE_SHARE
+from worker.core.budget import RATE_SHARE, Permit
 from worker.core.circuit import API, MEMBER, TOKEN, Circuit
 from worker.core.errors import (
     Ambiguous,
@@ -76,11 +78,6 @@ M = TypeVar("M", bound=BaseModel)
 class Limiter(Protocol):
     def acquire(self, share: float = 1.0) -> None: ...
 
-
-BeforeSend = Callable[[], None]
-"""Runs after the rate limiter let a call go and right before it is sent; raising stops it
-(nothing is sent). The reschedule POST writes its "POST sent" mark here, so no rate-limit wait
-lies between the mark and the request."""
 
 MadeHook = Callable[[datetime | None, str | None], None]
 """Called after every booking RescheduleMadeBooking made, with its CreateDate (as parsed) and the
@@ -311,6 +308,149 @@ def _refused(exc: BaseException) -> bool:
     return False
 
 
+def send_within(
+    session: requests.Session,
+    endpoint: str,
+    method: str,
+    url: str,
+    *,
+    timeout: float,
+    deadline: float,
+    idempotent: bool,
+    **kwargs: Any,
+) -> requests.Response:
+    """The request and its whole body within `deadline` (connect, headers, body), or
+    the failure classified: past the deadline, a sent POST is Ambiguous, a read Transient.
+    The socket timeouts still bound each step; the deadline bounds their sum, however
+    slowly the server writes (worker.adapters.deadline)."""
+    with WATCHDOG.guard(deadline) as guard:
+        try:
+            response = session.request(
+                method,
+                url,
+                timeout=(min(timeout, deadline), timeout),
+                allow_redirects=False,
+                stream=True,  # the body is read here, under the guard
+                **kwargs,
+            )
+            try:
+                _ = response.content
+            except BaseException:
+                response.close()
+                raise
+        except (requests.RequestException, Urllib3Error, HTTPException, OSError) as exc:
+            if guard.connected and not guard.sent:  # failed while connecting: not sent
+                cause = (
+                    f"no connection within the {deadline:g} s deadline"
+                    if guard.cut
+                    else f"{type(exc).__name__} while connecting"
+                )
+                raise Transient(f"{cause} (not sent)", endpoint=endpoint) from None
+            raise error_for_exception(
+                endpoint, exc, idempotent=idempotent, deadline=deadline if guard.cut else None
+            ) from None
+        if guard.cut:  # a body read "to the end" may have ended at the shutdown
+            response.close()
+            raise error_for_exception(
+                endpoint, TimeoutError(), idempotent=idempotent, deadline=deadline
+            )
+    return response
+
+
+def parse_model(
+    model: type[M], payload: Any, endpoint: str, zone: ZoneInfo, *, idempotent: bool = True
+) -> M:
+    """The typed answer, or a readable error naming the field: Transient for a read,
+    Ambiguous for a POST (it was answered, so it may have taken effect)."""
+    cls = Transient if idempotent else Ambiguous
+    try:
+        return model.model_validate(payload, context={"tz": zone})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        msg = str(first.get("msg", "")).removeprefix("Value error, ")
+        raise cls(f"unexpected body shape ({where}: {msg})", endpoint=endpoint) from None
+    except Exception as exc:  # whatever a body can make a validator raise: never a crash
+        raise cls(f"unreadable body ({type(exc).__name__})", endpoint=endpoint) from None
+
+
+def json_body(endpoint: str, response: requests.Response, *, idempotent: bool) -> Any:
+    """A 2xx answer's JSON, or why not: a page in front of the API is Challenged on a read; a
+    POST answered 2xx may have been acted on, whatever its body (Ambiguous)."""
+    try:
+        return response.json()
+    except ValueError:
+        if idempotent and not is_api_answer(response):
+            raise Challenged(
+                _page_message(response), endpoint=endpoint, status=response.status_code
+            ) from None
+        cls = Transient if idempotent else Ambiguous
+        raise cls(
+            "unreadable body (not JSON)", endpoint=endpoint, status=response.status_code
+        ) from None
+
+
+def scrubbed(exc: UpstreamError, key: str) -> UpstreamError:
+    """A proxy's error page may echo the request URL, and with it `?apiKey=`."""
+    if key in exc.message:
+        exc.message = scrub_key(exc.message, key)
+        exc.args = (exc.message,)
+    return exc
+
+
+def scrub_key(text: str, key: str) -> str:
+    """`text` without the API key (a proxy's error page may echo the URL, with `?apiKey=`)."""
+    # (a key of a few characters would mangle every message: real keys are long)
+    return text.replace(key, "***") if len(key) >= 6 else text
+
+
+def token_body(response: requests.Response, circuit: Circuit | None) -> dict[str, Any]:
+    """The token endpoint's answer: the new pair, or the refusal it says (a refused client is a
+    deployment fault and opens the circuit; another refusal is the member's refresh token)."""
+    if response.status_code in (400, 401) and is_api_answer(response):
+        # only the OAuth server's own answer is a refusal (-> reauth): an HTML page in
+        # front of it (a CDN challenge) is Challenged, tried again later. A refused
+        # client is the site's setting, not the member's refresh token: no reauth.
+        code = oauth_error(response)
+        if code in CLIENT_REFUSALS:
+            fault = DeploymentFault("oauth_client", code)
+            if circuit is not None:
+                circuit.open(fault)
+            raise fault
+        if circuit is not None and code:  # the client accepted, the grant judged
+            circuit.passed(TOKEN)
+        refused = TokenRefused(_message(response), endpoint="token", status=response.status_code)
+        refused.code = code
+        raise refused
+    if not 200 <= response.status_code < 300:
+        raise error_for_response("token", response, idempotent=True)
+    try:
+        body = response.json()
+    except ValueError:
+        if not is_api_answer(response):
+            raise Challenged(
+                _page_message(response), endpoint="token", status=response.status_code
+            ) from None
+        raise Transient("unreadable token body", endpoint="token") from None
+    if not isinstance(body, dict):
+        raise Transient("token body is not an object", endpoint="token")
+    if circuit is not None:
+        circuit.passed(TOKEN)
+    return body
+
+
+def permissions_granted(payload: Any) -> dict[str, str]:
+    """GetPermissions' answer: permission name (lower-cased) -> status (lower-cased)."""
+    items = payload.get("Permissions") if isinstance(payload, dict) else None
+    if not isinstance(items, list):
+        raise Transient("answer has no Permissions list", endpoint="GetPermissions")
+    found: dict[str, str] = {}
+    for item in items:
+        if isinstance(item, dict) and isinstance(item.get("Permission"), str):
+            found[item["Permission"].lower()] = str(item.get("Status", "")).lower()
+    return found
+
+
 class UpstreamClient:
     """Typed calls of the upstream. Member calls take the access token as an argument only."""
 
@@ -356,8 +496,6 @@ class UpstreamClient:
     def close(self) -> None:
         self._session.close()
 
-    # -- plumbing --------------------------------------------------------------------------------
-
     def _call(
         self,
         endpoint: str,
@@ -366,11 +504,13 @@ class UpstreamClient:
         params: dict[str, Any] | None = None,
         body: dict[str, Any] | None = None,
         idempotent: bool = True,
-        before_send: BeforeSend | None = None,
+        permit: Permit | None = None,
         share: float | None = None,
         headers_out: dict[str, str] | None = None,
     ) -> Any:
-        """`headers_out`, if given, receives the headers of a 2xx answer."""
+        """`permit`: from `reserve`, when the caller had something to do between the rate
+        limiter and the request; else one is taken here (`share`). `headers_out`, if given,
+        receives the headers of a 2xx answer."""
         method, path = PATHS[endpoint]
         headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
         if self._key_in_query:
@@ -381,22 +521,22 @@ class UpstreamClient:
         if token is not None:
             headers["Authorization"] = f"bearer {token}"  # lower-case, as the docs' samples
         reasons = MEMBER if token is not None else API
-        if self.circuit is not None:
-            self.circuit.gate(reasons)  # a wrong key or scope: not sent, bar one probe
-        if self._limiter is not None:
-            self._limiter.acquire(RATE_SHARE.get(endpoint, 1.0) if share is None else share)
-        if before_send is not None:
-            before_send()
+        if permit is None:
+            permit = self.reserve(endpoint, member=token is not None, share=share)
+        permit.spend(endpoint)
         if self.shadow and endpoint in SHADOW_REFUSED:
             # the last point before the request: whatever path got here, nothing goes out
             raise Shadowed("shadow mode: not sent", endpoint=endpoint)
         started = time.monotonic()
         outcome = "ok"
         try:
-            response = self._send(
+            response = send_within(
+                self._session,
                 endpoint,
                 method,
                 self.base_url + path,
+                timeout=self.timeout,
+                deadline=self.deadline,
                 idempotent=idempotent,
                 params=params,
                 json=body,
@@ -405,27 +545,18 @@ class UpstreamClient:
             if not 200 <= response.status_code < 300:
                 fault = deployment_fault(endpoint, response, member=token is not None)
                 if fault is not None:
-                    fault.message = self._scrub_text(fault.message)
+                    fault.message = scrub_key(fault.message, self._api_key)
                     if self.circuit is not None:
                         self.circuit.open(fault)
                     raise fault
-                raise self._scrubbed(error_for_response(endpoint, response, idempotent=idempotent))
+                raise scrubbed(
+                    error_for_response(endpoint, response, idempotent=idempotent), self._api_key
+                )
             if self.circuit is not None:
                 self.circuit.passed(reasons)
             if headers_out is not None:
                 headers_out.update(response.headers)
-            try:
-                return response.json()
-            except ValueError:
-                if idempotent and not is_api_answer(response):
-                    raise Challenged(
-                        _page_message(response), endpoint=endpoint, status=response.status_code
-                    ) from None
-                # a POST answered 2xx: whatever the body, the upstream may have acted on it
-                cls = Transient if idempotent else Ambiguous
-                raise cls(
-                    "unreadable body (not JSON)", endpoint=endpoint, status=response.status_code
-                ) from None
+            return json_body(endpoint, response, idempotent=idempotent)
         except (UpstreamError, DeploymentFault) as exc:
             outcome = type(exc).__name__
             raise
@@ -435,61 +566,15 @@ class UpstreamClient:
             if self._on_call is not None:
                 self._on_call(endpoint, outcome)
 
-    def _send(
-        self, endpoint: str, method: str, url: str, *, idempotent: bool, **kwargs: Any
-    ) -> requests.Response:
-        """The request and its whole body within `self.deadline` (connect, headers, body), or
-        the failure classified: past the deadline, a sent POST is Ambiguous, a read Transient.
-        The socket timeouts still bound each step; the deadline bounds their sum, however
-        slowly the server writes (worker.adapters.deadline)."""
-        with WATCHDOG.guard(self.deadline) as guard:
-            try:
-                response = self._session.request(
-                    method,
-                    url,
-                    timeout=(min(self.timeout, self.deadline), self.timeout),
-                    allow_redirects=False,
-                    stream=True,  # the body is read here, under the guard
-                    **kwargs,
-                )
-                try:
-                    _ = response.content
-                except BaseException:
-                    response.close()
-                    raise
-            except (requests.RequestException, Urllib3Error, HTTPException, OSError) as exc:
-                if guard.connected and not guard.sent:  # failed while connecting: not sent
-                    cause = (
-                        f"no connection within the {self.deadline:g} s deadline"
-                        if guard.cut
-                        else f"{type(exc).__name__} while connecting"
-                    )
-                    raise Transient(f"{cause} (not sent)", endpoint=endpoint) from None
-                raise error_for_exception(
-                    endpoint, exc, idempotent=idempotent, deadline=self._cut(guard)
-                ) from None
-            if guard.cut:  # a body read "to the end" may have ended at the shutdown
-                response.close()
-                raise error_for_exception(
-                    endpoint, TimeoutError(), idempotent=idempotent, deadline=self.deadline
-                )
-        return response
-
-    def _cut(self, guard: Guard) -> float | None:
-        return self.deadline if guard.cut else None
-
-    def _scrubbed(self, exc: UpstreamError) -> UpstreamError:
-        """A proxy's error page may echo the request URL, and with it `?apiKey=`."""
-        if self._api_key in exc.message:
-            exc.message = self._scrub_text(exc.message)
-            exc.args = (exc.message,)
-        return exc
-
-    def _scrub_text(self, text: str) -> str:
-        # (a key of a few characters would mangle every message: real keys are long)
-        if len(self._api_key) >= 6:
-            return text.replace(self._api_key, "***")
-        return text
+    def reserve(self, endpoint: str, *, member: bool, share: float | None = None) -> Permit:
+        """The phase before a call: the circuit's gate (a wrong key or scope: not sent, bar one
+        probe), then the shared rate limiter, which may wait or raise `Throttled`. `member`: the
+        call carries a member's token. Spent by the call it was taken for (`permit=`)."""
+        if self.circuit is not None:
+            self.circuit.gate(MEMBER if member else API)
+        if self._limiter is not None:
+            self._limiter.acquire(RATE_SHARE.get(endpoint, 1.0) if share is None else share)
+        return Permit(endpoint)
 
     def api_key_refused(self, probe_user_id: int = 1) -> bool:
         """One call that needs no member token (getUserSummary, the API key only): True when
@@ -508,37 +593,24 @@ class UpstreamClient:
             return False
         return False
 
-    def _model(self, model: type[M], payload: Any, endpoint: str, *, idempotent: bool = True) -> M:
-        """The typed answer, or a readable error naming the field: Transient for a read,
-        Ambiguous for a POST (it was answered, so it may have taken effect)."""
-        cls = Transient if idempotent else Ambiguous
-        try:
-            return model.model_validate(payload, context={"tz": self.zone})
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first.get("loc", ()))
-            msg = str(first.get("msg", "")).removeprefix("Value error, ")
-            raise cls(f"unexpected body shape ({where}: {msg})", endpoint=endpoint) from None
-        except Exception as exc:  # whatever a body can make a validator raise: never a crash
-            raise cls(f"unreadable body ({type(exc).__name__})", endpoint=endpoint) from None
-
-    # -- operations ------------------------------------------------------------------------------
-
     def reschedule(
-        self, token: str, booking_id: int, *, before_send: BeforeSend | None = None
+        self, token: str, booking_id: int, *, permit: Permit | None = None
     ) -> WebcamBooking:
         """Creates a new booking. NOT idempotent: failures that may have committed are Ambiguous.
-        The answer's `Date` header goes to `on_made` with the booking's CreateDate."""
+        The answer's `Date` header goes to `on_made` with the booking's CreateDate. `permit`:
+        see `reserve` (the flow writes its mark between the two)."""
         headers: dict[str, str] = {}
         payload = self._call(
             "RescheduleMadeBooking",
             token=token,
             body={"BookingID": booking_id},
             idempotent=False,
-            before_send=before_send,
+            permit=permit,
             headers_out=headers,
         )
-        booking = self._model(WebcamBooking, payload, "RescheduleMadeBooking", idempotent=False)
+        booking = parse_model(
+            WebcamBooking, payload, "RescheduleMadeBooking", self.zone, idempotent=False
+        )
         if self._on_made is not None:
             try:
                 self._on_made(booking.create_date, headers.get("Date"))
@@ -546,16 +618,9 @@ class UpstreamClient:
                 log.warning("on_made hook failed: %s", type(exc).__name__)
         return booking
 
-    def booking_details(
-        self, token: str, booking_id: int, *, before_send: BeforeSend | None = None
-    ) -> WebcamBooking:
-        payload = self._call(
-            "MadeBookingDetails",
-            token=token,
-            params={"BookingID": booking_id},
-            before_send=before_send,
-        )
-        return self._model(WebcamBooking, payload, "MadeBookingDetails")
+    def booking_details(self, token: str, booking_id: int) -> WebcamBooking:
+        payload = self._call("MadeBookingDetails", token=token, params={"BookingID": booking_id})
+        return parse_model(WebcamBooking, payload, "MadeBookingDetails", self.zone)
 
     def made_bookings(
         self,
@@ -565,7 +630,7 @@ class UpstreamClient:
         page: int = 1,
         per_page: int = MAX_PAGE,
         newest_first: bool = True,
-        before_send: BeforeSend | None = None,
+        permit: Permit | None = None,
         share: float | None = None,
     ) -> MadeBookingsPage:
         params: dict[str, Any] = {
@@ -577,9 +642,7 @@ class UpstreamClient:
             # documented as `yyyy-mm-dd` (a date, on CreateDate): the page is a superset of what
             # was created since `start`; iter_made_bookings filters by the exact time
             params["StartDate"] = site_date(start, self.zone)
-        payload = self._call(
-            "MadeBookings", token=token, params=params, before_send=before_send, share=share
-        )
+        payload = self._call("MadeBookings", token=token, params=params, permit=permit, share=share)
         try:
             return MadeBookingsPage.parse(payload, list_names=self.list_names, zone=self.zone)
         except Unreadable as exc:
@@ -608,7 +671,6 @@ class UpstreamClient:
         *,
         start: datetime | None = None,
         max_pages: int = 10,
-        before_send: BeforeSend | None = None,
         share: float | None = None,
     ) -> tuple[list[WebcamBooking], bool]:
         """Every booking since `start` and whether the list was read to its end: a list cut
@@ -616,9 +678,7 @@ class UpstreamClient:
         not that of a read (the read before a POST has the POST's)."""
         found: list[WebcamBooking] = []
         for number in range(1, max_pages + 1):
-            page = self.made_bookings(
-                token, start=start, page=number, before_send=before_send, share=share
-            )
+            page = self.made_bookings(token, start=start, page=number, share=share)
             found.extend(page.bookings)
             if number >= page.page_count or not page.bookings:
                 return found, True
@@ -628,12 +688,14 @@ class UpstreamClient:
         payload = self._call(
             "ConfirmMadeBooking", token=token, body={"BookingID": booking_id}, idempotent=False
         )
-        return self._model(WebcamBooking, payload, "ConfirmMadeBooking", idempotent=False)
+        return parse_model(
+            WebcamBooking, payload, "ConfirmMadeBooking", self.zone, idempotent=False
+        )
 
     def user_summary(self, user_id: int) -> UserSummary:
         """Presence of a performer (API key only, no member token)."""
         payload = self._call("getUserSummary", params={"UserID": user_id})
-        return self._model(UserSummary, UserSummary.unwrap(payload), "getUserSummary")
+        return parse_model(UserSummary, UserSummary.unwrap(payload), "getUserSummary", self.zone)
 
     def verify_credentials(self, token: str, *, share: float | None = None) -> dict[str, Any]:
         """The member who owns `token` (`{"UserID", ...}`): no scope needed."""
@@ -646,21 +708,12 @@ class UpstreamClient:
         """The scopes granted to `token`: permission name (lower-cased) -> status (lower-cased).
         An answer without a readable `Permissions` list is unreadable, never "no scope"."""
         payload = self._call("GetPermissions", token=token, share=share)
-        items = payload.get("Permissions") if isinstance(payload, dict) else None
-        if not isinstance(items, list):
-            raise Transient("answer has no Permissions list", endpoint="GetPermissions")
-        granted: dict[str, str] = {}
-        for item in items:
-            if isinstance(item, dict) and isinstance(item.get("Permission"), str):
-                granted[item["Permission"].lower()] = str(item.get("Status", "")).lower()
-        return granted
+        return permissions_granted(payload)
 
     def is_online(self, performer_id: int) -> bool:
         """Through `self.presence` (worker.adapters.presence): getUserSummary unless another source
         was put there."""
         return self.presence.is_online(performer_id)
-
-    # -- OAuth -------------------------------------------------------------------------------------
 
     def refresh_token(
         self,
@@ -679,10 +732,13 @@ class UpstreamClient:
             self._limiter.acquire(RATE_SHARE["token"] if share is None else share)
         outcome = "ok"
         try:
-            response = self._send(
+            response = send_within(
+                self._session,
                 "token",
                 "POST",
                 token_url,
+                timeout=self.timeout,
+                deadline=self.deadline,
                 idempotent=True,
                 data={
                     "grant_type": "refresh_token",
@@ -692,38 +748,7 @@ class UpstreamClient:
                 },
                 headers={"Accept": "application/json", "User-Agent": USER_AGENT},
             )
-            if response.status_code in (400, 401) and is_api_answer(response):
-                # only the OAuth server's own answer is a refusal (-> reauth): an HTML page in
-                # front of it (a CDN challenge) is Challenged, tried again later. A refused
-                # client is the site's setting, not the member's refresh token: no reauth.
-                code = oauth_error(response)
-                if code in CLIENT_REFUSALS:
-                    fault = DeploymentFault("oauth_client", code)
-                    if self.circuit is not None:
-                        self.circuit.open(fault)
-                    raise fault
-                if self.circuit is not None and code:  # the client accepted, the grant judged
-                    self.circuit.passed(TOKEN)
-                refused = TokenRefused(
-                    _message(response), endpoint="token", status=response.status_code
-                )
-                refused.code = code
-                raise refused
-            if not 200 <= response.status_code < 300:
-                raise error_for_response("token", response, idempotent=True)
-            try:
-                body = response.json()
-            except ValueError:
-                if not is_api_answer(response):
-                    raise Challenged(
-                        _page_message(response), endpoint="token", status=response.status_code
-                    ) from None
-                raise Transient("unreadable token body", endpoint="token") from None
-            if not isinstance(body, dict):
-                raise Transient("token body is not an object", endpoint="token")
-            if self.circuit is not None:
-                self.circuit.passed(TOKEN)
-            return body
+            return token_body(response, self.circuit)
         except (UpstreamError, DeploymentFault) as exc:
             outcome = type(exc).__name__
             raise

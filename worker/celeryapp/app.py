@@ -13,23 +13,22 @@
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import redis
 from celery import Celery, Task, signals
 from celery.exceptions import Reject
 from kombu import Exchange, Queue
 
 from worker.celeryapp import broker, compat, failures, frames
 from worker.celeryapp.runtime import services
-from worker.core.errors import StoreUnavailable
+from worker.celeryapp.sentry import init_sentry
 from worker.core.keys import Keys
-from worker.core.observability import bind_task, configure_logging, init_sentry
+from worker.core.observability import bind_task, configure_logging
 from worker.core.settings import Settings, get_settings, mask_url, settings_or_exit
+from worker.core.store.client import is_store_fault
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -72,34 +71,6 @@ class RebookTask(Task):
         Other steps need nothing here: the sweep runs them again."""
         if self.name == "rebook.request":
             _deadletter_failed(self.name, task_id, exc, args, kwargs)
-
-
-STORE_ERRORS = (
-    redis.ConnectionError,  # also LOADING (BusyLoadingError), auth, max clients
-    redis.TimeoutError,
-    redis.exceptions.OutOfMemoryError,  # OOM: noeviction at maxmemory
-    redis.exceptions.ReadOnlyError,  # READONLY: a replica, e.g. after a failover
-    redis.exceptions.TryAgainError,
-    redis.exceptions.ClusterDownError,
-    StoreUnavailable,
-)
-_STORE_FAULT_CODES = re.compile(
-    r"(?<![A-Z])-?(OOM|READONLY|MISCONF|LOADING|BUSY|MASTERDOWN|CLUSTERDOWN|TRYAGAIN|NOREPLICAS)\b"
-)
-"""Error codes of a Redis that cannot take the write right now, wherever they stand in the reply
-(a script's error wraps them: `ERR Error running script ...: -READONLY You can't write ...`)."""
-
-
-def is_store_fault(exc: BaseException) -> bool:
-    """The store refused or could not answer for reasons of its own, not the event's: OOM,
-    READONLY, MISCONF, LOADING, BUSY, a lost connection, a timeout. Such an event is handed
-    back, never failed (a failed intake is acknowledged: gone)."""
-    if isinstance(exc, STORE_ERRORS):
-        return True
-    if isinstance(exc, redis.ResponseError):
-        code = str(getattr(exc, "status_code", "") or "")
-        return bool(_STORE_FAULT_CODES.search(f"{code} {exc}"))
-    return False
 
 
 def requeue_when_store_is_down(step: Callable[[], T], hold: float | None = None) -> T:

@@ -36,6 +36,8 @@ from importlib import resources
 from queue import Empty
 from typing import Any
 
+# the broker, not our store: exempt from "Redis only in worker.core.store" (pyproject.toml,
+# tests/unit/test_redis_owner.py); its keys are kombu's, its Lua is lua/broker_pop.lua
 import redis
 from kombu import transport as kombu_transport
 from kombu.transport import redis as kombu_redis

@@ -13,6 +13,7 @@ def patch_kombu_closed_channel() -> None:
     transport's own connection error instead lets kombu log it and go on; those messages are
     still in Redis's unacked hash and come back after the visibility timeout.
     """
+    # kombu transport code, not our store: exempt from "Redis only in worker.core.store"
     import redis
     from kombu.transport import redis as kombu_redis
 

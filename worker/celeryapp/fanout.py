@@ -25,17 +25,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
 from worker.adapters.webhook import WebhookSender
 from worker.core.backoff import backoff
 from worker.core.settings import Settings
 from worker.core.store import Store
+from worker.core.store.fanout import FanoutRecord
 
 log = logging.getLogger("rebook.fanout")
-GROUP = "fanout"
-CONSUMER = "rebook"
 RECLAIM_BATCHES = 10
 SendTask = Callable[[str, dict[str, Any], str], None]
 Deliver = Callable[[str, dict[str, Any]], None]
@@ -51,6 +49,7 @@ class Fanout:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
+        self.record = FanoutRecord(store)
         self.settings = settings
         self.send_task = send_task
         self.clock = clock
@@ -79,13 +78,7 @@ class Fanout:
         if not self.settings.fanout_enabled:
             return
         for shard in self.store.shards:
-            try:
-                self.store.r.xgroup_create(
-                    self.store.keys.outcomes(shard), GROUP, id="$", mkstream=True
-                )
-            except redis.ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
+            self.record.ensure_group(shard)
 
     def run(self, batch: int = 100) -> dict[str, int]:
         """One pass: retries that are due, reclaimed pending entries, then new entries.
@@ -93,7 +86,7 @@ class Fanout:
         counts = {"delivered": 0, "failed": 0, "gave_up": 0}
         if not self.settings.fanout_enabled:
             return counts
-        lock = self.store.r.lock(self.store.keys.fanout_lock, timeout=120, blocking=False)
+        lock = self.record.lock()
         if not lock.acquire():
             return counts
         try:
@@ -101,95 +94,72 @@ class Fanout:
             for shard in self.store.shards:
                 self._run_shard(shard, batch, counts)
         finally:
-            try:
-                lock.release()
-            except redis.exceptions.LockError:
-                log.warning("fan-out outlived its lock")
+            lock.release()
         return counts
 
     def _run_shard(self, shard: int, batch: int, counts: dict[str, int]) -> None:
-        r = self.store.r
-        stream = self.store.keys.outcomes(shard)
+        rec = self.record
         down: set[str] = set()  # receivers that failed in this pass: not called again in it
         for name in self.receivers:
-            due = r.zrangebyscore(
-                self.store.keys.fanout(shard, name, "retry"),
-                "-inf",
-                self.clock(),
-                start=0,
-                num=batch,
-            )
-            for rebook_id in due:
+            for rebook_id in rec.due(shard, name, self.clock(), batch):
                 if name in down:
                     break
                 self._drain(shard, name, rebook_id, counts, down)
-        entries = self._reclaim(shard, stream, batch)
-        fresh = r.xreadgroup(GROUP, CONSUMER, {stream: ">"}, count=batch)
-        for _stream, rows in fresh or []:
-            entries.extend((entry_id, fields) for entry_id, fields in rows if fields)
+        entries = self._reclaim(shard, batch)
+        entries.extend(
+            (entry_id, fields) for entry_id, fields in rec.read_new(shard, batch) if fields
+        )
         if not entries:
             return
-        done = self._done_map(shard, [entry_id for entry_id, _ in entries])
+        done = rec.done_by(shard, [entry_id for entry_id, _ in entries])
         for name in self.receivers:  # one receiver after the other: a slow one delays no other
             for entry_id, fields in entries:
                 if name in done[entry_id]:
                     continue
-                queue = self.store.keys.fanout(shard, name, "q", fields.get("rebook_id", ""))
-                if name in down or r.llen(queue):
+                rebook_id = fields.get("rebook_id", "")
+                if name in down or rec.queued(shard, name, rebook_id):
                     # an earlier outcome of this rebook is undelivered (or the receiver is down
                     # in this pass): keep the order, try at the retry time
-                    if r.lpos(queue, entry_id) is None:
-                        r.rpush(queue, entry_id)
+                    if not rec.holds(shard, name, rebook_id, entry_id):
+                        rec.enqueue(shard, name, rebook_id, entry_id)
                     if name in down:
-                        self._schedule(shard, name, fields.get("rebook_id", ""), 0)
+                        self._schedule(shard, name, rebook_id, 0)
                     continue
                 if not self._deliver(shard, name, entry_id, fields, counts):
                     down.add(name)
-                    r.rpush(queue, entry_id)
+                    rec.enqueue(shard, name, rebook_id, entry_id)
 
-    def _reclaim(self, shard: int, stream: str, batch: int) -> list[tuple[str, dict[str, str]]]:
+    def _reclaim(self, shard: int, batch: int) -> list[tuple[str, dict[str, str]]]:
         """Pending entries of earlier passes (a pass cut short, or queued for a receiver). They
         are older than any new entry, so they go first; the cursor walks the pending list, up
         to `RECLAIM_BATCHES` batches a pass (a long list is walked over several passes)."""
-        r = self.store.r
-        cursor_key = self.store.keys.fanout(shard, "cursor")
-        start = r.get(cursor_key) or "0-0"
+        start = self.record.cursor(shard)
         out: list[tuple[str, dict[str, str]]] = []
         for _ in range(RECLAIM_BATCHES):
-            reply = r.xautoclaim(
-                stream, GROUP, CONSUMER, min_idle_time=0, start_id=start, count=batch
-            )
-            start = reply[0]
-            for entry_id in reply[2] if len(reply) > 2 else []:
-                self._ack(shard, entry_id)  # trimmed by retention: nothing left to deliver
-            out.extend((entry_id, fields) for entry_id, fields in reply[1] if fields)
+            start, claimed, gone = self.record.reclaim(shard, start, batch)
+            for entry_id in gone:
+                self.record.ack(shard, entry_id)  # trimmed by retention: nothing to deliver
+            out.extend((entry_id, fields) for entry_id, fields in claimed if fields)
             if start in ("0-0", "0"):
                 break
-        r.set(cursor_key, start)
+        self.record.set_cursor(shard, start)
         return out
-
-    def _done_map(self, shard: int, entry_ids: list[str]) -> dict[str, set[str]]:
-        values = self.store.r.hmget(self.store.keys.fanout(shard, "done"), entry_ids)
-        return {
-            eid: set((v or "").split(",")) - {""} for eid, v in zip(entry_ids, values, strict=True)
-        }
 
     def _drain(
         self, shard: int, name: str, rebook_id: str, counts: dict[str, int], down: set[str]
     ) -> None:
         """Delivers a rebook's queued outcomes to one receiver in order until one fails again."""
-        r = self.store.r
-        queue = self.store.keys.fanout(shard, name, "q", rebook_id)
-        while (entry_id := r.lindex(queue, 0)) is not None:
-            rows = r.xrange(self.store.keys.outcomes(shard), min=entry_id, max=entry_id)
-            if rows and name not in self._done_map(shard, [entry_id])[entry_id]:
-                if not self._deliver(shard, name, entry_id, rows[0][1], counts):
+        rec = self.record
+        while (entry_id := rec.head(shard, name, rebook_id)) is not None:
+            fields = rec.entry(shard, entry_id)
+            if fields is not None and name not in rec.done_by(shard, [entry_id])[entry_id]:
+                if not self._deliver(shard, name, entry_id, fields, counts):
                     down.add(name)
                     return  # rescheduled with backoff, still at the head
-            elif not rows:
-                self._ack(shard, entry_id)
-            r.lpop(queue)
-        r.zrem(self.store.keys.fanout(shard, name, "retry"), rebook_id)
+            elif fields is None:
+                rec.ack(shard, entry_id)
+            rec.pop(shard, name, rebook_id)
+        rec.unschedule(shard, name, rebook_id)
 
     def _deliver(
         self, shard: int, name: str, entry_id: str, fields: dict[str, str], counts: dict[str, int]
@@ -216,9 +186,7 @@ class Fanout:
         reason: str,
         counts: dict[str, int],
     ) -> bool:
-        attempts = int(
-            self.store.r.hincrby(self.store.keys.fanout(shard, name, "attempts"), entry_id, 1)
-        )
+        attempts = self.record.count_attempt(shard, name, entry_id)
         if attempts >= self.settings.fanout_max_attempts:
             self.store.outcomes.deadletter(
                 f"outcome fan-out gave up after {attempts} attempts: {name}: {reason}",
@@ -239,33 +207,13 @@ class Fanout:
     def _schedule(self, shard: int, name: str, rebook_id: str, attempts: int) -> float:
         s = self.settings
         wait = backoff(max(1, attempts), s.retry_base_seconds, s.retry_max_seconds)
-        self.store.r.zadd(
-            self.store.keys.fanout(shard, name, "retry"),
-            {rebook_id: self.clock() + wait},
-            nx=attempts == 0,  # a receiver down in this pass: keep a retry already set
-        )
+        # a receiver down in this pass (attempts 0): keep a retry already set
+        self.record.schedule(shard, name, rebook_id, self.clock() + wait, keep=attempts == 0)
         return wait
 
     def _mark(self, shard: int, name: str, entry_id: str) -> None:
         """`name` has the entry; once every receiver has it, it is acknowledged."""
-        r = self.store.r
-        done_key = self.store.keys.fanout(shard, "done")
-        have = set((r.hget(done_key, entry_id) or "").split(",")) - {""}
-        have.add(name)
-        pipe = r.pipeline(transaction=not self.store.cluster)
-        pipe.hdel(self.store.keys.fanout(shard, name, "attempts"), entry_id)
-        if have >= set(self.receivers):
-            pipe.xack(self.store.keys.outcomes(shard), GROUP, entry_id)
-            pipe.hdel(done_key, entry_id)
-        else:
-            pipe.hset(done_key, entry_id, ",".join(sorted(have)))
-        pipe.execute()
-
-    def _ack(self, shard: int, entry_id: str) -> None:
-        pipe = self.store.r.pipeline(transaction=not self.store.cluster)
-        pipe.xack(self.store.keys.outcomes(shard), GROUP, entry_id)
-        pipe.hdel(self.store.keys.fanout(shard, "done"), entry_id)
-        pipe.execute()
+        self.record.mark(shard, name, entry_id, set(self.receivers))
 
 
 def outcome_payload(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:

@@ -10,13 +10,16 @@ import os
 import threading
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
 
 from worker.adapters.auth import TokenManager, TokenStore, refresh_lock_seconds
 from worker.adapters.ratelimit import RedisRateLimiter
 from worker.adapters.upstream import UpstreamClient
 from worker.core.settings import Settings, get_settings
 from worker.core.store import Store
+from worker.core.store.counters import Tally
+from worker.core.store.ratelimit import RateLog
+from worker.core.store.tokens import TokenRecords
+from worker.core.store.zone import ZoneRecord
 from worker.core.zonecheck import ZoneWatch
 
 
@@ -37,8 +40,8 @@ class CallCounter:
 
     FLUSH_SECONDS = 1.0
 
-    def __init__(self, client: Any, key: str) -> None:
-        self.r, self.key = client, key
+    def __init__(self, tally: Tally) -> None:
+        self.tally = tally
         self._counts: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._timer: threading.Timer | None = None
@@ -57,20 +60,14 @@ class CallCounter:
         if not counts:
             return
         with contextlib.suppress(Exception):  # metrics must never break a step
-            pipe = self.r.pipeline(transaction=False)
-            for field, n in counts.items():
-                pipe.hincrby(self.key, field, n)
-            pipe.execute()
+            self.tally.add(counts)
 
 
 def build_services(settings: Settings) -> Services:
     store = Store.from_settings(settings)
-    count_call = CallCounter(store.r, store.keys.upstream_calls)
+    count_call = CallCounter(Tally.upstream_calls(store))
     limiter = RedisRateLimiter(
-        store.r,
-        # a sorted set; the GCRA of earlier versions kept a string at "ratelimit": a new name
-        # lets old and new workers run side by side during a roll (each side counts its own)
-        store.keys.rate_limit,
+        RateLog.of(store),
         settings.upstream_rate_per_second,
         max_wait=settings.limiter_max_wait,
     )
@@ -85,13 +82,12 @@ def build_services(settings: Settings) -> Services:
         limiter=limiter,
         on_call=count_call,
         list_names=settings.list_names,
-        on_made=ZoneWatch(store.r, store.keys.zone, settings.zone, settings.zone_tolerance_seconds),
+        on_made=ZoneWatch(ZoneRecord.of(store), settings.zone, settings.zone_tolerance_seconds),
         shadow=settings.shadow,
     )
     client.circuit = store.circuit  # deployment faults pause calls for every worker
     token_store = TokenStore(
-        store.r,
-        settings.key_prefix,
+        TokenRecords.of(store, settings.key_prefix),
         settings.token_key_list,
         ttl_seconds=settings.token_ttl_days * 86400,
         refresh_lifetime=settings.refresh_token_lifetime_seconds,

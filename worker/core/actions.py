@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from worker.core.search import Filters, Search
+from worker.core.search import Filters, Progress, Search
 from worker.core.states import State
 from worker.core.store import Rebook, Store
 
@@ -121,13 +121,14 @@ def run(
     ids: Sequence[str] = (),
     filters: Filters | None = None,
     dry_run: bool = False,
+    progress: Progress | None = None,
 ) -> Outcome:
     """Each matched rebook through the flow's own action; what it refuses is reported, never
     forced. Ids that match nothing are refused as not found. Ids *and* a filter (the console's
     confirm of a preview): exactly those ids, each refused if it no longer matches the filter,
-    so a confirm never acts on what the preview did not show, nor on what changed since."""
-    from worker.core.flow import Refused
-
+    so a confirm never acts on what the preview did not show, nor on what changed since.
+    `progress` hears of each rebook (`done`, `refused`, `would do`): up to `MAX_BULK` take a
+    while."""
     records, truncated = select(store, ids=ids, filters=filters)
     result = Outcome(action, dry_run, matched=[r.rebook_id for r in records], truncated=truncated)
     result.records = {r.rebook_id: r for r in records}
@@ -135,31 +136,52 @@ def run(
     for ident in dict.fromkeys(ids):
         if ident not in known:
             result.refused.append({"rebook_id": ident, "why": f"no rebook {ident!r}"})
+    if progress is not None:
+        progress.start(len(records) + len(result.refused))
+        if result.refused:
+            progress.step("refused", len(result.refused))
     for rec in records:
-        if ids and filters is not None and not filters.matches(rec):
-            result.refused.append(
-                {
-                    "rebook_id": rec.rebook_id,
-                    "why": f"no longer matches the filter: now {rec.state.value}"
-                    + (f" ({rec.reason})" if rec.reason else ""),
-                }
-            )
-            continue
-        if dry_run:
-            why = refusal(action, rec)
-            if why is None:
-                result.would_do.append(rec.rebook_id)
-            else:
-                result.refused.append({"rebook_id": rec.rebook_id, "why": why})
-            continue
-        try:
-            after = getattr(operator, action)(rec.rebook_id)
-        except Refused as exc:
-            result.refused.append({"rebook_id": rec.rebook_id, "why": str(exc)})
-        except LookupError as exc:
-            result.refused.append({"rebook_id": rec.rebook_id, "why": str(exc).strip("'\"")})
-        else:
-            result.done.append(
-                {"rebook_id": after.rebook_id, "state": after.state.value, "reason": after.reason}
-            )
+        outcome = _act(operator, action, rec, result, filters if ids else None)
+        if progress is not None:
+            progress.step(outcome)
     return result
+
+
+def _act(
+    operator: Operator,
+    action: Action,
+    rec: Rebook,
+    result: Outcome,
+    confirm: Filters | None,
+) -> str:
+    """One rebook of `run`, added to `result`; says which list it went to."""
+    from worker.core.flow import Refused
+
+    if confirm is not None and not confirm.matches(rec):
+        result.refused.append(
+            {
+                "rebook_id": rec.rebook_id,
+                "why": f"no longer matches the filter: now {rec.state.value}"
+                + (f" ({rec.reason})" if rec.reason else ""),
+            }
+        )
+        return "refused"
+    if result.dry_run:
+        why = refusal(action, rec)
+        if why is None:
+            result.would_do.append(rec.rebook_id)
+            return "would do"
+        result.refused.append({"rebook_id": rec.rebook_id, "why": why})
+        return "refused"
+    try:
+        after = getattr(operator, action)(rec.rebook_id)
+    except Refused as exc:
+        result.refused.append({"rebook_id": rec.rebook_id, "why": str(exc)})
+    except LookupError as exc:
+        result.refused.append({"rebook_id": rec.rebook_id, "why": str(exc).strip("'\"")})
+    else:
+        result.done.append(
+            {"rebook_id": after.rebook_id, "state": after.state.value, "reason": after.reason}
+        )
+        return "done"
+    return "refused"

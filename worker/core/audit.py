@@ -29,11 +29,13 @@ from worker.core.errors import (
     Throttled,
     UpstreamError,
 )
-from worker.core.flow import _looks_rescheduled as looks_rescheduled
+from worker.core.flow.bookings import looks_rescheduled
 from worker.core.models import WebcamBooking, from_ts, iso_z
 from worker.core.settings import Settings
 from worker.core.states import ACTIVE_STATES, State
 from worker.core.store import Rebook, Store
+from worker.core.store.audit import AuditRecord
+from worker.core.store.counters import Tally
 
 log = logging.getLogger("rebook.audit")
 
@@ -267,9 +269,7 @@ class Auditor:
 
     def members(self, since: float) -> dict[str, list[Rebook]]:
         """Every member with a rebook received since `since`, with those rebooks."""
-        ids: list[str] = []
-        for shard in self.store.shards:
-            ids.extend(self.store.r.zrangebyscore(self.store.keys.created(shard), since, "+inf"))
+        ids = AuditRecord(self.store).created_since(since)
         by_member: dict[str, list[Rebook]] = {}
         for chunk in range(0, len(ids), 500):
             for rec in self.store.records.get_many(ids[chunk : chunk + 500]):
@@ -317,7 +317,7 @@ class Auditor:
     def _least_recently_checked(self, users: list[str], done_since: float | None) -> list[str]:
         if not users:
             return []
-        seen = [float(s or 0) for s in self.store.r.hmget(self.store.keys.audit_checked, users)]
+        seen = AuditRecord(self.store).checked_at(users)
         return [
             u
             for at, u in sorted(zip(seen, users, strict=True))
@@ -325,7 +325,7 @@ class Auditor:
         ]
 
     def mark_checked(self, user_id: str) -> None:
-        self.store.r.hset(self.store.keys.audit_checked, user_id, repr(self.clock()))
+        AuditRecord(self.store).mark_checked(user_id, self.clock())
 
     def audit_member(
         self, user_id: str, records: list[Rebook], deadline: float | None = None
@@ -417,63 +417,28 @@ class _Gone(Exception):
 
 # -- the record of findings ----------------------------------------------------------------------
 
-_APPEND = """
-if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return 0 end
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 4))
-redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
-return 1
-"""
-STREAM_MAX_ENTRIES = 100_000
-
 
 def append_new(store: Store, findings: Iterable[Finding]) -> list[Finding]:
-    """Appends each finding not appended before to `{prefix}audit`; returns those appended.
-
-    One script per finding (seen set, stream, counter together) on a single Redis; on a
-    cluster the three keys live in different slots, so it is three commands, the seen mark
-    first: a crash between them loses that entry rather than writing it twice."""
-    keys = store.keys
-    added: list[Finding] = []
-    for f in findings:
-        flat: list[str] = []
-        for k, v in f.stream_fields().items():
-            flat += [k, v]
-        if not store.cluster:
-            script = store.r.register_script(_APPEND)
-            new = script(
-                keys=[keys.audit, keys.audit_seen, keys.audit_counts],
-                args=[f.fingerprint, STREAM_MAX_ENTRIES, f.kind, *flat],
-            )
-        else:
-            new = store.r.sadd(keys.audit_seen, f.fingerprint)
-            if new:
-                store.r.xadd(
-                    keys.audit, f.stream_fields(), maxlen=STREAM_MAX_ENTRIES, approximate=True
-                )
-                store.r.hincrby(keys.audit_counts, f.kind, 1)
-        if new:
-            added.append(f)
-    return added
+    """Appends each finding not appended before to `{prefix}audit`; returns those appended
+    (`AuditRecord.append`: once per fingerprint, even on a cluster)."""
+    record = AuditRecord(store)
+    return [f for f in findings if record.append(f.fingerprint, f.kind, f.stream_fields())]
 
 
 def recorded(store: Store, count: int = 200) -> list[tuple[str, Finding]]:
     """The stream's findings, newest first, with their entry ids."""
-    return [
-        (sid, Finding.from_stream(fields))
-        for sid, fields in store.r.xrevrange(store.keys.audit, count=count)
-    ]
+    return [(sid, Finding.from_stream(fields)) for sid, fields in AuditRecord(store).entries(count)]
 
 
 def counts(store: Store) -> dict[str, int]:
     """Findings appended so far, by kind (zeros included)."""
-    raw = store.r.hgetall(store.keys.audit_counts)
+    raw = Tally.audit_findings(store).read()
     return {k: int(raw.get(k, 0) or 0) for k in KINDS}
 
 
 def note_run(store: Store, report: Report, at: float) -> None:
     """Keeps the last run's summary for the console (no ids beyond members' counts)."""
-    store.r.set(
-        store.keys.audit_last,
+    AuditRecord(store).write_last_run(
         json.dumps(
             {
                 "at": iso_z(datetime.fromtimestamp(at, UTC)),
@@ -486,7 +451,7 @@ def note_run(store: Store, report: Report, at: float) -> None:
 
 
 def last_run(store: Store) -> dict[str, Any] | None:
-    raw = store.r.get(store.keys.audit_last)
+    raw = AuditRecord(store).last_run()
     if not raw:
         return None
     value: dict[str, Any] = json.loads(raw)

@@ -4,6 +4,8 @@ computes with the same numbers. No dependencies, so every layer may read it."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 #: How full the shared rate window may be for each call to go (see RedisRateLimiter): when the
 #: budget is short, the POST a member is waiting for goes first, presence polls next, reads that
 #: have minutes of slack (watching, reconciling, confirming) last. Below 80 % nobody waits.
@@ -25,3 +27,19 @@ AUDIT_SHARE = 0.5
 """The ledger audit's share (worker.core.audit): its reads go only while the shared window is
 less than half full, so presence polls (0.9), POSTs (1.0) and a step's reads (0.8) never wait on
 it; when the budget is busy the audit waits, then reports the member as not checked."""
+
+
+@dataclass
+class Permit:
+    """One call let through the circuit gate and the rate limiter (`UpstreamClient.reserve`),
+    spent by the next call of its endpoint, once. What its holder does between the two (a step
+    holds its lease, writes its "POST sent" mark) lies after any rate-limit wait and right
+    before the request."""
+
+    endpoint: str
+    spent: bool = False
+
+    def spend(self, endpoint: str) -> None:
+        if self.spent or endpoint != self.endpoint:
+            raise ValueError(f"a permit for {self.endpoint} spent on {endpoint} (or twice)")
+        self.spent = True

@@ -50,9 +50,12 @@ class Circuit:
         clock: Callable[[], float] = time.time,
         cache_seconds: float = 1.0,
     ) -> None:
-        """`fingerprints`: reason -> `fingerprint(value)` of this process's setting."""
-        self.r = client
-        self.keys = keys
+        """`client`, `keys`: where the record lives (worker/core/store/circuit.py reads and writes
+        it); `fingerprints`: reason -> `fingerprint(value)` of this process's setting."""
+        # imported here: the store package builds a Circuit, so it imports this module first
+        from worker.core.store.circuit import PauseRecord
+
+        self.record = PauseRecord(client, keys)
         self.fingerprints = dict(fingerprints or {})
         self.probe_seconds = probe_seconds
         self.clock = clock
@@ -67,7 +70,7 @@ class Circuit:
         now = time.monotonic()
         if not fresh and self._cached is not None and now - self._cached[0] < self.cache_seconds:
             return self._cached[1]
-        raw = self.r.hgetall(self.keys.paused())
+        raw = self.record.read()
         found = {_s(k): _s(v) for k, v in raw.items()} if raw else None
         if found is not None and not found.get("reason"):
             found = None
@@ -97,9 +100,7 @@ class Circuit:
         st = self.state()
         if st is None or st["reason"] not in tuple(reasons):
             return
-        if self.r.set(
-            self.keys.paused("probe"), "1", nx=True, px=max(1, int(self.probe_seconds * 1000))
-        ):
+        if self.record.claim_probe(self.probe_seconds):
             log.info("circuit open (%s): this call is the probe", st["reason"])
             return
         raise DeploymentFault(st["reason"], st.get("message", ""), paused=True)
@@ -111,7 +112,7 @@ class Circuit:
         st = self.state()
         if st is None or st["reason"] not in tuple(reasons):
             return
-        if self.r.exists(self.keys.paused("probe")):
+        if self.record.probe_taken():
             raise DeploymentFault(st["reason"], st.get("message", ""), paused=True)
 
     def passed(self, reasons: Iterable[str]) -> None:
@@ -122,23 +123,17 @@ class Circuit:
 
     def open(self, fault: DeploymentFault) -> bool:
         """Records the fault (the first one wins while it lasts); True if newly opened."""
-        key = self.keys.paused()
-        if not self.r.hsetnx(key, "reason", fault.reason):
-            self._cached = None
-            return False
-        now = self.clock()
-        self.r.hset(
-            key,
-            mapping={
-                "since": repr(now),
-                "setting": fault.setting,
-                "message": fault.message[:200],
-                "fingerprint": self.fingerprints.get(fault.reason, ""),
-            },
-        )
+        fields = {
+            "since": repr(self.clock()),
+            "setting": fault.setting,
+            "message": fault.message[:200],
+            "fingerprint": self.fingerprints.get(fault.reason, ""),
+        }
         # the refused call was a probe of sorts: the next one waits its interval
-        self.r.set(self.keys.paused("probe"), "1", px=max(1, int(self.probe_seconds * 1000)))
+        opened = self.record.open(fault.reason, fields, self.probe_seconds)
         self._cached = None
+        if not opened:
+            return False
         log.error(
             "deployment fault: %s refused (%s%s); calls it affects are paused, no member is "
             "parked; fix the setting and restart the workers and beat (see `rebook doctor`)",
@@ -150,8 +145,7 @@ class Circuit:
 
     def close(self, why: str) -> bool:
         """The fault is gone; the next sweep resumes what it held."""
-        gone = bool(self.r.delete(self.keys.paused()))
-        self.r.delete(self.keys.paused("probe"))
+        gone = self.record.clear()
         self._cached = None
         if gone:
             log.warning("deployment fault cleared (%s): paused calls resume", why)
@@ -172,10 +166,10 @@ class Circuit:
     # -- what waits on it -------------------------------------------------------------------------
 
     def hold(self, rebook_id: str) -> None:
-        self.r.sadd(self.keys.paused("held"), rebook_id)
+        self.record.hold(rebook_id)
 
     def hold_performer(self, performer_id: int) -> None:
-        self.r.sadd(self.keys.paused("performers"), performer_id)
+        self.record.hold_performer(performer_id)
 
     def take_held(self, limit: int = 1000, *, checked: bool = False) -> tuple[list[str], list[int]]:
         """Up to `limit` held rebooks and performers, removed from the sets (the sweep makes
@@ -183,10 +177,7 @@ class Circuit:
         One round trip."""
         if not checked and self.state(fresh=True) is not None:
             return [], []
-        pipe = self.r.pipeline(transaction=False)
-        pipe.spop(self.keys.paused("held"), limit)
-        pipe.spop(self.keys.paused("performers"), limit)
-        ids, pids = pipe.execute()
+        ids, pids = self.record.take_held(limit)
         return [_s(i) for i in ids or []], [int(_s(p)) for p in pids or []]
 
 

@@ -6,6 +6,11 @@ Flow code branches on the class, never on status codes: the one status→excepti
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from worker.core.models import WebcamBooking
+
 
 class RebookError(Exception):
     """Base of every error rebook raises on purpose."""
@@ -88,11 +93,46 @@ class NotSent(Transient):
 
 class Shadowed(NotSent):
     """Shadow mode (`REBOOK_SHADOW`): a call that books, confirms or cancels stopped where it
-    would have gone out (after the rate limiter and its `before_send`). Nothing was sent."""
+    would have gone out (after the rate limiter, and what its caller did between `reserve` and
+    the call). Nothing was sent."""
 
 
-class LeaseLost(NotSent):
+class StepInterrupted(RebookError):
+    """The flow steering itself, never an upstream answer: raised and caught by the flow's own
+    code, apart from :class:`UpstreamError`, so no handler of upstream failures catches one by
+    accident. Nothing was sent when one is raised."""
+
+
+class LeaseLost(StepInterrupted):
     """The step's lease on its rebook was taken over: another step decides; this one stops."""
+
+
+class Gated(StepInterrupted):
+    """Another rebook of the same member and performer (while the performer field is
+    unconfirmed: of the same member) has an unsettled POST."""
+
+    def __init__(self, holder: str) -> None:
+        super().__init__(f"waiting for {holder}")
+        self.holder = holder
+
+
+class Capped(StepInterrupted):
+    """The member reached REBOOK_MAX_REBOOKS_PER_MEMBER_PER_DAY: this POST is not sent."""
+
+
+class Unmarked(StepInterrupted):
+    """The "POST sent" mark is not as the POST needs it (the rebook changed meanwhile, or too
+    few replicas have it): the POST is not sent."""
+
+
+class Found(StepInterrupted):
+    """Before the POST, a booking it would duplicate was found: adopted instead of sent —
+    unless another rebook of the same member and performer could be its maker."""
+
+    def __init__(self, bookings: list[WebcamBooking], siblings: list[str]) -> None:
+        super().__init__(f"booking {bookings[0].booking_id} found")
+        self.bookings = bookings
+        self.siblings = siblings
 
 
 class AuthExpired(UpstreamError):

@@ -95,11 +95,6 @@ def from_ts(ts: float | None) -> datetime | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC)
 
 
-def to_site_time(value: datetime, zone: ZoneInfo = DEFAULT_ZONE) -> str:
-    """Offset-less site time, the form the upstream expects in query parameters."""
-    return value.astimezone(zone).replace(tzinfo=None).isoformat(timespec="seconds")
-
-
 # --- upstream ----------------------------------------------------------------------------------
 
 
@@ -122,7 +117,7 @@ class UpstreamModel(BaseModel):
 
 
 class WebcamBooking(UpstreamModel):
-    """One webcam booking as the upstream returns it (seed: RescheduleMadeBooking.txt)."""
+    """One webcam booking as the upstream returns it (`MadeBookingDetails`, `MadeBookings`)."""
 
     booking_id: int = Field(alias="WebcamBookingID")
     duration: int | None = Field(None, alias="Duration")
@@ -150,7 +145,7 @@ class WebcamBooking(UpstreamModel):
     def performer_id(self) -> int | None:
         """A guess at the performer's user id (the first id under six likely keys), for logs
         only: `Performer`'s fields are undocumented, and a guess never decides whose a booking
-        is (`performer_under` with a confirmed key does, worker/core/flow.py)."""
+        is (`performer_under` with a confirmed key does, worker/core/flow/bookings.py)."""
         if not self.performer:
             return None
         for key in ("UserID", "UserId", "userID", "ID", "Id", "id"):
@@ -285,10 +280,6 @@ class UserSummary(UpstreamModel):
         if isinstance(payload, dict) and isinstance(payload.get("User"), dict):
             return payload["User"]
         return payload
-
-    @classmethod
-    def from_payload(cls, payload: Any) -> UserSummary:
-        return cls.model_validate(cls.unwrap(payload))
 
 
 # --- tokens ------------------------------------------------------------------------------------

@@ -1,9 +1,9 @@
-"""Logging (console or JSON, secrets scrubbed) and Sentry, set up once per process."""
+"""Logging (console or JSON, secrets scrubbed), the scrubbing of Sentry events and the sweep's
+check-in; Sentry itself is set up beside Celery (worker/celeryapp/sentry.py)."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import re
 import sys
@@ -11,9 +11,10 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
+
+from pythonjsonlogger.json import JsonFormatter as _LibJsonFormatter
 
 from worker.core.settings import Settings
 
@@ -188,22 +189,33 @@ class ScrubFilter(logging.Filter):
         return True
 
 
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        data: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-            "process": record.processName,
-        }
-        for name in CONTEXT_FIELDS:
-            value = getattr(record, name, None)
-            if value is not None:
-                data[name] = value
-        if record.exc_text:
-            data["exc"] = record.exc_text
-        return json.dumps(data, ensure_ascii=False)
+JSON_FIELDS = ("ts", "level", "logger", "msg", "process", *CONTEXT_FIELDS, "exc")
+"""A JSON line's fields, in this order; a field without a value is left out."""
+
+
+class JsonFormatter(_LibJsonFormatter):
+    """One JSON object per line, from python-json-logger (README "Logs"). It sees the record
+    after `ScrubFilter`; only `JSON_FIELDS` are written, never a record's other attributes: an
+    `extra=` (Celery logs each task's `data`, its args) would reach the line unscrubbed."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "%(levelname)s %(name)s %(message)s %(processName)s",
+            rename_fields={
+                "levelname": "level",
+                "name": "logger",
+                "message": "msg",
+                "processName": "process",
+                "exc_info": "exc",
+            },
+            timestamp="ts",
+            json_ensure_ascii=False,
+        )
+
+    def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
+        log_data["ts"] = log_data["ts"].isoformat(timespec="milliseconds")
+        log_data["level"] = str(log_data["level"]).lower()
+        return {k: log_data[k] for k in JSON_FIELDS if log_data.get(k) is not None}
 
 
 def configure_logging(settings: Settings, stream: Any = None) -> None:
@@ -227,8 +239,9 @@ def configure_logging(settings: Settings, stream: Any = None) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _before_send(event: Any, hint: Any) -> Any:
-    """Scrubs every string of a Sentry event (messages, frames' vars, breadcrumbs, request)."""
+def scrub_event(event: Any, hint: Any) -> Any:
+    """Sentry's before_send and before_breadcrumb (worker/celeryapp/sentry.py): scrubs every
+    string of an event or breadcrumb (messages, frames' vars, request)."""
 
     def walk(value: Any) -> Any:
         if isinstance(value, str):
@@ -240,36 +253,6 @@ def _before_send(event: Any, hint: Any) -> Any:
         return value
 
     return walk(event)
-
-
-def init_sentry(settings: Settings, **extra: Any) -> bool:
-    """Sentry with its Celery integration, only when REBOOK_SENTRY_DSN is set."""
-    if settings.sentry_dsn is None:
-        return False
-    import sentry_sdk
-    from sentry_sdk.integrations.celery import CeleryIntegration
-
-    from worker import __version__
-
-    register_settings_secrets(settings)
-    sentry_sdk.init(
-        dsn=settings.sentry_dsn.get_secret_value(),
-        environment=settings.sentry_environment,
-        release=f"rebook@{__version__}",
-        # Sentry Crons cannot monitor sub-minute intervals: the sweep reports itself instead
-        # (`sweep_heartbeat`); housekeeping is monitored by the integration.
-        integrations=[
-            CeleryIntegration(
-                monitor_beat_tasks=True, exclude_beat_tasks=["rebook-sweep", "rebook-fanout"]
-            )
-        ],
-        send_default_pii=False,
-        include_local_variables=False,
-        before_send=_before_send,
-        before_breadcrumb=lambda crumb, hint: _before_send(crumb, hint),
-        **extra,
-    )
-    return True
 
 
 HEARTBEAT_SECONDS = 60

@@ -3,8 +3,8 @@
 Only the memory of one worker process holds it (its threads share it): a read is evidence of what
 the upstream showed at a time this process knows, and nothing in Redis could say more — a lost
 "POST sent" mark loses every later write with it. Whether a read may serve a given POST is the
-flow's decision (`Flow._shared_read`); this module only keeps reads and lets one thread read for
-the others of the same member (single flight).
+flow's decision (`Reschedule._shared_read`, worker/core/flow/reschedule.py); this module only
+keeps reads and lets one thread read for the others of the same member (single flight).
 """
 
 from __future__ import annotations

@@ -34,10 +34,12 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from functools import partial
+from typing import Any, Protocol
 
 from worker.core.states import State
 from worker.core.store import Rebook, Store, rebook_id_for
+from worker.core.store.index import Pair, SearchIndex
 
 CHUNK = 500
 MAX_EXAMINED = 20_000
@@ -53,8 +55,6 @@ SUMMARY_CAP = 1000
 STATE_ALIASES = {"PARKED": State.NEEDS_ATTENTION.value}
 """What operators call a state, accepted as its name (`state=parked`)."""
 _ID_TEXT = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-
-Pair = tuple[float, str]
 
 
 class BadFilter(ValueError):
@@ -246,9 +246,8 @@ def _zset_stream(
     low: Any = "-inf" if since is None else repr(since)
     offset = 0
     while True:
-        rows = store.r.zrevrangebyscore(key, top, low, start=offset, num=chunk, withscores=True)
-        for rid, score in rows:
-            pair = (float(score), str(rid))
+        rows = SearchIndex(store).newest(key, top, low, offset, chunk)
+        for pair in rows:
             if _before(pair, cursor):
                 yield pair
         if len(rows) < chunk:
@@ -261,7 +260,7 @@ def _scored(store: Store, shard: int, ids: Sequence[str]) -> list[Pair]:
     ids = list(ids)
     if not ids:
         return []
-    scores = store.r.zmscore(store.keys.created(shard), ids)
+    scores = SearchIndex(store).created_scores(shard, ids)
     return [(float(s), rid) for rid, s in zip(ids, scores, strict=True) if s is not None]
 
 
@@ -271,11 +270,20 @@ def _list_stream(pairs: Sequence[Pair], cursor: Pair | None, since: float | None
             yield pair
 
 
+class Progress(Protocol):
+    """What a long walk reports as it goes (`rebook reindex`, bulk `retry`/`cancel`): the CLI
+    draws a bar on a terminal, or counts now and then."""
+
+    def start(self, total: int) -> None: ...
+    def step(self, outcome: str = "done", n: int = 1) -> None: ...
+
+
 class Search:
     """Queries over one store (all shards)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self.index = SearchIndex(store)
 
     def _driver(self, f: Filters) -> str:
         """The smallest index that applies (exact keys first; they are a handful of ids)."""
@@ -286,19 +294,20 @@ class Search:
         if f.user_id:
             return "user"
         sizes: dict[str, int] = {}
-        pipe = self.store.r.pipeline(transaction=False)
+        keys = self.store.keys
+        wanted: list[tuple[str, str]] = []
         names: list[str] = []
         for shard in self.store.shards:
             if f.performer_id is not None:
-                pipe.zcard(self.store.keys.search_index(shard, "perf", f.performer_id))
-                pipe.scard(self.store.keys.waiting_on(shard, f.performer_id))
-                pipe.scard(self.store.keys.in_state(shard, State.RESCHEDULING.value))
+                wanted.append(("zset", keys.search_index(shard, "perf", f.performer_id)))
+                wanted.append(("set", keys.waiting_on(shard, f.performer_id)))
+                wanted.append(("set", keys.in_state(shard, State.RESCHEDULING.value)))
                 names += ["performer", "performer", "performer"]
             if f.state is not None:
-                pipe.scard(self.store.keys.in_state(shard, f.state.value))
+                wanted.append(("set", keys.in_state(shard, f.state.value)))
                 names.append("state")
-        for name, n in zip(names, pipe.execute(), strict=True):
-            sizes[name] = sizes.get(name, 0) + int(n)
+        for name, n in zip(names, self.index.sizes(wanted), strict=True):
+            sizes[name] = sizes.get(name, 0) + n
         if not sizes:
             return "created"
         return min(sizes, key=lambda name: sizes[name])
@@ -308,7 +317,7 @@ class Search:
         found: list[str] = []
         for rid in dict.fromkeys([q, rebook_id_for(q)]):
             shard = self.store.shard_of(rid)
-            if shard is not None and self.store.r.exists(self.store.keys.record(shard, rid)):
+            if shard is not None and self.index.has_record(shard, rid):
                 found.append(rid)
         return found
 
@@ -323,34 +332,22 @@ class Search:
             return [_Plan(_list_stream(pairs, cursor, since))]
         for shard in st.shards:
             if driver == "booking":
-                pairs = [
-                    (float(s), str(rid))
-                    for rid, s in st.r.zrange(
-                        st.keys.search_index(shard, "book", f.booking_id), 0, -1, withscores=True
-                    )
-                ]
-                owner = st.r.get(st.keys.active(shard, f.booking_id))
+                pairs = self.index.whole(st.keys.search_index(shard, "book", f.booking_id))
+                owner = self.index.active_of_booking(shard, f.booking_id)
                 pairs += _scored(st, shard, [owner] if owner else [])
                 plans.append(_Plan(_list_stream(pairs, cursor, since)))
             elif driver == "user":
                 if st.shard_for_user(f.user_id) != shard:
                     continue
-                pairs = [
-                    (float(s), str(rid))
-                    for rid, s in st.r.zrange(
-                        st.keys.search_index(shard, "user", f.user_id), 0, -1, withscores=True
-                    )
-                ]
-                pairs += _scored(
-                    st, shard, list(st.r.smembers(st.keys.of_member(shard, f.user_id)))
-                )
+                pairs = self.index.whole(st.keys.search_index(shard, "user", f.user_id))
+                pairs += _scored(st, shard, self.index.members(st.keys.of_member(shard, f.user_id)))
                 plans.append(_Plan(_list_stream(pairs, cursor, since)))
             elif driver == "performer":
                 indexed = _zset_stream(
                     st, st.keys.search_index(shard, "perf", f.performer_id), cursor, since
                 )
                 # before its first outcome a rebook is WAITING (perf:P) or RESCHEDULING (few)
-                early = st.r.sunion(
+                early = self.index.members(
                     st.keys.waiting_on(shard, f.performer_id),
                     st.keys.in_state(shard, State.RESCHEDULING.value),
                 )
@@ -358,14 +355,14 @@ class Search:
                 plans.append(_Plan(_dedupe(heapq.merge(indexed, unindexed, reverse=True))))
             elif driver == "state" and f.state is not None:
                 key = st.keys.in_state(shard, f.state.value)
-                if st.r.scard(key) <= SMALL_SET:
-                    pairs = _scored(st, shard, list(st.r.smembers(key)))
+                if self.index.size(key) <= SMALL_SET:
+                    pairs = _scored(st, shard, self.index.members(key))
                     plans.append(_Plan(_list_stream(pairs, cursor, since)))
                 else:
                     plans.append(
                         _Plan(
                             _zset_stream(st, st.keys.created(shard), cursor, since),
-                            id_filter=_member_of(st, key),
+                            id_filter=partial(self.index.member_flags, key),
                         )
                     )
             else:
@@ -447,11 +444,7 @@ class Search:
         """(hour start as unix seconds, outcomes by state) for the last `hours`, oldest first."""
         current = int(now // 3600)
         wanted = list(range(current - hours + 1, current + 1))
-        pipe = self.store.r.pipeline(transaction=False)
-        for hour in wanted:
-            for shard in self.store.shards:
-                pipe.hgetall(self.store.keys.chart(shard, "out", hour))
-        rows = iter(pipe.execute())
+        rows = iter(self.index.chart_rows("out", wanted))
         out: list[tuple[int, dict[str, int]]] = []
         for hour in wanted:
             counts: dict[str, int] = {}
@@ -464,12 +457,8 @@ class Search:
     def booked_histogram(self, now: float, hours: int = HOURS) -> list[tuple[str, int]]:
         """Received → BOOKED time over the last `hours`, in `BOOKED_EDGES` buckets."""
         current = int(now // 3600)
-        pipe = self.store.r.pipeline(transaction=False)
-        for hour in range(current - hours + 1, current + 1):
-            for shard in self.store.shards:
-                pipe.hgetall(self.store.keys.chart(shard, "booked", hour))
         counts = [0] * (len(BOOKED_EDGES) + 1)
-        for row in pipe.execute():
+        for row in self.index.chart_rows("booked", range(current - hours + 1, current + 1)):
             for bucket, n in row.items():
                 index = int(bucket)
                 if 0 <= index < len(counts):
@@ -481,47 +470,11 @@ class Search:
 
     # -- backfill --------------------------------------------------------------------------------
 
-    def reindex(self, chunk: int = 1000) -> int:
+    def reindex(self, chunk: int = 1000, progress: Progress | None = None) -> int:
         """Adds records written before the console's indexes existed to them (idempotent: NX).
-        Walks `created` once; run it once after upgrading (`rebook reindex`)."""
-        st = self.store
-        done = 0
-        for shard in st.shards:
-            start = 0
-            while True:
-                rows = st.r.zrange(
-                    st.keys.created(shard), start, start + chunk - 1, withscores=True
-                )
-                if not rows:
-                    break
-                read = st.r.pipeline(transaction=False)
-                for rid, _ in rows:
-                    read.hmget(
-                        st.keys.record(shard, rid),
-                        ["user_id", "performer_id", "booking_id", "state"],
-                    )
-                write = st.r.pipeline(transaction=False)
-                for (rid, score), (uid, pid, bid, state) in zip(rows, read.execute(), strict=True):
-                    if not uid:
-                        continue
-                    write.zadd(st.keys.search_index(shard, "user", uid), {rid: score}, nx=True)
-                    if pid:
-                        write.zadd(st.keys.search_index(shard, "perf", pid), {rid: score}, nx=True)
-                    if bid and state and State(state).terminal:
-                        write.zadd(st.keys.search_index(shard, "book", bid), {rid: score}, nx=True)
-                    done += 1
-                write.execute()
-                start += chunk
-        return done
-
-
-def _member_of(store: Store, key: str) -> Callable[[Sequence[str]], list[bool]]:
-    """One `SMISMEMBER` per chunk: which ids of a chunk are in the set."""
-
-    def check(ids: Sequence[str]) -> list[bool]:
-        return [bool(x) for x in store.r.smismember(key, list(ids))]
-
-    return check
+        Walks `created` once; run it once after upgrading (`rebook reindex`). `progress` hears
+        of each chunk: `indexed`, and `skipped` for an id whose record is gone."""
+        return self.index.reindex(chunk, progress)
 
 
 def _dedupe(pairs: Iterator[Pair]) -> Iterator[Pair]:

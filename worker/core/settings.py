@@ -10,17 +10,18 @@ import functools
 import os
 import re
 import sys
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
+    AfterValidator,
     AliasChoices,
+    BeforeValidator,
     Field,
     SecretStr,
     ValidationError,
-    ValidationInfo,
-    field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,15 +30,132 @@ from worker.core.errors import ConfigError
 from worker.core.redis_tls import refuse_weak_tls, tls_options
 
 ENV_PREFIX = "REBOOK_"
-#: The documented hosts (UPSTREAM.md): the API, and OAuth on the platform host, not the API host.
+#: The documented hosts (README "The upstream"): the API, and OAuth on the platform host.
 PRODUCTION_API_URL = "https://api.adultwork.com"
 PRODUCTION_TOKEN_URL = "https://platform.adultwork.com/OAuth/token"
-#: Settings with no default: every process that talks to the upstream needs them.
-REQUIRED = ("api_key", "oauth_client_id", "oauth_client_secret")
+
+
+# Checks of one value each, as module-level functions bound to the fields' types below: the
+# class keeps the names and defaults; a ValueError here becomes the one line `REBOOK_NAME: msg`.
+
+_URL_SCHEMES = {"redis", "rediss", "unix", "sentinel", "amqp", "amqps", "pyamqp", "memory"}
+
+
+def _broker_url(value: str | None) -> str | None:
+    if not value:
+        return None  # REBOOK_BROKER_URL falls back to REBOOK_REDIS_URL
+    scheme = urlsplit(value).scheme
+    if scheme not in _URL_SCHEMES:
+        raise ValueError(f"expected a redis:// or amqp:// URL, got scheme {scheme!r}")
+    return refuse_weak_tls(value)  # `?ssl_cert_reqs=none` would win over our checks
+
+
+def _store_url(value: str) -> str:
+    if not value:
+        raise ValueError("must not be empty")
+    return str(_broker_url(value))
+
+
+def _readable_file(value: str | None) -> str | None:
+    if not value:
+        return None
+    if not os.path.isfile(value) or not os.access(value, os.R_OK):
+        raise ValueError(f"{value}: not a readable file")
+    return value
+
+
+def _basic_auth(hint: str) -> Callable[[SecretStr | None], SecretStr | None]:
+    def check(value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        for pair in value.get_secret_value().split(","):
+            user, sep, password = pair.partition(":")
+            if not sep or not user or not password:
+                raise ValueError(hint)
+        return value
+
+    return check
+
+
+def _optional_http_url(value: str | None) -> str | None:
+    if not value:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise ValueError(f"expected an http(s) URL, got {mask_url(value)!r}")
+    return value.rstrip("/")
+
+
+def _http_url(value: str) -> str:
+    if not value:
+        raise ValueError("must not be empty")
+    return str(_optional_http_url(value))
+
+
+def _host_root(value: str) -> str:
+    root = _http_url(value)
+    if root.lower().endswith("/v1"):
+        raise ValueError("give the host root, without /v1")
+    return root
+
+
+def _not_blank(value: object) -> object:
+    raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+    if isinstance(raw, str) and not raw.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+def _header_name(value: str) -> str:
+    if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", value):
+        raise ValueError("must be an HTTP header name (letters, digits, -)")
+    return value
+
+
+def _zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {value!r}") from exc
+    return value
+
+
+def _fernet(value: SecretStr | None) -> SecretStr | None:
+    if value is None or not value.get_secret_value().strip(" ,"):
+        return None
+    from cryptography.fernet import Fernet
+
+    for i, key in enumerate(_split_keys(value.get_secret_value()), start=1):
+        try:
+            Fernet(key.encode())
+        except (ValueError, TypeError):
+            raise ValueError(
+                f"key {i} is not a Fernet key (32 url-safe base64 bytes); make one with "
+                "`rebook tokens keygen`"
+            ) from None
+    return value
+
+
+def _level(value: str) -> str:
+    level = value.upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise ValueError("expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return level
+
+
+def _prefix(value: str) -> str:
+    if not value or any(ch.isspace() for ch in value):
+        raise ValueError("must be non-empty with no spaces")
+    return value
+
+
+_Required = BeforeValidator(_not_blank)
+_ReadableFile = Annotated[str | None, AfterValidator(_readable_file)]
+_FernetKeys = Annotated[SecretStr | None, AfterValidator(_fernet)]
 
 
 class Settings(BaseSettings):
-    """Every knob of rebook. Names are public interface (README "Settings")."""
+    """Every knob of rebook. Names are public interface (docs/interface.md "Settings")."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -48,39 +166,41 @@ class Settings(BaseSettings):
         populate_by_name=True,  # `load_settings(sentry_dsn=...)` beside the aliased env names
     )
 
-    redis_url: str = "redis://localhost:6379/0"
+    redis_url: Annotated[str, AfterValidator(_store_url)] = "redis://localhost:6379/0"
     redis_cluster: bool = False
     shards: int = Field(1, ge=1, le=1024)
-    broker_url: str | None = None
+    broker_url: Annotated[str | None, AfterValidator(_broker_url)] = None
     redis_sentinel_master: str | None = None
     """REBOOK_REDIS_SENTINEL_MASTER: the service name the sentinels monitor; needed when
     REBOOK_REDIS_URL (or REBOOK_BROKER_URL) is `sentinel://h1:26379;sentinel://h2:26379;...`."""
-    redis_ca_file: str | None = None
+    redis_ca_file: _ReadableFile = None
     """REBOOK_REDIS_CA_FILE: CA bundle that signs the server certificate of a `rediss://` store
     or broker (default: the system's). Certificates are always verified, hostnames too."""
-    redis_cert_file: str | None = None
+    redis_cert_file: _ReadableFile = None
     """REBOOK_REDIS_CERT_FILE / REBOOK_REDIS_KEY_FILE: a client certificate (mutual TLS)."""
-    redis_key_file: str | None = None
+    redis_key_file: _ReadableFile = None
     exporter_bind: str = "127.0.0.1"
     """REBOOK_EXPORTER_BIND: the exporter's listen address (0.0.0.0 to expose it)."""
-    exporter_basic_auth: SecretStr | None = None
+    exporter_basic_auth: Annotated[
+        SecretStr | None, AfterValidator(_basic_auth("expected user:password[,user:password]"))
+    ] = None
     """REBOOK_EXPORTER_BASIC_AUTH: `user:password[,user2:password2]` the exporter requires."""
     broker_key_prefix: str = ""
-    key_prefix: str = "rebook:"
+    key_prefix: Annotated[str, AfterValidator(_prefix)] = "rebook:"
 
     # The production upstream; nothing talks to it by accident: the key and the OAuth client
     # have no defaults (`rebook sandbox` prints the variables for the local sandbox).
-    api_base_url: str = PRODUCTION_API_URL
-    api_key: SecretStr
+    api_base_url: Annotated[str, AfterValidator(_host_root)] = PRODUCTION_API_URL
+    api_key: Annotated[SecretStr, _Required]
     api_key_in: Literal["header", "query"] = "header"
-    api_key_header: str = "apiKey"
-    api_timezone: str = "Europe/London"
+    api_key_header: Annotated[str, AfterValidator(_header_name)] = "apiKey"
+    api_timezone: Annotated[str, AfterValidator(_zone)] = "Europe/London"
     zone_tolerance_seconds: float = Field(300.0, gt=0)
-    oauth_token_url: str = PRODUCTION_TOKEN_URL
-    oauth_client_id: str
-    oauth_client_secret: SecretStr
-    token_key: SecretStr | None = None
-    token_keys: SecretStr | None = None
+    oauth_token_url: Annotated[str, AfterValidator(_http_url)] = PRODUCTION_TOKEN_URL
+    oauth_client_id: Annotated[str, _Required]
+    oauth_client_secret: Annotated[SecretStr, _Required]
+    token_key: _FernetKeys = None
+    token_keys: _FernetKeys = None
     """REBOOK_TOKEN_KEYS: comma-separated Fernet keys, the newest first (it encrypts), the older
     ones still read: a rolling key rotation. REBOOK_TOKEN_KEY, if also set, is read too."""
     token_refresh_margin_seconds: float = Field(60.0, ge=0)
@@ -144,59 +264,26 @@ class Settings(BaseSettings):
         "production",
         validation_alias=AliasChoices("REBOOK_SENTRY_ENVIRONMENT", "SENTRY_ENVIRONMENT"),
     )
-    flower_basic_auth: SecretStr | None = None
+    flower_basic_auth: Annotated[
+        SecretStr | None,
+        AfterValidator(_basic_auth("expected user:password (comma-separated for several)")),
+    ] = None
     retention_days: float = Field(14.0, gt=0)
     deadletter_max_entries: int = Field(100_000, ge=100)
     token_ttl_days: float = Field(90.0, ge=0)
     outcome_task: str | None = None
     outcome_queue: str = "rebook.outcomes"
-    webhook_url: str | None = None
+    webhook_url: Annotated[str | None, AfterValidator(_optional_http_url)] = None
     webhook_secret: SecretStr | None = None
     fanout_max_attempts: int = Field(12, ge=1)
     beat_scheduler: Literal["default", "redbeat"] = "default"
     log_format: Literal["console", "json"] = "console"
-    log_level: str = "INFO"
+    log_level: Annotated[str, AfterValidator(_level)] = "INFO"
 
-    @field_validator("redis_url", "broker_url")
-    @classmethod
-    def _url_has_scheme(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is None or value == "":
-            if info.field_name == "redis_url":
-                raise ValueError("must not be empty")
-            return None  # broker_url: falls back to REBOOK_REDIS_URL
-        scheme = urlsplit(value).scheme
-        if scheme not in {
-            "redis",
-            "rediss",
-            "unix",
-            "sentinel",
-            "amqp",
-            "amqps",
-            "pyamqp",
-            "memory",
-        }:
-            raise ValueError(f"expected a redis:// or amqp:// URL, got scheme {scheme!r}")
-        return refuse_weak_tls(value)  # `?ssl_cert_reqs=none` would win over our checks
-
-    @field_validator("redis_ca_file", "redis_cert_file", "redis_key_file")
-    @classmethod
-    def _readable_file(cls, value: str | None) -> str | None:
-        if not value:
-            return None
-        if not os.path.isfile(value) or not os.access(value, os.R_OK):
-            raise ValueError(f"{value}: not a readable file")
-        return value
-
-    @field_validator("exporter_basic_auth")
-    @classmethod
-    def _exporter_auth(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is None or not value.get_secret_value():
-            return None
-        for pair in value.get_secret_value().split(","):
-            user, sep, password = pair.partition(":")
-            if not sep or not user or not password:
-                raise ValueError("expected user:password[,user:password]")
-        return value
+    @model_validator(mode="after")
+    def _relations(self) -> Settings:
+        _check_relations(self)
+        return self
 
     def redis_ssl_options(self, url: str) -> dict[str, Any]:
         """redis-py options for a `rediss://` URL: the server certificate and hostname are
@@ -221,61 +308,6 @@ class Settings(BaseSettings):
         options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
         return options
 
-    @field_validator("api_base_url", "oauth_token_url", "webhook_url")
-    @classmethod
-    def _http_url(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is None or value == "":
-            if info.field_name in ("api_base_url", "oauth_token_url"):
-                raise ValueError("must not be empty")
-            return None
-        parts = urlsplit(value)
-        if parts.scheme not in {"http", "https"} or not parts.netloc:
-            raise ValueError(f"expected an http(s) URL, got {mask_url(value)!r}")
-        if info.field_name == "api_base_url" and value.rstrip("/").lower().endswith("/v1"):
-            raise ValueError("give the host root, without /v1")
-        return value.rstrip("/")
-
-    @field_validator("api_key", "oauth_client_id", "oauth_client_secret", mode="before")
-    @classmethod
-    def _not_blank(cls, value: object) -> object:
-        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
-        if isinstance(raw, str) and not raw.strip():
-            raise ValueError("must not be empty")
-        return value
-
-    @field_validator("api_key_header")
-    @classmethod
-    def _header_name(cls, value: str) -> str:
-        if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", value):
-            raise ValueError("must be an HTTP header name (letters, digits, -)")
-        return value
-
-    @field_validator("api_timezone")
-    @classmethod
-    def _zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {value!r}") from exc
-        return value
-
-    @field_validator("token_key", "token_keys")
-    @classmethod
-    def _fernet(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is None or not value.get_secret_value().strip(" ,"):
-            return None
-        from cryptography.fernet import Fernet
-
-        for i, key in enumerate(_split_keys(value.get_secret_value()), start=1):
-            try:
-                Fernet(key.encode())
-            except (ValueError, TypeError):
-                raise ValueError(
-                    f"key {i} is not a Fernet key (32 url-safe base64 bytes); make one with "
-                    "`rebook tokens keygen`"
-                ) from None
-        return value
-
     @property
     def token_key_list(self) -> list[str]:
         """Every token key, the one that encrypts first: REBOOK_TOKEN_KEYS in order, then
@@ -284,90 +316,6 @@ class Settings(BaseSettings):
         if self.token_key is not None and self.token_key.get_secret_value() not in keys:
             keys.append(self.token_key.get_secret_value())
         return keys
-
-    @field_validator("flower_basic_auth")
-    @classmethod
-    def _basic_auth(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is None or not value.get_secret_value():
-            return None
-        for pair in value.get_secret_value().split(","):
-            user, sep, password = pair.partition(":")
-            if not sep or not user or not password:
-                raise ValueError("expected user:password (comma-separated for several)")
-        return value
-
-    @field_validator("log_level")
-    @classmethod
-    def _level(cls, value: str) -> str:
-        level = value.upper()
-        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
-            raise ValueError("expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
-        return level
-
-    @field_validator("key_prefix")
-    @classmethod
-    def _prefix(cls, value: str) -> str:
-        if not value or any(ch.isspace() for ch in value):
-            raise ValueError("must be non-empty with no spaces")
-        return value
-
-    @model_validator(mode="after")
-    def _retry_bounds(self) -> Settings:
-        if self.retry_max_seconds < self.retry_base_seconds:
-            raise ValueError("REBOOK_RETRY_MAX_SECONDS must be >= REBOOK_RETRY_BASE_SECONDS")
-        if self.redis_cluster and not self.broker_url:
-            raise ValueError(
-                "REBOOK_BROKER_URL must be set when REBOOK_REDIS_CLUSTER is on "
-                "(Celery's Redis broker cannot use a cluster)"
-            )
-        if self.redis_cluster and self.shards == 1:
-            self.shards = 16  # spread the rebooks over the cluster's nodes
-        uses_sentinel = any(
-            u.startswith("sentinel://") for u in (self.redis_url, self.broker_url or "")
-        )
-        if uses_sentinel and not self.redis_sentinel_master:
-            raise ValueError(
-                "REBOOK_REDIS_SENTINEL_MASTER must be set for a sentinel:// REBOOK_REDIS_URL "
-                "or REBOOK_BROKER_URL (the service name the sentinels monitor)"
-            )
-        if self.webhook_url and self.webhook_secret is None:
-            raise ValueError("REBOOK_WEBHOOK_SECRET must be set when REBOOK_WEBHOOK_URL is")
-        if self.http_deadline_seconds is None:
-            self.http_deadline_seconds = 2 * self.http_timeout_seconds
-        if self.http_deadline_seconds < self.http_timeout_seconds:
-            raise ValueError(
-                "REBOOK_HTTP_DEADLINE_SECONDS: must be at least REBOOK_HTTP_TIMEOUT_SECONDS "
-                f"({self.http_timeout_seconds:g} s): a connect alone may take that long"
-            )
-        if self.http_deadline_seconds >= self.step_lease_seconds:
-            raise ValueError(
-                "REBOOK_HTTP_DEADLINE_SECONDS: must be below REBOOK_STEP_LEASE_SECONDS "
-                f"({self.step_lease_seconds:g} s): a request must end while its step holds "
-                "the rebook"
-            )
-        if self.step_lease_seconds < self.longest_call_seconds:
-            raise ValueError(
-                f"REBOOK_STEP_LEASE_SECONDS must cover the longest upstream call: at least "
-                f"{self.longest_call_seconds:g} s (rate-limit wait {self.limiter_max_wait:g} s "
-                f"+ replica wait {self.replica_wait_seconds:g} s + the request's deadline "
-                "REBOOK_HTTP_DEADLINE_SECONDS + 1 s)"
-            )
-        if self.reconcile_window_seconds < self.reconcile_grace_seconds:
-            raise ValueError(
-                "REBOOK_RECONCILE_WINDOW_SECONDS must be >= REBOOK_RECONCILE_GRACE_SECONDS"
-            )
-        if self.reconcile_max_seconds < self.reconcile_window_seconds:
-            raise ValueError(
-                "REBOOK_RECONCILE_MAX_SECONDS must be >= REBOOK_RECONCILE_WINDOW_SECONDS"
-            )
-        if not self.list_names:
-            raise ValueError("REBOOK_MADE_BOOKINGS_LIST_NAMES: give at least one name")
-        if self.token_keepalive_before_seconds >= self.refresh_token_lifetime_seconds:
-            raise ValueError(
-                "REBOOK_TOKEN_KEEPALIVE_BEFORE_SECONDS must be < "
-                "REBOOK_REFRESH_TOKEN_LIFETIME_SECONDS"
-            )
-        return self
 
     @property
     def limiter_max_wait(self) -> float:
@@ -422,6 +370,59 @@ class Settings(BaseSettings):
     @property
     def retention_seconds(self) -> int:
         return int(self.retention_days * 86400)
+
+
+def _check_relations(s: Settings) -> None:
+    """The checks that read two settings or more (and the defaults that depend on another)."""
+    if s.retry_max_seconds < s.retry_base_seconds:
+        raise ValueError("REBOOK_RETRY_MAX_SECONDS must be >= REBOOK_RETRY_BASE_SECONDS")
+    if s.redis_cluster and not s.broker_url:
+        raise ValueError(
+            "REBOOK_BROKER_URL must be set when REBOOK_REDIS_CLUSTER is on "
+            "(Celery's Redis broker cannot use a cluster)"
+        )
+    if s.redis_cluster and s.shards == 1:
+        s.shards = 16  # spread the rebooks over the cluster's nodes
+    uses_sentinel = any(u.startswith("sentinel://") for u in (s.redis_url, s.broker_url or ""))
+    if uses_sentinel and not s.redis_sentinel_master:
+        raise ValueError(
+            "REBOOK_REDIS_SENTINEL_MASTER must be set for a sentinel:// REBOOK_REDIS_URL "
+            "or REBOOK_BROKER_URL (the service name the sentinels monitor)"
+        )
+    if s.webhook_url and s.webhook_secret is None:
+        raise ValueError("REBOOK_WEBHOOK_SECRET must be set when REBOOK_WEBHOOK_URL is")
+    if s.http_deadline_seconds is None:
+        s.http_deadline_seconds = 2 * s.http_timeout_seconds
+    if s.http_deadline_seconds < s.http_timeout_seconds:
+        raise ValueError(
+            "REBOOK_HTTP_DEADLINE_SECONDS: must be at least REBOOK_HTTP_TIMEOUT_SECONDS "
+            f"({s.http_timeout_seconds:g} s): a connect alone may take that long"
+        )
+    if s.http_deadline_seconds >= s.step_lease_seconds:
+        raise ValueError(
+            "REBOOK_HTTP_DEADLINE_SECONDS: must be below REBOOK_STEP_LEASE_SECONDS "
+            f"({s.step_lease_seconds:g} s): a request must end while its step holds "
+            "the rebook"
+        )
+    if s.step_lease_seconds < s.longest_call_seconds:
+        raise ValueError(
+            f"REBOOK_STEP_LEASE_SECONDS must cover the longest upstream call: at least "
+            f"{s.longest_call_seconds:g} s (rate-limit wait {s.limiter_max_wait:g} s "
+            f"+ replica wait {s.replica_wait_seconds:g} s + the request's deadline "
+            "REBOOK_HTTP_DEADLINE_SECONDS + 1 s)"
+        )
+    if s.reconcile_window_seconds < s.reconcile_grace_seconds:
+        raise ValueError(
+            "REBOOK_RECONCILE_WINDOW_SECONDS must be >= REBOOK_RECONCILE_GRACE_SECONDS"
+        )
+    if s.reconcile_max_seconds < s.reconcile_window_seconds:
+        raise ValueError("REBOOK_RECONCILE_MAX_SECONDS must be >= REBOOK_RECONCILE_WINDOW_SECONDS")
+    if not s.list_names:
+        raise ValueError("REBOOK_MADE_BOOKINGS_LIST_NAMES: give at least one name")
+    if s.token_keepalive_before_seconds >= s.refresh_token_lifetime_seconds:
+        raise ValueError(
+            "REBOOK_TOKEN_KEEPALIVE_BEFORE_SECONDS must be < REBOOK_REFRESH_TOKEN_LIFETIME_SECONDS"
+        )
 
 
 def _one_line(exc: ValidationError) -> str:

@@ -17,8 +17,11 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
+
+if TYPE_CHECKING:
+    from worker.core.store.zone import ZoneRecord
 
 log = logging.getLogger(__name__)
 
@@ -93,19 +96,18 @@ def observe(
 
 
 class ZoneWatch:
-    """Records each observation in `key` and logs a disagreement at most once an hour over all
-    workers (`{key}:logged`, NX with a TTL). Never raises: it runs right after a POST that made a
+    """Records each observation (`ZoneRecord`) and logs a disagreement at most once an hour over
+    all workers. Never raises: it runs right after a POST that made a
     booking, and nothing may stand between that answer and its record."""
 
     def __init__(
         self,
-        client: Any,
-        key: str,
+        record: ZoneRecord,
         zone: ZoneInfo,
         tolerance_seconds: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.r, self.key, self.zone = client, key, zone
+        self.record, self.zone = record, zone
         self.tolerance = tolerance_seconds
         self.clock = clock
 
@@ -115,10 +117,8 @@ class ZoneWatch:
             if create_date is None or when is None:
                 return
             seen = observe(self.zone, create_date, when, self.tolerance)
-            self.r.set(self.key, json.dumps(seen))
-            if not seen["agrees"] and self.r.set(
-                f"{self.key}:logged", "1", nx=True, ex=int(LOG_EVERY_SECONDS)
-            ):
+            self.record.write(json.dumps(seen))
+            if not seen["agrees"] and self.record.claim_log(LOG_EVERY_SECONDS):
                 log.error(
                     "REBOOK_API_TIMEZONE=%s disagrees with the upstream: a booking it just made "
                     "has CreateDate %+.0f min from its Date header (GMT); the upstream appears "
@@ -134,8 +134,11 @@ class ZoneWatch:
 
 def read(client: Any, key: str) -> dict[str, Any] | None:
     """The last observation, or None (no booking made yet, or unreadable)."""
+    # imported here: the store package imports this module first
+    from worker.core.store.zone import ZoneRecord
+
     try:
-        raw = client.get(key)
+        raw = ZoneRecord(client, key).read()
         data = json.loads(raw) if raw else None
     except (ValueError, TypeError):
         return None

@@ -6,7 +6,6 @@ masked), never with a traceback.
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 import time
@@ -40,6 +39,8 @@ cli.add_typer(tokens_cli, name="tokens")
 cli.add_typer(deadletter_cli, name="deadletter")
 
 out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+"""Progress where stdout carries JSON."""
 
 
 def say_error(message: str) -> None:
@@ -456,9 +457,17 @@ def _operator(
         return
     wanted = _filters(*filters) if bulk else None
     flow = _flow()
-    result = run(
-        flow, flow.store, command, ids=[ident] if ident else [], filters=wanted, dry_run=dry_run
-    )
+    what = f"{command} (dry run)" if dry_run else command
+    with _Progress(what, console=err if as_json else out) as progress:
+        result = run(
+            flow,
+            flow.store,
+            command,
+            ids=[ident] if ident else [],
+            filters=wanted,
+            dry_run=dry_run,
+            progress=progress,
+        )
     if as_json:
         _print_json(result.as_json())
     else:
@@ -483,6 +492,12 @@ def _operator(
             out.print(f"  {row['rebook_id']}: {row['why']}", markup=False, highlight=False)
         if result.truncated:
             out.print("more matched than one bulk action takes; narrow the filter", highlight=False)
+        out.print(  # the counts again, last: the lists above may be thousands of lines
+            f"would {command} {len(result.would_do)}, refused {len(result.refused)} (dry run)"
+            if dry_run
+            else f"done {len(result.done)}, refused {len(result.refused)}, failed 0",
+            highlight=False,
+        )
     if result.refused and not dry_run:
         raise typer.Exit(1)
 
@@ -546,8 +561,14 @@ def reindex() -> None:
     upgrade that brought `rebook list --user/--performer/--booking` (idempotent)."""
     from worker.core.search import Search
 
-    done = Search(_services().store).reindex()
-    out.print(f"indexed {done} rebook(s)")
+    search = Search(_services().store)
+    with _Progress("indexing") as progress:
+        done = search.reindex(progress=progress)
+    skipped = progress.count("skipped")
+    out.print(
+        f"indexed {done} rebook(s)" + (f"; skipped {skipped} without a record" if skipped else ""),
+        highlight=False,
+    )
 
 
 @cli.command()
@@ -614,7 +635,10 @@ def deadletter(
 
 @deadletter_cli.command("replay")
 def deadletter_replay(
-    entry_id: Annotated[str, typer.Argument(metavar="ID")],
+    entry_ids: Annotated[
+        list[str],
+        typer.Argument(metavar="ID...", help="One or more dead letters (`rebook deadletter`)."),
+    ],
     set_: Annotated[
         list[str] | None,
         typer.Option(
@@ -622,34 +646,90 @@ def deadletter_replay(
         ),
     ] = None,
 ) -> None:
-    """Re-submit a dead-lettered event, fixed with --set field=value."""
-    store = _services().store
-    entry = store.outcomes.deadletter_entry(entry_id)
-    if entry is None:
-        fail(f"no dead letter {entry_id!r}")
-    try:
-        payload = json.loads(entry["payload"])
-    except ValueError:
-        fail(f"dead letter {entry_id} was truncated; submit the event again with `rebook submit`")
-    kwargs = payload.get("kwargs") if isinstance(payload, dict) else None
-    kwargs = dict(kwargs) if isinstance(kwargs, dict) else {}
+    """Re-submit dead-lettered events, each fixed with --set field=value.
+
+    Several IDs: a bar (or counts now and then), then replayed / refused / failed counts; why
+    each was refused on stderr; exit 1 if any was. The event id is the idempotency key: an
+    event replayed twice is one rebook."""
+    fixes: dict[str, Any] = {}
     for item in set_ or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             fail(f"--set wants field=value, got {item!r}", 2)
         try:
-            kwargs[key] = json.loads(raw)
+            fixes[key] = json.loads(raw)
         except ValueError:
-            kwargs[key] = raw
-    try:
-        RebookEvent.parse((), kwargs)
-    except Exception as exc:
-        fail(f"still invalid: {exc}; fix it with --set field=value", 2)
+            fixes[key] = raw
+    store = _services().store
+    from kombu.exceptions import OperationalError
+
     from worker.app import app
     from worker.celeryapp.app import EVENTS_QUEUE
 
-    app.send_task("rebook.request", kwargs=kwargs, queue=EVENTS_QUEUE)
-    out.print(f"re-submitted event {kwargs['event_id']}")
+    progress = _Progress("replaying")
+
+    def send(kwargs: dict[str, Any]) -> None:
+        try:
+            app.send_task("rebook.request", kwargs=kwargs, queue=EVENTS_QUEUE)
+        except OperationalError as exc:
+            if progress.total:
+                progress.close()
+                progress.stopped(exc)
+            fail(f"cannot reach the broker at {mask_url(app.conf.broker_url)}: {exc}")
+
+    if len(entry_ids) == 1:
+        kwargs, why, code = _replayable(store, entry_ids[0], fixes)
+        if kwargs is None:
+            fail(why, code)
+        send(kwargs)
+        out.print(f"re-submitted event {kwargs['event_id']}")
+        return
+    refused: list[str] = []
+    unique = list(dict.fromkeys(entry_ids))
+    progress.start(len(unique))
+    try:
+        with progress:
+            for entry_id in unique:
+                kwargs, why, _ = _replayable(store, entry_id, fixes)
+                if kwargs is None:
+                    refused.append(f"{entry_id}: {why}")
+                    progress.step("refused")
+                    continue
+                send(kwargs)
+                progress.step("replayed")
+    finally:  # stopped part-way too: what was refused so far, and why
+        for line in refused:
+            say_error(f"refused {line}")
+    out.print(
+        f"replayed {progress.count('replayed')}, refused {len(refused)}, failed 0",
+        highlight=False,
+    )
+    if refused:
+        raise typer.Exit(1)
+
+
+def _replayable(
+    store: Any, entry_id: str, fixes: dict[str, Any]
+) -> tuple[dict[str, Any] | None, str, int]:
+    """The event of a dead letter with `fixes` applied, or why not and the exit code."""
+    entry = store.outcomes.deadletter_entry(entry_id)
+    if entry is None:
+        return None, f"no dead letter {entry_id!r}", 1
+    try:
+        payload = json.loads(entry["payload"])
+    except ValueError:
+        return (
+            None,
+            f"dead letter {entry_id} was truncated; submit the event again with `rebook submit`",
+            1,
+        )
+    kwargs = payload.get("kwargs") if isinstance(payload, dict) else None
+    kwargs = {**(kwargs if isinstance(kwargs, dict) else {}), **fixes}
+    try:
+        RebookEvent.parse((), kwargs)
+    except Exception as exc:
+        return None, f"still invalid: {exc}; fix it with --set field=value", 2
+    return kwargs, "", 0
 
 
 # -- tokens --------------------------------------------------------------------------------------
@@ -748,16 +828,26 @@ def _import_lines(lines: list[str]) -> tuple[list[tuple[str, TokenSet]], list[st
 
 
 class _Progress:
-    """Progress of an import: a rich bar on a terminal, else a plain count line now and then
-    (a log or a pipe gets a few lines, not a redraw per member)."""
+    """Progress of a long command (`tokens import`, bulk `retry`/`cancel`, `deadletter replay`,
+    `reindex`): a rich bar on a terminal, else a count line now and then (a log or a pipe gets a
+    few lines, not a redraw per item). Counts per outcome (`stored`, `refused`, ...) in the order
+    first seen. `console`: stderr where stdout carries JSON."""
 
     PLAIN_EVERY = 10.0
 
-    def __init__(self, total: int) -> None:
-        self.total, self.done, self.stored, self.refused = total, 0, 0, 0
+    def __init__(self, what: str, total: int | None = None, console: Console | None = None) -> None:
+        self.what, self.total = what, 0
+        self.counts: dict[str, int] = {}
+        self.console = console or out
         self._bar: Any = None
         self._last = time.monotonic()
-        if out.is_terminal and total:
+        if total is not None:
+            self.start(total)
+
+    def start(self, total: int) -> None:
+        """When the total is known (after a search, for bulk actions)."""
+        self.total = total
+        if self.console.is_terminal and total and self._bar is None:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
             self._bar = Progress(
@@ -765,32 +855,61 @@ class _Progress:
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeRemainingColumn(),
-                console=out,
+                console=self.console,
                 transient=True,
             )
-            self._task = self._bar.add_task("checking pairs", total=total)
+            self._task = self._bar.add_task(self.what, total=total)
             self._bar.start()
 
-    def step(self, stored: bool) -> None:
-        self.done += 1
-        self.stored += stored
-        self.refused += not stored
+    def step(self, outcome: str = "done", n: int = 1) -> None:
+        if n <= 0:
+            return
+        self.counts[outcome] = self.counts.get(outcome, 0) + n
         if self._bar is not None:
-            self._bar.update(
-                self._task,
-                advance=1,
-                description=f"stored {self.stored}, refused {self.refused}",
-            )
+            self._bar.update(self._task, advance=n, description=self.tally())
         elif time.monotonic() - self._last >= self.PLAIN_EVERY:
             self._last = time.monotonic()
-            out.print(
-                f"{self.done}/{self.total}: stored {self.stored}, refused {self.refused}",
-                highlight=False,
-            )
+            self.console.print(f"{self.seen}/{self.total}: {self.tally()}", highlight=False)
+
+    @property
+    def seen(self) -> int:
+        return sum(self.counts.values())
+
+    def count(self, outcome: str) -> int:
+        return self.counts.get(outcome, 0)
+
+    def tally(self) -> str:
+        return ", ".join(f"{name} {n}" for name, n in self.counts.items()) or self.what
+
+    def stopped(self, exc: BaseException) -> None:
+        """Ctrl-C, or Redis or the broker gone mid-way: how far it got, on stderr (the caller
+        re-raises: `main` names what failed). What was done stays done; a second run refuses it
+        or does it again harmlessly."""
+        if not isinstance(exc, KeyboardInterrupt):
+            self.step("failed")
+        left = self.total - self.seen
+        say_error(
+            f"{self.what} stopped after {self.seen} of {self.total}: {self.tally()}"
+            + (f"; {left} not attempted: run it again" if left > 0 else "")
+        )
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.stop()
+            self._bar = None
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        """Closes the bar; a walk stopped part-way says how far it got (Ctrl-C: exit 1)."""
+        self.close()
+        if not self.total or isinstance(exc, typer.Exit):
+            return
+        if isinstance(exc, Exception | KeyboardInterrupt):
+            self.stopped(exc)
+        if isinstance(exc, KeyboardInterrupt):
+            raise typer.Exit(1) from None
 
 
 @tokens_cli.command("import")
@@ -813,7 +932,7 @@ def tokens_import(
     svc = _services()
     flow = _flow() if pairs else None
     resumed = 0
-    progress = _Progress(len(pairs))
+    progress = _Progress("checking pairs", len(pairs))
 
     checked: set[str] = set()
 
@@ -822,12 +941,12 @@ def tokens_import(
         checked.add(verdict.user_id)
         if verdict.tokens is None:
             refused.append(f"{verdict.user_id}: {verdict.why}")
-            progress.step(False)
+            progress.step("refused")
             return
         svc.token_store.save(verdict.user_id, verdict.tokens)
         if flow is not None:
             resumed += flow.resume_member(verdict.user_id)
-        progress.step(True)
+        progress.step("stored")
 
     interrupted = False
     try:
@@ -842,12 +961,12 @@ def tokens_import(
         progress.close()
     for why in refused:
         say_error(f"refused {why}")
-    left = len(pairs) - progress.done
+    left, stored = len(pairs) - progress.seen, progress.count("stored")
     for user, _ in pairs if left else []:
         if user not in checked:
             say_error(f"not checked {user}")
     out.print(
-        f"stored {progress.stored} member(s) ({'unverified' if no_verify else 'verified'}); "
+        f"stored {stored} member(s) ({'unverified' if no_verify else 'verified'}); "
         f"refused {len(refused)}"
         + (f"; resumed {resumed} rebook(s)" if resumed else "")
         + (f"; interrupted: {left} member(s) not checked, import them again" if left else ""),
@@ -935,7 +1054,7 @@ def sandbox(
 ) -> None:
     """Run the sandbox upstream (an in-memory fake of the API) until Ctrl-C; prints the
     variables that point rebook at it."""
-    server = _dev_tool("sandbox").SandboxServer(
+    server = _dev_tool("sandbox")(
         host, port, oauth_port=oauth_port, documented=documented, quiet=False, latency_ms=latency_ms
     )
     out.print(f"sandbox upstream on {server.url} (Ctrl-C to stop); to use it:", highlight=False)
@@ -949,12 +1068,17 @@ def sandbox(
 
 
 def _dev_tool(name: str) -> Any:
-    """A module of `worker.dev`, loaded by name: production never imports the dev tools (the
-    import-linter contract), and an image built without the `dev` extra says what is missing."""
-    try:
-        return importlib.import_module(f"worker.dev.{name}")
-    except ImportError as exc:
-        fail(f"rebook {name} needs the dev tools: pip install 'rebook[dev]' ({exc})", 2)
+    """The dev tool `name` from the `rebook.dev` entry points, which only the dev tools'
+    distribution (devtools/, installed by `make install`) declares: production never imports
+    them (the import-linter contract), and a production install says in one line how to get it."""
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group="rebook.dev", name=name):
+        return entry.load()
+    fail(
+        f"{name} is a development tool, not in this install: clone the repo and run `make {name}`",
+        2,
+    )
 
 
 @cli.command()
@@ -973,7 +1097,7 @@ def demo(
 ) -> None:
     """The whole pipeline on this machine: Redis, sandbox, worker and beat, live progress."""
     raise typer.Exit(
-        _dev_tool("demo").run(
+        _dev_tool("demo")(
             rebooks=rebooks, performers=performers, seed=seed, hostile=hostile, shadow=shadow
         )
     )
@@ -1008,7 +1132,7 @@ def doctor() -> None:
 
 def main() -> None:
     """Console entry point: one line for the errors a person can fix, never a traceback."""
-    import redis
+    from worker.core.store.client import RedisError
 
     try:
         cli()
@@ -1018,7 +1142,7 @@ def main() -> None:
     except StoreUnavailable as exc:
         say_error(str(exc))
         sys.exit(1)
-    except redis.RedisError as exc:
+    except RedisError as exc:
         from worker.core.settings import get_settings
 
         say_error(f"Redis at {mask_url(get_settings().redis_url)}: {type(exc).__name__}: {exc}")

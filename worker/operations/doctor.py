@@ -60,28 +60,18 @@ def run_checks() -> Iterator[Check]:
 
 
 def _redis(settings: Settings) -> Check:
-    import redis
+    from worker.core.store.client import RedisError, Server
 
     url = mask_url(settings.redis_url)
-    if settings.redis_url.startswith("sentinel://"):
-        from worker.core.store import Store
-
-        client = Store.from_settings(settings, socket_connect_timeout=2, socket_timeout=2).r
-    else:
-        client = redis.Redis.from_url(
-            settings.redis_url,
-            socket_connect_timeout=2,
-            socket_timeout=2,
-            **settings.redis_ssl_options(settings.redis_url),
-        )
+    server = Server.probe(settings, timeout=2)
     try:
-        client.ping()
-    except redis.RedisError as exc:
+        server.ping()
+    except RedisError as exc:
         return Check(
             "redis", False, f"cannot reach {url}: {exc}", "start Redis or fix REBOOK_REDIS_URL"
         )
-    persistence = client.info("persistence")
-    memory = client.info("memory")
+    persistence = server.info("persistence")
+    memory = server.info("memory")
     problems = []
     if not int(persistence.get("aof_enabled", 0)):
         problems.append("AOF is off")
@@ -226,9 +216,10 @@ def _token_key(settings: Settings) -> Check:
         )
     from worker.adapters.auth import TokenStore
     from worker.core.store import Store
+    from worker.core.store.tokens import TokenRecords
 
     store = Store.from_settings(settings)
-    tokens = TokenStore(store.r, settings.key_prefix, settings.token_key_list)
+    tokens = TokenStore(TokenRecords.of(store, settings.key_prefix), settings.token_key_list)
     sampled = tokens.some_members(20)
     for user_id in sampled:
         try:
@@ -371,9 +362,9 @@ def performer_field_line(figures: dict[str, Any]) -> str:
 
 
 def _performer_field(settings: Settings) -> Check:
-    """Which field of a booking names its performer, as learned (worker/core/flow.py). Not a
-    FAIL while unconfirmed: rebook works, only fails safe (member-wide gate, `unverified_shape`
-    parks) until answers confirm one."""
+    """Which field of a booking names its performer, as learned (worker/core/flow/performer.py).
+    Not a FAIL while unconfirmed: rebook works, only fails safe (member-wide gate,
+    `unverified_shape` parks) until answers confirm one."""
     from worker.core.store import Store
 
     figures = Store.from_settings(settings).performer_field.performer_field_stats()

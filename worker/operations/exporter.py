@@ -22,31 +22,30 @@ import ipaddress
 import logging
 import math
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Iterable
-from socketserver import ThreadingMixIn
 from types import FrameType
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-import redis
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from worker.core.audit import KINDS as AUDIT_KINDS
 from worker.core.errors import FAULT_SETTINGS, StoreUnavailable
 from worker.core.settings import Settings, mask_url, settings_or_exit
 from worker.core.states import TERMINAL_STATES, State
 from worker.core.store import Store
+from worker.core.store.client import RedisError, Server, no_retry
+from worker.core.store.counters import Tally
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 9808
-DEFAULT_HOST = "127.0.0.1"
 OK = "ok"
 # Outcomes the transition script records; always exported (zero included) so rate() works at once.
 OUTCOME_STATES = ("BOOKED", State.NEEDS_ATTENTION.value, *sorted(s.value for s in TERMINAL_STATES))
@@ -71,10 +70,10 @@ class RebookCollector(Collector):
         try:
             stats = self.store.sweep.stats()
             outcomes = self.store.outcomes.outcome_counts()
-            upstream = self.store.r.hgetall(self.store.keys.upstream_calls)
-            memory = self.store.r.info("memory")
-            audit = self.store.r.hgetall(self.store.keys.audit_counts)
-        except (redis.RedisError, StoreUnavailable, OSError) as exc:
+            upstream = Tally.upstream_calls(self.store).read()
+            memory = Server.of(self.store).info("memory")
+            audit = Tally.audit_findings(self.store).read()
+        except (RedisError, StoreUnavailable, OSError) as exc:
             log.warning(
                 "rebook exporter: cannot read Redis at %s: %s",
                 mask_url(self.store.url),
@@ -278,7 +277,7 @@ def store_for(settings: Settings) -> Store:
         settings,
         socket_timeout=SOCKET_TIMEOUT,
         socket_connect_timeout=CONNECT_TIMEOUT,
-        retry=Retry(NoBackoff(), 0),
+        retry=no_retry(),
     )
 
 
@@ -310,16 +309,23 @@ class _Quiet(WSGIRequestHandler):
         """One line per scrape would drown the logs."""
 
 
-class _ThreadingServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
 def serve(
     registry: CollectorRegistry, host: str, port: int, credentials: str | None = None
 ) -> tuple[WSGIServer, threading.Thread]:
-    """`/metrics` (any path) on host:port in a thread; basic auth when `credentials` is set."""
+    """`/metrics` (any path) on host:port in a thread; basic auth when `credentials` is set.
+
+    prometheus_client's own `make_wsgi_app` on its `ThreadingWSGIServer`, bound as its
+    `start_wsgi_server` binds (the address family from the address, so `::1` works);
+    `start_wsgi_server` itself takes no WSGI middleware, and the auth is one."""
+    family, *_, sockaddr = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+
+    class Server(ThreadingWSGIServer):
+        address_family = family
+
     app = basic_auth(make_wsgi_app(registry), credentials)
-    server = make_server(host, port, app, _ThreadingServer, handler_class=_Quiet)
+    server = make_server(str(sockaddr[0]), port, app, Server, handler_class=_Quiet)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     return server, thread

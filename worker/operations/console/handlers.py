@@ -22,7 +22,7 @@ from worker.core.actions import ACTIONS, MAX_BULK, Action, Outcome, refusal, run
 from worker.core.capacity import presence_figures, shortfall
 from worker.core.search import BadFilter, Filters, Search
 from worker.core.states import State
-from worker.core.store import Rebook
+from worker.core.store import Rebook, details
 from worker.operations.console import openapi, pages
 from worker.operations.console.openapi import PAGE_DEFAULT, PAGE_MAX
 from worker.operations.console.why import Situation
@@ -176,9 +176,7 @@ class RebooksPage(ConsoleHandler):
 def _outcomes_of(rec: Rebook) -> list[dict[str, str]]:
     store = _services().store
     shard = store.shard_of(rec.rebook_id) or 0
-    rows = store.r.xrange(
-        store.keys.outcomes(shard), min=f"{int(rec.created_ts * 1000)}-0", count=OUTCOME_SCAN
-    )
+    rows = details.outcome_entries(store, shard, int(rec.created_ts * 1000), OUTCOME_SCAN)
     return [{"id": sid, **f} for sid, f in rows if f.get("rebook_id") == rec.rebook_id]
 
 
@@ -189,7 +187,9 @@ def _upstream_status(rec: Rebook) -> str:
     new_id = rec.new_booking_id
     try:
         flow = _flow()
-        booking = flow._member_call(rec, lambda token: flow.client.booking_details(token, new_id))
+        booking = flow.kit._member_call(
+            rec, lambda token: flow.client.booking_details(token, new_id)
+        )
     except Exception as exc:  # shown to the operator, never raised: the page must render
         last = f"; last read by the watch: {rec.status}" if rec.status else ""
         return f"unavailable ({type(exc).__name__}){last}"
@@ -221,7 +221,7 @@ def situation(rec: Rebook, history: list[dict[str, Any]]) -> Situation:
     store, settings = svc.store, svc.settings
     now = time.time()
     shard = store.shard_of(rec.rebook_id) or 0
-    due = store.r.zscore(store.keys.due(shard), rec.rebook_id)
+    due = details.due_at(store, shard, rec.rebook_id)
     seen = presence_next = None
     waiting = 0
     budget: str | None = None
@@ -230,10 +230,7 @@ def situation(rec: Rebook, history: list[dict[str, Any]]) -> Situation:
         presence_next = store.presence.performer_due(rec.performer_id)
         waiting = store.presence.waiting_count(rec.performer_id)
     if rec.state in (State.WAITING, State.RESCHEDULING):
-        pipe = store.r.pipeline(transaction=False)
-        for sh in store.shards:
-            pipe.zcard(store.keys.performers(sh))
-        performers = sum(int(n) for n in pipe.execute())
+        performers = details.tracked_performers(store)
         figures = presence_figures(
             performers,
             settings.presence_interval_seconds,

@@ -1,5 +1,5 @@
 -- Learns which key of a booking's `Performer` object names the performer's user id, from one
--- answer whose meaning is known (worker/core/flow.py `_learn`): a booking that is, for certain,
+-- answer whose meaning is known (worker/core/flow/performer.py `Performer.learn`): a booking that is, for certain,
 -- of performer ARGV[1]. One hash, KEYS[1] (`{prefix}shape:performer`):
 --   n:{key} agreeing answers, b:{key} their booking ids (comma list, capped: an answer read twice
 --   counts once), p:{key} the distinct performers (comma list, capped), c contradictions seen,

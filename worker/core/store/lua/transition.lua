@@ -6,7 +6,7 @@
 --       9 outcome state ("" none), 10 retention seconds, 11 fields JSON, 12 guards JSON,
 --       13 detail JSON, 14 lease seconds, 15 "gate" to take the member+performer gate,
 --       "gate_member" to take the member's gate (no other POST of the member unsettled, whatever
---       its performer: the performer field is unconfirmed, worker/core/flow.py),
+--       its performer: the performer field is unconfirmed, worker/core/flow/reschedule.py),
 --       16 "" or a time: a field given as "=TIME" is set to Redis's own clock (`TIME`; the one
 --       clock the exactly-once proof is timed on), or to this time (a simulation's server clock)
 -- Returns, for one id, {1, previous state} on success, {0, current state or ""} when refused, and

@@ -40,15 +40,15 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from rebook_dev.embedded import EmbeddedRedis, reachable
+from rebook_dev.performers import Answer, PerformerBot
+from rebook_dev.sandbox import SandboxClient, SandboxServer
+from rebook_dev.supervisor import Child, stop_all
 from worker.core.errors import ConfigError
 from worker.core.models import TokenSet
 from worker.core.settings import Settings, load_settings, mask_url
 from worker.core.states import ACTIVE_STATES, State
 from worker.core.store import Rebook, Store, rebook_id_for
-from worker.dev.embedded import EmbeddedRedis, reachable
-from worker.dev.performers import Answer, PerformerBot
-from worker.dev.sandbox import SandboxClient, SandboxServer
-from worker.dev.supervisor import Child, stop_all
 
 __all__ = ["Planned", "Scenario", "run", "scenario"]
 

@@ -383,33 +383,15 @@ class _Fault:
     part: str | None = None
 
 
-class _SandboxState:
-    """All sandbox state behind one lock; `handle` maps a parsed request to a `_Response`.
+class _World:
+    """What the sandbox holds: members and their tokens, bookings, performers' presence, and the
+    counters `stats` reports; written as the upstream writes it. Guarded by the state's lock."""
 
-    The lock is never held while sleeping for a fault delay, so a slow fault on one request does
-    not stall the others (the point of a timeout fault is a slow answer, not a frozen upstream).
-    """
-
-    def __init__(
-        self,
-        *,
-        api_key: str,
-        api_key_header: str,
-        client_id: str,
-        client_secret: str,
-        config: _Config,
-        timezone: str,
-    ) -> None:
-        self.api_key = api_key
-        self.api_key_header = api_key_header
-        self.client_id = client_id
-        self.client_secret = client_secret
+    def __init__(self, config: _Config) -> None:
         self.config = config
-        config.update({"site_zone": timezone})
-        self.lock = threading.Lock()
-        self._clear()
+        self.clear()
 
-    def _clear(self) -> None:
+    def clear(self) -> None:
         self.members: dict[str, _Member] = {}
         self.access_index: dict[str, str] = {}
         self.refresh_index: dict[str, str] = {}
@@ -417,18 +399,12 @@ class _SandboxState:
         self.bookings: dict[int, _Booking] = {}
         self.next_id = FIRST_BOOKING_ID
         self.online: dict[int, bool] = {}
-        self.faults: list[_Fault] = []
         self.calls: dict[str, int] = dict.fromkeys(OPERATIONS, 0)
         self.new_bookings: dict[int, int] = {}
         self.presence_calls: dict[int, int] = {}
         self.refreshes = 0
         self.elsewhere_reschedules = 0
         self.refreshes_by_user: dict[str, int] = {}
-        # (seq, unix time of arrival, operation, HTTP status, performer id, booking id, new id)
-        self.call_log: deque[tuple[int, float, str, int, int | None, int | None, int | None]] = (
-            deque(maxlen=CALL_LOG_SIZE)
-        )
-        self.call_seq = 0
 
     # --- formatting ---------------------------------------------------------------------------
 
@@ -492,7 +468,7 @@ class _SandboxState:
             parsed = parsed.replace(tzinfo=self.tz)
         return parsed.astimezone(UTC)
 
-    # --- tokens -------------------------------------------------------------------------------
+    # --- members and bookings -----------------------------------------------------------------
 
     def issue_tokens(self, member: _Member, access_ttl: float) -> dict[str, Any]:
         """A fresh pair for `member`; the previous pair dies at once (rotation)."""
@@ -535,148 +511,96 @@ class _SandboxState:
             return None
         return user_id
 
-    # --- dispatch -----------------------------------------------------------------------------
+    def own_booking(self, user_id: str, raw_id: Any) -> _Booking:
+        if raw_id is None:
+            raise _Reject(400, "The BookingID field is required.")
+        b = self.bookings.get(_as_int(raw_id, "BookingID"))
+        if b is None or b.user_id != user_id:
+            raise _Reject(404, _NOT_FOUND)
+        return b
 
-    def handle(
-        self,
-        method: str,
-        raw_path: str,
-        query: str,
-        headers: Mapping[str, str],
-        body: bytes,
-        role: str = "all",
-    ) -> _Response:
-        """Route one request. `headers` keys are lower-cased. `role` is the listener's: "all"
-        (one host), or "api" and "oauth" when OAuth has its own host, as documented (the API
-        host then has no /OAuth/token, and the OAuth host nothing else)."""
-        path = raw_path.rstrip("/") or "/"
-        lower = path.lower()
-        if (role == "api" and lower == "/oauth/token") or (
-            role == "oauth" and lower != "/oauth/token"
-        ):
-            return _json(
-                404, {"Message": "No HTTP resource was found that matches the request URI."}
-            )
-        try:
-            if lower.startswith("/_sandbox"):
-                with self.lock:
-                    return self.control(method, path, body, query)
-            route = _ROUTES.get(lower)
-            if route is not None:
-                started = time.time()
-                resp: _Response | None = None
-                try:
-                    resp = self.upstream(route[0], route[1], method, query, headers, body)
-                    return resp
-                finally:
-                    self.log_call(route[0], started, query, body, resp)
-            if lower.startswith("/v1/") or lower.startswith("/oauth/"):
-                return _json(
-                    404, {"Message": "No HTTP resource was found that matches the request URI."}
-                )
-            return _json(404, {"Message": "Not found"})
-        except _Reject as rej:
-            return rej.response()
+    def add(self, booking: _Booking) -> _Booking:
+        """A booking under the next id (`booking.booking_id` is ignored)."""
+        booking.booking_id = self.next_id
+        self.next_id += 1
+        self.bookings[booking.booking_id] = booking
+        return booking
 
-    def upstream(
-        self,
-        op: str,
-        allowed: str,
-        method: str,
-        query: str,
-        headers: Mapping[str, str],
-        body: bytes,
-    ) -> _Response:
-        params = {k.lower(): v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
-        with self.lock:
-            self.calls[op] += 1
-            if op == "getUserSummary":
-                try:
-                    pid = _as_int(params.get("userid"), "UserID")
-                except _Reject:
-                    pass
-                else:
-                    self.presence_calls[pid] = self.presence_calls.get(pid, 0) + 1
-            if method != allowed:
-                return _json(
-                    405,
-                    {"Message": f"The requested resource does not support http method '{method}'."},
-                    {"Allow": allowed},
-                )
-            user_id: str | None = None
-            if op != "token":
-                # the key as a header or as the documented `?apiKey=` query parameter
-                if (
-                    headers.get(self.api_key_header.lower()) != self.api_key
-                    and params.get("apikey") != self.api_key
-                ):
-                    return _json(401, {"Message": API_KEY_REFUSED})
-                if op in _MEMBER_OPS:
-                    user_id = self.bearer_user(headers)
-                    if user_id is None:
-                        return _json(401, {"Message": _DENIED})
-            fault = self.take_fault(op)
-            delay = self.config.fault_delay_seconds
-        if fault is not None and fault.delay is not None:
-            delay = fault.delay
+    def counters(self) -> dict[str, Any]:
+        return {
+            "calls": dict(self.calls),
+            "new_bookings": {str(k): v for k, v in self.new_bookings.items()},
+            "presence_calls": {str(k): v for k, v in self.presence_calls.items()},
+            "refreshes": self.refreshes,
+            "elsewhere_reschedules": self.elsewhere_reschedules,
+            "refreshes_by_user": dict(self.refreshes_by_user),
+        }
 
-        if fault is not None and fault.kind in _SETTING_FAULTS:
-            with self.lock:
-                answer = self.setting_fault(fault, op, params)
-            if answer is not None:
-                return answer
-            fault = None
-        if fault is not None and fault.kind in _PRE_FAULTS:
-            return self.pre_fault(fault, delay)
-        if fault is not None and fault.kind in _LATE_FAULTS:
-            later = fault.commit_delay if fault.commit_delay is not None else 2 * delay
-            self.commit_later(later, op, user_id, params, headers, body)
-            if fault.kind == "timeout_commit_later":
-                time.sleep(delay)
-            return _json(504, {"Message": "The operation has timed out."})
 
-        with self.lock:
-            try:
-                resp = self.operation(op, user_id, params, headers, body)
-            except _Reject as rej:
-                resp = rej.response()
+class _Faults:
+    """The faults queued by `POST /_sandbox/faults`, each taken by the next matching calls, and
+    the answers they make. Guarded by the state's lock (`pre_answer` sleeps without it)."""
 
-        if fault is None:
-            return resp
-        if fault.kind == _TRICKLE:  # after the work: a POST's booking is made
-            resp.trickle = fault.delay if fault.delay is not None else TRICKLE_SECONDS
-            resp.trickle_body_only = fault.part == "body"
-            return resp
-        if fault.kind == "http_500_after_commit":
-            return _json(500, {"Message": "An error has occurred."})
-        if fault.kind == "timeout_after_commit":
-            time.sleep(delay)
-            return resp
-        # bad_json: the work is done but the answer cannot be parsed.
-        cut = resp.body[: max(1, len(resp.body) // 2)]
-        return _Response(200, cut, {"Content-Type": "application/json; charset=utf-8"})
+    def __init__(self) -> None:
+        self.queue: list[_Fault] = []
 
-    def commit_later(self, seconds: float, *request: Any) -> None:
-        def commit() -> None:
-            # a refusal then (the performer went offline meanwhile) makes nothing
-            with self.lock, contextlib.suppress(_Reject):
-                self.operation(*request)
+    def clear(self) -> None:
+        self.queue.clear()
 
-        timer = threading.Timer(seconds, commit)
-        timer.daemon = True
-        timer.start()
+    def pending(self) -> int:
+        return sum(f.remaining for f in self.queue)
 
-    def take_fault(self, op: str) -> _Fault | None:
+    def take(self, op: str) -> _Fault | None:
         lowered = op.lower()
-        for i, f in enumerate(self.faults):
+        for i, f in enumerate(self.queue):
             if f.endpoint in ("*", lowered):
                 f.remaining -= 1
                 if f.remaining <= 0:
-                    del self.faults[i]
+                    del self.queue[i]
                 return f
         return None
 
-    def setting_fault(self, fault: _Fault, op: str, params: dict[str, str]) -> _Response | None:
+    def add(self, data: dict[str, Any]) -> _Response:
+        endpoint = str(data.get("endpoint", "")).strip()
+        if endpoint != "*" and endpoint.lower() not in _OP_BY_LOWER:
+            raise _Reject(400, f"endpoint must be '*' or one of {', '.join(OPERATIONS)}")
+        kind = str(data.get("kind", ""))
+        if kind not in FAULT_KINDS:
+            raise _Reject(400, f"kind must be one of {', '.join(sorted(FAULT_KINDS))}")
+        count = _as_int(data.get("count", 1), "count")
+        if count < 1:
+            raise _Reject(400, "count must be >= 1")
+        retry_after = data.get("retry_after")
+        delay = data.get("delay")
+        commit_delay = data.get("commit_delay")
+        status = data.get("status")
+        if status is not None and (kind != "html_challenge" or status not in (403, 503)):
+            raise _Reject(400, "status is for html_challenge only: 403 or 503")
+        part = data.get("part")
+        if part is not None and (kind != _TRICKLE or part not in ("all", "body")):
+            raise _Reject(400, "part is for trickle only: all or body")
+        message = data.get("message")
+        if message is not None and (kind not in _MESSAGE_FAULTS or not isinstance(message, str)):
+            raise _Reject(400, f"message (a string) is for {', '.join(sorted(_MESSAGE_FAULTS))}")
+        self.queue.append(
+            _Fault(
+                endpoint=endpoint.lower(),
+                kind=kind,
+                remaining=count,
+                retry_after=None if retry_after is None else _as_number(retry_after, "retry_after"),
+                delay=None if delay is None else _as_number(delay, "delay"),
+                commit_delay=None
+                if commit_delay is None
+                else _as_number(commit_delay, "commit_delay"),
+                status=status,
+                message=message,
+                part=part,
+            )
+        )
+        return _json(200, {"faults_pending": self.pending()})
+
+    @staticmethod
+    def setting_answer(fault: _Fault, op: str, params: dict[str, str]) -> _Response | None:
         """The answer of a deployment or member fault (lock held); None where the kind does not
         apply to the operation (it answers as usual)."""
         kind = fault.kind
@@ -705,15 +629,9 @@ class _SandboxState:
             user = {"UserID": other, "Nickname": f"performer{other}", "AvailableNowWebcam": True}
         return _json(200, {"User": user})
 
-    def ctl_credits(self, user_id: str, data: dict[str, Any]) -> _Response:
-        """`POST /_sandbox/users/{id}/credits {"credits": n|null}`: the member's balance."""
-        m = self.member(user_id)
-        raw = data.get("credits")
-        m.credits = None if raw is None else _as_number(raw, "credits")
-        return _json(200, {"user_id": user_id, "credits": m.credits})
-
     @staticmethod
-    def pre_fault(fault: _Fault, delay: float) -> _Response:
+    def pre_answer(fault: _Fault, delay: float) -> _Response:
+        """The answer of a fault that strikes before the work (the lock is not held)."""
         if fault.kind == "http_400":
             return _json(400, {"Message": fault.message or "The request is invalid."})
         if fault.kind == "http_500":
@@ -734,190 +652,26 @@ class _SandboxState:
         time.sleep(delay)  # "timeout"
         return _json(504, {"Message": "The operation has timed out."})
 
-    # --- upstream operations (lock held) ------------------------------------------------------
 
-    def operation(
-        self,
-        op: str,
-        user_id: str | None,
-        params: dict[str, str],
-        headers: Mapping[str, str],
-        body: bytes,
-    ) -> _Response:
-        if op == "token":
-            return self.op_token(headers, body)
-        if op in _ACCOUNT_OPS:
-            assert user_id is not None
-            return self.op_account(op, self.members[user_id])
-        if op == "getUserSummary":
-            pid = _as_int(params.get("userid"), "UserID")
-            return _json(
-                200,
-                {
-                    "User": {
-                        "UserID": pid,
-                        "Nickname": f"performer{pid}",
-                        "AvailableNowWebcam": self.online.get(pid, False),
-                    }
-                },
-            )
-        assert user_id is not None
-        if op == "MadeBookings":
-            return self.op_made_bookings(user_id, params)
-        if op == "MadeBookingDetails":
-            b = self.own_booking(user_id, params.get("bookingid"))
-            return _json(200, self.booking_json(b))
-        data = _json_object(body)
-        b = self.own_booking(user_id, _ci_get(data, "BookingID"))
-        now = _utcnow()
-        if op == "RescheduleMadeBooking":
-            return self.op_reschedule(b, now)
-        if op == "ConfirmMadeBooking":
-            if b.status != "Accepted":
-                raise _Reject(400, f"Only Accepted bookings can be confirmed (Status {b.status})")
-            if b.session_date is None or b.session_date <= now:
-                raise _Reject(400, "The booking's session date has passed")
-            b.status = "Confirmed"
-            b.confirmed_date = b.last_updated = now
-            return _json(200, self.booking_json(b))
-        # CancelMadeBooking
-        reason = _ci_get(data, "Reason")
-        b.status = "Cancelled"
-        b.cancelled_date = b.last_updated = now
-        b.cancelled_reason = None if reason is None else str(reason)
-        b.cancelled_by = f"member{user_id}"
-        return _json(200, self.booking_json(b))
+class _CallLog:
+    """The timestamped log of API calls (benchmarks: reaction times, rate peaks), read page by
+    page through `GET /_sandbox/calls`."""
 
-    @staticmethod
-    def op_account(op: str, member: _Member) -> _Response:
-        """verifyCredentials: the token's member (`UserID` a number when the id is one, as the
-        upstream's are); GetPermissions: the scopes its token was issued with, all granted;
-        GetCurrentCreditBalance: the member's balance as a bare decimal (the doc's sample is
-        `299`), only with the extra scope `account_credits_history` (403 naming it otherwise);
-        a member with no balance set (unlimited) reads `UNLIMITED_BALANCE`."""
-        if op == "GetCurrentCreditBalance":
-            if "account_credits_history" not in member.scopes:
-                raise _Reject(
-                    403,
-                    "The access token does not grant the scope required: account_credits_history.",
-                )
-            return _json(200, UNLIMITED_BALANCE if member.credits is None else member.credits)
-        if op == "verifyCredentials":
-            uid: int | str = int(member.user_id) if member.user_id.isdigit() else member.user_id
-            return _json(200, {"UserID": uid, "Nickname": f"member{member.user_id}"})
-        return _json(
-            200,
-            {"Permissions": [{"Permission": p, "Status": "granted"} for p in member.scopes]},
+    def __init__(self, lock: threading.Lock) -> None:
+        self.lock = lock
+        self.clear()
+
+    def clear(self) -> None:
+        # (seq, unix time of arrival, operation, HTTP status, performer id, booking id, new id)
+        self.entries: deque[tuple[int, float, str, int, int | None, int | None, int | None]] = (
+            deque(maxlen=CALL_LOG_SIZE)
         )
+        self.seq = 0
 
-    def own_booking(self, user_id: str, raw_id: Any) -> _Booking:
-        if raw_id is None:
-            raise _Reject(400, "The BookingID field is required.")
-        b = self.bookings.get(_as_int(raw_id, "BookingID"))
-        if b is None or b.user_id != user_id:
-            raise _Reject(404, _NOT_FOUND)
-        return b
-
-    def op_reschedule(self, orig: _Booking, now: datetime) -> _Response:
-        if not self.online.get(orig.performer_id, False):
-            raise _Reject(400, "The performer is not online")
-        member = self.members.get(orig.user_id)
-        if member is not None and member.credits is not None:
-            if member.credits < orig.credits:
-                raise _Reject(400, NO_CREDITS)
-            member.credits -= orig.credits
-        new = _Booking(
-            booking_id=self.next_id,
-            user_id=orig.user_id,
-            performer_id=orig.performer_id,
-            duration=orig.duration,
-            credits=orig.credits,
-            status="Pending",
-            create_date=now,
-            session_date=now + timedelta(minutes=5),
-            accept_by=now + timedelta(seconds=self.config.accept_by_seconds),
-            last_updated=now,
-            original_id=orig.booking_id,
-            is_multiple=orig.is_multiple,
-            software_type_id=orig.software_type_id,
-            sign_in=orig.sign_in,
-            also_phone_chat=orig.also_phone_chat,
-        )
-        self.next_id += 1
-        self.bookings[new.booking_id] = new
-        self.new_bookings[orig.booking_id] = self.new_bookings.get(orig.booking_id, 0) + 1
-        return _json(200, self.booking_json(new))
-
-    def op_made_bookings(self, user_id: str, params: dict[str, str]) -> _Response:
-        per_page = _as_int(params.get("bookingsperpage", "20"), "BookingsPerPage")
-        if not 1 <= per_page <= 100:
-            raise _Reject(400, "BookingsPerPage must be between 1 and 100")
-        page = _as_int(params.get("pagenumber", "1"), "PageNumber")
-        if page < 1:
-            raise _Reject(400, "PageNumber must be 1 or more")
-        order = (params.get("orderby") or "createddate-desc").strip().lower()
-        if order not in ("createddate-desc", "createddate-asc"):
-            raise _Reject(400, f"OrderBy '{order}' is not supported")
-        start_text = params.get("startdate", "")
-        start = self.parse_site_datetime(start_text) if start_text.strip() else None
-        mine = [
-            b
-            for b in self.bookings.values()
-            if b.user_id == user_id and (start is None or b.create_date >= start)
-        ]
-        mine.sort(key=lambda b: (b.create_date, b.booking_id), reverse=order == "createddate-desc")
-        total = len(mine)
-        chunk = mine[(page - 1) * per_page : page * per_page]
-        return _json(
-            200,
-            {
-                "PageCount": math.ceil(total / per_page),
-                "PageNumber": page,
-                "BookingsPerPage": per_page,
-                self.config.total_name: total,
-                self.config.list_name: [self.booking_json(b) for b in chunk],
-            },
-        )
-
-    def op_token(self, headers: Mapping[str, str], body: bytes) -> _Response:
-        form = {
-            k: v[-1]
-            for k, v in parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True).items()
-        }
-        client_id, client_secret = form.get("client_id"), form.get("client_secret")
-        auth = headers.get("authorization", "")
-        if client_id is None and auth.lower().startswith("basic "):
-            try:
-                decoded = base64.b64decode(auth[6:].strip()).decode("utf-8")
-            except (binascii.Error, UnicodeDecodeError):
-                decoded = ""
-            client_id, _, client_secret = decoded.partition(":")
-        if client_id != self.client_id or client_secret != self.client_secret:
-            return _json(401, {"error": "invalid_client"})
-        if form.get("grant_type") != "refresh_token":
-            return _json(400, {"error": "unsupported_grant_type"})
-        token = form.get("refresh_token", "")
-        user_id = self.refresh_index.get(token)
-        echo = (
-            {"error_description": f"refresh token {token} is invalid"}
-            if self.config.echo_tokens
-            else {}
-        )
-        if not token or token in self.used_refresh or user_id is None:
-            return _json(400, {"error": "invalid_grant", **echo})
-        m = self.members[user_id]
-        if m.revoked or _utcnow() >= m.refresh_expires:
-            return _json(401, {"error": "refresh_token_has_expired", **echo})
-        self.refreshes += 1
-        self.refreshes_by_user[user_id] = self.refreshes_by_user.get(user_id, 0) + 1
-        return _json(200, self.issue_tokens(m, self.config.token_ttl_seconds))
-
-    # --- control endpoints (lock held) --------------------------------------------------------
-
-    def log_call(
+    def record(
         self, op: str, started: float, query: str, body: bytes, resp: _Response | None
     ) -> None:
-        """One entry of the timestamped call log (benchmarks: reaction times, rate peaks)."""
+        """One entry (takes the lock itself: called once the answer is made)."""
         performer_id = booking_id = new_id = None
         if op == "getUserSummary" or op in _MEMBER_OPS:
             params = {k.lower(): v[-1] for k, v in parse_qs(query).items()}
@@ -938,22 +692,21 @@ class _SandboxState:
                 found = json.loads(resp.body).get("WebcamBookingID")
                 new_id = found if isinstance(found, int) else None
         with self.lock:
-            self.call_seq += 1
-            self.call_log.append(
-                (self.call_seq, started, op, status, performer_id, booking_id, new_id)
-            )
+            self.seq += 1
+            self.entries.append((self.seq, started, op, status, performer_id, booking_id, new_id))
 
-    def calls_since(self, query: str) -> _Response:
+    def since(self, query: str) -> _Response:
+        """A page of entries after `since` (lock held)."""
         params = {k.lower(): v[-1] for k, v in parse_qs(query).items()}
         since = _as_int(params.get("since", "0"), "since")
         limit = _as_int(params.get("limit", str(CALL_LOG_PAGE)), "limit")
         if not 1 <= limit <= CALL_LOG_MAX_PAGE:
             raise _Reject(400, f"limit must be between 1 and {CALL_LOG_MAX_PAGE}")
         rows = []
-        first = self.call_log[0][0] if self.call_log else self.call_seq + 1
+        first = self.entries[0][0] if self.entries else self.seq + 1
         start = max(0, since + 1 - first)
         for seq, at, op, status, pid, bid, new_id in itertools.islice(
-            self.call_log, start, start + limit
+            self.entries, start, start + limit
         ):
             rows.append(
                 {
@@ -972,23 +725,217 @@ class _SandboxState:
                 "calls": rows,
                 "next": rows[-1]["seq"] if rows else max(since, first - 1),
                 "first": first,
-                "last": self.call_seq,
+                "last": self.seq,
             },
         )
 
-    def control(self, method: str, path: str, body: bytes, query: str = "") -> _Response:
+
+class _Operations:
+    """The upstream's operations, once the key, the member's token and any fault let the call
+    through (lock held): the work and its answer."""
+
+    def __init__(self, world: _World, client_id: str, client_secret: str) -> None:
+        self.world = world
+        self.client_id = client_id
+        self.client_secret = client_secret
+
+    def run(
+        self,
+        op: str,
+        user_id: str | None,
+        params: dict[str, str],
+        headers: Mapping[str, str],
+        body: bytes,
+    ) -> _Response:
+        world = self.world
+        if op == "token":
+            return self.token(headers, body)
+        if op in _ACCOUNT_OPS:
+            assert user_id is not None
+            return self.account(op, world.members[user_id])
+        if op == "getUserSummary":
+            pid = _as_int(params.get("userid"), "UserID")
+            return _json(
+                200,
+                {
+                    "User": {
+                        "UserID": pid,
+                        "Nickname": f"performer{pid}",
+                        "AvailableNowWebcam": world.online.get(pid, False),
+                    }
+                },
+            )
+        assert user_id is not None
+        if op == "MadeBookings":
+            return self.made_bookings(user_id, params)
+        if op == "MadeBookingDetails":
+            b = world.own_booking(user_id, params.get("bookingid"))
+            return _json(200, world.booking_json(b))
+        data = _json_object(body)
+        b = world.own_booking(user_id, _ci_get(data, "BookingID"))
+        now = _utcnow()
+        if op == "RescheduleMadeBooking":
+            return self.reschedule(b, now)
+        if op == "ConfirmMadeBooking":
+            if b.status != "Accepted":
+                raise _Reject(400, f"Only Accepted bookings can be confirmed (Status {b.status})")
+            if b.session_date is None or b.session_date <= now:
+                raise _Reject(400, "The booking's session date has passed")
+            b.status = "Confirmed"
+            b.confirmed_date = b.last_updated = now
+            return _json(200, world.booking_json(b))
+        # CancelMadeBooking
+        reason = _ci_get(data, "Reason")
+        b.status = "Cancelled"
+        b.cancelled_date = b.last_updated = now
+        b.cancelled_reason = None if reason is None else str(reason)
+        b.cancelled_by = f"member{user_id}"
+        return _json(200, world.booking_json(b))
+
+    @staticmethod
+    def account(op: str, member: _Member) -> _Response:
+        """verifyCredentials: the token's member (`UserID` a number when the id is one, as the
+        upstream's are); GetPermissions: the scopes its token was issued with, all granted;
+        GetCurrentCreditBalance: the member's balance as a bare decimal (the doc's sample is
+        `299`), only with the extra scope `account_credits_history` (403 naming it otherwise);
+        a member with no balance set (unlimited) reads `UNLIMITED_BALANCE`."""
+        if op == "GetCurrentCreditBalance":
+            if "account_credits_history" not in member.scopes:
+                raise _Reject(
+                    403,
+                    "The access token does not grant the scope required: account_credits_history.",
+                )
+            return _json(200, UNLIMITED_BALANCE if member.credits is None else member.credits)
+        if op == "verifyCredentials":
+            uid: int | str = int(member.user_id) if member.user_id.isdigit() else member.user_id
+            return _json(200, {"UserID": uid, "Nickname": f"member{member.user_id}"})
+        return _json(
+            200,
+            {"Permissions": [{"Permission": p, "Status": "granted"} for p in member.scopes]},
+        )
+
+    def reschedule(self, orig: _Booking, now: datetime) -> _Response:
+        world = self.world
+        if not world.online.get(orig.performer_id, False):
+            raise _Reject(400, "The performer is not online")
+        member = world.members.get(orig.user_id)
+        if member is not None and member.credits is not None:
+            if member.credits < orig.credits:
+                raise _Reject(400, NO_CREDITS)
+            member.credits -= orig.credits
+        new = world.add(
+            _Booking(
+                booking_id=0,
+                user_id=orig.user_id,
+                performer_id=orig.performer_id,
+                duration=orig.duration,
+                credits=orig.credits,
+                status="Pending",
+                create_date=now,
+                session_date=now + timedelta(minutes=5),
+                accept_by=now + timedelta(seconds=world.config.accept_by_seconds),
+                last_updated=now,
+                original_id=orig.booking_id,
+                is_multiple=orig.is_multiple,
+                software_type_id=orig.software_type_id,
+                sign_in=orig.sign_in,
+                also_phone_chat=orig.also_phone_chat,
+            )
+        )
+        world.new_bookings[orig.booking_id] = world.new_bookings.get(orig.booking_id, 0) + 1
+        return _json(200, world.booking_json(new))
+
+    def made_bookings(self, user_id: str, params: dict[str, str]) -> _Response:
+        world = self.world
+        per_page = _as_int(params.get("bookingsperpage", "20"), "BookingsPerPage")
+        if not 1 <= per_page <= 100:
+            raise _Reject(400, "BookingsPerPage must be between 1 and 100")
+        page = _as_int(params.get("pagenumber", "1"), "PageNumber")
+        if page < 1:
+            raise _Reject(400, "PageNumber must be 1 or more")
+        order = (params.get("orderby") or "createddate-desc").strip().lower()
+        if order not in ("createddate-desc", "createddate-asc"):
+            raise _Reject(400, f"OrderBy '{order}' is not supported")
+        start_text = params.get("startdate", "")
+        start = world.parse_site_datetime(start_text) if start_text.strip() else None
+        mine = [
+            b
+            for b in world.bookings.values()
+            if b.user_id == user_id and (start is None or b.create_date >= start)
+        ]
+        mine.sort(key=lambda b: (b.create_date, b.booking_id), reverse=order == "createddate-desc")
+        total = len(mine)
+        chunk = mine[(page - 1) * per_page : page * per_page]
+        return _json(
+            200,
+            {
+                "PageCount": math.ceil(total / per_page),
+                "PageNumber": page,
+                "BookingsPerPage": per_page,
+                world.config.total_name: total,
+                world.config.list_name: [world.booking_json(b) for b in chunk],
+            },
+        )
+
+    def token(self, headers: Mapping[str, str], body: bytes) -> _Response:
+        world = self.world
+        form = {
+            k: v[-1]
+            for k, v in parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True).items()
+        }
+        client_id, client_secret = form.get("client_id"), form.get("client_secret")
+        auth = headers.get("authorization", "")
+        if client_id is None and auth.lower().startswith("basic "):
+            try:
+                decoded = base64.b64decode(auth[6:].strip()).decode("utf-8")
+            except (binascii.Error, UnicodeDecodeError):
+                decoded = ""
+            client_id, _, client_secret = decoded.partition(":")
+        if client_id != self.client_id or client_secret != self.client_secret:
+            return _json(401, {"error": "invalid_client"})
+        if form.get("grant_type") != "refresh_token":
+            return _json(400, {"error": "unsupported_grant_type"})
+        token = form.get("refresh_token", "")
+        user_id = world.refresh_index.get(token)
+        echo = (
+            {"error_description": f"refresh token {token} is invalid"}
+            if world.config.echo_tokens
+            else {}
+        )
+        if not token or token in world.used_refresh or user_id is None:
+            return _json(400, {"error": "invalid_grant", **echo})
+        m = world.members[user_id]
+        if m.revoked or _utcnow() >= m.refresh_expires:
+            return _json(401, {"error": "refresh_token_has_expired", **echo})
+        world.refreshes += 1
+        world.refreshes_by_user[user_id] = world.refreshes_by_user.get(user_id, 0) + 1
+        return _json(200, world.issue_tokens(m, world.config.token_ttl_seconds))
+
+
+class _Control:
+    """The `/_sandbox/*` endpoints the tests and the demo drive the sandbox with (lock held)."""
+
+    def __init__(self, world: _World, faults: _Faults, call_log: _CallLog) -> None:
+        self.world = world
+        self.faults = faults
+        self.call_log = call_log
+
+    def handle(self, method: str, path: str, body: bytes, query: str = "") -> _Response:
+        world = self.world
         parts = [unquote(p) for p in path.split("/")[2:]]
         low = [p.lower() for p in parts]
         n = len(parts)
         if low == ["reset"] and method == "POST":
-            self._clear()
+            world.clear()
+            self.faults.clear()
+            self.call_log.clear()
             return _json(200, {"ok": True})
         if low == ["users"] and method == "POST":
-            return self.ctl_add_user(_json_object(body))
+            return self.add_user(_json_object(body))
         if n == 3 and low[0] == "users" and low[2] == "credits" and method == "POST":
-            return self.ctl_credits(parts[1], _json_object(body))
+            return self.credits(parts[1], _json_object(body))
         if n == 3 and low[0] == "users" and low[2] in ("expire", "revoke") and method == "POST":
-            m = self.members.get(parts[1])
+            m = world.members.get(parts[1])
             if m is None:
                 raise _Reject(404, "Unknown user")
             if low[2] == "expire":
@@ -996,63 +943,73 @@ class _SandboxState:
             else:
                 m.revoked = True
                 if m.access_token is not None:
-                    self.access_index.pop(m.access_token, None)
+                    world.access_index.pop(m.access_token, None)
             return _json(200, {"ok": True})
         if low == ["bookings"] and method == "POST":
-            return self.ctl_add_booking(_json_object(body))
+            return self.add_booking(_json_object(body))
         if n == 2 and low[0] == "performers" and method == "PUT":
             pid = _as_int(parts[1], "performer id")
             online = _json_object(body).get("online")
             if not isinstance(online, bool):
                 raise _Reject(400, "online must be a boolean")
-            self.online[pid] = online
+            world.online[pid] = online
             return _json(200, {"performer_id": pid, "online": online})
         if n == 2 and low[0] == "bookings" and method == "GET":
-            b = self.bookings.get(_as_int(parts[1], "booking id"))
+            b = world.bookings.get(_as_int(parts[1], "booking id"))
             if b is None:
                 raise _Reject(404, _NOT_FOUND)
             return _json(
-                200, {**self.booking_json(b), "user_id": b.user_id, "original_id": b.original_id}
+                200, {**world.booking_json(b), "user_id": b.user_id, "original_id": b.original_id}
             )
         if n == 3 and low[0] == "bookings" and low[2] == "reschedule" and method == "POST":
-            return self.ctl_reschedule_elsewhere(_as_int(parts[1], "booking id"))
+            return self.reschedule_elsewhere(_as_int(parts[1], "booking id"))
         if n == 2 and low[0] == "bookings" and method == "DELETE":
-            if self.bookings.pop(_as_int(parts[1], "booking id"), None) is None:
+            if world.bookings.pop(_as_int(parts[1], "booking id"), None) is None:
                 raise _Reject(404, _NOT_FOUND)
             return _json(200, {"ok": True})
         if n == 3 and low[0] == "bookings" and low[2] == "status" and method == "PUT":
-            return self.ctl_set_status(_as_int(parts[1], "booking id"), _json_object(body))
+            return self.set_status(_as_int(parts[1], "booking id"), _json_object(body))
         if low == ["faults"] and method == "POST":
-            return self.ctl_add_fault(_json_object(body))
+            return self.faults.add(_json_object(body))
         if low == ["faults"] and method == "DELETE":
             self.faults.clear()
             return _json(200, {"ok": True})
         if low == ["config"] and method in ("GET", "POST"):
             if method == "POST":
-                self.ctl_config(_json_object(body))
-            return _json(200, self.config.as_dict())
+                world.config.update(_json_object(body))
+            return _json(200, world.config.as_dict())
         if low == ["stats"] and method == "GET":
             return _json(200, self.stats())
         if low == ["calls"] and method == "GET":
-            return self.calls_since(query)
+            return self.call_log.since(query)
         return _json(404, {"Message": f"No sandbox control endpoint {method} {path}"})
 
-    def ctl_add_user(self, data: dict[str, Any]) -> _Response:
+    def stats(self) -> dict[str, Any]:
+        return {**self.world.counters(), "faults_pending": self.faults.pending()}
+
+    def add_user(self, data: dict[str, Any]) -> _Response:
         user_id = data.get("user_id")
         if user_id is None or str(user_id) == "":
             raise _Reject(400, "user_id is required")
-        ttl = self.config.token_ttl_seconds
+        ttl = self.world.config.token_ttl_seconds
         if data.get("expires_in") is not None:
             ttl = _as_number(data["expires_in"], "expires_in", minimum=None)
-        member = self.member(str(user_id))
+        member = self.world.member(str(user_id))
         scopes = data.get("scopes")
         if scopes is not None:  # a token granted without some scope (e.g. no webcam bookings)
             if not isinstance(scopes, list) or not all(isinstance(x, str) for x in scopes):
                 raise _Reject(400, "scopes must be a list of strings")
             member.scopes = tuple(scopes)
-        return _json(200, self.issue_tokens(member, ttl))
+        return _json(200, self.world.issue_tokens(member, ttl))
 
-    def ctl_add_booking(self, data: dict[str, Any]) -> _Response:
+    def credits(self, user_id: str, data: dict[str, Any]) -> _Response:
+        """`POST /_sandbox/users/{id}/credits {"credits": n|null}`: the member's balance."""
+        m = self.world.member(user_id)
+        raw = data.get("credits")
+        m.credits = None if raw is None else _as_number(raw, "credits")
+        return _json(200, {"user_id": user_id, "credits": m.credits})
+
+    def add_booking(self, data: dict[str, Any]) -> _Response:
         user_id = data.get("user_id")
         if user_id is None or str(user_id) == "":
             raise _Reject(400, "user_id is required")
@@ -1060,61 +1017,61 @@ class _SandboxState:
         duration = _as_int(data.get("duration", 15), "duration")
         credits = _as_number(data.get("credits", 25.5), "credits")
         age = _as_number(data.get("age_seconds", 3600), "age_seconds")
-        self.member(str(user_id))
+        self.world.member(str(user_id))
         now = _utcnow()
         created = now - timedelta(seconds=age)
         session = now - timedelta(minutes=10)
-        b = _Booking(
-            booking_id=self.next_id,
-            user_id=str(user_id),
-            performer_id=pid,
-            duration=duration,
-            credits=credits,
-            status="Confirmed",
-            create_date=created,
-            session_date=session,
-            accept_by=created + timedelta(seconds=self.config.accept_by_seconds),
-            accepted_date=created + timedelta(minutes=1),
-            confirmed_date=created + timedelta(minutes=2),
-            last_updated=created + timedelta(minutes=2),
-            sign_in=f"performer{pid}@example.com",
+        b = self.world.add(
+            _Booking(
+                booking_id=0,
+                user_id=str(user_id),
+                performer_id=pid,
+                duration=duration,
+                credits=credits,
+                status="Confirmed",
+                create_date=created,
+                session_date=session,
+                accept_by=created + timedelta(seconds=self.world.config.accept_by_seconds),
+                accepted_date=created + timedelta(minutes=1),
+                confirmed_date=created + timedelta(minutes=2),
+                last_updated=created + timedelta(minutes=2),
+                sign_in=f"performer{pid}@example.com",
+            )
         )
-        self.next_id += 1
-        self.bookings[b.booking_id] = b
         return _json(200, {"booking_id": b.booking_id})
 
-    def ctl_reschedule_elsewhere(self, booking_id: int) -> _Response:
+    def reschedule_elsewhere(self, booking_id: int) -> _Response:
         """Another client of the site reschedules the booking (not through the API key path,
         whatever the performer's presence): a new booking from that original, counted in
         `new_bookings` like any other and in `elsewhere_reschedules`."""
-        orig = self.bookings.get(booking_id)
+        world = self.world
+        orig = world.bookings.get(booking_id)
         if orig is None:
             raise _Reject(404, _NOT_FOUND)
         now = _utcnow()
-        new = replace(
-            orig,
-            booking_id=self.next_id,
-            status="Pending",
-            create_date=now,
-            session_date=now + timedelta(minutes=5),
-            accept_by=now + timedelta(seconds=self.config.accept_by_seconds),
-            last_updated=now,
-            original_id=orig.booking_id,
-            accepted_date=None,
-            confirmed_date=None,
-            cancelled_date=None,
-            cancelled_reason=None,
-            cancelled_by=None,
-            rejected_reason=None,
+        new = world.add(
+            replace(
+                orig,
+                status="Pending",
+                create_date=now,
+                session_date=now + timedelta(minutes=5),
+                accept_by=now + timedelta(seconds=world.config.accept_by_seconds),
+                last_updated=now,
+                original_id=orig.booking_id,
+                accepted_date=None,
+                confirmed_date=None,
+                cancelled_date=None,
+                cancelled_reason=None,
+                cancelled_by=None,
+                rejected_reason=None,
+            )
         )
-        self.next_id += 1
-        self.bookings[new.booking_id] = new
-        self.new_bookings[orig.booking_id] = self.new_bookings.get(orig.booking_id, 0) + 1
-        self.elsewhere_reschedules += 1
-        return _json(200, self.booking_json(new))
+        world.new_bookings[orig.booking_id] = world.new_bookings.get(orig.booking_id, 0) + 1
+        world.elsewhere_reschedules += 1
+        return _json(200, world.booking_json(new))
 
-    def ctl_set_status(self, booking_id: int, data: dict[str, Any]) -> _Response:
-        b = self.bookings.get(booking_id)
+    def set_status(self, booking_id: int, data: dict[str, Any]) -> _Response:
+        b = self.world.bookings.get(booking_id)
         if b is None:
             raise _Reject(404, _NOT_FOUND)
         wanted = str(data.get("status", "")).strip().lower()
@@ -1135,63 +1092,173 @@ class _SandboxState:
             b.cancelled_by = f"performer{b.performer_id}"
         elif status == "Rejected":
             b.rejected_reason = None if reason is None else str(reason)
-        return _json(200, self.booking_json(b))
+        return _json(200, self.world.booking_json(b))
 
-    def ctl_add_fault(self, data: dict[str, Any]) -> _Response:
-        endpoint = str(data.get("endpoint", "")).strip()
-        if endpoint != "*" and endpoint.lower() not in _OP_BY_LOWER:
-            raise _Reject(400, f"endpoint must be '*' or one of {', '.join(OPERATIONS)}")
-        kind = str(data.get("kind", ""))
-        if kind not in FAULT_KINDS:
-            raise _Reject(400, f"kind must be one of {', '.join(sorted(FAULT_KINDS))}")
-        count = _as_int(data.get("count", 1), "count")
-        if count < 1:
-            raise _Reject(400, "count must be >= 1")
-        retry_after = data.get("retry_after")
-        delay = data.get("delay")
-        commit_delay = data.get("commit_delay")
-        status = data.get("status")
-        if status is not None and (kind != "html_challenge" or status not in (403, 503)):
-            raise _Reject(400, "status is for html_challenge only: 403 or 503")
-        part = data.get("part")
-        if part is not None and (kind != _TRICKLE or part not in ("all", "body")):
-            raise _Reject(400, "part is for trickle only: all or body")
-        message = data.get("message")
-        if message is not None and (kind not in _MESSAGE_FAULTS or not isinstance(message, str)):
-            raise _Reject(400, f"message (a string) is for {', '.join(sorted(_MESSAGE_FAULTS))}")
-        self.faults.append(
-            _Fault(
-                endpoint=endpoint.lower(),
-                kind=kind,
-                remaining=count,
-                retry_after=None if retry_after is None else _as_number(retry_after, "retry_after"),
-                delay=None if delay is None else _as_number(delay, "delay"),
-                commit_delay=None
-                if commit_delay is None
-                else _as_number(commit_delay, "commit_delay"),
-                status=status,
-                message=message,
-                part=part,
+
+class _SandboxState:
+    """The sandbox behind one lock; `handle` maps a parsed request to a `_Response`: the API's
+    checks and faults here, the work in `_Operations`, the control endpoints in `_Control`.
+
+    The lock is never held while sleeping for a fault delay, so a slow fault on one request does
+    not stall the others (the point of a timeout fault is a slow answer, not a frozen upstream).
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        api_key_header: str,
+        client_id: str,
+        client_secret: str,
+        config: _Config,
+        timezone: str,
+    ) -> None:
+        self.api_key = api_key
+        self.api_key_header = api_key_header
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.config = config
+        config.update({"site_zone": timezone})
+        self.lock = threading.Lock()
+        self.world = _World(config)
+        self.faults = _Faults()
+        self.call_log = _CallLog(self.lock)
+        self.operations = _Operations(self.world, client_id, client_secret)
+        self.control = _Control(self.world, self.faults, self.call_log)
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return self.world.tz
+
+    def handle(
+        self,
+        method: str,
+        raw_path: str,
+        query: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        role: str = "all",
+    ) -> _Response:
+        """Route one request. `headers` keys are lower-cased. `role` is the listener's: "all"
+        (one host), or "api" and "oauth" when OAuth has its own host, as documented (the API
+        host then has no /OAuth/token, and the OAuth host nothing else)."""
+        path = raw_path.rstrip("/") or "/"
+        lower = path.lower()
+        if (role == "api" and lower == "/oauth/token") or (
+            role == "oauth" and lower != "/oauth/token"
+        ):
+            return _json(
+                404, {"Message": "No HTTP resource was found that matches the request URI."}
             )
-        )
-        return _json(200, {"faults_pending": self.faults_pending()})
+        try:
+            if lower.startswith("/_sandbox"):
+                with self.lock:
+                    return self.control.handle(method, path, body, query)
+            route = _ROUTES.get(lower)
+            if route is not None:
+                started = time.time()
+                resp: _Response | None = None
+                try:
+                    resp = self.upstream(route[0], route[1], method, query, headers, body)
+                    return resp
+                finally:
+                    self.call_log.record(route[0], started, query, body, resp)
+            if lower.startswith("/v1/") or lower.startswith("/oauth/"):
+                return _json(
+                    404, {"Message": "No HTTP resource was found that matches the request URI."}
+                )
+            return _json(404, {"Message": "Not found"})
+        except _Reject as rej:
+            return rej.response()
 
-    def ctl_config(self, data: dict[str, Any]) -> None:
-        self.config.update(data)
+    def upstream(
+        self,
+        op: str,
+        allowed: str,
+        method: str,
+        query: str,
+        headers: Mapping[str, str],
+        body: bytes,
+    ) -> _Response:
+        params = {k.lower(): v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
+        world = self.world
+        with self.lock:
+            world.calls[op] += 1
+            if op == "getUserSummary":
+                try:
+                    pid = _as_int(params.get("userid"), "UserID")
+                except _Reject:
+                    pass
+                else:
+                    world.presence_calls[pid] = world.presence_calls.get(pid, 0) + 1
+            if method != allowed:
+                return _json(
+                    405,
+                    {"Message": f"The requested resource does not support http method '{method}'."},
+                    {"Allow": allowed},
+                )
+            user_id: str | None = None
+            if op != "token":
+                # the key as a header or as the documented `?apiKey=` query parameter
+                if (
+                    headers.get(self.api_key_header.lower()) != self.api_key
+                    and params.get("apikey") != self.api_key
+                ):
+                    return _json(401, {"Message": API_KEY_REFUSED})
+                if op in _MEMBER_OPS:
+                    user_id = world.bearer_user(headers)
+                    if user_id is None:
+                        return _json(401, {"Message": _DENIED})
+            fault = self.faults.take(op)
+            delay = self.config.fault_delay_seconds
+        if fault is not None and fault.delay is not None:
+            delay = fault.delay
 
-    def faults_pending(self) -> int:
-        return sum(f.remaining for f in self.faults)
+        if fault is not None and fault.kind in _SETTING_FAULTS:
+            with self.lock:
+                answer = self.faults.setting_answer(fault, op, params)
+            if answer is not None:
+                return answer
+            fault = None
+        if fault is not None and fault.kind in _PRE_FAULTS:
+            return self.faults.pre_answer(fault, delay)
+        if fault is not None and fault.kind in _LATE_FAULTS:
+            later = fault.commit_delay if fault.commit_delay is not None else 2 * delay
+            self.commit_later(later, op, user_id, params, headers, body)
+            if fault.kind == "timeout_commit_later":
+                time.sleep(delay)
+            return _json(504, {"Message": "The operation has timed out."})
 
-    def stats(self) -> dict[str, Any]:
-        return {
-            "calls": dict(self.calls),
-            "new_bookings": {str(k): v for k, v in self.new_bookings.items()},
-            "presence_calls": {str(k): v for k, v in self.presence_calls.items()},
-            "refreshes": self.refreshes,
-            "elsewhere_reschedules": self.elsewhere_reschedules,
-            "refreshes_by_user": dict(self.refreshes_by_user),
-            "faults_pending": self.faults_pending(),
-        }
+        with self.lock:
+            try:
+                resp = self.operations.run(op, user_id, params, headers, body)
+            except _Reject as rej:
+                resp = rej.response()
+
+        if fault is None:
+            return resp
+        if fault.kind == _TRICKLE:  # after the work: a POST's booking is made
+            resp.trickle = fault.delay if fault.delay is not None else TRICKLE_SECONDS
+            resp.trickle_body_only = fault.part == "body"
+            return resp
+        if fault.kind == "http_500_after_commit":
+            return _json(500, {"Message": "An error has occurred."})
+        if fault.kind == "timeout_after_commit":
+            time.sleep(delay)
+            return resp
+        # bad_json: the work is done but the answer cannot be parsed.
+        cut = resp.body[: max(1, len(resp.body) // 2)]
+        return _Response(200, cut, {"Content-Type": "application/json; charset=utf-8"})
+
+    def commit_later(self, seconds: float, *request: Any) -> None:
+        def commit() -> None:
+            # a refusal then (the performer went offline meanwhile) makes nothing
+            with self.lock, contextlib.suppress(_Reject):
+                self.operations.run(*request)
+
+        timer = threading.Timer(seconds, commit)
+        timer.daemon = True
+        timer.start()
 
 
 # --- HTTP layer -------------------------------------------------------------------------------
@@ -1540,9 +1607,9 @@ class SandboxClient:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m worker.dev.sandbox --port 8765`: run the sandbox in the foreground."""
+    """`python -m rebook_dev.sandbox --port 8765`: run the sandbox in the foreground."""
     p = argparse.ArgumentParser(
-        prog="worker.dev.sandbox", description="In-memory fake of the AdultWork.com API."
+        prog="rebook_dev.sandbox", description="In-memory fake of the AdultWork.com API."
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765)

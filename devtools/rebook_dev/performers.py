@@ -15,9 +15,9 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
+from rebook_dev.sandbox import SandboxClient
 from worker.core.states import State
 from worker.core.store import Rebook, Store
-from worker.dev.sandbox import SandboxClient
 
 Answer = tuple[Literal["accept", "reject", "ignore"], str]
 """What a performer does with a new booking, and the reason given for a rejection."""
