@@ -47,6 +47,7 @@ from worker.core.flow import Flow, Refused, Step
 from worker.core.settings import Settings, load_settings
 from worker.core.states import State
 from worker.core.store import rebook_id_for, store_settings
+from worker.core.store.connection import Part
 
 START = 1_767_225_600.0  # 2026-01-01T00:00:00Z; some seeds start near a fall-back hour
 SERVER_SKEW = 0.2
@@ -380,7 +381,8 @@ def run(
     ops_flow = new_flow()
     # Scripts loaded before the run: redis-py's first call of a script costs an extra round
     # trip (NOSCRIPT, then SCRIPT LOAD) that would make a run depend on the ones before it.
-    for script in vars(stores[0]).values():
+    parts = [part for part in vars(stores[0]).values() if isinstance(part, Part)]
+    for script in (s for part in parts for s in vars(part).values()):
         if isinstance(script, Script):
             raw.script_load(script.script)
     for i in range(rng.randint(2, 4)):
