@@ -462,7 +462,7 @@ def _waited(rec: Rebook, history: Sequence[dict[str, Any]]) -> float:
 
 
 def _snapshot(store: Store, tracks: Sequence[_Track]) -> int:
-    records = {r.rebook_id: r for r in store.get_many([t.rebook_id for t in tracks])}
+    records = {r.rebook_id: r for r in store.records.get_many([t.rebook_id for t in tracks])}
     for t in tracks:
         t.record = records.get(t.rebook_id, t.record)
     return int(store.r.xlen(store.keys.deadletter))
@@ -497,7 +497,7 @@ def _summary(
             problems.append(f"event {t.event_id} never became a record")
             table.add_row(_short(t.rebook_id), str(t.booking_id), "", "(never recorded)", "", "")
             continue
-        history = store.history(t.rebook_id)
+        history = store.records.history(t.rebook_id)
         took = _settled_after(rec, history)
         waited += _waited(rec, history)
         totals[rec.state] += 1
@@ -544,7 +544,7 @@ def _summary(
             problems.append(f"shadow mode sent {sent}")
             checks.add_row("shadow mode", Text(f"sent {sent} ✗", style="bold red"))
         else:
-            figures = store.stats()["shadow"]
+            figures = store.sweep.stats()["shadow"]
             lag = figures["online_to_post_seconds"]
             checks.add_row(
                 "shadow mode",

@@ -82,7 +82,7 @@ class PerformerBot(threading.Thread):
                 pid,
                 online,
             )
-        for rec in self.store.get_many(list(self.rebook_ids())):
+        for rec in self.store.records.get_many(list(self.rebook_ids())):
             new = rec.new_booking_id
             if rec.state != State.WATCHING or new is None or new in self.decided:
                 continue

@@ -221,7 +221,7 @@ def _ours(bench: Bench, calls: CallLog, rate: float) -> dict[str, Any]:
                 queue=EVENTS_QUEUE,
             )
         result = _measure(bench, calls, pids, bookings, rate)
-        result["stats_presence"] = svc.store.stats()["presence"]
+        result["stats_presence"] = svc.store.sweep.stats()["presence"]
         # checks that gave their turn back because POSTs and reads had the window
         # (worker/core/flow/presence.py)
         result["presence_deferred"] = worker.text().count("deferred (rate budget)")

@@ -21,6 +21,7 @@ import requests
 from cryptography.fernet import Fernet
 
 from rebook_dev.embedded import EmbeddedRedis, free_port
+from tests.inspect_store import new_store
 from worker.core.states import State
 from worker.core.store import Store, rebook_id_for
 
@@ -33,7 +34,7 @@ def fill(store: Store, n: int) -> None:
     finished: list[str] = []
     for k in range(n):
         rid = rebook_id_for(f"cb-{k}")
-        store.create(
+        store.records.create(
             rebook_id=rid,
             event_id=f"cb-{k}",
             booking_id=10_000_000 + k,
@@ -45,7 +46,7 @@ def fill(store: Store, n: int) -> None:
         if k % 10 == 9:
             finished.append(rid)
     for start in range(0, len(finished), 500):
-        store.transition_many(
+        store.transitions.transition_many(
             finished[start : start + 500],
             State.GAVE_UP,
             from_=[State.WAITING],
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with EmbeddedRedis() as server:
         prefix = "rebook-bench-console:"
-        store = Store(redis.Redis.from_url(server.url, decode_responses=True), prefix=prefix)
+        store = new_store(redis.Redis.from_url(server.url, decode_responses=True), prefix=prefix)
         t0 = time.perf_counter()
         fill(store, args.records)
         print(f"filled {args.records} records in {time.perf_counter() - t0:.0f}s", file=sys.stderr)

@@ -3,8 +3,8 @@
 The `--million` run measures each size's sweeps minutes apart, and on a shared machine the load
 of those minutes differs. Here private redis-servers hold 10k, 100k and 1M waiting rebooks at
 once (written server-side by `create.lua` itself, looped in one script call per 10,000), and the
-same sweep of 1,000 rebooks past their max wait (created with `Store.create`, then claimed by
-the sweep's script, read and moved to GAVE_UP with `Store.transition_many`, as `Flow.sweep` does)
+same sweep of 1,000 rebooks past their max wait (created with `Records.create`, then claimed by
+the sweep's script, read and moved to GAVE_UP with `transition_many`, as `Flow.sweep` does)
 runs on each in turn, `--reps` times: Redis main-thread CPU per sweep (INFO cpu), median per size.
 Whatever the machine does meanwhile, the sizes see it at nearly the same moments.
 """
@@ -23,6 +23,7 @@ import redis
 
 from rebook_dev.embedded import EmbeddedRedis
 from tests.bench.harness import RedisCpuProbe, log
+from tests.inspect_store import new_store
 from worker.core.models import iso_z
 from worker.core.states import State
 from worker.core.store import Store, rebook_id_for
@@ -45,7 +46,7 @@ return n
 
 def fill(r: redis.Redis, n: int) -> float:
     """`n` waiting rebooks (100 performers, 10 per member), as intake's script writes them."""
-    body = resources.files("worker").joinpath("lua/create.lua").read_text()
+    body = resources.files("worker.core.store").joinpath("lua/create.lua").read_text()
     script = r.register_script(FILL % (body, PREFIX))
     now = time.time()
     t0 = time.monotonic()
@@ -62,7 +63,7 @@ def sweep_gave_up(r: redis.Redis, store: Store, tag: str, due: int) -> dict[str,
     now = time.time()
     for i in range(due):
         eid = f"due-{tag}-{i}"
-        store.create(
+        store.records.create(
             rebook_id=rebook_id_for(eid),
             event_id=eid,
             booking_id=70_000_000 + i,
@@ -72,9 +73,11 @@ def sweep_gave_up(r: redis.Redis, store: Store, tag: str, due: int) -> dict[str,
             now=now - 2,
         )
     with RedisCpuProbe(r) as probe:
-        ids, _ = store.claim_due(time.time(), 1000)
-        expired = [rec.rebook_id for rec in store.get_many(ids) if rec.state == State.WAITING]
-        moved = store.transition_many(
+        ids, _ = store.sweep.claim_due(time.time(), 1000)
+        expired = [
+            rec.rebook_id for rec in store.records.get_many(ids) if rec.state == State.WAITING
+        ]
+        moved = store.transitions.transition_many(
             expired,
             State.GAVE_UP,
             from_=[State.WAITING],
@@ -83,7 +86,7 @@ def sweep_gave_up(r: redis.Redis, store: Store, tag: str, due: int) -> dict[str,
         )
         cpu = probe.read()
     assert len(moved) == due, (len(moved), due)
-    while store.expire_finished(time.time() + store.retention + 60):
+    while store.sweep.expire_finished(time.time() + store.retention + 60):
         pass
     return {"redis_ms": cpu["usec"] / 1000, "commands": cpu["commands"]}
 
@@ -104,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             took = fill(r, size)
             used = r.info("memory")["used_memory_human"]
             log(f"{size} waiting written in {took:.0f}s; used_memory {used}")
-            stores.append((size, r, Store(r, prefix=PREFIX)))
+            stores.append((size, r, new_store(r, prefix=PREFIX)))
         runs: dict[int, list[dict[str, Any]]] = {size: [] for size in sizes}
         for rep in range(args.reps):
             for size, r, store in stores if rep % 2 == 0 else reversed(stores):

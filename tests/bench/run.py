@@ -80,7 +80,7 @@ from worker.core.flow import Flow
 from worker.core.models import TokenSet, from_ts, iso_z
 from worker.core.settings import Settings, load_settings
 from worker.core.states import State
-from worker.core.store import Store, rebook_id_for
+from worker.core.store import Store, rebook_id_for, store_settings
 
 OURS_PID = 10_000
 PLAIN_PID = 20_000
@@ -360,7 +360,7 @@ class Bench:
             "rebook-worker", "worker", f"{EVENTS_QUEUE},{WORK_QUEUE}", env
         )
         self.beat = self.celery_beat("rebook-beat", "beat-schedule", env)
-        wait_until(self.store.last_sweep, 60, "the first sweep", 0.1)
+        wait_until(self.store.sweep.last_sweep, 60, "the first sweep", 0.1)
         # The token keep-alive's once-per-deployment index backfill (a SCAN of the whole
         # keyspace) comes with beat's first keep_tokens, 5 minutes in: in the --million run that
         # was during the top-up to 1M and the presence window after it (813 SCAN calls, 3.3 s of
@@ -417,8 +417,8 @@ class Bench:
         stats = self.sandbox.stats()
         out["upstream_calls"] = stats["calls"]
         out["new_bookings_max_per_original"] = max(stats["new_bookings"].values(), default=0)
-        out["deadletter"] = int(self.store.stats()["deadletter"])
-        out["states"] = self.store.stats()["states"]
+        out["deadletter"] = int(self.store.sweep.stats()["deadletter"])
+        out["states"] = self.store.sweep.stats()["states"]
 
     def grow(self, out: dict[str, Any], base_mem: int, pids: set[int]) -> None:
         """The sweep at what waits now, then each larger size topped up with `Store.create`:
@@ -462,8 +462,8 @@ class Bench:
         }
         self.grow(out, base_mem, pids)
         out["presence_min_gap"] = self.min_presence_gap(pids)
-        out["deadletter"] = int(self.store.stats()["deadletter"])
-        out["states"] = self.store.stats()["states"]
+        out["deadletter"] = int(self.store.sweep.stats()["deadletter"])
+        out["states"] = self.store.sweep.stats()["states"]
 
     def intake_batches(self) -> list[int]:
         return sorted({s for s in self.cfg.sizes if s < self.cfg.waiting} | {self.cfg.waiting})
@@ -592,7 +592,7 @@ class Bench:
         users: set[str] = set()
         kinds: dict[str, str] = {}
         for rid in ids:
-            rec = self.store.get(rid)
+            rec = self.store.records.get(rid)
             if rec is None:
                 continue
             users.add(rec.user_id)
@@ -898,7 +898,7 @@ class Bench:
     def expire_all_finished(self) -> None:
         """Drops finished records (housekeeping with the clock past their retention)."""
         future = time.time() + self.store.retention + 60
-        while self.store.expire_finished(future):
+        while self.store.sweep.expire_finished(future):
             pass
 
     def top_up(self, end: int) -> None:
@@ -910,10 +910,10 @@ class Bench:
 
         def create(chunk: range) -> None:
             pipe = self.store.r.pipeline(transaction=False)
-            store = copy.copy(self.store)
-            store._create = _Queued(self.store._create, pipe)
+            records = copy.copy(self.store.records)
+            records._create = _Queued(self.store.records._create, pipe)
             for j in chunk:
-                store.create(
+                records.create(
                     rebook_id=rebook_id_for(f"bench-{j}"),
                     event_id=f"bench-{j}",
                     booking_id=SYNTHETIC_BOOKING["ours"] + j,
@@ -946,7 +946,7 @@ class Bench:
             eid = f"due-{tag}-{i}"
             rid = rebook_id_for(eid)
             ids.append(rid)
-            self.store.create(
+            self.store.records.create(
                 rebook_id=rid,
                 event_id=eid,
                 booking_id=SYNTHETIC_BOOKING["due"] + self.next_k + i,
@@ -956,10 +956,10 @@ class Bench:
                 now=now - 2,
             )
             if kind == "watching":
-                self.store.transition(
+                self.store.transitions.transition(
                     rid, State.RESCHEDULING, from_=[State.WAITING], reason="bench", due=now + 600
                 )
-                self.store.transition(
+                self.store.transitions.transition(
                     rid,
                     State.WATCHING,
                     from_=[State.RESCHEDULING],
@@ -996,13 +996,7 @@ class Bench:
             }
         app = self.sweep_app
         try:
-            store = Store(
-                client,
-                prefix=self.st.key_prefix,
-                retention_seconds=self.st.retention_seconds,
-                lease_seconds=self.st.step_lease_seconds,
-                shards=self.st.shards,
-            )
+            store = Store(client, **store_settings(self.st))
             flow = Flow(self.st, store, self.svc.client, self.svc.tokens, CeleryDispatcher(app))
             waiting = self.waiting_count()
             runs = []
@@ -1021,7 +1015,7 @@ class Bench:
                             redis_time = probe.read()
                         self.r.delete(WORK_QUEUE)  # nudges for a paused worker: not needed
                         for rid in ids:
-                            self.store.transition(
+                            self.store.transitions.transition(
                                 rid, State.ABORTED, from_=[State.WATCHING], reason="bench"
                             )
                         self.expire_all_finished()

@@ -62,7 +62,7 @@ class Scenario:
             self.bot.join(timeout=5)
 
     def settled(self) -> bool:
-        recs = self.system.store.get_many(self.rids)
+        recs = self.system.store.records.get_many(self.rids)
         return len(recs) == len(self.rids) and all(
             r.state not in ACTIVE_STATES or r.state == State.NEEDS_ATTENTION for r in recs
         )
@@ -71,7 +71,7 @@ class Scenario:
         try:
             wait_for(self.settled, timeout, "every rebook settled")
         except AssertionError:
-            recs = self.system.store.get_many(self.rids)
+            recs = self.system.store.records.get_many(self.rids)
             counts = Counter(r.state.value for r in recs)
             errors = self.bot.errors[-5:] if self.bot is not None else []
             raise AssertionError(
@@ -81,7 +81,7 @@ class Scenario:
 
     def check_invariants(self) -> Counter[str]:
         """Nothing lost, nothing doubled; returns the final states."""
-        recs = {r.rebook_id: r for r in self.system.store.get_many(self.rids)}
+        recs = {r.rebook_id: r for r in self.system.store.records.get_many(self.rids)}
         assert len(recs) == len(self.rids), "an accepted event has no record"
         made = self.system.sandbox.stats()["new_bookings"]
         for rid, original in self.originals.items():

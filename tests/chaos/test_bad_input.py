@@ -252,7 +252,7 @@ def refused_fields(kwargs: dict[str, Any]) -> set[str]:
 
 
 def dead_letters_of(system: System, task_id: str, count: int = 200) -> list[dict[str, str]]:
-    return [d for d in system.store.deadletters(count) if d.get("task_id") == task_id]
+    return [d for d in system.store.outcomes.deadletters(count) if d.get("task_id") == task_id]
 
 
 def wait_dead_letter(system: System, task_id: str, what: str = "") -> dict[str, str]:
@@ -516,14 +516,14 @@ def test_cli_lists_dead_letters_and_replays_a_fixed_one(bad_system: System) -> N
     assert by_task[result.id]["id"] == letter["id"]
     assert by_task[result.id]["reason"] == letter["reason"]
     assert {"id", "reason", "payload", "at"} <= set(by_task[other.id])
-    assert len(rows) == system.store.stats()["deadletter"]
+    assert len(rows) == system.store.sweep.stats()["deadletter"]
 
     table = cli(system, "deadletter")
     assert table.returncode == 0, table.stderr
     assert letter["id"] in table.stdout
 
     # still invalid: exit 2, one line on stderr, nothing sent
-    before = system.store.stats()["deadletter"]
+    before = system.store.sweep.stats()["deadletter"]
     bad = cli(system, "deadletter", "replay", letter["id"], "--set", "booking_id=-3")
     assert bad.returncode == 2, (bad.stdout, bad.stderr)
     assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
@@ -542,7 +542,7 @@ def test_cli_lists_dead_letters_and_replays_a_fixed_one(bad_system: System) -> N
     rec = system.wait_state(rid, State.WATCHING)
     assert rec.booking_id == booking and rec.new_booking_id is not None
     assert system.sandbox.stats()["new_bookings"][str(booking)] == 1
-    assert system.store.stats()["deadletter"] == before, "a replay was dead-lettered again"
+    assert system.store.sweep.stats()["deadletter"] == before, "a replay was dead-lettered again"
 
     # replaying the same dead letter again is a no-op: same event id, same record
     history = system.history_states(rid)
@@ -551,7 +551,7 @@ def test_cli_lists_dead_letters_and_replays_a_fixed_one(bad_system: System) -> N
     assert_still_serving(system)  # an event sent after the replay has gone all the way
     assert system.history_states(rid) == history
     assert system.sandbox.stats()["new_bookings"][str(booking)] == 1
-    assert system.store.stats()["deadletter"] == before
+    assert system.store.sweep.stats()["deadletter"] == before
 
     # several at once: each replayed or refused with why, then the counts
     other_letter = next(r for r in rows if r.get("task_id") == other.id)

@@ -49,7 +49,7 @@ def test_late_commits_in_another_zone_get_one_booking_each(hostile: System) -> N
     new = system.sandbox.stats()["new_bookings"]
     for rid, original in made:
         assert new[str(original)] == 1, (rid, new)
-        rec = system.store.get(rid)
+        rec = system.store.records.get(rid)
         assert rec is not None and rec.new_booking_id is not None
         assert system.sandbox.booking(rec.new_booking_id)["original_id"] == original
 

@@ -281,7 +281,7 @@ def push_amqp_items(system: System) -> tuple[list[Bad], list[str]]:
 
 
 def letters_with(system: System, marker: str) -> list[dict[str, str]]:
-    return [d for d in system.store.deadletters(2000) if marker in d.get("raw", "")]
+    return [d for d in system.store.outcomes.deadletters(2000) if marker in d.get("raw", "")]
 
 
 def test_every_kind_of_bad_item_is_dead_lettered_once_and_the_worker_goes_on(

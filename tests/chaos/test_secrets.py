@@ -164,7 +164,9 @@ def test_no_secret_anywhere_after_a_full_run(
     broken = "rb-broken00secret00"
     system.store.r.hset(system.store.key("r", broken), mapping={"state": "WATCHING"})
     system.producer.send_task("rebook.watch", kwargs={"rebook_id": broken})
-    wait_for(lambda: system.store.stats()["deadletter"] >= 1, 20, "the leaky event dead-lettered")
+    wait_for(
+        lambda: system.store.sweep.stats()["deadletter"] >= 1, 20, "the leaky event dead-lettered"
+    )
     wait_for(lambda: collector.items("event"), 30, "a Sentry event")
 
     # Flower's task API, with the same credentials an operator uses
@@ -220,7 +222,7 @@ def test_no_secret_anywhere_after_a_full_run(
         "flower api": flower_text,
         "sentry": b"".join(collector.envelopes).decode("utf-8", errors="replace"),
         "outcomes": outcomes,
-        "dead letters": json.dumps(system.store.deadletters(100)),
+        "dead letters": json.dumps(system.store.outcomes.deadletters(100)),
         "webhooks": hook.text(),
     }
     assert "[redacted]" in haystacks["dead letters"]
@@ -283,7 +285,7 @@ def test_upstream_error_text_is_scrubbed_before_it_is_stored(
             20,
             "the FAILED webhook",
         )
-    failed = [o for o in system.store.outcomes(10_000) if o["rebook_id"] in rids]
+    failed = [o for o in system.store.outcomes.outcomes(10_000) if o["rebook_id"] in rids]
     assert len(failed) == len(PLANTED) and all("Refused:" in o["reason"] for o in failed)
     # the upstream client masks its own API key as ***; every other pattern is [redacted]
     masked = [o["reason"] for o in failed if "[redacted]" in o["reason"] or "***" in o["reason"]]
@@ -293,7 +295,7 @@ def test_upstream_error_text_is_scrubbed_before_it_is_stored(
         "outcomes": system.cli("outcomes", "--json", "--count", "10000").stdout,
         "status": "\n".join(system.cli("status", rid, "--json").stdout for rid in rids),
         "webhooks": hook.text(),
-        "dead letters": json.dumps(system.store.deadletters(100)),
+        "dead letters": json.dumps(system.store.outcomes.deadletters(100)),
         "worker log": system.worker.text(),
     }
     leaks = [

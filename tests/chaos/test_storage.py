@@ -235,11 +235,11 @@ class Run:
         return [rebook_id_for(e) for e in self.acked]
 
     def all_recorded(self) -> bool:
-        return len(self.system.store.get_many(self.rids())) == len(self.acked)
+        return len(self.system.store.records.get_many(self.rids())) == len(self.acked)
 
     def where(self) -> Counter[str]:
         """Where each acknowledged event is: recorded, queued, unacked, or nowhere (lost)."""
-        recorded = {rec.rebook_id for rec in self.system.store.get_many(self.rids())}
+        recorded = {rec.rebook_id for rec in self.system.store.records.get_many(self.rids())}
         broker = broker_event_ids(self.system)
         return Counter(
             "recorded" if rebook_id_for(e) in recorded else broker.get(e, "nowhere")
@@ -250,7 +250,7 @@ class Run:
         """Beat reconnects by itself (and the worker, or its supervisor starts it again)."""
         system = self.system
         wait_for(
-            quiet(lambda: (system.store.last_sweep() or 0) > back_at),
+            quiet(lambda: (system.store.sweep.last_sweep() or 0) > back_at),
             30,
             "a sweep after the restart",
         )
@@ -267,7 +267,7 @@ class Run:
         rids = self.rids()
 
         def settled() -> bool:
-            recs = store.get_many(rids)
+            recs = store.records.get_many(rids)
             for rec in recs:
                 new = rec.new_booking_id
                 if rec.state == State.WATCHING and new is not None and new not in accepted:
@@ -278,7 +278,7 @@ class Run:
         try:
             wait_for(quiet(settled), timeout, "every acknowledged event terminal")
         except AssertionError:
-            recs = store.get_many(rids)
+            recs = store.records.get_many(rids)
             stuck = [(r.rebook_id, r.state.value, r.reason) for r in recs if not r.state.terminal]
             raise AssertionError(
                 f"{self.how}: {len(self.acked)} acknowledged, {len(self.refused)} refused; "
@@ -291,7 +291,7 @@ class Run:
     def check(self) -> None:
         store = self.system.store
         made = self.system.sandbox.stats()["new_bookings"]
-        recs = {rec.rebook_id: rec for rec in store.get_many(self.rids())}
+        recs = {rec.rebook_id: rec for rec in store.records.get_many(self.rids())}
         assert len(recs) == len(self.acked)
         for rid, rec in recs.items():
             count = made.get(str(self.originals[rid]), 0)

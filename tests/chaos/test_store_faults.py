@@ -68,9 +68,9 @@ def run_while_sick(system: System, sicken: Callable[[], None], heal: Callable[[]
     for event_id in event_ids:
         rid = rebook_id_for(event_id)
         wait_for(lambda rid=rid: system.get(rid), 30, f"record of {event_id}")
-        received = [h for h in system.store.history(rid) if h.get("reason") == "received"]
-        assert len(received) == 1, system.store.history(rid)
-    letters = " ".join(d.get("payload", "") for d in system.store.deadletters(500))
+        received = [h for h in system.store.records.history(rid) if h.get("reason") == "received"]
+        assert len(received) == 1, system.store.records.history(rid)
+    letters = " ".join(d.get("payload", "") for d in system.store.outcomes.deadletters(500))
     assert not [e for e in event_ids if e in letters], "an event was dead-lettered"
 
 

@@ -19,7 +19,7 @@ CASES = [(s, booked) for s in State for booked in (False, True)]
 
 def _put(env: Env, n: int, state: State, booked: bool) -> str:  # noqa: F811
     event = f"act-{n}"
-    env.store.create(
+    env.store.records.create(
         rebook_id=rebook_id_for(event),
         event_id=event,
         booking_id=5000 + n,
@@ -33,7 +33,7 @@ def _put(env: Env, n: int, state: State, booked: bool) -> str:  # noqa: F811
     if state == State.DUPLICATE:
         fields["duplicate_of"] = "rb-other"
     if state != State.WAITING:
-        assert env.store.transition(
+        assert env.store.transitions.transition(
             rid,
             state,
             reason="set up",

@@ -13,6 +13,7 @@ from rebook_dev.embedded import EmbeddedRedis
 from tests.component.test_auth import tokens
 from tests.component.test_exporter import scrape, value
 from tests.conftest import fast_settings
+from tests.inspect_store import new_store
 from worker.adapters.auth import TokenStore
 from worker.core.settings import load_settings
 from worker.core.store import Store
@@ -21,13 +22,13 @@ from worker.operations import doctor
 
 
 def test_the_dead_letter_stream_is_capped_by_count(store: Store) -> None:
-    store.deadletter_max_entries = 100
+    store = new_store(store.r, prefix=store.keys.prefix, deadletter_max_entries=100)
     for i in range(1000):
-        store.deadletter(f"bad {i}", {"i": i})
+        store.outcomes.deadletter(f"bad {i}", {"i": i})
     length = store.r.xlen(store.key("deadletter"))
     # approximate trimming (MAXLEN ~) keeps whole stream nodes: a little over the cap
     assert 100 <= length <= 300, length
-    assert store.deadletters(1)[0]["reason"] == "bad 999"
+    assert store.outcomes.deadletters(1)[0]["reason"] == "bad 999"
 
 
 def test_the_cap_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:

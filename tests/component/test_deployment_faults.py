@@ -46,7 +46,7 @@ def test_an_api_key_refusal_pauses_without_a_refresh_and_resumes_within_a_sweep(
     rec = env.get(rid)
     assert rec.state is State.RESCHEDULING and rec.post_sent_ts is None
     assert rec.errors == 0 and rec.attempts == 0 and "REBOOK_API_KEY" in rec.reason
-    paused = env.store.stats()["paused"]
+    paused = env.store.sweep.stats()["paused"]
     assert paused["reason"] == "api_key" and paused["setting"] == "REBOOK_API_KEY"
     assert paused["since"].endswith("Z")
     # paused: the next run sends nothing (the probe slot is taken for this interval)
@@ -87,7 +87,7 @@ def test_a_missing_scope_on_the_post_pauses_and_takes_its_mark_back(env: Env) ->
     assert rec.post_sent_ts is None and rec.attempts == 0
     assert env.store.circuit.state(fresh=True)["reason"] == "scope"
     assert env.new_bookings() == {}
-    assert env.store.gate_holder(rec) is None
+    assert env.store.transitions.gate_holder(rec) is None
 
 
 def test_a_refused_client_parks_no_member_and_rotates_nothing(
@@ -102,7 +102,7 @@ def test_a_refused_client_parks_no_member_and_rotates_nothing(
     for rid in (r1, r2):
         assert env.get(rid).state is State.RESCHEDULING
     assert env.svc.token_store.load("alice") == stored
-    assert env.store.stats()["paused"]["reason"] == "oauth_client"
+    assert env.store.sweep.stats()["paused"]["reason"] == "oauth_client"
     assert env.sandbox.stats()["calls"]["token"] == 1  # the second was paused, not sent
 
 
@@ -166,9 +166,9 @@ def test_a_presence_answer_without_the_flag_is_unreadable_not_offline(env: Env) 
     env.sandbox.fault("getUserSummary", "presence_no_flag")
     assert env.flow.check_presence(7) == "error"
     assert env.get(rid).state is State.WAITING
-    assert env.store.presence_seen(7).answer == "unknown"
-    assert env.store.stats()["presence"]["unreadable"] == 1
-    last = env.store.last_presence_unreadable()
+    assert env.store.presence.presence_seen(7).answer == "unknown"
+    assert env.store.sweep.stats()["presence"]["unreadable"] == 1
+    last = env.store.presence.last_presence_unreadable()
     assert last["performer_id"] == 7 and "AvailableNowWebcam" in last["why"]
 
 
@@ -178,7 +178,7 @@ def test_a_presence_answer_about_another_user_is_unreadable(env: Env) -> None:
     env.sandbox.fault("getUserSummary", "presence_other_user")  # says "online", of user 8
     assert env.flow.check_presence(7) == "error"
     assert env.get(rid).state is State.WAITING
-    assert "UserID 8" in env.store.last_presence_unreadable()["why"]
+    assert "UserID 8" in env.store.presence.last_presence_unreadable()["why"]
     env.store.r.delete(env.store.keys.window("presence:7"))  # the next interval
     env.sandbox.set_online(7, True)
     assert env.flow.check_presence(7) == "online"

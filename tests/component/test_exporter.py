@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import wait_for
+from tests.inspect_store import new_store
 from worker.celeryapp.runtime import CallCounter
 from worker.core.settings import get_settings, load_settings
 from worker.core.states import State
@@ -40,7 +41,7 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 def create(store: Store, event_id: str, booking_id: int, performer: int | None, now: float) -> str:
     rid = rebook_id_for(event_id)
-    store.create(
+    store.records.create(
         rebook_id=rid,
         event_id=event_id,
         booking_id=booking_id,
@@ -72,11 +73,13 @@ def test_states_lag_outcomes_and_upstream_counters(store: Store) -> None:
     watching = create(store, "ev-watch", 3, 7, now)
     accepted = create(store, "ev-acc", 4, 7, now)
     create(store, "ev-dup", 1, 7, now)  # same booking as `waiting`: DUPLICATE, counted
-    assert store.transition(watching, State.RESCHEDULING, from_=[State.WAITING])
-    assert store.transition(watching, State.WATCHING, from_=[State.RESCHEDULING], outcome="BOOKED")
-    assert store.transition(accepted, State.ACCEPTED, due=REMOVE, outcome="ACCEPTED")
-    store.deadletter("bad event", {"event_id": 5})
-    store.deadletter("bad event", {"event_id": 6})
+    assert store.transitions.transition(watching, State.RESCHEDULING, from_=[State.WAITING])
+    assert store.transitions.transition(
+        watching, State.WATCHING, from_=[State.RESCHEDULING], outcome="BOOKED"
+    )
+    assert store.transitions.transition(accepted, State.ACCEPTED, due=REMOVE, outcome="ACCEPTED")
+    store.outcomes.deadletter("bad event", {"event_id": 5})
+    store.outcomes.deadletter("bad event", {"event_id": 6})
     store.r.set(store.key("sweep", "last"), repr(now - 5))
     upstream = store.key("metrics", "upstream")
     store.r.hincrby(upstream, "RescheduleMadeBooking:ok", 3)
@@ -88,7 +91,7 @@ def test_states_lag_outcomes_and_upstream_counters(store: Store) -> None:
     samples = scrape(store)
 
     assert value(samples, "rebook_up") == 1
-    assert store.get(waiting) is not None and store.get(overdue) is not None
+    assert store.records.get(waiting) is not None and store.records.get(overdue) is not None
     assert value(samples, "rebook_rebooks", state="WAITING") == 2
     assert value(samples, "rebook_rebooks", state="WATCHING") == 1
     assert value(samples, "rebook_rebooks", state="ACCEPTED") == 1
@@ -116,7 +119,7 @@ def test_counters_survive_an_exporter_restart(store: Store) -> None:
     """The counts live in Redis, so a new collector (a restarted exporter) sees the same totals."""
     store.r.hincrby(store.key("metrics", "outcomes"), "GAVE_UP", 4)
     first = scrape(store)
-    second = scrape(Store(store.r, prefix=store.keys.prefix))
+    second = scrape(new_store(store.r, prefix=store.keys.prefix))
     assert value(first, "rebook_outcomes_total", state="GAVE_UP") == 4
     assert value(second, "rebook_outcomes_total", state="GAVE_UP") == 4
 
@@ -204,7 +207,7 @@ def test_exporter_serves_behind_basic_auth_on_loopback(store: Store) -> None:
 
 def test_presence_capacity_gauges(store: Store) -> None:
     """Needed against budget against achieved, for the short-budget alert."""
-    store.presence_interval, store.upstream_rate = 1.0, 20.0
+    store = new_store(store.r, prefix=store.keys.prefix, presence_interval=1.0, upstream_rate=20.0)
     now = time.time()
     for k in range(50):
         create(store, f"e-{k}", 100 + k, 700 + k, now)
@@ -216,9 +219,9 @@ def test_presence_capacity_gauges(store: Store) -> None:
         14 / 1.05, abs=1e-3
     )
     assert math.isnan(value(samples, "rebook_presence_achieved_interval_seconds"))  # none made
-    store.note_presence_performers(now - 20)
+    store.presence.note_presence_performers(now - 20)
     for _ in range(100):
-        store.note_presence_call(now - 20)
+        store.presence.note_presence_call(now - 20)
     achieved = value(scrape(store), "rebook_presence_achieved_interval_seconds")
     assert achieved == pytest.approx(50 / (100 / 20), rel=0.05)
 
@@ -282,7 +285,7 @@ def test_a_deployment_fault_shows_as_rebook_paused(store: Store) -> None:
     after = scrape(store)
     assert value(after, "rebook_paused", reason="api_key") == 1
     assert value(after, "rebook_paused", reason="oauth_client") == 0
-    assert store.stats()["paused"]["setting"] == "REBOOK_API_KEY"
+    assert store.sweep.stats()["paused"]["setting"] == "REBOOK_API_KEY"
     store.circuit.close("test")
     assert value(scrape(store), "rebook_paused", reason="api_key") == 0
-    assert store.stats()["paused"] is None
+    assert store.sweep.stats()["paused"] is None

@@ -51,7 +51,7 @@ def setup(redis_url: str, prefix: str) -> tuple[Store, Any]:
 
 def booked_then(store: Store, event: str, final: State) -> str:
     rid = rebook_id_for(event)
-    store.create(
+    store.records.create(
         rebook_id=rid,
         event_id=event,
         booking_id=abs(hash(event)) % 10**6 + 1,
@@ -60,8 +60,8 @@ def booked_then(store: Store, event: str, final: State) -> str:
         deadline=time.time() + 60,
         now=time.time(),
     )
-    store.transition(rid, State.WATCHING, reason="booked", outcome="BOOKED")
-    store.transition(rid, final, reason="x", outcome=final.value)
+    store.transitions.transition(rid, State.WATCHING, reason="booked", outcome="BOOKED")
+    store.transitions.transition(rid, final, reason="x", outcome=final.value)
     return rid
 
 
@@ -75,7 +75,7 @@ def test_one_rebooks_outcomes_stay_in_order_while_others_go_on(setup: tuple[Stor
     assert receiver.got == []  # BOOKED failed, ACCEPTED waits behind it
     b_receiver_free = rebook_id_for("b")
     receiver.fail = {"BOOKED_NEVER"}
-    store.create(
+    store.records.create(
         rebook_id=b_receiver_free,
         event_id="b",
         booking_id=77,
@@ -84,7 +84,7 @@ def test_one_rebooks_outcomes_stay_in_order_while_others_go_on(setup: tuple[Stor
         deadline=time.time() + 60,
         now=time.time(),
     )
-    store.transition(b_receiver_free, State.ABORTED, reason="x", outcome="ABORTED")
+    store.transitions.transition(b_receiver_free, State.ABORTED, reason="x", outcome="ABORTED")
     fanout.run()
     assert receiver.got == [(b_receiver_free, "ABORTED")]  # another rebook is not held up
     clock.now += 3600
@@ -103,7 +103,7 @@ def test_an_outcome_that_never_goes_through_is_dead_lettered(setup: tuple[Store,
     for _ in range(6):
         fanout.run()
         clock.now += 3600
-    reasons = [d["reason"] for d in store.deadletters(10)]
+    reasons = [d["reason"] for d in store.outcomes.deadletters(10)]
     assert sum("fan-out gave up after 3 attempts" in r for r in reasons) == 2
     assert isinstance(store.r, redis.Redis)
 
@@ -113,7 +113,7 @@ def outcomes_of(store: Store, n: int, tag: str) -> list[str]:
     rids = []
     for i in range(n):
         rid = rebook_id_for(f"{tag}-{i}")
-        store.create(
+        store.records.create(
             rebook_id=rid,
             event_id=f"{tag}-{i}",
             booking_id=10_000 + i,
@@ -122,7 +122,7 @@ def outcomes_of(store: Store, n: int, tag: str) -> list[str]:
             deadline=time.time() + 60,
             now=time.time(),
         )
-        store.transition(rid, State.ABORTED, reason="x", outcome="ABORTED")
+        store.transitions.transition(rid, State.ABORTED, reason="x", outcome="ABORTED")
         rids.append(rid)
     return rids
 

@@ -94,7 +94,7 @@ class Env:
         return self.svc.store
 
     def get(self, rid: str) -> Rebook:
-        found = self.store.get(rid)
+        found = self.store.records.get(rid)
         assert found is not None
         return found
 
@@ -122,7 +122,7 @@ class Env:
         return rebook_id_for(event_id)
 
     def outcomes(self, rid: str | None = None) -> list[dict[str, str]]:
-        rows = self.store.outcomes(count=1000)
+        rows = self.store.outcomes.outcomes(count=1000)
         return [o for o in rows if rid is None or o["rebook_id"] == rid]
 
     def new_bookings(self) -> dict[str, int]:
@@ -175,10 +175,10 @@ def env(make_env: Callable[..., Env]) -> Env:
 def confirm_field(env: Env, key: str = "UserID") -> None:
     """The performer field confirmed, as answers of known meaning would (3 over 2 performers)."""
     for bid, pid in ((900_001, 7), (900_002, 8), (900_003, 7)):
-        env.store.learn_performer_field(
+        env.store.performer_field.learn_performer_field(
             {key: pid}, pid, bid, answers=PERFORMER_FIELD_ANSWERS, performers=2
         )
-    assert env.store.performer_field() == key
+    assert env.store.performer_field.performer_field() == key
 
 
 def rescheduling_many(
@@ -279,15 +279,15 @@ def test_intake_invalid_goes_to_the_dead_letters(env: Env) -> None:
     assert env.flow.intake((), bad, task_id="task-1") == "invalid"
     assert env.flow.intake(("positional",), {}, task_id="task-2") == "invalid"
     assert env.rec.calls == []
-    assert env.store.list_rebooks(limit=0) == []
-    letters = env.store.deadletters()
+    assert env.store.records.list_rebooks(limit=0) == []
+    letters = env.store.outcomes.deadletters()
     assert len(letters) == 2
     first = next(d for d in letters if d["task_id"] == "task-1")
     assert "event_id" in first["reason"] and "booking_id" in first["reason"]
     assert first["task"] == "rebook.request"
     assert "SECRET-TOKEN" not in first["payload"]
     assert json.loads(first["payload"])["kwargs"]["user_id"] == "u"
-    assert env.store.stats()["deadletter"] == 2
+    assert env.store.sweep.stats()["deadletter"] == 2
 
 
 def test_intake_duplicate(env: Env) -> None:
@@ -334,7 +334,7 @@ def test_offline_stays_waiting_and_checks_coalesce(env: Env) -> None:
     assert env.sandbox.stats()["presence_calls"] == {"7": 1}
     assert all(env.get(r).state is State.WAITING for r in rids)
     assert env.rec.of("reschedule") == []
-    due = env.store.performer_due(7)
+    due = env.store.presence.performer_due(7)
     assert due is not None and env.clock() < due <= env.clock() + 0.3 + 0.05
 
 
@@ -348,7 +348,7 @@ def test_online_moves_every_waiting_rebook(env: Env) -> None:
     assert env.rec.urgent == [True, False, False], "only the first jumps the queue"
     assert all(env.get(r).state is State.RESCHEDULING for r in on7)
     assert env.get(on8).state is State.WAITING
-    assert env.store.waiting_for(7) == []
+    assert env.store.presence.waiting_for(7) == []
     assert env.sandbox.stats()["presence_calls"] == {"7": 1}
 
 
@@ -377,7 +377,7 @@ def test_presence_error_keeps_waiting(env: Env) -> None:
     env.sandbox.fault("getUserSummary", "http_503")
     assert env.flow.check_presence(7) == "error"
     assert env.get(rid).state is State.WAITING
-    due = env.store.performer_due(7)
+    due = env.store.presence.performer_due(7)
     assert due is not None and due >= env.clock() + 0.25
 
 
@@ -389,8 +389,8 @@ def test_presence_gives_way_to_the_rate_budget_without_losing_its_turn(
     env.submit(env.sandbox.add_booking("alice", 8), performer=8)
     assert env.flow.check_presence(7) == "offline"  # spends this second's budget
     assert env.flow.check_presence(8) == "throttled"  # a presence poll does not sit and wait
-    due = env.store.performer_due(8)
-    due7 = env.store.performer_due(7)
+    due = env.store.presence.performer_due(8)
+    due7 = env.store.presence.performer_due(7)
     # it keeps its place in the line: due now, ahead of the one just polled (not pushed back)
     assert due is not None and due7 is not None and due <= env.clock() < due7
     # the call was not made, so the performer's turn was not used up: not "coalesced"
@@ -409,7 +409,7 @@ def test_performer_is_resolved_from_the_original_booking(env: Env) -> None:
     rec = env.get(rid)
     assert rec.performer_id == 9 and rec.state is State.WAITING
     assert env.rec.calls[-1] == ("check_presence", 9, None)
-    assert env.store.waiting_for(9) == [rid]
+    assert env.store.presence.waiting_for(9) == [rid]
     # resolving again is a no-op
     assert env.flow.check_presence(None, rid) == "noop"
 
@@ -451,12 +451,12 @@ def test_reschedule_books_and_hands_over_to_watch(env: Env) -> None:
     assert booked["accept_by"] == rec.accept_by
     assert booked["booking_id"] == str(orig)
     assert booked["at"].endswith("Z")
-    assert env.store.owner_of(rec.new_booking_id) == rid
+    assert env.store.records.owner_of(rec.new_booking_id) == rid
     assert env.new_bookings() == {str(orig): 1}
     # a redelivered reschedule message does nothing
     assert env.flow.reschedule(rid) == "noop"
     assert env.new_bookings() == {str(orig): 1}
-    hist = [(h["from"], h["to"]) for h in env.store.history(rid)]
+    hist = [(h["from"], h["to"]) for h in env.store.records.history(rid)]
     assert hist == [("", "WAITING"), ("WAITING", "RESCHEDULING"), ("RESCHEDULING", "WATCHING")]
 
 
@@ -761,8 +761,8 @@ def test_4xx_while_offline_goes_back_to_waiting(env: Env) -> None:
     assert env.flow.reschedule(rid) == "waiting"
     rec = env.get(rid)
     assert rec.state is State.WAITING and rec.post_sent_ts is None
-    assert env.store.waiting_for(7) == [rid]
-    assert env.store.performer_due(7) is not None
+    assert env.store.presence.waiting_for(7) == [rid]
+    assert env.store.presence.performer_due(7) is not None
     assert env.new_bookings() == {}
     assert env.outcomes(rid) == []
 
@@ -940,7 +940,7 @@ def test_a_watch_while_another_worker_reads_the_list_comes_back_instead_of_readi
     due = float(env.store.r.zscore(env.store.key("due"), rid))
     assert before < due <= env.clock() + env.settings.sweep_interval_seconds
     # that worker's read lands in the cache: the next try uses it, with no list read of its own
-    env.store.cache_bookings("alice", {}, ttl=60)
+    env.store.watch.cache_bookings("alice", {}, ttl=60)
     assert env.flow.watch(rid) == "pending"  # not in the list: one MadeBookingDetails, as before
     assert env.calls("MadeBookingDetails") == details + 1
     assert env.calls("MadeBookings") == lists
@@ -978,7 +978,7 @@ def test_sweep_gives_up_after_max_wait(env: Env) -> None:
     assert rec.state is State.GAVE_UP
     (out,) = env.outcomes(rid)
     assert out["state"] == "GAVE_UP"
-    assert env.store.waiting_for(7) == []
+    assert env.store.presence.waiting_for(7) == []
 
 
 def test_sweep_redispatches_lost_steps(env: Env) -> None:
@@ -1013,14 +1013,14 @@ def test_sweep_dispatches_due_presence_checks(env: Env) -> None:
 def test_sweep_sends_a_presence_check_due_before_the_next_sweep_to_run_on_time(env: Env) -> None:
     env.submit(env.sandbox.add_booking("alice", 7))
     assert env.flow.check_presence(7) == "offline"
-    due = env.store.performer_due(7)
+    due = env.store.presence.performer_due(7)
     assert due is not None
     env.rec.calls.clear()
     env.rec.at.clear()
     env.clock.advance(due - env.clock() - env.settings.sweep_interval_seconds / 2)
     assert env.flow.sweep()["performers"] == 1
     assert env.rec.calls == [("check_presence", 7, None)] and env.rec.at == [due]
-    assert env.store.performer_due(7) == due + env.settings.step_lease_seconds
+    assert env.store.presence.performer_due(7) == due + env.settings.step_lease_seconds
 
 
 def test_sweep_hands_out_the_presence_budget_least_recently_polled_first(
@@ -1038,7 +1038,7 @@ def test_sweep_hands_out_the_presence_budget_least_recently_polled_first(
     # due times: performer 111 the longest overdue, 100 the least
     now = env.clock()
     for k, pid in enumerate(pids):
-        env.store.schedule_performer(pid, now - 1 - k * 0.01)
+        env.store.presence.schedule_performer(pid, now - 1 - k * 0.01)
     env.rec.calls.clear()
     env.rec.at.clear()
     share = env.flow.sweep()["performers"]
@@ -1065,18 +1065,18 @@ def test_a_throttled_check_goes_back_to_its_place_in_the_line(
     for pid in (7, 8, 9):
         env.submit(env.sandbox.add_booking("alice", pid), performer=pid)
     now = env.clock()
-    env.store.schedule_performer(8, now - 3)  # the least recently polled
-    env.store.schedule_performer(9, now - 2)
-    env.store.schedule_performer(7, now - 1)
+    env.store.presence.schedule_performer(8, now - 3)  # the least recently polled
+    env.store.presence.schedule_performer(9, now - 2)
+    env.store.presence.schedule_performer(7, now - 1)
     env.rec.calls.clear()
     env.flow.sweep()  # a budget of one per sweep: 8 alone
     assert [c[1] for c in env.rec.of("check_presence")] == [8]
-    claimed = env.store.performer_due(8)
+    claimed = env.store.presence.performer_due(8)
     assert claimed is not None and claimed > now + env.settings.step_lease_seconds / 2
     sec, usec = env.store.r.time()
     env.store.r.zadd(env.store.key("ratelimit", "log"), {"busy": sec * 1_000_000 + usec})
     assert env.flow.check_presence(8) == "throttled"
-    assert env.store.performer_due(8) == pytest.approx(now - 3)
+    assert env.store.presence.performer_due(8) == pytest.approx(now - 3)
     env.rec.calls.clear()
     env.flow.sweep()  # first in line again
     assert [c[1] for c in env.rec.of("check_presence")] == [8]
@@ -1176,7 +1176,7 @@ def test_cancel_of_an_unsettled_post_keeps_the_mark_and_retry_reconciles_first(e
     assert "unsettled" in cancelled.reason
     # the gate stays held: a sibling of the same member and performer may not POST
     sibling = env.submit(env.sandbox.add_booking("alice", 7))
-    assert env.store.transition(sibling, State.RESCHEDULING, reason="performer online")
+    assert env.store.transitions.transition(sibling, State.RESCHEDULING, reason="performer online")
     assert env.flow.reschedule(sibling) == "gated"
     assert rid in env.get(sibling).reason
     # retry reconciles before any request: it finds the booking the POST made
@@ -1191,7 +1191,9 @@ def test_retry_resumes_needs_attention(env: Env) -> None:
     rid = env.submit(env.sandbox.add_booking("alice", 7))
     with pytest.raises(Refused, match="WAITING"):
         env.flow.retry(rid)
-    env.store.transition(rid, State.NEEDS_ATTENTION, reason="performer_unknown", due="-")
+    env.store.transitions.transition(
+        rid, State.NEEDS_ATTENTION, reason="performer_unknown", due="-"
+    )
     env.clock.advance(10)
     resumed = env.flow.retry(rid)
     assert resumed.state is State.WAITING and resumed.reason == "retried by operator"
@@ -1206,7 +1208,7 @@ def test_housekeeping_removes_old_finished_records(make_env: Callable[..., Env])
     assert env.flow.housekeeping() == 0
     env.clock.advance(20)
     assert env.flow.housekeeping() == 1
-    assert env.store.get(rid) is None
+    assert env.store.records.get(rid) is None
 
 
 def test_token_endpoint_down_during_watch_retries_later(env: Env) -> None:
@@ -1336,7 +1338,7 @@ def test_a_gated_sibling_says_so_parks_past_its_bound_and_goes_on_when_settled(
     env.sandbox.fault("RescheduleMadeBooking", "http_500")
     assert env.flow.reschedule(r1) == "ambiguous"
     assert env.flow.reschedule(r2) == "gated"
-    assert r1 in env.get(r2).reason and env.store.stats()["gated"] == 1
+    assert r1 in env.get(r2).reason and env.store.sweep.stats()["gated"] == 1
     env.clock.advance(6)
     assert env.flow.reschedule(r2) == "parked"
     parked = env.get(r2)
@@ -1387,7 +1389,7 @@ def assert_exactly_once(env: Env, made: dict[str, int]) -> None:
         new = env.get(rid).new_booking_id
         if new is not None:
             assert env.sandbox.booking(new)["original_id"] == orig, (rid, orig, new)
-            assert env.store.owner_of(new) == rid
+            assert env.store.records.owner_of(new) == rid
 
 
 @pytest.mark.parametrize("kind", ["timeout_after_commit", "http_500_after_commit"])
@@ -1415,7 +1417,7 @@ def test_ambiguous_posts_in_every_performer_shape_make_one_booking_each(
     assert env.flow.reschedule(r_a8) == "ambiguous"  # committed: a booking for performer 8
     # unconfirmed: alice's other rebook may not POST while her POST for 8 is unsettled (its
     # booking could not be told apart from one made for 7) ...
-    assert env.store.performer_field() is None
+    assert env.store.performer_field.performer_field() is None
     assert env.flow.reschedule(r_a7) == "gated"
     assert env.get(r_a7).blocked_by == r_a8
     # ... and bob's own POST is not held by alice's
@@ -1459,8 +1461,8 @@ def test_unconfirmed_a_booking_another_unsettled_post_may_have_made_is_not_adopt
     env.sandbox.set_online(9, True)
     assert env.flow.check_presence(9) == "online"
     assert env.flow.reschedule(rc) == "booked"
-    assert env.store.performer_field() is None
-    assert env.store.performer_field_stats()["contradictions"] == 1
+    assert env.store.performer_field.performer_field() is None
+    assert env.store.performer_field.performer_field_stats()["contradictions"] == 1
     settle(env, [r7, r8])
     for rid in (r7, r8):
         rec = env.get(rid)
@@ -1494,8 +1496,10 @@ def test_unconfirmed_the_list_before_a_post_tells_overlapping_posts_apart(env: E
     env.sandbox.fault("RescheduleMadeBooking", "http_500_after_commit", count=2)
     assert env.flow.reschedule(r7) == "ambiguous"
     assert env.flow.reschedule(r8) == "ambiguous"
-    env.store.learn_performer_field({"Nickname": "x"}, 7, 1, answers=3, performers=2)
-    assert env.store.performer_field() is None
+    env.store.performer_field.learn_performer_field(
+        {"Nickname": "x"}, 7, 1, answers=3, performers=2
+    )
+    assert env.store.performer_field.performer_field() is None
     settle(env, [r8, r7])
     assert all(env.get(rid).state is State.WATCHING for rid in made)
     assert env.calls("RescheduleMadeBooking") == 2
@@ -1521,17 +1525,17 @@ def test_the_field_is_confirmed_by_known_answers_and_dropped_on_a_contradiction(
         assert ("check_presence", None, rid) in env.rec.calls
         assert env.flow.check_presence(None, rid) == "learned"
         rids.append(rid)
-    figures = env.store.stats()["performer_field"]
+    figures = env.store.sweep.stats()["performer_field"]
     assert figures["field"] is None and figures["candidate"] == "UserID"
     assert (figures["answers"], figures["performers"]) == (2, 2)
     # the same original read again is the same answer, not a new one
     assert env.flow.check_presence(None, rids[0]) == "learned"
-    assert env.store.performer_field_stats()["answers"] == 2
+    assert env.store.performer_field.performer_field_stats()["answers"] == 2
     # the third: a POST's own answer (a booking for the original's performer)
     env.sandbox.set_online(7, True)
     assert env.flow.check_presence(7) == "online"
     assert env.flow.reschedule(rids[0]) == "booked"
-    figures = env.store.stats()["performer_field"]
+    figures = env.store.sweep.stats()["performer_field"]
     assert figures == {
         "field": "UserID",
         "candidate": "UserID",
@@ -1547,7 +1551,7 @@ def test_the_field_is_confirmed_by_known_answers_and_dropped_on_a_contradiction(
     # the upstream's shape changes: the watched booking of a definite POST lacks the key
     env.sandbox.configure(performer_shape="profile_id")
     assert env.flow.watch(rids[0]) == "pending"
-    figures = env.store.stats()["performer_field"]
+    figures = env.store.sweep.stats()["performer_field"]
     assert figures["field"] is None and figures["contradictions"] == 1
     assert figures["last_contradiction"]["key"] == "UserID"
     assert figures["answers"] == 0
@@ -1574,7 +1578,7 @@ def test_an_event_without_performer_parks_until_the_field_is_confirmed(env: Env)
     env.sandbox.set_online(7, True)
     assert env.flow.check_presence(7) == "online"
     assert env.flow.reschedule(learned[0]) == "booked"
-    assert env.store.performer_field() == "UserID"
+    assert env.store.performer_field.performer_field() == "UserID"
     rec = env.get(rid)
     assert rec.state is State.WAITING, rec.reason
     assert ("check_presence", None, rid) in env.rec.calls[-2:]
@@ -1590,7 +1594,7 @@ def test_without_an_id_of_the_user_the_field_is_never_confirmed(env: Env, shape:
     for performer in (7, 8, 7, 8):
         rid = env.submit(env.sandbox.add_booking("alice", performer), performer=performer)
         assert env.flow.check_presence(None, rid) == "learned"
-    figures = env.store.performer_field_stats()
+    figures = env.store.performer_field.performer_field_stats()
     assert figures["field"] is None and figures["answers"] == 0
 
 
@@ -1606,7 +1610,7 @@ def test_a_learning_read_refused_for_the_member_parks_nobody(env: Env) -> None:
     assert env.flow.check_presence(None, rid) == "noop"
     rec = env.get(rid)
     assert rec.state is State.WAITING, rec.reason
-    assert env.store.performer_field_stats()["answers"] == 0
+    assert env.store.performer_field.performer_field_stats()["answers"] == 0
 
 
 def test_a_burst_of_events_before_the_field_is_known_reads_few_originals(env: Env) -> None:
@@ -1635,9 +1639,11 @@ def test_a_post_under_the_member_s_gate_still_holds_when_the_field_is_confirmed(
     assert env.flow.reschedule(r8) == "ambiguous"
     confirm_field(env)
     # the script decides (the flow's read-only look before it aside)
-    assert env.store.claim_step(r7, "t") is not None
+    assert env.store.records.claim_step(r7, "t") is not None
     now = env.clock()
-    marked = env.store.start_post(r7, now=now, attempts=1, claim="t", known_ids=[], due=now + 5)
+    marked = env.store.transitions.start_post(
+        r7, now=now, attempts=1, claim="t", known_ids=[], due=now + 5
+    )
     assert marked == (False, r8, 0, None)
     assert env.flow.reschedule(r7) == "gated"
     assert env.get(r7).blocked_by == r8
@@ -1651,8 +1657,10 @@ def test_doctor_says_which_field_is_confirmed_and_warns_while_none_is(env: Env) 
 
     check = doctor._performer_field(env.settings)
     assert check.ok and check.warn and check.detail.startswith("unconfirmed")
-    env.store.learn_performer_field({"UserID": 7}, 7, 1, answers=3, performers=2)
-    env.store.learn_performer_field({"ID": 1_000_008}, 8, 2, answers=3, performers=2)
+    env.store.performer_field.learn_performer_field({"UserID": 7}, 7, 1, answers=3, performers=2)
+    env.store.performer_field.learn_performer_field(
+        {"ID": 1_000_008}, 8, 2, answers=3, performers=2
+    )
     check = doctor._performer_field(env.settings)
     assert check.warn and "last contradiction: Performer.UserID" in check.hint
     confirm_field(env)

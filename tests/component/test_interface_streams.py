@@ -9,8 +9,10 @@ from worker.core.store import Store
 
 
 def test_deadletter_fields_are_on_the_interface_page(store: Store) -> None:
-    store.deadletter("bad event", {"event_id": 5}, task_id="t-1", task="rebook.request", raw="{}")
-    entry = store.deadletters(count=1)[0]
+    store.outcomes.deadletter(
+        "bad event", {"event_id": 5}, task_id="t-1", task="rebook.request", raw="{}"
+    )
+    entry = store.outcomes.deadletters(count=1)[0]
     paragraph = sections()["Streams"].split("**`{prefix}deadletter`**", 1)[1].split("\n\n")[0]
     listed = re.search(r"Fields\s(.+?)\swhen", paragraph, flags=re.S)
     assert listed, "no 'Fields ... when' in the dead-letter paragraph"

@@ -162,7 +162,7 @@ def test_a_refused_refresh_parks_the_member_as_reauth(
     assert flow.intake((), event) == "created"
     sandbox.revoke_user("gone")
     assert run(svc, park=flow.park_member) == {"refused": 1, "refreshed": 1}
-    parked = svc.store.get(rebook_id_for("e-gone"))
+    parked = svc.store.records.get(rebook_id_for("e-gone"))
     assert parked is not None
     assert parked.state is State.NEEDS_ATTENTION and parked.reason == "reauth"
     # not tried again at every run; a new `tokens set` indexes the pair afresh

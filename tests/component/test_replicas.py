@@ -16,6 +16,7 @@ import redis
 
 from rebook_dev.embedded import free_port, redis_server_binary
 from tests.conftest import wait_for
+from tests.inspect_store import new_store, store_options
 from tests.integration.conftest import redis_cluster
 from worker.core.states import State
 from worker.core.store import Store, rebook_id_for
@@ -69,7 +70,7 @@ def pair(tmp_path: Path) -> Iterator[Pair]:
 
 def rescheduling(store: Store, n: int) -> str:
     rid = rebook_id_for(f"evt-{n}")
-    store.create(
+    store.records.create(
         rebook_id=rid,
         event_id=f"evt-{n}",
         booking_id=100 + n,
@@ -78,14 +79,16 @@ def rescheduling(store: Store, n: int) -> str:
         deadline=T0 + 3600,
         now=T0,
     )
-    assert store.transition(rid, State.RESCHEDULING, from_=[State.WAITING], reason="online")
-    assert store.claim_step(rid, "step-1") is not None
+    assert store.transitions.transition(
+        rid, State.RESCHEDULING, from_=[State.WAITING], reason="online"
+    )
+    assert store.records.claim_step(rid, "step-1") is not None
     return rid
 
 
 def mark(store: Store, rid: str, timeout_ms: int) -> tuple[bool, str, int]:
     """`start_post` without its mark's time (Redis's clock; test_flow.py checks it)."""
-    ok, holder, got, _ = store.start_post(
+    ok, holder, got, _ = store.transitions.start_post(
         rid,
         now=T0 + 1,
         attempts=1,
@@ -100,7 +103,7 @@ def mark(store: Store, rid: str, timeout_ms: int) -> tuple[bool, str, int]:
 
 def test_wait_counts_the_replicas_that_have_the_mark(pair: Pair) -> None:
     client = redis.Redis(port=pair.primary, decode_responses=True)
-    store = Store(client, prefix="rebook-test:", lease_seconds=10.0)
+    store = new_store(client, prefix="rebook-test:", lease_seconds=10.0)
     replica = redis.Redis(port=pair.replica, decode_responses=True)
 
     first = rescheduling(store, 1)
@@ -128,7 +131,7 @@ def test_wait_runs_on_the_connection_that_wrote_the_mark(pair: Pair) -> None:
     """Seen by the primary (MONITOR): the mark's script and WAIT come from one client, WAIT
     right after the script (another connection's WAIT may not cover the mark)."""
     client = redis.Redis(port=pair.primary, decode_responses=True)
-    store = Store(client, prefix="rebook-test:", lease_seconds=10.0)
+    store = new_store(client, prefix="rebook-test:", lease_seconds=10.0)
     rid = rescheduling(store, 4)
     client.connection_pool.disconnect()  # fresh connections: the pool hands out any of them
     seen: list[tuple[str, str]] = []
@@ -157,9 +160,9 @@ def test_wait_runs_on_the_connection_that_wrote_the_mark(pair: Pair) -> None:
 def test_a_refused_mark_still_answers(pair: Pair) -> None:
     """The mark refused (another step holds the rebook): (False, "", n), no error."""
     client = redis.Redis(port=pair.primary, decode_responses=True)
-    store = Store(client, prefix="rebook-test:", lease_seconds=10.0)
+    store = new_store(client, prefix="rebook-test:", lease_seconds=10.0)
     rid = rescheduling(store, 3)
-    assert store.claim_step(rid, "step-2") is not None
+    assert store.records.claim_step(rid, "step-2") is not None
     ok, holder, _ = mark(store, rid, 1000)
     assert (ok, holder) == (False, "")
 
@@ -168,12 +171,12 @@ def test_an_event_is_acknowledged_only_once_the_replica_has_its_record(pair: Pai
     """The intake's `create` with `replicas`: the script and WAIT on one connection; a replica
     that applies nothing answers 0 (the flow hands the event back to the broker)."""
     client = redis.Redis(port=pair.primary, decode_responses=True)
-    store = Store(client, prefix="rebook-test:", lease_seconds=10.0)
+    store = new_store(client, prefix="rebook-test:", lease_seconds=10.0)
     replica = redis.Redis(port=pair.replica, decode_responses=True)
 
     def create(n: int, timeout_ms: int) -> tuple[str, int]:
         rid = rebook_id_for(f"evt-{n}")
-        got = store.create(
+        got = store.records.create(
             rebook_id=rid,
             event_id=f"evt-{n}",
             booking_id=100 + n,
@@ -203,10 +206,10 @@ def test_in_a_cluster_the_mark_and_wait_go_to_the_record_s_node(tmp_path: Path) 
     """Sharded on a Redis Cluster (no replicas here): the pipeline runs on the node of the
     rebook's shard, and WAIT answers for it (0 replicas, after its timeout)."""
     with redis_cluster(tmp_path) as url:
-        store = Store.from_url(url, cluster=True, prefix="rebook-test:", shards=4)
+        store = Store.from_url(url, cluster=True, **store_options(prefix="rebook-test:", shards=4))
         for n in range(5, 9):  # members in several shards, so on several nodes
             rid = rescheduling(store, n)
             assert mark(store, rid, 50) == (True, "", 0)
-            rec = store.get(rid)
+            rec = store.records.get(rid)
             assert rec is not None and rec.post_sent_ts is not None
         store.r.close()

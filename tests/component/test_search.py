@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import pytest
 import redis
 
+from tests.inspect_store import new_store
 from worker.core.search import BadFilter, Filters, Search, decode_cursor, parse_since
 from worker.core.states import State
 from worker.core.store import REMOVE, Store, rebook_id_for
@@ -20,7 +21,7 @@ T0 = 1_700_000_000.0
 def store(
     request: pytest.FixtureRequest, redis_client: redis.Redis, prefix: str
 ) -> Iterator[Store]:
-    s = Store(redis_client, prefix=prefix, retention_seconds=1000, shards=request.param)
+    s = new_store(redis_client, prefix=prefix, retention_seconds=1000, shards=request.param)
     yield s
     keys = list(redis_client.scan_iter(match=prefix + "*", count=1000))
     if keys:
@@ -29,7 +30,7 @@ def store(
 
 def make(store: Store, n: int, *, user: str, performer: int | None, booking: int) -> str:
     rid = rebook_id_for(f"ev-{n}")
-    store.create(
+    store.records.create(
         rebook_id=rid,
         event_id=f"ev-{n}",
         booking_id=booking,
@@ -49,11 +50,11 @@ def population(store: Store) -> dict[int, str]:
     for n in range(30):
         ids[n] = make(store, n, user=f"u{n % 3}", performer=10 + n % 2, booking=1000 + n)
     for n in range(0, 30, 5):
-        assert store.transition(
+        assert store.transitions.transition(
             ids[n], State.NEEDS_ATTENTION, reason="reauth", outcome="NEEDS_ATTENTION", now=T0 + 100
         )
     for n in range(1, 30, 7):
-        assert store.transition(
+        assert store.transitions.transition(
             ids[n], State.GAVE_UP, reason="max wait", outcome="GAVE_UP", due=REMOVE, now=T0 + 100
         )
     return ids
@@ -159,7 +160,7 @@ def test_reindex_backfills_records_written_before_the_indexes(
 def test_housekeeping_removes_index_entries(
     store: Store, population: dict[int, str], redis_client: redis.Redis, prefix: str
 ) -> None:
-    removed = store.expire_finished(T0 + 100 + 2000)
+    removed = store.sweep.expire_finished(T0 + 100 + 2000)
     assert removed == 5
     s = Search(store)
     assert ids_of(s, Filters(booking_id=1015)) == []
@@ -172,8 +173,8 @@ def test_housekeeping_removes_index_entries(
 def test_charts_count_outcomes_per_hour_and_booked_time(store: Store) -> None:
     rid = make(store, 1, user="u", performer=5, booking=77)
     now = T0 + 95  # 94 s after receipt: the 60-120 s bucket
-    assert store.transition(rid, State.RESCHEDULING, reason="online", now=T0 + 50)
-    assert store.transition(
+    assert store.transitions.transition(rid, State.RESCHEDULING, reason="online", now=T0 + 50)
+    assert store.transitions.transition(
         rid,
         State.WATCHING,
         reason="booked",
@@ -181,7 +182,7 @@ def test_charts_count_outcomes_per_hour_and_booked_time(store: Store) -> None:
         outcome="BOOKED",
         now=now,
     )
-    assert store.transition(
+    assert store.transitions.transition(
         rid, State.ACCEPTED, reason="accepted", outcome="ACCEPTED", now=now + 10
     )
     s = Search(store)
@@ -219,13 +220,13 @@ def test_performer_found_in_every_phase(store: Store) -> None:
     moving = make(store, 2, user="b", performer=5, booking=2)
     late = make(store, 3, user="c", performer=None, booking=3)
     other = make(store, 4, user="d", performer=6, booking=4)
-    assert store.transition(moving, State.RESCHEDULING, reason="online", now=T0 + 10)
-    assert store.transition(
+    assert store.transitions.transition(moving, State.RESCHEDULING, reason="online", now=T0 + 10)
+    assert store.transitions.transition(
         late, State.WAITING, reason="performer read", fields={"performer_id": 5}, now=T0 + 10
     )
     assert ids_of(s, Filters(performer_id=5)) == [late, moving, waiting]
     for rid in (waiting, moving, late):
-        assert store.transition(
+        assert store.transitions.transition(
             rid, State.NEEDS_ATTENTION, reason="x", outcome="NEEDS_ATTENTION", now=T0 + 20
         )
     assert ids_of(s, Filters(performer_id=5)) == [late, moving, waiting]

@@ -44,10 +44,12 @@ def test_a_rebook_ends_shadowed_where_it_would_have_posted(
     detail = json.loads(outcome["detail"])
     assert detail["would_post_at"].endswith("Z")
     assert detail["online_to_post_seconds"] == round(rec.would_post_ts - online_ts, 3)
-    assert env.store.active_owner(rec.booking_id, rec.user_id) is None  # the booking is free
+    assert (
+        env.store.records.active_owner(rec.booking_id, rec.user_id) is None
+    )  # the booking is free
     with pytest.raises(Refused, match="SHADOWED"):
         env.flow.retry(rid)
-    figures = env.store.stats()["shadow"]
+    figures = env.store.sweep.stats()["shadow"]
     assert figures["enabled"] is True and figures["would_book"] == 1
     assert figures["online_to_post_seconds"]["count"] == 1
 

@@ -73,7 +73,7 @@ def test_a_site_in_another_zone_is_seen_logged_once_and_exposed(
     settings: Settings,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    assert store.stats()["zone"] is None
+    assert store.sweep.stats()["zone"] is None
     sandbox.configure(site_zone="Asia/Tokyo")
     with caplog.at_level(logging.ERROR, logger="worker.core.zonecheck"):
         made_booking(sandbox, sandbox_server, store)
@@ -81,7 +81,7 @@ def test_a_site_in_another_zone_is_seen_logged_once_and_exposed(
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1, errors  # at most once an hour, over all workers
     assert "Asia/Tokyo" in errors[0].getMessage()
-    zone = store.stats()["zone"]
+    zone = store.sweep.stats()["zone"]
     assert zone["configured"] == "Europe/London" and zone["agrees"] is False
     assert zone["observed_offset_minutes"] == 540 and zone["appears"] == "Asia/Tokyo"
     assert zone["at"].endswith("Z")
@@ -92,7 +92,7 @@ def test_a_site_in_another_zone_is_seen_logged_once_and_exposed(
     assert not check.ok and "Asia/Tokyo" in check.detail and "Asia/Tokyo" in check.hint
     # the setting fixed: the next booking agrees, and so does doctor
     made_booking(sandbox, sandbox_server, store, zone="Asia/Tokyo")
-    assert store.stats()["zone"]["agrees"] is True
+    assert store.sweep.stats()["zone"]["agrees"] is True
     fixed = settings.model_copy(
         update={"key_prefix": store.keys.prefix, "api_timezone": "Asia/Tokyo"}
     )

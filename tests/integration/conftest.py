@@ -171,7 +171,7 @@ class System:
     def start(self) -> System:
         self.start_worker()
         self.beat.start()
-        wait_for(self.store.last_sweep, 30, "first sweep")
+        wait_for(self.store.sweep.last_sweep, 30, "first sweep")
         return self
 
     def stop(self) -> None:
@@ -205,7 +205,7 @@ class System:
         return rid, booking
 
     def get(self, rid: str) -> Rebook | None:
-        return self.store.get(rid)
+        return self.store.records.get(rid)
 
     def wait_state(
         self, rid: str, states: State | Iterable[State], timeout: float = 20.0
@@ -213,17 +213,17 @@ class System:
         wanted = {states} if isinstance(states, State) else set(states)
 
         def check() -> Rebook | None:
-            rec = self.store.get(rid)
+            rec = self.store.records.get(rid)
             return rec if rec is not None and rec.state in wanted else None
 
         try:
             return wait_for(check, timeout, f"{rid} in {sorted(wanted)}")
         except AssertionError:
-            rec = self.store.get(rid)
+            rec = self.store.records.get(rid)
             raise AssertionError(
                 f"{rid} is {rec.state if rec else 'missing'} "
                 f"({rec.reason if rec else ''}), wanted {sorted(wanted)}; "
-                f"history {self.store.history(rid)}\n--- worker log tail ---\n"
+                f"history {self.store.records.history(rid)}\n--- worker log tail ---\n"
                 f"{self.worker.text()[-3000:]}"
             ) from None
 
@@ -242,7 +242,7 @@ class System:
         )
 
     def history_states(self, rid: str) -> list[str]:
-        return [h["to"] for h in self.store.history(rid)]
+        return [h["to"] for h in self.store.records.history(rid)]
 
 
 AMQP_URL = os.environ.get("REBOOK_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672")

@@ -46,6 +46,6 @@ def test_rebooks_of_many_members_spread_over_the_nodes_and_all_finish(
         system.sandbox.set_status(rec.new_booking_id, "Accepted")  # type: ignore[arg-type]
     for rid in rids:
         system.wait_state(rid, State.ACCEPTED)
-    stats = system.store.stats()
+    stats = system.store.sweep.stats()
     assert stats["states"]["ACCEPTED"] == 24
-    assert len([o for o in system.store.outcomes(1000) if o["state"] == "ACCEPTED"]) == 24
+    assert len([o for o in system.store.outcomes.outcomes(1000) if o["state"] == "ACCEPTED"]) == 24

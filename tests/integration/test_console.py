@@ -52,7 +52,7 @@ def test_api_filters_cursor_and_detail(console: str, system: System) -> None:
         system.wait_state(rid, State.WAITING)
     # Newest first by the time intake recorded each one (score desc, then id desc): two
     # worker processes may take the three events in any order, so send order proves nothing.
-    created = {rid: system.store.get(rid).created_ts for rid in rids}  # type: ignore[union-attr]
+    created = {rid: system.store.records.get(rid).created_ts for rid in rids}  # type: ignore[union-attr]
     newest = sorted(rids, key=lambda rid: (created[rid], rid), reverse=True)
     first = get(console + "/api/rebooks", params={"user_id": user, "limit": 2}).json()
     assert [i["rebook_id"] for i in first["items"]] == newest[:2]
@@ -111,7 +111,7 @@ def test_untrusted_text_is_escaped_and_no_secret_shows(console: str, system: Sys
     hostile = '<img src=x onerror="alert(1)">'
     event = "ev-hostile-1"
     rid = rebook_id_for(event)
-    system.store.create(
+    system.store.records.create(
         rebook_id=rid,
         event_id=event,
         booking_id=991,
@@ -120,7 +120,7 @@ def test_untrusted_text_is_escaped_and_no_secret_shows(console: str, system: Sys
         deadline=system.store.clock() + 3600,
         now=system.store.clock(),
     )
-    system.store.transition(
+    system.store.transitions.transition(
         rid, State.NEEDS_ATTENTION, reason=f"why {hostile}", outcome="NEEDS_ATTENTION"
     )
     pages = [

@@ -137,12 +137,14 @@ def test_honcho_start_runs_the_procfile_and_a_rebook_goes_through(
         )
         rid = rebook_id_for(event_id)
         rec = wait_for(
-            lambda: (r := svc.store.get(rid)) is not None and r.state == State.WATCHING and r,
+            lambda: (
+                (r := svc.store.records.get(rid)) is not None and r.state == State.WATCHING and r
+            ),
             60,
             "the rebook booked",
         )
         sandbox.set_status(rec.new_booking_id, "Accepted")
-        wait_for(lambda: svc.store.get(rid).state == State.ACCEPTED, 90, "accepted")  # type: ignore[union-attr]
+        wait_for(lambda: svc.store.records.get(rid).state == State.ACCEPTED, 90, "accepted")  # type: ignore[union-attr]
         # the Procfile's Flower and exporter listen on 127.0.0.1 only (RUNBOOK, Processes)
         flower_port = base_port + 200
         wait_for(lambda: _up(f"http://127.0.0.1:{flower_port}/healthcheck"), 60, "flower")

@@ -179,7 +179,7 @@ def test_messages_celery_cannot_run_are_dead_lettered(system: System) -> None:
     """Another serializer, kwargs that are not a mapping, an unknown task name: each ends in the
     dead-letter stream with its reason; the worker keeps serving. (A payload that is not even a
     kombu envelope never reaches Celery: kombu drops it and reconnects.)"""
-    before = system.store.stats()["deadletter"]
+    before = system.store.sweep.stats()["deadletter"]
     queue = system.settings.broker_key_prefix + "rebook.events"
     raw = [
         raw_celery_message(
@@ -195,8 +195,10 @@ def test_messages_celery_cannot_run_are_dead_lettered(system: System) -> None:
     system.producer.send_task(
         "rebook.request", kwargs={"event_id": "p"}, queue="rebook.events", serializer="pickle"
     )
-    wait_for(lambda: system.store.stats()["deadletter"] >= before + 4, 20, "4 more dead letters")
-    rows = system.store.deadletters(4)
+    wait_for(
+        lambda: system.store.sweep.stats()["deadletter"] >= before + 4, 20, "4 more dead letters"
+    )
+    rows = system.store.outcomes.deadletters(4)
     reasons = " | ".join(r["reason"] for r in rows[:4])
     assert reasons.count("(pickle) is not accepted") == 2, reasons
     assert "unknown task name" in reasons and "rebook.requets" in reasons, reasons

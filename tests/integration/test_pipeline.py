@@ -53,7 +53,7 @@ def test_booked_outcome_carries_new_booking_and_accept_by(system: System) -> Non
     user = system.member()
     rid, booking = system.rebook(user, system.performer(online=True))
     rec = system.wait_state(rid, State.WATCHING)
-    rows = [o for o in system.store.outcomes(1000) if o["rebook_id"] == rid]
+    rows = [o for o in system.store.outcomes.outcomes(1000) if o["rebook_id"] == rid]
     assert [o["state"] for o in rows] == ["BOOKED"]
     booked = rows[0]
     assert booked["new_booking_id"] == str(rec.new_booking_id)
@@ -101,23 +101,23 @@ def test_duplicate_event_id_is_a_noop_and_second_event_is_duplicate(system: Syst
     assert rec.duplicate_of == rid
     assert system.get(rid).state == State.WAITING  # type: ignore[union-attr]
     assert system.history_states(rid) == ["WAITING"]
-    assert [o["state"] for o in system.store.outcomes(1000) if o["rebook_id"] == other] == [
-        "DUPLICATE"
-    ]
+    assert [
+        o["state"] for o in system.store.outcomes.outcomes(1000) if o["rebook_id"] == other
+    ] == ["DUPLICATE"]
     system.sandbox.set_online(performer, True)
     system.wait_state(rid, State.WATCHING)
     assert system.sandbox.stats()["new_bookings"][str(booking)] == 1
 
 
 def test_invalid_events_are_dead_lettered_and_the_worker_keeps_serving(system: System) -> None:
-    before = system.store.stats()["deadletter"]
+    before = system.store.sweep.stats()["deadletter"]
     system.submit(event_id="bad-1", booking_id="12", user_id="u")
     system.submit(event_id="bad 2", booking_id=5, user_id="u")
     system.submit(event_id="bad-3", booking_id=-1, user_id="u")
     system.send_raw(1, 2, 3)
     system.submit(event_id="bad-5", booking_id=5, user_id="u", max_wait_seconds=10**9)
-    wait_for(lambda: system.store.stats()["deadletter"] >= before + 5, 15, "5 dead letters")
-    reasons = [d["reason"] for d in system.store.deadletters(5)]
+    wait_for(lambda: system.store.sweep.stats()["deadletter"] >= before + 5, 15, "5 dead letters")
+    reasons = [d["reason"] for d in system.store.outcomes.deadletters(5)]
     assert any("booking_id" in r for r in reasons)
     assert any("event_id" in r for r in reasons)
     assert any("positional" in r for r in reasons)
@@ -138,7 +138,7 @@ def test_accept_by_passes_while_pending_expired(system: System) -> None:
         system.sandbox.configure(accept_by_seconds=600)
     rec = system.wait_state(rid, State.EXPIRED, timeout=15)
     assert rec.status == "Pending"
-    assert [o["state"] for o in system.store.outcomes(1000) if o["rebook_id"] == rid] == [
+    assert [o["state"] for o in system.store.outcomes.outcomes(1000) if o["rebook_id"] == rid] == [
         "BOOKED",
         "EXPIRED",
     ]
@@ -170,7 +170,11 @@ def test_performer_read_from_the_original_booking(system: System) -> None:
     for _ in range(3):
         rid, _ = system.rebook(user, system.performer(online=True))
         system.wait_state(rid, State.WATCHING)
-    wait_for(lambda: system.store.performer_field() == "UserID", 10, "the field confirmed")
+    wait_for(
+        lambda: system.store.performer_field.performer_field() == "UserID",
+        10,
+        "the field confirmed",
+    )
     performer = system.performer(online=True)
     booking = system.sandbox.add_booking(user, performer)
     rid = system.submit(booking_id=booking, user_id=user)
@@ -354,7 +358,7 @@ def _profile_id_shape(system: System) -> None:
         assert system.sandbox.booking(rec.new_booking_id)["original_id"] == orig
         owners[rec.new_booking_id] = rid
     assert len(owners) == total
-    figures = system.store.performer_field_stats()
+    figures = system.store.performer_field.performer_field_stats()
     assert figures["field"] is None  # nothing names the user id: nothing was confirmed
     after = system.worker.text().count("reschedule ambiguous")
     assert after - before == total // 5

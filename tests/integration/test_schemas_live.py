@@ -140,7 +140,7 @@ def test_every_answer_of_the_console_matches_the_document(console: str, system: 
     # the same run's outcome stream, raw and as the fan-out delivers it
     entry = Draft202012Validator(json.loads((SCHEMAS / "outcome.json").read_text()))
     message = Draft202012Validator(json.loads((SCHEMAS / "outcome-message.json").read_text()))
-    mine = [o for o in system.store.outcomes(1000) if o["rebook_id"] in (booked, *waiting)]
+    mine = [o for o in system.store.outcomes.outcomes(1000) if o["rebook_id"] in (booked, *waiting)]
     assert {o["state"] for o in mine} >= {"BOOKED", "ABORTED"}
     for row in mine:
         fields = {k: v for k, v in row.items() if k != "id"}
@@ -243,4 +243,6 @@ def test_the_readme_example_runs_with_node_against_a_real_worker(
     assert done.returncode == 0, done.stderr[-2000:]
     rec = system.wait_state(rebook_id_for(event_id), [State.WATCHING, State.ACCEPTED])
     assert (rec.booking_id, rec.user_id, rec.performer_id) == (booking, user, performer)
-    assert not [d for d in system.store.deadletters(50) if event_id in d.get("payload", "")]
+    assert not [
+        d for d in system.store.outcomes.deadletters(50) if event_id in d.get("payload", "")
+    ]

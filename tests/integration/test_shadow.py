@@ -36,7 +36,7 @@ def shadow(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 
 def outcome_of(system: System, rid: str, state: State) -> dict[str, str]:
-    for entry in system.store.outcomes(count=10_000):
+    for entry in system.store.outcomes.outcomes(count=10_000):
         if entry["rebook_id"] == rid and entry["state"] == state.value:
             return entry
     raise AssertionError(f"no {state.value} outcome for {rid}")
@@ -109,7 +109,8 @@ def test_an_unsettled_post_from_before_shadow_mode_is_reconciled_first(shadow: S
     shadow.wait_state(rid, State.WAITING)
     lists_before = shadow.sandbox.stats()["calls"].get("MadeBookings", 0)
     now = time.time()
-    assert shadow.store.transition(  # what a worker in real mode left: "POST sent", no answer
+    # what a worker in real mode left: "POST sent", no answer
+    assert shadow.store.transitions.transition(
         rid,
         State.RESCHEDULING,
         from_=[State.WAITING],

@@ -24,10 +24,10 @@ SLACK = 1.5  # a busy 2-core machine: process start-up jitter, Redis and HTTP ro
 def booked_at(system: System, rid: str) -> float:
     """When the POST's answer was recorded (RESCHEDULING -> WATCHING): a little after the POST
     went out, so a bound on it bounds the POST (worker clock = this machine's)."""
-    for entry in system.store.history(rid):
+    for entry in system.store.records.history(rid):
         if entry.get("to") == State.WATCHING.value:
             return datetime.fromisoformat(str(entry["at"]).replace("Z", "+00:00")).timestamp()
-    raise AssertionError(f"{rid}: not booked: {system.store.history(rid)}")
+    raise AssertionError(f"{rid}: not booked: {system.store.records.history(rid)}")
 
 
 def test_trickling_posts_stall_nothing_else(system: System) -> None:

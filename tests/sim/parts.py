@@ -24,6 +24,10 @@ from urllib3.exceptions import NewConnectionError
 
 from tests.sim.engine import Engine, Proc
 from worker.core.store import Store
+from worker.core.store.connection import Connection
+from worker.core.store.presence import Presence
+from worker.core.store.records import Records
+from worker.core.store.watch import Watch
 
 RESCHEDULING: ContextVar[str | None] = ContextVar("sim_rescheduling", default=None)
 """The rebook whose reschedule step this thread runs (set by the world's task runner): the
@@ -92,7 +96,7 @@ class Expiring:
 
 
 class SimLock:
-    """`Store.lock` on the virtual clock (the server's clock: one for all workers)."""
+    """`Records.lock` on the virtual clock (the server's clock: one for all workers)."""
 
     def __init__(self, table: Expiring, name: str, timeout: float, token: str) -> None:
         self.table, self.name, self.timeout, self.token = table, name, timeout, token
@@ -118,16 +122,12 @@ class SimLock:
         self.table.items.pop(self.name, None)
 
 
-class SimStore(Store):
-    """The real store; only what rests on Redis's own expiry runs on virtual time instead."""
+class SimConnection(Connection):
+    """The real connection; its once-per-window claims run on virtual time, and its one-connection
+    pipelines tell the replica when a `WAIT` returned."""
 
     table: Expiring
     replica: Replica | None = None
-    tokens = 0
-
-    def lock(self, rebook_id: str, timeout: float | None = None) -> SimLock:  # type: ignore[override]
-        SimStore.tokens += 1
-        return SimLock(self.table, f"lock:{rebook_id}", timeout or self.lease, str(self.tokens))
 
     def claim_window(self, name: str, seconds: float) -> float:
         self.table.engine.point()
@@ -136,27 +136,78 @@ class SimStore(Store):
             return 0.0
         return max(0.001, self.table.ttl(name))
 
-    def release_presence_call(self, performer_id: int) -> None:
-        self.table.items.pop(self.keys.presence_window(performer_id), None)
-
-    def cache_bookings(self, user_id: str, bookings: dict[int, str], ttl: float) -> None:
-        self.table.engine.point()
-        self.table.set(f"watch:{user_id}", dict(bookings), ttl)
-
-    def forget_cached(self, user_id: str, booking_id: int) -> None:
-        cached = self.table.get(f"watch:{user_id}")
-        if cached is not None:
-            cached.pop(booking_id, None)
-
-    def _one_connection(self, key: str) -> Any:
+    def one_connection(self, key: str) -> Any:
         pipe = self.r.pipeline(transaction=False)
         pipe.replica = self.replica
         return pipe
 
+
+class SimRecords(Records):
+    """The real records; the step lock on virtual time."""
+
+    conn: SimConnection
+    tokens = 0
+
+    def lock(self, rebook_id: str, timeout: float | None = None) -> SimLock:  # type: ignore[override]
+        SimRecords.tokens += 1
+        return SimLock(
+            self.conn.table, f"lock:{rebook_id}", timeout or self.lease, str(self.tokens)
+        )
+
+
+class SimPresence(Presence):
+    """The real presence schedule; its call windows on virtual time."""
+
+    conn: SimConnection
+
+    def release_presence_call(self, performer_id: int) -> None:
+        self.conn.table.items.pop(self.keys.presence_window(performer_id), None)
+
+
+class SimWatch(Watch):
+    """The real watch part; the cache on virtual time."""
+
+    conn: SimConnection
+
+    def cache_bookings(self, user_id: str, bookings: dict[int, str], ttl: float) -> None:
+        self.conn.table.engine.point()
+        self.conn.table.set(f"watch:{user_id}", dict(bookings), ttl)
+
+    def forget_cached(self, user_id: str, booking_id: int) -> None:
+        cached = self.conn.table.get(f"watch:{user_id}")
+        if cached is not None:
+            cached.pop(booking_id, None)
+
     def cached_booking(self, user_id: str, booking_id: int) -> tuple[bool, str | None]:
-        self.table.engine.point()
-        cached = self.table.get(f"watch:{user_id}")
+        self.conn.table.engine.point()
+        cached = self.conn.table.get(f"watch:{user_id}")
         return cached is not None, None if cached is None else cached.get(booking_id)
+
+
+class SimStore(Store):
+    """The real store; only what rests on Redis's own expiry runs on virtual time instead."""
+
+    connection_type = SimConnection
+    records_type = SimRecords
+    presence_type = SimPresence
+    watch_type = SimWatch
+    conn: SimConnection
+
+    @property
+    def table(self) -> Expiring:
+        return self.conn.table
+
+    @table.setter
+    def table(self, value: Expiring) -> None:
+        self.conn.table = value
+
+    @property
+    def replica(self) -> Replica | None:
+        return self.conn.replica
+
+    @replica.setter
+    def replica(self, value: Replica | None) -> None:
+        self.conn.replica = value
 
 
 class Replica:

@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo
 
 from redis.commands.core import Script
 
+from tests.inspect_store import store_options
 from tests.sim.engine import Crash, Engine
 from tests.sim.parts import (
     RESCHEDULING,
@@ -45,7 +46,8 @@ from worker.adapters.upstream import UpstreamClient
 from worker.core.flow import Flow, Refused, Step
 from worker.core.settings import Settings, load_settings
 from worker.core.states import State
-from worker.core.store import rebook_id_for
+from worker.core.store import rebook_id_for, store_settings
+from worker.core.store.connection import Part
 
 START = 1_767_225_600.0  # 2026-01-01T00:00:00Z; some seeds start near a fall-back hour
 SERVER_SKEW = 0.2
@@ -193,9 +195,7 @@ def run(
         return engine.now + server["skew"]
 
     def flow_for(skew: float) -> tuple[Flow, Any]:
-        store = SimStore(
-            raw, prefix=prefix, retention_seconds=86400, lease_seconds=settings.step_lease_seconds
-        )
+        store = SimStore(raw, **{**store_settings(settings), "retention_seconds": 86400})
         store.table = table
         store.replica = replica
         store.clock = lambda: engine.now + skew
@@ -381,7 +381,8 @@ def run(
     ops_flow = new_flow()
     # Scripts loaded before the run: redis-py's first call of a script costs an extra round
     # trip (NOSCRIPT, then SCRIPT LOAD) that would make a run depend on the ones before it.
-    for script in vars(stores[0]).values():
+    parts = [part for part in vars(stores[0]).values() if isinstance(part, Part)]
+    for script in (s for part in parts for s in vars(part).values()):
         if isinstance(script, Script):
             raw.script_load(script.script)
     for i in range(rng.randint(2, 4)):
@@ -464,10 +465,10 @@ def check_inputs(
     """Invalid events: refused and dead-lettered, never recorded; every accepted event has a
     record (a failover must not lose an event whose message was acknowledged)."""
     bad: list[str] = []
-    store = SimStore(raw, prefix=prefix)
+    store = SimStore(raw, **store_options(prefix=prefix))
     for _, kwargs in bad_events:
         eid = kwargs.get("event_id") if isinstance(kwargs, dict) else None
-        if isinstance(eid, str) and store.get(rebook_id_for(eid)) is not None:
+        if isinstance(eid, str) and store.records.get(rebook_id_for(eid)) is not None:
             bad.append(f"INVALID ACCEPTED: event {eid} was recorded")
     sent = {repr(kwargs)[:80] for _, kwargs in bad_events}
     for what in sorted(set(refused) - sent):
@@ -476,7 +477,7 @@ def check_inputs(
     if not failovers and letters < len(refused):
         bad.append(f"{len(refused)} refused but {letters} dead letters")
     for rid in sorted(accepted):
-        if store.get(rid) is None:
+        if store.records.get(rid) is None:
             bad.append(f"LOST EVENT: {rid} was accepted (message acked) and has no record")
     return bad
 
@@ -494,12 +495,12 @@ def check(
     bad: list[str] = []
     if engine.failure:
         bad.append(engine.failure)
-    store = SimStore(raw, prefix=prefix)
+    store = SimStore(raw, **store_options(prefix=prefix))
     store.clock = lambda: engine.now
     made = upstream.made_by()
-    records = {r.rebook_id: r for r in store.get_many(sorted(originals))}
+    records = {r.rebook_id: r for r in store.records.get_many(sorted(originals))}
     outcomes: dict[str, list[dict[str, str]]] = {}
-    for row in store.outcomes(count=100_000):
+    for row in store.outcomes.outcomes(count=100_000):
         outcomes.setdefault(row["rebook_id"], []).append(row)
     for rid, ids in made.items():
         if len(ids) > 1:

@@ -9,12 +9,26 @@ from typing import Any
 
 from worker.core.actions import Outcome
 from worker.core.search import Filters, Summary
+from worker.core.settings import Settings
 from worker.core.states import State
 from worker.core.store import PresenceSeen, Rebook
 from worker.operations.console import pages
 from worker.operations.console.why import Situation, explain, span
 
 NOW = 1_800_000_000.0
+
+
+def situation(**given: Any) -> Situation:
+    """A situation under the settings' defaults (read from `Settings`), but for `given`."""
+    d = Settings.model_construct()
+    return Situation(
+        **{
+            "presence_interval": d.presence_interval_seconds,
+            "gate_max_wait": d.gate_max_wait_seconds,
+            "reconcile_proof_reads": d.reconcile_proof_reads,
+            **given,
+        }
+    )
 
 
 def rec(state: State, **extra: Any) -> Rebook:
@@ -50,7 +64,7 @@ def test_span_is_precise_enough_to_act_on() -> None:
 
 def test_waiting_says_offline_since_when_last_and_next_check_and_deadline() -> None:
     seen = PresenceSeen(at=NOW - 5, answer="offline", offline_since=NOW - 590)
-    s = Situation(
+    s = situation(
         now=NOW,
         entered_at=NOW - 600,
         presence=seen,
@@ -72,19 +86,19 @@ def test_waiting_says_offline_since_when_last_and_next_check_and_deadline() -> N
 def test_waiting_with_a_failed_check_a_short_budget_or_no_check_yet() -> None:
     failed = PresenceSeen(at=NOW - 3, answer="unknown", error="getUserSummary HTTP 503")
     short = "400 performers need 13.3 presence calls/s"
-    f = facts(rec(State.WAITING), Situation(now=NOW, presence=failed, budget_short=short))
+    f = facts(rec(State.WAITING), situation(now=NOW, presence=failed, budget_short=short))
     assert "failed: getUserSummary HTTP 503" in f["why-presence"]
     assert short in f["why-budget"]
     assert "No presence check is scheduled" in f["why-next"]
     stale = PresenceSeen(at=NOW - 900, answer="offline", offline_since=NOW - 900)
-    f = facts(rec(State.WAITING), Situation(now=NOW, entered_at=NOW - 10, presence=stale))
+    f = facts(rec(State.WAITING), situation(now=NOW, entered_at=NOW - 10, presence=stale))
     assert "has not been checked since this rebook started waiting" in f["why-presence"]
 
 
 def test_rescheduling_names_the_sibling_that_holds_the_gate_and_the_park_time() -> None:
     holder = rec(State.RESCHEDULING, rebook_id="rb-holder", post_sent_ts=NOW - 60)
     gated = rec(State.RESCHEDULING, blocked_by="rb-holder", gated_since=NOW - 120)
-    ex = explain(gated, Situation(now=NOW, holder=holder, gate_max_wait=900, due_at=NOW + 4))
+    ex = explain(gated, situation(now=NOW, holder=holder, gate_max_wait=900, due_at=NOW + 4))
     f = dict(ex.facts)
     assert "rb-holder" in ex.headline
     assert "rb-holder (it is RESCHEDULING)" in f["why-gate"] and "(2m ago)" in f["why-gate"]
@@ -97,38 +111,38 @@ def test_rescheduling_names_the_sibling_that_holds_the_gate_and_the_park_time() 
         upstream="no new booking",
         refusals={"retry": "in progress", "cancel": None},
         xsrf="x",
-        situation=Situation(now=NOW, holder=holder),
+        situation=situation(now=NOW, holder=holder),
     )
     assert 'href="/rebooks/rb-holder"' in html and 'id="why"' in html
 
 
 def test_rescheduling_unsettled_or_failing_says_what_happens_next() -> None:
     unsettled = rec(State.RESCHEDULING, post_sent_ts=NOW - 40, empty_reads=1)
-    f = facts(unsettled, Situation(now=NOW, due_at=NOW + 30, reconcile_proof_reads=3))
+    f = facts(unsettled, situation(now=NOW, due_at=NOW + 30, reconcile_proof_reads=3))
     assert "1 of 3 reads" in f["why-unsettled"] and "(in 30s)" in f["why-unsettled"]
     failing = rec(State.RESCHEDULING, errors=6)
-    f = facts(failing, Situation(now=NOW, entered_at=NOW - 50, due_at=NOW + 20))
+    f = facts(failing, situation(now=NOW, entered_at=NOW - 50, due_at=NOW + 20))
     assert "6 attempt(s) failed" in f["why-errors"] and "rebook_id=rb-0123" in f["why-errors"]
     assert "(in 20s)" in f["why-errors"]
 
 
 def test_watching_and_finished() -> None:
     watching = rec(State.WATCHING, new_booking_id=555, status="Pending", accept_by_ts=NOW + 300)
-    f = facts(watching, Situation(now=NOW, due_at=NOW + 10))
+    f = facts(watching, situation(now=NOW, due_at=NOW + 10))
     assert "555" in f["why-watch"] and "Pending" in f["why-watch"]
     assert "(in 5m)" in f["why-deadline"] and "(in 10s)" in f["why-next"]
-    done = explain(rec(State.ACCEPTED, reason="upstream status Accepted"), Situation(now=NOW))
+    done = explain(rec(State.ACCEPTED, reason="upstream status Accepted"), situation(now=NOW))
     assert done.headline == "Finished: ACCEPTED" and done.todo == ""
 
 
 def test_reauth_says_whether_a_new_token_came_since_it_parked() -> None:
     parked = rec(State.NEEDS_ATTENTION, reason="reauth", action="the member must sign in again")
-    before = Situation(now=NOW, entered_at=NOW - 300, token_stored_at=NOW - 900)
+    before = situation(now=NOW, entered_at=NOW - 300, token_stored_at=NOW - 900)
     ex = explain(parked, before)
     assert ex.headline == "Parked: reauth"
     assert "parks again" in dict(ex.facts)["why-token"]
     assert "rebook tokens set dave" in ex.todo
-    after = Situation(now=NOW, entered_at=NOW - 300, token_stored_at=NOW - 60)
+    after = situation(now=NOW, entered_at=NOW - 300, token_stored_at=NOW - 60)
     assert "should now go through" in facts(parked, after)["why-token"]
     html = pages.detail_page(
         base="/flower",
@@ -254,7 +268,7 @@ def test_every_page_escapes_untrusted_text_in_text_and_attributes() -> None:
             refusals={"retry": None, "cancel": HOSTILE},
             xsrf=HOSTILE,
             message=HOSTILE,
-            situation=Situation(now=NOW),
+            situation=situation(now=NOW),
         ),
         pages.preview_page(base=HOSTILE, outcome=outcome, filters=f, xsrf=HOSTILE, notes={}),
         pages.result_page(base=HOSTILE, outcome=outcome, filters=f),

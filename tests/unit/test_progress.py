@@ -96,7 +96,7 @@ def test_replay_stopped_by_the_broker_says_what_it_did(monkeypatch: pytest.Monke
         return {"payload": json.dumps({"kwargs": kwargs})}
 
     letters = {"1-1": payload("ev-1"), "1-2": payload("ev-2"), "1-3": {"payload": "{trunc"}}
-    store = SimpleNamespace(deadletter_entry=letters.get)
+    store = SimpleNamespace(outcomes=SimpleNamespace(deadletter_entry=letters.get))
     monkeypatch.setattr(cli_module, "_services", lambda: SimpleNamespace(store=store))
     sent: list[str] = []
 

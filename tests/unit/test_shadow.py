@@ -11,7 +11,7 @@ import requests
 from worker.adapters.upstream import SHADOW_REFUSED, UpstreamClient
 from worker.core.errors import NotSent, Shadowed
 from worker.core.states import TERMINAL_STATES, State
-from worker.core.store import _percentile
+from worker.core.store.sweep import _percentile
 from worker.operations.console import pages
 
 

@@ -98,7 +98,7 @@ def requeue_when_store_is_down(step: Callable[[], T], hold: float | None = None)
 
 
 def _deadletter_failed(name: str, task_id: str, exc: BaseException, args: Any, kwargs: Any) -> None:
-    services().store.deadletter(
+    services().store.outcomes.deadletter(
         f"{name} failed: {type(exc).__name__}: {exc}"[:500],
         {"args": args, "kwargs": kwargs},
         task_id=task_id or "",

@@ -87,7 +87,7 @@ def _deadletter(reason: str, message: Any, body: Any = None) -> bool:
     except Exception as exc:  # headers nested too deeply to serialize, ...
         raw = f"<not copied: {type(exc).__name__}>"
     try:
-        services().store.deadletter(
+        services().store.outcomes.deadletter(
             reason,
             payload,
             task_id=task_id if isinstance(task_id, str) else "",

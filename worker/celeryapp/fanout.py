@@ -100,7 +100,6 @@ class Fanout:
     def _run_shard(self, shard: int, batch: int, counts: dict[str, int]) -> None:
         rec = self.record
         down: set[str] = set()  # receivers that failed in this pass: not called again in it
-        rec.migrate_legacy(shard, batch)
         for name in self.receivers:
             for rebook_id in rec.due(shard, name, self.clock(), batch):
                 if name in down:
@@ -189,7 +188,7 @@ class Fanout:
     ) -> bool:
         attempts = self.record.count_attempt(shard, name, entry_id)
         if attempts >= self.settings.fanout_max_attempts:
-            self.store.deadletter(
+            self.store.outcomes.deadletter(
                 f"outcome fan-out gave up after {attempts} attempts: {name}: {reason}",
                 outcome,
                 task="rebook.fanout",

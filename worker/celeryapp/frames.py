@@ -295,7 +295,7 @@ def deadletter_frame(
     headers = headers if isinstance(headers, dict) else {}
     task_id, task = headers.get("id"), headers.get("task")
     try:
-        services().store.deadletter(
+        services().store.outcomes.deadletter(
             reason,
             {"queue": queue, "content_type": content_type, "raw_bytes": len(raw)},
             task_id=task_id if isinstance(task_id, str) else "",

@@ -107,7 +107,7 @@ def select(
         return page.items, page.next is not None
     found: list[Rebook] = []
     for ident in dict.fromkeys(ids):
-        rec = store.find(ident)
+        rec = store.records.find(ident)
         if rec is not None:
             found.append(rec)
     return found, False

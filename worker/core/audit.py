@@ -272,7 +272,7 @@ class Auditor:
         ids = AuditRecord(self.store).created_since(since)
         by_member: dict[str, list[Rebook]] = {}
         for chunk in range(0, len(ids), 500):
-            for rec in self.store.get_many(ids[chunk : chunk + 500]):
+            for rec in self.store.records.get_many(ids[chunk : chunk + 500]):
                 by_member.setdefault(rec.user_id, []).append(rec)
         return by_member
 
@@ -350,7 +350,7 @@ class Auditor:
         owners = dict(
             zip(
                 [b.booking_id for b in bookings],
-                self.store.owners_of([b.booking_id for b in bookings]),
+                self.store.records.owners_of([b.booking_id for b in bookings]),
                 strict=True,
             )
         )
@@ -359,7 +359,7 @@ class Auditor:
             records,
             bookings,
             owners,
-            performer_key=self.store.performer_field(),
+            performer_key=self.store.performer_field.performer_field(),
             margin=margin,
             found_at=found_at,
         )

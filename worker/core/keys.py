@@ -123,10 +123,6 @@ class Keys:
         """Per-hour counters of the console's charts (`out`, `booked`)."""
         return self.skey(shard, "chart", kind, hour)
 
-    def presence_place(self, shard: int) -> str:
-        """Where the sweep's fair presence round stands (the least recently polled go first)."""
-        return self.skey(shard, "presence", "place")
-
     def sweep_last(self) -> str:
         """When the sweep last ran (shard 0 holds it)."""
         return self.skey(0, "sweep", "last")

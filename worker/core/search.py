@@ -390,7 +390,9 @@ class Search:
                     break
             if not batch:
                 return Page(items, None, examined)
-            records = {r.rebook_id: r for r in self.store.get_many([rid for _, rid in batch])}
+            records = {
+                r.rebook_id: r for r in self.store.records.get_many([rid for _, rid in batch])
+            }
             for pair in batch:
                 examined += 1
                 rec = records.get(pair[1])
@@ -435,10 +437,6 @@ class Search:
             counts[rec.state.value] = counts.get(rec.state.value, 0) + 1
         ordered: dict[str, int] = {s.value: counts[s.value] for s in State if s.value in counts}
         return Summary(ordered, len(page.items), complete=page.next is None)
-
-    def all_matching(self, f: Filters) -> list[Rebook]:
-        """Every match (bulk actions): a query without limit."""
-        return self.query(f, limit=0).items
 
     # -- charts --------------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """The states of a rebook and the sets they fall into, defined once for Python and Lua.
 
 The Lua scripts do not spell the sets a second time: `lua_prelude()` is prepended to every
-script the store loads (`worker.core.store._script`), so `ACTIVE[state]` in Lua is this module.
+script the store loads (`worker.core.store.connection.script`), so `ACTIVE[state]` in Lua is
+this module.
 """
 
 from __future__ import annotations

@@ -147,10 +147,10 @@ def status(
 ) -> None:
     """One rebook with its history."""
     svc = _services()
-    rec = svc.store.find(ident)
+    rec = svc.store.records.find(ident)
     if rec is None:
         fail(f"no rebook {ident!r}")
-    history = svc.store.history(rec.rebook_id)
+    history = svc.store.records.history(rec.rebook_id)
     if as_json:
         _print_json({**rec.public(), "history": history})
         return
@@ -245,7 +245,7 @@ def list_(
 @cli.command()
 def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Counts per state, the oldest overdue lag and the dead-letter count."""
-    data = _services().store.stats()
+    data = _services().store.sweep.stats()
     if as_json:
         _print_json(data)
         return
@@ -579,7 +579,7 @@ def outcomes(
 ) -> None:
     """The outcome stream (`{prefix}outcomes`)."""
     store = _services().store
-    past = store.latest_outcomes(count)
+    past = store.outcomes.latest_outcomes(count)
 
     def show(item: dict[str, str]) -> None:
         if as_json:
@@ -603,7 +603,7 @@ def outcomes(
     if follow:
         last = past[-1]["id"] if past else "$"
         try:
-            for item in store.follow_outcomes(last):
+            for item in store.outcomes.follow_outcomes(last):
                 show(item)
         except KeyboardInterrupt:
             return
@@ -621,7 +621,7 @@ def deadletter(
     """List dead letters (newest first); `rebook deadletter replay ID` re-submits one."""
     if ctx.invoked_subcommand is not None:
         return
-    rows = _services().store.deadletters(count)
+    rows = _services().store.outcomes.deadletters(count)
     if as_json:
         _print_json(rows)
         return
@@ -712,7 +712,7 @@ def _replayable(
     store: Any, entry_id: str, fixes: dict[str, Any]
 ) -> tuple[dict[str, Any] | None, str, int]:
     """The event of a dead letter with `fixes` applied, or why not and the exit code."""
-    entry = store.deadletter_entry(entry_id)
+    entry = store.outcomes.deadletter_entry(entry_id)
     if entry is None:
         return None, f"no dead letter {entry_id!r}", 1
     try:

@@ -238,7 +238,7 @@ def _beat(settings: Settings) -> Check:
     from worker.core.store import Store
 
     store = Store.from_settings(settings)
-    last = store.last_sweep()
+    last = store.sweep.last_sweep()
     limit = max(10.0, settings.sweep_interval_seconds * 5)
     if last is None:
         return Check(
@@ -281,8 +281,8 @@ def _presence(settings: Settings) -> Check:
     from worker.core.store import Store
 
     store = Store.from_settings(settings)
-    figures = store.stats()["presence"]
-    last = store.last_presence_unreadable()
+    figures = store.sweep.stats()["presence"]
+    last = store.presence.last_presence_unreadable()
     if last is not None:
         return Check(
             "presence",
@@ -319,7 +319,7 @@ def _zone(settings: Settings) -> Check:
     time) beside the Date header (GMT) of that answer (worker.core.zonecheck)."""
     from worker.core.store import Store
 
-    seen = Store.from_settings(settings).zone_observation()
+    seen = Store.from_settings(settings).sweep.zone_observation()
     if seen is None:
         return Check(
             "time zone",
@@ -367,7 +367,7 @@ def _performer_field(settings: Settings) -> Check:
     `unverified_shape` parks) until answers confirm one."""
     from worker.core.store import Store
 
-    figures = Store.from_settings(settings).performer_field_stats()
+    figures = Store.from_settings(settings).performer_field.performer_field_stats()
     line = performer_field_line(figures)
     if figures.get("field"):
         return Check("performer field", True, line)

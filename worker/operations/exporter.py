@@ -6,7 +6,7 @@ sweep runs, what ended how, and how the upstream answers. Those live in Redis (t
 so this process reads them there on every scrape instead of keeping counters of its own: any
 number of workers feed the same numbers, and restarting the exporter loses nothing.
 
-One scrape = `Store.stats()` (one pipeline plus the last-sweep read) and one pipeline for the two
+One scrape = `Sweep.stats()` (one pipeline plus the last-sweep read) and one pipeline for the two
 counter hashes, `{prefix}metrics:outcomes` (`STATE -> n`, written by the transition script) and
 `{prefix}metrics:upstream` (`endpoint:outcome -> n`, added by each worker process at most a
 second after its calls). When Redis cannot be reached the scrape still answers, with
@@ -68,8 +68,8 @@ class RebookCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         try:
-            stats = self.store.stats()
-            outcomes = self.store.outcome_counts()
+            stats = self.store.sweep.stats()
+            outcomes = self.store.outcomes.outcome_counts()
             upstream = Tally.upstream_calls(self.store).read()
             memory = Server.of(self.store).info("memory")
             audit = Tally.audit_findings(self.store).read()

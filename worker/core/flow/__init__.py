@@ -179,7 +179,7 @@ class Flow:
         the record fences the step's writes, for the case the lock cannot cover: a step that
         outlived its lease (a stuck call, a paused process) and comes back with a stale answer.
         """
-        lock = self.store.lock(rebook_id)
+        lock = self.store.records.lock(rebook_id)
         if not lock.acquire():
             return Step.BUSY
         ctx = StepContext(
@@ -190,7 +190,7 @@ class Flow:
             self.settings.longest_call_seconds,
         )
         try:
-            rec = self.store.claim_step(rebook_id, ctx.token)
+            rec = self.store.records.claim_step(rebook_id, ctx.token)
             if rec is None or rec.state != state:
                 return Step.NOOP
             with bound(

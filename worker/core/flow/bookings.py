@@ -84,10 +84,13 @@ class Bookings(Kit):
                 continue
             # another rebook's original existed before its event named it: never what our POST
             # made (an event for a booking minutes old, whose session is still ahead, is not sent)
-            if self.store.active_owner(b.booking_id, rec.user_id) not in (None, rec.rebook_id):
+            if self.store.records.active_owner(b.booking_id, rec.user_id) not in (
+                None,
+                rec.rebook_id,
+            ):
                 continue
             found.append(b)
-        owners = self.store.owners_of([b.booking_id for b in found])
+        owners = self.store.records.owners_of([b.booking_id for b in found])
         return sorted(
             (b for b, owner in zip(found, owners, strict=True) if owner in (None, rec.rebook_id)),
             key=lambda b: b.booking_id,
@@ -109,14 +112,14 @@ class Bookings(Kit):
     def booked(
         self, ctx: StepContext, rec: Rebook, booking: WebcamBooking, adopted: str = ""
     ) -> Step:
-        if not self.store.claim_booking(booking.booking_id, rec.rebook_id):
+        if not self.store.records.claim_booking(booking.booking_id, rec.rebook_id):
             self._park(
                 ctx,
                 rec,
                 "booking_claimed_elsewhere",
                 action="the upstream returned a booking another rebook owns; check both records",
                 new_booking_id=booking.booking_id,
-                owner=self.store.owner_of(booking.booking_id),
+                owner=self.store.records.owner_of(booking.booking_id),
             )
             return Step.PARKED
         now = self.clock()
@@ -171,12 +174,12 @@ class Bookings(Kit):
         """Other rebooks of the member and performer (`member_wide`: of any performer) that
         could have made a booking nobody owns: active ones without a booking, and finished ones
         that POSTed without one."""
-        active = set(self.store.active_of_user(rec.user_id))
-        posted = self.store.posted_without_booking(rec, member_wide=member_wide)
+        active = set(self.store.records.active_of_user(rec.user_id))
+        posted = self.store.transitions.posted_without_booking(rec, member_wide=member_wide)
         ids = sorted((active | set(posted)) - {rec.rebook_id})
         return [
             o.rebook_id
-            for o in self.store.get_many(ids)
+            for o in self.store.records.get_many(ids)
             if o.new_booking_id is None
             and (o.rebook_id not in active or o.state in ACTIVE_STATES)
             and (
@@ -191,9 +194,11 @@ class Bookings(Kit):
         performer field is unconfirmed, a booking found may be theirs as well as ours. (The
         member's gate keeps them from overlapping ours; they can only be left from a time the
         field was confirmed, or from before it was dropped.)"""
-        ids = self.store.posted_without_booking(rec, member_wide=True)
+        ids = self.store.transitions.posted_without_booking(rec, member_wide=True)
         return [
-            o for o in self.store.get_many([i for i in ids if i != rec.rebook_id]) if o.unsettled
+            o
+            for o in self.store.records.get_many([i for i in ids if i != rec.rebook_id])
+            if o.unsettled
         ]
 
 

@@ -145,7 +145,7 @@ class Kit:
         while the step still holds it (its token is the record's `claim`)."""
         if ctx is not None and ctx.rebook_id == rebook_id:
             require = {**(require or {}), "claim": ctx.token}
-        return self.store.transition(rebook_id, to, require=require, **kw)
+        return self.store.transitions.transition(rebook_id, to, require=require, **kw)
 
     def _park(
         self,
@@ -178,7 +178,7 @@ class Kit:
             log.warning("member %s: refresh refused for the OAuth client, not parked", user_id)
             return 0
         parked = 0
-        for rec in self.store.get_many(self.store.active_of_user(user_id)):
+        for rec in self.store.records.get_many(self.store.records.active_of_user(user_id)):
             if rec.state in STEP_STATES and self._park(
                 ctx,
                 rec,
@@ -262,10 +262,10 @@ class Kit:
 
     def _unblock(self, ctx: StepContext, rec: Rebook) -> None:
         """Its POST settled: the siblings it had parked as `blocked` go on by themselves."""
-        ids = self.store.active_of_user(rec.user_id)
+        ids = self.store.records.active_of_user(rec.user_id)
         if len(ids) < 2:
             return
-        for other in self.store.get_many(ids):
+        for other in self.store.records.get_many(ids):
             if (
                 other.state == State.NEEDS_ATTENTION
                 and other.reason == "blocked"

@@ -33,7 +33,7 @@ class Intake(Kit):
         try:
             event, extra = RebookEvent.parse(args, kwargs)
         except InvalidEvent as exc:
-            self.store.deadletter(
+            self.store.outcomes.deadletter(
                 exc.reason, {"args": args, "kwargs": kwargs}, task_id=task_id, task="rebook.request"
             )
             log.warning("invalid rebook event (task %s): %s", task_id, exc.reason)
@@ -51,7 +51,7 @@ class Intake(Kit):
             log.info("event %s: ignored unknown fields %s", event.event_id, ", ".join(extra[:10]))
         now = self.clock()
         max_wait = event.max_wait_seconds or self.settings.max_wait_seconds
-        result = self.store.create(
+        result = self.store.records.create(
             rebook_id=rebook_id_for(event.event_id),
             event_id=event.event_id,
             booking_id=event.booking_id,

@@ -93,7 +93,7 @@ class Operator(Kit):
         """A later rebook of the same original made a booking after this one ended: restarting
         this one would book the original a second time (the simulation's seed 106551: an operator
         retried a FAILED rebook after a second event had rebooked its original)."""
-        for other in self.store.rebooks_of_booking(rec.booking_id, rec.user_id):
+        for other in self.store.records.rebooks_of_booking(rec.booking_id, rec.user_id):
             if (
                 other.rebook_id != rec.rebook_id
                 and other.new_booking_id is not None
@@ -134,7 +134,7 @@ class Operator(Kit):
             due=due,
             now=now,
         ):
-            active = self.store.active_owner(rec.booking_id, rec.user_id)
+            active = self.store.records.active_owner(rec.booking_id, rec.user_id)
             raise Refused(
                 f"booking {rec.booking_id} has another active rebook ({active}); not restarted"
                 if active and active != rec.rebook_id
@@ -150,14 +150,14 @@ class Operator(Kit):
     def resume_member(self, user_id: str) -> int:
         """After `rebook tokens set`: the member's rebooks parked for `reauth` go on."""
         resumed = 0
-        for rec in self.store.get_many(self.store.active_of_user(user_id)):
+        for rec in self.store.records.get_many(self.store.records.active_of_user(user_id)):
             if rec.state == State.NEEDS_ATTENTION and rec.reason == "reauth":
                 self._resume(None, rec, "tokens renewed")
                 resumed += 1
         return resumed
 
     def _find(self, ident: str) -> Rebook:
-        rec = self.store.find(ident)
+        rec = self.store.records.find(ident)
         if rec is None:
             raise LookupError(f"no rebook {ident!r}")
         return rec

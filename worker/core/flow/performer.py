@@ -55,7 +55,7 @@ class Performer(Kit):
     _slots_spent_until: float = field(default=-math.inf, repr=False)
 
     def resolve(self, ctx: StepContext, rec: Rebook) -> Step:
-        field_name = self.store.performer_field()
+        field_name = self.store.performer_field.performer_field()
         if rec.performer_id is not None:
             return self._learn_from_original(ctx, rec) if field_name is None else Step.NOOP
         if field_name is None:  # a guess at the key would decide whose bookings are whose
@@ -105,7 +105,7 @@ class Performer(Kit):
         at, value = self._field_seen
         now = time.monotonic()
         if now - at > FIELD_CACHE_SECONDS:
-            value = self.store.performer_field()
+            value = self.store.performer_field.performer_field()
             self._field_seen = (now, value)
         return value
 
@@ -114,7 +114,7 @@ class Performer(Kit):
         process asks Redis again only in the next window (intake pays nothing meanwhile)."""
         if now < self._slots_spent_until:
             return False
-        if self.store.learning_slot(LEARNING_READS, LEARNING_WINDOW_SECONDS, now):
+        if self.store.performer_field.learning_slot(LEARNING_READS, LEARNING_WINDOW_SECONDS, now):
             return True
         window = LEARNING_WINDOW_SECONDS
         self._slots_spent_until = (now // window + 1) * window
@@ -127,7 +127,7 @@ class Performer(Kit):
         if rec.performer_id is None or rec.performer_resolved or booking.performer is None:
             return
         try:
-            confirmed, change = self.store.learn_performer_field(
+            confirmed, change = self.store.performer_field.learn_performer_field(
                 booking.performer,
                 rec.performer_id,
                 booking.booking_id,
@@ -154,7 +154,7 @@ class Performer(Kit):
         """The field is confirmed: rebooks parked for `unverified_shape` go on (they settle, or
         resolve their performer, through the confirmed field now)."""
         resumed = 0
-        for other in self.store.list_rebooks(State.NEEDS_ATTENTION, limit=0):
+        for other in self.store.records.list_rebooks(State.NEEDS_ATTENTION, limit=0):
             if other.reason == "unverified_shape":
                 self._resume(ctx, other, "performer field confirmed")
                 resumed += 1

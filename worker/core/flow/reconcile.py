@@ -56,7 +56,7 @@ class Reconcile(Kit):
         if read_at > start + s.reconcile_max_seconds:
             return self._park_unsettled(ctx, rec, rec.reconcile_tries, "no proof within the bound")
         known = set(rec.known_ids) if rec.known_ids is not None else None
-        performer_key = self.store.performer_field()
+        performer_key = self.store.performer_field.performer_field()
         try:
             listing = self.bookings.listing(ctx, rec, sent - s.reconcile_lookback_seconds)
         except Throttled as exc:
@@ -114,7 +114,7 @@ class Reconcile(Kit):
             due=self.clock() + self.store.lease,
         ):
             return Step.NOOP
-        fresh = self.store.get(rec.rebook_id)
+        fresh = self.store.records.get(rec.rebook_id)
         return self.posts.post(ctx, fresh, listing) if fresh is not None else Step.NOOP
 
     def _foreign(

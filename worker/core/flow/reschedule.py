@@ -78,12 +78,12 @@ class Reschedule(Kit):
                 action="check the upstream, then `rebook retry ID`",
             )
             return Step.PARKED
-        performer_key = self.store.performer_field()
-        holder = self.store.gate_holder(rec, member_wide=performer_key is None)
+        performer_key = self.store.performer_field.performer_field()
+        holder = self.store.transitions.gate_holder(rec, member_wide=performer_key is None)
         if holder is not None:
             return self.classify.gated(ctx, rec, holder)
         cap = s.max_rebooks_per_member_per_day
-        if cap and self.store.member_posts_today(rec.user_id, self.clock()) >= cap:
+        if cap and self.store.watch.member_posts_today(rec.user_id, self.clock()) >= cap:
             return self.classify.capped(ctx, rec, cap)
         # Before a POST, look: a POST whose mark was lost (a failover, a restore) made a booking
         # that nothing here remembers. What the list shows now is what our POST cannot have made.
@@ -182,8 +182,12 @@ class Reschedule(Kit):
         if self.store.server_id(rec.user_id) != read.server:
             self.reads.drop(rec.user_id, read)
             return None
-        others = [o for o in self.store.posted_without_booking(rec, True) if o != rec.rebook_id]
-        for other in self.store.get_many(others):
+        others = [
+            o
+            for o in self.store.transitions.posted_without_booking(rec, True)
+            if o != rec.rebook_id
+        ]
+        for other in self.store.records.get_many(others):
             if other.new_booking_id is None and (
                 other.post_sent_ts is not None or other.updated_ts >= after
             ):
@@ -239,7 +243,7 @@ class Reschedule(Kit):
             capped = bool(self.settings.max_rebooks_per_member_per_day)
             # (shadow mode took no count: it stops before the mark, and the cap)
             if marked and capped and not isinstance(exc, (Ambiguous, Shadowed)):
-                self.store.give_back_member_post(rec.user_id, marked[0])
+                self.store.watch.give_back_member_post(rec.user_id, marked[0])
             raise
 
     def _write_mark(
@@ -260,9 +264,9 @@ class Reschedule(Kit):
         ctx.hold()
         now = self.clock()
         cap = s.max_rebooks_per_member_per_day
-        if cap and not self.store.take_member_post(rec.user_id, cap, now):
+        if cap and not self.store.watch.take_member_post(rec.user_id, cap, now):
             raise Capped(f"member {rec.user_id} reached {cap} POSTs today")
-        ok, holder, got, sent = self.store.start_post(
+        ok, holder, got, sent = self.store.transitions.start_post(
             rec.rebook_id,
             now=now,
             attempts=rec.attempts + 1,
@@ -276,7 +280,7 @@ class Reschedule(Kit):
         )
         if not ok:
             if cap:
-                self.store.give_back_member_post(rec.user_id, now)
+                self.store.watch.give_back_member_post(rec.user_id, now)
             raise Gated(holder) if holder else Unmarked("the rebook changed")
         assert sent is not None
         marked.append(sent)  # the server's time (the proof's clock), as the record has it

@@ -57,20 +57,20 @@ class Sweep(Kit):
         if not math.isinf(budget):  # whole calls, the fraction carried on average (unbiased)
             exact = budget * self.settings.sweep_interval_seconds
             share = max(1, math.floor(exact) + (random.random() < exact - math.floor(exact)))
-        ids, pids = self.store.claim_due(
+        ids, pids = self.store.sweep.claim_due(
             now,
             self.settings.sweep_batch,
             ahead=self.settings.sweep_interval_seconds,
             performers=share,
         )
-        self.store.note_presence_performers(now)
+        self.store.presence.note_presence_performers(now)
         counts = {"performers": len(pids), "rebooks": len(ids), "gave_up": 0}
         expired: list[str] = []
         with self.dispatch.batch():
             for i, (pid, due) in enumerate(sorted(pids.items(), key=lambda row: row[1])):
                 at = max(due, now + i * spacing)
                 self.dispatch.check_presence(pid, at=at if at > now else None)
-            for rec in self.store.get_many(ids):
+            for rec in self.store.records.get_many(ids):
                 if rec.state == State.WAITING:
                     if now >= rec.deadline_ts and paused == "api_key":
                         # presence cannot be read while the key is refused: the operator's
@@ -106,7 +106,7 @@ class Sweep(Kit):
                         due=REMOVE,
                     )
         if expired:  # one script call per shard for all of them
-            gave_up = self.store.transition_many(
+            gave_up = self.store.transitions.transition_many(
                 expired,
                 State.GAVE_UP,
                 from_=[State.WAITING],
@@ -131,11 +131,11 @@ class Sweep(Kit):
         ids, pids = circuit.take_held(self.settings.sweep_batch, checked=True)
         if ids or pids:
             log.info("resuming %d rebook(s), %d performer(s) paused", len(ids), len(pids))
-        for rec in self.store.get_many(ids):
+        for rec in self.store.records.get_many(ids):
             if rec.state in STEP_STATES:
                 self._stay(None, rec, reason=rec.reason, due=now - 0.001, fields={"errors": 0})
         for pid in pids:
-            self.store.schedule_performer(pid, now - 0.001)
+            self.store.presence.schedule_performer(pid, now - 0.001)
         if ids or not self._client_parked_checked:
             self._client_parked_checked = True
             self.resume_client_parked()
@@ -161,10 +161,10 @@ class Sweep(Kit):
         that; found by their park detail) resume: it was the site's setting, not the member.
         Should the client still be refused, they pause behind the circuit, not park again."""
         resumed = 0
-        for rec in self.store.list_rebooks(State.NEEDS_ATTENTION, limit=0):
+        for rec in self.store.records.list_rebooks(State.NEEDS_ATTENTION, limit=0):
             if rec.reason != "reauth":
                 continue
-            detail = self.store.park_detail(rec) or {}
+            detail = self.store.outcomes.park_detail(rec) or {}
             if CLIENT_REFUSAL_TEXT.search(json.dumps(detail)):
                 self._resume(None, rec, "the OAuth client was refused, not the member's tokens")
                 resumed += 1
@@ -173,4 +173,4 @@ class Sweep(Kit):
         return resumed
 
     def housekeeping(self) -> int:
-        return self.store.expire_finished(self.clock())
+        return self.store.sweep.expire_finished(self.clock())

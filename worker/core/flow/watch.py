@@ -120,7 +120,9 @@ class Watch(Kit):
             if self.store.claim_window(f"watchlist:{rec.user_id}", interval) == 0:
                 watching = [
                     r
-                    for r in self.store.get_many(self.store.active_of_user(rec.user_id))
+                    for r in self.store.records.get_many(
+                        self.store.records.active_of_user(rec.user_id)
+                    )
                     if r.state == State.WATCHING
                 ]
                 since = min((r.post_sent_ts or r.created_ts) for r in [rec, *watching])
@@ -135,12 +137,12 @@ class Watch(Kit):
                         )
                     ),
                 )
-                self.store.cache_bookings(
+                self.store.watch.cache_bookings(
                     rec.user_id,
                     {b.booking_id: b.model_dump_json(by_alias=True) for b in found},
                     ttl=interval,
                 )
-            listed, cached = self.store.cached_booking(rec.user_id, booking_id)
+            listed, cached = self.store.watch.cached_booking(rec.user_id, booking_id)
             if cached is not None:
                 return WebcamBooking.model_validate_json(cached, context={"tz": self.settings.zone})
             if not listed:
@@ -204,7 +206,7 @@ class Watch(Kit):
                     due=self._due_at(self._proof_due(start, k + 1), read_at),
                 )
                 return Step.CONFIRM_PROVING
-        self.store.forget_cached(rec.user_id, booking.booking_id)
+        self.store.watch.forget_cached(rec.user_id, booking.booking_id)
         if not self._stay(
             ctx,
             rec,

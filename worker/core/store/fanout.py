@@ -141,11 +141,3 @@ class FanoutRecord:
     def count_attempt(self, shard: int, name: str, entry_id: str) -> int:
         """One more failed attempt of `name` at the entry; how many so far."""
         return int(self._r.hincrby(self.keys.fanout(shard, name, "attempts"), entry_id, 1))
-
-    def migrate_legacy(self, shard: int, batch: int) -> None:
-        """Queues of the one-receiver fan-out (`fanout:q:{id}`, `fanout:retry`): their entries
-        are still pending in the group, so reclaiming delivers them; the old keys go."""
-        legacy = self.keys.fanout(shard, "retry")
-        for rebook_id in self._r.zrange(legacy, 0, batch - 1):
-            self._r.delete(self.keys.fanout(shard, "q", rebook_id))
-            self._r.zrem(legacy, rebook_id)

@@ -14,7 +14,7 @@ class RateLog:
 
     def __init__(self, client: Any, key: str) -> None:
         self.key = key
-        script = resources.files("worker.core").joinpath("lua/ratelimit.lua").read_text()
+        script = resources.files("worker.core.store").joinpath("lua/ratelimit.lua").read_text()
         self._script = client.register_script(script)
 
     @classmethod

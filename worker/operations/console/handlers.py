@@ -117,7 +117,7 @@ class ConsoleHandler(BaseHandler):
         self.finish(json.dumps(value, default=str))
 
     def record(self, rebook_id: str) -> Rebook:
-        rec = _services().store.find(rebook_id)
+        rec = _services().store.records.find(rebook_id)
         if rec is None:
             raise tornado.web.HTTPError(404, f"no rebook {rebook_id!r}")
         return rec

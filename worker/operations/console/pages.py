@@ -277,11 +277,11 @@ def detail_page(
     refusals: Mapping[str, str | None],
     xsrf: str,
     message: str = "",
-    situation: Situation | None = None,
+    situation: Situation,
 ) -> str:
     """`/rebooks/{id}`: why it is where it is (first, in words), what may be done, its
     timeline, the record, its outcomes and the new booking's upstream status."""
-    sit = situation or Situation(now=time.time())
+    sit = situation
     since = sit.entered_at or rec.updated_ts or rec.created_ts
     return render(
         "detail.html",

@@ -106,7 +106,7 @@ def list_view(store: Store, f: Filters, limit: int, cursor: str) -> ListView:
     # alone is already counted by the chips above the table
     only_state = f.state is not None and list(f.params()) == ["state"]
     summary = None if f.empty or only_state else search.summary(f)
-    stats = store.stats(now)
+    stats = store.sweep.stats(now)
     return ListView(
         filters=f,
         counts=stats["states"],
@@ -130,17 +130,17 @@ def api_list(store: Store, f: Filters, limit: int, cursor: str) -> dict[str, Any
 
 def api_detail(store: Store, rebook_id: str) -> dict[str, Any] | None:
     """`GET /api/rebooks/{id}`, None when there is no such rebook."""
-    rec = store.find(rebook_id)
+    rec = store.records.find(rebook_id)
     if rec is None:
         return None
-    return {**rec.public(), "history": store.history(rec.rebook_id)}
+    return {**rec.public(), "history": store.records.history(rec.rebook_id)}
 
 
 def detail_view(
     svc: Services, flow: Callable[[], Flow], rec: Rebook, message: str = ""
 ) -> DetailView:
     """The rebook page. `flow` is called only to read a new booking upstream."""
-    history = svc.store.history(rec.rebook_id)
+    history = svc.store.records.history(rec.rebook_id)
     return DetailView(
         rec=rec,
         history=history,
@@ -158,7 +158,7 @@ def act_on(
     """A rebook page's button, as `rebook retry ID`: the page of the record after, with what
     was done or refused, and its status (None if the record is gone)."""
     result = run(flow(), svc.store, action, ids=[rec.rebook_id])
-    after = svc.store.find(rec.rebook_id)
+    after = svc.store.records.find(rec.rebook_id)
     if after is None:
         return None
     if result.refused:
@@ -283,16 +283,16 @@ def situation(svc: Services, rec: Rebook, history: list[dict[str, Any]]) -> Situ
     waiting = 0
     budget: str | None = None
     if rec.state == State.WAITING and rec.performer_id is not None:
-        seen = store.presence_seen(rec.performer_id)
-        presence_next = store.performer_due(rec.performer_id)
-        waiting = store.waiting_count(rec.performer_id)
+        seen = store.presence.presence_seen(rec.performer_id)
+        presence_next = store.presence.performer_due(rec.performer_id)
+        waiting = store.presence.waiting_count(rec.performer_id)
     if rec.state in (State.WAITING, State.RESCHEDULING):
         performers = details.tracked_performers(store)
         figures = presence_figures(
             performers,
             settings.presence_interval_seconds,
             settings.upstream_rate_per_second,
-            store.achieved_presence_interval(now),
+            store.presence.achieved_presence_interval(now),
         )
         budget = shortfall(figures)
     reauth = rec.state == State.NEEDS_ATTENTION and rec.reason == "reauth"
@@ -306,7 +306,7 @@ def situation(svc: Services, rec: Rebook, history: list[dict[str, Any]]) -> Situ
         waiting_on_performer=waiting,
         budget_short=budget,
         gate_max_wait=settings.gate_max_wait_seconds,
-        holder=store.get(rec.blocked_by) if rec.blocked_by else None,
+        holder=store.records.get(rec.blocked_by) if rec.blocked_by else None,
         token_stored_at=token_stored_at(svc, rec.user_id) if reauth else None,
         reconcile_proof_reads=settings.reconcile_proof_reads,
     )

@@ -43,6 +43,12 @@ class Situation:
     """What the detail page knows besides the record (all read at one moment, `now`)."""
 
     now: float
+    presence_interval: float
+    """REBOOK_PRESENCE_INTERVAL_SECONDS."""
+    gate_max_wait: float
+    """REBOOK_GATE_MAX_WAIT_SECONDS."""
+    reconcile_proof_reads: int
+    """REBOOK_RECONCILE_PROOF_READS."""
     entered_at: float | None = None
     """When the rebook entered its current state (its last history entry)."""
     due_at: float | None = None
@@ -50,16 +56,13 @@ class Situation:
     presence: PresenceSeen | None = None
     presence_next: float | None = None
     """When the performer's next presence check is due (None: none scheduled)."""
-    presence_interval: float = 30.0
     waiting_on_performer: int = 0
     budget_short: str | None = None
     """`worker.core.capacity.shortfall()`: presence needs more calls than its budget gives."""
-    gate_max_wait: float = 900.0
     holder: Rebook | None = None
     """The sibling whose unsettled request holds this one's gate."""
     token_stored_at: float | None = None
     """When the member's token pair was last handed over or refreshed (never the tokens)."""
-    reconcile_proof_reads: int = 3
 
 
 @dataclass(frozen=True)
