@@ -67,8 +67,12 @@ class Circuit:
     def state(self, *, fresh: bool = False) -> dict[str, str] | None:
         """The fault in force (`reason`, `since`, `setting`, `message`, ...) or None. Read at
         most once a second per process unless `fresh`: every upstream call asks."""
-        now = time.monotonic()
-        if not fresh and self._cached is not None and now - self._cached[0] < self.cache_seconds:
+        now = self.clock()  # the injected clock (the simulation's); a step back re-reads
+        if (
+            not fresh
+            and self._cached is not None
+            and 0 <= now - self._cached[0] < self.cache_seconds
+        ):
             return self._cached[1]
         raw = self.record.read()
         found = {_s(k): _s(v) for k, v in raw.items()} if raw else None

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import dataclass, field
 
 from worker.core.errors import (
@@ -103,8 +102,8 @@ class Performer(Kit):
         """The confirmed field as intake sees it: cached a few seconds (it only decides whether a
         learning read is worth a call; proofs read the field afresh)."""
         at, value = self._field_seen
-        now = time.monotonic()
-        if now - at > FIELD_CACHE_SECONDS:
+        now = self.clock()  # the injected clock (the simulation's); a step back re-reads
+        if not 0 <= now - at <= FIELD_CACHE_SECONDS:
             value = self.store.performer_field.performer_field()
             self._field_seen = (now, value)
         return value
@@ -138,7 +137,7 @@ class Performer(Kit):
         except Exception as exc:  # learning is a side road: never fail the step for it
             log.warning("rebook %s: performer field not updated (%s)", rec.rebook_id, exc)
             return
-        self._field_seen = (time.monotonic(), confirmed)
+        self._field_seen = (self.clock(), confirmed)
         if change == "dropped":
             log.warning(
                 "performer field dropped: %s of booking %s (%s) contradicts it",

@@ -157,7 +157,11 @@ class Store:
         """TLS options of a `rediss://` client (certificate checks), for probes of the URL."""
         self.conn = self.connection_type(client, self.keys, cluster=cluster)
         self.circuit = Circuit(
-            client, self.keys, fingerprints=fingerprints, probe_seconds=pause_probe_seconds
+            client,
+            self.keys,
+            fingerprints=fingerprints,
+            probe_seconds=pause_probe_seconds,
+            clock=lambda: self.clock(),  # the store's, whatever a test or the simulation sets
         )
         """Deployment faults (worker/core/circuit.py)."""
         self.records = self.records_type(
