@@ -16,7 +16,6 @@ import statistics
 import sys
 import time
 from datetime import UTC, datetime
-from importlib import resources
 from typing import Any
 
 import redis
@@ -45,7 +44,8 @@ return n
 
 def fill(r: redis.Redis, n: int) -> float:
     """`n` waiting rebooks (100 performers, 10 per member), as intake's script writes them."""
-    body = resources.files("worker").joinpath("lua/create.lua").read_text()
+    # the store's own intake script, wherever the store keeps its Lua
+    body = Store(r, prefix=PREFIX)._create.script
     script = r.register_script(FILL % (body, PREFIX))
     now = time.time()
     t0 = time.monotonic()

@@ -40,7 +40,7 @@ end
 
 -- the record fields this script reads, fetched once per rebook (one HMGET, not a dozen HGETs)
 local NAMES = {'state', 'user_id', 'performer_id', 'booking_id', 'post_sent_ts', 'event_id',
-  'new_booking_id', 'accept_by', 'status', 'created_ts'}
+  'new_booking_id', 'accept_by', 'status', 'created_ts', 'updated_ts', 'reason', 'history_at'}
 local allowed = nil
 if ARGV[3] ~= '*' then
   allowed = {}
@@ -86,6 +86,7 @@ local function apply(id)
     local have = redis.call('HGET', rk, f) or ''
     if have ~= v then return {0, cur} end
   end
+  local hk = p .. 'h:' .. id
   local uid = rec.user_id or ''
   local gate = p .. 'gate:' .. uid .. ':' .. (rec.performer_id or '')
   -- the member's gate and the member's posted set (performer ''): a rebook always has a
@@ -130,8 +131,22 @@ local function apply(id)
     redis.call('SET', ak, id)
     redis.call('ZREM', p .. 'finished', id)
     redis.call('PERSIST', rk)
-    redis.call('PERSIST', p .. 'h:' .. id)
+    redis.call('PERSIST', hk)
     redis.call('SADD', p .. 'user:' .. uid, id)
+  end
+  -- whether the gates can name this rebook: a gate is taken with the POST mark (start_post) and
+  -- freed by the transition that settles the POST, so one that was settled (or never sent) when
+  -- this call began holds none. (A gate left naming a settled rebook would block no one: see
+  -- `unsettled` above.)
+  local may_hold = ((rec.post_sent_ts or '') ~= '' and (rec.new_booking_id or '') == '')
+    or ARGV[15] == 'gate' or ARGV[15] == 'gate_member'
+  if rec.history_at then
+    -- the entry the record implied (see `listless` below) goes to the list before this call
+    -- changes the state and reason it is read from
+    redis.call('RPUSH', hk, cjson.encode({at = rec.history_at, from = 'WAITING', to = cur,
+      reason = rec.reason or ''}))
+    redis.call('HDEL', rk, 'history_at')
+    rec.history_at = false
   end
   for f, v in pairs(fields) do
     if v == '=TIME' then v = server_now() end
@@ -143,12 +158,22 @@ local function apply(id)
       rec[f] = v
     end
   end
-  redis.call('HSET', rk, 'state', to, 'reason', reason, 'updated_ts', ARGV[5])
+  local terminal = is_terminal(to)
+  -- a rebook that goes from WAITING straight to a final state (the sweep's GAVE_UP) keeps its one
+  -- entry in the record: `history_at` with its state and reason (Store.history), no list key
+  local listless = cur ~= to and cur == 'WAITING' and terminal
+    and (not rec.updated_ts or redis.call('EXISTS', hk) == 0)
+  if listless then
+    redis.call('HSET', rk, 'state', to, 'reason', reason, 'updated_ts', ARGV[5],
+      'history_at', now_iso)
+  else
+    redis.call('HSET', rk, 'state', to, 'reason', reason, 'updated_ts', ARGV[5])
+  end
   local pid = rec.performer_id or ''
   if cur ~= to then
     redis.call('SREM', p .. 'st:' .. cur, id)
     redis.call('SADD', p .. 'st:' .. to, id)
-    redis.call('RPUSH', p .. 'h:' .. id, history_entry(cur))
+    if not listless then redis.call('RPUSH', hk, history_entry(cur)) end
     if cur == 'WAITING' and pid ~= '' then redis.call('SREM', p .. 'perf:' .. pid, id) end
     if to == 'NEEDS_ATTENTION' then redis.call('HSET', rk, 'resume_state', cur) end
   end
@@ -156,7 +181,6 @@ local function apply(id)
     redis.call('SADD', p .. 'perf:' .. pid, id)
     redis.call('ZADD', p .. 'performers', 'NX', now, pid)
   end
-  local terminal = is_terminal(to)
   if terminal then
     local ak = p .. 'active:' .. (rec.booking_id or '')
     if redis.call('GET', ak) == id then redis.call('DEL', ak) end
@@ -165,14 +189,14 @@ local function apply(id)
     redis.call('ZADD', p .. 'finished', now, id)
     local ttl = math.floor(tonumber(ARGV[10]) + 86400)
     redis.call('EXPIRE', rk, ttl)
-    redis.call('EXPIRE', p .. 'h:' .. id, ttl)
+    if not listless then redis.call('EXPIRE', hk, ttl) end
   elseif ARGV[8] == '-' then
     redis.call('ZREM', p .. 'due', id)
   elseif ARGV[8] ~= '' then
     redis.call('ZADD', p .. 'due', tonumber(ARGV[8]), id)
   end
   -- the gate is free again once this rebook's POST is settled: booked, or proven not made
-  if (rec.post_sent_ts or '') == '' or (rec.new_booking_id or '') ~= '' then
+  if may_hold and ((rec.post_sent_ts or '') == '' or (rec.new_booking_id or '') ~= '') then
     if redis.call('GET', gate) == id then redis.call('DEL', gate) end
     if redis.call('GET', mgate) == id then redis.call('DEL', mgate) end
   end

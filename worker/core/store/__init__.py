@@ -4,7 +4,8 @@ Celery messages are only nudges; everything needed to continue after a lost mess
 worker or a restarted broker is here. Every state change is one Lua script (`transition.lua`), so a
 record, its indexes, its history and its outcome never disagree. No Celery, no HTTP in this module.
 
-Keys (prefix `REBOOK_KEY_PREFIX`): `r:{id}` record hash, `h:{id}` history list, `due` zset of
+Keys (prefix `REBOOK_KEY_PREFIX`): `r:{id}` record hash, `h:{id}` history list (none for a rebook
+that went from WAITING straight to a final state: its one entry is the record's), `due` zset of
 records needing the sweep, `performers` zset of presence checks, `perf:{pid}` waiting rebooks of a
 performer, `user:{uid}` active rebooks of a member, `st:{STATE}` ids per state,
 `active:{booking_id}`, `claimed:{new_booking_id}`, `created`/`finished` zsets, streams `outcomes`
@@ -509,9 +510,13 @@ class Store:
             return []
         raw = self.r.lrange(self.keys.history(shard, rebook_id), 0, -1)
         entries = [json.loads(item) for item in raw]
+        created, at, state, reason = self.r.hmget(
+            self.keys.record(shard, rebook_id), ["created_ts", "history_at", "state", "reason"]
+        )
+        if at:  # WAITING straight to a final state: its entry is the record's (transition.lua)
+            entries.append({"at": at, "from": State.WAITING.value, "to": state, "reason": reason})
         if entries and entries[0].get("from") == "":
             return entries  # created straight into a final state (DUPLICATE)
-        created = self.r.hget(self.keys.record(shard, rebook_id), "created_ts")
         if created is None:
             return entries
         first = {
