@@ -74,3 +74,13 @@ FIXED = [
     for seed in (6, 14)
 ]
 """Closed: the intake now `WAIT`s for the replicas before the event is acknowledged."""
+
+NEW_EVENT_AFTER_EXPIRED = Hole(
+    273,
+    "a second event for an original recorded after its first rebook had EXPIRED owning its "
+    "booking: a new rebook by the contract, its booking a second of that original (counted as "
+    "DOUBLED ORIGINAL before the per-original check knew the order); seen with reads shared",
+    {"max_skew": 2.0},
+)
+"""Not a hole: the simulation's check was wrong. It must pass, and count the pair as rebooked
+anew (`world.rebooked_anew`), with the read before a POST shared (10 s) or not."""

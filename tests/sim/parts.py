@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -23,7 +23,7 @@ from urllib3.exceptions import NewConnectionError
 
 from tests.sim.engine import Engine, Proc
 from worker.core.flow import _STEP
-from worker.core.store import Store
+from worker.core.store import Created, Store
 
 # --- Redis --------------------------------------------------------------------------------------
 
@@ -120,6 +120,15 @@ class SimStore(Store):
     table: Expiring
     replica: Replica | None = None
     tokens = 0
+    on_created: Callable[[str], None] | None = None
+    """Called with the id of each record intake creates (not `exists`, not DUPLICATE), at the
+    virtual instant its script ran: no I/O point lies between the script and the return."""
+
+    def create(self, **kwargs: Any) -> Created:
+        got = super().create(**kwargs)
+        if got.kind == "created" and self.on_created is not None:
+            self.on_created(got.rebook_id)
+        return got
 
     def lock(self, rebook_id: str, timeout: float | None = None) -> SimLock:  # type: ignore[override]
         SimStore.tokens += 1

@@ -12,13 +12,15 @@ from tests.sim.known_seeds import (
     FIXED,
     IDENTITY,
     IDENTITY_FIX_MERGED,
+    NEW_EVENT_AFTER_EXPIRED,
     SKEW_ASSUMED,
     WORKER_CLOCK_DOUBLES,
     Hole,
 )
 from tests.sim.parts import SHAPES
 from tests.sim.runner import report, run_seeds
-from tests.sim.world import check_inputs, run
+from tests.sim.world import Seen, check_inputs, rebooked_anew, run
+from worker.core.states import State
 
 DEFAULT_SEEDS = 200
 """In `make test` (about 60 s on 2 cores shared with other work); `make chaos` runs FULL_SEEDS."""
@@ -165,3 +167,41 @@ def test_the_input_checks_can_fail(redis_url: str) -> None:
     assert any(v.startswith("REFUSED VALID") for v in bad), bad
     assert any(v.startswith("LOST EVENT") for v in bad), bad
     assert any("dead letters" in v for v in bad), bad
+
+
+@pytest.mark.parametrize("shared", [0.0, 10.0])
+def test_a_new_event_after_the_first_rebook_ended_is_a_new_rebook(
+    redis_url: str, shared: float
+) -> None:
+    hole = NEW_EVENT_AFTER_EXPIRED
+    logging.disable(logging.CRITICAL)
+    try:
+        result = run(hole.seed, redis_url, vary=hole.vary, shared_read_seconds=shared)
+    finally:
+        logging.disable(logging.NOTSET)
+    assert result.violations == [], hole.shows
+    if shared:  # the world the seed drew with reads shared: the pair is there, and is counted
+        assert result.summary["rebooked_anew"] == 1, result.summary
+
+
+def test_the_per_original_check_can_fail() -> None:
+    """Two rebooks' bookings of one original pass only when the later rebook's record was
+    created after the earlier one had finished owning its booking, and it has not moved since."""
+    ended = [{"from": "WATCHING", "to": "EXPIRED"}]
+    history = {"a": ended, "b": [{"from": "WATCHING", "to": "REJECTED"}]}
+    made = {"a": 1, "b": 2}
+
+    def seen(state: State, booking: int | None, past: list[dict[str, str]]) -> dict[str, Seen]:
+        return {"a": Seen(state, booking, list(past))}
+
+    assert rebooked_anew(made, history.__getitem__, {"b": seen(State.EXPIRED, 1, ended)})
+    assert rebooked_anew(
+        made, history.__getitem__, {"a": {"b": None}, "b": seen(State.EXPIRED, 1, ended)}
+    )
+    # the earlier one was still active, or had not got its booking, when the later one began
+    assert not rebooked_anew(made, history.__getitem__, {"b": seen(State.WATCHING, 1, [])})
+    assert not rebooked_anew(made, history.__getitem__, {"b": seen(State.ABORTED, None, ended)})
+    # the earlier one moved after the later one began (a retry that booked again)
+    assert not rebooked_anew(made, history.__getitem__, {"b": seen(State.EXPIRED, 1, [])})
+    # nothing seen at all
+    assert not rebooked_anew(made, history.__getitem__, {})
