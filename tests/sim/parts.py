@@ -124,6 +124,14 @@ class SimStore(Store):
     """Called with the id of each record intake creates (not `exists`, not DUPLICATE), at the
     virtual instant its script ran: no I/O point lies between the script and the return."""
 
+    server: dict[str, Any] | None = None
+    """The world's Redis server: `epoch` goes up with each failover and each lost mark (README:
+    Redis loses acknowledged writes only in a restart or a failover, and both change `run_id`)."""
+
+    def server_id(self, user_id: str) -> str:
+        self.table.engine.point()  # INFO: an I/O point, as the real one
+        return f"sim-{self.server['epoch']}" if self.server is not None else "sim"
+
     def create(self, **kwargs: Any) -> Created:
         got = super().create(**kwargs)
         if got.kind == "created" and self.on_created is not None:

@@ -196,7 +196,7 @@ def run(
     # SERVER_SKEW (NTP), and another such clock after each failover (the promoted replica's).
     # Drawn from a generator of its own, so the rest of the world is what the seed drew before.
     server_rng = random.Random(f"server-clock-{seed}")
-    server = {"skew": server_rng.uniform(-SERVER_SKEW, SERVER_SKEW)}
+    server: dict[str, Any] = {"skew": server_rng.uniform(-SERVER_SKEW, SERVER_SKEW), "epoch": 0}
     worker_clocks = bool((vary or {}).get("worker_clocks", False))
 
     def server_clock() -> float:
@@ -226,6 +226,7 @@ def run(
         store.table = table
         store.replica = replica
         store.on_created = note_created
+        store.server = server
         store.clock = lambda: engine.now + skew
         # (`worker_clocks`: each worker's own clock stands in for Redis's, as before issue 20's
         # fix: a weakened protocol the checks must catch)
@@ -373,6 +374,7 @@ def run(
                     lost_s = replica.promote(rng.randrange(1000))
                     failovers.append(round(lost_s, 1))
                     server["skew"] = server_rng.uniform(-SERVER_SKEW, SERVER_SKEW)
+                    server["epoch"] += 1
 
     def lose_a_mark() -> None:
         """A failover to a replica that missed the last write: a POST's mark is gone. Only
@@ -388,6 +390,7 @@ def run(
                 and all(upstream.bookings[i].visible_at <= engine.now for i in ids)
             ):
                 raw.hdel(key, "post_sent_ts", "answer_ts", "known_ids", "empty_reads", "attempts")
+                server["epoch"] += 1  # what loses a mark is a restart or a failover
                 lost.add(rid)
                 return
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
@@ -186,6 +186,10 @@ class Listing:
 
     bookings: list[WebcamBooking]
     complete: bool
+    server: str = ""
+    """The store's server (`Store.server_id`) before a read before a POST went out: the mark
+    must be written on the same one (`_marker`). Empty for other reads; `unknown-…` where it
+    cannot be read (then only a fresh read stands before the POST, as ever)."""
 
 
 @dataclass
@@ -849,7 +853,8 @@ class Flow:
         if s.shared_read_seconds <= 0 or rec.attempts:
             # a rebook that has POSTed before reads afresh: its own earlier POST's booking must be
             # in the list for the lost-mark check
-            return self._list(rec, since, RATE_SHARE[POST])
+            server = self.store.server_id(rec.user_id)
+            return replace(self._list(rec, since, RATE_SHARE[POST]), server=server)
         shared = self._shared_read(rec, since)
         if shared is not None:
             return shared
@@ -862,7 +867,7 @@ class Flow:
         try:
             server, started = self.store.server_id(rec.user_id), self.clock()
             # a member is waiting for this POST: the read before it has the POST's share
-            listing = self._list(rec, since, RATE_SHARE[POST])
+            listing = replace(self._list(rec, since, RATE_SHARE[POST]), server=server)
             self.reads.put(
                 rec.user_id,
                 SharedRead(listing, since, started, server),
@@ -969,6 +974,12 @@ class Flow:
             assert sent is not None
             marked.append(sent)  # the server's time (the proof's clock), as the record has it
             self.reads.marked(rec.rebook_id, now, now - 2 * s.call_bound_seconds - 60)
+            # A restart or a failover since the read went out may have lost a sibling's mark
+            # (its booking made after the read: not in it), and then the gate let this POST by
+            # (sim seed 86). Nothing is decided on a read from another server: read again.
+            known = listing.server and not listing.server.startswith("unknown-")
+            if known and self.store.server_id(rec.user_id) != listing.server:
+                raise NotSent("the store's server changed since the read before the POST")
             # Under the gate now, no sibling's POST is unsettled: a booking in the list that
             # nobody owns and that looks like ours is one whose mark was lost. Owners are read
             # only now, so one a sibling took meanwhile is not taken twice.

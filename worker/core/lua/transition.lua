@@ -63,6 +63,23 @@ local function count(key, field, ttl)
   c.by[field] = c.by[field] + 1
 end
 
+-- the index writes of the whole call (state sets, performer sets, due, finished, the console's
+-- indexes), one command per key at the end (`flush`): a batch of 1,000 GAVE_UPs leaves
+-- `st:WAITING` with one SREM, not 1,000. Nothing in this script reads these keys, and no two
+-- writes of one call to one key conflict (every id of a call goes to the same state).
+local later_ops, later_list = {}, {}
+local function later(cmd, key, flag, ...)
+  local name = cmd .. ' ' .. (flag or '') .. ' ' .. key
+  local op = later_ops[name]
+  if not op then
+    op = {cmd = cmd, key = key, flag = flag, args = {}}
+    later_ops[name] = op
+    later_list[#later_list + 1] = op
+  end
+  local args = op.args
+  for i = 1, select('#', ...) do args[#args + 1] = select(i, ...) end
+end
+
 -- a history entry depends only on the state it leaves (the same for a whole batch)
 local entries = {}
 local function history_entry(cur)
@@ -171,29 +188,29 @@ local function apply(id)
   end
   local pid = rec.performer_id or ''
   if cur ~= to then
-    redis.call('SREM', p .. 'st:' .. cur, id)
-    redis.call('SADD', p .. 'st:' .. to, id)
+    later('SREM', p .. 'st:' .. cur, nil, id)
+    later('SADD', p .. 'st:' .. to, nil, id)
     if not listless then redis.call('RPUSH', hk, history_entry(cur)) end
-    if cur == 'WAITING' and pid ~= '' then redis.call('SREM', p .. 'perf:' .. pid, id) end
+    if cur == 'WAITING' and pid ~= '' then later('SREM', p .. 'perf:' .. pid, nil, id) end
     if to == 'NEEDS_ATTENTION' then redis.call('HSET', rk, 'resume_state', cur) end
   end
   if to == 'WAITING' and pid ~= '' then
-    redis.call('SADD', p .. 'perf:' .. pid, id)
-    redis.call('ZADD', p .. 'performers', 'NX', now, pid)
+    later('SADD', p .. 'perf:' .. pid, nil, id)
+    later('ZADD', p .. 'performers', 'NX', now, pid)
   end
   if terminal then
     local ak = p .. 'active:' .. (rec.booking_id or '')
     if redis.call('GET', ak) == id then redis.call('DEL', ak) end
-    redis.call('SREM', p .. 'user:' .. (rec.user_id or ''), id)
-    redis.call('ZREM', p .. 'due', id)
-    redis.call('ZADD', p .. 'finished', now, id)
+    later('SREM', p .. 'user:' .. (rec.user_id or ''), nil, id)
+    later('ZREM', p .. 'due', nil, id)
+    later('ZADD', p .. 'finished', nil, now, id)
     local ttl = math.floor(tonumber(ARGV[10]) + 86400)
     redis.call('EXPIRE', rk, ttl)
     if not listless then redis.call('EXPIRE', hk, ttl) end
   elseif ARGV[8] == '-' then
-    redis.call('ZREM', p .. 'due', id)
+    later('ZREM', p .. 'due', nil, id)
   elseif ARGV[8] ~= '' then
-    redis.call('ZADD', p .. 'due', tonumber(ARGV[8]), id)
+    later('ZADD', p .. 'due', nil, tonumber(ARGV[8]), id)
   end
   -- the gate is free again once this rebook's POST is settled: booked, or proven not made
   if may_hold and ((rec.post_sent_ts or '') == '' or (rec.new_booking_id or '') ~= '') then
@@ -221,8 +238,8 @@ local function apply(id)
       end
       count(p .. 'chart:booked:' .. hour, tostring(bucket), 180000)
     end
-    redis.call('ZADD', p .. 'ix:user:' .. uid, 'NX', created, id)
-    if pid ~= '' then redis.call('ZADD', p .. 'ix:perf:' .. pid, 'NX', created, id) end
+    later('ZADD', p .. 'ix:user:' .. uid, 'NX', created, id)
+    if pid ~= '' then later('ZADD', p .. 'ix:perf:' .. pid, 'NX', created, id) end
     if terminal then
       redis.call('ZADD', p .. 'ix:book:' .. (rec.booking_id or ''), 'NX', created, id)
     end
@@ -236,6 +253,17 @@ local function apply(id)
 end
 
 local function flush()
+  for _, op in ipairs(later_list) do
+    local args = op.args
+    for i = 1, #args, 1000 do  -- (an even count: ZADD's pairs stay whole)
+      local j = math.min(i + 999, #args)
+      if op.flag then
+        redis.call(op.cmd, op.key, op.flag, unpack(args, i, j))
+      else
+        redis.call(op.cmd, op.key, unpack(args, i, j))
+      end
+    end
+  end
   for _, key in ipairs(counter_keys) do
     local c = counters[key]
     for _, field in ipairs(c.fields) do redis.call('HINCRBY', key, field, c.by[field]) end
