@@ -17,12 +17,6 @@ from .test_flow import Env, assert_exactly_once, confirm_field, env, make_env, s
 __all__ = ["env", "make_env"]  # the fixtures, imported for pytest
 
 
-@pytest.fixture
-def env(make_env: Callable[..., Env]) -> Env:  # noqa: F811
-    """Reads shared for 10 s (the setting is off by default: README, the read before a POST)."""
-    return make_env(shared_read_seconds=10.0)
-
-
 def online_rebooks(env: Env, performers: list[int], user: str = "alice") -> dict[str, int]:
     """One rebook of `user` per performer, each performer online: RESCHEDULING."""
     if env.svc.token_store.load(user) is None:

