@@ -17,12 +17,6 @@ from .test_flow import Env, assert_exactly_once, confirm_field, env, make_env, s
 __all__ = ["env", "make_env"]  # the fixtures, imported for pytest
 
 
-@pytest.fixture
-def env(make_env: Callable[..., Env]) -> Env:  # noqa: F811
-    """Reads shared for 10 s (the setting is off by default: README, the read before a POST)."""
-    return make_env(shared_read_seconds=10.0)
-
-
 def online_rebooks(env: Env, performers: list[int], user: str = "alice") -> dict[str, int]:
     """One rebook of `user` per performer, each performer online: RESCHEDULING."""
     if env.svc.token_store.load(user) is None:
@@ -117,6 +111,29 @@ def test_a_read_from_before_the_store_server_changed_serves_nothing(
     monkeypatch.setattr(env.store, "server_id", lambda user_id: "another-run-id")
     assert env.flow.reschedule(r8) == "booked"
     assert env.calls("MadeBookings") - before == 2
+
+
+@pytest.mark.parametrize("shared", [0.0, 10.0])
+def test_a_server_change_between_the_read_and_the_mark_sends_nothing(
+    make_env: Callable[..., Env], monkeypatch: pytest.MonkeyPatch, shared: float
+) -> None:
+    """A restart or a failover after the read went out may have lost a sibling's mark, and the
+    gate then lets the POST by with a read that cannot show the sibling's booking (sim seed 86):
+    nothing is sent, the mark goes, and the next try reads again."""
+    env = make_env(shared_read_seconds=shared)
+    made = online_rebooks(env, [7])
+    (rid,) = made
+    names = iter(["before-the-read", "after-a-failover"])
+    monkeypatch.setattr(env.store, "server_id", lambda user_id: next(names, "after-a-failover"))
+    before = env.calls("MadeBookings")
+    assert env.flow.reschedule(rid) == "retry"
+    rec = env.get(rid)
+    assert rec.state is State.RESCHEDULING and rec.post_sent_ts is None and rec.attempts == 0
+    assert env.calls("RescheduleMadeBooking") == 0
+    env.clock.advance(env.settings.retry_max_seconds)
+    assert env.flow.reschedule(rid) == "booked"
+    assert env.calls("MadeBookings") - before == 2
+    assert_exactly_once(env, made)
 
 
 def test_zero_seconds_reads_before_every_post(make_env: Callable[..., Env]) -> None:

@@ -236,6 +236,24 @@ def test_transition_history_and_state_index(store: Store) -> None:
     assert rec.updated_at.endswith("Z")
 
 
+def test_history_of_a_rebook_that_gave_up_and_was_retried(store: Store) -> None:
+    """The GAVE_UP entry the record held (no list key) goes to the list, in order, before a
+    later transition changes the state and reason it was read from."""
+    rid = make(store).rebook_id
+    assert store.transition(rid, State.GAVE_UP, reason="max wait", now=T0 + 1)
+    assert store.r.exists(store.key("h", rid)) == 0
+    assert store.transition(rid, State.WAITING, from_=[State.GAVE_UP], reason="retry", now=T0 + 2)
+    assert store.transition(rid, State.CANCELLED, reason="by operator", now=T0 + 3)
+    assert [(h["from"], h["to"], h["reason"]) for h in store.history(rid)] == [
+        ("", "WAITING", "received"),
+        ("WAITING", "GAVE_UP", "max wait"),
+        ("GAVE_UP", "WAITING", "retry"),
+        ("WAITING", "CANCELLED", "by operator"),
+    ]
+    assert store.r.hget(store.key("r", rid), "history_at") is None
+    assert 0 < store.r.ttl(store.key("h", rid)) <= RETENTION + 86400
+
+
 def test_transition_due_index(store: Store) -> None:
     rid = make(store).rebook_id
     store.transitions.transition(rid, State.WAITING, from_=[State.WAITING], due=T0 + 5)
@@ -278,11 +296,25 @@ def test_terminal_frees_the_booking(store: Store, terminal: State) -> None:
     assert store.presence.waiting_for(7) == []
     assert store.r.zscore(store.key("finished"), rid) == T0 + 10
     assert 0 < store.r.ttl(store.key("r", rid)) <= RETENTION + 86400
-    assert 0 < store.r.ttl(store.key("h", rid)) <= RETENTION + 86400
+    # straight from WAITING, its one history entry is the record's (no list key of its own)
+    assert store.r.exists(store.key("h", rid)) == 0
+    assert store.history(rid)[1:] == [
+        {
+            "at": "2023-11-14T22:13:30.000Z",
+            "from": "WAITING",
+            "to": terminal.value,
+            "reason": "done",
+        }
+    ]
     # a new event for the same booking is a new rebook, not a duplicate
     again = make(store, "evt-2", 100, now=T0 + 11)
     assert again.kind == "created"
     assert get(store, again.rebook_id).state is State.WAITING
+    # one with a history list: the list expires with the record
+    assert store.transition(again.rebook_id, State.RESCHEDULING, reason="online", now=T0 + 12)
+    assert store.transition(again.rebook_id, terminal, reason="done", now=T0 + 13)
+    assert 0 < store.r.ttl(store.key("r", again.rebook_id)) <= RETENTION + 86400
+    assert 0 < store.r.ttl(store.key("h", again.rebook_id)) <= RETENTION + 86400
 
 
 def test_outcome_stream_fields(store: Store) -> None:

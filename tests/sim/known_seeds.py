@@ -63,14 +63,28 @@ WORKER_CLOCK_DOUBLES = [
     Hole(
         seed, "clocks 2 min apart, the proof timed on worker clocks: a double", {"max_skew": 120.0}
     )
-    for seed in (22, 182, 346)
+    for seed in (60, 65, 71)
 ]
 """Since the server clock entered the simulation, 37 and 102 draw other worlds; these three (of
-seeds 0-399) double when each worker's clock stands in for Redis's (`vary["worker_clocks"]`, the
-code before the fix) and pass as the code is: the weakened run must keep finding them."""
+seeds 0-399: 60, 65, 71, 217, 277) double when each worker's clock stands in for Redis's
+(`vary["worker_clocks"]`, the code before the fix) and pass as the code is: the weakened run must
+keep finding them. (22, 182 and 346 did, before reads before a POST were shared by default and
+the mark was checked against the read's server: other I/O points, other worlds.)"""
 
 FIXED = [
     Hole(seed, "a failover lost the record of an event whose message was acknowledged", USER)
     for seed in (6, 14)
 ]
 """Closed: the intake now `WAIT`s for the replicas before the event is acknowledged."""
+
+NEW_EVENT_AFTER_EXPIRED = Hole(
+    273,
+    "a second event for an original recorded after its first rebook had EXPIRED owning its "
+    "booking: a new rebook by the contract, its booking a second of that original (counted as "
+    "DOUBLED ORIGINAL before the per-original check knew the order); seen with reads shared",
+    {"max_skew": 2.0},
+)
+"""Not a hole: the simulation's check was wrong. It must pass with the read before a POST shared
+(10 s) or not. Since the mark is checked against the read's server (other I/O points) the seed
+draws another world, without the pair (no seed of 0-599 with clocks within 2 s, nor of 0-399 as
+drawn, has one now); `test_the_per_original_check_can_fail` checks `world.rebooked_anew`."""

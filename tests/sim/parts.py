@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -25,6 +25,7 @@ from urllib3.exceptions import NewConnectionError
 from tests.sim.engine import Engine, Proc
 from worker.core.store import Store
 from worker.core.store.connection import Connection
+from worker.core.store.model import Created
 from worker.core.store.presence import Presence
 from worker.core.store.records import Records
 from worker.core.store.watch import Watch
@@ -147,6 +148,15 @@ class SimRecords(Records):
 
     conn: SimConnection
     tokens = 0
+    on_created: Callable[[str], None] | None = None
+    """Called with the id of each record intake creates (not `exists`, not DUPLICATE), at the
+    virtual instant its script ran: no I/O point lies between the script and the return."""
+
+    def create(self, **kwargs: Any) -> Created:
+        got = super().create(**kwargs)
+        if got.kind == "created" and self.on_created is not None:
+            self.on_created(got.rebook_id)
+        return got
 
     def lock(self, rebook_id: str, timeout: float | None = None) -> SimLock:  # type: ignore[override]
         SimRecords.tokens += 1
@@ -192,6 +202,15 @@ class SimStore(Store):
     presence_type = SimPresence
     watch_type = SimWatch
     conn: SimConnection
+    records: SimRecords
+
+    server: dict[str, Any] | None = None
+    """The world's Redis server: `epoch` goes up with each failover and each lost mark (README:
+    Redis loses acknowledged writes only in a restart or a failover, and both change `run_id`)."""
+
+    def server_id(self, user_id: str) -> str:
+        self.table.engine.point()  # INFO: an I/O point, as the real one
+        return f"sim-{self.server['epoch']}" if self.server is not None else "sim"
 
     @property
     def table(self) -> Expiring:

@@ -19,10 +19,12 @@ import contextlib
 import random
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import redis
 from redis.commands.core import Script
 
 from tests.inspect_store import store_options
@@ -45,8 +47,8 @@ from tests.sim.parts import (
 from worker.adapters.upstream import UpstreamClient
 from worker.core.flow import Flow, Refused, Step
 from worker.core.settings import Settings, load_settings
-from worker.core.states import State
-from worker.core.store import rebook_id_for, store_settings
+from worker.core.states import TERMINAL_STATES, State
+from worker.core.store import Store, rebook_id_for, store_settings
 from worker.core.store.connection import Part
 
 START = 1_767_225_600.0  # 2026-01-01T00:00:00Z; some seeds start near a fall-back hour
@@ -64,6 +66,15 @@ UPSTREAM_STATUS = {
     State.REJECTED: "Rejected",
     State.CONFIRMED: "Confirmed",
 }
+
+
+@dataclass(frozen=True)
+class Seen:
+    """Another rebook of the same original, as it was when a rebook's record was created."""
+
+    state: State
+    new_booking_id: int | None
+    history: list[dict[str, Any]]
 
 
 @dataclass
@@ -188,16 +199,37 @@ def run(
     # SERVER_SKEW (NTP), and another such clock after each failover (the promoted replica's).
     # Drawn from a generator of its own, so the rest of the world is what the seed drew before.
     server_rng = random.Random(f"server-clock-{seed}")
-    server = {"skew": server_rng.uniform(-SERVER_SKEW, SERVER_SKEW)}
+    server: dict[str, Any] = {"skew": server_rng.uniform(-SERVER_SKEW, SERVER_SKEW), "epoch": 0}
     worker_clocks = bool((vary or {}).get("worker_clocks", False))
 
     def server_clock() -> float:
         return engine.now + server["skew"]
 
+    # What the other rebooks of its original were when each record was created (read by a plain
+    # client, no I/O point: the instant create.lua ran), for the per-original check (`check`)
+    looker = Store(
+        redis.Redis.from_url(redis_url, decode_responses=True), **store_options(prefix=prefix)
+    )
+    witness: dict[str, dict[str, Seen | None]] = {}
+
+    def note_created(rid: str) -> None:
+        seen: dict[str, Seen | None] = {}
+        for other, booking in originals.items():
+            if booking == originals.get(rid) and other != rid:
+                rec = looker.records.get(other)
+                seen[other] = (
+                    None
+                    if rec is None
+                    else Seen(rec.state, rec.new_booking_id, looker.records.history(other))
+                )
+        witness[rid] = seen
+
     def flow_for(skew: float) -> tuple[Flow, Any]:
         store = SimStore(raw, **{**store_settings(settings), "retention_seconds": 86400})
         store.table = table
         store.replica = replica
+        store.records.on_created = note_created
+        store.server = server
         store.clock = lambda: engine.now + skew
         # (`worker_clocks`: each worker's own clock stands in for Redis's, as before issue 20's
         # fix: a weakened protocol the checks must catch)
@@ -349,6 +381,7 @@ def run(
                     lost_s = replica.promote(rng.randrange(1000))
                     failovers.append(round(lost_s, 1))
                     server["skew"] = server_rng.uniform(-SERVER_SKEW, SERVER_SKEW)
+                    server["epoch"] += 1
 
     def lose_a_mark() -> None:
         """A failover to a replica that missed the last write: a POST's mark is gone. Only
@@ -364,6 +397,7 @@ def run(
                 and all(upstream.bookings[i].visible_at <= engine.now for i in ids)
             ):
                 raw.hdel(key, "post_sent_ts", "answer_ts", "known_ids", "empty_reads", "attempts")
+                server["epoch"] += 1  # what loses a mark is a restart or a failover
                 lost.add(rid)
                 return
 
@@ -400,7 +434,7 @@ def run(
 
     try:
         engine.run(until=end, done=settled)
-        result = check(seed, engine, raw, prefix, upstream, originals, queue, lost)
+        result = check(seed, engine, raw, prefix, upstream, originals, queue, lost, witness)
         result.violations.extend(
             check_inputs(raw, prefix, bad_events, refused, accepted, failovers)
         )
@@ -425,6 +459,7 @@ def run(
         if keys:
             raw.delete(*keys)
         raw.close()
+        looker.r.close()
 
 
 def invalid_event(
@@ -491,6 +526,7 @@ def check(
     originals: dict[str, int],
     queue: Queue,
     lost: set[str],
+    witness: dict[str, dict[str, Seen | None]] | None = None,
 ) -> Result:
     bad: list[str] = []
     if engine.failure:
@@ -510,8 +546,13 @@ def check(
     for b in upstream.bookings.values():
         if b.made_by:
             by_original.setdefault(b.original, []).append(b.booking_id)
+    anew = 0
     for original, ids in sorted(by_original.items()):
-        if len(ids) > 1:
+        maker = {upstream.bookings[i].made_by: i for i in ids}
+        history = store.records.history
+        if len(maker) == len(ids) > 1 and rebooked_anew(maker, history, witness or {}):
+            anew += 1
+        elif len(ids) > 1:
             makers = sorted({upstream.bookings[i].made_by for i in ids})
             bad.append(f"DOUBLED ORIGINAL: {original} has new bookings {ids} (made by {makers})")
     for rid, rec in records.items():
@@ -563,5 +604,36 @@ def check(
             "steps": engine.steps,
             "virtual_seconds": round(engine.now - START, 1),
             "lost_marks": len(lost),
+            "rebooked_anew": anew,
         },
+    )
+
+
+def rebooked_anew(
+    made: dict[str, int],
+    history: Callable[[str], list[dict[str, Any]]],
+    witness: dict[str, dict[str, Seen | None]],
+) -> bool:
+    """Bookings of one original made by rebooks that followed one another, each a new rebook by
+    the contract (DESIGN, intake: a second event makes a DUPLICATE only while the booking has an
+    active rebook; exactly once is per rebook): of every two makers, the later one's record was
+    created when the earlier one had finished, owning the booking it made, and the earlier one
+    has not moved since (a retry that booked after a later rebook, seed 106551, is no such
+    pair: its history moved). `made`: each maker's booking (a maker that made two is a doubled
+    original whatever this says); `history`: a rebook's history now."""
+    makers = sorted(made)
+
+    def finished_before(earlier: str, later: str) -> bool:
+        seen = witness.get(later, {}).get(earlier)
+        return (
+            seen is not None
+            and seen.state in TERMINAL_STATES
+            and seen.new_booking_id == made[earlier]
+            and history(earlier) == seen.history
+        )
+
+    return all(
+        finished_before(x, y) or finished_before(y, x)
+        for i, x in enumerate(makers)
+        for y in makers[i + 1 :]
     )

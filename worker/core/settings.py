@@ -236,11 +236,10 @@ class Settings(BaseSettings):
     reconcile_max_tries: int = Field(5, ge=1)
     reschedule_max_attempts: int = Field(5, ge=1)
     gate_max_wait_seconds: float = Field(900.0, gt=0)
-    shared_read_seconds: float = Field(0.0, ge=0, le=60)
+    shared_read_seconds: float = Field(10.0, ge=0, le=60)
     """REBOOK_SHARED_READ_SECONDS: how long one read of a member's bookings before a POST may
     serve that member's later POSTs in the same worker process (README "Exactly one booking",
-    the read before a POST); 0 (the default, until the hole the simulation found is closed)
-    reads before every POST."""
+    the read before a POST); 0 reads before every POST."""
     pause_probe_seconds: float = Field(30.0, gt=0)
     """REBOOK_PAUSE_PROBE_SECONDS: while a deployment fault (wrong client, key, scope) pauses
     calls, one call per this interval across all workers goes out as the probe."""

@@ -68,6 +68,10 @@ class Listing:
 
     bookings: list[WebcamBooking]
     complete: bool
+    server: str = ""
+    """The store's server (`Store.server_id`) before a read before a POST went out: the mark
+    must be written on the same one (`Reschedule.mark`). Empty for other reads; `unknown-…`
+    where it cannot be read (then only a fresh read stands before the POST, as ever)."""
 
 
 @dataclass

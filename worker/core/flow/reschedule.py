@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
 from worker.core.budget import RATE_SHARE
@@ -134,7 +134,8 @@ class Reschedule(Kit):
         if s.shared_read_seconds <= 0 or rec.attempts:
             # a rebook that has POSTed before reads afresh: its own earlier POST's booking must be
             # in the list for the lost-mark check
-            return self.bookings.listing(ctx, rec, since, RATE_SHARE[POST])
+            server = self.store.server_id(rec.user_id)
+            return replace(self.bookings.listing(ctx, rec, since, RATE_SHARE[POST]), server=server)
         shared = self._shared_read(rec, since)
         if shared is not None:
             return shared
@@ -147,7 +148,9 @@ class Reschedule(Kit):
         try:
             server, started = self.store.server_id(rec.user_id), self.clock()
             # a member is waiting for this POST: the read before it has the POST's share
-            listing = self.bookings.listing(ctx, rec, since, RATE_SHARE[POST])
+            listing = replace(
+                self.bookings.listing(ctx, rec, since, RATE_SHARE[POST]), server=server
+            )
             self.reads.put(
                 rec.user_id,
                 SharedRead(listing, since, started, server),
@@ -285,6 +288,12 @@ class Reschedule(Kit):
         assert sent is not None
         marked.append(sent)  # the server's time (the proof's clock), as the record has it
         self.reads.marked(rec.rebook_id, now, now - 2 * s.call_bound_seconds - 60)
+        # A restart or a failover since the read went out may have lost a sibling's mark
+        # (its booking made after the read: not in it), and then the gate let this POST by
+        # (sim seed 86). Nothing is decided on a read from another server: read again.
+        known = listing.server and not listing.server.startswith("unknown-")
+        if known and self.store.server_id(rec.user_id) != listing.server:
+            raise Unmarked("the store's server changed since the read before the POST")
         # Under the gate now, no sibling's POST is unsettled: a booking in the list that
         # nobody owns and that looks like ours is one whose mark was lost. Owners are read
         # only now, so one a sibling took meanwhile is not taken twice.

@@ -1,6 +1,7 @@
-"""Records: one hash per rebook (`r:{id}`), its history (`h:{id}`), the claims on the bookings
-it made (`claimed:{id}`) and the lock of its step. Their indexes move with every transition
-(`transitions.py`)."""
+"""Records: one hash per rebook (`r:{id}`), its history (`h:{id}`; none for a rebook that went
+from WAITING straight to a final state: its one entry is the record's `history_at`), the claims
+on the bookings it made (`claimed:{id}`) and the lock of its step. Their indexes move with every
+transition (`transitions.py`)."""
 
 from __future__ import annotations
 
@@ -105,9 +106,13 @@ class Records(Part):
             return []
         raw = self.r.lrange(self.keys.history(shard, rebook_id), 0, -1)
         entries = [json.loads(item) for item in raw]
+        created, at, state, reason = self.r.hmget(
+            self.keys.record(shard, rebook_id), ["created_ts", "history_at", "state", "reason"]
+        )
+        if at:  # WAITING straight to a final state: its entry is the record's (transition.lua)
+            entries.append({"at": at, "from": State.WAITING.value, "to": state, "reason": reason})
         if entries and entries[0].get("from") == "":
             return entries  # created straight into a final state (DUPLICATE)
-        created = self.r.hget(self.keys.record(shard, rebook_id), "created_ts")
         if created is None:
             return entries
         first = {

@@ -13,7 +13,14 @@ local p, now, lease, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber
 local ahead = tonumber(ARGV[5] or '0')
 local plimit = tonumber(ARGV[6] or ARGV[4])
 local ids = redis.call('ZRANGEBYSCORE', p .. 'due', '-inf', now, 'LIMIT', 0, n)
-for _, id in ipairs(ids) do redis.call('ZADD', p .. 'due', 'XX', now + lease, id) end
+local claims = {}  -- one ZADD per 500 claimed, not one per id
+for _, id in ipairs(ids) do
+  claims[#claims + 1] = now + lease
+  claims[#claims + 1] = id
+end
+for i = 1, #claims, 1000 do
+  redis.call('ZADD', p .. 'due', 'XX', unpack(claims, i, math.min(i + 999, #claims)))
+end
 local found = redis.call('ZRANGEBYSCORE', p .. 'performers', '-inf', now + ahead, 'WITHSCORES',
   'LIMIT', 0, plimit)
 local pids, ats = {}, {}

@@ -40,7 +40,7 @@ end
 
 -- the record fields this script reads, fetched once per rebook (one HMGET, not a dozen HGETs)
 local NAMES = {'state', 'user_id', 'performer_id', 'booking_id', 'post_sent_ts', 'event_id',
-  'new_booking_id', 'accept_by', 'status', 'created_ts'}
+  'new_booking_id', 'accept_by', 'status', 'created_ts', 'updated_ts', 'reason', 'history_at'}
 local allowed = nil
 if ARGV[3] ~= '*' then
   allowed = {}
@@ -61,6 +61,23 @@ local function count(key, field, ttl)
     c.fields[#c.fields + 1] = field
   end
   c.by[field] = c.by[field] + 1
+end
+
+-- the index writes of the whole call (state sets, performer sets, due, finished, the console's
+-- indexes), one command per key at the end (`flush`): a batch of 1,000 GAVE_UPs leaves
+-- `st:WAITING` with one SREM, not 1,000. Nothing in this script reads these keys, and no two
+-- writes of one call to one key conflict (every id of a call goes to the same state).
+local later_ops, later_list = {}, {}
+local function later(cmd, key, flag, ...)
+  local name = cmd .. ' ' .. (flag or '') .. ' ' .. key
+  local op = later_ops[name]
+  if not op then
+    op = {cmd = cmd, key = key, flag = flag, args = {}}
+    later_ops[name] = op
+    later_list[#later_list + 1] = op
+  end
+  local args = op.args
+  for i = 1, select('#', ...) do args[#args + 1] = select(i, ...) end
 end
 
 -- a history entry depends only on the state it leaves (the same for a whole batch)
@@ -86,6 +103,7 @@ local function apply(id)
     local have = redis.call('HGET', rk, f) or ''
     if have ~= v then return {0, cur} end
   end
+  local hk = p .. 'h:' .. id
   local uid = rec.user_id or ''
   local gate = p .. 'gate:' .. uid .. ':' .. (rec.performer_id or '')
   -- the member's gate and the member's posted set (performer ''): a rebook always has a
@@ -130,8 +148,22 @@ local function apply(id)
     redis.call('SET', ak, id)
     redis.call('ZREM', p .. 'finished', id)
     redis.call('PERSIST', rk)
-    redis.call('PERSIST', p .. 'h:' .. id)
+    redis.call('PERSIST', hk)
     redis.call('SADD', p .. 'user:' .. uid, id)
+  end
+  -- whether the gates can name this rebook: a gate is taken with the POST mark (start_post) and
+  -- freed by the transition that settles the POST, so one that was settled (or never sent) when
+  -- this call began holds none. (A gate left naming a settled rebook would block no one: see
+  -- `unsettled` above.)
+  local may_hold = ((rec.post_sent_ts or '') ~= '' and (rec.new_booking_id or '') == '')
+    or ARGV[15] == 'gate' or ARGV[15] == 'gate_member'
+  if rec.history_at then
+    -- the entry the record implied (see `listless` below) goes to the list before this call
+    -- changes the state and reason it is read from
+    redis.call('RPUSH', hk, cjson.encode({at = rec.history_at, from = 'WAITING', to = cur,
+      reason = rec.reason or ''}))
+    redis.call('HDEL', rk, 'history_at')
+    rec.history_at = false
   end
   for f, v in pairs(fields) do
     if v == '=TIME' then v = server_now() end
@@ -143,36 +175,45 @@ local function apply(id)
       rec[f] = v
     end
   end
-  redis.call('HSET', rk, 'state', to, 'reason', reason, 'updated_ts', ARGV[5])
+  local terminal = is_terminal(to)
+  -- a rebook that goes from WAITING straight to a final state (the sweep's GAVE_UP) keeps its one
+  -- entry in the record: `history_at` with its state and reason (Store.history), no list key
+  local listless = cur ~= to and cur == 'WAITING' and terminal
+    and (not rec.updated_ts or redis.call('EXISTS', hk) == 0)
+  if listless then
+    redis.call('HSET', rk, 'state', to, 'reason', reason, 'updated_ts', ARGV[5],
+      'history_at', now_iso)
+  else
+    redis.call('HSET', rk, 'state', to, 'reason', reason, 'updated_ts', ARGV[5])
+  end
   local pid = rec.performer_id or ''
   if cur ~= to then
-    redis.call('SREM', p .. 'st:' .. cur, id)
-    redis.call('SADD', p .. 'st:' .. to, id)
-    redis.call('RPUSH', p .. 'h:' .. id, history_entry(cur))
-    if cur == 'WAITING' and pid ~= '' then redis.call('SREM', p .. 'perf:' .. pid, id) end
+    later('SREM', p .. 'st:' .. cur, nil, id)
+    later('SADD', p .. 'st:' .. to, nil, id)
+    if not listless then redis.call('RPUSH', hk, history_entry(cur)) end
+    if cur == 'WAITING' and pid ~= '' then later('SREM', p .. 'perf:' .. pid, nil, id) end
     if to == 'NEEDS_ATTENTION' then redis.call('HSET', rk, 'resume_state', cur) end
   end
   if to == 'WAITING' and pid ~= '' then
-    redis.call('SADD', p .. 'perf:' .. pid, id)
-    redis.call('ZADD', p .. 'performers', 'NX', now, pid)
+    later('SADD', p .. 'perf:' .. pid, nil, id)
+    later('ZADD', p .. 'performers', 'NX', now, pid)
   end
-  local terminal = is_terminal(to)
   if terminal then
     local ak = p .. 'active:' .. (rec.booking_id or '')
     if redis.call('GET', ak) == id then redis.call('DEL', ak) end
-    redis.call('SREM', p .. 'user:' .. (rec.user_id or ''), id)
-    redis.call('ZREM', p .. 'due', id)
-    redis.call('ZADD', p .. 'finished', now, id)
+    later('SREM', p .. 'user:' .. (rec.user_id or ''), nil, id)
+    later('ZREM', p .. 'due', nil, id)
+    later('ZADD', p .. 'finished', nil, now, id)
     local ttl = math.floor(tonumber(ARGV[10]) + 86400)
     redis.call('EXPIRE', rk, ttl)
-    redis.call('EXPIRE', p .. 'h:' .. id, ttl)
+    if not listless then redis.call('EXPIRE', hk, ttl) end
   elseif ARGV[8] == '-' then
-    redis.call('ZREM', p .. 'due', id)
+    later('ZREM', p .. 'due', nil, id)
   elseif ARGV[8] ~= '' then
-    redis.call('ZADD', p .. 'due', tonumber(ARGV[8]), id)
+    later('ZADD', p .. 'due', nil, tonumber(ARGV[8]), id)
   end
   -- the gate is free again once this rebook's POST is settled: booked, or proven not made
-  if (rec.post_sent_ts or '') == '' or (rec.new_booking_id or '') ~= '' then
+  if may_hold and ((rec.post_sent_ts or '') == '' or (rec.new_booking_id or '') ~= '') then
     if redis.call('GET', gate) == id then redis.call('DEL', gate) end
     if redis.call('GET', mgate) == id then redis.call('DEL', mgate) end
   end
@@ -197,8 +238,8 @@ local function apply(id)
       end
       count(p .. 'chart:booked:' .. hour, tostring(bucket), 180000)
     end
-    redis.call('ZADD', p .. 'ix:user:' .. uid, 'NX', created, id)
-    if pid ~= '' then redis.call('ZADD', p .. 'ix:perf:' .. pid, 'NX', created, id) end
+    later('ZADD', p .. 'ix:user:' .. uid, 'NX', created, id)
+    if pid ~= '' then later('ZADD', p .. 'ix:perf:' .. pid, 'NX', created, id) end
     if terminal then
       redis.call('ZADD', p .. 'ix:book:' .. (rec.booking_id or ''), 'NX', created, id)
     end
@@ -212,6 +253,17 @@ local function apply(id)
 end
 
 local function flush()
+  for _, op in ipairs(later_list) do
+    local args = op.args
+    for i = 1, #args, 1000 do  -- (an even count: ZADD's pairs stay whole)
+      local j = math.min(i + 999, #args)
+      if op.flag then
+        redis.call(op.cmd, op.key, op.flag, unpack(args, i, j))
+      else
+        redis.call(op.cmd, op.key, unpack(args, i, j))
+      end
+    end
+  end
   for _, key in ipairs(counter_keys) do
     local c = counters[key]
     for _, field in ipairs(c.fields) do redis.call('HINCRBY', key, field, c.by[field]) end
