@@ -242,7 +242,9 @@ def test_history_of_a_rebook_that_gave_up_and_was_retried(store: Store) -> None:
     rid = make(store).rebook_id
     assert store.transitions.transition(rid, State.GAVE_UP, reason="max wait", now=T0 + 1)
     assert store.r.exists(store.key("h", rid)) == 0
-    assert store.transitions.transition(rid, State.WAITING, from_=[State.GAVE_UP], reason="retry", now=T0 + 2)
+    assert store.transitions.transition(
+        rid, State.WAITING, from_=[State.GAVE_UP], reason="retry", now=T0 + 2
+    )
     assert store.transitions.transition(rid, State.CANCELLED, reason="by operator", now=T0 + 3)
     assert [(h["from"], h["to"], h["reason"]) for h in store.records.history(rid)] == [
         ("", "WAITING", "received"),
@@ -311,7 +313,9 @@ def test_terminal_frees_the_booking(store: Store, terminal: State) -> None:
     assert again.kind == "created"
     assert get(store, again.rebook_id).state is State.WAITING
     # one with a history list: the list expires with the record
-    assert store.transitions.transition(again.rebook_id, State.RESCHEDULING, reason="online", now=T0 + 12)
+    assert store.transitions.transition(
+        again.rebook_id, State.RESCHEDULING, reason="online", now=T0 + 12
+    )
     assert store.transitions.transition(again.rebook_id, terminal, reason="done", now=T0 + 13)
     assert 0 < store.r.ttl(store.key("r", again.rebook_id)) <= RETENTION + 86400
     assert 0 < store.r.ttl(store.key("h", again.rebook_id)) <= RETENTION + 86400
