@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tests.unit.records import NOW, rec
 from worker.core.actions import Outcome
 from worker.core.search import Filters, Summary
 from worker.core.settings import Settings
@@ -14,8 +15,6 @@ from worker.core.states import State
 from worker.core.store import PresenceSeen, Rebook
 from worker.operations.console import pages
 from worker.operations.console.why import Situation, explain, span
-
-NOW = 1_800_000_000.0
 
 
 def situation(**given: Any) -> Situation:
@@ -29,22 +28,6 @@ def situation(**given: Any) -> Situation:
             **given,
         }
     )
-
-
-def rec(state: State, **extra: Any) -> Rebook:
-    data: dict[str, Any] = {
-        "rebook_id": "rb-0123456789abcdef",
-        "event_id": "order-1",
-        "booking_id": 100,
-        "user_id": "dave",
-        "performer_id": 102,
-        "state": state,
-        "created_ts": NOW - 600,
-        "updated_ts": NOW - 300,
-        "deadline_ts": NOW + 3600,
-        **extra,
-    }
-    return Rebook.model_validate(data)
 
 
 def facts(r: Rebook, s: Situation) -> dict[str, str]:

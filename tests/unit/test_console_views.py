@@ -10,29 +10,11 @@ from typing import Any
 
 import pytest
 
+from tests.unit.records import NOW, rec
 from worker.core.actions import MAX_BULK, Outcome
 from worker.core.search import Filters
 from worker.core.states import State
-from worker.core.store import Rebook
 from worker.operations.console import pages, views
-
-NOW = 1_800_000_000.0
-
-
-def rec(state: State, **extra: Any) -> Rebook:
-    data: dict[str, Any] = {
-        "rebook_id": "rb-0123456789abcdef",
-        "event_id": "order-1",
-        "booking_id": 100,
-        "user_id": "dave",
-        "performer_id": 102,
-        "state": state,
-        "created_ts": NOW - 600,
-        "updated_ts": NOW - 300,
-        "deadline_ts": NOW + 3600,
-        **extra,
-    }
-    return Rebook.model_validate(data)
 
 
 @pytest.mark.parametrize(
