@@ -70,7 +70,7 @@ class Listing:
     complete: bool
     server: str = ""
     """The store's server (`Store.server_id`) before a read before a POST went out: the mark
-    must be written on the same one (`Reschedule.mark`). Empty for other reads; `unknown-…`
+    must be written on the same one (`Reschedule._write_mark`). Empty for other reads; `unknown-…`
     where it cannot be read (then only a fresh read stands before the POST, as ever)."""
 
 
