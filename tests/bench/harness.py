@@ -250,6 +250,39 @@ class RedisCpuProbe:
 # --- machine ------------------------------------------------------------------------------------
 
 
+def rehashing(r: redis.Redis) -> bool | None:
+    """Whether Redis is moving its keyspace into a table twice the size (`DEBUG HTSTATS 0`:
+    a "rehashing target"); None where DEBUG is refused (Redis 7's `enable-debug-command no`)."""
+    try:
+        stats = str(r.execute_command("DEBUG", "HTSTATS", "0"))
+    except redis.ResponseError:
+        return None
+    return "rehashing target" in stats
+
+
+def settle_keyspace(r: redis.Redis, timeout: float = 120.0) -> dict[str, Any]:
+    """Lets a doubling of the keyspace's hash table finish before a measurement of Redis CPU.
+
+    Redis grows its table when the key count passes a power of two (1,000,000 waiting rebooks
+    are 2,100,000 keys: just past 2^21) and moves the keys over incrementally, one bucket per
+    command that touches the table plus 1 ms per cron tick (10 a second): about 90 s for 2^21
+    buckets, during which every command pays for the move (`dictRehash` was 15 % of Redis's
+    samples under `perf` in the 1M sweep). That is a one-off cost of growth, not of the sweep:
+    `hz` is raised while the move finishes, then restored. Returns whether a move was under
+    way and how long it took to finish."""
+    started = time.monotonic()
+    state = rehashing(r)
+    if not state:
+        return {"rehashing": state, "settle_seconds": 0.0}
+    hz = str(r.config_get("hz").get("hz") or 10)
+    try:
+        r.config_set("hz", 500)
+        wait_until(lambda: not rehashing(r), timeout, "the keyspace's rehash", 0.2)
+    finally:
+        r.config_set("hz", hz)
+    return {"rehashing": True, "settle_seconds": round(time.monotonic() - started, 2)}
+
+
 def machine_info(r: redis.Redis) -> dict[str, Any]:
     model = ""
     with contextlib.suppress(OSError):

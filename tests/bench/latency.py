@@ -5,8 +5,9 @@ The sandbox waits N ms before each answer (`latency_ms`). At each latency, one p
 performer), P = `INTERVAL` — is run by rebook in two layouts and by plain Celery:
 
 - `prefork`: rebook's former Procfile worker, one `-P prefork -c 4` on both queues;
-- `threads`: the Procfile's now, an intake worker `-P prefork -c 2 -Q rebook.events` beside an I/O
-  worker `-P threads -c 32 -Q rebook.work`;
+- `threads`: the Procfile's workers as it starts them, read from it (`procfile_layout`): now
+  `worker` (`-P prefork -c 2`, both queues: intake, and steps too) beside `io` (`-P threads -c 32
+  -Q rebook.work`);
 - plain Celery, `-P prefork -c 4`, its task polling and POSTing in one.
 
 Measured from the sandbox's call log: presence calls per performer per P over a window, then a
@@ -18,12 +19,23 @@ and the workers' process trees' RSS after it.
 from __future__ import annotations
 
 import contextlib
+import itertools
+import os
+import shlex
 import sys
 import time
 from typing import TYPE_CHECKING, Any
 
 from tests.bench import plain_celery
-from tests.bench.harness import Proc, log, peak_in_window, percentile, tree_memory_kb, wait_until
+from tests.bench.harness import (
+    ROOT,
+    Proc,
+    log,
+    peak_in_window,
+    percentile,
+    tree_memory_kb,
+    wait_until,
+)
 from tests.integration.conftest import settings_env
 from worker.celeryapp.app import EVENTS_QUEUE, WORK_QUEUE, create_app
 from worker.celeryapp.runtime import build_services
@@ -40,11 +52,46 @@ ONLINE = 10
 RATE = 100.0
 WINDOWS = 3
 BURST_TIMEOUT = 60.0
-LAYOUTS: dict[str, list[tuple[str, str, str, int]]] = {
-    # name -> workers: (name, queues, pool, concurrency)
+Layout = list[tuple[str, str, str, int]]
+"""A layout's workers: (name, queues, pool, concurrency)."""
+
+
+def procfile_layout(text: str) -> Layout:
+    """The Celery workers a Procfile starts, with their queues, pool and concurrency (Celery's
+    defaults where a flag is absent: both queues, prefork, one process a core)."""
+    workers: Layout = []
+    for line in text.splitlines():
+        name, _, command = line.partition(":")
+        args = shlex.split(command)
+        if line.startswith("#") or args[:4] != ["celery", "-A", "worker", "worker"]:
+            continue
+        flags: dict[str, str] = {}
+        for flag, value in itertools.pairwise(args):
+            if flag.startswith("-"):
+                flags[flag] = value
+        workers.append(
+            (
+                name.strip(),
+                flags.get("-Q", f"{EVENTS_QUEUE},{WORK_QUEUE}"),
+                flags.get("-P", flags.get("--pool", "prefork")),
+                int(flags.get("--concurrency", flags.get("-c", str(os.cpu_count() or 1)))),
+            )
+        )
+    return workers
+
+
+LAYOUTS: dict[str, Layout] = {
     "prefork": [("all", f"{EVENTS_QUEUE},{WORK_QUEUE}", "prefork", 4)],
-    "threads": [("events", EVENTS_QUEUE, "prefork", 2), ("io", WORK_QUEUE, "threads", 32)],
+    "threads": procfile_layout((ROOT / "Procfile").read_text()),
 }
+
+
+def layout_name(layout: str) -> str:
+    """The table's name for a layout: its workers' pools and concurrency."""
+    if layout == "threads":
+        parts = [f"{name} {pool} {c}" for name, _, pool, c in LAYOUTS[layout]]
+        return "rebook, Procfile: " + " + ".join(parts)
+    return "rebook, prefork -c 4"
 
 
 def run_latency(bench: Bench, latencies: list[int]) -> dict[str, Any]:
@@ -286,7 +333,6 @@ def latency_markdown(res: dict[str, Any]) -> str:
         "| calls/s in the burst (budget) | peak 1 s | workers' RSS, MB |",
         "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
-    names = {"prefork": "rebook, prefork -c 4", "threads": "rebook, prefork 2 + threads 32"}
     for ms, run in lat["runs"].items():
         for key in ("prefork", "threads", "plain"):
             r = run.get(key)
@@ -299,8 +345,9 @@ def latency_markdown(res: dict[str, Any]) -> str:
             )
             budget = f" ({lat['rate']:g})" if key != "plain" else ""
             cps = r["burst_calls_per_second"]
+            system = "plain Celery, prefork -c 4" if key == "plain" else layout_name(key)
             lines.append(
-                f"| {ms} ms | {names.get(key, 'plain Celery, prefork -c 4')} | "
+                f"| {ms} ms | {system} | "
                 f"{r['presence_per_performer_per_interval']:.2f} | {_f(r['burst_p50'])} | "
                 f"{_f(r['burst_p99'])}{posted} | {'-' if cps is None else f'{cps:.0f}'}{budget} | "
                 f"{r['burst_peak_1s']} | {r['rss_mb']:.0f} |"
