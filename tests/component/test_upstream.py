@@ -26,6 +26,7 @@ from worker.adapters.upstream import (
     environment_session,
     parse_retry_after,
 )
+from worker.core.budget import RESTAMP_AFTER
 from worker.core.errors import (
     Ambiguous,
     AuthExpired,
@@ -1075,6 +1076,56 @@ def test_the_limiter_is_used_by_the_client(
     finally:
         c.close()
     assert sandbox.stats()["presence_calls"] == {"7": 2}
+
+
+def test_a_call_sent_late_is_logged_at_its_sending_time(
+    rclient: redis.Redis,
+    prefix: str,
+    sandbox_server: SandboxServer,
+    sandbox: SandboxClient,
+    member: dict[str, Any],
+) -> None:
+    """A POST's permit is taken before its mark is written (with WAIT, maybe tens of ms): sent
+    later than `RESTAMP_AFTER` after the limiter let it by, its entry moves to when it went out,
+    so the log counts sends, as the upstream does. One sent at once keeps its entry."""
+    key = prefix + "rl"
+    limiter = RedisRateLimiter(RateLog(rclient, key), 5, max_wait=0.05)
+    c = UpstreamClient(sandbox_server.url, KEY, limiter=limiter)
+    try:
+        prompt = c.reserve("MadeBookings", member=True)
+        [(entry, at)] = rclient.zrange(key, 0, -1, withscores=True)
+        c.made_bookings(member["token"], permit=prompt)
+        assert rclient.zrange(key, 0, 0, withscores=True) == [(entry, at)]
+
+        late = c.reserve("RescheduleMadeBooking", member=True)
+        assert late.slot is not None
+        [(late_entry, taken_at)] = [
+            x for x in rclient.zrange(key, 0, -1, withscores=True) if x[0] != entry
+        ]
+        late.slot.taken -= 2 * RESTAMP_AFTER  # as if its mark had taken that long
+        sandbox.set_online(7, True)
+        c.reschedule(member["token"], member["booking"], permit=late)
+        moved = rclient.zscore(key, late_entry)
+        assert moved is not None and moved > taken_at
+        assert rclient.zcard(key) == 2  # moved, not added: still one entry a call
+    finally:
+        c.close()
+
+
+def test_an_entry_that_left_the_window_counts_again_when_the_call_goes(
+    rclient: redis.Redis, prefix: str
+) -> None:
+    key = prefix + "rl"
+    limiter = RedisRateLimiter(RateLog(rclient, key), 1, max_wait=0.05)
+    slot = limiter.acquire()
+    assert slot is not None
+    [(entry, _)] = rclient.zrange(key, 0, -1, withscores=True)
+    rclient.delete(key)  # pruned by others' takes: it was let by more than a window ago
+    slot.move()
+    assert rclient.zrange(key, 0, -1) == [entry]
+    assert 0 < rclient.pttl(key) <= 2050
+    with pytest.raises(RateLimited):  # the window is full again: the call is going out now
+        limiter.acquire()
 
 
 def test_a_short_budget_goes_to_the_higher_share_first(rclient: redis.Redis, prefix: str) -> None:

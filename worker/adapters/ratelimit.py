@@ -6,8 +6,9 @@ import itertools
 import math
 import os
 import time
+from functools import partial
 
-from worker.core.budget import JITTER_MARGIN
+from worker.core.budget import JITTER_MARGIN, Slot
 from worker.core.errors import Throttled
 from worker.core.store.ratelimit import RateLog
 
@@ -23,7 +24,8 @@ class RedisRateLimiter:
     its window is aligned. Calls may go back to back while the window has room, so the POSTs of a
     performer who comes online go out at once rather than paced. Rates under 1/s use a window of
     1/rate seconds holding one call; every window is counted `JITTER_MARGIN` longer, so that the
-    upstream's own count, with jitter, stays within the rate. A wait longer than `max_wait`
+    upstream's own count, with jitter, stays within the rate; a call sent later than that after
+    it was let by is logged again when it goes out (`Slot`). A wait longer than `max_wait`
     raises :class:`Throttled` instead, so a step gives its slot back to the sweep rather than
     holding a worker.
 
@@ -44,9 +46,10 @@ class RedisRateLimiter:
         self._token = os.urandom(6).hex()  # with a counter: each call's entry is unique
         self._seq = itertools.count()
 
-    def acquire(self, share: float = 1.0) -> None:
+    def acquire(self, share: float = 1.0) -> Slot | None:
+        """Waits for room in the window (or raises `Throttled`); the call's entry in the log."""
         if self.rate <= 0:
-            return
+            return None
         share = min(1.0, max(0.0, share))
         deadline = time.monotonic() + (
             self.max_wait if share >= 1 else min(self.max_wait, YIELD_WAIT)
@@ -57,7 +60,7 @@ class RedisRateLimiter:
             entry = f"{self._token}{next(self._seq)}"
             wait_ms = self.log.take(window_us, allowed, entry)
             if wait_ms <= 0:
-                return
+                return Slot(time.monotonic(), partial(self.log.restamp, entry, window_us))
             if time.monotonic() + wait_ms / 1000 > deadline:
                 raise Throttled("shared upstream rate limit", retry_after=wait_ms / 1000)
             time.sleep(wait_ms / 1000)

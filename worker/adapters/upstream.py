@@ -30,7 +30,7 @@ from urllib3.exceptions import NewConnectionError
 from worker import __version__
 from worker.adapters.deadline import WATCHDOG, DeadlineAdapter
 from worker.adapters.presence import PresenceSource, UserSummaryPresence
-from worker.core.budget import RATE_SHARE, Permit
+from worker.core.budget import RATE_SHARE, RESTAMP_AFTER, Permit, Slot
 from worker.core.circuit import API, MEMBER, TOKEN, Circuit
 from worker.core.errors import (
     Ambiguous,
@@ -76,7 +76,7 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class Limiter(Protocol):
-    def acquire(self, share: float = 1.0) -> None: ...
+    def acquire(self, share: float = 1.0) -> Slot | None: ...
 
 
 MadeHook = Callable[[datetime | None, str | None], None]
@@ -527,6 +527,7 @@ class UpstreamClient:
         if self.shadow and endpoint in SHADOW_REFUSED:
             # the last point before the request: whatever path got here, nothing goes out
             raise Shadowed("shadow mode: not sent", endpoint=endpoint)
+        self._restamp(permit)
         started = time.monotonic()
         outcome = "ok"
         try:
@@ -566,15 +567,34 @@ class UpstreamClient:
             if self._on_call is not None:
                 self._on_call(endpoint, outcome)
 
+    @staticmethod
+    def _restamp(permit: Permit) -> None:
+        """A call that goes out later than the limiter let it by (a POST's mark came between)
+        is logged at its sending time: the rate the upstream counts is of sends. A failure to
+        log it again is logged, not raised: the call itself is sound, its entry only early."""
+        slot = permit.slot
+        if slot is None or time.monotonic() - slot.taken <= RESTAMP_AFTER:
+            return
+        try:
+            slot.move()
+        except Exception as exc:  # a Redis error: the limiter's next take will see it too
+            log.warning(
+                "rate log: a %s call's entry not moved to its sending time: %s: %s",
+                permit.endpoint,
+                type(exc).__name__,
+                exc,
+            )
+
     def reserve(self, endpoint: str, *, member: bool, share: float | None = None) -> Permit:
         """The phase before a call: the circuit's gate (a wrong key or scope: not sent, bar one
         probe), then the shared rate limiter, which may wait or raise `Throttled`. `member`: the
         call carries a member's token. Spent by the call it was taken for (`permit=`)."""
         if self.circuit is not None:
             self.circuit.gate(MEMBER if member else API)
+        slot = None
         if self._limiter is not None:
-            self._limiter.acquire(RATE_SHARE.get(endpoint, 1.0) if share is None else share)
-        return Permit(endpoint)
+            slot = self._limiter.acquire(RATE_SHARE.get(endpoint, 1.0) if share is None else share)
+        return Permit(endpoint, slot=slot)
 
     def api_key_refused(self, probe_user_id: int = 1) -> bool:
         """One call that needs no member token (getUserSummary, the API key only): True when

@@ -4,6 +4,7 @@ computes with the same numbers. No dependencies, so every layer may read it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 #: How full the shared rate window may be for each call to go (see RedisRateLimiter): when the
@@ -29,6 +30,23 @@ less than half full, so presence polls (0.9), POSTs (1.0) and a step's reads (0.
 it; when the budget is busy the audit waits, then reports the member as not checked."""
 
 
+RESTAMP_AFTER = JITTER_MARGIN / 5
+"""A call sent this long after the limiter let it by is logged again at its sending time
+(`Slot.move`): what happened in between (a POST's mark, with WAIT; a thread waiting for the
+interpreter) must not eat the `JITTER_MARGIN`."""
+
+
+@dataclass
+class Slot:
+    """A call's entry in the shared rate log, as the limiter wrote it: `taken` (monotonic) when,
+    and `move`, which logs it again at the log's own now — called by the client right before
+    the request when the call did not go out at once (`RESTAMP_AFTER`), so the log holds when
+    calls were sent, which is what the upstream counts."""
+
+    taken: float
+    move: Callable[[], None]
+
+
 @dataclass
 class Permit:
     """One call let through the circuit gate and the rate limiter (`UpstreamClient.reserve`),
@@ -38,6 +56,8 @@ class Permit:
 
     endpoint: str
     spent: bool = False
+    slot: Slot | None = None
+    """Its entry in the shared rate log (None without a limiter, or one that keeps no log)."""
 
     def spend(self, endpoint: str) -> None:
         if self.spent or endpoint != self.endpoint:

@@ -14,8 +14,9 @@ class RateLog:
 
     def __init__(self, client: Any, key: str) -> None:
         self.key = key
-        script = resources.files("worker.core.store").joinpath("lua/ratelimit.lua").read_text()
-        self._script = client.register_script(script)
+        lua = resources.files("worker.core.store").joinpath("lua")
+        self._script = client.register_script(lua.joinpath("ratelimit.lua").read_text())
+        self._restamp = client.register_script(lua.joinpath("ratelimit_restamp.lua").read_text())
 
     @classmethod
     def of(cls, store: Store) -> RateLog:
@@ -27,3 +28,7 @@ class RateLog:
         """Logs `entry` if fewer than `allowed` calls are in the last `window_us`: 0; else the
         milliseconds until one leaves the window (nothing logged)."""
         return int(self._script(keys=[self.key], args=[window_us, allowed, entry]))
+
+    def restamp(self, entry: str, window_us: int) -> None:
+        """Logs `entry` at now instead of when it was taken (ratelimit_restamp.lua)."""
+        self._restamp(keys=[self.key], args=[entry, window_us // 1000 + 1000])
