@@ -47,9 +47,12 @@ upgrade-check: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/rebook demo
 
-## unit + integration tests (real Redis, real Celery worker, sandbox over HTTP)
+## unit + integration tests (real Redis, real Celery worker, sandbox over HTTP), spread over
+## TEST_WORKERS processes by pytest-xdist (each test keeps its own key prefix, worker and ports);
+## TEST_WORKERS=0 runs them in this one process
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 ## the full chaos suite (500 rebooks over 50 performers under kill -9, faults, restarts),
 ## 10,000 seeds of the simulation (tests/sim), and the long integration runs marked `full`
