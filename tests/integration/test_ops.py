@@ -137,15 +137,19 @@ class SentryCollector:
         self.server.server_close()
 
 
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
 def test_sentry_captures_a_failing_step_and_beat_check_ins(
-    redis_url: str, tmp_path_factory: pytest.TempPathFactory
+    redis_url: str, tmp_path_factory: pytest.TempPathFactory, pool: str
 ) -> None:
+    """In both pools the Procfile runs: the threads pool runs tracers the consumer built in the
+    main process, which did not reach Sentry until `init_sentry` pointed them at its wrapper."""
     collector = SentryCollector()
     dsn = f"http://abcdef0123456789@127.0.0.1:{collector.port}/42"
     try:
         with running_system(
             redis_url,
             tmp_path_factory.mktemp("sentry"),
+            pool=pool,
             sentry_dsn=dsn,
             sentry_environment="ci-test",
         ) as system:

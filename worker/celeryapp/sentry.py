@@ -36,4 +36,17 @@ def init_sentry(settings: Settings, **extra: Any) -> bool:
         before_breadcrumb=scrub_event,
         **extra,
     )
+    _patched_tracers_for_the_consumer()
     return True
+
+
+def _patched_tracers_for_the_consumer() -> None:
+    """The integration sees a failing task through the tracer `celery.app.trace.build_tracer`
+    builds, which `init` wraps. Prefork's children build theirs after the fork, with the wrapped
+    one; the threads pool (the Procfile's `io`) and solo run the tracers the consumer builds in
+    the main process, with the `build_tracer` it imported by name before `init` ran: without this,
+    no step that fails in `io` reaches Sentry (tests/integration/test_ops.py, both pools)."""
+    from celery.app import trace
+    from celery.worker.consumer import consumer
+
+    consumer.build_tracer = trace.build_tracer
