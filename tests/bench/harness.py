@@ -260,7 +260,7 @@ def rehashing(r: redis.Redis) -> bool | None:
     return "rehashing target" in stats
 
 
-def settle_keyspace(r: redis.Redis, timeout: float = 120.0) -> dict[str, Any]:
+def settle_keyspace(r: redis.Redis, what: str, timeout: float = 120.0) -> dict[str, Any]:
     """Lets a doubling of the keyspace's hash table finish before a measurement of Redis CPU.
 
     Redis grows its table when the key count passes a power of two (1,000,000 waiting rebooks
@@ -268,8 +268,8 @@ def settle_keyspace(r: redis.Redis, timeout: float = 120.0) -> dict[str, Any]:
     command that touches the table plus 1 ms per cron tick (10 a second): about 90 s for 2^21
     buckets, during which every command pays for the move (`dictRehash` was 15 % of Redis's
     samples under `perf` in the 1M sweep). That is a one-off cost of growth, not of the sweep:
-    `hz` is raised while the move finishes, then restored. Returns whether a move was under
-    way and how long it took to finish."""
+    `hz` is raised while the move finishes, then restored, and the wait is logged (`what`: whose
+    keyspace). Returns whether a move was under way and how long it took to finish."""
     started = time.monotonic()
     state = rehashing(r)
     if not state:
@@ -280,7 +280,9 @@ def settle_keyspace(r: redis.Redis, timeout: float = 120.0) -> dict[str, Any]:
         wait_until(lambda: not rehashing(r), timeout, "the keyspace's rehash", 0.2)
     finally:
         r.config_set("hz", hz)
-    return {"rehashing": True, "settle_seconds": round(time.monotonic() - started, 2)}
+    took = round(time.monotonic() - started, 2)
+    log(f"{what}: keyspace table doubled, settled in {took}s")
+    return {"rehashing": True, "settle_seconds": took}
 
 
 def machine_info(r: redis.Redis) -> dict[str, Any]:

@@ -117,9 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             used = r.info("memory")["used_memory_human"]
             log(f"{size} waiting written in {took:.0f}s; used_memory {used}")
             if not args.no_settle:
-                settled = settle_keyspace(r)
-                if settled["rehashing"]:
-                    log(f"{size}: keyspace table doubled, settled in {settled['settle_seconds']}s")
+                settle_keyspace(r, f"{size} waiting")
             stores.append((size, r, new_store(r, prefix=PREFIX)))
         runs: dict[int, list[dict[str, Any]]] = {size: [] for size in sizes}
         for rep in range(args.reps):

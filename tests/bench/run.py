@@ -1001,12 +1001,7 @@ class Bench:
             store = Store(client, **store_settings(self.st))
             flow = Flow(self.st, store, self.svc.client, self.svc.tokens, CeleryDispatcher(app))
             waiting = self.waiting_count()
-            settled = settle_keyspace(self.r)
-            if settled["rehashing"]:
-                log(
-                    f"sweep @{waiting}: keyspace table doubled, settled in "
-                    f"{settled['settle_seconds']}s"
-                )
+            settled = settle_keyspace(self.r, f"sweep @{waiting}")
             runs = []
             for kind in ("watching", "gave_up"):
                 for n_due in self.cfg.due:
